@@ -1,0 +1,7 @@
+//! UK-Biobank-style data layer: ECG and CMR files as they come, the reference preprocessing,
+//! augmentations, phenotype and diagnosis tables, a dataset cache and a parallel batch loader.
+
+mod error;
+pub mod phenotypes;
+
+pub use error::{Error, Result};

@@ -1,0 +1,486 @@
+//! Checkpoint I/O: reading safetensors and PyTorch files into a [`StateDict`], matching its keys
+//! against a model, and writing safetensors atomically.
+//!
+//! Key renaming for the released layouts (`{"model": …}`, Lightning `{"state_dict": …}`,
+//! Sequential indices) lives in the model crates, as tables applied to a [`StateDict`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{Error, Result};
+
+/// Named tensors read from a checkpoint (or taken from a model), sorted by name.
+#[derive(Debug, Clone, Default)]
+pub struct StateDict {
+    tensors: BTreeMap<String, Tensor>,
+    source: PathBuf,
+}
+
+/// The on-disk formats we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// A safetensors file.
+    Safetensors,
+    /// A PyTorch `torch.save` zip archive (`.pth`, `.pt`, `.ckpt`, `.bin`).
+    TorchZip,
+}
+
+impl CheckpointFormat {
+    /// Detects the format from the first bytes of a file.
+    pub fn sniff(head: &[u8]) -> Option<Self> {
+        if head.starts_with(b"PK\x03\x04") {
+            return Some(Self::TorchZip);
+        }
+        if head.len() >= 9 && head[8] == b'{' {
+            return Some(Self::Safetensors);
+        }
+        None
+    }
+}
+
+impl StateDict {
+    /// An empty state dict attributed to `source` (used in error messages).
+    pub fn with_source(source: impl Into<PathBuf>) -> Self {
+        Self {
+            tensors: BTreeMap::new(),
+            source: source.into(),
+        }
+    }
+
+    /// Reads every tensor of a safetensors or PyTorch checkpoint, on the CPU, in its stored dtype.
+    ///
+    /// PyTorch files may nest dictionaries (`{"model": {...}}`, Lightning's
+    /// `{"state_dict": {...}}`): nested keys are joined with `.`, so a released MMCL signal encoder
+    /// reads as `model.blocks.0.…`; strip such prefixes with [`StateDict::strip_prefix`].
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |reason: String| Error::BadCheckpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(bad("the file is empty".into()));
+        }
+        let tensors = match CheckpointFormat::sniff(&bytes) {
+            Some(CheckpointFormat::Safetensors) => {
+                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+                    .map_err(|e| bad(format!("damaged safetensors file: {e}")))?
+                    .into_iter()
+                    .collect()
+            }
+            Some(CheckpointFormat::TorchZip) => crate::pth::read_torch_zip(&bytes)
+                .map_err(|reason| bad(reason.to_string()))?
+                .into_iter()
+                .collect(),
+            None if bytes.first() == Some(&0x80) => {
+                return Err(bad(
+                    "a legacy (pre-1.6) PyTorch file; re-save it with torch.save(..., \
+                     _use_new_zipfile_serialization=True) or convert it to safetensors"
+                        .into(),
+                ));
+            }
+            None => {
+                return Err(bad(
+                    "neither safetensors nor a PyTorch zip archive (unknown header)".into(),
+                ));
+            }
+        };
+        Ok(Self {
+            tensors,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// The file this state dict was read from (empty for in-memory ones).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Inserts or replaces a tensor.
+    pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor) -> Option<Tensor> {
+        self.tensors.insert(name.into(), tensor)
+    }
+
+    /// Removes a tensor.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors.remove(name)
+    }
+
+    /// The tensor `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// `(name, tensor)` pairs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there is no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Whether some key starts with `prefix`.
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.tensors.keys().any(|k| k.starts_with(prefix))
+    }
+
+    /// Keeps only keys starting with `prefix`, with the prefix removed.
+    pub fn strip_prefix(&self, prefix: &str) -> Self {
+        let tensors = self
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
+            .collect();
+        Self {
+            tensors,
+            source: self.source.clone(),
+        }
+    }
+
+    /// Prepends `prefix` to every key.
+    pub fn add_prefix(&self, prefix: &str) -> Self {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+            .collect();
+        Self {
+            tensors,
+            source: self.source.clone(),
+        }
+    }
+
+    /// Renames keys through `rename`; keys for which it returns `None` are dropped.
+    pub fn map_keys(&self, mut rename: impl FnMut(&str) -> Option<String>) -> Self {
+        let tensors = self
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| rename(k).map(|k| (k, v.clone())))
+            .collect();
+        Self {
+            tensors,
+            source: self.source.clone(),
+        }
+    }
+
+    /// Every tensor converted to `dtype` (f16/bf16/f64 checkpoints become f32 this way).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let mut tensors = BTreeMap::new();
+        for (k, v) in &self.tensors {
+            tensors.insert(k.clone(), v.to_dtype(dtype)?);
+        }
+        Ok(Self {
+            tensors,
+            source: self.source.clone(),
+        })
+    }
+
+    /// Writes a safetensors file atomically, with optional string metadata.
+    pub fn write_safetensors(
+        &self,
+        path: &Path,
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<()> {
+        let mut cpu = Vec::with_capacity(self.tensors.len());
+        for (k, v) in &self.tensors {
+            cpu.push((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?));
+        }
+        crate::io::write_atomic(path, |tmp| {
+            safetensors::tensor::serialize_to_file(cpu.iter().map(|(k, v)| (k, v)), metadata, tmp)
+                .map_err(|e| Error::Io {
+                    path: tmp.to_path_buf(),
+                    source: std::io::Error::other(e),
+                })
+        })
+    }
+}
+
+impl FromIterator<(String, Tensor)> for StateDict {
+    fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(iter: I) -> Self {
+        Self {
+            tensors: iter.into_iter().collect(),
+            source: PathBuf::new(),
+        }
+    }
+}
+
+/// Which differences between a model and a checkpoint are acceptable.
+///
+/// Patterns are names in which `*` matches any run of characters (`head.*`, `decoder_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Model keys that may be absent from the checkpoint (they keep their initial values).
+    pub allow_missing: Vec<String>,
+    /// Checkpoint keys that may have no counterpart in the model (they are ignored).
+    pub allow_unexpected: Vec<String>,
+}
+
+impl LoadOptions {
+    /// Every key must match exactly.
+    pub fn strict() -> Self {
+        Self::default()
+    }
+
+    /// Adds patterns of model keys allowed to be missing.
+    pub fn allow_missing<S: Into<String>>(mut self, patterns: impl IntoIterator<Item = S>) -> Self {
+        self.allow_missing
+            .extend(patterns.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds patterns of checkpoint keys allowed to be unexpected.
+    pub fn allow_unexpected<S: Into<String>>(
+        mut self,
+        patterns: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.allow_unexpected
+            .extend(patterns.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// A key whose shapes differ between model and checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// The key.
+    pub name: String,
+    /// The model's shape.
+    pub model: Vec<usize>,
+    /// The checkpoint's shape.
+    pub checkpoint: Vec<usize>,
+}
+
+/// The outcome of matching a checkpoint against a model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Keys present in both with equal shapes.
+    pub loaded: Vec<String>,
+    /// Model keys absent from the checkpoint.
+    pub missing: Vec<String>,
+    /// Checkpoint keys with no counterpart in the model.
+    pub unexpected: Vec<String>,
+    /// Keys present in both with different shapes (always an error).
+    pub shape_mismatches: Vec<ShapeMismatch>,
+}
+
+impl LoadReport {
+    /// `Ok` when every difference is allowed by `options`; else the report of the disallowed ones.
+    pub fn check(&self, options: &LoadOptions) -> std::result::Result<(), LoadReport> {
+        let missing: Vec<String> = self
+            .missing
+            .iter()
+            .filter(|k| !options.allow_missing.iter().any(|p| glob_match(p, k)))
+            .cloned()
+            .collect();
+        let unexpected: Vec<String> = self
+            .unexpected
+            .iter()
+            .filter(|k| !options.allow_unexpected.iter().any(|p| glob_match(p, k)))
+            .cloned()
+            .collect();
+        if missing.is_empty() && unexpected.is_empty() && self.shape_mismatches.is_empty() {
+            Ok(())
+        } else {
+            Err(LoadReport {
+                loaded: self.loaded.clone(),
+                missing,
+                unexpected,
+                shape_mismatches: self.shape_mismatches.clone(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if !self.missing.is_empty() {
+            parts.push(format!("missing keys: {}", self.missing.join(", ")));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!("unexpected keys: {}", self.unexpected.join(", ")));
+        }
+        for m in &self.shape_mismatches {
+            parts.push(format!(
+                "{} has shape {:?} in the checkpoint but {:?} in the model",
+                m.name, m.checkpoint, m.model
+            ));
+        }
+        if parts.is_empty() {
+            write!(f, "{} keys loaded", self.loaded.len())
+        } else {
+            write!(f, "{}", parts.join("; "))
+        }
+    }
+}
+
+/// Matches model keys (with shapes) against a state dict.
+pub fn match_keys<'a>(
+    model: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    state: &StateDict,
+) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, shape) in model {
+        seen.insert(name);
+        match state.get(name) {
+            None => report.missing.push(name.to_string()),
+            Some(t) if t.dims() != shape => report.shape_mismatches.push(ShapeMismatch {
+                name: name.to_string(),
+                model: shape.to_vec(),
+                checkpoint: t.dims().to_vec(),
+            }),
+            Some(_) => report.loaded.push(name.to_string()),
+        }
+    }
+    report.unexpected = state
+        .keys()
+        .filter(|k| !seen.contains(k))
+        .map(str::to_string)
+        .collect();
+    report
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("head.*", "head.weight"));
+        assert!(!glob_match("head.*", "fc_norm.weight"));
+        assert!(glob_match("decoder_*", "decoder_blocks.0.attn.qkv.weight"));
+        assert!(glob_match(
+            "*.num_batches_tracked",
+            "layer1.0.bn1.num_batches_tracked"
+        ));
+        assert!(glob_match("blocks.*.attn.*", "blocks.3.attn.qkv.bias"));
+        assert!(!glob_match("blocks.*.attn.*", "blocks.3.mlp.fc1.bias"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact2"));
+    }
+
+    #[test]
+    fn report_names_every_difference() -> Result<()> {
+        let dev = Device::Cpu;
+        let state: StateDict = [
+            ("a".to_string(), Tensor::zeros((2, 3), DType::F32, &dev)?),
+            ("b".to_string(), Tensor::zeros(4, DType::F32, &dev)?),
+            ("extra".to_string(), Tensor::zeros(1, DType::F32, &dev)?),
+        ]
+        .into_iter()
+        .collect();
+        let report = match_keys(
+            [
+                ("a", &[2usize, 3][..]),
+                ("b", &[5usize][..]),
+                ("head.weight", &[1usize][..]),
+            ],
+            &state,
+        );
+        assert_eq!(report.loaded, vec!["a"]);
+        assert_eq!(report.missing, vec!["head.weight"]);
+        assert_eq!(report.unexpected, vec!["extra"]);
+        assert_eq!(report.shape_mismatches.len(), 1);
+        let text = report.to_string();
+        assert!(text.contains("head.weight") && text.contains("extra") && text.contains("b has"));
+        let options = LoadOptions::strict()
+            .allow_missing(["head.*"])
+            .allow_unexpected(["extra"]);
+        let rest = report
+            .check(&options)
+            .expect_err("shape mismatch stays an error");
+        assert!(rest.missing.is_empty() && rest.unexpected.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn safetensors_round_trip_and_bad_files() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("mmcl-nn-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let dev = Device::Cpu;
+        let t = Tensor::arange(0f32, 6.0, &dev)?.reshape((2, 3))?;
+        let state: StateDict = [("model.w".to_string(), t.clone())].into_iter().collect();
+        let path = dir.join("x.safetensors");
+        state.write_safetensors(&path, None)?;
+        let back = StateDict::read(&path)?.strip_prefix("model.");
+        let w = back.get("w").ok_or(Error::InvalidArgument("no w".into()))?;
+        assert_eq!(w.to_vec2::<f32>()?, t.to_vec2::<f32>()?);
+
+        let empty = dir.join("empty.pth");
+        std::fs::write(&empty, b"").map_err(|source| Error::Io {
+            path: empty.clone(),
+            source,
+        })?;
+        let err = StateDict::read(&empty).expect_err("empty file");
+        assert!(err.to_string().contains("empty.pth") && err.to_string().contains("empty"));
+
+        let junk = dir.join("junk.bin");
+        std::fs::write(&junk, b"hello world, not a checkpoint").map_err(|source| Error::Io {
+            path: junk.clone(),
+            source,
+        })?;
+        let err = StateDict::read(&junk).expect_err("junk file");
+        assert!(err.to_string().contains("junk.bin"));
+
+        let truncated = dir.join("trunc.safetensors");
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&truncated, &bytes[..bytes.len() - 5]).map_err(|source| Error::Io {
+            path: truncated.clone(),
+            source,
+        })?;
+        let err = StateDict::read(&truncated).expect_err("truncated file");
+        assert!(err.to_string().contains("trunc.safetensors"));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! The error type of this crate.
+
+use std::path::PathBuf;
+
+use crate::checkpoint::LoadReport;
+
+/// Errors of the building blocks, optimisers and checkpoint I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A checkpoint file is not in a format we read, or is damaged.
+    #[error("{}: not a readable checkpoint: {reason}", path.display())]
+    BadCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A checkpoint's tensors do not fit the model (missing, unexpected or mis-shaped keys).
+    #[error("{}: checkpoint does not fit the model: {report}", path.display())]
+    CheckpointMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What matched and what did not.
+        report: Box<LoadReport>,
+    },
+
+    /// An argument is out of its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,4 @@
+//! One module per subcommand, plus what they share.
+
+pub mod common;
+pub mod info;

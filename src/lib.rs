@@ -1,0 +1,23 @@
+//! The whole workspace under one name, for the examples and benchmarks (and for users who want a
+//! single dependency): ECG–cardiac-MRI representation learning after Turgut et al.,
+//! *Unlocking the Diagnostic Potential of ECG through Knowledge Transfer from Cardiac MRI*.
+//!
+//! | module | crate | what |
+//! |---|---|---|
+//! | [`nn`] | `mmcl-nn` | differentiable building blocks, optimisers, checkpoint I/O |
+//! | [`ecg`] | `mmcl-ecg` | the ECG Vision Transformer and its masked autoencoder |
+//! | [`cmr`] | `mmcl-cmr` | ResNet CMR encoders and projection heads |
+//! | [`losses`] | `mmcl-losses` | CLIP, NT-Xent, MAE reconstruction losses |
+//! | [`data`] | `mmcl-data` | UK-Biobank-style I/O, preprocessing, augmentation, loader |
+//! | [`synth`] | `mmcl-synth` | the synthetic paired ECG–CMR cohort |
+//! | [`eval`] | `mmcl-eval` | metrics, probes, fine-tuning, localisation, plots |
+//! | [`train`] | `mmcl-train` | MAE, MMCL and fine-tuning trainers |
+
+pub use mmcl_cmr as cmr;
+pub use mmcl_data as data;
+pub use mmcl_ecg as ecg;
+pub use mmcl_eval as eval;
+pub use mmcl_losses as losses;
+pub use mmcl_nn as nn;
+pub use mmcl_synth as synth;
+pub use mmcl_train as train;
