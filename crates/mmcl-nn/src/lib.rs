@@ -29,6 +29,7 @@ pub mod io;
 pub mod params;
 mod pth;
 pub mod rng;
+pub mod testing;
 
 pub use checkpoint::{LoadOptions, LoadReport, StateDict};
 pub use error::{Error, Result};
