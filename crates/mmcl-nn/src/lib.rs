@@ -26,9 +26,11 @@
 pub mod checkpoint;
 mod error;
 pub mod io;
+pub mod optim;
 pub mod params;
 mod pth;
 pub mod rng;
+pub mod schedule;
 pub mod testing;
 
 pub use checkpoint::{LoadOptions, LoadReport, StateDict};

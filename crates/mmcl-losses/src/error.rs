@@ -1,0 +1,16 @@
+//! The error type of this crate.
+
+/// Errors of the losses.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A hyper-parameter or input is out of its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
