@@ -642,7 +642,7 @@ fn resample_counts(seed: u64, b: usize, n: usize) -> Vec<u32> {
 /// let pred = Matrix::column_vector(vec![0.2, 0.9, 0.6, 0.4, 0.3, 0.1]);
 /// let eval = evaluate(Task::Classification, &truth, &pred, &[], 0.5, &Bootstrap::default()).unwrap();
 /// let auroc = eval.average_of("auroc").unwrap();
-/// assert!((auroc.value - 7.0 / 9.0).abs() < 1e-12);
+/// assert!((auroc.value - 8.0 / 9.0).abs() < 1e-12);
 /// assert!(auroc.ci_low.unwrap() <= auroc.value && auroc.value <= auroc.ci_high.unwrap());
 /// ```
 pub fn evaluate(
