@@ -470,17 +470,43 @@ pub fn ridge_path(
     }
     let mut result: Vec<Vec<LinearModel>> = vec![Vec::new(); targets.len()];
     let inv_scale: Vec<f64> = scaler.scale.iter().map(|s| 1.0 / s).collect();
+    // The Gram matrix of all rows, computed once when some pattern misses only a few rows.
+    let mut full_gram: Option<Vec<f64>> = None;
     for (present, members) in groups {
         let n = present.len() as f64;
         let raw_mean: Vec<f64> = column_sums(x, &present, |_, v| v)
             .into_iter()
             .map(|s| s / n)
             .collect();
-        let g = gram(x.as_slice(), d, &present, &raw_mean, &inv_scale)?; // [D, D]
-        // Mean of the standardised features over these rows (for the intercept).
+        // Mean of the standardised features over these rows (for centring and the intercept).
         let centre: Vec<f64> = (0..d)
             .map(|j| (raw_mean[j] - scaler.mean[j]) * inv_scale[j])
             .collect();
+        let missing: Vec<usize> = {
+            let mut is_present = vec![false; x.rows()];
+            present.iter().for_each(|&i| is_present[i] = true);
+            rows.iter().copied().filter(|&i| !is_present[i]).collect()
+        };
+        let g = if missing.len() < present.len() {
+            // Σ_present s sᵀ = Σ_all s sᵀ − Σ_missing s sᵀ (s standardised by the scaler),
+            // then centred: − n·m mᵀ. Saves a full N·D² product per missing-value pattern.
+            if full_gram.is_none() {
+                full_gram = Some(gram(x.as_slice(), d, rows, &scaler.mean, &inv_scale)?);
+            }
+            let mut g = full_gram.clone().unwrap_or_default(); // [D, D]
+            if !missing.is_empty() {
+                let removed = gram(x.as_slice(), d, &missing, &scaler.mean, &inv_scale)?;
+                g.iter_mut().zip(&removed).for_each(|(a, b)| *a -= b);
+            }
+            g.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v -= n * centre[i] * centre[j];
+                }
+            });
+            g
+        } else {
+            gram(x.as_slice(), d, &present, &raw_mean, &inv_scale)? // [D, D]
+        };
         let target_means: Vec<f64> = members
             .iter()
             .map(|&t| present.iter().map(|&i| targets[t][i]).sum::<f64>() / n)
