@@ -1,2 +1,41 @@
-//! Downstream evaluation: metrics with bootstrap confidence intervals, linear probes,
-//! fine-tuning, localisation maps, plots and reports.
+//! Downstream evaluation of ECG (and CMR) representations: metrics with bootstrap confidence
+//! intervals, linear probes on frozen embeddings, figures and run reports.
+//!
+//! - [`metrics`]: AUROC, average precision, F1 / balanced accuracy / accuracy at a threshold,
+//!   R², Pearson r, MAE (scikit-learn's definitions), per target and averaged, with seeded
+//!   percentile-bootstrap intervals ([`metrics::evaluate`]).
+//! - [`probe`]: standardisation fitted on the training rows, L2 logistic regression with
+//!   balanced class weights (L-BFGS) and multi-target ridge regression with missing values,
+//!   regularisation chosen on a validation split ([`probe::LinearProbe`]).
+//! - [`plot`]: the 12-lead ECG on the clinical grid with per-patch importance, a CMR slice with
+//!   a heat map, ROC curves, predicted-vs-true scatter plots, training curves ([`runlog`]).
+//! - [`report`]: plain-text and Markdown metrics tables, the Markdown run report.
+//!
+//! ```
+//! use mmcl_eval::{Matrix, metrics::{Bootstrap, Task, evaluate}, probe::{LinearProbe, ProbeConfig}};
+//!
+//! # fn main() -> mmcl_eval::Result<()> {
+//! // Embeddings (N × D, f32) and a binary target (N × 1, NaN where missing).
+//! let x = Matrix::new(60, 2, (0..120).map(|k| ((k * 37) % 17) as f32 + (k % 2) as f32 * (k / 60) as f32).collect())?;
+//! let y = Matrix::column_vector((0..60).map(|i| if i % 13 == 0 { f64::NAN } else { (i % 2) as f64 }).collect());
+//! let probe = LinearProbe::fit(Task::Classification, &x, &y, None, &ProbeConfig::default())?;
+//! let probabilities = probe.predict(&x)?;
+//! let eval = evaluate(Task::Classification, &y, &probabilities, &["AF".into()], 0.5, &Bootstrap::default())?;
+//! let auroc = eval.targets[0].metrics["auroc"];
+//! assert!(auroc.ci_low.unwrap() <= auroc.value && auroc.value <= auroc.ci_high.unwrap());
+//! print!("{}", mmcl_eval::report::text_table(&eval));
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod linalg;
+mod matrix;
+pub mod metrics;
+pub mod plot;
+pub mod probe;
+pub mod report;
+pub mod runlog;
+
+pub use error::{Error, Result};
+pub use matrix::Matrix;

@@ -2,3 +2,5 @@
 
 pub mod common;
 pub mod info;
+pub mod probe;
+pub mod report;

@@ -1,0 +1,884 @@
+//! Classification and regression metrics, per target and averaged, with bootstrapped confidence
+//! intervals.
+//!
+//! Definitions follow scikit-learn / SciPy so that figures can be compared with published ones:
+//!
+//! - **AUROC**: probability that a random positive scores above a random negative, ties counting
+//!   ½ (`roc_auc_score`); computed from one sort, O(n log n).
+//! - **AUPRC**: average precision `Σₖ (Rₖ − Rₖ₋₁)·Pₖ` over the distinct score thresholds taken in
+//!   decreasing order (`average_precision_score`; no interpolation).
+//! - **F1**, **balanced accuracy**, **accuracy** at a threshold: a score `>= threshold` predicts
+//!   the positive class; F1 is 0 when there is no positive prediction and no positive label
+//!   (scikit-learn's `zero_division=0`).
+//! - **R²** (`r2_score`), **Pearson r** (`scipy.stats.pearsonr`), **MAE**.
+//!
+//! Confidence intervals are percentile bootstraps: the test rows are resampled with replacement
+//! (all targets together, so the average's interval keeps their correlation), every metric is
+//! recomputed, and the interval is the `(1 − confidence)/2` and `(1 + confidence)/2` quantiles
+//! (NumPy's default linear interpolation) of the resampled values. Resamples are seeded and
+//! independent of the number of threads.
+//!
+//! **Resamples on which a metric is undefined are skipped**, as in the usual scikit-learn recipe
+//! (where `roc_auc_score` raises on a resample with one class only): for classification a
+//! resample whose present labels of a target have one class only does not count for that
+//! target (nor for the average); for regression, a resample whose targets are constant. The
+//! number of resamples used is reported next to each interval.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Matrix, Result};
+
+/// The threshold on predicted probabilities used for F1, balanced accuracy and accuracy unless
+/// another is given.
+pub const DEFAULT_THRESHOLD: f64 = 0.5;
+
+// ---------------------------------------------------------------------------------------------
+// Single-target metrics on plain slices.
+// ---------------------------------------------------------------------------------------------
+
+fn check_pairs(what: &'static str, a: &[f64], b: &[f64]) -> Result<()> {
+    if a.len() != b.len() {
+        return Err(Error::InvalidInput(format!(
+            "{what}: {} truth values but {} predictions",
+            a.len(),
+            b.len()
+        )));
+    }
+    if a.is_empty() {
+        return Err(Error::Undefined {
+            metric: what,
+            reason: "no samples".into(),
+        });
+    }
+    if let Some(i) = a.iter().chain(b).position(|v| !v.is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "{what}: value #{} is not finite",
+            i % a.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_binary(what: &'static str, labels: &[f64], scores: &[f64]) -> Result<()> {
+    check_pairs(what, labels, scores)?;
+    if let Some(v) = labels.iter().find(|&&v| v != 0.0 && v != 1.0) {
+        return Err(Error::InvalidInput(format!(
+            "{what}: labels must be 0 or 1, found {v}"
+        )));
+    }
+    Ok(())
+}
+
+/// Indices of `scores` sorted by decreasing score (ties keep their input order).
+fn descending_order(scores: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
+
+/// AUROC and average precision from rows sorted by decreasing score, each row counted
+/// `weight(i)` times. `None` when one class has zero weight.
+fn ranking_metrics(
+    order: &[usize],
+    labels: &[bool],
+    scores: &[f64],
+    weight: impl Fn(usize) -> f64,
+) -> Option<(f64, f64)> {
+    let (mut pos_total, mut neg_total) = (0.0, 0.0);
+    for &i in order {
+        let w = weight(i);
+        if labels[i] {
+            pos_total += w;
+        } else {
+            neg_total += w;
+        }
+    }
+    if pos_total == 0.0 || neg_total == 0.0 {
+        return None;
+    }
+    // Walk the distinct thresholds from the highest score down; a group of tied scores enters
+    // at once (ties count ½ for AUROC, one precision-recall point for AP).
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let (mut pairs, mut ap) = (0.0, 0.0);
+    let mut k = 0;
+    while k < order.len() {
+        let value = scores[order[k]];
+        let (mut group_pos, mut group_neg) = (0.0, 0.0);
+        while k < order.len() && scores[order[k]] == value {
+            let i = order[k];
+            if labels[i] {
+                group_pos += weight(i);
+            } else {
+                group_neg += weight(i);
+            }
+            k += 1;
+        }
+        pairs += group_neg * (tp + 0.5 * group_pos);
+        tp += group_pos;
+        fp += group_neg;
+        if group_pos > 0.0 {
+            ap += group_pos / pos_total * (tp / (tp + fp));
+        }
+    }
+    Some((pairs / (pos_total * neg_total), ap))
+}
+
+/// Area under the ROC curve of binary `labels` (0/1) given `scores`; ties count ½.
+///
+/// ```
+/// let auc = mmcl_eval::metrics::auroc(&[0.0, 0.0, 1.0, 1.0], &[0.1, 0.4, 0.35, 0.8]).unwrap();
+/// assert_eq!(auc, 0.75);
+/// ```
+pub fn auroc(labels: &[f64], scores: &[f64]) -> Result<f64> {
+    check_binary("AUROC", labels, scores)?;
+    let flags: Vec<bool> = labels.iter().map(|&v| v == 1.0).collect();
+    ranking_metrics(&descending_order(scores), &flags, scores, |_| 1.0)
+        .map(|(auc, _)| auc)
+        .ok_or_else(|| one_class("AUROC"))
+}
+
+/// Average precision (area under the precision-recall curve, scikit-learn's definition).
+pub fn average_precision(labels: &[f64], scores: &[f64]) -> Result<f64> {
+    check_binary("AUPRC", labels, scores)?;
+    let flags: Vec<bool> = labels.iter().map(|&v| v == 1.0).collect();
+    if !flags.iter().any(|&p| p) {
+        return Err(Error::Undefined {
+            metric: "AUPRC",
+            reason: "no positive label".into(),
+        });
+    }
+    // With negatives absent the precision is 1 everywhere; the shared walk needs both classes.
+    if flags.iter().all(|&p| p) {
+        return Ok(1.0);
+    }
+    ranking_metrics(&descending_order(scores), &flags, scores, |_| 1.0)
+        .map(|(_, ap)| ap)
+        .ok_or_else(|| one_class("AUPRC"))
+}
+
+fn one_class(metric: &'static str) -> Error {
+    Error::Undefined {
+        metric,
+        reason: "the labels have one class only".into(),
+    }
+}
+
+/// Points of a ROC curve, one per distinct threshold, starting at (0, 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RocCurve {
+    /// False-positive rates, non-decreasing, from 0 to 1.
+    pub fpr: Vec<f64>,
+    /// True-positive rates, non-decreasing, from 0 to 1.
+    pub tpr: Vec<f64>,
+    /// The score threshold of each point (`+∞` for the first).
+    pub thresholds: Vec<f64>,
+}
+
+/// The ROC curve of binary `labels` given `scores` (all distinct thresholds kept).
+pub fn roc_curve(labels: &[f64], scores: &[f64]) -> Result<RocCurve> {
+    check_binary("ROC curve", labels, scores)?;
+    let positives = labels.iter().filter(|&&v| v == 1.0).count() as f64;
+    let negatives = labels.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return Err(one_class("ROC curve"));
+    }
+    let order = descending_order(scores);
+    let mut curve = RocCurve {
+        fpr: vec![0.0],
+        tpr: vec![0.0],
+        thresholds: vec![f64::INFINITY],
+    };
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut k = 0;
+    while k < order.len() {
+        let value = scores[order[k]];
+        while k < order.len() && scores[order[k]] == value {
+            if labels[order[k]] == 1.0 {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            k += 1;
+        }
+        curve.fpr.push(fp / negatives);
+        curve.tpr.push(tp / positives);
+        curve.thresholds.push(value);
+    }
+    Ok(curve)
+}
+
+/// Weighted confusion counts of a thresholded binary prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Confusion {
+    /// True positives.
+    pub tp: f64,
+    /// False positives.
+    pub fp: f64,
+    /// True negatives.
+    pub tn: f64,
+    /// False negatives.
+    pub fn_: f64,
+}
+
+impl Confusion {
+    /// Counts of `score >= threshold` against binary `labels`.
+    pub fn at_threshold(labels: &[f64], scores: &[f64], threshold: f64) -> Result<Self> {
+        check_binary("confusion matrix", labels, scores)?;
+        Ok(Self::weighted(
+            labels.iter().map(|&v| v == 1.0),
+            scores,
+            threshold,
+            |_| 1.0,
+        ))
+    }
+
+    fn weighted(
+        labels: impl Iterator<Item = bool>,
+        scores: &[f64],
+        threshold: f64,
+        weight: impl Fn(usize) -> f64,
+    ) -> Self {
+        let mut c = Confusion::default();
+        for (i, (positive, &s)) in labels.zip(scores).enumerate() {
+            let w = weight(i);
+            match (positive, s >= threshold) {
+                (true, true) => c.tp += w,
+                (true, false) => c.fn_ += w,
+                (false, true) => c.fp += w,
+                (false, false) => c.tn += w,
+            }
+        }
+        c
+    }
+
+    /// `2·TP / (2·TP + FP + FN)`, 0 when the denominator is 0.
+    pub fn f1(&self) -> f64 {
+        let denominator = 2.0 * self.tp + self.fp + self.fn_;
+        if denominator == 0.0 {
+            0.0
+        } else {
+            2.0 * self.tp / denominator
+        }
+    }
+
+    /// Mean of sensitivity and specificity; `None` when a class is absent.
+    pub fn balanced_accuracy(&self) -> Option<f64> {
+        Some(0.5 * (self.sensitivity()? + self.specificity()?))
+    }
+
+    /// Fraction of correct predictions; `None` without samples.
+    pub fn accuracy(&self) -> Option<f64> {
+        let total = self.tp + self.fp + self.tn + self.fn_;
+        (total > 0.0).then(|| (self.tp + self.tn) / total)
+    }
+
+    /// True-positive rate; `None` without positives.
+    pub fn sensitivity(&self) -> Option<f64> {
+        let p = self.tp + self.fn_;
+        (p > 0.0).then(|| self.tp / p)
+    }
+
+    /// True-negative rate; `None` without negatives.
+    pub fn specificity(&self) -> Option<f64> {
+        let n = self.tn + self.fp;
+        (n > 0.0).then(|| self.tn / n)
+    }
+}
+
+/// F1 of `score >= threshold` against binary `labels`.
+pub fn f1_at(labels: &[f64], scores: &[f64], threshold: f64) -> Result<f64> {
+    Ok(Confusion::at_threshold(labels, scores, threshold)?.f1())
+}
+
+/// Balanced accuracy of `score >= threshold`; undefined with one class only.
+pub fn balanced_accuracy_at(labels: &[f64], scores: &[f64], threshold: f64) -> Result<f64> {
+    Confusion::at_threshold(labels, scores, threshold)?
+        .balanced_accuracy()
+        .ok_or_else(|| one_class("balanced accuracy"))
+}
+
+/// Accuracy of `score >= threshold`.
+pub fn accuracy_at(labels: &[f64], scores: &[f64], threshold: f64) -> Result<f64> {
+    Confusion::at_threshold(labels, scores, threshold)?
+        .accuracy()
+        .ok_or_else(|| Error::Undefined {
+            metric: "accuracy",
+            reason: "no samples".into(),
+        })
+}
+
+/// Weighted regression statistics: (R², Pearson r, MAE); R² and r are `None` when the targets
+/// (or, for r, the predictions) are constant.
+fn regression_metrics(
+    rows: &[usize],
+    truth: &[f64],
+    pred: &[f64],
+    weight: impl Fn(usize) -> f64,
+) -> Option<(Option<f64>, Option<f64>, f64)> {
+    let (mut sw, mut sy, mut sp, mut abs) = (0.0, 0.0, 0.0, 0.0);
+    for &i in rows {
+        let w = weight(i);
+        sw += w;
+        sy += w * truth[i];
+        sp += w * pred[i];
+        abs += w * (truth[i] - pred[i]).abs();
+    }
+    if sw == 0.0 {
+        return None;
+    }
+    let (my, mp) = (sy / sw, sp / sw);
+    let (mut syy, mut spp, mut syp, mut sres) = (0.0, 0.0, 0.0, 0.0);
+    for &i in rows {
+        let w = weight(i);
+        let (dy, dp) = (truth[i] - my, pred[i] - mp);
+        syy += w * dy * dy;
+        spp += w * dp * dp;
+        syp += w * dy * dp;
+        let r = truth[i] - pred[i];
+        sres += w * r * r;
+    }
+    let r2 = (syy > 0.0).then(|| 1.0 - sres / syy);
+    let r = (syy > 0.0 && spp > 0.0).then(|| (syp / (syy.sqrt() * spp.sqrt())).clamp(-1.0, 1.0));
+    Some((r2, r, abs / sw))
+}
+
+fn constant_targets(metric: &'static str) -> Error {
+    Error::Undefined {
+        metric,
+        reason: "the targets are constant".into(),
+    }
+}
+
+/// Coefficient of determination `1 − SS_res / SS_tot`.
+pub fn r2(truth: &[f64], pred: &[f64]) -> Result<f64> {
+    check_pairs("R²", truth, pred)?;
+    let rows: Vec<usize> = (0..truth.len()).collect();
+    regression_metrics(&rows, truth, pred, |_| 1.0)
+        .and_then(|(r2, _, _)| r2)
+        .ok_or_else(|| constant_targets("R²"))
+}
+
+/// Pearson correlation coefficient.
+pub fn pearson_r(truth: &[f64], pred: &[f64]) -> Result<f64> {
+    check_pairs("Pearson r", truth, pred)?;
+    let rows: Vec<usize> = (0..truth.len()).collect();
+    regression_metrics(&rows, truth, pred, |_| 1.0)
+        .and_then(|(_, r, _)| r)
+        .ok_or_else(|| Error::Undefined {
+            metric: "Pearson r",
+            reason: "the targets or the predictions are constant".into(),
+        })
+}
+
+/// Mean absolute error.
+pub fn mae(truth: &[f64], pred: &[f64]) -> Result<f64> {
+    check_pairs("MAE", truth, pred)?;
+    Ok(truth
+        .iter()
+        .zip(pred)
+        .map(|(t, p)| (t - p).abs())
+        .sum::<f64>()
+        / truth.len() as f64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-target evaluation with bootstrap confidence intervals.
+// ---------------------------------------------------------------------------------------------
+
+/// The kind of downstream task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Binary targets (one or several, multi-label), predictions are probabilities.
+    Classification,
+    /// Continuous targets.
+    Regression,
+}
+
+impl Task {
+    /// The metrics reported for this task, in display order.
+    pub fn metric_names(self) -> &'static [&'static str] {
+        match self {
+            Task::Classification => &["auroc", "auprc", "f1", "balanced_accuracy", "accuracy"],
+            Task::Regression => &["r2", "pearson_r", "mae"],
+        }
+    }
+
+    /// Whether a larger value of `metric` is better (all but the error metrics).
+    pub fn higher_is_better(metric: &str) -> bool {
+        metric != "mae"
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Classification => "classification",
+            Task::Regression => "regression",
+        })
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "classification" => Ok(Task::Classification),
+            "regression" => Ok(Task::Regression),
+            other => Err(Error::InvalidInput(format!(
+                "unknown task {other:?}: use classification or regression"
+            ))),
+        }
+    }
+}
+
+/// Settings of the percentile bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// Number of resamples (0 disables the intervals).
+    pub resamples: usize,
+    /// Seed of the resampling stream.
+    pub seed: u64,
+    /// Coverage of the interval, e.g. 0.95.
+    pub confidence: f64,
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Self {
+            resamples: 1000,
+            seed: 0,
+            confidence: 0.95,
+        }
+    }
+}
+
+/// A metric value with its bootstrap confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The metric on the whole evaluation set.
+    pub value: f64,
+    /// Lower end of the interval (`None` without bootstrap).
+    pub ci_low: Option<f64>,
+    /// Upper end of the interval (`None` without bootstrap).
+    pub ci_high: Option<f64>,
+}
+
+/// The metrics of one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetMetrics {
+    /// The target's name.
+    pub name: String,
+    /// Evaluation rows where the target is present.
+    pub n: usize,
+    /// Positive labels among them (classification only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_positive: Option<usize>,
+    /// Bootstrap resamples on which the metrics were defined (see the module docs).
+    pub resamples_used: usize,
+    /// Metric name → estimate, for every name of [`Task::metric_names`].
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, Estimate>,
+}
+
+/// The metrics of every target and their average, as written to `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The task.
+    pub task: Task,
+    /// Threshold of the thresholded classification metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// How the intervals were computed.
+    pub bootstrap: Bootstrap,
+    /// One entry per target, in column order.
+    pub targets: Vec<TargetMetrics>,
+    /// Each metric averaged over the targets (with its own bootstrap interval).
+    pub average: TargetMetrics,
+}
+
+impl Evaluation {
+    /// The estimate of `metric` averaged over targets, if reported.
+    pub fn average_of(&self, metric: &str) -> Option<Estimate> {
+        self.average.metrics.get(metric).copied()
+    }
+}
+
+/// One target's rows and pre-sorted order, ready for repeated weighted evaluation.
+struct PreparedTarget {
+    rows: Vec<usize>,
+    labels: Vec<bool>,
+    order: Vec<usize>,
+}
+
+fn prepare(
+    task: Task,
+    name: &str,
+    truth: &[f64],
+    pred: &[f64],
+) -> Result<(PreparedTarget, Option<usize>)> {
+    let rows: Vec<usize> = (0..truth.len()).filter(|&i| !truth[i].is_nan()).collect();
+    if rows.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "target {name}: every value is missing (NaN)"
+        )));
+    }
+    if let Some(&i) = rows.iter().find(|&&i| !truth[i].is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "target {name}: row {i} is {}",
+            truth[i]
+        )));
+    }
+    if let Some(&i) = rows.iter().find(|&&i| !pred[i].is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "target {name}: the prediction of row {i} is {}",
+            pred[i]
+        )));
+    }
+    let labels: Vec<bool> = truth.iter().map(|&v| v == 1.0).collect();
+    let mut n_positive = None;
+    let mut order = Vec::new();
+    if task == Task::Classification {
+        if let Some(&i) = rows.iter().find(|&&i| truth[i] != 0.0 && truth[i] != 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "target {name}: classification labels must be 0 or 1 (or NaN when missing), row {i} is {}",
+                truth[i]
+            )));
+        }
+        let positives = rows.iter().filter(|&&i| labels[i]).count();
+        if positives == 0 || positives == rows.len() {
+            return Err(Error::Undefined {
+                metric: "classification metrics",
+                reason: format!(
+                    "target {name}: all {} present labels are {}",
+                    rows.len(),
+                    if positives == 0 { 0 } else { 1 }
+                ),
+            });
+        }
+        n_positive = Some(positives);
+        order = rows.clone();
+        order.sort_by(|&a, &b| pred[b].total_cmp(&pred[a]));
+    }
+    Ok((
+        PreparedTarget {
+            rows,
+            labels,
+            order,
+        },
+        n_positive,
+    ))
+}
+
+/// All metrics of one target under row weights; `None` where undefined.
+fn target_values(
+    task: Task,
+    target: &PreparedTarget,
+    truth: &[f64],
+    pred: &[f64],
+    threshold: f64,
+    weight: &(impl Fn(usize) -> f64 + Sync),
+) -> Option<Vec<f64>> {
+    match task {
+        Task::Classification => {
+            let (auc, ap) = ranking_metrics(&target.order, &target.labels, pred, weight)?;
+            let mut c = Confusion::default();
+            for &i in &target.rows {
+                let w = weight(i);
+                match (target.labels[i], pred[i] >= threshold) {
+                    (true, true) => c.tp += w,
+                    (true, false) => c.fn_ += w,
+                    (false, true) => c.fp += w,
+                    (false, false) => c.tn += w,
+                }
+            }
+            Some(vec![auc, ap, c.f1(), c.balanced_accuracy()?, c.accuracy()?])
+        }
+        Task::Regression => {
+            let (r2, r, mae) = regression_metrics(&target.rows, truth, pred, weight)?;
+            Some(vec![r2?, r?, mae])
+        }
+    }
+}
+
+/// Linear-interpolated quantile of sorted values (NumPy's default method).
+fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+}
+
+/// Row counts of bootstrap resample `b`: how often each of `n` rows is drawn.
+fn resample_counts(seed: u64, b: usize, n: usize) -> Vec<u32> {
+    let mut rng =
+        mmcl_nn::rng::SplitMix64::new(seed ^ (b as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut counts = vec![0u32; n];
+    for _ in 0..n {
+        // Lemire's multiply-shift maps 64 random bits to [0, n) without a division.
+        let i = ((rng.next_u64() as u128 * n as u128) >> 64) as usize;
+        counts[i] += 1;
+    }
+    counts
+}
+
+/// Evaluates predictions of one or several targets, with bootstrap intervals.
+///
+/// `truth` and `predictions` are `N × K`; a NaN in `truth` marks a missing value (that row does
+/// not count for that target). For classification, `truth` holds 0/1 labels and `predictions`
+/// probabilities (scores); `threshold` applies to the thresholded metrics. `names` names the
+/// `K` targets (`target_0`, … when empty).
+///
+/// Errors when the shapes differ, a target has no present value, a prediction is not finite,
+/// or a classification target has one class only.
+///
+/// ```
+/// use mmcl_eval::{Matrix, metrics::{Bootstrap, Task, evaluate}};
+/// let truth = Matrix::column_vector(vec![0.0, 1.0, 1.0, 0.0, 1.0, 0.0]);
+/// let pred = Matrix::column_vector(vec![0.2, 0.9, 0.6, 0.4, 0.3, 0.1]);
+/// let eval = evaluate(Task::Classification, &truth, &pred, &[], 0.5, &Bootstrap::default()).unwrap();
+/// let auroc = eval.average_of("auroc").unwrap();
+/// assert!((auroc.value - 8.0 / 9.0).abs() < 1e-12);
+/// assert!(auroc.ci_low.unwrap() <= auroc.value && auroc.value <= auroc.ci_high.unwrap());
+/// ```
+pub fn evaluate(
+    task: Task,
+    truth: &Matrix<f64>,
+    predictions: &Matrix<f64>,
+    names: &[String],
+    threshold: f64,
+    bootstrap: &Bootstrap,
+) -> Result<Evaluation> {
+    if truth.rows() != predictions.rows() || truth.cols() != predictions.cols() {
+        return Err(Error::InvalidInput(format!(
+            "truth is {}×{} but predictions are {}×{}",
+            truth.rows(),
+            truth.cols(),
+            predictions.rows(),
+            predictions.cols()
+        )));
+    }
+    let k = truth.cols();
+    if k == 0 || truth.rows() == 0 {
+        return Err(Error::InvalidInput(
+            "nothing to evaluate (no rows or no targets)".into(),
+        ));
+    }
+    if !names.is_empty() && names.len() != k {
+        return Err(Error::InvalidInput(format!(
+            "{} target names for {k} targets",
+            names.len()
+        )));
+    }
+    if !(bootstrap.confidence > 0.0 && bootstrap.confidence < 1.0) {
+        return Err(Error::InvalidInput(format!(
+            "bootstrap confidence must lie in (0, 1), got {}",
+            bootstrap.confidence
+        )));
+    }
+    let names: Vec<String> = if names.is_empty() {
+        (0..k).map(|j| format!("target_{j}")).collect()
+    } else {
+        names.to_vec()
+    };
+    let columns: Vec<(Vec<f64>, Vec<f64>)> = (0..k)
+        .map(|j| (truth.column(j), predictions.column(j)))
+        .collect();
+    let mut prepared = Vec::with_capacity(k);
+    let mut positives = Vec::with_capacity(k);
+    for (j, (t, p)) in columns.iter().enumerate() {
+        let (target, n_pos) = prepare(task, &names[j], t, p)?;
+        prepared.push(target);
+        positives.push(n_pos);
+    }
+    let metric_names = task.metric_names();
+    let full: Vec<Vec<f64>> = prepared
+        .iter()
+        .zip(&columns)
+        .zip(&names)
+        .map(|((target, (t, p)), name)| {
+            target_values(task, target, t, p, threshold, &|_| 1.0).ok_or_else(|| Error::Undefined {
+                metric: "regression metrics",
+                reason: format!("target {name}: the targets or the predictions are constant"),
+            })
+        })
+        .collect::<Result<_>>()?;
+
+    // Resample rows once per replicate and evaluate every target on it.
+    let n = truth.rows();
+    let replicates: Vec<Vec<Option<Vec<f64>>>> = (0..bootstrap.resamples)
+        .into_par_iter()
+        .map(|b| {
+            let counts = resample_counts(bootstrap.seed, b, n);
+            let weight = |i: usize| counts[i] as f64;
+            prepared
+                .iter()
+                .zip(&columns)
+                .map(|(target, (t, p))| target_values(task, target, t, p, threshold, &weight))
+                .collect()
+        })
+        .collect();
+
+    let (lo_q, hi_q) = (
+        (1.0 - bootstrap.confidence) / 2.0,
+        (1.0 + bootstrap.confidence) / 2.0,
+    );
+    let interval = |samples: Vec<Vec<f64>>, m: usize| -> (Option<f64>, Option<f64>) {
+        let mut values: Vec<f64> = samples.iter().map(|v| v[m]).collect();
+        if values.is_empty() {
+            return (None, None);
+        }
+        values.sort_by(f64::total_cmp);
+        (
+            Some(quantile_sorted(&values, lo_q)),
+            Some(quantile_sorted(&values, hi_q)),
+        )
+    };
+    let summarise = |name: String,
+                     n: usize,
+                     n_positive: Option<usize>,
+                     value: &[f64],
+                     samples: Vec<Vec<f64>>| {
+        let resamples_used = samples.len();
+        let metrics = metric_names
+            .iter()
+            .enumerate()
+            .map(|(m, metric)| {
+                let (ci_low, ci_high) = interval(samples.clone(), m);
+                (
+                    metric.to_string(),
+                    Estimate {
+                        value: value[m],
+                        ci_low,
+                        ci_high,
+                    },
+                )
+            })
+            .collect();
+        TargetMetrics {
+            name,
+            n,
+            n_positive,
+            resamples_used,
+            metrics,
+        }
+    };
+
+    let targets = (0..k)
+        .map(|j| {
+            let samples = replicates.iter().filter_map(|r| r[j].clone()).collect();
+            summarise(
+                names[j].clone(),
+                prepared[j].rows.len(),
+                positives[j],
+                &full[j],
+                samples,
+            )
+        })
+        .collect();
+    let mean_over_targets = |values: &[&Vec<f64>]| -> Vec<f64> {
+        (0..metric_names.len())
+            .map(|m| values.iter().map(|v| v[m]).sum::<f64>() / values.len() as f64)
+            .collect()
+    };
+    let average_value = mean_over_targets(&full.iter().collect::<Vec<_>>());
+    // A replicate counts for the average only when every target is defined on it.
+    let average_samples = replicates
+        .iter()
+        .filter_map(|r| {
+            let defined: Option<Vec<&Vec<f64>>> = r.iter().map(Option::as_ref).collect();
+            defined.map(|d| mean_over_targets(&d))
+        })
+        .collect();
+    let average = summarise(
+        "average".into(),
+        (0..n)
+            .filter(|&i| (0..k).any(|j| !truth.get(i, j).is_nan()))
+            .count(),
+        None,
+        &average_value,
+        average_samples,
+    );
+    Ok(Evaluation {
+        task,
+        threshold: (task == Task::Classification).then_some(threshold),
+        bootstrap: *bootstrap,
+        targets,
+        average,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_counts_ties_as_half() {
+        // One positive tied with one negative: pairs (p>n)=3 of 4 plus ½ for the tie.
+        let labels = [1.0, 0.0, 1.0, 0.0];
+        let scores = [0.5, 0.5, 0.9, 0.1];
+        assert_eq!(auroc(&labels, &scores).unwrap(), 3.5 / 4.0);
+    }
+
+    #[test]
+    fn average_precision_matches_hand_computation() {
+        // Descending: 0.9(+) 0.8(-) 0.7(+) → AP = ½·1 + ½·(2/3).
+        let ap = average_precision(&[1.0, 0.0, 1.0], &[0.9, 0.8, 0.7]).unwrap();
+        assert!((ap - (0.5 + 1.0 / 3.0)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn one_class_is_undefined() {
+        assert!(matches!(
+            auroc(&[1.0, 1.0], &[0.2, 0.3]),
+            Err(Error::Undefined { .. })
+        ));
+        assert!(auroc(&[0.0, 2.0], &[0.2, 0.3]).is_err());
+        assert!(auroc(&[0.0, 1.0], &[0.2, f64::NAN]).is_err());
+        assert!(auroc(&[0.0, 1.0], &[0.2]).is_err());
+    }
+
+    #[test]
+    fn roc_curve_ends_at_one() {
+        let c = roc_curve(&[0.0, 1.0, 1.0, 0.0], &[0.1, 0.8, 0.4, 0.4]).unwrap();
+        assert_eq!(c.fpr, vec![0.0, 0.0, 0.5, 1.0]);
+        assert_eq!(c.tpr, vec![0.0, 0.5, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_numpy() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile_sorted(&v, 0.5), 2.5);
+        assert!((quantile_sorted(&v, 0.025) - 1.075).abs() < 1e-12);
+    }
+
+    #[test]
+    fn resampling_draws_n_rows() {
+        let c = resample_counts(7, 3, 50);
+        assert_eq!(c.iter().sum::<u32>(), 50);
+        assert_eq!(c, resample_counts(7, 3, 50));
+        assert_ne!(c, resample_counts(7, 4, 50));
+    }
+
+    #[test]
+    fn missing_targets_are_skipped_per_target() {
+        let nan = f64::NAN;
+        let truth = Matrix::new(4, 2, vec![1.0, 2.0, 3.0, nan, 5.0, 4.0, 7.0, 9.0]).unwrap();
+        let pred = Matrix::new(4, 2, vec![1.5, 2.0, 2.5, 0.0, 5.5, 4.0, 7.5, 8.0]).unwrap();
+        let boot = Bootstrap {
+            resamples: 0,
+            ..Bootstrap::default()
+        };
+        let e = evaluate(Task::Regression, &truth, &pred, &[], 0.5, &boot).unwrap();
+        assert_eq!(e.targets[1].n, 3);
+        let mae1 = e.targets[1].metrics["mae"].value;
+        assert!((mae1 - 1.0 / 3.0).abs() < 1e-12);
+        let avg = e.average.metrics["mae"].value;
+        assert!((avg - 0.5 * (0.5 + 1.0 / 3.0)).abs() < 1e-12);
+        assert_eq!(e.average.metrics["mae"].ci_low, None);
+    }
+}

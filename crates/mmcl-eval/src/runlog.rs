@@ -1,0 +1,188 @@
+//! Training run logs: JSON lines such as
+//! `{"epoch": 3, "step": 120, "split": "train", "loss": 1.23, "lr": 0.001}`.
+//!
+//! Every numeric key other than `epoch` and `step` is a metric; `split` (default `"train"`)
+//! groups the lines. Blank lines are ignored; anything else that is not a JSON object is an
+//! error naming the file and line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// One line of a run log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// The split the line belongs to (`train`, `val`, …).
+    pub split: String,
+    /// The epoch, if given.
+    pub epoch: Option<f64>,
+    /// The optimiser step, if given.
+    pub step: Option<f64>,
+    /// Metric name → value.
+    pub values: BTreeMap<String, f64>,
+}
+
+/// A parsed run log.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunLog {
+    /// The lines, in file order.
+    pub records: Vec<LogRecord>,
+}
+
+/// One metric of one split against the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The split.
+    pub split: String,
+    /// `(epoch, value)` points, by increasing epoch; several lines of one epoch are averaged.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl RunLog {
+    /// Reads a JSON-lines log.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses the text of a JSON-lines log; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let mut records = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|source| Error::Json {
+                    path: path.to_path_buf(),
+                    line: Some(index + 1),
+                    source,
+                })?;
+            let serde_json::Value::Object(map) = value else {
+                return Err(Error::Format {
+                    path: path.to_path_buf(),
+                    reason: format!("line {}: expected a JSON object", index + 1),
+                });
+            };
+            let mut record = LogRecord {
+                split: "train".into(),
+                epoch: None,
+                step: None,
+                values: BTreeMap::new(),
+            };
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("split", serde_json::Value::String(s)) => record.split = s,
+                    ("epoch", v) => record.epoch = v.as_f64(),
+                    ("step", v) => record.step = v.as_f64(),
+                    (_, serde_json::Value::Number(n)) => {
+                        if let Some(x) = n.as_f64() {
+                            record.values.insert(key, x);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            records.push(record);
+        }
+        if records.is_empty() {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: "the run log has no records".into(),
+            });
+        }
+        Ok(Self { records })
+    }
+
+    /// Names of all metrics, sorted, with `loss`-like names first.
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .records
+            .iter()
+            .flat_map(|r| r.values.keys().cloned())
+            .collect();
+        names.sort_by_key(|n| (!n.contains("loss"), n.clone()));
+        names.dedup();
+        names
+    }
+
+    /// Names of all splits, in order of first appearance.
+    pub fn splits(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.records {
+            if !out.contains(&r.split) {
+                out.push(r.split.clone());
+            }
+        }
+        out
+    }
+
+    /// `metric` against the epoch, one series per split that logs it. Lines without an epoch
+    /// use their step divided by the largest step of the split (or their position) so that
+    /// they still plot.
+    pub fn series(&self, metric: &str) -> Vec<Series> {
+        let mut out = Vec::new();
+        for split in self.splits() {
+            let rows: Vec<&LogRecord> = self
+                .records
+                .iter()
+                .filter(|r| r.split == split && r.values.contains_key(metric))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut by_epoch: BTreeMap<i64, (f64, f64, usize)> = BTreeMap::new();
+            for (position, r) in rows.iter().enumerate() {
+                let x = r.epoch.or(r.step).unwrap_or(position as f64);
+                // Group equal epochs exactly; the key keeps 1e-9 resolution for fractional ones.
+                let key = (x * 1e9).round() as i64;
+                let e = by_epoch.entry(key).or_insert((x, 0.0, 0));
+                e.1 += r.values[metric];
+                e.2 += 1;
+            }
+            out.push(Series {
+                split,
+                points: by_epoch
+                    .into_values()
+                    .map(|(x, sum, n)| (x, sum / n as f64))
+                    .collect(),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_groups_by_split_and_epoch() {
+        let text = r#"{"epoch": 0, "step": 10, "split": "train", "loss": 2.0, "lr": 0.001}
+{"epoch": 0, "step": 20, "split": "train", "loss": 1.0, "lr": 0.002}
+
+{"epoch": 0, "split": "val", "loss": 1.5, "auroc": 0.7}
+{"epoch": 1, "step": 30, "loss": 0.5}
+"#;
+        let log = RunLog::parse(text, Path::new("log.jsonl")).unwrap();
+        assert_eq!(log.records.len(), 4);
+        assert_eq!(log.metric_names(), vec!["loss", "auroc", "lr"]);
+        let loss = log.series("loss");
+        assert_eq!(loss.len(), 2);
+        assert_eq!(loss[0].points, vec![(0.0, 1.5), (1.0, 0.5)]);
+        assert_eq!(loss[1].split, "val");
+    }
+
+    #[test]
+    fn bad_lines_name_the_line() {
+        let err = RunLog::parse("{\"loss\": 1}\nnot json\n", Path::new("run.jsonl")).unwrap_err();
+        assert!(err.to_string().contains("run.jsonl, line 2"), "{err}");
+        assert!(RunLog::parse("[1, 2]\n", Path::new("a")).is_err());
+        assert!(RunLog::parse("\n\n", Path::new("a")).is_err());
+    }
+}

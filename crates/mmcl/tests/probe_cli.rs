@@ -1,0 +1,419 @@
+//! `mmcl probe`, `mmcl plot-curves` and `mmcl report` end to end, and their errors on bad
+//! input (clear message naming the file, non-zero exit, nothing written).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Writes a little-endian float32 `.npy`.
+fn write_npy(path: &Path, shape: &[usize], values: &[f32]) {
+    assert_eq!(shape.iter().product::<usize>(), values.len());
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let pad = (64 - (10 + header.len() + 1) % 64) % 64;
+    header.push_str(&" ".repeat(pad));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A small synthetic problem: D = 6 embeddings, two binary and two continuous targets.
+struct Data {
+    dir: tempfile::TempDir,
+}
+
+impl Data {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = mmcl_nn::rng::SplitMix64::new(3);
+        for (split, n) in [("train", 240), ("val", 100), ("test", 160)] {
+            let mut x = Vec::new();
+            let mut cls = Vec::new();
+            let mut reg = Vec::new();
+            for i in 0..n {
+                let z: Vec<f64> = (0..6).map(|_| rng.next_normal()).collect();
+                x.extend(z.iter().map(|&v| v as f32 * 2.0 + 1.0));
+                let l0 = z[0] + 0.5 * z[1] + 0.7 * rng.next_normal();
+                let l1 = z[2] - z[3] + 0.7 * rng.next_normal();
+                cls.push((l0 > 0.6) as u8 as f32);
+                cls.push(if i % 9 == 0 {
+                    f32::NAN
+                } else {
+                    (l1 > 0.0) as u8 as f32
+                });
+                reg.push((50.0 + 10.0 * z[4] + 3.0 * rng.next_normal()) as f32);
+                reg.push(if i % 5 == 0 {
+                    f32::NAN
+                } else {
+                    (z[5] - z[0] + 0.5 * rng.next_normal()) as f32
+                });
+            }
+            write_npy(&dir.path().join(format!("x_{split}.npy")), &[n, 6], &x);
+            write_npy(&dir.path().join(format!("cls_{split}.npy")), &[n, 2], &cls);
+            write_npy(&dir.path().join(format!("reg_{split}.npy")), &[n, 2], &reg);
+            let first: Vec<f32> = cls.iter().step_by(2).copied().collect();
+            write_npy(&dir.path().join(format!("cls1d_{split}.npy")), &[n], &first);
+            let first: Vec<f32> = reg.iter().step_by(2).copied().collect();
+            write_npy(&dir.path().join(format!("reg1d_{split}.npy")), &[n], &first);
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+fn mmcl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmcl"))
+        .args(args)
+        .output()
+        .expect("run mmcl")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn classification_probe_writes_metrics_predictions_and_figures() {
+    let d = Data::new();
+    let (out, preds, figs) = (d.s("metrics.json"), d.s("preds.npy"), d.s("figures"));
+    let o = mmcl(&[
+        "probe",
+        "--task",
+        "classification",
+        "--train-x",
+        &d.s("x_train.npy"),
+        "--train-y",
+        &d.s("cls_train.npy"),
+        "--val-x",
+        &d.s("x_val.npy"),
+        "--val-y",
+        &d.s("cls_val.npy"),
+        "--test-x",
+        &d.s("x_test.npy"),
+        "--test-y",
+        &d.s("cls_test.npy"),
+        "--target-names",
+        "CAD,AF",
+        "--bootstrap",
+        "200",
+        "--output",
+        &out,
+        "--predictions",
+        &preds,
+        "--figures",
+        &figs,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("CAD") && table.contains("average") && table.contains("auroc"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for metric in ["auroc", "auprc", "f1", "balanced_accuracy"] {
+        for entry in [&json["targets"][0], &json["targets"][1], &json["average"]] {
+            let m = &entry[metric];
+            let (v, lo, hi) = (
+                m["value"].as_f64().unwrap(),
+                m["ci_low"].as_f64().unwrap(),
+                m["ci_high"].as_f64().unwrap(),
+            );
+            assert!(lo <= hi && (0.0..=1.0).contains(&v), "{metric}: {m}");
+        }
+    }
+    assert!(json["targets"][0]["auroc"]["value"].as_f64().unwrap() > 0.75);
+    // 160 × 2 float32 predictions after a 128-byte header.
+    assert_eq!(std::fs::metadata(&preds).unwrap().len(), 128 + 160 * 2 * 4);
+    assert!(d.path("figures/roc.png").is_file());
+    let report = std::fs::read_to_string(d.path("figures/report.md")).unwrap();
+    assert!(report.contains("![ROC curves](roc.png)"));
+
+    // One-dimensional labels without a validation split (hold-out of the training rows).
+    let o = mmcl(&[
+        "probe",
+        "--task",
+        "classification",
+        "--train-x",
+        &d.s("x_train.npy"),
+        "--train-y",
+        &d.s("cls1d_train.npy"),
+        "--test-x",
+        &d.s("x_test.npy"),
+        "--test-y",
+        &d.s("cls1d_test.npy"),
+        "--bootstrap",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("hold-out"));
+}
+
+#[test]
+fn regression_probe_and_report_commands() {
+    let d = Data::new();
+    let out = d.s("reg.json");
+    let o = mmcl(&[
+        "probe",
+        "--task",
+        "regression",
+        "--train-x",
+        &d.s("x_train.npy"),
+        "--train-y",
+        &d.s("reg_train.npy"),
+        "--val-x",
+        &d.s("x_val.npy"),
+        "--val-y",
+        &d.s("reg_val.npy"),
+        "--test-x",
+        &d.s("x_test.npy"),
+        "--test-y",
+        &d.s("reg_test.npy"),
+        "--output",
+        &out,
+        "--bootstrap",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(json["targets"][0]["r2"]["value"].as_f64().unwrap() > 0.8);
+    assert!(json["average"]["pearson_r"]["ci_high"].is_number());
+    assert!(json["average"]["mae"]["ci_low"].is_number());
+
+    let log = d.path("run.jsonl");
+    std::fs::write(
+        &log,
+        "{\"epoch\": 0, \"split\": \"train\", \"loss\": 2.0}\n{\"epoch\": 1, \"split\": \"train\", \"loss\": 1.0}\n{\"epoch\": 1, \"split\": \"val\", \"loss\": 1.4}\n",
+    )
+    .unwrap();
+    let curves = d.s("curves.png");
+    let o = mmcl(&[
+        "plot-curves",
+        "--log",
+        &log.display().to_string(),
+        "--output",
+        &curves,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(Path::new(&curves).is_file());
+
+    let md = d.s("report.md");
+    let o = mmcl(&[
+        "report",
+        "--metrics",
+        &out,
+        "--output",
+        &md,
+        "--log",
+        &log.display().to_string(),
+        "--figure",
+        "Scatter=scatter.png",
+        "--title",
+        "Phenotypes",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.starts_with("# Phenotypes") && text.contains("report_curves.png"));
+    assert!(d.path("report_curves.png").is_file());
+}
+
+/// Runs a probe that must fail; checks the message and that no output was written.
+fn expect_failure(d: &Data, args: &[&str], needle: &str) {
+    let out = d.s("bad.json");
+    let mut all = vec!["probe"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--output", &out]);
+    let o = mmcl(&all);
+    assert!(!o.status.success(), "expected failure for {args:?}");
+    let err = stderr(&o);
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!Path::new(&out).exists());
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let d = Data::new();
+    let (xtr, xte, ytr, yte) = (
+        d.s("x_train.npy"),
+        d.s("x_test.npy"),
+        d.s("cls_train.npy"),
+        d.s("cls_test.npy"),
+    );
+    // Shape mismatch between x and y.
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &xtr,
+            "--train-y",
+            &d.s("cls_val.npy"),
+            "--test-x",
+            &xte,
+            "--test-y",
+            &yte,
+        ],
+        "has 240 rows but",
+    );
+    // Missing file.
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &d.s("nope.npy"),
+            "--train-y",
+            &ytr,
+            "--test-x",
+            &xte,
+            "--test-y",
+            &yte,
+        ],
+        "nope.npy",
+    );
+    // All-NaN target.
+    write_npy(&d.path("nan.npy"), &[240], &[f32::NAN; 240]);
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "regression",
+            "--train-x",
+            &xtr,
+            "--train-y",
+            &d.s("nan.npy"),
+            "--test-x",
+            &xte,
+            "--test-y",
+            &d.s("reg1d_test.npy"),
+        ],
+        "missing (NaN) in every row",
+    );
+    // One-class labels.
+    write_npy(&d.path("ones.npy"), &[240], &[1.0; 240]);
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &xtr,
+            "--train-y",
+            &d.s("ones.npy"),
+            "--test-x",
+            &xte,
+            "--test-y",
+            &d.s("cls1d_test.npy"),
+        ],
+        "one class only",
+    );
+    // Labels that are not 0/1.
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &xtr,
+            "--train-y",
+            &d.s("reg_train.npy"),
+            "--test-x",
+            &xte,
+            "--test-y",
+            &yte,
+        ],
+        "must be 0 or 1",
+    );
+    // Target columns differ between train and test.
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &xtr,
+            "--train-y",
+            &ytr,
+            "--test-x",
+            &xte,
+            "--test-y",
+            &d.s("cls1d_test.npy"),
+        ],
+        "cls1d_test.npy has 1 target columns",
+    );
+    // Feature dimension mismatch between train and test.
+    write_npy(&d.path("x_small.npy"), &[160, 3], &[0.5; 480]);
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &xtr,
+            "--train-y",
+            &ytr,
+            "--test-x",
+            &d.s("x_small.npy"),
+            "--test-y",
+            &yte,
+        ],
+        "has 3 features",
+    );
+    // A file that is not an .npy.
+    std::fs::write(d.path("junk.npy"), b"not numpy").unwrap();
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &d.s("junk.npy"),
+            "--train-y",
+            &ytr,
+            "--test-x",
+            &xte,
+            "--test-y",
+            &yte,
+        ],
+        "junk.npy: not a readable .npy",
+    );
+    // Truncated data.
+    let bytes = std::fs::read(d.path("x_train.npy")).unwrap();
+    std::fs::write(d.path("cut.npy"), &bytes[..bytes.len() / 2]).unwrap();
+    expect_failure(
+        &d,
+        &[
+            "--task",
+            "classification",
+            "--train-x",
+            &d.s("cut.npy"),
+            "--train-y",
+            &ytr,
+            "--test-x",
+            &xte,
+            "--test-y",
+            &yte,
+        ],
+        "cut.npy",
+    );
+}
