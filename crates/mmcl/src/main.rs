@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled-in features and the devices that can be used.
     Info(commands::info::Args),
+    /// Generate the synthetic paired ECG–CMR cohort in UK Biobank layout.
+    Synth(commands::synth::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
+        Command::Synth(args) => commands::synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,3 +2,4 @@
 
 pub mod common;
 pub mod info;
+pub mod synth;
