@@ -22,7 +22,9 @@
 use std::f64::consts::{PI, TAU};
 
 use crate::config::CmrConfig;
-use crate::rng::{SubjectRng, normal, uniform};
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::rng::{NoiseRng, SubjectRng, normal, uniform};
 use crate::state::{HiddenState, Territory};
 
 /// Angular bins of the polar shape tables.
@@ -371,9 +373,10 @@ pub fn generate_cmr(s: &HiddenState, cfg: &CmrConfig, rng: &mut SubjectRng) -> C
     // Acquisition and anatomy that do not change over the cycle.
     let eps = uniform(rng, 0.85, 1.0);
     let phi = 0.2 * normal(rng);
+    // The LV sits 20 mm right of the image centre so that LV and RV together are centred.
     let centre = (
-        fov * 0.56 + 4.0 * normal(rng),
-        fov * 0.48 + 4.0 * normal(rng),
+        fov * 0.5 + 20.0 + 4.0 * normal(rng),
+        fov * 0.5 + 4.0 * normal(rng),
     );
     let tilt = (1.2 * normal(rng), 1.2 * normal(rng));
     let length = (70.0 * (s.lvedv / 130.0).cbrt() * uniform(rng, 0.95, 1.05))
@@ -534,6 +537,7 @@ pub fn generate_cmr(s: &HiddenState, cfg: &CmrConfig, rng: &mut SubjectRng) -> C
         })
         .collect();
 
+    let mut noise_rng = NoiseRng::from_stream(rng);
     let frame_len = n * n * nz;
     let mut image = vec![0i16; frame_len * nt];
     let mut labels = vec![0u8; frame_len * nt];
@@ -601,9 +605,14 @@ pub fn generate_cmr(s: &HiddenState, cfg: &CmrConfig, rng: &mut SubjectRng) -> C
             let img = &mut image[base..base + n * n];
             for (idx, out) in img.iter_mut().enumerate() {
                 let signal = gain * bias[idx] as f64 * plane[idx];
-                let re = signal + noise_sd * normal(rng);
-                let im = noise_sd * normal(rng);
-                *out = (re * re + im * im).sqrt().round().min(i16::MAX as f64) as i16;
+                let (n1, n2): (f64, f64) = (
+                    StandardNormal.sample(&mut noise_rng),
+                    StandardNormal.sample(&mut noise_rng),
+                );
+                let re = signal + noise_sd * n1;
+                let im = noise_sd * n2;
+                // Round half up (a magnitude is never negative); `as` saturates at i16::MAX.
+                *out = ((re * re + im * im).sqrt() + 0.5) as i16;
             }
         }
     }
@@ -669,6 +678,20 @@ impl Background {
                 )
             })
             .collect();
+        // Tissue texture: a few plane waves, computed once with sin(a + b) expanded so that
+        // only per-row and per-column sines are needed.
+        let mut grain = vec![0.0; n * n];
+        for &(fx, fy, p, a) in &texture {
+            let col: Vec<(f64, f64)> = (0..n)
+                .map(|i| (fx * (i as f64 + 0.5) * pixel).sin_cos())
+                .collect();
+            for j in 0..n {
+                let (sy, cy) = (fy * (j as f64 + 0.5) * pixel + p).sin_cos();
+                for (i, &(sx, cx)) in col.iter().enumerate() {
+                    grain[j * n + i] += a * (sx * cy + cx * sy);
+                }
+            }
+        }
         let inside = |x: f64, y: f64, c: (f64, f64), a: (f64, f64)| {
             ((x - c.0) / a.0).powi(2) + ((y - c.1) / a.1).powi(2)
         };
@@ -723,22 +746,40 @@ impl Background {
                                 if inside(x, y, (spine.0, spine.1), (spine.2, spine.2)) < 1.0 {
                                     v = 0.3;
                                 }
-                                v *= 1.0
-                                    + texture
-                                        .iter()
-                                        .map(|&(fx, fy, p, a)| a * (fx * x + fy * y + p).sin())
-                                        .sum::<f64>();
+                                v *= 1.0 + grain[j * n + i];
                             }
                             v
                         };
                         plane[j * n + i] = val;
                     }
                 }
-                plane
+                box_blur(&plane, n)
             })
             .collect();
         Self { slices }
     }
+}
+
+/// A 3 × 3 box blur of an `n × n` plane (edges clamp): tissue boundaries with partial volume.
+fn box_blur(plane: &[f64], n: usize) -> Vec<f64> {
+    let at = |i: isize, j: isize| {
+        let i = i.clamp(0, n as isize - 1) as usize;
+        let j = j.clamp(0, n as isize - 1) as usize;
+        plane[j * n + i]
+    };
+    let mut out = vec![0.0; n * n];
+    for j in 0..n as isize {
+        for i in 0..n as isize {
+            let mut sum = 0.0;
+            for dj in -1..=1 {
+                for di in -1..=1 {
+                    sum += at(i + di, j + dj);
+                }
+            }
+            out[j as usize * n + i as usize] = sum / 9.0;
+        }
+    }
+    out
 }
 
 /// A short-axis orientation in RAS+ world coordinates with the voxel size folded in.

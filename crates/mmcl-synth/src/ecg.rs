@@ -406,11 +406,7 @@ pub fn generate_ecg(s: &HiddenState, cfg: &EcgConfig, rng: &mut SubjectRng) -> E
 
     let strip = derive_leads(&independent)
         .into_iter()
-        .map(|lead| {
-            lead.iter()
-                .map(|&uv| (uv / UV_PER_LSB).round() as i32)
-                .collect()
-        })
+        .map(|lead| lead.iter().map(|&uv| quantise(uv)).collect())
         .collect::<Vec<Vec<i32>>>();
 
     let qrs_onsets: Vec<usize> = onsets
@@ -445,11 +441,7 @@ pub fn generate_ecg(s: &HiddenState, cfg: &EcgConfig, rng: &mut SubjectRng) -> E
             .collect();
         derive_leads(&ind)
             .into_iter()
-            .map(|l| {
-                l.iter()
-                    .map(|&uv| (uv / UV_PER_LSB).round() as i32)
-                    .collect()
-            })
+            .map(|l| l.iter().map(|&uv| quantise(uv)).collect())
             .collect()
     });
     let measurements = measure(s, &model, &median, &qrs_onsets, heart_rate_bpm, fs, rng);
@@ -521,23 +513,22 @@ fn add_electrode_noise(independent: &mut [Vec<f64>], fs: f64, mains_hz: f64, rng
             let mains_shift = 0.3 * normal(rng);
             let emg_sd =
                 5.0 * muscle_level * (0.5 * normal(rng)).exp() * if limb { 1.5 } else { 1.0 };
+            let mut sines = [
+                Oscillator::new(resp_hz, fs, resp_phase, resp_amp),
+                Oscillator::new(drifts[0].0, fs, drifts[0].2, drifts[0].1),
+                Oscillator::new(drifts[1].0, fs, drifts[1].2, drifts[1].1),
+                Oscillator::new(mains_hz, fs, mains_phase + mains_shift, mains_amp),
+            ];
             // Muscle noise: white noise through a one-pole high-pass at about 15 Hz.
             let alpha = 1.0 / (1.0 + TAU * 15.0 / fs);
             let (mut prev_x, mut prev_y) = (0.0, 0.0);
             (0..n)
-                .map(|i| {
-                    let t = i as f64 / fs;
+                .map(|_| {
                     let x = emg_sd * normal(rng);
                     let y = alpha * (prev_y + x - prev_x);
                     prev_x = x;
                     prev_y = y;
-                    let wander = resp_amp * (TAU * resp_hz * t + resp_phase).sin()
-                        + drifts
-                            .iter()
-                            .map(|&(f, a, p)| a * (TAU * f * t + p).sin())
-                            .sum::<f64>();
-                    let mains = mains_amp * (TAU * mains_hz * t + mains_phase + mains_shift).sin();
-                    wander + mains + 2.0 * y
+                    sines.iter_mut().map(Oscillator::next).sum::<f64>() + 2.0 * y
                 })
                 .collect()
         })
@@ -550,6 +541,45 @@ fn add_electrode_noise(independent: &mut [Vec<f64>], fs: f64, mains_hz: f64, rng
         for c in 0..6 {
             independent[2 + c][i] += electrodes[3 + c][i] - wct;
         }
+    }
+}
+
+/// Microvolts to stored integers, rounding half away from zero (`f64::round` without the
+/// library call, which dominates in this loop).
+fn quantise(uv: f64) -> i32 {
+    let lsb = uv / UV_PER_LSB;
+    (lsb + 0.5f64.copysign(lsb)) as i32
+}
+
+/// A sinusoid advanced sample by sample by rotating its phasor (no `sin` per sample).
+struct Oscillator {
+    re: f64,
+    im: f64,
+    step_re: f64,
+    step_im: f64,
+    amplitude: f64,
+}
+
+impl Oscillator {
+    fn new(freq_hz: f64, fs: f64, phase: f64, amplitude: f64) -> Self {
+        let (im, re) = phase.sin_cos();
+        let (step_im, step_re) = (TAU * freq_hz / fs).sin_cos();
+        Self {
+            re,
+            im,
+            step_re,
+            step_im,
+            amplitude,
+        }
+    }
+
+    /// `amplitude · sin(phase + 2π f n / fs)` for the next sample `n`.
+    fn next(&mut self) -> f64 {
+        let value = self.amplitude * self.im;
+        let re = self.re * self.step_re - self.im * self.step_im;
+        self.im = self.re * self.step_im + self.im * self.step_re;
+        self.re = re;
+        value
     }
 }
 
