@@ -379,10 +379,10 @@ pub fn generate_cmr(s: &HiddenState, cfg: &CmrConfig, rng: &mut SubjectRng) -> C
         fov * 0.5 + 4.0 * normal(rng),
     );
     let tilt = (1.2 * normal(rng), 1.2 * normal(rng));
-    let length = (70.0 * (s.lvedv / 130.0).cbrt() * uniform(rng, 0.95, 1.05))
+    let length = (70.0 * (s.lvedv / 145.0).cbrt() * uniform(rng, 0.95, 1.05))
         .clamp(50.0, 0.78 * cfg.stack_mm);
     let z_base_ed = uniform(rng, 2.0, 6.0);
-    let cap = (7.0 * (s.lvm / 140.0).cbrt()).clamp(5.0, 10.0);
+    let cap = (7.0 * (s.lvm / 80.0).cbrt()).clamp(5.0, 10.0);
     let territory = s.conditions.territory.map(|t| match t {
         Territory::Anterior => (1.4 * PI, 0.3 * PI, 0.35, 1.0),
         Territory::Inferior => (0.55 * PI, 0.25 * PI, 0.0, 0.65),
@@ -911,6 +911,43 @@ mod tests {
                 v.iter().sum::<f64>() / v.len() as f64
             };
             assert!(mean(1) > 2.0 * mean(2));
+        }
+    }
+
+    #[test]
+    fn extreme_acquisition_settings_still_measure_the_volumes() {
+        let model = PopulationModel::new(&Prevalences {
+            cad: 0.6,
+            prior_mi_given_cad: 0.8,
+            ..Prevalences::default()
+        });
+        let configs = [
+            (16, 1, 2, 140.0, 95.0),
+            (32, 1, 2, 140.0, 100.0),
+            (48, 3, 3, 500.0, 200.0),
+            (64, 40, 4, 200.0, 120.0),
+        ];
+        for (image_size, slices, frames, fov_mm, stack_mm) in configs {
+            let cfg = CmrConfig {
+                image_size,
+                slices,
+                frames,
+                fov_mm,
+                stack_mm,
+                compression: 1,
+            };
+            for eid in 0..6u64 {
+                let s = model.draw(eid, &mut subject_stream(2, eid, "state"));
+                let cine = generate_cmr(&s, &cfg, &mut subject_stream(2, eid, "cmr"));
+                assert_eq!(cine.labels.len(), cfg.voxels());
+                let p = measure_phenotypes(&cine.labels, cine.dims, cine.voxel_mm, None).unwrap();
+                if image_size >= 32 && fov_mm <= 200.0 {
+                    let rel = (p.lvedv - s.lvedv).abs() / s.lvedv;
+                    assert!(rel < 0.1, "{cfg:?}: LVEDV {} vs {}", p.lvedv, s.lvedv);
+                } else {
+                    assert!(p.lvedv > 0.0, "{cfg:?}: no LV");
+                }
+            }
         }
     }
 

@@ -641,6 +641,9 @@ fn median_beats(
 
 /// Frontal axis (degrees) from the net areas of leads I and aVF over a window of the median.
 fn frontal_axis(median: &[Vec<i32>], from: usize, to: usize) -> i32 {
+    if from >= to || to > median[0].len() {
+        return 0;
+    }
     let area = |lead: usize| -> f64 {
         let l = &median[lead];
         let baseline = l[from.min(l.len() - 1)] as f64;
@@ -783,6 +786,26 @@ mod tests {
         }
         assert_eq!(ecg.median.len(), 12);
         assert!(ecg.median.iter().all(|l| l.len() == 600));
+    }
+
+    #[test]
+    fn extreme_acquisition_settings_still_give_a_whole_ecg() {
+        let model = PopulationModel::new(&Prevalences::default());
+        for (rate, seconds, median) in [(100, 4.0, 600), (2000, 4.0, 2000), (250, 60.0, 1200)] {
+            let cfg = EcgConfig {
+                sample_rate_hz: rate,
+                duration_s: seconds,
+                median_ms: median,
+                ..EcgConfig::default()
+            };
+            for eid in 0..8 {
+                let s = model.draw(eid, &mut subject_stream(1, eid, "state"));
+                let ecg = generate_ecg(&s, &cfg, &mut subject_stream(1, eid, "ecg"));
+                assert!(ecg.strip.iter().all(|l| l.len() == cfg.strip_samples()));
+                assert!(ecg.median.iter().all(|l| l.len() == cfg.median_samples()));
+                assert!(ecg.heart_rate_bpm > 30.0 && ecg.heart_rate_bpm < 200.0);
+            }
+        }
     }
 
     #[test]

@@ -87,11 +87,12 @@ pub fn cohort_readme(cfg: &SynthConfig, records: &[SubjectRecord]) -> String {
          logistic risk models (age, sex, BMI and the earlier conditions as risk factors) whose \
          intercepts are calibrated to the target prevalences. Half of the CAD patients (by \
          default) had an infarction; 40 % of the others show an ischaemic segment.\n\n\
-         **Anatomy.** LVEDV is indexed to body size (76/66 mL/m² for men/women, individual \
-         spread 11 %, smaller with age, larger after infarction, in AF); EF is 61 ± 4.5 % \
-         lowered by 8–22 points after an infarction, 2–7 with an ischaemic segment, 3 in AF; \
-         LV mass is indexed (64/51 g/m², spread 10 %), ×1.25–1.6 in LVH, +6 % with \
-         hypertension, +4 % with diabetes; RV volumes follow the LV with their own spread.\n\n\
+         **Anatomy.** Centred on UK Biobank's reference ranges: LVEDV is indexed to body size \
+         (82/71 mL/m² for men/women, individual spread 13 %, smaller with age, larger after \
+         infarction and in AF); EF is 59/62 ± 5 %, lowered by 8–22 points after an \
+         infarction, 2–7 with an ischaemic segment, 3 in AF; LV mass is indexed (47/39 g/m², \
+         spread 12 %), ×1.25–1.6 in LVH, +6 % with hypertension, +4 % with diabetes; RV \
+         volumes follow the LV (×1.10/1.06) with their own spread.\n\n\
          **CMR.** The LV is a truncated half-ellipsoid around the long axis, slightly \
          elliptical in-plane, with a myocardial band of constant volume (walls thicken in \
          systole), an apical cap, papillary muscles, and the RV as a crescent on the septal \
