@@ -107,6 +107,19 @@ pub fn run(args: Args) -> Result<()> {
         .context("bad progress template")?
         .progress_chars("=> "),
     );
+    if !args.quiet {
+        // Noisy int16 cines gzip to about 1.5 bytes per voxel; an ECG file is about 240 kB.
+        let bytes = n as f64 * (cohort.config().cmr.voxels() as f64 * 1.55 + 240e3);
+        let size = if bytes >= 1e9 {
+            format!("{:.1} GB", bytes / 1e9)
+        } else {
+            format!("{:.0} MB", bytes / 1e6)
+        };
+        eprintln!(
+            "generating {n} subjects into {} (about {size})",
+            args.out.display()
+        );
+    }
     let options = WriteOptions {
         overwrite: args.overwrite,
     };
