@@ -122,7 +122,12 @@ pub fn detect_qrs(strip: &[Vec<i32>], sample_rate_hz: u32) -> Vec<usize> {
 /// Classical features of an ECG (see [`ECG_FEATURE_NAMES`]): rhythm from the strip's QRS
 /// detections, intervals and axis from the device measurements, voltages, Q depths and
 /// ST-T levels (mV) from the median beats.
+///
+/// An ECG without 12 non-empty median leads gives `NaN` for every feature.
 pub fn ecg_features(ecg: &Ecg) -> Vec<f64> {
+    if ecg.median.len() < 12 || ecg.median.iter().any(Vec::is_empty) || ecg.strip.is_empty() {
+        return vec![f64::NAN; ECG_FEATURE_NAMES.len()];
+    }
     let fs = ecg.sample_rate_hz as f64;
     let peaks = detect_qrs(&ecg.strip, ecg.sample_rate_hz);
     let rr: Vec<f64> = peaks

@@ -641,7 +641,7 @@ fn median_beats(
 
 /// Frontal axis (degrees) from the net areas of leads I and aVF over a window of the median.
 fn frontal_axis(median: &[Vec<i32>], from: usize, to: usize) -> i32 {
-    if from >= to || to > median[0].len() {
+    if median.len() < 6 || from >= to || to > median[0].len() || to > median[5].len() {
         return 0;
     }
     let area = |lead: usize| -> f64 {
@@ -710,7 +710,12 @@ fn measure(
 }
 
 /// Sokolow–Lyon voltage (S in V1 + the larger R in V5 or V6) of the median beat, µV.
+///
+/// `NaN` when the median beats do not hold 12 non-empty leads.
 pub fn sokolow_lyon_uv(median: &[Vec<i32>], q_onset: usize, q_offset: usize) -> f64 {
+    if median.len() < 12 || median.iter().any(Vec::is_empty) {
+        return f64::NAN;
+    }
     let window = |lead: usize| {
         let l = &median[lead];
         let base = l[q_onset.min(l.len() - 1)];

@@ -187,9 +187,19 @@ pub fn header(volume: &Volume<'_>) -> [u8; VOX_OFFSET] {
 /// Writes `volume` as a gzip-compressed NIfTI-1 file at `level` (0–9), atomically.
 ///
 /// # Errors
-/// [`crate::Error::Io`] naming the file, also when the voxel count does not fill `dims`.
+/// [`crate::Error::Io`] naming the file, also when a dimension does not fit NIfTI-1 or the
+/// voxel count does not fill `dims`.
 pub fn write_nifti_gz(path: &Path, volume: &Volume<'_>, level: u32) -> Result<()> {
     write_file_atomic(path, |out| {
+        if volume.dims.iter().any(|&d| d == 0 || d > i16::MAX as usize) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "dimensions {:?} do not fit NIfTI-1 (1..=32767)",
+                    volume.dims
+                ),
+            ));
+        }
         let expected: usize = volume.dims.iter().product();
         if volume.voxels.len() != expected {
             return Err(std::io::Error::new(
