@@ -161,6 +161,18 @@ impl Default for Prevalences {
 }
 
 impl SynthConfig {
+    /// The reduced cohort for quick CPU reproductions: 1000 subjects with a 64-pixel cine of
+    /// 8 slices × 8 frames over a 160 mm field of view (2.5 mm pixels, heart-filling). The
+    /// hidden states and ECGs are those of the default cohort with the same seed.
+    pub fn reproduce() -> Self {
+        let mut cfg = Self::default();
+        cfg.cmr.image_size = 64;
+        cfg.cmr.slices = 8;
+        cfg.cmr.frames = 8;
+        cfg.cmr.fov_mm = 160.0;
+        cfg
+    }
+
     /// Reads a configuration from a JSON file; fields it does not name keep their defaults.
     ///
     /// # Errors
@@ -291,6 +303,15 @@ mod tests {
         let mut bad = cfg;
         bad.subjects = 0;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn reproduce_preset_is_valid_and_small() {
+        let cfg = SynthConfig::reproduce();
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.cmr.pixel_mm(), 2.5);
+        assert!(cfg.cmr.voxels() * 12 < SynthConfig::default().cmr.voxels());
+        assert_eq!(cfg.ecg, EcgConfig::default());
     }
 
     #[test]

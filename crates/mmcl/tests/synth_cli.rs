@@ -61,6 +61,29 @@ fn synth_writes_a_small_cohort() {
         "{err}"
     );
     assert!(out.join("cmr/1000003/sa.nii.gz").is_file());
+
+    // The reproduce preset, with a flag on top.
+    let small = tmp.path().join("small");
+    let run = mmcl()
+        .args([
+            "synth",
+            "--preset",
+            "reproduce",
+            "--subjects",
+            "2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let config = std::fs::read_to_string(small.join("synth_config.json")).unwrap();
+    assert!(config.contains("\"image_size\": 64") && config.contains("\"subjects\": 2"));
 }
 
 #[test]

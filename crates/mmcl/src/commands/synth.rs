@@ -36,6 +36,10 @@ pub struct Args {
     /// gzip level of the NIfTI files, 0-9 [default: 1].
     #[arg(long)]
     compression: Option<u32>,
+    /// Start from a preset: `default` (128-px cine, 10 slices x 25 frames, 230 mm) or
+    /// `reproduce` (64 px, 8 x 8, 160 mm; same subjects and ECGs) [default: default].
+    #[arg(long, value_parser = ["default", "reproduce"], conflicts_with = "config")]
+    preset: Option<String>,
     /// A JSON configuration (as written to synth_config.json); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -52,9 +56,10 @@ pub struct Args {
 
 /// Resolves the configuration: file, then flags.
 fn config(args: &Args) -> Result<SynthConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => SynthConfig::from_json_file(path)?,
-        None => SynthConfig::default(),
+    let mut cfg = match (&args.config, args.preset.as_deref()) {
+        (Some(path), _) => SynthConfig::from_json_file(path)?,
+        (None, Some("reproduce")) => SynthConfig::reproduce(),
+        (None, _) => SynthConfig::default(),
     };
     if let Some(v) = args.subjects {
         cfg.subjects = v;
