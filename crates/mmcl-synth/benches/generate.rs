@@ -12,13 +12,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
 
 fn configs() -> Vec<(&'static str, SynthConfig)> {
-    let default = SynthConfig::default();
-    let mut small = SynthConfig::default();
-    small.cmr.image_size = 64;
-    small.cmr.slices = 8;
-    small.cmr.frames = 8;
-    small.cmr.fov_mm = 160.0;
-    vec![("default_128px_10x25", default), ("small_64px_8x8", small)]
+    vec![
+        ("default_128px_10x25", SynthConfig::default()),
+        ("reproduce_64px_8x8", SynthConfig::reproduce()),
+    ]
 }
 
 fn bench(c: &mut Criterion) {
