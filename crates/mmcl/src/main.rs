@@ -28,6 +28,8 @@ enum Command {
     PlotCurves(commands::report::PlotCurvesArgs),
     /// Write a Markdown report (metrics table with intervals, figures) from a metrics JSON.
     Report(commands::report::ReportArgs),
+    /// Generate the synthetic paired ECG–CMR cohort in UK Biobank layout.
+    Synth(commands::synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => commands::probe::run(args),
         Command::PlotCurves(args) => commands::report::plot_curves(args),
         Command::Report(args) => commands::report::report(args),
+        Command::Synth(args) => commands::synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,3 +4,4 @@ pub mod common;
 pub mod info;
 pub mod probe;
 pub mod report;
+pub mod synth;

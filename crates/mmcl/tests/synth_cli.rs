@@ -1,0 +1,117 @@
+//! `mmcl synth` end to end: a small cohort, and clear failures that leave nothing behind.
+
+use std::process::Command;
+
+fn mmcl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mmcl"))
+}
+
+#[test]
+fn synth_writes_a_small_cohort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cohort");
+    let status = mmcl()
+        .args(["synth", "--out"])
+        .arg(&out)
+        .args([
+            "--subjects",
+            "3",
+            "--seed",
+            "4",
+            "--image-size",
+            "32",
+            "--slices",
+            "4",
+            "--frames",
+            "3",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(String::from_utf8_lossy(&status.stderr).contains("wrote 3 subjects"));
+    for f in [
+        "phenotypes.csv",
+        "diagnoses.csv",
+        "hidden_state.csv",
+        "README.md",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(out.join("ecg/1000003_20205_2_0.xml").is_file());
+    assert!(out.join("cmr/1000003/sa.nii.gz").is_file());
+    let config = std::fs::read_to_string(out.join("synth_config.json")).unwrap();
+    assert!(config.contains("\"image_size\": 32"));
+
+    // A second run into the same folder refuses, naming it, and keeps the cohort.
+    let again = mmcl()
+        .args(["synth", "--subjects", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("error:") && err.contains("cohort") && err.contains("not empty"),
+        "{err}"
+    );
+    assert!(out.join("cmr/1000003/sa.nii.gz").is_file());
+
+    // The reproduce preset, with a flag on top.
+    let small = tmp.path().join("small");
+    let run = mmcl()
+        .args([
+            "synth",
+            "--preset",
+            "reproduce",
+            "--subjects",
+            "2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let config = std::fs::read_to_string(small.join("synth_config.json")).unwrap();
+    assert!(config.contains("\"image_size\": 64") && config.contains("\"subjects\": 2"));
+}
+
+#[test]
+fn bad_settings_fail_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cohort");
+    let run = mmcl()
+        .args(["synth", "--frames", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("frames"));
+    let bad_config = tmp.path().join("bad.json");
+    std::fs::write(&bad_config, "{\"subjekts\": 3}").unwrap();
+    let run = mmcl()
+        .args(["synth", "--config"])
+        .arg(&bad_config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("bad.json") && err.contains("subjekts"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
