@@ -1,6 +1,7 @@
 //! UK-Biobank-style data layer: ECG and CMR files as they come, the reference preprocessing,
 //! augmentations, phenotype and diagnosis tables, a dataset cache and a parallel batch loader.
 
+pub mod cmr;
 pub mod ecg;
 mod error;
 pub mod phenotypes;
