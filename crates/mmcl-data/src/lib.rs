@@ -6,5 +6,6 @@ pub mod ecg;
 mod error;
 pub mod phenotypes;
 pub mod rng;
+pub mod tables;
 
 pub use error::{Error, Result};
