@@ -22,12 +22,18 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled-in features and the devices that can be used.
     Info(commands::info::Args),
+    /// Preprocess ECG files (CardioSoft XML, WFDB, NPY) into float32 .npy arrays (reference pipeline).
+    PreprocessEcg(commands::preprocess_ecg::Args),
+    /// Build the dataset cache from a UK-Biobank-style folder (config-driven, JSON or TOML).
+    BuildDataset(commands::build_dataset::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
+        Command::PreprocessEcg(args) => commands::preprocess_ecg::run(args),
+        Command::BuildDataset(args) => commands::build_dataset::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

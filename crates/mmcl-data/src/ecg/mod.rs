@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use crate::{Error, Result};
 
 pub mod augment;
+pub mod convert;
 pub mod npy;
 pub mod preprocess;
 pub mod wfdb;

@@ -1,4 +1,6 @@
 //! One module per subcommand, plus what they share.
 
+pub mod build_dataset;
 pub mod common;
 pub mod info;
+pub mod preprocess_ecg;
