@@ -6,6 +6,8 @@
 //! change the outcome by running in another order.
 
 use mmcl_nn::rng::SplitMix64;
+use rand::Rng as _;
+use rand_distr::StandardNormal;
 
 /// A small, fast, seedable random stream.
 #[derive(Debug, Clone)]
@@ -60,9 +62,9 @@ impl Rng {
         }
     }
 
-    /// Standard normal.
+    /// Standard normal (ziggurat: the jitter draws one per ECG sample).
     pub fn normal(&mut self) -> f64 {
-        self.0.next_normal()
+        self.sample(StandardNormal)
     }
 
     /// True with probability `p`.
@@ -75,6 +77,23 @@ impl Rng {
         for i in (1..items.len()).rev() {
             let j = self.below(i as u64 + 1) as usize;
             items.swap(i, j);
+        }
+    }
+}
+
+impl rand::RngCore for Rng {
+    fn next_u32(&mut self) -> u32 {
+        (self.0.next_u64() >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.0.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
     }
 }
@@ -103,5 +122,13 @@ mod tests {
         s.sort();
         assert_eq!(s, (0..50).collect::<Vec<_>>());
         assert_ne!(v, s);
+        let n = 20000;
+        let draws: Vec<f64> = (0..n).map(|_| r.normal()).collect();
+        let mean = draws.iter().sum::<f64>() / n as f64;
+        let var = draws.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
     }
 }

@@ -148,3 +148,32 @@ fn bad_nifti_files_are_clear_errors() {
     let err = read_nifti(&gz).unwrap_err();
     assert!(err.to_string().contains("cut.nii.gz"), "{err}");
 }
+
+#[test]
+fn rotation_and_resize_match_torchvision() {
+    let img = mmcl_data::cmr::Image {
+        data: (0..2 * 7 * 9).map(|v| v as f32 / 126.0).collect(),
+        channels: 2,
+        height: 7,
+        width: 9,
+    };
+    let expected = npy::read_array(&fixture("../image_rotate_30_m45.npy")).unwrap();
+    let n = 2 * 7 * 9;
+    // Nearest-neighbour ties may fall either way with floating-point details (torch's
+    // matrix product may fuse operations): allow one pixel per channel to differ.
+    for (angle, exp) in [(30.0, &expected.data[..n]), (-45.0, &expected.data[n..])] {
+        let ours = img.rotate(angle).data;
+        let differ = ours.iter().zip(exp).filter(|(a, b)| a != b).count();
+        eprintln!("rotate {angle}°: {differ} of {n} pixels differ from torchvision");
+        assert!(differ <= 2, "{angle}°: {differ} pixels differ");
+    }
+    let expected = npy::read_array(&fixture("../image_resize_4x13.npy")).unwrap();
+    let ours = img.resize(4, 13);
+    let worst = ours
+        .data
+        .iter()
+        .zip(&expected.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "{worst}");
+}

@@ -111,27 +111,39 @@ impl Image {
     /// Rotates by `degrees` counter-clockwise about the centre, nearest neighbour, zero fill,
     /// same size (torchvision `rotate` on tensors).
     pub fn rotate(&self, degrees: f64) -> Image {
-        let (sin, cos) = degrees.to_radians().sin_cos();
         let (h, w) = (self.height, self.width);
         let mut out = Image::zeros(self.channels, h, w);
-        // Source pixel of each output pixel, computed once for all channels.
+        // torchvision builds the inverse map in float32 for float images: the normalised grid
+        // coordinate g = (cos·x − sin·y) / (w/2) (resp. (sin·x + cos·y) / (h/2)) of each output
+        // pixel centre, then grid_sample reads pixel nearbyint(((g + 1)·w − 1) / 2).
+        let rad = degrees.to_radians();
+        let (sin, cos) = (rad.sin() as f32, rad.cos() as f32);
+        let (half_w, half_h) = (0.5 * w as f32, 0.5 * h as f32);
+        let (ax, bx) = (cos / half_w, -sin / half_w);
+        let (ay, by) = (sin / half_h, cos / half_h);
         let mut source = Vec::with_capacity(h * w);
         for y in 0..h {
-            let ry = y as f64 + 0.5 - h as f64 * 0.5;
+            let ry = y as f32 + 0.5 - half_h;
             for x in 0..w {
-                let rx = x as f64 + 0.5 - w as f64 * 0.5;
-                let sx = (cos * rx - sin * ry + w as f64 * 0.5 - 0.5).round_ties_even();
-                let sy = (sin * rx + cos * ry + h as f64 * 0.5 - 0.5).round_ties_even();
-                let inside = sx >= 0.0 && sy >= 0.0 && sx < w as f64 && sy < h as f64;
-                source.push(inside.then(|| sy as usize * w + sx as usize));
+                let rx = x as f32 + 0.5 - half_w;
+                let gx = rx * ax + ry * bx;
+                let gy = rx * ay + ry * by;
+                let ix = round_half_even((((gx + 1.0) * w as f32 - 1.0) / 2.0) as f64);
+                let iy = round_half_even((((gy + 1.0) * h as f32 - 1.0) / 2.0) as f64);
+                let inside = ix >= 0.0 && iy >= 0.0 && ix < w as f64 && iy < h as f64;
+                source.push(if inside {
+                    iy as u32 * w as u32 + ix as u32
+                } else {
+                    u32::MAX
+                });
             }
         }
         for c in 0..self.channels {
             let src = self.plane(c);
             let dst = &mut out.data[c * h * w..(c + 1) * h * w];
-            for (d, s) in dst.iter_mut().zip(&source) {
-                if let Some(s) = s {
-                    *d = src[*s];
+            for (d, &s) in dst.iter_mut().zip(&source) {
+                if s != u32::MAX {
+                    *d = src[s as usize];
                 }
             }
         }
@@ -191,6 +203,18 @@ impl Image {
                 *v = (factor * *v + (1.0 - factor) * g).clamp(0.0, 1.0);
             }
         }
+    }
+}
+
+/// Rounds half to even (as `torch.nearbyint`) without a library call: adding and removing
+/// 1.5·2^52 leaves the integer nearest under the default rounding mode (|v| < 2^51).
+#[inline]
+fn round_half_even(v: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    if v.abs() < 2_251_799_813_685_248.0 {
+        (v + MAGIC) - MAGIC
+    } else {
+        v
     }
 }
 
@@ -343,6 +367,13 @@ mod tests {
             channels: c,
             height: h,
             width: w,
+        }
+    }
+
+    #[test]
+    fn magic_rounding_is_half_even() {
+        for v in [0.5, 1.5, 2.5, -0.5, -1.5, 2.4999, 2.5001, 7.0, -3.2] {
+            assert_eq!(round_half_even(v), f64::round_ties_even(v), "{v}");
         }
     }
 

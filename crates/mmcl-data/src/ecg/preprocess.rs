@@ -151,12 +151,7 @@ pub fn process_in_place(
         }
     }
     if let Some(als) = cfg.baseline {
-        x.par_chunks_mut(samples).for_each(|lead| {
-            let z = baseline_als(lead, &als);
-            for (v, b) in lead.iter_mut().zip(z) {
-                *v -= b;
-            }
-        });
+        remove_baselines(x, leads, samples, &als);
     }
     normalise(x, leads, samples, &cfg.normalisation)
 }
@@ -217,90 +212,150 @@ pub fn normalise(x: &mut [f64], leads: usize, samples: usize, mode: &Normalisati
 /// pentadiagonal; it is factored as `L·diag(d)·Lᵀ` with a unit lower-triangular `L` of
 /// bandwidth 2, in O(n).
 pub fn baseline_als(y: &[f64], cfg: &AlsConfig) -> Vec<f64> {
-    let n = y.len();
-    if n < 3 {
-        // No second differences: the system is W z = W y.
-        return y.to_vec();
+    let [z] = baseline_als_lanes::<1>([y], cfg);
+    z
+}
+
+/// Removes the ALS baseline from every lead of lead-major `[leads, samples]` samples, several
+/// leads at a time.
+///
+/// The factorisation is a sequential recurrence along the samples whose speed is bounded by
+/// its latency (a division per sample); solving `K` leads in lock-step makes the `K`
+/// independent recurrences fill the pipeline and the vector lanes instead.
+pub fn remove_baselines(x: &mut [f64], leads: usize, samples: usize, cfg: &AlsConfig) {
+    if leads == 0 || samples == 0 || x.len() != leads * samples {
+        return;
     }
-    // Bands of λ·D·Dᵀ: each column j of D is (1, −2, 1) at rows j, j+1, j+2.
+    // Lanes per task: few wide tasks on few cores, more narrow ones on many.
+    let threads = rayon::current_num_threads().max(1);
+    let lanes = match leads.div_ceil(threads) {
+        0..=1 => 1,
+        2 => 2,
+        3..=4 => 4,
+        _ => 6,
+    };
+    x.par_chunks_mut(lanes * samples).for_each(|group| {
+        let n_leads = group.len() / samples;
+        match lanes {
+            6 if n_leads == 6 => subtract_lanes::<6>(group, samples, cfg),
+            4 if n_leads == 4 => subtract_lanes::<4>(group, samples, cfg),
+            2 if n_leads == 2 => subtract_lanes::<2>(group, samples, cfg),
+            _ => {
+                for lead in group.chunks_mut(samples) {
+                    subtract_lanes::<1>(lead, samples, cfg);
+                }
+            }
+        }
+    });
+}
+
+fn subtract_lanes<const K: usize>(group: &mut [f64], samples: usize, cfg: &AlsConfig) {
+    let z = {
+        let ys: [&[f64]; K] = std::array::from_fn(|k| &group[k * samples..(k + 1) * samples]);
+        baseline_als_lanes::<K>(ys, cfg)
+    };
+    for (k, zk) in z.iter().enumerate() {
+        for (v, b) in group[k * samples..(k + 1) * samples].iter_mut().zip(zk) {
+            *v -= b;
+        }
+    }
+}
+
+/// [`baseline_als`] of `K` signals of equal length at once (interleaved `[n][K]` buffers).
+fn baseline_als_lanes<const K: usize>(ys: [&[f64]; K], cfg: &AlsConfig) -> [Vec<f64>; K] {
+    let n = ys[0].len();
+    if n < 3 || ys.iter().any(|y| y.len() != n) {
+        // No second differences: the system is W z = W y.
+        return std::array::from_fn(|k| ys[k].to_vec());
+    }
+    // Bands of λ·D·Dᵀ (shared by all lanes): each column j of D is (1, −2, 1) at rows
+    // j, j+1, j+2.
+    let lam = cfg.lambda;
     let mut band0 = vec![0.0; n];
     let mut band1 = vec![0.0; n - 1];
-    let mut band2 = vec![0.0; n - 2];
     for j in 0..n - 2 {
-        band0[j] += 1.0;
-        band0[j + 1] += 4.0;
-        band0[j + 2] += 1.0;
-        band1[j] -= 2.0;
-        band1[j + 1] -= 2.0;
-        band2[j] += 1.0;
+        band0[j] += lam;
+        band0[j + 1] += 4.0 * lam;
+        band0[j + 2] += lam;
+        band1[j] -= 2.0 * lam;
+        band1[j + 1] -= 2.0 * lam;
     }
-    let lam = cfg.lambda;
-    band0.iter_mut().for_each(|v| *v *= lam);
-    band1.iter_mut().for_each(|v| *v *= lam);
-    band2.iter_mut().for_each(|v| *v *= lam);
-
-    let mut w = vec![1.0; n];
-    let mut z = vec![0.0; n];
-    let mut d = vec![0.0; n];
-    let mut l1 = vec![0.0; n];
-    let mut l2 = vec![0.0; n];
+    let band2 = lam;
+    let y: Vec<[f64; K]> = (0..n).map(|i| std::array::from_fn(|k| ys[k][i])).collect();
+    let mut w = vec![[1.0; K]; n];
+    let mut z = vec![[0.0; K]; n];
+    let mut inv_d = vec![[0.0; K]; n];
+    let mut l1 = vec![[0.0; K]; n];
+    let mut l2 = vec![[0.0; K]; n];
     for _ in 0..cfg.iterations {
-        // Factor A = L·diag(d)·Lᵀ with A = diag(w) + λ·D·Dᵀ.
+        // Factor A = L·diag(d)·Lᵀ with A = diag(w) + λ·D·Dᵀ, keeping 1/d.
+        let mut d_prev = [0.0; K]; // d[i-1]
+        let mut d_prev2 = [0.0; K]; // d[i-2]
         for i in 0..n {
-            let mut di = w[i] + band0[i];
-            if i >= 1 {
-                di -= l1[i - 1] * l1[i - 1] * d[i - 1];
-            }
-            if i >= 2 {
-                di -= l2[i - 2] * l2[i - 2] * d[i - 2];
-            }
-            d[i] = di;
-            if i + 1 < n {
-                let mut v = band1[i];
+            let mut d = [0.0; K];
+            for k in 0..K {
+                let mut di = w[i][k] + band0[i];
                 if i >= 1 {
-                    v -= l2[i - 1] * d[i - 1] * l1[i - 1];
+                    di -= l1[i - 1][k] * l1[i - 1][k] * d_prev[k];
                 }
-                l1[i] = v / di;
+                if i >= 2 {
+                    di -= l2[i - 2][k] * l2[i - 2][k] * d_prev2[k];
+                }
+                d[k] = di;
+                let inv = 1.0 / di;
+                inv_d[i][k] = inv;
+                if i + 1 < n {
+                    let mut v = band1[i];
+                    if i >= 1 {
+                        v -= l2[i - 1][k] * d_prev[k] * l1[i - 1][k];
+                    }
+                    l1[i][k] = v * inv;
+                }
+                if i + 2 < n {
+                    l2[i][k] = band2 * inv;
+                }
             }
-            if i + 2 < n {
-                l2[i] = band2[i] / di;
-            }
+            d_prev2 = d_prev;
+            d_prev = d;
         }
         // Solve L·u = w·y, then diag(d)·v = u, then Lᵀ·z = v.
         for i in 0..n {
-            let mut u = w[i] * y[i];
-            if i >= 1 {
-                u -= l1[i - 1] * z[i - 1];
+            for k in 0..K {
+                let mut u = w[i][k] * y[i][k];
+                if i >= 1 {
+                    u -= l1[i - 1][k] * z[i - 1][k];
+                }
+                if i >= 2 {
+                    u -= l2[i - 2][k] * z[i - 2][k];
+                }
+                z[i][k] = u;
             }
-            if i >= 2 {
-                u -= l2[i - 2] * z[i - 2];
-            }
-            z[i] = u;
-        }
-        for i in 0..n {
-            z[i] /= d[i];
         }
         for i in (0..n).rev() {
-            let mut v = z[i];
-            if i + 1 < n {
-                v -= l1[i] * z[i + 1];
+            for k in 0..K {
+                let mut v = z[i][k] * inv_d[i][k];
+                if i + 1 < n {
+                    v -= l1[i][k] * z[i + 1][k];
+                }
+                if i + 2 < n {
+                    v -= l2[i][k] * z[i + 2][k];
+                }
+                z[i][k] = v;
             }
-            if i + 2 < n {
-                v -= l2[i] * z[i + 2];
-            }
-            z[i] = v;
         }
         for i in 0..n {
-            w[i] = if y[i] > z[i] {
-                cfg.p
-            } else if y[i] < z[i] {
-                1.0 - cfg.p
-            } else {
-                0.0
-            };
+            for k in 0..K {
+                w[i][k] = if y[i][k] > z[i][k] {
+                    cfg.p
+                } else if y[i][k] < z[i][k] {
+                    1.0 - cfg.p
+                } else {
+                    0.0
+                };
+            }
         }
     }
-    z
+    std::array::from_fn(|k| z.iter().map(|zi| zi[k]).collect())
 }
 
 /// Resamples every lead to `rate` Hz by Fourier interpolation (SciPy's `signal.resample`:
@@ -449,6 +504,36 @@ mod tests {
         let slow = dense_als(&y, &cfg);
         for (a, b) in fast.iter().zip(&slow) {
             assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn lanes_equal_single_leads() {
+        let samples = 300;
+        let x0: Vec<f64> = (0..12 * samples)
+            .map(|i| {
+                ((i % samples) as f64 * 0.07 + (i / samples) as f64).sin() * 2.0 + 0.01 * i as f64
+            })
+            .collect();
+        let cfg = AlsConfig::default();
+        let mut x = x0.clone();
+        remove_baselines(&mut x, 12, samples, &cfg);
+        for lead in 0..12 {
+            let y = &x0[lead * samples..(lead + 1) * samples];
+            let z = baseline_als(y, &cfg);
+            for t in 0..samples {
+                let expected = y[t] - z[t];
+                assert!((x[lead * samples + t] - expected).abs() < 1e-12);
+            }
+        }
+        for (lanes, leads) in [(2, 2), (4, 4), (6, 6)] {
+            let mut part = x0[..leads * samples].to_vec();
+            match lanes {
+                2 => subtract_lanes::<2>(&mut part, samples, &cfg),
+                4 => subtract_lanes::<4>(&mut part, samples, &cfg),
+                _ => subtract_lanes::<6>(&mut part, samples, &cfg),
+            }
+            assert!(part.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-12));
         }
     }
 
