@@ -39,6 +39,14 @@ impl Image {
     /// (torchvision's `crop` pads the same way).
     pub fn crop(&self, top: isize, left: isize, height: usize, width: usize) -> Image {
         let mut out = Image::zeros(self.channels, height, width);
+        // Columns of the window that fall inside the image, copied row by row.
+        let x0 = left.clamp(0, self.width as isize);
+        let x1 = (left + width as isize).clamp(0, self.width as isize);
+        if x1 <= x0 {
+            return out;
+        }
+        let (sx0, sx1) = (x0 as usize, x1 as usize);
+        let dx0 = (x0 - left) as usize;
         for c in 0..self.channels {
             let src = self.plane(c);
             let dst = &mut out.data[c * height * width..(c + 1) * height * width];
@@ -47,12 +55,8 @@ impl Image {
                 if sy < 0 || sy >= self.height as isize {
                     continue;
                 }
-                for x in 0..width {
-                    let sx = left + x as isize;
-                    if sx >= 0 && sx < self.width as isize {
-                        dst[y * width + x] = src[sy as usize * self.width + sx as usize];
-                    }
-                }
+                let row = &src[sy as usize * self.width..(sy as usize + 1) * self.width];
+                dst[y * width + dx0..y * width + dx0 + (sx1 - sx0)].copy_from_slice(&row[sx0..sx1]);
             }
         }
         out
@@ -433,6 +437,27 @@ mod tests {
         assert_eq!(a, cfg.apply(&img, &mut Rng::new(4)));
         assert_ne!(a, cfg.apply(&img, &mut Rng::new(5)));
         assert!(a.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn crop_pads_outside_with_zeros() {
+        let img = ramp(2, 4, 5);
+        let c = img.crop(-1, 3, 3, 4);
+        assert_eq!((c.height, c.width), (3, 4));
+        for ch in 0..2 {
+            for y in 0..3 {
+                for x in 0..4 {
+                    let (sy, sx) = (y as isize - 1, x as isize + 3);
+                    let expected = if (0..4).contains(&sy) && (0..5).contains(&sx) {
+                        img.data[(ch * 4 + sy as usize) * 5 + sx as usize]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(c.data[(ch * 3 + y) * 4 + x], expected);
+                }
+            }
+        }
+        assert!(img.crop(0, 9, 2, 2).data.iter().all(|v| *v == 0.0));
     }
 
     #[test]

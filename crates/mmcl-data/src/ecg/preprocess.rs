@@ -1,7 +1,7 @@
 //! The reference ECG preprocessing (MMCL-ECG-CMR `utils/preprocessing.py`):
 //! NaN → 0, clipping to ±4·std (std over all leads), per-lead asymmetric-least-squares
 //! baseline removal (λ = 1e7, p = 0.3, 5 iterations) and group-wise normalisation over the
-//! lead groups [0:3], [3:6], [6:12]; plus resampling to the model's rate and cropping.
+//! lead groups `[0:3]`, `[3:6]`, `[6:12]`; plus resampling to the model's rate and cropping.
 //!
 //! All arithmetic is in f64 (as the reference's NumPy/SciPy code); results are returned as f32.
 //! The baseline is the solution of the pentadiagonal system `(W + λ·D·Dᵀ) z = W·y`, factored
