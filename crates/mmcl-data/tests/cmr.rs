@@ -142,6 +142,19 @@ fn bad_nifti_files_are_clear_errors() {
     let junk = dir.path().join("junk.nii");
     std::fs::write(&junk, vec![7u8; 400]).unwrap();
     assert!(read_nifti(&junk).unwrap_err().to_string().contains("NIfTI"));
+    // A header claiming an enormous image is refused before anything is allocated.
+    let mut hostile = std::fs::read(fixture("big_endian_scaled.nii")).unwrap();
+    for k in 1..=7 {
+        hostile[40 + 2 * k..42 + 2 * k].copy_from_slice(&32767i16.to_be_bytes());
+    }
+    hostile[40..42].copy_from_slice(&7i16.to_be_bytes());
+    let huge = dir.path().join("huge.nii");
+    std::fs::write(&huge, &hostile).unwrap();
+    let err = read_nifti(&huge).unwrap_err().to_string();
+    assert!(
+        err.contains("huge.nii") && err.contains("too large"),
+        "{err}"
+    );
     let gz = dir.path().join("cut.nii.gz");
     let bytes = std::fs::read(&sa).unwrap();
     std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();

@@ -233,6 +233,11 @@ fn bad_wfdb_and_npy_files_are_clear_errors() {
     std::fs::write(dir.path().join("cut.npy"), &bytes[..bytes.len() - 100]).unwrap();
     let err = ecg::read_any(&dir.path().join("cut.npy"), 500.0).unwrap_err();
     assert!(err.to_string().contains("cut.npy"), "{err}");
+    // A header claiming far more data than the file holds is refused without allocating it.
+    let hostile = npy::npy_f32_bytes(&[12, 1_000_000_000_000], &[]);
+    std::fs::write(dir.path().join("huge.npy"), hostile).unwrap();
+    let err = ecg::read_any(&dir.path().join("huge.npy"), 500.0).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
     let err = ecg::read_any(Path::new("no/such/file.xml"), 500.0).unwrap_err();
     assert!(err.to_string().contains("file.xml"), "{err}");
 }

@@ -137,7 +137,10 @@ pub fn parse_nifti(bytes: &[u8], path: &Path) -> Result<NiftiImage> {
     } else {
         HEADER_LEN + 4
     };
-    let count: usize = dims.iter().product();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} are too large")))?;
     let width = match datatype {
         2 | 256 => 1,
         4 | 512 => 2,
@@ -150,7 +153,10 @@ pub fn parse_nifti(bytes: &[u8], path: &Path) -> Result<NiftiImage> {
             ));
         }
     };
-    let needed = offset + count * width;
+    let needed = count
+        .checked_mul(width)
+        .and_then(|n| n.checked_add(offset))
+        .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} are too large")))?;
     if bytes.len() < needed {
         return Err(Error::format(
             path,

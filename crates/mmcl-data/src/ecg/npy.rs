@@ -30,14 +30,22 @@ pub fn read_array(path: &Path) -> Result<Array> {
     parse_array(&bytes[..], path)
 }
 
-fn parse_array<R: Read>(reader: R, path: &Path) -> Result<Array> {
+fn parse_array(reader: &[u8], path: &Path) -> Result<Array> {
+    let bytes_len = reader.len() as u64;
     let npy = NpyFile::new(reader)
         .map_err(|e| Error::format(path, format!("not a NumPy .npy array: {e}")))?;
-    npy_to_array(npy, path, "")
+    npy_to_array(npy, path, "", bytes_len)
 }
 
 /// Reads the values of an opened array; `what` prefixes error messages (an npz member's name).
-fn npy_to_array<R: Read>(npy: NpyFile<R>, path: &Path, what: &str) -> Result<Array> {
+/// `available` bounds the data size, so that a hostile header cannot make us allocate more
+/// than the file holds.
+fn npy_to_array<R: Read>(
+    npy: NpyFile<R>,
+    path: &Path,
+    what: &str,
+    available: u64,
+) -> Result<Array> {
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let order = npy.order();
     let DType::Plain(ts) = npy.dtype() else {
@@ -46,6 +54,13 @@ fn npy_to_array<R: Read>(npy: NpyFile<R>, path: &Path, what: &str) -> Result<Arr
             format!("{what}structured arrays are not supported"),
         ));
     };
+    let claimed = (npy.len() as u128) * (ts.num_bytes().unwrap_or(1) as u128);
+    if claimed > available as u128 {
+        return Err(Error::format(
+            path,
+            format!("{what}truncated: shape {shape:?} needs {claimed} bytes, the file holds fewer"),
+        ));
+    }
     let truncated =
         |e: std::io::Error| Error::format(path, format!("{what}cannot read the data: {e}"));
     let data: Vec<f32> = match (ts.type_char(), ts.size_field()) {
@@ -184,11 +199,17 @@ pub fn read_npz(path: &Path, sample_rate: f64) -> Result<Vec<NamedEcg>> {
     let stem = file_stem(path);
     let mut out = Vec::new();
     for name in names {
+        let member = npyz::npz::file_name_from_array_name(&name);
+        let available = archive
+            .zip_archive()
+            .by_name(&member)
+            .map(|f| f.size())
+            .map_err(|e| Error::format(path, format!("array {name}: {e}")))?;
         let npy = archive
             .by_name(&name)
             .map_err(|e| Error::format(path, format!("array {name}: {e}")))?
             .ok_or_else(|| Error::format(path, format!("array {name} vanished")))?;
-        let array = npy_to_array(npy, path, &format!("array {name}: "))?;
+        let array = npy_to_array(npy, path, &format!("array {name}: "), available)?;
         out.extend(array_to_ecgs(
             array,
             &format!("{stem}_{name}"),
