@@ -224,6 +224,9 @@ impl Loader {
                 )));
             }
         }
+        if cfg.image_augment.as_ref().is_some_and(|a| a.size == 0) || cfg.image_size == Some(0) {
+            return Err(Error::InvalidInput("image size must be positive".into()));
+        }
         if cfg.image && index.image.is_none() {
             return Err(Error::InvalidInput("the cache holds no images".into()));
         }

@@ -155,6 +155,19 @@ fn bad_nifti_files_are_clear_errors() {
         err.contains("huge.nii") && err.contains("too large"),
         "{err}"
     );
+    // A voxel size that would ask for an absurd crop is an error, not an allocation.
+    let mut tiny = std::fs::read(fixture("big_endian_scaled.nii")).unwrap();
+    for k in 1..=2 {
+        tiny[76 + 4 * k..80 + 4 * k].copy_from_slice(&1e-6f32.to_be_bytes());
+    }
+    let tiny_path = dir.path().join("tiny_voxels.nii");
+    std::fs::write(&tiny_path, &tiny).unwrap();
+    let study = read_study(&tiny_path, None).unwrap();
+    let err = study
+        .preprocess(&CmrConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not fit"), "{err}");
     let gz = dir.path().join("cut.nii.gz");
     let bytes = std::fs::read(&sa).unwrap();
     std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();

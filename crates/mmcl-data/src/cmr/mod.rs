@@ -243,9 +243,9 @@ impl CmrStudy {
     /// A frame or slice index outside the stack, an empty channel list, a zero size.
     pub fn preprocess(&self, cfg: &CmrConfig) -> Result<CmrImage> {
         let [nx, ny, nz, nt] = self.dims;
-        if cfg.channels.is_empty() || cfg.size == 0 {
+        if cfg.channels.is_empty() || cfg.size == 0 || cfg.size > 4096 {
             return Err(Error::InvalidInput(
-                "CMR config needs at least one channel and a positive size".into(),
+                "CMR config needs at least one channel and a size in 1..=4096".into(),
             ));
         }
         let es_frame = match self.phenotypes(None)? {
@@ -324,6 +324,15 @@ impl CmrStudy {
                 )
             }
         };
+        // A crop far larger than the slice means a bad voxel size or configuration; refuse it
+        // rather than allocate it.
+        let limit = 4 * nx.max(ny);
+        if h > limit || w > limit {
+            return Err(Error::InvalidInput(format!(
+                "crop of {h} x {w} pixels does not fit a {nx} x {ny} slice (voxel size {:?} mm)",
+                self.voxel_mm
+            )));
+        }
         let mut image = stacked.crop(top, left, h, w).resize(cfg.size, cfg.size);
         normalise_intensity(&mut image.data, cfg.intensity);
         Ok(CmrImage {
