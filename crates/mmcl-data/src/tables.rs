@@ -11,9 +11,11 @@
 //! error naming both lines.
 //!
 //! # Diagnoses CSV
-//! Columns `eid` and `icd10`; the `icd10` cell lists codes separated by `;` (or `|`), with or
-//! without the dot (`I25.1` = `I251`). A subject may also appear on several rows (one per code,
-//! "long" layout): its codes are united. A subject listed with an empty cell has no diagnosis.
+//! Columns `eid` and `icd10` (also accepted: `icd10_codes`); the cell lists codes separated by
+//! `;` (or `|`), with or without the dot (`I25.1` = `I251`). A subject may also appear on
+//! several rows (one per code, "long" layout): its codes are united. UK Biobank's own wide
+//! layout works too: every `41270-0.<i>` column holds one code. A subject listed with no code
+//! has no diagnosis.
 //! A disease is a list of code prefixes and ranges (`I20-I25`); a subject has it when any of
 //! its codes starts with one of them.
 
@@ -285,17 +287,35 @@ pub fn read_diagnoses(path: &Path) -> Result<DiagnosisTable> {
     let headers = reader.headers().map_err(csv_err)?.clone();
     let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let eid_col = find("eid").ok_or_else(|| Error::format(path, "no eid column"))?;
-    let code_col = find("icd10").ok_or_else(|| Error::format(path, "no icd10 column"))?;
+    // Code columns: a list column (`icd10`, or `icd10_codes` as the synthetic cohort writes
+    // it) and/or UK Biobank's own wide layout, one code per `41270-0.<i>` column.
+    let code_cols: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            let h = h.to_ascii_lowercase();
+            matches!(h.as_str(), "icd10" | "icd10_codes" | "icd10_code") || h.starts_with("41270-")
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if code_cols.is_empty() {
+        return Err(Error::format(
+            path,
+            "no icd10 column (expected icd10, icd10_codes or UK Biobank 41270-0.* columns)",
+        ));
+    }
     let mut codes: HashMap<Eid, Vec<String>> = HashMap::new();
     for record in reader.records() {
         let record = record.map_err(csv_err)?;
         let line = record.position().map_or(0, |p| p.line());
         let eid = parse_eid(&record[eid_col], path, line)?;
         let entry = codes.entry(eid).or_default();
-        for code in record[code_col].split([';', '|']) {
-            let code = normalise_code(code);
-            if !code.is_empty() && !entry.contains(&code) {
-                entry.push(code);
+        for &col in &code_cols {
+            for code in record[col].split([';', '|']) {
+                let code = normalise_code(code);
+                if !code.is_empty() && !entry.contains(&code) {
+                    entry.push(code);
+                }
             }
         }
     }

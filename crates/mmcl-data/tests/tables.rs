@@ -110,6 +110,23 @@ fn diagnoses_in_wide_and_long_layouts() {
     assert_eq!(disease_labels(&t, &d, 4, false).unwrap(), vec![Some(0); 3]);
     assert_eq!(disease_labels(&t, &d, 9, false).unwrap(), vec![None; 3]);
     assert_eq!(disease_labels(&t, &d, 9, true).unwrap(), vec![Some(0); 3]);
+    let synth = write(&dir, "synth.csv", "eid,icd10_codes\n7,I25.2;I48.9\n");
+    let t = read_diagnoses(&synth).unwrap();
+    assert_eq!(
+        disease_labels(&t, &d, 7, true).unwrap(),
+        vec![Some(1), Some(1), Some(0)]
+    );
+    let ukb = write(
+        &dir,
+        "ukb.csv",
+        "eid,41270-0.0,41270-0.1,41270-0.2\n8,E119,K35,\n9,,,\n",
+    );
+    let t = read_diagnoses(&ukb).unwrap();
+    assert_eq!(
+        disease_labels(&t, &d, 8, false).unwrap(),
+        vec![Some(0), Some(0), Some(1)]
+    );
+    assert_eq!(disease_labels(&t, &d, 9, false).unwrap(), vec![Some(0); 3]);
     let bad = write(&dir, "bad.csv", "eid,code\n1,I25\n");
     assert!(
         read_diagnoses(&bad)
