@@ -93,8 +93,8 @@ impl LoaderConfig {
         }
     }
 
-    /// Validation of the contrastive stage: in order, ECG crop from sample 0, images
-    /// augmented as in training (the reference's validation set uses the same transform).
+    /// Validation of the contrastive stage: in order, ECG crop from sample 0; ECGs and images
+    /// are still augmented with probability 0.95, as the reference's validation set is.
     pub fn mmcl_val() -> Self {
         Self {
             shuffle: false,

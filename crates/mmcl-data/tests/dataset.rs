@@ -173,6 +173,14 @@ fn build_cache_and_load_batches() {
         flat(batches[1].ecg.as_ref().unwrap())
     );
 
+    // Dropping an epoch half-way stops its worker promptly (no hang, no leak).
+    {
+        let mut it = loader.epoch(5, 0);
+        assert!(it.next().unwrap().is_ok());
+    }
+    // Asking for a batch beyond the epoch is an error, not a panic.
+    assert!(loader.batch(0, loader.num_batches()).is_err());
+
     // Validation: in order, crop from 0, no ECG augmentation → the cached samples.
     let val = Loader::new(
         cache.clone(),
