@@ -24,13 +24,103 @@ pub enum Error {
         reason: String,
     },
 
-    /// Arrays given to a computation do not fit together.
+    /// An XML file is not well-formed.
+    #[error("{}: malformed XML: {source}", path.display())]
+    Xml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: quick_xml::Error,
+    },
+
+    /// A CSV file could not be parsed.
+    #[error("{}: {source}", path.display())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: csv::Error,
+    },
+
+    /// A JSON file (dataset index, configuration) could not be parsed or written.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A TOML configuration could not be parsed.
+    #[error("{}: {source}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
+    },
+
+    /// A safetensors shard could not be parsed or written.
+    #[error("{}: {source}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    /// Writing an output through the workspace's atomic writer failed.
+    #[error(transparent)]
+    Output(#[from] mmcl_nn::Error),
+
+    /// Arrays or settings given to a computation do not fit together.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// The batch loader's worker stopped before delivering all batches.
+    #[error("the batch loader's worker stopped unexpectedly")]
+    LoaderStopped,
 
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// A [`Error::Format`] for `path`.
+    pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The file this error is about, where it is about one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::Format { path, .. }
+            | Error::Xml { path, .. }
+            | Error::Csv { path, .. }
+            | Error::Json { path, .. }
+            | Error::Toml { path, .. }
+            | Error::Safetensors { path, .. } => Some(path),
+            _ => None,
+        }
+    }
 }
 
 /// Result type of this crate.

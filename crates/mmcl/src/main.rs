@@ -30,6 +30,10 @@ enum Command {
     Report(commands::report::ReportArgs),
     /// Generate the synthetic paired ECG–CMR cohort in UK Biobank layout.
     Synth(commands::synth::Args),
+    /// Preprocess ECG files (CardioSoft XML, WFDB, NPY) into float32 .npy arrays (reference pipeline).
+    PreprocessEcg(commands::preprocess_ecg::Args),
+    /// Build the dataset cache from a UK-Biobank-style folder (config-driven, JSON or TOML).
+    BuildDataset(commands::build_dataset::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,8 @@ fn main() -> ExitCode {
         Command::PlotCurves(args) => commands::report::plot_curves(args),
         Command::Report(args) => commands::report::report(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::PreprocessEcg(args) => commands::preprocess_ecg::run(args),
+        Command::BuildDataset(args) => commands::build_dataset::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

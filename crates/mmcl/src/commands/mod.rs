@@ -1,7 +1,9 @@
 //! One module per subcommand, plus what they share.
 
+pub mod build_dataset;
 pub mod common;
 pub mod info;
 pub mod probe;
 pub mod report;
 pub mod synth;
+pub mod preprocess_ecg;

@@ -1,0 +1,303 @@
+//! 12-lead ECGs: the in-memory record, the file readers (CardioSoft XML, WFDB, NPY/NPZ), the
+//! reference preprocessing and the reference augmentations.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::{Error, Result};
+
+pub mod augment;
+pub mod convert;
+pub mod npy;
+pub mod preprocess;
+pub mod wfdb;
+pub mod xml;
+
+/// The canonical lead order of every ECG in this workspace.
+pub const LEADS: [&str; 12] = [
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+];
+
+/// Number of leads of a standard ECG.
+pub const NUM_LEADS: usize = 12;
+
+/// The canonical index of a lead name, in any capitalisation (`aVR`, `AVR`, `avr`), with
+/// surrounding whitespace ignored; `None` for a name that is not one of the 12 standard leads.
+pub fn lead_index(name: &str) -> Option<usize> {
+    let name = name.trim();
+    LEADS.iter().position(|l| l.eq_ignore_ascii_case(name))
+}
+
+/// A 12-lead ECG in canonical lead order (I, II, III, aVR, aVL, aVF, V1–V6), in millivolts.
+///
+/// The samples are stored lead-major: lead `l`, sample `t` is `data[l * samples + t]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ecg {
+    data: Vec<f32>,
+    samples: usize,
+    sample_rate: f64,
+}
+
+impl Ecg {
+    /// An ECG from lead-major samples (`12 × samples`) at `sample_rate` Hz.
+    ///
+    /// # Errors
+    /// When the length is not `12 × samples`, there are no samples, or the rate is not a
+    /// positive finite number.
+    pub fn new(data: Vec<f32>, samples: usize, sample_rate: f64) -> Result<Self> {
+        if samples == 0 {
+            return Err(Error::InvalidInput(
+                "an ECG needs at least one sample".into(),
+            ));
+        }
+        if data.len() != NUM_LEADS * samples {
+            return Err(Error::InvalidInput(format!(
+                "an ECG of {samples} samples needs {} values, got {}",
+                NUM_LEADS * samples,
+                data.len()
+            )));
+        }
+        if !(sample_rate.is_finite() && sample_rate > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "sample rate must be positive, got {sample_rate}"
+            )));
+        }
+        Ok(Self {
+            data,
+            samples,
+            sample_rate,
+        })
+    }
+
+    /// Assembles an ECG from named leads in any order and capitalisation.
+    ///
+    /// Leads that are not among the 12 standard ones are ignored. `source` names the file in
+    /// errors.
+    ///
+    /// # Errors
+    /// A missing or repeated lead, or leads of different lengths.
+    pub fn from_named_leads<S: AsRef<str>>(
+        source: &Path,
+        leads: impl IntoIterator<Item = (S, Vec<f32>)>,
+        sample_rate: f64,
+    ) -> Result<Self> {
+        let mut slots: [Option<Vec<f32>>; NUM_LEADS] = Default::default();
+        for (name, values) in leads {
+            let name = name.as_ref();
+            let Some(index) = lead_index(name) else {
+                continue;
+            };
+            if slots[index].is_some() {
+                return Err(Error::format(
+                    source,
+                    format!("lead {} appears twice", LEADS[index]),
+                ));
+            }
+            slots[index] = Some(values);
+        }
+        let missing: Vec<&str> = slots
+            .iter()
+            .zip(LEADS)
+            .filter_map(|(s, name)| s.is_none().then_some(name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::format(
+                source,
+                format!("missing lead(s) {}", missing.join(", ")),
+            ));
+        }
+        let samples = slots[0].as_ref().map_or(0, Vec::len);
+        let mut data = Vec::with_capacity(NUM_LEADS * samples);
+        for (slot, name) in slots.into_iter().zip(LEADS) {
+            let values = slot.unwrap_or_default();
+            if values.len() != samples {
+                return Err(Error::format(
+                    source,
+                    format!(
+                        "lead {name} has {} samples but lead I has {samples}",
+                        values.len()
+                    ),
+                ));
+            }
+            data.extend_from_slice(&values);
+        }
+        if samples == 0 {
+            return Err(Error::format(source, "the leads hold no samples"));
+        }
+        Self::new(data, samples, sample_rate).map_err(|e| Error::format(source, e.to_string()))
+    }
+
+    /// Lead-major samples, `12 × samples()`.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Takes the lead-major samples.
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
+    }
+
+    /// Samples per lead.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Sampling rate in Hz.
+    pub fn sample_rate(&self) -> f64 {
+        self.sample_rate
+    }
+
+    /// Duration in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.samples as f64 / self.sample_rate
+    }
+
+    /// The samples of lead `index` (canonical order).
+    ///
+    /// # Panics
+    /// When `index >= 12`.
+    pub fn lead(&self, index: usize) -> &[f32] {
+        &self.data[index * self.samples..(index + 1) * self.samples]
+    }
+
+    /// The ECG as a `[12, T]` f32 tensor on `device`.
+    ///
+    /// # Shapes
+    /// Output `[12, T]`.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            &self.data,
+            (NUM_LEADS, self.samples),
+            device,
+        )?)
+    }
+}
+
+/// A file format of ECG recordings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcgFormat {
+    /// UK Biobank CardioSoft XML (field 20205).
+    CardioSoftXml,
+    /// A WFDB record (`.hea` header + signal file).
+    Wfdb,
+    /// A NumPy `.npy` array, `(12, T)` or `(N, 12, T)`.
+    Npy,
+    /// A NumPy `.npz` archive of such arrays.
+    Npz,
+}
+
+impl EcgFormat {
+    /// The format of a file, from its extension (`.xml`, `.hea`, `.npy`, `.npz`, any case).
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "xml" => Some(Self::CardioSoftXml),
+            "hea" => Some(Self::Wfdb),
+            "npy" => Some(Self::Npy),
+            "npz" => Some(Self::Npz),
+            _ => None,
+        }
+    }
+}
+
+/// One recording read from a file: its identifier (the file stem, or `stem/key` and
+/// `stem_i` for arrays holding several) and the ECG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedEcg {
+    /// Record identifier, usable as an output file stem.
+    pub id: String,
+    /// The recording.
+    pub ecg: Ecg,
+}
+
+/// Reads every recording of an ECG file of any supported format.
+///
+/// `array_rate` is the sampling rate assumed for NPY/NPZ arrays (which carry none).
+///
+/// # Errors
+/// An unknown extension, or whatever the format's reader reports (naming the file).
+pub fn read_any(path: &Path, array_rate: f64) -> Result<Vec<NamedEcg>> {
+    let stem = file_stem(path);
+    match EcgFormat::from_path(path) {
+        Some(EcgFormat::CardioSoftXml) => Ok(vec![NamedEcg {
+            id: stem,
+            ecg: xml::read_cardiosoft_xml(path)?.rhythm,
+        }]),
+        Some(EcgFormat::Wfdb) => Ok(vec![NamedEcg {
+            id: stem,
+            ecg: wfdb::read_record(path)?.ecg,
+        }]),
+        Some(EcgFormat::Npy) => npy::read_npy(path, array_rate),
+        Some(EcgFormat::Npz) => npy::read_npz(path, array_rate),
+        None => Err(Error::format(
+            path,
+            "unknown ECG file type (expected .xml, .hea, .npy or .npz)",
+        )),
+    }
+}
+
+/// The file stem of `path` as a string (lossy), or `record` when it has none.
+pub(crate) fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "record".to_string())
+}
+
+/// Forward and inverse FFT plans of length `n`, from a per-thread planner cache (planning a
+/// mixed-radix FFT costs more than running it).
+pub(crate) fn fft_plans(
+    n: usize,
+) -> (
+    std::sync::Arc<dyn rustfft::Fft<f64>>,
+    std::sync::Arc<dyn rustfft::Fft<f64>>,
+) {
+    thread_local! {
+        static PLANNER: std::cell::RefCell<rustfft::FftPlanner<f64>> =
+            std::cell::RefCell::new(rustfft::FftPlanner::new());
+    }
+    PLANNER.with(|p| {
+        let mut p = p.borrow_mut();
+        (p.plan_fft_forward(n), p.plan_fft_inverse(n))
+    })
+}
+
+/// Reads a whole file, naming it in the error.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(PathBuf::from(path), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lead_names_in_any_case() {
+        assert_eq!(lead_index("AVR"), Some(3));
+        assert_eq!(lead_index(" avl "), Some(4));
+        assert_eq!(lead_index("v6"), Some(11));
+        assert_eq!(lead_index("iii"), Some(2));
+        assert_eq!(lead_index("V7"), None);
+    }
+
+    #[test]
+    fn leads_are_reordered_and_checked() {
+        let p = Path::new("x.xml");
+        let mut leads: Vec<(String, Vec<f32>)> = LEADS
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, l)| (l.to_lowercase(), vec![i as f32; 3]))
+            .collect();
+        let ecg = Ecg::from_named_leads(p, leads.clone(), 500.0).unwrap();
+        for i in 0..12 {
+            assert_eq!(ecg.lead(i), &[i as f32; 3]);
+        }
+        leads[0].1.pop();
+        let err = Ecg::from_named_leads(p, leads.clone(), 500.0).unwrap_err();
+        assert!(err.to_string().contains("V6"), "{err}");
+        leads.remove(0);
+        let err = Ecg::from_named_leads(p, leads, 500.0).unwrap_err();
+        assert!(err.to_string().contains("missing lead(s) V6"), "{err}");
+    }
+}

@@ -1,0 +1,256 @@
+//! End to end: a UK-Biobank-style folder → `build_dataset` → cache → loader batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use mmcl_data::build::{BuildConfig, build_dataset};
+use mmcl_data::cache::Cache;
+use mmcl_data::cmr::{CmrConfig, CropSpec, ImageAugmentConfig};
+use mmcl_data::loader::{Loader, LoaderConfig};
+use mmcl_data::tables::Split;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// 12 subjects with ECG and CMR, one with only an ECG, one with only a CMR, one bad XML.
+fn ukb_folder(dir: &Path) {
+    std::fs::create_dir_all(dir.join("ecg")).unwrap();
+    let xml = fixture("xml/1000001_20205_2_0.xml");
+    for k in 0..14u64 {
+        let eid = 2000000 + k;
+        if k < 13 {
+            std::fs::copy(&xml, dir.join(format!("ecg/{eid}_20205_2_0.xml"))).unwrap();
+        }
+        if k != 12 {
+            let sub = dir.join(format!("cmr/{eid}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::copy(fixture("cmr/1000001/sa.nii.gz"), sub.join("sa.nii.gz")).unwrap();
+            std::fs::copy(
+                fixture("cmr/1000001/seg_sa.nii.gz"),
+                sub.join("seg_sa.nii.gz"),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::copy(
+        fixture("xml/non_numeric.xml"),
+        dir.join("ecg/2000020_20205_2_0.xml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("cmr/2000020")).unwrap();
+    std::fs::copy(
+        fixture("cmr/1000001/sa.nii.gz"),
+        dir.join("cmr/2000020/sa.nii.gz"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("phenotypes.csv"),
+        "eid,24100-2.0,24101-2.0\n2000000,150,60\n2000001,,55\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("diagnoses.csv"),
+        "eid,icd10\n2000000,I25.1\n2000001,I48;E11\n2000002,\n",
+    )
+    .unwrap();
+}
+
+fn config(root: &Path, out: &Path) -> BuildConfig {
+    BuildConfig {
+        root: root.to_path_buf(),
+        output: out.to_path_buf(),
+        ecg_samples: 1000,
+        cmr: CmrConfig {
+            size: 32,
+            crop: CropSpec::LvCentre { size_mm: 25.0 },
+            ..CmrConfig::default()
+        },
+        shard_size: 4,
+        skip_bad: true,
+        ..BuildConfig::default()
+    }
+}
+
+fn loader_config() -> LoaderConfig {
+    LoaderConfig {
+        batch_size: 5,
+        ecg_crop: Some(500),
+        image_augment: Some(ImageAugmentConfig {
+            size: 24,
+            ..Default::default()
+        }),
+        threads: 2,
+        ..LoaderConfig::mmcl_train()
+    }
+}
+
+#[test]
+fn build_cache_and_load_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ukb");
+    ukb_folder(&root);
+    let out = dir.path().join("cache");
+    let (index, report) = build_dataset(&config(&root, &out), &|_, _| {}).unwrap();
+
+    // Joined: 12 complete pairs; 2000012 lacks a CMR, 2000013 an ECG; 2000020 is skipped.
+    assert_eq!(index.subjects.len(), 12);
+    assert_eq!(report.join.missing["cmr"], vec![2000012]);
+    assert_eq!(report.join.missing["ecg"], vec![2000013]);
+    assert_eq!(report.skipped.len(), 1);
+    assert!(report.skipped[0].error.contains("2000020_20205_2_0.xml"));
+    assert_eq!(report.written.values().sum::<usize>(), 12);
+    assert_eq!(index.shards.len(), 3);
+    // Table values win; gaps are measured from the segmentation (LVEDV of the fixture).
+    let s0 = index.subjects.iter().find(|s| s.eid == 2000000).unwrap();
+    assert_eq!(s0.phenotypes[0], Some(150.0));
+    assert_eq!(s0.labels, vec![Some(1), Some(0), Some(0)]);
+    let s1 = index.subjects.iter().find(|s| s.eid == 2000001).unwrap();
+    assert!((s1.phenotypes[0].unwrap() - 4.95072).abs() < 1e-3);
+    assert_eq!(s1.labels, vec![Some(0), Some(1), Some(1)]);
+    assert!(report.phenotypes_measured > 0);
+
+    let cache = Arc::new(Cache::open(&out).unwrap());
+    assert_eq!(cache.len(), 12);
+    // The cached ECG is the preprocessed recording (group-normalised: mean 0 per group).
+    let ecg = cache.ecg(0).unwrap();
+    let group: f64 = ecg[..3000].iter().map(|v| *v as f64).sum::<f64>() / 3000.0;
+    assert!(group.abs() < 1e-4, "{group}");
+
+    let train = cache.split_indices(Split::Train);
+    let loader =
+        Arc::new(Loader::new(cache.clone(), train.clone(), loader_config(), Device::Cpu).unwrap());
+    let batches: Vec<_> = loader.epoch(3, 0).collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches.len(), loader.num_batches());
+    let b0 = &batches[0];
+    assert_eq!(b0.ecg.as_ref().unwrap().dims(), &[5, 1, 12, 500]);
+    assert_eq!(b0.image.as_ref().unwrap().dims(), &[5, 3, 24, 24]);
+    assert_eq!(b0.labels.dims(), &[5, 3]);
+    assert_eq!(b0.phenotypes.dims(), &[5, 10]);
+    let seen: usize = batches.iter().map(|b| b.eids.len()).sum();
+    assert_eq!(seen, train.len());
+
+    // Determinism: the same (seed, epoch, batch) gives the same tensors, also when resumed.
+    let again = loader.batch(3, 1).unwrap();
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(again.eids, batches[1].eids);
+    assert_eq!(
+        flat(again.ecg.as_ref().unwrap()),
+        flat(batches[1].ecg.as_ref().unwrap())
+    );
+    assert_eq!(
+        flat(again.image.as_ref().unwrap()),
+        flat(batches[1].image.as_ref().unwrap())
+    );
+    let resumed: Vec<_> = loader.epoch(3, 1).collect::<Result<_, _>>().unwrap();
+    assert_eq!(resumed[0].eids, batches[1].eids);
+    assert_eq!(
+        flat(resumed[0].ecg.as_ref().unwrap()),
+        flat(batches[1].ecg.as_ref().unwrap())
+    );
+    // Another epoch shuffles and augments differently.
+    let other = loader.batch(4, 0).unwrap();
+    assert_ne!(
+        flat(other.ecg.as_ref().unwrap()),
+        flat(batches[0].ecg.as_ref().unwrap())
+    );
+    // A different thread count does not change anything.
+    let one_thread = Loader::new(
+        cache.clone(),
+        train,
+        LoaderConfig {
+            threads: 1,
+            ..loader_config()
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        flat(one_thread.batch(3, 1).unwrap().ecg.as_ref().unwrap()),
+        flat(batches[1].ecg.as_ref().unwrap())
+    );
+
+    // Dropping an epoch half-way stops its worker promptly (no hang, no leak).
+    {
+        let mut it = loader.epoch(5, 0);
+        assert!(it.next().unwrap().is_ok());
+    }
+    // Asking for a batch beyond the epoch is an error, not a panic.
+    assert!(loader.batch(0, loader.num_batches()).is_err());
+
+    // Validation: in order, crop from 0, no ECG augmentation → the cached samples.
+    let val = Loader::new(
+        cache.clone(),
+        (0..12).collect(),
+        LoaderConfig {
+            ecg_augment: None,
+            ..LoaderConfig {
+                batch_size: 4,
+                ecg_crop: Some(500),
+                image_augment: None,
+                image_size: None,
+                ..LoaderConfig::mmcl_val()
+            }
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let v = val.batch(0, 0).unwrap();
+    assert_eq!(v.indices, vec![0, 1, 2, 3]);
+    let first = flat(v.ecg.as_ref().unwrap());
+    let mut window = vec![0.0; 12 * 500];
+    cache.read_ecg_window(0, 0, &mut window).unwrap();
+    assert_eq!(&first[..6000], &window[..]);
+    assert_eq!(v.image.as_ref().unwrap().dims(), &[4, 3, 32, 32]);
+    assert_eq!(
+        flat(v.image.as_ref().unwrap())[..3 * 32 * 32],
+        cache.image(0).unwrap().data[..]
+    );
+}
+
+#[test]
+fn builds_refuse_to_clobber_and_stop_on_bad_files_without_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ukb");
+    ukb_folder(&root);
+    let out = dir.path().join("cache");
+    let cfg = BuildConfig {
+        skip_bad: false,
+        ..config(&root, &out)
+    };
+    let err = build_dataset(&cfg, &|_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("2000020_20205_2_0.xml"), "{err}");
+    assert!(!out.exists(), "nothing half-written");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    build_dataset(&config(&root, &out), &|_, _| {}).unwrap();
+    let err = build_dataset(&config(&root, &out), &|_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("exists"), "{err}");
+    // TOML configuration with relative paths.
+    let toml = dir.path().join("build.toml");
+    std::fs::write(
+        &toml,
+        "root = \"ukb\"\noutput = \"cache2\"\necg_samples = 1000\nskip_bad = true\n\
+         [cmr]\nsize = 16\n[split]\ntrain = 0.5\nval = 0.25\ntest = 0.25\nstratify_by = \"CAD\"\n",
+    )
+    .unwrap();
+    let cfg = BuildConfig::from_file(&toml).unwrap();
+    let (index, _) = build_dataset(&cfg, &|_, _| {}).unwrap();
+    assert_eq!(index.image.unwrap().height, 16);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "rooot = 1\n").unwrap();
+    assert!(
+        BuildConfig::from_file(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bad.toml")
+    );
+}
