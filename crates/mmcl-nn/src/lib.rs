@@ -25,10 +25,15 @@
 
 pub mod checkpoint;
 mod error;
+pub mod init;
 pub mod io;
+pub mod layers;
+pub mod ops;
 pub mod params;
+pub mod pos_embed;
 mod pth;
 pub mod rng;
+mod simd;
 pub mod testing;
 
 pub use checkpoint::{LoadOptions, LoadReport, StateDict};

@@ -1,0 +1,102 @@
+//! Weight initialisations of the reference implementations, as candle [`Init`] hints.
+//!
+//! The values themselves are drawn by the [`ParamStore`](crate::ParamStore) from its seed and the
+//! parameter's name, so they are reproducible but not bit-identical to PyTorch's (which draws from
+//! its global generator); the distributions are the reference's.
+
+use candle_nn::Init;
+use serde::{Deserialize, Serialize};
+
+/// How the weights of linear layers (and the embeddings around them) are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// timm's ViT default (`init_weights_vit_timm`): linear weights `trunc_normal(std=.02)`,
+    /// biases 0; used by the reference `ECGEncoder` and fine-tuning `VisionTransformer`.
+    #[default]
+    Timm,
+    /// The masked autoencoder's (`MaskedAutoencoderViT.initialize_weights`): linear weights
+    /// `xavier_uniform`, biases 0, the patch projection `xavier_uniform` over its `[D, C·ph·pw]`
+    /// view, class and mask tokens `normal(std=.02)`, fixed 2-D sin-cos position embeddings.
+    Mae,
+}
+
+impl WeightInit {
+    /// The initialisation of a linear weight `[fan_out, fan_in]` under this scheme.
+    pub fn linear_weight(self, fan_in: usize, fan_out: usize) -> Init {
+        match self {
+            WeightInit::Timm => trunc_normal(0.02),
+            WeightInit::Mae => xavier_uniform(fan_in, fan_out),
+        }
+    }
+}
+
+/// `xavier_uniform_`: `U(−a, a)` with `a = sqrt(6 / (fan_in + fan_out))` (gain 1).
+pub fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {
+    let a = (6.0 / (fan_in + fan_out).max(1) as f64).sqrt();
+    Init::Uniform { lo: -a, up: a }
+}
+
+/// timm's `trunc_normal_(std)` with its default cut-off at ±2 (absolute, not in standard
+/// deviations).
+///
+/// For the standard deviations the reference uses (0.02 and smaller) the cut-off lies 100σ out,
+/// where the normal has no mass a float can represent, so this is the plain normal; the MAE code
+/// makes the same remark.
+pub fn trunc_normal(std: f64) -> Init {
+    Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    }
+}
+
+/// `normal_(std)`.
+pub fn normal(std: f64) -> Init {
+    Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    }
+}
+
+/// PyTorch's default for `nn.Linear` and `nn.Conv2d` weights, `kaiming_uniform_(a=√5)`:
+/// `U(−1/√fan_in, 1/√fan_in)`.
+pub fn torch_default_weight(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// PyTorch's default for `nn.Linear` and `nn.Conv2d` biases: `U(−1/√fan_in, 1/√fan_in)`.
+pub fn torch_default_bias(fan_in: usize) -> Init {
+    torch_default_weight(fan_in)
+}
+
+/// Zeros.
+pub const ZEROS: Init = Init::Const(0.0);
+/// Ones.
+pub const ONES: Init = Init::Const(1.0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_the_reference_ones() {
+        match xavier_uniform(384, 1152) {
+            Init::Uniform { lo, up } => {
+                assert!((up - (6.0f64 / 1536.0).sqrt()).abs() < 1e-12 && lo == -up)
+            }
+            other => panic!("{other:?}"),
+        }
+        match torch_default_weight(100) {
+            Init::Uniform { up, .. } => assert!((up - 0.1).abs() < 1e-12),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            WeightInit::Timm.linear_weight(3, 4),
+            Init::Randn { stdev, .. } if stdev == 0.02
+        ));
+    }
+}
