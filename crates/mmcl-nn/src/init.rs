@@ -78,6 +78,37 @@ pub const ZEROS: Init = Init::Const(0.0);
 /// Ones.
 pub const ONES: Init = Init::Const(1.0);
 
+/// The tensor `name` of `vb`, initialised to the computed `values` when it does not exist yet
+/// (e.g. a fixed sin-cos table, which no [`Init`] hint describes).
+///
+/// With a [`ParamStore`](crate::ParamStore) backend the new variable is created and then set
+/// to `values`; an existing one (loaded or shared) is returned unchanged, as is whatever a
+/// read-only backend (a checkpoint file) holds.
+pub fn get_with_values(
+    vb: &candle_nn::VarBuilder,
+    shape: &[usize],
+    name: &str,
+    values: impl FnOnce() -> candle_core::Result<candle_core::Tensor>,
+) -> candle_core::Result<candle_core::Tensor> {
+    if vb.contains_tensor(name) {
+        return vb.get(shape, name);
+    }
+    let t = vb.get_with_hints(shape, name, ZEROS)?;
+    let v = values()?.to_dtype(t.dtype())?.to_device(t.device())?;
+    if v.dims() != shape {
+        candle_core::bail!(
+            "initial values of {name} have shape {:?}, not {shape:?}",
+            v.dims()
+        );
+    }
+    if t.is_variable() {
+        candle_core::Var::from_tensor(&t)?.set(&v)?;
+        Ok(t)
+    } else {
+        Ok(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +129,23 @@ mod tests {
             WeightInit::Timm.linear_weight(3, 4),
             Init::Randn { stdev, .. } if stdev == 0.02
         ));
+    }
+
+    #[test]
+    fn computed_values_initialise_fresh_variables_only() -> candle_core::Result<()> {
+        use candle_core::{DType, Device, Tensor};
+        let store = crate::ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let make = || Tensor::new(&[1f32, 2., 3.], &Device::Cpu);
+        let t = get_with_values(&vb, &[3], "table", make)?;
+        assert_eq!(t.to_vec1::<f32>()?, vec![1., 2., 3.]);
+        let stored = store.get("table").map(|v| v.as_tensor().to_vec1::<f32>());
+        assert_eq!(stored.transpose()?, Some(vec![1., 2., 3.]));
+        // Existing values are not overwritten.
+        let again = get_with_values(&vb, &[3], "table", || {
+            Tensor::zeros(3, DType::F32, &Device::Cpu)
+        })?;
+        assert_eq!(again.to_vec1::<f32>()?, vec![1., 2., 3.]);
+        Ok(())
     }
 }
