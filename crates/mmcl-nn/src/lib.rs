@@ -28,6 +28,7 @@ mod error;
 pub mod init;
 pub mod io;
 pub mod layers;
+pub mod memory;
 pub mod ops;
 pub mod params;
 pub mod pos_embed;

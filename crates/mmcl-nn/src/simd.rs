@@ -78,6 +78,122 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// Independent accumulators per reduction: a float sum in one accumulator is a sequential chain
+/// the compiler may not reorder (no fast-math), so it would not vectorise; 16 lanes fill an
+/// AVX-512 register (two AVX2 ones).
+const LANES: usize = 16;
+
+/// Sum of `x` (lane-parallel, vectorisable).
+#[inline(always)]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Dot product of `x` and `y` (lane-parallel, vectorisable).
+#[inline(always)]
+pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let cx = x.chunks_exact(LANES);
+    let cy = y.chunks_exact(LANES);
+    let rest: f32 = cx
+        .remainder()
+        .iter()
+        .zip(cy.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in cx.zip(cy) {
+        for ((s, &u), &v) in acc.iter_mut().zip(a).zip(b) {
+            *s += u * v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `Σ a·b·(c − shift)` (lane-parallel, vectorisable).
+#[inline(always)]
+pub(crate) fn dot3_centered(a: &[f32], b: &[f32], c: &[f32], shift: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder())
+        .map(|((&x, &y), &z)| x * y * (z - shift))
+        .sum();
+    for ((x, y), z) in ca.zip(cb).zip(cc) {
+        for (((s, &u), &v), &w) in acc.iter_mut().zip(x).zip(y).zip(z) {
+            *s += u * v * (w - shift);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Sum of squared deviations from `mean` (lane-parallel, vectorisable).
+#[inline(always)]
+pub(crate) fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| (v - mean) * (v - mean))
+        .sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v - mean) * (v - mean);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Maximum of `x` (`-inf` when empty; NaNs are skipped here and surface in what follows).
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Replaces each `v` of `x` by `e^(v − shift)` and returns their sum (vectorisable).
+#[inline(always)]
+pub(crate) fn exp_shifted_in_place(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = exp_f32(*v - shift);
+            *a += *v;
+        }
+    }
+    let mut total: f32 = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - shift);
+        total += *v;
+    }
+    acc.iter().sum::<f32>() + total
+}
+
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 // ln 2 split in a part with few mantissa bits (exact products with small integers) and the rest.
 const LN2_HI: f32 = 0.693_145_75;
@@ -164,6 +280,30 @@ mod tests {
             s += if i % 2 == 1 { 4.0 } else { 2.0 } * f(t);
         }
         s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn reductions_agree_with_sequential_ones() {
+        let x: Vec<f32> = (0..1003)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
+        let y: Vec<f32> = (0..1003).map(|i| ((i * 13 % 7) as f32) * 0.5).collect();
+        let close = |a: f32, b: f64| ((a as f64) - b).abs() <= 1e-4 * (1.0 + b.abs());
+        assert!(close(sum(&x), x.iter().map(|&v| v as f64).sum()));
+        assert!(close(
+            dot(&x, &y),
+            x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum()
+        ));
+        let m = x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64;
+        let ss: f64 = x.iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum();
+        assert!(close(sum_sq_dev(&x, m as f32), ss));
+        assert_eq!(max(&x), 0.5);
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        let mut e = x.clone();
+        let total = exp_shifted_in_place(&mut e, 0.5);
+        let want: f64 = x.iter().map(|&v| (v as f64 - 0.5).exp()).sum();
+        assert!(close(total, want));
+        assert!((e[3] as f64 - ((x[3] - 0.5) as f64).exp()).abs() < 1e-6);
     }
 
     #[test]

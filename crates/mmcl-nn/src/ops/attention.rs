@@ -330,7 +330,7 @@ fn attention_backward(
             }
             // dS = P ⊙ (dP − Σ dP⊙P), per row.
             for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(p.chunks_exact(g.n)) {
-                let dot: f32 = dp_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                let dot = crate::simd::dot(dp_row, p_row);
                 for (x, &pv) in dp_row.iter_mut().zip(p_row) {
                     *x = pv * (*x - dot);
                 }

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{CHUNK, contiguous_f32, fast_path, with_contiguous_f32};
-use crate::simd::multiversion;
+use crate::simd::{self, multiversion};
 
 /// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`, with the
 /// biased variance, as `torch.nn.LayerNorm`.
@@ -52,8 +52,8 @@ pub(crate) fn layer_norm_composed(
 #[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = simd::sum(row) / n;
+    let var = simd::sum_sq_dev(row, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -88,13 +88,9 @@ fn backward_kernel(
         .zip(dx.chunks_exact_mut(d))
     {
         let (mean, rstd) = row_stats(row, eps);
-        let mut sum_gw = 0f32;
-        let mut sum_gw_xhat = 0f32;
-        for ((&v, &g), &w) in row.iter().zip(g).zip(w) {
-            let xhat = (v - mean) * rstd;
-            sum_gw += g * w;
-            sum_gw_xhat += g * w * xhat;
-        }
+        let sum_gw = simd::dot(g, w);
+        // Σ g·w·x̂ = rstd · Σ g·w·(x − mean)
+        let sum_gw_xhat = rstd * simd::dot3_centered(g, w, row, mean);
         let (a, b) = (sum_gw / n, sum_gw_xhat / n);
         for (((((dx, &v), &g), &w), dw), db) in dx
             .iter_mut()

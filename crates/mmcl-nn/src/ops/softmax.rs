@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Te
 use rayon::prelude::*;
 
 use super::{CHUNK, contiguous_f32, fast_path};
-use crate::simd::{exp_f32, multiversion};
+use crate::simd::{self, multiversion};
 
 /// Softmax over the last dimension, `exp(x - max) / Σ exp(x - max)` per row.
 ///
@@ -32,12 +32,8 @@ pub(crate) fn softmax_composed(x: &Tensor) -> Result<Tensor> {
 #[inline(always)]
 pub(crate) fn softmax_rows_kernel(rows: &mut [f32], n: usize) {
     for row in rows.chunks_exact_mut(n) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0f32;
-        for v in row.iter_mut() {
-            *v = exp_f32(*v - max);
-            sum += *v;
-        }
+        let max = simd::max(row);
+        let sum = simd::exp_shifted_in_place(row, max);
         let inv = 1.0 / sum;
         for v in row.iter_mut() {
             *v *= inv;
@@ -55,7 +51,7 @@ fn softmax_grad_kernel(y: &[f32], g: &[f32], out: &mut [f32], n: usize) {
         .zip(y.chunks_exact(n))
         .zip(g.chunks_exact(n))
     {
-        let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+        let dot = simd::dot(y, g);
         for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
             *o = y * (g - dot);
         }
