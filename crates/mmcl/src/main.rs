@@ -22,12 +22,18 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled-in features and the devices that can be used.
     Info(commands::info::Args),
+    /// Embed ECGs (.npy) with a trained ECG encoder.
+    EmbedEcg(commands::embed_ecg::Args),
+    /// Convert a PyTorch checkpoint (or part of it) to safetensors.
+    Convert(commands::convert::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
+        Command::EmbedEcg(args) => commands::embed_ecg::run(args),
+        Command::Convert(args) => commands::convert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
