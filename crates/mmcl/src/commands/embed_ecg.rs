@@ -6,15 +6,17 @@
 //! ```
 //!
 //! `X.npy` is float32 (or float64) `(N, 12, T)` or `(N, 1, 12, T)` matching the configuration,
-//! used as is; `OUT.npy` is float32 `(N, D)`, or `(N, L, D)` for `tokens`. Every problem is
-//! reported with the file it concerns before anything is written; the output appears only
-//! when complete (written to a temporary sibling, then renamed).
+//! used as is; `OUT.npy` is float32 `(N, D)`, or `(N, L, D)` for `tokens`. Input and output are
+//! streamed batch by batch, so arrays larger than memory work. Every problem is reported with
+//! the file it concerns; the output appears only when complete (written to a temporary
+//! sibling, then renamed), and never when anything failed.
 
-use std::io::BufReader;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use mmcl_ecg::{EcgVit, EcgVitConfig, Pooling};
 
@@ -60,45 +62,38 @@ pub fn run(args: Args) -> Result<()> {
     };
     check_pooling(&cfg, pooling, &args.config)?;
     let device = super::common::parse_device(&args.device)?;
-    let input = read_ecgs(&args.input, &cfg)?;
+    // Everything that can be checked is checked before the output is created.
+    let mut input = EcgReader::open(&args.input, &cfg)?;
     let (model, _store, summary) =
         EcgVit::from_checkpoint(&cfg, &args.checkpoint, pooling, &device)?;
     eprintln!("{summary}");
 
-    let n = input.dims[0];
-    let per_sample: usize = input.dims[1..].iter().product();
-    let progress = progress_bar(n, args.batch_size);
-    let mut out: Vec<f32> = Vec::new();
-    let mut out_dims: Vec<usize> = Vec::new();
-    for start in (0..n).step_by(args.batch_size) {
-        let count = args.batch_size.min(n - start);
-        let slice = &input.values[start * per_sample..(start + count) * per_sample];
-        let mut dims = input.dims.clone();
-        dims[0] = count;
-        let x = Tensor::from_slice(slice, dims.as_slice(), &device)?;
-        let y = model.embed(&x, pooling).with_context(|| {
-            format!(
-                "embedding ECGs {start}..{} of {}",
-                start + count,
-                args.input.display()
-            )
-        })?;
-        let y = y
-            .to_device(&Device::Cpu)?
-            .to_dtype(candle_core::DType::F32)?;
-        if out_dims.is_empty() {
-            out_dims = y.dims().to_vec();
-            out_dims[0] = n;
-            out.reserve(out_dims.iter().product());
-        }
-        out.extend(y.flatten_all()?.to_vec1::<f32>()?);
-        progress.inc(count as u64);
+    let n = input.count();
+    let mut out_dims = vec![n, cfg.embed_dim];
+    if pooling == Pooling::Tokens {
+        out_dims.insert(1, cfg.num_patches());
     }
+    let progress = progress_bar(n, args.batch_size);
+    write_npy_atomically(&args.output, &out_dims, |writer| {
+        for start in (0..n).step_by(args.batch_size) {
+            let count = args.batch_size.min(n - start);
+            let x = input.next_batch(count, &device)?;
+            let y = model.embed(&x, pooling).with_context(|| {
+                format!(
+                    "embedding ECGs {start}..{} of {}",
+                    start + count,
+                    args.input.display()
+                )
+            })?;
+            let y = y.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            writer.extend(y.flatten_all()?.to_vec1::<f32>()?)?;
+            progress.inc(count as u64);
+        }
+        Ok(())
+    })?;
     progress.finish_and_clear();
-    write_npy(&args.output, &out, &out_dims)?;
     eprintln!(
-        "wrote {} embeddings of shape {:?} ({pooling} pooling) to {}",
-        n,
+        "wrote {n} embeddings of shape {:?} ({pooling} pooling) to {}",
         &out_dims[1..],
         args.output.display()
     );
@@ -121,72 +116,157 @@ fn check_pooling(cfg: &EcgVitConfig, pooling: Pooling, config: &Path) -> Result<
     Ok(())
 }
 
-/// ECGs read from a .npy file, shaped as the model takes them.
-struct Ecgs {
-    values: Vec<f32>,
+/// The element type of the input array.
+enum Elements {
+    F32(npyz::NpyReader<f32, BufReader<File>>),
+    F64(npyz::NpyReader<f64, BufReader<File>>),
+    /// A column-major array, read whole and reordered.
+    InMemory(std::vec::IntoIter<f32>),
+}
+
+/// Reads ECGs batch by batch from a `(N, leads, T)` or `(N, C, leads, T)` float32/float64 .npy
+/// file, after checking its header against the configuration.
+struct EcgReader {
+    path: PathBuf,
+    elements: Elements,
+    /// `[N, C, leads, T]`.
     dims: Vec<usize>,
 }
 
-/// Reads `(N, leads, T)` or `(N, C, leads, T)` float32/float64 ECGs and checks them against the
-/// configuration.
-fn read_ecgs(path: &Path, cfg: &EcgVitConfig) -> Result<Ecgs> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
-        .with_context(|| format!("{}: not a readable .npy file", path.display()))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let [c, h, w] = cfg.img_size;
-    let dims = match shape.as_slice() {
-        [n, xh, xw] if c == 1 && (*xh, *xw) == (h, w) => vec![*n, 1, h, w],
-        [n, xc, xh, xw] if (*xc, *xh, *xw) == (c, h, w) => vec![*n, c, h, w],
-        _ => {
-            let expected = if c == 1 {
-                format!("(N, {h}, {w}) or (N, 1, {h}, {w})")
-            } else {
-                format!("(N, {c}, {h}, {w})")
-            };
+impl EcgReader {
+    fn open(path: &Path, cfg: &EcgVitConfig) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let npy = npyz::NpyFile::new(BufReader::new(file))
+            .with_context(|| format!("{}: not a readable .npy file", path.display()))?;
+        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        let [c, h, w] = cfg.img_size;
+        let dims = match shape.as_slice() {
+            [n, xh, xw] if c == 1 && (*xh, *xw) == (h, w) => vec![*n, 1, h, w],
+            [n, xc, xh, xw] if (*xc, *xh, *xw) == (c, h, w) => vec![*n, c, h, w],
+            _ => {
+                let expected = if c == 1 {
+                    format!("(N, {h}, {w}) or (N, 1, {h}, {w})")
+                } else {
+                    format!("(N, {c}, {h}, {w})")
+                };
+                bail!(
+                    "{}: array of shape {shape:?} does not match the configuration's input {expected}",
+                    path.display()
+                );
+            }
+        };
+        if dims[0] == 0 {
+            bail!("{}: the array holds no ECGs", path.display());
+        }
+        let type_str = match npy.dtype() {
+            npyz::DType::Plain(ty) => ty.to_string(),
+            other => other.descr(),
+        };
+        let kind = type_str
+            .trim_start_matches(['<', '>', '|', '='])
+            .to_string();
+        if kind != "f4" && kind != "f8" {
             bail!(
-                "{}: array of shape {shape:?} does not match the configuration's input {expected}",
+                "{}: ECGs must be float32 (or float64), not numpy dtype {type_str:?}",
                 path.display()
             );
         }
-    };
-    if dims[0] == 0 {
-        bail!("{}: the array holds no ECGs", path.display());
+        let unreadable = || format!("{}: cannot read the array data", path.display());
+        let elements = if npy.order() == npyz::Order::Fortran {
+            let values: Vec<f32> = if kind == "f4" {
+                npy.into_vec::<f32>()
+            } else {
+                npy.into_vec::<f64>()
+                    .map(|v| v.into_iter().map(|x| x as f32).collect())
+            }
+            .with_context(|| format!("{} (truncated file?)", unreadable()))?;
+            // Column-major storage: reverse the axes back into row-major order.
+            let reversed: Vec<usize> = shape.iter().rev().copied().collect();
+            let perm: Vec<usize> = (0..shape.len()).rev().collect();
+            let values = Tensor::from_vec(values, reversed.as_slice(), &Device::Cpu)?
+                .permute(perm.as_slice())?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Elements::InMemory(values.into_iter())
+        } else if kind == "f4" {
+            Elements::F32(npy.data::<f32>().with_context(unreadable)?)
+        } else {
+            Elements::F64(npy.data::<f64>().with_context(unreadable)?)
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            elements,
+            dims,
+        })
     }
-    let fortran = npy.order() == npyz::Order::Fortran;
-    let type_str = match npy.dtype() {
-        npyz::DType::Plain(ty) => ty.to_string(),
-        other => other.descr(),
-    };
-    let values: Vec<f32> = match type_str.trim_start_matches(['<', '>', '|', '=']) {
-        "f4" => npy.into_vec::<f32>(),
-        "f8" => npy
-            .into_vec::<f64>()
-            .map(|v| v.into_iter().map(|x| x as f32).collect()),
-        other => bail!(
-            "{}: ECGs must be float32 (or float64), not numpy dtype {other:?}",
-            path.display()
-        ),
+
+    /// Number of ECGs.
+    fn count(&self) -> usize {
+        self.dims[0]
     }
-    .with_context(|| {
-        format!(
-            "{}: cannot read the array data (truncated file?)",
-            path.display()
-        )
-    })?;
-    let values = if fortran {
-        // Column-major storage: reverse the axes back into row-major order.
-        let reversed: Vec<usize> = shape.iter().rev().copied().collect();
-        let perm: Vec<usize> = (0..shape.len()).rev().collect();
-        Tensor::from_vec(values, reversed.as_slice(), &Device::Cpu)?
-            .permute(perm.as_slice())?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-    } else {
-        values
-    };
-    Ok(Ecgs { values, dims })
+
+    /// The next `count` ECGs as `[count, C, leads, T]` on `device`.
+    fn next_batch(&mut self, count: usize, device: &Device) -> Result<Tensor> {
+        let per_sample: usize = self.dims[1..].iter().product();
+        let want = count * per_sample;
+        let truncated = || {
+            format!(
+                "{}: cannot read the array data (truncated file?)",
+                self.path.display()
+            )
+        };
+        let values: Vec<f32> = match &mut self.elements {
+            Elements::F32(r) => r.by_ref().take(want).collect::<std::io::Result<_>>(),
+            Elements::F64(r) => r
+                .by_ref()
+                .take(want)
+                .map(|v| v.map(|x| x as f32))
+                .collect::<std::io::Result<_>>(),
+            Elements::InMemory(it) => Ok(it.by_ref().take(want).collect()),
+        }
+        .with_context(truncated)?;
+        if values.len() != want {
+            bail!(truncated());
+        }
+        let mut dims = self.dims.clone();
+        dims[0] = count;
+        Ok(Tensor::from_vec(values, dims.as_slice(), device)?)
+    }
+}
+
+/// Streams a float32 .npy of shape `dims` through `fill` into a temporary sibling of `path`,
+/// renamed over `path` only when `fill` succeeded; on failure nothing is left behind.
+fn write_npy_atomically(
+    path: &Path,
+    dims: &[usize],
+    fill: impl FnOnce(&mut npyz::NpyWriter<f32, BufWriter<File>>) -> Result<()>,
+) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the directory of {}", path.display()))?;
+    }
+    let tmp = mmcl_nn::io::temporary_sibling(path);
+    let result = (|| -> Result<()> {
+        use npyz::WriterBuilder;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let shape: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(BufWriter::new(file))
+            .begin_nd()?;
+        fill(&mut writer)?;
+        writer.finish()?;
+        Ok(())
+    })()
+    .and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// A progress bar on stderr for inputs longer than one batch (hidden when stderr is no terminal).
@@ -202,28 +282,4 @@ fn progress_bar(n: usize, batch: usize) -> ProgressBar {
     }
     bar.set_message("embedding");
     bar
-}
-
-/// Writes a float32 array as .npy, atomically.
-fn write_npy(path: &Path, values: &[f32], dims: &[usize]) -> Result<()> {
-    let shape: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-    mmcl_nn::io::write_atomic(path, |tmp| {
-        let io_err = |source: std::io::Error| mmcl_nn::Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::create(tmp).map_err(io_err)?;
-        let mut writer = {
-            use npyz::WriterBuilder;
-            npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&shape)
-                .writer(std::io::BufWriter::new(file))
-                .begin_nd()
-                .map_err(io_err)?
-        };
-        writer.extend(values.iter().copied()).map_err(io_err)?;
-        writer.finish().map_err(io_err)
-    })?;
-    Ok(())
 }
