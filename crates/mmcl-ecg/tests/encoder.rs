@@ -309,3 +309,74 @@ fn wrong_inputs_are_errors() {
         &[2, 256]
     );
 }
+
+/// The device-generic path (composed candle operations, taken for every dtype but CPU f32 and
+/// for every non-CPU device) against the CPU fast path: same outputs and same gradients.
+#[test]
+fn generic_path_matches_the_fast_path() {
+    use mmcl_nn::rng::SharedRng;
+    let cfg = toy_config();
+    let build = |dtype: DType| {
+        let store = ParamStore::new(0);
+        let model = EcgVit::new(
+            &cfg,
+            SharedRng::new(0),
+            store.var_builder(dtype, &Device::Cpu),
+        )
+        .expect("builds");
+        mmcl_ecg::load_encoder(&store, &cfg, &fixture("tiny_plain.pth"), Pooling::Attention)
+            .expect("loads");
+        (model, store)
+    };
+    let (fast, fast_store) = build(DType::F32);
+    let (generic, generic_store) = build(DType::F64);
+    let x = Tensor::from_vec(
+        (0..4 * 2 * 20)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.2)
+            .collect::<Vec<f32>>(),
+        (4, 1, 2, 20),
+        &Device::Cpu,
+    )
+    .expect("input");
+    let run = |model: &EcgVit| {
+        let out = model.forward_tokens(&x, false, Some(0)).expect("forward");
+        let attn = model.pool(&out.tokens, Pooling::Attention).expect("pool");
+        let global = model.pool(&out.tokens, Pooling::Global).expect("pool");
+        let cls = model.pool(&out.tokens, Pooling::Cls).expect("pool");
+        let loss = [&attn, &global, &cls]
+            .iter()
+            .map(|t| t.sqr().and_then(|t| t.sum_all()).expect("loss"))
+            .reduce(|a, b| (a + b).expect("sum"))
+            .expect("loss");
+        (out, attn, loss)
+    };
+    let (out_f, attn_f, loss_f) = run(&fast);
+    let (out_g, attn_g, loss_g) = run(&generic);
+    let f32_of = |t: &Tensor| t.to_dtype(DType::F32).expect("cast");
+    let tol = Tolerance {
+        abs: 1e-5,
+        rel: 1e-5,
+    };
+    assert_close("tokens", &out_f.tokens, &f32_of(&out_g.tokens), tol);
+    assert_close("attention pooling", &attn_f, &f32_of(&attn_g), tol);
+    let (af, ag) = (out_f.attention.expect("map"), out_g.attention.expect("map"));
+    assert_close("attention map", &af, &f32_of(&ag), Tolerance::ATTENTION);
+    let grads_f = loss_f.backward().expect("backward");
+    let grads_g = loss_g.backward().expect("backward");
+    for ((name, vf), (_, vg)) in fast_store
+        .trainable_vars()
+        .iter()
+        .zip(generic_store.trainable_vars())
+    {
+        if name.starts_with("head.") {
+            continue;
+        }
+        let gf = grads_f
+            .get(vf.as_tensor())
+            .unwrap_or_else(|| panic!("no fast gradient for {name}"));
+        let gg = grads_g
+            .get(vg.as_tensor())
+            .unwrap_or_else(|| panic!("no generic gradient for {name}"));
+        mmcl_testutil::assert_grad_close(name, gf, &f32_of(gg), 1e-4);
+    }
+}
