@@ -373,7 +373,7 @@ impl EcgVit {
             }
             Pooling::Global => {
                 let fc_norm = self.fc_norm_for(pooling)?;
-                let mean = patch_tokens()?.mean(1)?; // [B, D]
+                let mean = mmcl_nn::ops::mean_tokens(&patch_tokens()?)?.squeeze(1)?; // [B, D]
                 Ok(fc_norm.forward(&mean)?)
             }
             Pooling::Attention => {
@@ -385,7 +385,7 @@ impl EcgVit {
                     )
                 })?;
                 let x = patch_tokens()?; // [B, L, D]
-                let q = x.mean_keepdim(1)?; // [B, 1, D]
+                let q = mmcl_nn::ops::mean_tokens(&x)?; // [B, 1, D]
                 let (out, _) = pool.forward(&q, &x, &x)?; // [B, 1, D]
                 Ok(fc_norm.forward(&out.squeeze(1)?)?)
             }

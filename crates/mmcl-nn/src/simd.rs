@@ -175,6 +175,26 @@ pub(crate) fn max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
+/// Writes `e^(v − shift)` for each `v` of `x` into `out` and returns their sum (vectorisable).
+#[inline(always)]
+pub(crate) fn exp_shifted(x: &[f32], out: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut co = out.chunks_exact_mut(LANES);
+    let mut cx = x.chunks_exact(LANES);
+    for (o, c) in (&mut co).zip(&mut cx) {
+        for ((a, v), &u) in acc.iter_mut().zip(o.iter_mut()).zip(c) {
+            *v = exp_f32(u - shift);
+            *a += *v;
+        }
+    }
+    let mut total: f32 = 0.0;
+    for (v, &u) in co.into_remainder().iter_mut().zip(cx.remainder()) {
+        *v = exp_f32(u - shift);
+        total += *v;
+    }
+    acc.iter().sum::<f32>() + total
+}
+
 /// Replaces each `v` of `x` by `e^(v − shift)` and returns their sum (vectorisable).
 #[inline(always)]
 pub(crate) fn exp_shifted_in_place(x: &mut [f32], shift: f32) -> f32 {
@@ -209,8 +229,10 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     let xc = x.clamp(EXP_MIN, EXP_MAX);
-    // x = n ln2 + r with |r| <= ln2 / 2.
-    let n = (xc * LOG2_E + ROUND_MAGIC) - ROUND_MAGIC;
+    // x = n ln2 + r with |r| <= ln2 / 2. Adding the magic number rounds x·log2(e) to an integer
+    // held in the low mantissa bits of `shifted`.
+    let shifted = xc * LOG2_E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // Taylor series of e^r to degree 7: truncation error < 5e-9 on |r| <= 0.347.
     let p = 1.0 / 5040.0;
@@ -221,8 +243,10 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // 2^n through the exponent bits; n is in [-126, 127] after the clamp. It is read from the
+    // bits of `shifted` (integer arithmetic vectorises; a saturating `as i32` would not).
+    let n_int = shifted.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     let y = p * scale;
     if x < EXP_MIN { 0.0 } else { y }
 }

@@ -94,9 +94,9 @@ impl Block {
         let (h, probs) =
             self.attn
                 .forward_with_probs(&self.norm1.forward(x)?, train, want_probs)?;
-        let x = (x + self.drop_path.forward_t(&h, train)?)?;
+        let x = crate::ops::add(x, &self.drop_path.forward_t(&h, train)?)?;
         let h = self.mlp.forward_t(&self.norm2.forward(&x)?, train)?;
-        let x = (x + self.drop_path.forward_t(&h, train)?)?;
+        let x = crate::ops::add(&x, &self.drop_path.forward_t(&h, train)?)?;
         Ok((x, probs))
     }
 }

@@ -15,13 +15,17 @@
 //! | [`linear`] | `x·Wᵀ + b` with PyTorch's weight layout `[out, in]` |
 //! | [`attention`] | multi-head scaled dot-product self-attention from a packed `qkv` |
 //! | [`attention_probs`] | the attention probabilities of the same (for maps) |
+//! | [`add`] | element-wise sum (residual connections) |
+//! | [`mean_tokens`] | mean over the token dimension |
 
+mod add;
 mod attention;
 mod gelu;
 mod layer_norm;
 mod linear;
 mod softmax;
 
+pub use add::{add, mean_tokens};
 pub use attention::{attention, attention_probs, split_heads as attention_split_heads};
 pub use gelu::{bias_gelu, gelu_erf};
 pub use layer_norm::layer_norm;

@@ -43,6 +43,20 @@ pub(crate) fn softmax_rows_kernel(rows: &mut [f32], n: usize) {
 
 multiversion!(pub(crate) fn softmax_rows(rows: &mut [f32], n: usize) => softmax_rows_kernel);
 
+/// Softmax of each row of `x` (length `n`) written to `out`.
+#[inline(always)]
+fn softmax_rows_to_kernel(x: &[f32], out: &mut [f32], n: usize) {
+    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let max = simd::max(row);
+        let inv = 1.0 / simd::exp_shifted(row, o, max);
+        for v in o.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+multiversion!(fn softmax_rows_to(x: &[f32], out: &mut [f32], n: usize) => softmax_rows_to_kernel);
+
 /// `y ⊙ (g − Σ g⊙y)` per row: the gradient of softmax given its output `y`.
 #[inline(always)]
 fn softmax_grad_kernel(y: &[f32], g: &[f32], out: &mut [f32], n: usize) {
@@ -74,10 +88,12 @@ impl CustomOp1 for SoftmaxLastDim {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let n = l.dims().last().copied().unwrap_or(1);
-        let mut out = x.to_vec();
+        let mut out = vec![0f32; x.len()];
         if n > 0 {
-            out.par_chunks_mut(step_for(n))
-                .for_each(|rows| softmax_rows(rows, n));
+            let step = step_for(n);
+            out.par_chunks_mut(step)
+                .zip(x.par_chunks(step))
+                .for_each(|(o, rows)| softmax_rows_to(rows, o, n));
         }
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
