@@ -296,6 +296,11 @@ fn wrong_inputs_are_errors() {
         model.embed(&x, Pooling::Global).expect("3-D input").dims(),
         &[2, 384]
     );
+    // An empty batch gives an empty result (or an error), never a panic.
+    let empty = Tensor::zeros((0, 1, 12, 500), DType::F32, &dev).expect("tensor");
+    if let Ok(e) = model.embed(&empty, Pooling::Global) {
+        assert_eq!(e.dims(), &[0, 384]);
+    }
     assert!(model.forward_tokens(&x, false, Some(3)).is_err());
     assert!(model.forward_tokens(&x, false, Some(-4)).is_err());
 

@@ -138,6 +138,18 @@ unsafe fn small_gemm(
     beta: f32,
     accumulate: bool,
 ) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                // SAFETY: row r of the destination holds n valid elements (caller's contract).
+                unsafe { std::ptr::write_bytes(dst.add(r * dst_rs), 0, n) };
+            }
+        }
+        return;
+    }
     // SAFETY: forwarded from the caller's contract.
     unsafe {
         gemm::gemm(

@@ -51,6 +51,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `dst[M, N] (+)= x[M, K] · w[N, K]ᵀ`, where `dst` already holds the bias rows if `accumulate`.
 fn gemm_xwt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, k: usize, n: usize, accumulate: bool) {
     debug_assert!(x.len() == m * k && w.len() == n * k && dst.len() == m * n);
+    if m == 0 || n == 0 || k == 0 {
+        // Nothing to add to the bias (or to the zeros) of the output.
+        return;
+    }
     // SAFETY: the slices have exactly the lengths the strides describe (checked by the callers),
     // so every access of the product stays in bounds; dst does not alias x or w.
     unsafe {
@@ -206,6 +210,9 @@ mod tests {
         let c = linear(&xt.contiguous()?, &w, Some(&b))?;
         assert_eq!(rel_err(&a, &c)?, 0.0);
         assert!(linear(&x, &w.t()?, None).is_err());
+        // Empty batches give empty outputs.
+        let empty = Tensor::zeros((0, 40), DType::F32, x.device())?;
+        assert_eq!(linear(&empty, &w, Some(&b))?.dims(), &[0, 24]);
         Ok(())
     }
 
