@@ -34,6 +34,10 @@ enum Command {
     PreprocessEcg(commands::preprocess_ecg::Args),
     /// Build the dataset cache from a UK-Biobank-style folder (config-driven, JSON or TOML).
     BuildDataset(commands::build_dataset::Args),
+    /// Embed ECGs (.npy) with a trained ECG encoder.
+    EmbedEcg(commands::embed_ecg::Args),
+    /// Convert a PyTorch checkpoint (or part of it) to safetensors.
+    Convert(commands::convert::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Synth(args) => commands::synth::run(args),
         Command::PreprocessEcg(args) => commands::preprocess_ecg::run(args),
         Command::BuildDataset(args) => commands::build_dataset::run(args),
+        Command::EmbedEcg(args) => commands::embed_ecg::run(args),
+        Command::Convert(args) => commands::convert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,8 @@
 
 pub mod build_dataset;
 pub mod common;
+pub mod convert;
+pub mod embed_ecg;
 pub mod info;
 pub mod probe;
 pub mod report;

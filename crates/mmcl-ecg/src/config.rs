@@ -1,0 +1,482 @@
+//! The encoder's configuration, with the reference's argument names and presets.
+
+use std::path::Path;
+
+use mmcl_nn::init::WeightInit;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How the token sequence becomes one embedding (or stays a sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean of the patch tokens, then `fc_norm` (the paper's embedding).
+    Global,
+    /// The class token after `norm`.
+    Cls,
+    /// A multi-head attention whose query is the token mean (`attention_pool`), then `fc_norm`.
+    Attention,
+    /// Every patch token after the last block, without norm (for localisation).
+    Tokens,
+}
+
+impl Pooling {
+    /// The name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Global => "global",
+            Pooling::Cls => "cls",
+            Pooling::Attention => "attention",
+            Pooling::Tokens => "tokens",
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "global" | "global_pool" | "avg" => Ok(Pooling::Global),
+            "cls" | "token" | "cls_token" => Ok(Pooling::Cls),
+            "attention" | "attention_pool" => Ok(Pooling::Attention),
+            "tokens" | "localized" => Ok(Pooling::Tokens),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown pooling {other:?}: use global, cls, attention or tokens"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The ECG Vision Transformer's hyper-parameters, named as the reference's constructor
+/// arguments (`ECGEncoder` / timm `VisionTransformer`).
+///
+/// JSON files may name a preset in `"model"` (e.g. `"vit_tiny_patchX"`) and give only what
+/// differs; explicit keys override the preset. Unknown keys are errors (typos are caught).
+///
+/// ```
+/// let cfg: mmcl_ecg::EcgVitConfig = serde_json::from_str(
+///     r#"{"model": "vit_tiny_patchX", "img_size": [1, 12, 2500], "patch_size": [1, 100],
+///         "global_pool": true}"#,
+/// ).unwrap();
+/// assert_eq!((cfg.embed_dim, cfg.depth, cfg.num_heads), (384, 3, 6));
+/// assert_eq!(cfg.num_patches(), 300);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawConfig")]
+pub struct EcgVitConfig {
+    /// The preset this configuration started from, if any (informative).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Input size `[C, leads, T]` (the reference's `input_size`, e.g. `[1, 12, 2500]`).
+    pub img_size: [usize; 3],
+    /// Patch size `[leads, samples]` (e.g. `[1, 100]`).
+    pub patch_size: [usize; 2],
+    /// Token dimension.
+    pub embed_dim: usize,
+    /// Number of transformer blocks.
+    pub depth: usize,
+    /// Attention heads per block.
+    pub num_heads: usize,
+    /// MLP hidden width relative to `embed_dim`.
+    pub mlp_ratio: f64,
+    /// Whether the `qkv` projections have a bias.
+    pub qkv_bias: bool,
+    /// Dropout after the position embedding, projections and MLP layers.
+    pub drop_rate: f64,
+    /// Dropout on attention probabilities.
+    pub attn_drop_rate: f64,
+    /// Stochastic depth, increasing linearly to this rate over the blocks.
+    pub drop_path_rate: f64,
+    /// Global average pooling of the patch tokens + `fc_norm` (else the class token + `norm`).
+    pub global_pool: bool,
+    /// Attention pooling + `fc_norm`; takes precedence over `global_pool`, as in MMCL.
+    pub attention_pool: bool,
+    /// Classes of the linear head on the pooled features (0: no head).
+    pub num_classes: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Initialisation of fresh weights (checkpoints overwrite them).
+    pub weight_init: WeightInit,
+}
+
+/// The JSON form: every key optional, so that a preset can fill the rest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    model: Option<String>,
+    #[serde(alias = "input_size")]
+    img_size: Option<[usize; 3]>,
+    patch_size: Option<[usize; 2]>,
+    embed_dim: Option<usize>,
+    depth: Option<usize>,
+    num_heads: Option<usize>,
+    mlp_ratio: Option<f64>,
+    qkv_bias: Option<bool>,
+    drop_rate: Option<f64>,
+    attn_drop_rate: Option<f64>,
+    #[serde(alias = "drop_path")]
+    drop_path_rate: Option<f64>,
+    global_pool: Option<bool>,
+    attention_pool: Option<bool>,
+    num_classes: Option<usize>,
+    layer_norm_eps: Option<f64>,
+    weight_init: Option<WeightInit>,
+}
+
+impl TryFrom<RawConfig> for EcgVitConfig {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> std::result::Result<Self, String> {
+        let preset = match &raw.model {
+            Some(name) => Some(Preset::find(name).ok_or_else(|| {
+                format!(
+                    "unknown model {name:?}; known presets: {}",
+                    Preset::names().join(", ")
+                )
+            })?),
+            None => None,
+        };
+        let need = |v: Option<usize>, from_preset: Option<usize>, key: &str| {
+            v.or(from_preset)
+                .ok_or_else(|| format!("missing {key:?} (or a \"model\" preset that sets it)"))
+        };
+        let img_size = raw
+            .img_size
+            .ok_or("missing \"img_size\" ([C, leads, T], e.g. [1, 12, 2500])")?;
+        let patch_size = raw
+            .patch_size
+            .ok_or("missing \"patch_size\" ([leads, samples], e.g. [1, 100])")?;
+        let cfg = EcgVitConfig {
+            model: raw.model.clone(),
+            img_size,
+            patch_size,
+            embed_dim: need(raw.embed_dim, preset.map(|p| p.embed_dim), "embed_dim")?,
+            depth: need(raw.depth, preset.map(|p| p.depth), "depth")?,
+            num_heads: need(raw.num_heads, preset.map(|p| p.num_heads), "num_heads")?,
+            mlp_ratio: raw.mlp_ratio.unwrap_or(4.0),
+            qkv_bias: raw.qkv_bias.unwrap_or(true),
+            drop_rate: raw.drop_rate.unwrap_or(0.0),
+            attn_drop_rate: raw.attn_drop_rate.unwrap_or(0.0),
+            drop_path_rate: raw.drop_path_rate.unwrap_or(0.0),
+            global_pool: raw.global_pool.unwrap_or(false),
+            attention_pool: raw.attention_pool.unwrap_or(false),
+            num_classes: raw.num_classes.unwrap_or(0),
+            layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-6),
+            weight_init: raw.weight_init.unwrap_or_default(),
+        };
+        cfg.validate().map_err(|e| match e {
+            Error::Config(why) => why,
+            other => other.to_string(),
+        })?;
+        Ok(cfg)
+    }
+}
+
+/// A named architecture of the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    /// The reference's function name.
+    pub name: &'static str,
+    /// Token dimension.
+    pub embed_dim: usize,
+    /// Number of blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+}
+
+const fn preset(name: &'static str, embed_dim: usize, depth: usize, num_heads: usize) -> Preset {
+    Preset {
+        name,
+        embed_dim,
+        depth,
+        num_heads,
+    }
+}
+
+/// The presets, all with `mlp_ratio` 4, `qkv_bias`, LayerNorm eps 1e-6.
+///
+/// Unqualified names are MMCL's `mmcl/models/ECGEncoder.py`, except `vit_pluto_patchX`: there it
+/// reads 256 channels in 6 heads, which timm's attention rejects (256 is not divisible by 6), so
+/// the mae repo's runnable 256/2/8 is used. The `…Deep` models exist only in the mae repo's
+/// `models_vit.py`. Where the mae repo defines the same name differently (medium, large), its
+/// variant is available as `mae/<name>`, as are its `vit_base`, `vit_large`, `vit_huge`.
+pub const PRESETS: &[Preset] = &[
+    preset("vit_pluto_patchX", 256, 2, 8),
+    preset("vit_tiny_patchX", 384, 3, 6),
+    preset("vit_small_patchX", 512, 4, 8),
+    preset("vit_medium_patchX", 640, 6, 8),
+    preset("vit_big_patchX", 768, 8, 8),
+    preset("vit_base_patchX", 768, 12, 12),
+    preset("vit_large_patchX", 1024, 24, 16),
+    preset("vit_huge_patchX", 1280, 32, 16),
+    preset("vit_tinyDeep_patchX", 192, 12, 3),
+    preset("vit_smallDeep_patchX", 384, 12, 6),
+    preset("vit_mediumDeep_patchX", 576, 12, 8),
+    preset("mae/vit_pluto_patchX", 256, 2, 8),
+    preset("mae/vit_tiny_patchX", 384, 3, 6),
+    preset("mae/vit_tinyDeep_patchX", 192, 12, 3),
+    preset("mae/vit_small_patchX", 512, 4, 8),
+    preset("mae/vit_smallDeep_patchX", 384, 12, 6),
+    preset("mae/vit_medium_patchX", 640, 5, 10),
+    preset("mae/vit_mediumDeep_patchX", 576, 12, 8),
+    preset("mae/vit_large_patchX", 864, 6, 12),
+    preset("mae/vit_base", 768, 12, 12),
+    preset("mae/vit_large", 1024, 24, 16),
+    preset("mae/vit_huge", 1280, 32, 16),
+];
+
+impl Preset {
+    /// The preset `name`; `tinyDeep`, `smallDeep`, `mediumDeep` are accepted for the `…Deep`
+    /// models.
+    pub fn find(name: &str) -> Option<Preset> {
+        let full = match name {
+            "tinyDeep" => "vit_tinyDeep_patchX",
+            "smallDeep" => "vit_smallDeep_patchX",
+            "mediumDeep" => "vit_mediumDeep_patchX",
+            other => other,
+        };
+        PRESETS.iter().copied().find(|p| p.name == full)
+    }
+
+    /// Every preset name.
+    pub fn names() -> Vec<&'static str> {
+        PRESETS.iter().map(|p| p.name).collect()
+    }
+}
+
+impl EcgVitConfig {
+    /// The preset `name` for inputs of `img_size` cut into `patch_size` patches, with the
+    /// reference's defaults (class-token pooling, no head, no dropout).
+    pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
+        let p = Preset::find(name).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown model {name:?}; known presets: {}",
+                Preset::names().join(", ")
+            ))
+        })?;
+        let cfg = Self {
+            model: Some(p.name.to_string()),
+            img_size,
+            patch_size,
+            embed_dim: p.embed_dim,
+            depth: p.depth,
+            num_heads: p.num_heads,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+            global_pool: false,
+            attention_pool: false,
+            num_classes: 0,
+            layer_norm_eps: 1e-6,
+            weight_init: WeightInit::Timm,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The paper's encoder: `vit_tiny_patchX` on 1×12×2500 inputs with 1×100 patches, global
+    /// pooling, drop-path 0.1 (MMCL's `config.yaml`).
+    pub fn paper() -> Self {
+        Self {
+            model: Some("vit_tiny_patchX".into()),
+            img_size: [1, 12, 2500],
+            patch_size: [1, 100],
+            embed_dim: 384,
+            depth: 3,
+            num_heads: 6,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.1,
+            global_pool: true,
+            attention_pool: false,
+            num_classes: 0,
+            layer_norm_eps: 1e-6,
+            weight_init: WeightInit::Timm,
+        }
+    }
+
+    /// Reads a JSON configuration file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigIo {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| Error::ConfigJson {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks that the numbers fit together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::Config(why));
+        let [c, h, w] = self.img_size;
+        let [ph, pw] = self.patch_size;
+        if c == 0 || h == 0 || w == 0 || ph == 0 || pw == 0 {
+            return bad(format!(
+                "img_size {:?} and patch_size {:?} must be positive",
+                self.img_size, self.patch_size
+            ));
+        }
+        if ph > h || pw > w {
+            return bad(format!(
+                "patch_size {:?} is larger than the input {:?}",
+                self.patch_size, self.img_size
+            ));
+        }
+        if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 {
+            return bad("embed_dim, depth and num_heads must be positive".into());
+        }
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
+            return bad(format!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        if self.weight_init == WeightInit::Mae && !self.embed_dim.is_multiple_of(4) {
+            return bad(format!(
+                "the sin-cos position embedding of the \"mae\" initialisation needs embed_dim \
+                 divisible by 4, not {}",
+                self.embed_dim
+            ));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) {
+            return bad(format!("mlp_ratio {} must be positive", self.mlp_ratio));
+        }
+        for (name, rate) in [
+            ("drop_rate", self.drop_rate),
+            ("attn_drop_rate", self.attn_drop_rate),
+            ("drop_path_rate", self.drop_path_rate),
+        ] {
+            if !(0.0..1.0).contains(&rate) {
+                return bad(format!("{name} {rate} must lie in [0, 1)"));
+            }
+        }
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
+            return bad(format!(
+                "layer_norm_eps {} must be positive",
+                self.layer_norm_eps
+            ));
+        }
+        Ok(())
+    }
+
+    /// The patch grid `(rows, columns)`: `leads / ph` by `T / pw` (remainders are cut off, as
+    /// the reference's convolution does).
+    pub fn grid_size(&self) -> (usize, usize) {
+        (
+            self.img_size[1] / self.patch_size[0],
+            self.img_size[2] / self.patch_size[1],
+        )
+    }
+
+    /// Number of patch tokens.
+    pub fn num_patches(&self) -> usize {
+        let (h, w) = self.grid_size();
+        h * w
+    }
+
+    /// The pooling the reference applies in `forward_features` for this configuration.
+    pub fn pooling(&self) -> Pooling {
+        if self.attention_pool {
+            Pooling::Attention
+        } else if self.global_pool {
+            Pooling::Global
+        } else {
+            Pooling::Cls
+        }
+    }
+
+    /// Whether the model has an `fc_norm` (any pooled head other than the class token).
+    pub fn has_fc_norm(&self) -> bool {
+        self.global_pool || self.attention_pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_the_reference_numbers() {
+        let dims = |n: &str| Preset::find(n).map(|p| (p.embed_dim, p.depth, p.num_heads));
+        assert_eq!(dims("vit_tiny_patchX"), Some((384, 3, 6)));
+        assert_eq!(dims("vit_big_patchX"), Some((768, 8, 8)));
+        assert_eq!(dims("vit_huge_patchX"), Some((1280, 32, 16)));
+        assert_eq!(dims("tinyDeep"), Some((192, 12, 3)));
+        assert_eq!(dims("mediumDeep"), Some((576, 12, 8)));
+        assert_eq!(dims("mae/vit_medium_patchX"), Some((640, 5, 10)));
+        assert_eq!(dims("vit_nonexistent"), None);
+        for p in PRESETS {
+            let cfg = EcgVitConfig::preset(p.name, [1, 12, 2500], [1, 100]);
+            assert!(cfg.is_ok(), "{}: {:?}", p.name, cfg.err());
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_errors() {
+        let cfg = EcgVitConfig::paper();
+        let json = serde_json::to_string(&cfg).expect("serialise");
+        let back: EcgVitConfig = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, cfg);
+        assert_eq!(cfg.pooling(), Pooling::Global);
+        assert_eq!(cfg.grid_size(), (12, 25));
+
+        let err = |s: &str| {
+            serde_json::from_str::<EcgVitConfig>(s)
+                .expect_err(s)
+                .to_string()
+        };
+        assert!(
+            err(r#"{"img_size": [1, 12, 2500], "patch_size": [1, 100]}"#).contains("embed_dim")
+        );
+        assert!(
+            err(r#"{"model": "vit_tiny_patchX", "patch_size": [1, 100]}"#).contains("img_size")
+        );
+        assert!(
+            err(r#"{"model": "vit_tiny_patchX", "img_size": [1,12,2500], "patch_size": [1,100], "globl_pool": true}"#)
+                .contains("globl_pool")
+        );
+        assert!(
+            err(r#"{"model": "vit_tiny_patchX", "img_size": [1,12,2500], "patch_size": [1,100], "num_heads": 5}"#)
+                .contains("divisible")
+        );
+        assert!(
+            err(r#"{"model": "vit_x", "img_size": [1,12,2500], "patch_size": [1,100]}"#)
+                .contains("unknown model")
+        );
+        let ok: EcgVitConfig = serde_json::from_str(
+            r#"{"model": "vit_tiny_patchX", "input_size": [1,12,5000], "patch_size": [1,100], "attention_pool": true, "drop_path": 0.2}"#,
+        )
+        .expect("aliases parse");
+        assert_eq!(ok.img_size, [1, 12, 5000]);
+        assert_eq!(ok.drop_path_rate, 0.2);
+        assert_eq!(ok.pooling(), Pooling::Attention);
+    }
+
+    #[test]
+    fn pooling_names() {
+        for p in [
+            Pooling::Global,
+            Pooling::Cls,
+            Pooling::Attention,
+            Pooling::Tokens,
+        ] {
+            assert_eq!(p.name().parse::<Pooling>().ok(), Some(p));
+        }
+        assert!("mean".parse::<Pooling>().is_err());
+    }
+}

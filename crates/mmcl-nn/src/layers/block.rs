@@ -1,0 +1,179 @@
+//! timm's pre-norm transformer `Block`.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{Attention, DropPath, LayerNorm, Mlp};
+use crate::init::WeightInit;
+use crate::rng::SharedRng;
+
+/// The hyper-parameters of one [`Block`] (timm's `Block.__init__` arguments).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockConfig {
+    /// Feature dimension.
+    pub dim: usize,
+    /// Number of attention heads.
+    pub num_heads: usize,
+    /// Hidden width of the MLP relative to `dim` (the hidden width is `int(dim · mlp_ratio)`).
+    pub mlp_ratio: f64,
+    /// Whether the `qkv` projection has a bias.
+    pub qkv_bias: bool,
+    /// Dropout after the projections and in the MLP (timm's `drop`).
+    pub drop: f64,
+    /// Dropout on the attention probabilities.
+    pub attn_drop: f64,
+    /// Drop-path probability of both residual branches.
+    pub drop_path: f64,
+    /// LayerNorm epsilon (1e-6 in the ViTs).
+    pub norm_eps: f64,
+    /// Initialisation of the linear weights.
+    pub weight_init: WeightInit,
+}
+
+/// `x + drop_path(attn(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`, with keys `norm1.*`,
+/// `attn.*`, `norm2.*`, `mlp.*`.
+#[derive(Debug, Clone)]
+pub struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    drop_path: DropPath,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// A block drawing its training randomness from `rng`.
+    pub fn new(cfg: &BlockConfig, rng: SharedRng, vb: VarBuilder) -> Result<Self> {
+        let hidden = (cfg.dim as f64 * cfg.mlp_ratio) as usize;
+        Ok(Self {
+            norm1: LayerNorm::new(cfg.dim, cfg.norm_eps, vb.pp("norm1"))?,
+            attn: Attention::new(cfg, rng.clone(), vb.pp("attn"))?,
+            drop_path: DropPath::new(cfg.drop_path, rng.clone()),
+            norm2: LayerNorm::new(cfg.dim, cfg.norm_eps, vb.pp("norm2"))?,
+            mlp: Mlp::new(
+                cfg.dim,
+                hidden,
+                cfg.drop,
+                cfg.weight_init,
+                rng,
+                vb.pp("mlp"),
+            )?,
+        })
+    }
+
+    /// The attention sub-layer.
+    pub fn attn(&self) -> &Attention {
+        &self.attn
+    }
+
+    /// The MLP sub-layer.
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    /// The first norm.
+    pub fn norm1(&self) -> &LayerNorm {
+        &self.norm1
+    }
+
+    /// The second norm.
+    pub fn norm2(&self) -> &LayerNorm {
+        &self.norm2
+    }
+
+    /// The block's output and, on request, the attention probabilities of its attention.
+    ///
+    /// # Shapes
+    /// `x`: `[B, N, D]` → `([B, N, D], Some([B, heads, N, N]))`.
+    pub fn forward_with_attention(
+        &self,
+        x: &Tensor,
+        train: bool,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (h, probs) =
+            self.attn
+                .forward_with_probs(&self.norm1.forward(x)?, train, want_probs)?;
+        let x = crate::ops::add(x, &self.drop_path.forward_t(&h, train)?)?;
+        let h = self.mlp.forward_t(&self.norm2.forward(&x)?, train)?;
+        let x = crate::ops::add(&x, &self.drop_path.forward_t(&h, train)?)?;
+        Ok((x, probs))
+    }
+}
+
+impl ModuleT for Block {
+    /// # Shapes
+    /// `[B, N, D]` → `[B, N, D]`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.forward_with_attention(x, train, false)?.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ParamStore;
+    use candle_core::{DType, Device};
+
+    fn config() -> BlockConfig {
+        BlockConfig {
+            dim: 16,
+            num_heads: 4,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            drop: 0.0,
+            attn_drop: 0.0,
+            drop_path: 0.0,
+            norm_eps: 1e-6,
+            weight_init: WeightInit::Mae,
+        }
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient_with_timm_names() -> crate::Result<()> {
+        let store = ParamStore::new(3);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let block = Block::new(&config(), SharedRng::new(0), vb.pp("blocks.0"))?;
+        let names: Vec<String> = store.named_vars().into_iter().map(|(n, _)| n).collect();
+        for key in [
+            "blocks.0.attn.qkv.weight",
+            "blocks.0.attn.qkv.bias",
+            "blocks.0.attn.proj.weight",
+            "blocks.0.mlp.fc1.weight",
+            "blocks.0.mlp.fc2.bias",
+            "blocks.0.norm1.weight",
+            "blocks.0.norm2.bias",
+        ] {
+            assert!(
+                names.iter().any(|n| n == key),
+                "{key} missing from {names:?}"
+            );
+        }
+        assert_eq!(names.len(), 12);
+        let x = crate::ops::test_support::rand_tensor(&[2, 5, 16], 1, 1.0)?;
+        let y = block.forward_t(&x, true)?;
+        let loss = y.sqr()?.sum_all()?;
+        let failing = crate::testing::vars_without_gradient(&store, &loss, &[])?;
+        assert!(failing.is_empty(), "{failing:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn training_randomness_is_seeded_and_inactive_in_eval() -> Result<()> {
+        let mut cfg = config();
+        cfg.drop = 0.1;
+        cfg.attn_drop = 0.1;
+        cfg.drop_path = 0.2;
+        let x = crate::ops::test_support::rand_tensor(&[6, 5, 16], 2, 1.0)?;
+        let run = |seed: u64, train: bool| -> Result<Vec<f32>> {
+            let store = ParamStore::new(3);
+            let vb = store.var_builder(DType::F32, &Device::Cpu);
+            let block = Block::new(&cfg, SharedRng::new(seed), vb)?;
+            block.forward_t(&x, train)?.flatten_all()?.to_vec1()
+        };
+        assert_eq!(run(1, true)?, run(1, true)?);
+        assert_ne!(run(1, true)?, run(2, true)?);
+        assert_eq!(run(1, false)?, run(2, false)?);
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Dropout and drop-path (stochastic depth), active only in training.
+
+use candle_core::{ModuleT, Result, Tensor};
+
+use crate::rng::SharedRng;
+
+/// Element-wise dropout (`nn.Dropout`): in training, zeroes each element with probability
+/// `prob` and scales the rest by `1/(1−prob)`; the identity in evaluation.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    prob: f64,
+    rng: SharedRng,
+}
+
+impl Dropout {
+    /// Dropout with probability `prob` (in [0, 1]) drawing from `rng`.
+    pub fn new(prob: f64, rng: SharedRng) -> Self {
+        Self {
+            prob: prob.clamp(0.0, 1.0),
+            rng,
+        }
+    }
+
+    /// The drop probability.
+    pub fn prob(&self) -> f64 {
+        self.prob
+    }
+}
+
+impl ModuleT for Dropout {
+    /// # Shapes
+    /// Any shape, unchanged.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.prob == 0.0 {
+            return Ok(x.clone());
+        }
+        let mask = self.rng.keep_mask(x.elem_count(), 1.0 - self.prob);
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// Drop-path (timm's `DropPath`): in training, drops the whole residual branch of each sample
+/// with probability `prob` and scales kept ones by `1/(1−prob)`; the identity in evaluation.
+#[derive(Debug, Clone)]
+pub struct DropPath {
+    prob: f64,
+    rng: SharedRng,
+}
+
+impl DropPath {
+    /// Drop-path with probability `prob` (in [0, 1]) drawing from `rng`.
+    pub fn new(prob: f64, rng: SharedRng) -> Self {
+        Self {
+            prob: prob.clamp(0.0, 1.0),
+            rng,
+        }
+    }
+
+    /// The drop probability.
+    pub fn prob(&self) -> f64 {
+        self.prob
+    }
+}
+
+impl ModuleT for DropPath {
+    /// # Shapes
+    /// `[B, ..]`, unchanged; one draw per sample.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.prob == 0.0 {
+            return Ok(x.clone());
+        }
+        let b = x.dim(0)?;
+        let mut shape = vec![1usize; x.rank()];
+        shape[0] = b;
+        let mask = self.rng.keep_mask(b, 1.0 - self.prob);
+        let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?; // [B, 1, ..]
+        x.broadcast_mul(&mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn only_active_in_training_and_seeded() -> Result<()> {
+        let x = Tensor::ones((8, 3, 5), DType::F32, &Device::Cpu)?;
+        let d = DropPath::new(0.5, SharedRng::new(1));
+        assert_eq!(
+            d.forward_t(&x, false)?.to_vec3::<f32>()?,
+            x.to_vec3::<f32>()?
+        );
+        let y = d.forward_t(&x, true)?.to_vec3::<f32>()?;
+        for sample in &y {
+            let v = sample[0][0];
+            assert!(v == 0.0 || v == 2.0);
+            assert!(
+                sample.iter().flatten().all(|&u| u == v),
+                "one draw per sample"
+            );
+        }
+        let again = DropPath::new(0.5, SharedRng::new(1)).forward_t(&x, true)?;
+        assert_eq!(again.to_vec3::<f32>()?, y);
+
+        let drop = Dropout::new(0.25, SharedRng::new(2));
+        assert_eq!(
+            drop.forward_t(&x, false)?.to_vec3::<f32>()?,
+            x.to_vec3::<f32>()?
+        );
+        let z: Vec<f32> = drop.forward_t(&x, true)?.flatten_all()?.to_vec1()?;
+        assert!(z.iter().all(|&u| u == 0.0 || (u - 4.0 / 3.0).abs() < 1e-6));
+        assert!(z.contains(&0.0) && z.iter().any(|&u| u > 0.0));
+        Ok(())
+    }
+}

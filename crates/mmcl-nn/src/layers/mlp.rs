@@ -1,0 +1,73 @@
+//! timm's `Mlp`: fc1 → exact GELU → dropout → fc2 → dropout.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{Dropout, Linear};
+use crate::init::{self, WeightInit};
+use crate::rng::SharedRng;
+
+/// The transformer MLP with keys `fc1.*`, `fc2.*`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    drop: Dropout,
+}
+
+impl Mlp {
+    /// `dim → hidden → dim`, with dropout `drop` after the activation and after `fc2`.
+    pub fn new(
+        dim: usize,
+        hidden: usize,
+        drop: f64,
+        weight_init: WeightInit,
+        rng: SharedRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let fc1 = Linear::new(
+            dim,
+            hidden,
+            Some(init::ZEROS),
+            weight_init.linear_weight(dim, hidden),
+            vb.pp("fc1"),
+        )?;
+        let fc2 = Linear::new(
+            hidden,
+            dim,
+            Some(init::ZEROS),
+            weight_init.linear_weight(hidden, dim),
+            vb.pp("fc2"),
+        )?;
+        Ok(Self {
+            fc1,
+            fc2,
+            drop: Dropout::new(drop, rng),
+        })
+    }
+
+    /// The first layer.
+    pub fn fc1(&self) -> &Linear {
+        &self.fc1
+    }
+
+    /// The second layer.
+    pub fn fc2(&self) -> &Linear {
+        &self.fc2
+    }
+}
+
+impl ModuleT for Mlp {
+    /// # Shapes
+    /// `[.., D]` → `[.., D]`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = match self.fc1.bias() {
+            // The bias add is fused into the activation (one pass over the wide hidden layer).
+            Some(b) => crate::ops::bias_gelu(&self.fc1.forward_no_bias(x)?, b)?, // [.., H]
+            None => crate::ops::gelu_erf(&self.fc1.forward(x)?)?,
+        };
+        let h = self.drop.forward_t(&h, train)?;
+        let y = self.fc2.forward(&h)?; // [.., D]
+        self.drop.forward_t(&y, train)
+    }
+}

@@ -1,0 +1,450 @@
+//! Multi-head scaled dot-product self-attention from a packed `qkv` projection.
+//!
+//! The layout is timm's: `qkv` is `[B, N, 3·D]` with the channels ordered (q|k|v, head,
+//! head_dim), and the heads of the output are concatenated back into `[B, N, D]`. On the CPU one
+//! task per (batch element, head) reads q, k and v where they lie in `qkv` (no permute copies),
+//! keeps the `N×N` scores in cache, and writes its head's columns of the output directly.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::softmax::softmax_rows;
+use super::{SharedMut, contiguous_f32, fast_path, softmax_last_dim, with_contiguous_f32};
+
+/// `softmax(q·kᵀ·scale)·v` for every head, with the heads concatenated.
+///
+/// # Shapes
+/// `qkv`: `[B, N, 3·D]` (`D` divisible by `num_heads`); output `[B, N, D]`.
+pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
+    let (_, _, d) = split_dims(qkv, num_heads)?;
+    if fast_path(qkv) {
+        qkv.contiguous()?.apply_op1(Attention {
+            num_heads,
+            scale: scale as f32,
+            probs: false,
+        })
+    } else {
+        let (q, k, v) = split_heads(qkv, num_heads)?;
+        let probs = softmax_last_dim(&scores(&q, &k, scale)?)?;
+        merge_heads(&probs.matmul(&v)?, d)
+    }
+}
+
+/// The attention probabilities `softmax(q·kᵀ·scale)` of every head (for attention maps).
+///
+/// On the CPU fast path the result carries no gradient back to `qkv` (an attempt to
+/// back-propagate through it is an error, not a silent zero); elsewhere it is differentiable.
+///
+/// # Shapes
+/// `qkv`: `[B, N, 3·D]`; output `[B, heads, N, N]`.
+pub fn attention_probs(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
+    split_dims(qkv, num_heads)?;
+    if fast_path(qkv) {
+        qkv.contiguous()?.apply_op1(Attention {
+            num_heads,
+            scale: scale as f32,
+            probs: true,
+        })
+    } else {
+        let (q, k, _) = split_heads(qkv, num_heads)?;
+        softmax_last_dim(&scores(&q, &k, scale)?)
+    }
+}
+
+/// `(B, N, D)` of a packed `qkv`, checking the head split.
+fn split_dims(qkv: &Tensor, num_heads: usize) -> Result<(usize, usize, usize)> {
+    let (b, n, d3) = qkv.dims3()?;
+    if d3 % 3 != 0 || num_heads == 0 || (d3 / 3) % num_heads != 0 {
+        candle_core::bail!(
+            "attention: qkv of shape {:?} cannot be split into q, k, v of {num_heads} heads",
+            qkv.dims()
+        );
+    }
+    Ok((b, n, d3 / 3))
+}
+
+/// Splits a packed `qkv` into q, k and v with the heads separated (contiguous copies).
+///
+/// # Shapes
+/// `qkv`: `[B, N, 3·D]` → three `[B, heads, N, D/heads]`.
+pub fn split_heads(qkv: &Tensor, num_heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, n, d) = split_dims(qkv, num_heads)?;
+    let hd = d / num_heads;
+    let qkv = qkv
+        .reshape((b, n, 3, num_heads, hd))?
+        .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, hd]
+    let part = |i: usize| qkv.get(i)?.contiguous();
+    Ok((part(0)?, part(1)?, part(2)?))
+}
+
+/// `q·kᵀ·scale`, `[B, H, N, N]`.
+fn scores(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+    q.matmul(&k.t()?)? * scale
+}
+
+/// `[B, H, N, hd]` → `[B, N, H·hd]`.
+fn merge_heads(x: &Tensor, d: usize) -> Result<Tensor> {
+    let (b, _, n, _) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, n, d))
+}
+
+/// Geometry of one packed `qkv` tensor.
+#[derive(Clone, Copy)]
+struct Geometry {
+    n: usize,
+    d: usize,
+    heads: usize,
+    hd: usize,
+}
+
+impl Geometry {
+    fn of(layout: &Layout, heads: usize) -> Result<(usize, Self)> {
+        let (b, n, d3) = layout.shape().dims3()?;
+        let d = d3 / 3;
+        Ok((
+            b,
+            Self {
+                n,
+                d,
+                heads,
+                hd: d / heads,
+            },
+        ))
+    }
+
+    /// Offset of q (part 0), k (1) or v (2) of head `h` of batch element `b` in `qkv`.
+    fn offset(&self, b: usize, part: usize, h: usize) -> usize {
+        b * self.n * 3 * self.d + part * self.d + h * self.hd
+    }
+}
+
+/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (+ `dst` if `accumulate`), single-threaded
+/// (the caller parallelises over heads), for row-major views given by (row, column) strides.
+///
+/// # Safety
+/// Every element addressed through the pointers and strides must be valid, and `dst` must not
+/// alias the inputs or be written concurrently by another task.
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                // SAFETY: row r of the destination holds n valid elements (caller's contract).
+                unsafe { std::ptr::write_bytes(dst.add(r * dst_rs), 0, n) };
+            }
+        }
+        return;
+    }
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`).
+fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut [f32]) {
+    let q = qkv[g.offset(b, 0, h)..].as_ptr();
+    let k = qkv[g.offset(b, 1, h)..].as_ptr();
+    // SAFETY: q and k of this head are N rows of hd elements with row stride 3D inside qkv (the
+    // layout was checked by the caller); p holds N×N elements and is this task's own buffer.
+    unsafe {
+        small_gemm(
+            g.n,
+            g.n,
+            g.hd,
+            p.as_mut_ptr(),
+            g.n,
+            q,
+            (3 * g.d, 1),
+            k,
+            (1, 3 * g.d),
+            scale,
+            false,
+        );
+    }
+    softmax_rows(p, g.n);
+}
+
+struct Attention {
+    num_heads: usize,
+    scale: f32,
+    /// Return the probabilities `[B, H, N, N]` instead of the attended values.
+    probs: bool,
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        if self.probs {
+            "mmcl-attention-probs"
+        } else {
+            "mmcl-attention"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(s, l, self.name())?;
+        let (batch, g) = Geometry::of(l, self.num_heads)?;
+        let tasks = batch * g.heads;
+        let nn = g.n * g.n;
+        if self.probs {
+            let mut out = vec![0f32; tasks * nn];
+            out.par_chunks_mut(nn.max(1))
+                .enumerate()
+                .for_each(|(t, p)| {
+                    head_probs(qkv, g, t / g.heads, t % g.heads, self.scale, p);
+                });
+            return Ok((
+                CpuStorage::F32(out),
+                Shape::from((batch, g.heads, g.n, g.n)),
+            ));
+        }
+        let mut out = vec![0f32; batch * g.n * g.d];
+        let dst = SharedMut(out.as_mut_ptr());
+        (0..tasks).into_par_iter().for_each_init(
+            || vec![0f32; nn],
+            |p, t| {
+                let (b, h) = (t / g.heads, t % g.heads);
+                head_probs(qkv, g, b, h, self.scale, p);
+                let v = qkv[g.offset(b, 2, h)..].as_ptr();
+                // SAFETY: v is N rows of hd with stride 3D inside qkv; the destination is the hd
+                // columns of head h in the N rows of element b of `out`, which no other task
+                // writes; `out` outlives the loop.
+                unsafe {
+                    small_gemm(
+                        g.n,
+                        g.hd,
+                        g.n,
+                        dst.get().add(b * g.n * g.d + h * g.hd),
+                        g.d,
+                        p.as_ptr(),
+                        (g.n, 1),
+                        v,
+                        (3 * g.d, 1),
+                        1.0,
+                        false,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((batch, g.n, g.d))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if self.probs {
+            return Err(candle_core::Error::BackwardNotSupported { op: self.name() });
+        }
+        let (b, n, d3) = arg.dims3()?;
+        let g = Geometry {
+            n,
+            d: d3 / 3,
+            heads: self.num_heads,
+            hd: d3 / 3 / self.num_heads,
+        };
+        let scale = self.scale;
+        let grad = with_contiguous_f32(arg, |qkv| {
+            with_contiguous_f32(grad_res, |dout| {
+                Ok(attention_backward(qkv, dout, b, g, scale))
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
+    }
+}
+
+/// The gradient with respect to `qkv` given the gradient `dout` `[B, N, D]` of the output.
+fn attention_backward(
+    qkv: &[f32],
+    dout: &[f32],
+    batch: usize,
+    g: Geometry,
+    scale: f32,
+) -> Vec<f32> {
+    let mut grad = vec![0f32; qkv.len()];
+    let dst = SharedMut(grad.as_mut_ptr());
+    let nn = g.n * g.n;
+    (0..batch * g.heads).into_par_iter().for_each_init(
+        || (vec![0f32; nn], vec![0f32; nn]),
+        |(p, dp), t| {
+            let (b, h) = (t / g.heads, t % g.heads);
+            head_probs(qkv, g, b, h, scale, p);
+            let q = qkv[g.offset(b, 0, h)..].as_ptr();
+            let k = qkv[g.offset(b, 1, h)..].as_ptr();
+            let v = qkv[g.offset(b, 2, h)..].as_ptr();
+            let d_o = dout[b * g.n * g.d + h * g.hd..].as_ptr();
+            let row3 = 3 * g.d;
+            // SAFETY: all views are N×hd blocks with row stride 3D (qkv, grad) or D (dout) of
+            // element b and head h, or this task's own N×N buffers; the three written blocks of
+            // `grad` (dq, dk, dv of head h in element b) are written by this task only.
+            unsafe {
+                let dv = dst.get().add(g.offset(b, 2, h));
+                // dV = Pᵀ·dO
+                small_gemm(
+                    g.n,
+                    g.hd,
+                    g.n,
+                    dv,
+                    row3,
+                    p.as_ptr(),
+                    (1, g.n),
+                    d_o,
+                    (g.d, 1),
+                    1.0,
+                    false,
+                );
+                // dP = dO·Vᵀ
+                small_gemm(
+                    g.n,
+                    g.n,
+                    g.hd,
+                    dp.as_mut_ptr(),
+                    g.n,
+                    d_o,
+                    (g.d, 1),
+                    v,
+                    (1, row3),
+                    1.0,
+                    false,
+                );
+            }
+            // dS = P ⊙ (dP − Σ dP⊙P), per row.
+            for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(p.chunks_exact(g.n)) {
+                let dot = crate::simd::dot(dp_row, p_row);
+                for (x, &pv) in dp_row.iter_mut().zip(p_row) {
+                    *x = pv * (*x - dot);
+                }
+            }
+            // SAFETY: as above.
+            unsafe {
+                let dq = dst.get().add(g.offset(b, 0, h));
+                let dk = dst.get().add(g.offset(b, 1, h));
+                // dQ = scale·dS·K, dK = scale·dSᵀ·Q
+                small_gemm(
+                    g.n,
+                    g.hd,
+                    g.n,
+                    dq,
+                    row3,
+                    dp.as_ptr(),
+                    (g.n, 1),
+                    k,
+                    (row3, 1),
+                    scale,
+                    false,
+                );
+                small_gemm(
+                    g.n,
+                    g.hd,
+                    g.n,
+                    dk,
+                    row3,
+                    dp.as_ptr(),
+                    (1, g.n),
+                    q,
+                    (row3, 1),
+                    scale,
+                    false,
+                );
+            }
+        },
+    );
+    grad
+}
+
+/// The composed (device-generic) attention, used to check the kernels.
+#[cfg(test)]
+pub(crate) fn attention_composed(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
+    let (q, k, v) = split_heads(qkv, num_heads)?;
+    let probs = super::softmax::softmax_composed(&scores(&q, &k, scale)?)?;
+    merge_heads(&probs.matmul(&v)?, qkv.dim(candle_core::D::Minus1)? / 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::softmax::softmax_composed;
+    use super::super::test_support::*;
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn forward_and_probabilities_match_the_composition() -> Result<()> {
+        let qkv = rand_tensor(&[2, 13, 3 * 24], 41, 2.0)?;
+        let scale = (6f64).powf(-0.5);
+        let fast = attention(&qkv, 4, scale)?;
+        let f64 = qkv.to_dtype(DType::F64)?;
+        let exact = attention_composed(&f64, 4, scale)?.to_dtype(DType::F32)?;
+        assert_eq!(fast.dims(), &[2, 13, 24]);
+        assert!(rel_err(&fast, &exact)? < 1e-6);
+        let probs = attention_probs(&qkv, 4, scale)?;
+        let (q, k, _) = split_heads(&f64, 4)?;
+        let exact_p = softmax_composed(&scores(&q, &k, scale)?)?.to_dtype(DType::F32)?;
+        assert!(rel_err(&probs, &exact_p)? < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn backward_matches_autograd_and_finite_differences() -> Result<()> {
+        let qkv = rand_tensor(&[2, 9, 3 * 12], 42, 1.5)?;
+        let up = rand_tensor(&[2, 9, 12], 43, 1.0)?;
+        let scale = (4f64).powf(-0.5);
+        let fast = autograd(&qkv, &up, &|t| attention(t, 3, scale))?;
+        let composed = autograd(&qkv, &up, &|t| attention_composed(t, 3, scale))?;
+        assert!(
+            rel_err(&fast, &composed)? < 1e-5,
+            "{}",
+            rel_err(&fast, &composed)?
+        );
+        let fast_v = fast.flatten_all()?.to_vec1::<f32>()?;
+        let f = |t: &Tensor| attention(t, 3, scale);
+        for (i, numeric) in finite_difference(&qkv, &up, &f, &[0, 13, 30, 100, 400, 647], 1e-2)? {
+            assert!(
+                (fast_v[i] as f64 - numeric).abs() < 2e-3,
+                "{i}: {} vs {numeric}",
+                fast_v[i]
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_geometry_is_an_error() -> Result<()> {
+        let qkv = rand_tensor(&[1, 4, 10], 44, 1.0)?;
+        assert!(attention(&qkv, 2, 1.0).is_err());
+        let qkv = rand_tensor(&[1, 4, 12], 44, 1.0)?;
+        assert!(attention(&qkv, 3, 1.0).is_err());
+        Ok(())
+    }
+}

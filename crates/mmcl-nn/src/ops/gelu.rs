@@ -1,0 +1,293 @@
+//! Exact (erf) GELU, alone or fused with the bias add of the preceding linear layer.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{CHUNK, contiguous_f32, fast_path};
+use crate::simd::{multiversion, normal_cdf_f32, normal_pdf_f32};
+
+/// Exact GELU, `x·Φ(x) = x·½(1 + erf(x/√2))`, as PyTorch's `nn.GELU()` (not the tanh
+/// approximation that candle's `Tensor::gelu` computes).
+///
+/// # Shapes
+/// Any shape; the output has the shape of `x`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        x.contiguous()?.apply_op1(GeluErf)
+    } else {
+        gelu_composed(x)
+    }
+}
+
+/// `gelu_erf(x + bias)` with `bias` broadcast over the last dimension, in one pass over memory.
+///
+/// # Shapes
+/// `x`: `[.., H]`, `bias`: `[H]`; the output has the shape of `x`.
+pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let h = x.dim(candle_core::D::Minus1)?;
+    if bias.dims() != [h] {
+        candle_core::bail!(
+            "bias_gelu: bias of shape {:?} does not match the last dimension {h} of x {:?}",
+            bias.dims(),
+            x.dims()
+        );
+    }
+    if fast_path(x) && fast_path(bias) {
+        x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu)
+    } else {
+        gelu_composed(&x.broadcast_add(bias)?)
+    }
+}
+
+/// The composed (device-generic, differentiable through candle) exact GELU.
+fn gelu_composed(x: &Tensor) -> Result<Tensor> {
+    let cdf = ((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5;
+    x * cdf?
+}
+
+#[inline(always)]
+fn gelu_kernel(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v * normal_cdf_f32(v);
+    }
+}
+
+#[inline(always)]
+fn gelu_grad_kernel(x: &[f32], grad: &[f32], out: &mut [f32]) {
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
+        *o = g * (normal_cdf_f32(v) + v * normal_pdf_f32(v));
+    }
+}
+
+#[inline(always)]
+fn bias_gelu_kernel(x: &[f32], bias: &[f32], out: &mut [f32]) {
+    for (o_row, x_row) in out
+        .chunks_exact_mut(bias.len())
+        .zip(x.chunks_exact(bias.len()))
+    {
+        for ((o, &v), &b) in o_row.iter_mut().zip(x_row).zip(bias) {
+            let u = v + b;
+            *o = u * normal_cdf_f32(u);
+        }
+    }
+}
+
+#[inline(always)]
+fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) {
+    let h = bias.len();
+    for ((o_row, x_row), g_row) in out
+        .chunks_exact_mut(h)
+        .zip(x.chunks_exact(h))
+        .zip(grad.chunks_exact(h))
+    {
+        for (((o, &v), &b), &g) in o_row.iter_mut().zip(x_row).zip(bias).zip(g_row) {
+            let u = v + b;
+            *o = g * (normal_cdf_f32(u) + u * normal_pdf_f32(u));
+        }
+    }
+}
+
+multiversion!(fn gelu_simd(x: &[f32], out: &mut [f32]) => gelu_kernel);
+multiversion!(fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel);
+multiversion!(fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [f32]) => bias_gelu_kernel);
+multiversion!(
+    fn bias_gelu_grad_simd(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) =>
+        bias_gelu_grad_kernel
+);
+
+/// Rows per task so that a task holds about [`CHUNK`] elements.
+fn rows_per_task(h: usize) -> usize {
+    (CHUNK / h.max(1)).max(1)
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "mmcl-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, x)| gelu_simd(x, o));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluErfGrad)?;
+        Ok(Some(grad))
+    }
+}
+
+/// `grad · gelu'(x)`, for the backward pass.
+struct GeluErfGrad;
+
+impl CustomOp2 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "mmcl-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(o, (x, g))| gelu_grad_simd(x, g, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+struct BiasGelu;
+
+impl CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "mmcl-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let bias = contiguous_f32(s2, l2, self.name())?;
+        let h = bias.len();
+        let step = rows_per_task(h) * h;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step))
+            .for_each(|(o, x)| bias_gelu_simd(x, bias, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_x = x.apply_op3_no_bwd(bias, &grad_res.contiguous()?, &BiasGeluGrad)?;
+        let h = bias.elem_count();
+        let grad_bias = grad_x.reshape(((), h))?.sum(0)?;
+        Ok((Some(grad_x), Some(grad_bias)))
+    }
+}
+
+/// `grad · gelu'(x + bias)`, for the backward pass.
+struct BiasGeluGrad;
+
+impl CustomOp3 for BiasGeluGrad {
+    fn name(&self) -> &'static str {
+        "mmcl-bias-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let bias = contiguous_f32(s2, l2, self.name())?;
+        let g = contiguous_f32(s3, l3, self.name())?;
+        let h = bias.len();
+        let step = rows_per_task(h) * h;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step).zip(g.par_chunks(step)))
+            .for_each(|(o, (x, g))| bias_gelu_grad_simd(x, bias, g, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn forward_matches_the_erf_definition() -> Result<()> {
+        let x = rand_tensor(&[7, 333], 1, 6.0)?;
+        let fast = gelu_erf(&x)?;
+        let exact = gelu_composed(&x.to_dtype(DType::F64)?)?.to_dtype(DType::F32)?;
+        assert!(rel_err(&fast, &exact)? < 1e-6);
+        let b = rand_tensor(&[333], 2, 1.0)?;
+        let fused = bias_gelu(&x, &b)?;
+        let unfused = gelu_erf(&x.broadcast_add(&b)?)?;
+        assert!(rel_err(&fused, &unfused)? < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn backward_matches_autograd_of_the_composition_and_finite_differences() -> Result<()> {
+        let x = rand_tensor(&[5, 40], 3, 4.0)?;
+        let w = rand_tensor(&[5, 40], 4, 1.0)?;
+        let fast = autograd(&x, &w, &gelu_erf)?;
+        let composed = autograd(&x, &w, &gelu_composed)?;
+        assert!(rel_err(&fast, &composed)? < 1e-5);
+        let fast_v = fast.flatten_all()?.to_vec1::<f32>()?;
+        for (i, numeric) in finite_difference(&x, &w, &gelu_erf, &[0, 17, 55, 123, 199], 1e-2)? {
+            assert!(
+                (fast_v[i] as f64 - numeric).abs() < 2e-3,
+                "{i}: {} vs {numeric}",
+                fast_v[i]
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_bias_backward_matches_autograd() -> Result<()> {
+        let x = rand_tensor(&[6, 3, 24], 5, 3.0)?;
+        let b = rand_tensor(&[24], 6, 1.0)?;
+        let w = rand_tensor(&[6, 3, 24], 7, 1.0)?;
+        let (xv, bv) = (
+            candle_core::Var::from_tensor(&x)?,
+            candle_core::Var::from_tensor(&b)?,
+        );
+        let loss = (bias_gelu(xv.as_tensor(), bv.as_tensor())? * &w)?.sum_all()?;
+        let g = loss.backward()?;
+        let (xr, br) = (
+            candle_core::Var::from_tensor(&x)?,
+            candle_core::Var::from_tensor(&b)?,
+        );
+        let loss_r =
+            (gelu_composed(&xr.as_tensor().broadcast_add(br.as_tensor())?)? * &w)?.sum_all()?;
+        let gr = loss_r.backward()?;
+        let get = |g: &candle_core::backprop::GradStore, v: &candle_core::Var| {
+            g.get(v.as_tensor()).cloned().expect("gradient")
+        };
+        assert!(rel_err(&get(&g, &xv), &get(&gr, &xr))? < 1e-5);
+        assert!(rel_err(&get(&g, &bv), &get(&gr, &br))? < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn non_contiguous_and_f64_inputs_work() -> Result<()> {
+        let x = rand_tensor(&[8, 6], 8, 3.0)?;
+        let t = x.t()?;
+        let a = gelu_erf(&t)?;
+        let b = gelu_erf(&t.contiguous()?)?;
+        assert!(rel_err(&a, &b)? == 0.0);
+        let d = gelu_erf(&x.to_dtype(DType::F64)?)?.to_dtype(DType::F32)?;
+        assert!(rel_err(&d, &gelu_erf(&x)?)? < 1e-6);
+        Ok(())
+    }
+}

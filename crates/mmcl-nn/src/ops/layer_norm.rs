@@ -1,0 +1,263 @@
+//! LayerNorm over the last dimension, with a backward pass for the input, weight and bias.
+
+use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{CHUNK, contiguous_f32, fast_path, with_contiguous_f32};
+use crate::simd::{self, multiversion};
+
+/// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`, with the
+/// biased variance, as `torch.nn.LayerNorm`.
+///
+/// Unlike candle's fast `layer_norm`, gradients flow to `x`, `weight` and `bias`.
+///
+/// # Shapes
+/// `x`: `[.., D]`, `weight` and `bias`: `[D]`; the output has the shape of `x`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if weight.dims() != [d] || bias.dims() != [d] {
+        candle_core::bail!(
+            "layer_norm: weight {:?} and bias {:?} must both be [{d}] for x of shape {:?}",
+            weight.dims(),
+            bias.dims(),
+            x.dims()
+        );
+    }
+    if fast_path(x) && fast_path(weight) && fast_path(bias) {
+        x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNorm { eps: eps as f32 },
+        )
+    } else {
+        layer_norm_composed(x, weight, bias, eps)
+    }
+}
+
+/// The composed (device-generic) LayerNorm.
+pub(crate) fn layer_norm_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Mean and 1/std of one row.
+#[inline(always)]
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = simd::sum(row) / n;
+    let var = simd::sum_sq_dev(row, mean) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+#[inline(always)]
+fn forward_kernel(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) {
+    let d = w.len();
+    for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let (mean, rstd) = row_stats(row, eps);
+        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+            *o = (v - mean) * rstd * w + b;
+        }
+    }
+}
+
+/// Writes `dx` for the rows of `x` and accumulates `dw`, `db` (each `[D]`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_kernel(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    eps: f32,
+) {
+    let d = w.len();
+    let n = d as f32;
+    for ((row, g), dx) in x
+        .chunks_exact(d)
+        .zip(g.chunks_exact(d))
+        .zip(dx.chunks_exact_mut(d))
+    {
+        let (mean, rstd) = row_stats(row, eps);
+        let sum_gw = simd::dot(g, w);
+        // Σ g·w·x̂ = rstd · Σ g·w·(x − mean)
+        let sum_gw_xhat = rstd * simd::dot3_centered(g, w, row, mean);
+        let (a, b) = (sum_gw / n, sum_gw_xhat / n);
+        for (((((dx, &v), &g), &w), dw), db) in dx
+            .iter_mut()
+            .zip(row)
+            .zip(g)
+            .zip(w)
+            .zip(dw.iter_mut())
+            .zip(db.iter_mut())
+        {
+            let xhat = (v - mean) * rstd;
+            *dx = rstd * (g * w - a - xhat * b);
+            *dw += g * xhat;
+            *db += g;
+        }
+    }
+}
+
+multiversion!(
+    fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) => forward_kernel
+);
+multiversion!(
+    #[allow(clippy::too_many_arguments)]
+    fn backward_simd(
+        x: &[f32],
+        w: &[f32],
+        g: &[f32],
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        eps: f32,
+    ) => backward_kernel
+);
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "mmcl-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let b = contiguous_f32(s3, l3, self.name())?;
+        let d = w.len().max(1);
+        let step = (CHUNK / d).max(1) * d;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step))
+            .for_each(|(o, x)| forward_simd(x, w, b, o, self.eps));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad_res = grad_res.contiguous()?;
+        let d = weight.elem_count().max(1);
+        let eps = self.eps;
+        let (dx, dw, db) = with_contiguous_f32(x, |x| {
+            with_contiguous_f32(weight, |w| {
+                with_contiguous_f32(&grad_res, |g| {
+                    let step = (CHUNK / d).max(1) * d;
+                    let mut dx = vec![0f32; x.len()];
+                    let zero = || (vec![0f32; d], vec![0f32; d]);
+                    let (dw, db) = dx
+                        .par_chunks_mut(step)
+                        .zip(x.par_chunks(step).zip(g.par_chunks(step)))
+                        .fold(zero, |(mut dw, mut db), (dx, (x, g))| {
+                            backward_simd(x, w, g, dx, &mut dw, &mut db, eps);
+                            (dw, db)
+                        })
+                        .reduce(zero, |(mut aw, mut ab), (bw, bb)| {
+                            aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
+                            ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
+                            (aw, ab)
+                        });
+                    Ok((dx, dw, db))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, weight.shape(), dev)?),
+            Some(Tensor::from_vec(db, weight.shape(), dev)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use candle_core::{DType, Var};
+
+    #[test]
+    fn forward_matches_f64_composition() -> Result<()> {
+        let x = (rand_tensor(&[2, 9, 384], 21, 3.0)? + 5.0)?;
+        let w = rand_tensor(&[384], 22, 1.0)?;
+        let b = rand_tensor(&[384], 23, 1.0)?;
+        let fast = layer_norm(&x, &w, &b, 1e-6)?;
+        let f64 = |t: &Tensor| t.to_dtype(DType::F64);
+        let exact =
+            layer_norm_composed(&f64(&x)?, &f64(&w)?, &f64(&b)?, 1e-6)?.to_dtype(DType::F32)?;
+        assert!(rel_err(&fast, &exact)? < 2e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn backward_matches_autograd_of_the_composition() -> Result<()> {
+        let x = rand_tensor(&[3, 7, 48], 24, 2.0)?;
+        let w = (rand_tensor(&[48], 25, 0.5)? + 1.0)?;
+        let b = rand_tensor(&[48], 26, 0.5)?;
+        let up = rand_tensor(&[3, 7, 48], 27, 1.0)?;
+        let grads =
+            |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| -> Result<Vec<Tensor>> {
+                let vars = [
+                    Var::from_tensor(&x)?,
+                    Var::from_tensor(&w)?,
+                    Var::from_tensor(&b)?,
+                ];
+                let loss = (f(
+                    vars[0].as_tensor(),
+                    vars[1].as_tensor(),
+                    vars[2].as_tensor(),
+                )? * &up)?
+                    .sum_all()?;
+                let g = loss.backward()?;
+                vars.iter()
+                    .map(|v| {
+                        g.get(v.as_tensor())
+                            .cloned()
+                            .ok_or(candle_core::Error::Msg("no grad".into()))
+                    })
+                    .collect()
+            };
+        let fast = grads(&|x, w, b| layer_norm(x, w, b, 1e-6))?;
+        let composed = grads(&|x, w, b| layer_norm_composed(x, w, b, 1e-6))?;
+        for (a, b) in fast.iter().zip(&composed) {
+            assert!(rel_err(a, b)? < 1e-5, "{}", rel_err(a, b)?);
+        }
+        // And against finite differences on the input.
+        let fast_dx = fast[0].flatten_all()?.to_vec1::<f32>()?;
+        let f = |t: &Tensor| layer_norm(t, &w, &b, 1e-6);
+        for (i, numeric) in finite_difference(&x, &up, &f, &[0, 50, 333, 1000], 1e-2)? {
+            assert!(
+                (fast_dx[i] as f64 - numeric).abs() < 5e-3,
+                "{i}: {} vs {numeric}",
+                fast_dx[i]
+            );
+        }
+        Ok(())
+    }
+}

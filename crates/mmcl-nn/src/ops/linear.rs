@@ -1,0 +1,255 @@
+//! The affine map of a linear layer, `x·Wᵀ + b`, as one matrix product over all leading dims.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
+
+use super::{contiguous_f32, fast_path, gemm_parallelism};
+
+/// `x·Wᵀ + b` with the weight in PyTorch's layout `[out, in]`.
+///
+/// All leading dimensions of `x` are folded into one matrix product (candle's `Linear` runs one
+/// product per batch element); on the CPU the bias initialises the output, so it costs no extra
+/// pass.
+///
+/// # Shapes
+/// `x`: `[.., in]`, `weight`: `[out, in]`, `bias`: `[out]`; output `[.., out]`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    let x_in = x.dim(D::Minus1)?;
+    if x_in != in_dim {
+        candle_core::bail!(
+            "linear: input of shape {:?} does not fit a weight of shape [{out_dim}, {in_dim}]",
+            x.dims()
+        );
+    }
+    if let Some(b) = bias
+        && b.dims() != [out_dim]
+    {
+        candle_core::bail!("linear: bias of shape {:?} for {out_dim} outputs", b.dims());
+    }
+    let mut out_shape = x.dims().to_vec();
+    if let Some(last) = out_shape.last_mut() {
+        *last = out_dim;
+    }
+    let x2 = x.contiguous()?.reshape(((), in_dim))?; // [M, in]
+    let fast = fast_path(x) && fast_path(weight) && bias.is_none_or(fast_path);
+    let y = if fast {
+        let w = weight.contiguous()?;
+        match bias {
+            Some(b) => x2.apply_op3(&w, &b.contiguous()?, LinearBias)?,
+            None => x2.apply_op2(&w, LinearNoBias)?,
+        }
+    } else {
+        let y = x2.matmul(&weight.t()?)?; // [M, out]
+        match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        }
+    };
+    y.reshape(out_shape)
+}
+
+/// `dst[M, N] (+)= x[M, K] · w[N, K]ᵀ`, where `dst` already holds the bias rows if `accumulate`.
+fn gemm_xwt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, k: usize, n: usize, accumulate: bool) {
+    debug_assert!(x.len() == m * k && w.len() == n * k && dst.len() == m * n);
+    if m == 0 || n == 0 || k == 0 {
+        // Nothing to add to the bias (or to the zeros) of the output.
+        return;
+    }
+    // SAFETY: the slices have exactly the lengths the strides describe (checked by the callers),
+    // so every access of the product stays in bounds; dst does not alias x or w.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(),
+        );
+    }
+}
+
+fn check_dims(l_x: &Layout, l_w: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    let (m, k) = l_x.shape().dims2()?;
+    let (n, k2) = l_w.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("{op}: inner dimensions differ ({k} vs {k2})");
+    }
+    Ok((m, k, n))
+}
+
+/// The gradients of `x·Wᵀ (+ b)` for the upstream gradient `g` `[M, N]`.
+fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let grad_x = g.matmul(w)?; // [M, K]
+    let grad_w = g.t()?.matmul(x)?; // [N, K]
+    Ok((grad_x, grad_w))
+}
+
+struct LinearBias;
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "mmcl-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k, n) = check_dims(l1, l2, self.name())?;
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let b = contiguous_f32(s3, l3, self.name())?;
+        if b.len() != n {
+            candle_core::bail!("{}: bias length {} for {n} outputs", self.name(), b.len());
+        }
+        let mut out = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            out.extend_from_slice(b);
+        }
+        gemm_xwt(x, w, &mut out, m, k, n, true);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w) = linear_grads(x, w, grad_res)?;
+        let grad_b = grad_res.sum(0)?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+struct LinearNoBias;
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "mmcl-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k, n) = check_dims(l1, l2, self.name())?;
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let mut out = vec![0f32; m * n];
+        gemm_xwt(x, w, &mut out, m, k, n, false);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w) = linear_grads(x, w, grad_res)?;
+        Ok((Some(grad_x), Some(grad_w)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use candle_core::{DType, Var};
+
+    fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&w.t()?)?;
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    #[test]
+    fn forward_matches_candle_in_f64() -> Result<()> {
+        let x = rand_tensor(&[3, 17, 40], 31, 1.0)?;
+        let w = rand_tensor(&[24, 40], 32, 0.3)?;
+        let b = rand_tensor(&[24], 33, 1.0)?;
+        let f64 = |t: &Tensor| t.to_dtype(DType::F64);
+        for bias in [Some(&b), None] {
+            let fast = linear(&x, &w, bias)?;
+            assert_eq!(fast.dims(), &[3, 17, 24]);
+            let b64 = bias.map(f64).transpose()?;
+            let exact = reference(&f64(&x)?, &f64(&w)?, b64.as_ref())?.to_dtype(DType::F32)?;
+            assert!(rel_err(&fast, &exact)? < 1e-6);
+        }
+        // A transposed (strided) input gives the same result.
+        let xt = rand_tensor(&[40, 5], 34, 1.0)?.t()?;
+        let a = linear(&xt, &w, Some(&b))?;
+        let c = linear(&xt.contiguous()?, &w, Some(&b))?;
+        assert_eq!(rel_err(&a, &c)?, 0.0);
+        assert!(linear(&x, &w.t()?, None).is_err());
+        // Empty batches give empty outputs.
+        let empty = Tensor::zeros((0, 40), DType::F32, x.device())?;
+        assert_eq!(linear(&empty, &w, Some(&b))?.dims(), &[0, 24]);
+        Ok(())
+    }
+
+    #[test]
+    fn backward_matches_autograd_of_candle_ops() -> Result<()> {
+        let x = rand_tensor(&[2, 9, 12], 35, 1.0)?;
+        let w = rand_tensor(&[7, 12], 36, 0.5)?;
+        let b = rand_tensor(&[7], 37, 0.5)?;
+        let up = rand_tensor(&[2, 9, 7], 38, 1.0)?;
+        for with_bias in [true, false] {
+            let run = |fast: bool| -> Result<Vec<Tensor>> {
+                let vars = [
+                    Var::from_tensor(&x)?,
+                    Var::from_tensor(&w)?,
+                    Var::from_tensor(&b)?,
+                ];
+                let bias = with_bias.then(|| vars[2].as_tensor());
+                let y = if fast {
+                    linear(vars[0].as_tensor(), vars[1].as_tensor(), bias)?
+                } else {
+                    reference(vars[0].as_tensor(), vars[1].as_tensor(), bias)?
+                };
+                let g = (y * &up)?.sum_all()?.backward()?;
+                let n = if with_bias { 3 } else { 2 };
+                vars[..n]
+                    .iter()
+                    .map(|v| {
+                        g.get(v.as_tensor())
+                            .cloned()
+                            .ok_or(candle_core::Error::Msg("no grad".into()))
+                    })
+                    .collect()
+            };
+            for (a, c) in run(true)?.iter().zip(&run(false)?) {
+                assert!(rel_err(a, c)? < 1e-6);
+            }
+        }
+        Ok(())
+    }
+}
