@@ -23,10 +23,12 @@
 //! # }
 //! ```
 
+pub mod batch_norm;
 pub mod checkpoint;
 mod error;
 pub mod io;
 pub mod params;
+pub mod pool;
 mod pth;
 pub mod rng;
 pub mod testing;

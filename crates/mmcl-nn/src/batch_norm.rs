@@ -1,0 +1,278 @@
+//! Batch normalisation with PyTorch's training semantics (`BatchNorm1d` / `BatchNorm2d`).
+//!
+//! candle-nn's `BatchNorm` keeps its running statistics outside the variable store; here they are
+//! buffers of the [`ParamStore`](crate::ParamStore) (`running_mean`, `running_var`,
+//! `num_batches_tracked`), so checkpoints round-trip and a training step updates them in place.
+//!
+//! - Train mode normalises with the batch mean and the **biased** batch variance and updates
+//!   `running = (1 - momentum) * running + momentum * batch_statistic`, with the **unbiased**
+//!   variance, exactly as `torch.nn.BatchNorm2d`.
+//! - Eval mode normalises with the running statistics.
+//!
+//! Channels are dimension 1 of the input: `[N, C]`, `[N, C, L]` and `[N, C, H, W]` all work.
+
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{Init, ModuleT, VarBuilder};
+
+use crate::{Error, Result};
+
+/// Hyper-parameters of a batch-normalisation layer (PyTorch's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Added to the variance before the square root.
+    pub eps: f64,
+    /// Weight of the new batch statistic in the running average.
+    pub momentum: f64,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+}
+
+/// A batch-normalisation layer with learnable scale (`weight`) and shift (`bias`).
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    num_features: usize,
+    config: BatchNormConfig,
+}
+
+/// Builds a [`BatchNorm`] over `num_features` channels from `vb` (keys `weight`, `bias`,
+/// `running_mean`, `running_var`, `num_batches_tracked`), initialised as PyTorch does: weight 1,
+/// bias 0, running mean 0, running variance 1, counter 0.
+pub fn batch_norm(
+    num_features: usize,
+    config: BatchNormConfig,
+    vb: VarBuilder,
+) -> Result<BatchNorm> {
+    if num_features == 0 || config.eps <= 0.0 || !(0.0..=1.0).contains(&config.momentum) {
+        return Err(Error::InvalidArgument(format!(
+            "batch norm needs num_features > 0, eps > 0 and momentum in [0, 1] \
+             (got {num_features}, {}, {})",
+            config.eps, config.momentum
+        )));
+    }
+    let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
+    // The store hands out its variables' own tensors, so these `Var`s share storage with the
+    // stored buffers: `set` updates the store (and any checkpoint taken from it) in place.
+    let running_mean =
+        Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
+    let running_var =
+        Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
+    let num_batches_tracked = Var::from_tensor(&vb.get_with_hints_dtype(
+        (),
+        "num_batches_tracked",
+        Init::Const(0.0),
+        DType::I64,
+    )?)?;
+    Ok(BatchNorm {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked,
+        num_features,
+        config,
+    })
+}
+
+impl BatchNorm {
+    /// Number of channels.
+    pub fn num_features(&self) -> usize {
+        self.num_features
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> BatchNormConfig {
+        self.config
+    }
+
+    /// The learnable scale `[C]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The learnable shift `[C]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The running mean `[C]` (a buffer of the store).
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// The running variance `[C]` (a buffer of the store).
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// How many train-mode forwards updated the running statistics (an `i64` scalar).
+    pub fn num_batches_tracked(&self) -> &Tensor {
+        self.num_batches_tracked.as_tensor()
+    }
+
+    /// The eval-mode transform as a per-channel affine map `y = x * scale + shift`, both `[C]`:
+    /// `scale = weight / sqrt(running_var + eps)`, `shift = bias - running_mean * scale`.
+    ///
+    /// Differentiable with respect to `weight` and `bias`; the running statistics are constants.
+    /// Used to fold the normalisation into a preceding convolution for inference.
+    pub fn eval_scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let inv_std = (self.running_var.as_tensor().detach() + self.config.eps)?
+            .sqrt()?
+            .recip()?;
+        let scale = self.weight.mul(&inv_std)?;
+        let shift = self
+            .bias
+            .sub(&self.running_mean.as_tensor().detach().mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// Normalises `x`, with batch statistics when `train` (updating the running statistics) and
+    /// with the running statistics otherwise.
+    ///
+    /// # Shapes
+    /// `x`: `[N, C, *]` → `[N, C, *]`.
+    ///
+    /// # Errors
+    /// When `x` has fewer than 2 dimensions, not `C` channels in dimension 1, or (in train mode)
+    /// only one value per channel, where the variance is undefined (PyTorch refuses it too).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() < 2 || dims[1] != self.num_features {
+            return Err(Error::InvalidArgument(format!(
+                "batch norm over {} channels got an input of shape {dims:?}",
+                self.num_features
+            )));
+        }
+        // [C] reshaped to broadcast along dimension 1: [1, C, 1, ...].
+        let mut channel_shape = vec![1usize; dims.len()];
+        channel_shape[1] = self.num_features;
+        if !train {
+            let (scale, shift) = self.eval_scale_shift()?;
+            let scale = scale.reshape(channel_shape.as_slice())?;
+            let shift = shift.reshape(channel_shape.as_slice())?;
+            return Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?);
+        }
+        let reduce: Vec<usize> = (0..dims.len()).filter(|&d| d != 1).collect();
+        let count = x.elem_count() / self.num_features;
+        if count < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "batch norm in train mode needs more than one value per channel, got input \
+                 shape {dims:?}"
+            )));
+        }
+        let mean = x.mean_keepdim(reduce.as_slice())?; // [1, C, 1, ...]
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?; // biased, [1, C, 1, ...]
+        let inv_std = (&var + self.config.eps)?.sqrt()?.recip()?;
+        let y = centred
+            .broadcast_mul(&inv_std)?
+            .broadcast_mul(&self.weight.reshape(channel_shape.as_slice())?)?
+            .broadcast_add(&self.bias.reshape(channel_shape.as_slice())?)?;
+        self.update_running(&mean, &var, count)?;
+        Ok(y)
+    }
+
+    /// `running = (1 - momentum) * running + momentum * batch`, with the unbiased variance.
+    fn update_running(&self, mean: &Tensor, biased_var: &Tensor, count: usize) -> Result<()> {
+        let m = self.config.momentum;
+        let dtype = self.running_mean.dtype();
+        let mean = mean.detach().flatten_all()?.to_dtype(dtype)?;
+        let unbiased = (biased_var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?
+            .to_dtype(dtype)?;
+        let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?;
+        let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        let tracked = self.num_batches_tracked.as_tensor().detach();
+        let one = Tensor::ones((), tracked.dtype(), tracked.device())?;
+        self.num_batches_tracked.set(&tracked.add(&one)?)?;
+        Ok(())
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        BatchNorm::forward_t(self, xs, train).map_err(into_candle_error)
+    }
+}
+
+/// Turns our error back into candle's for the `Module` traits, unwrapping candle's own errors.
+pub(crate) fn into_candle_error(err: Error) -> candle_core::Error {
+    match err {
+        Error::Candle(inner) => inner,
+        other => candle_core::Error::wrap(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ParamStore;
+    use candle_core::{Device, IndexOp};
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1())
+            .expect("values")
+    }
+
+    #[test]
+    fn train_mode_matches_hand_computation_and_updates_the_store() -> Result<()> {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let bn = batch_norm(2, BatchNormConfig::default(), vb.pp("bn"))?;
+        // Channel 0 holds 1, 2, 3, 4; channel 1 holds 10, 10, 10, 14.
+        let x = Tensor::new(
+            &[[[1f32, 2.], [10., 10.]], [[3., 4.], [10., 14.]]],
+            &Device::Cpu,
+        )?;
+        let y = bn.forward_t(&x, true)?;
+        let var0: f32 = 1.25; // biased variance of 1..4
+        let expected0 = (1.0 - 2.5) / (var0 + 1e-5).sqrt();
+        assert!((values(&y.i((0, 0, 0))?)[0] - expected0).abs() < 1e-6);
+        let rm = values(store.get("bn.running_mean").expect("buffer").as_tensor());
+        let rv = values(store.get("bn.running_var").expect("buffer").as_tensor());
+        assert!((rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 1.1).abs() < 1e-6);
+        // Unbiased variance of 1..4 is 5/3; of (10, 10, 10, 14) is 4.
+        assert!((rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6);
+        assert!((rv[1] - (0.9 + 0.4)).abs() < 1e-6);
+        let tracked = store.get("bn.num_batches_tracked").expect("counter");
+        assert_eq!(tracked.as_tensor().to_scalar::<i64>()?, 1);
+        // Eval mode now uses the updated running statistics.
+        let y = bn.forward_t(&x, false)?;
+        let expected = (1.0 - rm[0]) / (rv[0] + 1e-5).sqrt();
+        assert!((values(&y)[0] - expected).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn a_single_value_per_channel_is_refused_in_train_mode() -> Result<()> {
+        let store = ParamStore::new(0);
+        let bn = batch_norm(
+            3,
+            BatchNormConfig::default(),
+            store.var_builder(DType::F32, &Device::Cpu),
+        )?;
+        let x = Tensor::zeros((1, 3), DType::F32, &Device::Cpu)?;
+        assert!(bn.forward_t(&x, true).is_err());
+        assert!(bn.forward_t(&x, false).is_ok());
+        assert!(
+            bn.forward_t(&Tensor::zeros((2, 4), DType::F32, &Device::Cpu)?, false)
+                .is_err()
+        );
+        Ok(())
+    }
+}
