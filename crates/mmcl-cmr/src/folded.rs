@@ -5,8 +5,16 @@
 //! `W' = W · γ/√(σ² + ε)`, `b' = β − μ · γ/√(σ² + ε)`. That removes every normalisation pass
 //! from the forward. The folded copy is a snapshot: it does not follow later changes of the
 //! model's weights, and it carries no gradients.
+//!
+//! Two engines run the folded model:
+//! - on the CPU in `f32`, channels-last kernels ([`mmcl_nn::conv`]) with bias, residual and ReLU
+//!   applied while each output block is in cache;
+//! - elsewhere (CUDA, other dtypes), candle's tensor operations.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
+use mmcl_nn::conv::{
+    BufferPool, NhwcTensor, PackedConv2d, global_avg_pool_nhwc, max_pool2d_nhwc_pooled,
+};
 use mmcl_nn::pool::{global_avg_pool2d, max_pool2d};
 
 use crate::resnet::{Block, ConvBn, ResNet, ResNetOutput, conv2d};
@@ -83,25 +91,125 @@ impl FoldedBlock {
     }
 }
 
+/// A folded block for the channels-last CPU engine.
+#[derive(Debug, Clone)]
+struct PackedBlock {
+    units: Vec<PackedConv2d>,
+    downsample: Option<PackedConv2d>,
+}
+
+impl PackedBlock {
+    fn new(block: &FoldedBlock) -> Result<Self> {
+        Ok(Self {
+            units: block.units.iter().map(pack).collect::<Result<_>>()?,
+            downsample: block.downsample.as_ref().map(pack).transpose()?,
+        })
+    }
+
+    /// Consumes `x`; intermediate buffers go back to `pool`.
+    ///
+    /// # Shapes
+    /// `[N, H, W, C_in]` → `[N, H/stride, W/stride, C_out]`.
+    fn forward(&self, x: NhwcTensor, pool: &BufferPool) -> Result<NhwcTensor> {
+        let (last, inner) = self
+            .units
+            .split_last()
+            .ok_or_else(|| crate::Error::InvalidConfig("a residual block without units".into()))?;
+        let mut hidden: Option<NhwcTensor> = None;
+        for unit in inner {
+            let next = unit.forward_pooled(hidden.as_ref().unwrap_or(&x), None, true, pool)?;
+            if let Some(done) = hidden.replace(next) {
+                pool.recycle(done);
+            }
+        }
+        let projected = match &self.downsample {
+            Some(d) => Some(d.forward_pooled(&x, None, false, pool)?),
+            None => None,
+        };
+        let identity = projected.as_ref().unwrap_or(&x);
+        // The last unit adds the identity and applies the block's ReLU in its epilogue.
+        let out = last.forward_pooled(hidden.as_ref().unwrap_or(&x), Some(identity), true, pool)?;
+        for done in [hidden, projected].into_iter().flatten() {
+            pool.recycle(done);
+        }
+        pool.recycle(x);
+        Ok(out)
+    }
+}
+
+fn pack(conv: &FoldedConv) -> Result<PackedConv2d> {
+    let bias = conv.bias.flatten_all()?;
+    Ok(PackedConv2d::new(
+        &conv.weight,
+        Some(&bias),
+        conv.stride,
+        conv.padding,
+    )?)
+}
+
+/// Which engine runs a [`FoldedResNet`].
+#[derive(Debug, Clone)]
+enum Engine {
+    /// candle tensor operations (any device, any float dtype).
+    Tensor {
+        stem: FoldedConv,
+        stages: Vec<Vec<FoldedBlock>>,
+    },
+    /// Channels-last CPU kernels (`f32` on the CPU).
+    Cpu {
+        stem: PackedConv2d,
+        stages: Vec<Vec<PackedBlock>>,
+        /// Activation buffers reused across layers and calls.
+        pool: BufferPool,
+    },
+}
+
 /// An eval-mode [`ResNet`] with BatchNorm folded into its convolutions: the same outputs as
-/// `ResNet::forward_t(x, false)` (up to rounding), fewer passes over memory.
+/// `ResNet::forward_t(x, false)` (up to rounding), in far fewer passes over memory.
 #[derive(Debug, Clone)]
 pub struct FoldedResNet {
-    stem: FoldedConv,
-    stages: Vec<Vec<FoldedBlock>>,
+    engine: Engine,
     model: ResNet,
 }
 
 impl ResNet {
-    /// A folded inference copy of the current weights and running statistics.
+    /// A folded inference copy of the current weights and running statistics, run by the
+    /// channels-last CPU engine when the model is `f32` on the CPU, and by candle's tensor
+    /// operations otherwise.
     pub fn fold(&self) -> Result<FoldedResNet> {
-        Ok(FoldedResNet {
-            stem: FoldedConv::new(&self.stem)?,
-            stages: self
-                .stages
+        let portable = self.fold_tensor_ops()?;
+        let cpu = self.stem.weight.device().is_cpu() && self.stem.weight.dtype() == DType::F32;
+        if !cpu {
+            return Ok(portable);
+        }
+        let Engine::Tensor { stem, stages } = &portable.engine else {
+            return Ok(portable);
+        };
+        let engine = Engine::Cpu {
+            stem: pack(stem)?,
+            stages: stages
                 .iter()
-                .map(|stage| stage.iter().map(FoldedBlock::new).collect())
+                .map(|stage| stage.iter().map(PackedBlock::new).collect())
                 .collect::<Result<_>>()?,
+            pool: BufferPool::new(),
+        };
+        Ok(FoldedResNet {
+            engine,
+            model: self.clone(),
+        })
+    }
+
+    /// [`Self::fold`], always run by candle's tensor operations on the model's device.
+    pub fn fold_tensor_ops(&self) -> Result<FoldedResNet> {
+        Ok(FoldedResNet {
+            engine: Engine::Tensor {
+                stem: FoldedConv::new(&self.stem)?,
+                stages: self
+                    .stages
+                    .iter()
+                    .map(|stage| stage.iter().map(FoldedBlock::new).collect())
+                    .collect::<Result<_>>()?,
+            },
             model: self.clone(),
         })
     }
@@ -118,15 +226,7 @@ impl FoldedResNet {
     /// # Shapes
     /// `x`: `[N, C_in, H, W]` → `[N, D, H/32, W/32]`.
     pub fn forward_features(&self, x: &Tensor) -> Result<Tensor> {
-        self.model.check_input(x)?;
-        let mut x = self.stem.forward(x)?.relu()?; // [N, 64, H/2, W/2]
-        x = max_pool2d(&x, 3, 2, 1)?; // [N, 64, H/4, W/4]
-        for stage in &self.stages {
-            for block in stage {
-                x = block.forward(&x)?;
-            }
-        } // [N, D, H/32, W/32]
-        Ok(x)
+        Ok(self.forward(x)?.feature_map)
     }
 
     /// Feature map and pooled embedding (eval mode).
@@ -134,12 +234,41 @@ impl FoldedResNet {
     /// # Shapes
     /// `x`: `[N, C_in, H, W]` → feature map `[N, D, H/32, W/32]`, pooled `[N, D]`.
     pub fn forward(&self, x: &Tensor) -> Result<ResNetOutput> {
-        let feature_map = self.forward_features(x)?;
-        let pooled = global_avg_pool2d(&feature_map)?; // [N, D]
-        Ok(ResNetOutput {
-            feature_map,
-            pooled,
-        })
+        self.model.check_input(x)?;
+        match &self.engine {
+            Engine::Tensor { stem, stages } => {
+                let mut h = stem.forward(x)?.relu()?; // [N, 64, H/2, W/2]
+                h = max_pool2d(&h, 3, 2, 1)?; // [N, 64, H/4, W/4]
+                for stage in stages {
+                    for block in stage {
+                        h = block.forward(&h)?;
+                    }
+                } // [N, D, H/32, W/32]
+                let pooled = global_avg_pool2d(&h)?; // [N, D]
+                Ok(ResNetOutput {
+                    feature_map: h,
+                    pooled,
+                })
+            }
+            Engine::Cpu { stem, stages, pool } => {
+                let input = NhwcTensor::from_nchw(x)?; // [N, H, W, C_in]
+                let stem_out = stem.forward_pooled(&input, None, true, pool)?; // [N, H/2, W/2, 64]
+                let mut h = max_pool2d_nhwc_pooled(&stem_out, 3, 2, 1, pool)?; // [N, H/4, W/4, 64]
+                pool.recycle(stem_out);
+                for stage in stages {
+                    for block in stage {
+                        h = block.forward(h, pool)?;
+                    }
+                } // [N, H/32, W/32, D]
+                let pooled = Tensor::from_vec(global_avg_pool_nhwc(&h), (h.n, h.c), x.device())?;
+                let feature_map = h.to_nchw(x.device())?; // [N, D, H/32, W/32]
+                pool.recycle(h);
+                Ok(ResNetOutput {
+                    feature_map,
+                    pooled,
+                })
+            }
+        }
     }
 
     /// The image embedding.

@@ -62,19 +62,24 @@ fn check_parity(name: &str, dtype: DType, train_tolerance: Tolerance) {
         &io.tensor("eval_pooled"),
         Tolerance::FORWARD,
     );
-    let folded = model.fold().expect("fold").forward(&x).expect("folded");
-    assert_close(
-        &format!("{name} folded eval_feature_map"),
-        &folded.feature_map,
-        &io.tensor("eval_feature_map"),
-        Tolerance::FORWARD,
-    );
-    assert_close(
-        &format!("{name} folded eval_pooled"),
-        &folded.pooled,
-        &io.tensor("eval_pooled"),
-        Tolerance::FORWARD,
-    );
+    for (engine, folded) in [
+        ("folded", model.fold().expect("fold")),
+        ("folded tensor-ops", model.fold_tensor_ops().expect("fold")),
+    ] {
+        let out = folded.forward(&x).expect("folded forward");
+        assert_close(
+            &format!("{name} {engine} eval_feature_map"),
+            &out.feature_map,
+            &io.tensor("eval_feature_map"),
+            Tolerance::FORWARD,
+        );
+        assert_close(
+            &format!("{name} {engine} eval_pooled"),
+            &out.pooled,
+            &io.tensor("eval_pooled"),
+            Tolerance::FORWARD,
+        );
+    }
 
     let train = model.forward_t(&x, true).expect("train forward");
     assert_close(

@@ -25,6 +25,7 @@
 
 pub mod batch_norm;
 pub mod checkpoint;
+pub mod conv;
 mod error;
 pub mod io;
 pub mod params;
