@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled-in features and the devices that can be used.
     Info(commands::info::Args),
+    /// Embed cardiac MRI images with a ResNet encoder checkpoint (N, C, H, W) -> (N, D).
+    EmbedCmr(commands::embed_cmr::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
+        Command::EmbedCmr(args) => commands::embed_cmr::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
