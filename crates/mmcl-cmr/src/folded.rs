@@ -17,9 +17,10 @@ use mmcl_nn::conv::{
 };
 use mmcl_nn::pool::{global_avg_pool2d, max_pool2d};
 
-use crate::resnet::{Block, ConvBn, ResNet, ResNetOutput, conv2d};
+use crate::resnet::{Block, ConvBn, ResNet, ResNetOutput};
 use crate::upsample::upsample_bilinear2d;
 use crate::{ResNetConfig, Result};
+use mmcl_nn::conv::conv2d;
 
 /// A convolution with the following BatchNorm folded in.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, ModuleT, VarBuilder};
 use mmcl_nn::batch_norm::{BatchNorm, BatchNormConfig, batch_norm};
+use mmcl_nn::conv::conv2d;
 use mmcl_nn::pool::{global_avg_pool2d, max_pool2d};
 
 use crate::config::{BlockKind, ResNetConfig};
@@ -61,31 +62,6 @@ impl ConvBn {
         let y = conv2d(x, &self.weight, self.stride, self.padding)?;
         Ok(self.bn.forward_t(&y, train)?)
     }
-}
-
-/// `x ⊛ weight` with PyTorch's output size; also on inputs whose height and width differ in
-/// parity, where candle's backward pass (which derives the transposed convolution's output
-/// padding from the height alone) would otherwise fail for stride 2.
-///
-/// # Shapes
-/// `x`: `[N, C_in, H, W]`, `weight`: `[C_out, C_in, k, k]` → `[N, C_out, H', W']`.
-pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let k = weight.dim(2)?;
-    let x = if stride == 2 && (h + 2 * padding).checked_sub(k).is_some() {
-        // With an even (H + 2p - k), one more zero row at the bottom leaves the output size and
-        // values unchanged (the row is read, if at all, as padding) and makes the parity odd.
-        let odd_h = (h + 2 * padding - k) % 2 == 1;
-        let odd_w = (w + 2 * padding).saturating_sub(k) % 2 == 1;
-        match (odd_h, odd_w) {
-            (true, false) => x.pad_with_zeros(3, 0, 1)?, // [N, C, H, W + 1]
-            (false, true) => x.pad_with_zeros(2, 0, 1)?, // [N, C, H + 1, W]
-            _ => x.clone(),
-        }
-    } else {
-        x.clone()
-    };
-    Ok(x.conv2d(weight, padding, stride, 1, 1)?) // [N, C_out, H', W']
 }
 
 /// A residual block: two (basic) or three (bottleneck) conv-BN units and an optional projection
@@ -317,62 +293,5 @@ impl ModuleT for ResNet {
         ResNet::forward_t(self, xs, train)
             .map(|o| o.pooled)
             .map_err(candle_core::Error::wrap)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    /// Stride-2 convolutions over inputs whose sides differ in parity: same values as candle's
-    /// convolution, and gradients equal to central differences.
-    #[test]
-    fn strided_conv_on_mixed_parity_inputs_has_correct_gradients() -> Result<()> {
-        let dev = Device::Cpu;
-        let mut rng = mmcl_nn::rng::SplitMix64::new(4);
-        for &(h, w, k, p) in &[(5, 4, 3, 1), (4, 7, 3, 1), (6, 5, 1, 0), (7, 8, 7, 3)] {
-            let xs: Vec<f64> = (0..2 * h * w).map(|_| rng.next_normal()).collect();
-            let ws: Vec<f64> = (0..3 * 2 * k * k).map(|_| rng.next_normal()).collect();
-            let weight = Tensor::from_vec(ws, (3, 2, k, k), &dev)?;
-            let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (1, 2, h, w), &dev)?)?;
-            let y = conv2d(x.as_tensor(), &weight, 2, p)?;
-            let plain = x.as_tensor().conv2d(&weight, p, 2, 1, 1)?;
-            assert_eq!(y.dims(), plain.dims());
-            let diff = (&y - &plain)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            assert!(diff < 1e-12);
-            let r = Tensor::from_vec(
-                (0..y.elem_count())
-                    .map(|_| rng.next_normal())
-                    .collect::<Vec<f64>>(),
-                y.shape(),
-                &dev,
-            )?;
-            let grads = (&y * &r)?.sum_all()?.backward()?;
-            let analytic: Vec<f64> = grads
-                .get(x.as_tensor())
-                .ok_or_else(|| Error::InvalidInput("no gradient".into()))?
-                .flatten_all()?
-                .to_vec1()?;
-            let loss = |d: &[f64]| -> Result<f64> {
-                let x = Tensor::from_vec(d.to_vec(), (1, 2, h, w), &dev)?;
-                Ok((conv2d(&x, &weight, 2, p)? * &r)?
-                    .sum_all()?
-                    .to_scalar::<f64>()?)
-            };
-            for i in 0..xs.len() {
-                let (mut plus, mut minus) = (xs.clone(), xs.clone());
-                plus[i] += 1e-4;
-                minus[i] -= 1e-4;
-                let numeric = (loss(&plus)? - loss(&minus)?) / 2e-4;
-                assert!(
-                    (numeric - analytic[i]).abs() < 1e-8,
-                    "{:?} element {i}: {numeric} vs {}",
-                    (h, w, k, p),
-                    analytic[i]
-                );
-            }
-        }
-        Ok(())
     }
 }

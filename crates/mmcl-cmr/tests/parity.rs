@@ -128,7 +128,7 @@ fn resnet18_64px_matches_the_reference() {
 /// ResNet50 over 2 images of 2x2 cells), which amplifies float32 rounding of the sixteen
 /// blocks' activations: PyTorch's own float32 forward misses this float64 fixture by
 /// 1.5e-3 (12x the forward tolerance) on the feature map and 6.5e-4 on the pooled output;
-/// ours by 2.5e-3 and 5.7e-4. So float32 train outputs of ResNet50 are held to 40x the forward
+/// ours (float64 batch statistics, float32 elsewhere) by 1.5e-3 and 5.2e-4. So float32 train outputs of ResNet50 are held to 40x the forward
 /// tolerance, and the float64 test below holds the same computation to the forward tolerance
 /// (it matches to float32 rounding). Eval outputs and running statistics meet the forward
 /// tolerance in float32.
