@@ -2,11 +2,13 @@
 //!
 //! The reference PyTorch code does 35.1 samples/s on this machine kind with 2 threads; criterion
 //! reports our throughput in elements (samples) per second. Variants:
-//! - `resnet`: [`ResNet::embed`], BatchNorm applied as its own pass;
 //! - `folded`: [`mmcl_cmr::FoldedResNet::embed`], BatchNorm folded into the convolutions, run
 //!   by the channels-last CPU engine (what `mmcl embed-cmr` runs);
-//! - `folded_tensor_ops`: the same folded model run by candle's tensor operations (the engine
-//!   used on GPUs).
+//! - `folded_tensor_ops`: the same folded model run as candle tensor operations (the engine used
+//!   on GPUs; on the CPU its convolutions are the channels-first gemm operation of
+//!   `mmcl_nn::conv::conv2d`);
+//! - `resnet`: [`ResNet::embed`], the trainable model in eval mode (BatchNorm as its own pass,
+//!   autograd-tracked tensors).
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
