@@ -43,15 +43,18 @@
 //! # }
 //! ```
 
+pub mod batch_norm;
 pub mod checkpoint;
+pub mod conv;
 mod error;
 pub mod init;
 pub mod io;
-pub mod optim;
 pub mod layers;
 pub mod memory;
 pub mod ops;
+pub mod optim;
 pub mod params;
+pub mod pool;
 pub mod pos_embed;
 mod pth;
 pub mod rng;

@@ -38,6 +38,8 @@ enum Command {
     EmbedEcg(commands::embed_ecg::Args),
     /// Convert a PyTorch checkpoint (or part of it) to safetensors.
     Convert(commands::convert::Args),
+    /// Embed cardiac MRI images with a ResNet encoder checkpoint (N, C, H, W) -> (N, D).
+    EmbedCmr(commands::embed_cmr::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::BuildDataset(args) => commands::build_dataset::run(args),
         Command::EmbedEcg(args) => commands::embed_ecg::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::EmbedCmr(args) => commands::embed_cmr::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,9 +3,10 @@
 pub mod build_dataset;
 pub mod common;
 pub mod convert;
+pub mod embed_cmr;
 pub mod embed_ecg;
 pub mod info;
+pub mod preprocess_ecg;
 pub mod probe;
 pub mod report;
 pub mod synth;
-pub mod preprocess_ecg;

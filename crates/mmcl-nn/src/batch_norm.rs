@@ -1,0 +1,532 @@
+//! Batch normalisation with PyTorch's training semantics (`BatchNorm1d` / `BatchNorm2d`).
+//!
+//! candle-nn's `BatchNorm` keeps its running statistics outside the variable store; here they are
+//! buffers of the [`ParamStore`](crate::ParamStore) (`running_mean`, `running_var`,
+//! `num_batches_tracked`), so checkpoints round-trip and a training step updates them in place.
+//!
+//! - Train mode normalises with the batch mean and the **biased** batch variance and updates
+//!   `running = (1 - momentum) * running + momentum * batch_statistic`, with the **unbiased**
+//!   variance, exactly as `torch.nn.BatchNorm2d`.
+//! - Eval mode normalises with the running statistics.
+//!
+//! Channels are dimension 1 of the input: `[N, C]`, `[N, C, L]` and `[N, C, H, W]` all work.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use candle_nn::{Init, ModuleT, VarBuilder};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// Hyper-parameters of a batch-normalisation layer (PyTorch's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Added to the variance before the square root.
+    pub eps: f64,
+    /// Weight of the new batch statistic in the running average.
+    pub momentum: f64,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self {
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+}
+
+/// A batch-normalisation layer with learnable scale (`weight`) and shift (`bias`).
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    num_features: usize,
+    config: BatchNormConfig,
+}
+
+/// Builds a [`BatchNorm`] over `num_features` channels from `vb` (keys `weight`, `bias`,
+/// `running_mean`, `running_var`, `num_batches_tracked`), initialised as PyTorch does: weight 1,
+/// bias 0, running mean 0, running variance 1, counter 0.
+pub fn batch_norm(
+    num_features: usize,
+    config: BatchNormConfig,
+    vb: VarBuilder,
+) -> Result<BatchNorm> {
+    if num_features == 0 || config.eps <= 0.0 || !(0.0..=1.0).contains(&config.momentum) {
+        return Err(Error::InvalidArgument(format!(
+            "batch norm needs num_features > 0, eps > 0 and momentum in [0, 1] \
+             (got {num_features}, {}, {})",
+            config.eps, config.momentum
+        )));
+    }
+    let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
+    // The store hands out its variables' own tensors, so these `Var`s share storage with the
+    // stored buffers: `set` updates the store (and any checkpoint taken from it) in place.
+    let running_mean =
+        Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
+    let running_var =
+        Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
+    let num_batches_tracked = Var::from_tensor(&vb.get_with_hints_dtype(
+        (),
+        "num_batches_tracked",
+        Init::Const(0.0),
+        DType::I64,
+    )?)?;
+    Ok(BatchNorm {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked,
+        num_features,
+        config,
+    })
+}
+
+impl BatchNorm {
+    /// Number of channels.
+    pub fn num_features(&self) -> usize {
+        self.num_features
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> BatchNormConfig {
+        self.config
+    }
+
+    /// The learnable scale `[C]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The learnable shift `[C]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The running mean `[C]` (a buffer of the store).
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// The running variance `[C]` (a buffer of the store).
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// How many train-mode forwards updated the running statistics (an `i64` scalar).
+    pub fn num_batches_tracked(&self) -> &Tensor {
+        self.num_batches_tracked.as_tensor()
+    }
+
+    /// The eval-mode transform as a per-channel affine map `y = x * scale + shift`, both `[C]`:
+    /// `scale = weight / sqrt(running_var + eps)`, `shift = bias - running_mean * scale`.
+    ///
+    /// Differentiable with respect to `weight` and `bias`; the running statistics are constants.
+    /// Used to fold the normalisation into a preceding convolution for inference.
+    pub fn eval_scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let inv_std = (self.running_var.as_tensor().detach() + self.config.eps)?
+            .sqrt()?
+            .recip()?;
+        let scale = self.weight.mul(&inv_std)?;
+        let shift = self
+            .bias
+            .sub(&self.running_mean.as_tensor().detach().mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// Normalises `x`, with batch statistics when `train` (updating the running statistics) and
+    /// with the running statistics otherwise.
+    ///
+    /// # Shapes
+    /// `x`: `[N, C, *]` → `[N, C, *]`.
+    ///
+    /// # Errors
+    /// When `x` has fewer than 2 dimensions, not `C` channels in dimension 1, or (in train mode)
+    /// only one value per channel, where the variance is undefined (PyTorch refuses it too).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() < 2 || dims[1] != self.num_features {
+            return Err(Error::InvalidArgument(format!(
+                "batch norm over {} channels got an input of shape {dims:?}",
+                self.num_features
+            )));
+        }
+        // [C] reshaped to broadcast along dimension 1: [1, C, 1, ...].
+        let mut channel_shape = vec![1usize; dims.len()];
+        channel_shape[1] = self.num_features;
+        if !train {
+            let (scale, shift) = self.eval_scale_shift()?;
+            let scale = scale.reshape(channel_shape.as_slice())?;
+            let shift = shift.reshape(channel_shape.as_slice())?;
+            return Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?);
+        }
+        let count = x.elem_count() / self.num_features;
+        if count < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "batch norm in train mode needs more than one value per channel, got input \
+                 shape {dims:?}"
+            )));
+        }
+        let cpu_f32 = [x, &self.weight, &self.bias]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+        if cpu_f32 {
+            let stats = Arc::new(OnceLock::new());
+            let op = BatchNormTrain {
+                eps: self.config.eps,
+                stats: stats.clone(),
+            };
+            let y = x.contiguous()?.apply_op3(
+                &self.weight.contiguous()?,
+                &self.bias.contiguous()?,
+                op,
+            )?;
+            let stats: &ChannelStats = stats.get().ok_or_else(|| {
+                Error::InvalidArgument("batch norm statistics were not computed".into())
+            })?;
+            let device = x.device();
+            let mean = Tensor::from_slice(&stats.mean, self.num_features, device)?;
+            let var = Tensor::from_slice(&stats.var, self.num_features, device)?;
+            self.update_running(&mean, &var, count)?;
+            return Ok(y);
+        }
+        self.forward_train_composed(x, &channel_shape, count)
+    }
+
+    /// Train mode from differentiable tensor operations (any device and dtype).
+    fn forward_train_composed(
+        &self,
+        x: &Tensor,
+        channel_shape: &[usize],
+        count: usize,
+    ) -> Result<Tensor> {
+        let reduce: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+        let mean = x.mean_keepdim(reduce.as_slice())?; // [1, C, 1, ...]
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?; // biased, [1, C, 1, ...]
+        let inv_std = (&var + self.config.eps)?.sqrt()?.recip()?;
+        let y = centred
+            .broadcast_mul(&inv_std)?
+            .broadcast_mul(&self.weight.reshape(channel_shape)?)?
+            .broadcast_add(&self.bias.reshape(channel_shape)?)?;
+        self.update_running(&mean, &var, count)?;
+        Ok(y)
+    }
+
+    /// `running = (1 - momentum) * running + momentum * batch`, with the unbiased variance.
+    fn update_running(&self, mean: &Tensor, biased_var: &Tensor, count: usize) -> Result<()> {
+        let m = self.config.momentum;
+        let dtype = self.running_mean.dtype();
+        let mean = mean.detach().flatten_all()?.to_dtype(dtype)?;
+        let unbiased = (biased_var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?
+            .to_dtype(dtype)?;
+        let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?;
+        let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        let tracked = self.num_batches_tracked.as_tensor().detach();
+        let one = Tensor::ones((), tracked.dtype(), tracked.device())?;
+        self.num_batches_tracked.set(&tracked.add(&one)?)?;
+        Ok(())
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        BatchNorm::forward_t(self, xs, train).map_err(into_candle_error)
+    }
+}
+
+/// Per-channel batch statistics of a train-mode forward.
+#[derive(Debug)]
+struct ChannelStats {
+    mean: Vec<f32>,
+    /// Biased variance.
+    var: Vec<f32>,
+    /// `1 / sqrt(var + eps)`.
+    inv_std: Vec<f32>,
+}
+
+/// The train-mode normalisation on the CPU in `f32`, fused: one pass for the statistics (in
+/// `f64`), one for the output; the backward pass needs two more. Inputs `(x [N, C, L],
+/// weight [C], bias [C])`; the statistics are kept for the running averages and the backward.
+struct BatchNormTrain {
+    eps: f64,
+    stats: Arc<OnceLock<ChannelStats>>,
+}
+
+/// `(N, C, L)` of an input `[N, C, *]`.
+fn ncl(shape: &Shape) -> (usize, usize, usize) {
+    let dims = shape.dims();
+    (dims[0], dims[1], dims[2..].iter().product())
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        CpuStorage::F32(d) if layout.is_contiguous() => {
+            let start = layout.start_offset();
+            Ok(&d[start..start + layout.shape().elem_count()])
+        }
+        _ => candle_core::bail!("batch norm: expected contiguous f32 inputs"),
+    }
+}
+
+/// `Σ f(value)` over the values of channel `ch` of `[N, C, L]` data, in `f64`.
+fn channel_sum(
+    data: &[f32],
+    (n, c, l): (usize, usize, usize),
+    ch: usize,
+    f: impl Fn(f32, usize) -> f64,
+) -> f64 {
+    let mut acc = 0f64;
+    for img in 0..n {
+        let start = (img * c + ch) * l;
+        for (i, &v) in data[start..start + l].iter().enumerate() {
+            acc += f(v, start + i);
+        }
+    }
+    acc
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, weight, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let dims = ncl(l1.shape());
+        let (n, c, l) = dims;
+        let count = (n * l) as f64;
+        let per_channel: Vec<(f32, f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mean = channel_sum(x, dims, ch, |v, _| v as f64) / count;
+                let var = channel_sum(x, dims, ch, |v, _| (v as f64 - mean).powi(2)) / count;
+                (
+                    mean as f32,
+                    var as f32,
+                    (1.0 / (var + self.eps).sqrt()) as f32,
+                )
+            })
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        if l > 0 {
+            y.par_chunks_mut(l)
+                .zip(x.par_chunks(l))
+                .enumerate()
+                .for_each(|(row, (dst, src))| {
+                    let ch = row % c;
+                    let (mean, _, inv_std) = per_channel[ch];
+                    let scale = weight[ch] * inv_std;
+                    let shift = bias[ch] - mean * scale;
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v * scale + shift;
+                    }
+                });
+        }
+        let stats = ChannelStats {
+            mean: per_channel.iter().map(|s| s.0).collect(),
+            var: per_channel.iter().map(|s| s.1).collect(),
+            inv_std: per_channel.iter().map(|s| s.2).collect(),
+        };
+        // A repeated forward of the same op (not done by candle) would keep the first statistics.
+        let _ = self.stats.set(stats);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self
+            .stats
+            .get()
+            .ok_or_else(|| candle_core::Error::Msg("batch norm backward before forward".into()))?;
+        let dims = ncl(x.shape());
+        let (n, c, l) = dims;
+        let count = (n * l) as f64;
+        let weight = weight.to_vec1::<f32>()?;
+        let result = crate::conv::with_cpu_f32(x, |xs| {
+            crate::conv::with_cpu_f32(grad, |dy| {
+                // Σ dy and Σ dy·x̂ per channel.
+                let sums: Vec<(f64, f64)> = (0..c)
+                    .into_par_iter()
+                    .map(|ch| {
+                        let (mean, inv_std) = (stats.mean[ch] as f64, stats.inv_std[ch] as f64);
+                        let sum_dy = channel_sum(dy, dims, ch, |g, _| g as f64);
+                        let sum_dy_xhat = channel_sum(dy, dims, ch, |g, i| {
+                            g as f64 * (xs[i] as f64 - mean) * inv_std
+                        });
+                        (sum_dy, sum_dy_xhat)
+                    })
+                    .collect();
+                let mut dx = vec![0f32; xs.len()];
+                if l > 0 {
+                    dx.par_chunks_mut(l)
+                        .zip(xs.par_chunks(l).zip(dy.par_chunks(l)))
+                        .enumerate()
+                        .for_each(|(row, (dst, (xr, gr)))| {
+                            let ch = row % c;
+                            let (mean, inv_std) = (stats.mean[ch], stats.inv_std[ch]);
+                            let mean_dy = (sums[ch].0 / count) as f32;
+                            let mean_dy_xhat = (sums[ch].1 / count) as f32;
+                            let scale = weight[ch] * inv_std;
+                            for ((d, &v), &g) in dst.iter_mut().zip(xr).zip(gr) {
+                                let xhat = (v - mean) * inv_std;
+                                *d = scale * (g - mean_dy - xhat * mean_dy_xhat);
+                            }
+                        });
+                }
+                let dweight: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+                let dbias: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+                (dx, dweight, dbias)
+            })
+        });
+        let (dx, dweight, dbias) = result.and_then(|r| r).map_err(into_candle_error)?;
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), device)?),
+            Some(Tensor::from_vec(dweight, c, device)?),
+            Some(Tensor::from_vec(dbias, c, device)?),
+        ))
+    }
+}
+
+/// Turns our error back into candle's for the `Module` traits, unwrapping candle's own errors.
+pub(crate) fn into_candle_error(err: Error) -> candle_core::Error {
+    match err {
+        Error::Candle(inner) => inner,
+        other => candle_core::Error::wrap(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ParamStore;
+    use candle_core::{Device, IndexOp};
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1())
+            .expect("values")
+    }
+
+    #[test]
+    fn train_mode_matches_hand_computation_and_updates_the_store() -> Result<()> {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let bn = batch_norm(2, BatchNormConfig::default(), vb.pp("bn"))?;
+        // Channel 0 holds 1, 2, 3, 4; channel 1 holds 10, 10, 10, 14.
+        let x = Tensor::new(
+            &[[[1f32, 2.], [10., 10.]], [[3., 4.], [10., 14.]]],
+            &Device::Cpu,
+        )?;
+        let y = bn.forward_t(&x, true)?;
+        let var0: f32 = 1.25; // biased variance of 1..4
+        let expected0 = (1.0 - 2.5) / (var0 + 1e-5).sqrt();
+        assert!((values(&y.i((0, 0, 0))?)[0] - expected0).abs() < 1e-6);
+        let rm = values(store.get("bn.running_mean").expect("buffer").as_tensor());
+        let rv = values(store.get("bn.running_var").expect("buffer").as_tensor());
+        assert!((rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 1.1).abs() < 1e-6);
+        // Unbiased variance of 1..4 is 5/3; of (10, 10, 10, 14) is 4.
+        assert!((rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6);
+        assert!((rv[1] - (0.9 + 0.4)).abs() < 1e-6);
+        let tracked = store.get("bn.num_batches_tracked").expect("counter");
+        assert_eq!(tracked.as_tensor().to_scalar::<i64>()?, 1);
+        // Eval mode now uses the updated running statistics.
+        let y = bn.forward_t(&x, false)?;
+        let expected = (1.0 - rm[0]) / (rv[0] + 1e-5).sqrt();
+        assert!((values(&y)[0] - expected).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_and_composed_train_paths_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::SplitMix64::new(8);
+        let (n, c, h, w) = (3, 4, 5, 6);
+        let data: Vec<f32> = (0..n * c * h * w)
+            .map(|_| (rng.next_normal() * 3.0 + 1.0) as f32)
+            .collect();
+        let r: Vec<f32> = (0..n * c * h * w)
+            .map(|_| rng.next_normal() as f32)
+            .collect();
+        let r = Tensor::from_vec(r, (n, c, h, w), &dev)?;
+        let run = |fused: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+            let store = ParamStore::new(1);
+            let vb = store.var_builder(DType::F32, &dev);
+            let bn = batch_norm(c, BatchNormConfig::default(), vb)?;
+            store
+                .get("weight")
+                .ok_or(Error::InvalidArgument("weight".into()))?
+                .set(&Tensor::new(&[0.5f32, 1.5, -1.0, 2.0], &dev)?)?;
+            let x = Var::from_tensor(&Tensor::from_vec(data.clone(), (n, c, h, w), &dev)?)?;
+            let y = if fused {
+                bn.forward_t(x.as_tensor(), true)?
+            } else {
+                bn.forward_train_composed(x.as_tensor(), &[1, c, 1, 1], n * h * w)?
+            };
+            let grads = (y.sqr()? * &r)?.sum_all()?.backward()?;
+            let mut out = vec![values(grads.get(x.as_tensor()).expect("dx"))];
+            for name in ["weight", "bias", "running_mean", "running_var"] {
+                let var = store.get(name).expect("var");
+                out.push(match grads.get(var.as_tensor()) {
+                    Some(g) => values(g),
+                    None => values(var.as_tensor()),
+                });
+            }
+            Ok((values(&y), out))
+        };
+        let (y_fused, g_fused) = run(true)?;
+        let (y_composed, g_composed) = run(false)?;
+        let close = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+            a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale)
+        };
+        assert!(close(&y_fused, &y_composed));
+        for (i, (a, b)) in g_fused.iter().zip(&g_composed).enumerate() {
+            assert!(close(a, b), "entry {i}: {a:?} vs {b:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_single_value_per_channel_is_refused_in_train_mode() -> Result<()> {
+        let store = ParamStore::new(0);
+        let bn = batch_norm(
+            3,
+            BatchNormConfig::default(),
+            store.var_builder(DType::F32, &Device::Cpu),
+        )?;
+        let x = Tensor::zeros((1, 3), DType::F32, &Device::Cpu)?;
+        assert!(bn.forward_t(&x, true).is_err());
+        assert!(bn.forward_t(&x, false).is_ok());
+        assert!(
+            bn.forward_t(&Tensor::zeros((2, 4), DType::F32, &Device::Cpu)?, false)
+                .is_err()
+        );
+        Ok(())
+    }
+}
