@@ -186,3 +186,197 @@ mod tests {
         assert!(RunLog::parse("\n\n", Path::new("a")).is_err());
     }
 }
+
+/// Appends records to a run's `metrics.jsonl` and keeps a `metrics.csv` beside it.
+///
+/// The JSON-lines file is the record of truth: each [`RunLogWriter::append`] adds one line and
+/// flushes it, so a crash loses nothing written before. The CSV (one column per key seen so far,
+/// empty cells where a line lacks a key) is rewritten from all records after each append, through
+/// a temporary file, so spreadsheet users always find a complete table.
+///
+/// Re-opening an existing log (a resumed run) keeps its lines; [`RunLogWriter::truncate_after`]
+/// drops the lines of epochs that are about to be re-run.
+#[derive(Debug)]
+pub struct RunLogWriter {
+    jsonl: std::path::PathBuf,
+    csv: std::path::PathBuf,
+    lines: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl RunLogWriter {
+    /// Opens (or creates) `<dir>/metrics.jsonl` and `<dir>/metrics.csv`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let jsonl = dir.join("metrics.jsonl");
+        let csv = dir.join("metrics.csv");
+        let mut lines = Vec::new();
+        if jsonl.exists() {
+            let text = std::fs::read_to_string(&jsonl).map_err(|source| Error::Io {
+                path: jsonl.clone(),
+                source,
+            })?;
+            for (index, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value =
+                    serde_json::from_str(line).map_err(|source| Error::Json {
+                        path: jsonl.clone(),
+                        line: Some(index + 1),
+                        source,
+                    })?;
+                match value {
+                    serde_json::Value::Object(map) => lines.push(map),
+                    _ => {
+                        return Err(Error::Format {
+                            path: jsonl.clone(),
+                            reason: format!("line {} is not a JSON object", index + 1),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Self { jsonl, csv, lines })
+    }
+
+    /// The JSON-lines file.
+    pub fn path(&self) -> &Path {
+        &self.jsonl
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether no record has been written.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Appends one record: `split`, `epoch`, `step` and the metric values.
+    pub fn append(
+        &mut self,
+        split: &str,
+        epoch: usize,
+        step: usize,
+        values: &[(&str, f64)],
+    ) -> Result<()> {
+        let mut map = serde_json::Map::new();
+        map.insert("split".into(), split.into());
+        map.insert("epoch".into(), epoch.into());
+        map.insert("step".into(), step.into());
+        for (k, v) in values {
+            // JSON has no NaN/inf: write null so readers see a gap, not a parse error.
+            let value = serde_json::Number::from_f64(*v)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null);
+            map.insert((*k).to_string(), value);
+        }
+        let line = serde_json::Value::Object(map.clone()).to_string();
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.jsonl)
+            .map_err(|source| Error::Io {
+                path: self.jsonl.clone(),
+                source,
+            })?;
+        writeln!(file, "{line}")
+            .and_then(|_| file.flush())
+            .map_err(|source| Error::Io {
+                path: self.jsonl.clone(),
+                source,
+            })?;
+        self.lines.push(map);
+        self.write_csv()
+    }
+
+    /// Drops every record whose `epoch` is `>= epoch` (before re-running those epochs after a
+    /// resume), rewriting both files.
+    pub fn truncate_after(&mut self, epoch: usize) -> Result<()> {
+        self.lines.retain(|m| {
+            m.get("epoch")
+                .and_then(serde_json::Value::as_u64)
+                .is_none_or(|e| (e as usize) < epoch)
+        });
+        let mut text = String::new();
+        for m in &self.lines {
+            text.push_str(&serde_json::Value::Object(m.clone()).to_string());
+            text.push('\n');
+        }
+        write_text_atomic(&self.jsonl, &text)?;
+        self.write_csv()
+    }
+
+    fn write_csv(&self) -> Result<()> {
+        // Columns: split, epoch, step first, then every other key in first-seen order.
+        let mut columns: Vec<String> = vec!["split".into(), "epoch".into(), "step".into()];
+        for m in &self.lines {
+            for k in m.keys() {
+                if !columns.iter().any(|c| c == k) {
+                    columns.push(k.clone());
+                }
+            }
+        }
+        let mut text = columns.join(",");
+        text.push('\n');
+        for m in &self.lines {
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|c| match m.get(c) {
+                    None | Some(serde_json::Value::Null) => String::new(),
+                    Some(serde_json::Value::String(s)) => s.replace(',', ";"),
+                    Some(v) => v.to_string(),
+                })
+                .collect();
+            text.push_str(&cells.join(","));
+            text.push('\n');
+        }
+        write_text_atomic(&self.csv, &text)
+    }
+}
+
+fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    #[test]
+    fn writes_reads_back_and_truncates() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("mmcl-runlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut w = RunLogWriter::open(&dir)?;
+        w.append("train", 0, 10, &[("loss", 2.0), ("lr", 0.0)])?;
+        w.append("val", 0, 10, &[("loss", 2.5), ("top1", 0.1)])?;
+        w.append("train", 1, 20, &[("loss", f64::NAN)])?;
+        let log = RunLog::read(w.path())?;
+        assert_eq!(log.records.len(), 3);
+        assert_eq!(log.splits(), vec!["train".to_string(), "val".to_string()]);
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        assert_eq!(csv.lines().next(), Some("split,epoch,step,loss,lr,top1"));
+        assert_eq!(csv.lines().nth(2), Some("val,0,10,2.5,,0.1"));
+        let mut again = RunLogWriter::open(&dir)?;
+        assert_eq!(again.len(), 3);
+        again.truncate_after(1)?;
+        assert_eq!(RunLog::read(again.path())?.records.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}
