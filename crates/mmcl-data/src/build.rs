@@ -118,7 +118,7 @@ impl BuildConfig {
             })?,
             Some("toml") => toml::from_str(&text).map_err(|source| Error::Toml {
                 path: path.to_path_buf(),
-                source,
+                source: Box::new(source),
             })?,
             _ => {
                 return Err(Error::format(

@@ -61,7 +61,7 @@ pub enum Error {
         path: PathBuf,
         /// The parser's error.
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
 
     /// A safetensors shard could not be parsed or written.
