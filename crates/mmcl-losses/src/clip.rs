@@ -9,7 +9,7 @@ use crate::{Error, Result, cross_entropy, l2_normalize_rows};
 pub struct ClipOutput {
     /// The scalar loss.
     pub loss: Tensor,
-    /// `norm(z_a) · norm(z_b)ᵀ / τ`, [N, N]: row i holds the similarities of sample i of the first
+    /// `norm(z_a) · norm(z_b)ᵀ / τ`, `[N, N]`: row i holds the similarities of sample i of the first
     /// modality to every sample of the second.
     pub logits: Tensor,
     /// `0..N` (u32): the matching pairs lie on the diagonal.
@@ -26,7 +26,7 @@ pub struct ClipLoss {
 }
 
 impl ClipLoss {
-    /// A loss with temperature `temperature` (> 0) and direction weight `lambda` in [0, 1].
+    /// A loss with temperature `temperature` (> 0) and direction weight `lambda` in `[0, 1]`.
     pub fn new(temperature: f64, lambda: f64) -> Result<Self> {
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(Error::InvalidArgument(format!(
@@ -57,7 +57,7 @@ impl ClipLoss {
     /// Loss, logits and labels for a batch of paired projections.
     ///
     /// # Shapes
-    /// `z_a`, `z_b`: [N, D] → loss scalar, logits [N, N], labels [N]
+    /// `z_a`, `z_b`: `[N, D]` → loss scalar, logits `[N, N]`, labels `[N]`
     pub fn forward(&self, z_a: &Tensor, z_b: &Tensor) -> Result<ClipOutput> {
         if z_a.dims() != z_b.dims() || z_a.rank() != 2 {
             return Err(Error::InvalidArgument(format!(

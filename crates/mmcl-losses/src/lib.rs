@@ -30,7 +30,7 @@ use candle_core::{D, Tensor};
 /// `torch.nn.functional.normalize(x, dim=1)`: rows divided by `max(‖row‖₂, 1e-12)`.
 ///
 /// # Shapes
-/// `x`: [N, D] → [N, D]
+/// `x`: `[N, D]` → `[N, D]`
 pub fn l2_normalize_rows(x: &Tensor) -> Result<Tensor> {
     let norm = x
         .sqr()?
@@ -44,7 +44,7 @@ pub fn l2_normalize_rows(x: &Tensor) -> Result<Tensor> {
 /// (`torch.nn.CrossEntropyLoss(reduction="mean")`).
 ///
 /// # Shapes
-/// `logits`: [N, C], `labels`: [N] (u32) → scalar
+/// `logits`: `[N, C]`, `labels`: `[N]` (u32) → scalar
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::loss::cross_entropy(logits, labels)?)
 }

@@ -17,10 +17,10 @@ pub struct NtXentLoss {
 pub struct NtXentOutput {
     /// The scalar loss.
     pub loss: Tensor,
-    /// [2N, 2N − 1] logits: for row i < N, column j < N is view-1 sample j, the rest are view-0
+    /// `[2N, 2N − 1]` logits: for row i < N, column j < N is view-1 sample j, the rest are view-0
     /// samples other than i (and symmetrically for rows ≥ N).
     pub logits: Tensor,
-    /// [2N] (u32): the column of each row's positive.
+    /// `[2N]` (u32): the column of each row's positive.
     pub labels: Tensor,
 }
 
@@ -38,7 +38,7 @@ impl NtXentLoss {
     /// Loss of two views.
     ///
     /// # Shapes
-    /// `z0`, `z1`: [N, D] → loss scalar, logits [2N, 2N − 1], labels [2N]
+    /// `z0`, `z1`: `[N, D]` → loss scalar, logits `[2N, 2N − 1]`, labels `[2N]`
     pub fn forward(&self, z0: &Tensor, z1: &Tensor) -> Result<NtXentOutput> {
         if z0.dims() != z1.dims() || z0.rank() != 2 || z0.dim(0)? < 2 {
             return Err(Error::InvalidArgument(format!(

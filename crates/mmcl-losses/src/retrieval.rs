@@ -9,7 +9,7 @@ use crate::{Error, Result};
 /// practice on CPU.
 ///
 /// # Shapes
-/// `logits`: [N, C], `labels`: [N] integer → fraction in [0, 1]
+/// `logits`: `[N, C]`, `labels`: `[N]` integer → fraction in `[0, 1]`
 pub fn top_k_accuracy(logits: &Tensor, labels: &Tensor, k: usize) -> Result<f64> {
     let (n, c) = logits.dims2()?;
     if labels.dims() != [n] {
@@ -58,7 +58,7 @@ pub fn top1_top5(logits: &Tensor, labels: &Tensor) -> Result<(f64, f64)> {
 /// The index of the largest logit of each row.
 ///
 /// # Shapes
-/// `logits`: [N, C] → [N] (u32)
+/// `logits`: `[N, C]` → `[N]` (u32)
 pub fn argmax_rows(logits: &Tensor) -> Result<Tensor> {
     Ok(logits.argmax(D::Minus1)?)
 }
