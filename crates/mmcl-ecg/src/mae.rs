@@ -37,7 +37,7 @@ pub use masking::{Masking, len_keep};
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use mmcl_nn::batch_norm::{BatchNorm, BatchNormConfig, batch_norm, batch_norm_no_affine};
 use mmcl_nn::checkpoint::{LoadOptions, LoadReport};
@@ -434,7 +434,7 @@ impl MaskedAutoencoder {
             .index_select(&idx, 0)?
             .reshape((b, 1 + masking.len_keep(), d))?; // [B, 1 + K, D]
         for block in self.encoder.blocks() {
-            x = block.forward_t(&x, train)?;
+            x = block.forward_fused(&x, train)?;
         }
         Ok(self.encoder.norm().forward(&x)?)
     }
@@ -482,7 +482,7 @@ impl MaskedAutoencoder {
         let x = table.index_select(&idx, 0)?.reshape((b, 1 + l, dd))?; // [B, 1 + L, Dd]
         let mut x = x.broadcast_add(&self.decoder_pos_embed.detach())?;
         for block in &self.decoder_blocks {
-            x = block.forward_t(&x, train)?;
+            x = block.forward_fused(&x, train)?;
         }
         // Per-token norm and projection: dropping the class token first saves its row.
         let x = self.decoder_norm.forward(&x.narrow(1, 1, l)?)?; // [B, L, Dd]

@@ -218,8 +218,12 @@ pub fn standardize_last_dim(x: &Tensor, eps: f64) -> Result<Tensor> {
 /// # Shapes
 /// `a`, `b`: `[N, D]` → `[N]`.
 pub fn cosine_similarity(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const EPS: f64 = 1e-8;
     let unit = |x: &Tensor| -> Result<Tensor> {
-        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-8, f64::MAX)?; // [N, 1]
+        // sqrt(max(‖x‖², eps²)) = max(‖x‖, eps), but without the infinite derivative of the
+        // square root at a zero row (which a ReLU before the last layer can produce): there the
+        // clamp is active and no gradient reaches the square.
+        let norm = x.sqr()?.sum_keepdim(1)?.maximum(EPS * EPS)?.sqrt()?; // [N, 1]
         Ok(x.broadcast_div(&norm)?)
     };
     Ok((unit(a)? * unit(b)?)?.sum(1)?)
@@ -429,6 +433,23 @@ mod tests {
         let b = Tensor::new(&[[0f32, 2.], [6., 8.], [1., 1.]], &Device::Cpu)?;
         let c = cosine_similarity(&a, &b)?.to_vec1::<f32>()?;
         assert!(c[0].abs() < 1e-7 && (c[1] - 1.0).abs() < 1e-6 && c[2] == 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_zero_row_has_similarity_zero_and_a_finite_gradient() -> Result<()> {
+        let a =
+            candle_core::Var::from_tensor(&Tensor::new(&[[0f32, 0.], [1., 2.]], &Device::Cpu)?)?;
+        let b = Tensor::new(&[[1f32, 1.], [2., 4.]], &Device::Cpu)?;
+        let c = cosine_similarity(a.as_tensor(), &b)?;
+        assert_eq!(c.to_vec1::<f32>()?[0], 0.0);
+        let g = c.sum_all()?.backward()?;
+        let g = g
+            .get(a.as_tensor())
+            .expect("gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
         Ok(())
     }
 
