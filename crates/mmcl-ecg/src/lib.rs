@@ -33,6 +33,7 @@
 pub mod checkpoint;
 mod config;
 mod error;
+pub mod mae;
 mod model;
 
 pub use checkpoint::{CheckpointLayout, LoadSummary, extract_encoder, load_encoder};

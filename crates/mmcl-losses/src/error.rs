@@ -7,6 +7,10 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// The model around a loss (the masked autoencoder) failed.
+    #[error(transparent)]
+    Model(#[from] mmcl_ecg::Error),
+
     /// A hyper-parameter or input is out of its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -20,6 +20,7 @@
 
 pub mod clip;
 mod error;
+pub mod mae;
 pub mod ntxent;
 pub mod retrieval;
 

@@ -89,6 +89,45 @@ pub fn batch_norm(
     })
 }
 
+/// Builds a [`BatchNorm`] without learnable scale and shift (PyTorch's `affine=False`, e.g. the
+/// last layer of the SimSiam projector): `vb` holds only the buffers `running_mean`,
+/// `running_var` and `num_batches_tracked`; the scale is a constant 1 and the shift a constant 0.
+pub fn batch_norm_no_affine(
+    num_features: usize,
+    config: BatchNormConfig,
+    vb: VarBuilder,
+) -> Result<BatchNorm> {
+    if num_features == 0 || config.eps <= 0.0 || !(0.0..=1.0).contains(&config.momentum) {
+        return Err(Error::InvalidArgument(format!(
+            "batch norm needs num_features > 0, eps > 0 and momentum in [0, 1] \
+             (got {num_features}, {}, {})",
+            config.eps, config.momentum
+        )));
+    }
+    let running_mean =
+        Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
+    let running_var =
+        Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
+    let num_batches_tracked = Var::from_tensor(&vb.get_with_hints_dtype(
+        (),
+        "num_batches_tracked",
+        Init::Const(0.0),
+        DType::I64,
+    )?)?;
+    // Constants outside the store: the fused kernel computes their gradients, nobody reads them.
+    let weight = Tensor::ones(num_features, vb.dtype(), vb.device())?;
+    let bias = Tensor::zeros(num_features, vb.dtype(), vb.device())?;
+    Ok(BatchNorm {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked,
+        num_features,
+        config,
+    })
+}
+
 impl BatchNorm {
     /// Number of channels.
     pub fn num_features(&self) -> usize {
@@ -509,6 +548,34 @@ mod tests {
         for (i, (a, b)) in g_fused.iter().zip(&g_composed).enumerate() {
             assert!(close(a, b), "entry {i}: {a:?} vs {b:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn without_affine_only_buffers_are_stored_and_the_input_gets_a_gradient() -> Result<()> {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let bn = batch_norm_no_affine(2, BatchNormConfig::default(), vb.pp("bn"))?;
+        let names: Vec<String> = store.named_vars().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "bn.num_batches_tracked",
+                "bn.running_mean",
+                "bn.running_var"
+            ]
+        );
+        assert!(store.trainable_vars().is_empty());
+        let x = Var::from_tensor(&Tensor::new(&[[1f32, 10.], [3., 14.]], &Device::Cpu)?)?;
+        let y = bn.forward_t(x.as_tensor(), true)?;
+        // (x - mean) / sqrt(biased var + eps): ±1 up to eps in both channels.
+        for (v, e) in values(&y).iter().zip([-1f32, -1., 1., 1.]) {
+            assert!((v - e).abs() < 1e-4, "{v} vs {e}");
+        }
+        let grads = (y.i((0, 0))? * 2.0)?.backward()?;
+        assert!(grads.get(x.as_tensor()).is_some());
+        let rm = values(store.get("bn.running_mean").expect("buffer").as_tensor());
+        assert!((rm[0] - 0.2).abs() < 1e-6 && (rm[1] - 1.2).abs() < 1e-6);
         Ok(())
     }
 

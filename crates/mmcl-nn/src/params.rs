@@ -6,9 +6,12 @@
 //! - initialises from a seed, per name, so a model's initial weights do not depend on the order
 //!   in which layers are built, nor on the global RNG;
 //! - keeps names sorted, so optimisers and checkpoints iterate in a stable order;
-//! - knows which entries are buffers (BatchNorm running statistics), not trainable parameters.
+//! - knows which entries are buffers (BatchNorm running statistics), not trainable parameters;
+//! - can freeze entries (fixed position embeddings): [`ParamStore::freeze`] keeps them in the
+//!   store and its checkpoints but out of [`ParamStore::trainable_vars`], hence out of the
+//!   optimiser, as PyTorch's `requires_grad=False`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,6 +34,7 @@ pub fn is_buffer(name: &str) -> bool {
 #[derive(Clone)]
 pub struct ParamStore {
     inner: Arc<Mutex<BTreeMap<String, Var>>>,
+    frozen: Arc<Mutex<BTreeSet<String>>>,
     seed: u64,
 }
 
@@ -39,6 +43,7 @@ impl std::fmt::Debug for ParamStore {
         f.debug_struct("ParamStore")
             .field("seed", &self.seed)
             .field("len", &self.lock().len())
+            .field("frozen", &self.frozen_names())
             .finish()
     }
 }
@@ -48,6 +53,7 @@ impl ParamStore {
     pub fn new(seed: u64) -> Self {
         Self {
             inner: Arc::new(Mutex::new(BTreeMap::new())),
+            frozen: Arc::new(Mutex::new(BTreeSet::new())),
             seed,
         }
     }
@@ -75,13 +81,57 @@ impl ParamStore {
             .collect()
     }
 
-    /// The trainable entries (buffers excluded), sorted by name.
+    /// The trainable entries (buffers and frozen entries excluded), sorted by name.
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        let frozen = self.lock_frozen().clone();
         self.lock()
             .iter()
-            .filter(|(k, _)| !is_buffer(k))
+            .filter(|(k, _)| !is_buffer(k) && !frozen.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    fn lock_frozen(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        // As for `lock`: a poisoned set is still intact.
+        self.frozen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the entries `names` as frozen (PyTorch's `requires_grad=False`): they stay in the
+    /// store, its state dicts and checkpoints, but [`Self::trainable_vars`] (and so every
+    /// optimiser group built from it) leaves them out. Models should also detach them in their
+    /// forward pass, so that no gradient is computed for them.
+    ///
+    /// # Errors
+    /// When a name is not in the store (nothing is frozen then).
+    pub fn freeze(&self, names: &[&str]) -> Result<()> {
+        let map = self.lock();
+        if let Some(missing) = names.iter().find(|n| !map.contains_key(**n)) {
+            return Err(Error::InvalidArgument(format!(
+                "cannot freeze {missing}: the store has no such variable"
+            )));
+        }
+        drop(map);
+        self.lock_frozen()
+            .extend(names.iter().map(|n| n.to_string()));
+        Ok(())
+    }
+
+    /// Makes frozen entries trainable again (names that are not frozen are ignored).
+    pub fn unfreeze(&self, names: &[&str]) {
+        let mut frozen = self.lock_frozen();
+        for n in names {
+            frozen.remove(*n);
+        }
+    }
+
+    /// Whether the entry `name` is frozen.
+    pub fn is_frozen(&self, name: &str) -> bool {
+        self.lock_frozen().contains(name)
+    }
+
+    /// The frozen entries, sorted.
+    pub fn frozen_names(&self) -> Vec<String> {
+        self.lock_frozen().iter().cloned().collect()
     }
 
     /// The variable `name`, if present.
@@ -274,6 +324,27 @@ mod tests {
             .get_with_hints(4, "running_var", Init::Const(1.0));
         let names: Vec<_> = store.trainable_vars().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec!["bn.weight".to_string()]);
+    }
+
+    #[test]
+    fn frozen_entries_are_kept_but_not_trained() -> Result<()> {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let _ = vb.get_with_hints(4, "pos_embed", Init::Const(0.5))?;
+        let _ = vb.get_with_hints(4, "w", Init::Const(1.0))?;
+        assert!(store.freeze(&["pos_embed", "typo"]).is_err());
+        assert!(!store.is_frozen("pos_embed"));
+        store.freeze(&["pos_embed"])?;
+        assert!(store.clone().is_frozen("pos_embed"));
+        let names: Vec<_> = store.trainable_vars().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["w".to_string()]);
+        assert_eq!(store.num_trainable_elements(), 4);
+        // Still saved and loaded with the rest.
+        assert!(store.state_dict()?.contains("pos_embed"));
+        assert_eq!(store.frozen_names(), vec!["pos_embed".to_string()]);
+        store.unfreeze(&["pos_embed"]);
+        assert_eq!(store.trainable_vars().len(), 2);
+        Ok(())
     }
 
     #[test]

@@ -67,6 +67,16 @@ impl Attention {
         &self.proj
     }
 
+    /// The scale of the scores (`head_dim^-0.5`).
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// The dropout probabilities on the attention probabilities and after the projection.
+    pub fn dropout_probs(&self) -> (f64, f64) {
+        (self.attn_drop.prob(), self.proj_drop.prob())
+    }
+
     /// The attention and, on request, its probabilities (the reference's `attn_map`, before
     /// attention dropout; detached from the graph: they are for inspection).
     ///

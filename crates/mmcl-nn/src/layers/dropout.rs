@@ -63,6 +63,20 @@ impl DropPath {
     }
 }
 
+impl DropPath {
+    /// The per-sample factors of the two residual branches of a block, drawn as two
+    /// consecutive calls of [`ModuleT::forward_t`] on a batch of `batch` would draw them
+    /// (attention branch first); `None` when nothing is dropped (evaluation or `prob` 0).
+    pub fn branch_scales(&self, batch: usize, train: bool) -> Option<crate::ops::BranchScales> {
+        if !train || self.prob == 0.0 {
+            return None;
+        }
+        let attn = self.rng.keep_mask(batch, 1.0 - self.prob);
+        let mlp = self.rng.keep_mask(batch, 1.0 - self.prob);
+        Some(crate::ops::BranchScales { attn, mlp })
+    }
+}
+
 impl ModuleT for DropPath {
     /// # Shapes
     /// `[B, ..]`, unchanged; one draw per sample.

@@ -55,6 +55,11 @@ impl Mlp {
     pub fn fc2(&self) -> &Linear {
         &self.fc2
     }
+
+    /// The dropout probability after the activation and after `fc2`.
+    pub fn dropout_prob(&self) -> f64 {
+        self.drop.prob()
+    }
 }
 
 impl ModuleT for Mlp {

@@ -90,11 +90,11 @@ fn merge_heads(x: &Tensor, d: usize) -> Result<Tensor> {
 
 /// Geometry of one packed `qkv` tensor.
 #[derive(Clone, Copy)]
-struct Geometry {
-    n: usize,
-    d: usize,
-    heads: usize,
-    hd: usize,
+pub(crate) struct Geometry {
+    pub(crate) n: usize,
+    pub(crate) d: usize,
+    pub(crate) heads: usize,
+    pub(crate) hd: usize,
 }
 
 impl Geometry {
@@ -219,9 +219,9 @@ impl CustomOp1 for Attention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = contiguous_f32(s, l, self.name())?;
         let (batch, g) = Geometry::of(l, self.num_heads)?;
-        let tasks = batch * g.heads;
-        let nn = g.n * g.n;
         if self.probs {
+            let tasks = batch * g.heads;
+            let nn = g.n * g.n;
             let mut out = vec![0f32; tasks * nn];
             out.par_chunks_mut(nn.max(1))
                 .enumerate()
@@ -233,34 +233,7 @@ impl CustomOp1 for Attention {
                 Shape::from((batch, g.heads, g.n, g.n)),
             ));
         }
-        let mut out = vec![0f32; batch * g.n * g.d];
-        let dst = SharedMut(out.as_mut_ptr());
-        (0..tasks).into_par_iter().for_each_init(
-            || vec![0f32; nn],
-            |p, t| {
-                let (b, h) = (t / g.heads, t % g.heads);
-                head_probs(qkv, g, b, h, self.scale, p);
-                let v = qkv[g.offset(b, 2, h)..].as_ptr();
-                // SAFETY: v is N rows of hd with stride 3D inside qkv; the destination is the hd
-                // columns of head h in the N rows of element b of `out`, which no other task
-                // writes; `out` outlives the loop.
-                unsafe {
-                    small_gemm(
-                        g.n,
-                        g.hd,
-                        g.n,
-                        dst.get().add(b * g.n * g.d + h * g.hd),
-                        g.d,
-                        p.as_ptr(),
-                        (g.n, 1),
-                        v,
-                        (3 * g.d, 1),
-                        1.0,
-                        false,
-                    );
-                }
-            },
-        );
+        let out = attention_forward(qkv, batch, g, self.scale);
         Ok((CpuStorage::F32(out), Shape::from((batch, g.n, g.d))))
     }
 
@@ -285,8 +258,44 @@ impl CustomOp1 for Attention {
     }
 }
 
+/// The attended values `[B, N, D]` of a packed `qkv` `[B, N, 3·D]` (one task per element and
+/// head; the probabilities stay in a per-task buffer).
+pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f32) -> Vec<f32> {
+    let tasks = batch * g.heads;
+    let nn = g.n * g.n;
+    let mut out = vec![0f32; batch * g.n * g.d];
+    let dst = SharedMut(out.as_mut_ptr());
+    (0..tasks).into_par_iter().for_each_init(
+        || vec![0f32; nn],
+        |p, t| {
+            let (b, h) = (t / g.heads, t % g.heads);
+            head_probs(qkv, g, b, h, scale, p);
+            let v = qkv[g.offset(b, 2, h)..].as_ptr();
+            // SAFETY: v is N rows of hd with stride 3D inside qkv; the destination is the hd
+            // columns of head h in the N rows of element b of `out`, which no other task
+            // writes; `out` outlives the loop.
+            unsafe {
+                small_gemm(
+                    g.n,
+                    g.hd,
+                    g.n,
+                    dst.get().add(b * g.n * g.d + h * g.hd),
+                    g.d,
+                    p.as_ptr(),
+                    (g.n, 1),
+                    v,
+                    (3 * g.d, 1),
+                    1.0,
+                    false,
+                );
+            }
+        },
+    );
+    out
+}
+
 /// The gradient with respect to `qkv` given the gradient `dout` `[B, N, D]` of the output.
-fn attention_backward(
+pub(crate) fn attention_backward(
     qkv: &[f32],
     dout: &[f32],
     batch: usize,

@@ -87,8 +87,8 @@ fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32])
     }
 }
 
-multiversion!(fn gelu_simd(x: &[f32], out: &mut [f32]) => gelu_kernel);
-multiversion!(fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel);
+multiversion!(pub(crate) fn gelu_simd(x: &[f32], out: &mut [f32]) => gelu_kernel);
+multiversion!(pub(crate) fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel);
 multiversion!(fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [f32]) => bias_gelu_kernel);
 multiversion!(
     fn bias_gelu_grad_simd(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) =>

@@ -109,11 +109,11 @@ fn backward_kernel(
 }
 
 multiversion!(
-    fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) => forward_kernel
+    pub(crate) fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) => forward_kernel
 );
 multiversion!(
     #[allow(clippy::too_many_arguments)]
-    fn backward_simd(
+    pub(crate) fn backward_simd(
         x: &[f32],
         w: &[f32],
         g: &[f32],

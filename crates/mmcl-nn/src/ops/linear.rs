@@ -49,7 +49,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 }
 
 /// `dst[M, N] (+)= x[M, K] · w[N, K]ᵀ`, where `dst` already holds the bias rows if `accumulate`.
-fn gemm_xwt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, k: usize, n: usize, accumulate: bool) {
+pub(crate) fn gemm_xwt(
+    x: &[f32],
+    w: &[f32],
+    dst: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
     debug_assert!(x.len() == m * k && w.len() == n * k && dst.len() == m * n);
     if m == 0 || n == 0 || k == 0 {
         // Nothing to add to the bias (or to the zeros) of the output.

@@ -17,9 +17,11 @@
 //! | [`attention_probs`] | the attention probabilities of the same (for maps) |
 //! | [`add`] | element-wise sum (residual connections) |
 //! | [`mean_tokens`] | mean over the token dimension |
+//! | [`transformer_block`] | a whole pre-norm transformer block as one autograd node (training) |
 
 mod add;
 mod attention;
+mod block;
 mod gelu;
 mod layer_norm;
 mod linear;
@@ -27,6 +29,7 @@ mod softmax;
 
 pub use add::{add, mean_tokens};
 pub use attention::{attention, attention_probs, split_heads as attention_split_heads};
+pub use block::{BlockParams, BranchScales, transformer_block};
 pub use gelu::{bias_gelu, gelu_erf};
 pub use layer_norm::layer_norm;
 pub use linear::linear;

@@ -1,0 +1,265 @@
+//! The masked-autoencoder objective: parity of both reconstruction losses with the reference
+//! (`mae_small`), gradient coverage of the training loss, determinism.
+
+use candle_core::{DType, Device, Tensor};
+use mmcl_ecg::mae::{MaeConfig, MaskedAutoencoder, Masking};
+use mmcl_losses::mae::{MaeLoss, MaeLossConfig, ReconstructionTarget};
+use mmcl_nn::rng::SharedRng;
+use mmcl_testutil::{Fixture, Tolerance, assert_close, flat, parity_file};
+
+/// A seeded standard-normal tensor (tests must not depend on candle's unseeded generator).
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = mmcl_nn::rng::SplitMix64::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.next_normal() as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+}
+
+fn config_of(io: &Fixture) -> MaeConfig {
+    let json = serde_json::json!({
+        "img_size": io.meta("img_size"),
+        "patch_size": io.meta("patch_size"),
+        "embed_dim": io.meta("embed_dim"),
+        "depth": io.meta("depth"),
+        "num_heads": io.meta("num_heads"),
+        "decoder_embed_dim": io.meta("decoder_embed_dim"),
+        "decoder_depth": io.meta("decoder_depth"),
+        "decoder_num_heads": io.meta("decoder_num_heads"),
+        "mlp_ratio": io.meta("mlp_ratio"),
+        "layer_norm_eps": io.meta("layer_norm_eps"),
+    });
+    serde_json::from_value(json).expect("fixture metadata is a valid configuration")
+}
+
+fn loss_config(io: &Fixture, target: ReconstructionTarget) -> MaeLossConfig {
+    MaeLossConfig {
+        mask_ratio: io.meta("mask_ratio").as_f64().expect("mask_ratio"),
+        norm_pix_loss: io.meta("norm_pix_loss").as_bool().expect("norm_pix_loss"),
+        ncc_weight: io.meta("ncc_weight").as_f64().expect("ncc_weight"),
+        cos_weight: 0.0,
+        target,
+    }
+}
+
+#[test]
+fn both_reconstruction_losses_match_the_reference() {
+    let Some(io) = Fixture::load("mae_small.io") else {
+        return;
+    };
+    let Some(weights) = parity_file("mae_small.weights") else {
+        return;
+    };
+    let cfg = config_of(&io);
+    let (model, _, _) =
+        MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
+    let input = io.tensor("input");
+    for (target, key) in [
+        (ReconstructionTarget::AllPatches, "loss_reference"),
+        (ReconstructionTarget::MaskedPatches, "loss_masked_patches"),
+    ] {
+        let lc = loss_config(&io, target);
+        let masking = Masking::from_noise(&io.tensor("noise"), lc.mask_ratio).expect("masking");
+        let objective = MaeLoss::new(lc).expect("objective");
+        let out = objective
+            .forward(&model, &input, &masking, None, false)
+            .expect("loss");
+        assert!(out.loss_cos.is_none());
+        assert_close(
+            &format!("mae_small {key}"),
+            &out.loss.reshape(1).expect("1-D"),
+            &io.tensor(key),
+            Tolerance::LOSS,
+        );
+        // The reconstruction is the reference's pred in both cases.
+        assert_close(
+            "mae_small pred (loss path)",
+            &out.output.pred,
+            &io.tensor("pred"),
+            Tolerance::FORWARD,
+        );
+    }
+}
+
+fn small() -> MaeConfig {
+    serde_json::from_value(serde_json::json!({
+        "img_size": [1, 12, 200], "patch_size": [1, 50],
+        "embed_dim": 32, "depth": 2, "num_heads": 4,
+        "decoder_embed_dim": 16, "decoder_depth": 2, "decoder_num_heads": 2,
+        "proj_dim": 24, "pred_dim": 8,
+    }))
+    .expect("config")
+}
+
+#[test]
+fn every_trainable_variable_gets_a_gradient_from_the_training_loss() {
+    let cfg = small();
+    // Several inputs and maskings: in this narrow test model a sample's predictor output can be
+    // exactly zero (all ReLUs off), which must still give finite gradients.
+    for seed in 0..8 {
+        let (model, store) = MaskedAutoencoder::from_seed(&cfg, seed, &Device::Cpu).expect("model");
+        let x = randn(&[4, 1, 12, 200], 100 + seed);
+        let objective = MaeLoss::new(MaeLossConfig::paper()).expect("objective");
+        let out = objective
+            .forward_random(&model, &x, &SharedRng::new(seed), true)
+            .expect("loss");
+        // No exemptions: the fixed position tables are frozen, so not among the trainable ones.
+        let failing =
+            mmcl_nn::testing::vars_without_gradient(&store, &out.total, &[]).expect("backward");
+        assert!(
+            failing.is_empty(),
+            "seed {seed}: no gradient for {failing:?}"
+        );
+        let trainable: Vec<String> = store.trainable_vars().into_iter().map(|(n, _)| n).collect();
+        assert!(trainable.iter().any(|n| n == "mask_token"));
+        assert!(trainable.iter().any(|n| n == "projector.3.weight"));
+        assert!(!trainable.iter().any(|n| n.ends_with("pos_embed")));
+        // And the frozen tables receive none (they are detached in the forward pass).
+        let grads = out.total.backward().expect("backward");
+        for name in ["pos_embed", "decoder_pos_embed"] {
+            let var = store.get(name).expect("stored");
+            assert!(
+                grads.get(var.as_tensor()).is_none(),
+                "{name} got a gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_objective_is_deterministic_per_seed_and_reports_its_parts() {
+    let cfg = small();
+    let x = randn(&[4, 1, 12, 200], 2);
+    let run = |seed: u64| {
+        let (model, _) = MaskedAutoencoder::from_seed(&cfg, 2, &Device::Cpu).expect("model");
+        let objective = MaeLoss::new(MaeLossConfig::paper()).expect("objective");
+        objective
+            .forward_random(&model, &x, &SharedRng::new(seed), true)
+            .expect("loss")
+            .metrics()
+            .expect("metrics")
+    };
+    let a = run(5);
+    assert_eq!(a, run(5));
+    assert_ne!(a, run(6));
+    let loss_cos = a.loss_cos.expect("cos term");
+    assert!((-1.0..=1.0).contains(&loss_cos));
+    assert!((a.total - (a.loss + 0.1 * loss_cos)).abs() < 1e-6);
+    assert!((a.loss - (0.9 * a.mse + 0.1 * (1.0 - a.ncc))).abs() < 1e-6);
+    assert!(a.cos_embed.is_some_and(|c| (-1.0..=1.0).contains(&c)));
+    assert!(a.z_std.is_some_and(|z| z > 0.0));
+}
+
+#[test]
+fn a_perfect_reconstruction_scores_zero_error_and_full_correlation() {
+    // With norm_pix_loss off, predicting the patches themselves gives MSE 0 and NCC 1.
+    let cfg = small();
+    let (model, _) = MaskedAutoencoder::from_seed(&cfg, 0, &Device::Cpu).expect("model");
+    let x = randn(&[2, 1, 12, 200], 3);
+    let objective = MaeLoss::new(MaeLossConfig {
+        norm_pix_loss: false,
+        ..MaeLossConfig::paper()
+    })
+    .expect("objective");
+    let pred = model.patchify(&x).expect("patches");
+    let mask = Tensor::ones((2, cfg.num_patches()), DType::F32, &Device::Cpu).expect("mask");
+    let rec = objective
+        .reconstruction(&model, &x, &pred, &mask)
+        .expect("loss");
+    assert!(flat(&rec.mse)[0].abs() < 1e-7);
+    assert!((flat(&rec.ncc)[0] - 1.0).abs() < 1e-5);
+    assert!(flat(&rec.loss)[0].abs() < 1e-5);
+}
+
+#[test]
+fn a_missing_second_view_is_an_error() {
+    let cfg = small();
+    let (model, _) = MaskedAutoencoder::from_seed(&cfg, 0, &Device::Cpu).expect("model");
+    let x = randn(&[2, 1, 12, 200], 4);
+    let m = Masking::random(&SharedRng::new(0), 2, cfg.num_patches(), 0.8).expect("m");
+    let objective = MaeLoss::new(MaeLossConfig::paper()).expect("objective");
+    let err = objective
+        .forward(&model, &x, &m, None, true)
+        .expect_err("needs a second view");
+    assert!(err.to_string().contains("second view"), "{err}");
+}
+
+/// The whole training objective, SimSiam term and gradients included, against the reference's
+/// `MaskedAutoencoderViT.forward` run by `tests/fixtures/gen_mae_training_loss.py`.
+#[test]
+fn the_training_objective_and_its_gradients_match_the_reference() {
+    let Some(io) = Fixture::load("mae_small.io") else {
+        return;
+    };
+    let Some(weights) = parity_file("mae_small.weights") else {
+        return;
+    };
+    let expected = Fixture::from_path(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mae_training_loss.safetensors"),
+    );
+    let cfg = config_of(&io);
+    let (model, store, _) =
+        MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
+    let lc = MaeLossConfig {
+        cos_weight: expected.meta("cos_weight").as_f64().expect("cos_weight"),
+        ..loss_config(&io, ReconstructionTarget::AllPatches)
+    };
+    let first = Masking::from_noise(&io.tensor("noise"), lc.mask_ratio).expect("masking");
+    let second = Masking::from_noise(&expected.tensor("noise2"), lc.mask_ratio).expect("masking");
+    let out = MaeLoss::new(lc)
+        .expect("objective")
+        .forward(&model, &io.tensor("input"), &first, Some(&second), true)
+        .expect("loss");
+    let scalar = |t: &Tensor| t.reshape(1).expect("1-D");
+    for (name, ours) in [
+        ("loss", Some(&out.loss)),
+        ("loss_cos", out.loss_cos.as_ref()),
+        ("cos_embed", out.cos_embed.as_ref()),
+        ("z_std", out.z_std.as_ref()),
+        ("total", Some(&out.total)),
+    ] {
+        let ours = ours.unwrap_or_else(|| panic!("{name} is computed"));
+        // The cosine term is a difference of near-equal similarities: compare it absolutely.
+        let tol = if name == "loss_cos" {
+            Tolerance {
+                abs: 1e-6,
+                rel: 0.0,
+            }
+        } else {
+            Tolerance::LOSS
+        };
+        assert_close(
+            &format!("mae_small {name}"),
+            &scalar(ours),
+            &expected.tensor(name),
+            tol,
+        );
+    }
+    let grads = out.total.backward().expect("backward");
+    let mut checked = 0;
+    let mut keys: Vec<&String> = expected.tensors.keys().collect();
+    keys.sort();
+    for key in keys {
+        if let Some(name) = key.strip_prefix("grad.") {
+            let var = store
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} in the model"));
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name} gradient"));
+            mmcl_testutil::assert_grad_close(name, grad, &expected.tensor(key), 1e-3);
+            checked += 1;
+        } else if let Some(name) = key.strip_prefix("after.") {
+            let var = store
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} in the model"));
+            assert_close(
+                &format!("{name} after the forward"),
+                &var.as_tensor().to_dtype(DType::F32).expect("f32"),
+                &expected.tensor(key),
+                Tolerance::FORWARD,
+            );
+        }
+    }
+    assert!(checked >= 20, "{checked} gradients compared");
+}
