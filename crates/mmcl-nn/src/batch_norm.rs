@@ -373,9 +373,10 @@ impl CustomOp3 for BatchNormTrain {
                     let ch = row % c;
                     let (mean, _, inv_std) = per_channel[ch];
                     let scale = weight[ch] * inv_std;
-                    let shift = bias[ch] - mean * scale;
+                    // Centre first: folding the mean into a shift (`v·scale + shift`) cancels
+                    // catastrophically when the spread is small against the mean (tiny batches).
                     for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v * scale + shift;
+                        *d = (v - mean) * scale + bias[ch];
                     }
                 });
         }

@@ -1,2 +1,55 @@
 //! Trainers for MAE pre-training, multimodal contrastive (MMCL) training and fine-tuning:
 //! loops, validation, logging, atomic checkpoints and exact resumption.
+//!
+//! - [`MmclConfig`] (JSON or TOML, defaults = the paper) → [`MmclTrainer`]: the multimodal
+//!   contrastive stage with its online classifier, validation, run logs and checkpoints;
+//!   [`MmclTrainer::resume`] continues a run bit for bit.
+//! - [`MmclModel`]: ResNet + ECG ViT + projection heads (+ classifier) under the reference
+//!   Lightning module's key names; [`MmclStep`]: one optimisation step (the benchmarks use it).
+//! - [`checkpoint`]: the run-directory layout and atomic checkpoint directories.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use mmcl_train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep, mmcl::MmclBatch};
+//!
+//! # fn main() -> mmcl_train::Result<()> {
+//! // A small model: ResNet18 over 32x32 images, a one-block ECG ViT over 12x200 ECGs.
+//! let mut cfg: MmclConfig = toml::from_str(
+//!     r#"
+//!     embedding_dim = 64
+//!     projection_dim = 16
+//!     imaging = { model = "resnet18", img_size = 32, augment = { size = 32 } }
+//!     ecg = { model = "vit_pluto_patchX", input_size = [1, 12, 200], patch_size = [1, 50] }
+//!     classifier = { online_classifier = "none" }
+//!     "#,
+//! ).unwrap();
+//! cfg.lr = 1e-3;
+//! let arch = MmclArchitecture::from_config(&cfg, 3)?;
+//! let model = MmclModel::new(&arch, cfg.seed, &Device::Cpu)?;
+//! assert!(model.state_dict()?.contains("encoder_imaging.4.0.conv1.weight"));
+//! let mut step = MmclStep::new(model, &cfg)?;
+//! let batch = MmclBatch {
+//!     images: Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu)?,
+//!     ecgs: Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu)?,
+//!     images_orig: None,
+//!     ecgs_orig: None,
+//!     targets: None,
+//! };
+//! let report = step.train_batch(&batch, cfg.lr)?;
+//! assert!(report.loss.is_finite() && report.stepped);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod mmcl;
+pub mod model;
+pub mod progress;
+
+pub use config::MmclConfig;
+pub use error::{Error, Result};
+pub use mmcl::{MmclStep, MmclTrainer};
+pub use model::{MmclArchitecture, MmclModel};
+pub use progress::{BarProgress, NoProgress, Progress};

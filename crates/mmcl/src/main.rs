@@ -40,6 +40,8 @@ enum Command {
     Convert(commands::convert::Args),
     /// Embed cardiac MRI images with a ResNet encoder checkpoint (N, C, H, W) -> (N, D).
     EmbedCmr(commands::embed_cmr::Args),
+    /// Multimodal contrastive pre-training of the ECG and CMR encoders (config-driven, resumable).
+    PretrainMmcl(commands::pretrain::MmclArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::EmbedEcg(args) => commands::embed_ecg::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::EmbedCmr(args) => commands::embed_cmr::run(args),
+        Command::PretrainMmcl(args) => commands::pretrain::run_mmcl(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod embed_cmr;
 pub mod embed_ecg;
 pub mod info;
 pub mod preprocess_ecg;
+pub mod pretrain;
 pub mod probe;
 pub mod report;
 pub mod synth;

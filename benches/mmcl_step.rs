@@ -1,0 +1,79 @@
+//! One multimodal (MMCL) training step at the paper's shapes: batch 16, ResNet50 over 3×210×210
+//! images (train mode), `vit_tiny_patchX` over 1×12×2500 ECGs (drop-path 0.1), projection heads
+//! 2048–2048–128 and 384–2048–128, CLIP loss (τ 0.1, λ 0.5), backward, and Adam with L2 weight
+//! decay over every parameter — [`mmcl_suite::train::MmclStep::train_batch`] without the online
+//! classifier, as `benches/reference_mmcl_step.py` runs the reference.
+//!
+//! The reference PyTorch code does 4.3 samples/s on the project's 2-thread CPU machine.
+//!
+//! ```sh
+//! cargo bench --bench mmcl_step -- --measurement-time 60
+//! python3 benches/reference_mmcl_step.py --threads 2 --iters 3
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mmcl_suite::train::config::OnlineClassifier;
+use mmcl_suite::train::mmcl::MmclBatch;
+use mmcl_suite::train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep};
+
+const BATCH: usize = 16;
+
+fn setup(device: &Device) -> Result<(MmclStep, MmclBatch, f64)> {
+    let mut cfg = MmclConfig::default();
+    cfg.classifier.online_classifier = OnlineClassifier::None;
+    let arch = MmclArchitecture::from_config(&cfg, 3)?;
+    let model = MmclModel::new(&arch, cfg.seed, device)?;
+    let step = MmclStep::new(model, &cfg)?;
+    let batch = MmclBatch {
+        images: Tensor::randn(0f32, 1.0, (BATCH, 3, 210, 210), device)?,
+        ecgs: Tensor::randn(0f32, 1.0, (BATCH, 1, 12, 2500), device)?,
+        images_orig: None,
+        ecgs_orig: None,
+        targets: None,
+    };
+    Ok((step, batch, cfg.lr))
+}
+
+fn devices() -> Vec<(&'static str, Device)> {
+    let mut out = vec![("cpu", Device::Cpu)];
+    if candle_core::utils::cuda_is_available()
+        && let Ok(dev) = Device::new_cuda(0)
+    {
+        out.push(("cuda", dev));
+    }
+    out
+}
+
+fn mmcl_step(c: &mut Criterion) {
+    // As the `mmcl` binary does: reuse freed activations instead of page-faulting them anew.
+    mmcl_suite::nn::memory::keep_freed_memory();
+    let mut group = c.benchmark_group("mmcl_step");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(60));
+    group.warm_up_time(Duration::from_secs(5));
+    for (name, device) in devices() {
+        let (mut step, batch, lr) = match setup(&device) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("skipping {name}: {e:#}");
+                continue;
+            }
+        };
+        group.bench_function(format!("resnet50_210px_vit_tiny_b{BATCH}/{name}"), |b| {
+            b.iter(|| {
+                let report = step.train_batch(black_box(&batch), lr);
+                black_box(report.map(|r| r.loss))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, mmcl_step);
+criterion_main!(benches);

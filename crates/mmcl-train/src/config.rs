@@ -1,0 +1,416 @@
+//! Configuration files of the trainers (JSON or TOML), whose defaults are the paper's
+//! hyper-parameters.
+//!
+//! Every key is optional: a file names only what differs from the defaults, and unknown keys
+//! are errors (a typo never silently trains with a default). Paths inside a file are relative
+//! to the file's folder. The resolved configuration is printed at the start of a run and saved
+//! in its directory.
+
+use std::path::{Path, PathBuf};
+
+use mmcl_cmr::ResNetArch;
+use mmcl_data::cmr::ImageAugmentConfig;
+use mmcl_data::ecg::augment::EcgAugmentConfig;
+use mmcl_data::tables::Split;
+use mmcl_ecg::EcgVitConfig;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Reads a `.json` or `.toml` file into `T` (unknown keys are errors when `T` denies them).
+pub(crate) fn read_config_file<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("json") => serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Some("toml") => toml::from_str(&text).map_err(|source| Error::Toml {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }),
+        _ => Err(Error::Config {
+            path: Some(path.to_path_buf()),
+            reason: "a configuration must be a .json or .toml file".into(),
+        }),
+    }
+}
+
+/// Makes a relative path relative to `base` (the configuration file's folder).
+fn rebase(path: &mut PathBuf, base: &Path) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+/// Which frozen features the online classifier reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlineClassifier {
+    /// The pooled ECG features (the paper).
+    Ecg,
+    /// The pooled image features.
+    Image,
+    /// No online classifier.
+    None,
+}
+
+/// Initialisation of the online classifier's weight (the reference's `init_strat`); the bias
+/// starts at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifierInit {
+    /// `kaiming_normal_(mode="fan_in", a=0)`: normal with std `√(2 / in)` (the paper).
+    Kaiming,
+    /// Normal with std 0.001.
+    Normal,
+    /// `xavier_normal_(gain=0.02)`.
+    Xavier,
+}
+
+/// The dataset cache and how batches are made from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// The dataset cache built by `mmcl build-dataset`.
+    pub cache: PathBuf,
+    /// The split trained on.
+    pub train_split: Split,
+    /// The split validated on.
+    pub val_split: Split,
+    /// Loader worker threads (0: half the cores).
+    pub threads: usize,
+    /// Batches prepared ahead.
+    pub prefetch: usize,
+    /// Drop the last incomplete training batch (the reference keeps it).
+    pub drop_last: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            cache: PathBuf::from("cache"),
+            train_split: Split::Train,
+            val_split: Split::Val,
+            threads: 0,
+            prefetch: 2,
+            drop_last: false,
+        }
+    }
+}
+
+/// The image encoder of the multimodal stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagingConfig {
+    /// The ResNet variant (`resnet50` in the paper).
+    pub model: ResNetArch,
+    /// Side of the square training images (210 in the paper).
+    pub img_size: usize,
+    /// Start from this checkpoint (released `image_encoder*.pth`, torchvision, or ours).
+    pub pretrain_checkpoint: Option<PathBuf>,
+    /// Keep the image encoder frozen (the reference's `pretrained_imaging_strategy: frozen`).
+    pub frozen: bool,
+    /// Image augmentation of the training view (`apply_prob` is the reference's
+    /// `augmentation_rate`); its `size` must equal `img_size`.
+    pub augment: ImageAugmentConfig,
+}
+
+impl Default for ImagingConfig {
+    fn default() -> Self {
+        Self {
+            model: ResNetArch::ResNet50,
+            img_size: 210,
+            pretrain_checkpoint: None,
+            frozen: false,
+            augment: ImageAugmentConfig::default(),
+        }
+    }
+}
+
+/// The ECG encoder of the multimodal stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EcgConfig {
+    /// The ViT preset (`vit_tiny_patchX` in the paper).
+    pub model: String,
+    /// Input size `[C, leads, T]`.
+    pub input_size: [usize; 3],
+    /// Patch size `[leads, samples]`.
+    pub patch_size: [usize; 2],
+    /// Stochastic depth rate.
+    pub drop_path: f64,
+    /// Global average pooling + `fc_norm` (else the class token).
+    pub global_pool: bool,
+    /// Attention pooling (takes precedence over `global_pool`).
+    pub attention_pool: bool,
+    /// Classes of the encoder's own linear head (the reference builds one it never trains;
+    /// 0 leaves it out).
+    pub num_classes: usize,
+    /// Start from this checkpoint (an MAE run, a released `signal_encoder*.pth`, or ours).
+    pub pretrain_checkpoint: Option<PathBuf>,
+    /// Crop training ECGs at a random start (the reference); validation crops from 0.
+    pub random_crop: bool,
+    /// ECG augmentation of the training view (`apply_prob` is `augmentation_rate`).
+    pub augment: EcgAugmentConfig,
+}
+
+impl Default for EcgConfig {
+    fn default() -> Self {
+        Self {
+            model: "vit_tiny_patchX".into(),
+            input_size: [1, 12, 2500],
+            patch_size: [1, 100],
+            drop_path: 0.1,
+            global_pool: true,
+            attention_pool: false,
+            num_classes: 0,
+            pretrain_checkpoint: None,
+            random_crop: true,
+            augment: EcgAugmentConfig::mmcl(),
+        }
+    }
+}
+
+impl EcgConfig {
+    /// The encoder configuration these settings describe.
+    pub fn vit_config(&self) -> Result<EcgVitConfig> {
+        let mut cfg = EcgVitConfig::preset(&self.model, self.input_size, self.patch_size)?;
+        cfg.drop_path_rate = self.drop_path;
+        cfg.global_pool = self.global_pool;
+        cfg.attention_pool = self.attention_pool;
+        cfg.num_classes = self.num_classes;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// The online linear classifier trained beside the contrastive model on detached features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassifierConfig {
+    /// Which features it reads (`ecg` in the paper), or `none`.
+    pub online_classifier: OnlineClassifier,
+    /// The disease label of the cache it predicts (`CAD` in the paper).
+    pub target: String,
+    /// Its Adam learning rate (constant).
+    pub lr_classifier: f64,
+    /// Its L2 weight decay.
+    pub weight_decay_classifier: f64,
+    /// Cross-entropy class weights `[negative, positive]` (the reference's `weights`).
+    pub weights: [f64; 2],
+    /// Weight initialisation.
+    pub init_strat: ClassifierInit,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        Self {
+            online_classifier: OnlineClassifier::Ecg,
+            target: "CAD".into(),
+            lr_classifier: 3e-4,
+            weight_decay_classifier: 1e-4,
+            weights: [0.55, 10.0],
+            init_strat: ClassifierInit::Kaiming,
+        }
+    }
+}
+
+/// Everything `mmcl pretrain-mmcl` needs: the multimodal contrastive stage of the paper.
+///
+/// Defaults (MMCL's `config.yaml`, `models/resnet50.yaml`, `augmentations/default.yaml`):
+/// ResNet50 at 210² and `vit_tiny_patchX` on 1×12×2500 (drop-path 0.1), projection heads
+/// 2048–2048–128, CLIP τ 0.1 λ 0.5, `torch.optim.Adam` lr 3e-3 with L2 weight decay 1e-4,
+/// linear warm-up 30 epochs then cosine to 300, batch 256, seed 2022, an online linear classifier
+/// of CAD on the ECG features (Adam 3e-4, weights [0.55, 10]).
+///
+/// ```
+/// let cfg: mmcl_train::MmclConfig = toml::from_str(
+///     "max_epochs = 10\n[ecg]\ndrop_path = 0.2\n",
+/// ).unwrap();
+/// assert_eq!((cfg.max_epochs, cfg.batch_size, cfg.lr), (10, 256, 3e-3));
+/// assert_eq!(cfg.ecg.drop_path, 0.2);
+/// assert!(toml::from_str::<mmcl_train::MmclConfig>("learning_rate = 1.0").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MmclConfig {
+    /// Seed of the initial weights, shuffling, augmentation and drop-path.
+    pub seed: u64,
+    /// Epochs of the run (and the end of the cosine).
+    pub max_epochs: usize,
+    /// Epochs of linear warm-up (from 0).
+    pub warmup_epochs: usize,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Base learning rate of the contrastive model.
+    pub lr: f64,
+    /// L2 weight decay of the contrastive model (added to the gradient, every parameter).
+    pub weight_decay: f64,
+    /// Adam's betas.
+    pub betas: (f64, f64),
+    /// Adam's epsilon.
+    pub eps: f64,
+    /// CLIP temperature τ.
+    pub temperature: f64,
+    /// CLIP weight λ of the image→ECG direction.
+    pub lambda_0: f64,
+    /// Hidden width of the projection heads.
+    pub embedding_dim: usize,
+    /// Output width of the projection heads.
+    pub projection_dim: usize,
+    /// Batches whose gradients are summed (then averaged) before each optimiser step.
+    pub accumulate_grad_batches: usize,
+    /// Clip the global gradient norm of the contrastive model to this value.
+    pub gradient_clip_val: Option<f64>,
+    /// Validate every this many epochs (and after the last).
+    pub check_val_every_n_epoch: usize,
+    /// Also keep `checkpoints/epoch-NNNN/` every this many epochs (0: only `last` and `best`).
+    pub save_every_n_epochs: usize,
+    /// Data.
+    pub data: DataConfig,
+    /// Image encoder.
+    pub imaging: ImagingConfig,
+    /// ECG encoder.
+    pub ecg: EcgConfig,
+    /// Online classifier.
+    pub classifier: ClassifierConfig,
+}
+
+impl Default for MmclConfig {
+    fn default() -> Self {
+        Self {
+            seed: 2022,
+            max_epochs: 300,
+            warmup_epochs: 30,
+            batch_size: 256,
+            lr: 3e-3,
+            weight_decay: 1e-4,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            temperature: 0.1,
+            lambda_0: 0.5,
+            embedding_dim: 2048,
+            projection_dim: 128,
+            accumulate_grad_batches: 1,
+            gradient_clip_val: None,
+            check_val_every_n_epoch: 1,
+            save_every_n_epochs: 0,
+            data: DataConfig::default(),
+            imaging: ImagingConfig::default(),
+            ecg: EcgConfig::default(),
+            classifier: ClassifierConfig::default(),
+        }
+    }
+}
+
+impl MmclConfig {
+    /// Reads a `.json` or `.toml` configuration; relative paths inside are taken relative to
+    /// the file's folder. The result is validated.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let mut cfg: Self = read_config_file(path)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        rebase(&mut cfg.data.cache, base);
+        if let Some(p) = cfg.imaging.pretrain_checkpoint.as_mut() {
+            rebase(p, base);
+        }
+        if let Some(p) = cfg.ecg.pretrain_checkpoint.as_mut() {
+            rebase(p, base);
+        }
+        cfg.validate().map_err(|e| match e {
+            Error::Config { path: None, reason } => Error::Config {
+                path: Some(path.to_path_buf()),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(Error::config(reason));
+        if self.max_epochs == 0 {
+            return bad("max_epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.accumulate_grad_batches == 0 {
+            return bad("batch_size and accumulate_grad_batches must be at least 1".into());
+        }
+        if self.check_val_every_n_epoch == 0 {
+            return bad("check_val_every_n_epoch must be at least 1".into());
+        }
+        for (name, v) in [
+            ("lr", self.lr),
+            ("weight_decay", self.weight_decay),
+            ("eps", self.eps),
+            ("lr_classifier", self.classifier.lr_classifier),
+            (
+                "weight_decay_classifier",
+                self.classifier.weight_decay_classifier,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be finite and non-negative, got {v}"));
+            }
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!(
+                "temperature must be positive, got {}",
+                self.temperature
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.lambda_0) {
+            return bad(format!(
+                "lambda_0 must lie in [0, 1], got {}",
+                self.lambda_0
+            ));
+        }
+        let (b1, b2) = self.betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+            return bad(format!("betas must lie in [0, 1), got {:?}", self.betas));
+        }
+        if self.embedding_dim == 0 || self.projection_dim == 0 {
+            return bad("embedding_dim and projection_dim must be positive".into());
+        }
+        if let Some(c) = self.gradient_clip_val
+            && !(c.is_finite() && c > 0.0)
+        {
+            return bad(format!("gradient_clip_val must be positive, got {c}"));
+        }
+        if self.imaging.img_size == 0 {
+            return bad("imaging.img_size must be positive".into());
+        }
+        if self.imaging.augment.size != self.imaging.img_size {
+            return bad(format!(
+                "imaging.augment.size ({}) differs from imaging.img_size ({})",
+                self.imaging.augment.size, self.imaging.img_size
+            ));
+        }
+        if self
+            .classifier
+            .weights
+            .iter()
+            .any(|w| !(w.is_finite() && *w >= 0.0))
+            || self.classifier.weights.iter().sum::<f64>() <= 0.0
+        {
+            return bad(format!(
+                "classifier.weights must be non-negative with a positive sum, got {:?}",
+                self.classifier.weights
+            ));
+        }
+        self.ecg
+            .vit_config()
+            .map_err(|e| Error::config(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The configuration as TOML (every key, defaults included).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render as TOML: {e}"))
+    }
+}

@@ -1,0 +1,136 @@
+//! The error type of this crate.
+
+use std::path::PathBuf;
+
+/// Errors of the trainers: configuration, data, models, checkpoints and the training itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A building block, optimiser or checkpoint operation of `mmcl-nn` failed.
+    #[error(transparent)]
+    Nn(#[from] mmcl_nn::Error),
+
+    /// The ECG encoder could not be built or loaded.
+    #[error(transparent)]
+    Ecg(#[from] mmcl_ecg::Error),
+
+    /// The image encoder could not be built or loaded.
+    #[error(transparent)]
+    Cmr(#[from] mmcl_cmr::Error),
+
+    /// A loss could not be computed.
+    #[error(transparent)]
+    Loss(#[from] mmcl_losses::Error),
+
+    /// The dataset cache or the loader failed.
+    #[error(transparent)]
+    Data(#[from] mmcl_data::Error),
+
+    /// A metric or the run log failed.
+    #[error(transparent)]
+    Eval(#[from] mmcl_eval::Error),
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file (configuration, training state) could not be parsed or written.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A TOML configuration could not be parsed.
+    #[error("{}: {source}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+
+    /// A configuration value is missing, out of range or inconsistent.
+    #[error("invalid configuration{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Config {
+        /// The configuration file, when the value came from one.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A run directory or checkpoint is missing pieces or does not fit the model.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The loss became NaN or infinite; the run stopped and the last good checkpoint was kept.
+    #[error(
+        "the training loss became non-finite ({value}) at epoch {epoch}, batch {batch} \
+         (optimiser step {step}); the run stopped{}",
+        last_good.as_ref().map(|p| format!(", the last good checkpoint is {}", p.display()))
+            .unwrap_or_else(|| ", no checkpoint had been written yet".to_string())
+    )]
+    NonFiniteLoss {
+        /// The offending value.
+        value: f64,
+        /// The epoch (0-based).
+        epoch: usize,
+        /// The batch within the epoch (0-based).
+        batch: usize,
+        /// Optimiser steps taken before it.
+        step: u64,
+        /// The checkpoint left in place.
+        last_good: Option<PathBuf>,
+    },
+
+    /// Invalid input to a function of this crate.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A configuration error, without a file.
+    pub fn config(reason: impl Into<String>) -> Self {
+        Error::Config {
+            path: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// A checkpoint error on `path`.
+    pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,222 @@
+//! Parity of one multimodal training step with the reference (`mmcl_step_small`): the CLIP loss,
+//! every stored gradient, every stored parameter and BatchNorm running statistic after one
+//! `torch.optim.Adam` step with L2 weight decay.
+
+use candle_core::Device;
+use mmcl_cmr::{ResNetArch, ResNetConfig};
+use mmcl_ecg::EcgVitConfig;
+use mmcl_nn::init::WeightInit;
+use mmcl_nn::{LoadOptions, StateDict};
+use mmcl_testutil::{Fixture, Tolerance, assert_close, assert_grad_close, flat};
+use mmcl_train::config::{ClassifierInit, OnlineClassifier};
+use mmcl_train::mmcl::contrastive_loss;
+use mmcl_train::model::from_reference_name;
+use mmcl_train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep};
+
+fn architecture() -> MmclArchitecture {
+    MmclArchitecture {
+        imaging: ResNetConfig::new(ResNetArch::ResNet18, 3),
+        ecg: EcgVitConfig {
+            model: None,
+            img_size: [1, 12, 200],
+            patch_size: [1, 50],
+            embed_dim: 32,
+            depth: 1,
+            num_heads: 2,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+            global_pool: true,
+            attention_pool: false,
+            num_classes: 2,
+            layer_norm_eps: 1e-6,
+            weight_init: WeightInit::Timm,
+        },
+        embedding_dim: 256,
+        projection_dim: 32,
+        classifier: OnlineClassifier::None,
+        classifier_init: ClassifierInit::Kaiming,
+    }
+}
+
+#[test]
+fn one_training_step_matches_the_reference() {
+    let (Some(weights), Some(io)) = (
+        Fixture::load("mmcl_step_small.weights"),
+        Fixture::load("mmcl_step_small.io"),
+    ) else {
+        return;
+    };
+    let optimizer = io.meta("optimizer");
+    let lr = optimizer["lr"].as_f64().expect("lr");
+    let loss_meta = io.meta("loss");
+    let mut cfg = MmclConfig {
+        weight_decay: optimizer["weight_decay"].as_f64().expect("weight decay"),
+        betas: (
+            optimizer["betas"][0].as_f64().expect("beta1"),
+            optimizer["betas"][1].as_f64().expect("beta2"),
+        ),
+        eps: optimizer["eps"].as_f64().expect("eps"),
+        temperature: loss_meta["temperature"].as_f64().expect("temperature"),
+        lambda_0: loss_meta["lambda_0"].as_f64().expect("lambda"),
+        ..MmclConfig::default()
+    };
+    cfg.classifier.online_classifier = OnlineClassifier::None;
+
+    let model = MmclModel::new(&architecture(), 0, &Device::Cpu).expect("model");
+    let state: StateDict = weights
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    model
+        .load_state_dict(
+            &state,
+            &LoadOptions::strict().allow_missing(["*num_batches_tracked"]),
+        )
+        .expect("the fixture's weights fit the model");
+    let mut step = MmclStep::new(model.clone(), &cfg).expect("step");
+
+    let out = contrastive_loss(
+        &model,
+        step.clip(),
+        &io.tensor("input_imaging"),
+        &io.tensor("input_ecg"),
+        true,
+        false,
+    )
+    .expect("forward");
+    assert_close(
+        "loss",
+        &out.loss.reshape(1).expect("reshape"),
+        &io.tensor("loss"),
+        Tolerance::LOSS,
+    );
+    let grads = out.loss.backward().expect("backward");
+
+    let mut checked = 0;
+    let mut worst_grad = 0f64;
+    for (key, expected) in &io.tensors {
+        let Some(reference) = key.strip_prefix("grad.") else {
+            continue;
+        };
+        let name = from_reference_name(reference).expect("a model key");
+        let var = model
+            .store()
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} is not a model variable"));
+        let grad = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{reference} received no gradient"));
+        worst_grad = worst_grad.max(assert_grad_close(key, grad, expected, 1e-3));
+        checked += 1;
+    }
+    assert_eq!(checked, 40, "every stored gradient is compared");
+    eprintln!("parity: {checked} gradients, worst relative error {worst_grad:.3e}");
+
+    step.apply_gradients(grads, lr).expect("Adam step");
+
+    // Parameters after the step: at most 0.1 % of the elements may miss 1e-6 + 1e-4·|ref|
+    // (elements whose gradient is float32 noise around zero can flip the sign of the update).
+    let (mut total, mut outside, mut max_abs) = (0usize, 0usize, 0f64);
+    let mut checked_params = 0;
+    let mut worst_running = 0f64;
+    for (key, expected) in &io.tensors {
+        let Some(reference) = key.strip_prefix("after_step.") else {
+            continue;
+        };
+        let name = from_reference_name(reference).expect("a model key");
+        let actual = model
+            .store()
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} is not a model variable"))
+            .as_tensor()
+            .clone();
+        if reference.ends_with("running_mean") || reference.ends_with("running_var") {
+            let w = assert_close(key, &actual, expected, Tolerance::FORWARD);
+            worst_running = worst_running.max(w.max_abs_diff);
+            continue;
+        }
+        let a = flat(&actual);
+        let e = flat(expected);
+        let mut tensor_outside = 0;
+        for (x, y) in a.iter().zip(&e) {
+            let diff = (*x as f64 - *y as f64).abs();
+            max_abs = max_abs.max(diff);
+            if diff > 1e-6 + 1e-4 * (*y as f64).abs() {
+                tensor_outside += 1;
+            }
+        }
+        total += a.len();
+        outside += tensor_outside;
+        checked_params += 1;
+        if tensor_outside > 0 {
+            eprintln!(
+                "after_step {reference}: {tensor_outside} of {} elements outside",
+                a.len()
+            );
+        }
+    }
+    let fraction = outside as f64 / total as f64;
+    eprintln!(
+        "parity after_step: {checked_params} parameters, {total} elements, {outside} outside \
+         ({:.4} %), max |diff| {max_abs:.3e}; running statistics max |diff| {worst_running:.3e}",
+        100.0 * fraction
+    );
+    assert!(checked_params >= 40, "{checked_params} parameters compared");
+    assert!(
+        fraction <= 1e-3,
+        "{:.4} % of elements outside",
+        100.0 * fraction
+    );
+}
+
+/// The same forward in float64 lands on the reference's float64 loss: what separates the float32
+/// run from it is rounding, not a difference in the computation.
+#[test]
+fn loss_in_float64_matches_exactly() {
+    let (Some(weights), Some(io)) = (
+        Fixture::load("mmcl_step_small.weights"),
+        Fixture::load("mmcl_step_small.io"),
+    ) else {
+        return;
+    };
+    let model = MmclModel::with_dtype(&architecture(), 0, &Device::Cpu, candle_core::DType::F64)
+        .expect("model");
+    let state: StateDict = weights
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    model
+        .load_state_dict(
+            &state,
+            &LoadOptions::strict().allow_missing(["*num_batches_tracked"]),
+        )
+        .expect("load");
+    let clip = mmcl_losses::clip::ClipLoss::new(0.1, 0.5).expect("clip");
+    let f64_input = |n: &str| io.tensor(n).to_dtype(candle_core::DType::F64).expect("f64");
+    let out = contrastive_loss(
+        &model,
+        &clip,
+        &f64_input("input_imaging"),
+        &f64_input("input_ecg"),
+        true,
+        false,
+    )
+    .expect("forward");
+    let loss = out
+        .loss
+        .to_dtype(candle_core::DType::F64)
+        .and_then(|l| l.to_vec0::<f64>())
+        .expect("loss value");
+    let reference = flat(&io.tensor("loss"))[0] as f64;
+    eprintln!("parity f64 loss {loss:.9} vs reference {reference:.9}");
+    // The fixture's loss is stored as float32: equal up to its rounding.
+    assert!(
+        (loss - reference).abs() <= 1e-7 * reference.abs(),
+        "{loss} vs {reference}"
+    );
+}

@@ -1,0 +1,305 @@
+//! The multimodal trainer end to end on a tiny cache built here: run-directory layout and
+//! exports, exact resumption, non-finite losses, gradient coverage.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use mmcl_data::cache::{CacheWriter, EcgLayout, ImageLayout, SubjectMeta};
+use mmcl_data::tables::Split;
+use mmcl_nn::StateDict;
+use mmcl_nn::rng::SplitMix64;
+use mmcl_train::checkpoint::{self, TrainState};
+use mmcl_train::mmcl::contrastive_loss;
+use mmcl_train::{Error, MmclArchitecture, MmclConfig, MmclModel, MmclTrainer, NoProgress};
+
+/// A cache of 14 subjects (10 train, 4 val): 12×400 ECGs, 3×40×40 images, a CAD label.
+fn tiny_cache(dir: &Path) -> PathBuf {
+    let path = dir.join("cache");
+    let ecg = EcgLayout {
+        leads: 12,
+        samples: 400,
+        sample_rate: 500.0,
+    };
+    let image = ImageLayout {
+        channels: 3,
+        height: 40,
+        width: 40,
+    };
+    let mut writer = CacheWriter::create(&path, Some(ecg), Some(image), 8, false).expect("writer");
+    let mut rng = SplitMix64::new(11);
+    for i in 0..14u64 {
+        let split = if i < 10 { Split::Train } else { Split::Val };
+        let label = (i % 3 == 0) as u8;
+        let ecg: Vec<f32> = (0..12 * 400)
+            .map(|t| (t as f32 * 0.05 + i as f32).sin() + 0.3 * rng.next_normal() as f32)
+            .collect();
+        let img: Vec<f32> = (0..3 * 40 * 40)
+            .map(|_| (rng.next_f64() as f32) + 0.2 * label as f32)
+            .collect();
+        writer
+            .push(
+                SubjectMeta {
+                    eid: 1000 + i,
+                    split,
+                    labels: vec![Some(label)],
+                    phenotypes: vec![],
+                },
+                Some(&ecg),
+                Some(&img),
+            )
+            .expect("push");
+    }
+    writer
+        .finish(
+            vec!["CAD".into()],
+            vec![],
+            serde_json::json!({}),
+            serde_json::json!({}),
+        )
+        .expect("finish");
+    path
+}
+
+fn tiny_config(cache: &Path) -> MmclConfig {
+    let mut cfg: MmclConfig = toml::from_str(
+        r#"
+        max_epochs = 2
+        warmup_epochs = 0
+        batch_size = 4
+        embedding_dim = 32
+        projection_dim = 16
+        imaging = { model = "resnet18", img_size = 32, augment = { size = 32 } }
+        ecg = { model = "vit_pluto_patchX", input_size = [1, 12, 200], patch_size = [1, 50] }
+        data = { threads = 2, prefetch = 1 }
+        "#,
+    )
+    .expect("config");
+    cfg.data.cache = cache.to_path_buf();
+    cfg
+}
+
+fn safetensors_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Tensor by tensor: names and bits.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (sa, sb) = (
+        StateDict::read(a).expect("a"),
+        StateDict::read(b).expect("b"),
+    );
+    let ka: Vec<&str> = sa.keys().collect();
+    let kb: Vec<&str> = sb.keys().collect();
+    assert_eq!(
+        ka,
+        kb,
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
+    for (k, t) in sa.iter() {
+        let u = sb.get(k).expect("present");
+        let bits = |t: &Tensor| -> Vec<u8> {
+            let t = t.flatten_all().expect("flat");
+            match t.dtype() {
+                DType::I64 => t
+                    .to_vec1::<i64>()
+                    .expect("i64")
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                _ => t
+                    .to_dtype(DType::F32)
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("f32")
+                    .iter()
+                    .flat_map(|v| v.to_bits().to_le_bytes())
+                    .collect(),
+            }
+        };
+        assert!(
+            bits(t) == bits(u),
+            "{k} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+#[test]
+fn runs_write_the_documented_layout_and_resume_bit_for_bit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tiny_cache(tmp.path());
+    let cfg = tiny_config(&cache);
+
+    // Two epochs in one run.
+    let straight = tmp.path().join("straight");
+    let (mut trainer, notes) = MmclTrainer::new(cfg.clone(), &straight, &Device::Cpu).expect("new");
+    assert!(notes.iter().any(|n| n.contains("10 subjects")), "{notes:?}");
+    trainer.fit(&mut NoProgress).expect("fit");
+    assert_eq!((trainer.epochs_done(), trainer.steps_taken()), (2, 6));
+    drop(trainer);
+
+    // One epoch, a fresh process state, then the second epoch.
+    let resumed = tmp.path().join("resumed");
+    let (mut first, _) = MmclTrainer::new(cfg.clone(), &resumed, &Device::Cpu).expect("new");
+    first.fit_until(1, &mut NoProgress).expect("first epoch");
+    drop(first);
+    let (mut second, notes) =
+        MmclTrainer::resume(&resumed, None, None, &Device::Cpu).expect("resume");
+    assert!(notes[0].contains("after epoch 1"), "{notes:?}");
+    second.fit(&mut NoProgress).expect("second epoch");
+    drop(second);
+
+    let last = |run: &Path| checkpoint::checkpoints_dir(run).join("last");
+    for file in [
+        checkpoint::MODEL_FILE,
+        checkpoint::OPTIMIZER_FILE,
+        checkpoint::CLASSIFIER_OPTIMIZER_FILE,
+        checkpoint::ECG_ENCODER_FILE,
+        checkpoint::IMAGE_ENCODER_FILE,
+    ] {
+        assert_same_tensors(&last(&straight).join(file), &last(&resumed).join(file));
+    }
+    let (s1, s2) = (
+        TrainState::read(&last(&straight)).expect("state"),
+        TrainState::read(&last(&resumed)).expect("state"),
+    );
+    assert_eq!((s1.epoch, s1.step, s1.rng), (s2.epoch, s2.step, s2.rng));
+
+    // The layout.
+    for f in ["config.toml", "metrics.jsonl", "metrics.csv"] {
+        assert!(straight.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        checkpoint::checkpoints_dir(&straight)
+            .join("best")
+            .join("model.safetensors")
+            .is_file()
+    );
+    let log = mmcl_eval::runlog::RunLog::read(&straight.join("metrics.jsonl")).expect("log");
+    assert_eq!(log.splits(), vec!["train".to_string(), "val".to_string()]);
+    assert_eq!(log.records.len(), 4);
+    let resumed_log = mmcl_eval::runlog::RunLog::read(&resumed.join("metrics.jsonl")).expect("log");
+    assert_eq!(resumed_log.records.len(), 4);
+    assert!(log.metric_names().contains(&"classifier_auc".to_string()));
+
+    // model.safetensors: reference names, the architecture as metadata.
+    let model_path = last(&straight).join(checkpoint::MODEL_FILE);
+    let weights = StateDict::read(&model_path).expect("model");
+    for key in [
+        "encoder_imaging.0.weight",
+        "encoder_imaging.1.running_var",
+        "encoder_imaging.7.1.bn2.weight",
+        "projection_head_imaging.layers.2.bias",
+        "encoder_ecg.blocks.1.attn.qkv.weight",
+        "projection_head_ecg.layers.0.weight",
+        "classifier.model.weight",
+    ] {
+        assert!(
+            weights.contains(key),
+            "{key} missing from model.safetensors"
+        );
+    }
+    let rebuilt = MmclModel::from_checkpoint(&model_path, &Device::Cpu).expect("rebuild");
+    assert_eq!(rebuilt.architecture().imaging.in_channels, 3);
+
+    // The exports load where the embedding commands load them.
+    let arch = MmclArchitecture::from_config(&cfg, 3).expect("arch");
+    let (_, _, summary) = mmcl_ecg::EcgVit::from_checkpoint(
+        &arch.ecg,
+        &last(&straight).join(checkpoint::ECG_ENCODER_FILE),
+        mmcl_ecg::Pooling::Global,
+        &Device::Cpu,
+    )
+    .expect("ECG encoder export loads");
+    assert!(summary.report.missing.is_empty(), "{summary}");
+    let image =
+        StateDict::read(&last(&straight).join(checkpoint::IMAGE_ENCODER_FILE)).expect("read");
+    let found = mmcl_cmr::checkpoint::extract_encoder(&image, None).expect("image encoder export");
+    assert_eq!(found.prefix, "encoder_imaging.");
+
+    // A fresh run refuses a directory that holds one.
+    assert!(MmclTrainer::new(cfg, &straight, &Device::Cpu).is_err());
+    let _ = safetensors_bytes(&model_path);
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tiny_cache(tmp.path());
+    let cfg = tiny_config(&cache);
+    let run = tmp.path().join("run");
+    let (mut trainer, _) = MmclTrainer::new(cfg.clone(), &run, &Device::Cpu).expect("new");
+    trainer.fit_until(1, &mut NoProgress).expect("first epoch");
+    drop(trainer);
+    let last = checkpoint::checkpoints_dir(&run).join("last");
+    let before = safetensors_bytes(&last.join(checkpoint::MODEL_FILE));
+
+    // An absurd learning rate blows the weights up after one step: the next loss is not finite.
+    let mut exploding = cfg;
+    exploding.lr = 1e30;
+    let (mut trainer, _) =
+        MmclTrainer::resume(&run, Some(exploding), None, &Device::Cpu).expect("resume");
+    let err = trainer.fit(&mut NoProgress).expect_err("must stop");
+    match &err {
+        Error::NonFiniteLoss {
+            epoch, last_good, ..
+        } => {
+            assert_eq!(*epoch, 1);
+            assert_eq!(last_good.as_deref(), Some(last.as_path()));
+        }
+        other => panic!("expected a non-finite loss, got {other}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("non-finite") && message.contains("last good checkpoint"),
+        "{message}"
+    );
+    assert_eq!(
+        safetensors_bytes(&last.join(checkpoint::MODEL_FILE)),
+        before
+    );
+    assert_eq!(TrainState::read(&last).expect("state").epoch, 1);
+}
+
+#[test]
+fn every_trainable_variable_receives_a_gradient() {
+    let cfg = tiny_config(Path::new("unused"));
+    for attention_pool in [false, true] {
+        let mut cfg = cfg.clone();
+        cfg.ecg.attention_pool = attention_pool;
+        cfg.ecg.drop_path = 0.0;
+        let arch = MmclArchitecture::from_config(&cfg, 3).expect("arch");
+        let model = MmclModel::new(&arch, 3, &Device::Cpu).expect("model");
+        let clip = mmcl_losses::clip::ClipLoss::new(0.1, 0.5).expect("clip");
+        let images = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).expect("images");
+        let ecgs = Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu).expect("ecgs");
+        let out = contrastive_loss(&model, &clip, &images, &ecgs, true, false).expect("loss");
+        // `norm` serves the class-token pooling only, as in the reference; the classifier has
+        // its own loss (below).
+        let failing = mmcl_nn::testing::vars_without_gradient(
+            model.store(),
+            &out.loss,
+            &["encoder_ecg.norm.*", "classifier.*"],
+        )
+        .expect("backward");
+        assert!(failing.is_empty(), "no gradient: {failing:?}");
+        let features = model.ecg_features(&ecgs, true).expect("features").detach();
+        let logits = model.classifier_logits(&features).expect("logits");
+        let loss = mmcl_train::mmcl::weighted_cross_entropy(
+            &logits,
+            &[Some(0), Some(1), None, Some(1)],
+            [0.55, 10.0],
+        )
+        .expect("ce")
+        .expect("some labels");
+        let failing = mmcl_nn::testing::vars_without_gradient(
+            model.store(),
+            &loss,
+            &["encoder_*", "projection_head_*"],
+        )
+        .expect("backward");
+        assert!(failing.is_empty(), "no gradient: {failing:?}");
+    }
+}
