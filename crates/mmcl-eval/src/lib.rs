@@ -30,6 +30,7 @@
 
 mod error;
 mod linalg;
+pub mod localization;
 mod matrix;
 pub mod metrics;
 pub mod plot;
