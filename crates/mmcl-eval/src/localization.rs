@@ -295,6 +295,9 @@ pub struct FigureFiles {
     pub ecg_attention: PathBuf,
 }
 
+/// Paper millimetres per unit of the normalised model input (about ±3 units fit a 20 mm row).
+const NORMALISED_MM_PER_UNIT: f64 = 2.5;
+
 fn rows_json(m: &Matrix<f32>) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = (0..m.rows())
         .map(|i| {
@@ -349,7 +352,8 @@ impl SubjectMaps {
     /// region importance).
     ///
     /// Importance uses the reference's diverging map over `[-1, 1]` (an automatic range with
-    /// `use_softmax`), attention a sequential map over its own range.
+    /// `use_softmax`), attention a sequential map over its own range, drawn relative to
+    /// uniform attention (multiplied by the number of patches).
     pub fn save_figures(
         &self,
         dir: &Path,
@@ -371,19 +375,30 @@ impl SubjectMaps {
             .with_layout(EcgLayout::Rows12)
             .with_importance(&self.ecg_importance)
             .with_title(format!(
-                "ECG patch importance: similarity to the CMR embedding / {} (global {:.2})",
+                "ECG importance: cos(patch, CMR) / τ, τ = {} (global {:.2})",
                 self.config.temperature, self.similarity
             ));
-        figure.mm_per_unit = 5.0;
+        figure.mm_per_unit = NORMALISED_MM_PER_UNIT;
         figure.colormap = colormap;
         figure.color_range = range;
         figure.save(&files.ecg_importance)?;
 
+        // Attention to L patches is about 1/L each: drawn relative to uniform (1 = 1/L).
+        let patches = self.attention.rows() * self.attention.cols();
+        let relative = Matrix::new(
+            self.attention.rows(),
+            self.attention.cols(),
+            self.attention
+                .as_slice()
+                .iter()
+                .map(|&a| a * patches as f32)
+                .collect(),
+        )?;
         let mut figure = EcgFigure::new(ecg, sampling_rate)
             .with_layout(EcgLayout::Rows12)
-            .with_importance(&self.attention)
-            .with_title("Class-token attention of the last ECG block (mean over heads)");
-        figure.mm_per_unit = 5.0;
+            .with_importance(&relative)
+            .with_title("Class-token attention × patches (1 = uniform), last block");
+        figure.mm_per_unit = NORMALISED_MM_PER_UNIT;
         figure.colormap = Colormap::Inferno;
         figure.color_range = ColorRange::Auto;
         figure.save(&files.ecg_attention)?;
@@ -391,7 +406,7 @@ impl SubjectMaps {
         let mut figure = CmrFigure::new(image)
             .with_heatmap(&self.image_importance)
             .with_title(format!(
-                "CMR region importance: similarity to the ECG embedding / {}",
+                "CMR importance: cos(region, ECG) / τ, τ = {}",
                 self.config.temperature
             ));
         figure.colormap = colormap;

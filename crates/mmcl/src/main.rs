@@ -40,6 +40,8 @@ enum Command {
     Convert(commands::convert::Args),
     /// Embed cardiac MRI images with a ResNet encoder checkpoint (N, C, H, W) -> (N, D).
     EmbedCmr(commands::embed_cmr::Args),
+    /// Localisation maps of one subject's ECG and CMR under a multimodal model (PNG + JSON).
+    Explain(commands::explain::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::EmbedEcg(args) => commands::embed_ecg::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::EmbedCmr(args) => commands::embed_cmr::run(args),
+        Command::Explain(args) => commands::explain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
