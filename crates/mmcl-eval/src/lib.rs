@@ -29,6 +29,7 @@
 //! ```
 
 mod error;
+pub mod finetune;
 mod linalg;
 pub mod localization;
 mod matrix;

@@ -42,6 +42,8 @@ enum Command {
     EmbedCmr(commands::embed_cmr::Args),
     /// Localisation maps of one subject's ECG and CMR under a multimodal model (PNG + JSON).
     Explain(commands::explain::Args),
+    /// Fine-tune the ECG encoder with a classification or regression head (config-driven).
+    Finetune(commands::finetune::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::EmbedCmr(args) => commands::embed_cmr::run(args),
         Command::Explain(args) => commands::explain::run(args),
+        Command::Finetune(args) => commands::finetune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

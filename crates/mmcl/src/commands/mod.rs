@@ -6,6 +6,7 @@ pub mod convert;
 pub mod embed_cmr;
 pub mod embed_ecg;
 pub mod explain;
+pub mod finetune;
 pub mod info;
 pub mod preprocess_ecg;
 pub mod probe;
