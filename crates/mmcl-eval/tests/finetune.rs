@@ -500,3 +500,44 @@ fn bad_setups_are_clear_errors() {
     let err = run(&cfg);
     assert!(err.contains("mae.pth"), "{err}");
 }
+
+/// The fine-tuning model on the reference encoder's weights (shared `ecg_vit_small`) with a
+/// seeded attention pool: logits as mae's `models_vit` computes them (`fc_norm` twice), and
+/// with one `fc_norm` when the reference quirk is turned off.
+#[test]
+fn the_head_path_matches_pytorch() {
+    let (Some(io), Some(weights)) = (
+        Fixture::load("ecg_vit_small.io"),
+        Fixture::load("ecg_vit_small.weights"),
+    ) else {
+        return;
+    };
+    let local = Fixture::from_path(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/finetune_head.safetensors"),
+    );
+    let cfg: EcgVitConfig = serde_json::from_str(
+        r#"{"img_size": [1, 12, 500], "patch_size": [1, 50], "embed_dim": 64, "depth": 2,
+            "num_heads": 4, "attention_pool": true}"#,
+    )
+    .unwrap();
+    let mut state: mmcl_nn::StateDict = weights.tensors.clone().into_iter().collect();
+    for (k, v) in &local.tensors {
+        if k.starts_with("attention_pool.") {
+            state.insert(k.clone(), v.clone());
+        }
+    }
+    for (double, expected) in [(true, "logits_double_norm"), (false, "logits_single_norm")] {
+        let model = FinetuneModel::new(&cfg, 3, 0.01, double, 0, &Device::Cpu).unwrap();
+        model
+            .store()
+            .load_state_dict(&state, &mmcl_nn::LoadOptions::strict())
+            .unwrap();
+        let input = io.tensor("input");
+        let features = model.features(&input, false).unwrap();
+        let w = assert_close("features", &features, &local.tensor("features"), Tolerance::FORWARD);
+        eprintln!("features: max |Δ| {:.2e}", w.max_abs_diff);
+        let logits = model.forward_t(&input, false).unwrap();
+        let w = assert_close(expected, &logits, &local.tensor(expected), Tolerance::FORWARD);
+        eprintln!("{expected}: max |Δ| {:.2e}", w.max_abs_diff);
+    }
+}
