@@ -534,10 +534,20 @@ fn the_head_path_matches_pytorch() {
             .unwrap();
         let input = io.tensor("input");
         let features = model.features(&input, false).unwrap();
-        let w = assert_close("features", &features, &local.tensor("features"), Tolerance::FORWARD);
+        let w = assert_close(
+            "features",
+            &features,
+            &local.tensor("features"),
+            Tolerance::FORWARD,
+        );
         eprintln!("features: max |Δ| {:.2e}", w.max_abs_diff);
         let logits = model.forward_t(&input, false).unwrap();
-        let w = assert_close(expected, &logits, &local.tensor(expected), Tolerance::FORWARD);
+        let w = assert_close(
+            expected,
+            &logits,
+            &local.tensor(expected),
+            Tolerance::FORWARD,
+        );
         eprintln!("{expected}: max |Δ| {:.2e}", w.max_abs_diff);
     }
 }
