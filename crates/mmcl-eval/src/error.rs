@@ -59,13 +59,54 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    /// Writing a file atomically failed.
+    /// A TOML configuration file could not be parsed.
+    #[error("{}: {source}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: toml::de::Error,
+    },
+
+    /// Writing a file atomically, or reading or matching a checkpoint, failed.
     #[error(transparent)]
     Nn(#[from] mmcl_nn::Error),
+
+    /// The ECG encoder could not be built, loaded or run.
+    #[error(transparent)]
+    Ecg(Box<mmcl_ecg::Error>),
+
+    /// The CMR encoder or a projection head could not be built, loaded or run.
+    #[error(transparent)]
+    Cmr(Box<mmcl_cmr::Error>),
+
+    /// The dataset cache or the loader failed.
+    #[error(transparent)]
+    Data(Box<mmcl_data::Error>),
 
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+// The errors of the model and data crates are large; boxed, they keep `Result` small.
+impl From<mmcl_ecg::Error> for Error {
+    fn from(e: mmcl_ecg::Error) -> Self {
+        Error::Ecg(Box::new(e))
+    }
+}
+
+impl From<mmcl_cmr::Error> for Error {
+    fn from(e: mmcl_cmr::Error) -> Self {
+        Error::Cmr(Box::new(e))
+    }
+}
+
+impl From<mmcl_data::Error> for Error {
+    fn from(e: mmcl_data::Error) -> Self {
+        Error::Data(Box::new(e))
+    }
 }
 
 /// Result type of this crate.

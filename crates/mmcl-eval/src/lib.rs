@@ -1,5 +1,6 @@
 //! Downstream evaluation of ECG (and CMR) representations: metrics with bootstrap confidence
-//! intervals, linear probes on frozen embeddings, figures and run reports.
+//! intervals, linear probes on frozen embeddings, fine-tuning, localisation maps, figures and run
+//! reports.
 //!
 //! - [`metrics`]: AUROC, average precision, F1 / balanced accuracy / accuracy at a threshold,
 //!   R², Pearson r, MAE (scikit-learn's definitions), per target and averaged, with seeded
@@ -10,6 +11,10 @@
 //! - [`plot`]: the 12-lead ECG on the clinical grid with per-patch importance, a CMR slice with
 //!   a heat map, ROC curves, predicted-vs-true scatter plots, training curves ([`runlog`]).
 //! - [`report`]: plain-text and Markdown metrics tables, the Markdown run report.
+//! - [`localization`]: the reference's localisation maps of a multimodal model (ECG patch and
+//!   CMR region importance, class-token attention), from weights in its key layout.
+//! - [`finetune`]: fine-tuning the ECG encoder with attention pooling and a head (label
+//!   smoothing, masked regression, layer-wise lr decay, early stopping on the validation metric).
 //!
 //! ```
 //! use mmcl_eval::{Matrix, metrics::{Bootstrap, Task, evaluate}, probe::{LinearProbe, ProbeConfig}};
@@ -29,7 +34,9 @@
 //! ```
 
 mod error;
+pub mod finetune;
 mod linalg;
+pub mod localization;
 mod matrix;
 pub mod metrics;
 pub mod plot;

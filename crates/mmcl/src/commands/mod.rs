@@ -5,6 +5,8 @@ pub mod common;
 pub mod convert;
 pub mod embed_cmr;
 pub mod embed_ecg;
+pub mod explain;
+pub mod finetune;
 pub mod info;
 pub mod preprocess_ecg;
 pub mod pretrain;

@@ -1,0 +1,924 @@
+//! Localisation maps of the multimodal model, as the reference's `plot_localization`
+//! (MMCL-ECG-CMR `models/MultimodalSimCLR.py`).
+//!
+//! - **ECG patch importance**: every patch token of the ECG encoder after its last block
+//!   (class token dropped, no norm), optionally upsampled linearly along the token axis by
+//!   `upsample_factor_ecg`, projected by the ECG projection head, L2-normalised and compared
+//!   with the subject's L2-normalised global CMR embedding (image encoder → image head):
+//!   `cos / τ`, as a `rows × P'` map (one row per lead).
+//! - **CMR region importance**: every location of the image encoder's last feature map,
+//!   bilinearly upsampled by `upsample_factor_img`, projected by the image head and compared
+//!   with the global ECG embedding: `cos / τ`, an `H' × W'` map.
+//! - **Attention**: the class token's attention over the patches in the ECG encoder's last
+//!   block, averaged over the heads, as a `rows × P` map.
+//!
+//! τ is the reference's localisation temperature `temp` (0.6 in its `config.yaml`), not the
+//! CLIP temperature of training (0.1). With `use_softmax` each map is a softmax over its
+//! locations instead (the reference's option of the same name).
+//!
+//! Two details follow the reference exactly: the token upsampling runs along the flattened
+//! `leads × patches` sequence (so the first and last upsampled patch of a lead take a quarter of
+//! the neighbouring lead's edge patch, at factor 2), and PyTorch's `align_corners = False`
+//! interpolation rule with the given scale factor applies to both upsamplings.
+//!
+//! Model weights come from one file in the reference's key layout ([`MultimodalModel::
+//! from_checkpoint`]): `encoder_ecg.*`, `encoder_imaging.<Sequential index>.*`,
+//! `projection_head_ecg.layers.{0,2}.*` and `projection_head_imaging.layers.{0,2}.*`, optionally
+//! under `state_dict.` (a Lightning checkpoint).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, Tensor};
+use mmcl_cmr::{ProjectionHead, ResNet, ResNetArch, ResNetConfig};
+use mmcl_ecg::{EcgVit, EcgVitConfig, Pooling};
+use mmcl_nn::{LoadOptions, LoadReport, ParamStore, StateDict};
+use serde::{Deserialize, Serialize};
+
+use crate::plot::{CmrFigure, ColorRange, Colormap, EcgFigure, EcgLayout};
+use crate::{Error, Matrix, Result};
+
+/// Key prefix of the ECG encoder in the reference's Lightning module.
+pub const ECG_ENCODER_PREFIX: &str = "encoder_ecg.";
+/// Key prefix of the image trunk (Sequential indices) in the reference's Lightning module.
+pub const IMAGING_ENCODER_PREFIX: &str = "encoder_imaging.";
+/// Key prefix of the ECG projection head.
+pub const ECG_HEAD_PREFIX: &str = "projection_head_ecg.";
+/// Key prefix of the image projection head.
+pub const IMAGING_HEAD_PREFIX: &str = "projection_head_imaging.";
+
+/// The settings of the maps (the reference's `temp`, `upsample_factor_ecg`,
+/// `upsample_factor_img`, `use_softmax`; defaults from its `config.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalizationConfig {
+    /// Cosine similarities are divided by this temperature τ.
+    pub temperature: f64,
+    /// Linear upsampling of the ECG token sequence (1 keeps one value per patch).
+    pub upsample_factor_ecg: f64,
+    /// Bilinear upsampling of the image feature map (1 keeps the encoder's grid).
+    pub upsample_factor_img: f64,
+    /// Softmax over the locations of each map instead of raw `cos / τ`.
+    pub use_softmax: bool,
+}
+
+impl Default for LocalizationConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.6,
+            upsample_factor_ecg: 2.0,
+            upsample_factor_img: 2.0,
+            use_softmax: false,
+        }
+    }
+}
+
+impl LocalizationConfig {
+    /// Checks that the numbers are usable.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "the localisation temperature must be positive, got {}",
+                self.temperature
+            )));
+        }
+        for (name, f) in [
+            ("upsample_factor_ecg", self.upsample_factor_ecg),
+            ("upsample_factor_img", self.upsample_factor_img),
+        ] {
+            if !(f.is_finite() && f > 0.0 && f <= 64.0) {
+                return Err(Error::InvalidInput(format!(
+                    "{name} must lie in (0, 64], got {f}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `x / max(‖x‖₂, 1e-12)` along the last dimension (`F.normalize(x, dim=-1)`).
+///
+/// # Shapes
+/// `[…, d]` → `[…, d]`.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?; // [… , 1]
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// Linear-interpolation weights `[out, len]` of PyTorch's `align_corners = False` rule with a
+/// given scale factor: output `o` reads the input at `max((o + 0.5)/s − 0.5, 0)`.
+fn interpolation_weights(len: usize, out: usize, scale_factor: f64) -> Vec<f32> {
+    let mut w = vec![0f32; out * len];
+    for o in 0..out {
+        let src = ((o as f64 + 0.5) / scale_factor - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(len - 1);
+        let i1 = (i0 + 1).min(len - 1);
+        let lambda = (src - i0 as f64).clamp(0.0, 1.0);
+        w[o * len + i0] += (1.0 - lambda) as f32;
+        w[o * len + i1] += lambda as f32;
+    }
+    w
+}
+
+/// Linear upsampling along the token axis, as the reference's
+/// `F.interpolate(x.permute(0, 2, 1), scale_factor=s, mode="linear").permute(0, 2, 1)`:
+/// `⌊N·s⌋` output tokens, `align_corners = False`. A factor of 1 returns `x` unchanged.
+///
+/// Computed as one matrix product on `x`'s device, so it is differentiable.
+///
+/// # Shapes
+/// `x`: `[B, N, D]` → `[B, ⌊N·s⌋, D]`.
+pub fn upsample_tokens(x: &Tensor, scale_factor: f64) -> Result<Tensor> {
+    let (_, n, _) = x.dims3()?;
+    if !(scale_factor.is_finite() && scale_factor > 0.0) {
+        return Err(Error::InvalidInput(format!(
+            "the upsampling factor must be positive and finite, got {scale_factor}"
+        )));
+    }
+    if scale_factor == 1.0 {
+        return Ok(x.clone());
+    }
+    let out = (n as f64 * scale_factor).floor() as usize;
+    if n == 0 || out == 0 {
+        return Err(Error::InvalidInput(format!(
+            "upsampling {n} tokens by {scale_factor} leaves nothing"
+        )));
+    }
+    let w = Tensor::from_vec(
+        interpolation_weights(n, out, scale_factor),
+        (out, n),
+        x.device(),
+    )?
+    .to_dtype(x.dtype())?; // [N', N]
+    Ok(w.broadcast_matmul(&x.contiguous()?)?) // [B, N', D]
+}
+
+/// The similarity of every local embedding to the global embedding of the other modality:
+/// `cos(local, global) / τ`, or its softmax over the locations.
+///
+/// # Shapes
+/// `local`: `[B, N, d]`, `global`: `[B, d]` → `[B, N]`.
+pub fn similarity_map(
+    local: &Tensor,
+    global: &Tensor,
+    temperature: f64,
+    softmax: bool,
+) -> Result<Tensor> {
+    let (b, _, d) = local.dims3()?;
+    if global.dims() != [b, d] {
+        return Err(Error::InvalidInput(format!(
+            "local embeddings {:?} and global embeddings {:?} do not fit together",
+            local.dims(),
+            global.dims()
+        )));
+    }
+    let local = l2_normalize(local)?.contiguous()?; // [B, N, d]
+    let global = l2_normalize(global)?.unsqueeze(2)?.contiguous()?; // [B, d, 1]
+    let map = (local.matmul(&global)?.squeeze(2)? / temperature)?; // [B, N]
+    if softmax {
+        Ok(mmcl_nn::ops::softmax_last_dim(&map)?)
+    } else {
+        Ok(map)
+    }
+}
+
+/// The class token's attention over the patch tokens, averaged over the heads, as a
+/// `rows × cols` grid (one row per lead).
+///
+/// # Shapes
+/// `attention`: `[B, heads, 1 + rows·cols, 1 + rows·cols]` → `[B, rows, cols]`.
+pub fn cls_attention_map(attention: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    let (b, _, n, m) = attention.dims4()?;
+    if n != m || n != 1 + rows * cols {
+        return Err(Error::InvalidInput(format!(
+            "an attention map of shape {:?} does not belong to a {rows} × {cols} patch grid \
+             with a class token",
+            attention.dims()
+        )));
+    }
+    let mean = attention.mean(1)?; // [B, N, N]
+    let cls_row = mean.narrow(1, 0, 1)?.narrow(2, 1, rows * cols)?; // [B, 1, L]
+    Ok(cls_row.reshape((b, rows, cols))?) // [B, rows, cols]
+}
+
+/// The maps of a batch, as tensors on the model's device.
+#[derive(Debug, Clone)]
+pub struct Localization {
+    /// ECG patch importance `[B, rows, P']` (`P' = ⌊rows·P·upsample_factor_ecg⌋ / rows`).
+    pub ecg_importance: Tensor,
+    /// CMR region importance `[B, H', W']`.
+    pub image_importance: Tensor,
+    /// Class-token attention of the last ECG block, mean over heads, `[B, rows, P]`.
+    pub attention: Tensor,
+    /// `cos(z_ecg, z_image) / τ` of the global embeddings, `[B]`.
+    pub similarity: Tensor,
+    /// The projected global ECG embeddings `[B, d]`.
+    pub z_ecg: Tensor,
+    /// The projected global image embeddings `[B, d]`.
+    pub z_image: Tensor,
+    /// The settings the maps were computed with.
+    pub config: LocalizationConfig,
+}
+
+fn to_matrix(t: &Tensor) -> Result<Matrix<f32>> {
+    let (r, c) = t.dims2()?;
+    Matrix::new(
+        r,
+        c,
+        t.to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?,
+    )
+}
+
+impl Localization {
+    /// Number of subjects.
+    pub fn len(&self) -> usize {
+        self.similarity.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The maps of subject `b`, on the host.
+    pub fn subject(&self, b: usize) -> Result<SubjectMaps> {
+        if b >= self.len() {
+            return Err(Error::InvalidInput(format!(
+                "subject {b} of a batch of {}",
+                self.len()
+            )));
+        }
+        Ok(SubjectMaps {
+            ecg_importance: to_matrix(&self.ecg_importance.get(b)?)?,
+            image_importance: to_matrix(&self.image_importance.get(b)?)?,
+            attention: to_matrix(&self.attention.get(b)?)?,
+            similarity: self
+                .similarity
+                .get(b)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?,
+            config: self.config,
+        })
+    }
+}
+
+/// One subject's maps, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectMaps {
+    /// ECG patch importance, `rows × P'`.
+    pub ecg_importance: Matrix<f32>,
+    /// CMR region importance, `H' × W'`.
+    pub image_importance: Matrix<f32>,
+    /// Class-token attention of the last ECG block, `rows × P`.
+    pub attention: Matrix<f32>,
+    /// `cos(z_ecg, z_image) / τ` of the subject's global embeddings.
+    pub similarity: f64,
+    /// The settings the maps were computed with.
+    pub config: LocalizationConfig,
+}
+
+/// The files [`SubjectMaps::save_figures`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FigureFiles {
+    /// The ECG with the patch importance.
+    pub ecg_importance: PathBuf,
+    /// The CMR slice with the region importance.
+    pub cmr_importance: PathBuf,
+    /// The ECG with the class-token attention.
+    pub ecg_attention: PathBuf,
+}
+
+/// Paper millimetres per unit of the normalised model input (about ±3 units fit a 20 mm row).
+const NORMALISED_MM_PER_UNIT: f64 = 2.5;
+
+fn rows_json(m: &Matrix<f32>) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = (0..m.rows())
+        .map(|i| {
+            m.row(i)
+                .iter()
+                .map(|&v| {
+                    serde_json::Number::from_f64(v as f64)
+                        .map(serde_json::Value::Number)
+                        .unwrap_or(serde_json::Value::Null)
+                })
+                .collect()
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
+fn mean_over(m: &Matrix<f32>, by_row: bool) -> Vec<f64> {
+    let (r, c) = (m.rows(), m.cols());
+    if by_row {
+        (0..r)
+            .map(|i| m.row(i).iter().map(|&v| v as f64).sum::<f64>() / c.max(1) as f64)
+            .collect()
+    } else {
+        (0..c)
+            .map(|j| (0..r).map(|i| m.get(i, j) as f64).sum::<f64>() / r.max(1) as f64)
+            .collect()
+    }
+}
+
+impl SubjectMaps {
+    /// The maps as JSON: the settings, the global similarity, each map as nested rows, and the
+    /// ECG importance averaged per lead and per time step (the side and bottom strips of the
+    /// reference's figure).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "temperature": self.config.temperature,
+            "upsample_factor_ecg": self.config.upsample_factor_ecg,
+            "upsample_factor_img": self.config.upsample_factor_img,
+            "use_softmax": self.config.use_softmax,
+            "similarity": self.similarity,
+            "ecg_importance": rows_json(&self.ecg_importance),
+            "ecg_importance_per_lead": mean_over(&self.ecg_importance, true),
+            "ecg_importance_per_time": mean_over(&self.ecg_importance, false),
+            "image_importance": rows_json(&self.image_importance),
+            "attention": rows_json(&self.attention),
+        })
+    }
+
+    /// Draws the three figures into `dir`: `ecg_importance.png` and `ecg_attention.png` (the
+    /// 12 leads, one per row, over `ecg`, `12 × T` at `sampling_rate`, in the model's
+    /// normalised units) and `cmr_importance.png` (the slice `image`, `H × W`, with the
+    /// region importance).
+    ///
+    /// Importance uses the reference's diverging map over `[-1, 1]` (an automatic range with
+    /// `use_softmax`), attention a sequential map over its own range, drawn relative to
+    /// uniform attention (multiplied by the number of patches).
+    pub fn save_figures(
+        &self,
+        dir: &Path,
+        ecg: &Matrix<f32>,
+        sampling_rate: f64,
+        image: &Matrix<f32>,
+    ) -> Result<FigureFiles> {
+        let files = FigureFiles {
+            ecg_importance: dir.join("ecg_importance.png"),
+            cmr_importance: dir.join("cmr_importance.png"),
+            ecg_attention: dir.join("ecg_attention.png"),
+        };
+        let (colormap, range) = if self.config.use_softmax {
+            (Colormap::Viridis, ColorRange::Auto)
+        } else {
+            (Colormap::RdBuR, ColorRange::Fixed(-1.0, 1.0))
+        };
+        let mut figure = EcgFigure::new(ecg, sampling_rate)
+            .with_layout(EcgLayout::Rows12)
+            .with_importance(&self.ecg_importance)
+            .with_title(format!(
+                "ECG importance: cos(patch, CMR) / τ, τ = {} (global {:.2})",
+                self.config.temperature, self.similarity
+            ));
+        figure.mm_per_unit = NORMALISED_MM_PER_UNIT;
+        figure.colormap = colormap;
+        figure.color_range = range;
+        figure.save(&files.ecg_importance)?;
+
+        // Attention to L patches is about 1/L each: drawn relative to uniform (1 = 1/L).
+        let patches = self.attention.rows() * self.attention.cols();
+        let relative = Matrix::new(
+            self.attention.rows(),
+            self.attention.cols(),
+            self.attention
+                .as_slice()
+                .iter()
+                .map(|&a| a * patches as f32)
+                .collect(),
+        )?;
+        let mut figure = EcgFigure::new(ecg, sampling_rate)
+            .with_layout(EcgLayout::Rows12)
+            .with_importance(&relative)
+            .with_title("Class-token attention × patches (1 = uniform), last block");
+        figure.mm_per_unit = NORMALISED_MM_PER_UNIT;
+        figure.colormap = Colormap::Inferno;
+        figure.color_range = ColorRange::Auto;
+        figure.save(&files.ecg_attention)?;
+
+        let mut figure = CmrFigure::new(image)
+            .with_heatmap(&self.image_importance)
+            .with_title(format!(
+                "CMR importance: cos(region, ECG) / τ, τ = {}",
+                self.config.temperature
+            ));
+        figure.colormap = colormap;
+        figure.color_range = range;
+        figure.alpha = 0.5;
+        figure.save(&files.cmr_importance)?;
+        Ok(files)
+    }
+}
+
+/// What loading a multimodal checkpoint did.
+#[derive(Debug, Clone)]
+pub struct MultimodalLoadSummary {
+    /// The file.
+    pub path: PathBuf,
+    /// The ECG encoder's loading.
+    pub ecg: mmcl_ecg::LoadSummary,
+    /// The image trunk found (variant and input channels).
+    pub imaging: ResNetConfig,
+    /// The image trunk's key matching.
+    pub imaging_report: LoadReport,
+    /// `(input, hidden, output)` of the ECG projection head.
+    pub ecg_head: (usize, usize, usize),
+    /// `(input, hidden, output)` of the image projection head.
+    pub imaging_head: (usize, usize, usize),
+    /// Keys of the file outside the four components (an online classifier, …), left aside.
+    pub ignored: Vec<String>,
+}
+
+impl fmt::Display for MultimodalLoadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.ecg)?;
+        writeln!(
+            f,
+            "{}: image encoder {} over {} channel(s), {} tensors loaded; projection heads \
+             ECG {:?}, image {:?}",
+            self.path.display(),
+            self.imaging.model,
+            self.imaging.in_channels,
+            self.imaging_report.loaded.len(),
+            self.ecg_head,
+            self.imaging_head
+        )?;
+        if !self.ignored.is_empty() {
+            let shown: Vec<&str> = self.ignored.iter().take(6).map(String::as_str).collect();
+            write!(
+                f,
+                "ignored {} other key(s): {}{}",
+                self.ignored.len(),
+                shown.join(", "),
+                if self.ignored.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The multimodal model of the reference (ECG encoder + image trunk + two projection heads),
+/// for localisation maps and paired embeddings. Inference only.
+#[derive(Debug, Clone)]
+pub struct MultimodalModel {
+    ecg: EcgVit,
+    ecg_head: ProjectionHead,
+    imaging: ResNet,
+    imaging_head: ProjectionHead,
+    stores: [ParamStore; 4],
+}
+
+/// The ResNet variant and input channels of a trunk in torchvision names.
+fn infer_resnet(state: &StateDict) -> Result<ResNetConfig> {
+    let bad = |reason: String| Error::Format {
+        path: state.source().to_path_buf(),
+        reason,
+    };
+    let in_channels = match state.get("conv1.weight").map(|t| t.dims().to_vec()) {
+        Some(d) if d.len() == 4 => d[1],
+        _ => return Err(bad("the image trunk has no 4-D conv1 weight".into())),
+    };
+    let bottleneck = state.contains("layer1.0.conv3.weight");
+    let mut blocks = [0usize; 4];
+    for (stage, count) in blocks.iter_mut().enumerate() {
+        let prefix = format!("layer{}.", stage + 1);
+        *count = state
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .map(|i| i + 1)
+            .max()
+            .unwrap_or(0);
+    }
+    ResNetArch::ALL
+        .into_iter()
+        .find(|a| {
+            a.layers() == blocks && (a.block() == mmcl_cmr::BlockKind::Bottleneck) == bottleneck
+        })
+        .map(|model| ResNetConfig::new(model, in_channels))
+        .ok_or_else(|| {
+            bad(format!(
+                "the image trunk has {} blocks {blocks:?}, which is no torchvision ResNet",
+                if bottleneck { "bottleneck" } else { "basic" }
+            ))
+        })
+}
+
+/// The outer prefix (`""` or `state_dict.`) under which `marker` (a key of one component)
+/// appears.
+fn outer_prefix(raw: &StateDict, marker: &str) -> Option<String> {
+    raw.keys()
+        .find_map(|k| k.strip_suffix(marker))
+        .filter(|p| p.is_empty() || p.ends_with('.'))
+        .map(str::to_string)
+}
+
+fn load_head(
+    raw: &StateDict,
+    prefix: &str,
+    device: &Device,
+) -> Result<(ProjectionHead, ParamStore)> {
+    let state = raw.strip_prefix(prefix);
+    let dims = |key: &str| -> Result<(usize, usize)> {
+        match state.get(key).map(|t| t.dims().to_vec()).as_deref() {
+            Some([out, inp]) => Ok((*out, *inp)),
+            _ => Err(Error::Format {
+                path: raw.source().to_path_buf(),
+                reason: format!("no 2-D {prefix}{key} (a Linear-ReLU-Linear projection head)"),
+            }),
+        }
+    };
+    let (hidden, input) = dims("layers.0.weight")?;
+    let (output, hidden2) = dims("layers.2.weight")?;
+    if hidden2 != hidden {
+        return Err(Error::Format {
+            path: raw.source().to_path_buf(),
+            reason: format!(
+                "{prefix}layers.2.weight expects {hidden2} inputs but layers.0 gives {hidden}"
+            ),
+        });
+    }
+    let store = ParamStore::new(0);
+    let head = ProjectionHead::new(input, hidden, output, store.var_builder(DType::F32, device))?;
+    store.load_state_dict(&state.to_dtype(DType::F32)?, &LoadOptions::strict())?;
+    Ok((head, store))
+}
+
+impl MultimodalModel {
+    /// A freshly initialised model from `seed`: the ECG encoder of `ecg`, the image trunk of
+    /// `imaging`, and projection heads `Linear(in, hidden) → ReLU → Linear(hidden, out)`
+    /// (the paper: hidden 2048, out 128).
+    pub fn from_seed(
+        ecg: &EcgVitConfig,
+        imaging: &ResNetConfig,
+        hidden: usize,
+        out: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let (ecg_model, ecg_store) = EcgVit::from_seed(ecg, seed, device)?;
+        let stores = [
+            ecg_store,
+            ParamStore::new(seed.wrapping_add(1)),
+            ParamStore::new(seed.wrapping_add(2)),
+            ParamStore::new(seed.wrapping_add(3)),
+        ];
+        let vb = |i: usize| stores[i].var_builder(DType::F32, device);
+        let imaging_model = ResNet::new(imaging, vb(1))?;
+        let ecg_head = ProjectionHead::new(ecg.embed_dim, hidden, out, vb(2))?;
+        let imaging_head = ProjectionHead::new(imaging.feature_dim(), hidden, out, vb(3))?;
+        Ok(Self {
+            ecg: ecg_model,
+            ecg_head,
+            imaging: imaging_model,
+            imaging_head,
+            stores,
+        })
+    }
+
+    /// Loads a model from one file in the reference's key layout (see the module docs); the
+    /// image trunk's variant and channels and the heads' sizes are read from the tensors,
+    /// `imaging` (when given) must agree. Keys outside the four components are ignored and
+    /// listed; inside them, every missing or unexpected key is an error naming it.
+    pub fn from_checkpoint(
+        path: &Path,
+        ecg: &EcgVitConfig,
+        imaging: Option<&ResNetConfig>,
+        device: &Device,
+    ) -> Result<(Self, MultimodalLoadSummary)> {
+        let raw = StateDict::read(path)?;
+        let outer = outer_prefix(&raw, "encoder_ecg.patch_embed.proj.weight").ok_or_else(|| {
+            Error::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "not a multimodal checkpoint: no {ECG_ENCODER_PREFIX}patch_embed.proj.weight \
+                     (keys start with {})",
+                    raw.keys().take(6).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        })?;
+
+        // The ECG encoder, through its own loader (layouts, position-embedding resizing).
+        let (ecg_model, ecg_store, ecg_summary) =
+            EcgVit::from_checkpoint(ecg, path, ecg.pooling(), device)?;
+
+        let imaging_prefix = format!("{outer}{IMAGING_ENCODER_PREFIX}");
+        let mut trunk = mmcl_cmr::checkpoint::extract_encoder(&raw, Some(&imaging_prefix))?;
+        trunk.state = trunk.state.to_dtype(DType::F32)?;
+        let found = infer_resnet(&trunk.state)?;
+        if let Some(want) = imaging
+            && *want != found
+        {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the configuration asks for a {} over {} channel(s), the file holds a {} \
+                     over {}",
+                    want.model, want.in_channels, found.model, found.in_channels
+                ),
+            });
+        }
+        let imaging_store = ParamStore::new(0);
+        let imaging_model = ResNet::new(&found, imaging_store.var_builder(DType::F32, device))?;
+        let imaging_report = mmcl_cmr::checkpoint::load_encoder(&imaging_store, "", &trunk)?;
+
+        let (ecg_head, ecg_head_store) =
+            load_head(&raw, &format!("{outer}{ECG_HEAD_PREFIX}"), device)?;
+        let (imaging_head, imaging_head_store) =
+            load_head(&raw, &format!("{outer}{IMAGING_HEAD_PREFIX}"), device)?;
+        let check = |what: &str, got: usize, want: usize| -> Result<()> {
+            if got == want {
+                Ok(())
+            } else {
+                Err(Error::Format {
+                    path: path.to_path_buf(),
+                    reason: format!("the {what} has {got} inputs, the encoder gives {want}"),
+                })
+            }
+        };
+        check("ECG projection head", ecg_head.dims().0, ecg.embed_dim)?;
+        check(
+            "image projection head",
+            imaging_head.dims().0,
+            found.feature_dim(),
+        )?;
+        if ecg_head.dims().2 != imaging_head.dims().2 {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the projection heads map to different sizes ({} for the ECG, {} for the \
+                     image)",
+                    ecg_head.dims().2,
+                    imaging_head.dims().2
+                ),
+            });
+        }
+
+        let components = [
+            ECG_ENCODER_PREFIX,
+            IMAGING_ENCODER_PREFIX,
+            ECG_HEAD_PREFIX,
+            IMAGING_HEAD_PREFIX,
+        ];
+        let ignored = raw
+            .keys()
+            .filter(|k| {
+                !components
+                    .iter()
+                    .any(|c| k.starts_with(&format!("{outer}{c}")))
+            })
+            .map(str::to_string)
+            .collect();
+        let summary = MultimodalLoadSummary {
+            path: path.to_path_buf(),
+            ecg: ecg_summary,
+            imaging: found,
+            imaging_report,
+            ecg_head: ecg_head.dims(),
+            imaging_head: imaging_head.dims(),
+            ignored,
+        };
+        Ok((
+            Self {
+                ecg: ecg_model,
+                ecg_head,
+                imaging: imaging_model,
+                imaging_head,
+                stores: [ecg_store, imaging_store, ecg_head_store, imaging_head_store],
+            },
+            summary,
+        ))
+    }
+
+    /// The weights in the reference's key layout (what [`Self::from_checkpoint`] reads, and
+    /// the reference's Lightning `state_dict` without its online classifier), on the CPU.
+    pub fn state_dict(&self) -> Result<StateDict> {
+        let mut out = StateDict::default();
+        let [ecg, imaging, ecg_head, imaging_head] = &self.stores;
+        for (k, v) in mmcl_ecg::checkpoint::encoder_state_dict(ecg)?.iter() {
+            out.insert(format!("{ECG_ENCODER_PREFIX}{k}"), v.clone());
+        }
+        let trunk = mmcl_cmr::checkpoint::released_state_dict(&imaging.state_dict()?, "")?;
+        for (k, v) in trunk.iter() {
+            out.insert(k, v.to_device(&Device::Cpu)?);
+        }
+        for (prefix, store) in [
+            (ECG_HEAD_PREFIX, ecg_head),
+            (IMAGING_HEAD_PREFIX, imaging_head),
+        ] {
+            for (k, v) in store.state_dict()?.iter() {
+                out.insert(format!("{prefix}{k}"), v.to_device(&Device::Cpu)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ECG encoder.
+    pub fn ecg_encoder(&self) -> &EcgVit {
+        &self.ecg
+    }
+
+    /// The image trunk.
+    pub fn image_encoder(&self) -> &ResNet {
+        &self.imaging
+    }
+
+    /// The ECG projection head.
+    pub fn ecg_head(&self) -> &ProjectionHead {
+        &self.ecg_head
+    }
+
+    /// The image projection head.
+    pub fn image_head(&self) -> &ProjectionHead {
+        &self.imaging_head
+    }
+
+    /// Projected global ECG embeddings (the encoder's configured pooling, then the head).
+    ///
+    /// # Shapes
+    /// `[B, 1, leads, T]` → `[B, d]`.
+    pub fn embed_ecg(&self, ecg: &Tensor) -> Result<Tensor> {
+        let pooled = self.ecg.embed(ecg, self.ecg.config().pooling())?; // [B, D]
+        Ok(self.ecg_head.forward(&pooled)?)
+    }
+
+    /// Projected global image embeddings (average-pooled trunk, then the head).
+    ///
+    /// # Shapes
+    /// `[B, C, H, W]` → `[B, d]`.
+    pub fn embed_image(&self, image: &Tensor) -> Result<Tensor> {
+        Ok(self.imaging_head.forward(&self.imaging.embed(image)?)?)
+    }
+
+    /// What the two encoders compute for paired ECGs and images (evaluation mode): the
+    /// inputs of [`localization_maps`].
+    ///
+    /// # Shapes
+    /// `ecg`: `[B, 1, leads, T]` (or `[B, leads, T]`), `image`: `[B, C, H, W]`.
+    pub fn encode(&self, ecg: &Tensor, image: &Tensor) -> Result<EncoderFeatures> {
+        let b = ecg.dim(0)?;
+        if image.dims().first() != Some(&b) {
+            return Err(Error::InvalidInput(format!(
+                "{b} ECG(s) but an image batch of shape {:?}",
+                image.dims()
+            )));
+        }
+        let out = self.ecg.forward_tokens(ecg, false, Some(-1))?;
+        let ecg_attention = out.attention.ok_or_else(|| {
+            Error::InvalidInput("the ECG encoder returned no attention map".into())
+        })?; // [B, heads, 1 + L, 1 + L]
+        let ecg_pooled = self.ecg.pool(&out.tokens, self.ecg.config().pooling())?; // [B, D]
+        let ecg_tokens = self.ecg.pool(&out.tokens, Pooling::Tokens)?; // [B, L, D]
+        let trunk = self
+            .imaging
+            .forward_t(&image.to_dtype(DType::F32)?, false)?;
+        Ok(EncoderFeatures {
+            ecg_tokens,
+            ecg_pooled,
+            ecg_attention,
+            ecg_grid: self.ecg.config().grid_size(),
+            feature_map: trunk.feature_map,
+            image_pooled: trunk.pooled,
+        })
+    }
+
+    /// The localisation maps of paired ECGs and images (evaluation mode):
+    /// [`Self::encode`], then [`localization_maps`] with this model's heads.
+    ///
+    /// # Shapes
+    /// `ecg`: `[B, 1, leads, T]` (or `[B, leads, T]`), `image`: `[B, C, H, W]` → see
+    /// [`Localization`].
+    pub fn localize(
+        &self,
+        ecg: &Tensor,
+        image: &Tensor,
+        config: &LocalizationConfig,
+    ) -> Result<Localization> {
+        config.validate()?;
+        let features = self.encode(ecg, image)?;
+        localization_maps(&features, &self.ecg_head, &self.imaging_head, config)
+    }
+}
+
+/// The encoder outputs the maps are computed from.
+#[derive(Debug, Clone)]
+pub struct EncoderFeatures {
+    /// ECG patch tokens after the last block, class token dropped, no norm: `[B, L, D]`.
+    pub ecg_tokens: Tensor,
+    /// The pooled ECG features the global embedding projects: `[B, D]`.
+    pub ecg_pooled: Tensor,
+    /// Attention probabilities of the last ECG block: `[B, heads, 1 + L, 1 + L]`.
+    pub ecg_attention: Tensor,
+    /// The patch grid `(rows, cols)`, `L = rows·cols` (rows = leads for 1-lead patches).
+    pub ecg_grid: (usize, usize),
+    /// The image trunk's last feature map: `[B, C, h, w]`.
+    pub feature_map: Tensor,
+    /// Its global average: `[B, C]`.
+    pub image_pooled: Tensor,
+}
+
+/// The maps from encoder outputs: the reference's `plot_localization` after the encoders
+/// (see the module docs).
+///
+/// # Shapes
+/// See [`EncoderFeatures`] and [`Localization`].
+pub fn localization_maps(
+    features: &EncoderFeatures,
+    ecg_head: &ProjectionHead,
+    image_head: &ProjectionHead,
+    config: &LocalizationConfig,
+) -> Result<Localization> {
+    config.validate()?;
+    let (rows, cols) = features.ecg_grid;
+    let (b, l, _) = features.ecg_tokens.dims3()?;
+    if l != rows * cols {
+        return Err(Error::InvalidInput(format!(
+            "{l} ECG tokens do not form a {rows} × {cols} grid"
+        )));
+    }
+    let z_ecg = ecg_head.forward(&features.ecg_pooled)?; // [B, d]
+    let tokens = upsample_tokens(&features.ecg_tokens, config.upsample_factor_ecg)?; // [B, L', D]
+    let z_local_ecg = ecg_head.forward(&tokens)?; // [B, L', d]
+
+    let z_image = image_head.forward(&features.image_pooled)?; // [B, d]
+    let mut map = features.feature_map.clone(); // [B, C, h, w]
+    if config.upsample_factor_img != 1.0 {
+        map = mmcl_cmr::upsample_bilinear2d(&map, config.upsample_factor_img)?; // [B, C, h', w']
+    }
+    let (_, _, h, w) = map.dims4()?;
+    let map = map.permute((0, 2, 3, 1))?.contiguous()?; // [B, h', w', C]
+    let z_local_image = image_head.forward(&map)?; // [B, h', w', d]
+    let d = z_local_image.dim(3)?;
+    let z_local_image = z_local_image.reshape((b, h * w, d))?; // [B, h'·w', d]
+
+    let tau = config.temperature;
+    let soft = config.use_softmax;
+    let ecg_map = similarity_map(&z_local_ecg, &z_image, tau, soft)?; // [B, L']
+    let upsampled = ecg_map.dim(1)?;
+    if !upsampled.is_multiple_of(rows) {
+        return Err(Error::InvalidInput(format!(
+            "upsampling {l} tokens by {} gives {upsampled}, which does not split into {rows} \
+             leads; choose an upsample_factor_ecg that keeps whole leads",
+            config.upsample_factor_ecg
+        )));
+    }
+    let ecg_importance = ecg_map.reshape((b, rows, upsampled / rows))?; // [B, rows, P']
+    let image_importance = similarity_map(&z_local_image, &z_ecg, tau, soft)?.reshape((b, h, w))?; // [B, h', w']
+    let attention = cls_attention_map(&features.ecg_attention, rows, cols)?; // [B, rows, P]
+    let similarity = ((l2_normalize(&z_ecg)? * l2_normalize(&z_image)?)?.sum(1)? / tau)?; // [B]
+    Ok(Localization {
+        ecg_importance,
+        image_importance,
+        attention,
+        similarity,
+        z_ecg,
+        z_image,
+        config: *config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_follows_pytorch_align_corners_false() {
+        // torch.nn.functional.interpolate(torch.arange(4.)[None, None], scale_factor=2,
+        // mode="linear") = [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3].
+        let x = Tensor::arange(0f32, 4.0, &Device::Cpu)
+            .and_then(|t| t.reshape((1, 4, 1)))
+            .expect("tensor");
+        let y = upsample_tokens(&x, 2.0).expect("upsampled");
+        let v: Vec<f32> = y.flatten_all().and_then(|t| t.to_vec1()).expect("values");
+        assert_eq!(v, vec![0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0]);
+        let same = upsample_tokens(&x, 1.0).expect("identity");
+        assert_eq!(same.dims(), &[1, 4, 1]);
+        assert!(upsample_tokens(&x, 0.0).is_err());
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(LocalizationConfig::default().validate().is_ok());
+        let bad = LocalizationConfig {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = LocalizationConfig {
+            upsample_factor_img: f64::NAN,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! `mmcl finetune`: fine-tunes the ECG encoder with a classification or regression head on a
+//! dataset cache, as the reference's mae `main_finetune.py` (see `mmcl_eval::finetune`).
+//!
+//! ```text
+//! mmcl finetune --config finetune.toml [--output DIR] [--device cpu|cuda] [--overwrite]
+//! mmcl finetune --print-config
+//! ```
+//!
+//! The run directory receives `metrics.jsonl` / `metrics.csv` (the run log, one train and one
+//! val line per epoch, written as the run goes), and at the end `model.safetensors` (the best
+//! validation weights under the reference's keys, the configuration in its metadata),
+//! `metrics.json` (test split, per target and averaged, with bootstrap intervals),
+//! `predictions.csv`, `roc.png` or `scatter.png`, `training_curves.png` and `report.md`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use mmcl_eval::finetune::{FinetuneConfig, FinetuneOutcome, Progress, finetune};
+use mmcl_eval::metrics::{self, Task};
+use mmcl_eval::plot::{RocFigure, RocSeries, ScatterFigure, ScatterPanel, TrainingCurvesFigure};
+use mmcl_eval::report::{self, Report};
+use mmcl_eval::runlog::{RunLog, RunLogWriter};
+
+/// Arguments of `mmcl finetune`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration (.json or .toml); see `--print-config` for every field.
+    #[arg(long, required_unless_present = "print_config")]
+    config: Option<PathBuf>,
+    /// Run directory (overrides the configuration's `output`).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Replace the results of a previous run in the output directory.
+    #[arg(long)]
+    overwrite: bool,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print the default configuration (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// The files a run writes into its directory.
+const RUN_FILES: [&str; 9] = [
+    "metrics.jsonl",
+    "metrics.csv",
+    "model.safetensors",
+    "metrics.json",
+    "predictions.csv",
+    "roc.png",
+    "scatter.png",
+    "training_curves.png",
+    "report.md",
+];
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<()> {
+    if args.print_config {
+        let example = FinetuneConfig {
+            cache: "cache".into(),
+            checkpoint: Some("signal_encoder_mmcl.pth".into()),
+            targets: vec!["CAD".into()],
+            output: Some("runs/finetune-cad".into()),
+            ..FinetuneConfig::default()
+        };
+        let text =
+            toml::to_string_pretty(&example).context("cannot render the default configuration")?;
+        print!("{text}");
+        return Ok(());
+    }
+    let Some(config_path) = args.config else {
+        bail!("--config is required");
+    };
+    let cfg = FinetuneConfig::from_file(&config_path)?;
+    let output = match (args.output, &cfg.output) {
+        (Some(o), _) => o,
+        (None, Some(o)) => o.clone(),
+        (None, None) => bail!(
+            "{}: no run directory (set `output` or pass --output)",
+            config_path.display()
+        ),
+    };
+    let previous: Vec<PathBuf> = RUN_FILES
+        .iter()
+        .map(|f| output.join(f))
+        .filter(|p| p.exists())
+        .collect();
+    if !previous.is_empty() {
+        if !args.overwrite {
+            bail!(
+                "{} holds a previous run ({}); choose another output or pass --overwrite",
+                output.display(),
+                previous[0].display()
+            );
+        }
+        for p in &previous {
+            std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    let device = super::common::parse_device(&args.device)?;
+    mmcl_nn::memory::keep_freed_memory();
+
+    let mut log = RunLogWriter::open(&output)?;
+    let (monitor, _) = cfg.monitored();
+    let bar = super::common::progress_bar(0, "fine-tuning");
+    let mut best = f64::NAN;
+    let mut epochs = 0;
+    let outcome = finetune(&cfg, &device, Some(&mut log), &mut |p| match p {
+        Progress::EpochStart {
+            epoch,
+            epochs: total,
+            steps,
+        } => {
+            epochs = *total;
+            bar.set_length(*steps as u64);
+            bar.set_position(0);
+            bar.set_message(format!("epoch {}/{total}", epoch + 1));
+        }
+        Progress::Step { .. } => bar.inc(1),
+        Progress::Validated {
+            epoch,
+            metric,
+            loss,
+            best: is_best,
+        } => {
+            if *is_best || best.is_nan() {
+                best = *metric;
+            }
+            let which = epoch.map_or_else(
+                || "before training".to_string(),
+                |e| format!("epoch {}/{epochs}", e + 1),
+            );
+            let line = format!(
+                "{which}: val {monitor} {metric:.4}, loss {loss:.4}{}",
+                if *is_best { " (best)" } else { "" }
+            );
+            // Without a terminal the bar is hidden and prints nothing: logs still get the line.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+        Progress::Testing => bar.set_message("testing"),
+    })?;
+    bar.finish_and_clear();
+    if let Some(summary) = &outcome.load_summary {
+        eprintln!("{summary}");
+    }
+    eprintln!(
+        "best val {} {:.4} at epoch {} of {}{} (before training {:.4})",
+        outcome.monitor,
+        outcome.best_val_metric,
+        outcome.best_epoch + 1,
+        outcome.epochs_run,
+        if outcome.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        },
+        outcome.initial_val_metric
+    );
+    print!("{}", report::text_table(&outcome.test));
+    write_results(&output, &cfg, &outcome, log.path())?;
+    eprintln!("results written to {}", output.display());
+    Ok(())
+}
+
+fn write_results(
+    dir: &Path,
+    cfg: &FinetuneConfig,
+    outcome: &FinetuneOutcome,
+    log_path: &Path,
+) -> Result<()> {
+    let mut metadata = HashMap::new();
+    metadata.insert("config".to_string(), serde_json::to_string(cfg)?);
+    metadata.insert(
+        "targets".to_string(),
+        serde_json::to_string(&outcome.target_names)?,
+    );
+    metadata.insert("best_epoch".to_string(), outcome.best_epoch.to_string());
+    outcome
+        .model
+        .state_dict()?
+        .write_safetensors(&dir.join("model.safetensors"), Some(metadata))?;
+    report::write_evaluation(&dir.join("metrics.json"), &outcome.test)?;
+    write_predictions(&dir.join("predictions.csv"), outcome)?;
+
+    let (truth, pred) = (&outcome.test_truth, &outcome.test_predictions);
+    let present = |j: usize| -> (Vec<f64>, Vec<f64>) {
+        (0..truth.rows())
+            .filter(|&i| !truth.get(i, j).is_nan())
+            .map(|i| (truth.get(i, j), pred.get(i, j)))
+            .unzip()
+    };
+    let mut figures = Vec::new();
+    match cfg.task {
+        Task::Classification => {
+            let mut series = Vec::new();
+            for (j, name) in outcome.target_names.iter().enumerate() {
+                let (t, p) = present(j);
+                let auroc = outcome.test.targets[j].metrics["auroc"];
+                series.push(RocSeries {
+                    name: name.clone(),
+                    curve: metrics::roc_curve(&t, &p)?,
+                    auroc: auroc.value,
+                    ci: auroc.ci_low.zip(auroc.ci_high),
+                });
+            }
+            RocFigure {
+                series,
+                title: "ROC curves (test split, fine-tuned)".into(),
+            }
+            .save(&dir.join("roc.png"))?;
+            figures.push(("ROC curves".to_string(), PathBuf::from("roc.png")));
+        }
+        Task::Regression => {
+            let panels = outcome
+                .target_names
+                .iter()
+                .enumerate()
+                .map(|(j, name)| {
+                    let (t, p) = present(j);
+                    ScatterPanel {
+                        name: name.clone(),
+                        truth: t,
+                        prediction: p,
+                        r2: Some(outcome.test.targets[j].metrics["r2"].value),
+                    }
+                })
+                .collect();
+            ScatterFigure {
+                panels,
+                title: "Predicted vs true (test split, fine-tuned)".into(),
+            }
+            .save(&dir.join("scatter.png"))?;
+            figures.push((
+                "Predicted vs true".to_string(),
+                PathBuf::from("scatter.png"),
+            ));
+        }
+    }
+    let run_log = RunLog::read(log_path)?;
+    let mut curves = TrainingCurvesFigure::new(&run_log);
+    curves.title = "Fine-tuning".into();
+    curves.save(&dir.join("training_curves.png"))?;
+    figures.push((
+        "Training curves".to_string(),
+        PathBuf::from("training_curves.png"),
+    ));
+
+    let mut notes = vec![format!(
+        "Fine-tuned {} from {} on the cache `{}`: {} epoch(s) run{}, best validation {} {:.4} at \
+         epoch {} (before training {:.4}); the test metrics are those of the best weights.",
+        cfg.encoder.model.as_deref().unwrap_or("ECG ViT"),
+        cfg.checkpoint
+            .as_ref()
+            .map_or("scratch".to_string(), |p| format!("`{}`", p.display())),
+        cfg.cache.display(),
+        outcome.epochs_run,
+        if outcome.stopped_early {
+            " (early stopping)"
+        } else {
+            ""
+        },
+        outcome.monitor,
+        outcome.best_val_metric,
+        outcome.best_epoch + 1,
+        outcome.initial_val_metric
+    )];
+    notes.push(format!(
+        "AdamW, lr {:.3e} (warm-up {} epochs, cosine to {:.1e}), layer decay {}, weight decay {}, \
+         drop-path {}, label smoothing {}, batch {}, {} pooling.",
+        cfg.learning_rate(),
+        cfg.warmup_epochs,
+        cfg.min_lr,
+        cfg.layer_decay,
+        cfg.weight_decay,
+        cfg.encoder.drop_path_rate,
+        cfg.smoothing,
+        cfg.batch_size,
+        cfg.encoder.pooling()
+    ));
+    if let Some(summary) = &outcome.load_summary {
+        notes.push(format!("Pre-trained weights: {summary}."));
+    }
+    Report {
+        title: format!("Fine-tuning: {}", outcome.target_names.join(", ")),
+        evaluation: &outcome.test,
+        figures,
+        notes,
+    }
+    .save(&dir.join("report.md"))?;
+    Ok(())
+}
+
+/// `eid,<target>_true,<target>_pred,…` for the test rows (empty cells where the truth is
+/// missing).
+fn write_predictions(path: &Path, outcome: &FinetuneOutcome) -> Result<()> {
+    let mut text = String::from("eid");
+    for name in &outcome.target_names {
+        let _ = write!(text, ",{name}_true,{name}_pred");
+    }
+    text.push('\n');
+    for (i, eid) in outcome.test_eids.iter().enumerate() {
+        let _ = write!(text, "{eid}");
+        for j in 0..outcome.target_names.len() {
+            let t = outcome.test_truth.get(i, j);
+            let p = outcome.test_predictions.get(i, j);
+            if t.is_nan() {
+                let _ = write!(text, ",,{p}");
+            } else {
+                let _ = write!(text, ",{t},{p}");
+            }
+        }
+        text.push('\n');
+    }
+    mmcl_nn::io::write_bytes_atomic(path, text.as_bytes())?;
+    Ok(())
+}
