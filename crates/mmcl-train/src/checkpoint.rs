@@ -12,6 +12,7 @@
 //!       state.json                    epoch, step, schedule, RNG state, config, data seed
 //!       ecg_encoder.safetensors       the ECG encoder alone (timm keys, for embed-ecg)
 //!       image_encoder.safetensors     the image trunk alone (released layout, for embed-cmr)
+//!                                     (MMCL only)
 //!     best/                           the lowest validation loss so far (no optimiser state)
 //!     epoch-NNNN/                     every `save_every_n_epochs` epochs (complete)
 //! ```
@@ -131,6 +132,18 @@ impl CheckpointFile {
 /// The checkpoints folder of a run.
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
+}
+
+/// The latest checkpoint of a run: `<run>/checkpoints/last`.
+pub fn last_dir(run_dir: &Path) -> PathBuf {
+    checkpoints_dir(run_dir).join("last")
+}
+
+/// The ECG encoder exported by either trainer after its latest epoch,
+/// `<run>/checkpoints/last/ecg_encoder.safetensors`: what `embed-ecg`, the fine-tuning stage
+/// and the multimodal stage's `ecg.pretrain_checkpoint` load.
+pub fn ecg_encoder_path(run_dir: &Path) -> PathBuf {
+    last_dir(run_dir).join(ECG_ENCODER_FILE)
 }
 
 /// The name of a per-epoch checkpoint (`epoch-0009` after the tenth epoch).

@@ -4,6 +4,9 @@
 //! - [`MmclConfig`] (JSON or TOML, defaults = the paper) → [`MmclTrainer`]: the multimodal
 //!   contrastive stage with its online classifier, validation, run logs and checkpoints;
 //!   [`MmclTrainer::resume`] continues a run bit for bit.
+//! - [`MaeTrainConfig`] (defaults = the paper's MAE stage) → [`MaeTrainer`]: masked-data
+//!   modelling of the ECG encoder; its encoder export
+//!   ([`checkpoint::ecg_encoder_path`]) initialises the multimodal stage.
 //! - [`MmclModel`]: ResNet + ECG ViT + projection heads (+ classifier) under the reference
 //!   Lightning module's key names; [`MmclStep`]: one optimisation step (the benchmarks use it).
 //! - [`checkpoint`]: the run-directory layout and atomic checkpoint directories.
@@ -44,12 +47,15 @@
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod mae;
 pub mod mmcl;
 pub mod model;
 pub mod progress;
+mod run;
 
-pub use config::MmclConfig;
+pub use config::{MaeTrainConfig, MmclConfig};
 pub use error::{Error, Result};
+pub use mae::{MaeStep, MaeTrainer};
 pub use mmcl::{MmclStep, MmclTrainer};
 pub use model::{MmclArchitecture, MmclModel};
 pub use progress::{BarProgress, NoProgress, Progress};

@@ -495,13 +495,7 @@ impl MmclTrainer {
     /// Pre-trained encoders named in the configuration are loaded; the resolved configuration
     /// is saved as `config.toml`. Returns the trainer and notes for the user.
     pub fn new(cfg: MmclConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
-        if checkpoint::find_checkpoint(run_dir).is_ok() {
-            return Err(Error::checkpoint(
-                run_dir,
-                "this run directory already holds a checkpoint; resume it or choose another \
-                 output directory",
-            ));
-        }
+        crate::run::ensure_fresh(run_dir)?;
         let mut cfg = cfg;
         cfg.validate()?;
         cfg.data.cache =
@@ -523,9 +517,7 @@ impl MmclTrainer {
         }
         let mut trainer = Self::assemble(cfg, model, cache, run_dir, device)?;
         notes.extend(trainer.describe_data());
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        let config_path = run_dir.join(CONFIG_FILE);
-        mmcl_nn::io::write_bytes_atomic(&config_path, trainer.cfg.to_toml().as_bytes())?;
+        crate::run::write_config(run_dir, &trainer.cfg.to_toml())?;
         trainer.log.truncate_after(0)?;
         Ok((trainer, notes))
     }
@@ -540,25 +532,12 @@ impl MmclTrainer {
         run_dir: Option<&Path>,
         device: &Device,
     ) -> Result<(Self, Vec<String>)> {
-        let dir = checkpoint::find_checkpoint(path)?;
-        let state = TrainState::read(&dir)?;
-        if state.kind != TrainerKind::Mmcl {
-            return Err(Error::checkpoint(
-                &dir,
-                "this checkpoint was written by the MAE trainer, not the MMCL trainer",
-            ));
-        }
-        let saved: MmclConfig =
-            serde_json::from_value(state.config.clone()).map_err(|source| Error::Json {
-                path: dir.join(checkpoint::STATE_FILE),
-                source,
-            })?;
-        let cfg = cfg.unwrap_or(saved);
-        cfg.validate()?;
-        let run_dir = match run_dir {
-            Some(r) => r.to_path_buf(),
-            None => checkpoint::run_dir_of(&dir).unwrap_or_else(|| dir.clone()),
+        let (dir, state, run_dir) = crate::run::open_resume(path, TrainerKind::Mmcl, run_dir)?;
+        let cfg = match cfg {
+            Some(cfg) => cfg,
+            None => crate::run::saved_config(&dir, &state)?,
         };
+        cfg.validate()?;
         let cache = Arc::new(Cache::open(&cfg.data.cache)?);
         let channels = image_channels(&cache, &cfg.data.cache)?;
         let arch = MmclArchitecture::from_config(&cfg, channels)?;
@@ -779,14 +758,13 @@ impl MmclTrainer {
             let report = self.step.train_batch(&batch, lr)?;
             if !report.loss.is_finite() {
                 progress.finish_phase();
-                let last_good = checkpoint::find_checkpoint(&self.run_dir).ok();
-                return Err(Error::NonFiniteLoss {
-                    value: report.loss,
+                return Err(crate::run::non_finite(
+                    report.loss,
                     epoch,
-                    batch: b,
-                    step: self.steps_taken,
-                    last_good,
-                });
+                    b,
+                    self.steps_taken,
+                    &self.run_dir,
+                ));
             }
             if report.stepped {
                 self.steps_taken += 1;

@@ -42,6 +42,8 @@ enum Command {
     EmbedCmr(commands::embed_cmr::Args),
     /// Multimodal contrastive pre-training of the ECG and CMR encoders (config-driven, resumable).
     PretrainMmcl(commands::pretrain::MmclArgs),
+    /// Masked-autoencoder pre-training of the ECG encoder (config-driven, resumable).
+    PretrainMae(commands::pretrain::MaeArgs),
     /// Localisation maps of one subject's ECG and CMR under a multimodal model (PNG + JSON).
     Explain(commands::explain::Args),
     /// Fine-tune the ECG encoder with a classification or regression head (config-driven).
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::EmbedCmr(args) => commands::embed_cmr::run(args),
         Command::PretrainMmcl(args) => commands::pretrain::run_mmcl(args),
+        Command::PretrainMae(args) => commands::pretrain::run_mae(args),
         Command::Explain(args) => commands::explain::run(args),
         Command::Finetune(args) => commands::finetune::run(args),
     };

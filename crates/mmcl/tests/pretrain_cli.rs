@@ -241,3 +241,141 @@ fn printed_defaults_are_the_paper_and_read_back() {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }
 }
+
+const MAE_CONFIG: &str = r#"
+max_epochs = 1
+warmup_epochs = 0
+batch_size = 4
+lr = 1e-3
+
+[model]
+model = "mae_vit_pluto_patchX"
+img_size = [1, 12, 500]
+patch_size = [1, 100]
+
+[data]
+cache = "cache"
+threads = 2
+"#;
+
+#[test]
+fn pretrain_mae_trains_exports_and_resumes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let cohort = root.join("cohort");
+    let out = mmcl(&[
+        "synth",
+        "--out",
+        s(&cohort),
+        "--subjects",
+        "10",
+        "--seed",
+        "5",
+        "--image-size",
+        "32",
+        "--slices",
+        "4",
+        "--frames",
+        "3",
+        "--threads",
+        "2",
+    ]);
+    assert!(out.status.success(), "synth: {}", stderr(&out));
+    std::fs::write(
+        root.join("build.toml"),
+        "root = \"cohort\"\noutput = \"cache\"\necg_samples = 1000\n\
+         [cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
+    )
+    .expect("write");
+    let out = mmcl(&["build-dataset", "--config", s(&root.join("build.toml"))]);
+    assert!(out.status.success(), "build-dataset: {}", stderr(&out));
+
+    let config = root.join("mae.toml");
+    std::fs::write(&config, MAE_CONFIG).expect("write");
+    let run = root.join("run");
+    let out = mmcl(&["pretrain-mae", "--config", s(&config), "--output", s(&run)]);
+    assert!(out.status.success(), "pretrain-mae: {}", stderr(&out));
+    assert!(stderr(&out).contains("configuration:"), "{}", stderr(&out));
+    let encoder = run.join("checkpoints/last/ecg_encoder.safetensors");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(s(&encoder)),
+        "the encoder path is not announced"
+    );
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        assert!(
+            run.join("checkpoints/last").join(f).is_file(),
+            "{f} missing"
+        );
+    }
+    assert!(run.join("config.toml").is_file() && run.join("metrics.csv").is_file());
+
+    // The exported encoder embeds through embed-ecg (released layout: no fc_norm).
+    let ecg_config = root.join("ecg.json");
+    std::fs::write(
+        &ecg_config,
+        r#"{"model": "vit_pluto_patchX", "img_size": [1, 12, 500], "patch_size": [1, 100],
+            "global_pool": true}"#,
+    )
+    .expect("write");
+    let ecgs = root.join("ecgs.npy");
+    let values: Vec<f32> = (0..3 * 12 * 500).map(|i| (i as f32 * 0.02).cos()).collect();
+    write_npy_f32(&ecgs, &[3, 12, 500], &values);
+    let z = root.join("z.npy");
+    let out = mmcl(&[
+        "embed-ecg",
+        "--checkpoint",
+        s(&encoder),
+        "--config",
+        s(&ecg_config),
+        "--input",
+        s(&ecgs),
+        "--output",
+        s(&z),
+    ]);
+    assert!(out.status.success(), "embed-ecg: {}", stderr(&out));
+    assert_eq!(read_npy_shape(&z)[0], 3);
+
+    // Resume with one more epoch.
+    let longer = root.join("mae2.toml");
+    std::fs::write(
+        &longer,
+        MAE_CONFIG.replace("max_epochs = 1", "max_epochs = 2"),
+    )
+    .expect("write");
+    let out = mmcl(&["pretrain-mae", "--resume", s(&run), "--config", s(&longer)]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert!(stderr(&out).contains("resumed from"), "{}", stderr(&out));
+    let state = std::fs::read_to_string(run.join("checkpoints/last/state.json")).expect("state");
+    assert!(
+        state.contains("\"epoch\": 2") && state.contains("\"mae\""),
+        "{state}"
+    );
+
+    // Mistakes fail clearly and leave nothing behind.
+    let typo = root.join("typo.toml");
+    std::fs::write(&typo, "mask_ration = 0.5\n").expect("write");
+    let other = root.join("other");
+    let out = mmcl(&["pretrain-mae", "--config", s(&typo), "--output", s(&other)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("mask_ration"), "{}", stderr(&out));
+    assert!(!other.join("checkpoints").exists());
+    let out = mmcl(&["pretrain-mmcl", "--resume", s(&run)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("MAE trainer"), "{}", stderr(&out));
+}
+
+#[test]
+fn printed_mae_defaults_are_the_paper_and_read_back() {
+    let out = mmcl(&["pretrain-mae", "--print-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cfg: mmcl_train::MaeTrainConfig = toml::from_str(&text).expect("the printout parses");
+    assert_eq!(cfg, mmcl_train::MaeTrainConfig::default());
+    for needle in [
+        "weight_decay = 0.15",
+        "mask_ratio = 0.8",
+        "mae_vit_tiny_patchX",
+    ] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
+}
