@@ -15,6 +15,9 @@
 //! - NCCL across GPUs (one process per GPU, crate feature `nccl`): designed in the workspace's
 //!   `docs/distributed.md`; it needs a CUDA toolkit to build.
 //!
+//! Losses that couple the samples of a batch (the CLIP loss) see the global batch through
+//! [`gather_with_grad`].
+//!
 //! Gradients are reduced as one flat buffer per step (all gradients concatenated in the order of
 //! `vars`, as DDP's buckets are), in `f32`, and summed in rank order, so the result is
 //! bit-identical on every replica whatever the thread timing.
@@ -108,6 +111,14 @@ pub trait GradSync: Send {
     /// or buffers such as BatchNorm running statistics).
     fn broadcast_vars(&self, vars: &[(String, Var)], root: usize) -> Result<()>;
 
+    /// Every replica's `local` concatenated along the first dimension, in rank order, without
+    /// gradient (see [`gather_with_grad`] for the differentiable form). All replicas must pass
+    /// tensors of the same shape.
+    ///
+    /// # Shapes
+    /// `local`: `[n, ..]` → `[world_size·n, ..]`.
+    fn all_gather(&self, local: &Tensor) -> Result<Tensor>;
+
     /// Whether this replica writes checkpoints, logs and progress (rank 0).
     fn is_main(&self) -> bool {
         self.rank() == 0
@@ -129,6 +140,10 @@ impl GradSync for SingleProcess {
 
     fn all_reduce_mean(&self, _vars: &[(String, Var)], _grads: &mut GradStore) -> Result<()> {
         Ok(())
+    }
+
+    fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
+        Ok(local.detach())
     }
 
     fn broadcast_vars(&self, _vars: &[(String, Var)], root: usize) -> Result<()> {
@@ -161,6 +176,36 @@ pub fn batch_shard(batch: usize, rank: usize, world_size: usize) -> Result<std::
     }
     let share = batch / world_size;
     Ok(rank * share..(rank + 1) * share)
+}
+
+/// The global batch of `local` — every replica's rows in rank order — differentiable with
+/// respect to this replica's own rows only.
+///
+/// For losses that couple the samples of a batch (the CLIP loss of the multimodal stage, whose
+/// negatives are the other samples): every replica computes the loss over the whole global
+/// batch; its backward pass yields the part of the gradient that flows through its own rows, and
+/// the other replicas compute the rest. The full gradient is the **sum** of the replicas'
+/// gradients: scale the loss by `world_size` before `backward`, then
+/// [`GradSync::all_reduce_mean`].
+///
+/// # Shapes
+/// `local`: `[n, ..]` → `[world_size·n, ..]`.
+pub fn gather_with_grad(comm: &dyn GradSync, local: &Tensor) -> Result<Tensor> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    if world == 1 {
+        return Ok(local.clone());
+    }
+    let n = local.dim(0)?;
+    let gathered = comm.all_gather(local)?; // [world·n, ..]
+    let mut parts = Vec::with_capacity(3);
+    if rank > 0 {
+        parts.push(gathered.narrow(0, 0, rank * n)?);
+    }
+    parts.push(local.clone());
+    if rank + 1 < world {
+        parts.push(gathered.narrow(0, (rank + 1) * n, (world - rank - 1) * n)?);
+    }
+    Ok(Tensor::cat(&parts, 0)?) // [world·n, ..]
 }
 
 /// The gradients of `vars` concatenated into one flat `f32` tensor on the device of the first
@@ -226,6 +271,7 @@ fn flatten_vars(vars: &[(String, Var)]) -> Result<Tensor> {
 enum Collective {
     Mean,
     Broadcast(usize),
+    Gather,
 }
 
 #[derive(Debug)]
@@ -350,6 +396,7 @@ fn reduce(slots: Vec<Vec<f32>>, op: Collective) -> std::result::Result<Vec<f32>,
     }
     match op {
         Collective::Broadcast(root) => Ok(slots.into_iter().nth(root).unwrap_or_default()),
+        Collective::Gather => Ok(slots.concat()),
         Collective::Mean => {
             let n = slots.len() as f32;
             let mut iter = slots.into_iter();
@@ -406,6 +453,24 @@ impl GradSync for ThreadReplica {
             }
         }
         Ok(())
+    }
+
+    fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
+        // A scalar still takes part (as one row), so that the other replicas do not wait.
+        let mut dims = local.dims().to_vec();
+        if dims.is_empty() {
+            dims.push(1);
+        }
+        dims[0] *= self.group.world_size;
+        let data = local
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let all = self.collective(data, Collective::Gather)?;
+        let len = all.len();
+        Ok(Tensor::from_vec(all, len, local.device())?
+            .reshape(dims)? // [world·n, ..]
+            .to_dtype(local.dtype())?)
     }
 
     fn broadcast_vars(&self, vars: &[(String, Var)], root: usize) -> Result<()> {
