@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Side-by-side anchor for `cargo bench --bench embed_cmr`: torchvision's ResNet50 (v1.5, the
+reference's image encoder without its fc layer) written out in plain PyTorch (torchvision is not
+needed), batch 16 of 3x210x210, eval mode, no grad, 2 threads.
+
+Prints wall-clock and process-CPU seconds per batch; on a shared machine the CPU time divided by
+the thread count approximates the wall time on an idle one. Usage:
+
+    python3 benches/reference_embed_cmr.py --threads 2 --iters 5
+"""
+import argparse
+import resource
+import time
+
+import torch
+import torch.nn as nn
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride):
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        # v1.5: the stride sits on the 3x3 convolution.
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        layers, inplanes = [], 64
+        for planes, blocks, stride in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]:
+            for i in range(blocks):
+                layers.append(Bottleneck(inplanes, planes, stride if i == 0 else 1))
+                inplanes = planes * 4
+        self.layers = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.avgpool(self.layers(x)).flatten(1)  # [B, 2048]
+
+
+def cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = ResNet50Encoder().eval()
+    x = torch.randn(args.batch, 3, 210, 210)
+    with torch.no_grad():
+        assert model(x).shape == (args.batch, 2048)  # warm-up
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        for _ in range(args.iters):
+            model(x)
+        wall = (time.perf_counter() - t0) / args.iters
+        cpu = (cpu_seconds() - c0) / args.iters
+    print(f"torch {torch.__version__}, {args.threads} threads: wall {wall:.3f} s/batch "
+          f"({args.batch / wall:.1f} samples/s), cpu {cpu:.3f} s/batch "
+          f"({args.batch * args.threads / cpu:.1f} samples/s at {args.threads} idle threads)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+//! Kernel-level benchmarks for profiling, at the paper's shapes, CPU, f32.
+//!
+//! ECG encoder (`vit_tiny_patchX`): D 384, 6 heads, 301 tokens (300 patches of 1×100 plus the
+//! class token); batch 64 for the inference (`fwd`) figures, batch 32 for the training
+//! (`fwd_bwd`: forward, sum, backward) figures. ResNet50 first layers at 210×210, batch 16.
+//!
+//! Every kernel is called the way the models call it (`mmcl_nn::ops`, `mmcl_nn::conv`,
+//! `mmcl_nn::pool`; the ECG patch embedding is `mmcl_ecg::PatchEmbed::forward`'s reshape and
+//! linear map). `reference_kernels.py` next to this file runs the same shapes in plain PyTorch
+//! (2 threads) under the same names, so that each kernel gets a ratio.
+//!
+//! ```sh
+//! cargo bench -p mmcl-nn --bench kernels -- --warm-up-time 1 --measurement-time 3
+//! python3 crates/mmcl-nn/benches/reference_kernels.py --threads 2
+//! # On a shared machine: CPU time per call ÷ threads (both programs print it).
+//! MMCL_BENCH_CLOCK=cpu cargo bench -p mmcl-nn --bench kernels -- --measurement-time 3
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+use mmcl_nn::{conv, ops, pool};
+
+const DIM: usize = 384;
+const HEADS: usize = 6;
+const TOKENS: usize = 301;
+const INFER_BATCH: usize = 64;
+const TRAIN_BATCH: usize = 32;
+const IMAGE_BATCH: usize = 16;
+const IMAGE_SIDE: usize = 210;
+
+fn randn(shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?)
+}
+
+fn var(shape: &[usize], std: f64) -> Result<Var> {
+    Ok(Var::from_tensor(&(randn(shape)? * std)?)?)
+}
+
+/// Times `forward` alone.
+fn bench_fwd<E: Into<anyhow::Error>>(
+    group: &mut BenchmarkGroup<WallTime>,
+    name: &str,
+    forward: impl Fn() -> std::result::Result<Tensor, E>,
+) {
+    group.bench_function(name, |b| {
+        timed(b, || {
+            // A failing kernel stops the run: timing errors would be meaningless.
+            if let Err(e) = forward().map(black_box) {
+                panic!("{name}: {:#}", e.into());
+            }
+        })
+    });
+}
+
+/// Times `forward`, the sum of its output and the backward pass to every variable it uses.
+fn bench_fwd_bwd<E: Into<anyhow::Error>>(
+    group: &mut BenchmarkGroup<WallTime>,
+    name: &str,
+    forward: impl Fn() -> std::result::Result<Tensor, E>,
+) {
+    group.bench_function(name, |b| {
+        timed(b, || {
+            let grads = forward()
+                .map_err(Into::into)
+                .and_then(|y| Ok(y.sum_all()?.backward()?));
+            if let Err(e) = grads.map(black_box) {
+                panic!("{name}: {e:#}");
+            }
+        })
+    });
+}
+
+/// CPU seconds used so far by this process, all threads (`/proc/self/stat` utime + stime, in
+/// the kernel's fixed 100 Hz user ticks).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Times `f` by wall clock, or, with `MMCL_BENCH_CLOCK=cpu`, by the process's CPU time divided
+/// by the worker threads: on a shared machine that approximates the wall time on an idle one
+/// (the PyTorch anchor prints the same figure).
+fn timed(b: &mut criterion::Bencher<'_>, mut f: impl FnMut()) {
+    if std::env::var("MMCL_BENCH_CLOCK").as_deref() != Ok("cpu") {
+        b.iter(&mut f);
+        return;
+    }
+    let threads = rayon::current_num_threads() as f64;
+    b.iter_custom(|iters| {
+        let start = process_cpu_seconds().unwrap_or(0.0);
+        for _ in 0..iters {
+            f();
+        }
+        let used = process_cpu_seconds().unwrap_or(0.0) - start;
+        Duration::from_secs_f64(used.max(0.0) / threads)
+    })
+}
+
+/// The ECG patch embedding as `mmcl_ecg::PatchEmbed::forward` computes it: the 1×100 patches
+/// flattened, then one linear map with the conv weight viewed as `[D, 100]`.
+fn patch_embed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (ph, pw) = (1, 100);
+    let (gh, gw) = (h / ph, w / pw);
+    let patches = x
+        .reshape((b, c, gh, ph, gw, pw))?
+        .permute((0, 2, 4, 1, 3, 5))? // [B, gh, gw, C, ph, pw]
+        .reshape((b, gh * gw, c * ph * pw))?; // [B, L, C·ph·pw]
+    ops::linear(&patches, &weight.reshape((DIM, ()))?, Some(bias)) // [B, L, D]
+}
+
+fn vit_kernels(c: &mut Criterion) -> Result<()> {
+    mmcl_nn::memory::keep_freed_memory();
+    let mut group = c.benchmark_group("vit");
+    group.sample_size(10);
+    let scale = ((DIM / HEADS) as f64).powf(-0.5);
+
+    // Fused attention over the packed qkv projection: [B, N, 3D] → [B, N, D].
+    let qkv = randn(&[INFER_BATCH, TOKENS, 3 * DIM])?;
+    bench_fwd(&mut group, "attention/fwd_b64", || {
+        ops::attention(&qkv, HEADS, scale)
+    });
+    let qkv = var(&[TRAIN_BATCH, TOKENS, 3 * DIM], 1.0)?;
+    bench_fwd_bwd(&mut group, "attention/fwd_bwd_b32", || {
+        ops::attention(qkv.as_tensor(), HEADS, scale)
+    });
+
+    // LayerNorm over D with affine weight and bias, eps 1e-6.
+    let x = randn(&[INFER_BATCH, TOKENS, DIM])?;
+    let (w, b) = (var(&[DIM], 1.0)?, var(&[DIM], 0.1)?);
+    bench_fwd(&mut group, "layer_norm/fwd_b64", || {
+        ops::layer_norm(&x, w.as_tensor(), b.as_tensor(), 1e-6)
+    });
+    let x = var(&[TRAIN_BATCH, TOKENS, DIM], 1.0)?;
+    bench_fwd_bwd(&mut group, "layer_norm/fwd_bwd_b32", || {
+        ops::layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-6)
+    });
+
+    // Softmax over the attention scores [B, heads, N, N].
+    let scores = randn(&[INFER_BATCH, HEADS, TOKENS, TOKENS])?;
+    bench_fwd(&mut group, "softmax/fwd_b64", || {
+        ops::softmax_last_dim(&scores)
+    });
+    drop(scores);
+    let scores = var(&[TRAIN_BATCH, HEADS, TOKENS, TOKENS], 1.0)?;
+    bench_fwd_bwd(&mut group, "softmax/fwd_bwd_b32", || {
+        ops::softmax_last_dim(scores.as_tensor())
+    });
+    drop(scores);
+
+    // Exact GELU on the MLP's hidden layer [B, N, 4D].
+    let hidden = var(&[TRAIN_BATCH, TOKENS, 4 * DIM], 1.0)?;
+    bench_fwd_bwd(&mut group, "gelu/fwd_bwd_b32", || {
+        ops::gelu_erf(hidden.as_tensor())
+    });
+    drop(hidden);
+
+    // Patch embedding of 1×12×2500 ECGs: [B, 1, 12, 2500] → [B, 300, D].
+    let ecg = randn(&[INFER_BATCH, 1, 12, 2500])?;
+    let (pw, pb) = (var(&[DIM, 1, 1, 100], 0.1)?, var(&[DIM], 0.1)?);
+    bench_fwd(&mut group, "patch_embed/fwd_b64", || {
+        patch_embed(&ecg, pw.as_tensor(), pb.as_tensor())
+    });
+    let ecg = randn(&[TRAIN_BATCH, 1, 12, 2500])?;
+    bench_fwd_bwd(&mut group, "patch_embed/fwd_bwd_b32", || {
+        patch_embed(&ecg, pw.as_tensor(), pb.as_tensor())
+    });
+
+    // The encoder's matrix products, [B·N, D]×[D, k] (+ bias), weight in PyTorch's [k, D].
+    for (name, k_in, k_out) in [
+        ("qkv", DIM, 3 * DIM),
+        ("proj", DIM, DIM),
+        ("fc1", DIM, 4 * DIM),
+        ("fc2", 4 * DIM, DIM),
+    ] {
+        let (w, b) = (var(&[k_out, k_in], 0.05)?, var(&[k_out], 0.1)?);
+        let x = randn(&[INFER_BATCH * TOKENS, k_in])?;
+        bench_fwd(&mut group, &format!("matmul_{name}/fwd_b64"), || {
+            ops::linear(&x, w.as_tensor(), Some(b.as_tensor()))
+        });
+        let x = var(&[TRAIN_BATCH * TOKENS, k_in], 1.0)?;
+        bench_fwd_bwd(&mut group, &format!("matmul_{name}/fwd_bwd_b32"), || {
+            ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))
+        });
+    }
+    group.finish();
+    Ok(())
+}
+
+fn resnet_kernels(c: &mut Criterion) -> Result<()> {
+    mmcl_nn::memory::keep_freed_memory();
+    let mut group = c.benchmark_group("resnet50");
+    group.sample_size(10);
+
+    // The stem: 7×7 stride 2 padding 3, 3 → 64 channels, 210² → 105². The image needs no
+    // gradient (as in training), the weight does.
+    let image = randn(&[IMAGE_BATCH, 3, IMAGE_SIDE, IMAGE_SIDE])?;
+    let stem = var(&[64, 3, 7, 7], 0.05)?;
+    bench_fwd(&mut group, "conv_stem_7x7s2/fwd_b16", || {
+        conv::conv2d(&image, stem.as_tensor(), 2, 3)
+    });
+    bench_fwd_bwd(&mut group, "conv_stem_7x7s2/fwd_bwd_b16", || {
+        conv::conv2d(&image, stem.as_tensor(), 2, 3)
+    });
+
+    // Max-pool 3×3 stride 2 padding 1 after the stem: [16, 64, 105, 105] → [16, 64, 53, 53].
+    let stem_out = var(&[IMAGE_BATCH, 64, 105, 105], 1.0)?;
+    bench_fwd(&mut group, "max_pool_3x3s2/fwd_b16", || {
+        pool::max_pool2d(stem_out.as_tensor(), 3, 2, 1)
+    });
+    bench_fwd_bwd(&mut group, "max_pool_3x3s2/fwd_bwd_b16", || {
+        pool::max_pool2d(stem_out.as_tensor(), 3, 2, 1)
+    });
+    drop(stem_out);
+
+    // layer1's bottleneck 3×3 convolution: 64 → 64 channels at 53², stride 1 padding 1.
+    let h = var(&[IMAGE_BATCH, 64, 53, 53], 1.0)?;
+    let w = var(&[64, 64, 3, 3], 0.05)?;
+    bench_fwd(&mut group, "conv_3x3/fwd_b16", || {
+        conv::conv2d(h.as_tensor(), w.as_tensor(), 1, 1)
+    });
+    bench_fwd_bwd(&mut group, "conv_3x3/fwd_bwd_b16", || {
+        conv::conv2d(h.as_tensor(), w.as_tensor(), 1, 1)
+    });
+    group.finish();
+    Ok(())
+}
+
+fn kernels(c: &mut Criterion) {
+    // Set-up failures (out of memory, say) are reported rather than silently skipped.
+    if let Err(e) = vit_kernels(c) {
+        eprintln!("vit kernels: {e:#}");
+        std::process::exit(1);
+    }
+    if let Err(e) = resnet_kernels(c) {
+        eprintln!("resnet50 kernels: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = kernels
+}
+criterion_main!(benches);

@@ -1,0 +1,442 @@
+//! Data-parallel training with in-process replicas equals one process on the whole batch.
+
+use std::thread;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::Init;
+use mmcl_nn::distributed::{
+    DistributedError, GradSync, SingleProcess, ThreadGroup, batch_shard, flatten_grads,
+    gather_with_grad, unflatten_grads,
+};
+use mmcl_nn::optim::{Adam, AdamConfig, ParamGroup};
+use mmcl_nn::{ParamStore, ops};
+
+const BATCH: usize = 8;
+const STEPS: usize = 3;
+const LR: f64 = 1e-2;
+
+/// A two-layer MLP, `x [B, 6] → [B, 3]`, with a loss that is a mean over samples.
+struct Mlp {
+    store: ParamStore,
+}
+
+impl Mlp {
+    fn new(seed: u64) -> Self {
+        let store = ParamStore::new(seed);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: 0.5,
+        };
+        for (name, shape) in [
+            ("fc1.weight", vec![16, 6]),
+            ("fc1.bias", vec![16]),
+            ("fc2.weight", vec![3, 16]),
+            ("fc2.bias", vec![3]),
+        ] {
+            vb.get_with_hints(shape, name, randn).unwrap();
+        }
+        Self { store }
+    }
+
+    fn param(&self, name: &str) -> Tensor {
+        self.store.get(name).unwrap().as_tensor().clone()
+    }
+
+    /// Mean over samples of the squared error (plus a GELU and a LayerNorm-free MLP).
+    fn loss(&self, x: &Tensor, y: &Tensor) -> Tensor {
+        let h = ops::gelu_erf(
+            &ops::linear(x, &self.param("fc1.weight"), Some(&self.param("fc1.bias"))).unwrap(),
+        )
+        .unwrap(); // [B, 16]
+        let out =
+            ops::linear(&h, &self.param("fc2.weight"), Some(&self.param("fc2.bias"))).unwrap(); // [B, 3]
+        (out - y)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+    }
+
+    fn optimiser(&self) -> Adam {
+        Adam::new(
+            vec![ParamGroup::all(&self.store, 0.05)],
+            AdamConfig::adamw_mae(),
+        )
+        .unwrap()
+    }
+
+    fn flat_params(&self) -> Vec<f32> {
+        let mut out = Vec::new();
+        for (_, v) in self.store.trainable_vars() {
+            out.extend(
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+        }
+        out
+    }
+}
+
+fn data() -> (Tensor, Tensor) {
+    let x = Tensor::randn(0f32, 1.0, (BATCH, 6), &Device::Cpu).unwrap();
+    let y = Tensor::randn(0f32, 1.0, (BATCH, 3), &Device::Cpu).unwrap();
+    (x, y)
+}
+
+/// Trains `STEPS` steps with `comm` on its share of each global batch; returns the parameters
+/// and the synchronised gradients of every step (Adam is invariant to the gradient's scale, so
+/// the gradients are compared too).
+fn train(comm: &dyn GradSync, seed: u64, batches: &[(Tensor, Tensor)]) -> (Vec<f32>, Vec<f32>) {
+    let model = Mlp::new(seed);
+    let vars = model.store.trainable_vars();
+    comm.broadcast_vars(&vars, 0).unwrap();
+    let mut opt = model.optimiser();
+    let mut all_grads = Vec::new();
+    for (x, y) in batches {
+        let rows = batch_shard(BATCH, comm.rank(), comm.world_size()).unwrap();
+        let x = x.narrow(0, rows.start, rows.len()).unwrap();
+        let y = y.narrow(0, rows.start, rows.len()).unwrap();
+        let mut grads = model.loss(&x, &y).backward().unwrap();
+        comm.all_reduce_mean(&vars, &mut grads).unwrap();
+        all_grads.extend(flat(&flatten_grads(&vars, &grads).unwrap()));
+        opt.step(&grads, LR).unwrap();
+    }
+    (model.flat_params(), all_grads)
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Largest difference between two vectors, and the largest magnitude of the second.
+fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold((0.0f32, 0.0f32), |(d, m), (x, y)| {
+        (d.max((x - y).abs()), m.max(y.abs()))
+    })
+}
+
+fn data_parallel_equals_single_process(world_size: usize) {
+    let batches: Vec<_> = (0..STEPS).map(|_| data()).collect();
+    let (single, single_grads) = train(&SingleProcess, 5, &batches);
+    let handles: Vec<_> = ThreadGroup::new(world_size)
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            let batches = batches.clone();
+            // Replicas start from different seeds: the broadcast from rank 0 (seed 5) unifies.
+            let seed = if comm.rank() == 0 {
+                5
+            } else {
+                100 + comm.rank() as u64
+            };
+            thread::spawn(move || train(&comm, seed, &batches))
+        })
+        .collect();
+    let (replicas, grads): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+        handles.into_iter().map(|h| h.join().unwrap()).unzip();
+    // Every replica holds bit-identical parameters (same reduced gradients, same steps).
+    for r in &replicas[1..] {
+        assert_eq!(r, &replicas[0]);
+    }
+    // The synchronised gradients are the whole batch's (the scale included).
+    let (grad_diff, grad_max) = max_diff(&grads[0], &single_grads);
+    assert!(grad_diff <= 1e-5 * grad_max, "{grad_diff} of {grad_max}");
+    // And they equal one process on the whole batch, within float tolerance.
+    let initial = Mlp::new(5).flat_params();
+    let (mut moved, mut worst) = (0.0f32, 0.0f32);
+    for ((d, s), i) in replicas[0].iter().zip(&single).zip(&initial) {
+        assert!((d - s).abs() <= 1e-5 + 1e-5 * s.abs(), "{d} vs {s}");
+        moved = moved.max((s - i).abs());
+        worst = worst.max((d - s).abs());
+    }
+    eprintln!(
+        "{world_size} replicas: max |data-parallel − single| {worst:e} (params), \
+         {grad_diff:e} of {grad_max:e} (gradients), max step {moved:e}"
+    );
+    // The comparison is meaningful: training moved the parameters by far more than the tolerance.
+    assert!(moved > 1e-2, "{moved}");
+}
+
+#[test]
+fn two_replicas_equal_one_process() {
+    data_parallel_equals_single_process(2);
+}
+
+#[test]
+fn four_replicas_equal_one_process() {
+    data_parallel_equals_single_process(4);
+}
+
+#[test]
+fn sharding_on_one_replica_is_not_the_whole_batch() {
+    // The same training without the all-reduce diverges between replicas: the test above
+    // depends on the synchronisation.
+    let batches: Vec<_> = (0..STEPS).map(|_| data()).collect();
+    let mut params = Vec::new();
+    for rank in 0..2 {
+        let model = Mlp::new(5);
+        let mut opt = model.optimiser();
+        for (x, y) in &batches {
+            let rows = batch_shard(BATCH, rank, 2).unwrap();
+            let x = x.narrow(0, rows.start, rows.len()).unwrap();
+            let y = y.narrow(0, rows.start, rows.len()).unwrap();
+            opt.step(&model.loss(&x, &y).backward().unwrap(), LR)
+                .unwrap();
+        }
+        params.push(model.flat_params());
+    }
+    assert_ne!(params[0], params[1]);
+}
+
+#[test]
+fn variables_without_gradient_stay_without() {
+    let model = Mlp::new(1);
+    let vars = model.store.trainable_vars();
+    let comm = ThreadGroup::new(1).unwrap().pop().unwrap();
+    // Only fc2.bias has a gradient (ones).
+    let w = model.store.get("fc2.bias").unwrap();
+    let mut grads = w.as_tensor().sum_all().unwrap().backward().unwrap();
+    comm.all_reduce_mean(&vars, &mut grads).unwrap();
+    assert_eq!(grads.get_ids().count(), 1);
+    let g = grads.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(g, vec![1.0; 3]);
+}
+
+#[test]
+fn flat_gradients_round_trip() {
+    let model = Mlp::new(2);
+    let vars = model.store.trainable_vars();
+    let (x, y) = data();
+    let grads = model.loss(&x, &y).backward().unwrap();
+    let flat = flatten_grads(&vars, &grads).unwrap();
+    assert_eq!(flat.dims(), &[16 * 6 + 16 + 3 * 16 + 3]);
+    // A store holding one unrelated gradient; unflattening sets every variable's.
+    let mut back = model
+        .param("fc1.bias")
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    unflatten_grads(&flat, &vars, &mut back).unwrap();
+    for (name, v) in &vars {
+        let a = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+        let b = back.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+        assert_eq!(
+            a.to_vec1::<f32>().unwrap(),
+            b.to_vec1::<f32>().unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_replica_that_leaves_fails_the_others_instead_of_hanging() {
+    let mut comms = ThreadGroup::new(2).unwrap();
+    let leaver = comms.pop().unwrap();
+    let stayer = comms.pop().unwrap();
+    let waiter = thread::spawn(move || {
+        let model = Mlp::new(3);
+        let vars = model.store.trainable_vars();
+        let (x, y) = data();
+        let mut grads = model.loss(&x, &y).backward().unwrap();
+        stayer.all_reduce_mean(&vars, &mut grads)
+    });
+    thread::sleep(std::time::Duration::from_millis(50));
+    drop(leaver);
+    assert!(matches!(
+        waiter.join().unwrap(),
+        Err(DistributedError::ReplicaLost {
+            rank: 0,
+            world_size: 2
+        })
+    ));
+}
+
+#[test]
+fn mismatched_models_are_an_error_on_every_replica() {
+    let handles: Vec<_> = ThreadGroup::new(2)
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            thread::spawn(move || {
+                let model = Mlp::new(4);
+                let mut vars = model.store.trainable_vars();
+                if comm.rank() == 1 {
+                    vars.pop();
+                }
+                let (x, y) = data();
+                let mut grads = model.loss(&x, &y).backward().unwrap();
+                comm.all_reduce_mean(&vars, &mut grads)
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(matches!(
+            h.join().unwrap(),
+            Err(DistributedError::LengthMismatch { .. })
+        ));
+    }
+}
+
+#[test]
+fn arguments_are_checked() {
+    assert_eq!(batch_shard(8, 1, 4).unwrap(), 2..4);
+    assert!(batch_shard(9, 0, 2).is_err());
+    assert!(batch_shard(8, 2, 2).is_err());
+    assert!(ThreadGroup::new(0).is_err());
+    assert!(SingleProcess.broadcast_vars(&[], 1).is_err());
+    let comm = ThreadGroup::new(2).unwrap().pop().unwrap();
+    assert!(comm.broadcast_vars(&[], 2).is_err());
+}
+
+/// Two linear "encoders" and a symmetric InfoNCE (CLIP) loss over the batch: the samples are
+/// coupled through the negatives, so replicas must see the global batch.
+struct TwoTower {
+    store: ParamStore,
+}
+
+impl TwoTower {
+    fn new(seed: u64) -> Self {
+        let store = ParamStore::new(seed);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: 0.5,
+        };
+        vb.get_with_hints((4, 6), "ecg.weight", randn).unwrap();
+        vb.get_with_hints((4, 5), "cmr.weight", randn).unwrap();
+        Self { store }
+    }
+
+    fn embed(&self, name: &str, x: &Tensor) -> Tensor {
+        let w = self.store.get(name).unwrap().as_tensor().clone();
+        let z = ops::linear(x, &w, None).unwrap(); // [n, 4]
+        let norm = z.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+        z.broadcast_div(&norm).unwrap()
+    }
+
+    /// Mean over both directions and all samples of the cross-entropy of `a·bᵀ / 0.1`.
+    fn clip_loss(a: &Tensor, b: &Tensor) -> Tensor {
+        let logits = (a.matmul(&b.t().unwrap()).unwrap() / 0.1).unwrap(); // [B, B]
+        let n = logits.dim(0).unwrap();
+        let eye = Tensor::eye(n, DType::F32, &Device::Cpu).unwrap();
+        let ce = |l: &Tensor| {
+            let lsm = candle_nn::ops::log_softmax(l, 1).unwrap();
+            (lsm * &eye).unwrap().sum_all().unwrap().neg().unwrap() / n as f64
+        };
+        ((ce(&logits).unwrap() + ce(&logits.t().unwrap()).unwrap()).unwrap() * 0.5).unwrap()
+    }
+}
+
+fn train_clip(comm: &dyn GradSync, batches: &[(Tensor, Tensor)]) -> (Vec<f32>, Vec<f32>) {
+    let model = TwoTower::new(9);
+    let vars = model.store.trainable_vars();
+    let mut opt = Adam::new(
+        vec![ParamGroup::all(&model.store, 1e-4)],
+        AdamConfig::adam_l2(),
+    )
+    .unwrap();
+    let mut all_grads = Vec::new();
+    for (x, y) in batches {
+        let rows = batch_shard(BATCH, comm.rank(), comm.world_size()).unwrap();
+        let a = model.embed("ecg.weight", &x.narrow(0, rows.start, rows.len()).unwrap());
+        let b = model.embed("cmr.weight", &y.narrow(0, rows.start, rows.len()).unwrap());
+        let a = gather_with_grad(comm, &a).unwrap(); // [BATCH, 4]
+        let b = gather_with_grad(comm, &b).unwrap();
+        let loss = (TwoTower::clip_loss(&a, &b) * comm.world_size() as f64).unwrap();
+        let mut grads = loss.backward().unwrap();
+        comm.all_reduce_mean(&vars, &mut grads).unwrap();
+        all_grads.extend(flat(&flatten_grads(&vars, &grads).unwrap()));
+        opt.step(&grads, LR).unwrap();
+    }
+    let mut out = Vec::new();
+    for (_, v) in vars {
+        out.extend(flat(v.as_tensor()));
+    }
+    (out, all_grads)
+}
+
+#[test]
+fn contrastive_loss_over_the_gathered_batch_equals_one_process() {
+    let batches: Vec<_> = (0..STEPS)
+        .map(|_| {
+            (
+                Tensor::randn(0f32, 1.0, (BATCH, 6), &Device::Cpu).unwrap(),
+                Tensor::randn(0f32, 1.0, (BATCH, 5), &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    let (single, single_grads) = train_clip(&SingleProcess, &batches);
+    let initial = {
+        let m = TwoTower::new(9);
+        let mut out = Vec::new();
+        for (_, v) in m.store.trainable_vars() {
+            out.extend(
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    for world_size in [2, 4] {
+        let handles: Vec<_> = ThreadGroup::new(world_size)
+            .unwrap()
+            .into_iter()
+            .map(|comm| {
+                let batches = batches.clone();
+                thread::spawn(move || train_clip(&comm, &batches))
+            })
+            .collect();
+        let (replicas, grads): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+            handles.into_iter().map(|h| h.join().unwrap()).unzip();
+        let (grad_diff, grad_max) = max_diff(&grads[0], &single_grads);
+        assert!(grad_diff <= 1e-5 * grad_max, "{grad_diff} of {grad_max}");
+        let (mut worst, mut moved) = (0.0f32, 0.0f32);
+        for ((d, s), i) in replicas[0].iter().zip(&single).zip(&initial) {
+            worst = worst.max((d - s).abs());
+            moved = moved.max((s - i).abs());
+        }
+        eprintln!(
+            "CLIP, {world_size} replicas: max |data-parallel − single| {worst:e} (params), \
+             {grad_diff:e} of {grad_max:e} (gradients), max step {moved:e}"
+        );
+        assert!(worst <= 1e-5, "{worst}");
+        assert!(moved > 1e-2, "{moved}");
+        for r in &replicas[1..] {
+            assert_eq!(r, &replicas[0]);
+        }
+    }
+}
+
+#[test]
+fn gathered_tensors_are_in_rank_order() {
+    let handles: Vec<_> = ThreadGroup::new(3)
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            thread::spawn(move || {
+                let local = Tensor::full(comm.rank() as f32, (2, 2), &Device::Cpu).unwrap();
+                let all = comm.all_gather(&local).unwrap();
+                assert_eq!(all.dims(), &[6, 2]);
+                all.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(
+            h.join().unwrap(),
+            vec![0., 0., 0., 0., 1., 1., 1., 1., 2., 2., 2., 2.]
+        );
+    }
+}
