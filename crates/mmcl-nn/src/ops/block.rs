@@ -56,7 +56,7 @@ pub struct BranchScales {
 /// `x + s₁·proj(attn(norm1(x)))`, then `+ s₂·fc2(gelu(fc1(norm2(·))))`: timm's pre-norm
 /// block without dropout, with optional per-sample branch factors (drop-path).
 ///
-/// On the CPU in f32 this is one autograd node (see the [module documentation](self)); the
+/// On the CPU in f32 this is one autograd node (see the module documentation); the
 /// result equals the composition of [`super::layer_norm`], [`super::linear`],
 /// [`super::attention`] and [`super::bias_gelu`] up to float rounding, gradients included.
 ///
