@@ -217,6 +217,8 @@ fn counted<T: Send>(
 struct Clock {
     timings: Vec<StageTiming>,
     start: (Instant, Option<f64>),
+    /// Stages 1–2 run on their own ([`prepare_data`]).
+    standalone: bool,
 }
 
 impl Clock {
@@ -224,6 +226,7 @@ impl Clock {
         Self {
             timings: Vec::new(),
             start: (Instant::now(), cpu_seconds()),
+            standalone: false,
         }
     }
     fn lap(&mut self, name: &str, reused: bool) {
@@ -259,54 +262,7 @@ pub fn run(
     mmcl_nn::io::write_bytes_atomic(&layout.config(), cfg.to_toml().as_bytes())?;
     let mut clock = Clock::new();
 
-    // 1. Cohort.
-    progress.stage(1, STAGES, "synthetic cohort");
-    let cohort_key = json!({"cohort": cfg.cohort});
-    let cohort_dir = layout.cohort();
-    let reused = stage_state(&cohort_dir, &cohort_key) == StageState::Done;
-    if reused {
-        progress.message(&format!("reusing {}", cohort_dir.display()));
-    } else {
-        let cohort = Cohort::new(cfg.cohort.clone())?;
-        let n = cfg.cohort.subjects;
-        let summary = counted(progress, "subjects", n, |done| {
-            cohort.write(&cohort_dir, WriteOptions { overwrite: true }, &|| {
-                done.fetch_add(1, Ordering::Relaxed);
-            })
-        })?;
-        write_marker(&cohort_dir, &cohort_key, true)?;
-        progress.message(&format!(
-            "{} subjects written to {} in {:.1} s",
-            summary.records.len(),
-            cohort_dir.display(),
-            summary.seconds
-        ));
-    }
-    clock.lap("cohort", reused);
-
-    // 2. Dataset cache.
-    progress.stage(2, STAGES, "dataset cache");
-    let cache_key = json!({"cohort": cohort_key, "data": cfg.data});
-    let cache_dir = layout.cache();
-    let reused = stage_state(&cache_dir, &cache_key) == StageState::Done;
-    if reused {
-        progress.message(&format!("reusing {}", cache_dir.display()));
-    } else {
-        let build = build_config(cfg, &cohort_dir, &cache_dir);
-        let total = cfg.cohort.subjects;
-        let (index, report) = counted(progress, "subjects", total, |done| {
-            build_dataset(&build, &|d, _| done.store(d, Ordering::Relaxed))
-        })?;
-        write_marker(&cache_dir, &cache_key, true)?;
-        progress.message(&format!(
-            "cache {}: {} subjects ({:?}), {} skipped",
-            cache_dir.display(),
-            index.subjects.len(),
-            report.written,
-            report.skipped.len()
-        ));
-    }
-    clock.lap("cache", reused);
+    let (cache_dir, cache_key) = prepare_stages(cfg, &layout, &mut clock, progress)?;
 
     // 3. MAE.
     progress.stage(3, STAGES, "MAE pre-training of the ECG encoder");
@@ -388,6 +344,85 @@ pub fn run(
         layout,
         timings: clock.timings,
     })
+}
+
+/// Stages 1–2: the cohort and the cache under `layout` (reused when complete for the same
+/// settings). Returns the cache directory and its stage key.
+fn prepare_stages(
+    cfg: &ReproduceConfig,
+    layout: &Layout,
+    clock: &mut Clock,
+    progress: &mut dyn PipelineProgress,
+) -> Result<(PathBuf, serde_json::Value)> {
+    let total = if clock.standalone { 2 } else { STAGES };
+    // 1. Cohort.
+    progress.stage(1, total, "synthetic cohort");
+    let cohort_key = json!({"cohort": cfg.cohort});
+    let cohort_dir = layout.cohort();
+    let reused = stage_state(&cohort_dir, &cohort_key) == StageState::Done;
+    if reused {
+        progress.message(&format!("reusing {}", cohort_dir.display()));
+    } else {
+        let cohort = Cohort::new(cfg.cohort.clone())?;
+        let n = cfg.cohort.subjects;
+        let summary = counted(progress, "subjects", n, |done| {
+            cohort.write(&cohort_dir, WriteOptions { overwrite: true }, &|| {
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+        })?;
+        write_marker(&cohort_dir, &cohort_key, true)?;
+        progress.message(&format!(
+            "{} subjects written to {} in {:.1} s",
+            summary.records.len(),
+            cohort_dir.display(),
+            summary.seconds
+        ));
+    }
+    clock.lap("cohort", reused);
+
+    // 2. Dataset cache.
+    progress.stage(2, total, "dataset cache");
+    let cache_key = json!({"cohort": cohort_key, "data": cfg.data});
+    let cache_dir = layout.cache();
+    let reused = stage_state(&cache_dir, &cache_key) == StageState::Done;
+    if reused {
+        progress.message(&format!("reusing {}", cache_dir.display()));
+    } else {
+        let build = build_config(cfg, &cohort_dir, &cache_dir);
+        let total = cfg.cohort.subjects;
+        let (index, report) = counted(progress, "subjects", total, |done| {
+            build_dataset(&build, &|d, _| done.store(d, Ordering::Relaxed))
+        })?;
+        write_marker(&cache_dir, &cache_key, true)?;
+        progress.message(&format!(
+            "cache {}: {} subjects ({:?}), {} skipped",
+            cache_dir.display(),
+            index.subjects.len(),
+            report.written,
+            report.skipped.len()
+        ));
+    }
+    clock.lap("cache", reused);
+
+    Ok((cache_dir, cache_key))
+}
+
+/// The synthetic cohort and its dataset cache only (stages 1–2 of [`run`]), under `out_dir`
+/// (`cohort/`, `cache/`), reused when complete for the same settings: the data of the stage
+/// examples. Returns the cache directory.
+///
+/// # Errors
+/// An invalid configuration, generation or build errors.
+pub fn prepare_data(
+    cfg: &ReproduceConfig,
+    out_dir: &Path,
+    progress: &mut dyn PipelineProgress,
+) -> Result<PathBuf> {
+    cfg.validate()?;
+    let layout = Layout::new(out_dir);
+    let mut clock = Clock::new();
+    clock.standalone = true;
+    Ok(prepare_stages(cfg, &layout, &mut clock, progress)?.0)
 }
 
 /// The data layer's build configuration of the pipeline's cache.
@@ -554,7 +589,7 @@ fn collect_rows(parts: Vec<Tensor>) -> Result<Matrix<f32>> {
 fn embed_all(
     loader: &Arc<Loader>,
     images: bool,
-    mut f: impl FnMut(&Tensor) -> Result<Tensor>,
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Matrix<f32>> {
     let mut parts = Vec::new();
     for batch in loader.epoch(0, 0) {
@@ -594,8 +629,7 @@ fn probe_encoder(
         let pred = probe.predict(x[2])?;
         Ok(evaluate(task, y[2], &pred, names, 0.5, &bootstrap)?)
     };
-    // Diseases one by one: a rare one may lack cases in the validation split, and then its
-    // regularisation is chosen on a hold-out of the training split instead.
+    // Diseases one by one: a rare one may lack cases in the validation split.
     let mut test_pred = Vec::with_capacity(test.labels.rows() * names.0.len());
     let mut columns = Vec::new();
     for k in 0..names.0.len() {
@@ -611,8 +645,20 @@ fn probe_encoder(
                 .collect();
             present.contains(&0.0) && present.contains(&1.0)
         };
-        let validation = both_classes.then_some((x[1], &yval));
-        let probe = LinearProbe::fit(Task::Classification, x[0], &ytr, validation, &probe_cfg)?;
+        // A split too small to hold both classes (tiny cohorts) falls back to choosing on the
+        // training rows: a weaker choice, but no failure.
+        let validation = if both_classes {
+            (x[1], &yval)
+        } else {
+            (x[0], &ytr)
+        };
+        let probe = LinearProbe::fit(
+            Task::Classification,
+            x[0],
+            &ytr,
+            Some(validation),
+            &probe_cfg,
+        )?;
         columns.push(probe.predict(x[2])?);
     }
     for i in 0..test.labels.rows() {
@@ -674,12 +720,80 @@ fn probe_encoder(
     })
 }
 
-/// The encoder configuration the probes use (evaluation: no drop-path).
-fn probe_vit_config(cfg: &ReproduceConfig) -> Result<EcgVitConfig> {
+/// The ECG encoder configuration of `cfg` for evaluation (no drop-path, no head).
+///
+/// # Errors
+/// An unknown preset or inconsistent sizes.
+pub fn probe_vit_config(cfg: &ReproduceConfig) -> Result<EcgVitConfig> {
     let mut vit = cfg.mmcl.ecg.vit_config()?;
     vit.drop_path_rate = 0.0;
     vit.num_classes = 0;
     Ok(vit)
+}
+
+/// The splits' data and the names of the labels and phenotypes.
+struct ProbeData {
+    names: (Vec<String>, Vec<String>),
+    splits: [SplitData; 3],
+}
+
+fn probe_data(cache: &Cache) -> Result<ProbeData> {
+    let index = cache.index();
+    Ok(ProbeData {
+        names: (index.label_names.clone(), index.phenotype_names.clone()),
+        splits: [
+            split_data(cache, Split::Train)?,
+            split_data(cache, Split::Val)?,
+            split_data(cache, Split::Test)?,
+        ],
+    })
+}
+
+/// Embeds each split with `f` (ECG batches, or image batches when `images`) and probes.
+fn probe_with(
+    cfg: &ReproduceConfig,
+    cache: &Arc<Cache>,
+    data: &ProbeData,
+    images: bool,
+    device: &Device,
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<EncoderResults> {
+    let x: Vec<Matrix<f32>> = data
+        .splits
+        .iter()
+        .map(|d| {
+            let loader = eval_loader(cfg, cache, &d.positions, images, device)?;
+            embed_all(&loader, images, f)
+        })
+        .collect::<Result<_>>()?;
+    let [a, b, c] = &data.splits;
+    probe_encoder(
+        cfg,
+        (&data.names.0, &data.names.1),
+        [&x[0], &x[1], &x[2]],
+        [a, b, c],
+    )
+}
+
+/// ECG-only linear probes of `model` on the cache's splits, as the pipeline's evaluation
+/// does: pooled embeddings of the ECGs cropped from sample 0 (`cfg.mmcl.ecg.input_size`),
+/// logistic probes per disease (AUROC) and ridge probes of the phenotypes (R²) fitted on
+/// train, regularised on val, evaluated on test with bootstrap intervals.
+///
+/// # Errors
+/// Empty splits, a disease with one class only in the training or test split, embedding
+/// errors.
+pub fn probe_ecg_encoder(
+    cfg: &ReproduceConfig,
+    cache: &Arc<Cache>,
+    model: &EcgVit,
+    device: &Device,
+) -> Result<EncoderResults> {
+    let data = probe_data(cache)?;
+    let pooling = model.config().pooling();
+    probe_with(cfg, cache, &data, false, device, &|ecg| {
+        Ok(model.embed(ecg, pooling)?)
+    })
 }
 
 fn evaluate_encoders(
@@ -689,14 +803,7 @@ fn evaluate_encoders(
     device: &Device,
     progress: &mut dyn PipelineProgress,
 ) -> Result<Encoders> {
-    let index = cache.index();
-    let names = (index.label_names.clone(), index.phenotype_names.clone());
-    let splits = [Split::Train, Split::Val, Split::Test];
-    let data: Vec<SplitData> = splits
-        .iter()
-        .map(|&s| split_data(cache, s))
-        .collect::<Result<_>>()?;
-    let data_refs = [&data[0], &data[1], &data[2]];
+    let data = probe_data(cache)?;
     let vit = probe_vit_config(cfg)?;
     let pooling = vit.pooling();
 
@@ -714,14 +821,9 @@ fn evaluate_encoders(
             None => EcgVit::from_seed(&vit, cfg.evaluation.random_init_seed, device)?.0,
             Some(p) => EcgVit::from_checkpoint(&vit, p, pooling, device)?.0,
         };
-        let x: Vec<Matrix<f32>> = data
-            .iter()
-            .map(|d| {
-                let loader = eval_loader(cfg, cache, &d.positions, false, device)?;
-                embed_all(&loader, false, |ecg| Ok(model.embed(ecg, pooling)?))
-            })
-            .collect::<Result<_>>()?;
-        let r = probe_encoder(cfg, (&names.0, &names.1), [&x[0], &x[1], &x[2]], data_refs)?;
+        let r = probe_with(cfg, cache, &data, false, device, &|ecg| {
+            Ok(model.embed(ecg, pooling)?)
+        })?;
         progress.message(&format!(
             "{name}: mean phenotype R² {:.3}; AUROC {}",
             r.phenotypes.mean_r2,
@@ -737,14 +839,9 @@ fn evaluate_encoders(
     // The CMR encoder of the MAE + MMCL run on the un-augmented images: the upper bound.
     progress.count("encoders probed", 4, total);
     let model = MmclModel::from_checkpoint(&last_dir(&runs.mae_mmcl), device)?;
-    let x: Vec<Matrix<f32>> = data
-        .iter()
-        .map(|d| {
-            let loader = eval_loader(cfg, cache, &d.positions, true, device)?;
-            embed_all(&loader, true, |img| Ok(model.image_features(img, false)?))
-        })
-        .collect::<Result<_>>()?;
-    let cmr = probe_encoder(cfg, (&names.0, &names.1), [&x[0], &x[1], &x[2]], data_refs)?;
+    let cmr = probe_with(cfg, cache, &data, true, device, &|img| {
+        Ok(model.image_features(img, false)?)
+    })?;
     progress.message(&format!(
         "cmr: mean phenotype R² {:.3}",
         cmr.phenotypes.mean_r2
@@ -784,6 +881,78 @@ fn training_curves(runs: &Runs, figures: &Path) -> Result<Vec<(String, String)>>
     Ok(out)
 }
 
+/// One subject's localisation figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExplainedSubject {
+    /// The participant.
+    pub eid: u64,
+    /// Global cosine similarity of its ECG and CMR embeddings / τ.
+    pub similarity: f64,
+    /// `ecg_importance.png`, `ecg_attention.png`, `cmr_importance.png`.
+    pub files: [PathBuf; 3],
+}
+
+/// Localisation maps of the cache subjects at `positions` under `model` (ECG cropped from
+/// sample 0, un-augmented image), drawn into `dir/<eid>/` as `mmcl explain` draws them.
+///
+/// # Errors
+/// Loading, model and drawing errors.
+pub fn explain_subjects(
+    cfg: &ReproduceConfig,
+    cache: &Arc<Cache>,
+    model: &MultimodalModel,
+    positions: &[usize],
+    dir: &Path,
+    device: &Device,
+) -> Result<Vec<ExplainedSubject>> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut lc = LoaderConfig::ecg_eval(positions.len());
+    lc.ecg_crop = Some(model.ecg_encoder().config().img_size[2]);
+    lc.image = true;
+    lc.image_augment = None;
+    lc.image_size = Some(cfg.mmcl.imaging.img_size);
+    let loader = Loader::new(cache.clone(), positions.to_vec(), lc, device.clone())?;
+    let batch = loader.batch(0, 0)?;
+    let (Some(ecg), Some(image)) = (batch.ecg, batch.image) else {
+        return Err(Error::Insufficient {
+            stage: "localisation",
+            reason: "the loader returned no ECG or image".into(),
+        });
+    };
+    let maps = model.localize(&ecg, &image, &cfg.evaluation.localization)?;
+    let (_, _, leads, t) = ecg.dims4()?;
+    let (_, c, h, w) = image.dims4()?;
+    // The reference's figure shows the middle channel (mid-systole) of three.
+    let channel = if c > 1 { 1 } else { 0 };
+    let mut out = Vec::new();
+    for (b, eid) in batch.eids.iter().enumerate() {
+        let subject = maps.subject(b)?;
+        let signal = ecg.get(b)?.flatten_all()?.to_device(&Device::Cpu)?; // [leads·T]
+        let signal = Matrix::new(leads, t, signal.to_vec1::<f32>()?)?;
+        let slice = image
+            .get(b)?
+            .get(channel)?
+            .flatten_all()?
+            .to_device(&Device::Cpu)?; // [H·W]
+        let slice = Matrix::new(h, w, slice.to_vec1::<f32>()?)?;
+        let sub = dir.join(eid.to_string());
+        std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+        let files = subject.save_figures(&sub, &signal, cfg.data.ecg_sample_rate, &slice)?;
+        out.push(ExplainedSubject {
+            eid: *eid,
+            similarity: subject.similarity,
+            files: [
+                files.ecg_importance,
+                files.ecg_attention,
+                files.cmr_importance,
+            ],
+        });
+    }
+    Ok(out)
+}
+
 /// Localisation maps of the first test subjects with the MAE + MMCL model; returns
 /// `(eid, similarity / τ, [ecg_importance, ecg_attention, cmr_importance] relative paths)`.
 fn localization_figures(
@@ -805,53 +974,19 @@ fn localization_figures(
         .into_iter()
         .take(n)
         .collect();
-    let mut lc = LoaderConfig::ecg_eval(positions.len().max(1));
-    lc.ecg_crop = Some(vit.img_size[2]);
-    lc.image = true;
-    lc.image_augment = None;
-    lc.image_size = Some(cfg.mmcl.imaging.img_size);
-    let loader = Loader::new(cache.clone(), positions.clone(), lc, device.clone())?;
-    let batch = loader.batch(0, 0)?;
-    let (Some(ecg), Some(image)) = (batch.ecg, batch.image) else {
-        return Err(Error::Insufficient {
-            stage: "localisation",
-            reason: "the loader returned no ECG or image".into(),
-        });
-    };
-    let maps = model.localize(&ecg, &image, &cfg.evaluation.localization)?;
-    let (_, _, leads, t) = ecg.dims4()?;
-    let (_, c, h, w) = image.dims4()?;
-    let channel = if c > 1 { 1 } else { 0 };
-    let mut out = Vec::new();
-    for (b, eid) in batch.eids.iter().enumerate() {
-        let subject = maps.subject(b)?;
-        let signal = ecg.get(b)?.flatten_all()?.to_device(&Device::Cpu)?; // [leads·T]
-        let signal = Matrix::new(leads, t, signal.to_vec1::<f32>()?)?;
-        let slice = image
-            .get(b)?
-            .get(channel)?
-            .flatten_all()?
-            .to_device(&Device::Cpu)?; // [H·W]
-        let slice = Matrix::new(h, w, slice.to_vec1::<f32>()?)?;
-        let sub = dir.join(eid.to_string());
-        std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-        let files = subject.save_figures(&sub, &signal, cfg.data.ecg_sample_rate, &slice)?;
-        let rel = |p: &Path| {
-            p.file_name()
-                .map(|f| format!("figures/localization/{eid}/{}", f.to_string_lossy()))
-                .unwrap_or_default()
-        };
-        out.push((
-            *eid,
-            subject.similarity,
-            [
-                rel(&files.ecg_importance),
-                rel(&files.ecg_attention),
-                rel(&files.cmr_importance),
-            ],
-        ));
-    }
-    Ok(out)
+    let explained = explain_subjects(cfg, cache, &model, &positions, dir, device)?;
+    Ok(explained
+        .into_iter()
+        .map(|e| {
+            let rel = |p: &PathBuf| {
+                p.file_name()
+                    .map(|f| format!("figures/localization/{}/{}", e.eid, f.to_string_lossy()))
+                    .unwrap_or_default()
+            };
+            let files = [rel(&e.files[0]), rel(&e.files[1]), rel(&e.files[2])];
+            (e.eid, e.similarity, files)
+        })
+        .collect())
 }
 
 /// The Markdown report.

@@ -209,6 +209,55 @@ pub struct Results {
     pub config: serde_json::Value,
 }
 
+/// The two tables (diseases, phenotypes) for any rows `(label, results)`; the columns are
+/// the first row's targets.
+pub fn markdown_tables(rows: &[(&str, &EncoderResults)]) -> String {
+    let fmt = |v: f64, lo: Option<f64>, hi: Option<f64>| match (lo, hi) {
+        (Some(l), Some(h)) => format!("{v:.3} [{l:.3}, {h:.3}]"),
+        _ => format!("{v:.3}"),
+    };
+    let Some((_, first)) = rows.first() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    out.push_str("| encoder |");
+    for (name, _) in &first.diseases {
+        out.push_str(&format!(" {name} AUROC |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(first.diseases.len()));
+    out.push('\n');
+    for (label, e) in rows {
+        out.push_str(&format!("| {label} |"));
+        for (name, _) in &first.diseases {
+            match e.disease(name) {
+                Some(a) => out.push_str(&format!(" {} |", fmt(a.auroc, a.ci_low, a.ci_high))),
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str("| encoder | mean R² |");
+    for (name, _) in &first.phenotypes.per_target {
+        out.push_str(&format!(" {name} |"));
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---|".repeat(first.phenotypes.per_target.len()));
+    out.push('\n');
+    for (label, e) in rows {
+        out.push_str(&format!("| {label} | {:.3} |", e.phenotypes.mean_r2));
+        for (name, _) in &first.phenotypes.per_target {
+            match e.phenotypes.get(name) {
+                Some(r) => out.push_str(&format!(" {} |", fmt(r.r2, r.ci_low, r.ci_high))),
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Human-readable names of the encoders for tables.
 pub fn encoder_label(key: &str) -> &'static str {
     match key {
@@ -250,52 +299,13 @@ impl Results {
     /// The paper's tables in Markdown: AUROC per disease, then R² per phenotype (and their
     /// mean), one row per encoder, each value with its interval.
     pub fn markdown_tables(&self) -> String {
-        let fmt = |v: f64, lo: Option<f64>, hi: Option<f64>| match (lo, hi) {
-            (Some(l), Some(h)) => format!("{v:.3} [{l:.3}, {h:.3}]"),
-            _ => format!("{v:.3}"),
-        };
-        let first = &self.encoders.random_init;
-        let mut out = String::new();
-        out.push_str("| encoder |");
-        for (name, _) in &first.diseases {
-            out.push_str(&format!(" {name} AUROC |"));
-        }
-        out.push_str("\n|---|");
-        out.push_str(&"---|".repeat(first.diseases.len()));
-        out.push('\n');
-        for (key, e) in self.encoders.iter() {
-            out.push_str(&format!("| {} |", encoder_label(key)));
-            for (name, _) in &first.diseases {
-                match e.disease(name) {
-                    Some(a) => out.push_str(&format!(" {} |", fmt(a.auroc, a.ci_low, a.ci_high))),
-                    None => out.push_str(" – |"),
-                }
-            }
-            out.push('\n');
-        }
-        out.push('\n');
-        out.push_str("| encoder | mean R² |");
-        for (name, _) in &first.phenotypes.per_target {
-            out.push_str(&format!(" {name} |"));
-        }
-        out.push_str("\n|---|---|");
-        out.push_str(&"---|".repeat(first.phenotypes.per_target.len()));
-        out.push('\n');
-        for (key, e) in self.encoders.iter() {
-            out.push_str(&format!(
-                "| {} | {:.3} |",
-                encoder_label(key),
-                e.phenotypes.mean_r2
-            ));
-            for (name, _) in &first.phenotypes.per_target {
-                match e.phenotypes.get(name) {
-                    Some(r) => out.push_str(&format!(" {} |", fmt(r.r2, r.ci_low, r.ci_high))),
-                    None => out.push_str(" – |"),
-                }
-            }
-            out.push('\n');
-        }
-        out
+        let rows: Vec<(&str, &EncoderResults)> = self
+            .encoders
+            .iter()
+            .into_iter()
+            .map(|(k, e)| (encoder_label(k), e))
+            .collect();
+        markdown_tables(&rows)
     }
 
     /// Whether MAE + MMCL beats MAE only on the mean phenotype R² and on at least one disease
