@@ -19,5 +19,6 @@ pub use mmcl_ecg as ecg;
 pub use mmcl_eval as eval;
 pub use mmcl_losses as losses;
 pub use mmcl_nn as nn;
+pub use mmcl_pipeline as pipeline;
 pub use mmcl_synth as synth;
 pub use mmcl_train as train;

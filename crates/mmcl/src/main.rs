@@ -48,6 +48,8 @@ enum Command {
     Explain(commands::explain::Args),
     /// Fine-tune the ECG encoder with a classification or regression head (config-driven).
     Finetune(commands::finetune::Args),
+    /// The paper's pipeline end to end on a synthetic cohort: MAE, MMCL, probes, report.
+    Reproduce(commands::reproduce::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::PretrainMae(args) => commands::pretrain::run_mae(args),
         Command::Explain(args) => commands::explain::run(args),
         Command::Finetune(args) => commands::finetune::run(args),
+        Command::Reproduce(args) => commands::reproduce::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,4 +12,5 @@ pub mod preprocess_ecg;
 pub mod pretrain;
 pub mod probe;
 pub mod report;
+pub mod reproduce;
 pub mod synth;

@@ -1,0 +1,524 @@
+//! The configuration of the whole reproduction ([`ReproduceConfig`]): every stage's settings in
+//! one JSON or TOML file, with a reduced default that runs on a 2-core CPU in minutes and the
+//! paper's full configuration ([`ReproduceConfig::paper`]) for a GPU.
+
+use std::path::{Path, PathBuf};
+
+use mmcl_cmr::ResNetArch;
+use mmcl_data::cmr::ImageAugmentConfig;
+use mmcl_data::tables::{DiseaseDefinition, SplitConfig};
+use mmcl_ecg::mae::MaeConfig;
+use mmcl_eval::localization::LocalizationConfig;
+use mmcl_synth::SynthConfig;
+use mmcl_train::{MaeTrainConfig, MmclConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How the synthetic cohort becomes the dataset cache (`mmcl_data::build`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSettings {
+    /// The ECG sampling rate of the cache in Hz; the 500 Hz recordings are resampled to it.
+    pub ecg_sample_rate: f64,
+    /// Samples kept per ECG (from the start, at `ecg_sample_rate`).
+    pub ecg_samples: usize,
+    /// Side of the cached CMR images in pixels.
+    pub image_size: usize,
+    /// Side of the LV-centred square cropped from the short-axis slice, in mm.
+    pub crop_mm: f64,
+    /// Train/validation/test split: pre-training uses `train` (validating on `val`); the probes
+    /// are fitted on `train`, regularised on `val` and evaluated on `test`.
+    pub split: SplitConfig,
+    /// Disease labels (ICD-10 prefixes and ranges) evaluated by AUROC.
+    pub diseases: Vec<DiseaseDefinition>,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        Self {
+            ecg_sample_rate: 100.0,
+            ecg_samples: 1000,
+            image_size: 48,
+            crop_mm: 120.0,
+            split: SplitConfig {
+                train: 0.6,
+                val: 0.1,
+                test: 0.3,
+                seed: 2022,
+                stratify_by: Some("AF".into()),
+            },
+            diseases: default_diseases(),
+        }
+    }
+}
+
+/// CAD, AF, diabetes (the data layer's defaults) and LV hypertrophy, which the synthetic
+/// cohort codes as I51.7 / I11.9.
+fn default_diseases() -> Vec<DiseaseDefinition> {
+    let mut d = DiseaseDefinition::defaults();
+    d.push(DiseaseDefinition::new("LVH", &["I51.7", "I11.9"]));
+    d
+}
+
+/// The evaluation after pre-training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationSettings {
+    /// Seed of the randomly initialised encoder (the `random_init` baseline).
+    pub random_init_seed: u64,
+    /// Bootstrap resamples of the confidence intervals (0: no intervals).
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    pub bootstrap_seed: u64,
+    /// Confidence level of the intervals.
+    pub confidence: f64,
+    /// Grid of inverse regularisation strengths `C` of the logistic probes.
+    pub cs: Vec<f64>,
+    /// Grid of ridge penalties of the phenotype probes.
+    pub alphas: Vec<f64>,
+    /// Samples per embedding batch.
+    pub batch_size: usize,
+    /// Test subjects drawn with localisation maps (0: none).
+    pub explain_subjects: usize,
+    /// Localisation settings (the reference's `plot_localization`).
+    pub localization: LocalizationConfig,
+}
+
+impl Default for EvaluationSettings {
+    fn default() -> Self {
+        Self {
+            random_init_seed: 0,
+            bootstrap: 1000,
+            bootstrap_seed: 0,
+            confidence: 0.95,
+            cs: (-4..=4).map(|e| 10f64.powi(e)).collect(),
+            alphas: (-2..=6).map(|e| 10f64.powi(e)).collect(),
+            batch_size: 64,
+            explain_subjects: 2,
+            localization: LocalizationConfig::default(),
+        }
+    }
+}
+
+/// Everything `mmcl reproduce` does, stage by stage.
+///
+/// The default is the reduced configuration that finishes in minutes on a 2-core CPU:
+/// 1000 synthetic subjects, ECGs at 100 Hz (5 s crops of 10 s, patches of 250 ms on each lead),
+/// 64-pixel CMR images, the `pluto` ECG ViT (256 wide, 2 blocks), ResNet18, short schedules.
+/// [`ReproduceConfig::paper`] is the paper's configuration.
+///
+/// The `mae` and `mmcl` sections are the trainers' own configurations
+/// ([`MaeTrainConfig`], [`MmclConfig`]); their `data.cache` and the MAE + MMCL run's
+/// `ecg.pretrain_checkpoint` are set by the pipeline. Both must describe the same ECG encoder.
+///
+/// ```
+/// use mmcl_pipeline::ReproduceConfig;
+/// let cfg = ReproduceConfig::from_toml_str("[mmcl]\nmax_epochs = 3\n", None).unwrap();
+/// assert_eq!(cfg.mmcl.max_epochs, 3);
+/// assert_eq!(cfg.cohort, ReproduceConfig::default().cohort);
+/// assert!(ReproduceConfig::from_toml_str("[mmcl]\nmax_epoch = 3\n", None).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReproduceConfig {
+    /// The synthetic cohort (`mmcl_synth`).
+    pub cohort: SynthConfig,
+    /// The dataset cache.
+    pub data: DataSettings,
+    /// MAE pre-training of the ECG encoder.
+    pub mae: MaeTrainConfig,
+    /// Multimodal contrastive pre-training (run twice: from random initialisation and from
+    /// the MAE encoder).
+    pub mmcl: MmclConfig,
+    /// Linear probes, metrics, figures.
+    pub evaluation: EvaluationSettings,
+}
+
+/// The reduced ECG encoder: `pluto` (256 wide, 2 blocks, 8 heads) over 5 s at 100 Hz in
+/// patches of 25 samples (12 × 20 tokens).
+const REDUCED_ECG_INPUT: [usize; 3] = [1, 12, 500];
+const REDUCED_ECG_PATCH: [usize; 2] = [1, 50];
+const REDUCED_IMAGE: usize = 48;
+
+impl Default for ReproduceConfig {
+    fn default() -> Self {
+        let mut cohort = SynthConfig::reproduce();
+        cohort.subjects = 1000;
+
+        let mut mae = MaeTrainConfig {
+            seed: 0,
+            max_epochs: 25,
+            warmup_epochs: 3,
+            batch_size: 64,
+            blr: 1e-3,
+            ..MaeTrainConfig::default()
+        };
+        mae.model = MaeConfig {
+            model: Some("mae_vit_pluto_patchX".into()),
+            img_size: REDUCED_ECG_INPUT,
+            patch_size: REDUCED_ECG_PATCH,
+            embed_dim: 256,
+            depth: 2,
+            num_heads: 8,
+            decoder_embed_dim: 160,
+            decoder_depth: 1,
+            decoder_num_heads: 8,
+            ..MaeConfig::paper()
+        };
+
+        // Short contrastive runs on a small cohort sit on the ln(batch) plateau for a while:
+        // at 1e-3 the embeddings collapse to a constant, at 1e-4 they barely move; batch 32 at
+        // 5e-4 without augmentation leaves it within the budget (docs/reproduce.md).
+        let mut mmcl = MmclConfig {
+            max_epochs: 18,
+            warmup_epochs: 1,
+            batch_size: 32,
+            lr: 5e-4,
+            embedding_dim: 256,
+            projection_dim: 64,
+            ..MmclConfig::default()
+        };
+        mmcl.imaging.model = ResNetArch::ResNet18;
+        mmcl.imaging.img_size = REDUCED_IMAGE;
+        mmcl.imaging.augment = ImageAugmentConfig {
+            size: REDUCED_IMAGE,
+            apply_prob: 0.0,
+            ..ImageAugmentConfig::default()
+        };
+        mmcl.ecg.augment.apply_prob = 0.0;
+        mmcl.ecg.model = "vit_pluto_patchX".into();
+        mmcl.ecg.input_size = REDUCED_ECG_INPUT;
+        mmcl.ecg.patch_size = REDUCED_ECG_PATCH;
+        mmcl.classifier.online_classifier = mmcl_train::config::OnlineClassifier::None;
+
+        Self {
+            cohort,
+            data: DataSettings::default(),
+            mae,
+            mmcl,
+            evaluation: EvaluationSettings::default(),
+        }
+    }
+}
+
+impl ReproduceConfig {
+    /// The paper's configuration (for a GPU): the full-size synthetic cohort (128-pixel cines
+    /// of 10 slices × 25 frames) of 5000 subjects, ECGs at 500 Hz (2500-sample crops of 5000,
+    /// 1×100 patches), 210-pixel CMR images, `vit_tiny_patchX` MAE pre-training for 400 epochs
+    /// and ResNet50 + ECG ViT contrastive training for 300 epochs with the paper's
+    /// hyper-parameters (batch 256, Adam 3e-3, τ 0.1), an 80/10/10 split.
+    pub fn paper() -> Self {
+        let cohort = SynthConfig {
+            subjects: 5000,
+            ..SynthConfig::default()
+        };
+        Self {
+            cohort,
+            data: DataSettings {
+                ecg_sample_rate: 500.0,
+                ecg_samples: 5000,
+                image_size: 210,
+                split: SplitConfig {
+                    stratify_by: Some("AF".into()),
+                    ..SplitConfig::default()
+                },
+                ..DataSettings::default()
+            },
+            mae: MaeTrainConfig::default(),
+            mmcl: MmclConfig::default(),
+            evaluation: EvaluationSettings::default(),
+        }
+    }
+
+    /// Reads a `.json` or `.toml` file over `base` (the reduced default or
+    /// [`ReproduceConfig::paper`]): keys the file gives replace the base's, tables are merged
+    /// key by key, unknown keys are errors. Relative checkpoint paths inside are taken relative
+    /// to the file. The result is validated.
+    ///
+    /// # Errors
+    /// Unreadable file, unknown extension, parse errors, unknown keys, invalid values (naming
+    /// the file).
+    pub fn from_file(path: &Path, base: Self) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let overlay: serde_json::Value = match ext.as_deref() {
+            Some("json") => serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            Some("toml") => toml::from_str(&text).map_err(|source| Error::Toml {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?,
+            _ => {
+                return Err(Error::Config {
+                    path: Some(path.to_path_buf()),
+                    reason: "the configuration must be a .json or .toml file".into(),
+                });
+            }
+        };
+        let mut cfg = Self::overlay(base, overlay).map_err(|e| match e {
+            Error::Config { path: None, reason } => Error::Config {
+                path: Some(path.to_path_buf()),
+                reason,
+            },
+            other => other,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(p) = cfg.mmcl.imaging.pretrain_checkpoint.as_mut() {
+            rebase(p);
+        }
+        cfg.validate().map_err(|e| match e {
+            Error::Config { path: None, reason } => Error::Config {
+                path: Some(path.to_path_buf()),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text over `base` (the reduced default when `None`) and validates the result.
+    ///
+    /// # Errors
+    /// Parse errors, unknown keys, invalid values.
+    pub fn from_toml_str(text: &str, base: Option<Self>) -> Result<Self> {
+        let overlay: serde_json::Value =
+            toml::from_str(text).map_err(|e| Error::config(e.to_string()))?;
+        let cfg = Self::overlay(base.unwrap_or_default(), overlay)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `base` with the keys of `overlay` (a parsed configuration document) written over it.
+    fn overlay(base: Self, overlay: serde_json::Value) -> Result<Self> {
+        let mut merged = serde_json::to_value(&base).map_err(|e| Error::config(e.to_string()))?;
+        merge(&mut merged, overlay);
+        serde_json::from_value(merged).map_err(|e| Error::config(e.to_string()))
+    }
+
+    /// Checks the stages' settings and that they fit together.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first problem.
+    pub fn validate(&self) -> Result<()> {
+        self.cohort
+            .validate()
+            .map_err(|e| Error::config(format!("cohort: {e}")))?;
+        self.mae
+            .validate()
+            .map_err(|e| Error::config(format!("mae: {e}")))?;
+        self.mmcl
+            .validate()
+            .map_err(|e| Error::config(format!("mmcl: {e}")))?;
+        let d = &self.data;
+        if !(d.ecg_sample_rate.is_finite() && d.ecg_sample_rate > 0.0) {
+            return Err(Error::config(format!(
+                "data.ecg_sample_rate must be positive, got {}",
+                d.ecg_sample_rate
+            )));
+        }
+        if d.image_size == 0 || !(d.crop_mm.is_finite() && d.crop_mm > 0.0) {
+            return Err(Error::config(
+                "data.image_size and data.crop_mm must be positive",
+            ));
+        }
+        if d.diseases.is_empty() {
+            return Err(Error::config("data.diseases is empty: nothing to evaluate"));
+        }
+        let strip = self.cohort.ecg.duration_s * d.ecg_sample_rate;
+        if (d.ecg_samples as f64) > strip.round() {
+            return Err(Error::config(format!(
+                "data.ecg_samples ({}) is longer than the cohort's {} s recordings at {} Hz",
+                d.ecg_samples, self.cohort.ecg.duration_s, d.ecg_sample_rate
+            )));
+        }
+        // Both pre-training stages must train the same encoder: the MAE's weights initialise
+        // the MAE + MMCL run, and every probe compares the same architecture.
+        let vit = self
+            .mmcl
+            .ecg
+            .vit_config()
+            .map_err(|e| Error::config(format!("mmcl.ecg: {e}")))?;
+        let m = &self.mae.model;
+        let mae_dims = (m.img_size, m.patch_size, m.embed_dim, m.depth, m.num_heads);
+        let vit_dims = (
+            vit.img_size,
+            vit.patch_size,
+            vit.embed_dim,
+            vit.depth,
+            vit.num_heads,
+        );
+        if mae_dims != vit_dims {
+            return Err(Error::config(format!(
+                "mae.model and mmcl.ecg describe different encoders: (img_size, patch_size, \
+                 embed_dim, depth, num_heads) {mae_dims:?} vs {vit_dims:?}"
+            )));
+        }
+        if vit.img_size[2] > d.ecg_samples {
+            return Err(Error::config(format!(
+                "the encoder reads {} samples but the cache keeps {} (data.ecg_samples)",
+                vit.img_size[2], d.ecg_samples
+            )));
+        }
+        let names: Vec<&str> = d.diseases.iter().map(|x| x.name.as_str()).collect();
+        if self.mmcl.classifier.online_classifier != mmcl_train::config::OnlineClassifier::None
+            && !names.contains(&self.mmcl.classifier.target.as_str())
+        {
+            return Err(Error::config(format!(
+                "mmcl.classifier.target {:?} is not among data.diseases {names:?}",
+                self.mmcl.classifier.target
+            )));
+        }
+        if let Some(s) = &d.split.stratify_by
+            && !names.contains(&s.as_str())
+        {
+            return Err(Error::config(format!(
+                "data.split.stratify_by {s:?} is not among data.diseases {names:?}"
+            )));
+        }
+        let e = &self.evaluation;
+        if e.batch_size == 0 {
+            return Err(Error::config("evaluation.batch_size must be at least 1"));
+        }
+        if !(e.confidence > 0.0 && e.confidence < 1.0) {
+            return Err(Error::config(format!(
+                "evaluation.confidence must lie in (0, 1), got {}",
+                e.confidence
+            )));
+        }
+        if e.cs.is_empty()
+            || e.alphas.is_empty()
+            || e.cs
+                .iter()
+                .chain(&e.alphas)
+                .any(|v| !(v.is_finite() && *v > 0.0))
+        {
+            return Err(Error::config(
+                "evaluation.cs and evaluation.alphas must be non-empty lists of positive values",
+            ));
+        }
+        e.localization
+            .validate()
+            .map_err(|err| Error::config(format!("evaluation.localization: {err}")))?;
+        Ok(())
+    }
+
+    /// The configuration as TOML (every key, defaults included).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render as TOML: {e}"))
+    }
+}
+
+/// Writes `overlay` over `base`: objects merge key by key, anything else replaces.
+fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_paper_are_valid() {
+        ReproduceConfig::default().validate().unwrap();
+        ReproduceConfig::paper().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_round_trip_keeps_every_value() {
+        for cfg in [ReproduceConfig::default(), ReproduceConfig::paper()] {
+            let text = cfg.to_toml();
+            let back: ReproduceConfig = toml::from_str(&text).unwrap();
+            assert_eq!(back, cfg);
+            let json = serde_json::to_string(&cfg).unwrap();
+            assert_eq!(serde_json::from_str::<ReproduceConfig>(&json).unwrap(), cfg);
+        }
+    }
+
+    #[test]
+    fn overlay_merges_tables_and_rejects_unknown_keys() {
+        let cfg = ReproduceConfig::from_toml_str(
+            "[mmcl]\ntemperature = 0.2\n[mmcl.ecg]\ndrop_path = 0.2\n[cohort]\nsubjects = 300\n",
+            Some(ReproduceConfig::default()),
+        )
+        .unwrap();
+        assert_eq!(cfg.mmcl.temperature, 0.2);
+        assert_eq!(cfg.cohort.subjects, 300);
+        // Untouched neighbours keep the base's values.
+        assert_eq!(cfg.mmcl.ecg.drop_path, 0.2);
+        assert_eq!(
+            cfg.mmcl.ecg.model,
+            ReproduceConfig::default().mmcl.ecg.model
+        );
+        assert_eq!(cfg.mmcl.imaging, ReproduceConfig::default().mmcl.imaging);
+        assert_eq!(cfg.cohort.cmr, ReproduceConfig::default().cohort.cmr);
+
+        for bad in [
+            "subjects = 3\n",
+            "[cohort]\nsubject = 3\n",
+            "[mmcl.ecg]\nmodell = \"x\"\n",
+            "[evaluation]\nbootstraps = 3\n",
+        ] {
+            let err = ReproduceConfig::from_toml_str(bad, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown field"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_encoders_are_rejected() {
+        let err = ReproduceConfig::from_toml_str("[mmcl.ecg]\nmodel = \"vit_tiny_patchX\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("different encoders"), "{err}");
+        let err = ReproduceConfig::from_toml_str("[data]\necg_samples = 400\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data.ecg_samples"), "{err}");
+    }
+
+    #[test]
+    fn files_name_themselves_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        std::fs::write(&path, r#"{"mmcl": {"max_epochs": 0}}"#).unwrap();
+        let err = ReproduceConfig::from_file(&path, ReproduceConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("r.json") && err.contains("max_epochs"),
+            "{err}"
+        );
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, "x: 1").unwrap();
+        assert!(ReproduceConfig::from_file(&path, ReproduceConfig::default()).is_err());
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "[mmcl]\nmax_epochs = 2\n").unwrap();
+        let cfg = ReproduceConfig::from_file(&path, ReproduceConfig::paper()).unwrap();
+        assert_eq!(cfg.mmcl.max_epochs, 2);
+        assert_eq!(cfg.mae, ReproduceConfig::paper().mae);
+    }
+}

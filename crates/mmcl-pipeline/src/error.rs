@@ -1,0 +1,105 @@
+//! The error type of this crate.
+
+use std::path::PathBuf;
+
+/// Errors of the pipeline: its configuration, its files and every stage it drives.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is inconsistent or out of range.
+    #[error("{}{reason}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Config {
+        /// The configuration file, when the configuration came from one.
+        path: Option<PathBuf>,
+        /// What is wrong, in words.
+        reason: String,
+    },
+
+    /// A file or folder could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file could not be parsed or written.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A TOML file could not be parsed.
+    #[error("{}: {source}", path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+
+    /// A stage's data do not allow the evaluation (a split without subjects, a label with one
+    /// class only, …).
+    #[error("{stage}: {reason}")]
+    Insufficient {
+        /// The stage.
+        stage: &'static str,
+        /// What is missing, in words.
+        reason: String,
+    },
+
+    /// Tensor computation.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// Building blocks and checkpoint I/O.
+    #[error(transparent)]
+    Nn(#[from] mmcl_nn::Error),
+
+    /// The ECG encoder.
+    #[error(transparent)]
+    Ecg(#[from] mmcl_ecg::Error),
+
+    /// The synthetic cohort.
+    #[error(transparent)]
+    Synth(#[from] mmcl_synth::Error),
+
+    /// The dataset cache.
+    #[error(transparent)]
+    DataLayer(#[from] mmcl_data::Error),
+
+    /// Metrics, probes, plots.
+    #[error(transparent)]
+    Eval(#[from] mmcl_eval::Error),
+
+    /// The trainers.
+    #[error(transparent)]
+    Train(#[from] mmcl_train::Error),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A configuration error without a file.
+    pub fn config(reason: impl Into<String>) -> Self {
+        Self::Config {
+            path: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,124 @@
+//! Localisation maps of a multimodal model on synthetic subjects, as the reference's
+//! `plot_localization`: which ECG patches resemble the subject's CMR embedding, which CMR
+//! regions resemble its ECG embedding, and where the ECG encoder's class token attends.
+//!
+//! ```sh
+//! cargo run --release --example explain                         # randomly initialised model
+//! cargo run --release --example explain -- \
+//!     --checkpoint target/reproduce/runs/mae_mmcl/checkpoints/last/model.safetensors
+//! ```
+//!
+//! PNGs go to `--output/<eid>/` (`ecg_importance.png`, `ecg_attention.png`,
+//! `cmr_importance.png`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use clap::Parser;
+use mmcl_suite::cmr::ResNetConfig;
+use mmcl_suite::data::cache::Cache;
+use mmcl_suite::data::tables::Split;
+use mmcl_suite::eval::localization::MultimodalModel;
+use mmcl_suite::pipeline::TerminalProgress;
+use mmcl_suite::pipeline::reproduce::{
+    explain_subjects, load_config, prepare_data, probe_vit_config,
+};
+
+/// Draw localisation maps of test subjects of the synthetic cohort.
+#[derive(Debug, Parser)]
+struct Args {
+    /// A multimodal checkpoint in the reference's layout (the MMCL trainer's
+    /// `model.safetensors`); without one, a seeded random initialisation.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Test subjects to draw.
+    #[arg(long, default_value_t = 2)]
+    subjects: usize,
+    /// Output folder.
+    #[arg(long, default_value = "target/example-explain")]
+    output: PathBuf,
+    /// A reproduce configuration (JSON/TOML) for the encoders and the data.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the cohort and cache are made (reused when present).
+    #[arg(long, default_value = "target/example-data")]
+    data: PathBuf,
+    /// Subjects of the cohort.
+    #[arg(long, default_value_t = 400)]
+    cohort_subjects: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn device(spec: &str) -> Result<Device> {
+    Ok(match spec {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("cannot open CUDA device 0")?,
+        s if s.starts_with("cuda:") => {
+            let n: usize = s[5..]
+                .parse()
+                .with_context(|| format!("bad device {s:?}"))?;
+            Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))?
+        }
+        other => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
+    })
+}
+
+fn main() -> Result<()> {
+    mmcl_suite::nn::memory::keep_freed_memory();
+    let args = Args::parse();
+    let device = device(&args.device)?;
+    let mut cfg = load_config(args.config.as_deref(), false)?;
+    if args.config.is_none() {
+        cfg.cohort.subjects = args.cohort_subjects;
+    }
+    let cache = Arc::new(Cache::open(&prepare_data(
+        &cfg,
+        &args.data,
+        &mut TerminalProgress::new(),
+    )?)?);
+    let vit = probe_vit_config(&cfg)?;
+    let model = match &args.checkpoint {
+        Some(path) => {
+            let (model, summary) = MultimodalModel::from_checkpoint(path, &vit, None, &device)?;
+            println!("{summary}");
+            model
+        }
+        None => {
+            println!(
+                "no --checkpoint: randomly initialised model (the maps show the mechanics only)"
+            );
+            let channels = cache.index().image.map_or(3, |l| l.channels);
+            let imaging = ResNetConfig::new(cfg.mmcl.imaging.model, channels);
+            MultimodalModel::from_seed(
+                &vit,
+                &imaging,
+                cfg.mmcl.embedding_dim,
+                cfg.mmcl.projection_dim,
+                0,
+                &device,
+            )?
+        }
+    };
+    let positions: Vec<usize> = cache
+        .split_indices(Split::Test)
+        .into_iter()
+        .take(args.subjects)
+        .collect();
+    for s in explain_subjects(&cfg, &cache, &model, &positions, &args.output, &device)? {
+        println!(
+            "subject {}: cos(ECG, CMR) / τ = {:.3}; {}",
+            s.eid,
+            s.similarity,
+            s.files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
