@@ -190,6 +190,24 @@ impl BatchNorm {
     /// When `x` has fewer than 2 dimensions, not `C` channels in dimension 1, or (in train mode)
     /// only one value per channel, where the variance is undefined (PyTorch refuses it too).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, false)
+    }
+
+    /// `relu(self.forward_t(x, train))`, fused on the CPU in `f32` in train mode (the ReLU is
+    /// applied while the output is written and its mask while the gradient is read, instead of
+    /// separate element-wise operations with their own passes over memory in each direction).
+    /// The gradient follows PyTorch's ReLU: it passes where the output is positive.
+    ///
+    /// # Shapes
+    /// `x`: `[N, C, *]` → `[N, C, *]`.
+    ///
+    /// # Errors
+    /// As [`Self::forward_t`].
+    pub fn forward_t_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let dims = x.dims();
         if dims.len() < 2 || dims[1] != self.num_features {
             return Err(Error::InvalidArgument(format!(
@@ -204,7 +222,8 @@ impl BatchNorm {
             let (scale, shift) = self.eval_scale_shift()?;
             let scale = scale.reshape(channel_shape.as_slice())?;
             let shift = shift.reshape(channel_shape.as_slice())?;
-            return Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?);
+            let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
+            return Ok(if relu { y.relu()? } else { y });
         }
         let count = x.elem_count() / self.num_features;
         if count < 2 {
@@ -220,6 +239,7 @@ impl BatchNorm {
             let stats = Arc::new(OnceLock::new());
             let op = BatchNormTrain {
                 eps: self.config.eps,
+                relu,
                 stats: stats.clone(),
             };
             let y = x.contiguous()?.apply_op3(
@@ -236,7 +256,8 @@ impl BatchNorm {
             self.update_running(&mean, &var, count)?;
             return Ok(y);
         }
-        self.forward_train_composed(x, &channel_shape, count)
+        let y = self.forward_train_composed(x, &channel_shape, count)?;
+        Ok(if relu { y.relu()? } else { y })
     }
 
     /// Train mode from differentiable tensor operations (any device and dtype).
@@ -298,6 +319,8 @@ struct ChannelStats {
 /// weight [C], bias [C])`; the statistics are kept for the running averages and the backward.
 struct BatchNormTrain {
     eps: f64,
+    /// Whether a ReLU follows (fused: applied to the output, its mask to the gradient).
+    relu: bool,
     stats: Arc<OnceLock<ChannelStats>>,
 }
 
@@ -317,21 +340,43 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Resul
     }
 }
 
-/// `Σ f(value)` over the values of channel `ch` of `[N, C, L]` data, in `f64`.
-fn channel_sum(
-    data: &[f32],
-    (n, c, l): (usize, usize, usize),
-    ch: usize,
-    f: impl Fn(f32, usize) -> f64,
-) -> f64 {
-    let mut acc = 0f64;
-    for img in 0..n {
-        let start = (img * c + ch) * l;
-        for (i, &v) in data[start..start + l].iter().enumerate() {
-            acc += f(v, start + i);
+/// Independent `f64` accumulators of [`sum_pairs`]: a single one is latency-bound at one
+/// addition per four cycles; sixteen let the loop vectorise.
+const SUM_LANES: usize = 16;
+
+/// `Σ f(a[i], b[i])` in `f64` (as wide as the old scalar sum, so huge activations do not
+/// overflow), over [`SUM_LANES`] independent accumulators.
+#[inline(always)]
+fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let mut lanes = [0f64; SUM_LANES];
+    let (a_lanes, b_lanes) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
+    let (a_rest, b_rest) = (a_lanes.remainder(), b_lanes.remainder());
+    for (a, b) in a_lanes.zip(b_lanes) {
+        for ((acc, &u), &v) in lanes.iter_mut().zip(a).zip(b) {
+            *acc += f(u, v);
         }
     }
-    acc
+    let mut total: f64 = lanes.iter().sum();
+    for (&u, &v) in a_rest.iter().zip(b_rest) {
+        total += f(u, v);
+    }
+    total
+}
+
+/// `Σ f(a[i], b[i])` over the rows of channel `ch` of two `[N, C, L]` arrays, in `f64`.
+fn channel_sum(
+    a: &[f32],
+    b: &[f32],
+    (n, c, l): (usize, usize, usize),
+    ch: usize,
+    f: impl Fn(f32, f32) -> f64 + Copy,
+) -> f64 {
+    (0..n)
+        .map(|img| {
+            let start = (img * c + ch) * l;
+            sum_pairs(&a[start..start + l], &b[start..start + l], f)
+        })
+        .sum()
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -355,8 +400,8 @@ impl CustomOp3 for BatchNormTrain {
         let per_channel: Vec<(f32, f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let mean = channel_sum(x, dims, ch, |v, _| v as f64) / count;
-                let var = channel_sum(x, dims, ch, |v, _| (v as f64 - mean).powi(2)) / count;
+                let mean = channel_sum(x, x, dims, ch, |v, _| v as f64) / count;
+                let var = channel_sum(x, x, dims, ch, |v, _| (v as f64 - mean).powi(2)) / count;
                 (
                     mean as f32,
                     var as f32,
@@ -375,8 +420,16 @@ impl CustomOp3 for BatchNormTrain {
                     let scale = weight[ch] * inv_std;
                     // Centre first: folding the mean into a shift (`v·scale + shift`) cancels
                     // catastrophically when the spread is small against the mean (tiny batches).
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = (v - mean) * scale + bias[ch];
+                    let shift = bias[ch];
+                    if self.relu {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
+                            *d = ((v - mean) * scale + shift).max(0.0);
+                        }
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = (v - mean) * scale + shift;
+                        }
                     }
                 });
         }
@@ -395,7 +448,7 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self
@@ -406,6 +459,13 @@ impl CustomOp3 for BatchNormTrain {
         let (n, c, l) = dims;
         let count = (n * l) as f64;
         let weight = weight.to_vec1::<f32>()?;
+        // With the fused ReLU, the gradient passes only where the output is positive.
+        let masked = if self.relu {
+            Some(relu_masked_grad(res, grad).map_err(into_candle_error)?)
+        } else {
+            None
+        };
+        let grad = masked.as_ref().unwrap_or(grad);
         let result = crate::conv::with_cpu_f32(x, |xs| {
             crate::conv::with_cpu_f32(grad, |dy| {
                 // Σ dy and Σ dy·x̂ per channel.
@@ -413,9 +473,9 @@ impl CustomOp3 for BatchNormTrain {
                     .into_par_iter()
                     .map(|ch| {
                         let (mean, inv_std) = (stats.mean[ch] as f64, stats.inv_std[ch] as f64);
-                        let sum_dy = channel_sum(dy, dims, ch, |g, _| g as f64);
-                        let sum_dy_xhat = channel_sum(dy, dims, ch, |g, i| {
-                            g as f64 * (xs[i] as f64 - mean) * inv_std
+                        let sum_dy = channel_sum(dy, dy, dims, ch, |g, _| g as f64);
+                        let sum_dy_xhat = channel_sum(dy, xs, dims, ch, |g, v| {
+                            g as f64 * (v as f64 - mean) * inv_std
                         });
                         (sum_dy, sum_dy_xhat)
                     })
@@ -450,6 +510,25 @@ impl CustomOp3 for BatchNormTrain {
             Some(Tensor::from_vec(dbias, c, device)?),
         ))
     }
+}
+
+/// `grad` where `output > 0`, else 0 (PyTorch's ReLU backward), as a new CPU `f32` tensor.
+fn relu_masked_grad(output: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let masked = crate::conv::with_cpu_f32(output, |ys| {
+        crate::conv::with_cpu_f32(grad, |gs| {
+            let mut out = vec![0f32; gs.len()];
+            const CHUNK: usize = 1 << 14;
+            out.par_chunks_mut(CHUNK)
+                .zip(ys.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
+                .for_each(|(dst, (y, g))| {
+                    for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
+                        *d = if y > 0.0 { g } else { 0.0 };
+                    }
+                });
+            out
+        })
+    })??;
+    Ok(Tensor::from_vec(masked, grad.shape(), grad.device())?)
 }
 
 /// Turns our error back into candle's for the `Module` traits, unwrapping candle's own errors.
