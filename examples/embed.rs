@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example embed                          # randomly initialised encoder
 //! cargo run --release --example embed -- --checkpoint signal_encoder_mmcl.pth
+//! cargo run --release --features cuda --example embed -- --device cuda
 //! ```
 
 use std::path::PathBuf;
@@ -26,6 +27,22 @@ struct Args {
     /// ECGs, float32 (N, 12, T).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/ecgs.npy"))]
     input: PathBuf,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+fn parse_device(spec: &str) -> Result<Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("unknown device {spec:?}: use cpu, cuda or cuda:N"),
+        },
+    };
+    Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
 }
 
 fn read_ecgs(path: &PathBuf) -> Result<Tensor> {
@@ -46,8 +63,8 @@ fn main() -> Result<()> {
     mmcl_suite::nn::memory::keep_freed_memory();
     let args = Args::parse();
     let cfg = EcgVitConfig::from_file(&args.config)?;
-    let ecgs = read_ecgs(&args.input)?;
-    let device = Device::Cpu;
+    let device = parse_device(&args.device)?;
+    let ecgs = read_ecgs(&args.input)?.to_device(&device)?;
     let model = match &args.checkpoint {
         Some(path) => {
             let (model, _store, summary) =
