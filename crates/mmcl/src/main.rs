@@ -41,9 +41,9 @@ enum Command {
     /// Embed cardiac MRI images with a ResNet encoder checkpoint (N, C, H, W) -> (N, D).
     EmbedCmr(commands::embed_cmr::Args),
     /// Multimodal contrastive pre-training of the ECG and CMR encoders (config-driven, resumable).
-    PretrainMmcl(commands::pretrain::MmclArgs),
+    PretrainMmcl(commands::pretrain::Args),
     /// Masked-autoencoder pre-training of the ECG encoder (config-driven, resumable).
-    PretrainMae(commands::pretrain::MaeArgs),
+    PretrainMae(commands::pretrain::Args),
     /// Localisation maps of one subject's ECG and CMR under a multimodal model (PNG + JSON).
     Explain(commands::explain::Args),
     /// Fine-tune the ECG encoder with a classification or regression head (config-driven).
