@@ -8,6 +8,7 @@
 //! cargo run --release --features cuda --example embed -- --device cuda
 //! ```
 
+use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -30,19 +31,6 @@ struct Args {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-}
-
-/// `cpu`, `cuda` or `cuda:N`.
-fn parse_device(spec: &str) -> Result<Device> {
-    let ordinal = match spec {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
-        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            _ => bail!("unknown device {spec:?}: use cpu, cuda or cuda:N"),
-        },
-    };
-    Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
 }
 
 fn read_ecgs(path: &PathBuf) -> Result<Tensor> {

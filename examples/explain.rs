@@ -11,11 +11,11 @@
 //! PNGs go to `--output/<eid>/` (`ecg_importance.png`, `ecg_attention.png`,
 //! `cmr_importance.png`).
 
+use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::cmr::ResNetConfig;
 use mmcl_suite::data::cache::Cache;
@@ -53,24 +53,10 @@ struct Args {
     device: String,
 }
 
-fn device(spec: &str) -> Result<Device> {
-    Ok(match spec {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("cannot open CUDA device 0")?,
-        s if s.starts_with("cuda:") => {
-            let n: usize = s[5..]
-                .parse()
-                .with_context(|| format!("bad device {s:?}"))?;
-            Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))?
-        }
-        other => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
-    })
-}
-
 fn main() -> Result<()> {
     mmcl_suite::nn::memory::keep_freed_memory();
     let args = Args::parse();
-    let device = device(&args.device)?;
+    let device = parse_device(&args.device)?;
     let mut cfg = load_config(args.config.as_deref(), false)?;
     if args.config.is_none() {
         cfg.cohort.subjects = args.cohort_subjects;

@@ -8,10 +8,10 @@
 //!     --checkpoint target/reproduce/runs/mae_mmcl/checkpoints/last/ecg_encoder.safetensors
 //! ```
 
+use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::eval::finetune::{FinetuneConfig, Progress, finetune};
 use mmcl_suite::eval::metrics::Task;
@@ -49,24 +49,10 @@ struct Args {
     device: String,
 }
 
-fn device(spec: &str) -> Result<Device> {
-    Ok(match spec {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("cannot open CUDA device 0")?,
-        s if s.starts_with("cuda:") => {
-            let n: usize = s[5..]
-                .parse()
-                .with_context(|| format!("bad device {s:?}"))?;
-            Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))?
-        }
-        other => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
-    })
-}
-
 fn main() -> Result<()> {
     mmcl_suite::nn::memory::keep_freed_memory();
     let args = Args::parse();
-    let device = device(&args.device)?;
+    let device = parse_device(&args.device)?;
     let mut cfg = load_config(args.config.as_deref(), false)?;
     if args.config.is_none() {
         cfg.cohort.subjects = args.subjects;

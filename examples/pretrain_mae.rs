@@ -13,6 +13,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -43,7 +44,7 @@ struct Args {
 fn main() -> Result<()> {
     mmcl_suite::nn::memory::keep_freed_memory();
     let args = Args::parse();
-    let device = common::parse_device(&args.device)?;
+    let device = parse_device(&args.device)?;
     let output = args
         .output
         .unwrap_or_else(|| common::default_output("pretrain_mae"));

@@ -8,10 +8,10 @@
 //! cargo run --release --features cuda --example reproduce -- --paper --device cuda
 //! ```
 
+use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::pipeline::TerminalProgress;
 use mmcl_suite::pipeline::reproduce::{load_config, run, summary};
@@ -36,20 +36,6 @@ struct Args {
     print_config: bool,
 }
 
-fn device(spec: &str) -> Result<Device> {
-    Ok(match spec {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("cannot open CUDA device 0")?,
-        s if s.starts_with("cuda:") => {
-            let n: usize = s[5..]
-                .parse()
-                .with_context(|| format!("bad device {s:?}"))?;
-            Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))?
-        }
-        other => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
-    })
-}
-
 fn main() -> Result<()> {
     mmcl_suite::nn::memory::keep_freed_memory();
     let args = Args::parse();
@@ -58,7 +44,7 @@ fn main() -> Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    let device = device(&args.device)?;
+    let device = parse_device(&args.device)?;
     let outputs = run(&cfg, &args.output, &device, &mut TerminalProgress::new())?;
     println!("{}", summary(&outputs));
     Ok(())

@@ -1,27 +1,11 @@
-//! What the training examples share: the device argument and a small synthetic cohort turned
+//! What the training examples share: default output folders and a small synthetic cohort turned
 //! into a dataset cache (`mmcl_synth` + `mmcl_data::build`).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use anyhow::Result;
 use mmcl_suite::data::build::{BuildConfig, build_dataset};
 use mmcl_suite::synth::{Cohort, SynthConfig, WriteOptions};
-
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("cannot open CUDA device 0"),
-        s if s.starts_with("cuda:") => {
-            let ordinal: usize = s["cuda:".len()..]
-                .parse()
-                .with_context(|| format!("bad device ordinal in {s:?}"))?;
-            Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
-        }
-        other => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
-    }
-}
 
 /// Where an example writes when not told: `target/example-runs/<name>` of the workspace.
 pub fn default_output(name: &str) -> PathBuf {

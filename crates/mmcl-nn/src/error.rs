@@ -39,6 +39,16 @@ pub enum Error {
         report: Box<LoadReport>,
     },
 
+    /// A CUDA device could not be opened (no CUDA build, no such device, driver error).
+    #[error("cannot open CUDA device {ordinal}")]
+    DeviceUnavailable {
+        /// The device's ordinal.
+        ordinal: usize,
+        /// Why candle could not open it.
+        #[source]
+        source: candle_core::Error,
+    },
+
     /// An argument is out of its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -46,6 +46,7 @@
 pub mod batch_norm;
 pub mod checkpoint;
 pub mod conv;
+pub mod device;
 pub mod distributed;
 mod error;
 pub mod init;

@@ -1,21 +1,11 @@
 //! Helpers shared by the subcommands.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use candle_core::Device;
 
-/// Parses `cpu`, `cuda` or `cuda:N` into a device.
+/// Parses `cpu`, `cuda` or `cuda:N` into a device ([`mmcl_nn::device::parse_device`]).
 pub fn parse_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("cannot open CUDA device 0"),
-        s if s.starts_with("cuda:") => {
-            let ordinal: usize = s["cuda:".len()..]
-                .parse()
-                .with_context(|| format!("bad device ordinal in {s:?}"))?;
-            Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
-        }
-        other => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
-    }
+    Ok(mmcl_nn::device::parse_device(spec)?)
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).

@@ -1,0 +1,55 @@
+//! Choosing a device from what a user typed (`--device cpu|cuda|cuda:N`), once for the command
+//! line tool, the examples and the benches.
+
+use candle_core::Device;
+
+use crate::{Error, Result};
+
+/// Parses `cpu`, `cuda` (device 0) or `cuda:N` and opens the device.
+///
+/// ```
+/// let cpu = mmcl_nn::device::parse_device("cpu").unwrap();
+/// assert!(cpu.is_cpu());
+/// assert!(mmcl_nn::device::parse_device("gpu").is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for anything else, [`Error::DeviceUnavailable`] when the CUDA
+/// device cannot be opened (e.g. a build without the `cuda` feature).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => ordinal,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown device {other:?}: use cpu, cuda or cuda:N"
+                )));
+            }
+        },
+    };
+    Device::new_cuda(ordinal).map_err(|source| Error::DeviceUnavailable { ordinal, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_mistakes() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        for bad in ["", "gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            let err = parse_device(bad).unwrap_err().to_string();
+            assert!(err.contains("use cpu, cuda or cuda:N"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cuda_is_an_error_without_a_cuda_build() {
+        if !candle_core::utils::cuda_is_available() {
+            let err = parse_device("cuda:1").unwrap_err().to_string();
+            assert!(err.starts_with("cannot open CUDA device 1"), "{err}");
+        }
+    }
+}
