@@ -8,13 +8,13 @@
 //! cargo run --release --features cuda --example embed -- --device cuda
 //! ```
 
-use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{D, Device, Tensor};
 use clap::Parser;
 use mmcl_suite::ecg::{EcgVit, EcgVitConfig, Pooling};
+use mmcl_suite::nn::device::parse_device;
 
 /// Embed ECGs with the ECG encoder of Turgut et al.
 #[derive(Debug, Parser)]

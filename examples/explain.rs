@@ -11,7 +11,6 @@
 //! PNGs go to `--output/<eid>/` (`ecg_importance.png`, `ecg_attention.png`,
 //! `cmr_importance.png`).
 
-use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use mmcl_suite::cmr::ResNetConfig;
 use mmcl_suite::data::cache::Cache;
 use mmcl_suite::data::tables::Split;
 use mmcl_suite::eval::localization::MultimodalModel;
+use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::pipeline::TerminalProgress;
 use mmcl_suite::pipeline::reproduce::{
     explain_subjects, load_config, prepare_data, probe_vit_config,

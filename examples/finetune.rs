@@ -8,7 +8,6 @@
 //!     --checkpoint target/reproduce/runs/mae_mmcl/checkpoints/last/ecg_encoder.safetensors
 //! ```
 
-use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -16,6 +15,7 @@ use clap::Parser;
 use mmcl_suite::eval::finetune::{FinetuneConfig, Progress, finetune};
 use mmcl_suite::eval::metrics::Task;
 use mmcl_suite::eval::report::text_table;
+use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::pipeline::TerminalProgress;
 use mmcl_suite::pipeline::reproduce::{load_config, prepare_data, probe_vit_config};
 

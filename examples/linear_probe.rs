@@ -12,7 +12,6 @@
 //! The cohort and its cache are made once under `--data` (reduced settings of
 //! `mmcl reproduce`); `--config` takes a reproduce configuration for other encoders or data.
 
-use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::data::cache::Cache;
 use mmcl_suite::ecg::EcgVit;
+use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::pipeline::TerminalProgress;
 use mmcl_suite::pipeline::reproduce::{
     load_config, prepare_data, probe_ecg_encoder, probe_vit_config,

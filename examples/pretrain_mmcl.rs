@@ -16,12 +16,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::cmr::ResNetArch;
+use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::train::checkpoint;
 use mmcl_suite::train::{BarProgress, MmclConfig, MmclTrainer, Progress};
 

@@ -8,11 +8,11 @@
 //! cargo run --release --features cuda --example reproduce -- --paper --device cuda
 //! ```
 
-use mmcl_suite::nn::device::parse_device;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
+use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::pipeline::TerminalProgress;
 use mmcl_suite::pipeline::reproduce::{load_config, run, summary};
 
