@@ -19,6 +19,9 @@
 //! assert_close("features", &expected, &expected, Tolerance::FORWARD);
 //! ```
 
+pub mod alloc;
+pub mod mutate;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
