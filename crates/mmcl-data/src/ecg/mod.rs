@@ -1,7 +1,7 @@
 //! 12-lead ECGs: the in-memory record, the file readers (CardioSoft XML, WFDB, NPY/NPZ), the
 //! reference preprocessing and the reference augmentations.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
@@ -21,6 +21,59 @@ pub const LEADS: [&str; 12] = [
 
 /// Number of leads of a standard ECG.
 pub const NUM_LEADS: usize = 12;
+
+/// The lowest sampling rate, in Hz, accepted for an ECG (see [`MAX_SAMPLE_RATE_HZ`]).
+///
+/// Together the pair spans every clinical and research ECG recorder: resting and Holter
+/// devices record at 100–1000 Hz (older Holters at 125 Hz, and PTB-XL also ships 100 Hz
+/// copies), high-resolution and pacemaker-spike research systems at up to 10–15 kHz. A rate
+/// outside the range is a corrupt or hostile file, and taking it at face value would make
+/// resampling produce absurd lengths (0.005 Hz → 500 Hz multiplies the length by 100 000).
+pub const MIN_SAMPLE_RATE_HZ: f64 = 50.0;
+
+/// The highest sampling rate, in Hz, accepted for an ECG (see [`MIN_SAMPLE_RATE_HZ`]).
+pub const MAX_SAMPLE_RATE_HZ: f64 = 20_000.0;
+
+/// The most samples per lead an [`Ecg`] may hold, from a file or from resampling.
+///
+/// 2²² samples are over two hours at 500 Hz and over three minutes at
+/// [`MAX_SAMPLE_RATE_HZ`], far beyond the 10-second resting strips the models consume, while
+/// one 12-lead f32 record stays near 200 MB. Readers refuse declared lengths above it before
+/// allocating anything from them.
+pub const MAX_SAMPLES_PER_LEAD: usize = 1 << 22;
+
+/// Checks that `rate` (Hz) is a plausible ECG sampling rate: finite and within
+/// [`MIN_SAMPLE_RATE_HZ`]`..=`[`MAX_SAMPLE_RATE_HZ`].
+///
+/// This is the one check that [`Ecg::new`], every reader and every resampling path go
+/// through; readers wrap the error with the file's name.
+///
+/// # Errors
+/// [`Error::InvalidInput`] describing the rate and the accepted range.
+pub fn check_sample_rate(rate: f64) -> Result<()> {
+    if rate.is_finite() && (MIN_SAMPLE_RATE_HZ..=MAX_SAMPLE_RATE_HZ).contains(&rate) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "sample rate {rate} Hz is outside the plausible ECG range \
+             {MIN_SAMPLE_RATE_HZ}–{MAX_SAMPLE_RATE_HZ} Hz"
+        )))
+    }
+}
+
+/// Checks that `samples` per lead is within [`MAX_SAMPLES_PER_LEAD`].
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the count and the limit.
+pub fn check_samples_per_lead(samples: usize) -> Result<()> {
+    if samples <= MAX_SAMPLES_PER_LEAD {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "{samples} samples per lead is more than the limit of {MAX_SAMPLES_PER_LEAD}"
+        )))
+    }
+}
 
 /// The canonical index of a lead name, in any capitalisation (`aVR`, `AVR`, `avr`), with
 /// surrounding whitespace ignored; `None` for a name that is not one of the 12 standard leads.
@@ -43,26 +96,24 @@ impl Ecg {
     /// An ECG from lead-major samples (`12 × samples`) at `sample_rate` Hz.
     ///
     /// # Errors
-    /// When the length is not `12 × samples`, there are no samples, or the rate is not a
-    /// positive finite number.
+    /// When there are no samples or more than [`MAX_SAMPLES_PER_LEAD`], the length is not
+    /// `12 × samples`, or the rate fails [`check_sample_rate`].
     pub fn new(data: Vec<f32>, samples: usize, sample_rate: f64) -> Result<Self> {
         if samples == 0 {
             return Err(Error::InvalidInput(
                 "an ECG needs at least one sample".into(),
             ));
         }
-        if data.len() != NUM_LEADS * samples {
+        check_samples_per_lead(samples)?;
+        // Cannot overflow: `samples` is at most MAX_SAMPLES_PER_LEAD.
+        let values = NUM_LEADS * samples;
+        if data.len() != values {
             return Err(Error::InvalidInput(format!(
-                "an ECG of {samples} samples needs {} values, got {}",
-                NUM_LEADS * samples,
+                "an ECG of {samples} samples needs {values} values, got {}",
                 data.len()
             )));
         }
-        if !(sample_rate.is_finite() && sample_rate > 0.0) {
-            return Err(Error::InvalidInput(format!(
-                "sample rate must be positive, got {sample_rate}"
-            )));
-        }
+        check_sample_rate(sample_rate)?;
         Ok(Self {
             data,
             samples,
@@ -125,7 +176,7 @@ impl Ecg {
         if samples == 0 {
             return Err(Error::format(source, "the leads hold no samples"));
         }
-        Self::new(data, samples, sample_rate).map_err(|e| Error::format(source, e.to_string()))
+        Self::new(data, samples, sample_rate).map_err(|e| in_file(source, e))
     }
 
     /// Lead-major samples, `12 × samples()`.
@@ -262,9 +313,91 @@ pub(crate) fn fft_plans(
     })
 }
 
-/// Reads a whole file, naming it in the error.
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(PathBuf::from(path), e))
+/// Attributes an error about values (an [`Error::InvalidInput`]) to the file they came from;
+/// errors that already name a file pass through.
+pub(crate) fn in_file(path: &Path, error: Error) -> Error {
+    match error {
+        Error::InvalidInput(reason) => Error::format(path, reason),
+        other => other,
+    }
+}
+
+/// Opens `path` for reading only when it is a regular file (after following links), and
+/// returns it with its length.
+///
+/// Devices (`/dev/zero`), FIFOs and directories are refused from their metadata before they
+/// are opened (opening a FIFO would block); the opened handle is checked again in case the
+/// path changed in between. Every bounded reader of this module starts here.
+pub(crate) fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let not_regular = || Error::format(path, "not a regular file");
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file of at most `limit` bytes; `what` says what the file is in the
+/// error.
+///
+/// # Errors
+/// A non-regular or unreadable file, or one larger than `limit`.
+pub(crate) fn read_regular_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let (file, size) = open_regular(path)?;
+    if size > limit {
+        return Err(Error::format(
+            path,
+            format!("{what} of {size} bytes is larger than the limit of {limit} bytes"),
+        ));
+    }
+    read_checked(file, size, path, 0, size, what)
+}
+
+/// Reads `len` bytes at `offset` of a regular file opened by [`open_regular`] (`size` is its
+/// length), after checking against that size that they are there, so that a length taken
+/// from a header never allocates more than the data that exists. `what` says what the bytes
+/// are in the error.
+///
+/// # Errors
+/// An unreadable file, or one shorter than `offset + len` (reported as truncated).
+pub(crate) fn read_checked(
+    mut file: std::fs::File,
+    size: u64,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: {what} needs {len} bytes from byte {offset} but the file holds {size}"
+            ),
+        ));
+    }
+    let capacity = usize::try_from(len)
+        .map_err(|_| Error::format(path, format!("{what} of {len} bytes is too large")))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::with_capacity(capacity);
+    // `take` bounds the read even if the file grows meanwhile.
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() != capacity {
+        return Err(Error::format(
+            path,
+            format!("truncated: {what} needs {len} bytes but the file ended early"),
+        ));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex;
 use serde::{Deserialize, Serialize};
 
-use super::{Ecg, NUM_LEADS};
+use super::{Ecg, MAX_SAMPLES_PER_LEAD, NUM_LEADS, check_sample_rate};
 use crate::{Error, Result};
 
 /// Parameters of the asymmetric-least-squares baseline (Eilers & Boelens, 2005).
@@ -85,14 +85,13 @@ const VARIANCE_EPS: f64 = 1e-12;
 ///
 /// # Errors
 /// An invalid configuration (normalisation groups that do not partition the 12 leads, a
-/// non-positive rate).
+/// rate outside the plausible ECG range of [`check_sample_rate`]), or a resampled length
+/// above [`MAX_SAMPLES_PER_LEAD`].
 pub fn preprocess(ecg: &Ecg, cfg: &PreprocessConfig) -> Result<Ecg> {
-    if !(cfg.sample_rate.is_finite() && cfg.sample_rate > 0.0) {
-        return Err(Error::InvalidInput(format!(
-            "target sample rate must be positive, got {}",
-            cfg.sample_rate
-        )));
-    }
+    check_sample_rate(cfg.sample_rate).map_err(|e| match e {
+        Error::InvalidInput(reason) => Error::InvalidInput(format!("target {reason}")),
+        other => other,
+    })?;
     let resampled;
     let ecg = if (ecg.sample_rate() - cfg.sample_rate).abs() > 1e-9 {
         // Missing samples would spread over the whole spectrum: zero them first (as the
@@ -362,28 +361,40 @@ fn baseline_als_lanes<const K: usize>(ys: [&[f64]; K], cfg: &AlsConfig) -> [Vec<
 /// the spectrum is truncated or zero-padded, the unpaired Nyquist bin split or merged). The
 /// new length is `round(samples · rate / old_rate)`.
 ///
+/// The target rate goes through the same [`check_sample_rate`] as every recording, and the new
+/// length is checked against [`MAX_SAMPLES_PER_LEAD`] before anything is allocated.
+///
 /// # Errors
-/// A non-positive rate, or a result with no samples.
+/// A rate outside the plausible ECG range, or a result with no samples or more than
+/// [`MAX_SAMPLES_PER_LEAD`].
 pub fn resample(ecg: &Ecg, rate: f64) -> Result<Ecg> {
-    if !(rate.is_finite() && rate > 0.0) {
+    check_sample_rate(rate)?;
+    let n = ecg.samples();
+    let from = ecg.sample_rate();
+    // In f64 first: the product cannot overflow there (both rates are checked finite and
+    // positive), and the comparison bounds the cast below.
+    let exact = (n as f64 * rate / from).round();
+    if exact > MAX_SAMPLES_PER_LEAD as f64 {
         return Err(Error::InvalidInput(format!(
-            "sample rate must be positive, got {rate}"
+            "resampling {n} samples from {from} Hz to {rate} Hz would give {exact} samples per \
+             lead, more than the limit of {MAX_SAMPLES_PER_LEAD}"
         )));
     }
-    let n = ecg.samples();
-    let m = (n as f64 * rate / ecg.sample_rate()).round() as usize;
+    let m = exact as usize;
     if m == 0 {
         return Err(Error::InvalidInput(format!(
-            "resampling {n} samples from {} Hz to {rate} Hz leaves none",
-            ecg.sample_rate()
+            "resampling {n} samples from {from} Hz to {rate} Hz leaves none"
         )));
     }
+    let values = NUM_LEADS
+        .checked_mul(m)
+        .ok_or_else(|| Error::InvalidInput(format!("{m} samples per lead overflow")))?;
     if m == n {
         return Ecg::new(ecg.data().to_vec(), n, rate);
     }
     let (forward, _) = super::fft_plans(n);
     let (_, inverse) = super::fft_plans(m);
-    let mut out = vec![0.0f32; NUM_LEADS * m];
+    let mut out = vec![0.0f32; values];
     let keep = n.min(m);
     let half = keep / 2 + 1; // bins 0..half are the non-negative frequencies kept
     for (lead, dst) in out.chunks_mut(m).enumerate() {
@@ -425,10 +436,9 @@ pub fn resample(ecg: &Ecg, rate: f64) -> Result<Ecg> {
 /// # Errors
 /// When the window does not fit in the recording.
 pub fn crop(ecg: &Ecg, start: usize, len: usize) -> Result<Ecg> {
-    if len == 0 || start + len > ecg.samples() {
+    if len == 0 || start.checked_add(len).is_none_or(|end| end > ecg.samples()) {
         return Err(Error::InvalidInput(format!(
-            "crop [{start}, {}) does not fit in {} samples",
-            start + len,
+            "crop of {len} samples from {start} does not fit in {} samples",
             ecg.samples()
         )));
     }

@@ -6,10 +6,24 @@
 //! physical ones as `(d − baseline) / gain` in the signal's units, converted to mV; the
 //! formats' "invalid sample" codes become NaN (which the preprocessing maps to 0).
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::{Component, Path};
 
-use super::{Ecg, read_file};
+use super::{Ecg, check_sample_rate, check_samples_per_lead, in_file, read_regular_bounded};
 use crate::{Error, Result};
+
+/// The largest WFDB header read, in bytes (1 MiB).
+///
+/// A 12-lead header is about 1 KB (PTB-XL, MIMIC-IV-ECG); even hundreds of signals with long
+/// comment blocks stay far below, and the limit keeps a hostile "header" from claiming memory.
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// The most signals a header may announce.
+///
+/// ECG records carry 12 to about 16 signals (the 12 leads, sometimes Frank leads or a rhythm
+/// channel); 256 leaves room for any multi-channel research recording while bounding the work
+/// and the per-signal buffers a header can ask for.
+pub const MAX_SIGNALS: usize = 256;
 
 /// What a WFDB record holds besides its samples.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,14 +50,27 @@ struct SignalSpec {
 
 /// Reads a WFDB record from its header file (`*.hea`); the signal files are looked up beside it.
 ///
+/// Signal files must be plain files in the header's folder, named by a bare file name; only
+/// the bytes the header declares are read from them, after checking that the file holds them.
+///
 /// # Errors
-/// A clear error naming the file: unreadable or empty header, malformed lines, unsupported
-/// format or multi-segment record, a signal file shorter than the header says, a missing or
-/// repeated lead.
+/// A clear error naming the file: unreadable, empty or oversized header
+/// ([`MAX_HEADER_BYTES`]), malformed lines, unsupported format or multi-segment record, a
+/// sampling rate outside the plausible ECG range ([`super::check_sample_rate`]), a declared
+/// sample count above [`super::MAX_SAMPLES_PER_LEAD`], a signal file named by a path (absolute,
+/// with folders or `..`) or that is not a regular file, a signal file shorter than the header
+/// says, a missing or repeated lead.
 pub fn read_record(header: &Path) -> Result<WfdbRecord> {
-    let text = read_file(header)?;
+    let text = read_regular_bounded(header, MAX_HEADER_BYTES, "the WFDB header")?;
     let text = String::from_utf8_lossy(&text);
-    let (name, n_sig, fs, n_samples, signals, comments) = parse_header(&text, header)?;
+    let Header {
+        name,
+        n_sig,
+        fs,
+        n_samples,
+        signals,
+        comments,
+    } = parse_header(&text, header)?;
     if signals.len() != n_sig {
         return Err(Error::format(
             header,
@@ -55,12 +82,14 @@ pub fn read_record(header: &Path) -> Result<WfdbRecord> {
     }
     let dir = header.parent().unwrap_or(Path::new("."));
     // Signals sharing a file are interleaved frame by frame, in header order.
-    let mut files: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut files: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, s) in signals.iter().enumerate() {
-        match files.iter_mut().find(|(f, _)| *f == s.file) {
-            Some((_, members)) => members.push(i),
-            None => files.push((s.file.clone(), vec![i])),
-        }
+        let slot = *index.entry(s.file.as_str()).or_insert_with(|| {
+            files.push((s.file.as_str(), Vec::new()));
+            files.len() - 1
+        });
+        files[slot].1.push(i);
     }
     let mut values: Vec<Vec<f32>> = vec![Vec::new(); signals.len()];
     for (file, members) in &files {
@@ -72,11 +101,9 @@ pub fn read_record(header: &Path) -> Result<WfdbRecord> {
             ));
         }
         let path = dir.join(file);
-        let bytes = read_file(&path)?;
-        let bytes = bytes.get(first.byte_offset as usize..).unwrap_or(&[]);
-        let digital = decode(bytes, first.format, &path)?;
         let per_frame = members.len();
-        let available = digital.len() / per_frame;
+        let bytes = read_signal_file(header, &path, first, per_frame, n_samples)?;
+        let available = sample_count(&bytes, first.format, &path)? / per_frame;
         let n = match n_samples {
             Some(n) if n > available => {
                 return Err(Error::format(
@@ -99,10 +126,12 @@ pub fn read_record(header: &Path) -> Result<WfdbRecord> {
             })?;
             let scale = to_mv / spec.gain;
             values[m] = (0..n)
-                .map(|t| match digital[t * per_frame + k] {
-                    Some(d) => ((d as f64 - spec.baseline) * scale) as f32,
-                    None => f32::NAN,
-                })
+                .map(
+                    |t| match sample_at(&bytes, first.format, t * per_frame + k) {
+                        Some(d) => ((d as f64 - spec.baseline) * scale) as f32,
+                        None => f32::NAN,
+                    },
+                )
                 .collect();
         }
     }
@@ -115,14 +144,87 @@ pub fn read_record(header: &Path) -> Result<WfdbRecord> {
     })
 }
 
-type Header = (
-    String,
-    usize,
-    f64,
-    Option<usize>,
-    Vec<SignalSpec>,
-    Vec<String>,
-);
+/// Bytes taken by `samples` samples of a signal file in `format`, `None` on overflow.
+fn format_bytes(samples: u64, format: u16) -> Option<u64> {
+    match format {
+        16 => samples.checked_mul(2),
+        // Two samples in three bytes; a last odd sample takes two.
+        212 => (samples / 2)
+            .checked_mul(3)?
+            .checked_add(if samples % 2 == 1 { 2 } else { 0 }),
+        _ => Some(samples),
+    }
+}
+
+/// Reads the part of a signal file that holds `per_frame` interleaved signals described by
+/// `spec` (its format and byte offset): `samples` frames when the header declares them, else
+/// the rest of the file up to [`super::MAX_SAMPLES_PER_LEAD`] frames. The byte count is
+/// derived with checked arithmetic and checked against the file's size before anything is
+/// allocated. Errors about the signal file's kind or size name the header as well.
+fn read_signal_file(
+    header: &Path,
+    path: &Path,
+    spec: &SignalSpec,
+    per_frame: usize,
+    samples: Option<usize>,
+) -> Result<Vec<u8>> {
+    let frame_bytes = |frames: usize| {
+        u64::try_from(frames)
+            .ok()
+            .and_then(|f| f.checked_mul(per_frame as u64))
+            .and_then(|s| format_bytes(s, spec.format))
+    };
+    let too_large = || {
+        Error::format(
+            header,
+            format!(
+                "the signals in {} would take more bytes than can be addressed",
+                spec.file
+            ),
+        )
+    };
+    let in_header = |e: Error| match e {
+        Error::Format { path, reason } => {
+            Error::format(header, format!("signal file {}: {reason}", path.display()))
+        }
+        other => other,
+    };
+    let (file, size) = super::open_regular(path).map_err(in_header)?;
+    let len = match samples {
+        Some(n) => frame_bytes(n).ok_or_else(too_large)?,
+        None => {
+            let rest = size.saturating_sub(spec.byte_offset);
+            let cap = frame_bytes(super::MAX_SAMPLES_PER_LEAD).ok_or_else(too_large)?;
+            if rest > cap {
+                return Err(Error::format(
+                    header,
+                    format!(
+                        "signal file {} holds more than {} samples per signal (the limit) and \
+                         the header declares no sample count",
+                        spec.file,
+                        super::MAX_SAMPLES_PER_LEAD
+                    ),
+                ));
+            }
+            rest
+        }
+    };
+    let what = format!(
+        "{per_frame} signal(s) in format {} as the header declares",
+        spec.format
+    );
+    super::read_checked(file, size, path, spec.byte_offset, len, &what).map_err(in_header)
+}
+
+/// The record line and signal lines of a header.
+struct Header {
+    name: String,
+    n_sig: usize,
+    fs: f64,
+    n_samples: Option<usize>,
+    signals: Vec<SignalSpec>,
+    comments: Vec<String>,
+}
 
 fn parse_header(text: &str, path: &Path) -> Result<Header> {
     let mut comments = Vec::new();
@@ -151,6 +253,11 @@ fn parse_header(text: &str, path: &Path) -> Result<Header> {
     let n_sig: usize = sig_field
         .parse()
         .map_err(|_| bad(format!("signal count {sig_field:?} is not a number")))?;
+    if n_sig > MAX_SIGNALS {
+        return Err(bad(format!(
+            "{n_sig} signals is more than the limit of {MAX_SIGNALS}"
+        )));
+    }
     let fs = match fields.get(2) {
         Some(f) => {
             let f = f.split('/').next().unwrap_or(f);
@@ -161,11 +268,16 @@ fn parse_header(text: &str, path: &Path) -> Result<Header> {
         }
         None => 250.0,
     };
+    // Refused here, before any signal file is touched.
+    check_sample_rate(fs).map_err(|e| in_file(path, e))?;
     let n_samples = match fields.get(3) {
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| bad(format!("sample count {n:?} is not a number")))?,
-        ),
+        Some(n) => {
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| bad(format!("sample count {n:?} is not a number")))?;
+            check_samples_per_lead(n).map_err(|e| in_file(path, e))?;
+            Some(n)
+        }
         None => None,
     };
     let signals = signal_lines
@@ -173,13 +285,36 @@ fn parse_header(text: &str, path: &Path) -> Result<Header> {
         .enumerate()
         .map(|(i, line)| parse_signal(line, path, i))
         .collect::<Result<Vec<_>>>()?;
-    Ok((name, n_sig, fs, n_samples, signals, comments))
+    Ok(Header {
+        name,
+        n_sig,
+        fs,
+        n_samples,
+        signals,
+        comments,
+    })
+}
+
+/// Whether a signal file name is a bare file name (one normal component, no separator), so
+/// that it can only name a file in the header's own folder.
+fn is_bare_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(_)), None)
+    ) && !name.contains(['/', '\\'])
 }
 
 fn parse_signal(line: &str, path: &Path, index: usize) -> Result<SignalSpec> {
     let bad = |what: String| Error::format(path, format!("signal line {}: {what}", index + 1));
     let fields: Vec<&str> = line.split_whitespace().collect();
     let file = fields[0].to_string();
+    if !is_bare_file_name(&file) {
+        return Err(bad(format!(
+            "signal file {file:?} must be a bare file name beside the header \
+             (no absolute path, folder or \"..\")"
+        )));
+    }
     let fmt_field = fields.get(1).ok_or_else(|| bad("no format".into()))?;
     // format[xsamp][:skew][+offset]
     let (fmt_part, byte_offset) = match fmt_field.split_once('+') {
@@ -263,9 +398,11 @@ fn unit_to_mv(unit: &str) -> Option<f64> {
     }
 }
 
-/// Decodes a signal file into digital samples (frame-interleaved); `None` marks the format's
-/// invalid-sample code.
-fn decode(bytes: &[u8], format: u16, path: &PathBuf) -> Result<Vec<Option<i32>>> {
+/// The number of whole samples in `bytes` of a signal file in `format`.
+///
+/// # Errors
+/// A format-16 file cut in the middle of a sample.
+fn sample_count(bytes: &[u8], format: u16, path: &Path) -> Result<usize> {
     match format {
         16 => {
             if !bytes.len().is_multiple_of(2) {
@@ -274,44 +411,42 @@ fn decode(bytes: &[u8], format: u16, path: &PathBuf) -> Result<Vec<Option<i32>>>
                     "truncated: odd number of bytes for format 16",
                 ));
             }
-            Ok(bytes
-                .chunks_exact(2)
-                .map(|b| {
-                    let v = i16::from_le_bytes([b[0], b[1]]);
-                    (v != i16::MIN).then_some(v as i32)
-                })
-                .collect())
+            Ok(bytes.len() / 2)
         }
-        212 => {
-            let mut out = Vec::with_capacity(bytes.len() * 2 / 3 + 1);
-            let twelve = |v: i32| {
-                let v = if v >= 0x800 { v - 0x1000 } else { v };
-                (v != -2048).then_some(v)
-            };
-            let mut chunks = bytes.chunks_exact(3);
-            for c in &mut chunks {
-                let (b0, b1, b2) = (c[0] as i32, c[1] as i32, c[2] as i32);
-                out.push(twelve(b0 | ((b1 & 0x0F) << 8)));
-                out.push(twelve(b2 | ((b1 & 0xF0) << 4)));
-            }
-            // A trailing pair of bytes carries one last sample (odd total count).
-            let rest = chunks.remainder();
-            if rest.len() == 2 {
-                out.push(twelve(rest[0] as i32 | ((rest[1] as i32 & 0x0F) << 8)));
-            }
-            Ok(out)
-        }
-        80 => Ok(bytes
-            .iter()
-            .map(|&b| {
-                let v = b as i32 - 128;
-                (v != -128).then_some(v)
-            })
-            .collect()),
+        // Two samples per three bytes; a trailing pair of bytes carries one last sample.
+        212 => Ok(bytes.len() / 3 * 2 + usize::from(bytes.len() % 3 == 2)),
+        80 => Ok(bytes.len()),
         other => Err(Error::format(
             path,
             format!("signal format {other} is not supported"),
         )),
+    }
+}
+
+/// Digital sample `i` (frame-interleaved numbering) of a signal file in `format`, decoded in
+/// place so that no wider copy of the file is ever held; `None` marks the format's
+/// invalid-sample code. `i` must be below [`sample_count`].
+fn sample_at(bytes: &[u8], format: u16, i: usize) -> Option<i32> {
+    match format {
+        16 => {
+            let v = i16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]);
+            (v != i16::MIN).then_some(v as i32)
+        }
+        212 => {
+            let at = i / 2 * 3;
+            let (b0, b1) = (bytes[at] as i32, bytes[at + 1] as i32);
+            let v = if i.is_multiple_of(2) {
+                b0 | ((b1 & 0x0F) << 8)
+            } else {
+                bytes[at + 2] as i32 | ((b1 & 0xF0) << 4)
+            };
+            let v = if v >= 0x800 { v - 0x1000 } else { v };
+            (v != -2048).then_some(v)
+        }
+        _ => {
+            let v = bytes[i] as i32 - 128;
+            (v != -128).then_some(v)
+        }
     }
 }
 
@@ -322,10 +457,20 @@ mod tests {
     #[test]
     fn format_212_packs_two_samples_in_three_bytes() {
         // 0x123 and -1 (0xFFF): byte0 = 0x23, byte1 = 0xF1, byte2 = 0xFF.
-        let v = decode(&[0x23, 0xF1, 0xFF], 212, &PathBuf::from("x.dat")).unwrap();
-        assert_eq!(v, vec![Some(0x123), Some(-1)]);
-        let v = decode(&[0x00, 0x08, 0x00], 212, &PathBuf::from("x.dat")).unwrap();
-        assert_eq!(v, vec![None, Some(0)], "-2048 is the invalid code");
+        let decode = |bytes: &[u8]| {
+            let n = sample_count(bytes, 212, Path::new("x.dat")).unwrap();
+            (0..n).map(|i| sample_at(bytes, 212, i)).collect::<Vec<_>>()
+        };
+        assert_eq!(decode(&[0x23, 0xF1, 0xFF]), vec![Some(0x123), Some(-1)]);
+        assert_eq!(
+            decode(&[0x00, 0x08, 0x00]),
+            vec![None, Some(0)],
+            "-2048 is the invalid code"
+        );
+        // A trailing pair of bytes holds one more sample; a lone byte none.
+        assert_eq!(decode(&[0x23, 0xF1, 0xFF, 0x05, 0x00]).len(), 3);
+        assert_eq!(decode(&[0x23, 0xF1, 0xFF, 0x05]).len(), 2);
+        assert!(sample_count(&[0; 3], 16, Path::new("x.dat")).is_err());
     }
 
     #[test]

@@ -33,8 +33,22 @@ use std::path::Path;
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
-use super::{Ecg, read_file};
+use super::{Ecg, read_regular_bounded};
 use crate::{Error, Result};
+
+/// The deepest element nesting accepted in a CardioSoft XML file.
+///
+/// CardioSoft files nest four levels deep (`CardiologyXML/RestingECGMeasurements/
+/// MedianSamples/WaveformData`); 64 leaves ample room for vendor extensions while refusing
+/// the deeply nested documents that serve only to exhaust a parser.
+pub const MAX_XML_DEPTH: usize = 64;
+
+/// The largest CardioSoft XML file read, in bytes (64 MiB).
+///
+/// A UK Biobank file (ten seconds of 12 leads at 500 Hz plus median beats) is 100–300 KB;
+/// the limit leaves room for minutes-long strips at high rates while bounding the memory a
+/// single file can claim (the text is held once as bytes and once decoded).
+pub const MAX_XML_BYTES: u64 = 64 << 20;
 
 /// An interval or axis measurement of the CardioSoft report (`VentricularRate`, `PQInterval`,
 /// `PDuration`, `QRSDuration`, `QTInterval`, `QTCInterval`, `RRInterval`, `PAxis`, `RAxis`,
@@ -75,13 +89,19 @@ impl CardioSoftEcg {
 /// # Errors
 /// A clear error naming the file: unreadable, empty, truncated or malformed XML, a wrong root
 /// element, no rhythm strip, a missing, repeated or non-numeric lead, leads of different lengths
-/// or of a length other than `ChannelSampleCountTotal`, an unknown resolution unit.
+/// or of a length other than `ChannelSampleCountTotal`, an unknown resolution unit, a sample
+/// rate outside the plausible ECG range ([`super::check_sample_rate`]), elements nested deeper
+/// than [`MAX_XML_DEPTH`], a file larger than [`MAX_XML_BYTES`] or one that is not a regular
+/// file.
 pub fn read_cardiosoft_xml(path: &Path) -> Result<CardioSoftEcg> {
-    let bytes = read_file(path)?;
+    let bytes = read_regular_bounded(path, MAX_XML_BYTES, "the XML file")?;
     parse_cardiosoft_xml(&bytes, path)
 }
 
 /// Parses the bytes of a CardioSoft XML file; `path` names it in errors.
+///
+/// Runs in time linear in the input: each event costs constant work beyond its own bytes
+/// (the enclosing sections are tracked by counters, not by scanning the open elements).
 ///
 /// # Errors
 /// See [`read_cardiosoft_xml`].
@@ -92,6 +112,9 @@ pub fn parse_cardiosoft_xml(bytes: &[u8], path: &Path) -> Result<CardioSoftEcg> 
     let text = decode(bytes, path)?;
     let mut reader = Reader::from_str(&text);
     let mut stack: Vec<Frame> = Vec::new();
+    // How many open elements are <StripData> / <MedianSamples>.
+    let mut open_strip = 0usize;
+    let mut open_median = 0usize;
     let mut root: Option<String> = None;
     let mut strip = Section::default();
     let mut median = Section::default();
@@ -104,6 +127,15 @@ pub fn parse_cardiosoft_xml(bytes: &[u8], path: &Path) -> Result<CardioSoftEcg> 
     loop {
         match reader.read_event().map_err(xml_err)? {
             Event::Start(start) => {
+                if stack.len() >= MAX_XML_DEPTH {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "elements nested deeper than {MAX_XML_DEPTH} levels (the nesting \
+                             depth limit for a CardioSoft XML file)"
+                        ),
+                    ));
+                }
                 let frame = Frame::open(&start, path)?;
                 if stack.is_empty() {
                     if root.is_some() {
@@ -117,8 +149,13 @@ pub fn parse_cardiosoft_xml(bytes: &[u8], path: &Path) -> Result<CardioSoftEcg> 
                     }
                     root = Some(frame.name.clone());
                 }
-                if frame.name == "MedianSamples" {
-                    has_median = true;
+                match frame.name.as_str() {
+                    "MedianSamples" => {
+                        has_median = true;
+                        open_median += 1;
+                    }
+                    "StripData" => open_strip += 1,
+                    _ => {}
                 }
                 stack.push(frame);
             }
@@ -145,12 +182,15 @@ pub fn parse_cardiosoft_xml(bytes: &[u8], path: &Path) -> Result<CardioSoftEcg> 
                 let Some(frame) = stack.pop() else {
                     return Err(Error::format(path, "closing tag without opening tag"));
                 };
+                match frame.name.as_str() {
+                    "MedianSamples" => open_median -= 1,
+                    "StripData" => open_strip -= 1,
+                    _ => {}
+                }
                 let parent = stack.last().map(|f| f.name.as_str());
-                let in_strip = stack.iter().any(|f| f.name == "StripData");
-                let in_median = stack.iter().any(|f| f.name == "MedianSamples");
-                let section = if in_median {
+                let section = if open_median > 0 {
                     Some(&mut median)
-                } else if in_strip {
+                } else if open_strip > 0 {
                     Some(&mut strip)
                 } else {
                     None
