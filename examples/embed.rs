@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use candle_core::{D, Device, Tensor};
 use clap::Parser;
 use mmcl_suite::ecg::{EcgVit, EcgVitConfig, Pooling};
@@ -34,17 +34,9 @@ struct Args {
 }
 
 fn read_ecgs(path: &PathBuf) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .with_context(|| format!("{}: not a .npy file", path.display()))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    if npy.order() != npyz::Order::C {
-        bail!("{}: expected a C-ordered array", path.display());
-    }
-    let values = npy
-        .into_vec::<f32>()
-        .with_context(|| format!("{}: expected float32 data", path.display()))?;
-    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+    // The checked reader: sizes in the header are validated before anything is allocated.
+    let array = mmcl_suite::data::ecg::npy::read_array(path)?;
+    Ok(Tensor::from_vec(array.data, array.shape, &Device::Cpu)?)
 }
 
 fn main() -> Result<()> {

@@ -1,13 +1,271 @@
 //! NumPy arrays of ECGs: `.npy` files holding `(12, T)` or `(N, 12, T)` (C or Fortran order;
 //! float32/64 or integer), `.npz` archives of such arrays, and writing float32 `.npy` files.
+//!
+//! Every `.npy` read in the workspace (here and in the `mmcl` commands) goes through
+//! [`check_npy`] (or [`open_npy`] for a file): it validates the magic, the version, the header
+//! length, the shape and the data size against the bytes that actually exist *before* npyz
+//! parses anything or any buffer is sized from the file, so that a hostile header can neither
+//! make the process allocate what the file does not hold nor overflow a size computation.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
-use npyz::{DType, NpyFile, Order, TypeChar};
+use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar, TypeStr};
 
-use super::{Ecg, NUM_LEADS, NamedEcg, file_stem, read_file};
+use super::{Ecg, NUM_LEADS, NamedEcg, file_stem, open_regular};
 use crate::{Error, Result};
+
+/// The longest `.npy` header text accepted, in bytes.
+///
+/// This is NumPy's own default `max_header_size` (`np.load` refuses longer headers for the
+/// same reason): a plain array's header is about 120 bytes, and the bound keeps npyz's header
+/// parser, whose time grows quickly with the text, fast.
+pub const MAX_HEADER_LEN: usize = 10_000;
+
+/// The deepest bracket nesting accepted in a header. A plain array needs two levels (the
+/// dict and the shape tuple), a structured dtype four; npyz's parser takes time exponential
+/// in the nesting (20 levels take seconds), so deeper headers are refused before parsing.
+const MAX_HEADER_NESTING: usize = 4;
+
+/// The largest decompressed size accepted for one `.npz` member, in bytes (2 GiB).
+///
+/// Members are read whole into memory, so the bound is what one array may cost; a larger
+/// array belongs in a `.npy`, which the commands stream. Checked against the size the archive
+/// declares before anything is read, and against the bytes that actually inflate.
+pub const MAX_NPZ_MEMBER_LEN: u64 = 2 << 30;
+
+/// The layout of a `.npy` whose header was checked against the bytes available.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyLayout {
+    /// Dimensions, as written in the header.
+    pub shape: Vec<usize>,
+    /// The element type (a plain, non-object dtype).
+    pub dtype: TypeStr,
+    /// Memory order of the data.
+    pub order: Order,
+    /// Number of elements: the product of `shape`, known not to overflow.
+    pub len: usize,
+    /// Bytes of one element (at least 1).
+    pub item_size: usize,
+    /// Bytes before the data (magic, version, header length and header).
+    pub header_len: u64,
+    /// Bytes of data: `len × item_size`, known to be present after the header.
+    pub data_len: u64,
+}
+
+/// A `.npy` stream positioned at its data, whose header [`check_npy`] validated.
+pub struct CheckedNpy<R: Read> {
+    layout: NpyLayout,
+    npy: NpyFile<R>,
+}
+
+impl<R: Read> CheckedNpy<R> {
+    /// The checked layout.
+    pub fn layout(&self) -> &NpyLayout {
+        &self.layout
+    }
+
+    /// The npyz view, for decoding elements (at most [`NpyLayout::data_len`] bytes are read).
+    pub fn into_npy(self) -> NpyFile<R> {
+        self.npy
+    }
+
+    /// The layout and the raw reader, positioned at the first data byte.
+    pub fn into_parts(self) -> (NpyLayout, R) {
+        (self.layout, self.npy.into_inner())
+    }
+}
+
+/// Opens a `.npy` file and checks its header against the file's length (see [`check_npy`]).
+///
+/// # Errors
+/// A missing, unreadable or non-regular file; anything [`check_npy`] refuses.
+pub fn open_npy(path: &Path) -> Result<CheckedNpy<BufReader<File>>> {
+    let (file, size) = open_regular(path)?;
+    check_npy(BufReader::new(file), size, path, "")
+}
+
+/// Reads and checks the header of a `.npy` stream of `available` bytes (a file's length, or
+/// an archive member's declared size), leaving `reader` at the first data byte.
+///
+/// Checked, before npyz parses the header or anything is allocated from it: the magic and
+/// version; a header length of at most [`MAX_HEADER_LEN`] that fits in `available`; a
+/// bracket nesting of at most four levels. Then: a plain, non-object dtype of non-zero size;
+/// the element count (product of the shape) and the data size computed with checked
+/// arithmetic; the data fitting in what remains of `available`. `what` prefixes messages (an
+/// archive member's name); every error names `path`.
+///
+/// # Errors
+/// [`Error::Format`] or [`Error::Io`] naming `path`.
+pub fn check_npy<R: Read>(
+    mut reader: R,
+    available: u64,
+    path: &Path,
+    what: &str,
+) -> Result<CheckedNpy<R>> {
+    let bad = |reason: String| Error::format(path, format!("{what}{reason}"));
+    if available == 0 {
+        return Err(bad("the file is empty".into()));
+    }
+    let read_err = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            bad("truncated: the file ends inside the .npy header".into())
+        } else {
+            Error::format(path, format!("{what}cannot read the .npy header: {e}"))
+        }
+    };
+    let mut preamble = [0u8; 12];
+    reader
+        .read_exact(&mut preamble[..8])
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                bad("not a readable .npy file (too short for the .npy magic string)".into())
+            }
+            _ => read_err(e),
+        })?;
+    if &preamble[..6] != b"\x93NUMPY" {
+        return Err(bad(
+            "not a readable .npy file (it does not start with the .npy magic string)".into(),
+        ));
+    }
+    let preamble_len = match (preamble[6], preamble[7]) {
+        (1, 0) => 10,
+        (2, 0) | (3, 0) => 12,
+        (major, minor) => {
+            return Err(bad(format!(
+                "unsupported .npy format version {major}.{minor} (expected 1.0, 2.0 or 3.0)"
+            )));
+        }
+    };
+    reader
+        .read_exact(&mut preamble[8..preamble_len])
+        .map_err(read_err)?;
+    let header_text_len = if preamble_len == 10 {
+        u64::from(u16::from_le_bytes([preamble[8], preamble[9]]))
+    } else {
+        u64::from(u32::from_le_bytes([
+            preamble[8],
+            preamble[9],
+            preamble[10],
+            preamble[11],
+        ]))
+    };
+    // Cannot overflow: a u32 plus 12.
+    let header_len = preamble_len as u64 + header_text_len;
+    if header_len > available {
+        return Err(bad(format!(
+            "truncated or corrupt: the header announces {header_text_len} bytes but the file \
+             holds {available} in all"
+        )));
+    }
+    if header_text_len > MAX_HEADER_LEN as u64 {
+        return Err(bad(format!(
+            "the .npy header announces {header_text_len} bytes, more than the {MAX_HEADER_LEN} \
+             a plain array needs"
+        )));
+    }
+    // Both bounded by MAX_HEADER_LEN above.
+    let mut header = Vec::with_capacity(preamble_len + header_text_len as usize);
+    header.extend_from_slice(&preamble[..preamble_len]);
+    (&mut reader)
+        .take(header_text_len)
+        .read_to_end(&mut header)
+        .map_err(read_err)?;
+    if header.len() as u64 != header_len {
+        return Err(bad("truncated: the file ends inside the .npy header".into()));
+    }
+    let nesting = bracket_nesting(&header[preamble_len..]);
+    if nesting > MAX_HEADER_NESTING {
+        return Err(bad(format!(
+            "corrupt .npy header: brackets nested {nesting} deep (a plain array needs 2)"
+        )));
+    }
+    let parsed = NpyHeader::from_reader(&header[..])
+        .map_err(|e| bad(format!("not a readable .npy file: {e}")))?;
+    let dtype = match parsed.dtype() {
+        DType::Plain(ts) if ts.type_char() == TypeChar::Object => {
+            return Err(bad(
+                "object arrays (pickled Python objects) are not supported".into(),
+            ));
+        }
+        DType::Plain(ts) => ts,
+        _ => return Err(bad("structured arrays are not supported".into())),
+    };
+    let item_size = match dtype.num_bytes() {
+        Some(size) if size > 0 => size,
+        _ => return Err(bad(format!("unsupported dtype {dtype} (no element size)"))),
+    };
+    let too_large = || {
+        bad(format!(
+            "corrupt .npy header: shape {:?} is too large",
+            parsed.shape()
+        ))
+    };
+    let shape = parsed
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| too_large()))
+        .collect::<Result<Vec<usize>>>()?;
+    let len = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(too_large)?;
+    let data_len = u64::try_from(len)
+        .ok()
+        .and_then(|n| n.checked_mul(item_size as u64))
+        .ok_or_else(too_large)?;
+    let remaining = available - header_len;
+    if data_len > remaining {
+        return Err(bad(format!(
+            "truncated: shape {shape:?} of {dtype} needs {data_len} bytes of data, the file \
+             holds {remaining}"
+        )));
+    }
+    let layout = NpyLayout {
+        shape,
+        dtype,
+        order: parsed.order(),
+        len,
+        item_size,
+        header_len,
+        data_len,
+    };
+    Ok(CheckedNpy {
+        layout,
+        npy: NpyFile::with_header(parsed, reader),
+    })
+}
+
+/// The deepest nesting of `(`, `[` and `{` in a header's text, outside quoted strings.
+fn bracket_nesting(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for &c in text {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == b'\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                b'\'' | b'"' => quote = Some(c),
+                b'(' | b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    deepest
+}
 
 /// A numeric array read from a `.npy`: its shape and its values in C (row-major) order.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,71 +279,42 @@ pub struct Array {
 /// Reads any numeric `.npy` array as f32, naming `path` in errors.
 ///
 /// # Errors
-/// Unreadable, empty or truncated files, non-numeric dtypes.
+/// Unreadable, empty, truncated or corrupt files (see [`check_npy`]), non-numeric dtypes.
 pub fn read_array(path: &Path) -> Result<Array> {
-    let bytes = read_file(path)?;
-    if bytes.is_empty() {
-        return Err(Error::format(path, "the file is empty"));
-    }
-    parse_array(&bytes[..], path)
+    npy_to_array(open_npy(path)?, path, "")
 }
 
-fn parse_array(reader: &[u8], path: &Path) -> Result<Array> {
-    let bytes_len = reader.len() as u64;
-    let npy = NpyFile::new(reader)
-        .map_err(|e| Error::format(path, format!("not a NumPy .npy array: {e}")))?;
-    npy_to_array(npy, path, "", bytes_len)
-}
-
-/// Reads the values of an opened array; `what` prefixes error messages (an npz member's name).
-/// `available` bounds the data size, so that a hostile header cannot make us allocate more
-/// than the file holds.
-fn npy_to_array<R: Read>(
-    npy: NpyFile<R>,
-    path: &Path,
-    what: &str,
-    available: u64,
-) -> Result<Array> {
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let order = npy.order();
-    let DType::Plain(ts) = npy.dtype() else {
-        return Err(Error::format(
-            path,
-            format!("{what}structured arrays are not supported"),
-        ));
-    };
-    let claimed = (npy.len() as u128) * (ts.num_bytes().unwrap_or(1) as u128);
-    if claimed > available as u128 {
-        return Err(Error::format(
-            path,
-            format!("{what}truncated: shape {shape:?} needs {claimed} bytes, the file holds fewer"),
-        ));
-    }
-    let truncated =
+/// Reads the values of a checked array; `what` prefixes error messages (an npz member's name).
+/// The header check bounds every allocation here by the bytes the source holds.
+fn npy_to_array<R: Read>(checked: CheckedNpy<R>, path: &Path, what: &str) -> Result<Array> {
+    let layout = checked.layout().clone();
+    let npy = checked.into_npy();
+    let ts = &layout.dtype;
+    let unreadable =
         |e: std::io::Error| Error::format(path, format!("{what}cannot read the data: {e}"));
     let data: Vec<f32> = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Float, 4) => npy.into_vec::<f32>().map_err(truncated)?,
+        (TypeChar::Float, 4) => npy.into_vec::<f32>().map_err(unreadable)?,
         (TypeChar::Float, 8) => npy
             .into_vec::<f64>()
-            .map_err(truncated)?
+            .map_err(unreadable)?
             .into_iter()
             .map(|v| v as f32)
             .collect(),
         (TypeChar::Int, 2) => npy
             .into_vec::<i16>()
-            .map_err(truncated)?
+            .map_err(unreadable)?
             .into_iter()
             .map(f32::from)
             .collect(),
         (TypeChar::Int, 4) => npy
             .into_vec::<i32>()
-            .map_err(truncated)?
+            .map_err(unreadable)?
             .into_iter()
             .map(|v| v as f32)
             .collect(),
         (TypeChar::Int, 8) => npy
             .into_vec::<i64>()
-            .map_err(truncated)?
+            .map_err(unreadable)?
             .into_iter()
             .map(|v| v as f32)
             .collect(),
@@ -96,21 +325,25 @@ fn npy_to_array<R: Read>(
             ));
         }
     };
-    let expected: usize = shape.iter().product();
-    if data.len() != expected {
+    if data.len() != layout.len {
         return Err(Error::format(
             path,
             format!(
-                "{what}truncated: shape {shape:?} needs {expected} values, the file holds {}",
+                "{what}truncated: shape {:?} needs {} values, the file holds {}",
+                layout.shape,
+                layout.len,
                 data.len()
             ),
         ));
     }
-    let data = match order {
+    let data = match layout.order {
         Order::C => data,
-        Order::Fortran => fortran_to_c(&data, &shape),
+        Order::Fortran => fortran_to_c(&data, &layout.shape),
     };
-    Ok(Array { shape, data })
+    Ok(Array {
+        shape: layout.shape,
+        data,
+    })
 }
 
 /// Reorders column-major values into row-major ones.
@@ -139,34 +372,56 @@ fn fortran_to_c(data: &[f32], shape: &[usize]) -> Vec<f32> {
 }
 
 /// Splits an array of shape `(12, T)` or `(N, 12, T)` into recordings named after `stem`
-/// (`stem`, or `stem_0`, `stem_1`, …).
-fn array_to_ecgs(array: Array, stem: &str, rate: f64, path: &Path) -> Result<Vec<NamedEcg>> {
+/// (`stem`, or `stem_0`, `stem_1`, …); `what` prefixes messages (an npz member's name).
+fn array_to_ecgs(
+    array: Array,
+    stem: &str,
+    rate: f64,
+    path: &Path,
+    what: &str,
+) -> Result<Vec<NamedEcg>> {
+    let bad = |reason: String| Error::format(path, format!("{what}{reason}"));
     let (n, t) = match array.shape.as_slice() {
         [NUM_LEADS, t] => (None, *t),
         [n, NUM_LEADS, t] => (Some(*n), *t),
         other => {
-            return Err(Error::format(
-                path,
-                format!("expected an array of shape (12, T) or (N, 12, T), got {other:?}"),
-            ));
+            return Err(bad(format!(
+                "expected an array of shape (12, T) or (N, 12, T), got {other:?}"
+            )));
         }
     };
-    if t == 0 {
-        return Err(Error::format(path, "the array holds no samples"));
+    if n == Some(0) {
+        return Err(bad(format!(
+            "the array of shape {:?} holds no recordings (N = 0)",
+            array.shape
+        )));
     }
+    if t == 0 {
+        return Err(bad(format!(
+            "the array of shape {:?} holds no samples (T = 0)",
+            array.shape
+        )));
+    }
+    // Cannot overflow: the header check bounded the product of the shape.
     let per = NUM_LEADS * t;
-    let wrap = |e: Error| Error::format(path, e.to_string());
+    let wrap = |e: Error| match e {
+        Error::InvalidInput(reason) => bad(reason),
+        other => other,
+    };
     match n {
         None => Ok(vec![NamedEcg {
             id: stem.to_string(),
             ecg: Ecg::new(array.data, t, rate).map_err(wrap)?,
         }]),
-        Some(n) => (0..n)
-            .map(|i| {
+        Some(n) => array
+            .data
+            .chunks_exact(per)
+            .take(n)
+            .enumerate()
+            .map(|(i, values)| {
                 Ok(NamedEcg {
                     id: format!("{stem}_{i}"),
-                    ecg: Ecg::new(array.data[i * per..(i + 1) * per].to_vec(), t, rate)
-                        .map_err(wrap)?,
+                    ecg: Ecg::new(values.to_vec(), t, rate).map_err(wrap)?,
                 })
             })
             .collect(),
@@ -177,50 +432,98 @@ fn array_to_ecgs(array: Array, stem: &str, rate: f64, path: &Path) -> Result<Vec
 /// (recordings `stem_0` …), assuming `sample_rate` Hz.
 ///
 /// # Errors
-/// See [`read_array`]; a shape other than those two.
+/// See [`read_array`]; a shape other than those two, or one holding no recordings or samples.
 pub fn read_npy(path: &Path, sample_rate: f64) -> Result<Vec<NamedEcg>> {
     let array = read_array(path)?;
-    array_to_ecgs(array, &file_stem(path), sample_rate, path)
+    array_to_ecgs(array, &file_stem(path), sample_rate, path, "")
 }
 
 /// Reads every array of a `.npz` archive (each `(12, T)` or `(N, 12, T)`); recordings are named
 /// `stem_key` (and `stem_key_i`).
 ///
+/// Each member is read through [`check_npy`] with its declared size, which must not exceed
+/// [`MAX_NPZ_MEMBER_LEN`] and must equal what its array needs; reading stops one byte past
+/// that, so a member that inflates further (a zip bomb) is refused without being inflated.
+///
 /// # Errors
-/// Not a zip archive, or any array as in [`read_npy`].
+/// Not a zip archive, an archive without arrays, or any array as in [`read_npy`].
 pub fn read_npz(path: &Path, sample_rate: f64) -> Result<Vec<NamedEcg>> {
-    let bytes = read_file(path)?;
-    if bytes.is_empty() {
+    let (file, size) = open_regular(path)?;
+    if size == 0 {
         return Err(Error::format(path, "the file is empty"));
     }
-    let mut archive = npyz::npz::NpzArchive::new(std::io::Cursor::new(bytes))
+    let mut zip = npyz::zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| Error::format(path, format!("not a NumPy .npz archive: {e}")))?;
-    let names: Vec<String> = archive.array_names().map(str::to_string).collect();
     let stem = file_stem(path);
     let mut out = Vec::new();
-    for name in names {
-        let member = npyz::npz::file_name_from_array_name(&name);
-        let available = archive
-            .zip_archive()
-            .by_name(&member)
-            .map(|f| f.size())
-            .map_err(|e| Error::format(path, format!("array {name}: {e}")))?;
-        let npy = archive
-            .by_name(&name)
-            .map_err(|e| Error::format(path, format!("array {name}: {e}")))?
-            .ok_or_else(|| Error::format(path, format!("array {name} vanished")))?;
-        let array = npy_to_array(npy, path, &format!("array {name}: "), available)?;
+    // Archive order (what `np.load(...).files` lists), so that recording order is stable.
+    for index in 0..zip.len() {
+        let mut member = zip
+            .by_index(index)
+            .map_err(|e| Error::format(path, format!("cannot read archive member {index}: {e}")))?;
+        let Some(name) = npyz::npz::array_name_from_file_name(member.name()).map(str::to_string)
+        else {
+            continue;
+        };
+        let what = format!("array {name}: ");
+        let array = read_npz_member(&mut member, path, &what)?;
         out.extend(array_to_ecgs(
             array,
             &format!("{stem}_{name}"),
             sample_rate,
             path,
+            &what,
         )?);
     }
     if out.is_empty() {
         return Err(Error::format(path, "the archive holds no arrays"));
     }
     Ok(out)
+}
+
+/// Reads the array of an npz archive member, bounded by its checked header (see [`read_npz`]).
+fn read_npz_member(
+    member: &mut npyz::zip::read::ZipFile<'_>,
+    path: &Path,
+    what: &str,
+) -> Result<Array> {
+    let bad = |reason: String| Error::format(path, format!("{what}{reason}"));
+    // NumPy writes stored or deflated members only; refusing the rest before the first read
+    // keeps hostile input away from the other decoders.
+    let method = member.compression();
+    if !matches!(
+        method,
+        npyz::zip::CompressionMethod::Stored | npyz::zip::CompressionMethod::Deflated
+    ) {
+        return Err(bad(format!(
+            "unsupported compression method {method} (NumPy writes stored or deflated members)"
+        )));
+    }
+    let declared = member.size();
+    if declared > MAX_NPZ_MEMBER_LEN {
+        return Err(bad(format!(
+            "the archive declares {declared} bytes for it, more than the limit of \
+             {MAX_NPZ_MEMBER_LEN} bytes per array"
+        )));
+    }
+    let checked = check_npy(&mut *member, declared, path, what)?;
+    // Cannot overflow: both are within `declared`.
+    let needed = checked.layout().header_len + checked.layout().data_len;
+    if needed != declared {
+        return Err(bad(format!(
+            "the archive declares {declared} bytes for it but its array needs {needed}"
+        )));
+    }
+    let array = npy_to_array(checked, path, what)?;
+    // One byte more tells a member that inflates beyond its array, without inflating it.
+    let mut extra = [0u8; 1];
+    match member.read(&mut extra) {
+        Ok(0) => Ok(array),
+        Ok(_) => Err(bad(format!(
+            "the member inflates beyond the {needed} bytes its array needs (a zip bomb?)"
+        ))),
+        Err(e) => Err(bad(format!("cannot read the archive member: {e}"))),
+    }
 }
 
 /// The bytes of a float32 little-endian C-order `.npy` (format version 1.0).
@@ -285,7 +588,8 @@ mod tests {
         let data: Vec<f32> = (0..24).map(|v| v as f32 * 0.5).collect();
         let bytes = npy_f32_bytes(&[12, 2], &data);
         assert_eq!((bytes.len() - data.len() * 4) % 64, 0);
-        let array = parse_array(&bytes[..], Path::new("x.npy")).unwrap();
+        let checked = check_npy(&bytes[..], bytes.len() as u64, Path::new("x.npy"), "").unwrap();
+        let array = npy_to_array(checked, Path::new("x.npy"), "").unwrap();
         assert_eq!(array.shape, vec![12, 2]);
         assert_eq!(array.data, data);
     }
