@@ -6,16 +6,24 @@
 //! A header row with `eid` and UK Biobank columns `<field>-<instance>.<array>`; for every
 //! phenotype of [`PHENOTYPE_FIELDS`] the imaging-visit column `24100-2.0` … `24109-2.0` is
 //! used, else the legacy column (`22421-2.0` …), else a column named like the phenotype
-//! (`lvedv`). Empty cells and `NA`/`NaN` are missing values (masked, reported); anything else
-//! that is not a number is an error naming the file, line and column. A repeated `eid` is an
-//! error naming both lines.
+//! (`lvedv`). Empty cells and `NA`/`NaN` are missing values (masked, reported); `inf`/`-inf`
+//! are missing values too, with a warning naming the file, column and count
+//! ([`PhenotypeTable::warnings`]); anything else that is not a number is an error naming the
+//! file, line and column. A repeated `eid` is an error naming both lines.
 //!
 //! # Diagnoses CSV
 //! Columns `eid` and `icd10` (also accepted: `icd10_codes`); the cell lists codes separated by
-//! `;` (or `|`), with or without the dot (`I25.1` = `I251`). A subject may also appear on
-//! several rows (one per code, "long" layout): its codes are united. UK Biobank's own wide
-//! layout works too: every `41270-0.<i>` column holds one code. A subject listed with no code
-//! has no diagnosis.
+//! `;` (or `|`, `,`, whitespace, newlines), with or without the dot (`I25.1` = `I251`); a code
+//! that does not have an ICD-10 shape is an error naming the file, line and code. A subject may
+//! also appear on several rows (one per code, "long" layout): its codes are united. UK
+//! Biobank's own wide layout works too: every `41270-0.<i>` column holds one code. A subject
+//! listed with no code has no diagnosis.
+//!
+//! # Strict parsing
+//! Both tables are parsed strictly, so that a broken file is an error rather than silently
+//! shifted labels: a record with another number of fields than the header, or a quote still
+//! open at the end of the file (which would swallow every later row into one cell, turning
+//! every later subject into a silent negative), is an error naming the file and line.
 //! A disease is a list of code prefixes and ranges (`I20-I25`); a subject has it when any of
 //! its codes starts with one of them.
 
@@ -24,6 +32,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ecg::open_regular;
 use crate::phenotypes::{PHENOTYPE_FIELDS, ukb_column};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -31,12 +40,135 @@ use crate::{Error, Result};
 /// A UK Biobank participant identifier.
 pub type Eid = u64;
 
-fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    Ok(csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_reader(file))
+/// A CSV table read strictly, so that a malformed file is an error rather than silently shifted
+/// labels: a quote left open at end of file (which would swallow every later row into one
+/// cell) is found by a first pass over the bytes, and a record with another number of fields
+/// than the header is an error naming its line.
+struct StrictCsv<'p> {
+    path: &'p Path,
+    reader: csv::Reader<std::io::BufReader<std::fs::File>>,
+    /// Column names.
+    headers: csv::StringRecord,
+    record: csv::StringRecord,
+}
+
+impl<'p> StrictCsv<'p> {
+    fn open(path: &'p Path) -> Result<Self> {
+        check_quotes(path)?;
+        let (file, _) = open_regular(path)?;
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .flexible(false)
+            .from_reader(std::io::BufReader::new(file));
+        let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+        Ok(Self {
+            path,
+            reader,
+            headers,
+            record: csv::StringRecord::new(),
+        })
+    }
+
+    /// The column named `name` (any case).
+    fn find(&self, name: &str) -> Option<usize> {
+        self.headers
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// The next record and the line it starts on; `None` at the end of the file.
+    fn next_record(&mut self) -> Result<Option<(u64, &csv::StringRecord)>> {
+        let more = self
+            .reader
+            .read_record(&mut self.record)
+            .map_err(|e| csv_error(self.path, e))?;
+        if !more {
+            return Ok(None);
+        }
+        let line = self.record.position().map_or(0, csv::Position::line);
+        Ok(Some((line, &self.record)))
+    }
+}
+
+/// A CSV parser error naming the file, and the line for a record of the wrong width.
+fn csv_error(path: &Path, e: csv::Error) -> Error {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => Error::format(
+            path,
+            format!(
+                "line {}: {len} field(s), the header has {expected_len} (a stray delimiter or \
+                 quote?)",
+                pos.as_ref().map_or(0, csv::Position::line)
+            ),
+        ),
+        _ => Error::Csv {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+/// Scans `path` with the quoting rules of the `csv` parser (a quote opens a quoted field only
+/// as the first character of a field; `""` inside it is a literal quote) and refuses a quote
+/// still open at the end of the file, naming the line where it opened.
+fn check_quotes(path: &Path) -> Result<()> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    // Only regular files: a FIFO or device would block or never end.
+    let (file, _) = open_regular(path)?;
+    let mut reader = std::io::BufReader::new(file);
+    let (mut state, mut line, mut opened) = (State::FieldStart, 1u64, 0u64);
+    let mut first = true;
+    loop {
+        let buf = std::io::BufRead::fill_buf(&mut reader).map_err(|e| Error::io(path, e))?;
+        if buf.is_empty() {
+            break;
+        }
+        let mut bytes = buf;
+        // The parser skips a UTF-8 byte-order mark at the start; so does this scan.
+        if first {
+            bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+            first = false;
+        }
+        for &b in bytes {
+            let separator = matches!(b, b',' | b'\n' | b'\r');
+            state = match (state, b) {
+                (State::Quoted, b'"') => State::QuoteInQuoted,
+                (State::Quoted, _) => State::Quoted,
+                (State::QuoteInQuoted, b'"') => State::Quoted,
+                (State::FieldStart, b'"') => {
+                    opened = line;
+                    State::Quoted
+                }
+                (_, _) if separator => State::FieldStart,
+                (_, _) => State::Unquoted,
+            };
+            if b == b'\n' {
+                line += 1;
+            }
+        }
+        let n = buf.len();
+        std::io::BufRead::consume(&mut reader, n);
+    }
+    if state == State::Quoted {
+        return Err(Error::format(
+            path,
+            format!(
+                "line {opened}: a quote opened here is never closed (it would swallow every \
+                 later line into one cell)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_eid(text: &str, path: &Path, line: u64) -> Result<Eid> {
@@ -66,6 +198,9 @@ pub struct PhenotypeTable {
     rows: HashMap<Eid, Vec<f64>>,
     /// Missing values per phenotype, over all subjects.
     pub missing_counts: Vec<usize>,
+    /// Problems that did not stop reading (non-finite values read as missing), each naming the
+    /// file, the column and the count; callers print them.
+    pub warnings: Vec<String>,
 }
 
 impl PhenotypeTable {
@@ -95,27 +230,24 @@ impl PhenotypeTable {
 /// Reads a phenotypes CSV (see the module documentation).
 ///
 /// # Errors
-/// Unreadable or malformed CSV, no `eid` column, a bad `eid`, a repeated `eid`, a non-numeric
-/// value; each naming the file (and line).
+/// Unreadable or malformed CSV (a record of the wrong width, a quote never closed), no `eid`
+/// column, a bad `eid`, a repeated `eid`, a non-numeric value; each naming the file (and line).
 pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
-    let mut reader = csv_reader(path)?;
-    let csv_err = |source| Error::Csv {
-        path: path.to_path_buf(),
-        source,
-    };
-    let headers = reader.headers().map_err(csv_err)?.clone();
-    let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let eid_col = find("eid").ok_or_else(|| Error::format(path, "no eid column"))?;
+    let mut csv = StrictCsv::open(path)?;
+    let eid_col = csv
+        .find("eid")
+        .ok_or_else(|| Error::format(path, "no eid column"))?;
     // For every phenotype: the preferred column and the fallbacks, in order.
     let sources: Vec<Vec<usize>> = PHENOTYPE_FIELDS
         .iter()
         .map(|f| {
-            let mut cols = vec![find(&ukb_column(f.field))];
-            cols.push(f.legacy_field.and_then(|l| find(&ukb_column(l))));
-            cols.push(find(f.name));
+            let mut cols = vec![csv.find(&ukb_column(f.field))];
+            cols.push(f.legacy_field.and_then(|l| csv.find(&ukb_column(l))));
+            cols.push(csv.find(f.name));
             cols.into_iter().flatten().collect()
         })
         .collect();
+    let headers = csv.headers.clone();
     let columns = sources
         .iter()
         .map(|c| c.first().map(|&i| headers[i].to_string()))
@@ -123,9 +255,9 @@ pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
     let mut rows = HashMap::new();
     let mut first_line: HashMap<Eid, u64> = HashMap::new();
     let mut missing_counts = vec![0; PHENOTYPE_FIELDS.len()];
-    for record in reader.records() {
-        let record = record.map_err(csv_err)?;
-        let line = record.position().map_or(0, |p| p.line());
+    // Non-finite values per source column, reported once per column.
+    let mut non_finite: BTreeMap<usize, usize> = BTreeMap::new();
+    while let Some((line, record)) = csv.next_record()? {
         let eid = parse_eid(&record[eid_col], path, line)?;
         if let Some(previous) = first_line.insert(eid, line) {
             return Err(Error::format(
@@ -141,7 +273,7 @@ pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
                 if is_missing(cell) {
                     continue;
                 }
-                value = cell.parse::<f64>().map_err(|_| {
+                let v = cell.parse::<f64>().map_err(|_| {
                     Error::format(
                         path,
                         format!(
@@ -150,6 +282,13 @@ pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
                         ),
                     )
                 })?;
+                // `inf` (or an overflowing `1e999`) would turn every standardised value of the
+                // column into NaN: it is a missing value, reported below.
+                if !v.is_finite() {
+                    *non_finite.entry(c).or_default() += 1;
+                    continue;
+                }
+                value = v;
                 break;
             }
             if value.is_nan() {
@@ -159,6 +298,16 @@ pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
         }
         rows.insert(eid, values);
     }
+    let warnings = non_finite
+        .into_iter()
+        .map(|(c, n)| {
+            format!(
+                "{}: column {}: {n} non-finite value(s) (inf/nan) read as missing",
+                path.display(),
+                &headers[c]
+            )
+        })
+        .collect();
     Ok(PhenotypeTable {
         names: PHENOTYPE_FIELDS
             .iter()
@@ -167,6 +316,7 @@ pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
         columns,
         rows,
         missing_counts,
+        warnings,
     })
 }
 
@@ -274,22 +424,43 @@ impl DiagnosisTable {
     }
 }
 
+/// Whether `code` has the shape of an ICD-10 code: a letter, a digit, a digit (or a letter, as
+/// ICD-10-CM's `C4A`), then optionally a dot and up to four letters or digits (`I25.1`, `I251`,
+/// `M16.06`, `S72.001A`).
+pub fn is_icd10_code(code: &str) -> bool {
+    let b = code.as_bytes();
+    if b.len() < 3
+        || !b[0].is_ascii_alphabetic()
+        || !b[1].is_ascii_digit()
+        || !b[2].is_ascii_alphanumeric()
+    {
+        return false;
+    }
+    let (dotted, rest) = match b[3..].strip_prefix(b".") {
+        Some(rest) => (true, rest),
+        None => (false, &b[3..]),
+    };
+    !(dotted && rest.is_empty()) && rest.len() <= 4 && rest.iter().all(u8::is_ascii_alphanumeric)
+}
+
 /// Reads a diagnoses CSV (see the module documentation).
 ///
+/// A cell may list several codes separated by `;`, `|`, `,` or any whitespace (a quoted cell
+/// holding `"I25.1\nE11.9"` is the two codes I25.1 and E11.9); each must have the shape of an
+/// ICD-10 code ([`is_icd10_code`]).
+///
 /// # Errors
-/// Unreadable or malformed CSV, no `eid` or `icd10` column, a bad `eid`.
+/// Unreadable or malformed CSV (a record of the wrong width, a quote never closed), no `eid` or
+/// `icd10` column, a bad `eid`, a code that is not an ICD-10 code; each naming the file and line.
 pub fn read_diagnoses(path: &Path) -> Result<DiagnosisTable> {
-    let mut reader = csv_reader(path)?;
-    let csv_err = |source| Error::Csv {
-        path: path.to_path_buf(),
-        source,
-    };
-    let headers = reader.headers().map_err(csv_err)?.clone();
-    let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let eid_col = find("eid").ok_or_else(|| Error::format(path, "no eid column"))?;
+    let mut csv = StrictCsv::open(path)?;
+    let eid_col = csv
+        .find("eid")
+        .ok_or_else(|| Error::format(path, "no eid column"))?;
     // Code columns: a list column (`icd10`, or `icd10_codes` as the synthetic cohort writes
     // it) and/or UK Biobank's own wide layout, one code per `41270-0.<i>` column.
-    let code_cols: Vec<usize> = headers
+    let code_cols: Vec<usize> = csv
+        .headers
         .iter()
         .enumerate()
         .filter(|(_, h)| {
@@ -304,16 +475,30 @@ pub fn read_diagnoses(path: &Path) -> Result<DiagnosisTable> {
             "no icd10 column (expected icd10, icd10_codes or UK Biobank 41270-0.* columns)",
         ));
     }
+    let headers = csv.headers.clone();
     let mut codes: HashMap<Eid, Vec<String>> = HashMap::new();
-    for record in reader.records() {
-        let record = record.map_err(csv_err)?;
-        let line = record.position().map_or(0, |p| p.line());
+    while let Some((line, record)) = csv.next_record()? {
         let eid = parse_eid(&record[eid_col], path, line)?;
         let entry = codes.entry(eid).or_default();
         for &col in &code_cols {
-            for code in record[col].split([';', '|']) {
+            let cell = &record[col];
+            if is_missing(cell) {
+                continue;
+            }
+            let separator = |c: char| matches!(c, ';' | '|' | ',') || c.is_whitespace();
+            for code in cell.split(separator).filter(|c| !c.is_empty()) {
+                if !is_icd10_code(code) {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "line {line}, column {}: {code:?} is not an ICD-10 code (expected \
+                             a letter, two digits and an optional dot part, like I25.1)",
+                            &headers[col]
+                        ),
+                    ));
+                }
                 let code = normalise_code(code);
-                if !code.is_empty() && !entry.contains(&code) {
+                if !entry.contains(&code) {
                     entry.push(code);
                 }
             }
