@@ -186,11 +186,19 @@ impl StateDict {
         }
     }
 
-    /// Every tensor converted to `dtype` (f16/bf16/f64 checkpoints become f32 this way).
+    /// Every floating-point tensor converted to `dtype` (f16/bf16/f64 checkpoints become f32
+    /// this way). Integer and boolean tensors keep their dtype: counters stay exact, and an
+    /// integer where a weight belongs is still refused by [`match_keys`] instead of passing as a
+    /// float.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         for (k, v) in &self.tensors {
-            tensors.insert(k.clone(), v.to_dtype(dtype)?);
+            let v = if v.dtype().is_float() {
+                v.to_dtype(dtype)?
+            } else {
+                v.clone()
+            };
+            tensors.insert(k.clone(), v);
         }
         Ok(Self {
             tensors,
@@ -273,6 +281,29 @@ pub struct ShapeMismatch {
     pub checkpoint: Vec<usize>,
 }
 
+/// The last components of the keys whose tensors are legitimately integer: BatchNorm's step
+/// counter, the only integer buffer of PyTorch layers and of the models and optimiser files this
+/// workspace writes (the optimiser keeps its step count in the safetensors metadata). Any other
+/// integer or boolean tensor that fills a model key is refused rather than silently cast to
+/// floating point.
+pub const INTEGER_KEYS: [&str; 1] = ["num_batches_tracked"];
+
+/// Whether the checkpoint key `name` may hold an integer tensor (see [`INTEGER_KEYS`]).
+pub fn is_integer_key(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    INTEGER_KEYS.contains(&last)
+}
+
+/// A key whose checkpoint tensor holds integers (or booleans) where the model holds
+/// floating-point values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtypeMismatch {
+    /// The key.
+    pub name: String,
+    /// The checkpoint tensor's dtype.
+    pub checkpoint: DType,
+}
+
 /// The outcome of matching a checkpoint against a model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
@@ -284,6 +315,9 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// Keys present in both with different shapes (always an error).
     pub shape_mismatches: Vec<ShapeMismatch>,
+    /// Keys whose checkpoint tensor is integer where a floating-point weight is expected
+    /// (always an error; see [`INTEGER_KEYS`]).
+    pub dtype_mismatches: Vec<DtypeMismatch>,
 }
 
 impl LoadReport {
@@ -301,7 +335,11 @@ impl LoadReport {
             .filter(|k| !options.allow_unexpected.iter().any(|p| glob_match(p, k)))
             .cloned()
             .collect();
-        if missing.is_empty() && unexpected.is_empty() && self.shape_mismatches.is_empty() {
+        if missing.is_empty()
+            && unexpected.is_empty()
+            && self.shape_mismatches.is_empty()
+            && self.dtype_mismatches.is_empty()
+        {
             Ok(())
         } else {
             Err(LoadReport {
@@ -309,6 +347,7 @@ impl LoadReport {
                 missing,
                 unexpected,
                 shape_mismatches: self.shape_mismatches.clone(),
+                dtype_mismatches: self.dtype_mismatches.clone(),
             })
         }
     }
@@ -329,6 +368,14 @@ impl fmt::Display for LoadReport {
                 m.name, m.checkpoint, m.model
             ));
         }
+        for m in &self.dtype_mismatches {
+            parts.push(format!(
+                "{} holds {} values in the checkpoint where the model expects floating-point \
+                 weights (refusing to cast them)",
+                m.name,
+                m.checkpoint.as_str()
+            ));
+        }
         if parts.is_empty() {
             write!(f, "{} keys loaded", self.loaded.len())
         } else {
@@ -337,7 +384,9 @@ impl fmt::Display for LoadReport {
     }
 }
 
-/// Matches model keys (with shapes) against a state dict.
+/// Matches model keys (with shapes) against a state dict. A checkpoint tensor that holds integers
+/// or booleans under a key other than [`INTEGER_KEYS`] is a dtype mismatch: the model's weights
+/// are floating point, and casting would hide a broken or foreign file.
 pub fn match_keys<'a>(
     model: impl IntoIterator<Item = (&'a str, &'a [usize])>,
     state: &StateDict,
@@ -353,6 +402,12 @@ pub fn match_keys<'a>(
                 model: shape.to_vec(),
                 checkpoint: t.dims().to_vec(),
             }),
+            Some(t) if !t.dtype().is_float() && !is_integer_key(name) => {
+                report.dtype_mismatches.push(DtypeMismatch {
+                    name: name.to_string(),
+                    checkpoint: t.dtype(),
+                })
+            }
             Some(_) => report.loaded.push(name.to_string()),
         }
     }

@@ -5,6 +5,22 @@
 //! friends over persistent storages), and opaque objects for every other class (optimizer
 //! states, hyper-parameter containers, OmegaConf configs, …), which the caller ignores. It never
 //! imports or runs anything: a global is only a name.
+//!
+//! Nothing runs here, but a file that Python's unpickler would turn into a code-execution call
+//! must not pass for a checkpoint either (it would run when someone loads it with `torch.load`).
+//! So globals follow the policy of PyTorch's `weights_only` unpickler, widened to the plain data
+//! classes real checkpoints carry (see [`check_reference`] and [`Machine::call`]):
+//! - a global from a module that reaches the system or the interpreter (`os`, `subprocess`,
+//!   `builtins.eval`, `functools`, …) is refused wherever it appears;
+//! - a global that is *called* (REDUCE, and the INST/OBJ opcodes, which call too) must be one of
+//!   the tensor-rebuilding or plain-container callables of [`CALLABLES`];
+//! - any other class may be *instantiated* through NEWOBJ (Python then only runs `__new__`): that
+//!   is how `argparse.Namespace` arguments and Lightning/OmegaConf hyper-parameters are saved,
+//!   and they become opaque objects;
+//! - BUILD on a global (setting attributes of a class or module) is refused.
+//!
+//! The work a pickle can ask for is bounded by [`MAX_PICKLE_VALUES`]: memo references let a small
+//! file copy one big list or tuple any number of times.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,6 +36,16 @@ pub(crate) enum PickleError {
     UnknownOpcode(u8, usize),
     /// The stream is malformed (stack underflow, missing mark, bad memo reference, …).
     Malformed(String),
+    /// The pickle uses a global that a checkpoint of weights has no use for (`action` says how:
+    /// refers to, calls, sets attributes of).
+    Forbidden {
+        /// `module.qualname` as written in the file.
+        global: String,
+        /// How the pickle uses it.
+        action: &'static str,
+    },
+    /// The pickle builds or copies more than [`MAX_PICKLE_VALUES`] values.
+    TooManyValues,
 }
 
 impl fmt::Display for PickleError {
@@ -30,6 +56,17 @@ impl fmt::Display for PickleError {
                 write!(f, "unsupported pickle opcode 0x{op:02x} at byte {pos}")
             }
             PickleError::Malformed(why) => write!(f, "malformed pickle: {why}"),
+            PickleError::Forbidden { global, action } => write!(
+                f,
+                "refusing the file: its pickle {action} {global}, which is not among the \
+                 tensor-rebuilding and plain-data globals a checkpoint needs \
+                 (torch.load would run it)"
+            ),
+            PickleError::TooManyValues => write!(
+                f,
+                "the pickle builds more than {MAX_PICKLE_VALUES} values (memo references \
+                 copying one object over and over?)"
+            ),
         }
     }
 }
@@ -138,27 +175,164 @@ pub(crate) enum Value {
 impl Value {
     fn as_usize(&self) -> Option<usize> {
         match self {
-            Value::Int(i) if *i >= 0 => Some(*i as usize),
+            Value::Int(i) if *i >= 0 => usize::try_from(*i).ok(),
             Value::Bool(b) => Some(usize::from(*b)),
             _ => None,
         }
     }
+}
 
-    fn as_usize_tuple(&self) -> Option<Vec<usize>> {
-        match self {
-            Value::Tuple(items) => items.iter().map(Value::as_usize).collect(),
-            Value::List(items) => items.borrow().iter().map(Value::as_usize).collect(),
-            _ => None,
-        }
-    }
+/// Most values a pickle may build, copy or memoize. A real `data.pkl` makes a few dozen per
+/// tensor, so this admits state dicts of hundreds of thousands of tensors while keeping the
+/// machine's memory near 1 GiB at worst (values are a few dozen bytes), whatever the memo tricks.
+pub(crate) const MAX_PICKLE_VALUES: usize = 1 << 24;
 
-    fn items(&self) -> Option<Vec<Value>> {
-        match self {
-            Value::Tuple(items) => Some(items.to_vec()),
-            Value::List(items) => Some(items.borrow().clone()),
-            _ => None,
-        }
+/// Most dimensions a tensor may have (PyTorch's own kernels stop at 25).
+const MAX_DIMS: usize = 64;
+
+/// The callables a pickle may call (REDUCE, INST, OBJ), as (module, qualname) after mapping
+/// Python 2 module names. PyTorch's `weights_only` allow-list, plus the plain data types that
+/// Lightning and reference checkpoints carry in their hyper-parameters and callback states.
+const CALLABLES: &[(&str, &str)] = &[
+    // Tensors, parameters, tensor subclasses.
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._utils", "_rebuild_qtensor"),
+    ("torch._utils", "_rebuild_sparse_tensor"),
+    ("torch._utils", "_rebuild_meta_tensor_no_storage"),
+    ("torch._utils", "_rebuild_wrapper_subclass"),
+    ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+    ("torch._utils", "_rebuild_device_tensor_from_cpu_tensor"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "Tensor"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch.serialization", "_get_layout"),
+    // Containers and scalars (`_codecs.encode` is how protocol 2 saves `bytes`).
+    ("collections", "OrderedDict"),
+    ("collections", "Counter"),
+    ("builtins", "dict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("builtins", "complex"),
+    ("builtins", "slice"),
+    ("_codecs", "encode"),
+    // Plain objects at protocols 0 and 1: `object.__new__(cls)`, what NEWOBJ does at protocol 2.
+    ("copyreg", "_reconstructor"),
+    // Paths, dates and numpy scalars or arrays in hyper-parameters and callback states.
+    ("pathlib", "Path"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("datetime", "datetime"),
+    ("datetime", "date"),
+    ("datetime", "time"),
+    ("datetime", "timedelta"),
+    ("datetime", "timezone"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+];
+
+/// The `builtins` a pickle may name: data types. Every other builtin (`eval`, `exec`, `getattr`,
+/// `__import__`, `open`, …) is a way to run code and is refused wherever it appears.
+const BUILTIN_DATA_TYPES: &[&str] = &[
+    "dict",
+    "list",
+    "tuple",
+    "set",
+    "frozenset",
+    "bytearray",
+    "bytes",
+    "str",
+    "int",
+    "float",
+    "complex",
+    "bool",
+    "slice",
+    "range",
+    "object",
+];
+
+/// Modules (and their submodules) whose globals are refused wherever they appear: they reach the
+/// operating system or the interpreter, or turn data into calls (`functools.partial`,
+/// `operator.attrgetter`). PyTorch's `weights_only` unpickler blocks the first four outright.
+const BLOCKED_MODULES: &[&str] = &[
+    "os",
+    "posix",
+    "nt",
+    "sys",
+    "subprocess",
+    "shutil",
+    "socket",
+    "importlib",
+    "runpy",
+    "code",
+    "codeop",
+    "pty",
+    "ctypes",
+    "pickle",
+    "_pickle",
+    "marshal",
+    "functools",
+    "operator",
+    "types",
+    "inspect",
+    "io",
+    "_io",
+    "tempfile",
+    "multiprocessing",
+    "threading",
+    "signal",
+    "asyncio",
+    "pdb",
+    "bdb",
+    "timeit",
+    "platform",
+    "webbrowser",
+    "commands",
+    "popen2",
+];
+
+/// The Python 3 name of a module a Python 2 pickle names.
+fn canonical_module(module: &str) -> &str {
+    match module {
+        "__builtin__" => "builtins",
+        "copy_reg" => "copyreg",
+        other => other,
     }
+}
+
+/// Refuses a global that no checkpoint of weights names, wherever it appears (GLOBAL,
+/// STACK_GLOBAL, INST): see [`BLOCKED_MODULES`] and [`BUILTIN_DATA_TYPES`].
+fn check_reference(module: &str, name: &str) -> PResult<()> {
+    let m = canonical_module(module);
+    if CALLABLES.contains(&(m, name)) {
+        return Ok(());
+    }
+    let blocked = match m {
+        "builtins" => !BUILTIN_DATA_TYPES.contains(&name),
+        "copyreg" => true,
+        _ => BLOCKED_MODULES
+            .iter()
+            .any(|b| m == *b || m.strip_prefix(b).is_some_and(|rest| rest.starts_with('.'))),
+    };
+    if blocked {
+        return Err(PickleError::Forbidden {
+            global: format!("{module}.{name}"),
+            action: "refers to",
+        });
+    }
+    Ok(())
 }
 
 /// Executes a pickle and returns the value it builds.
@@ -169,6 +343,7 @@ pub(crate) fn load(data: &[u8]) -> PResult<Value> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        values: 0,
     }
     .run()
 }
@@ -179,9 +354,49 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// Values built, copied or memoized so far (see [`MAX_PICKLE_VALUES`]).
+    values: usize,
 }
 
 impl<'a> Machine<'a> {
+    /// Counts `n` more values against [`MAX_PICKLE_VALUES`], before they are made.
+    fn charge(&mut self, n: usize) -> PResult<()> {
+        self.values = self.values.saturating_add(n);
+        if self.values > MAX_PICKLE_VALUES {
+            return Err(PickleError::TooManyValues);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value) -> PResult<()> {
+        self.charge(1)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// A copy of the items of a tuple or list (`None` for other values).
+    fn items(&mut self, v: &Value) -> PResult<Option<Vec<Value>>> {
+        let n = match v {
+            Value::Tuple(items) => items.len(),
+            Value::List(items) => items.borrow().len(),
+            _ => return Ok(None),
+        };
+        self.charge(n)?;
+        Ok(match v {
+            Value::Tuple(items) => Some(items.to_vec()),
+            Value::List(items) => Some(items.borrow().clone()),
+            _ => None,
+        })
+    }
+
+    /// The items of a tuple or list of non-negative integers.
+    fn usize_items(&mut self, v: Option<&Value>) -> PResult<Option<Vec<usize>>> {
+        let Some(v) = v else { return Ok(None) };
+        Ok(self
+            .items(v)?
+            .and_then(|items| items.iter().map(Value::as_usize).collect()))
+    }
+
     fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
         let end = self.pos.checked_add(n).ok_or(PickleError::Truncated)?;
         let bytes = self.data.get(self.pos..end).ok_or(PickleError::Truncated)?;
@@ -256,14 +471,14 @@ impl<'a> Machine<'a> {
             Some(Value::Mark) | None => return malformed("nothing to memoize"),
             Some(v) => v.clone(),
         };
+        self.charge(1)?;
         self.memo.insert(idx, v);
         Ok(())
     }
 
     fn push_str(&mut self, bytes: &[u8]) -> PResult<()> {
         let s = std::str::from_utf8(bytes).or_else(|_| malformed("a string is not UTF-8"))?;
-        self.stack.push(Value::Str(s.into()));
-        Ok(())
+        self.push(Value::Str(s.into()))
     }
 
     fn run(mut self) -> PResult<Value> {
@@ -280,7 +495,7 @@ impl<'a> Machine<'a> {
                 b'.' => return self.pop(), // STOP
                 b'(' => {
                     self.marks.push(self.stack.len() + 1);
-                    self.stack.push(Value::Mark);
+                    self.push(Value::Mark)?;
                 }
                 b'0' => {
                     self.pop()?;
@@ -290,22 +505,22 @@ impl<'a> Machine<'a> {
                 }
                 b'2' => {
                     let v = self.top()?.clone();
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'J' => {
                     let v = i32::from_le_bytes(self.le()?);
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.le()?);
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 0x8a | 0x8b => {
                     // LONG1 / LONG4: little-endian two's complement of n bytes.
@@ -316,7 +531,7 @@ impl<'a> Machine<'a> {
                         usize::try_from(n).or_else(|_| malformed("negative LONG4 length"))?
                     };
                     let bytes = self.take(n)?;
-                    self.stack.push(long_from_bytes(bytes));
+                    self.push(long_from_bytes(bytes))?;
                 }
                 b'I' => {
                     let line = self.line()?;
@@ -325,20 +540,19 @@ impl<'a> Machine<'a> {
                         "01" => Value::Bool(true),
                         s => Value::Int(s.parse().or_else(|_| malformed("bad INT"))?),
                     };
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'L' => {
                     let line = self.line()?.trim_end_matches('L');
-                    self.stack
-                        .push(line.parse().map(Value::Int).unwrap_or(Value::BigInt));
+                    self.push(line.parse().map(Value::Int).unwrap_or(Value::BigInt))?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.le()?);
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v))?;
                 }
                 b'F' => {
                     let v = self.line()?.parse().or_else(|_| malformed("bad FLOAT"))?;
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v))?;
                 }
                 b'X' => {
                     let n = u32::from_le_bytes(self.le()?) as usize;
@@ -364,16 +578,16 @@ impl<'a> Machine<'a> {
                         self.u8()? as usize
                     };
                     let s: String = self.take(n)?.iter().map(|&b| b as char).collect();
-                    self.stack.push(Value::Str(s.into()));
+                    self.push(Value::Str(s.into()))?;
                 }
                 b'V' => {
                     let line = self.line()?;
-                    self.stack.push(Value::Str(line.into()));
+                    self.push(Value::Str(line.into()))?;
                 }
                 b'S' => {
                     let line = self.line()?;
                     let s = line.trim_matches(|c| c == '\'' || c == '"');
-                    self.stack.push(Value::Str(s.into()));
+                    self.push(Value::Str(s.into()))?;
                 }
                 b'B' | b'C' | 0x8e | 0x96 => {
                     let n = match op {
@@ -382,12 +596,12 @@ impl<'a> Machine<'a> {
                         _ => self.len_u64()?,
                     };
                     let bytes = self.take(n)?;
-                    self.stack.push(Value::Bytes(bytes.into()));
+                    self.push(Value::Bytes(bytes.into()))?;
                 }
-                b')' => self.stack.push(Value::Tuple(Rc::from(Vec::new()))),
+                b')' => self.push(Value::Tuple(Rc::from(Vec::new())))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items.into()));
+                    self.push(Value::Tuple(items.into()))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -398,12 +612,12 @@ impl<'a> Machine<'a> {
                     if items.iter().any(|v| matches!(v, Value::Mark)) {
                         return malformed("mark inside TUPLEn");
                     }
-                    self.stack.push(Value::Tuple(items.into()));
+                    self.push(Value::Tuple(items.into()))?;
                 }
-                b']' => self.stack.push(Value::List(Rc::default())),
+                b']' => self.push(Value::List(Rc::default()))?,
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
                 }
                 b'a' => {
                     let v = self.pop()?;
@@ -413,20 +627,20 @@ impl<'a> Machine<'a> {
                     let items = self.pop_mark()?;
                     self.append(items)?;
                 }
-                0x8f => self.stack.push(Value::List(Rc::default())), // EMPTY_SET
+                0x8f => self.push(Value::List(Rc::default()))?, // EMPTY_SET
                 0x90 => {
                     let items = self.pop_mark()?; // ADDITEMS
                     self.append(items)?;
                 }
                 0x91 => {
                     let items = self.pop_mark()?; // FROZENSET
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
                 }
-                b'}' => self.stack.push(Value::Dict(Rc::default())),
+                b'}' => self.push(Value::Dict(Rc::default()))?,
                 b'd' => {
                     let items = self.pop_mark()?;
                     let pairs = pairs(items)?;
-                    self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs))));
+                    self.push(Value::Dict(Rc::new(RefCell::new(pairs))))?;
                 }
                 b's' => {
                     let v = self.pop()?;
@@ -440,52 +654,61 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global(module.into(), name.into()));
+                    check_reference(module, name)?;
+                    self.push(Value::Global(module.into(), name.into()))?;
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                        (Value::Str(m), Value::Str(n)) => {
+                            check_reference(&m, &n)?;
+                            self.push(Value::Global(m, n))?;
+                        }
                         _ => return malformed("STACK_GLOBAL needs two strings"),
                     }
                 }
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = reduce(callable, args)?;
-                    self.stack.push(v);
+                    let v = self.call(&callable, &args, false)?;
+                    self.push(v)?;
                 }
                 0x81 => {
-                    let _args = self.pop()?;
+                    let _args = self.pop()?; // NEWOBJ
                     let cls = self.pop()?;
-                    self.stack.push(instantiate(&cls));
+                    self.push(instantiate(&cls)?)?;
                 }
                 0x92 => {
-                    let _kwargs = self.pop()?;
+                    let _kwargs = self.pop()?; // NEWOBJ_EX
                     let _args = self.pop()?;
                     let cls = self.pop()?;
-                    self.stack.push(instantiate(&cls));
+                    self.push(instantiate(&cls)?)?;
                 }
                 b'o' => {
+                    // OBJ calls the class with the arguments: a call like REDUCE.
                     let mut items = self.pop_mark()?;
                     if items.is_empty() {
                         return malformed("OBJ without a class");
                     }
                     let cls = items.remove(0);
-                    self.stack.push(instantiate(&cls));
+                    let v = self.call(&cls, &Value::Tuple(items.into()), false)?;
+                    self.push(v)?;
                 }
                 b'i' => {
+                    // INST: a call like REDUCE, with the class named inline.
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.pop_mark()?;
-                    self.stack
-                        .push(Value::Object(format!("{module}.{name}").into()));
+                    check_reference(module, name)?;
+                    let items = self.pop_mark()?;
+                    let cls = Value::Global(module.into(), name.into());
+                    let v = self.call(&cls, &Value::Tuple(items.into()), false)?;
+                    self.push(v)?;
                 }
                 b'b' => {
                     let state = self.pop()?;
                     let target = self.top()?;
-                    build(target, state);
+                    build(target, state)?;
                 }
                 b'p' => {
                     let idx = self
@@ -512,25 +735,26 @@ impl<'a> Machine<'a> {
                         .parse()
                         .or_else(|_| malformed("bad GET index"))?;
                     let v = self.memo_get(idx)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'h' => {
                     let idx = self.u8()? as u64;
                     let v = self.memo_get(idx)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'j' => {
                     let idx = u32::from_le_bytes(self.le()?) as u64;
                     let v = self.memo_get(idx)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'Q' => {
                     let pid = self.pop()?;
-                    self.stack.push(persistent_load(&pid)?);
+                    let v = self.persistent_load(&pid)?;
+                    self.push(v)?;
                 }
                 b'P' => {
                     let _pid = self.line()?;
-                    self.stack.push(Value::Object("persistent id".into()));
+                    self.push(Value::Object("persistent id".into()))?;
                 }
                 other => return Err(PickleError::UnknownOpcode(other, at)),
             }
@@ -560,6 +784,169 @@ impl<'a> Machine<'a> {
             _ => malformed("SETITEM on something that is not a dict"),
         }
     }
+
+    /// `callable(*args)` for the callables of [`CALLABLES`]; any other call refuses the file.
+    /// `nested` is set inside `_rebuild_from_type_v2`, which may not nest itself (a list holding
+    /// itself would otherwise recurse without end).
+    fn call(&mut self, callable: &Value, args: &Value, nested: bool) -> PResult<Value> {
+        let Value::Global(module, name) = callable else {
+            return Err(PickleError::Forbidden {
+                global: "an object the pickle built itself".into(),
+                action: "calls",
+            });
+        };
+        let forbidden = || PickleError::Forbidden {
+            global: format!("{module}.{name}"),
+            action: "calls",
+        };
+        let qualified = (canonical_module(module), &**name);
+        if !CALLABLES.contains(&qualified) {
+            return Err(forbidden());
+        }
+        let args = self.items(args)?.unwrap_or_default();
+        match qualified {
+            ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2") => {
+                self.rebuild_tensor(&args, None)
+            }
+            ("torch._utils", "_rebuild_tensor_v3") => {
+                let dtype = match args.get(6) {
+                    Some(Value::Global(_, n)) => StorageDType::from_name(n),
+                    _ => None,
+                };
+                self.rebuild_tensor(&args, dtype)
+            }
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state")
+            | ("torch.nn.parameter", "Parameter") => match args.into_iter().next() {
+                Some(t @ Value::Tensor(_)) => Ok(t),
+                _ => Ok(Value::Object("parameter".into())),
+            },
+            ("torch._tensor", "_rebuild_from_type_v2") => {
+                // (func, new_type, args, state): the tensor is func(*args), its Python subclass
+                // and attributes do not matter here.
+                if nested {
+                    return malformed("nested _rebuild_from_type_v2");
+                }
+                match (args.first(), args.get(2)) {
+                    (Some(func), Some(inner)) => self.call(func, inner, true),
+                    _ => Ok(Value::Object("tensor subclass".into())),
+                }
+            }
+            (m, n) if is_dict_class(m, n) => {
+                // OrderedDict() or OrderedDict([(k, v), …]).
+                let mut out = Vec::new();
+                if let Some(first) = args.first()
+                    && let Some(pairs) = self.items(first)?
+                {
+                    for pair in pairs {
+                        if let Some(kv) = self.items(&pair)?
+                            && let [k, v] = kv.as_slice()
+                        {
+                            out.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+                Ok(Value::Dict(Rc::new(RefCell::new(out))))
+            }
+            ("torch", "Size") => {
+                let dims = match args.first() {
+                    Some(v) => self.items(v)?.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                Ok(Value::Tuple(dims.into()))
+            }
+            ("builtins", "set" | "frozenset") => {
+                let items = match args.first() {
+                    Some(v) => self.items(v)?.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                Ok(Value::List(Rc::new(RefCell::new(items))))
+            }
+            ("copyreg", "_reconstructor") => match args.as_slice() {
+                // `base.__new__(cls, state)`, then `base.__init__(obj, state)` unless the base
+                // is `object`: only built-in data types may be the base, or it is a call.
+                [cls, Value::Global(bm, bn), ..]
+                    if canonical_module(bm) == "builtins"
+                        && BUILTIN_DATA_TYPES.contains(&&**bn) =>
+                {
+                    instantiate(cls)
+                }
+                [_, Value::Global(bm, bn), ..] => Err(PickleError::Forbidden {
+                    global: format!("{bm}.{bn}"),
+                    action: "calls",
+                }),
+                _ => malformed("copyreg._reconstructor needs a class and a base class"),
+            },
+            (m, n) => Ok(Value::Object(format!("{m}.{n}").into())),
+        }
+    }
+
+    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, …)`.
+    fn rebuild_tensor(&mut self, args: &[Value], dtype: Option<StorageDType>) -> PResult<Value> {
+        let Some(Value::Storage(storage)) = args.first() else {
+            // A tensor not backed by a plain storage (meta, sparse, …): not loadable, not fatal.
+            return Ok(Value::Object("unsupported tensor".into()));
+        };
+        let offset = args.get(1).and_then(Value::as_usize);
+        let size = self.usize_items(args.get(2))?;
+        let stride = self.usize_items(args.get(3))?;
+        let (Some(offset), Some(size), Some(stride)) = (offset, size, stride) else {
+            return malformed(format!(
+                "the tensor over storage data/{} has a negative or non-integer offset, size or \
+                 stride",
+                storage.key
+            ));
+        };
+        if size.len() != stride.len() {
+            return malformed("tensor size and stride differ in length");
+        }
+        if size.len() > MAX_DIMS {
+            return malformed(format!(
+                "a tensor has {} dimensions (at most {MAX_DIMS} are accepted)",
+                size.len()
+            ));
+        }
+        let Some(dtype) = dtype.or(storage.dtype) else {
+            return Ok(Value::Object("untyped tensor".into()));
+        };
+        Ok(Value::Tensor(Rc::new(TensorRef {
+            storage: storage.clone(),
+            dtype,
+            offset,
+            size,
+            stride,
+        })))
+    }
+
+    /// `persistent_load(('storage', StorageClass, key, location, numel))`.
+    fn persistent_load(&mut self, pid: &Value) -> PResult<Value> {
+        let Some(items) = self.items(pid)? else {
+            return Ok(Value::Object("persistent id".into()));
+        };
+        match items.as_slice() {
+            [
+                Value::Str(kind),
+                class,
+                Value::Str(key),
+                _location,
+                numel,
+                ..,
+            ] if &**kind == "storage" => {
+                let dtype = match class {
+                    Value::Global(_, n) => StorageDType::from_name(n),
+                    _ => None,
+                };
+                let numel = numel.as_usize().ok_or(PickleError::Malformed(
+                    "storage size is not a number".into(),
+                ))?;
+                Ok(Value::Storage(StorageRef {
+                    key: key.to_string(),
+                    dtype,
+                    numel,
+                }))
+            }
+            _ => Ok(Value::Object("persistent id".into())),
+        }
+    }
 }
 
 fn pairs(items: Vec<Value>) -> PResult<Vec<(Value, Value)>> {
@@ -587,120 +974,35 @@ fn long_from_bytes(bytes: &[u8]) -> Value {
     Value::Int(i64::from_le_bytes(buf))
 }
 
-/// The object a class instantiates to: dict subclasses we know become dicts, others opaque.
-fn instantiate(cls: &Value) -> Value {
+/// NEWOBJ: `cls.__new__(cls, *args)`. Python runs no `__init__` here, so any class the reference
+/// check let through may be instantiated; dict classes become dicts, others opaque objects.
+fn instantiate(cls: &Value) -> PResult<Value> {
     match cls {
-        Value::Global(m, n) if is_dict_class(m, n) => Value::Dict(Rc::default()),
-        Value::Global(m, n) => Value::Object(format!("{m}.{n}").into()),
-        _ => Value::Object("instance".into()),
+        Value::Global(m, n) if is_dict_class(canonical_module(m), n) => {
+            Ok(Value::Dict(Rc::default()))
+        }
+        Value::Global(m, n) => Ok(Value::Object(format!("{m}.{n}").into())),
+        _ => malformed("NEWOBJ of something that is not a class"),
     }
 }
 
 fn is_dict_class(module: &str, name: &str) -> bool {
     matches!(
         (module, name),
-        ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict")
+        ("collections", "OrderedDict") | ("builtins", "dict")
     )
 }
 
-/// BUILD: attaches state; only opaque objects take it, and we do not need it.
-fn build(_target: &mut Value, _state: Value) {}
-
-/// `callable(*args)` for the callables that matter; other calls make opaque objects.
-fn reduce(callable: Value, args: Value) -> PResult<Value> {
-    let Value::Global(module, name) = &callable else {
-        return Ok(Value::Object("call result".into()));
-    };
-    let args = args.items().unwrap_or_default();
-    match (&**module, &**name) {
-        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-            rebuild_tensor(&args, None)
-        }
-        ("torch._utils", "_rebuild_tensor_v3") => {
-            let dtype = match args.get(6) {
-                Some(Value::Global(_, n)) => StorageDType::from_name(n),
-                _ => None,
-            };
-            rebuild_tensor(&args, dtype)
-        }
-        ("torch._utils", "_rebuild_parameter")
-        | ("torch._utils", "_rebuild_parameter_with_state") => match args.into_iter().next() {
-            Some(t @ Value::Tensor(_)) => Ok(t),
-            _ => Ok(Value::Object("parameter".into())),
-        },
-        (m, n) if is_dict_class(m, n) => {
-            // OrderedDict() or OrderedDict([(k, v), …]).
-            let mut out = Vec::new();
-            if let Some(first) = args.first().and_then(Value::items) {
-                for pair in first {
-                    if let Some(kv) = pair.items()
-                        && kv.len() == 2
-                    {
-                        out.push((kv[0].clone(), kv[1].clone()));
-                    }
-                }
-            }
-            Ok(Value::Dict(Rc::new(RefCell::new(out))))
-        }
-        (m, n) => Ok(Value::Object(format!("{m}.{n}").into())),
+/// BUILD: attaches state; we do not need the state of the objects we keep opaque. On a global it
+/// would set attributes of a class or module (how a pickle rewires code): refused.
+fn build(target: &mut Value, _state: Value) -> PResult<()> {
+    if let Value::Global(m, n) = target {
+        return Err(PickleError::Forbidden {
+            global: format!("{m}.{n}"),
+            action: "sets attributes of",
+        });
     }
-}
-
-/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, …)`.
-fn rebuild_tensor(args: &[Value], dtype: Option<StorageDType>) -> PResult<Value> {
-    let (Some(Value::Storage(storage)), Some(offset), Some(size), Some(stride)) = (
-        args.first(),
-        args.get(1).and_then(Value::as_usize),
-        args.get(2).and_then(Value::as_usize_tuple),
-        args.get(3).and_then(Value::as_usize_tuple),
-    ) else {
-        // A tensor not backed by a plain storage (meta, sparse, …): not loadable, not fatal.
-        return Ok(Value::Object("unsupported tensor".into()));
-    };
-    if size.len() != stride.len() {
-        return malformed("tensor size and stride differ in length");
-    }
-    let Some(dtype) = dtype.or(storage.dtype) else {
-        return Ok(Value::Object("untyped tensor".into()));
-    };
-    Ok(Value::Tensor(Rc::new(TensorRef {
-        storage: storage.clone(),
-        dtype,
-        offset,
-        size,
-        stride,
-    })))
-}
-
-/// `persistent_load(('storage', StorageClass, key, location, numel))`.
-fn persistent_load(pid: &Value) -> PResult<Value> {
-    let Some(items) = pid.items() else {
-        return Ok(Value::Object("persistent id".into()));
-    };
-    match items.as_slice() {
-        [
-            Value::Str(kind),
-            class,
-            Value::Str(key),
-            _location,
-            numel,
-            ..,
-        ] if &**kind == "storage" => {
-            let dtype = match class {
-                Value::Global(_, n) => StorageDType::from_name(n),
-                _ => None,
-            };
-            let numel = numel.as_usize().ok_or(PickleError::Malformed(
-                "storage size is not a number".into(),
-            ))?;
-            Ok(Value::Storage(StorageRef {
-                key: key.to_string(),
-                dtype,
-                numel,
-            }))
-        }
-        _ => Ok(Value::Object("persistent id".into())),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
