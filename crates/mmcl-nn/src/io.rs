@@ -17,7 +17,10 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
 
 /// Writes a file through `write` into a temporary sibling, then renames it over `path`.
 ///
-/// If `write` fails, the temporary file is removed and `path` is left untouched.
+/// If `write` fails, the temporary file is removed and `path` is left untouched. The file gets
+/// the permissions of a newly created file (`0666` less the umask) whatever `write` created it
+/// with: writers such as `safetensors` go through `tempfile`, whose files are `0600`, and
+/// checkpoints and outputs must stay readable to colleagues on a shared server.
 pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
@@ -30,7 +33,7 @@ where
         fs::create_dir_all(parent).map_err(io_err)?;
     }
     let tmp = temporary_sibling(path);
-    match write(&tmp) {
+    match write(&tmp).and_then(|()| apply_default_mode(&tmp)) {
         Ok(()) => fs::rename(&tmp, path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             io_err(e)
@@ -40,6 +43,45 @@ where
             Err(e)
         }
     }
+}
+
+/// The mode bits a newly created file gets (`0666` less the process's umask), or `None` where the
+/// umask cannot be read without changing it (then files keep the mode their writer gave them,
+/// which can only be stricter than intended, never looser).
+#[cfg(unix)]
+pub fn default_file_mode() -> Option<u32> {
+    // `/proc/self/status` reports the umask (Linux 4.7+); umask(2) would have to set it to read it,
+    // which races with other threads creating files.
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let umask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())?;
+    Some(0o666 & !umask)
+}
+
+/// Gives the regular file `tmp` the default permissions of a new file ([`default_file_mode`]).
+#[cfg(unix)]
+fn apply_default_mode(tmp: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mode) = default_file_mode() else {
+        return Ok(());
+    };
+    let io_err = |source| Error::Io {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let meta = fs::symlink_metadata(tmp).map_err(io_err)?;
+    if meta.is_file() && meta.permissions().mode() & 0o7777 != mode {
+        fs::set_permissions(tmp, fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+/// Elsewhere files keep the permissions their writer gave them.
+#[cfg(not(unix))]
+fn apply_default_mode(_tmp: &Path) -> Result<()> {
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -78,6 +120,55 @@ mod tests {
         assert!(!temporary_sibling(&path).exists());
         write_bytes_atomic(&path, b"whole").expect("write");
         assert_eq!(fs::read(&path).expect("read"), b"whole");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_the_umask_permissions_not_0600() {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("mmcl-nn-io-mode-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let Some(expected) = default_file_mode() else {
+            eprintln!("no /proc/self/status umask: permissions are left to the writer");
+            return;
+        };
+        let mode = |p: &Path| {
+            fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .expect("metadata")
+        };
+        // A writer that creates its file 0600, as `tempfile` (inside safetensors) does.
+        let private = dir.join("private.bin");
+        write_atomic(&private, |tmp| {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp)
+                .and_then(|mut f| f.write_all(b"x"))
+                .map_err(|source| Error::Io {
+                    path: tmp.to_path_buf(),
+                    source,
+                })
+        })
+        .expect("write");
+        assert_eq!(mode(&private), expected);
+        let plain = dir.join("plain.bin");
+        write_bytes_atomic(&plain, b"y").expect("write");
+        assert_eq!(mode(&plain), expected);
+        let tensors = dir.join("t.safetensors");
+        let mut sd = crate::StateDict::default();
+        sd.insert(
+            "w",
+            candle_core::Tensor::new(&[1f32, 2.0], &candle_core::Device::Cpu).expect("tensor"),
+        );
+        sd.write_safetensors(&tensors, None).expect("write");
+        assert_eq!(mode(&tensors), expected);
+        if expected == 0o644 {
+            // The review's case: under umask 022 colleagues can read what was written.
+            assert_ne!(mode(&tensors) & 0o044, 0);
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 }
