@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use mmcl_nn::config::{MAX_ACTIVATIONS, MAX_PARAMETERS, checked_product, checked_sum};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -162,14 +163,83 @@ impl ResNetConfig {
         self.model.feature_dim()
     }
 
-    /// Checks the values.
+    /// Checks the values: at least one input channel, and at most
+    /// [`MAX_PARAMETERS`](mmcl_nn::config::MAX_PARAMETERS) parameters (the stem grows with
+    /// `in_channels`), before anything is allocated.
     pub fn validate(&self) -> Result<()> {
         if self.in_channels == 0 {
             return Err(Error::InvalidConfig(
                 "in_channels must be at least 1".into(),
             ));
         }
-        Ok(())
+        mmcl_nn::config::check_limit(
+            &format!("model {} and in_channels {}", self.model, self.in_channels),
+            "parameters",
+            self.parameter_count(),
+            MAX_PARAMETERS,
+        )
+        .map_err(Error::InvalidConfig)
+    }
+
+    /// Parameters and batch-norm statistics of the encoder (no `fc`), with checked arithmetic:
+    /// `None` when the count does not fit in 64 bits.
+    pub fn parameter_count(&self) -> Option<u64> {
+        // A bias-free k×k convolution and its batch norm (weight, bias, mean, variance).
+        let conv_bn = |cin: u64, cout: u64, k: u64| {
+            checked_sum(&[
+                checked_product(&[cin, cout, k, k]),
+                checked_product(&[4, cout]),
+            ])
+        };
+        let kind = self.model.block();
+        let expansion = kind.expansion() as u64;
+        let mut terms = vec![conv_bn(self.in_channels as u64, 64, 7)];
+        let mut cin = 64u64;
+        for (stage, &blocks) in self.model.layers().iter().enumerate() {
+            let planes = 64u64 << stage;
+            let cout = planes * expansion;
+            for b in 0..blocks {
+                match kind {
+                    BlockKind::Basic => {
+                        terms.push(conv_bn(cin, planes, 3));
+                        terms.push(conv_bn(planes, planes, 3));
+                    }
+                    BlockKind::Bottleneck => {
+                        terms.push(conv_bn(cin, planes, 1));
+                        terms.push(conv_bn(planes, planes, 3));
+                        terms.push(conv_bn(planes, cout, 1));
+                    }
+                }
+                if b == 0 && (stage > 0 || cin != cout) {
+                    terms.push(conv_bn(cin, cout, 1));
+                }
+                cin = cout;
+            }
+        }
+        checked_sum(&terms)
+    }
+
+    /// Checks that one `height` × `width` image fits the activation limit
+    /// ([`MAX_ACTIVATIONS`](mmcl_nn::config::MAX_ACTIVATIONS)): the input, and the stem's and
+    /// first stage's feature maps (64 and 64·expansion channels at ½ and ¼ resolution), the
+    /// largest of the network. `what` names the setting the size comes from.
+    pub fn check_image_size(&self, what: &str, height: usize, width: usize) -> Result<()> {
+        let (h, w) = (height as u64, width as u64);
+        let expansion = self.model.block().expansion() as u64;
+        let largest = [
+            checked_product(&[self.in_channels as u64, h, w]),
+            checked_product(&[64, h.div_ceil(2), w.div_ceil(2)]),
+            checked_product(&[64 * expansion, h.div_ceil(4), w.div_ceil(4)]),
+        ]
+        .into_iter()
+        .try_fold(0u64, |acc, v| v.map(|v| acc.max(v)));
+        mmcl_nn::config::check_limit(
+            &format!("{what} {height}×{width} with model {}", self.model),
+            "activations per image",
+            largest,
+            MAX_ACTIVATIONS,
+        )
+        .map_err(Error::InvalidConfig)
     }
 }
 
@@ -192,6 +262,35 @@ mod tests {
             ResNetConfig::resnet18()
                 .with_in_channels(0)
                 .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn sizes_match_torchvision_and_absurd_ones_are_refused() {
+        // torchvision's parameter counts without `fc`, plus 2·C per batch norm for its
+        // running statistics.
+        let count = |cfg: ResNetConfig| cfg.parameter_count().unwrap_or(0);
+        let (r18, r50) = (
+            count(ResNetConfig::resnet18()),
+            count(ResNetConfig::resnet50()),
+        );
+        assert!((11_170_000..11_200_000).contains(&r18), "{r18}");
+        assert!((23_500_000..23_620_000).contains(&r50), "{r50}");
+        for huge in [1_000_000_000, usize::MAX] {
+            let err = ResNetConfig::resnet50().with_in_channels(huge).validate();
+            assert!(
+                err.as_ref()
+                    .is_err_and(|e| e.to_string().contains("in_channels")),
+                "{err:?}"
+            );
+        }
+        let cfg = ResNetConfig::resnet50();
+        assert!(cfg.check_image_size("img_size", 210, 210).is_ok());
+        let err = cfg.check_image_size("img_size", 1 << 20, 1 << 20);
+        assert!(err.is_err_and(|e| e.to_string().contains("img_size")));
+        assert!(
+            cfg.check_image_size("img_size", usize::MAX, usize::MAX)
                 .is_err()
         );
     }

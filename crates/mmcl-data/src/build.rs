@@ -107,26 +107,33 @@ impl BuildConfig {
     /// Unreadable file, unknown extension, parse errors (naming the file).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        let mut cfg: BuildConfig = match ext.as_deref() {
-            Some("json") => serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: path.to_path_buf(),
-                source,
-            })?,
-            Some("toml") => toml::from_str(&text).map_err(|source| Error::Toml {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            })?,
-            _ => {
-                return Err(Error::format(
-                    path,
-                    "configuration must be a .json or .toml file",
-                ));
-            }
-        };
+        let mut cfg: BuildConfig = mmcl_nn::config::parse_config_text(&text, path)
+            .map_err(|reason| Error::format(path, reason))?;
+        // Sizes that become allocations per subject are bounded before any file is read.
+        let limits = [
+            (
+                format!("ecg_samples {}", cfg.ecg_samples),
+                "ECG values per subject",
+                (cfg.ecg_samples as u64).checked_mul(NUM_LEADS as u64),
+            ),
+            (
+                format!(
+                    "cmr.size {} with {} cmr.channels",
+                    cfg.cmr.size,
+                    cfg.cmr.channels.len()
+                ),
+                "image values per subject",
+                mmcl_nn::config::checked_product(&[
+                    cfg.cmr.size as u64,
+                    cfg.cmr.size as u64,
+                    cfg.cmr.channels.len() as u64,
+                ]),
+            ),
+        ];
+        for (keys, quantity, value) in limits {
+            mmcl_nn::config::check_limit(&keys, quantity, value, mmcl_nn::config::MAX_ACTIVATIONS)
+                .map_err(|reason| Error::format(path, reason))?;
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         if cfg.root.is_relative() {
             cfg.root = base.join(&cfg.root);
@@ -160,8 +167,45 @@ pub struct BuildReport {
     pub duplicate_ecgs: Vec<PathBuf>,
     /// Phenotype values measured from segmentations to fill gaps in the table.
     pub phenotypes_measured: usize,
+    /// Per disease label, over the subjects written: positives, negatives, unknown (so a label
+    /// silently lost to a broken table shows as zero positives).
+    #[serde(default)]
+    pub labels: Vec<LabelCounts>,
+    /// Per phenotype, over the subjects written: where it came from and how many are missing.
+    #[serde(default)]
+    pub phenotypes: Vec<PhenotypeCounts>,
+    /// Problems that did not stop the build (non-finite table values read as missing, a label
+    /// without any positive subject), each naming the file or label.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Remarks (absent tables, …).
     pub notes: Vec<String>,
+}
+
+/// The label counts of one disease over the subjects written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LabelCounts {
+    /// The disease label.
+    pub name: String,
+    /// Subjects with the disease.
+    pub positive: usize,
+    /// Subjects without it.
+    pub negative: usize,
+    /// Subjects whose label is unknown (no diagnoses table, or absent from it).
+    pub unknown: usize,
+}
+
+/// The value counts of one phenotype over the subjects written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PhenotypeCounts {
+    /// The phenotype (`lvedv`, …).
+    pub name: String,
+    /// The table column it was read from (`None` without a table or without such a column).
+    pub column: Option<String>,
+    /// Values measured from segmentations where the table had none.
+    pub measured: usize,
+    /// Subjects still without a value (masked in training).
+    pub missing: usize,
 }
 
 /// The leading digits of a file stem: `1000001_20205_2_0` → 1000001.
@@ -237,7 +281,8 @@ struct Prepared {
     ecg: Option<Vec<f32>>,
     image: Option<Vec<f32>>,
     phenotypes: Vec<f64>,
-    measured: usize,
+    /// Which phenotypes were measured from the segmentation.
+    measured: Vec<bool>,
 }
 
 /// Builds the cache described by `cfg`. `progress` is called with (done, total) as subjects
@@ -271,7 +316,11 @@ pub fn build_dataset(
         }
     };
     let phenotypes = match table(&cfg.phenotypes, "phenotypes", &mut report) {
-        Some(p) => Some(tables::read_phenotypes(&p)?),
+        Some(p) => {
+            let t = tables::read_phenotypes(&p)?;
+            report.warnings.extend(t.warnings.iter().cloned());
+            Some(t)
+        }
         None => None,
     };
     let diagnoses = match table(&cfg.diagnoses, "diagnoses", &mut report) {
@@ -357,6 +406,25 @@ pub fn build_dataset(
     )?;
     let total = eids.len();
     let mut written: BTreeMap<String, usize> = BTreeMap::new();
+    let mut label_counts: Vec<LabelCounts> = cfg
+        .diseases
+        .iter()
+        .map(|d| LabelCounts {
+            name: d.name.clone(),
+            ..LabelCounts::default()
+        })
+        .collect();
+    let mut phenotype_counts: Vec<PhenotypeCounts> = PHENOTYPE_FIELDS
+        .iter()
+        .enumerate()
+        .map(|(k, f)| PhenotypeCounts {
+            name: f.name.to_string(),
+            column: phenotypes
+                .as_ref()
+                .and_then(|t| t.columns.get(k).cloned().flatten()),
+            ..PhenotypeCounts::default()
+        })
+        .collect();
     let chunk = cfg.shard_size.max(1);
     for start in (0..total).step_by(chunk) {
         let end = (start + chunk).min(total);
@@ -380,7 +448,18 @@ pub fn build_dataset(
         for (i, result) in (start..end).zip(prepared) {
             match result {
                 Ok(p) => {
-                    report.phenotypes_measured += p.measured;
+                    for (k, counts) in phenotype_counts.iter_mut().enumerate() {
+                        counts.measured += usize::from(p.measured.get(k).copied().unwrap_or(false));
+                        counts.missing +=
+                            usize::from(p.phenotypes.get(k).is_none_or(|v| v.is_nan()));
+                    }
+                    for (counts, label) in label_counts.iter_mut().zip(&labels[i]) {
+                        match label {
+                            Some(0) => counts.negative += 1,
+                            Some(_) => counts.positive += 1,
+                            None => counts.unknown += 1,
+                        }
+                    }
                     let split = splits[i];
                     *written.entry(split_name(split).into()).or_default() += 1;
                     writer.push(
@@ -404,6 +483,17 @@ pub fn build_dataset(
         progress(end, total);
     }
     report.written = written;
+    report.phenotypes_measured = phenotype_counts.iter().map(|c| c.measured).sum();
+    for c in &label_counts {
+        if c.positive == 0 && c.negative > 0 {
+            report.warnings.push(format!(
+                "label {}: no positive subject among the {} with a known label",
+                c.name, c.negative
+            ));
+        }
+    }
+    report.labels = label_counts;
+    report.phenotypes = phenotype_counts;
     let config = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
     let report_json = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
     let index = writer.finish(
@@ -474,7 +564,7 @@ fn prepare_subject(
     let mut phenotypes: Vec<f64> = table_phenotypes
         .map(<[f64]>::to_vec)
         .unwrap_or_else(|| vec![f64::NAN; PHENOTYPE_FIELDS.len()]);
-    let mut measured = 0;
+    let mut measured = vec![false; phenotypes.len()];
     let image = match cmr_paths {
         None => None,
         Some((sa, seg)) => {
@@ -489,10 +579,11 @@ fn prepare_subject(
                 if cfg.phenotypes_from_segmentation
                     && let Some(p) = study.phenotypes(heart_rate)?
                 {
-                    for (v, m) in phenotypes.iter_mut().zip(p.values()) {
-                        if v.is_nan() && !m.is_nan() {
+                    for ((v, m), flag) in phenotypes.iter_mut().zip(p.values()).zip(&mut measured) {
+                        // A non-finite measurement (an empty ventricle's 0/0) stays missing.
+                        if v.is_nan() && m.is_finite() {
                             *v = m;
-                            measured += 1;
+                            *flag = true;
                         }
                     }
                 }

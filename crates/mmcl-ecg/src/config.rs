@@ -2,6 +2,9 @@
 
 use std::path::Path;
 
+use mmcl_nn::config::{
+    MAX_ACTIVATIONS, MAX_PARAMETERS, MAX_TOKENS, checked_product, checked_sum, json_error_key,
+};
 use mmcl_nn::init::WeightInit;
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +108,110 @@ pub struct EcgVitConfig {
     pub layer_norm_eps: f64,
     /// Initialisation of fresh weights (checkpoints overwrite them).
     pub weight_init: WeightInit,
+}
+
+/// Reads a JSON configuration file into `T`; a parse error names the file and, where the
+/// parser points into an object, the key path of the offending value (checks of the whole
+/// configuration name their keys in their message).
+pub(crate) fn read_json_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| Error::ConfigValue {
+        path: path.to_path_buf(),
+        key: json_error_key(&text, &source),
+        reason: source.to_string(),
+    })
+}
+
+/// The names of a transformer trunk's keys (the encoder's, or the MAE decoder's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrunkKeys {
+    /// The width.
+    pub(crate) dim: &'static str,
+    /// The attention heads.
+    pub(crate) heads: &'static str,
+}
+
+impl TrunkKeys {
+    /// The encoder's keys.
+    pub(crate) const ENCODER: TrunkKeys = TrunkKeys {
+        dim: "embed_dim",
+        heads: "num_heads",
+    };
+}
+
+/// The MLP width `int(dim · mlp_ratio)` of a block (`None` when it does not fit in 64 bits).
+fn mlp_hidden(dim: u64, mlp_ratio: f64) -> Option<u64> {
+    let hidden = (dim as f64 * mlp_ratio).floor();
+    (hidden.is_finite() && hidden >= 0.0 && hidden < u64::MAX as f64).then_some(hidden as u64)
+}
+
+/// Parameters of `depth` pre-norm blocks of width `dim` (attention with biases, MLP
+/// `mlp_ratio` wider, two LayerNorms) and a position table of `positions` rows.
+pub(crate) fn trunk_parameters(
+    dim: u64,
+    depth: u64,
+    mlp_ratio: f64,
+    positions: u64,
+) -> Option<u64> {
+    let hidden = mlp_hidden(dim, mlp_ratio)?;
+    let block = checked_sum(&[
+        // qkv and proj, weights and biases.
+        checked_product(&[4, dim, dim]),
+        checked_product(&[4, dim]),
+        // fc1 and fc2.
+        checked_product(&[2, dim, hidden]),
+        checked_sum(&[Some(hidden), Some(dim)]),
+        // norm1 and norm2.
+        checked_product(&[4, dim]),
+    ])?;
+    checked_sum(&[block.checked_mul(depth), checked_product(&[positions, dim])])
+}
+
+/// Checks the largest activations of one sample in a trunk over `tokens` tokens: the token ×
+/// MLP-width matrix and the attention maps (heads × tokens²).
+pub(crate) fn check_trunk_activations(
+    keys: TrunkKeys,
+    dim: usize,
+    heads: usize,
+    mlp_ratio: f64,
+    tokens: u64,
+) -> Result<()> {
+    let hidden = mlp_hidden(dim as u64, mlp_ratio);
+    if hidden == Some(0) {
+        return Err(Error::Config(format!(
+            "{} {dim} and mlp_ratio {mlp_ratio} make an MLP without hidden units",
+            keys.dim
+        )));
+    }
+    let width = hidden.map(|h| h.max(dim as u64));
+    check_limit(
+        &format!(
+            "{tokens} tokens of {} {dim} and mlp_ratio {mlp_ratio}",
+            keys.dim
+        ),
+        "activations per sample",
+        width.and_then(|w| w.checked_mul(tokens)),
+        MAX_ACTIVATIONS,
+    )?;
+    check_limit(
+        &format!("{} {heads} over {tokens} tokens", keys.heads),
+        "attention weights per sample",
+        checked_product(&[heads as u64, tokens, tokens]),
+        MAX_ACTIVATIONS,
+    )
+}
+
+/// [`mmcl_nn::config::check_limit`] as this crate's configuration error.
+pub(crate) fn check_limit(
+    keys: &str,
+    quantity: &str,
+    value: Option<u64>,
+    limit: u64,
+) -> Result<()> {
+    mmcl_nn::config::check_limit(keys, quantity, value, limit).map_err(Error::Config)
 }
 
 /// The JSON form: every key optional, so that a preset can fill the rest.
@@ -308,16 +415,10 @@ impl EcgVitConfig {
         }
     }
 
-    /// Reads a JSON configuration file.
+    /// Reads a JSON configuration file; errors name the file and, where they concern one
+    /// value, its key.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| Error::ConfigJson {
-            path: path.to_path_buf(),
-            source,
-        })
+        read_json_config(path)
     }
 
     /// Checks that the numbers fit together.
@@ -371,7 +472,72 @@ impl EcgVitConfig {
                 self.layer_norm_eps
             ));
         }
-        Ok(())
+        // Sizes last: they are products of the values checked above.
+        let tokens = self.checked_tokens()?;
+        let params = self.parameter_count();
+        check_limit(
+            &format!(
+                "embed_dim {}, depth {}, mlp_ratio {}, patch_size {:?} and num_classes {}",
+                self.embed_dim, self.depth, self.mlp_ratio, self.patch_size, self.num_classes
+            ),
+            "parameters",
+            params,
+            MAX_PARAMETERS,
+        )?;
+        check_trunk_activations(
+            TrunkKeys::ENCODER,
+            self.embed_dim,
+            self.num_heads,
+            self.mlp_ratio,
+            tokens,
+        )
+    }
+
+    /// Tokens per sample (patches and the class token), checked against
+    /// [`MAX_TOKENS`](mmcl_nn::config::MAX_TOKENS) with the input size against
+    /// [`MAX_ACTIVATIONS`](mmcl_nn::config::MAX_ACTIVATIONS); the sizes must be positive.
+    pub(crate) fn checked_tokens(&self) -> Result<u64> {
+        let [c, h, w] = self.img_size.map(|v| v as u64);
+        let [ph, pw] = self.patch_size.map(|v| v as u64);
+        check_limit(
+            &format!("img_size {:?}", self.img_size),
+            "input values per sample",
+            checked_product(&[c, h, w]),
+            MAX_ACTIVATIONS,
+        )?;
+        let tokens = checked_product(&[h / ph, w / pw]).and_then(|n| n.checked_add(1));
+        check_limit(
+            &format!(
+                "img_size {:?} and patch_size {:?}",
+                self.img_size, self.patch_size
+            ),
+            "tokens per sample",
+            tokens,
+            MAX_TOKENS,
+        )?;
+        Ok(tokens.unwrap_or(u64::MAX))
+    }
+
+    /// The encoder's number of parameters (weights and biases of every layer, the position
+    /// table included), with checked arithmetic: `None` when it does not fit in 64 bits.
+    pub fn parameter_count(&self) -> Option<u64> {
+        let d = self.embed_dim as u64;
+        let [c, h, w] = self.img_size.map(|v| v as u64);
+        let [ph, pw] = self.patch_size.map(|v| v as u64);
+        let positions =
+            checked_product(&[h.checked_div(ph)?, w.checked_div(pw)?])?.checked_add(1)?;
+        let classes = self.num_classes as u64;
+        checked_sum(&[
+            trunk_parameters(d, self.depth as u64, self.mlp_ratio, positions),
+            // Patch projection, class token, norm and fc_norm.
+            checked_sum(&[checked_product(&[c, ph, pw, d]), checked_product(&[6, d])]),
+            checked_sum(&[checked_product(&[d, classes]), Some(classes)]),
+            if self.attention_pool {
+                checked_sum(&[checked_product(&[4, d, d]), checked_product(&[4, d])])
+            } else {
+                Some(0)
+            },
+        ])
     }
 
     /// The patch grid `(rows, columns)`: `leads / ph` by `T / pw` (remainders are cut off, as
@@ -465,6 +631,94 @@ mod tests {
         assert_eq!(ok.img_size, [1, 12, 5000]);
         assert_eq!(ok.drop_path_rate, 0.2);
         assert_eq!(ok.pooling(), Pooling::Attention);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_naming_the_key() {
+        let cfg = |dim: usize, depth: usize, heads: usize, img: [usize; 3], patch: [usize; 2]| {
+            EcgVitConfig {
+                embed_dim: dim,
+                depth,
+                num_heads: heads,
+                img_size: img,
+                patch_size: patch,
+                ..EcgVitConfig::paper()
+            }
+        };
+        let paper = ([1, 12, 2500], [1, 100]);
+        for (bad, key) in [
+            (cfg(1_000_000_000, 3, 8, paper.0, paper.1), "embed_dim"),
+            (cfg(usize::MAX / 2 + 1, 3, 1, paper.0, paper.1), "embed_dim"),
+            (cfg(4096, 1_000_000, 8, paper.0, paper.1), "depth"),
+            (cfg(384, 3, 6, [1, 12, usize::MAX], [1, 1]), "img_size"),
+            (cfg(384, 3, 6, [1, 12, 4_000_000], [1, 1]), "tokens"),
+            (cfg(384, 3, 6, [1, 12, 50_000], [1, 1]), "num_heads"),
+            (cfg(384, 3, 6, paper.0, [1, 0]), "patch_size"),
+            (cfg(384, 3, 7, paper.0, paper.1), "num_heads"),
+            (
+                EcgVitConfig {
+                    mlp_ratio: 1e300,
+                    ..EcgVitConfig::paper()
+                },
+                "mlp_ratio",
+            ),
+            (
+                EcgVitConfig {
+                    mlp_ratio: 1e-9,
+                    ..EcgVitConfig::paper()
+                },
+                "mlp_ratio",
+            ),
+            (
+                EcgVitConfig {
+                    num_classes: usize::MAX,
+                    ..EcgVitConfig::paper()
+                },
+                "num_classes",
+            ),
+        ] {
+            let err = bad.validate().map_err(|e| e.to_string());
+            assert!(
+                err.as_ref().is_err_and(|e| e.contains(key)),
+                "{key}: {err:?}"
+            );
+        }
+        // The largest preset is far inside the limits.
+        let huge = EcgVitConfig::preset("vit_huge_patchX", [1, 12, 5000], [1, 50]);
+        let params = huge.as_ref().ok().and_then(EcgVitConfig::parameter_count);
+        assert!(
+            params.is_some_and(|p| (600_000_000..700_000_000).contains(&p)),
+            "{params:?}"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_the_key() {
+        let dir = std::env::temp_dir().join(format!("mmcl-ecg-config-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("encoder.json");
+        let write = |text: &str| std::fs::write(&path, text).is_ok();
+        let err = |path: &Path| EcgVitConfig::from_file(path).map_err(|e| e.to_string());
+        assert!(write(
+            r#"{"model": "vit_tiny_patchX", "img_size": [1, 12, 2500], "patch_size": [1, "x"]}"#
+        ));
+        let e = err(&path);
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("encoder.json: patch_size[1]: invalid type")),
+            "{e:?}"
+        );
+        assert!(write(
+            r#"{"model": "vit_tiny_patchX", "img_size": [1, 12, 2500], "patch_size": [1, 100],
+                "embed_dim": 1000000000, "num_heads": 8}"#
+        ));
+        let e = err(&path);
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("encoder.json") && e.contains("embed_dim 1000000000")),
+            "{e:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -37,6 +37,18 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A configuration file is not valid: a value is mistyped, unknown or out of range.
+    #[error("{}: {}{reason}", path.display(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    ConfigValue {
+        /// The file.
+        path: PathBuf,
+        /// The key path of the value (`patch_size[1]`, `encoder.depth`), when the error is
+        /// about one value.
+        key: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An input tensor does not have the shape the configuration expects.
     #[error("input of shape {got:?} does not match the configured input {expected}")]
     InputShape {

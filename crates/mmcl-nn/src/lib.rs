@@ -45,6 +45,7 @@
 
 pub mod batch_norm;
 pub mod checkpoint;
+pub mod config;
 pub mod conv;
 pub mod device;
 pub mod distributed;

@@ -21,24 +21,10 @@ use crate::{Error, Result};
 /// Reads a `.json` or `.toml` file into `T` (unknown keys are errors when `T` denies them).
 pub(crate) fn read_config_file<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    match ext.as_deref() {
-        Some("json") => serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        }),
-        Some("toml") => toml::from_str(&text).map_err(|source| Error::Toml {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        }),
-        _ => Err(Error::Config {
-            path: Some(path.to_path_buf()),
-            reason: "a configuration must be a .json or .toml file".into(),
-        }),
-    }
+    mmcl_nn::config::parse_config_text(&text, path).map_err(|reason| Error::Config {
+        path: Some(path.to_path_buf()),
+        reason,
+    })
 }
 
 /// Makes a relative path relative to `base` (the configuration file's folder).
@@ -403,9 +389,39 @@ impl MmclConfig {
                 self.classifier.weights
             ));
         }
-        self.ecg
+        let vit = self
+            .ecg
             .vit_config()
-            .map_err(|e| Error::config(e.to_string()))?;
+            .map_err(|e| Error::config(format!("ecg: {e}")))?;
+        let imaging = mmcl_cmr::ResNetConfig::new(self.imaging.model, 1);
+        imaging
+            .check_image_size(
+                "imaging.img_size",
+                self.imaging.img_size,
+                self.imaging.img_size,
+            )
+            .map_err(|e| match e {
+                mmcl_cmr::Error::InvalidConfig(why) => Error::config(why),
+                other => Error::config(other.to_string()),
+            })?;
+        // Two projection heads: features → embedding_dim → projection_dim.
+        let (e, p) = (self.embedding_dim as u64, self.projection_dim as u64);
+        let heads = [imaging.feature_dim() as u64, vit.embed_dim as u64].map(|features| {
+            mmcl_nn::config::checked_sum(&[
+                mmcl_nn::config::checked_product(&[features.checked_add(p)?, e]),
+                mmcl_nn::config::checked_product(&[4, e]),
+            ])
+        });
+        mmcl_nn::config::check_limit(
+            &format!(
+                "embedding_dim {} and projection_dim {}",
+                self.embedding_dim, self.projection_dim
+            ),
+            "projection head parameters",
+            mmcl_nn::config::checked_sum(&heads),
+            mmcl_nn::config::MAX_PARAMETERS,
+        )
+        .map_err(Error::config)?;
         Ok(())
     }
 
@@ -594,5 +610,66 @@ impl MaeTrainConfig {
     /// The configuration as TOML (every key, defaults included).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render as TOML: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_with_bad_values_name_the_file_and_the_key() -> std::result::Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        for (name, text, key) in [
+            (
+                "a.toml",
+                "[loss]\nmask_ratio = \"high\"\n",
+                "loss.mask_ratio",
+            ),
+            (
+                "b.json",
+                r#"{"model": {"img_size": [1, 12, "x"]}}"#,
+                "model.img_size[2]",
+            ),
+            ("c.toml", "batch_size = 0\n", "batch_size"),
+            ("d.toml", "[data]\nthreds = 2\n", "data.threds"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+            let err = MaeTrainConfig::from_file(&path)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let ok = err
+                .as_ref()
+                .is_err_and(|e| e.contains(&path.display().to_string()) && e.contains(key));
+            assert!(ok, "{name}: {err:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn absurd_model_sizes_are_refused_naming_the_key() {
+        let mut huge_images = MmclConfig::default();
+        huge_images.imaging.img_size = 1 << 20;
+        huge_images.imaging.augment.size = 1 << 20;
+        let huge_heads = MmclConfig {
+            embedding_dim: usize::MAX,
+            ..MmclConfig::default()
+        };
+        let mut huge_ecg = MmclConfig::default();
+        huge_ecg.ecg.input_size = [1, 12, 1 << 40];
+        for (cfg, key) in [
+            (huge_images, "imaging.img_size"),
+            (huge_heads, "embedding_dim"),
+            (huge_ecg, "ecg: "),
+        ] {
+            let err = cfg.validate().map_err(|e| e.to_string());
+            assert!(
+                err.as_ref().is_err_and(|e| e.contains(key)),
+                "{key}: {err:?}"
+            );
+        }
+        assert!(MmclConfig::default().validate().is_ok());
+        assert!(MaeTrainConfig::default().validate().is_ok());
     }
 }

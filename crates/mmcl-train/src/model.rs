@@ -449,6 +449,9 @@ fn rename_report_error(e: mmcl_nn::Error, state: &StateDict) -> Error {
             for m in report.shape_mismatches.iter_mut() {
                 m.name = to_reference_name(&m.name);
             }
+            for m in report.dtype_mismatches.iter_mut() {
+                m.name = to_reference_name(&m.name);
+            }
             let path = if path.as_os_str().is_empty() {
                 state.source().to_path_buf()
             } else {

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
+use mmcl_nn::config::{MAX_PARAMETERS, checked_product, checked_sum};
 use mmcl_nn::init::WeightInit;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{TrunkKeys, check_limit, check_trunk_activations, trunk_parameters};
 use crate::{EcgVitConfig, Error, Result};
 
 /// A named architecture of the mae repo's `models_mae.py` (`mae_vit_*`).
@@ -339,16 +341,10 @@ impl MaeConfig {
         }
     }
 
-    /// Reads a JSON configuration file.
+    /// Reads a JSON configuration file; errors name the file and, where they concern one
+    /// value, its key.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| Error::ConfigJson {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::config::read_json_config(path)
     }
 
     /// The encoder's configuration (MAE initialisation, class-token pooling, no head): what the
@@ -410,7 +406,58 @@ impl MaeConfig {
         if self.proj_dim == 0 || self.pred_dim == 0 {
             return bad("proj_dim and pred_dim must be positive".into());
         }
-        Ok(())
+        // The encoder's sizes are checked above; the decoder sees every token.
+        let encoder = self.encoder_config();
+        let tokens = encoder.checked_tokens()?;
+        let total = checked_sum(&[encoder.parameter_count(), self.head_parameters(tokens)]);
+        check_limit(
+            &format!(
+                "embed_dim {}, depth {}, decoder_embed_dim {d}, decoder_depth {depth}, mlp_ratio \
+                 {}, patch_size {:?}, proj_dim {} and pred_dim {}",
+                self.embed_dim,
+                self.depth,
+                self.mlp_ratio,
+                self.patch_size,
+                self.proj_dim,
+                self.pred_dim
+            ),
+            "parameters",
+            total,
+            MAX_PARAMETERS,
+        )?;
+        check_trunk_activations(
+            TrunkKeys {
+                dim: "decoder_embed_dim",
+                heads: "decoder_num_heads",
+            },
+            d,
+            heads,
+            self.mlp_ratio,
+            tokens,
+        )
+    }
+
+    /// Parameters beyond the encoder: the decoder over `tokens` positions and the SimSiam
+    /// projector and predictor (checked arithmetic; `None` on overflow).
+    fn head_parameters(&self, tokens: u64) -> Option<u64> {
+        let d = self.embed_dim as u64;
+        let dd = self.decoder_embed_dim as u64;
+        let [c, _, _] = self.img_size.map(|v| v as u64);
+        let [ph, pw] = self.patch_size.map(|v| v as u64);
+        let patch_dim = checked_product(&[ph, pw, c])?;
+        let (proj, pred) = (self.proj_dim as u64, self.pred_dim as u64);
+        checked_sum(&[
+            trunk_parameters(dd, self.decoder_depth as u64, self.mlp_ratio, tokens),
+            // decoder_embed, mask token, decoder_norm, decoder_pred.
+            checked_product(&[d, dd]),
+            checked_product(&[4, dd]),
+            checked_product(&[dd, patch_dim]),
+            Some(patch_dim),
+            // Projector and predictor: d → hidden → d, with biases and batch norms.
+            checked_product(&[2, d, proj]),
+            checked_product(&[2, d, pred]),
+            checked_product(&[4, proj.checked_add(pred)?.checked_add(d)?]),
+        ])
     }
 
     /// The patch grid `(rows, columns)`.
@@ -509,5 +556,18 @@ mod tests {
             .contains("mask_ratio"));
         assert!(err(r#"{"img_size": [1,12,2500], "patch_size": [1,100], "embed_dim": 64, "depth": 1, "num_heads": 4}"#)
             .contains("decoder_embed_dim"));
+        // Absurd sizes are refused before anything is allocated, naming the key.
+        for (extra, key) in [
+            (r#""decoder_embed_dim": 1000000000"#, "decoder_embed_dim"),
+            (r#""decoder_depth": 100000000"#, "decoder_depth"),
+            (r#""proj_dim": 100000000000"#, "proj_dim"),
+            (r#""pred_dim": 18446744073709551615"#, "pred_dim"),
+            (r#""embed_dim": 1000000000, "num_heads": 8"#, "embed_dim"),
+        ] {
+            let text = format!(
+                r#"{{"model": "mae_vit_tiny_patchX", "img_size": [1,12,2500], "patch_size": [1,100], {extra}}}"#
+            );
+            assert!(err(&text).contains(key), "{key}: {}", err(&text));
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! `mmcl build-dataset`: the dataset cache (preprocessed ECGs, CMR images, labels,
 //! phenotypes, splits) from a UK-Biobank-style folder, driven by a JSON or TOML configuration.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mmcl_data::build::{BuildConfig, build_dataset};
+use mmcl_data::build::{BuildConfig, BuildReport, build_dataset};
+
+use super::common::{OutputKind, ensure_output_not_input};
 
 /// Arguments of `mmcl build-dataset`.
 #[derive(Debug, clap::Args)]
@@ -43,6 +45,16 @@ pub fn run(args: Args) -> Result<()> {
     }
     cfg.overwrite |= args.overwrite;
     cfg.skip_bad |= args.skip_bad;
+    // The cache folder is replaced whole: it must not be or hold the configuration or data.
+    let mut inputs = vec![path.clone(), cfg.root.clone()];
+    for dir in [&cfg.ecg_dir, &cfg.cmr_dir, &cfg.phenotypes, &cfg.diagnoses]
+        .into_iter()
+        .flatten()
+    {
+        inputs.push(cfg.root.join(dir));
+    }
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    ensure_output_not_input(&cfg.output, OutputKind::Directory, &inputs)?;
     let bar = super::common::progress_bar(0, "building");
     let (index, report) = build_dataset(&cfg, &|done, total| {
         bar.set_length(total as u64);
@@ -63,6 +75,10 @@ pub fn run(args: Args) -> Result<()> {
             println!("  {} subject(s) without {modality}", eids.len());
         }
     }
+    print_counts(&report);
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
     if !report.skipped.is_empty() {
         eprintln!("{} subject(s) skipped for bad files:", report.skipped.len());
         for s in &report.skipped {
@@ -73,4 +89,36 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("note: {note}");
     }
     Ok(())
+}
+
+/// Per-label and per-phenotype counts over the subjects written, so that labels or values lost
+/// to a broken table are visible at a glance.
+fn print_counts(report: &BuildReport) {
+    if !report.labels.is_empty() {
+        println!(
+            "  {:<12} {:>9} {:>9} {:>9}",
+            "label", "positive", "negative", "unknown"
+        );
+        for l in &report.labels {
+            println!(
+                "  {:<12} {:>9} {:>9} {:>9}",
+                l.name, l.positive, l.negative, l.unknown
+            );
+        }
+    }
+    if !report.phenotypes.is_empty() {
+        println!(
+            "  {:<12} {:<12} {:>9} {:>9}",
+            "phenotype", "column", "measured", "missing"
+        );
+        for p in &report.phenotypes {
+            println!(
+                "  {:<12} {:<12} {:>9} {:>9}",
+                p.name,
+                p.column.as_deref().unwrap_or("-"),
+                p.measured,
+                p.missing
+            );
+        }
+    }
 }

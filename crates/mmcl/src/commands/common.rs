@@ -1,6 +1,8 @@
 //! Helpers shared by the subcommands.
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
 use candle_core::Device;
 
 /// Parses `cpu`, `cuda` or `cuda:N` into a device ([`mmcl_nn::device::parse_device`]).
@@ -20,9 +22,116 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// What a command writes at its output path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// A file, or files written into a folder beside what it holds: it must not be an input.
+    File,
+    /// A folder the command creates or replaces whole: it must neither be nor contain an input.
+    Directory,
+}
+
+/// Refuses to write `output` when that would destroy one of `inputs`: when it is the same file
+/// or folder (after `.`/`..`, symlinks and hard links are resolved), or, for a
+/// [`OutputKind::Directory`], when an input lies inside it. Inputs that do not exist are
+/// skipped (their readers report them). Called before anything is written.
+pub fn ensure_output_not_input(output: &Path, kind: OutputKind, inputs: &[&Path]) -> Result<()> {
+    let resolved = resolve(output)?;
+    for &input in inputs {
+        let Ok(input_resolved) = input.canonicalize() else {
+            continue;
+        };
+        if resolved == input_resolved || same_file(output, input) {
+            bail!(
+                "refusing to write {}: it is the input {}",
+                output.display(),
+                input.display()
+            );
+        }
+        if kind == OutputKind::Directory && input_resolved.starts_with(&resolved) {
+            bail!(
+                "refusing to write {}: it contains the input {} (a run replaces the folder)",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The absolute, symlink-free form of `path`, which need not exist yet: its longest existing
+/// ancestor canonicalised, followed by the components that do not exist.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path)
+    };
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        if let Ok(mut found) = existing.canonicalize() {
+            found.extend(missing.iter().rev());
+            return Ok(found);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            // `..` after a missing folder, or the root: nothing to resolve against.
+            _ => return Ok(absolute),
+        }
+    }
+}
+
+/// Whether `a` and `b` are the same existing file (hard links included).
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `a` and `b` are the same existing file (resolved paths are compared elsewhere).
+#[cfg(not(unix))]
+fn same_file(_a: &Path, _b: &Path) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_that_are_inputs_are_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let input = dir.path().join("x.npy");
+        std::fs::write(&input, b"data")?;
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub)?;
+        let file = OutputKind::File;
+        assert!(ensure_output_not_input(&input, file, &[&input]).is_err());
+        let dotted = dir.path().join(".").join("sub").join("..").join("x.npy");
+        assert!(ensure_output_not_input(&dotted, file, &[&input]).is_err());
+        let hard = dir.path().join("hard.npy");
+        std::fs::hard_link(&input, &hard)?;
+        assert!(ensure_output_not_input(&hard, file, &[&input]).is_err());
+        let new = sub.join("missing").join("y.npy");
+        assert!(ensure_output_not_input(&new, file, &[&input]).is_ok());
+        assert!(ensure_output_not_input(&sub, file, &[&input]).is_ok());
+        let folder = OutputKind::Directory;
+        let err = ensure_output_not_input(dir.path(), folder, &[&input]);
+        assert!(err.is_err_and(|e| e.to_string().contains("contains the input")));
+        assert!(ensure_output_not_input(&sub, folder, &[dir.path()]).is_ok());
+        assert!(ensure_output_not_input(&sub, folder, &[&sub]).is_err());
+        assert!(ensure_output_not_input(&input, file, &[&dir.path().join("gone")]).is_ok());
+        Ok(())
+    }
 
     #[test]
     fn devices_parse() {

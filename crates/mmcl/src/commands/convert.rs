@@ -14,9 +14,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::DType;
 use mmcl_nn::StateDict;
+
+use super::common::{OutputKind, ensure_output_not_input};
 
 /// Arguments of `mmcl convert`.
 #[derive(Debug, clap::Args)]
@@ -48,6 +50,7 @@ pub fn run(args: Args) -> Result<()> {
         "bf16" => Some(DType::BF16),
         other => bail!("unknown --dtype {other:?}: use keep, f32, f16 or bf16"),
     };
+    ensure_output_not_input(&args.output, OutputKind::File, &[&args.input])?;
     let raw = StateDict::read(&args.input)?;
     let (state, what) = if args.ecg_encoder {
         let enc = mmcl_ecg::extract_encoder(&raw)?;
@@ -95,7 +98,9 @@ pub fn run(args: Args) -> Result<()> {
         "converted_by".to_string(),
         format!("mmcl {}", env!("CARGO_PKG_VERSION")),
     );
-    state.write_safetensors(&args.output, Some(metadata))?;
+    state
+        .write_safetensors(&args.output, Some(metadata))
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!(
         "wrote {} tensors ({what}) from {} to {}",
         state.len(),

@@ -7,7 +7,7 @@
 //! temporary name and renamed only when complete.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom};
+use std::io::{BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -16,7 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mmcl_cmr::checkpoint::{extract_encoder, load_encoder};
 use mmcl_cmr::{FoldedResNet, ResNet, ResNetArch, ResNetConfig};
 use mmcl_nn::{ParamStore, StateDict};
-use npyz::{NpyFile, Order, WriterBuilder};
+use npyz::{Order, WriterBuilder};
+
+use super::common::{OutputKind, ensure_output_not_input};
 
 /// Arguments of `mmcl embed-cmr`.
 #[derive(Debug, clap::Args)]
@@ -53,6 +55,17 @@ fn parse_arch(s: &str) -> std::result::Result<ResNetArch, String> {
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    ensure_output_not_input(
+        &args.output,
+        OutputKind::File,
+        &[&args.input, &args.checkpoint],
+    )?;
+    if let Some(channels) = args.in_channels {
+        // Refused before the checkpoint is read: the stem's size grows with the channels.
+        ResNetConfig::new(args.arch, channels)
+            .validate()
+            .context("--in-channels")?;
     }
     let device = super::common::parse_device(&args.device)?;
     let state = StateDict::read(&args.checkpoint)
@@ -185,47 +198,24 @@ impl Item {
 impl ImageFile {
     fn open(path: &Path, in_channels: usize) -> Result<Self> {
         let name = path.display();
-        let file = File::open(path).with_context(|| format!("cannot open images {name}"))?;
-        let file_len = file
-            .metadata()
-            .with_context(|| format!("cannot read {name}"))?
-            .len();
-        let mut file = file;
-        check_npy_preamble(&mut file, file_len)
-            .with_context(|| format!("{name}: not a .npy file"))?;
-        let mut counted = CountingReader {
-            inner: BufReader::new(file),
-            count: 0,
-        };
-        let header = NpyFile::new(&mut counted)
-            .with_context(|| format!("{name}: not a readable .npy file"))?
-            .header()
-            .clone();
-        let header_len = counted.count;
-        let reader = counted.inner;
-        let item = match header.dtype() {
-            npyz::DType::Plain(ts) => match (ts.type_char(), ts.size_field()) {
-                (npyz::TypeChar::Float, 4) => Item::F32 {
-                    big_endian: ts.endianness() == npyz::Endianness::Big,
-                },
-                (npyz::TypeChar::Float, 8) => Item::F64 {
-                    big_endian: ts.endianness() == npyz::Endianness::Big,
-                },
-                _ => bail!("{name}: images must be float32 (or float64), found dtype {ts}"),
+        // The workspace's checked opener: header, shape size and data length are validated
+        // against the file before anything is allocated from them.
+        let (layout, reader) = mmcl_data::ecg::npy::open_npy(path)?.into_parts();
+        let ts = &layout.dtype;
+        let item = match (ts.type_char(), ts.size_field()) {
+            (npyz::TypeChar::Float, 4) => Item::F32 {
+                big_endian: ts.endianness() == npyz::Endianness::Big,
             },
-            other => bail!("{name}: images must be a plain float32 array, found {other:?}"),
+            (npyz::TypeChar::Float, 8) => Item::F64 {
+                big_endian: ts.endianness() == npyz::Endianness::Big,
+            },
+            _ => bail!("{name}: images must be float32 (or float64), found dtype {ts}"),
         };
-        let shape: Vec<usize> = header.shape().iter().map(|&d| d as usize).collect();
+        let shape = layout.shape.clone();
         let [count, c, h, w] = shape.as_slice() else {
             bail!("{name}: images must have shape (N, C, H, W), found shape {shape:?}");
         };
         let (count, c, h, w) = (*count, *c, *h, *w);
-        let Some(values) = [count, c, h, w, item.size()]
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        else {
-            bail!("{name}: the shape {shape:?} is too large");
-        };
         if c != in_channels {
             bail!(
                 "{name}: the images have {c} channels but the encoder takes {in_channels} (shape \
@@ -235,14 +225,7 @@ impl ImageFile {
         if h == 0 || w == 0 {
             bail!("{name}: empty images of {h}x{w} pixels");
         }
-        let expected = header_len as u64 + values as u64;
-        if file_len < expected {
-            bail!(
-                "{name}: truncated: the header announces {count} images of shape ({c}, {h}, {w}) \
-                 ({expected} bytes) but the file has {file_len} bytes"
-            );
-        }
-        let source = match header.order() {
+        let source = match layout.order {
             Order::C => Source::Stream {
                 reader,
                 item,
@@ -251,7 +234,7 @@ impl ImageFile {
             Order::Fortran => {
                 // Fortran order is C order of the reversed shape (W, H, C, N).
                 let mut values = Vec::new();
-                read_values(reader, item, count * c * h * w, &mut values)
+                read_values(reader, item, layout.len, &mut values)
                     .with_context(|| format!("{name}: cannot read the image data"))?;
                 let t = Tensor::from_vec(values, (w, h, c, count), &Device::Cpu)?
                     .permute((3, 2, 1, 0))?
@@ -319,44 +302,6 @@ fn read_values(
         left -= take;
     }
     Ok(())
-}
-
-/// Checks the magic string and that the announced header fits in the file, before a parser
-/// allocates a buffer of the announced size; leaves `file` at its start.
-fn check_npy_preamble(file: &mut File, file_len: u64) -> Result<()> {
-    let mut pre = [0u8; 12];
-    let available = file_len.min(12) as usize;
-    file.read_exact(&mut pre[..available])?;
-    file.seek(SeekFrom::Start(0))?;
-    if available < 10 || &pre[..6] != b"\x93NUMPY" {
-        bail!("it does not start with the .npy magic string (is it empty or another format?)");
-    }
-    let (header_len, preamble) = match pre[6] {
-        1 => (u16::from_le_bytes([pre[8], pre[9]]) as u64, 10),
-        2 | 3 if available == 12 => (
-            u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as u64,
-            12,
-        ),
-        v => bail!("unsupported .npy format version {v}"),
-    };
-    if preamble + header_len > file_len {
-        bail!("its header announces {header_len} bytes but the file has {file_len}");
-    }
-    Ok(())
-}
-
-/// Counts the bytes read through it (to know where an `.npy` header ends).
-struct CountingReader<R> {
-    inner: R,
-    count: usize,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n;
-        Ok(n)
-    }
 }
 
 /// Writes a float32 `.npy` file atomically (temporary sibling, then rename).

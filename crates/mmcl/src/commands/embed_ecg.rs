@@ -20,6 +20,8 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use mmcl_ecg::{EcgVit, EcgVitConfig, Pooling};
 
+use super::common::{OutputKind, ensure_output_not_input};
+
 /// Arguments of `mmcl embed-ecg`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,6 +57,11 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    ensure_output_not_input(
+        &args.output,
+        OutputKind::File,
+        &[&args.input, &args.config, &args.checkpoint],
+    )?;
     let cfg = EcgVitConfig::from_file(&args.config)?;
     let pooling: Pooling = match &args.pooling {
         Some(p) => p.parse()?,
@@ -86,7 +93,9 @@ pub fn run(args: Args) -> Result<()> {
                 )
             })?;
             let y = y.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-            writer.extend(y.flatten_all()?.to_vec1::<f32>()?)?;
+            writer
+                .extend(y.flatten_all()?.to_vec1::<f32>()?)
+                .with_context(|| format!("cannot write {}", args.output.display()))?;
             progress.inc(count as u64);
         }
         Ok(())
@@ -125,20 +134,23 @@ enum Elements {
 }
 
 /// Reads ECGs batch by batch from a `(N, leads, T)` or `(N, C, leads, T)` float32/float64 .npy
-/// file, after checking its header against the configuration.
+/// file, after checking its header against the file (the workspace's checked opener) and the
+/// configuration.
 struct EcgReader {
     path: PathBuf,
     elements: Elements,
     /// `[N, C, leads, T]`.
     dims: Vec<usize>,
+    /// Index of the next ECG to read.
+    next: usize,
 }
 
 impl EcgReader {
     fn open(path: &Path, cfg: &EcgVitConfig) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let npy = npyz::NpyFile::new(BufReader::new(file))
-            .with_context(|| format!("{}: not a readable .npy file", path.display()))?;
-        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        // Validates the header, the shape's size and the data against the file's length
+        // before anything is allocated from them.
+        let checked = mmcl_data::ecg::npy::open_npy(path)?;
+        let shape = checked.layout().shape.clone();
         let [c, h, w] = cfg.img_size;
         let dims = match shape.as_slice() {
             [n, xh, xw] if c == 1 && (*xh, *xw) == (h, w) => vec![*n, 1, h, w],
@@ -158,10 +170,8 @@ impl EcgReader {
         if dims[0] == 0 {
             bail!("{}: the array holds no ECGs", path.display());
         }
-        let type_str = match npy.dtype() {
-            npyz::DType::Plain(ty) => ty.to_string(),
-            other => other.descr(),
-        };
+        let type_str = checked.layout().dtype.to_string();
+        let npy = checked.into_npy();
         let kind = type_str
             .trim_start_matches(['<', '>', '|', '='])
             .to_string();
@@ -197,6 +207,7 @@ impl EcgReader {
             path: path.to_path_buf(),
             elements,
             dims,
+            next: 0,
         })
     }
 
@@ -228,6 +239,16 @@ impl EcgReader {
         if values.len() != want {
             bail!(truncated());
         }
+        // A NaN or infinity would silently become NaN embeddings: refuse, naming the ECG.
+        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: the ECG at row {} holds a non-finite value ({})",
+                self.path.display(),
+                self.next + bad / per_sample,
+                values[bad]
+            );
+        }
+        self.next += count;
         let mut dims = self.dims.clone();
         dims[0] = count;
         Ok(Tensor::from_vec(values, dims.as_slice(), device)?)
@@ -249,15 +270,18 @@ fn write_npy_atomically(
     let result = (|| -> Result<()> {
         use npyz::WriterBuilder;
         let file =
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            File::create(&tmp).with_context(|| format!("cannot create {}", path.display()))?;
         let shape: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         let mut writer = npyz::WriteOptions::new()
             .default_dtype()
             .shape(&shape)
             .writer(BufWriter::new(file))
-            .begin_nd()?;
+            .begin_nd()
+            .with_context(|| format!("cannot write {}", path.display()))?;
         fill(&mut writer)?;
-        writer.finish()?;
+        writer
+            .finish()
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     })()
     .and_then(|()| {

@@ -28,6 +28,8 @@ use mmcl_eval::Matrix;
 use mmcl_eval::localization::{LocalizationConfig, MultimodalModel};
 use serde::{Deserialize, Serialize};
 
+use super::common::{OutputKind, ensure_output_not_input};
+
 /// Arguments of `mmcl explain`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -146,20 +148,8 @@ fn example_config() -> ExplainConfig {
 fn read_config(path: &Path) -> Result<ExplainConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    let mut cfg: ExplainConfig = match ext.as_deref() {
-        Some("json") => serde_json::from_str(&text)
-            .with_context(|| format!("{}: invalid configuration", path.display()))?,
-        Some("toml") => toml::from_str(&text)
-            .with_context(|| format!("{}: invalid configuration", path.display()))?,
-        _ => bail!(
-            "{}: the configuration must be a .json or .toml file",
-            path.display()
-        ),
-    };
+    let mut cfg: ExplainConfig = mmcl_nn::config::parse_config_text(&text, path)
+        .map_err(|reason| anyhow::anyhow!("{}: invalid configuration: {reason}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
@@ -302,6 +292,14 @@ pub fn run(args: Args) -> Result<()> {
             config_path.display()
         ),
     };
+    let mut inputs = vec![
+        config_path.as_path(),
+        &cfg.model,
+        &cfg.ecg.file,
+        &cfg.cmr.image,
+    ];
+    inputs.extend(cfg.cmr.segmentation.as_deref());
+    ensure_output_not_input(&output, OutputKind::Directory, &inputs)?;
     if output.exists() && !args.overwrite {
         bail!(
             "{} exists; choose another output or pass --overwrite",

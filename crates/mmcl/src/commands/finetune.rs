@@ -23,6 +23,8 @@ use mmcl_eval::plot::{RocFigure, RocSeries, ScatterFigure, ScatterPanel, Trainin
 use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
 
+use super::common::{OutputKind, ensure_output_not_input};
+
 /// Arguments of `mmcl finetune`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -83,6 +85,13 @@ pub fn run(args: Args) -> Result<()> {
             config_path.display()
         ),
     };
+    // The run's files are replaced: none may be an input, nor the folder itself.
+    let mut inputs = vec![config_path.as_path(), cfg.cache.as_path()];
+    inputs.extend(cfg.checkpoint.as_deref());
+    ensure_output_not_input(&output, OutputKind::File, &inputs)?;
+    for file in RUN_FILES {
+        ensure_output_not_input(&output.join(file), OutputKind::File, &inputs)?;
+    }
     let previous: Vec<PathBuf> = RUN_FILES
         .iter()
         .map(|f| output.join(f))

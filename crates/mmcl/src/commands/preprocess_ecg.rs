@@ -8,6 +8,8 @@ use mmcl_data::ecg::convert::{REPORT_FILE, preprocess_directory, preprocess_file
 use mmcl_data::ecg::npy::write_npy_f32;
 use mmcl_data::ecg::preprocess::PreprocessConfig;
 
+use super::common::{OutputKind, ensure_output_not_input};
+
 /// Arguments of `mmcl preprocess-ecg`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,6 +37,9 @@ pub fn run(args: Args) -> Result<()> {
         ..PreprocessConfig::default()
     };
     if args.input.is_dir() {
+        // The folder's files are written beside what is there, so only the folder itself
+        // (whose `.npy` inputs would be replaced) is refused.
+        ensure_output_not_input(&args.output, OutputKind::File, &[&args.input])?;
         let bar = super::common::progress_bar(0, "preprocessing");
         let report = preprocess_directory(
             &args.input,
@@ -65,8 +70,11 @@ pub fn run(args: Args) -> Result<()> {
     if !args.input.exists() {
         bail!("{}: no such file or folder", args.input.display());
     }
+    // Checked before and after the output name is known (`<output>/<id>.npy` for a folder).
+    ensure_output_not_input(&args.output, OutputKind::File, &[&args.input])?;
     let (id, shape, data) = preprocess_file(&args.input, &cfg, args.npy_sample_rate)?;
     let output = single_output(&args.output, &id);
+    ensure_output_not_input(&output, OutputKind::File, &[&args.input])?;
     write_npy_f32(&output, &shape, &data)
         .with_context(|| format!("cannot write {}", output.display()))?;
     println!(

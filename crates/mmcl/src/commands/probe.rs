@@ -15,6 +15,8 @@ use mmcl_eval::plot::{RocFigure, RocSeries, ScatterFigure, ScatterPanel};
 use mmcl_eval::probe::{LinearProbe, ProbeConfig};
 use mmcl_eval::report::{self, Report};
 
+use super::common::{OutputKind, ensure_output_not_input};
+
 /// Arguments of `mmcl probe`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -78,6 +80,7 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.confidence > 0.0 && args.confidence < 1.0) {
         bail!("--confidence must lie in (0, 1), got {}", args.confidence);
     }
+    check_outputs(&args)?;
     let train_x = read_embeddings(&args.train_x)?;
     let train_y = read_targets(&args.train_y)?;
     let test_x = read_embeddings(&args.test_x)?;
@@ -220,6 +223,30 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Refuses outputs (metrics, predictions, the figure folder's files) that are inputs.
+fn check_outputs(args: &Args) -> Result<()> {
+    let inputs: Vec<&Path> = [&args.train_x, &args.train_y, &args.test_x, &args.test_y]
+        .into_iter()
+        .chain(args.val_x.iter())
+        .chain(args.val_y.iter())
+        .map(PathBuf::as_path)
+        .collect();
+    let mut outputs: Vec<PathBuf> = args
+        .output
+        .iter()
+        .chain(&args.predictions)
+        .cloned()
+        .collect();
+    if let Some(dir) = &args.figures {
+        outputs.push(dir.clone());
+        outputs.extend(["roc.png", "scatter.png", "report.md"].map(|f| dir.join(f)));
+    }
+    for output in &outputs {
+        ensure_output_not_input(output, OutputKind::File, &inputs)?;
+    }
+    Ok(())
+}
+
 fn write_figures(
     dir: &Path,
     task: Task,
@@ -304,20 +331,13 @@ fn write_figures(
 
 /// A numeric `.npy` array as f64 values with its shape.
 fn read_npy(path: &Path) -> Result<(Vec<u64>, Vec<f64>)> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
-        .with_context(|| format!("{}: not a readable .npy file", path.display()))?;
-    let shape = npy.shape().to_vec();
-    let order = npy.order();
-    let dtype = npy.dtype();
-    let descr = match &dtype {
-        npyz::DType::Plain(ts) => ts.to_string(),
-        other => bail!(
-            "{}: unsupported dtype {other:?} (use float32)",
-            path.display()
-        ),
-    };
+    // The workspace's checked opener: header, shape size and data length are validated
+    // against the file before anything is allocated from them.
+    let checked = mmcl_data::ecg::npy::open_npy(path)?;
+    let shape: Vec<u64> = checked.layout().shape.iter().map(|&d| d as u64).collect();
+    let order = checked.layout().order;
+    let descr = checked.layout().dtype.to_string();
+    let npy = checked.into_npy();
     let read_err = || {
         format!(
             "{}: cannot read the {descr} data (truncated file?)",

@@ -1,12 +1,23 @@
 //! `mmcl plot-curves` (training curves from a JSON-lines run log) and `mmcl report` (a
 //! Markdown report from a metrics JSON, with figures).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use mmcl_eval::plot::TrainingCurvesFigure;
 use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::RunLog;
+
+use super::common::{OutputKind, ensure_output_not_input};
+
+/// The training-curves figure written beside the report `output`: `<stem>_curves.png`.
+fn curves_path(output: &Path) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    output.with_file_name(format!("{stem}_curves.png"))
+}
 
 /// Arguments of `mmcl plot-curves`.
 #[derive(Debug, clap::Args)]
@@ -27,15 +38,20 @@ pub struct PlotCurvesArgs {
 
 /// Runs `mmcl plot-curves`.
 pub fn plot_curves(args: PlotCurvesArgs) -> Result<()> {
+    ensure_output_not_input(&args.output, OutputKind::File, &[&args.log])?;
     let log = RunLog::read(&args.log)?;
     let figure = TrainingCurvesFigure {
         log: &log,
         title: args.title,
         metrics: args.metrics,
     };
-    figure
-        .save(&args.output)
-        .with_context(|| format!("cannot plot the curves of {}", args.log.display()))?;
+    figure.save(&args.output).with_context(|| {
+        format!(
+            "cannot plot the curves of {} into {}",
+            args.log.display(),
+            args.output.display()
+        )
+    })?;
     eprintln!(
         "{} records, {} metrics → {}",
         log.records.len(),
@@ -70,6 +86,12 @@ pub struct ReportArgs {
 
 /// Runs `mmcl report`.
 pub fn report(args: ReportArgs) -> Result<()> {
+    let mut inputs = vec![args.metrics.as_path()];
+    inputs.extend(args.log.as_deref());
+    ensure_output_not_input(&args.output, OutputKind::File, &inputs)?;
+    if args.log.is_some() {
+        ensure_output_not_input(&curves_path(&args.output), OutputKind::File, &inputs)?;
+    }
     let evaluation = report::read_evaluation(&args.metrics)?;
     let mut figures = Vec::new();
     for spec in &args.figures {
@@ -80,13 +102,11 @@ pub fn report(args: ReportArgs) -> Result<()> {
     }
     if let Some(log_path) = &args.log {
         let log = RunLog::read(log_path)?;
-        let stem = args
-            .output
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "report".into());
-        let name = format!("{stem}_curves.png");
-        let target = args.output.with_file_name(&name);
+        let target = curves_path(&args.output);
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         TrainingCurvesFigure::new(&log)
             .save(&target)
             .with_context(|| format!("cannot plot the curves of {}", log_path.display()))?;
@@ -98,7 +118,8 @@ pub fn report(args: ReportArgs) -> Result<()> {
         figures,
         notes: args.notes,
     }
-    .save(&args.output)?;
+    .save(&args.output)
+    .with_context(|| format!("cannot write {}", args.output.display()))?;
     print!("{}", report::text_table(&evaluation));
     eprintln!("report written to {}", args.output.display());
     Ok(())

@@ -7,6 +7,8 @@ use clap::Parser;
 use mmcl_pipeline::TerminalProgress;
 use mmcl_pipeline::reproduce::{load_config, run as run_pipeline, summary};
 
+use super::common::{OutputKind, ensure_output_not_input};
+
 /// Arguments of `mmcl reproduce`.
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -35,6 +37,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());
+    }
+    if let Some(config) = &args.config {
+        // Finished stages are reused, not replaced: only the folder itself must not be the input.
+        ensure_output_not_input(&args.output, OutputKind::File, &[config])?;
     }
     let device = super::common::parse_device(&args.device)?;
     let outputs = run_pipeline(&cfg, &args.output, &device, &mut TerminalProgress::new())

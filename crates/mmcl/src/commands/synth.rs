@@ -1,10 +1,12 @@
 //! `mmcl synth`: generate the synthetic paired ECG–CMR cohort in UK Biobank layout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
+
+use super::common::{OutputKind, ensure_output_not_input};
 
 /// Arguments of `mmcl synth`. Values not given come from `--config`, else from the defaults.
 #[derive(Debug, clap::Args)]
@@ -92,6 +94,8 @@ fn config(args: &Args) -> Result<SynthConfig> {
 /// Generates the cohort.
 pub fn run(args: Args) -> Result<()> {
     let cfg = config(&args)?;
+    let inputs: Vec<&Path> = args.config.iter().map(PathBuf::as_path).collect();
+    ensure_output_not_input(&args.out, OutputKind::Directory, &inputs)?;
     let cohort = Cohort::new(cfg)?;
     let n = cohort.config().subjects;
     let mut pool = rayon::ThreadPoolBuilder::new();

@@ -1,0 +1,355 @@
+//! The command line against hostile arguments and configurations: outputs that would destroy
+//! an input (the same path, `./` spellings, symlinks, a cache folder over its own data),
+//! absurd model sizes, and mistyped configuration values. Each must end with exit status 1 (an
+//! error, never a signal or an allocation abort), a message naming the offending file (and
+//! key), and the inputs byte for byte as they were.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mmcl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmcl"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the mmcl binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit status 1 (an error reported by `main`, not a signal) and a message with every `needle`.
+fn assert_refused(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "status {:?}: {err}", out.status);
+    assert!(
+        !err.contains("memory allocation") && !err.contains("panicked"),
+        "{err}"
+    );
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+/// No temporary sibling (`.name.tmp-…`, `.partial-…`) left in `dir`.
+fn assert_no_leftovers(dir: &Path) {
+    let hidden: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "left behind: {hidden:?}");
+}
+
+fn write_npy_f32(path: &Path, dims: &[u64]) {
+    use npyz::WriterBuilder;
+    let n: u64 = dims.iter().product();
+    let file = std::fs::File::create(path).expect("create npy");
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(dims)
+        .writer(file)
+        .begin_nd()
+        .expect("npy header");
+    w.extend((0..n).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.1))
+        .expect("npy data");
+    w.finish().expect("npy finish");
+}
+
+fn ecg_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mmcl-ecg/tests/fixtures")
+        .join(name)
+}
+
+const TOY_CONFIG: &str = r#"{"img_size": [1, 2, 20], "patch_size": [1, 5], "embed_dim": 8,
+    "depth": 1, "num_heads": 2, "num_classes": 2, "global_pool": true, "attention_pool": true}"#;
+
+/// Runs `args_for(output)` with `output` each spelling of `input` (itself, `./name`, through a
+/// symlink, through `sub/..`) and checks the refusal and that `input` is untouched.
+fn refuses_every_spelling_of(dir: &Path, input: &str, args_for: &dyn Fn(&str) -> Vec<String>) {
+    let before = std::fs::read(dir.join(input)).expect("input");
+    std::fs::create_dir_all(dir.join("sub")).expect("sub dir");
+    let link = format!("link-{input}");
+    if !dir.join(&link).exists() {
+        std::os::unix::fs::symlink(dir.join(input), dir.join(&link)).expect("symlink");
+    }
+    let absolute = dir.join(input).display().to_string();
+    for output in [
+        input.to_string(),
+        format!("./{input}"),
+        link.clone(),
+        format!("sub/../{input}"),
+        absolute,
+    ] {
+        let args = args_for(&output);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = mmcl(dir, &args);
+        assert_refused(&out, &["refusing to write", &output, "it is the input"]);
+        assert_eq!(
+            std::fs::read(dir.join(input)).expect("input still there"),
+            before,
+            "{input} changed by --output {output}"
+        );
+        assert_no_leftovers(dir);
+    }
+}
+
+#[test]
+fn embed_ecg_never_writes_over_its_inputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("config.json"), TOY_CONFIG).expect("config");
+    write_npy_f32(&dir.path().join("ecgs.npy"), &[3, 2, 20]);
+    std::fs::copy(ecg_fixture("tiny_plain.pth"), dir.path().join("model.pth")).expect("ckpt");
+    let args = |output: &str| -> Vec<String> {
+        [
+            "embed-ecg",
+            "--checkpoint",
+            "model.pth",
+            "--config",
+            "config.json",
+            "--input",
+            "ecgs.npy",
+            "--output",
+            output,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    refuses_every_spelling_of(dir.path(), "ecgs.npy", &args);
+    // The checkpoint and the configuration are inputs too.
+    refuses_every_spelling_of(dir.path(), "model.pth", &args);
+    refuses_every_spelling_of(dir.path(), "config.json", &args);
+}
+
+#[test]
+fn preprocess_ecg_never_writes_over_its_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_npy_f32(&dir.path().join("rec.npy"), &[12, 1000]);
+    refuses_every_spelling_of(dir.path(), "rec.npy", &|output| {
+        ["preprocess-ecg", "--input", "rec.npy", "--output", output]
+            .map(String::from)
+            .to_vec()
+    });
+    // A folder converted into itself would replace its own .npy files.
+    std::fs::create_dir(dir.path().join("ecgs")).expect("folder");
+    write_npy_f32(&dir.path().join("ecgs/a.npy"), &[12, 1000]);
+    let before = std::fs::read(dir.path().join("ecgs/a.npy")).expect("input");
+    let out = mmcl(
+        dir.path(),
+        &["preprocess-ecg", "--input", "ecgs", "--output", "./ecgs/"],
+    );
+    assert_refused(&out, &["refusing to write", "ecgs"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("ecgs/a.npy")).ok(),
+        Some(before)
+    );
+}
+
+#[test]
+fn convert_never_writes_over_its_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(ecg_fixture("tiny_plain.pth"), dir.path().join("model.pth")).expect("ckpt");
+    refuses_every_spelling_of(dir.path(), "model.pth", &|output| {
+        ["convert", "--input", "model.pth", "--output", output]
+            .map(String::from)
+            .to_vec()
+    });
+}
+
+#[test]
+fn build_dataset_never_writes_its_cache_over_its_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("ukb");
+    std::fs::create_dir_all(root.join("ecg")).expect("ecg dir");
+    std::fs::write(root.join("ecg/1000001_20205_2_0.xml"), "<xml/>").expect("ecg file");
+    for (name, output) in [
+        ("same.json", "ukb"),
+        ("dot.json", "./ukb/"),
+        ("ecg.json", "ukb/ecg"),
+        ("parent.json", "."),
+    ] {
+        let cfg = dir.path().join(name);
+        std::fs::write(
+            &cfg,
+            format!(r#"{{"root": "ukb", "output": "{output}", "cmr_dir": null}}"#),
+        )
+        .expect("config");
+        for extra in [&[][..], &["--overwrite"][..]] {
+            let mut args = vec!["build-dataset", "--config", name];
+            args.extend(extra);
+            let out = mmcl(dir.path(), &args);
+            assert_refused(&out, &["refusing to write"]);
+            assert!(root.join("ecg/1000001_20205_2_0.xml").is_file(), "{output}");
+        }
+    }
+    // --output on the command line is checked the same way.
+    let out = mmcl(
+        dir.path(),
+        &[
+            "build-dataset",
+            "--config",
+            "same.json",
+            "--output",
+            "ukb/./",
+        ],
+    );
+    assert_refused(&out, &["refusing to write", "ukb"]);
+}
+
+#[test]
+fn absurd_encoder_sizes_are_refused_before_allocation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_npy_f32(&dir.path().join("ecgs.npy"), &[3, 2, 20]);
+    std::fs::copy(ecg_fixture("tiny_plain.pth"), dir.path().join("model.pth")).expect("ckpt");
+    // Each configuration is the toy encoder with one hostile value.
+    let toy = |img: &str, patch: &str, dim: &str, depth: &str, heads: &str, extra: &str| {
+        format!(
+            r#"{{"img_size": {img}, "patch_size": {patch}, "embed_dim": {dim}, "depth": {depth},
+                "num_heads": {heads}{extra}}}"#
+        )
+    };
+    let (img, patch) = ("[1, 2, 20]", "[1, 5]");
+    for (name, text, key) in [
+        (
+            "dim.json",
+            toy(img, patch, "1000000000", "1", "2", ""),
+            "embed_dim",
+        ),
+        (
+            "depth.json",
+            toy(img, patch, "4096", "1000000", "2", ""),
+            "depth",
+        ),
+        (
+            "mlp.json",
+            toy(img, patch, "8", "1", "2", r#", "mlp_ratio": 1e300"#),
+            "mlp_ratio",
+        ),
+        (
+            "heads.json",
+            toy(img, patch, "8", "1", "3", ""),
+            "num_heads",
+        ),
+        (
+            "patch.json",
+            toy(img, "[1, 0]", "8", "1", "2", ""),
+            "patch_size",
+        ),
+        (
+            "img.json",
+            toy("[1, 2, 100000000000000]", patch, "8", "1", "2", ""),
+            "img_size",
+        ),
+        (
+            "tokens.json",
+            toy("[1, 12, 4000000]", "[1, 1]", "8", "1", "2", ""),
+            "img_size",
+        ),
+        (
+            "classes.json",
+            toy(
+                img,
+                patch,
+                "8",
+                "1",
+                "2",
+                r#", "num_classes": 100000000000000"#,
+            ),
+            "num_classes",
+        ),
+        (
+            "type.json",
+            toy(img, patch, "8", "\"one\"", "2", ""),
+            "depth",
+        ),
+        (
+            "array.json",
+            toy(img, "[1, \"five\"]", "8", "1", "2", ""),
+            "patch_size[1]",
+        ),
+    ] {
+        std::fs::write(dir.path().join(name), text).expect("config");
+        let out = mmcl(
+            dir.path(),
+            &[
+                "embed-ecg",
+                "--checkpoint",
+                "model.pth",
+                "--config",
+                name,
+                "--input",
+                "ecgs.npy",
+                "--output",
+                "out.npy",
+            ],
+        );
+        assert_refused(&out, &[name, key]);
+        assert!(!dir.path().join("out.npy").exists());
+        assert_no_leftovers(dir.path());
+    }
+    // The image encoder's stem grows with its input channels.
+    let out = mmcl(
+        dir.path(),
+        &[
+            "embed-cmr",
+            "--checkpoint",
+            "model.pth",
+            "--arch",
+            "resnet50",
+            "--in-channels",
+            "1000000000",
+            "--input",
+            "ecgs.npy",
+            "--output",
+            "out.npy",
+        ],
+    );
+    assert_refused(&out, &["in_channels"]);
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, text, key) in [
+        ("epochs.toml", "max_epochs = \"ten\"\n", "max_epochs"),
+        (
+            "nested.toml",
+            "seed = 1\n\n[loss]\n# the paper's\nmask_ratio = \"high\"\n",
+            "loss.mask_ratio",
+        ),
+        ("unknown.toml", "[model]\nembed_dimm = 64\n", "embed_dimm"),
+        ("batch.toml", "batch_size = 0\n", "batch_size"),
+        (
+            "model.toml",
+            "[model]\nmodel = \"mae_vit_tiny_patchX\"\nimg_size = [1, 12, 2500]\npatch_size = \
+             [1, 100]\nembed_dim = 1000000000\nnum_heads = 8\n",
+            "embed_dim",
+        ),
+        (
+            "epochs.json",
+            r#"{"data": {"threads": -1}}"#,
+            "data.threads",
+        ),
+    ] {
+        std::fs::write(dir.path().join(name), text).expect("config");
+        let out = mmcl(
+            dir.path(),
+            &["pretrain-mae", "--config", name, "--output", "run"],
+        );
+        assert_refused(&out, &[name, key]);
+        assert!(!dir.path().join("run").exists(), "{name}");
+    }
+    // The dataset builder's configuration, TOML and JSON.
+    for (name, text, key) in [
+        ("build.toml", "[cmr]\nsize = \"big\"\n", "cmr.size"),
+        ("build.json", r#"{"cmr": {"size": 1000000000}}"#, "cmr.size"),
+        ("samples.json", r#"{"ecg_samples": "all"}"#, "ecg_samples"),
+    ] {
+        std::fs::write(dir.path().join(name), text).expect("config");
+        let out = mmcl(dir.path(), &["build-dataset", "--config", name]);
+        assert_refused(&out, &[name, key]);
+    }
+}
