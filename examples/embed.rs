@@ -33,7 +33,7 @@ struct Args {
     device: String,
 }
 
-fn read_ecgs(path: &PathBuf) -> Result<Tensor> {
+fn read_ecgs(path: &std::path::Path) -> Result<Tensor> {
     // The checked reader: sizes in the header are validated before anything is allocated.
     let array = mmcl_suite::data::ecg::npy::read_array(path)?;
     Ok(Tensor::from_vec(array.data, array.shape, &Device::Cpu)?)
