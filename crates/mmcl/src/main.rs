@@ -1,7 +1,7 @@
 //! `mmcl`: the command-line tool of the workspace (ECG–CMR representation learning).
 //!
 //! Each subcommand lives in its own module under `commands/`; this file only dispatches.
-//! Errors print as `error: …` (with their causes) and exit with status 1; nothing half-written
+//! Errors print as `error: …` (with their causes, each once) and exit with status 1; nothing half-written
 //! is left behind.
 
 use std::process::ExitCode;
@@ -74,8 +74,51 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: many library errors already include
+/// their source in their own message (`<file>: <io error>`), and `{:#}` would repeat it.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug)]
+    struct WithSource(std::io::Error);
+
+    impl std::fmt::Display for WithSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "x.toml: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for WithSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_are_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(WithSource(io));
+        assert_eq!(describe(&err), "x.toml: no such file");
+        let err = anyhow::anyhow!("inner cause").context("cannot read y.npy");
+        assert_eq!(describe(&err), "cannot read y.npy: inner cause");
     }
 }
