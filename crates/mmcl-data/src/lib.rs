@@ -61,6 +61,7 @@ pub mod cache;
 pub mod cmr;
 pub mod ecg;
 mod error;
+mod files;
 pub mod loader;
 pub mod phenotypes;
 pub mod rng;

@@ -32,7 +32,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ecg::open_regular;
+use crate::files::open_regular;
 use crate::phenotypes::{PHENOTYPE_FIELDS, ukb_column};
 use crate::rng::Rng;
 use crate::{Error, Result};

@@ -14,7 +14,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use crate::ecg::open_regular;
+use crate::files::open_regular;
 use crate::{Error, Result};
 
 /// Size of a NIfTI-1 header.

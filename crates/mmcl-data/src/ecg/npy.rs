@@ -13,7 +13,8 @@ use std::path::Path;
 
 use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar, TypeStr};
 
-use super::{Ecg, NUM_LEADS, NamedEcg, file_stem, open_regular};
+use super::{Ecg, NUM_LEADS, NamedEcg, file_stem};
+use crate::files::open_regular;
 use crate::{Error, Result};
 
 /// The longest `.npy` header text accepted, in bytes.

@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 use std::path::{Component, Path};
 
-use super::{Ecg, check_sample_rate, check_samples_per_lead, in_file, read_regular_bounded};
+use super::{Ecg, check_sample_rate, check_samples_per_lead, in_file};
+use crate::files::{open_regular, read_checked, read_regular_bounded};
 use crate::{Error, Result};
 
 /// The largest WFDB header read, in bytes (1 MiB).
@@ -189,7 +190,7 @@ fn read_signal_file(
         }
         other => other,
     };
-    let (file, size) = super::open_regular(path).map_err(in_header)?;
+    let (file, size) = open_regular(path).map_err(in_header)?;
     let len = match samples {
         Some(n) => frame_bytes(n).ok_or_else(too_large)?,
         None => {
@@ -213,7 +214,7 @@ fn read_signal_file(
         "{per_frame} signal(s) in format {} as the header declares",
         spec.format
     );
-    super::read_checked(file, size, path, spec.byte_offset, len, &what).map_err(in_header)
+    read_checked(file, size, path, spec.byte_offset, len, &what).map_err(in_header)
 }
 
 /// The record line and signal lines of a header.

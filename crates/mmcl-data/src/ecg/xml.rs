@@ -33,7 +33,8 @@ use std::path::Path;
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
-use super::{Ecg, read_regular_bounded};
+use super::Ecg;
+use crate::files::read_regular_bounded;
 use crate::{Error, Result};
 
 /// The deepest element nesting accepted in a CardioSoft XML file.

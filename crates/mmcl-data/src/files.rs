@@ -1,0 +1,85 @@
+//! Bounded reads of input files: every reader of this crate opens its file here, so that
+//! devices, FIFOs and directories are refused before they are opened, and no length taken from a
+//! file's header allocates more than the bytes that exist.
+
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// Opens `path` for reading only when it is a regular file (after following links), and
+/// returns it with its length.
+///
+/// Devices (`/dev/zero`), FIFOs and directories are refused from their metadata before they
+/// are opened (opening a FIFO would block); the opened handle is checked again in case the
+/// path changed in between. Every bounded reader of this module starts here.
+pub(crate) fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let not_regular = || Error::format(path, "not a regular file");
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file of at most `limit` bytes; `what` says what the file is in the
+/// error.
+///
+/// # Errors
+/// A non-regular or unreadable file, or one larger than `limit`.
+pub(crate) fn read_regular_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let (file, size) = open_regular(path)?;
+    if size > limit {
+        return Err(Error::format(
+            path,
+            format!("{what} of {size} bytes is larger than the limit of {limit} bytes"),
+        ));
+    }
+    read_checked(file, size, path, 0, size, what)
+}
+
+/// Reads `len` bytes at `offset` of a regular file opened by [`open_regular`] (`size` is its
+/// length), after checking against that size that they are there, so that a length taken
+/// from a header never allocates more than the data that exists. `what` says what the bytes
+/// are in the error.
+///
+/// # Errors
+/// An unreadable file, or one shorter than `offset + len` (reported as truncated).
+pub(crate) fn read_checked(
+    mut file: std::fs::File,
+    size: u64,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: {what} needs {len} bytes from byte {offset} but the file holds {size}"
+            ),
+        ));
+    }
+    let capacity = usize::try_from(len)
+        .map_err(|_| Error::format(path, format!("{what} of {len} bytes is too large")))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::with_capacity(capacity);
+    // `take` bounds the read even if the file grows meanwhile.
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() != capacity {
+        return Err(Error::format(
+            path,
+            format!("truncated: {what} needs {len} bytes but the file ended early"),
+        ));
+    }
+    Ok(bytes)
+}
