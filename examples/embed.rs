@@ -35,7 +35,7 @@ struct Args {
 
 fn read_ecgs(path: &std::path::Path) -> Result<Tensor> {
     // The checked reader: sizes in the header are validated before anything is allocated.
-    let array = mmcl_suite::data::ecg::npy::read_array(path)?;
+    let array = mmcl_suite::core::npy::read_array(path)?;
     Ok(Tensor::from_vec(array.data, array.shape, &Device::Cpu)?)
 }
 

@@ -14,6 +14,7 @@
 //! | [`train`] | `mmcl-train` | MAE, MMCL and fine-tuning trainers |
 
 pub use mmcl_cmr as cmr;
+pub use mmcl_core as core;
 pub use mmcl_data as data;
 pub use mmcl_ecg as ecg;
 pub use mmcl_eval as eval;

@@ -107,7 +107,7 @@ impl BuildConfig {
     /// Unreadable file, unknown extension, parse errors (naming the file).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg: BuildConfig = mmcl_nn::config::parse_config_text(&text, path)
+        let mut cfg: BuildConfig = mmcl_core::config::parse_config_text(&text, path)
             .map_err(|reason| Error::format(path, reason))?;
         // Sizes that become allocations per subject are bounded before any file is read.
         let limits = [
@@ -123,7 +123,7 @@ impl BuildConfig {
                     cfg.cmr.channels.len()
                 ),
                 "image values per subject",
-                mmcl_nn::config::checked_product(&[
+                mmcl_core::config::checked_product(&[
                     cfg.cmr.size as u64,
                     cfg.cmr.size as u64,
                     cfg.cmr.channels.len() as u64,
@@ -131,8 +131,13 @@ impl BuildConfig {
             ),
         ];
         for (keys, quantity, value) in limits {
-            mmcl_nn::config::check_limit(&keys, quantity, value, mmcl_nn::config::MAX_ACTIVATIONS)
-                .map_err(|reason| Error::format(path, reason))?;
+            mmcl_core::config::check_limit(
+                &keys,
+                quantity,
+                value,
+                mmcl_core::config::MAX_ACTIVATIONS,
+            )
+            .map_err(|reason| Error::format(path, reason))?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
         if cfg.root.is_relative() {

@@ -74,10 +74,6 @@ pub enum Error {
         source: safetensors::SafeTensorError,
     },
 
-    /// Writing an output through the workspace's atomic writer failed.
-    #[error(transparent)]
-    Output(#[from] mmcl_nn::Error),
-
     /// Arrays or settings given to a computation do not fit together.
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -89,6 +85,21 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<mmcl_core::Error> for Error {
+    fn from(e: mmcl_core::Error) -> Self {
+        match e {
+            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
+            mmcl_core::Error::Format { path, reason } => Error::Format { path, reason },
+            mmcl_core::Error::Json { path, source, .. } => Error::Json { path, source },
+            mmcl_core::Error::InvalidInput(reason) => Error::InvalidInput(reason),
+            // Metrics are not computed by the data layer.
+            undefined @ mmcl_core::Error::Undefined { .. } => {
+                Error::InvalidInput(undefined.to_string())
+            }
+        }
+    }
 }
 
 impl Error {

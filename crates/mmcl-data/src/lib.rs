@@ -61,7 +61,6 @@ pub mod cache;
 pub mod cmr;
 pub mod ecg;
 mod error;
-mod files;
 pub mod loader;
 pub mod phenotypes;
 pub mod rng;

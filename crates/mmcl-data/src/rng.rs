@@ -5,7 +5,7 @@
 //! `(seed, epoch, position)`: the trainer resumes bit-exactly, and parallel workers cannot
 //! change the outcome by running in another order.
 
-use mmcl_nn::rng::SplitMix64;
+use mmcl_core::rng::SplitMix64;
 use rand::Rng as _;
 use rand_distr::StandardNormal;
 
@@ -83,7 +83,7 @@ impl Rng {
 
 impl rand::RngCore for Rng {
     fn next_u32(&mut self) -> u32 {
-        (self.0.next_u64() >> 32) as u32
+        self.0.next_u32()
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -91,10 +91,7 @@ impl rand::RngCore for Rng {
     }
 
     fn fill_bytes(&mut self, dst: &mut [u8]) {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.0.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+        self.0.fill_bytes(dst);
     }
 }
 

@@ -32,10 +32,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::open_regular;
 use crate::phenotypes::{PHENOTYPE_FIELDS, ukb_column};
 use crate::rng::Rng;
 use crate::{Error, Result};
+use mmcl_core::files::open_regular;
 
 /// A UK Biobank participant identifier.
 pub type Eid = u64;

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use mmcl_data::cmr::nifti::read_nifti;
 use mmcl_data::cmr::{CmrConfig, CropSpec, FrameSpec, ImageAugmentConfig, read_study};
-use mmcl_data::ecg::npy;
 use mmcl_data::rng::Rng;
 
 fn fixture(name: &str) -> PathBuf {
@@ -24,7 +23,7 @@ fn nibabel_files_read_with_values_and_voxel_size() {
     let img = read_nifti(&fixture("1000001/sa.nii.gz")).unwrap();
     assert_eq!(img.dims, vec![24, 20, 5, 6]);
     assert_eq!(img.voxel_mm(), [1.8f32 as f64, 1.8f32 as f64, 8.0]);
-    let exp = npy::read_array(&fixture("1000001_sa_expected.npy")).unwrap();
+    let exp = mmcl_core::npy::read_array(&fixture("1000001_sa_expected.npy")).unwrap();
     // The expected array is stored (t, z, y, x) in C order, i.e. x fastest like NIfTI.
     assert_eq!(exp.shape, vec![6, 5, 20, 24]);
     assert_eq!(img.data, exp.data);
@@ -183,7 +182,7 @@ fn rotation_and_resize_match_torchvision() {
         height: 7,
         width: 9,
     };
-    let expected = npy::read_array(&fixture("../image_rotate_30_m45.npy")).unwrap();
+    let expected = mmcl_core::npy::read_array(&fixture("../image_rotate_30_m45.npy")).unwrap();
     let n = 2 * 7 * 9;
     // Nearest-neighbour ties may fall either way with floating-point details (torch's
     // matrix product may fuse operations): allow one pixel per channel to differ.
@@ -193,7 +192,7 @@ fn rotation_and_resize_match_torchvision() {
         eprintln!("rotate {angle}°: {differ} of {n} pixels differ from torchvision");
         assert!(differ <= 2, "{angle}°: {differ} pixels differ");
     }
-    let expected = npy::read_array(&fixture("../image_resize_4x13.npy")).unwrap();
+    let expected = mmcl_core::npy::read_array(&fixture("../image_resize_4x13.npy")).unwrap();
     let ours = img.resize(4, 13);
     let worst = ours
         .data

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use mmcl_data::ecg::preprocess::{PreprocessConfig, baseline_als, preprocess, resample};
-use mmcl_data::ecg::{self, Ecg, npy, wfdb, xml};
+use mmcl_data::ecg::{self, Ecg, wfdb, xml};
 use mmcl_testutil::{Fixture, Tolerance, assert_close};
 
 fn fixture(name: &str) -> PathBuf {
@@ -15,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn npy_values(name: &str) -> (Vec<usize>, Vec<f32>) {
-    let a = npy::read_array(&fixture(name)).unwrap();
+    let a = mmcl_core::npy::read_array(&fixture(name)).unwrap();
     (a.shape, a.data)
 }
 
@@ -234,7 +234,7 @@ fn bad_wfdb_and_npy_files_are_clear_errors() {
     let err = ecg::read_any(&dir.path().join("cut.npy"), 500.0).unwrap_err();
     assert!(err.to_string().contains("cut.npy"), "{err}");
     // A header claiming far more data than the file holds is refused without allocating it.
-    let hostile = npy::npy_f32_bytes(&[12, 1_000_000_000_000], &[]);
+    let hostile = mmcl_core::npy::npy_f32_bytes(&[12, 1_000_000_000_000], &[]);
     std::fs::write(dir.path().join("huge.npy"), hostile).unwrap();
     let err = ecg::read_any(&dir.path().join("huge.npy"), 500.0).unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");

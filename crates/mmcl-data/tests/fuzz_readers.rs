@@ -105,7 +105,10 @@ fn check_wfdb(header: &[u8], signal: &[u8]) -> Result<(), TestCaseError> {
 
 fn check_npy(bytes: &[u8]) -> Result<(), TestCaseError> {
     let (_dir, path) = write_temp("ecgs.npy", bytes);
-    check_names_file(mmcl_data::ecg::npy::read_array(&path), &path)?;
+    check_names_file(
+        mmcl_core::npy::read_array(&path).map_err(mmcl_data::Error::from),
+        &path,
+    )?;
     check_names_file(mmcl_data::ecg::npy::read_npy(&path, 500.0), &path)
 }
 

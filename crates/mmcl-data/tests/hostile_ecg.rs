@@ -11,7 +11,7 @@ use mmcl_data::Error;
 use mmcl_data::ecg::convert::preprocess_directory;
 use mmcl_data::ecg::preprocess::{PreprocessConfig, resample};
 use mmcl_data::ecg::xml::{MAX_XML_DEPTH, read_cardiosoft_xml};
-use mmcl_data::ecg::{self, Ecg, MAX_SAMPLES_PER_LEAD, npy, wfdb};
+use mmcl_data::ecg::{self, Ecg, MAX_SAMPLES_PER_LEAD, wfdb};
 
 #[global_allocator]
 static ALLOC: mmcl_testutil::alloc::CappedAllocator =
@@ -282,7 +282,7 @@ fn npy_with_an_implausible_rate_names_the_file() {
     let p = write(
         dir.path(),
         "arr.npy",
-        npy::npy_f32_bytes(&[12, 10], &[0.25; 120]),
+        mmcl_core::npy::npy_f32_bytes(&[12, 10], &[0.25; 120]),
     );
     let err = ecg::read_any(&p, 0.005).unwrap_err();
     let msg = err.to_string();

@@ -5,8 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use mmcl_core::npy::{npy_f32_bytes, open_npy, read_array};
 use mmcl_data::Error;
-use mmcl_data::ecg::npy::{MAX_NPZ_MEMBER_LEN, npy_f32_bytes, open_npy, read_array};
+use mmcl_data::ecg::npy::MAX_NPZ_MEMBER_LEN;
 use mmcl_data::ecg::read_any;
 use npyz::zip::{CompressionMethod, ZipWriter, write::FileOptions};
 

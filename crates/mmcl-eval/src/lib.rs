@@ -42,7 +42,8 @@ pub mod metrics;
 pub mod plot;
 pub mod probe;
 pub mod report;
-pub mod runlog;
 
 pub use error::{Error, Result};
 pub use matrix::Matrix;
+/// The run-log format trainers write and the training-curve figures read (`mmcl-core`).
+pub use mmcl_core::runlog;

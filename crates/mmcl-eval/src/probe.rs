@@ -623,8 +623,8 @@ fn check_xy(what: &str, x: &Matrix<f32>, y: &Matrix<f64>) -> Result<()> {
 
 fn validation_score(task: Task, truth: &[f64], decision: &[f64]) -> Result<f64> {
     match task {
-        Task::Classification => metrics::auroc(truth, decision),
-        Task::Regression => metrics::r2(truth, decision),
+        Task::Classification => Ok(metrics::auroc(truth, decision)?),
+        Task::Regression => Ok(metrics::r2(truth, decision)?),
     }
 }
 

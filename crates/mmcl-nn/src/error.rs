@@ -52,6 +52,20 @@ pub enum Error {
     /// An argument is out of its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// Another failure of the foundation layer (`mmcl-core`) than a file or an argument.
+    #[error(transparent)]
+    Core(mmcl_core::Error),
+}
+
+impl From<mmcl_core::Error> for Error {
+    fn from(e: mmcl_core::Error) -> Self {
+        match e {
+            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
+            mmcl_core::Error::InvalidInput(reason) => Error::InvalidArgument(reason),
+            other => Error::Core(other),
+        }
+    }
 }
 
 /// Result type of this crate.

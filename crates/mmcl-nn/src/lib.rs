@@ -45,13 +45,11 @@
 
 pub mod batch_norm;
 pub mod checkpoint;
-pub mod config;
 pub mod conv;
 pub mod device;
 pub mod distributed;
 mod error;
 pub mod init;
-pub mod io;
 pub mod layers;
 pub mod memory;
 pub mod ops;
@@ -60,10 +58,13 @@ pub mod params;
 pub mod pool;
 pub mod pos_embed;
 mod pth;
-pub mod rng;
 pub mod schedule;
 mod simd;
 pub mod testing;
+
+// The foundation modules the layers, optimisers and checkpoints are built on, under the paths
+// this crate has always offered them.
+pub use mmcl_core::{config, io, rng};
 
 pub use checkpoint::{LoadOptions, LoadReport, StateDict};
 pub use error::{Error, Result};

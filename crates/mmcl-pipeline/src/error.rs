@@ -83,6 +83,17 @@ pub enum Error {
     Train(#[from] mmcl_train::Error),
 }
 
+impl From<mmcl_core::Error> for Error {
+    /// File errors stay file errors; run-log and metric errors read as the evaluation layer
+    /// reports them.
+    fn from(e: mmcl_core::Error) -> Self {
+        match e {
+            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::Eval(other.into()),
+        }
+    }
+}
+
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

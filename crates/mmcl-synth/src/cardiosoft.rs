@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use mmcl_nn::rng::SplitMix64;
+use mmcl_core::rng::SplitMix64;
 
 use crate::Result;
 use crate::ecg::{Ecg, LEAD_NAMES, UV_PER_LSB};

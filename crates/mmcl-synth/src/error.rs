@@ -54,6 +54,17 @@ pub enum Error {
     Serialise(#[source] serde_json::Error),
 }
 
+impl From<mmcl_core::Error> for Error {
+    /// The foundation layer is only used here to write files and draw random numbers, so its
+    /// errors are file errors; any other is reported in words.
+    fn from(e: mmcl_core::Error) -> Self {
+        match e {
+            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::InvalidConfig(other.to_string()),
+        }
+    }
+}
+
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

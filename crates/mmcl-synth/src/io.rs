@@ -1,13 +1,14 @@
 //! Files written whole or not at all.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::Path;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Writes `path` through `write` into a temporary sibling, then renames it into place; on any
-/// error the temporary file is removed and `path` is left as it was.
+/// error the temporary file is removed and `path` is left as it was (see
+/// [`mmcl_core::io::write_buffered_atomic`]).
 ///
 /// # Errors
 /// [`Error::Io`] naming the file when creating, writing or renaming fails.
@@ -15,29 +16,14 @@ pub fn write_file_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 {
-    let tmp = mmcl_nn::io::temporary_sibling(path);
-    let result = (|| {
-        let file = File::create(&tmp)?;
-        let mut out = BufWriter::with_capacity(1 << 16, file);
-        write(&mut out)?;
-        out.flush()?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(Error::io(path, e))
-        }
-    }
+    Ok(mmcl_core::io::write_buffered_atomic(path, write)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
+    use std::io::Write;
 
     #[test]
     fn failed_write_leaves_nothing_behind() {

@@ -5,7 +5,7 @@
 //! cohort size or the image size: changing the CMR settings leaves the hidden state and the ECG
 //! untouched.
 
-use mmcl_nn::rng::{SplitMix64, hash_str};
+use mmcl_core::rng::{SplitMix64, hash_str};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -42,7 +42,7 @@ impl NoiseRng {
 
 impl rand::RngCore for NoiseRng {
     fn next_u32(&mut self) -> u32 {
-        (self.0.next_u64() >> 32) as u32
+        self.0.next_u32()
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -50,10 +50,7 @@ impl rand::RngCore for NoiseRng {
     }
 
     fn fill_bytes(&mut self, dst: &mut [u8]) {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.0.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+        self.0.fill_bytes(dst);
     }
 }
 

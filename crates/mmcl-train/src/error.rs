@@ -29,9 +29,9 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] mmcl_data::Error),
 
-    /// A metric or the run log failed.
+    /// The run log or a validation metric failed (`mmcl-core`); file errors are [`Error::Io`].
     #[error(transparent)]
-    Eval(#[from] mmcl_eval::Error),
+    Core(mmcl_core::Error),
 
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
@@ -134,3 +134,12 @@ impl Error {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<mmcl_core::Error> for Error {
+    fn from(e: mmcl_core::Error) -> Self {
+        match e {
+            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::Core(other),
+        }
+    }
+}

@@ -24,10 +24,10 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
+use mmcl_core::runlog::RunLogWriter;
 use mmcl_data::cache::Cache;
 use mmcl_data::loader::{Loader, LoaderConfig};
 use mmcl_ecg::mae::{MaeConfig, MaskedAutoencoder};
-use mmcl_eval::runlog::RunLogWriter;
 use mmcl_losses::mae::{MaeLoss, MaeMetrics};
 use mmcl_nn::ParamStore;
 use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, clip_grad_norm};

@@ -20,9 +20,9 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
+use mmcl_core::runlog::RunLogWriter;
 use mmcl_data::cache::Cache;
 use mmcl_data::loader::{Batch, Loader, LoaderConfig};
-use mmcl_eval::runlog::RunLogWriter;
 use mmcl_losses::clip::{ClipLoss, ClipOutput};
 use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, ParamGroup, clip_grad_norm};
 use mmcl_nn::schedule::WarmupCosine;
@@ -932,7 +932,7 @@ impl MmclTrainer {
         let classifier_auc = if truth.is_empty() {
             None
         } else {
-            mmcl_eval::metrics::auroc(&truth, &scores).ok()
+            mmcl_core::metrics::auroc(&truth, &scores).ok()
         };
         Ok(Some(ValMetrics {
             loss: sums.loss / samples,

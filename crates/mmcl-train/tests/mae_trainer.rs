@@ -154,13 +154,13 @@ fn mae_runs_write_the_layout_resume_bit_for_bit_and_initialise_mmcl() {
             .join("model.safetensors")
             .is_file()
     );
-    let log = mmcl_eval::runlog::RunLog::read(&straight.join("metrics.jsonl")).expect("log");
+    let log = mmcl_core::runlog::RunLog::read(&straight.join("metrics.jsonl")).expect("log");
     assert_eq!(log.records.len(), 4);
     let names = log.metric_names();
     for m in ["loss", "ncc", "loss_cos", "lr", "samples_per_s"] {
         assert!(names.contains(&m.to_string()), "{m} not logged: {names:?}");
     }
-    let resumed_log = mmcl_eval::runlog::RunLog::read(&resumed.join("metrics.jsonl")).expect("log");
+    let resumed_log = mmcl_core::runlog::RunLog::read(&resumed.join("metrics.jsonl")).expect("log");
     assert_eq!(resumed_log.records.len(), 4);
 
     // model.safetensors reloads into the reference model; the export is the released layout.

@@ -177,10 +177,10 @@ fn runs_write_the_documented_layout_and_resume_bit_for_bit() {
             .join("model.safetensors")
             .is_file()
     );
-    let log = mmcl_eval::runlog::RunLog::read(&straight.join("metrics.jsonl")).expect("log");
+    let log = mmcl_core::runlog::RunLog::read(&straight.join("metrics.jsonl")).expect("log");
     assert_eq!(log.splits(), vec!["train".to_string(), "val".to_string()]);
     assert_eq!(log.records.len(), 4);
-    let resumed_log = mmcl_eval::runlog::RunLog::read(&resumed.join("metrics.jsonl")).expect("log");
+    let resumed_log = mmcl_core::runlog::RunLog::read(&resumed.join("metrics.jsonl")).expect("log");
     assert_eq!(resumed_log.records.len(), 4);
     assert!(log.metric_names().contains(&"classifier_auc".to_string()));
 

@@ -15,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let a = mmcl_data::ecg::npy::read_array(path).unwrap();
+    let a = mmcl_core::npy::read_array(path).unwrap();
     (a.shape, a.data)
 }
 

@@ -198,11 +198,7 @@ fn bad_inputs_are_clear_errors() {
     // A two-channel image array for a three-channel model.
     let npy = d.join("image.npy");
     let values = vec![0.5f32; 2 * 64 * 64];
-    std::fs::write(
-        &npy,
-        mmcl_data::ecg::npy::npy_f32_bytes(&[2, 64, 64], &values),
-    )
-    .expect("npy");
+    std::fs::write(&npy, mmcl_core::npy::npy_f32_bytes(&[2, 64, 64], &values)).expect("npy");
     let text = std::fs::read_to_string(write_config(
         d,
         "tmp.toml",

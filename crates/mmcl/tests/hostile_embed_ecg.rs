@@ -20,7 +20,7 @@ fn s(p: &Path) -> &str {
 
 /// A float32 C-order `.npy` of `shape` holding `values`.
 fn write_npy_f32(path: &Path, shape: &[usize], values: &[f32]) {
-    let bytes = mmcl_data::ecg::npy::npy_f32_bytes(shape, values);
+    let bytes = mmcl_core::npy::npy_f32_bytes(shape, values);
     std::fs::write(path, bytes).expect("write npy");
 }
 
@@ -104,7 +104,7 @@ fn huge_header_is_refused_without_allocating_it() {
     std::fs::write(&input, bytes).expect("write");
     expect_embed_failure(&st, &input, &["wrapping_shape.npy", "too large"]);
     // A shape claiming far more data than the file holds.
-    let mut bytes = mmcl_data::ecg::npy::npy_f32_bytes(&[1_000_000_000, 2, 20], &[]);
+    let mut bytes = mmcl_core::npy::npy_f32_bytes(&[1_000_000_000, 2, 20], &[]);
     bytes.extend_from_slice(&[0; 160]);
     let input = st.dir.path().join("claims.npy");
     std::fs::write(&input, bytes).expect("write");

@@ -14,8 +14,8 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use crate::files::open_regular;
 use crate::{Error, Result};
+use mmcl_core::files::open_regular;
 
 /// Size of a NIfTI-1 header.
 const HEADER_LEN: usize = 348;

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::npy::write_npy_f32;
 use super::preprocess::{PreprocessConfig, preprocess};
 use super::{EcgFormat, NUM_LEADS, read_any};
 use crate::{Error, Result};
+use mmcl_core::npy::write_npy_f32;
 
 /// Name of the report written beside the outputs of a directory run.
 pub const REPORT_FILE: &str = "preprocess_report.json";
@@ -170,6 +170,6 @@ pub fn preprocess_directory(
         path: output.join(REPORT_FILE),
         source,
     })?;
-    mmcl_nn::io::write_bytes_atomic(&output.join(REPORT_FILE), &json)?;
+    mmcl_core::io::write_bytes_atomic(&output.join(REPORT_FILE), &json)?;
     Ok(report)
 }

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::path::{Component, Path};
 
 use super::{Ecg, check_sample_rate, check_samples_per_lead, in_file};
-use crate::files::{open_regular, read_checked, read_regular_bounded};
 use crate::{Error, Result};
+use mmcl_core::files::{open_regular, read_checked, read_regular_bounded};
 
 /// The largest WFDB header read, in bytes (1 MiB).
 ///
@@ -190,7 +190,7 @@ fn read_signal_file(
         }
         other => other,
     };
-    let (file, size) = open_regular(path).map_err(in_header)?;
+    let (file, size) = open_regular(path).map_err(|e| in_header(e.into()))?;
     let len = match samples {
         Some(n) => frame_bytes(n).ok_or_else(too_large)?,
         None => {
@@ -214,7 +214,7 @@ fn read_signal_file(
         "{per_frame} signal(s) in format {} as the header declares",
         spec.format
     );
-    read_checked(file, size, path, spec.byte_offset, len, &what).map_err(in_header)
+    read_checked(file, size, path, spec.byte_offset, len, &what).map_err(|e| in_header(e.into()))
 }
 
 /// The record line and signal lines of a header.

@@ -34,8 +34,8 @@ use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
 use super::Ecg;
-use crate::files::read_regular_bounded;
 use crate::{Error, Result};
+use mmcl_core::files::read_regular_bounded;
 
 /// The deepest element nesting accepted in a CardioSoft XML file.
 ///

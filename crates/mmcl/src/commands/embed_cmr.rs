@@ -200,7 +200,7 @@ impl ImageFile {
         let name = path.display();
         // The workspace's checked opener: header, shape size and data length are validated
         // against the file before anything is allocated from them.
-        let (layout, reader) = mmcl_data::ecg::npy::open_npy(path)?.into_parts();
+        let (layout, reader) = mmcl_core::npy::open_npy(path)?.into_parts();
         let ts = &layout.dtype;
         let item = match (ts.type_char(), ts.size_field()) {
             (npyz::TypeChar::Float, 4) => Item::F32 {

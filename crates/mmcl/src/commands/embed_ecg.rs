@@ -149,7 +149,7 @@ impl EcgReader {
     fn open(path: &Path, cfg: &EcgVitConfig) -> Result<Self> {
         // Validates the header, the shape's size and the data against the file's length
         // before anything is allocated from them.
-        let checked = mmcl_data::ecg::npy::open_npy(path)?;
+        let checked = mmcl_core::npy::open_npy(path)?;
         let shape = checked.layout().shape.clone();
         let [c, h, w] = cfg.img_size;
         let dims = match shape.as_slice() {

@@ -220,7 +220,7 @@ fn load_image(input: &CmrInput) -> Result<(Vec<f32>, [usize; 3])> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
     if is_npy {
-        let array = mmcl_data::ecg::npy::read_array(path)?;
+        let array = mmcl_core::npy::read_array(path)?;
         let dims = match array.shape.as_slice() {
             [c, h, w] => [*c, *h, *w],
             [h, w] => [1, *h, *w],

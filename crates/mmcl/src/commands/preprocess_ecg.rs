@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use mmcl_core::npy::write_npy_f32;
 use mmcl_data::ecg::convert::{REPORT_FILE, preprocess_directory, preprocess_file};
-use mmcl_data::ecg::npy::write_npy_f32;
 use mmcl_data::ecg::preprocess::PreprocessConfig;
 
 use super::common::{OutputKind, ensure_output_not_input};

@@ -333,7 +333,7 @@ fn write_figures(
 fn read_npy(path: &Path) -> Result<(Vec<u64>, Vec<f64>)> {
     // The workspace's checked opener: header, shape size and data length are validated
     // against the file before anything is allocated from them.
-    let checked = mmcl_data::ecg::npy::open_npy(path)?;
+    let checked = mmcl_core::npy::open_npy(path)?;
     let shape: Vec<u64> = checked.layout().shape.iter().map(|&d| d as u64).collect();
     let order = checked.layout().order;
     let descr = checked.layout().dtype.to_string();

@@ -1,4 +1,4 @@
-//! Bounded reads of input files: every reader of this crate opens its file here, so that
+//! Bounded reads of input files: every reader of the workspace opens its file here, so that
 //! devices, FIFOs and directories are refused before they are opened, and no length taken from a
 //! file's header allocates more than the bytes that exist.
 
@@ -12,7 +12,7 @@ use crate::{Error, Result};
 /// Devices (`/dev/zero`), FIFOs and directories are refused from their metadata before they
 /// are opened (opening a FIFO would block); the opened handle is checked again in case the
 /// path changed in between. Every bounded reader of this module starts here.
-pub(crate) fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
     let not_regular = || Error::format(path, "not a regular file");
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
@@ -31,7 +31,7 @@ pub(crate) fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
 ///
 /// # Errors
 /// A non-regular or unreadable file, or one larger than `limit`.
-pub(crate) fn read_regular_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+pub fn read_regular_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     let (file, size) = open_regular(path)?;
     if size > limit {
         return Err(Error::format(
@@ -49,7 +49,7 @@ pub(crate) fn read_regular_bounded(path: &Path, limit: u64, what: &str) -> Resul
 ///
 /// # Errors
 /// An unreadable file, or one shorter than `offset + len` (reported as truncated).
-pub(crate) fn read_checked(
+pub fn read_checked(
     mut file: std::fs::File,
     size: u64,
     path: &Path,

@@ -1,0 +1,81 @@
+//! The workspace's crates form layers, and every dependency points down: a crate may use the
+//! crates of lower layers (and its own layer's lower neighbours listed below), never one above.
+//! `cargo metadata` is read so that a new edge in any `Cargo.toml`, of any kind (normal,
+//! build or dev), is checked.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// The layers, lowest first. Within a layer, crates do not depend on each other.
+const LAYERS: &[&[&str]] = &[
+    // Test support and the foundation: no tensor library underneath.
+    &["mmcl-testutil", "mmcl-core"],
+    // Tensor building blocks, and the file readers that need no model.
+    &["mmcl-nn", "mmcl-data"],
+    // The encoders, and the synthetic cohort (built on the data layer's formats).
+    &["mmcl-ecg", "mmcl-cmr", "mmcl-synth"],
+    // Training objectives.
+    &["mmcl-losses"],
+    // Pre-training.
+    &["mmcl-train"],
+    // Evaluation of trained encoders: probes, fine-tuning, metrics, figures.
+    &["mmcl-eval"],
+    // Orchestration of whole studies.
+    &["mmcl-pipeline"],
+    // The command line, and the examples and benchmarks of the whole workspace.
+    &["mmcl", "mmcl-suite"],
+];
+
+fn layer_of() -> BTreeMap<&'static str, usize> {
+    LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, layer)| layer.iter().map(move |name| (*name, i)))
+        .collect()
+}
+
+#[test]
+fn every_dependency_points_down() {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let layers = layer_of();
+    let mut problems = Vec::new();
+    let packages = metadata["packages"].as_array().expect("packages");
+    for package in packages {
+        let name = package["name"].as_str().expect("package name");
+        let Some(&own) = layers.get(name) else {
+            problems.push(format!("{name} is in no layer of tests/layering.rs"));
+            continue;
+        };
+        for dep in package["dependencies"].as_array().expect("dependencies") {
+            let dep_name = dep["name"].as_str().expect("dependency name");
+            let Some(&theirs) = layers.get(dep_name) else {
+                continue; // an external crate
+            };
+            let kind = dep["kind"].as_str().unwrap_or("normal");
+            if theirs >= own {
+                problems.push(format!(
+                    "{name} (layer {own}) has a {kind} dependency on {dep_name} (layer {theirs})"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(packages.len() >= 12, "the workspace lost crates");
+}
