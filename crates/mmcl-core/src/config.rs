@@ -54,6 +54,47 @@ pub fn check_limit(
     }
 }
 
+/// The largest configuration file read, in bytes (1 MiB; real ones are a few kB). A larger
+/// file, a device or a FIFO given as a configuration is refused before it is read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads the text of the configuration file `path`: a regular file of at most
+/// [`MAX_CONFIG_BYTES`], in UTF-8.
+///
+/// # Errors
+/// [`crate::Error::Io`] when it cannot be read, [`crate::Error::Format`] when it is no regular
+/// file, too large, or not UTF-8 text.
+pub fn read_config_text(path: &std::path::Path) -> crate::Result<String> {
+    let bytes = crate::files::read_regular_bounded(path, MAX_CONFIG_BYTES, "the configuration")?;
+    String::from_utf8(bytes).map_err(|e| {
+        crate::Error::format(path, format!("the configuration is not UTF-8 text: {e}"))
+    })
+}
+
+/// Reads the configuration file `path` ([`read_config_text`]) into `T`, as JSON or TOML by
+/// its extension ([`parse_config_text`]).
+///
+/// # Errors
+/// Those of [`read_config_text`], and [`crate::Error::Config`] when the text does not parse
+/// into `T` (the reason names the key).
+pub fn read_config_file<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> crate::Result<T> {
+    let text = read_config_text(path)?;
+    parse_config_text(&text, path).map_err(|reason| crate::Error::Config {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Makes a relative `path` found in a configuration file relative to that file's folder
+/// `config_dir`, as users expect of paths written in a file.
+pub fn rebase_path(path: &mut std::path::PathBuf, config_dir: &std::path::Path) {
+    if path.is_relative() {
+        *path = config_dir.join(&*path);
+    }
+}
+
 /// Parses a configuration's `text` as JSON or TOML, chosen by `path`'s extension (`.json`,
 /// `.toml`, any case). On failure, the reason names the key the error is about when it can be
 /// found (`model.depth: invalid type …`); callers wrap it in their error with the path.

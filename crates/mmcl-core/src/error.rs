@@ -38,6 +38,15 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A configuration file does not parse into its settings.
+    #[error("{}: {reason}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key where one is at fault.
+        reason: String,
+    },
+
     /// Arrays or settings given to a computation do not fit together.
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -106,9 +106,7 @@ impl BuildConfig {
     /// # Errors
     /// Unreadable file, unknown extension, parse errors (naming the file).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg: BuildConfig = mmcl_core::config::parse_config_text(&text, path)
-            .map_err(|reason| Error::format(path, reason))?;
+        let mut cfg: BuildConfig = mmcl_core::config::read_config_file(path)?;
         // Sizes that become allocations per subject are bounded before any file is read.
         let limits = [
             (
@@ -140,12 +138,8 @@ impl BuildConfig {
             .map_err(|reason| Error::format(path, reason))?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        if cfg.root.is_relative() {
-            cfg.root = base.join(&cfg.root);
-        }
-        if cfg.output.is_relative() {
-            cfg.output = base.join(&cfg.output);
-        }
+        mmcl_core::config::rebase_path(&mut cfg.root, base);
+        mmcl_core::config::rebase_path(&mut cfg.output, base);
         Ok(cfg)
     }
 }

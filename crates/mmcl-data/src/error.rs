@@ -91,7 +91,8 @@ impl From<mmcl_core::Error> for Error {
     fn from(e: mmcl_core::Error) -> Self {
         match e {
             mmcl_core::Error::Io { path, source } => Error::Io { path, source },
-            mmcl_core::Error::Format { path, reason } => Error::Format { path, reason },
+            mmcl_core::Error::Format { path, reason }
+            | mmcl_core::Error::Config { path, reason } => Error::Format { path, reason },
             mmcl_core::Error::Json { path, source, .. } => Error::Json { path, source },
             mmcl_core::Error::InvalidInput(reason) => Error::InvalidInput(reason),
             // Metrics are not computed by the data layer.

@@ -114,9 +114,13 @@ pub struct EcgVitConfig {
 /// parser points into an object, the key path of the offending value (checks of the whole
 /// configuration name their keys in their message).
 pub(crate) fn read_json_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigIo {
-        path: path.to_path_buf(),
-        source,
+    let text = mmcl_core::config::read_config_text(path).map_err(|e| match e {
+        mmcl_core::Error::Io { path, source } => Error::ConfigIo { path, source },
+        other => Error::ConfigValue {
+            path: path.to_path_buf(),
+            key: None,
+            reason: other.to_string(),
+        },
     })?;
     serde_json::from_str(&text).map_err(|source| Error::ConfigValue {
         path: path.to_path_buf(),

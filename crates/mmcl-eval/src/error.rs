@@ -95,7 +95,8 @@ impl From<mmcl_core::Error> for Error {
     fn from(e: mmcl_core::Error) -> Self {
         match e {
             mmcl_core::Error::Io { path, source } => Error::Io { path, source },
-            mmcl_core::Error::Format { path, reason } => Error::Format { path, reason },
+            mmcl_core::Error::Format { path, reason }
+            | mmcl_core::Error::Config { path, reason } => Error::Format { path, reason },
             mmcl_core::Error::Json { path, line, source } => Error::Json { path, line, source },
             mmcl_core::Error::InvalidInput(reason) => Error::InvalidInput(reason),
             mmcl_core::Error::Undefined { metric, reason } => Error::Undefined { metric, reason },

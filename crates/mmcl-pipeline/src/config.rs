@@ -2,7 +2,7 @@
 //! one JSON or TOML file, with a reduced default that runs on a 2-core CPU in minutes and the
 //! paper's full configuration ([`ReproduceConfig::paper`]) for a GPU.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mmcl_cmr::ResNetArch;
 use mmcl_data::cmr::ImageAugmentConfig;
@@ -240,27 +240,7 @@ impl ReproduceConfig {
     /// Unreadable file, unknown extension, parse errors, unknown keys, invalid values (naming
     /// the file).
     pub fn from_file(path: &Path, base: Self) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        let overlay: serde_json::Value = match ext.as_deref() {
-            Some("json") => serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: path.to_path_buf(),
-                source,
-            })?,
-            Some("toml") => toml::from_str(&text).map_err(|source| Error::Toml {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            })?,
-            _ => {
-                return Err(Error::Config {
-                    path: Some(path.to_path_buf()),
-                    reason: "the configuration must be a .json or .toml file".into(),
-                });
-            }
-        };
+        let overlay: serde_json::Value = mmcl_core::config::read_config_file(path)?;
         let mut cfg = Self::overlay(base, overlay).map_err(|e| match e {
             Error::Config { path: None, reason } => Error::Config {
                 path: Some(path.to_path_buf()),
@@ -269,13 +249,8 @@ impl ReproduceConfig {
             other => other,
         })?;
         let dir = path.parent().unwrap_or(Path::new(""));
-        let rebase = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = dir.join(&*p);
-            }
-        };
         if let Some(p) = cfg.mmcl.imaging.pretrain_checkpoint.as_mut() {
-            rebase(p);
+            mmcl_core::config::rebase_path(p, dir);
         }
         cfg.validate().map_err(|e| match e {
             Error::Config { path: None, reason } => Error::Config {

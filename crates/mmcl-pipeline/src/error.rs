@@ -89,6 +89,10 @@ impl From<mmcl_core::Error> for Error {
     fn from(e: mmcl_core::Error) -> Self {
         match e {
             mmcl_core::Error::Io { path, source } => Error::Io { path, source },
+            mmcl_core::Error::Config { path, reason } => Error::Config {
+                path: Some(path),
+                reason,
+            },
             other => Error::Eval(other.into()),
         }
     }

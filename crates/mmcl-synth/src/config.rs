@@ -178,7 +178,7 @@ impl SynthConfig {
     /// # Errors
     /// When the file cannot be read or parsed, or the configuration is invalid.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = mmcl_core::config::read_config_text(path)?;
         let cfg: Self = serde_json::from_str(&text).map_err(|source| Error::ConfigFile {
             path: path.to_path_buf(),
             source,
