@@ -19,12 +19,12 @@ use clap::Parser;
 use mmcl_suite::cmr::ResNetConfig;
 use mmcl_suite::data::cache::Cache;
 use mmcl_suite::data::tables::Split;
-use mmcl_suite::eval::localization::MultimodalModel;
 use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::pipeline::TerminalProgress;
 use mmcl_suite::pipeline::reproduce::{
     explain_subjects, load_config, prepare_data, probe_vit_config,
 };
+use mmcl_suite::train::{MmclArchitecture, MmclModel};
 
 /// Draw localisation maps of test subjects of the synthetic cohort.
 #[derive(Debug, Parser)]
@@ -69,7 +69,7 @@ fn main() -> Result<()> {
     let vit = probe_vit_config(&cfg)?;
     let model = match &args.checkpoint {
         Some(path) => {
-            let (model, summary) = MultimodalModel::from_checkpoint(path, &vit, None, &device)?;
+            let (model, summary) = MmclModel::from_reference_checkpoint(path, &vit, None, &device)?;
             println!("{summary}");
             model
         }
@@ -79,14 +79,13 @@ fn main() -> Result<()> {
             );
             let channels = cache.index().image.map_or(3, |l| l.channels);
             let imaging = ResNetConfig::new(cfg.mmcl.imaging.model, channels);
-            MultimodalModel::from_seed(
+            let arch = MmclArchitecture::without_classifier(
                 &vit,
                 &imaging,
                 cfg.mmcl.embedding_dim,
                 cfg.mmcl.projection_dim,
-                0,
-                &device,
-            )?
+            );
+            MmclModel::new(&arch, 0, &device)?
         }
     };
     let positions: Vec<usize> = cache

@@ -14,8 +14,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_cmr::ResNetConfig;
 use mmcl_ecg::EcgVitConfig;
 use mmcl_eval::finetune::{FinetuneModel, smoothed_cross_entropy};
-use mmcl_eval::localization::{LocalizationConfig, MultimodalModel};
+use mmcl_eval::localization::{self, LocalizationConfig};
 use mmcl_nn::optim::{Adam, AdamConfig, ParamGroup};
+use mmcl_train::{MmclArchitecture, MmclModel};
 
 fn paper_encoder() -> EcgVitConfig {
     let mut cfg = EcgVitConfig::paper();
@@ -69,22 +70,20 @@ fn finetune_step(c: &mut Criterion) {
 fn localize(c: &mut Criterion) {
     mmcl_nn::memory::keep_freed_memory();
     let cpu = Device::Cpu;
-    let model = MultimodalModel::from_seed(
+    let arch = MmclArchitecture::without_classifier(
         &EcgVitConfig::paper(),
         &ResNetConfig::resnet50(),
         2048,
         128,
-        0,
-        &cpu,
-    )
-    .expect("model");
+    );
+    let model = MmclModel::new(&arch, 0, &cpu).expect("model");
     let ecg = Tensor::randn(0f32, 1.0, (1, 1, 12, 2500), &cpu).expect("ecg");
     let image = Tensor::rand(0f32, 1.0, (1, 3, 210, 210), &cpu).expect("image");
     let cfg = LocalizationConfig::default();
     let mut group = c.benchmark_group("localization");
     group.sample_size(10);
     group.bench_function("localize_b1", |b| {
-        b.iter(|| model.localize(&ecg, &image, &cfg).expect("maps"))
+        b.iter(|| localization::localize(&model, &ecg, &image, &cfg).expect("maps"))
     });
     group.finish();
 }

@@ -21,31 +21,22 @@
 //! the neighbouring lead's edge patch, at factor 2), and PyTorch's `align_corners = False`
 //! interpolation rule with the given scale factor applies to both upsamplings.
 //!
-//! Model weights come from one file in the reference's key layout ([`MultimodalModel::
-//! from_checkpoint`]): `encoder_ecg.*`, `encoder_imaging.<Sequential index>.*`,
-//! `projection_head_ecg.layers.{0,2}.*` and `projection_head_imaging.layers.{0,2}.*`, optionally
-//! under `state_dict.` (a Lightning checkpoint).
+//! The model is the trained multimodal model, [`MmclModel`]: [`localize`] takes one, built by
+//! [`MmclModel::from_reference_checkpoint`] from a file in the reference's key layout
+//! (`encoder_ecg.*`, `encoder_imaging.<Sequential index>.*`, `projection_head_ecg.layers.{0,2}.*`
+//! and `projection_head_imaging.layers.{0,2}.*`, optionally under `state_dict.`), by
+//! [`MmclModel::from_checkpoint`] from a run of our trainer, or fresh by [`MmclModel::new`].
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor};
-use mmcl_cmr::{ProjectionHead, ResNet, ResNetArch, ResNetConfig};
-use mmcl_ecg::{EcgVit, EcgVitConfig, Pooling};
-use mmcl_nn::{LoadOptions, LoadReport, ParamStore, StateDict};
+use mmcl_cmr::ProjectionHead;
+use mmcl_ecg::Pooling;
+use mmcl_train::MmclModel;
 use serde::{Deserialize, Serialize};
 
 use crate::plot::{CmrFigure, ColorRange, Colormap, EcgFigure, EcgLayout};
 use crate::{Error, Matrix, Result};
-
-/// Key prefix of the ECG encoder in the reference's Lightning module.
-pub const ECG_ENCODER_PREFIX: &str = "encoder_ecg.";
-/// Key prefix of the image trunk (Sequential indices) in the reference's Lightning module.
-pub const IMAGING_ENCODER_PREFIX: &str = "encoder_imaging.";
-/// Key prefix of the ECG projection head.
-pub const ECG_HEAD_PREFIX: &str = "projection_head_ecg.";
-/// Key prefix of the image projection head.
-pub const IMAGING_HEAD_PREFIX: &str = "projection_head_imaging.";
 
 /// The settings of the maps (the reference's `temp`, `upsample_factor_ecg`,
 /// `upsample_factor_img`, `use_softmax`; defaults from its `config.yaml`).
@@ -417,398 +408,59 @@ impl SubjectMaps {
     }
 }
 
-/// What loading a multimodal checkpoint did.
-#[derive(Debug, Clone)]
-pub struct MultimodalLoadSummary {
-    /// The file.
-    pub path: PathBuf,
-    /// The ECG encoder's loading.
-    pub ecg: mmcl_ecg::LoadSummary,
-    /// The image trunk found (variant and input channels).
-    pub imaging: ResNetConfig,
-    /// The image trunk's key matching.
-    pub imaging_report: LoadReport,
-    /// `(input, hidden, output)` of the ECG projection head.
-    pub ecg_head: (usize, usize, usize),
-    /// `(input, hidden, output)` of the image projection head.
-    pub imaging_head: (usize, usize, usize),
-    /// Keys of the file outside the four components (an online classifier, …), left aside.
-    pub ignored: Vec<String>,
+/// What the two encoders compute for paired ECGs and images (evaluation mode): the inputs of
+/// [`localization_maps`].
+///
+/// # Shapes
+/// `ecg`: `[B, 1, leads, T]` (or `[B, leads, T]`), `image`: `[B, C, H, W]`.
+pub fn encode(model: &MmclModel, ecg: &Tensor, image: &Tensor) -> Result<EncoderFeatures> {
+    let b = ecg.dim(0)?;
+    if image.dims().first() != Some(&b) {
+        return Err(Error::InvalidInput(format!(
+            "{b} ECG(s) but an image batch of shape {:?}",
+            image.dims()
+        )));
+    }
+    let encoder = model.encoder_ecg();
+    let out = encoder.forward_tokens(ecg, false, Some(-1))?;
+    let ecg_attention = out
+        .attention
+        .ok_or_else(|| Error::InvalidInput("the ECG encoder returned no attention map".into()))?; // [B, heads, 1 + L, 1 + L]
+    let ecg_pooled = encoder.pool(&out.tokens, encoder.config().pooling())?; // [B, D]
+    let ecg_tokens = encoder.pool(&out.tokens, Pooling::Tokens)?; // [B, L, D]
+    let trunk = model
+        .encoder_imaging()
+        .forward_t(&image.to_dtype(DType::F32)?, false)?;
+    Ok(EncoderFeatures {
+        ecg_tokens,
+        ecg_pooled,
+        ecg_attention,
+        ecg_grid: encoder.config().grid_size(),
+        feature_map: trunk.feature_map,
+        image_pooled: trunk.pooled,
+    })
 }
 
-impl fmt::Display for MultimodalLoadSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.ecg)?;
-        writeln!(
-            f,
-            "{}: image encoder {} over {} channel(s), {} tensors loaded; projection heads \
-             ECG {:?}, image {:?}",
-            self.path.display(),
-            self.imaging.model,
-            self.imaging.in_channels,
-            self.imaging_report.loaded.len(),
-            self.ecg_head,
-            self.imaging_head
-        )?;
-        if !self.ignored.is_empty() {
-            let shown: Vec<&str> = self.ignored.iter().take(6).map(String::as_str).collect();
-            write!(
-                f,
-                "ignored {} other key(s): {}{}",
-                self.ignored.len(),
-                shown.join(", "),
-                if self.ignored.len() > shown.len() {
-                    ", …"
-                } else {
-                    ""
-                }
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// The multimodal model of the reference (ECG encoder + image trunk + two projection heads),
-/// for localisation maps and paired embeddings. Inference only.
-#[derive(Debug, Clone)]
-pub struct MultimodalModel {
-    ecg: EcgVit,
-    ecg_head: ProjectionHead,
-    imaging: ResNet,
-    imaging_head: ProjectionHead,
-    stores: [ParamStore; 4],
-}
-
-/// The ResNet variant and input channels of a trunk in torchvision names.
-fn infer_resnet(state: &StateDict) -> Result<ResNetConfig> {
-    let bad = |reason: String| Error::Format {
-        path: state.source().to_path_buf(),
-        reason,
-    };
-    let in_channels = match state.get("conv1.weight").map(|t| t.dims().to_vec()) {
-        Some(d) if d.len() == 4 => d[1],
-        _ => return Err(bad("the image trunk has no 4-D conv1 weight".into())),
-    };
-    let bottleneck = state.contains("layer1.0.conv3.weight");
-    let mut blocks = [0usize; 4];
-    for (stage, count) in blocks.iter_mut().enumerate() {
-        let prefix = format!("layer{}.", stage + 1);
-        *count = state
-            .keys()
-            .filter_map(|k| k.strip_prefix(&prefix))
-            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
-            .map(|i| i + 1)
-            .max()
-            .unwrap_or(0);
-    }
-    ResNetArch::ALL
-        .into_iter()
-        .find(|a| {
-            a.layers() == blocks && (a.block() == mmcl_cmr::BlockKind::Bottleneck) == bottleneck
-        })
-        .map(|model| ResNetConfig::new(model, in_channels))
-        .ok_or_else(|| {
-            bad(format!(
-                "the image trunk has {} blocks {blocks:?}, which is no torchvision ResNet",
-                if bottleneck { "bottleneck" } else { "basic" }
-            ))
-        })
-}
-
-/// The outer prefix (`""` or `state_dict.`) under which `marker` (a key of one component)
-/// appears.
-fn outer_prefix(raw: &StateDict, marker: &str) -> Option<String> {
-    raw.keys()
-        .find_map(|k| k.strip_suffix(marker))
-        .filter(|p| p.is_empty() || p.ends_with('.'))
-        .map(str::to_string)
-}
-
-fn load_head(
-    raw: &StateDict,
-    prefix: &str,
-    device: &Device,
-) -> Result<(ProjectionHead, ParamStore)> {
-    let state = raw.strip_prefix(prefix);
-    let dims = |key: &str| -> Result<(usize, usize)> {
-        match state.get(key).map(|t| t.dims().to_vec()).as_deref() {
-            Some([out, inp]) => Ok((*out, *inp)),
-            _ => Err(Error::Format {
-                path: raw.source().to_path_buf(),
-                reason: format!("no 2-D {prefix}{key} (a Linear-ReLU-Linear projection head)"),
-            }),
-        }
-    };
-    let (hidden, input) = dims("layers.0.weight")?;
-    let (output, hidden2) = dims("layers.2.weight")?;
-    if hidden2 != hidden {
-        return Err(Error::Format {
-            path: raw.source().to_path_buf(),
-            reason: format!(
-                "{prefix}layers.2.weight expects {hidden2} inputs but layers.0 gives {hidden}"
-            ),
-        });
-    }
-    let store = ParamStore::new(0);
-    let head = ProjectionHead::new(input, hidden, output, store.var_builder(DType::F32, device))?;
-    store.load_state_dict(&state.to_dtype(DType::F32)?, &LoadOptions::strict())?;
-    Ok((head, store))
-}
-
-impl MultimodalModel {
-    /// A freshly initialised model from `seed`: the ECG encoder of `ecg`, the image trunk of
-    /// `imaging`, and projection heads `Linear(in, hidden) → ReLU → Linear(hidden, out)`
-    /// (the paper: hidden 2048, out 128).
-    pub fn from_seed(
-        ecg: &EcgVitConfig,
-        imaging: &ResNetConfig,
-        hidden: usize,
-        out: usize,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
-        let (ecg_model, ecg_store) = EcgVit::from_seed(ecg, seed, device)?;
-        let stores = [
-            ecg_store,
-            ParamStore::new(seed.wrapping_add(1)),
-            ParamStore::new(seed.wrapping_add(2)),
-            ParamStore::new(seed.wrapping_add(3)),
-        ];
-        let vb = |i: usize| stores[i].var_builder(DType::F32, device);
-        let imaging_model = ResNet::new(imaging, vb(1))?;
-        let ecg_head = ProjectionHead::new(ecg.embed_dim, hidden, out, vb(2))?;
-        let imaging_head = ProjectionHead::new(imaging.feature_dim(), hidden, out, vb(3))?;
-        Ok(Self {
-            ecg: ecg_model,
-            ecg_head,
-            imaging: imaging_model,
-            imaging_head,
-            stores,
-        })
-    }
-
-    /// Loads a model from one file in the reference's key layout (see the module docs); the
-    /// image trunk's variant and channels and the heads' sizes are read from the tensors,
-    /// `imaging` (when given) must agree. Keys outside the four components are ignored and
-    /// listed; inside them, every missing or unexpected key is an error naming it.
-    pub fn from_checkpoint(
-        path: &Path,
-        ecg: &EcgVitConfig,
-        imaging: Option<&ResNetConfig>,
-        device: &Device,
-    ) -> Result<(Self, MultimodalLoadSummary)> {
-        let raw = StateDict::read(path)?;
-        let outer = outer_prefix(&raw, "encoder_ecg.patch_embed.proj.weight").ok_or_else(|| {
-            Error::Format {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "not a multimodal checkpoint: no {ECG_ENCODER_PREFIX}patch_embed.proj.weight \
-                     (keys start with {})",
-                    raw.keys().take(6).collect::<Vec<_>>().join(", ")
-                ),
-            }
-        })?;
-
-        // The ECG encoder, through its own loader (layouts, position-embedding resizing).
-        let (ecg_model, ecg_store, ecg_summary) =
-            EcgVit::from_checkpoint(ecg, path, ecg.pooling(), device)?;
-
-        let imaging_prefix = format!("{outer}{IMAGING_ENCODER_PREFIX}");
-        let mut trunk = mmcl_cmr::checkpoint::extract_encoder(&raw, Some(&imaging_prefix))?;
-        trunk.state = trunk.state.to_dtype(DType::F32)?;
-        let found = infer_resnet(&trunk.state)?;
-        if let Some(want) = imaging
-            && *want != found
-        {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "the configuration asks for a {} over {} channel(s), the file holds a {} \
-                     over {}",
-                    want.model, want.in_channels, found.model, found.in_channels
-                ),
-            });
-        }
-        let imaging_store = ParamStore::new(0);
-        let imaging_model = ResNet::new(&found, imaging_store.var_builder(DType::F32, device))?;
-        let imaging_report = mmcl_cmr::checkpoint::load_encoder(&imaging_store, "", &trunk)?;
-
-        let (ecg_head, ecg_head_store) =
-            load_head(&raw, &format!("{outer}{ECG_HEAD_PREFIX}"), device)?;
-        let (imaging_head, imaging_head_store) =
-            load_head(&raw, &format!("{outer}{IMAGING_HEAD_PREFIX}"), device)?;
-        let check = |what: &str, got: usize, want: usize| -> Result<()> {
-            if got == want {
-                Ok(())
-            } else {
-                Err(Error::Format {
-                    path: path.to_path_buf(),
-                    reason: format!("the {what} has {got} inputs, the encoder gives {want}"),
-                })
-            }
-        };
-        check("ECG projection head", ecg_head.dims().0, ecg.embed_dim)?;
-        check(
-            "image projection head",
-            imaging_head.dims().0,
-            found.feature_dim(),
-        )?;
-        if ecg_head.dims().2 != imaging_head.dims().2 {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "the projection heads map to different sizes ({} for the ECG, {} for the \
-                     image)",
-                    ecg_head.dims().2,
-                    imaging_head.dims().2
-                ),
-            });
-        }
-
-        let components = [
-            ECG_ENCODER_PREFIX,
-            IMAGING_ENCODER_PREFIX,
-            ECG_HEAD_PREFIX,
-            IMAGING_HEAD_PREFIX,
-        ];
-        let ignored = raw
-            .keys()
-            .filter(|k| {
-                !components
-                    .iter()
-                    .any(|c| k.starts_with(&format!("{outer}{c}")))
-            })
-            .map(str::to_string)
-            .collect();
-        let summary = MultimodalLoadSummary {
-            path: path.to_path_buf(),
-            ecg: ecg_summary,
-            imaging: found,
-            imaging_report,
-            ecg_head: ecg_head.dims(),
-            imaging_head: imaging_head.dims(),
-            ignored,
-        };
-        Ok((
-            Self {
-                ecg: ecg_model,
-                ecg_head,
-                imaging: imaging_model,
-                imaging_head,
-                stores: [ecg_store, imaging_store, ecg_head_store, imaging_head_store],
-            },
-            summary,
-        ))
-    }
-
-    /// The weights in the reference's key layout (what [`Self::from_checkpoint`] reads, and
-    /// the reference's Lightning `state_dict` without its online classifier), on the CPU.
-    pub fn state_dict(&self) -> Result<StateDict> {
-        let mut out = StateDict::default();
-        let [ecg, imaging, ecg_head, imaging_head] = &self.stores;
-        for (k, v) in mmcl_ecg::checkpoint::encoder_state_dict(ecg)?.iter() {
-            out.insert(format!("{ECG_ENCODER_PREFIX}{k}"), v.clone());
-        }
-        let trunk = mmcl_cmr::checkpoint::released_state_dict(&imaging.state_dict()?, "")?;
-        for (k, v) in trunk.iter() {
-            out.insert(k, v.to_device(&Device::Cpu)?);
-        }
-        for (prefix, store) in [
-            (ECG_HEAD_PREFIX, ecg_head),
-            (IMAGING_HEAD_PREFIX, imaging_head),
-        ] {
-            for (k, v) in store.state_dict()?.iter() {
-                out.insert(format!("{prefix}{k}"), v.to_device(&Device::Cpu)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The ECG encoder.
-    pub fn ecg_encoder(&self) -> &EcgVit {
-        &self.ecg
-    }
-
-    /// The image trunk.
-    pub fn image_encoder(&self) -> &ResNet {
-        &self.imaging
-    }
-
-    /// The ECG projection head.
-    pub fn ecg_head(&self) -> &ProjectionHead {
-        &self.ecg_head
-    }
-
-    /// The image projection head.
-    pub fn image_head(&self) -> &ProjectionHead {
-        &self.imaging_head
-    }
-
-    /// Projected global ECG embeddings (the encoder's configured pooling, then the head).
-    ///
-    /// # Shapes
-    /// `[B, 1, leads, T]` → `[B, d]`.
-    pub fn embed_ecg(&self, ecg: &Tensor) -> Result<Tensor> {
-        let pooled = self.ecg.embed(ecg, self.ecg.config().pooling())?; // [B, D]
-        Ok(self.ecg_head.forward(&pooled)?)
-    }
-
-    /// Projected global image embeddings (average-pooled trunk, then the head).
-    ///
-    /// # Shapes
-    /// `[B, C, H, W]` → `[B, d]`.
-    pub fn embed_image(&self, image: &Tensor) -> Result<Tensor> {
-        Ok(self.imaging_head.forward(&self.imaging.embed(image)?)?)
-    }
-
-    /// What the two encoders compute for paired ECGs and images (evaluation mode): the
-    /// inputs of [`localization_maps`].
-    ///
-    /// # Shapes
-    /// `ecg`: `[B, 1, leads, T]` (or `[B, leads, T]`), `image`: `[B, C, H, W]`.
-    pub fn encode(&self, ecg: &Tensor, image: &Tensor) -> Result<EncoderFeatures> {
-        let b = ecg.dim(0)?;
-        if image.dims().first() != Some(&b) {
-            return Err(Error::InvalidInput(format!(
-                "{b} ECG(s) but an image batch of shape {:?}",
-                image.dims()
-            )));
-        }
-        let out = self.ecg.forward_tokens(ecg, false, Some(-1))?;
-        let ecg_attention = out.attention.ok_or_else(|| {
-            Error::InvalidInput("the ECG encoder returned no attention map".into())
-        })?; // [B, heads, 1 + L, 1 + L]
-        let ecg_pooled = self.ecg.pool(&out.tokens, self.ecg.config().pooling())?; // [B, D]
-        let ecg_tokens = self.ecg.pool(&out.tokens, Pooling::Tokens)?; // [B, L, D]
-        let trunk = self
-            .imaging
-            .forward_t(&image.to_dtype(DType::F32)?, false)?;
-        Ok(EncoderFeatures {
-            ecg_tokens,
-            ecg_pooled,
-            ecg_attention,
-            ecg_grid: self.ecg.config().grid_size(),
-            feature_map: trunk.feature_map,
-            image_pooled: trunk.pooled,
-        })
-    }
-
-    /// The localisation maps of paired ECGs and images (evaluation mode):
-    /// [`Self::encode`], then [`localization_maps`] with this model's heads.
-    ///
-    /// # Shapes
-    /// `ecg`: `[B, 1, leads, T]` (or `[B, leads, T]`), `image`: `[B, C, H, W]` → see
-    /// [`Localization`].
-    pub fn localize(
-        &self,
-        ecg: &Tensor,
-        image: &Tensor,
-        config: &LocalizationConfig,
-    ) -> Result<Localization> {
-        config.validate()?;
-        let features = self.encode(ecg, image)?;
-        localization_maps(&features, &self.ecg_head, &self.imaging_head, config)
-    }
+/// The localisation maps of paired ECGs and images under `model` (evaluation mode):
+/// [`encode`], then [`localization_maps`] with the model's projection heads.
+///
+/// # Shapes
+/// `ecg`: `[B, 1, leads, T]` (or `[B, leads, T]`), `image`: `[B, C, H, W]` → see
+/// [`Localization`].
+pub fn localize(
+    model: &MmclModel,
+    ecg: &Tensor,
+    image: &Tensor,
+    config: &LocalizationConfig,
+) -> Result<Localization> {
+    config.validate()?;
+    let features = encode(model, ecg, image)?;
+    localization_maps(
+        &features,
+        model.projection_head_ecg(),
+        model.projection_head_imaging(),
+        config,
+    )
 }
 
 /// The encoder outputs the maps are computed from.

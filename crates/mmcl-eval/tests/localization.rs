@@ -10,11 +10,12 @@ use mmcl_cmr::{ProjectionHead, ResNetArch, ResNetConfig};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_eval::Matrix;
 use mmcl_eval::localization::{
-    EncoderFeatures, LocalizationConfig, MultimodalModel, cls_attention_map, localization_maps,
+    EncoderFeatures, LocalizationConfig, cls_attention_map, localization_maps, localize,
     similarity_map, upsample_tokens,
 };
 use mmcl_nn::{LoadOptions, ParamStore, StateDict};
 use mmcl_testutil::{Fixture, Tolerance, assert_close};
+use mmcl_train::{MmclArchitecture, MmclModel};
 
 fn fixture(name: &str) -> Fixture {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -300,6 +301,19 @@ fn tiny_ecg_config() -> EcgVitConfig {
     .unwrap()
 }
 
+/// A freshly initialised model without an online classifier (projection heads `in → hidden →
+/// out`).
+fn seeded(
+    ecg: &EcgVitConfig,
+    imaging: &ResNetConfig,
+    hidden: usize,
+    out: usize,
+    seed: u64,
+) -> mmcl_train::Result<MmclModel> {
+    let arch = MmclArchitecture::without_classifier(ecg, imaging, hidden, out);
+    MmclModel::new(&arch, seed, &Device::Cpu)
+}
+
 fn inputs(b: usize, channels: usize, side: usize) -> (Tensor, Tensor) {
     let ecg = Tensor::randn(0f32, 1.0, (b, 1, 12, 400), &Device::Cpu).unwrap();
     let image = Tensor::rand(0f32, 1.0, (b, channels, side, side), &Device::Cpu).unwrap();
@@ -324,7 +338,7 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
     let dir = tempfile::tempdir().unwrap();
     let ecg_cfg = tiny_ecg_config();
     let imaging = ResNetConfig::new(ResNetArch::ResNet18, 2);
-    let model = MultimodalModel::from_seed(&ecg_cfg, &imaging, 64, 16, 3, &Device::Cpu).unwrap();
+    let model = seeded(&ecg_cfg, &imaging, 64, 16, 3).unwrap();
     let state = model.state_dict().unwrap();
     // The reference's names: Sequential indices for the trunk, lightly's head layout.
     for key in [
@@ -343,7 +357,7 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
     state.write_safetensors(&path, None).unwrap();
 
     let (loaded, summary) =
-        MultimodalModel::from_checkpoint(&path, &ecg_cfg, None, &Device::Cpu).unwrap();
+        MmclModel::from_reference_checkpoint(&path, &ecg_cfg, None, &Device::Cpu).unwrap();
     assert_eq!(
         summary.imaging, imaging,
         "variant and channels are inferred"
@@ -355,8 +369,8 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
 
     let (ecg, image) = inputs(2, 2, 64);
     let cfg = LocalizationConfig::default();
-    let a = model.localize(&ecg, &image, &cfg).unwrap();
-    let b = loaded.localize(&ecg, &image, &cfg).unwrap();
+    let a = localize(&model, &ecg, &image, &cfg).unwrap();
+    let b = localize(&loaded, &ecg, &image, &cfg).unwrap();
     assert_eq!(
         a.ecg_importance.dims(),
         &[2, 12, 8],
@@ -372,8 +386,8 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
     assert!(max_diff(&a.image_importance, &b.image_importance) < 1e-5);
     assert!(max_diff(&a.attention, &b.attention) < 1e-6);
     // The global similarity is the one of the two embedding methods.
-    let z_ecg = loaded.embed_ecg(&ecg).unwrap();
-    let z_img = loaded.embed_image(&image).unwrap();
+    let z_ecg = loaded.forward_ecg(&ecg, false).unwrap();
+    let z_img = loaded.forward_imaging(&image, false).unwrap();
     assert!(max_diff(&z_ecg, &a.z_ecg) < 1e-5);
     assert!(max_diff(&z_img, &a.z_image) < 1e-5);
     // Importance is a scaled cosine: bounded by 1/τ.
@@ -387,9 +401,13 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
             .all(|v| v.abs() <= bound)
     );
     // A batch of one gives the same maps as its row in a batch of two.
-    let single = loaded
-        .localize(&ecg.i(1..2).unwrap(), &image.i(1..2).unwrap(), &cfg)
-        .unwrap();
+    let single = localize(
+        &loaded,
+        &ecg.i(1..2).unwrap(),
+        &image.i(1..2).unwrap(),
+        &cfg,
+    )
+    .unwrap();
     assert!(max_diff(&single.ecg_importance, &b.ecg_importance.i(1..2).unwrap()) < 1e-5);
 
     // A Lightning checkpoint (everything under `state_dict.`, plus an online classifier).
@@ -401,9 +419,10 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
     let ckpt = dir.path().join("lightning.safetensors");
     lightning.write_safetensors(&ckpt, None).unwrap();
     let (from_lightning, summary) =
-        MultimodalModel::from_checkpoint(&ckpt, &ecg_cfg, Some(&imaging), &Device::Cpu).unwrap();
+        MmclModel::from_reference_checkpoint(&ckpt, &ecg_cfg, Some(&imaging), &Device::Cpu)
+            .unwrap();
     assert_eq!(summary.ignored, vec!["state_dict.classifier.fc.weight"]);
-    let c = from_lightning.localize(&ecg, &image, &cfg).unwrap();
+    let c = localize(&from_lightning, &ecg, &image, &cfg).unwrap();
     assert!(max_diff(&c.ecg_importance, &b.ecg_importance) < 1e-6);
 }
 
@@ -413,7 +432,7 @@ fn expect_error(
     imaging: Option<&ResNetConfig>,
     words: &[&str],
 ) {
-    let err = MultimodalModel::from_checkpoint(path, ecg_cfg, imaging, &Device::Cpu)
+    let err = MmclModel::from_reference_checkpoint(path, ecg_cfg, imaging, &Device::Cpu)
         .map(|_| ())
         .expect_err("loading should fail");
     let text = err.to_string();
@@ -427,7 +446,7 @@ fn bad_checkpoints_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let ecg_cfg = tiny_ecg_config();
     let imaging = ResNetConfig::new(ResNetArch::ResNet18, 1);
-    let model = MultimodalModel::from_seed(&ecg_cfg, &imaging, 32, 8, 5, &Device::Cpu).unwrap();
+    let model = seeded(&ecg_cfg, &imaging, 32, 8, 5).unwrap();
     let state = model.state_dict().unwrap();
 
     let missing = dir.path().join("nothing.safetensors");
@@ -463,12 +482,14 @@ fn bad_checkpoints_are_clear_errors() {
     };
     let (ecg, image) = inputs(1, 1, 64);
     // 48 tokens × 1.5 = 72 = 12 × 6 is fine; 1.7 gives 81, which is not whole leads.
-    assert!(model.localize(&ecg, &image, &cfg).is_ok());
+    assert!(localize(&model, &ecg, &image, &cfg).is_ok());
     let cfg = LocalizationConfig {
         upsample_factor_ecg: 1.7,
         ..Default::default()
     };
-    let err = model.localize(&ecg, &image, &cfg).unwrap_err().to_string();
+    let err = localize(&model, &ecg, &image, &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("upsample_factor_ecg"), "{err}");
 }
 
@@ -494,10 +515,9 @@ fn figures_render() {
     let dir = tempfile::tempdir().unwrap();
     let ecg_cfg = tiny_ecg_config();
     let imaging = ResNetConfig::new(ResNetArch::ResNet18, 1);
-    let model = MultimodalModel::from_seed(&ecg_cfg, &imaging, 32, 8, 9, &Device::Cpu).unwrap();
+    let model = seeded(&ecg_cfg, &imaging, 32, 8, 9).unwrap();
     let (ecg, image) = inputs(1, 1, 96);
-    let maps = model
-        .localize(&ecg, &image, &LocalizationConfig::default())
+    let maps = localize(&model, &ecg, &image, &LocalizationConfig::default())
         .unwrap()
         .subject(0)
         .unwrap();

@@ -39,7 +39,7 @@ use mmcl_data::loader::{Loader, LoaderConfig};
 use mmcl_data::tables::Split;
 use mmcl_ecg::{EcgVit, EcgVitConfig};
 use mmcl_eval::Matrix;
-use mmcl_eval::localization::MultimodalModel;
+use mmcl_eval::localization::localize;
 use mmcl_eval::metrics::{Bootstrap, Estimate, Evaluation, Task, evaluate};
 use mmcl_eval::plot::TrainingCurvesFigure;
 use mmcl_eval::probe::{LinearProbe, ProbeConfig};
@@ -900,7 +900,7 @@ pub struct ExplainedSubject {
 pub fn explain_subjects(
     cfg: &ReproduceConfig,
     cache: &Arc<Cache>,
-    model: &MultimodalModel,
+    model: &MmclModel,
     positions: &[usize],
     dir: &Path,
     device: &Device,
@@ -909,7 +909,7 @@ pub fn explain_subjects(
         return Ok(Vec::new());
     }
     let mut lc = LoaderConfig::ecg_eval(positions.len());
-    lc.ecg_crop = Some(model.ecg_encoder().config().img_size[2]);
+    lc.ecg_crop = Some(model.encoder_ecg().config().img_size[2]);
     lc.image = true;
     lc.image_augment = None;
     lc.image_size = Some(cfg.mmcl.imaging.img_size);
@@ -921,7 +921,7 @@ pub fn explain_subjects(
             reason: "the loader returned no ECG or image".into(),
         });
     };
-    let maps = model.localize(&ecg, &image, &cfg.evaluation.localization)?;
+    let maps = localize(model, &ecg, &image, &cfg.evaluation.localization)?;
     let (_, _, leads, t) = ecg.dims4()?;
     let (_, c, h, w) = image.dims4()?;
     // The reference's figure shows the middle channel (mid-systole) of three.
@@ -968,7 +968,7 @@ fn localization_figures(
     }
     let vit = probe_vit_config(cfg)?;
     let model_file = last_dir(&runs.mae_mmcl).join(mmcl_train::checkpoint::MODEL_FILE);
-    let (model, _) = MultimodalModel::from_checkpoint(&model_file, &vit, None, device)?;
+    let (model, _) = MmclModel::from_reference_checkpoint(&model_file, &vit, None, device)?;
     let positions: Vec<usize> = cache
         .split_indices(Split::Test)
         .into_iter()

@@ -13,6 +13,11 @@
 //! Internally the ResNet keeps torchvision names (`encoder_imaging.layer1.0.conv1.weight`);
 //! [`to_reference_name`] and [`from_reference_name`] translate, and every file this crate writes
 //! or reads uses the reference names.
+//!
+//! Two constructors read a checkpoint: [`MmclModel::from_checkpoint`] rebuilds a model of our
+//! trainer from the `architecture` metadata of its `model.safetensors`;
+//! [`MmclModel::from_reference_checkpoint`] reads any file in the reference's key layout (the
+//! reference's own checkpoints included) and infers the architecture from the tensors.
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Init;
@@ -25,6 +30,10 @@ use mmcl_nn::{LoadOptions, LoadReport, ParamStore, StateDict};
 
 use crate::config::{ClassifierInit, MmclConfig, OnlineClassifier};
 use crate::{Error, Result};
+
+mod reference;
+
+pub use reference::MultimodalLoadSummary;
 
 /// Key prefix of the image trunk.
 pub const IMAGING_PREFIX: &str = "encoder_imaging.";
@@ -242,6 +251,16 @@ impl MmclModel {
     /// The ECG encoder.
     pub fn encoder_ecg(&self) -> &EcgVit {
         &self.encoder_ecg
+    }
+
+    /// The image projection head.
+    pub fn projection_head_imaging(&self) -> &ProjectionHead {
+        &self.projection_head_imaging
+    }
+
+    /// The ECG projection head.
+    pub fn projection_head_ecg(&self) -> &ProjectionHead {
+        &self.projection_head_ecg
     }
 
     /// The online classifier, if configured.

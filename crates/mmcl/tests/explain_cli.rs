@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 use candle_core::Device;
 use mmcl_cmr::{ResNetArch, ResNetConfig};
 use mmcl_ecg::EcgVitConfig;
-use mmcl_eval::localization::MultimodalModel;
 use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
+use mmcl_train::{MmclArchitecture, MmclModel};
 
 fn mmcl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mmcl"))
@@ -46,8 +46,8 @@ fn setup(dir: &Path) -> PathBuf {
 
     let encoder: EcgVitConfig = serde_json::from_str(ENCODER).expect("encoder config");
     let imaging = ResNetConfig::new(ResNetArch::ResNet18, 3);
-    let model =
-        MultimodalModel::from_seed(&encoder, &imaging, 64, 16, 1, &Device::Cpu).expect("model");
+    let arch = MmclArchitecture::without_classifier(&encoder, &imaging, 64, 16);
+    let model = MmclModel::new(&arch, 1, &Device::Cpu).expect("model");
     model
         .state_dict()
         .expect("state")

@@ -25,7 +25,8 @@ use mmcl_data::cmr::{CmrConfig, read_study};
 use mmcl_data::ecg::preprocess::{PreprocessConfig, crop, preprocess};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_eval::Matrix;
-use mmcl_eval::localization::{LocalizationConfig, MultimodalModel};
+use mmcl_eval::localization::{LocalizationConfig, localize};
+use mmcl_train::MmclModel;
 use serde::{Deserialize, Serialize};
 
 use super::common::{OutputKind, ensure_output_not_input};
@@ -313,7 +314,7 @@ pub fn run(args: Args) -> Result<()> {
     let (image, [c, h, w]) = load_image(&cfg.cmr)?;
     let imaging = cfg.image_encoder.map(|m| ResNetConfig::new(m, c));
     let (model, summary) =
-        MultimodalModel::from_checkpoint(&cfg.model, &cfg.encoder, imaging.as_ref(), &device)
+        MmclModel::from_reference_checkpoint(&cfg.model, &cfg.encoder, imaging.as_ref(), &device)
             .with_context(|| format!("cannot load the model {}", cfg.model.display()))?;
     eprintln!("{summary}");
     if summary.imaging.in_channels != c {
@@ -327,9 +328,7 @@ pub fn run(args: Args) -> Result<()> {
     let t = signal.cols();
     let ecg = Tensor::from_vec(signal.as_slice().to_vec(), (1, 1, 12, t), &device)?;
     let image_tensor = Tensor::from_vec(image.clone(), (1, c, h, w), &device)?;
-    let maps = model
-        .localize(&ecg, &image_tensor, &cfg.localization)?
-        .subject(0)?;
+    let maps = localize(&model, &ecg, &image_tensor, &cfg.localization)?.subject(0)?;
 
     let channel = cfg.cmr.display_channel.unwrap_or(if c > 1 { 1 } else { 0 });
     if channel >= c {
