@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use mmcl_suite::eval::finetune::{FinetuneConfig, Progress, finetune};
+use mmcl_suite::eval::finetune::{FinetuneConfig, finetune};
 use mmcl_suite::eval::metrics::Task;
 use mmcl_suite::eval::report::text_table;
 use mmcl_suite::nn::device::parse_device;
@@ -76,12 +76,9 @@ fn main() -> Result<()> {
         patience: 4,
         ..FinetuneConfig::default()
     };
-    let mut on_event = |p: &Progress| {
-        if let Progress::Validated { .. } = p {
-            eprintln!("{p:?}");
-        }
-    };
-    let outcome = finetune(&ft, &device, None, &mut on_event)?;
+    // Prints a line per validation (and a bar on a terminal).
+    let mut progress = mmcl_suite::train::BarProgress::new();
+    let outcome = finetune(&ft, &device, None, &mut progress)?;
     if let Some(s) = &outcome.load_summary {
         println!("{s}");
     }

@@ -9,13 +9,12 @@ use candle_core::{DType, Device, Tensor};
 use mmcl_data::cache::{CacheWriter, EcgLayout, SubjectMeta};
 use mmcl_data::tables::Split;
 use mmcl_ecg::{EcgVit, EcgVitConfig};
-use mmcl_eval::finetune::{
-    FinetuneConfig, FinetuneModel, Progress, finetune, masked_bce_with_logits, masked_mse,
-    smoothed_cross_entropy,
-};
+use mmcl_eval::finetune::{FinetuneConfig, FinetuneModel, finetune};
 use mmcl_eval::metrics::{Bootstrap, Task};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
+use mmcl_losses::classification::{masked_bce_with_logits, masked_mse, smoothed_cross_entropy};
 use mmcl_testutil::{Fixture, Tolerance, assert_close};
+use mmcl_train::{NoProgress, Progress};
 
 fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
@@ -336,6 +335,23 @@ fn quick_config(cache: PathBuf, task: Task, targets: &[&str]) -> FinetuneConfig 
     }
 }
 
+/// Counts the batches of the training phases.
+#[derive(Default)]
+struct TrainSteps {
+    training: bool,
+    steps: usize,
+}
+
+impl Progress for TrainSteps {
+    fn start_phase(&mut self, _epoch: usize, phase: &str, _batches: usize) {
+        self.training = phase == "train";
+    }
+
+    fn batch(&mut self, _loss: f64, _samples: usize) {
+        self.steps += usize::from(self.training);
+    }
+}
+
 #[test]
 fn a_short_run_learns_the_planted_label() {
     let dir = tempfile::tempdir().unwrap();
@@ -346,13 +362,9 @@ fn a_short_run_learns_the_planted_label() {
     // about the training.
     cfg.head_init_std = 0.0;
     let mut log = RunLogWriter::open(&dir.path().join("run")).unwrap();
-    let mut steps = 0;
-    let outcome = finetune(&cfg, &Device::Cpu, Some(&mut log), &mut |p| {
-        if matches!(p, Progress::Step { .. }) {
-            steps += 1;
-        }
-    })
-    .unwrap();
+    let mut steps = TrainSteps::default();
+    let outcome = finetune(&cfg, &Device::Cpu, Some(&mut log), &mut steps).unwrap();
+    let steps = steps.steps;
     eprintln!(
         "CAD: val AUROC {:.3} → best {:.3} at epoch {}; test {:.3}",
         outcome.initial_val_metric,
@@ -412,7 +424,7 @@ fn regression_and_multi_label_runs_improve() {
     let mut cfg = quick_config(cache.clone(), Task::Regression, &["LVEDV", "LVEF"]);
     cfg.epochs = 12;
     cfg.lr = Some(1e-2);
-    let outcome = finetune(&cfg, &Device::Cpu, None, &mut |_| {}).unwrap();
+    let outcome = finetune(&cfg, &Device::Cpu, None, &mut NoProgress).unwrap();
     eprintln!(
         "regression: val R² {:.3} → {:.3}; test R² {:.3}",
         outcome.initial_val_metric,
@@ -434,7 +446,7 @@ fn regression_and_multi_label_runs_improve() {
 
     let mut cfg = quick_config(cache, Task::Classification, &["CAD", "AF"]);
     cfg.head_init_std = 0.0;
-    let outcome = finetune(&cfg, &Device::Cpu, None, &mut |_| {}).unwrap();
+    let outcome = finetune(&cfg, &Device::Cpu, None, &mut NoProgress).unwrap();
     eprintln!(
         "multi-label: val AUROC {:.3} → {:.3}",
         outcome.initial_val_metric, outcome.best_val_metric
@@ -454,7 +466,7 @@ fn early_stopping_triggers_when_validation_gets_worse() {
     cfg.early_stopping = true;
     cfg.patience = 1;
     cfg.max_delta = 0.0;
-    let outcome = finetune(&cfg, &Device::Cpu, None, &mut |_| {}).unwrap();
+    let outcome = finetune(&cfg, &Device::Cpu, None, &mut NoProgress).unwrap();
     let metrics: Vec<f64> = outcome.history.iter().map(|r| r.val_metric).collect();
     eprintln!("inverted labels: val AUROC per epoch {metrics:?}");
     assert!(
@@ -476,7 +488,7 @@ fn bad_setups_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cache = tiny_cache(dir.path(), false);
     let run = |cfg: &FinetuneConfig| {
-        finetune(cfg, &Device::Cpu, None, &mut |_| {})
+        finetune(cfg, &Device::Cpu, None, &mut NoProgress)
             .map(|_| ())
             .unwrap_err()
             .to_string()

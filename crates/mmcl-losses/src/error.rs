@@ -14,6 +14,10 @@ pub enum Error {
     /// A hyper-parameter or input is out of its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// Tensors or labels that do not fit together (shapes, class indices).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
 }
 
 /// Result type of this crate.

@@ -1,5 +1,6 @@
-//! Losses of the two pre-training stages: CLIP and NT-Xent for multimodal contrastive learning,
-//! with retrieval accuracies from their logits.
+//! Every loss of the workspace: CLIP and NT-Xent for multimodal contrastive learning (with
+//! retrieval accuracies from their logits), the masked autoencoder's objective, and the
+//! supervised criteria of the online classifier and of fine-tuning ([`classification`]).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -18,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod classification;
 pub mod clip;
 mod error;
 pub mod mae;

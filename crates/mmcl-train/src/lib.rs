@@ -1,6 +1,10 @@
 //! Trainers for MAE pre-training, multimodal contrastive (MMCL) training and fine-tuning:
-//! loops, validation, logging, atomic checkpoints and exact resumption.
+//! one training loop, validation, logging, atomic checkpoints and exact resumption.
 //!
+//! - [`engine`]: the loop every stage plugs into ([`engine::TrainStep`]: an epoch of training,
+//!   validation, what ends an epoch) with its components: the run log, early stopping,
+//!   progress ([`Progress`]), and for the pre-training stages [`Trainer`] (run directories,
+//!   checkpoints, resumption). Fine-tuning (`mmcl_eval::finetune`) runs in the same loop.
 //! - [`MmclConfig`] (JSON or TOML, defaults = the paper) → [`MmclTrainer`]: the multimodal
 //!   contrastive stage with its online classifier, validation, run logs and checkpoints;
 //!   [`MmclTrainer::resume`] continues a run bit for bit.
@@ -46,6 +50,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod engine;
 mod error;
 pub mod mae;
 pub mod mmcl;
@@ -54,6 +59,7 @@ pub mod progress;
 mod run;
 
 pub use config::{MaeTrainConfig, MmclConfig};
+pub use engine::{EarlyStopping, Stage, TrainStep, Trainer};
 pub use error::{Error, Result};
 pub use mae::{MaeStep, MaeTrainer};
 pub use mmcl::{MmclStep, MmclTrainer};

@@ -287,7 +287,7 @@ fn every_trainable_variable_receives_a_gradient() {
         assert!(failing.is_empty(), "no gradient: {failing:?}");
         let features = model.ecg_features(&ecgs, true).expect("features").detach();
         let logits = model.classifier_logits(&features).expect("logits");
-        let loss = mmcl_train::mmcl::weighted_cross_entropy(
+        let loss = mmcl_losses::classification::weighted_cross_entropy(
             &logits,
             &[Some(0), Some(1), None, Some(1)],
             [0.55, 10.0],

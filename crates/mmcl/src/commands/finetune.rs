@@ -17,11 +17,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mmcl_eval::finetune::{FinetuneConfig, FinetuneOutcome, Progress, finetune};
+use mmcl_eval::finetune::{FinetuneConfig, FinetuneOutcome, finetune};
 use mmcl_eval::metrics::{self, Task};
 use mmcl_eval::plot::{RocFigure, RocSeries, ScatterFigure, ScatterPanel, TrainingCurvesFigure};
 use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
+use mmcl_train::BarProgress;
 
 use super::common::{OutputKind, ensure_output_not_input};
 
@@ -113,49 +114,8 @@ pub fn run(args: Args) -> Result<()> {
     mmcl_nn::memory::keep_freed_memory();
 
     let mut log = RunLogWriter::open(&output)?;
-    let (monitor, _) = cfg.monitored();
-    let bar = super::common::progress_bar(0, "fine-tuning");
-    let mut best = f64::NAN;
-    let mut epochs = 0;
-    let outcome = finetune(&cfg, &device, Some(&mut log), &mut |p| match p {
-        Progress::EpochStart {
-            epoch,
-            epochs: total,
-            steps,
-        } => {
-            epochs = *total;
-            bar.set_length(*steps as u64);
-            bar.set_position(0);
-            bar.set_message(format!("epoch {}/{total}", epoch + 1));
-        }
-        Progress::Step { .. } => bar.inc(1),
-        Progress::Validated {
-            epoch,
-            metric,
-            loss,
-            best: is_best,
-        } => {
-            if *is_best || best.is_nan() {
-                best = *metric;
-            }
-            let which = epoch.map_or_else(
-                || "before training".to_string(),
-                |e| format!("epoch {}/{epochs}", e + 1),
-            );
-            let line = format!(
-                "{which}: val {monitor} {metric:.4}, loss {loss:.4}{}",
-                if *is_best { " (best)" } else { "" }
-            );
-            // Without a terminal the bar is hidden and prints nothing: logs still get the line.
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
-        }
-        Progress::Testing => bar.set_message("testing"),
-    })?;
-    bar.finish_and_clear();
+    let mut progress = BarProgress::new();
+    let outcome = finetune(&cfg, &device, Some(&mut log), &mut progress)?;
     if let Some(summary) = &outcome.load_summary {
         eprintln!("{summary}");
     }

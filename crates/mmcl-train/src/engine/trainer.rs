@@ -1,0 +1,317 @@
+//! What the two pre-training stages share around the loop: starting and resuming a run
+//! directory, the training state, crash-safe checkpoints after every epoch.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use mmcl_core::runlog::RunLogWriter;
+use mmcl_nn::StateDict;
+use mmcl_nn::rng::RngState;
+use mmcl_nn::schedule::WarmupCosine;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{EpochLoop, EpochReport, LoopState, TrainStep, ValReport};
+use crate::checkpoint::{self, CONFIG_FILE, CheckpointFile, MODEL_FILE, TrainState, TrainerKind};
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// The files of one checkpoint, by name.
+pub type CheckpointFiles = Vec<(&'static str, CheckpointFile)>;
+
+/// A pre-training stage: a [`TrainStep`] with a configuration, a run directory, a training
+/// state and checkpoints. [`Trainer`] runs it.
+pub trait Stage: TrainStep<Error = Error> + Sized {
+    /// The configuration (JSON or TOML; defaults are the paper's).
+    type Config: Serialize + DeserializeOwned + Default;
+    /// The trainer recorded in `state.json`.
+    const KIND: TrainerKind;
+    /// The trainer's name, for debug output.
+    const NAME: &'static str;
+
+    /// Reads a configuration file (relative paths relative to it).
+    fn load_config(path: &Path) -> Result<Self::Config>;
+
+    /// The configuration as TOML, every key.
+    fn config_toml(cfg: &Self::Config) -> String;
+
+    /// A new stage of `cfg` writing into `run_dir`, on `device`, and notes for the user (what
+    /// was loaded).
+    fn start(cfg: Self::Config, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)>;
+
+    /// The stage of `cfg` as the checkpoint directory `dir` (whose state is `state`) left it:
+    /// weights, optimiser states, random streams.
+    fn restore(
+        cfg: Self::Config,
+        dir: &Path,
+        state: &TrainState,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self>;
+
+    /// The configuration.
+    fn config(&self) -> &Self::Config;
+
+    /// The run directory.
+    fn run_dir(&self) -> &Path;
+
+    /// Epochs at most.
+    fn max_epochs(&self) -> usize;
+
+    /// Validate after every this many epochs.
+    fn val_every(&self) -> usize;
+
+    /// Keep a checkpoint `epoch-NNNN` every this many epochs (0: never).
+    fn save_every(&self) -> usize;
+
+    /// What the run trains on, for the user.
+    fn describe(&self) -> Vec<String>;
+
+    /// The learning-rate schedule.
+    fn schedule(&self) -> WarmupCosine;
+
+    /// The training-time random stream's state (drop-path, masking).
+    fn rng_state(&self) -> RngState;
+
+    /// The seed of the data order and augmentations.
+    fn data_seed(&self) -> u64;
+
+    /// Channels of the training images, when the model reads images.
+    fn image_channels(&self) -> Option<usize> {
+        None
+    }
+
+    /// The files of a full checkpoint (`last`, `epoch-NNNN`) and of a `best` one (no optimiser
+    /// state) after the epochs of `state`.
+    fn checkpoint_files(&self, state: &TrainState) -> Result<(CheckpointFiles, CheckpointFiles)>;
+}
+
+/// A pre-training run: a [`Stage`] in the [`EpochLoop`], its run log, and a checkpoint after
+/// every epoch (`last`, `best` when validation improved, `epoch-NNNN` when due).
+pub struct Trainer<S: Stage> {
+    stage: S,
+    epochs: EpochLoop,
+    log: RunLogWriter,
+}
+
+impl<S: Stage> std::fmt::Debug for Trainer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(S::NAME)
+            .field("run_dir", &self.stage.run_dir())
+            .field("epoch", &self.epochs.state.epoch)
+            .field("steps", &self.epochs.state.steps)
+            .finish()
+    }
+}
+
+impl<S: Stage> Trainer<S> {
+    /// A new run of `cfg` writing into `run_dir` (which must not hold a run yet), on `device`.
+    /// The resolved configuration is saved as `config.toml`. Returns the trainer and notes for
+    /// the user.
+    pub fn new(cfg: S::Config, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
+        crate::run::ensure_fresh(run_dir)?;
+        let (stage, mut notes) = S::start(cfg, run_dir, device)?;
+        let mut trainer = Self::assemble(stage, LoopState::default())?;
+        notes.extend(trainer.stage.describe());
+        crate::run::write_config(run_dir, &S::config_toml(trainer.stage.config()))?;
+        trainer.log.truncate_after(0)?;
+        Ok((trainer, notes))
+    }
+
+    /// Continues the run whose checkpoint is at `path` (a run directory or a checkpoint
+    /// directory) exactly where it stopped. `cfg` replaces the saved configuration when given
+    /// (e.g. more epochs); the model must stay the same. `run_dir` defaults to the checkpoint's
+    /// run directory.
+    pub fn resume(
+        path: &Path,
+        cfg: Option<S::Config>,
+        run_dir: Option<&Path>,
+        device: &Device,
+    ) -> Result<(Self, Vec<String>)> {
+        let (dir, state, run_dir) = crate::run::open_resume(path, S::KIND, run_dir)?;
+        let cfg = match cfg {
+            Some(cfg) => cfg,
+            None => crate::run::saved_config(&dir, &state)?,
+        };
+        let stage = S::restore(cfg, &dir, &state, &run_dir, device)?;
+        let counters = LoopState {
+            epoch: state.epoch,
+            steps: state.step,
+            best: state.best_val_loss,
+            lr: state.lr,
+        };
+        let mut trainer = Self::assemble(stage, counters)?;
+        trainer.log.truncate_after(state.epoch)?;
+        let mut notes = vec![format!(
+            "resumed from {} after epoch {} ({} optimiser steps)",
+            dir.display(),
+            state.epoch,
+            state.step
+        )];
+        notes.extend(trainer.stage.describe());
+        Ok((trainer, notes))
+    }
+
+    fn assemble(stage: S, state: LoopState) -> Result<Self> {
+        let log = RunLogWriter::open(stage.run_dir())?;
+        let epochs = EpochLoop::new(state, stage.max_epochs(), stage.val_every());
+        Ok(Self { stage, epochs, log })
+    }
+
+    /// The stage (model, optimisers, data).
+    pub fn stage(&self) -> &S {
+        &self.stage
+    }
+
+    /// The stage, mutably.
+    pub(crate) fn stage_mut(&mut self) -> &mut S {
+        &mut self.stage
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &S::Config {
+        self.stage.config()
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        self.stage.run_dir()
+    }
+
+    /// Epochs completed.
+    pub fn epochs_done(&self) -> usize {
+        self.epochs.state.epoch
+    }
+
+    /// Epochs at most.
+    pub fn max_epochs(&self) -> usize {
+        self.epochs.max_epochs
+    }
+
+    /// Optimiser steps taken.
+    pub fn steps_taken(&self) -> u64 {
+        self.epochs.state.steps
+    }
+
+    /// Trains until `max_epochs`, validating and checkpointing after each epoch.
+    ///
+    /// # Errors
+    /// Data, model and I/O errors; [`Error::NonFiniteLoss`] when the loss becomes NaN or
+    /// infinite (the last checkpoint on disk is left as it was).
+    pub fn fit(&mut self, progress: &mut dyn Progress) -> Result<()> {
+        self.fit_until(self.epochs.max_epochs, progress)
+    }
+
+    /// Trains until `epochs` epochs are done (at most `max_epochs`), e.g. to stop early and
+    /// resume later.
+    pub fn fit_until(&mut self, epochs: usize, progress: &mut dyn Progress) -> Result<()> {
+        let mut step = Checkpointed(&mut self.stage);
+        self.epochs
+            .run_until(&mut step, epochs, Some(&mut self.log), progress)?;
+        Ok(())
+    }
+
+    /// The training state after the epochs done so far.
+    pub fn state(&self) -> Result<TrainState> {
+        train_state(&self.stage, &self.epochs.state)
+    }
+}
+
+/// The training state of `stage` after the epochs of `counters`.
+fn train_state<S: Stage>(stage: &S, counters: &LoopState) -> Result<TrainState> {
+    Ok(TrainState {
+        version: checkpoint::CHECKPOINT_VERSION,
+        kind: S::KIND,
+        epoch: counters.epoch,
+        step: counters.steps,
+        schedule: stage.schedule(),
+        lr: counters.lr,
+        rng: stage.rng_state(),
+        data_seed: stage.data_seed(),
+        best_val_loss: counters.best,
+        config: serde_json::to_value(stage.config()).map_err(|source| Error::Json {
+            path: stage.run_dir().join(CONFIG_FILE),
+            source,
+        })?,
+        image_channels: stage.image_channels(),
+    })
+}
+
+/// A stage whose epochs end with its checkpoints.
+struct Checkpointed<'a, S>(&'a mut S);
+
+impl<S: Stage> TrainStep for Checkpointed<'_, S> {
+    type Error = Error;
+
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        steps_before: u64,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochReport> {
+        self.0.train_epoch(epoch, steps_before, progress)
+    }
+
+    fn validate_epoch(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<ValReport>> {
+        self.0.validate_epoch(epoch, progress)
+    }
+
+    fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        self.0.improves(value, best)
+    }
+
+    /// Writes `checkpoints/last` (and `best` when `improved`, and `epoch-NNNN` when due), then
+    /// whatever the stage does.
+    fn end_epoch(&mut self, counters: &LoopState, improved: bool) -> Result<()> {
+        let stage = &*self.0;
+        let state = train_state(stage, counters)?;
+        let (full, light) = stage.checkpoint_files(&state)?;
+        let ckpts = checkpoint::checkpoints_dir(stage.run_dir());
+        checkpoint::write_checkpoint(&ckpts.join("last"), &full, &state)?;
+        let every = stage.save_every();
+        if every > 0 && counters.epoch.is_multiple_of(every) {
+            checkpoint::write_checkpoint(
+                &ckpts.join(checkpoint::epoch_dir_name(counters.epoch)),
+                &full,
+                &state,
+            )?;
+        }
+        if improved {
+            checkpoint::write_checkpoint(&ckpts.join("best"), &light, &state)?;
+        }
+        self.0.end_epoch(counters, improved)
+    }
+
+    fn epoch_summary(
+        &self,
+        epoch: usize,
+        train: &EpochReport,
+        val: Option<(&ValReport, bool)>,
+    ) -> String {
+        self.0.epoch_summary(epoch, train, val)
+    }
+}
+
+/// `model.safetensors`: every tensor, with the architecture (as JSON), the epoch and the
+/// `format` as metadata.
+pub(crate) fn model_file(
+    tensors: StateDict,
+    architecture: &impl Serialize,
+    state: &TrainState,
+    format: &str,
+) -> Result<CheckpointFile> {
+    let mut metadata = HashMap::new();
+    let arch = serde_json::to_string(architecture).map_err(|source| Error::Json {
+        path: PathBuf::from(MODEL_FILE),
+        source,
+    })?;
+    metadata.insert("architecture".to_string(), arch);
+    metadata.insert("epoch".to_string(), state.epoch.to_string());
+    metadata.insert("format".to_string(), format.to_string());
+    Ok(CheckpointFile { tensors, metadata })
+}

@@ -1,0 +1,426 @@
+//! The MAE stage in the training loop: data, schedule, the epoch, validation, checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use mmcl_data::cache::Cache;
+use mmcl_data::loader::{Loader, LoaderConfig};
+use mmcl_ecg::mae::MaskedAutoencoder;
+use mmcl_nn::ParamStore;
+use mmcl_nn::rng::{RngState, SharedRng};
+use mmcl_nn::schedule::WarmupCosine;
+
+use super::metrics::MaeSums;
+use super::{MAE_MODEL_FORMAT, MaeEpochMetrics, MaeStep, validation_seed};
+use crate::checkpoint::{
+    self, CheckpointFile, ECG_ENCODER_FILE, MODEL_FILE, OPTIMIZER_FILE, TrainState, TrainerKind,
+};
+use crate::config::MaeTrainConfig;
+use crate::engine::{
+    CheckpointFiles, EpochReport, Stage, TrainStep, Trainer, ValReport, model_file, record,
+};
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// The MAE pre-training trainer: [`MaeStage`] in the shared loop ([`Trainer`]).
+pub type MaeTrainer = Trainer<MaeStage>;
+
+/// The MAE pre-training stage: configuration, optimisation step, schedule, data, run directory.
+pub struct MaeStage {
+    cfg: MaeTrainConfig,
+    step: MaeStep,
+    schedule: WarmupCosine,
+    train_loader: Arc<Loader>,
+    val_loader: Option<Arc<Loader>>,
+    run_dir: PathBuf,
+}
+
+impl std::fmt::Debug for MaeStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaeStage")
+            .field("run_dir", &self.run_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that the cache holds ECGs the model can read: `[1, leads, T]` with the cache's lead
+/// count and at least `T` samples.
+fn check_cache(cache: &Cache, cfg: &MaeTrainConfig) -> Result<()> {
+    let path = &cfg.data.cache;
+    let Some(layout) = cache.index().ecg else {
+        return Err(Error::config(format!(
+            "the cache {} holds no ECGs; MAE pre-training needs them",
+            path.display()
+        )));
+    };
+    let [_, leads, samples] = cfg.model.img_size;
+    if layout.leads != leads || layout.samples < samples {
+        return Err(Error::config(format!(
+            "model.img_size {:?} does not fit the cache {} ({} leads of {} samples): the leads \
+             must match and the crop must not be longer than the recordings",
+            cfg.model.img_size,
+            path.display(),
+            layout.leads,
+            layout.samples
+        )));
+    }
+    Ok(())
+}
+
+impl MaeStage {
+    fn assemble(
+        cfg: MaeTrainConfig,
+        model: MaskedAutoencoder,
+        store: ParamStore,
+        cache: Arc<Cache>,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let train_idx = cache.split_indices(cfg.data.train_split);
+        if train_idx.is_empty() {
+            return Err(Error::config(format!(
+                "the cache {} has no subjects in the {:?} split",
+                cfg.data.cache.display(),
+                cfg.data.train_split
+            )));
+        }
+        let val_idx = cache.split_indices(cfg.data.val_split);
+        let train_cfg = LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: true,
+            drop_last: cfg.data.drop_last,
+            seed: cfg.seed,
+            ecg: true,
+            ecg_crop: Some(cfg.model.img_size[2]),
+            ecg_random_crop: cfg.random_crop,
+            ecg_augment: Some(cfg.augment.clone()),
+            image: false,
+            image_augment: None,
+            image_size: None,
+            originals: false,
+            prefetch: cfg.data.prefetch,
+            threads: cfg.data.threads,
+        };
+        let val_cfg = LoaderConfig {
+            shuffle: false,
+            drop_last: false,
+            ecg_random_crop: false,
+            ecg_augment: None,
+            ..train_cfg.clone()
+        };
+        let train_loader = Arc::new(Loader::new(
+            Arc::clone(&cache),
+            train_idx,
+            train_cfg,
+            device.clone(),
+        )?);
+        let val_loader = if val_idx.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Loader::new(
+                Arc::clone(&cache),
+                val_idx,
+                val_cfg,
+                device.clone(),
+            )?))
+        };
+        let schedule = WarmupCosine::per_step(
+            cfg.effective_lr(),
+            cfg.warmup_epochs,
+            cfg.max_epochs,
+            cfg.min_lr,
+        );
+        let step = MaeStep::new(model, store, &cfg)?;
+        Ok(Self {
+            cfg,
+            step,
+            schedule,
+            train_loader,
+            val_loader,
+            run_dir: run_dir.to_path_buf(),
+        })
+    }
+
+    /// The optimisation step (model, objective, optimiser, masking stream).
+    pub fn step(&self) -> &MaeStep {
+        &self.step
+    }
+
+    /// The objective on the validation split (evaluation mode, ECGs cropped from sample 0,
+    /// the same maskings at every call). `None` without a validation split.
+    pub fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<MaeEpochMetrics>> {
+        let Some(loader) = self.val_loader.clone() else {
+            return Ok(None);
+        };
+        progress.start_phase(epoch, "val", loader.num_batches());
+        let rng = SharedRng::new(validation_seed(self.cfg.seed));
+        let mut sums = MaeSums::default();
+        for batch in loader.epoch(0, 0) {
+            let batch = batch?;
+            let ecgs = batch
+                .ecg
+                .ok_or_else(|| Error::InvalidInput("the loader returned no ECGs".into()))?;
+            let n = ecgs.dim(0)?;
+            let metrics = self.step.evaluate(&ecgs, &rng)?;
+            sums.add(&metrics, n);
+            progress.batch(metrics.total, n);
+        }
+        progress.finish_phase();
+        Ok(Some(sums.means()))
+    }
+}
+
+impl TrainStep for MaeStage {
+    type Error = Error;
+
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        steps_before: u64,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochReport> {
+        let batches = self.train_loader.num_batches();
+        let accumulate = self.cfg.accumulate_grad_batches.max(1);
+        let needs_pairs = self.cfg.loss.cos_weight > 0.0;
+        let started = Instant::now();
+        progress.start_phase(epoch, "train", batches);
+        let mut sums = MaeSums::default();
+        let mut lr = self.schedule.lr(epoch, 0, batches);
+        let mut skipped = 0usize;
+        let mut steps = 0u64;
+        let loader = Arc::clone(&self.train_loader);
+        for (b, batch) in loader.epoch(epoch as u64, 0).enumerate() {
+            let batch = batch?;
+            let ecgs = batch
+                .ecg
+                .ok_or_else(|| Error::InvalidInput("the loader returned no ECGs".into()))?;
+            let n = ecgs.dim(0)?;
+            if b % accumulate == 0 {
+                lr = self.schedule.lr(epoch, b, batches);
+            }
+            // The SimSiam heads' BatchNorm needs two samples in training mode.
+            if needs_pairs && n < 2 {
+                skipped += n;
+                continue;
+            }
+            let report = self.step.train_batch(&ecgs, lr)?;
+            if !report.metrics.total.is_finite() {
+                progress.finish_phase();
+                return Err(crate::run::non_finite(
+                    report.metrics.total,
+                    epoch,
+                    b,
+                    steps_before + steps,
+                    &self.run_dir,
+                ));
+            }
+            if report.stepped {
+                steps += 1;
+            }
+            sums.add(&report.metrics, n);
+            progress.batch(report.metrics.total, n);
+        }
+        self.step.discard_pending();
+        progress.finish_phase();
+        if skipped > 0 {
+            progress.message(&format!(
+                "epoch {epoch}: a last batch of {skipped} sample was skipped (the SimSiam term \
+                 needs two; set data.drop_last or another batch size)"
+            ));
+        }
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        let train = sums.means();
+        let rate = train.samples as f64 / seconds;
+        let mut values = train.record();
+        values.push(("lr", lr));
+        values.push(("samples_per_s", rate));
+        Ok(EpochReport {
+            steps,
+            lr,
+            record: record(&values),
+            summary: format!(
+                "epoch {epoch}: train loss {:.4}, ncc {:.3}, lr {lr:.3e}, {rate:.1} samples/s",
+                train.loss, train.ncc
+            ),
+        })
+    }
+
+    fn validate_epoch(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<ValReport>> {
+        Ok(self.validate(epoch, progress)?.map(|val| ValReport {
+            monitored: val.loss,
+            record: record(&val.record()),
+            summary: format!("; val loss {:.4}, ncc {:.3}", val.loss, val.ncc),
+        }))
+    }
+}
+
+impl Stage for MaeStage {
+    type Config = MaeTrainConfig;
+    const KIND: TrainerKind = TrainerKind::Mae;
+    const NAME: &'static str = "MaeTrainer";
+
+    fn load_config(path: &Path) -> Result<MaeTrainConfig> {
+        MaeTrainConfig::from_file(path)
+    }
+
+    fn config_toml(cfg: &MaeTrainConfig) -> String {
+        cfg.to_toml()
+    }
+
+    fn start(cfg: MaeTrainConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
+        let mut cfg = cfg;
+        cfg.validate()?;
+        cfg.data.cache =
+            std::fs::canonicalize(&cfg.data.cache).map_err(|e| Error::io(&cfg.data.cache, e))?;
+        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        check_cache(&cache, &cfg)?;
+        let (model, store) = MaskedAutoencoder::from_seed(&cfg.model, cfg.seed, device)?;
+        Ok((
+            Self::assemble(cfg, model, store, cache, run_dir, device)?,
+            Vec::new(),
+        ))
+    }
+
+    fn restore(
+        cfg: MaeTrainConfig,
+        dir: &Path,
+        state: &TrainState,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        check_cache(&cache, &cfg)?;
+        let (model, store) = MaskedAutoencoder::from_seed(&cfg.model, cfg.seed, device)?;
+        MaskedAutoencoder::load_checkpoint(&store, &dir.join(MODEL_FILE))?;
+        let mut stage = Self::assemble(cfg, model, store, cache, run_dir, device)?;
+        stage.step.load_optimizer(dir)?;
+        stage.step.rng().set_state(state.rng);
+        Ok(stage)
+    }
+
+    fn config(&self) -> &MaeTrainConfig {
+        &self.cfg
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn max_epochs(&self) -> usize {
+        self.cfg.max_epochs
+    }
+
+    fn val_every(&self) -> usize {
+        self.cfg.check_val_every_n_epoch
+    }
+
+    fn save_every(&self) -> usize {
+        self.cfg.save_every_n_epochs
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let cfg = &self.cfg;
+        let mut notes = vec![
+            format!(
+                "model {} on {:?} with {:?} patches: {} trainable parameters",
+                cfg.model.model.as_deref().unwrap_or("(custom)"),
+                cfg.model.img_size,
+                cfg.model.patch_size,
+                self.step.store().num_trainable_elements()
+            ),
+            format!(
+                "learning rate {:.3e} ({}; effective batch {})",
+                cfg.effective_lr(),
+                if cfg.lr.is_some() {
+                    "given".to_string()
+                } else {
+                    format!("blr {:.3e} x batch / 4", cfg.blr)
+                },
+                cfg.batch_size * cfg.accumulate_grad_batches
+            ),
+            format!(
+                "training on {} subjects ({} batches of {} per epoch)",
+                self.train_loader.len(),
+                self.train_loader.num_batches(),
+                cfg.batch_size
+            ),
+        ];
+        match &self.val_loader {
+            Some(v) => notes.push(format!("validating on {} subjects", v.len())),
+            None => notes.push(format!(
+                "the {:?} split is empty: no validation",
+                cfg.data.val_split
+            )),
+        }
+        notes
+    }
+
+    fn schedule(&self) -> WarmupCosine {
+        self.schedule
+    }
+
+    fn rng_state(&self) -> RngState {
+        self.step.rng().state()
+    }
+
+    fn data_seed(&self) -> u64 {
+        self.cfg.seed
+    }
+
+    /// `model.safetensors` under the mae repo's keys (the model configuration and the epoch as
+    /// metadata), the optimiser, and the encoder alone; `best` without the optimiser.
+    fn checkpoint_files(&self, state: &TrainState) -> Result<(CheckpointFiles, CheckpointFiles)> {
+        let store = self.step.store();
+        let weights = model_file(
+            store.state_dict()?,
+            &self.cfg.model,
+            state,
+            MAE_MODEL_FORMAT,
+        )?;
+        let encoder = CheckpointFile::new(MaskedAutoencoder::encoder_state_dict(store)?);
+        let full = vec![
+            (MODEL_FILE, weights.clone()),
+            (OPTIMIZER_FILE, self.step.optimizer_file()),
+            (ECG_ENCODER_FILE, encoder.clone()),
+        ];
+        let light = vec![(MODEL_FILE, weights), (ECG_ENCODER_FILE, encoder)];
+        Ok((full, light))
+    }
+}
+
+impl Trainer<MaeStage> {
+    /// The model.
+    pub fn model(&self) -> &MaskedAutoencoder {
+        self.stage().step.model()
+    }
+
+    /// The store of the model's variables.
+    pub fn store(&self) -> &ParamStore {
+        self.stage().step.store()
+    }
+
+    /// The exported encoder of the latest epoch ([`checkpoint::ecg_encoder_path`]).
+    pub fn encoder_path(&self) -> PathBuf {
+        checkpoint::ecg_encoder_path(self.run_dir())
+    }
+
+    /// The objective on the validation split ([`MaeStage::validate`]).
+    pub fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<MaeEpochMetrics>> {
+        self.stage_mut().validate(epoch, progress)
+    }
+}

@@ -1,0 +1,539 @@
+//! The multimodal stage in the training loop: data, schedule, the epoch, validation,
+//! checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device};
+use mmcl_data::cache::Cache;
+use mmcl_data::loader::{Batch, Loader, LoaderConfig};
+use mmcl_losses::classification::weighted_cross_entropy;
+use mmcl_nn::LoadOptions;
+use mmcl_nn::rng::RngState;
+use mmcl_nn::schedule::WarmupCosine;
+
+use super::metrics::Sums;
+use super::{MmclBatch, MmclStep, ValMetrics};
+use crate::checkpoint::{
+    self, CLASSIFIER_OPTIMIZER_FILE, CheckpointFile, ECG_ENCODER_FILE, IMAGE_ENCODER_FILE,
+    MODEL_FILE, OPTIMIZER_FILE, TrainState, TrainerKind,
+};
+use crate::config::{MmclConfig, OnlineClassifier};
+use crate::engine::{
+    CheckpointFiles, EpochReport, Stage, TrainStep, Trainer, ValReport, model_file, record,
+};
+use crate::model::{MmclArchitecture, MmclModel};
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// The multimodal contrastive trainer: [`MmclStage`] in the shared loop ([`Trainer`]).
+pub type MmclTrainer = Trainer<MmclStage>;
+
+/// The multimodal contrastive stage: configuration, optimisation step, schedule, data, run
+/// directory.
+pub struct MmclStage {
+    cfg: MmclConfig,
+    step: MmclStep,
+    schedule: WarmupCosine,
+    train_loader: Arc<Loader>,
+    val_loader: Option<Arc<Loader>>,
+    target_label: Option<usize>,
+    run_dir: PathBuf,
+}
+
+impl std::fmt::Debug for MmclStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmclStage")
+            .field("run_dir", &self.run_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MmclStage {
+    fn assemble(
+        cfg: MmclConfig,
+        model: MmclModel,
+        cache: Arc<Cache>,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let target_label = match cfg.classifier.online_classifier {
+            OnlineClassifier::None => None,
+            _ => {
+                let names = &cache.index().label_names;
+                let want = &cfg.classifier.target;
+                Some(
+                    names
+                        .iter()
+                        .position(|n| n == want)
+                        .or_else(|| names.iter().position(|n| n.eq_ignore_ascii_case(want)))
+                        .ok_or_else(|| {
+                            Error::config(format!(
+                                "the classifier target {want:?} is not a label of the cache \
+                                 (labels: {})",
+                                names.join(", ")
+                            ))
+                        })?,
+                )
+            }
+        };
+        let train_idx = cache.split_indices(cfg.data.train_split);
+        if train_idx.is_empty() {
+            return Err(Error::config(format!(
+                "the cache {} has no subjects in the {:?} split",
+                cfg.data.cache.display(),
+                cfg.data.train_split
+            )));
+        }
+        let val_idx = cache.split_indices(cfg.data.val_split);
+        let classifier = cfg.classifier.online_classifier != OnlineClassifier::None;
+        let base = LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: true,
+            drop_last: cfg.data.drop_last,
+            seed: cfg.seed,
+            ecg: true,
+            ecg_crop: Some(cfg.ecg.input_size[2]),
+            ecg_random_crop: cfg.ecg.random_crop,
+            ecg_augment: Some(cfg.ecg.augment.clone()),
+            image: true,
+            image_augment: Some(cfg.imaging.augment.clone()),
+            image_size: Some(cfg.imaging.img_size),
+            originals: classifier,
+            prefetch: cfg.data.prefetch,
+            threads: cfg.data.threads,
+        };
+        let val_cfg = LoaderConfig {
+            shuffle: false,
+            drop_last: false,
+            ecg_random_crop: false,
+            ecg_augment: None,
+            image_augment: None,
+            originals: false,
+            ..base.clone()
+        };
+        let train_loader = Arc::new(Loader::new(
+            Arc::clone(&cache),
+            train_idx,
+            base,
+            device.clone(),
+        )?);
+        let val_loader = if val_idx.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Loader::new(
+                Arc::clone(&cache),
+                val_idx,
+                val_cfg,
+                device.clone(),
+            )?))
+        };
+        let schedule = WarmupCosine::per_epoch(cfg.lr, cfg.warmup_epochs, cfg.max_epochs);
+        let step = MmclStep::new(model, &cfg)?;
+        Ok(Self {
+            cfg,
+            step,
+            schedule,
+            train_loader,
+            val_loader,
+            target_label,
+            run_dir: run_dir.to_path_buf(),
+        })
+    }
+
+    fn batch_of(&self, batch: Batch) -> Result<MmclBatch> {
+        let missing = |what: &str| Error::InvalidInput(format!("the loader returned no {what}"));
+        let targets = match self.target_label {
+            Some(col) => {
+                let labels = batch.labels.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                let mask = batch.label_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                Some(
+                    labels
+                        .iter()
+                        .zip(&mask)
+                        .map(|(l, m)| (m[col] > 0.5).then_some((l[col] > 0.5) as u32))
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        Ok(MmclBatch {
+            images: batch.image.ok_or_else(|| missing("images"))?,
+            ecgs: batch.ecg.ok_or_else(|| missing("ECGs"))?,
+            images_orig: batch.image_orig,
+            ecgs_orig: batch.ecg_orig,
+            targets,
+        })
+    }
+
+    /// The optimisation step (model, optimisers).
+    pub fn step(&self) -> &MmclStep {
+        &self.step
+    }
+
+    /// Validates on the original views of the validation split (evaluation mode).
+    pub fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<ValMetrics>> {
+        let Some(loader) = self.val_loader.clone() else {
+            return Ok(None);
+        };
+        progress.start_phase(epoch, "val", loader.num_batches());
+        let model = self.step.model();
+        let clip = *self.step.clip();
+        let which = model.architecture().classifier;
+        let mut sums = Sums::default();
+        let (mut scores, mut truth) = (Vec::new(), Vec::new());
+        let mut correct = 0usize;
+        let mut ce_weighted = (0f64, 0f64);
+        for batch in loader.epoch(0, 0) {
+            let batch = self.batch_of(batch?)?;
+            let n = batch.images.dim(0)?;
+            let image_features = model.image_features(&batch.images, false)?.detach();
+            let ecg_features = model.ecg_features(&batch.ecgs, false)?.detach();
+            let out = clip.forward(
+                &model.project_imaging(&image_features)?,
+                &model.project_ecg(&ecg_features)?,
+            )?;
+            let loss = out.loss.to_scalar::<f32>()? as f64;
+            let top1 = mmcl_losses::retrieval::top_k_accuracy(&out.logits, &out.labels, 1)?;
+            let top5 = if n > 5 {
+                Some(mmcl_losses::retrieval::top_k_accuracy(
+                    &out.logits,
+                    &out.labels,
+                    5,
+                )?)
+            } else {
+                None
+            };
+            sums.add(n, loss, top1, top5);
+            if let (Some(targets), true) = (&batch.targets, which != OnlineClassifier::None) {
+                let features = if which == OnlineClassifier::Image {
+                    &image_features
+                } else {
+                    &ecg_features
+                };
+                let logits = model.classifier_logits(features)?;
+                let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+                for (p, t) in probs.iter().zip(targets) {
+                    if let Some(c) = t {
+                        scores.push(p[1] as f64);
+                        truth.push(*c as f64);
+                        correct += usize::from((p[1] > p[0]) == (*c == 1));
+                    }
+                }
+                let w: f64 = targets
+                    .iter()
+                    .flatten()
+                    .map(|&c| self.cfg.classifier.weights[c as usize])
+                    .sum();
+                if let Some(ce) =
+                    weighted_cross_entropy(&logits, targets, self.cfg.classifier.weights)?
+                {
+                    ce_weighted.0 += ce.to_scalar::<f32>()? as f64 * w;
+                    ce_weighted.1 += w;
+                }
+            }
+            progress.batch(loss, n);
+        }
+        progress.finish_phase();
+        let samples = sums.samples.max(1) as f64;
+        let classifier_auc = if truth.is_empty() {
+            None
+        } else {
+            mmcl_core::metrics::auroc(&truth, &scores).ok()
+        };
+        Ok(Some(ValMetrics {
+            loss: sums.loss / samples,
+            top1: sums.top1 / samples,
+            top5: sums.top5(),
+            classifier_loss: (ce_weighted.1 > 0.0).then(|| ce_weighted.0 / ce_weighted.1),
+            classifier_auc,
+            classifier_accuracy: (!truth.is_empty()).then(|| correct as f64 / truth.len() as f64),
+            samples: sums.samples,
+        }))
+    }
+}
+
+impl TrainStep for MmclStage {
+    type Error = Error;
+
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        steps_before: u64,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochReport> {
+        let lr = self.schedule.lr_at_epoch(epoch);
+        let started = Instant::now();
+        let batches = self.train_loader.num_batches();
+        progress.start_phase(epoch, "train", batches);
+        let mut sums = Sums::default();
+        let mut steps = 0u64;
+        for (b, batch) in self.train_loader.epoch(epoch as u64, 0).enumerate() {
+            let batch = self.batch_of(batch?)?;
+            let n = batch.images.dim(0)?;
+            let report = self.step.train_batch(&batch, lr)?;
+            if !report.loss.is_finite() {
+                progress.finish_phase();
+                return Err(crate::run::non_finite(
+                    report.loss,
+                    epoch,
+                    b,
+                    steps_before + steps,
+                    &self.run_dir,
+                ));
+            }
+            if report.stepped {
+                steps += 1;
+            }
+            sums.add(n, report.loss, report.top1, report.top5);
+            if let Some(c) = report.classifier_loss {
+                sums.classifier_loss += c;
+                sums.classifier_batches += 1;
+            }
+            progress.batch(report.loss, n);
+        }
+        if self.step.has_pending_gradients() {
+            self.step.flush(lr)?;
+            steps += 1;
+        }
+        progress.finish_phase();
+        let seconds = started.elapsed().as_secs_f64();
+        let samples = sums.samples.max(1) as f64;
+        let mut values = vec![
+            ("loss", sums.loss / samples),
+            ("top1", sums.top1 / samples),
+            ("lr", lr),
+            ("samples_per_s", sums.samples as f64 / seconds.max(1e-9)),
+        ];
+        if let Some(t5) = sums.top5() {
+            values.push(("top5", t5));
+        }
+        if sums.classifier_batches > 0 {
+            values.push((
+                "classifier_loss",
+                sums.classifier_loss / sums.classifier_batches as f64,
+            ));
+        }
+        Ok(EpochReport {
+            steps,
+            lr,
+            record: record(&values),
+            summary: format!(
+                "epoch {epoch}: train loss {:.4}, top-1 {:.3}, lr {lr:.3e}, {:.1} samples/s",
+                sums.loss / samples,
+                sums.top1 / samples,
+                sums.samples as f64 / seconds.max(1e-9)
+            ),
+        })
+    }
+
+    fn validate_epoch(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<ValReport>> {
+        let Some(val) = self.validate(epoch, progress)? else {
+            return Ok(None);
+        };
+        let mut values = vec![("loss", val.loss), ("top1", val.top1)];
+        if let Some(t5) = val.top5 {
+            values.push(("top5", t5));
+        }
+        for (k, v) in [
+            ("classifier_loss", val.classifier_loss),
+            ("classifier_auc", val.classifier_auc),
+            ("classifier_accuracy", val.classifier_accuracy),
+        ] {
+            if let Some(v) = v {
+                values.push((k, v));
+            }
+        }
+        let mut summary = format!("; val loss {:.4}, top-1 {:.3}", val.loss, val.top1);
+        if let Some(auc) = val.classifier_auc {
+            summary.push_str(&format!(", classifier AUROC {auc:.3}"));
+        }
+        Ok(Some(ValReport {
+            monitored: val.loss,
+            record: record(&values),
+            summary,
+        }))
+    }
+}
+
+impl Stage for MmclStage {
+    type Config = MmclConfig;
+    const KIND: TrainerKind = TrainerKind::Mmcl;
+    const NAME: &'static str = "MmclTrainer";
+
+    fn load_config(path: &Path) -> Result<MmclConfig> {
+        MmclConfig::from_file(path)
+    }
+
+    fn config_toml(cfg: &MmclConfig) -> String {
+        cfg.to_toml()
+    }
+
+    /// Pre-trained encoders named in the configuration are loaded.
+    fn start(cfg: MmclConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
+        let mut cfg = cfg;
+        cfg.validate()?;
+        cfg.data.cache =
+            std::fs::canonicalize(&cfg.data.cache).map_err(|e| Error::io(&cfg.data.cache, e))?;
+        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        let channels = image_channels(&cache, &cfg.data.cache)?;
+        let arch = MmclArchitecture::from_config(&cfg, channels)?;
+        let model = MmclModel::new(&arch, cfg.seed, device)?;
+        let mut notes = Vec::new();
+        if let Some(p) = &cfg.imaging.pretrain_checkpoint {
+            let n = model.load_pretrained_imaging(p)?;
+            notes.push(format!(
+                "image encoder: {n} tensors loaded from {}",
+                p.display()
+            ));
+        }
+        if let Some(p) = &cfg.ecg.pretrain_checkpoint {
+            notes.push(format!("ECG encoder: {}", model.load_pretrained_ecg(p)?));
+        }
+        Ok((Self::assemble(cfg, model, cache, run_dir, device)?, notes))
+    }
+
+    fn restore(
+        cfg: MmclConfig,
+        dir: &Path,
+        state: &TrainState,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        let channels = image_channels(&cache, &cfg.data.cache)?;
+        let arch = MmclArchitecture::from_config(&cfg, channels)?;
+        let model = MmclModel::new(&arch, cfg.seed, device)?;
+        let weights = checkpoint::read_file(dir, MODEL_FILE)?;
+        model.load_state_dict(&weights, &LoadOptions::strict())?;
+        model.rng().set_state(state.rng);
+        let mut stage = Self::assemble(cfg, model, cache, run_dir, device)?;
+        stage.step.load_optimizers(dir)?;
+        Ok(stage)
+    }
+
+    fn config(&self) -> &MmclConfig {
+        &self.cfg
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn max_epochs(&self) -> usize {
+        self.cfg.max_epochs
+    }
+
+    fn val_every(&self) -> usize {
+        self.cfg.check_val_every_n_epoch
+    }
+
+    fn save_every(&self) -> usize {
+        self.cfg.save_every_n_epochs
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let mut notes = vec![format!(
+            "training on {} subjects ({} batches of {} per epoch)",
+            self.train_loader.len(),
+            self.train_loader.num_batches(),
+            self.cfg.batch_size
+        )];
+        match &self.val_loader {
+            Some(v) => notes.push(format!("validating on {} subjects", v.len())),
+            None => notes.push(format!(
+                "the {:?} split is empty: no validation",
+                self.cfg.data.val_split
+            )),
+        }
+        notes
+    }
+
+    fn schedule(&self) -> WarmupCosine {
+        self.schedule
+    }
+
+    fn rng_state(&self) -> RngState {
+        self.step.model().rng().state()
+    }
+
+    fn data_seed(&self) -> u64 {
+        self.cfg.seed
+    }
+
+    fn image_channels(&self) -> Option<usize> {
+        Some(self.step.model().architecture().imaging.in_channels)
+    }
+
+    /// `model.safetensors` (every tensor under reference names, the architecture and the epoch
+    /// as metadata), the optimisers and both encoders alone; `best` without the optimisers.
+    fn checkpoint_files(&self, state: &TrainState) -> Result<(CheckpointFiles, CheckpointFiles)> {
+        let model = self.step.model();
+        let weights = model_file(
+            model.state_dict()?,
+            model.architecture(),
+            state,
+            "mmcl-multimodal",
+        )?;
+        let ecg = CheckpointFile::new(model.ecg_encoder_state_dict()?);
+        let image = CheckpointFile::new(model.image_encoder_state_dict()?);
+        let (opt, classifier_opt) = self.step.optimizer_files();
+        let mut full = vec![
+            (MODEL_FILE, weights.clone()),
+            (OPTIMIZER_FILE, opt),
+            (ECG_ENCODER_FILE, ecg.clone()),
+            (IMAGE_ENCODER_FILE, image.clone()),
+        ];
+        if let Some(c) = classifier_opt {
+            full.push((CLASSIFIER_OPTIMIZER_FILE, c));
+        }
+        let light = vec![
+            (MODEL_FILE, weights),
+            (ECG_ENCODER_FILE, ecg),
+            (IMAGE_ENCODER_FILE, image),
+        ];
+        Ok((full, light))
+    }
+}
+
+impl Trainer<MmclStage> {
+    /// The model.
+    pub fn model(&self) -> &MmclModel {
+        self.stage().step.model()
+    }
+
+    /// Validates on the original views of the validation split ([`MmclStage::validate`]).
+    pub fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<ValMetrics>> {
+        self.stage_mut().validate(epoch, progress)
+    }
+}
+
+fn image_channels(cache: &Cache, path: &Path) -> Result<usize> {
+    let index = cache.index();
+    if index.ecg.is_none() {
+        return Err(Error::config(format!(
+            "the cache {} holds no ECGs; the multimodal stage needs ECG-image pairs",
+            path.display()
+        )));
+    }
+    index.image.map(|l| l.channels).ok_or_else(|| {
+        Error::config(format!(
+            "the cache {} holds no images; the multimodal stage needs ECG-image pairs",
+            path.display()
+        ))
+    })
+}
