@@ -418,9 +418,10 @@ pub fn match_keys<'a>(
 /// A PyTorch archive that `mmcl-pth` could not read, as this crate's error (same message).
 impl From<mmcl_pth::Error> for Error {
     fn from(e: mmcl_pth::Error) -> Self {
-        match e {
-            mmcl_pth::Error::Io { path, source } => Error::Io { path, source },
-            mmcl_pth::Error::Unreadable { path, reason } => Error::BadCheckpoint {
+        let path = e.path;
+        match *e.reason {
+            mmcl_pth::ArchiveError::Io(source) => Error::Io { path, source },
+            reason => Error::BadCheckpoint {
                 path,
                 reason: reason.to_string(),
             },

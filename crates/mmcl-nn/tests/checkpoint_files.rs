@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use mmcl_nn::batch_norm::{BatchNormConfig, batch_norm};
 use mmcl_nn::checkpoint::{KeyRemap, LoadOptions};
-use mmcl_nn::{Error, ParamStore, StateDict};
+use mmcl_nn::{Error, LoadReport, ParamStore, Result, StateDict};
 
 /// A PyTorch archive among `mmcl-pth`'s fixtures (written by `make_pth_fixtures.py`).
 fn pth_fixture(name: &str) -> PathBuf {
@@ -85,28 +85,42 @@ fn batch_norm_state(weight: Tensor) -> StateDict {
     .collect()
 }
 
+/// Writes [`batch_norm_state`] with `weight` to `dir/name` and loads it strictly into a fresh
+/// two-channel model.
+fn write_and_load(dir: &Path, name: &str, weight: Tensor) -> (ParamStore, Result<LoadReport>) {
+    let path = dir.join(name);
+    batch_norm_state(weight)
+        .write_safetensors(&path, None)
+        .expect("write");
+    let store = batch_norm_model(2);
+    let result = store.load_file(&path, &LoadOptions::strict());
+    (store, result)
+}
+
+/// Asserts that `message` names each of `needles`.
+fn assert_names(message: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from {message}"
+        );
+    }
+}
+
 #[test]
 fn integer_weights_are_refused_integer_counters_accepted() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dev = Device::Cpu;
 
     // An I64 weight: refused by name and dtype, nothing loaded.
-    let path = dir.path().join("int-weight.safetensors");
-    batch_norm_state(Tensor::new(&[3i64, 4], &dev).expect("tensor"))
-        .write_safetensors(&path, None)
-        .expect("write");
-    let store = batch_norm_model(2);
-    let err = store
-        .load_file(&path, &LoadOptions::strict())
-        .expect_err("an integer weight must not load");
+    let weight = Tensor::new(&[3i64, 4], &dev).expect("tensor");
+    let (store, result) = write_and_load(dir.path(), "int-weight.safetensors", weight);
+    let err = result.expect_err("an integer weight must not load");
     assert!(matches!(err, Error::CheckpointMismatch { .. }), "{err:?}");
-    let message = err.to_string();
-    for needle in ["int-weight.safetensors", "bn.weight", "i64"] {
-        assert!(
-            message.contains(needle),
-            "{needle:?} missing from {message}"
-        );
-    }
+    assert_names(
+        &err.to_string(),
+        &["int-weight.safetensors", "bn.weight", "i64"],
+    );
     let weight = store.get("bn.weight").expect("weight");
     assert_eq!(
         weight.as_tensor().to_vec1::<f32>().expect("f32"),
@@ -114,14 +128,9 @@ fn integer_weights_are_refused_integer_counters_accepted() {
     );
 
     // A float weight beside the I64 counter: accepted, the counter kept as an integer.
-    let path = dir.path().join("int-counter.safetensors");
-    batch_norm_state(Tensor::new(&[3f32, 4.0], &dev).expect("tensor"))
-        .write_safetensors(&path, None)
-        .expect("write");
-    let store = batch_norm_model(2);
-    let report = store
-        .load_file(&path, &LoadOptions::strict())
-        .expect("an integer counter loads");
+    let weight = Tensor::new(&[3f32, 4.0], &dev).expect("tensor");
+    let (store, result) = write_and_load(dir.path(), "int-counter.safetensors", weight);
+    let report = result.expect("an integer counter loads");
     assert_eq!(report.loaded.len(), 5);
     let counter = store.get("bn.num_batches_tracked").expect("counter");
     assert_eq!(counter.as_tensor().to_scalar::<i64>().expect("i64"), 7);
@@ -138,11 +147,5 @@ fn integer_weights_are_refused_integer_counters_accepted() {
     let err = batch_norm_model(6)
         .load_state_dict(&state, &LoadOptions::strict().allow_missing(["bn.*"]))
         .expect_err("an integer weight must not load");
-    let message = err.to_string();
-    for needle in ["dtypes.pth", "bn.weight", "i64"] {
-        assert!(
-            message.contains(needle),
-            "{needle:?} missing from {message}"
-        );
-    }
+    assert_names(&err.to_string(), &["dtypes.pth", "bn.weight", "i64"]);
 }

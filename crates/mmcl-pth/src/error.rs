@@ -1,15 +1,18 @@
-//! Why a checkpoint could not be read: [`ArchiveError`] says what is wrong with the bytes,
-//! [`Error`] adds the file.
+//! Why a checkpoint could not be read: [`ArchiveError`] says what went wrong, [`Error`] adds the
+//! file.
 
 use std::path::PathBuf;
 
 use crate::pickle::PickleError;
 use crate::tensors::{MAX_FLATTENED_ENTRIES, MAX_KEY_PATH_BYTES};
 
-/// Why the bytes of a PyTorch archive could not be read (the caller adds the file name).
+/// Why a PyTorch archive could not be read (the file name comes with [`Error`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ArchiveError {
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(std::io::Error),
     /// The file holds no bytes.
     #[error("the file is empty")]
     Empty,
@@ -116,28 +119,26 @@ pub enum ArchiveError {
     Candle(String, candle_core::Error),
 }
 
-/// A checkpoint file that could not be read, with the file's path.
+/// A checkpoint file that could not be read: the file and the reason.
 ///
-/// The messages are those of `mmcl_nn::Error`'s `Io` and `BadCheckpoint` variants, into which
-/// `mmcl-nn` converts this error.
+/// The message is that of `mmcl_nn::Error`'s `Io` variant for [`ArchiveError::Io`] and of its
+/// `BadCheckpoint` variant otherwise; `mmcl-nn` converts this error into those.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+#[error("{}: {}{reason}", path.display(), reason.preamble())]
+pub struct Error {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: Box<ArchiveError>,
+}
 
-    /// The file is not a PyTorch archive we read, or is damaged or hostile.
-    #[error("{}: not a readable checkpoint: {reason}", path.display())]
-    Unreadable {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: Box<ArchiveError>,
-    },
+impl ArchiveError {
+    /// What the file's message says before the reason: nothing for a failed read, that the file
+    /// is not a readable checkpoint otherwise.
+    fn preamble(&self) -> &'static str {
+        match self {
+            ArchiveError::Io(_) => "",
+            _ => "not a readable checkpoint: ",
+        }
+    }
 }

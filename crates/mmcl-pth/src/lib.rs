@@ -64,18 +64,16 @@ pub const LEGACY_MAGIC: u8 = 0x80;
 /// pickle lists them.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be read; [`Error::Unreadable`] when it is not a
+/// [`ArchiveError::Io`] when the file cannot be read; another reason when it is not a
 /// `torch.save` zip archive (empty, the legacy format, another format), is damaged, or asks for
 /// more than its sizes allow.
 pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    read_bytes(&bytes).map_err(|reason| Error::Unreadable {
+    let unreadable = |reason| Error {
         path: path.to_path_buf(),
         reason: Box::new(reason),
-    })
+    };
+    let bytes = std::fs::read(path).map_err(|e| unreadable(ArchiveError::Io(e)))?;
+    read_bytes(&bytes).map_err(unreadable)
 }
 
 /// [`read_file`] for an archive held in memory.
