@@ -56,7 +56,7 @@ pub enum PickleError {
         /// How the pickle uses it.
         action: &'static str,
     },
-    /// The pickle builds or copies more than [`MAX_PICKLE_VALUES`] values.
+    /// The pickle builds or copies more values than allowed (2²⁴, `MAX_PICKLE_VALUES`).
     #[error(
         "the pickle builds more than {MAX_PICKLE_VALUES} values (memo references copying one \
          object over and over?)"
