@@ -8,8 +8,8 @@ use std::process::Command;
 
 /// The layers, lowest first. Within a layer, crates do not depend on each other.
 const LAYERS: &[&[&str]] = &[
-    // Test support and the foundation: no tensor library underneath.
-    &["mmcl-testutil", "mmcl-core"],
+    // Test support, the foundation (no tensor library underneath) and PyTorch checkpoint import.
+    &["mmcl-testutil", "mmcl-core", "mmcl-pth"],
     // Tensor building blocks, and the file readers that need no model.
     &["mmcl-nn", "mmcl-data"],
     // The encoders, and the synthetic cohort (built on the data layer's formats).

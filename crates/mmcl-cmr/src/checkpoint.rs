@@ -10,9 +10,13 @@
 //!
 //! Models are built with torchvision names ([`crate::ResNet::new`]); [`extract_encoder`] finds an
 //! encoder in any checkpoint and renames it to torchvision names, and [`released_state_dict`]
-//! goes the other way for export.
+//! goes the other way for export. Both directions are [`KeyRemap`] tables built from one list of
+//! children ([`rename_rules`]).
+
+use std::sync::LazyLock;
 
 use candle_core::Tensor;
+use mmcl_nn::checkpoint::{KeyRemap, KeyRule};
 use mmcl_nn::{LoadOptions, LoadReport, ParamStore, StateDict};
 
 use crate::{Error, Result};
@@ -39,24 +43,50 @@ pub enum EncoderLayout {
     Sequential,
 }
 
+/// Rules renaming the trunk's children from the `source` layout under the prefix `from` to the
+/// other layout under the prefix `to`: from Sequential, `{from}4.` → `{to}layer1.`, …; from
+/// torchvision, `{from}layer1.` → `{to}4.`, …. Keys of other children match no rule.
+pub fn rename_rules(source: EncoderLayout, from: &str, to: &str) -> Vec<KeyRule> {
+    SEQUENTIAL_CHILDREN
+        .iter()
+        .map(|&(index, name)| {
+            let (old, new) = match source {
+                EncoderLayout::Sequential => (index, name),
+                EncoderLayout::Torchvision => (name, index),
+            };
+            KeyRule::ReplacePrefix {
+                from: format!("{from}{old}."),
+                to: format!("{to}{new}."),
+            }
+        })
+        .collect()
+}
+
+/// A whole-key table from the `source` layout to the other one; other keys are dropped.
+fn layout_remap(source: EncoderLayout) -> KeyRemap {
+    KeyRemap::new()
+        .with_rules(rename_rules(source, "", ""))
+        .drop_unmatched()
+}
+
+/// See [`torchvision_to_sequential`].
+static TORCHVISION_TO_SEQUENTIAL: LazyLock<KeyRemap> =
+    LazyLock::new(|| layout_remap(EncoderLayout::Torchvision));
+
+/// See [`sequential_to_torchvision`].
+static SEQUENTIAL_TO_TORCHVISION: LazyLock<KeyRemap> =
+    LazyLock::new(|| layout_remap(EncoderLayout::Sequential));
+
 /// The Sequential-index name of a torchvision key (`layer1.0.conv1.weight` →
 /// `4.0.conv1.weight`); `None` for keys outside the trunk (`fc.*`).
 pub fn torchvision_to_sequential(key: &str) -> Option<String> {
-    let (head, rest) = key.split_once('.')?;
-    SEQUENTIAL_CHILDREN
-        .iter()
-        .find(|(_, name)| *name == head)
-        .map(|(index, _)| format!("{index}.{rest}"))
+    TORCHVISION_TO_SEQUENTIAL.apply(key)
 }
 
 /// The torchvision name of a Sequential-index key (`0.weight` → `conv1.weight`); `None` for
 /// indices that hold no parameters or do not exist.
 pub fn sequential_to_torchvision(key: &str) -> Option<String> {
-    let (head, rest) = key.split_once('.')?;
-    SEQUENTIAL_CHILDREN
-        .iter()
-        .find(|(index, _)| *index == head)
-        .map(|(_, name)| format!("{name}.{rest}"))
+    SEQUENTIAL_TO_TORCHVISION.apply(key)
 }
 
 /// An image encoder found in a checkpoint, renamed to torchvision names.
@@ -142,25 +172,17 @@ pub fn extract_encoder(state: &StateDict, prefix: Option<&str>) -> Result<Encode
             )));
         }
     };
-    let mut encoder = StateDict::with_source(state.source());
-    let mut ignored = Vec::new();
-    for (key, tensor) in state.iter() {
-        let Some(local) = key.strip_prefix(prefix.as_str()) else {
-            ignored.push(key.to_string());
-            continue;
-        };
-        let renamed = match layout {
-            EncoderLayout::Torchvision if local.starts_with("fc.") => {
-                ignored.push(key.to_string());
-                continue;
-            }
-            EncoderLayout::Torchvision => local.to_string(),
-            EncoderLayout::Sequential => {
-                sequential_to_torchvision(local).unwrap_or_else(|| key.to_string())
-            }
-        };
-        encoder.insert(renamed, tensor.clone());
-    }
+    // Keys outside the prefix, and torchvision's `fc`, are left aside; Sequential keys that fit
+    // no known child keep their spelling, so that loading reports them as unexpected.
+    let remap = match layout {
+        EncoderLayout::Torchvision => KeyRemap::new()
+            .drop_prefix(format!("{prefix}fc."))
+            .strip_prefix(prefix.as_str()),
+        EncoderLayout::Sequential => KeyRemap::new()
+            .with_rules(rename_rules(layout, &prefix, ""))
+            .keep_prefix(prefix.as_str()),
+    };
+    let (encoder, ignored) = state.remap(&remap.drop_unmatched());
     Ok(EncoderCheckpoint {
         state: encoder,
         layout,
@@ -290,6 +312,38 @@ mod tests {
         assert_eq!(other.layout, EncoderLayout::Torchvision);
         assert!(other.ignored.contains(&"other.fc.weight".to_string()));
         assert!(extract_encoder(&StateDict::default(), None).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_children_keep_their_spelling_and_fc_is_left_aside() -> Result<()> {
+        let mut sd = StateDict::default();
+        sd.insert("m.0.weight", tensor(&[64, 3, 7, 7]));
+        sd.insert("m.4.0.conv1.weight", tensor(&[64, 64, 3, 3]));
+        sd.insert("m.9.weight", tensor(&[2]));
+        sd.insert("m.10", tensor(&[2]));
+        let found = extract_encoder(&sd, None)?;
+        let keys: Vec<&str> = found.state.keys().collect();
+        assert_eq!(
+            keys,
+            vec![
+                "conv1.weight",
+                "layer1.0.conv1.weight",
+                "m.10",
+                "m.9.weight"
+            ]
+        );
+        assert!(found.ignored.is_empty());
+
+        let mut tv = StateDict::default();
+        tv.insert("conv1.weight", tensor(&[64, 3, 7, 7]));
+        tv.insert("layer1.0.conv1.weight", tensor(&[64, 64, 3, 3]));
+        tv.insert("fc.weight", tensor(&[10, 512]));
+        tv.insert("fcx.weight", tensor(&[10]));
+        let found = extract_encoder(&tv, None)?;
+        assert_eq!(found.layout, EncoderLayout::Torchvision);
+        assert_eq!(found.ignored, vec!["fc.weight".to_string()]);
+        assert!(found.state.contains("fcx.weight"));
         Ok(())
     }
 }

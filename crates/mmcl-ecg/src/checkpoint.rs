@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use mmcl_nn::checkpoint::{LoadOptions, LoadReport, glob_match};
+use mmcl_nn::checkpoint::{KeyRemap, LoadOptions, LoadReport, glob_match};
 use mmcl_nn::rng::SharedRng;
 use mmcl_nn::{ParamStore, StateDict};
 
@@ -102,15 +102,9 @@ pub fn extract_encoder(raw: &StateDict) -> Result<EncoderState> {
             ),
         }
     })?;
-    let mut state = raw.strip_prefix(layout.prefix());
-    let ignored: Vec<String> = state
-        .keys()
-        .filter(|k| MAE_ONLY.iter().any(|p| glob_match(p, k)))
-        .map(str::to_string)
-        .collect();
-    for k in &ignored {
-        state.remove(k);
-    }
+    let (state, ignored) = raw
+        .strip_prefix(layout.prefix())
+        .remap(&KeyRemap::new().drop_matching(MAE_ONLY));
     Ok(EncoderState {
         state,
         layout,

@@ -1,8 +1,9 @@
 //! Checkpoint I/O: reading safetensors and PyTorch files into a [`StateDict`], matching its keys
 //! against a model, and writing safetensors atomically.
 //!
-//! Key renaming for the released layouts (`{"model": …}`, Lightning `{"state_dict": …}`,
-//! Sequential indices) lives in the model crates, as tables applied to a [`StateDict`].
+//! PyTorch archives are read by the `mmcl-pth` crate. Key renaming for the released layouts
+//! (`{"model": …}`, Lightning `{"state_dict": …}`, Sequential indices) lives in the model
+//! crates, as [`KeyRemap`] tables applied with [`StateDict::remap`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::{Error, Result};
+
+pub use mmcl_pth::{KeyRemap, KeyRule, glob_match};
 
 /// Named tensors read from a checkpoint (or taken from a model), sorted by name.
 #[derive(Debug, Clone, Default)]
@@ -74,16 +77,12 @@ impl StateDict {
                     .into_iter()
                     .collect()
             }
-            Some(CheckpointFormat::TorchZip) => crate::pth::read_torch_zip(&bytes)
+            Some(CheckpointFormat::TorchZip) => mmcl_pth::read_bytes(&bytes)
                 .map_err(|reason| bad(reason.to_string()))?
                 .into_iter()
                 .collect(),
-            None if bytes.first() == Some(&0x80) => {
-                return Err(bad(
-                    "a legacy (pre-1.6) PyTorch file; re-save it with torch.save(..., \
-                     _use_new_zipfile_serialization=True) or convert it to safetensors"
-                        .into(),
-                ));
+            None if bytes.first() == Some(&mmcl_pth::LEGACY_MAGIC) => {
+                return Err(bad(mmcl_pth::ArchiveError::LegacyFormat.to_string()));
             }
             None => {
                 return Err(bad(
@@ -149,28 +148,25 @@ impl StateDict {
 
     /// Keeps only keys starting with `prefix`, with the prefix removed.
     pub fn strip_prefix(&self, prefix: &str) -> Self {
-        let tensors = self
-            .tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
-            .collect();
-        Self {
-            tensors,
-            source: self.source.clone(),
-        }
+        self.remap(&KeyRemap::new().strip_prefix(prefix).drop_unmatched())
+            .0
     }
 
     /// Prepends `prefix` to every key.
     pub fn add_prefix(&self, prefix: &str) -> Self {
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
-            .collect();
-        Self {
-            tensors,
+        self.remap(&KeyRemap::new().replace_prefix("", prefix)).0
+    }
+
+    /// Renames every key through `remap`; returns the renamed state dict (same source) and the
+    /// original names of the keys it dropped, sorted. When two keys get the same name, the later
+    /// one in name order wins.
+    pub fn remap(&self, remap: &KeyRemap) -> (Self, Vec<String>) {
+        let out = remap.apply_to(self.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let state = Self {
+            tensors: out.kept.into_iter().collect(),
             source: self.source.clone(),
-        }
+        };
+        (state, out.dropped)
     }
 
     /// Renames keys through `rename`; keys for which it returns `None` are dropped.
@@ -419,44 +415,23 @@ pub fn match_keys<'a>(
     report
 }
 
-/// Whether `name` matches `pattern`, where `*` matches any run of characters.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
+/// A PyTorch archive that `mmcl-pth` could not read, as this crate's error (same message).
+impl From<mmcl_pth::Error> for Error {
+    fn from(e: mmcl_pth::Error) -> Self {
+        let path = e.path;
+        match *e.reason {
+            mmcl_pth::ArchiveError::Io(source) => Error::Io { path, source },
+            reason => Error::BadCheckpoint {
+                path,
+                reason: reason.to_string(),
+            },
         }
     }
-    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("head.*", "head.weight"));
-        assert!(!glob_match("head.*", "fc_norm.weight"));
-        assert!(glob_match("decoder_*", "decoder_blocks.0.attn.qkv.weight"));
-        assert!(glob_match(
-            "*.num_batches_tracked",
-            "layer1.0.bn1.num_batches_tracked"
-        ));
-        assert!(glob_match("blocks.*.attn.*", "blocks.3.attn.qkv.bias"));
-        assert!(!glob_match("blocks.*.attn.*", "blocks.3.mlp.fc1.bias"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exact2"));
-    }
 
     #[test]
     fn report_names_every_difference() -> Result<()> {

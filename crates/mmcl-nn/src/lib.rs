@@ -13,7 +13,8 @@
 //! - [`init`], [`pos_embed`], [`rng`]: reference initialisations, sin-cos position embeddings
 //!   and their interpolation, a seedable training RNG whose state can be saved;
 //! - [`ParamStore`], [`StateDict`]: seeded parameters, safetensors and PyTorch `.pth`/`.ckpt`
-//!   reading (our own pickle reader), key matching with a report.
+//!   reading (the latter through the `mmcl-pth` crate's pickle reader), key renaming with
+//!   [`checkpoint::KeyRemap`] tables, key matching with a report.
 //!
 //! ```
 //! use candle_core::{DType, Device, ModuleT, Tensor};
@@ -57,7 +58,6 @@ pub mod optim;
 pub mod params;
 pub mod pool;
 pub mod pos_embed;
-mod pth;
 pub mod schedule;
 mod simd;
 pub mod testing;

@@ -22,8 +22,15 @@ const MEMORY_CAP: usize = 1 << 30;
 #[global_allocator]
 static ALLOC: CappedAllocator = CappedAllocator::new(MEMORY_CAP);
 
+/// A fixture file: the PyTorch archives live beside their reader, in `mmcl-pth`.
 fn fixture(name: &str) -> Vec<u8> {
+    let owner = if name.ends_with(".safetensors") {
+        "."
+    } else {
+        "../mmcl-pth"
+    };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(owner)
         .join("tests/fixtures")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))

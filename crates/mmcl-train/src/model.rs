@@ -19,11 +19,14 @@
 //! [`MmclModel::from_reference_checkpoint`] reads any file in the reference's key layout (the
 //! reference's own checkpoints included) and infers the architecture from the tensors.
 
+use std::sync::LazyLock;
+
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Init;
-use mmcl_cmr::checkpoint::{sequential_to_torchvision, torchvision_to_sequential};
+use mmcl_cmr::checkpoint::{EncoderLayout, rename_rules};
 use mmcl_cmr::{ProjectionHead, ResNet, ResNetConfig};
 use mmcl_ecg::{EcgVit, EcgVitConfig, Pooling};
+use mmcl_nn::checkpoint::KeyRemap;
 use mmcl_nn::layers::Linear;
 use mmcl_nn::rng::SharedRng;
 use mmcl_nn::{LoadOptions, LoadReport, ParamStore, StateDict};
@@ -49,25 +52,39 @@ pub const CLASSIFIER_PREFIX: &str = "classifier.";
 /// Classes of the online classifier (a binary disease label, as in the reference).
 pub const CLASSIFIER_CLASSES: usize = 2;
 
+/// Internal → reference names: the image trunk's torchvision children become Sequential
+/// indices under [`IMAGING_PREFIX`]; every other key is kept.
+static TO_REFERENCE: LazyLock<KeyRemap> = LazyLock::new(|| {
+    KeyRemap::new().with_rules(rename_rules(
+        EncoderLayout::Torchvision,
+        IMAGING_PREFIX,
+        IMAGING_PREFIX,
+    ))
+});
+
+/// Reference → internal names: the reverse of [`TO_REFERENCE`]; an image-trunk key of no known
+/// child is dropped.
+static FROM_REFERENCE: LazyLock<KeyRemap> = LazyLock::new(|| {
+    KeyRemap::new()
+        .with_rules(rename_rules(
+            EncoderLayout::Sequential,
+            IMAGING_PREFIX,
+            IMAGING_PREFIX,
+        ))
+        .drop_prefix(IMAGING_PREFIX)
+});
+
 /// The reference (Lightning) name of an internal variable name: the image trunk's torchvision
 /// names become Sequential indices; everything else is unchanged.
 pub fn to_reference_name(name: &str) -> String {
-    match name.strip_prefix(IMAGING_PREFIX) {
-        Some(rest) => match torchvision_to_sequential(rest) {
-            Some(seq) => format!("{IMAGING_PREFIX}{seq}"),
-            None => name.to_string(),
-        },
-        None => name.to_string(),
-    }
+    // The table drops nothing: every name comes back.
+    TO_REFERENCE.apply(name).unwrap_or_else(|| name.to_string())
 }
 
 /// The internal name of a reference key (`None` for an image-trunk key that names no ResNet
 /// parameter, such as `encoder_imaging.8.…`).
 pub fn from_reference_name(key: &str) -> Option<String> {
-    match key.strip_prefix(IMAGING_PREFIX) {
-        Some(rest) => sequential_to_torchvision(rest).map(|tv| format!("{IMAGING_PREFIX}{tv}")),
-        None => Some(key.to_string()),
-    }
+    FROM_REFERENCE.apply(key)
 }
 
 /// The shapes of the multimodal model (saved as the `architecture` metadata of
