@@ -1,24 +1,24 @@
-//! A NIfTI-1 writer (`.nii.gz`) for 4-D cines and their segmentations.
+//! A NIfTI-1 writer (`.nii.gz`) for 4-D cines and their segmentations, through the `nifti`
+//! crate's writer.
 //!
 //! The header carries the voxel size, the frame interval (ms), and the voxel-to-world matrix
 //! twice, as a quaternion (qform, with `qfac` for left-handed stacks) and as rows (sform), both
-//! with code 1 (scanner coordinates), as converted UK Biobank files do.
+//! with code 1 (scanner coordinates), as converted UK Biobank files do. The crate's own
+//! `set_affine` is not used: it needs its `nalgebra_affine` feature and writes the sform with
+//! code 2 and the qform with code 0, which nibabel would not read as scanner coordinates.
 
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flate2::Compression;
-use flate2::write::GzEncoder;
+use ndarray::{ArrayView, ShapeBuilder};
+use nifti::writer::WriterOptions;
+use nifti::{Endianness, NiftiError, NiftiHeader};
 
-use crate::Result;
-use crate::io::write_file_atomic;
+use crate::{Error, Result};
 
 /// Size of the NIfTI-1 header plus the 4-byte extension flag; the voxels start here.
 pub const VOX_OFFSET: usize = 352;
 
-/// NIfTI datatype codes used here.
-const DT_UINT8: i16 = 2;
-const DT_INT16: i16 = 4;
 /// `xyzt_units`: millimetres and milliseconds.
 const UNITS_MM_MS: u8 = 2 | 16;
 
@@ -117,117 +117,125 @@ pub fn quaternion(affine: &[[f64; 4]; 3]) -> ([f64; 3], f64) {
     ([b, c, d], qfac)
 }
 
-/// The 352 bytes preceding the voxels: the NIfTI-1 header and an empty extension flag.
-pub fn header(volume: &Volume<'_>) -> [u8; VOX_OFFSET] {
-    let mut h = [0u8; VOX_OFFSET];
-    let mut put =
-        |offset: usize, bytes: &[u8]| h[offset..offset + bytes.len()].copy_from_slice(bytes);
-    put(0, &348i32.to_le_bytes());
-    put(38, b"r");
-    let dims = volume.dims;
-    let dim: [i16; 8] = [
-        4,
-        dims[0] as i16,
-        dims[1] as i16,
-        dims[2] as i16,
-        dims[3] as i16,
-        1,
-        1,
-        1,
-    ];
-    for (i, d) in dim.iter().enumerate() {
-        put(40 + 2 * i, &d.to_le_bytes());
-    }
-    let (datatype, bitpix) = match volume.voxels {
-        Voxels::I16(_) => (DT_INT16, 16i16),
-        Voxels::U8(_) => (DT_UINT8, 8i16),
-    };
-    put(70, &datatype.to_le_bytes());
-    put(72, &bitpix.to_le_bytes());
+/// The header of `volume` (the crate's writer fills in the dimensions, data type, `bitpix`,
+/// `vox_offset` = [`VOX_OFFSET`], `scl_slope` = 1, `scl_inter` = 0 and the magic `n+1`).
+pub fn header(volume: &Volume<'_>) -> NiftiHeader {
     let (quatern, qfac) = quaternion(volume.affine);
-    let pixdim: [f32; 8] = [
-        qfac as f32,
-        volume.voxel_mm[0] as f32,
-        volume.voxel_mm[1] as f32,
-        volume.voxel_mm[2] as f32,
-        volume.frame_ms as f32,
-        1.0,
-        1.0,
-        1.0,
-    ];
-    for (i, p) in pixdim.iter().enumerate() {
-        put(76 + 4 * i, &p.to_le_bytes());
+    let srow = |row: usize| volume.affine[row].map(|v| v as f32);
+    let description = volume.description.as_bytes();
+    let mut descrip = vec![0u8; 80];
+    // At most 79 bytes: the field stays NUL-terminated.
+    let kept = description.len().min(79);
+    descrip[..kept].copy_from_slice(&description[..kept]);
+    NiftiHeader {
+        regular: b'r',
+        pixdim: [
+            qfac as f32,
+            volume.voxel_mm[0] as f32,
+            volume.voxel_mm[1] as f32,
+            volume.voxel_mm[2] as f32,
+            volume.frame_ms as f32,
+            1.0,
+            1.0,
+            1.0,
+        ],
+        xyzt_units: UNITS_MM_MS,
+        descrip,
+        qform_code: 1, // scanner
+        sform_code: 1,
+        quatern_b: quatern[0] as f32,
+        quatern_c: quatern[1] as f32,
+        quatern_d: quatern[2] as f32,
+        quatern_x: volume.affine[0][3] as f32,
+        quatern_y: volume.affine[1][3] as f32,
+        quatern_z: volume.affine[2][3] as f32,
+        srow_x: srow(0),
+        srow_y: srow(1),
+        srow_z: srow(2),
+        // Little-endian whatever the machine, as before.
+        endianness: Endianness::Little,
+        ..NiftiHeader::default()
     }
-    put(108, &(VOX_OFFSET as f32).to_le_bytes());
-    put(112, &1f32.to_le_bytes()); // scl_slope
-    put(116, &0f32.to_le_bytes()); // scl_inter
-    put(123, &[UNITS_MM_MS]);
-    let descrip = volume.description.as_bytes();
-    put(148, &descrip[..descrip.len().min(79)]);
-    put(252, &1i16.to_le_bytes()); // qform_code: scanner
-    put(254, &1i16.to_le_bytes()); // sform_code: scanner
-    for (i, q) in quatern.iter().enumerate() {
-        put(256 + 4 * i, &(*q as f32).to_le_bytes());
-    }
-    for row in 0..3 {
-        put(268 + 4 * row, &(volume.affine[row][3] as f32).to_le_bytes());
-    }
-    for row in 0..3 {
-        for col in 0..4 {
-            put(
-                280 + 16 * row + 4 * col,
-                &(volume.affine[row][col] as f32).to_le_bytes(),
-            );
-        }
-    }
-    put(344, b"n+1\0");
-    h
 }
 
-/// Writes `volume` as a gzip-compressed NIfTI-1 file at `level` (0–9), atomically.
+/// Refuses dimensions that do not fit NIfTI-1 and voxels that do not fill them.
+fn check(volume: &Volume<'_>) -> std::io::Result<()> {
+    if volume.dims.iter().any(|&d| d == 0 || d > i16::MAX as usize) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "dimensions {:?} do not fit NIfTI-1 (1..=32767)",
+                volume.dims
+            ),
+        ));
+    }
+    let expected: usize = volume.dims.iter().product();
+    if volume.voxels.len() != expected {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} voxels do not fill dimensions {:?}",
+                volume.voxels.len(),
+                volume.dims
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The temporary sibling the crate writes `path` into: the crate names its output by the
+/// extension (a `.nii.gz` stays one, anything else becomes one), so the name ends in `.nii.gz`.
+fn staging_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}.nii.gz", std::process::id()))
+}
+
+/// Writes `volume` with `header` to `staging` through the crate.
+fn write_staging(
+    staging: &Path,
+    volume: &Volume<'_>,
+    header: &NiftiHeader,
+    level: u32,
+) -> std::result::Result<(), NiftiError> {
+    let options = WriterOptions::new(staging)
+        .reference_header(header)
+        .compression_level(Compression::new(level.min(9)));
+    // NIfTI's order (x fastest) is ndarray's Fortran order over [x, y, z, t].
+    let [x, y, z, t] = volume.dims;
+    let shape = (x, y, z, t).f();
+    let shape_error = |e: ndarray::ShapeError| NiftiError::Io(std::io::Error::other(e));
+    match volume.voxels {
+        Voxels::I16(v) => {
+            options.write_nifti(&ArrayView::from_shape(shape, v).map_err(shape_error)?)
+        }
+        Voxels::U8(v) => {
+            options.write_nifti(&ArrayView::from_shape(shape, v).map_err(shape_error)?)
+        }
+    }
+}
+
+/// Writes `volume` as a gzip-compressed NIfTI-1 file at `level` (0–9), atomically: the crate
+/// writes a temporary sibling ([`staging_path`]) that is renamed over `path` once complete, and
+/// removed on any error.
 ///
 /// # Errors
 /// [`crate::Error::Io`] naming the file, also when a dimension does not fit NIfTI-1 or the
 /// voxel count does not fill `dims`.
 pub fn write_nifti_gz(path: &Path, volume: &Volume<'_>, level: u32) -> Result<()> {
-    write_file_atomic(path, |out| {
-        if volume.dims.iter().any(|&d| d == 0 || d > i16::MAX as usize) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "dimensions {:?} do not fit NIfTI-1 (1..=32767)",
-                    volume.dims
-                ),
-            ));
-        }
-        let expected: usize = volume.dims.iter().product();
-        if volume.voxels.len() != expected {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "{} voxels do not fill dimensions {:?}",
-                    volume.voxels.len(),
-                    volume.dims
-                ),
-            ));
-        }
-        let mut gz = GzEncoder::new(out, Compression::new(level.min(9)));
-        gz.write_all(&header(volume))?;
-        match volume.voxels {
-            Voxels::U8(v) => gz.write_all(v)?,
-            Voxels::I16(v) => {
-                let mut buf = Vec::with_capacity(1 << 16);
-                for chunk in v.chunks(1 << 15) {
-                    buf.clear();
-                    for x in chunk {
-                        buf.extend_from_slice(&x.to_le_bytes());
-                    }
-                    gz.write_all(&buf)?;
-                }
-            }
-        }
-        gz.finish()?;
-        Ok(())
+    check(volume).map_err(|e| Error::io(path, e))?;
+    let staging = staging_path(path);
+    let written = write_staging(&staging, volume, &header(volume), level)
+        .map_err(|e| match e {
+            NiftiError::Io(e) => e,
+            other => std::io::Error::other(other),
+        })
+        .and_then(|()| std::fs::rename(&staging, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&staging);
+        Error::io(path, e)
     })
 }
 
@@ -293,27 +301,63 @@ mod tests {
 
     #[test]
     fn header_fields_are_where_nifti1_puts_them() {
+        use std::io::Read;
         let affine = [
             [1.8, 0.0, 0.0, -10.0],
             [0.0, 1.8, 0.0, 5.0],
             [0.0, 0.0, 8.0, 2.0],
         ];
-        let data = vec![0u8; 4 * 3 * 2 * 5];
+        let data: Vec<i16> = (0..4 * 3 * 2 * 5).map(|v| v - 7).collect();
         let v = Volume {
             dims: [4, 3, 2, 5],
             voxel_mm: [1.8, 1.8, 8.0],
             frame_ms: 40.0,
             affine: &affine,
-            voxels: Voxels::U8(&data),
+            voxels: Voxels::I16(&data),
             description: "test",
         };
-        let h = header(&v);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sa.nii.gz");
+        write_nifti_gz(&path, &v, 6).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no staging file left behind");
+        let mut h = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
+            .read_to_end(&mut h)
+            .unwrap();
+        let i16_at = |o: usize| i16::from_le_bytes(h[o..o + 2].try_into().unwrap());
+        let f32_at = |o: usize| f32::from_le_bytes(h[o..o + 4].try_into().unwrap());
         assert_eq!(i32::from_le_bytes(h[0..4].try_into().unwrap()), 348);
-        assert_eq!(i16::from_le_bytes(h[40..42].try_into().unwrap()), 4);
-        assert_eq!(i16::from_le_bytes(h[48..50].try_into().unwrap()), 5);
-        assert_eq!(f32::from_le_bytes(h[108..112].try_into().unwrap()), 352.0);
+        assert_eq!(h[38], b'r');
+        let dim: Vec<i16> = (0..8).map(|k| i16_at(40 + 2 * k)).collect();
+        assert_eq!(dim, [4, 4, 3, 2, 5, 1, 1, 1]);
+        assert_eq!((i16_at(70), i16_at(72)), (4, 16)); // int16
+        let pixdim: Vec<f32> = (0..8).map(|k| f32_at(76 + 4 * k)).collect();
+        assert_eq!(pixdim, [1.0, 1.8, 1.8, 8.0, 40.0, 1.0, 1.0, 1.0]);
+        assert_eq!(f32_at(108), VOX_OFFSET as f32);
+        assert_eq!((f32_at(112), f32_at(116)), (1.0, 0.0)); // scl_slope, scl_inter
+        assert_eq!(h[123], UNITS_MM_MS);
+        assert_eq!(&h[148..153], b"test\0");
+        assert_eq!((i16_at(252), i16_at(254)), (1, 1)); // qform, sform: scanner
+        assert_eq!(f32_at(276), 2.0); // qoffset_z
+        let srow: Vec<f32> = (0..12).map(|k| f32_at(280 + 4 * k)).collect();
+        assert_eq!(srow[..4], [1.8, 0.0, 0.0, -10.0]);
+        assert_eq!(srow[8..], [0.0, 0.0, 8.0, 2.0]);
         assert_eq!(&h[344..348], b"n+1\0");
-        assert_eq!(f32::from_le_bytes(h[76..80].try_into().unwrap()), 1.0);
-        assert_eq!(f32::from_le_bytes(h[276..280].try_into().unwrap()), 2.0);
+        assert_eq!(&h[348..VOX_OFFSET], [0; 4]); // no extensions
+        let voxels: Vec<i16> = h[VOX_OFFSET..]
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(voxels, data, "x fastest, little-endian");
+
+        // A volume that does not fit is refused, leaving nothing behind.
+        let bad = Volume {
+            dims: [4, 3, 2, 6],
+            ..v
+        };
+        let err = write_nifti_gz(&dir.path().join("bad.nii.gz"), &bad, 6).unwrap_err();
+        assert!(err.to_string().contains("bad.nii.gz"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

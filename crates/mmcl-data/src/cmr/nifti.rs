@@ -10,9 +10,17 @@
 //! [`MAX_VOXELS`] and [`MAX_VOX_OFFSET`], and then exactly that many bytes are read. A stream
 //! that holds more (a decompression bomb, a wrong header) or less (truncated) is an error naming
 //! the file.
+//!
+//! The `nifti` crate parses the header fields (from those 348 bytes) and decodes the voxels (from
+//! the bytes read); the reading itself stays here, because the crate's readers size their
+//! buffers from the header and inflate gzip without a cap, and so do the checks, which refuse
+//! more than the crate does (sizes beyond [`MAX_VOXELS`], far offsets, 64-bit integer and
+//! complex data) with errors that name the file.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+
+use nifti::{Endianness, InMemNiftiVolume, IntoNdArray, NiftiHeader, NiftiType};
 
 use crate::{Error, Result};
 use mmcl_core::files::open_regular;
@@ -53,16 +61,27 @@ impl NiftiImage {
     }
 }
 
-/// The header fields needed to read and decode the voxels.
+/// The data types read: 8-, 16- and 32-bit integers, `f32` and `f64`.
+const SUPPORTED: [NiftiType; 8] = [
+    NiftiType::Uint8,
+    NiftiType::Int8,
+    NiftiType::Int16,
+    NiftiType::Uint16,
+    NiftiType::Int32,
+    NiftiType::Uint32,
+    NiftiType::Float32,
+    NiftiType::Float64,
+];
+
+/// The header fields needed to read and decode the voxels, validated.
 struct Header {
-    little: bool,
+    /// The header as the `nifti` crate parsed it.
+    raw: NiftiHeader,
     dims: Vec<usize>,
     pixdim: Vec<f64>,
-    datatype: i16,
+    datatype: NiftiType,
     /// Bytes per voxel.
     width: usize,
-    slope: f32,
-    inter: f32,
     /// Where the voxels start.
     offset: usize,
     /// Bytes of voxel data (voxels × width).
@@ -184,7 +203,7 @@ fn read_stream(
     if body.len() > header.data_len {
         return Err(too_long(path, &header, source));
     }
-    Ok(decode(header, &body))
+    decode(header, body, path)
 }
 
 /// Reads until `buf` is full or the stream ends; the number of bytes read.
@@ -231,9 +250,8 @@ fn too_long(path: &Path, header: &Header, source: Source) -> Error {
 /// Parses and validates the 348-byte header; every size is checked before anything is
 /// allocated from it.
 fn parse_header(bytes: &[u8; HEADER_LEN], path: &Path) -> Result<Header> {
-    let size_le = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let size_be = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let little = match (size_le, size_be) {
+    let size = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    let little = match (i32::from_le_bytes(size), i32::from_be_bytes(size)) {
         (348, _) => true,
         (_, 348) => false,
         (540, _) | (_, 540) => {
@@ -246,33 +264,34 @@ fn parse_header(bytes: &[u8; HEADER_LEN], path: &Path) -> Result<Header> {
             ));
         }
     };
-    let i16_at = |o: usize| {
-        let b = [bytes[o], bytes[o + 1]];
-        if little {
-            i16::from_le_bytes(b)
-        } else {
-            i16::from_be_bytes(b)
-        }
-    };
-    let f32_at = |o: usize| {
-        let b = [bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]];
-        if little {
-            f32::from_le_bytes(b)
-        } else {
-            f32::from_be_bytes(b)
-        }
-    };
     let magic = &bytes[344..348];
-    if magic == b"ni1\0" {
+    if magic == nifti::header::MAGIC_CODE_NI1 {
         return Err(Error::format(
             path,
             "two-file NIfTI (.hdr/.img) is not supported; convert to .nii",
         ));
     }
-    if magic != b"n+1\0" {
+    if magic != nifti::header::MAGIC_CODE_NIP1 {
         return Err(Error::format(path, "bad NIfTI-1 magic (expected \"n+1\")"));
     }
-    let ndim = i16_at(40);
+    let raw = NiftiHeader::from_reader(&bytes[..])
+        .map_err(|e| Error::format(path, format!("bad NIfTI-1 header: {e}")))?;
+    // The crate takes the byte order from dim[0] (swapped when above 7), this reader from
+    // sizeof_hdr; where they differ, dim[0] read in our order is out of range and refused here,
+    // so every field below was read in the order sizeof_hdr gives.
+    let order = if little {
+        Endianness::Little
+    } else {
+        Endianness::Big
+    };
+    let in_our_order = |v: u16| {
+        if raw.endianness == order {
+            v
+        } else {
+            v.swap_bytes()
+        }
+    };
+    let ndim = in_our_order(raw.dim[0]) as i16;
     if !(1..=7).contains(&ndim) {
         return Err(Error::format(path, format!("bad dim[0] = {ndim}")));
     }
@@ -280,27 +299,24 @@ fn parse_header(bytes: &[u8; HEADER_LEN], path: &Path) -> Result<Header> {
     let mut dims = Vec::with_capacity(ndim);
     let mut pixdim = Vec::with_capacity(ndim);
     for k in 1..=ndim {
-        let d = i16_at(40 + 2 * k);
+        let d = raw.dim[k] as i16;
         if d < 1 {
             return Err(Error::format(path, format!("dimension {k} has size {d}")));
         }
         dims.push(d as usize);
-        pixdim.push(f32_at(76 + 4 * k) as f64);
+        pixdim.push(raw.pixdim[k] as f64);
     }
-    let datatype = i16_at(70);
-    let width = match datatype {
-        2 | 256 => 1,
-        4 | 512 => 2,
-        8 | 16 | 768 => 4,
-        64 => 8,
-        other => {
+    let datatype = match raw.data_type() {
+        Ok(t) if SUPPORTED.contains(&t) => t,
+        _ => {
             return Err(Error::format(
                 path,
-                format!("unsupported NIfTI data type {other}"),
+                format!("unsupported NIfTI data type {}", raw.datatype),
             ));
         }
     };
-    let vox_offset = f32_at(108);
+    let width = datatype.size_of();
+    let vox_offset = raw.vox_offset;
     let offset = if vox_offset.is_finite() && vox_offset >= HEADER_LEN as f32 {
         if vox_offset > MAX_VOX_OFFSET as f32 {
             return Err(Error::format(
@@ -334,84 +350,52 @@ fn parse_header(bytes: &[u8; HEADER_LEN], path: &Path) -> Result<Header> {
         .filter(|n| n.checked_add(offset).is_some())
         .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} are too large")))?;
     Ok(Header {
-        little,
+        raw,
         dims,
         pixdim,
         datatype,
         width,
-        slope: f32_at(112),
-        inter: f32_at(116),
         offset,
         data_len,
     })
 }
 
-/// The voxels of `body` (exactly `header.data_len` bytes) as a scaled f32 image.
-fn decode(header: Header, body: &[u8]) -> NiftiImage {
-    let little = header.little;
-    let mut data: Vec<f32> = match header.datatype {
-        2 => body.iter().map(|&b| b as f32).collect(),
-        256 => body.iter().map(|&b| b as i8 as f32).collect(),
-        4 => body
-            .chunks_exact(2)
-            .map(|c| endian16(c, little) as i16 as f32)
-            .collect(),
-        512 => body
-            .chunks_exact(2)
-            .map(|c| endian16(c, little) as f32)
-            .collect(),
-        8 => body
-            .chunks_exact(4)
-            .map(|c| endian32(c, little) as i32 as f32)
-            .collect(),
-        768 => body
-            .chunks_exact(4)
-            .map(|c| endian32(c, little) as f32)
-            .collect(),
-        16 => body
-            .chunks_exact(4)
-            .map(|c| f32::from_bits(endian32(c, little)))
-            .collect(),
-        _ => body
-            .chunks_exact(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(c);
-                (if little {
-                    f64::from_le_bytes(b)
-                } else {
-                    f64::from_be_bytes(b)
-                }) as f32
-            })
-            .collect(),
+/// The voxels of `body` (exactly `header.data_len` bytes) as a scaled f32 image, decoded by the
+/// `nifti` crate.
+///
+/// The scaling is this reader's: none for a zero, non-finite or identity (1, 0) slope, and a
+/// non-finite intercept counts as 0. The crate scales whenever the slope is non-zero, so it is
+/// handed the slope and intercept that give exactly that (`v · slope + inter` in f32 either way).
+fn decode(header: Header, body: Vec<u8>, path: &Path) -> Result<NiftiImage> {
+    let (slope, inter) = (header.raw.scl_slope, header.raw.scl_inter);
+    let (slope, inter) = if slope != 0.0 && slope.is_finite() && !(slope == 1.0 && inter == 0.0) {
+        (slope, if inter.is_finite() { inter } else { 0.0 })
+    } else {
+        (0.0, 0.0)
     };
-    let (slope, inter) = (header.slope, header.inter);
-    if slope != 0.0 && slope.is_finite() && !(slope == 1.0 && inter == 0.0) {
-        let inter = if inter.is_finite() { inter } else { 0.0 };
-        data.iter_mut().for_each(|v| *v = *v * slope + inter);
+    // The validated dimensions and type, not the header's raw fields (the crate would size the
+    // data from `bitpix`, which this reader ignores).
+    let mut dim = [1u16; 8];
+    dim[0] = header.dims.len() as u16;
+    for (d, &n) in dim[1..].iter_mut().zip(&header.dims) {
+        *d = n as u16;
     }
-    NiftiImage {
+    let decoded = InMemNiftiVolume::from_raw_fields(
+        dim,
+        header.datatype,
+        slope,
+        inter,
+        body,
+        header.raw.endianness,
+    )
+    .and_then(|volume| volume.into_ndarray::<f32>())
+    .map_err(|e| Error::format(path, format!("cannot decode the voxels: {e}")))?;
+    // The crate's array is in NIfTI's (Fortran) order, x fastest, as `NiftiImage::data`.
+    let (data, _) = decoded.into_raw_vec_and_offset();
+    Ok(NiftiImage {
         dims: header.dims,
         pixdim: header.pixdim,
-        datatype: header.datatype,
+        datatype: header.raw.datatype,
         data,
-    }
-}
-
-fn endian16(c: &[u8], little: bool) -> u16 {
-    let b = [c[0], c[1]];
-    if little {
-        u16::from_le_bytes(b)
-    } else {
-        u16::from_be_bytes(b)
-    }
-}
-
-fn endian32(c: &[u8], little: bool) -> u32 {
-    let b = [c[0], c[1], c[2], c[3]];
-    if little {
-        u32::from_le_bytes(b)
-    } else {
-        u32::from_be_bytes(b)
-    }
+    })
 }
