@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use mmcl_eval::finetune::{FinetuneConfig, FinetuneOutcome, finetune};
-use mmcl_eval::metrics::{self, Task};
-use mmcl_eval::plot::{RocFigure, RocSeries, ScatterFigure, ScatterPanel, TrainingCurvesFigure};
+use mmcl_eval::plot::{self, TrainingCurvesFigure};
 use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
 use mmcl_train::BarProgress;
@@ -158,60 +157,13 @@ fn write_results(
     report::write_evaluation(&dir.join("metrics.json"), &outcome.test)?;
     write_predictions(&dir.join("predictions.csv"), outcome)?;
 
-    let (truth, pred) = (&outcome.test_truth, &outcome.test_predictions);
-    let present = |j: usize| -> (Vec<f64>, Vec<f64>) {
-        (0..truth.rows())
-            .filter(|&i| !truth.get(i, j).is_nan())
-            .map(|i| (truth.get(i, j), pred.get(i, j)))
-            .unzip()
-    };
-    let mut figures = Vec::new();
-    match cfg.task {
-        Task::Classification => {
-            let mut series = Vec::new();
-            for (j, name) in outcome.target_names.iter().enumerate() {
-                let (t, p) = present(j);
-                let auroc = outcome.test.targets[j].metrics["auroc"];
-                series.push(RocSeries {
-                    name: name.clone(),
-                    curve: metrics::roc_curve(&t, &p)?,
-                    auroc: auroc.value,
-                    ci: auroc.ci_low.zip(auroc.ci_high),
-                });
-            }
-            RocFigure {
-                series,
-                title: "ROC curves (test split, fine-tuned)".into(),
-            }
-            .save(&dir.join("roc.png"))?;
-            figures.push(("ROC curves".to_string(), PathBuf::from("roc.png")));
-        }
-        Task::Regression => {
-            let panels = outcome
-                .target_names
-                .iter()
-                .enumerate()
-                .map(|(j, name)| {
-                    let (t, p) = present(j);
-                    ScatterPanel {
-                        name: name.clone(),
-                        truth: t,
-                        prediction: p,
-                        r2: Some(outcome.test.targets[j].metrics["r2"].value),
-                    }
-                })
-                .collect();
-            ScatterFigure {
-                panels,
-                title: "Predicted vs true (test split, fine-tuned)".into(),
-            }
-            .save(&dir.join("scatter.png"))?;
-            figures.push((
-                "Predicted vs true".to_string(),
-                PathBuf::from("scatter.png"),
-            ));
-        }
-    }
+    let mut figures = vec![plot::save_evaluation_figure(
+        dir,
+        &outcome.test,
+        &outcome.test_truth,
+        &outcome.test_predictions,
+        "test split, fine-tuned",
+    )?];
     let run_log = RunLog::read(log_path)?;
     let mut curves = TrainingCurvesFigure::new(&run_log);
     curves.title = "Fine-tuning".into();

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use mmcl_eval::Matrix;
 use mmcl_eval::metrics::{self, Bootstrap, Evaluation, Task};
-use mmcl_eval::plot::{RocFigure, RocSeries, ScatterFigure, ScatterPanel};
+use mmcl_eval::plot;
 use mmcl_eval::probe::{LinearProbe, ProbeConfig};
 use mmcl_eval::report::{self, Report};
 
@@ -217,7 +217,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("predictions written to {}", path.display());
     }
     if let Some(dir) = &args.figures {
-        write_figures(dir, task, &evaluation, &test_y, &predictions, &names, &args)?;
+        write_figures(dir, task, &evaluation, &test_y, &predictions, &args)?;
         eprintln!("figures and report written to {}", dir.display());
     }
     Ok(())
@@ -253,58 +253,10 @@ fn write_figures(
     evaluation: &Evaluation,
     truth: &Matrix<f64>,
     predictions: &Matrix<f64>,
-    names: &[String],
     args: &Args,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let present = |j: usize| -> (Vec<f64>, Vec<f64>) {
-        (0..truth.rows())
-            .filter(|&i| !truth.get(i, j).is_nan())
-            .map(|i| (truth.get(i, j), predictions.get(i, j)))
-            .unzip()
-    };
-    let (file, caption) = match task {
-        Task::Classification => {
-            let mut series = Vec::new();
-            for (j, name) in names.iter().enumerate() {
-                let (t, p) = present(j);
-                let auroc = evaluation.targets[j].metrics["auroc"];
-                series.push(RocSeries {
-                    name: name.clone(),
-                    curve: metrics::roc_curve(&t, &p)?,
-                    auroc: auroc.value,
-                    ci: auroc.ci_low.zip(auroc.ci_high),
-                });
-            }
-            let figure = RocFigure {
-                series,
-                title: "ROC curves (test split)".into(),
-            };
-            figure.save(&dir.join("roc.png"))?;
-            ("roc.png", "ROC curves")
-        }
-        Task::Regression => {
-            let panels = names
-                .iter()
-                .enumerate()
-                .map(|(j, name)| {
-                    let (t, p) = present(j);
-                    ScatterPanel {
-                        name: name.clone(),
-                        truth: t,
-                        prediction: p,
-                        r2: Some(evaluation.targets[j].metrics["r2"].value),
-                    }
-                })
-                .collect();
-            let figure = ScatterFigure {
-                panels,
-                title: "Predicted vs true (test split)".into(),
-            };
-            figure.save(&dir.join("scatter.png"))?;
-            ("scatter.png", "Predicted vs true")
-        }
-    };
+    let figure = plot::save_evaluation_figure(dir, evaluation, truth, predictions, "test split")?;
     let notes = vec![format!(
         "Linear probe on frozen embeddings: training `{}`, test `{}`{}. Standardisation fitted on the training rows; {} per target.",
         args.train_x.display(),
@@ -322,7 +274,7 @@ fn write_figures(
     Report {
         title: "Linear probe".into(),
         evaluation,
-        figures: vec![(caption.into(), PathBuf::from(file))],
+        figures: vec![figure],
         notes,
     }
     .save(&dir.join("report.md"))?;

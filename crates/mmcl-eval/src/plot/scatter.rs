@@ -1,0 +1,144 @@
+//! Predicted-vs-true scatter plots, one panel per phenotype.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::style::{FAMILY, PALETTE, shared_axes};
+use super::{
+    Area, Backend, DrawResult, Figure, evaluation_pairs, grid_size, save, target_metric,
+    titled_panels,
+};
+use crate::metrics::Evaluation;
+use crate::{Error, Matrix, Result};
+
+/// The title of [`ScatterFigure::from_evaluation`], the caption of its report entry.
+pub(super) const TITLE: &str = "Predicted vs true";
+
+/// One phenotype's predictions.
+#[derive(Debug, Clone)]
+pub struct ScatterPanel {
+    /// Phenotype name (with unit, e.g. `LVEDV (mL)`).
+    pub name: String,
+    /// True values (NaN rows are skipped).
+    pub truth: Vec<f64>,
+    /// Predicted values.
+    pub prediction: Vec<f64>,
+    /// R² printed in the panel's title.
+    pub r2: Option<f64>,
+}
+
+/// Predicted-vs-true scatter plots, one panel per phenotype, with the identity line.
+#[derive(Debug, Clone)]
+pub struct ScatterFigure {
+    /// The panels.
+    pub panels: Vec<ScatterPanel>,
+    /// Title.
+    pub title: String,
+}
+
+impl ScatterFigure {
+    /// Writes the figure (`.png` or `.svg`).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if self.panels.is_empty() {
+            return Err(Error::InvalidInput("scatter figure: no panel".into()));
+        }
+        for p in &self.panels {
+            if p.truth.len() != p.prediction.len() {
+                return Err(Error::InvalidInput(format!(
+                    "scatter figure {}: {} true values but {} predictions",
+                    p.name,
+                    p.truth.len(),
+                    p.prediction.len()
+                )));
+            }
+        }
+        save(self, path)
+    }
+
+    /// One panel per target of a regression `evaluation`: the target's present (non-NaN
+    /// truth) rows of `truth` and `predictions` (`N × K`, the matrices the evaluation was
+    /// computed from), headed by its name and R²; titled "Predicted vs true".
+    pub fn from_evaluation(
+        evaluation: &Evaluation,
+        truth: &Matrix<f64>,
+        predictions: &Matrix<f64>,
+    ) -> Result<Self> {
+        let panels = evaluation_pairs(evaluation, truth, predictions)?
+            .into_iter()
+            .zip(&evaluation.targets)
+            .map(|((truth, prediction), target)| {
+                let r2 = target_metric(target, "r2")?.value;
+                Ok(ScatterPanel {
+                    name: target.name.clone(),
+                    truth,
+                    prediction,
+                    r2: Some(r2),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let title = TITLE.into();
+        Ok(Self { panels, title })
+    }
+
+    fn grid(&self) -> (usize, usize) {
+        let n = self.panels.len();
+        let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+        (n.div_ceil(cols), cols)
+    }
+}
+
+impl Figure for ScatterFigure {
+    fn size(&self) -> (u32, u32) {
+        grid_size(self.grid(), (360, 340))
+    }
+
+    fn draw<DB: Backend>(&self, root: &Area<DB>) -> DrawResult {
+        let cells = titled_panels(root, &self.title, self.grid())?;
+        for (panel, cell) in self.panels.iter().zip(cells) {
+            let points: Vec<(f64, f64)> = panel
+                .truth
+                .iter()
+                .zip(&panel.prediction)
+                .filter(|(t, p)| t.is_finite() && p.is_finite())
+                .map(|(&t, &p)| (t, p))
+                .collect();
+            let (mut lo, mut hi) = points
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+                    (a.0.min(p.0).min(p.1), a.1.max(p.0).max(p.1))
+                });
+            if !lo.is_finite() {
+                (lo, hi) = (0.0, 1.0);
+            }
+            let pad = ((hi - lo) * 0.05).max(1e-9);
+            let (lo, hi) = (lo - pad, hi + pad);
+            let caption = match panel.r2 {
+                Some(r2) => format!("{}   R² = {r2:.3}", panel.name),
+                None => panel.name.clone(),
+            };
+            let mut chart = ChartBuilder::on(&cell)
+                .caption(caption, (FAMILY, 16))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(48)
+                .build_cartesian_2d(lo..hi, lo..hi)?;
+            shared_axes(&mut chart.configure_mesh(), 12, 238)
+                .x_desc("true")
+                .y_desc("predicted")
+                .x_labels(6)
+                .y_labels(6)
+                .draw()?;
+            chart.draw_series(LineSeries::new(
+                vec![(lo, lo), (hi, hi)],
+                RGBColor(200, 60, 60).stroke_width(1),
+            ))?;
+            chart.draw_series(
+                points
+                    .iter()
+                    .map(|&(t, p)| Circle::new((t, p), 2, PALETTE[0].mix(0.55).filled())),
+            )?;
+        }
+        Ok(())
+    }
+}
