@@ -12,10 +12,8 @@
 //! - elsewhere (CUDA, other dtypes), candle's tensor operations.
 
 use candle_core::{DType, Tensor};
-use mmcl_nn::conv::{
-    BufferPool, NhwcTensor, PackedConv2d, global_avg_pool_nhwc, max_pool2d_nhwc_pooled,
-};
-use mmcl_nn::pool::{global_avg_pool2d, max_pool2d};
+use mmcl_nn::conv::{BufferPool, NhwcTensor, PackedConv2d};
+use mmcl_nn::pool::{global_avg_pool_nhwc, global_avg_pool2d, max_pool2d, max_pool2d_nhwc_pooled};
 
 use crate::resnet::{Block, ConvBn, ResNet, ResNetOutput};
 use crate::upsample::upsample_bilinear2d;

@@ -44,27 +44,25 @@
 //! # }
 //! ```
 
-pub mod batch_norm;
 pub mod checkpoint;
-pub mod conv;
 pub mod device;
 pub mod distributed;
 mod error;
-pub mod init;
+mod kernels;
 pub mod layers;
 pub mod memory;
-pub mod ops;
 pub mod optim;
 pub mod params;
-pub mod pool;
-pub mod pos_embed;
 pub mod schedule;
-mod simd;
 pub mod testing;
 
 // The foundation modules the layers, optimisers and checkpoints are built on, under the paths
 // this crate has always offered them.
 pub use mmcl_core::{config, io, rng};
+// The kernel layer (`src/kernels/`) and the layers beside the transformer ones, at their
+// established paths.
+pub use kernels::{conv, ops, pool};
+pub use layers::{batch_norm, init, pos_embed};
 
 pub use checkpoint::{LoadOptions, LoadReport, StateDict};
 pub use error::{Error, Result};

@@ -188,7 +188,7 @@ mod tests {
             );
         }
         assert_eq!(names.len(), 12);
-        let x = crate::ops::test_support::rand_tensor(&[2, 5, 16], 1, 1.0)?;
+        let x = crate::kernels::test_support::rand_tensor(&[2, 5, 16], 1, 1.0)?;
         let y = block.forward_t(&x, true)?;
         let loss = y.sqr()?.sum_all()?;
         let failing = crate::testing::vars_without_gradient(&store, &loss, &[])?;
@@ -200,7 +200,7 @@ mod tests {
     fn the_fused_block_is_the_block() -> crate::Result<()> {
         let mut cfg = config();
         cfg.drop_path = 0.3;
-        let x = crate::ops::test_support::rand_tensor(&[6, 5, 16], 9, 1.0)?;
+        let x = crate::kernels::test_support::rand_tensor(&[6, 5, 16], 9, 1.0)?;
         let run = |fused: bool, train: bool| -> crate::Result<(Vec<f32>, Vec<Vec<f32>>)> {
             let store = ParamStore::new(3);
             let block = Block::new(
@@ -246,7 +246,7 @@ mod tests {
         cfg.drop = 0.1;
         cfg.attn_drop = 0.1;
         cfg.drop_path = 0.2;
-        let x = crate::ops::test_support::rand_tensor(&[6, 5, 16], 2, 1.0)?;
+        let x = crate::kernels::test_support::rand_tensor(&[6, 5, 16], 2, 1.0)?;
         let run = |seed: u64, train: bool| -> Result<Vec<f32>> {
             let store = ParamStore::new(3);
             let vb = store.var_builder(DType::F32, &Device::Cpu);

@@ -114,7 +114,7 @@ mod tests {
     fn weights_sum_to_one_and_gradients_flow() -> crate::Result<()> {
         let store = ParamStore::new(4);
         let mha = MultiheadAttention::new(8, 2, store.var_builder(DType::F32, &Device::Cpu))?;
-        let x = crate::ops::test_support::rand_tensor(&[3, 5, 8], 9, 1.0)?;
+        let x = crate::kernels::test_support::rand_tensor(&[3, 5, 8], 9, 1.0)?;
         let q = x.mean_keepdim(1)?;
         let (out, w) = mha.forward(&q, &x, &x)?;
         assert_eq!(out.dims(), &[3, 1, 8]);

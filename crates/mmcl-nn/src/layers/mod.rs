@@ -5,14 +5,22 @@
 //! (dropout, drop-path) implement [`candle_core::ModuleT`]: `train = false` is the reference's
 //! `model.eval()`. Their randomness comes from a [`SharedRng`](crate::rng::SharedRng), never from
 //! candle's global generator.
+//!
+//! Beside the transformer layers: [`batch_norm`] (PyTorch's `BatchNorm1d`/`2d`, with its
+//! running statistics in the store), [`init`] (the reference initialisations) and
+//! [`pos_embed`] (sin-cos position embeddings and their interpolation). The layers compute with
+//! the kernels of [`crate::ops`], [`crate::conv`] and [`crate::pool`].
 
 mod attention;
+pub mod batch_norm;
 mod block;
 mod dropout;
+pub mod init;
 mod linear;
 mod mha;
 mod mlp;
 mod norm;
+pub mod pos_embed;
 
 pub use attention::Attention;
 pub use block::{Block, BlockConfig};

@@ -11,12 +11,11 @@
 //!
 //! Channels are dimension 1 of the input: `[N, C]`, `[N, C, L]` and `[N, C, H, W]` all work.
 
-use std::sync::{Arc, OnceLock};
-
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
-use rayon::prelude::*;
 
+use crate::kernels::batch_norm::batch_norm_train;
+use crate::kernels::fast_path;
 use crate::{Error, Result};
 
 /// Hyper-parameters of a batch-normalisation layer (PyTorch's defaults).
@@ -57,36 +56,10 @@ pub fn batch_norm(
     config: BatchNormConfig,
     vb: VarBuilder,
 ) -> Result<BatchNorm> {
-    if num_features == 0 || config.eps <= 0.0 || !(0.0..=1.0).contains(&config.momentum) {
-        return Err(Error::InvalidArgument(format!(
-            "batch norm needs num_features > 0, eps > 0 and momentum in [0, 1] \
-             (got {num_features}, {}, {})",
-            config.eps, config.momentum
-        )));
-    }
+    check_config(num_features, config)?;
     let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.0))?;
     let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
-    // The store hands out its variables' own tensors, so these `Var`s share storage with the
-    // stored buffers: `set` updates the store (and any checkpoint taken from it) in place.
-    let running_mean =
-        Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
-    let running_var =
-        Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
-    let num_batches_tracked = Var::from_tensor(&vb.get_with_hints_dtype(
-        (),
-        "num_batches_tracked",
-        Init::Const(0.0),
-        DType::I64,
-    )?)?;
-    Ok(BatchNorm {
-        weight,
-        bias,
-        running_mean,
-        running_var,
-        num_batches_tracked,
-        num_features,
-        config,
-    })
+    BatchNorm::with_buffers(weight, bias, config, &vb)
 }
 
 /// Builds a [`BatchNorm`] without learnable scale and shift (PyTorch's `affine=False`, e.g. the
@@ -97,6 +70,14 @@ pub fn batch_norm_no_affine(
     config: BatchNormConfig,
     vb: VarBuilder,
 ) -> Result<BatchNorm> {
+    check_config(num_features, config)?;
+    // Constants outside the store: the fused kernel computes their gradients, nobody reads them.
+    let weight = Tensor::ones(num_features, vb.dtype(), vb.device())?;
+    let bias = Tensor::zeros(num_features, vb.dtype(), vb.device())?;
+    BatchNorm::with_buffers(weight, bias, config, &vb)
+}
+
+fn check_config(num_features: usize, config: BatchNormConfig) -> Result<()> {
     if num_features == 0 || config.eps <= 0.0 || !(0.0..=1.0).contains(&config.momentum) {
         return Err(Error::InvalidArgument(format!(
             "batch norm needs num_features > 0, eps > 0 and momentum in [0, 1] \
@@ -104,31 +85,44 @@ pub fn batch_norm_no_affine(
             config.eps, config.momentum
         )));
     }
-    let running_mean =
-        Var::from_tensor(&vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?)?;
-    let running_var =
-        Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
-    let num_batches_tracked = Var::from_tensor(&vb.get_with_hints_dtype(
-        (),
-        "num_batches_tracked",
-        Init::Const(0.0),
-        DType::I64,
-    )?)?;
-    // Constants outside the store: the fused kernel computes their gradients, nobody reads them.
-    let weight = Tensor::ones(num_features, vb.dtype(), vb.device())?;
-    let bias = Tensor::zeros(num_features, vb.dtype(), vb.device())?;
-    Ok(BatchNorm {
-        weight,
-        bias,
-        running_mean,
-        running_var,
-        num_batches_tracked,
-        num_features,
-        config,
-    })
+    Ok(())
 }
 
 impl BatchNorm {
+    /// The layer with its running statistics from `vb`, for a scale and shift `[C]`.
+    fn with_buffers(
+        weight: Tensor,
+        bias: Tensor,
+        config: BatchNormConfig,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
+        let num_features = weight.elem_count();
+        // The store hands out its variables' own tensors, so these `Var`s share storage with the
+        // stored buffers: `set` updates the store (and any checkpoint taken from it) in place.
+        let running_mean = Var::from_tensor(&vb.get_with_hints(
+            num_features,
+            "running_mean",
+            Init::Const(0.0),
+        )?)?;
+        let running_var =
+            Var::from_tensor(&vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?)?;
+        let num_batches_tracked = Var::from_tensor(&vb.get_with_hints_dtype(
+            (),
+            "num_batches_tracked",
+            Init::Const(0.0),
+            DType::I64,
+        )?)?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            num_batches_tracked,
+            num_features,
+            config,
+        })
+    }
+
     /// Number of channels.
     pub fn num_features(&self) -> usize {
         self.num_features
@@ -232,27 +226,9 @@ impl BatchNorm {
                  shape {dims:?}"
             )));
         }
-        let cpu_f32 = [x, &self.weight, &self.bias]
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-        if cpu_f32 {
-            let stats = Arc::new(OnceLock::new());
-            let op = BatchNormTrain {
-                eps: self.config.eps,
-                relu,
-                stats: stats.clone(),
-            };
-            let y = x.contiguous()?.apply_op3(
-                &self.weight.contiguous()?,
-                &self.bias.contiguous()?,
-                op,
-            )?;
-            let stats: &ChannelStats = stats.get().ok_or_else(|| {
-                Error::InvalidArgument("batch norm statistics were not computed".into())
-            })?;
-            let device = x.device();
-            let mean = Tensor::from_slice(&stats.mean, self.num_features, device)?;
-            let var = Tensor::from_slice(&stats.var, self.num_features, device)?;
+        if [x, &self.weight, &self.bias].iter().all(|t| fast_path(t)) {
+            let (y, mean, var) =
+                batch_norm_train(x, &self.weight, &self.bias, self.config.eps, relu)?;
             self.update_running(&mean, &var, count)?;
             return Ok(y);
         }
@@ -304,235 +280,8 @@ impl ModuleT for BatchNorm {
     }
 }
 
-/// Per-channel batch statistics of a train-mode forward.
-#[derive(Debug)]
-struct ChannelStats {
-    mean: Vec<f32>,
-    /// Biased variance.
-    var: Vec<f32>,
-    /// `1 / sqrt(var + eps)`.
-    inv_std: Vec<f32>,
-}
-
-/// The train-mode normalisation on the CPU in `f32`, fused: one pass for the statistics (in
-/// `f64`), one for the output; the backward pass needs two more. Inputs `(x [N, C, L],
-/// weight [C], bias [C])`; the statistics are kept for the running averages and the backward.
-struct BatchNormTrain {
-    eps: f64,
-    /// Whether a ReLU follows (fused: applied to the output, its mask to the gradient).
-    relu: bool,
-    stats: Arc<OnceLock<ChannelStats>>,
-}
-
-/// `(N, C, L)` of an input `[N, C, *]`.
-fn ncl(shape: &Shape) -> (usize, usize, usize) {
-    let dims = shape.dims();
-    (dims[0], dims[1], dims[2..].iter().product())
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match storage {
-        CpuStorage::F32(d) if layout.is_contiguous() => {
-            let start = layout.start_offset();
-            Ok(&d[start..start + layout.shape().elem_count()])
-        }
-        _ => candle_core::bail!("batch norm: expected contiguous f32 inputs"),
-    }
-}
-
-/// Independent `f64` accumulators of [`sum_pairs`]: a single one is latency-bound at one
-/// addition per four cycles; sixteen let the loop vectorise.
-const SUM_LANES: usize = 16;
-
-/// `Σ f(a[i], b[i])` in `f64` (as wide as the old scalar sum, so huge activations do not
-/// overflow), over [`SUM_LANES`] independent accumulators.
-#[inline(always)]
-fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut lanes = [0f64; SUM_LANES];
-    let (a_lanes, b_lanes) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
-    let (a_rest, b_rest) = (a_lanes.remainder(), b_lanes.remainder());
-    for (a, b) in a_lanes.zip(b_lanes) {
-        for ((acc, &u), &v) in lanes.iter_mut().zip(a).zip(b) {
-            *acc += f(u, v);
-        }
-    }
-    let mut total: f64 = lanes.iter().sum();
-    for (&u, &v) in a_rest.iter().zip(b_rest) {
-        total += f(u, v);
-    }
-    total
-}
-
-/// `Σ f(a[i], b[i])` over the rows of channel `ch` of two `[N, C, L]` arrays, in `f64`.
-fn channel_sum(
-    a: &[f32],
-    b: &[f32],
-    (n, c, l): (usize, usize, usize),
-    ch: usize,
-    f: impl Fn(f32, f32) -> f64 + Copy,
-) -> f64 {
-    (0..n)
-        .map(|img| {
-            let start = (img * c + ch) * l;
-            sum_pairs(&a[start..start + l], &b[start..start + l], f)
-        })
-        .sum()
-}
-
-impl CustomOp3 for BatchNormTrain {
-    fn name(&self) -> &'static str {
-        "batch-norm-train"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, weight, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let dims = ncl(l1.shape());
-        let (n, c, l) = dims;
-        let count = (n * l) as f64;
-        let per_channel: Vec<(f32, f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let mean = channel_sum(x, x, dims, ch, |v, _| v as f64) / count;
-                let var = channel_sum(x, x, dims, ch, |v, _| (v as f64 - mean).powi(2)) / count;
-                (
-                    mean as f32,
-                    var as f32,
-                    (1.0 / (var + self.eps).sqrt()) as f32,
-                )
-            })
-            .collect();
-        let mut y = vec![0f32; x.len()];
-        if l > 0 {
-            y.par_chunks_mut(l)
-                .zip(x.par_chunks(l))
-                .enumerate()
-                .for_each(|(row, (dst, src))| {
-                    let ch = row % c;
-                    let (mean, _, inv_std) = per_channel[ch];
-                    let scale = weight[ch] * inv_std;
-                    // Centre first: folding the mean into a shift (`v·scale + shift`) cancels
-                    // catastrophically when the spread is small against the mean (tiny batches).
-                    let shift = bias[ch];
-                    if self.relu {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
-                            *d = ((v - mean) * scale + shift).max(0.0);
-                        }
-                    } else {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = (v - mean) * scale + shift;
-                        }
-                    }
-                });
-        }
-        let stats = ChannelStats {
-            mean: per_channel.iter().map(|s| s.0).collect(),
-            var: per_channel.iter().map(|s| s.1).collect(),
-            inv_std: per_channel.iter().map(|s| s.2).collect(),
-        };
-        // A repeated forward of the same op (not done by candle) would keep the first statistics.
-        let _ = self.stats.set(stats);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self
-            .stats
-            .get()
-            .ok_or_else(|| candle_core::Error::Msg("batch norm backward before forward".into()))?;
-        let dims = ncl(x.shape());
-        let (n, c, l) = dims;
-        let count = (n * l) as f64;
-        let weight = weight.to_vec1::<f32>()?;
-        // With the fused ReLU, the gradient passes only where the output is positive.
-        let masked = if self.relu {
-            Some(relu_masked_grad(res, grad).map_err(into_candle_error)?)
-        } else {
-            None
-        };
-        let grad = masked.as_ref().unwrap_or(grad);
-        let result = crate::conv::with_cpu_f32(x, |xs| {
-            crate::conv::with_cpu_f32(grad, |dy| {
-                // Σ dy and Σ dy·x̂ per channel.
-                let sums: Vec<(f64, f64)> = (0..c)
-                    .into_par_iter()
-                    .map(|ch| {
-                        let (mean, inv_std) = (stats.mean[ch] as f64, stats.inv_std[ch] as f64);
-                        let sum_dy = channel_sum(dy, dy, dims, ch, |g, _| g as f64);
-                        let sum_dy_xhat = channel_sum(dy, xs, dims, ch, |g, v| {
-                            g as f64 * (v as f64 - mean) * inv_std
-                        });
-                        (sum_dy, sum_dy_xhat)
-                    })
-                    .collect();
-                let mut dx = vec![0f32; xs.len()];
-                if l > 0 {
-                    dx.par_chunks_mut(l)
-                        .zip(xs.par_chunks(l).zip(dy.par_chunks(l)))
-                        .enumerate()
-                        .for_each(|(row, (dst, (xr, gr)))| {
-                            let ch = row % c;
-                            let (mean, inv_std) = (stats.mean[ch], stats.inv_std[ch]);
-                            let mean_dy = (sums[ch].0 / count) as f32;
-                            let mean_dy_xhat = (sums[ch].1 / count) as f32;
-                            let scale = weight[ch] * inv_std;
-                            for ((d, &v), &g) in dst.iter_mut().zip(xr).zip(gr) {
-                                let xhat = (v - mean) * inv_std;
-                                *d = scale * (g - mean_dy - xhat * mean_dy_xhat);
-                            }
-                        });
-                }
-                let dweight: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-                let dbias: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
-                (dx, dweight, dbias)
-            })
-        });
-        let (dx, dweight, dbias) = result.and_then(|r| r).map_err(into_candle_error)?;
-        let device = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), device)?),
-            Some(Tensor::from_vec(dweight, c, device)?),
-            Some(Tensor::from_vec(dbias, c, device)?),
-        ))
-    }
-}
-
-/// `grad` where `output > 0`, else 0 (PyTorch's ReLU backward), as a new CPU `f32` tensor.
-fn relu_masked_grad(output: &Tensor, grad: &Tensor) -> Result<Tensor> {
-    let masked = crate::conv::with_cpu_f32(output, |ys| {
-        crate::conv::with_cpu_f32(grad, |gs| {
-            let mut out = vec![0f32; gs.len()];
-            const CHUNK: usize = 1 << 14;
-            out.par_chunks_mut(CHUNK)
-                .zip(ys.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-                .for_each(|(dst, (y, g))| {
-                    for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
-                        *d = if y > 0.0 { g } else { 0.0 };
-                    }
-                });
-            out
-        })
-    })??;
-    Ok(Tensor::from_vec(masked, grad.shape(), grad.device())?)
-}
-
 /// Turns our error back into candle's for the `Module` traits, unwrapping candle's own errors.
-pub(crate) fn into_candle_error(err: Error) -> candle_core::Error {
+fn into_candle_error(err: Error) -> candle_core::Error {
     match err {
         Error::Candle(inner) => inner,
         other => candle_core::Error::wrap(other),

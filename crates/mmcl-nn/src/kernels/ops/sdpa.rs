@@ -8,8 +8,11 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::softmax::softmax_rows;
-use super::{SharedMut, contiguous_f32, fast_path, softmax_last_dim, with_contiguous_f32};
+use gemm::Parallelism;
+
+use super::softmax::{softmax_last_dim, softmax_rows};
+use crate::kernels::gemm::gemm_raw;
+use crate::kernels::{SharedMut, contiguous_f32, fast_path, simd, with_contiguous_f32};
 
 /// `softmax(q·kᵀ·scale)·v` for every head, with the heads concatenated.
 ///
@@ -18,11 +21,7 @@ use super::{SharedMut, contiguous_f32, fast_path, softmax_last_dim, with_contigu
 pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
     let (_, _, d) = split_dims(qkv, num_heads)?;
     if fast_path(qkv) {
-        qkv.contiguous()?.apply_op1(Attention {
-            num_heads,
-            scale: scale as f32,
-            probs: false,
-        })
+        Attention::apply(qkv, num_heads, scale, false)
     } else {
         let (q, k, v) = split_heads(qkv, num_heads)?;
         let probs = softmax_last_dim(&scores(&q, &k, scale)?)?;
@@ -40,11 +39,7 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
 pub fn attention_probs(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
     split_dims(qkv, num_heads)?;
     if fast_path(qkv) {
-        qkv.contiguous()?.apply_op1(Attention {
-            num_heads,
-            scale: scale as f32,
-            probs: true,
-        })
+        Attention::apply(qkv, num_heads, scale, true)
     } else {
         let (q, k, _) = split_heads(qkv, num_heads)?;
         softmax_last_dim(&scores(&q, &k, scale)?)
@@ -118,64 +113,6 @@ impl Geometry {
     }
 }
 
-/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (+ `dst` if `accumulate`), single-threaded
-/// (the caller parallelises over heads), for row-major views given by (row, column) strides.
-///
-/// # Safety
-/// Every element addressed through the pointers and strides must be valid, and `dst` must not
-/// alias the inputs or be written concurrently by another task.
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: f32,
-    accumulate: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                // SAFETY: row r of the destination holds n valid elements (caller's contract).
-                unsafe { std::ptr::write_bytes(dst.add(r * dst_rs), 0, n) };
-            }
-        }
-        return;
-    }
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`).
 fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut [f32]) {
     let q = qkv[g.offset(b, 0, h)..].as_ptr();
@@ -183,10 +120,8 @@ fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut 
     // SAFETY: q and k of this head are N rows of hd elements with row stride 3D inside qkv (the
     // layout was checked by the caller); p holds N×N elements and is this task's own buffer.
     unsafe {
-        small_gemm(
-            g.n,
-            g.n,
-            g.hd,
+        gemm_raw(
+            (g.n, g.n, g.hd),
             p.as_mut_ptr(),
             g.n,
             q,
@@ -195,6 +130,7 @@ fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut 
             (1, 3 * g.d),
             scale,
             false,
+            Parallelism::None,
         );
     }
     softmax_rows(p, g.n);
@@ -205,6 +141,18 @@ struct Attention {
     scale: f32,
     /// Return the probabilities `[B, H, N, N]` instead of the attended values.
     probs: bool,
+}
+
+impl Attention {
+    /// The CPU operation on `qkv`: the attended values, or the probabilities if `probs`.
+    fn apply(qkv: &Tensor, num_heads: usize, scale: f64, probs: bool) -> Result<Tensor> {
+        let op = Self {
+            num_heads,
+            scale: scale as f32,
+            probs,
+        };
+        qkv.contiguous()?.apply_op1(op)
+    }
 }
 
 impl CustomOp1 for Attention {
@@ -275,10 +223,8 @@ pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f
             // columns of head h in the N rows of element b of `out`, which no other task
             // writes; `out` outlives the loop.
             unsafe {
-                small_gemm(
-                    g.n,
-                    g.hd,
-                    g.n,
+                gemm_raw(
+                    (g.n, g.hd, g.n),
                     dst.get().add(b * g.n * g.d + h * g.hd),
                     g.d,
                     p.as_ptr(),
@@ -287,6 +233,7 @@ pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f
                     (3 * g.d, 1),
                     1.0,
                     false,
+                    Parallelism::None,
                 );
             }
         },
@@ -321,10 +268,8 @@ pub(crate) fn attention_backward(
             unsafe {
                 let dv = dst.get().add(g.offset(b, 2, h));
                 // dV = Pᵀ·dO
-                small_gemm(
-                    g.n,
-                    g.hd,
-                    g.n,
+                gemm_raw(
+                    (g.n, g.hd, g.n),
                     dv,
                     row3,
                     p.as_ptr(),
@@ -333,12 +278,11 @@ pub(crate) fn attention_backward(
                     (g.d, 1),
                     1.0,
                     false,
+                    Parallelism::None,
                 );
                 // dP = dO·Vᵀ
-                small_gemm(
-                    g.n,
-                    g.n,
-                    g.hd,
+                gemm_raw(
+                    (g.n, g.n, g.hd),
                     dp.as_mut_ptr(),
                     g.n,
                     d_o,
@@ -347,11 +291,12 @@ pub(crate) fn attention_backward(
                     (1, row3),
                     1.0,
                     false,
+                    Parallelism::None,
                 );
             }
             // dS = P ⊙ (dP − Σ dP⊙P), per row.
             for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(p.chunks_exact(g.n)) {
-                let dot = crate::simd::dot(dp_row, p_row);
+                let dot = simd::dot(dp_row, p_row);
                 for (x, &pv) in dp_row.iter_mut().zip(p_row) {
                     *x = pv * (*x - dot);
                 }
@@ -361,10 +306,8 @@ pub(crate) fn attention_backward(
                 let dq = dst.get().add(g.offset(b, 0, h));
                 let dk = dst.get().add(g.offset(b, 1, h));
                 // dQ = scale·dS·K, dK = scale·dSᵀ·Q
-                small_gemm(
-                    g.n,
-                    g.hd,
-                    g.n,
+                gemm_raw(
+                    (g.n, g.hd, g.n),
                     dq,
                     row3,
                     dp.as_ptr(),
@@ -373,11 +316,10 @@ pub(crate) fn attention_backward(
                     (row3, 1),
                     scale,
                     false,
+                    Parallelism::None,
                 );
-                small_gemm(
-                    g.n,
-                    g.hd,
-                    g.n,
+                gemm_raw(
+                    (g.n, g.hd, g.n),
                     dk,
                     row3,
                     dp.as_ptr(),
@@ -386,6 +328,7 @@ pub(crate) fn attention_backward(
                     (row3, 1),
                     scale,
                     false,
+                    Parallelism::None,
                 );
             }
         },
@@ -404,8 +347,8 @@ pub(crate) fn attention_composed(qkv: &Tensor, num_heads: usize, scale: f64) -> 
 #[cfg(test)]
 mod tests {
     use super::super::softmax::softmax_composed;
-    use super::super::test_support::*;
     use super::*;
+    use crate::kernels::test_support::*;
     use candle_core::DType;
 
     #[test]
@@ -436,16 +379,9 @@ mod tests {
             "{}",
             rel_err(&fast, &composed)?
         );
-        let fast_v = fast.flatten_all()?.to_vec1::<f32>()?;
         let f = |t: &Tensor| attention(t, 3, scale);
-        for (i, numeric) in finite_difference(&qkv, &up, &f, &[0, 13, 30, 100, 400, 647], 1e-2)? {
-            assert!(
-                (fast_v[i] as f64 - numeric).abs() < 2e-3,
-                "{i}: {} vs {numeric}",
-                fast_v[i]
-            );
-        }
-        Ok(())
+        let coords = [0, 13, 30, 100, 400, 647];
+        assert_matches_finite_differences(&fast, (&qkv, &up), &f, &coords, (1e-2, 2e-3))
     }
 
     #[test]

@@ -63,13 +63,13 @@ macro_rules! multiversion {
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     $kernel($($arg),*)
                 }
-                match $crate::simd::level() {
+                match $crate::kernels::simd::level() {
                     // SAFETY: the level was detected on the running CPU, so the instructions the
                     // function was compiled with exist.
-                    $crate::simd::Level::V4 => return unsafe { v4($($arg),*) },
+                    $crate::kernels::simd::Level::V4 => return unsafe { v4($($arg),*) },
                     // SAFETY: as above.
-                    $crate::simd::Level::V3 => return unsafe { v3($($arg),*) },
-                    $crate::simd::Level::Baseline => {}
+                    $crate::kernels::simd::Level::V3 => return unsafe { v3($($arg),*) },
+                    $crate::kernels::simd::Level::Baseline => {}
                 }
             }
             $kernel($($arg),*)

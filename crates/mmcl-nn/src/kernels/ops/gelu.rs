@@ -1,10 +1,10 @@
 //! Exact (erf) GELU, alone or fused with the bias add of the preceding linear layer.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{CHUNK, contiguous_f32, fast_path};
-use crate::simd::{multiversion, normal_cdf_f32, normal_pdf_f32};
+use crate::kernels::simd::{multiversion, normal_cdf_f32, normal_pdf_f32};
+use crate::kernels::{
+    CHUNK, contiguous_f32, fast_path, map_chunks, map_tensors, row_step, with_contiguous_f32,
+};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Exact GELU, `x·Φ(x) = x·½(1 + erf(x/√2))`, as PyTorch's `nn.GELU()` (not the tanh
 /// approximation that candle's `Tensor::gelu` computes).
@@ -95,11 +95,6 @@ multiversion!(
         bias_gelu_grad_kernel
 );
 
-/// Rows per task so that a task holds about [`CHUNK`] elements.
-fn rows_per_task(h: usize) -> usize {
-    (CHUNK / h.max(1)).max(1)
-}
-
 struct GeluErf;
 
 impl CustomOp1 for GeluErf {
@@ -108,42 +103,15 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| gelu_simd(x, o));
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_chunks([(s, l)], self.name(), CHUNK, |o, [x]| gelu_simd(x, o))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluErfGrad)?;
+        // grad · gelu'(x)
+        let grad = map_tensors([arg, grad_res], "mmcl-gelu-erf-grad", CHUNK, |o, [x, g]| {
+            gelu_grad_simd(x, g, o)
+        })?;
         Ok(Some(grad))
-    }
-}
-
-/// `grad · gelu'(x)`, for the backward pass.
-struct GeluErfGrad;
-
-impl CustomOp2 for GeluErfGrad {
-    fn name(&self) -> &'static str {
-        "mmcl-gelu-erf-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| gelu_grad_simd(x, g, o));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -161,15 +129,11 @@ impl CustomOp2 for BiasGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
         let bias = contiguous_f32(s2, l2, self.name())?;
-        let h = bias.len();
-        let step = rows_per_task(h) * h;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(step)
-            .zip(x.par_chunks(step))
-            .for_each(|(o, x)| bias_gelu_simd(x, bias, o));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let step = row_step(bias.len());
+        map_chunks([(s1, l1)], self.name(), step, |o, [x]| {
+            bias_gelu_simd(x, bias, o)
+        })
     }
 
     fn bwd(
@@ -179,47 +143,25 @@ impl CustomOp2 for BiasGelu {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_x = x.apply_op3_no_bwd(bias, &grad_res.contiguous()?, &BiasGeluGrad)?;
+        // grad · gelu'(x + bias)
+        let grad_x = with_contiguous_f32(bias, |bias| {
+            map_tensors(
+                [x, grad_res],
+                "mmcl-bias-gelu-grad",
+                row_step(bias.len()),
+                |o, [x, g]| bias_gelu_grad_simd(x, bias, g, o),
+            )
+        })?;
         let h = bias.elem_count();
         let grad_bias = grad_x.reshape(((), h))?.sum(0)?;
         Ok((Some(grad_x), Some(grad_bias)))
     }
 }
 
-/// `grad · gelu'(x + bias)`, for the backward pass.
-struct BiasGeluGrad;
-
-impl CustomOp3 for BiasGeluGrad {
-    fn name(&self) -> &'static str {
-        "mmcl-bias-gelu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let bias = contiguous_f32(s2, l2, self.name())?;
-        let g = contiguous_f32(s3, l3, self.name())?;
-        let h = bias.len();
-        let step = rows_per_task(h) * h;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(step)
-            .zip(x.par_chunks(step).zip(g.par_chunks(step)))
-            .for_each(|(o, (x, g))| bias_gelu_grad_simd(x, bias, g, o));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::*;
+    use crate::kernels::test_support::*;
     use candle_core::DType;
 
     #[test]
@@ -242,15 +184,8 @@ mod tests {
         let fast = autograd(&x, &w, &gelu_erf)?;
         let composed = autograd(&x, &w, &gelu_composed)?;
         assert!(rel_err(&fast, &composed)? < 1e-5);
-        let fast_v = fast.flatten_all()?.to_vec1::<f32>()?;
-        for (i, numeric) in finite_difference(&x, &w, &gelu_erf, &[0, 17, 55, 123, 199], 1e-2)? {
-            assert!(
-                (fast_v[i] as f64 - numeric).abs() < 2e-3,
-                "{i}: {} vs {numeric}",
-                fast_v[i]
-            );
-        }
-        Ok(())
+        let coords = [0, 17, 55, 123, 199];
+        assert_matches_finite_differences(&fast, (&x, &w), &gelu_erf, &coords, (1e-2, 2e-3))
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{CHUNK, contiguous_f32, fast_path, with_contiguous_f32};
-use crate::simd::{self, multiversion};
+use crate::kernels::simd::{self, multiversion};
+use crate::kernels::{contiguous_f32, fast_path, row_step, with_contiguous_f32};
 
 /// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`, with the
 /// biased variance, as `torch.nn.LayerNorm`.
@@ -109,11 +109,11 @@ fn backward_kernel(
 }
 
 multiversion!(
-    pub(crate) fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) => forward_kernel
+    fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) => forward_kernel
 );
 multiversion!(
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn backward_simd(
+    fn backward_simd(
         x: &[f32],
         w: &[f32],
         g: &[f32],
@@ -123,6 +123,52 @@ multiversion!(
         eps: f32,
     ) => backward_kernel
 );
+
+/// LayerNorm of every row of `x` (width `w.len()`), rows in parallel.
+pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let step = row_step(w.len());
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(step)
+        .zip(x.par_chunks(step))
+        .for_each(|(o, x)| forward_simd(x, w, b, o, eps));
+    out
+}
+
+/// The LayerNorm backward of every row, rows in parallel: the input gradient (plus `residual`,
+/// added in the same pass: the gradient of a residual stream around the norm) and the weight
+/// and bias gradients.
+pub(crate) fn layer_norm_backward_rows(
+    x: &[f32],
+    w: &[f32],
+    grad: &[f32],
+    residual: Option<&[f32]>,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let step = row_step(d);
+    let mut dx = vec![0f32; x.len()];
+    let zero = || (vec![0f32; d], vec![0f32; d]);
+    let (dw, db) = dx
+        .par_chunks_mut(step)
+        .zip(x.par_chunks(step).zip(grad.par_chunks(step)))
+        .enumerate()
+        .fold(zero, |(mut dw, mut db), (i, (dx, (x, g)))| {
+            backward_simd(x, w, g, dx, &mut dw, &mut db, eps);
+            if let Some(residual) = residual {
+                let res = &residual[i * step..i * step + dx.len()];
+                for (o, &r) in dx.iter_mut().zip(res) {
+                    *o += r;
+                }
+            }
+            (dw, db)
+        })
+        .reduce(zero, |(mut aw, mut ab), (bw, bb)| {
+            aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
+            ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
+            (aw, ab)
+        });
+    (dx, dw, db)
+}
 
 struct LayerNorm {
     eps: f32,
@@ -145,12 +191,7 @@ impl CustomOp3 for LayerNorm {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
-        let d = w.len().max(1);
-        let step = (CHUNK / d).max(1) * d;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(step)
-            .zip(x.par_chunks(step))
-            .for_each(|(o, x)| forward_simd(x, w, b, o, self.eps));
+        let out = layer_norm_rows(x, w, b, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -162,28 +203,10 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_res = grad_res.contiguous()?;
-        let d = weight.elem_count().max(1);
-        let eps = self.eps;
         let (dx, dw, db) = with_contiguous_f32(x, |x| {
             with_contiguous_f32(weight, |w| {
-                with_contiguous_f32(&grad_res, |g| {
-                    let step = (CHUNK / d).max(1) * d;
-                    let mut dx = vec![0f32; x.len()];
-                    let zero = || (vec![0f32; d], vec![0f32; d]);
-                    let (dw, db) = dx
-                        .par_chunks_mut(step)
-                        .zip(x.par_chunks(step).zip(g.par_chunks(step)))
-                        .fold(zero, |(mut dw, mut db), (dx, (x, g))| {
-                            backward_simd(x, w, g, dx, &mut dw, &mut db, eps);
-                            (dw, db)
-                        })
-                        .reduce(zero, |(mut aw, mut ab), (bw, bb)| {
-                            aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
-                            ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-                            (aw, ab)
-                        });
-                    Ok((dx, dw, db))
+                with_contiguous_f32(grad_res, |g| {
+                    Ok(layer_norm_backward_rows(x, w, g, None, self.eps))
                 })
             })
         })?;
@@ -198,8 +221,8 @@ impl CustomOp3 for LayerNorm {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::*;
+    use crate::kernels::test_support::*;
     use candle_core::{DType, Var};
 
     #[test]
@@ -249,15 +272,8 @@ mod tests {
             assert!(rel_err(a, b)? < 1e-5, "{}", rel_err(a, b)?);
         }
         // And against finite differences on the input.
-        let fast_dx = fast[0].flatten_all()?.to_vec1::<f32>()?;
         let f = |t: &Tensor| layer_norm(t, &w, &b, 1e-6);
-        for (i, numeric) in finite_difference(&x, &up, &f, &[0, 50, 333, 1000], 1e-2)? {
-            assert!(
-                (fast_dx[i] as f64 - numeric).abs() < 5e-3,
-                "{i}: {} vs {numeric}",
-                fast_dx[i]
-            );
-        }
-        Ok(())
+        let coords = [0, 50, 333, 1000];
+        assert_matches_finite_differences(&fast[0], (&x, &up), &f, &coords, (1e-2, 5e-3))
     }
 }

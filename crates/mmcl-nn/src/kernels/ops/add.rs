@@ -1,9 +1,7 @@
 //! Element-wise sum of two tensors of the same shape (residual connections), multi-threaded.
 
+use crate::kernels::{CHUNK, fast_path, map_chunks};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{CHUNK, contiguous_f32, fast_path};
 
 /// `a + b` for tensors of the same shape (candle's element-wise add runs on one thread, which
 /// dominates residual connections on large activations).
@@ -35,17 +33,11 @@ impl CustomOp2 for Add {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let a = contiguous_f32(s1, l1, self.name())?;
-        let b = contiguous_f32(s2, l2, self.name())?;
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                    *o = x + y;
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        map_chunks([(s1, l1), (s2, l2)], self.name(), CHUNK, |o, [a, b]| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                *o = x + y;
+            }
+        })
     }
 
     fn bwd(
@@ -77,8 +69,8 @@ pub fn mean_tokens(x: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::*;
+    use crate::kernels::test_support::*;
 
     #[test]
     fn add_and_mean_match_candle_with_gradients() -> Result<()> {

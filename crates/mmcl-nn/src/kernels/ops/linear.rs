@@ -2,7 +2,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 
-use super::{contiguous_f32, fast_path, gemm_parallelism};
+use crate::kernels::gemm::gemm_xwt;
+use crate::kernels::{contiguous_f32, fast_path};
 
 /// `x·Wᵀ + b` with the weight in PyTorch's layout `[out, in]`.
 ///
@@ -48,48 +49,6 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_shape)
 }
 
-/// `dst[M, N] (+)= x[M, K] · w[N, K]ᵀ`, where `dst` already holds the bias rows if `accumulate`.
-pub(crate) fn gemm_xwt(
-    x: &[f32],
-    w: &[f32],
-    dst: &mut [f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    accumulate: bool,
-) {
-    debug_assert!(x.len() == m * k && w.len() == n * k && dst.len() == m * n);
-    if m == 0 || n == 0 || k == 0 {
-        // Nothing to add to the bias (or to the zeros) of the output.
-        return;
-    }
-    // SAFETY: the slices have exactly the lengths the strides describe (checked by the callers),
-    // so every access of the product stays in bounds; dst does not alias x or w.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm_parallelism(),
-        );
-    }
-}
-
 fn check_dims(l_x: &Layout, l_w: &Layout, op: &str) -> Result<(usize, usize, usize)> {
     let (m, k) = l_x.shape().dims2()?;
     let (n, k2) = l_w.shape().dims2()?;
@@ -133,7 +92,7 @@ impl CustomOp3 for LinearBias {
         for _ in 0..m {
             out.extend_from_slice(b);
         }
-        gemm_xwt(x, w, &mut out, m, k, n, true);
+        gemm_xwt(x, w, &mut out, (m, k, n), true)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -169,7 +128,7 @@ impl CustomOp2 for LinearNoBias {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let mut out = vec![0f32; m * n];
-        gemm_xwt(x, w, &mut out, m, k, n, false);
+        gemm_xwt(x, w, &mut out, (m, k, n), false)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -187,8 +146,8 @@ impl CustomOp2 for LinearNoBias {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::*;
+    use crate::kernels::test_support::*;
     use candle_core::{DType, Var};
 
     fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {

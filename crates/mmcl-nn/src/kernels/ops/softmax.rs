@@ -1,10 +1,8 @@
 //! Softmax over the last dimension, with a backward pass.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{CHUNK, contiguous_f32, fast_path};
-use crate::simd::{self, multiversion};
+use crate::kernels::simd::{self, multiversion};
+use crate::kernels::{fast_path, map_chunks, map_tensors, row_step};
+use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 
 /// Softmax over the last dimension, `exp(x - max) / Σ exp(x - max)` per row.
 ///
@@ -74,10 +72,6 @@ fn softmax_grad_kernel(y: &[f32], g: &[f32], out: &mut [f32], n: usize) {
 
 multiversion!(fn softmax_grad_simd(y: &[f32], g: &[f32], out: &mut [f32], n: usize) => softmax_grad_kernel);
 
-fn step_for(n: usize) -> usize {
-    (CHUNK / n.max(1)).max(1) * n.max(1)
-}
-
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -86,56 +80,29 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
+        // A last dimension of 0 leaves no values, so the kernel never sees n = 0.
         let n = l.dims().last().copied().unwrap_or(1);
-        let mut out = vec![0f32; x.len()];
-        if n > 0 {
-            let step = step_for(n);
-            out.par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(o, rows)| softmax_rows_to(rows, o, n));
-        }
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_chunks([(s, l)], self.name(), row_step(n), |o, [rows]| {
+            softmax_rows_to(rows, o, n)
+        })
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = res.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)?;
+        let n = res.dims().last().copied().unwrap_or(1);
+        let grad = map_tensors(
+            [res, grad_res],
+            "mmcl-softmax-grad",
+            row_step(n),
+            |o, [y, g]| softmax_grad_simd(y, g, o, n),
+        )?;
         Ok(Some(grad))
-    }
-}
-
-struct SoftmaxGrad;
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "mmcl-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
-        let n = l1.dims().last().copied().unwrap_or(1);
-        let mut out = vec![0f32; y.len()];
-        if n > 0 {
-            let step = step_for(n);
-            out.par_chunks_mut(step)
-                .zip(y.par_chunks(step).zip(g.par_chunks(step)))
-                .for_each(|(o, (y, g))| softmax_grad_simd(y, g, o, n));
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::*;
     use super::*;
+    use crate::kernels::test_support::*;
     use candle_core::DType;
 
     #[test]
@@ -156,13 +123,9 @@ mod tests {
         let fast = autograd(&x, &w, &softmax_last_dim)?;
         let composed = autograd(&x, &w, &softmax_composed)?;
         assert!(rel_err(&fast, &composed)? < 1e-5);
-        let fast_v = fast.flatten_all()?.to_vec1::<f32>()?;
-        for (i, numeric) in
-            finite_difference(&x, &w, &softmax_last_dim, &[0, 5, 40, 77, 131], 1e-2)?
-        {
-            assert!((fast_v[i] as f64 - numeric).abs() < 1e-3);
-        }
-        Ok(())
+        let coords = [0, 5, 40, 77, 131];
+        let f = &softmax_last_dim;
+        assert_matches_finite_differences(&fast, (&x, &w), f, &coords, (1e-2, 1e-3))
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! The kernel layer: differentiable tensor operations with fast, multi-threaded CPU kernels,
+//! below the layers ([`crate::layers`]) and optimisers that call them.
+//!
+//! Each operation takes a CPU/f32 fast path (a candle custom op with a multi-threaded forward
+//! and backward kernel) where it applies and otherwise composes ordinary candle operations, so
+//! that every device and dtype works.
+//!
+//! - [`ops`]: the transformer operations (GELU, softmax, LayerNorm, linear, attention, a fused
+//!   pre-norm block);
+//! - [`conv`]: 2-D convolutions, differentiable (channels-first) and packed for inference
+//!   (channels-last);
+//! - [`pool`]: max and average pooling, channels-first and channels-last;
+//! - `batch_norm`: the fused train-mode batch normalisation behind
+//!   [`crate::layers::batch_norm`];
+//! - `gemm`, `nhwc`, `simd`: the matrix product, the channels-last activations and the vector
+//!   instruction dispatch the kernels share.
+//!
+//! This module holds the helpers every kernel uses to read candle's CPU storage.
+
+pub(crate) mod batch_norm;
+pub mod conv;
+pub(crate) mod gemm;
+pub(crate) mod nhwc;
+pub mod ops;
+pub mod pool;
+pub(crate) mod simd;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, backend::BackendStorage};
+use rayon::prelude::*;
+
+/// Whether the fast CPU kernels apply to a tensor: f32 on the CPU.
+pub(crate) fn fast_path(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The contiguous f32 data of a CPU storage seen through `layout`.
+///
+/// The wrappers make their inputs contiguous before applying a custom op, so this only fails on
+/// misuse; it then returns an error instead of reading out of bounds.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &'static str,
+) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(data) => data,
+        other => {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(other.dtype(), op));
+        }
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => Err(candle_core::Error::RequiresContiguous { op }),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor (copying it first if it is strided).
+pub(crate) fn with_contiguous_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout, "mmcl-cpu-kernel")?),
+        _ => Err(candle_core::Error::Msg(
+            "internal error: a CPU kernel received a tensor on another device".into(),
+        )),
+    }
+}
+
+/// A raw pointer that may be shared between the tasks of a parallel loop that write disjoint
+/// parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: used only to write disjoint regions from parallel tasks; see each use.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
+/// Elements per task when splitting element-wise work over threads (large enough to amortise
+/// scheduling, small enough to balance).
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Rows of width `width` per parallel task, so that a task holds about [`CHUNK`] elements.
+pub(crate) fn rows_per_task(width: usize) -> usize {
+    (CHUNK / width.max(1)).max(1)
+}
+
+/// Elements per parallel task for kernels that work on whole rows of `width` values: about
+/// [`CHUNK`], rounded to whole rows.
+pub(crate) fn row_step(width: usize) -> usize {
+    rows_per_task(width) * width.max(1)
+}
+
+/// Runs a chunked CPU kernel: `kernel(out, inputs)` on parallel chunks of `step` values of the
+/// inputs (contiguous f32 of equal length) and of an output of the first input's shape.
+///
+/// The element-wise and row-wise operations are all this loop around their kernels.
+pub(crate) fn map_chunks<const N: usize>(
+    inputs: [(&CpuStorage, &Layout); N],
+    op: &'static str,
+    step: usize,
+    kernel: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let mut data: [&[f32]; N] = [&[]; N];
+    for (d, (storage, layout)) in data.iter_mut().zip(inputs) {
+        *d = contiguous_f32(storage, layout, op)?;
+    }
+    let out = chunked(data, op, step, kernel)?;
+    let shape = inputs
+        .first()
+        .map_or_else(|| Shape::from(()), |(_, l)| l.shape().clone());
+    Ok((CpuStorage::F32(out), shape))
+}
+
+/// [`map_chunks`] over CPU tensors (copied first where strided), for the backward passes: a new
+/// tensor of the first input's shape.
+pub(crate) fn map_tensors<const N: usize>(
+    inputs: [&Tensor; N],
+    op: &'static str,
+    step: usize,
+    kernel: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
+) -> Result<Tensor> {
+    let tensors = inputs
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut data: [&[f32]; N] = [&[]; N];
+    for (d, (storage, layout)) in data.iter_mut().zip(&guards) {
+        *d = match &**storage {
+            candle_core::Storage::Cpu(cpu) => contiguous_f32(cpu, layout, op)?,
+            _ => candle_core::bail!("internal error: {op} received a tensor on another device"),
+        };
+    }
+    let out = chunked(data, op, step, kernel)?;
+    match inputs.first() {
+        Some(first) => Tensor::from_vec(out, first.shape(), first.device()),
+        None => Tensor::from_vec(out, (), &candle_core::Device::Cpu),
+    }
+}
+
+/// The loop of [`map_chunks`] and [`map_tensors`].
+fn chunked<const N: usize>(
+    data: [&[f32]; N],
+    op: &'static str,
+    step: usize,
+    kernel: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
+) -> Result<Vec<f32>> {
+    let len = data.first().map_or(0, |d| d.len());
+    if data.iter().any(|d| d.len() != len) {
+        candle_core::bail!("{op}: inputs of different sizes");
+    }
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(step).enumerate().for_each(|(i, o)| {
+        let start = i * step;
+        kernel(o, data.map(|d| &d[start..start + o.len()]));
+    });
+    Ok(out)
+}

@@ -1,0 +1,263 @@
+//! The fused block's CPU operation: a forward pass that keeps what the backward pass needs,
+//! and a backward pass that computes every gradient with the shared kernels.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::BranchScales;
+use super::rows::{column_sums, repeat_rows, residual, scaled_rows};
+use crate::kernels::gemm::{MatRef, gemm_parallelism, gemm_xwt, matmul};
+use crate::kernels::ops::gelu::{gelu_grad_simd, gelu_simd};
+use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
+use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
+use crate::kernels::{CHUNK, contiguous_f32, with_contiguous_f32};
+
+/// Offsets of the parameters in the packed vector.
+#[derive(Clone, Copy)]
+struct Packing {
+    d: usize,
+    h: usize,
+}
+
+impl Packing {
+    /// `(start, len)` of the 12 tensors, in packing order.
+    fn ranges(self) -> [(usize, usize); 12] {
+        let (d, h) = (self.d, self.h);
+        let lens = [d, d, 3 * d * d, 3 * d, d * d, d, d, d, h * d, h, d * h, d];
+        let mut out = [(0, 0); 12];
+        let mut start = 0;
+        for (o, len) in out.iter_mut().zip(lens) {
+            *o = (start, len);
+            start += len;
+        }
+        out
+    }
+
+    fn total(self) -> usize {
+        let r = self.ranges();
+        r[11].0 + r[11].1
+    }
+
+    fn split(self, packed: &[f32]) -> [&[f32]; 12] {
+        self.ranges().map(|(s, l)| &packed[s..s + l])
+    }
+}
+
+/// What the forward pass keeps for the backward pass (`M = B·N` rows).
+pub(super) struct Saved {
+    /// `norm1(x)`, `[M, D]`.
+    a1: Vec<f32>,
+    /// `[M, 3D]`.
+    qkv: Vec<f32>,
+    /// Attended values before `proj`, `[M, D]`.
+    attn: Vec<f32>,
+    /// The stream after the attention branch, `[M, D]`.
+    x1: Vec<f32>,
+    /// `norm2(x1)`, `[M, D]`.
+    a2: Vec<f32>,
+    /// `fc1(a2)` before the activation, `[M, H]`.
+    pre: Vec<f32>,
+    /// `gelu(pre)`, `[M, H]`.
+    act: Vec<f32>,
+}
+
+/// The CPU operation: inputs `x` `[B, N, D]` and the packed parameters `[P]`.
+pub(super) struct FusedBlock {
+    pub(super) heads: usize,
+    pub(super) scale: f32,
+    pub(super) eps: f32,
+    pub(super) hidden: usize,
+    pub(super) scales: Option<BranchScales>,
+    pub(super) saved: Arc<OnceLock<Saved>>,
+}
+
+/// The gradients of a linear map `y = a·Wᵀ + b` (`a` `[M, K]`, `W` `[N, K]`) for the upstream
+/// gradient `g` `[M, N]`: `(dW = gᵀ·a, db = Σ_rows g, da = g·W)`.
+fn linear_grads(
+    g: &[f32],
+    a: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let g_mat = MatRef::rows(g, m, n);
+    let mut dw = vec![0f32; n * k];
+    matmul(
+        &mut dw,
+        g_mat.t(),
+        MatRef::rows(a, m, k),
+        false,
+        gemm_parallelism(),
+    )?;
+    let db = column_sums(g, n);
+    let mut da = vec![0f32; m * k];
+    matmul(
+        &mut da,
+        g_mat,
+        MatRef::rows(w, n, k),
+        false,
+        gemm_parallelism(),
+    )?;
+    Ok((dw, db, da))
+}
+
+impl FusedBlock {
+    fn geometry(&self, n: usize, d: usize) -> Geometry {
+        Geometry {
+            n,
+            d,
+            heads: self.heads,
+            hd: d / self.heads,
+        }
+    }
+}
+
+impl CustomOp2 for FusedBlock {
+    fn name(&self) -> &'static str {
+        "mmcl-transformer-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let packed = contiguous_f32(s2, l2, self.name())?;
+        let (b, n, d) = l1.shape().dims3()?;
+        let (m, h) = (b * n, self.hidden);
+        let pk = Packing { d, h };
+        if packed.len() != pk.total() {
+            candle_core::bail!(
+                "{}: {} packed parameters, expected {}",
+                self.name(),
+                packed.len(),
+                pk.total()
+            );
+        }
+        let [
+            n1w,
+            n1b,
+            qkv_w,
+            qkv_b,
+            proj_w,
+            proj_b,
+            n2w,
+            n2b,
+            fc1_w,
+            fc1_b,
+            fc2_w,
+            fc2_b,
+        ] = pk.split(packed);
+        let scales = self.scales.as_ref();
+
+        let a1 = layer_norm_rows(x, n1w, n1b, self.eps); // [M, D]
+        let mut qkv = repeat_rows(qkv_b, m); // [M, 3D]
+        gemm_xwt(&a1, qkv_w, &mut qkv, (m, d, 3 * d), true)?;
+        let attn = attention_forward(&qkv, b, self.geometry(n, d), self.scale); // [M, D]
+        let mut proj = repeat_rows(proj_b, m); // [M, D]
+        gemm_xwt(&attn, proj_w, &mut proj, (m, d, d), true)?;
+        let x1 = residual(x, &proj, d, n, scales.map(|s| s.attn.as_slice()));
+        drop(proj);
+        let a2 = layer_norm_rows(&x1, n2w, n2b, self.eps); // [M, D]
+        let mut pre = repeat_rows(fc1_b, m); // [M, H]
+        gemm_xwt(&a2, fc1_w, &mut pre, (m, d, h), true)?;
+        let mut act = vec![0f32; m * h];
+        act.par_chunks_mut(CHUNK)
+            .zip(pre.par_chunks(CHUNK))
+            .for_each(|(o, x)| gelu_simd(x, o));
+        let mut mlp = repeat_rows(fc2_b, m); // [M, D]
+        gemm_xwt(&act, fc2_w, &mut mlp, (m, h, d), true)?;
+        let out = residual(&x1, &mlp, d, n, scales.map(|s| s.mlp.as_slice()));
+        // A second forward of the same op value cannot happen (candle applies it once).
+        let _ = self.saved.set(Saved {
+            a1,
+            qkv,
+            attn,
+            x1,
+            a2,
+            pre,
+            act,
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some(sv) = self.saved.get() else {
+            candle_core::bail!("{}: backward before forward", self.name());
+        };
+        let (b, n, d) = x.dims3()?;
+        let (m, h) = (b * n, self.hidden);
+        let pk = Packing { d, h };
+        let scales = self.scales.as_ref();
+        let grads = with_contiguous_f32(x, |x| {
+            with_contiguous_f32(packed, |packed| {
+                with_contiguous_f32(grad_res, |dy| {
+                    let [n1w, _, qkv_w, _, proj_w, _, n2w, _, fc1_w, _, fc2_w, _] =
+                        pk.split(packed);
+                    let mut grad_p = vec![0f32; pk.total()];
+                    let r = pk.ranges();
+                    let mut put = |i: usize, v: &[f32]| {
+                        grad_p[r[i].0..r[i].0 + r[i].1].copy_from_slice(v);
+                    };
+
+                    // MLP branch: out = x1 + s₂·(act·W₂ᵀ + b₂).
+                    let dm_scaled = scaled_rows(dy, d, n, scales.map(|s| s.mlp.as_slice()));
+                    let dm = dm_scaled.as_deref().unwrap_or(dy); // [M, D]
+                    let (g_w, g_b, d_act) = linear_grads(dm, &sv.act, fc2_w, (m, h, d))?;
+                    put(10, &g_w);
+                    put(11, &g_b);
+                    let mut d_pre = vec![0f32; m * h];
+                    d_pre
+                        .par_chunks_mut(CHUNK)
+                        .zip(sv.pre.par_chunks(CHUNK).zip(d_act.par_chunks(CHUNK)))
+                        .for_each(|(o, (x, g))| gelu_grad_simd(x, g, o));
+                    drop(d_act);
+                    let (g_w, g_b, d_a2) = linear_grads(&d_pre, &sv.a2, fc1_w, (m, d, h))?;
+                    put(8, &g_w);
+                    put(9, &g_b);
+                    drop(d_pre);
+                    let (dx1, g_n2w, g_n2b) =
+                        layer_norm_backward_rows(&sv.x1, n2w, &d_a2, Some(dy), self.eps);
+                    put(6, &g_n2w);
+                    put(7, &g_n2b);
+                    drop(d_a2);
+
+                    // Attention branch: x1 = x + s₁·(attn·Wₚᵀ + bₚ).
+                    let dp_scaled = scaled_rows(&dx1, d, n, scales.map(|s| s.attn.as_slice()));
+                    let dp = dp_scaled.as_deref().unwrap_or(&dx1); // [M, D]
+                    let (g_w, g_b, d_attn) = linear_grads(dp, &sv.attn, proj_w, (m, d, d))?;
+                    put(4, &g_w);
+                    put(5, &g_b);
+                    let d_qkv =
+                        attention_backward(&sv.qkv, &d_attn, b, self.geometry(n, d), self.scale);
+                    drop(d_attn);
+                    let (g_w, g_b, d_a1) = linear_grads(&d_qkv, &sv.a1, qkv_w, (m, d, 3 * d))?;
+                    put(2, &g_w);
+                    put(3, &g_b);
+                    drop(d_qkv);
+                    let (dx, g_n1w, g_n1b) =
+                        layer_norm_backward_rows(x, n1w, &d_a1, Some(&dx1), self.eps);
+                    put(0, &g_n1w);
+                    put(1, &g_n1b);
+                    Ok((dx, grad_p))
+                })
+            })
+        })?;
+        let (dx, grad_p) = grads;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(grad_p, packed.shape(), dev)?),
+        ))
+    }
+}
