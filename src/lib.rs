@@ -4,6 +4,7 @@
 //!
 //! | module | crate | what |
 //! |---|---|---|
+//! | [`core`] | `mmcl-core` | atomic output, bounded reads, RNG, configuration, `.npy`, run logs, metrics |
 //! | [`nn`] | `mmcl-nn` | differentiable building blocks, optimisers, checkpoint I/O |
 //! | [`ecg`] | `mmcl-ecg` | the ECG Vision Transformer and its masked autoencoder |
 //! | [`cmr`] | `mmcl-cmr` | ResNet CMR encoders and projection heads |
@@ -11,7 +12,7 @@
 //! | [`data`] | `mmcl-data` | UK-Biobank-style I/O, preprocessing, augmentation, loader |
 //! | [`synth`] | `mmcl-synth` | the synthetic paired ECG–CMR cohort |
 //! | [`eval`] | `mmcl-eval` | metrics, probes, fine-tuning, localisation, plots |
-//! | [`train`] | `mmcl-train` | MAE, MMCL and fine-tuning trainers |
+//! | [`train`] | `mmcl-train` | the multimodal model and the training loop (MAE, MMCL) |
 
 pub use mmcl_cmr as cmr;
 pub use mmcl_core as core;

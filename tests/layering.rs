@@ -79,3 +79,39 @@ fn every_dependency_points_down() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(packages.len() >= 12, "the workspace lost crates");
 }
+
+/// The longest a library source file may be: a file longer than this mixes concerns (split it by
+/// what it does, not by moving its tests out).
+const MAX_SOURCE_LINES: usize = 700;
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_library_source_file_is_over_700_lines() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates");
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(&crates).expect("crates/").flatten() {
+        rust_files(&krate.path().join("src"), &mut files);
+    }
+    assert!(files.len() > 100, "found only {} source files", files.len());
+    let too_long: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let lines = std::fs::read_to_string(path).ok()?.lines().count();
+            (lines > MAX_SOURCE_LINES).then(|| format!("{}: {lines} lines", path.display()))
+        })
+        .collect();
+    assert!(too_long.is_empty(), "{}", too_long.join("\n"));
+}
