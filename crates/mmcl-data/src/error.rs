@@ -54,16 +54,6 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A TOML configuration could not be parsed.
-    #[error("{}: {source}", path.display())]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-
     /// A safetensors shard could not be parsed or written.
     #[error("{}: {source}", path.display())]
     Safetensors {
@@ -128,7 +118,6 @@ impl Error {
             | Error::Xml { path, .. }
             | Error::Csv { path, .. }
             | Error::Json { path, .. }
-            | Error::Toml { path, .. }
             | Error::Safetensors { path, .. } => Some(path),
             _ => None,
         }

@@ -59,16 +59,6 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    /// A TOML configuration file could not be parsed.
-    #[error("{}: {source}", path.display())]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: toml::de::Error,
-    },
-
     /// Writing a file atomically, or reading or matching a checkpoint, failed.
     #[error(transparent)]
     Nn(#[from] mmcl_nn::Error),

@@ -34,16 +34,6 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A TOML file could not be parsed.
-    #[error("{}: {source}", path.display())]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-
     /// A stage's data do not allow the evaluation (a split without subjects, a label with one
     /// class only, …).
     #[error("{stage}: {reason}")]

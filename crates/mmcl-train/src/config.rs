@@ -13,26 +13,11 @@ use mmcl_data::cmr::ImageAugmentConfig;
 use mmcl_data::ecg::augment::EcgAugmentConfig;
 use mmcl_data::tables::Split;
 use mmcl_ecg::EcgVitConfig;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use mmcl_core::config::{read_config_file, rebase_path as rebase};
+
 use crate::{Error, Result};
-
-/// Reads a `.json` or `.toml` file into `T` (unknown keys are errors when `T` denies them).
-pub(crate) fn read_config_file<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    mmcl_nn::config::parse_config_text(&text, path).map_err(|reason| Error::Config {
-        path: Some(path.to_path_buf()),
-        reason,
-    })
-}
-
-/// Makes a relative path relative to `base` (the configuration file's folder).
-fn rebase(path: &mut PathBuf, base: &Path) {
-    if path.is_relative() {
-        *path = base.join(&*path);
-    }
-}
 
 /// Which frozen features the online classifier reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,16 +53,6 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A TOML configuration could not be parsed.
-    #[error("{}: {source}", path.display())]
-    Toml {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-
     /// A configuration value is missing, out of range or inconsistent.
     #[error("invalid configuration{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Config {
@@ -139,6 +129,10 @@ impl From<mmcl_core::Error> for Error {
     fn from(e: mmcl_core::Error) -> Self {
         match e {
             mmcl_core::Error::Io { path, source } => Error::Io { path, source },
+            mmcl_core::Error::Config { path, reason } => Error::Config {
+                path: Some(path),
+                reason,
+            },
             other => Error::Core(other),
         }
     }

@@ -2,9 +2,55 @@
 //! non-finite loss.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use mmcl_data::cache::Cache;
+use mmcl_data::loader::{Loader, LoaderConfig};
 
 use crate::checkpoint::{self, CONFIG_FILE, TrainState, TrainerKind};
+use crate::config::DataConfig;
 use crate::{Error, Result};
+
+/// The training loader over `data`'s training split of `cache` (with `train`'s settings) and,
+/// when the validation split holds subjects, the validation loader (with `val`'s).
+///
+/// # Errors
+/// An empty training split (naming the cache and the split), or a loader that cannot start.
+pub(crate) fn split_loaders(
+    cache: &Arc<Cache>,
+    data: &DataConfig,
+    train: LoaderConfig,
+    val: LoaderConfig,
+    device: &Device,
+) -> Result<(Arc<Loader>, Option<Arc<Loader>>)> {
+    let train_idx = cache.split_indices(data.train_split);
+    if train_idx.is_empty() {
+        return Err(Error::config(format!(
+            "the cache {} has no subjects in the {:?} split",
+            data.cache.display(),
+            data.train_split
+        )));
+    }
+    let val_idx = cache.split_indices(data.val_split);
+    let train_loader = Arc::new(Loader::new(
+        Arc::clone(cache),
+        train_idx,
+        train,
+        device.clone(),
+    )?);
+    let val_loader = if val_idx.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Loader::new(
+            Arc::clone(cache),
+            val_idx,
+            val,
+            device.clone(),
+        )?))
+    };
+    Ok((train_loader, val_loader))
+}
 
 /// Refuses a run directory that already holds a checkpoint (a new run never overwrites one).
 pub(crate) fn ensure_fresh(run_dir: &Path) -> Result<()> {

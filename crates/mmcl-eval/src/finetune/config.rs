@@ -122,42 +122,14 @@ impl Default for FinetuneConfig {
 impl FinetuneConfig {
     /// Reads a JSON or TOML configuration; relative paths are relative to the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        let mut cfg: FinetuneConfig = match ext.as_deref() {
-            Some("json") => serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: path.to_path_buf(),
-                line: None,
-                source,
-            })?,
-            Some("toml") => toml::from_str(&text).map_err(|source| Error::Toml {
-                path: path.to_path_buf(),
-                source,
-            })?,
-            _ => {
-                return Err(Error::Format {
-                    path: path.to_path_buf(),
-                    reason: "the configuration must be a .json or .toml file".into(),
-                });
-            }
-        };
+        let mut cfg: FinetuneConfig = mmcl_core::config::read_config_file(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if cfg.cache.is_relative() {
-            cfg.cache = base.join(&cfg.cache);
-        }
+        mmcl_core::config::rebase_path(&mut cfg.cache, base);
         for p in [cfg.checkpoint.as_mut(), cfg.output.as_mut()]
             .into_iter()
             .flatten()
         {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            mmcl_core::config::rebase_path(p, base);
         }
         cfg.validate().map_err(|e| Error::Format {
             path: path.to_path_buf(),

@@ -22,6 +22,7 @@ use crate::engine::{
     CheckpointFiles, EpochReport, Stage, TrainStep, Trainer, ValReport, model_file, record,
 };
 use crate::progress::Progress;
+use crate::run::split_loaders;
 use crate::{Error, Result};
 
 /// The MAE pre-training trainer: [`MaeStage`] in the shared loop ([`Trainer`]).
@@ -78,15 +79,6 @@ impl MaeStage {
         run_dir: &Path,
         device: &Device,
     ) -> Result<Self> {
-        let train_idx = cache.split_indices(cfg.data.train_split);
-        if train_idx.is_empty() {
-            return Err(Error::config(format!(
-                "the cache {} has no subjects in the {:?} split",
-                cfg.data.cache.display(),
-                cfg.data.train_split
-            )));
-        }
-        let val_idx = cache.split_indices(cfg.data.val_split);
         let train_cfg = LoaderConfig {
             batch_size: cfg.batch_size,
             shuffle: true,
@@ -110,22 +102,8 @@ impl MaeStage {
             ecg_augment: None,
             ..train_cfg.clone()
         };
-        let train_loader = Arc::new(Loader::new(
-            Arc::clone(&cache),
-            train_idx,
-            train_cfg,
-            device.clone(),
-        )?);
-        let val_loader = if val_idx.is_empty() {
-            None
-        } else {
-            Some(Arc::new(Loader::new(
-                Arc::clone(&cache),
-                val_idx,
-                val_cfg,
-                device.clone(),
-            )?))
-        };
+        let (train_loader, val_loader) =
+            split_loaders(&cache, &cfg.data, train_cfg, val_cfg, device)?;
         let schedule = WarmupCosine::per_step(
             cfg.effective_lr(),
             cfg.warmup_epochs,

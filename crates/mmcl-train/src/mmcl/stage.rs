@@ -25,6 +25,7 @@ use crate::engine::{
 };
 use crate::model::{MmclArchitecture, MmclModel};
 use crate::progress::Progress;
+use crate::run::split_loaders;
 use crate::{Error, Result};
 
 /// The multimodal contrastive trainer: [`MmclStage`] in the shared loop ([`Trainer`]).
@@ -78,15 +79,6 @@ impl MmclStage {
                 )
             }
         };
-        let train_idx = cache.split_indices(cfg.data.train_split);
-        if train_idx.is_empty() {
-            return Err(Error::config(format!(
-                "the cache {} has no subjects in the {:?} split",
-                cfg.data.cache.display(),
-                cfg.data.train_split
-            )));
-        }
-        let val_idx = cache.split_indices(cfg.data.val_split);
         let classifier = cfg.classifier.online_classifier != OnlineClassifier::None;
         let base = LoaderConfig {
             batch_size: cfg.batch_size,
@@ -113,22 +105,7 @@ impl MmclStage {
             originals: false,
             ..base.clone()
         };
-        let train_loader = Arc::new(Loader::new(
-            Arc::clone(&cache),
-            train_idx,
-            base,
-            device.clone(),
-        )?);
-        let val_loader = if val_idx.is_empty() {
-            None
-        } else {
-            Some(Arc::new(Loader::new(
-                Arc::clone(&cache),
-                val_idx,
-                val_cfg,
-                device.clone(),
-            )?))
-        };
+        let (train_loader, val_loader) = split_loaders(&cache, &cfg.data, base, val_cfg, device)?;
         let schedule = WarmupCosine::per_epoch(cfg.lr, cfg.warmup_epochs, cfg.max_epochs);
         let step = MmclStep::new(model, &cfg)?;
         Ok(Self {
