@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side anchor for `cargo bench -p mmcl-eval --bench finetune` (finetune_step_b32): one
+"""Side-by-side anchor for `cargo bench --bench finetune` (finetune_step_b32): one
 fine-tuning step of the reference model in plain PyTorch, as mae's `models_vit` runs it with
 `attention_pool` (timm 0.6.8 blocks, exact GELU, LayerNorm eps 1e-6, drop-path 0.2 rising over
 the blocks, attention pooling with the token mean as query, fc_norm twice, 2-logit head),
@@ -8,7 +8,7 @@ the blocks, attention pooling with the token mean as query, fc_norm twice, 2-log
 
 Prints wall-clock and process-CPU seconds per step. Usage:
 
-    python3 crates/mmcl-eval/benches/reference_finetune_step.py --threads 2 --iters 3
+    python3 benches/reference_finetune_step.py --threads 2 --iters 3
 """
 import argparse
 import resource

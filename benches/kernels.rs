@@ -10,10 +10,10 @@
 //! (2 threads) under the same names, so that each kernel gets a ratio.
 //!
 //! ```sh
-//! cargo bench -p mmcl-nn --bench kernels -- --warm-up-time 1 --measurement-time 3
-//! python3 crates/mmcl-nn/benches/reference_kernels.py --threads 2
+//! cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 3
+//! python3 benches/reference_kernels.py --threads 2
 //! # On a shared machine: CPU time per call ÷ threads (both programs print it).
-//! MMCL_BENCH_CLOCK=cpu cargo bench -p mmcl-nn --bench kernels -- --measurement-time 3
+//! MMCL_BENCH_CLOCK=cpu cargo bench --bench kernels -- --measurement-time 3
 //! ```
 
 use std::hint::black_box;

@@ -7,7 +7,7 @@
 //! - `localize_b1`: the three localisation maps of one subject (the ECG encoder and a ResNet50
 //!   over 3×210×210, projection heads 2048 → 2048 → 128, upsampling ×2).
 //!
-//! `cargo bench -p mmcl-eval --bench finetune -- --measurement-time 20`
+//! `cargo bench --bench finetune -- --measurement-time 20`
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
