@@ -13,22 +13,15 @@ use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_cmr::ResNetConfig;
 use mmcl_ecg::EcgVitConfig;
-use mmcl_eval::finetune::{FinetuneModel, smoothed_cross_entropy};
+use mmcl_eval::finetune::{FinetuneConfig, FinetuneModel, smoothed_cross_entropy};
 use mmcl_eval::localization::{LocalizationConfig, MultimodalModel};
 use mmcl_nn::optim::{Adam, AdamConfig, ParamGroup};
-
-fn paper_encoder() -> EcgVitConfig {
-    let mut cfg = EcgVitConfig::paper();
-    cfg.attention_pool = true;
-    cfg.global_pool = false;
-    cfg.drop_path_rate = 0.2;
-    cfg
-}
 
 fn finetune_step(c: &mut Criterion) {
     mmcl_nn::memory::keep_freed_memory();
     let cpu = Device::Cpu;
-    let cfg = paper_encoder();
+    // The fine-tuning encoder: the paper's, with attention pooling and drop-path 0.2.
+    let cfg = FinetuneConfig::default().encoder;
     let model = FinetuneModel::new(&cfg, 2, 0.01, true, 0, &cpu).expect("model");
     let mut groups = ParamGroup::layer_decay_groups(model.store(), "", cfg.depth, 0.2, 0.5);
     let unused = model.unused_parameters();

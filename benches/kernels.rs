@@ -42,19 +42,27 @@ fn var(shape: &[usize], std: f64) -> Result<Var> {
     Ok(Var::from_tensor(&(randn(shape)? * std)?)?)
 }
 
+/// Times `step` under `name`.
+fn bench(group: &mut BenchmarkGroup<WallTime>, name: &str, step: impl Fn() -> Result<()>) {
+    group.bench_function(name, |b| {
+        timed(b, || {
+            // A failing kernel stops the run: timing errors would be meaningless.
+            if let Err(e) = step() {
+                panic!("{name}: {e:#}");
+            }
+        })
+    });
+}
+
 /// Times `forward` alone.
 fn bench_fwd<E: Into<anyhow::Error>>(
     group: &mut BenchmarkGroup<WallTime>,
     name: &str,
     forward: impl Fn() -> std::result::Result<Tensor, E>,
 ) {
-    group.bench_function(name, |b| {
-        timed(b, || {
-            // A failing kernel stops the run: timing errors would be meaningless.
-            if let Err(e) = forward().map(black_box) {
-                panic!("{name}: {:#}", e.into());
-            }
-        })
+    bench(group, name, || {
+        black_box(forward().map_err(Into::into)?);
+        Ok(())
     });
 }
 
@@ -64,15 +72,10 @@ fn bench_fwd_bwd<E: Into<anyhow::Error>>(
     name: &str,
     forward: impl Fn() -> std::result::Result<Tensor, E>,
 ) {
-    group.bench_function(name, |b| {
-        timed(b, || {
-            let grads = forward()
-                .map_err(Into::into)
-                .and_then(|y| Ok(y.sum_all()?.backward()?));
-            if let Err(e) = grads.map(black_box) {
-                panic!("{name}: {e:#}");
-            }
-        })
+    bench(group, name, || {
+        let y = forward().map_err(Into::into)?;
+        black_box(y.sum_all()?.backward()?);
+        Ok(())
     });
 }
 
