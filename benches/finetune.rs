@@ -29,15 +29,12 @@ fn finetune_step(c: &mut Criterion) {
         g.vars.retain(|(n, _)| !unused.contains(n));
     }
     groups.retain(|g| !g.vars.is_empty());
-    let mut adam = Adam::new(
-        groups,
-        AdamConfig {
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            decoupled_weight_decay: true,
-        },
-    )
-    .expect("optimiser");
+    // AdamW with torch's default betas and eps, as the fine-tuning loop builds it.
+    let adamw = AdamConfig {
+        decoupled_weight_decay: true,
+        ..AdamConfig::adam_l2()
+    };
+    let mut adam = Adam::new(groups, adamw).expect("optimiser");
     let x = Tensor::randn(0f32, 1.0, (32, 1, 12, 2500), &cpu).expect("input");
     let labels = Tensor::from_vec(
         (0..32).map(|i| (i % 2) as f32).collect::<Vec<_>>(),
