@@ -85,24 +85,14 @@ fn header_length_larger_than_the_file() {
 #[test]
 fn shape_products_that_overflow() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // 2^32 × 2^32 wraps to 0 in u64 arithmetic, which would pass a size check.
-    let path = plain_npy(
-        dir.path(),
-        "wraps.npy",
-        "<f4",
-        "(4294967296, 4294967296)",
-        &[],
-    );
-    refused(&path, "too large");
-    // The element count fits, the byte count does not.
-    let path = plain_npy(
-        dir.path(),
-        "bytes_wrap.npy",
-        "<f8",
-        "(2305843009213693952, 12)",
-        &[],
-    );
-    refused(&path, "too large");
+    for (name, descr, shape) in [
+        // 2^32 × 2^32 wraps to 0 in u64 arithmetic, which would pass a size check.
+        ("wraps.npy", "<f4", "(4294967296, 4294967296)"),
+        // The element count fits, the byte count does not.
+        ("bytes_wrap.npy", "<f8", "(2305843009213693952, 12)"),
+    ] {
+        refused(&plain_npy(dir.path(), name, descr, shape, &[]), "too large");
+    }
     // A dimension above u64 (npyz reads it as a big integer).
     let path = plain_npy(
         dir.path(),
@@ -164,16 +154,17 @@ fn zero_recordings_or_samples() {
 #[test]
 fn non_numeric_dtypes() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = plain_npy(dir.path(), "strings.npy", "<U4", "(12, 2)", &[b'a'; 384]);
-    refused(&path, "unsupported dtype");
-    let path = plain_npy(
-        dir.path(),
-        "objects.npy",
-        "|O",
-        "(12, 2)",
-        b"\x80\x02cos\nsystem\n",
-    );
-    refused(&path, "object arrays");
+    for (name, descr, data, needle) in [
+        ("strings.npy", "<U4", &[b'a'; 384][..], "unsupported dtype"),
+        (
+            "objects.npy",
+            "|O",
+            &b"\x80\x02cos\nsystem\n"[..],
+            "object arrays",
+        ),
+    ] {
+        refused(&plain_npy(dir.path(), name, descr, "(12, 2)", data), needle);
+    }
     let structured = "{'descr': [('a', '<f4'), ('b', '<i2')], 'fortran_order': False, \
                       'shape': (12, 2), }\n";
     let path = write(dir.path(), "structured.npy", npy(1, structured, &[0; 144]));
