@@ -8,12 +8,13 @@
 //! cargo bench --bench embed_ecg -- --measurement-time 20
 //! ```
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_suite::ecg::{EcgVit, EcgVitConfig, Pooling};
 
 const BATCH: usize = 64;
@@ -25,31 +26,9 @@ fn setup(device: &Device) -> Result<(EcgVit, Tensor)> {
     Ok((model, x))
 }
 
-fn devices() -> Vec<(&'static str, Device)> {
-    let mut out = vec![("cpu", Device::Cpu)];
-    if candle_core::utils::cuda_is_available()
-        && let Ok(dev) = Device::new_cuda(0)
-    {
-        out.push(("cuda", dev));
-    }
-    out
-}
-
 fn embed_ecg(c: &mut Criterion) {
-    // As the `mmcl` binary does: reuse freed activations instead of page-faulting them anew.
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let mut group = c.benchmark_group("embed_ecg");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(20));
-    for (name, device) in devices() {
-        let (model, x) = match setup(&device) {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("skipping {name}: {e:#}");
-                continue;
-            }
-        };
+    let mut group = common::batch_group(c, "embed_ecg", BATCH, 20);
+    common::on_each_device(setup, |name, (model, x)| {
         group.bench_function(format!("vit_tiny_patchX_b{BATCH}_global/{name}"), |b| {
             b.iter(|| {
                 let y = model
@@ -58,7 +37,7 @@ fn embed_ecg(c: &mut Criterion) {
                 black_box(y.map(|y| y.dims().to_vec()))
             })
         });
-    }
+    });
     group.finish();
 }
 

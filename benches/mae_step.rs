@@ -14,12 +14,13 @@
 //! MAE_STEP_BREAKDOWN=1 cargo bench --bench mae_step -- --measurement-time 30
 //! ```
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_suite::ecg::mae::{MaeConfig, MaskedAutoencoder};
 use mmcl_suite::losses::mae::{MaeLoss, MaeLossConfig};
 use mmcl_suite::nn::optim::{Adam, AdamConfig};
@@ -80,31 +81,9 @@ impl Step {
     }
 }
 
-fn devices() -> Vec<(&'static str, Device)> {
-    let mut out = vec![("cpu", Device::Cpu)];
-    if candle_core::utils::cuda_is_available()
-        && let Ok(dev) = Device::new_cuda(0)
-    {
-        out.push(("cuda", dev));
-    }
-    out
-}
-
 fn mae_step(c: &mut Criterion) {
-    // As a training program should: reuse freed activations instead of page-faulting them anew.
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let mut group = c.benchmark_group("mae_step");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(30));
-    for (name, device) in devices() {
-        let mut step = match Step::new(&device) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("skipping {name}: {e:#}");
-                continue;
-            }
-        };
+    let mut group = common::batch_group(c, "mae_step", BATCH, 30);
+    common::on_each_device(Step::new, |name, mut step| {
         // Where the time goes: the objective's forward pass, plus the backward pass.
         if std::env::var_os("MAE_STEP_BREAKDOWN").is_some() {
             group.bench_function(format!("forward/{name}"), |b| {
@@ -125,7 +104,7 @@ fn mae_step(c: &mut Criterion) {
                 })
             },
         );
-    }
+    });
     group.finish();
 }
 

@@ -11,12 +11,14 @@
 //! python3 benches/reference_mmcl_step.py --threads 2 --iters 3
 //! ```
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_suite::train::config::OnlineClassifier;
 use mmcl_suite::train::mmcl::MmclBatch;
 use mmcl_suite::train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep};
@@ -39,39 +41,17 @@ fn setup(device: &Device) -> Result<(MmclStep, MmclBatch, f64)> {
     Ok((step, batch, cfg.lr))
 }
 
-fn devices() -> Vec<(&'static str, Device)> {
-    let mut out = vec![("cpu", Device::Cpu)];
-    if candle_core::utils::cuda_is_available()
-        && let Ok(dev) = Device::new_cuda(0)
-    {
-        out.push(("cuda", dev));
-    }
-    out
-}
-
 fn mmcl_step(c: &mut Criterion) {
-    // As the `mmcl` binary does: reuse freed activations instead of page-faulting them anew.
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let mut group = c.benchmark_group("mmcl_step");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(60));
+    let mut group = common::batch_group(c, "mmcl_step", BATCH, 60);
     group.warm_up_time(Duration::from_secs(5));
-    for (name, device) in devices() {
-        let (mut step, batch, lr) = match setup(&device) {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("skipping {name}: {e:#}");
-                continue;
-            }
-        };
+    common::on_each_device(setup, |name, (mut step, batch, lr)| {
         group.bench_function(format!("resnet50_210px_vit_tiny_b{BATCH}/{name}"), |b| {
             b.iter(|| {
                 let report = step.train_batch(black_box(&batch), lr);
                 black_box(report.map(|r| r.loss))
             })
         });
-    }
+    });
     group.finish();
 }
 

@@ -8,12 +8,10 @@ the thread count approximates the wall time on an idle one. Usage:
 
     python3 benches/reference_embed_cmr.py --threads 2 --iters 5
 """
-import argparse
-import resource
-import time
-
 import torch
 import torch.nn as nn
+
+from reference_common import parse_args, per_call, print_throughput
 
 
 class Bottleneck(nn.Module):
@@ -64,31 +62,15 @@ class ResNet50Encoder(nn.Module):
         return self.avgpool(self.layers(x)).flatten(1)  # [B, 2048]
 
 
-def cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=16)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(iters=5, batch=16)
     torch.manual_seed(0)
     model = ResNet50Encoder().eval()
     x = torch.randn(args.batch, 3, 210, 210)
     with torch.no_grad():
         assert model(x).shape == (args.batch, 2048)  # warm-up
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        for _ in range(args.iters):
-            model(x)
-        wall = (time.perf_counter() - t0) / args.iters
-        cpu = (cpu_seconds() - c0) / args.iters
-    print(f"torch {torch.__version__}, {args.threads} threads: wall {wall:.3f} s/batch "
-          f"({args.batch / wall:.1f} samples/s), cpu {cpu:.3f} s/batch "
-          f"({args.batch * args.threads / cpu:.1f} samples/s at {args.threads} idle threads)")
+        wall, cpu = per_call(lambda: model(x), args.iters)
+    print_throughput(args, wall, cpu, "batch")
 
 
 if __name__ == "__main__":

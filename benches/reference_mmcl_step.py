@@ -15,14 +15,13 @@ the thread count approximates the wall time on an idle one. Usage:
 `--parity DIR` instead runs the `mmcl_step_small` fixture (ResNet18 trunk, small ViT) in float32
 and float64 and prints how far PyTorch's own float32 lands from the float64 reference values.
 """
-import argparse
 import json
-import resource
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from reference_common import Block, parse_args, per_call
 
 
 # ----------------------------------------------------------------------------- image trunk
@@ -88,58 +87,6 @@ def resnet_trunk(block, layers, cin=3):
 
 
 # ----------------------------------------------------------------------------- ECG encoder
-class DropPath(nn.Module):
-    def __init__(self, p):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, drop_path):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class PatchEmbed(nn.Module):
     def __init__(self, dim, patch):
         super().__init__()
@@ -209,11 +156,6 @@ class Mmcl(nn.Module):
         ], lr=lr, weight_decay=weight_decay)
 
 
-def cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def parity(directory):
     """PyTorch float32 against the float64 fixture `mmcl_step_small`."""
     from safetensors.torch import load_file
@@ -248,13 +190,8 @@ def parity(directory):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--parity", metavar="DIR", help="compare with the mmcl_step_small fixture")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(iters=3, batch=16, extra=lambda ap: ap.add_argument(
+        "--parity", metavar="DIR", help="compare with the mmcl_step_small fixture"))
     if args.parity:
         parity(args.parity)
         return
@@ -271,11 +208,7 @@ def main():
         opt.step()
 
     step()  # warm-up
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    for _ in range(args.iters):
-        step()
-    wall = (time.perf_counter() - t0) / args.iters
-    cpu = (cpu_seconds() - c0) / args.iters
+    wall, cpu = per_call(step, args.iters)
     print(f"reference MMCL step, batch {args.batch}, {args.threads} threads: "
           f"{wall:.3f} s/step wall ({args.batch / wall:.2f} samples/s), "
           f"{cpu:.3f} CPU-s/step ({args.batch * args.threads / cpu:.2f} samples/s per "

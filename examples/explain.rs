@@ -11,6 +11,9 @@
 //! PNGs go to `--output/<eid>/` (`ecg_importance.png`, `ecg_attention.png`,
 //! `cmr_importance.png`).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,11 +22,7 @@ use clap::Parser;
 use mmcl_suite::cmr::ResNetConfig;
 use mmcl_suite::data::cache::Cache;
 use mmcl_suite::data::tables::Split;
-use mmcl_suite::nn::device::parse_device;
-use mmcl_suite::pipeline::TerminalProgress;
-use mmcl_suite::pipeline::reproduce::{
-    explain_subjects, load_config, prepare_data, probe_vit_config,
-};
+use mmcl_suite::pipeline::reproduce::{explain_subjects, probe_vit_config};
 use mmcl_suite::train::{MmclArchitecture, MmclModel};
 
 /// Draw localisation maps of test subjects of the synthetic cohort.
@@ -39,33 +38,17 @@ struct Args {
     /// Output folder.
     #[arg(long, default_value = "target/example-explain")]
     output: PathBuf,
-    /// A reproduce configuration (JSON/TOML) for the encoders and the data.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where the cohort and cache are made (reused when present).
-    #[arg(long, default_value = "target/example-data")]
-    data: PathBuf,
     /// Subjects of the cohort.
     #[arg(long, default_value_t = 400)]
     cohort_subjects: usize,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    cohort: common::CohortArgs,
 }
 
 fn main() -> Result<()> {
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let args = Args::parse();
-    let device = parse_device(&args.device)?;
-    let mut cfg = load_config(args.config.as_deref(), false)?;
-    if args.config.is_none() {
-        cfg.cohort.subjects = args.cohort_subjects;
-    }
-    let cache = Arc::new(Cache::open(&prepare_data(
-        &cfg,
-        &args.data,
-        &mut TerminalProgress::new(),
-    )?)?);
+    let args: Args = common::start();
+    let (device, cfg, cache_dir) = args.cohort.prepare(args.cohort_subjects)?;
+    let cache = Arc::new(Cache::open(&cache_dir)?);
     let vit = probe_vit_config(&cfg)?;
     let model = match &args.checkpoint {
         Some(path) => {

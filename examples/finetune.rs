@@ -8,6 +8,9 @@
 //!     --checkpoint target/reproduce/runs/mae_mmcl/checkpoints/last/ecg_encoder.safetensors
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -15,9 +18,7 @@ use clap::Parser;
 use mmcl_suite::eval::finetune::{FinetuneConfig, finetune};
 use mmcl_suite::eval::metrics::Task;
 use mmcl_suite::eval::report::text_table;
-use mmcl_suite::nn::device::parse_device;
-use mmcl_suite::pipeline::TerminalProgress;
-use mmcl_suite::pipeline::reproduce::{load_config, prepare_data, probe_vit_config};
+use mmcl_suite::pipeline::reproduce::probe_vit_config;
 
 /// Fine-tune the ECG encoder on one disease or phenotype of the synthetic cohort.
 #[derive(Debug, Parser)]
@@ -35,29 +36,16 @@ struct Args {
     /// Training epochs at most.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
-    /// A reproduce configuration (JSON/TOML) for the encoder and the data.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where the cohort and cache are made (reused when present).
-    #[arg(long, default_value = "target/example-data")]
-    data: PathBuf,
     /// Subjects of the cohort.
     #[arg(long, default_value_t = 400)]
     subjects: usize,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    cohort: common::CohortArgs,
 }
 
 fn main() -> Result<()> {
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let args = Args::parse();
-    let device = parse_device(&args.device)?;
-    let mut cfg = load_config(args.config.as_deref(), false)?;
-    if args.config.is_none() {
-        cfg.cohort.subjects = args.subjects;
-    }
-    let cache = prepare_data(&cfg, &args.data, &mut TerminalProgress::new())?;
+    let args: Args = common::start();
+    let (device, cfg, cache) = args.cohort.prepare(args.subjects)?;
 
     // The paper's fine-tuning model: attention pooling, drop-path 0.2.
     let mut encoder = probe_vit_config(&cfg)?;

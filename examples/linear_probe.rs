@@ -12,6 +12,9 @@
 //! The cohort and its cache are made once under `--data` (reduced settings of
 //! `mmcl reproduce`); `--config` takes a reproduce configuration for other encoders or data.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,11 +22,7 @@ use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::data::cache::Cache;
 use mmcl_suite::ecg::EcgVit;
-use mmcl_suite::nn::device::parse_device;
-use mmcl_suite::pipeline::TerminalProgress;
-use mmcl_suite::pipeline::reproduce::{
-    load_config, prepare_data, probe_ecg_encoder, probe_vit_config,
-};
+use mmcl_suite::pipeline::reproduce::{probe_ecg_encoder, probe_vit_config};
 use mmcl_suite::pipeline::results::markdown_tables;
 
 /// Linear probes of an ECG encoder on the synthetic cohort.
@@ -33,29 +32,16 @@ struct Args {
     /// one, a seeded random initialisation.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// A reproduce configuration (JSON/TOML) for the encoder and the data.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where the cohort and cache are made (reused when present).
-    #[arg(long, default_value = "target/example-data")]
-    data: PathBuf,
     /// Subjects of the cohort.
     #[arg(long, default_value_t = 400)]
     subjects: usize,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    cohort: common::CohortArgs,
 }
 
 fn main() -> Result<()> {
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let args = Args::parse();
-    let device = parse_device(&args.device)?;
-    let mut cfg = load_config(args.config.as_deref(), false)?;
-    if args.config.is_none() {
-        cfg.cohort.subjects = args.subjects;
-    }
-    let cache_dir = prepare_data(&cfg, &args.data, &mut TerminalProgress::new())?;
+    let args: Args = common::start();
+    let (device, cfg, cache_dir) = args.cohort.prepare(args.subjects)?;
     let cache = Arc::new(Cache::open(&cache_dir)?);
 
     let vit = probe_vit_config(&cfg)?;

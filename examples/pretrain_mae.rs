@@ -13,45 +13,27 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::Parser;
-use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::train::checkpoint;
-use mmcl_suite::train::{BarProgress, MaeTrainConfig, MaeTrainer, Progress};
+use mmcl_suite::train::{MaeTrainConfig, MaeTrainer};
 
 /// MAE pre-training of the ECG encoder of Turgut et al.
 #[derive(Debug, Parser)]
 struct Args {
-    /// A configuration (.json/.toml); without one, a quick run on a synthetic cohort.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The run directory (replaced if it holds an earlier example run).
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Subjects of the synthetic cohort (without `--config`).
-    #[arg(long, default_value_t = 96)]
-    subjects: usize,
+    #[command(flatten)]
+    common: common::TrainArgs,
     /// Epochs of the quick run (without `--config`).
     #[arg(long, default_value_t = 8)]
     epochs: usize,
 }
 
 fn main() -> Result<()> {
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let args = Args::parse();
-    let device = parse_device(&args.device)?;
-    let output = args
-        .output
-        .unwrap_or_else(|| common::default_output("pretrain_mae"));
-    let cfg = match &args.config {
+    let args: Args = common::start();
+    let (device, output) = args.common.device_and_output("pretrain_mae")?;
+    let cfg = match &args.common.config {
         Some(path) => MaeTrainConfig::from_file(path)?,
         None => {
-            let data_dir = common::default_output("synthetic-cohort");
             let mut cfg = MaeTrainConfig {
                 max_epochs: args.epochs,
                 warmup_epochs: 2,
@@ -59,21 +41,15 @@ fn main() -> Result<()> {
                 blr: 1e-4,
                 ..MaeTrainConfig::default()
             };
-            cfg.data.cache = common::synthetic_cache(&data_dir, args.subjects, 48)?;
-            // An earlier example run would be refused: start afresh.
-            if checkpoint::find_checkpoint(&output).is_ok() {
-                std::fs::remove_dir_all(&output)?;
-            }
+            cfg.data.cache = args.common.quick_cache(&output)?;
             cfg
         }
     };
-    eprintln!("configuration:\n{}", cfg.to_toml());
-    let mut progress = BarProgress::new();
-    let (mut trainer, notes) = MaeTrainer::new(cfg, &output, &device)?;
-    for note in notes {
-        progress.message(&note);
-    }
-    trainer.fit(&mut progress)?;
+    let trainer = common::train(
+        &cfg.to_toml(),
+        || Ok(MaeTrainer::new(cfg, &output, &device)?),
+        |trainer, progress| Ok(trainer.fit(progress)?),
+    )?;
     println!("run directory      {}", trainer.run_dir().display());
     println!(
         "metrics            {}",

@@ -21,44 +21,28 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::cmr::ResNetArch;
-use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::train::checkpoint;
-use mmcl_suite::train::{BarProgress, MmclConfig, MmclTrainer, Progress};
+use mmcl_suite::train::{MmclConfig, MmclTrainer};
 
 /// Multimodal contrastive pre-training of Turgut et al.
 #[derive(Debug, Parser)]
 struct Args {
-    /// A configuration (.json/.toml); without one, a quick run on a synthetic cohort.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The run directory (replaced if it holds an earlier example run).
-    #[arg(long)]
-    output: Option<PathBuf>,
+    #[command(flatten)]
+    common: common::TrainArgs,
     /// Start the ECG encoder from this checkpoint (e.g. the `pretrain_mae` export).
     #[arg(long)]
     ecg_checkpoint: Option<PathBuf>,
-    /// Subjects of the synthetic cohort (without `--config`).
-    #[arg(long, default_value_t = 96)]
-    subjects: usize,
     /// Epochs of the quick run (without `--config`).
     #[arg(long, default_value_t = 4)]
     epochs: usize,
 }
 
 fn main() -> Result<()> {
-    mmcl_suite::nn::memory::keep_freed_memory();
-    let args = Args::parse();
-    let device = parse_device(&args.device)?;
-    let output = args
-        .output
-        .unwrap_or_else(|| common::default_output("pretrain_mmcl"));
-    let mut cfg = match &args.config {
+    let args: Args = common::start();
+    let (device, output) = args.common.device_and_output("pretrain_mmcl")?;
+    let mut cfg = match &args.common.config {
         Some(path) => MmclConfig::from_file(path)?,
         None => {
-            let data_dir = common::default_output("synthetic-cohort");
             let mut cfg = MmclConfig {
                 max_epochs: args.epochs,
                 warmup_epochs: 1,
@@ -71,23 +55,18 @@ fn main() -> Result<()> {
             cfg.imaging.model = ResNetArch::ResNet18;
             cfg.imaging.img_size = 48;
             cfg.imaging.augment.size = 48;
-            cfg.data.cache = common::synthetic_cache(&data_dir, args.subjects, 48)?;
-            if checkpoint::find_checkpoint(&output).is_ok() {
-                std::fs::remove_dir_all(&output)?;
-            }
+            cfg.data.cache = args.common.quick_cache(&output)?;
             cfg
         }
     };
     if let Some(path) = args.ecg_checkpoint {
         cfg.ecg.pretrain_checkpoint = Some(path);
     }
-    eprintln!("configuration:\n{}", cfg.to_toml());
-    let mut progress = BarProgress::new();
-    let (mut trainer, notes) = MmclTrainer::new(cfg, &output, &device)?;
-    for note in notes {
-        progress.message(&note);
-    }
-    trainer.fit(&mut progress)?;
+    let trainer = common::train(
+        &cfg.to_toml(),
+        || Ok(MmclTrainer::new(cfg, &output, &device)?),
+        |trainer, progress| Ok(trainer.fit(progress)?),
+    )?;
     let last = checkpoint::last_dir(trainer.run_dir());
     println!("run directory        {}", trainer.run_dir().display());
     println!(

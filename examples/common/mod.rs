@@ -1,11 +1,113 @@
-//! What the training examples share: default output folders and a small synthetic cohort turned
-//! into a dataset cache (`mmcl_synth` + `mmcl_data::build`).
+//! What the examples share (`#[path = "common/mod.rs"] mod common;` in each): the command-line
+//! arguments and set-up of the pre-training examples (default output folders, a small
+//! synthetic cohort turned into a dataset cache by `mmcl_synth` + `mmcl_data::build`), and of
+//! the stage examples that run on the reproduce pipeline's cohort.
+
+// Each example compiles this module on its own and uses only its part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use candle_core::Device;
 use mmcl_suite::data::build::{BuildConfig, build_dataset};
+use mmcl_suite::nn::device::parse_device;
+use mmcl_suite::pipeline::reproduce::{load_config, prepare_data};
+use mmcl_suite::pipeline::{ReproduceConfig, TerminalProgress};
 use mmcl_suite::synth::{Cohort, SynthConfig, WriteOptions};
+use mmcl_suite::train::checkpoint;
+use mmcl_suite::train::{BarProgress, Progress};
+
+/// How every example starts: freed activations are kept for reuse (as the `mmcl` binary
+/// does), then the command line is parsed.
+pub fn start<A: clap::Parser>() -> A {
+    mmcl_suite::nn::memory::keep_freed_memory();
+    A::parse()
+}
+
+/// `--config`, `--device`, `--output` and `--subjects` of the pre-training examples.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// A configuration (.json/.toml); without one, a quick run on a synthetic cohort.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The run directory (replaced if it holds an earlier example run).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Subjects of the synthetic cohort (without `--config`).
+    #[arg(long, default_value_t = 96)]
+    pub subjects: usize,
+}
+
+impl TrainArgs {
+    /// The device and the run directory (`--output`, else [`default_output`]`(name)`).
+    pub fn device_and_output(&self, name: &str) -> Result<(Device, PathBuf)> {
+        let device = parse_device(&self.device)?;
+        let output = self.output.clone().unwrap_or_else(|| default_output(name));
+        Ok((device, output))
+    }
+
+    /// The cache of the quick run's synthetic cohort (images of 48²), made under
+    /// [`default_output`]`("synthetic-cohort")`; an earlier example run in `output` is removed,
+    /// since a new run there would be refused.
+    pub fn quick_cache(&self, output: &Path) -> Result<PathBuf> {
+        let data_dir = default_output("synthetic-cohort");
+        let cache = synthetic_cache(&data_dir, self.subjects, 48)?;
+        if checkpoint::find_checkpoint(output).is_ok() {
+            std::fs::remove_dir_all(output)?;
+        }
+        Ok(cache)
+    }
+}
+
+/// Prints the configuration (`config_toml`), makes the trainer with `new` (which returns it
+/// with its notes) and trains it with `fit` under a progress bar.
+pub fn train<T>(
+    config_toml: &str,
+    new: impl FnOnce() -> Result<(T, Vec<String>)>,
+    fit: impl FnOnce(&mut T, &mut BarProgress) -> Result<()>,
+) -> Result<T> {
+    eprintln!("configuration:\n{config_toml}");
+    let mut progress = BarProgress::new();
+    let (mut trainer, notes) = new()?;
+    for note in notes {
+        progress.message(&note);
+    }
+    fit(&mut trainer, &mut progress)?;
+    Ok(trainer)
+}
+
+/// `--config`, `--data` and `--device` of the stage examples that run on the reproduce
+/// pipeline's synthetic cohort (each names its own count of cohort subjects).
+#[derive(Debug, clap::Args)]
+pub struct CohortArgs {
+    /// A reproduce configuration (JSON/TOML) for the encoders and the data.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the cohort and cache are made (reused when present).
+    #[arg(long, default_value = "target/example-data")]
+    pub data: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl CohortArgs {
+    /// The device, the reproduce configuration (`--config`, else the reduced defaults with a
+    /// cohort of `subjects`) and its cohort's cache under `--data` (made when absent).
+    pub fn prepare(&self, subjects: usize) -> Result<(Device, ReproduceConfig, PathBuf)> {
+        let device = parse_device(&self.device)?;
+        let mut cfg = load_config(self.config.as_deref(), false)?;
+        if self.config.is_none() {
+            cfg.cohort.subjects = subjects;
+        }
+        let cache = prepare_data(&cfg, &self.data, &mut TerminalProgress::new())?;
+        Ok((device, cfg, cache))
+    }
+}
 
 /// Where an example writes when not told: `target/example-runs/<name>` of the workspace.
 pub fn default_output(name: &str) -> PathBuf {

@@ -17,6 +17,13 @@ fn images(seed: u64, shape: (usize, usize, usize, usize)) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).expect("images")
 }
 
+/// A freshly initialised f32 CPU encoder of `config` in a store seeded with `seed`.
+fn resnet(seed: u64, config: &ResNetConfig) -> (ParamStore, ResNet) {
+    let store = ParamStore::new(seed);
+    let model = ResNet::new(config, store.var_builder(DType::F32, &Device::Cpu)).expect("model");
+    (store, model)
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     flat(a)
         .iter()
@@ -67,12 +74,7 @@ fn every_trainable_variable_of_resnet50_receives_a_gradient() {
 
 #[test]
 fn eval_mode_is_independent_of_the_batch() {
-    let store = ParamStore::new(5);
-    let model = ResNet::new(
-        &ResNetConfig::resnet18().with_in_channels(1),
-        store.var_builder(DType::F32, &Device::Cpu),
-    )
-    .expect("model");
+    let (store, model) = resnet(5, &ResNetConfig::resnet18().with_in_channels(1));
     let x = images(2, (3, 1, 48, 48));
     let batch = model.embed(&x).expect("batch");
     let folded = model.fold().expect("fold");
@@ -106,15 +108,7 @@ fn eval_mode_is_independent_of_the_batch() {
 
 #[test]
 fn initialisation_is_seeded_and_follows_torchvision() {
-    let build = |seed: u64| {
-        let store = ParamStore::new(seed);
-        ResNet::new(
-            &ResNetConfig::resnet34(),
-            store.var_builder(DType::F32, &Device::Cpu),
-        )
-        .expect("model");
-        store
-    };
+    let build = |seed: u64| resnet(seed, &ResNetConfig::resnet34()).0;
     let (a, b, c) = (build(9), build(9), build(10));
     assert_eq!(a.len(), b.len());
     for (name, var) in a.named_vars() {
@@ -241,12 +235,7 @@ fn mismatches_are_reported_by_name() {
 
 #[test]
 fn wrong_inputs_are_errors_not_panics() {
-    let store = ParamStore::new(0);
-    let model = ResNet::new(
-        &ResNetConfig::resnet18().with_in_channels(2),
-        store.var_builder(DType::F32, &Device::Cpu),
-    )
-    .expect("model");
+    let (_store, model) = resnet(0, &ResNetConfig::resnet18().with_in_channels(2));
     assert!(model.embed(&images(0, (1, 3, 32, 32))).is_err());
     let x3 = Tensor::zeros((2, 32, 32), DType::F32, &Device::Cpu).expect("zeros");
     assert!(model.embed(&x3).is_err());

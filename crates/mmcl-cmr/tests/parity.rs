@@ -49,36 +49,21 @@ fn check_parity(name: &str, dtype: DType, train_tolerance: Tolerance) {
     };
     let name = &format!("{name} {dtype:?}");
     let x = io.tensor("input").to_dtype(dtype).expect("dtype");
+    // The evaluation-mode outputs of one engine (`label`: its name and a space, or nothing).
+    let check_eval = |label: &str, feature_map: &Tensor, pooled: &Tensor| {
+        for (key, ours) in [("eval_feature_map", feature_map), ("eval_pooled", pooled)] {
+            let what = format!("{name} {label}{key}");
+            assert_close(&what, ours, &io.tensor(key), Tolerance::FORWARD);
+        }
+    };
     let eval = model.forward_t(&x, false).expect("eval forward");
-    assert_close(
-        &format!("{name} eval_feature_map"),
-        &eval.feature_map,
-        &io.tensor("eval_feature_map"),
-        Tolerance::FORWARD,
-    );
-    assert_close(
-        &format!("{name} eval_pooled"),
-        &eval.pooled,
-        &io.tensor("eval_pooled"),
-        Tolerance::FORWARD,
-    );
+    check_eval("", &eval.feature_map, &eval.pooled);
     for (engine, folded) in [
         ("folded", model.fold().expect("fold")),
         ("folded tensor-ops", model.fold_tensor_ops().expect("fold")),
     ] {
         let out = folded.forward(&x).expect("folded forward");
-        assert_close(
-            &format!("{name} {engine} eval_feature_map"),
-            &out.feature_map,
-            &io.tensor("eval_feature_map"),
-            Tolerance::FORWARD,
-        );
-        assert_close(
-            &format!("{name} {engine} eval_pooled"),
-            &out.pooled,
-            &io.tensor("eval_pooled"),
-            Tolerance::FORWARD,
-        );
+        check_eval(&format!("{engine} "), &out.feature_map, &out.pooled);
     }
 
     let train = model.forward_t(&x, true).expect("train forward");

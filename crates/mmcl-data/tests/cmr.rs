@@ -1,15 +1,25 @@
 //! CMR studies written by nibabel: reading, phenotypes, preprocessing, augmentation, bad input.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::max_abs_diff;
 use mmcl_data::cmr::nifti::read_nifti;
-use mmcl_data::cmr::{CmrConfig, CropSpec, FrameSpec, ImageAugmentConfig, read_study};
+use mmcl_data::cmr::{CmrConfig, CmrStudy, CropSpec, FrameSpec, ImageAugmentConfig, read_study};
 use mmcl_data::rng::Rng;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/cmr")
-        .join(name)
+    common::fixture("cmr").join(name)
+}
+
+/// The fixture study with its segmentation.
+fn segmented_study() -> CmrStudy {
+    read_study(
+        &fixture("1000001/sa.nii.gz"),
+        Some(&fixture("1000001/seg_sa.nii.gz")),
+    )
+    .unwrap()
 }
 
 fn expected(key: &str) -> f64 {
@@ -30,22 +40,13 @@ fn nibabel_files_read_with_values_and_voxel_size() {
 
     let be = read_nifti(&fixture("big_endian_scaled.nii")).unwrap();
     assert_eq!(be.dims, img.dims);
-    let worst = be
-        .data
-        .iter()
-        .zip(&exp.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&be.data, &exp.data);
     assert!(worst < 1e-3, "big-endian scaled file differs by {worst}");
 }
 
 #[test]
 fn phenotypes_and_es_frame_from_the_segmentation() {
-    let study = read_study(
-        &fixture("1000001/sa.nii.gz"),
-        Some(&fixture("1000001/seg_sa.nii.gz")),
-    )
-    .unwrap();
+    let study = segmented_study();
     let p = study.phenotypes(Some(60.0)).unwrap().unwrap();
     assert_eq!(p.es_frame, expected("es_frame") as usize);
     for (ours, key) in [
@@ -64,11 +65,7 @@ fn phenotypes_and_es_frame_from_the_segmentation() {
 
 #[test]
 fn preprocessing_stacks_frames_of_the_mid_slice() {
-    let study = read_study(
-        &fixture("1000001/sa.nii.gz"),
-        Some(&fixture("1000001/seg_sa.nii.gz")),
-    )
-    .unwrap();
+    let study = segmented_study();
     let cfg = CmrConfig {
         size: 32,
         crop: CropSpec::LvCentre { size_mm: 25.0 },
@@ -194,11 +191,6 @@ fn rotation_and_resize_match_torchvision() {
     }
     let expected = mmcl_core::npy::read_array(&fixture("../image_resize_4x13.npy")).unwrap();
     let ours = img.resize(4, 13);
-    let worst = ours
-        .data
-        .iter()
-        .zip(&expected.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&ours.data, &expected.data);
     assert!(worst < 1e-5, "{worst}");
 }

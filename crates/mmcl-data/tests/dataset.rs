@@ -1,20 +1,17 @@
 //! End to end: a UK-Biobank-style folder → `build_dataset` → cache → loader batches.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
+use common::fixture;
 use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_data::cache::Cache;
 use mmcl_data::cmr::{CmrConfig, CropSpec, ImageAugmentConfig};
 use mmcl_data::loader::{Loader, LoaderConfig};
 use mmcl_data::tables::Split;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// 12 subjects with ECG and CMR, one with only an ECG, one with only a CMR, one bad XML.
 fn ukb_folder(dir: &Path) {
@@ -59,6 +56,13 @@ fn ukb_folder(dir: &Path) {
     .unwrap();
 }
 
+/// [`ukb_folder`] at `dir/ukb`; returns it and the cache's path beside it, `dir/cache`.
+fn ukb_folder_in(dir: &Path) -> (PathBuf, PathBuf) {
+    let root = dir.join("ukb");
+    ukb_folder(&root);
+    (root, dir.join("cache"))
+}
+
 fn config(root: &Path, out: &Path) -> BuildConfig {
     BuildConfig {
         root: root.to_path_buf(),
@@ -91,9 +95,7 @@ fn loader_config() -> LoaderConfig {
 #[test]
 fn build_cache_and_load_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("ukb");
-    ukb_folder(&root);
-    let out = dir.path().join("cache");
+    let (root, out) = ukb_folder_in(dir.path());
     let (index, report) = build_dataset(&config(&root, &out), &|_, _| {}).unwrap();
 
     // Joined: 12 complete pairs; 2000012 lacks a CMR, 2000013 an ECG; 2000020 is skipped.
@@ -214,9 +216,7 @@ fn build_cache_and_load_batches() {
 #[test]
 fn builds_refuse_to_clobber_and_stop_on_bad_files_without_skip() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("ukb");
-    ukb_folder(&root);
-    let out = dir.path().join("cache");
+    let (root, out) = ukb_folder_in(dir.path());
     let cfg = BuildConfig {
         skip_bad: false,
         ..config(&root, &out)

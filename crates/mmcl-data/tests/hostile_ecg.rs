@@ -5,8 +5,11 @@
 //! allocated what a hostile header declares (hundreds of MB here) aborts the run loudly
 //! instead of passing.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{fixture, write};
 use mmcl_data::Error;
 use mmcl_data::ecg::convert::preprocess_directory;
 use mmcl_data::ecg::preprocess::{PreprocessConfig, resample};
@@ -17,34 +20,14 @@ use mmcl_data::ecg::{self, Ecg, MAX_SAMPLES_PER_LEAD, wfdb};
 static ALLOC: mmcl_testutil::alloc::CappedAllocator =
     mmcl_testutil::alloc::CappedAllocator::new(64 << 20);
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
-/// Asserts a [`Error::Format`] about `file` whose message names it and contains `needle`;
+/// Asserts a format error about `file` whose message names it and contains `needle`;
 /// returns the message.
 fn format_error(
     result: mmcl_data::Result<impl std::fmt::Debug>,
     file: &Path,
     needle: &str,
 ) -> String {
-    let err = result.expect_err("a hostile file must be refused");
-    let msg = err.to_string();
-    assert!(
-        matches!(err, Error::Format { .. }),
-        "not a format error: {err:?}"
-    );
-    assert_eq!(err.path(), Some(file), "{msg}");
-    let name = file.file_name().unwrap().to_str().unwrap();
-    assert!(msg.contains(name), "error does not name {name}: {msg}");
+    let msg = common::format_error(result, file);
     assert!(msg.contains(needle), "expected {needle:?} in: {msg}");
     msg
 }

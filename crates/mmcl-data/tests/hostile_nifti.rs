@@ -2,10 +2,12 @@
 //! or longer than the header declares. Each must be a typed error naming the file, found
 //! before anything large is allocated.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mmcl_data::Error;
+use common::{format_error, write};
 use mmcl_data::cmr::nifti::{MAX_VOXELS, read_nifti};
 
 /// A little-endian NIfTI-1 header (352 bytes with the empty extension flag) for uint8 voxels.
@@ -24,12 +26,6 @@ fn header(dims: &[i16], vox_offset: f32) -> Vec<u8> {
     h
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
 /// Gzips `head` followed by `zeros` zero bytes, streamed so the test itself stays small.
 fn write_gz(dir: &Path, name: &str, head: &[u8], zeros: usize) -> PathBuf {
     let p = dir.join(name);
@@ -45,19 +41,6 @@ fn write_gz(dir: &Path, name: &str, head: &[u8], zeros: usize) -> PathBuf {
     }
     gz.finish().unwrap();
     p
-}
-
-/// The error's message, after checking it is a format error naming `path`.
-fn format_error(result: mmcl_data::Result<impl std::fmt::Debug>, path: &Path) -> String {
-    let err = result.unwrap_err();
-    assert!(matches!(err, Error::Format { .. }), "{err:?}");
-    assert_eq!(err.path(), Some(path), "{err}");
-    let text = err.to_string();
-    assert!(
-        text.contains(path.file_name().unwrap().to_str().unwrap()),
-        "{text}"
-    );
-    text
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! Broken and malicious `.npy` / `.npz` files: each ends in a typed error naming the file,
 //! quickly and without sizing any allocation from what the file claims.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{assert_format_error, write};
 use mmcl_core::npy::{npy_f32_bytes, open_npy, read_array};
 use mmcl_data::Error;
 use mmcl_data::ecg::npy::MAX_NPZ_MEMBER_LEN;
@@ -31,10 +34,9 @@ fn dict(descr: &str, shape: &str) -> String {
     format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n")
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).expect("write test file");
-    path
+/// Writes `dir/name`: a version-1 `.npy` of element type `descr` and `shape`, then `data`.
+fn plain_npy(dir: &Path, name: &str, descr: &str, shape: &str, data: &[u8]) -> PathBuf {
+    write(dir, name, npy(1, &dict(descr, shape), data))
 }
 
 /// Reads `path` as an ECG file and returns the error, checking that it is a typed
@@ -48,15 +50,7 @@ fn refused(path: &Path, needle: &str) -> Error {
         path.display(),
         start.elapsed()
     );
-    assert!(
-        matches!(err, Error::Format { .. }),
-        "{}: not a format error: {err:?}",
-        path.display()
-    );
-    assert_eq!(err.path(), Some(path), "{err}");
-    let msg = err.to_string();
-    let name = path.file_name().and_then(|n| n.to_str()).expect("name");
-    assert!(msg.contains(name), "message does not name the file: {msg}");
+    let msg = assert_format_error(&err, path);
     assert!(msg.contains(needle), "expected {needle:?} in: {msg}");
     err
 }
@@ -77,7 +71,7 @@ fn header_length_larger_than_the_file() {
     refused(&path, "header announces 65535 bytes");
     // A header that is present but far longer than any plain array needs.
     let long = format!("{{'descr': '<f4', 'x': '{}'}}\n", "a".repeat(20_000));
-    let path = write(dir.path(), "long_header.npy", &npy(2, &long, &[]));
+    let path = write(dir.path(), "long_header.npy", npy(2, &long, &[]));
     refused(&path, "more than the 10000");
     // Deep nesting would make the header parser run for minutes.
     let deep = format!(
@@ -85,32 +79,28 @@ fn header_length_larger_than_the_file() {
         "[".repeat(200),
         "]".repeat(200)
     );
-    let path = write(dir.path(), "deep_header.npy", &npy(1, &deep, &[0; 4]));
+    let path = write(dir.path(), "deep_header.npy", npy(1, &deep, &[0; 4]));
     refused(&path, "nested 201 deep");
 }
 
 #[test]
 fn shape_products_that_overflow() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // 2^32 × 2^32 wraps to 0 in u64 arithmetic, which would pass a size check.
-    let path = write(
-        dir.path(),
-        "wraps.npy",
-        &npy(1, &dict("<f4", "(4294967296, 4294967296)"), &[]),
-    );
-    refused(&path, "too large");
-    // The element count fits, the byte count does not.
-    let path = write(
-        dir.path(),
-        "bytes_wrap.npy",
-        &npy(1, &dict("<f8", "(2305843009213693952, 12)"), &[]),
-    );
-    refused(&path, "too large");
+    for (name, descr, shape) in [
+        // 2^32 × 2^32 wraps to 0 in u64 arithmetic, which would pass a size check.
+        ("wraps.npy", "<f4", "(4294967296, 4294967296)"),
+        // The element count fits, the byte count does not.
+        ("bytes_wrap.npy", "<f8", "(2305843009213693952, 12)"),
+    ] {
+        refused(&plain_npy(dir.path(), name, descr, shape, &[]), "too large");
+    }
     // A dimension above u64 (npyz reads it as a big integer).
-    let path = write(
+    let path = plain_npy(
         dir.path(),
         "bigint.npy",
-        &npy(1, &dict("<f4", "(99999999999999999999999, 12, 5)"), &[]),
+        "<f4",
+        "(99999999999999999999999, 12, 5)",
+        &[],
     );
     let err = read_any(&path, RATE).expect_err("refused");
     assert!(err.to_string().contains("bigint.npy"), "{err}");
@@ -119,10 +109,12 @@ fn shape_products_that_overflow() {
 #[test]
 fn shape_claiming_more_data_than_the_file_holds() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = write(
+    let path = plain_npy(
         dir.path(),
         "claims.npy",
-        &npy(1, &dict("<f4", "(100000, 12, 5000)"), &[0; 64]),
+        "<f4",
+        "(100000, 12, 5000)",
+        &[0; 64],
     );
     refused(&path, "needs 24000000000 bytes of data, the file holds 64");
     // The same through the opener the commands use.
@@ -142,11 +134,7 @@ fn truncated_data() {
     refused(&path, "empty");
     let path = write(dir.path(), "text.npy", b"descr,shape\nf4,12\n");
     refused(&path, "magic string");
-    let path = write(
-        dir.path(),
-        "version9.npy",
-        &npy(1, &dict("<f4", "(12, 1)"), &[0; 48]),
-    );
+    let path = plain_npy(dir.path(), "version9.npy", "<f4", "(12, 1)", &[0; 48]);
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[6] = 9;
     std::fs::write(&path, bytes).expect("write");
@@ -156,38 +144,39 @@ fn truncated_data() {
 #[test]
 fn zero_recordings_or_samples() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = write(dir.path(), "none.npy", &npy_f32_bytes(&[0, 12, 5000], &[]));
+    let path = write(dir.path(), "none.npy", npy_f32_bytes(&[0, 12, 5000], &[]));
     refused(&path, "no recordings");
-    let path = write(dir.path(), "short.npy", &npy_f32_bytes(&[3, 12, 0], &[]));
+    let path = write(dir.path(), "short.npy", npy_f32_bytes(&[3, 12, 0], &[]));
     refused(&path, "no samples");
-    let path = write(dir.path(), "flat.npy", &npy_f32_bytes(&[12, 0], &[]));
+    let path = write(dir.path(), "flat.npy", npy_f32_bytes(&[12, 0], &[]));
     refused(&path, "no samples");
 }
 
 #[test]
 fn non_numeric_dtypes() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = write(
-        dir.path(),
-        "strings.npy",
-        &npy(1, &dict("<U4", "(12, 2)"), &[b'a'; 384]),
-    );
-    refused(&path, "unsupported dtype");
-    let path = write(
-        dir.path(),
-        "objects.npy",
-        &npy(1, &dict("|O", "(12, 2)"), b"\x80\x02cos\nsystem\n"),
-    );
-    refused(&path, "object arrays");
+    for (name, descr, data, needle) in [
+        ("strings.npy", "<U4", &[b'a'; 384][..], "unsupported dtype"),
+        (
+            "objects.npy",
+            "|O",
+            &b"\x80\x02cos\nsystem\n"[..],
+            "object arrays",
+        ),
+    ] {
+        refused(&plain_npy(dir.path(), name, descr, "(12, 2)", data), needle);
+    }
     let structured = "{'descr': [('a', '<f4'), ('b', '<i2')], 'fortran_order': False, \
                       'shape': (12, 2), }\n";
-    let path = write(dir.path(), "structured.npy", &npy(1, structured, &[0; 144]));
+    let path = write(dir.path(), "structured.npy", npy(1, structured, &[0; 144]));
     refused(&path, "structured");
     // Zero-sized elements would let any shape pass the size check.
-    let path = write(
+    let path = plain_npy(
         dir.path(),
         "void.npy",
-        &npy(1, &dict("|V0", "(1000000000000, 12, 5000)"), &[]),
+        "|V0",
+        "(1000000000000, 12, 5000)",
+        &[],
     );
     let err = read_array(&path).expect_err("refused");
     assert!(err.to_string().contains("void.npy"), "{err}");
@@ -230,7 +219,7 @@ fn valid_npz_still_reads() {
     let path = write(
         dir.path(),
         "ok.npz",
-        &zip(&[("a.npy", &a, false), ("b.npy", &b, true)]),
+        zip(&[("a.npy", &a, false), ("b.npy", &b, true)]),
     );
     let ecgs = read_any(&path, RATE).expect("a valid archive reads");
     let ids: Vec<&str> = ecgs.iter().map(|e| e.id.as_str()).collect();
@@ -266,12 +255,12 @@ fn npz_member_bombs() {
     let path = write(
         dir.path(),
         "member_header.npz",
-        &zip(&[("x.npy", &header, true)]),
+        zip(&[("x.npy", &header, true)]),
     );
     refused(&path, "array x: truncated or corrupt");
     // An archive of zero recordings.
     let none = npy_f32_bytes(&[0, 12, 3], &[]);
-    let path = write(dir.path(), "none.npz", &zip(&[("x.npy", &none, false)]));
+    let path = write(dir.path(), "none.npz", zip(&[("x.npy", &none, false)]));
     refused(
         &path,
         "array x: the array of shape [0, 12, 3] holds no recordings",

@@ -2,28 +2,23 @@
 //! the wrong width, codes that are not ICD-10, non-finite phenotypes. Each is either read
 //! correctly or a typed error naming the file and line, never silently shifted labels.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use mmcl_data::Error;
+use std::path::Path;
+
+use common::{format_error, write};
 use mmcl_data::tables::{DiseaseDefinition, disease_labels, read_diagnoses, read_phenotypes};
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-/// The error's message, after checking it is a format error naming `path`.
-fn format_error(result: mmcl_data::Result<impl std::fmt::Debug>, path: &Path) -> String {
-    let err = result.unwrap_err();
-    assert!(matches!(err, Error::Format { .. }), "{err:?}");
-    assert_eq!(err.path(), Some(path), "{err}");
-    let text = err.to_string();
-    assert!(
-        text.contains(path.file_name().unwrap().to_str().unwrap()),
-        "{text}"
-    );
-    text
+/// Writes `text` as `dir/name` and returns the message of the format error `read` gives for
+/// it (checked to name the file).
+fn refused<T: std::fmt::Debug>(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    read: impl FnOnce(&Path) -> mmcl_data::Result<T>,
+) -> String {
+    let p = write(dir, name, text);
+    format_error(read(&p), &p)
 }
 
 #[test]
@@ -61,68 +56,68 @@ fn a_quoted_newline_in_a_code_list_splits_into_two_codes() {
 #[test]
 fn an_unbalanced_quote_is_an_error_naming_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
+    let msg = refused(
         dir.path(),
         "open_quote.csv",
         "eid,icd10\n1,I25.1\n2,\"I48\n3,E11\n4,K35\n",
+        read_diagnoses,
     );
-    let msg = format_error(read_diagnoses(&p), &p);
     assert!(
         msg.contains("line 3") && msg.contains("never closed"),
         "{msg}"
     );
-    let p = write(
+    let msg = refused(
         dir.path(),
         "open_quote_phenotypes.csv",
         "eid,24100-2.0,31-0.0\n1,150,\"male\n2,140,female\n",
+        read_phenotypes,
     );
-    let msg = format_error(read_phenotypes(&p), &p);
     assert!(
         msg.contains("line 2") && msg.contains("never closed"),
         "{msg}"
     );
     // Two stray quotes close each other and swallow the rows between: the swallowed eids are
     // not ICD-10 codes, so this is an error too, not silent negatives.
-    let p = write(
+    let msg = refused(
         dir.path(),
         "stray_quotes.csv",
         "eid,icd10\n1,\"I25.1\n2,I48\n3,\"E11\n",
+        read_diagnoses,
     );
-    let msg = format_error(read_diagnoses(&p), &p);
     assert!(msg.contains("line 2") && msg.contains("\"2\""), "{msg}");
 }
 
 #[test]
 fn a_record_of_the_wrong_width_is_an_error_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
+    let msg = refused(
         dir.path(),
         "ragged.csv",
         "eid,icd10\n1,I25.1\n2,I48,E11\n3,K35\n",
+        read_diagnoses,
     );
-    let msg = format_error(read_diagnoses(&p), &p);
     assert!(
         msg.contains("line 3") && msg.contains("3 field(s)"),
         "{msg}"
     );
-    let p = write(
+    let msg = refused(
         dir.path(),
         "short_row.csv",
         "eid,24100-2.0,24101-2.0\n1,150\n",
+        read_phenotypes,
     );
-    let msg = format_error(read_phenotypes(&p), &p);
     assert!(msg.contains("line 2"), "{msg}");
 }
 
 #[test]
 fn a_code_that_is_not_icd10_is_an_error_naming_file_line_and_code() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
+    let msg = refused(
         dir.path(),
         "bad_code.csv",
         "eid,41270-0.0,41270-0.1\n1,I251,\n2,E119,heart attack\n",
+        read_diagnoses,
     );
-    let msg = format_error(read_diagnoses(&p), &p);
     assert!(
         msg.contains("line 3") && msg.contains("\"heart\"") && msg.contains("41270-0.1"),
         "{msg}"
@@ -166,7 +161,7 @@ fn the_build_report_counts_labels_and_missing_phenotypes() {
     use mmcl_data::cmr::CmrConfig;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("ukb");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cmr/1000001");
+    let fixture = common::fixture("cmr/1000001");
     for eid in 1..=4 {
         let sub = root.join(format!("cmr/{eid}"));
         std::fs::create_dir_all(&sub).unwrap();

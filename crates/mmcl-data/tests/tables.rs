@@ -1,13 +1,20 @@
 //! Phenotype and diagnosis tables: UK Biobank columns, legacy fields, missing values, bad rows.
 
+mod common;
+
 use mmcl_data::tables::{
     DiseaseDefinition, Standardiser, disease_labels, read_diagnoses, read_phenotypes,
 };
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.path().join(name);
-    std::fs::write(&p, text).unwrap();
-    p
+    common::write(dir.path(), name, text)
+}
+
+/// The message of the error reading the phenotype table `text` (as `name`) gives.
+fn phenotype_error(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    read_phenotypes(&write(dir, name, text))
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -63,27 +70,12 @@ fn bad_phenotype_tables_are_clear_errors() {
         err.contains("text.csv") && err.contains("\"abc\"") && err.contains("24100-2.0"),
         "{err}"
     );
-    let no_eid = write(&dir, "noeid.csv", "id,24100-2.0\n5,1\n");
-    assert!(
-        read_phenotypes(&no_eid)
-            .unwrap_err()
-            .to_string()
-            .contains("no eid column")
-    );
-    let ragged = write(&dir, "ragged.csv", "eid,24100-2.0\n5,1,7\n");
-    assert!(
-        read_phenotypes(&ragged)
-            .unwrap_err()
-            .to_string()
-            .contains("ragged.csv")
-    );
-    let bad_eid = write(&dir, "badeid.csv", "eid,24100-2.0\nx5,1\n");
-    assert!(
-        read_phenotypes(&bad_eid)
-            .unwrap_err()
-            .to_string()
-            .contains("line 2")
-    );
+    let no_eid = phenotype_error(&dir, "noeid.csv", "id,24100-2.0\n5,1\n");
+    assert!(no_eid.contains("no eid column"));
+    let ragged = phenotype_error(&dir, "ragged.csv", "eid,24100-2.0\n5,1,7\n");
+    assert!(ragged.contains("ragged.csv"));
+    let bad_eid = phenotype_error(&dir, "badeid.csv", "eid,24100-2.0\nx5,1\n");
+    assert!(bad_eid.contains("line 2"));
     let empty = write(&dir, "empty.csv", "");
     assert!(read_phenotypes(&empty).is_err());
 }

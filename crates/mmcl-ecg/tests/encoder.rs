@@ -23,6 +23,14 @@ fn toy_config() -> EcgVitConfig {
     .expect("valid configuration")
 }
 
+/// The toy encoder loaded from the checkpoint fixture `file` for `pooling`.
+fn load_toy(
+    file: &str,
+    pooling: Pooling,
+) -> mmcl_ecg::Result<(EcgVit, ParamStore, mmcl_ecg::LoadSummary)> {
+    EcgVit::from_checkpoint(&toy_config(), &fixture(file), pooling, &Device::Cpu)
+}
+
 fn expected() -> Fixture {
     Fixture::from_path(&fixture("tiny_expected.safetensors"))
 }
@@ -130,14 +138,7 @@ fn mae_checkpoint_without_head_and_fc_norm() {
 
 #[test]
 fn position_embedding_of_another_length_is_interpolated() {
-    let cfg = toy_config();
-    let (_, store, summary) = EcgVit::from_checkpoint(
-        &cfg,
-        &fixture("tiny_long_pos.pth"),
-        Pooling::Global,
-        &Device::Cpu,
-    )
-    .expect("loads");
+    let (_, store, summary) = load_toy("tiny_long_pos.pth", Pooling::Global).expect("loads");
     assert_eq!(summary.pos_embed_resized, Some((17, 9)));
     let pos = store.get("pos_embed").expect("pos_embed");
     assert_close(
@@ -150,14 +151,9 @@ fn position_embedding_of_another_length_is_interpolated() {
 
 #[test]
 fn missing_keys_are_named() {
-    let err = EcgVit::from_checkpoint(
-        &toy_config(),
-        &fixture("tiny_missing_block.pth"),
-        Pooling::Global,
-        &Device::Cpu,
-    )
-    .expect_err("a block weight is missing")
-    .to_string();
+    let err = load_toy("tiny_missing_block.pth", Pooling::Global)
+        .expect_err("a block weight is missing")
+        .to_string();
     assert!(
         err.contains("tiny_missing_block.pth") && err.contains("blocks.0.mlp.fc2.weight"),
         "{err}"
@@ -166,13 +162,7 @@ fn missing_keys_are_named() {
 
 #[test]
 fn attention_pooling_matches_torch_multihead_attention() {
-    let (model, _, _) = EcgVit::from_checkpoint(
-        &toy_config(),
-        &fixture("tiny_plain.pth"),
-        Pooling::Attention,
-        &Device::Cpu,
-    )
-    .expect("loads");
+    let (model, _, _) = load_toy("tiny_plain.pth", Pooling::Attention).expect("loads");
     let fx = expected();
     let pooled = model
         .pool(&fx.tensor("attention_pool.tokens"), Pooling::Attention)

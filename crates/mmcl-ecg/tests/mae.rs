@@ -1,36 +1,14 @@
 //! The masked autoencoder: parity with the mae repo's `MaskedAutoencoderViT` (`mae_small`), the
 //! fixed position tables, checkpoint round trips and the encoder export, batch independence.
 
+mod support;
+
 use candle_core::{DType, Device, IndexOp, Tensor};
 use mmcl_ecg::mae::{MaeConfig, MaskedAutoencoder, Masking};
 use mmcl_ecg::{EcgVit, Pooling};
 use mmcl_nn::rng::SharedRng;
 use mmcl_testutil::{Fixture, Tolerance, assert_close, flat, parity_file};
-
-/// A seeded standard-normal tensor (tests must not depend on candle's unseeded generator).
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = mmcl_nn::rng::SplitMix64::new(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.next_normal() as f32).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-}
-
-/// The configuration written in the fixture's metadata.
-fn config_of(io: &Fixture) -> MaeConfig {
-    let json = serde_json::json!({
-        "img_size": io.meta("img_size"),
-        "patch_size": io.meta("patch_size"),
-        "embed_dim": io.meta("embed_dim"),
-        "depth": io.meta("depth"),
-        "num_heads": io.meta("num_heads"),
-        "decoder_embed_dim": io.meta("decoder_embed_dim"),
-        "decoder_depth": io.meta("decoder_depth"),
-        "decoder_num_heads": io.meta("decoder_num_heads"),
-        "mlp_ratio": io.meta("mlp_ratio"),
-        "layer_norm_eps": io.meta("layer_norm_eps"),
-    });
-    serde_json::from_value(json).expect("fixture metadata is a valid configuration")
-}
+use support::{mae_config_of as config_of, mae_small, randn};
 
 fn mask_ratio(io: &Fixture) -> f64 {
     io.meta("mask_ratio").as_f64().expect("mask_ratio")
@@ -38,13 +16,9 @@ fn mask_ratio(io: &Fixture) -> f64 {
 
 #[test]
 fn mae_small_matches_the_reference() {
-    let Some(io) = Fixture::load("mae_small.io") else {
+    let Some((io, cfg, weights)) = mae_small() else {
         return;
     };
-    let Some(weights) = parity_file("mae_small.weights") else {
-        return;
-    };
-    let cfg = config_of(&io);
     let (model, store, report) =
         MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
     assert!(report.missing.is_empty() && report.unexpected.is_empty());
@@ -101,13 +75,7 @@ fn fixed_position_tables_are_the_reference_ones() {
 }
 
 fn small_config() -> MaeConfig {
-    serde_json::from_value(serde_json::json!({
-        "img_size": [1, 12, 200], "patch_size": [1, 50],
-        "embed_dim": 32, "depth": 2, "num_heads": 4,
-        "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2,
-        "proj_dim": 24, "pred_dim": 8,
-    }))
-    .expect("config")
+    support::small_mae(1)
 }
 
 #[test]

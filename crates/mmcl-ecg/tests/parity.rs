@@ -1,26 +1,12 @@
 //! Parity with the reference implementation (MMCL's `ECGEncoder` on the timm 0.6.8 fork): every
 //! stored output of `ecg_vit_small` and `ecg_vit_tiny`, within the fixture README's tolerances.
 
-use candle_core::Device;
-use mmcl_ecg::{EcgVit, EcgVitConfig, Pooling};
-use mmcl_testutil::{Fixture, Tolerance, assert_close, parity_file};
+mod support;
 
-/// The configuration written in a fixture's metadata.
-fn config_of(io: &Fixture) -> EcgVitConfig {
-    let json = serde_json::json!({
-        "img_size": io.meta("img_size"),
-        "patch_size": io.meta("patch_size"),
-        "embed_dim": io.meta("embed_dim"),
-        "depth": io.meta("depth"),
-        "num_heads": io.meta("num_heads"),
-        "mlp_ratio": io.meta("mlp_ratio"),
-        "qkv_bias": io.meta("qkv_bias"),
-        "layer_norm_eps": io.meta("layer_norm_eps"),
-        "num_classes": io.meta("num_classes"),
-        "global_pool": true,
-    });
-    serde_json::from_value(json).expect("fixture metadata is a valid configuration")
-}
+use candle_core::Device;
+use mmcl_ecg::{EcgVit, Pooling};
+use mmcl_testutil::{Fixture, Tolerance, assert_close, parity_file};
+use support::vit_config_of as config_of;
 
 fn check(name: &str) {
     let Some(io) = Fixture::load(&format!("{name}.io")) else {
@@ -46,36 +32,15 @@ fn check(name: &str) {
     let logits = model.logits(&global).expect("head");
     let attention = out.attention.expect("attention map");
     let f = Tolerance::FORWARD;
-    assert_close(
-        &format!("{name} features_global_pool"),
-        &global,
-        &io.tensor("features_global_pool"),
-        f,
-    );
-    assert_close(
-        &format!("{name} features_cls_token"),
-        &cls,
-        &io.tensor("features_cls_token"),
-        f,
-    );
-    assert_close(
-        &format!("{name} patch_tokens"),
-        &tokens,
-        &io.tensor("patch_tokens"),
-        f,
-    );
-    assert_close(
-        &format!("{name} head_logits"),
-        &logits,
-        &io.tensor("head_logits"),
-        f,
-    );
-    assert_close(
-        &format!("{name} last_block_attention"),
-        &attention,
-        &io.tensor("last_block_attention"),
-        Tolerance::ATTENTION,
-    );
+    for (key, ours, tolerance) in [
+        ("features_global_pool", &global, f),
+        ("features_cls_token", &cls, f),
+        ("patch_tokens", &tokens, f),
+        ("head_logits", &logits, f),
+        ("last_block_attention", &attention, Tolerance::ATTENTION),
+    ] {
+        assert_close(&format!("{name} {key}"), ours, &io.tensor(key), tolerance);
+    }
     // The same through the embedding entry point.
     let embedded = model.embed(&input, Pooling::Global).expect("embed");
     assert_close(

@@ -25,33 +25,17 @@ fn criteria_match_pytorch() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/finetune_losses.safetensors");
     let fx = Fixture::from_path(&path);
+    let t = |name: &str| fx.tensor(name);
     let ones = Tensor::ones(6, DType::F32, &Device::Cpu).unwrap();
-    let all = smoothed_cross_entropy(&fx.tensor("ce_logits"), &fx.tensor("ce_labels"), &ones, 0.1)
-        .unwrap();
-    let masked = smoothed_cross_entropy(
-        &fx.tensor("ce_logits"),
-        &fx.tensor("ce_labels"),
-        &fx.tensor("ce_mask"),
-        0.1,
-    )
-    .unwrap();
-    let bce = masked_bce_with_logits(
-        &fx.tensor("bce_logits"),
-        &fx.tensor("bce_labels"),
-        &fx.tensor("bce_mask"),
-        0.1,
-    )
-    .unwrap();
-    let mse = masked_mse(
-        &fx.tensor("reg_pred"),
-        &fx.tensor("reg_target"),
-        &fx.tensor("reg_mask"),
-    )
-    .unwrap();
+    let ce = |mask: &Tensor| smoothed_cross_entropy(&t("ce_logits"), &t("ce_labels"), mask, 0.1);
+    let all = ce(&ones).unwrap();
+    let masked = ce(&t("ce_mask")).unwrap();
+    let bce = masked_bce_with_logits(&t("bce_logits"), &t("bce_labels"), &t("bce_mask"), 0.1);
+    let mse = masked_mse(&t("reg_pred"), &t("reg_target"), &t("reg_mask")).unwrap();
     for (name, got, want) in [
         ("ce_loss_all", all, "ce_loss_all"),
         ("ce_loss_masked", masked, "ce_loss_masked"),
-        ("bce_loss_masked", bce, "bce_loss_masked"),
+        ("bce_loss_masked", bce.unwrap(), "bce_loss_masked"),
         ("mse_masked", mse, "mse_masked"),
     ] {
         let w = assert_close(

@@ -45,43 +45,30 @@ fn metrics_match_sklearn_cases() {
     let mut worst: f64 = 0.0;
     for case in cases() {
         let name = case["name"].as_str().unwrap();
-        match case["kind"].as_str().unwrap() {
+        // Our value of each metric, by the case's key for sklearn's.
+        let ours: Vec<(&str, f64)> = match case["kind"].as_str().unwrap() {
             "classification" => {
                 let (labels, scores) = (floats(&case["labels"]), floats(&case["scores"]));
                 let threshold = case["threshold"].as_f64().unwrap();
-                let ours = classification(&labels, &scores, threshold);
-                for (k, key) in ["auroc", "auprc", "f1", "balanced_accuracy", "accuracy"]
-                    .iter()
-                    .enumerate()
-                {
-                    let expected = case[*key].as_f64().unwrap();
-                    let diff = (ours[k] - expected).abs();
-                    worst = worst.max(diff);
-                    assert!(
-                        diff <= TOL,
-                        "{name} {key}: {} vs sklearn {expected}",
-                        ours[k]
-                    );
-                }
+                let keys = ["auroc", "auprc", "f1", "balanced_accuracy", "accuracy"];
+                keys.into_iter()
+                    .zip(classification(&labels, &scores, threshold))
+                    .collect()
             }
             _ => {
                 let (truth, pred) = (floats(&case["truth"]), floats(&case["pred"]));
-                let ours = [
-                    metrics::r2(&truth, &pred).unwrap(),
-                    metrics::pearson_r(&truth, &pred).unwrap(),
-                    metrics::mae(&truth, &pred).unwrap(),
-                ];
-                for (k, key) in ["r2", "pearson_r", "mae"].iter().enumerate() {
-                    let expected = case[*key].as_f64().unwrap();
-                    let diff = (ours[k] - expected).abs();
-                    worst = worst.max(diff);
-                    assert!(
-                        diff <= TOL,
-                        "{name} {key}: {} vs sklearn {expected}",
-                        ours[k]
-                    );
-                }
+                vec![
+                    ("r2", metrics::r2(&truth, &pred).unwrap()),
+                    ("pearson_r", metrics::pearson_r(&truth, &pred).unwrap()),
+                    ("mae", metrics::mae(&truth, &pred).unwrap()),
+                ]
             }
+        };
+        for (key, value) in ours {
+            let expected = case[key].as_f64().unwrap();
+            let diff = (value - expected).abs();
+            worst = worst.max(diff);
+            assert!(diff <= TOL, "{name} {key}: {value} vs sklearn {expected}");
         }
     }
     eprintln!("metrics vs scikit-learn: max |Δ| = {worst:.3e}");

@@ -54,11 +54,40 @@ fn present(column: &[f64]) -> Vec<usize> {
     (0..column.len()).filter(|&i| !column[i].is_nan()).collect()
 }
 
+/// The rows of column `t` of `y` that hold a value, and those values.
+fn present_values(y: &Matrix<f64>, t: usize) -> (Vec<usize>, Vec<f64>) {
+    let column = y.column(t);
+    let rows = present(&column);
+    let values = rows.iter().map(|&i| column[i]).collect();
+    (rows, values)
+}
+
+/// The probe of `task` fitted on the problem's training split of `kind`, choosing its
+/// regularisation among `config`'s on the validation split, and its test predictions.
+fn fit_probe(
+    p: &Problem,
+    task: Task,
+    kind: &str,
+    config: ProbeConfig,
+) -> (LinearProbe, Matrix<f64>) {
+    let (xtr, ytr, yva) = (p.x("train"), p.y(kind, "train"), p.y(kind, "val"));
+    let probe = LinearProbe::fit(task, &xtr, &ytr, Some((&p.x("val"), &yva)), &config).unwrap();
+    let pred = probe.predict(&p.x("test")).unwrap();
+    (probe, pred)
+}
+
+/// scikit-learn's results for target `t` of its `model` (`logistic`, `ridge`), and the grid
+/// point it chose on the validation split.
+fn sklearn_choice<'a>(p: &'a Problem, model: &str, t: usize) -> (&'a Value, usize) {
+    let expected = &p.sklearn[model][t];
+    (expected, expected["best"].as_u64().unwrap() as usize)
+}
+
 #[test]
 fn logistic_probe_agrees_with_sklearn() {
     let p = Problem::load();
     let (xtr, xte) = (p.x("train"), p.x("test"));
-    let (ytr, yva, yte) = (p.y("cls", "train"), p.y("cls", "val"), p.y("cls", "test"));
+    let (ytr, yte) = (p.y("cls", "train"), p.y("cls", "test"));
     let cs = p.grid("cs");
     let scaler = Standardizer::fit(&xtr).unwrap();
     let mut worst_auc: f64 = 0.0;
@@ -67,9 +96,7 @@ fn logistic_probe_agrees_with_sklearn() {
         let expected_test = floats(&expected["test_auroc"]);
         let labels = ytr.column(t);
         let rows = present(&labels);
-        let truth_col = yte.column(t);
-        let test_rows = present(&truth_col);
-        let truth: Vec<f64> = test_rows.iter().map(|&i| truth_col[i]).collect();
+        let (test_rows, truth) = present_values(&yte, t);
         for (k, &c) in cs.iter().enumerate() {
             let (model, report) = logistic_regression(
                 &xtr,
@@ -93,22 +120,14 @@ fn logistic_probe_agrees_with_sklearn() {
         }
     }
     // The full probe, choosing C on the validation split.
-    let probe = LinearProbe::fit(
-        Task::Classification,
-        &xtr,
-        &ytr,
-        Some((&p.x("val"), &yva)),
-        &ProbeConfig {
-            cs: cs.clone(),
-            ..ProbeConfig::default()
-        },
-    )
-    .unwrap();
-    let pred = probe.predict(&xte).unwrap();
+    let config = ProbeConfig {
+        cs: cs.clone(),
+        ..ProbeConfig::default()
+    };
+    let (probe, pred) = fit_probe(&p, Task::Classification, "cls", config);
     let mut worst_prob: f64 = 0.0;
     for t in 0..ytr.cols() {
-        let expected = &p.sklearn["logistic"][t];
-        let best = expected["best"].as_u64().unwrap() as usize;
+        let (expected, best) = sklearn_choice(&p, "logistic", t);
         let expected_val = floats(&expected["val_auroc"]);
         let ours_val: Vec<f64> = probe.heads[t]
             .selection
@@ -121,9 +140,7 @@ fn logistic_probe_agrees_with_sklearn() {
                 "target {t}: validation AUROC {a} vs {b}"
             );
         }
-        let truth_col = yte.column(t);
-        let rows = present(&truth_col);
-        let truth: Vec<f64> = rows.iter().map(|&i| truth_col[i]).collect();
+        let (rows, truth) = present_values(&yte, t);
         let scores: Vec<f64> = rows.iter().map(|&i| pred.get(i, t)).collect();
         let auc = auroc(&truth, &scores).unwrap();
         let expected_auc = floats(&expected["test_auroc"])[best];
@@ -150,7 +167,7 @@ fn logistic_probe_agrees_with_sklearn() {
 fn ridge_probe_agrees_with_sklearn() {
     let p = Problem::load();
     let (xtr, xte) = (p.x("train"), p.x("test"));
-    let (ytr, yva, yte) = (p.y("reg", "train"), p.y("reg", "val"), p.y("reg", "test"));
+    let (ytr, yte) = (p.y("reg", "train"), p.y("reg", "test"));
     let alphas = p.grid("alphas");
     let scaler = Standardizer::fit(&xtr).unwrap();
     let columns: Vec<Vec<f64>> = (0..ytr.cols()).map(|t| ytr.column(t)).collect();
@@ -159,34 +176,22 @@ fn ridge_probe_agrees_with_sklearn() {
     let mut worst_r2: f64 = 0.0;
     for (t, models) in path.iter().enumerate() {
         let expected_test = floats(&p.sklearn["ridge"][t]["test_r2"]);
-        let truth_col = yte.column(t);
-        let rows = present(&truth_col);
-        let truth: Vec<f64> = rows.iter().map(|&i| truth_col[i]).collect();
+        let (rows, truth) = present_values(&yte, t);
         for (k, model) in models.iter().enumerate() {
             let value = r2(&truth, &model.decision(&xte, &scaler, &rows)).unwrap();
             worst_r2 = worst_r2.max((value - expected_test[k]).abs());
             assert!((value - expected_test[k]).abs() < 0.01);
         }
     }
-    let probe = LinearProbe::fit(
-        Task::Regression,
-        &xtr,
-        &ytr,
-        Some((&p.x("val"), &yva)),
-        &ProbeConfig {
-            alphas: alphas.clone(),
-            ..ProbeConfig::default()
-        },
-    )
-    .unwrap();
-    let pred = probe.predict(&xte).unwrap();
+    let config = ProbeConfig {
+        alphas: alphas.clone(),
+        ..ProbeConfig::default()
+    };
+    let (probe, pred) = fit_probe(&p, Task::Regression, "reg", config);
     let mut worst_pred: f64 = 0.0;
     for t in 0..ytr.cols() {
-        let expected = &p.sklearn["ridge"][t];
-        let best = expected["best"].as_u64().unwrap() as usize;
-        let truth_col = yte.column(t);
-        let rows = present(&truth_col);
-        let truth: Vec<f64> = rows.iter().map(|&i| truth_col[i]).collect();
+        let (expected, best) = sklearn_choice(&p, "ridge", t);
+        let (rows, truth) = present_values(&yte, t);
         let values: Vec<f64> = rows.iter().map(|&i| pred.get(i, t)).collect();
         let value = r2(&truth, &values).unwrap();
         let expected_r2 = floats(&expected["test_r2"])[best];

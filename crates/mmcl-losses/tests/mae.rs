@@ -1,35 +1,16 @@
 //! The masked-autoencoder objective: parity of both reconstruction losses with the reference
 //! (`mae_small`), gradient coverage of the training loss, determinism.
 
+// The masked-autoencoder tests' support: seeded inputs, the fixture's configuration.
+#[path = "../../mmcl-ecg/tests/support/mod.rs"]
+mod support;
+
 use candle_core::{DType, Device, Tensor};
 use mmcl_ecg::mae::{MaeConfig, MaskedAutoencoder, Masking};
 use mmcl_losses::mae::{MaeLoss, MaeLossConfig, ReconstructionTarget};
 use mmcl_nn::rng::SharedRng;
-use mmcl_testutil::{Fixture, Tolerance, assert_close, flat, parity_file};
-
-/// A seeded standard-normal tensor (tests must not depend on candle's unseeded generator).
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = mmcl_nn::rng::SplitMix64::new(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.next_normal() as f32).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-}
-
-fn config_of(io: &Fixture) -> MaeConfig {
-    let json = serde_json::json!({
-        "img_size": io.meta("img_size"),
-        "patch_size": io.meta("patch_size"),
-        "embed_dim": io.meta("embed_dim"),
-        "depth": io.meta("depth"),
-        "num_heads": io.meta("num_heads"),
-        "decoder_embed_dim": io.meta("decoder_embed_dim"),
-        "decoder_depth": io.meta("decoder_depth"),
-        "decoder_num_heads": io.meta("decoder_num_heads"),
-        "mlp_ratio": io.meta("mlp_ratio"),
-        "layer_norm_eps": io.meta("layer_norm_eps"),
-    });
-    serde_json::from_value(json).expect("fixture metadata is a valid configuration")
-}
+use mmcl_testutil::{Fixture, Tolerance, assert_close, flat};
+use support::{mae_small, randn};
 
 fn loss_config(io: &Fixture, target: ReconstructionTarget) -> MaeLossConfig {
     MaeLossConfig {
@@ -43,13 +24,9 @@ fn loss_config(io: &Fixture, target: ReconstructionTarget) -> MaeLossConfig {
 
 #[test]
 fn both_reconstruction_losses_match_the_reference() {
-    let Some(io) = Fixture::load("mae_small.io") else {
+    let Some((io, cfg, weights)) = mae_small() else {
         return;
     };
-    let Some(weights) = parity_file("mae_small.weights") else {
-        return;
-    };
-    let cfg = config_of(&io);
     let (model, _, _) =
         MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
     let input = io.tensor("input");
@@ -81,13 +58,7 @@ fn both_reconstruction_losses_match_the_reference() {
 }
 
 fn small() -> MaeConfig {
-    serde_json::from_value(serde_json::json!({
-        "img_size": [1, 12, 200], "patch_size": [1, 50],
-        "embed_dim": 32, "depth": 2, "num_heads": 4,
-        "decoder_embed_dim": 16, "decoder_depth": 2, "decoder_num_heads": 2,
-        "proj_dim": 24, "pred_dim": 8,
-    }))
-    .expect("config")
+    support::small_mae(2)
 }
 
 #[test]
@@ -187,17 +158,13 @@ fn a_missing_second_view_is_an_error() {
 /// `MaskedAutoencoderViT.forward` run by `tests/fixtures/gen_mae_training_loss.py`.
 #[test]
 fn the_training_objective_and_its_gradients_match_the_reference() {
-    let Some(io) = Fixture::load("mae_small.io") else {
-        return;
-    };
-    let Some(weights) = parity_file("mae_small.weights") else {
+    let Some((io, cfg, weights)) = mae_small() else {
         return;
     };
     let expected = Fixture::from_path(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/mae_training_loss.safetensors"),
     );
-    let cfg = config_of(&io);
     let (model, store, _) =
         MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
     let lc = MaeLossConfig {

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use mmcl_nn::ParamStore;
-use mmcl_nn::batch_norm::{BatchNormConfig, batch_norm};
+use mmcl_nn::batch_norm::{BatchNorm, BatchNormConfig, batch_norm};
 use mmcl_nn::pool::max_pool2d;
 use mmcl_testutil::{Fixture, Tolerance, assert_close, assert_grad_close};
 
@@ -23,16 +24,58 @@ fn set(store: &ParamStore, name: &str, value: &Tensor) {
         .expect("set");
 }
 
+/// A BatchNorm over `channels` with the default configuration, in a store of its own (its
+/// variables under `prefix`, if any).
+fn fresh_batch_norm(
+    channels: usize,
+    dtype: DType,
+    prefix: Option<&str>,
+) -> (ParamStore, BatchNorm) {
+    let store = ParamStore::new(0);
+    let vb = store.var_builder(dtype, &Device::Cpu);
+    let vb = match prefix {
+        Some(prefix) => vb.pp(prefix),
+        None => vb,
+    };
+    let bn = batch_norm(channels, BatchNormConfig::default(), vb).expect("bn");
+    (store, bn)
+}
+
+/// Runs `forward` on the fixture's `{case}.x` and compares the output with `{case}.{y}` and
+/// the gradient of `Σ output · {case}.r` with respect to x with `{case}.grad_x` (relative
+/// tolerance `grad_rel`); returns x and the gradients.
+fn check_forward_and_input_gradient(
+    f: &Fixture,
+    case: &str,
+    y: &str,
+    grad_rel: f64,
+    forward: impl FnOnce(&Tensor) -> Tensor,
+) -> (Var, GradStore) {
+    let x = Var::from_tensor(&f.tensor(&format!("{case}.x"))).expect("var");
+    let out = forward(x.as_tensor());
+    assert_close(
+        &format!("{case} {}", y.replace('_', " ")),
+        &out,
+        &f.tensor(&format!("{case}.{y}")),
+        Tolerance::FORWARD,
+    );
+    let grads = (&out * f.tensor(&format!("{case}.r")))
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("backward");
+    assert_grad_close(
+        &format!("{case} grad x"),
+        grads.get(x.as_tensor()).expect("grad x"),
+        &f.tensor(&format!("{case}.grad_x")),
+        grad_rel,
+    );
+    (x, grads)
+}
+
 #[test]
 fn batch_norm_2d_train_eval_and_gradients_match_pytorch() {
     let f = fixture();
-    let store = ParamStore::new(0);
-    let bn = batch_norm(
-        3,
-        BatchNormConfig::default(),
-        store.var_builder(DType::F32, &Device::Cpu).pp("bn"),
-    )
-    .expect("bn");
+    let (store, bn) = fresh_batch_norm(3, DType::F32, Some("bn"));
     for key in ["weight", "bias", "running_mean", "running_var"] {
         set(
             &store,
@@ -40,24 +83,9 @@ fn batch_norm_2d_train_eval_and_gradients_match_pytorch() {
             &f.tensor(&format!("bn2d.{key}")),
         );
     }
-    let x = Var::from_tensor(&f.tensor("bn2d.x")).expect("var");
-    let y = bn.forward_t(x.as_tensor(), true).expect("forward");
-    assert_close(
-        "bn2d train y",
-        &y,
-        &f.tensor("bn2d.train_y"),
-        Tolerance::FORWARD,
-    );
-    let grads = (&y * f.tensor("bn2d.r"))
-        .and_then(|t| t.sum_all())
-        .and_then(|t| t.backward())
-        .expect("backward");
-    assert_grad_close(
-        "bn2d grad x",
-        grads.get(x.as_tensor()).expect("grad x"),
-        &f.tensor("bn2d.grad_x"),
-        1e-3,
-    );
+    let (x, grads) = check_forward_and_input_gradient(&f, "bn2d", "train_y", 1e-3, |x| {
+        bn.forward_t(x, true).expect("forward")
+    });
     for key in ["weight", "bias"] {
         let var = store.get(&format!("bn.{key}")).expect("var");
         assert_grad_close(
@@ -87,31 +115,10 @@ fn batch_norm_2d_train_eval_and_gradients_match_pytorch() {
 #[test]
 fn batch_norm_1d_matches_pytorch() {
     let f = fixture();
-    let store = ParamStore::new(0);
-    let bn = batch_norm(
-        6,
-        BatchNormConfig::default(),
-        store.var_builder(DType::F32, &Device::Cpu),
-    )
-    .expect("bn");
-    let x = Var::from_tensor(&f.tensor("bn1d.x")).expect("var");
-    let y = bn.forward_t(x.as_tensor(), true).expect("forward");
-    assert_close(
-        "bn1d train y",
-        &y,
-        &f.tensor("bn1d.train_y"),
-        Tolerance::FORWARD,
-    );
-    let grads = (&y * f.tensor("bn1d.r"))
-        .and_then(|t| t.sum_all())
-        .and_then(|t| t.backward())
-        .expect("backward");
-    assert_grad_close(
-        "bn1d grad x",
-        grads.get(x.as_tensor()).expect("grad"),
-        &f.tensor("bn1d.grad_x"),
-        1e-3,
-    );
+    let (_store, bn) = fresh_batch_norm(6, DType::F32, None);
+    check_forward_and_input_gradient(&f, "bn1d", "train_y", 1e-3, |x| {
+        bn.forward_t(x, true).expect("forward")
+    });
     assert_close(
         "bn1d running mean",
         bn.running_mean(),
@@ -129,20 +136,11 @@ fn batch_norm_1d_matches_pytorch() {
 #[test]
 fn max_pool_values_and_gradients_match_pytorch_with_ties() {
     let f = fixture();
-    let x = Var::from_tensor(&f.tensor("maxpool.x")).expect("var");
-    let y = max_pool2d(x.as_tensor(), 3, 2, 1).expect("pool");
-    assert_close("maxpool y", &y, &f.tensor("maxpool.y"), Tolerance::FORWARD);
-    let grads = (&y * f.tensor("maxpool.r"))
-        .and_then(|t| t.sum_all())
-        .and_then(|t| t.backward())
-        .expect("backward");
-    // Ties are everywhere in this input: equality here means the first-maximum rule holds.
-    assert_grad_close(
-        "maxpool grad x",
-        grads.get(x.as_tensor()).expect("grad"),
-        &f.tensor("maxpool.grad_x"),
-        1e-6,
-    );
+    // Ties are everywhere in this input: gradients equal to 1e-6 mean the first-maximum rule
+    // holds.
+    check_forward_and_input_gradient(&f, "maxpool", "y", 1e-6, |x| {
+        max_pool2d(x, 3, 2, 1).expect("pool")
+    });
 }
 
 #[test]
@@ -157,13 +155,7 @@ fn batch_norm_train_backward_matches_finite_differences() {
     let r = Tensor::from_vec(rs, (n, c, h, w), &dev).expect("r");
     let gamma = Tensor::new(&[1.3f64, 0.7], &dev).expect("gamma");
     let loss_and_grads = |data: &[f64], with_grad: bool| -> (f64, Option<Vec<f64>>) {
-        let store = ParamStore::new(0);
-        let bn = batch_norm(
-            c,
-            BatchNormConfig::default(),
-            store.var_builder(DType::F64, &dev),
-        )
-        .expect("bn");
+        let (store, bn) = fresh_batch_norm(c, DType::F64, None);
         set(&store, "weight", &gamma);
         let x = Var::from_tensor(&Tensor::from_vec(data.to_vec(), (n, c, h, w), &dev).expect("x"))
             .expect("var");

@@ -5,8 +5,8 @@ use std::thread;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Init;
 use mmcl_nn::distributed::{
-    DistributedError, GradSync, SingleProcess, ThreadGroup, batch_shard, flatten_grads,
-    gather_with_grad, unflatten_grads,
+    DistributedError, GradSync, SingleProcess, ThreadGroup, ThreadReplica, batch_shard,
+    flatten_grads, gather_with_grad, unflatten_grads,
 };
 use mmcl_nn::optim::{Adam, AdamConfig, ParamGroup};
 use mmcl_nn::{ParamStore, ops};
@@ -15,6 +15,46 @@ const BATCH: usize = 8;
 const STEPS: usize = 3;
 const LR: f64 = 1e-2;
 
+/// A store of `seed` holding the variables `shapes`, in this order, drawn from N(0, 0.5²).
+fn randn_store(seed: u64, shapes: &[(&str, &[usize])]) -> ParamStore {
+    let store = ParamStore::new(seed);
+    let vb = store.var_builder(DType::F32, &Device::Cpu);
+    let randn = Init::Randn {
+        mean: 0.0,
+        stdev: 0.5,
+    };
+    for &(name, shape) in shapes {
+        vb.get_with_hints(shape, name, randn).unwrap();
+    }
+    store
+}
+
+/// Every trainable variable of `store`, flattened and concatenated in the store's order.
+fn trainable_values(store: &ParamStore) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (_, v) in store.trainable_vars() {
+        out.extend(flat(v.as_tensor()));
+    }
+    out
+}
+
+/// Runs `train` on every replica of a group of `world_size` threads; returns each replica's
+/// parameters and gradients, in rank order.
+fn on_replicas(
+    world_size: usize,
+    train: impl Fn(ThreadReplica) -> (Vec<f32>, Vec<f32>) + Clone + Send + 'static,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let handles: Vec<_> = ThreadGroup::new(world_size)
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            let train = train.clone();
+            thread::spawn(move || train(comm))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).unzip()
+}
+
 /// A two-layer MLP, `x [B, 6] → [B, 3]`, with a loss that is a mean over samples.
 struct Mlp {
     store: ParamStore,
@@ -22,20 +62,15 @@ struct Mlp {
 
 impl Mlp {
     fn new(seed: u64) -> Self {
-        let store = ParamStore::new(seed);
-        let vb = store.var_builder(DType::F32, &Device::Cpu);
-        let randn = Init::Randn {
-            mean: 0.0,
-            stdev: 0.5,
-        };
-        for (name, shape) in [
-            ("fc1.weight", vec![16, 6]),
-            ("fc1.bias", vec![16]),
-            ("fc2.weight", vec![3, 16]),
-            ("fc2.bias", vec![3]),
-        ] {
-            vb.get_with_hints(shape, name, randn).unwrap();
-        }
+        let store = randn_store(
+            seed,
+            &[
+                ("fc1.weight", &[16, 6]),
+                ("fc1.bias", &[16]),
+                ("fc2.weight", &[3, 16]),
+                ("fc2.bias", &[3]),
+            ],
+        );
         Self { store }
     }
 
@@ -70,17 +105,7 @@ impl Mlp {
     }
 
     fn flat_params(&self) -> Vec<f32> {
-        let mut out = Vec::new();
-        for (_, v) in self.store.trainable_vars() {
-            out.extend(
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap(),
-            );
-        }
-        out
+        trainable_values(&self.store)
     }
 }
 
@@ -126,22 +151,15 @@ fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
 fn data_parallel_equals_single_process(world_size: usize) {
     let batches: Vec<_> = (0..STEPS).map(|_| data()).collect();
     let (single, single_grads) = train(&SingleProcess, 5, &batches);
-    let handles: Vec<_> = ThreadGroup::new(world_size)
-        .unwrap()
-        .into_iter()
-        .map(|comm| {
-            let batches = batches.clone();
-            // Replicas start from different seeds: the broadcast from rank 0 (seed 5) unifies.
-            let seed = if comm.rank() == 0 {
-                5
-            } else {
-                100 + comm.rank() as u64
-            };
-            thread::spawn(move || train(&comm, seed, &batches))
-        })
-        .collect();
-    let (replicas, grads): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
-        handles.into_iter().map(|h| h.join().unwrap()).unzip();
+    let (replicas, grads) = on_replicas(world_size, move |comm| {
+        // Replicas start from different seeds: the broadcast from rank 0 (seed 5) unifies.
+        let seed = if comm.rank() == 0 {
+            5
+        } else {
+            100 + comm.rank() as u64
+        };
+        train(&comm, seed, &batches)
+    });
     // Every replica holds bit-identical parameters (same reduced gradients, same steps).
     for r in &replicas[1..] {
         assert_eq!(r, &replicas[0]);
@@ -305,14 +323,7 @@ struct TwoTower {
 
 impl TwoTower {
     fn new(seed: u64) -> Self {
-        let store = ParamStore::new(seed);
-        let vb = store.var_builder(DType::F32, &Device::Cpu);
-        let randn = Init::Randn {
-            mean: 0.0,
-            stdev: 0.5,
-        };
-        vb.get_with_hints((4, 6), "ecg.weight", randn).unwrap();
-        vb.get_with_hints((4, 5), "cmr.weight", randn).unwrap();
+        let store = randn_store(seed, &[("ecg.weight", &[4, 6]), ("cmr.weight", &[4, 5])]);
         Self { store }
     }
 
@@ -357,11 +368,7 @@ fn train_clip(comm: &dyn GradSync, batches: &[(Tensor, Tensor)]) -> (Vec<f32>, V
         all_grads.extend(flat(&flatten_grads(&vars, &grads).unwrap()));
         opt.step(&grads, LR).unwrap();
     }
-    let mut out = Vec::new();
-    for (_, v) in vars {
-        out.extend(flat(v.as_tensor()));
-    }
-    (out, all_grads)
+    (trainable_values(&model.store), all_grads)
 }
 
 #[test]
@@ -375,31 +382,10 @@ fn contrastive_loss_over_the_gathered_batch_equals_one_process() {
         })
         .collect();
     let (single, single_grads) = train_clip(&SingleProcess, &batches);
-    let initial = {
-        let m = TwoTower::new(9);
-        let mut out = Vec::new();
-        for (_, v) in m.store.trainable_vars() {
-            out.extend(
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap(),
-            );
-        }
-        out
-    };
+    let initial = trainable_values(&TwoTower::new(9).store);
     for world_size in [2, 4] {
-        let handles: Vec<_> = ThreadGroup::new(world_size)
-            .unwrap()
-            .into_iter()
-            .map(|comm| {
-                let batches = batches.clone();
-                thread::spawn(move || train_clip(&comm, &batches))
-            })
-            .collect();
-        let (replicas, grads): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
-            handles.into_iter().map(|h| h.join().unwrap()).unzip();
+        let batches = batches.clone();
+        let (replicas, grads) = on_replicas(world_size, move |comm| train_clip(&comm, &batches));
         let (grad_diff, grad_max) = max_diff(&grads[0], &single_grads);
         assert!(grad_diff <= 1e-5 * grad_max, "{grad_diff} of {grad_max}");
         let (mut worst, mut moved) = (0.0f32, 0.0f32);

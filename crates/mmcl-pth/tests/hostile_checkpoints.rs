@@ -95,11 +95,17 @@ impl Pickle {
 /// A state dict `{"weight": float tensor of 4 elements over storage "0"}`, left open (the dict is
 /// on the stack) so callers may add items before `u.`.
 fn weight_dict() -> Pickle {
+    weight_view(4, 0, &[4], &[1])
+}
+
+/// As [`weight_dict`], the weight a view of `size` and `stride` from `offset` into a float
+/// storage "0" of `numel` elements.
+fn weight_view(numel: u64, offset: u64, size: &[u64], stride: &[u64]) -> Pickle {
     let mut p = Pickle::new();
     p.op(b"}")
         .mark()
         .str("weight")
-        .tensor("0", 4, 0, &[4], &[1]);
+        .tensor("0", numel, offset, size, stride);
     p
 }
 
@@ -269,56 +275,35 @@ fn overflowing_shapes_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = floats(&[1.0, 2.0, 3.0, 4.0]);
     // 2^33 × 2^33 elements wrap to 0 in 64 bits; with stride 0 the "last element" is 0.
+    // The archive `name` whose weight is `weight_view(numel, offset, size, stride)` over `data`.
+    let archive = |name: &str, numel: u64, offset: u64, size: &[u64], stride: &[u64]| {
+        let pickle = weight_view(numel, offset, size, stride).op(b"u").stop();
+        write(
+            dir.path(),
+            name,
+            &torch_zip(&pickle, &[("0", data.clone())]),
+        )
+    };
     let big = 1u64 << 33;
-    let mut p = Pickle::new();
-    p.op(b"}")
-        .mark()
-        .str("weight")
-        .tensor("0", 4, 0, &[big, big], &[0, 0]);
-    let path = write(
-        dir.path(),
-        "numel-overflow.pth",
-        &torch_zip(&p.op(b"u").stop(), &[("0", data.clone())]),
-    );
+    let path = archive("numel-overflow.pth", 4, 0, &[big, big], &[0, 0]);
     refused(&path, "overflows");
 
     // Element count fits, bytes do not (× 4 bytes per float).
-    let mut p = Pickle::new();
-    p.op(b"}")
-        .mark()
-        .str("weight")
-        .tensor("0", 4, 0, &[1 << 62], &[0]);
-    let path = write(
-        dir.path(),
-        "bytes-overflow.pth",
-        &torch_zip(&p.op(b"u").stop(), &[("0", data.clone())]),
-    );
+    let path = archive("bytes-overflow.pth", 4, 0, &[1 << 62], &[0]);
     refused(&path, "overflows");
 
     // Offset + extent overflow through the strides.
-    let mut p = Pickle::new();
-    p.op(b"}")
-        .mark()
-        .str("weight")
-        .tensor("0", 4, u64::MAX >> 2, &[2], &[u64::MAX >> 2]);
-    let path = write(
-        dir.path(),
+    let path = archive(
         "extent-overflow.pth",
-        &torch_zip(&p.op(b"u").stop(), &[("0", data.clone())]),
+        4,
+        u64::MAX >> 2,
+        &[2],
+        &[u64::MAX >> 2],
     );
     refused(&path, "needs");
 
     // A storage element count whose byte size overflows.
-    let mut p = Pickle::new();
-    p.op(b"}")
-        .mark()
-        .str("weight")
-        .tensor("0", 1 << 62, 0, &[4], &[1]);
-    let path = write(
-        dir.path(),
-        "storage-overflow.pth",
-        &torch_zip(&p.op(b"u").stop(), &[("0", data)]),
-    );
+    let path = archive("storage-overflow.pth", 1 << 62, 0, &[4], &[1]);
     refused(&path, "data/0");
 }
 
@@ -344,11 +329,7 @@ fn entry_sizes_beyond_the_archive_are_refused() {
 
     // A deflated entry may claim more than it stores, but not more than deflate can inflate to:
     // 16 compressed bytes for 1 MiB, where the pickle allows 4 MiB.
-    let mut p = Pickle::new();
-    p.op(b"}")
-        .mark()
-        .str("weight")
-        .tensor("0", 1 << 20, 0, &[4], &[1]);
+    let mut p = weight_view(1 << 20, 0, &[4], &[1]);
     let mut storage = Entry::stored("archive/data/0", &data);
     storage.method = 8;
     storage.declared = 1 << 20;
@@ -421,11 +402,7 @@ fn shared_dictionary_bombs_are_refused_quickly() {
 fn memo_copies_are_bounded() {
     let dir = tempfile::tempdir().expect("temp dir");
     // A list of 100k items, turned into a set 200 times: 20M copies from 200 kB of pickle.
-    let mut p = Pickle::new();
-    p.op(b"}")
-        .mark()
-        .str("weight")
-        .tensor("0", 4, 0, &[4], &[1]);
+    let mut p = weight_dict();
     p.op(b"]").put(1).mark();
     for _ in 0..100_000 {
         p.op(b"N");

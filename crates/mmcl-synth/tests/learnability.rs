@@ -2,20 +2,15 @@
 //! AF well, estimates LV mass moderately and EF poorly; the CMR segmentation recovers every
 //! phenotype almost exactly.
 
+mod common;
+
+use mmcl_synth::Cohort;
 use mmcl_synth::analysis::learnability;
-use mmcl_synth::{Cohort, SynthConfig};
 
 #[test]
 fn ecg_carries_the_anatomy_weakly_and_the_cmr_strongly() {
-    let mut cfg = SynthConfig {
-        subjects: 800,
-        seed: 2024,
-        ..SynthConfig::default()
-    };
     // The hidden state and the ECG do not depend on the cine's size; a small cine is enough.
-    cfg.cmr.image_size = 64;
-    cfg.cmr.slices = 10;
-    cfg.cmr.frames = 6;
+    let cfg = common::small_cohort(800, 2024, 64, 10, 6);
     let cohort = Cohort::new(cfg).unwrap();
     let l = learnability(&cohort, 800, 5).unwrap();
     let get = |v: &[(&str, f64)], name: &str| v.iter().find(|(n, _)| *n == name).unwrap().1;

@@ -2,9 +2,11 @@
 //!
 //! Skipped (with a message) when `python3` with numpy and nibabel is not available.
 
+mod common;
+
 use std::process::Command;
 
-use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
+use mmcl_synth::{Cohort, WriteOptions};
 
 const SCRIPT: &str = r#"
 import json, sys, xml.etree.ElementTree as ET
@@ -51,14 +53,7 @@ fn nibabel_and_elementtree_read_the_files() {
         eprintln!("skipped: python3 with numpy and nibabel is not available");
         return;
     }
-    let mut cfg = SynthConfig {
-        subjects: 2,
-        seed: 5,
-        ..SynthConfig::default()
-    };
-    cfg.cmr.image_size = 40;
-    cfg.cmr.slices = 5;
-    cfg.cmr.frames = 4;
+    let cfg = common::small_cohort(2, 5, 40, 5, 4);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cohort");
     let cohort = Cohort::new(cfg.clone()).unwrap();

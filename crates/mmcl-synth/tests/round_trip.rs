@@ -3,6 +3,8 @@
 //! from the ECG's R peaks matches the hidden state, and generation is deterministic whatever
 //! the thread count.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,14 +16,7 @@ use nifti::{NiftiObject, ReaderOptions};
 use quick_xml::events::Event;
 
 fn config() -> SynthConfig {
-    let mut cfg = SynthConfig {
-        subjects: 6,
-        seed: 11,
-        ..SynthConfig::default()
-    };
-    cfg.cmr.image_size = 48;
-    cfg.cmr.slices = 6;
-    cfg.cmr.frames = 5;
+    let mut cfg = common::small_cohort(6, 11, 48, 6, 5);
     // Enough AF to see both rhythms in six subjects.
     cfg.prevalence.af = 0.5;
     cfg

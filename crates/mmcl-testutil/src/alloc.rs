@@ -66,33 +66,32 @@ impl CappedAllocator {
         self.peak.fetch_max(after, Ordering::Relaxed);
         true
     }
+
+    /// Reserves `size` bytes and calls `allocate`, or returns null when the cap refuses them;
+    /// a failed allocation gives the reservation back.
+    fn reserved(&self, size: usize, allocate: impl FnOnce() -> *mut u8) -> *mut u8 {
+        if !self.reserve(size) {
+            return std::ptr::null_mut();
+        }
+        let ptr = allocate();
+        if ptr.is_null() {
+            self.live.fetch_sub(size, Ordering::Relaxed);
+        }
+        ptr
+    }
 }
 
 // SAFETY: every call forwards to `System` with the caller's layout; the counters only decide
 // whether to forward, and are adjusted by exactly the size forwarded or released.
 unsafe impl GlobalAlloc for CappedAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !self.reserve(layout.size()) {
-            return std::ptr::null_mut();
-        }
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        let ptr = unsafe { System.alloc(layout) };
-        if ptr.is_null() {
-            self.live.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        ptr
+        self.reserved(layout.size(), || unsafe { System.alloc(layout) })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if !self.reserve(layout.size()) {
-            return std::ptr::null_mut();
-        }
         // SAFETY: as in `alloc`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if ptr.is_null() {
-            self.live.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        ptr
+        self.reserved(layout.size(), || unsafe { System.alloc_zeroed(layout) })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

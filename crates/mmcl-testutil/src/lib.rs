@@ -167,6 +167,26 @@ pub fn flat(t: &Tensor) -> Vec<f32> {
         .unwrap_or_else(|e| panic!("cannot read tensor values: {e}"))
 }
 
+/// A tensor's elements as little-endian bytes, for comparisons to the bit: `i64` elements as
+/// stored, every other type as the bits of its `f32` value.
+pub fn tensor_bits(t: &Tensor) -> Vec<u8> {
+    let t = t
+        .flatten_all()
+        .unwrap_or_else(|e| panic!("cannot flatten a tensor: {e}"));
+    match t.dtype() {
+        DType::I64 => t
+            .to_vec1::<i64>()
+            .unwrap_or_else(|e| panic!("cannot read i64 values: {e}"))
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        _ => flat(&t)
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+    }
+}
+
 /// An element-wise tolerance `|actual - expected| <= abs + rel * |expected|`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerance {

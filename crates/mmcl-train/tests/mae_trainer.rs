@@ -2,17 +2,24 @@
 //! layout and exports, exact resumption, non-finite losses, gradient coverage, and the
 //! multimodal stage initialised from the exported encoder.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+use common::{
+    assert_non_finite_loss_stops, assert_same_last_checkpoints, assert_two_epoch_layout,
+    one_epoch_then_resume,
+};
 use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_ecg::mae::MaskedAutoencoder;
 use mmcl_losses::mae::MaeLoss;
 use mmcl_nn::StateDict;
 use mmcl_nn::rng::SharedRng;
 use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
-use mmcl_train::checkpoint::{self, TrainState};
-use mmcl_train::{Error, MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress};
+use mmcl_testutil::tensor_bits as bits;
+use mmcl_train::checkpoint;
+use mmcl_train::{MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress};
 
 /// 12 synthetic subjects (about 8 train, 4 val), 12×1000 ECGs and small CMR images.
 fn cohort_cache(dir: &Path) -> PathBuf {
@@ -55,40 +62,6 @@ fn tiny_config(cache: &Path) -> MaeTrainConfig {
     cfg
 }
 
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .and_then(|t| t.to_dtype(DType::F32))
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("f32")
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
-/// Tensor by tensor: names and bits.
-fn assert_same_tensors(a: &Path, b: &Path) {
-    let (sa, sb) = (
-        StateDict::read(a).expect("a"),
-        StateDict::read(b).expect("b"),
-    );
-    assert_eq!(
-        sa.keys().collect::<Vec<_>>(),
-        sb.keys().collect::<Vec<_>>(),
-        "{} and {} hold different tensors",
-        a.display(),
-        b.display()
-    );
-    for (k, t) in sa.iter() {
-        let u = sb.get(k).expect("present");
-        assert!(
-            bits(t) == bits(u),
-            "{k} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
-}
-
 #[test]
 fn mae_runs_write_the_layout_resume_bit_for_bit_and_initialise_mmcl() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -119,49 +92,28 @@ fn mae_runs_write_the_layout_resume_bit_for_bit_and_initialise_mmcl() {
 
     // One epoch, a fresh trainer, then the second epoch.
     let resumed = tmp.path().join("resumed");
-    let (mut first, _) = MaeTrainer::new(cfg.clone(), &resumed, &Device::Cpu).expect("new");
-    first.fit_until(1, &mut NoProgress).expect("first epoch");
-    drop(first);
-    let (mut second, notes) =
-        MaeTrainer::resume(&resumed, None, None, &Device::Cpu).expect("resume");
-    assert!(notes[0].contains("after epoch 1"), "{notes:?}");
-    second.fit(&mut NoProgress).expect("second epoch");
+    let second: MaeTrainer = one_epoch_then_resume(cfg.clone(), &resumed);
     assert_eq!(second.steps_taken(), steps);
     drop(second);
 
     let last = checkpoint::last_dir;
-    for file in [
-        checkpoint::MODEL_FILE,
-        checkpoint::OPTIMIZER_FILE,
-        checkpoint::ECG_ENCODER_FILE,
-    ] {
-        assert_same_tensors(&last(&straight).join(file), &last(&resumed).join(file));
-    }
-    let (s1, s2) = (
-        TrainState::read(&last(&straight)).expect("state"),
-        TrainState::read(&last(&resumed)).expect("state"),
+    let (s1, _) = assert_same_last_checkpoints(
+        &straight,
+        &resumed,
+        &[
+            checkpoint::MODEL_FILE,
+            checkpoint::OPTIMIZER_FILE,
+            checkpoint::ECG_ENCODER_FILE,
+        ],
     );
-    assert_eq!((s1.epoch, s1.step, s1.rng), (s2.epoch, s2.step, s2.rng));
     assert_eq!(s1.kind, checkpoint::TrainerKind::Mae);
 
     // The layout and the logs.
-    for f in ["config.toml", "metrics.jsonl", "metrics.csv"] {
-        assert!(straight.join(f).is_file(), "{f} missing");
-    }
-    assert!(
-        checkpoint::checkpoints_dir(&straight)
-            .join("best")
-            .join("model.safetensors")
-            .is_file()
-    );
-    let log = mmcl_core::runlog::RunLog::read(&straight.join("metrics.jsonl")).expect("log");
-    assert_eq!(log.records.len(), 4);
+    let log = assert_two_epoch_layout(&straight, &resumed);
     let names = log.metric_names();
     for m in ["loss", "ncc", "loss_cos", "lr", "samples_per_s"] {
         assert!(names.contains(&m.to_string()), "{m} not logged: {names:?}");
     }
-    let resumed_log = mmcl_core::runlog::RunLog::read(&resumed.join("metrics.jsonl")).expect("log");
-    assert_eq!(resumed_log.records.len(), 4);
 
     // model.safetensors reloads into the reference model; the export is the released layout.
     let (_, _, report) = MaskedAutoencoder::from_checkpoint(
@@ -231,39 +183,11 @@ fn a_non_finite_mae_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let cache = cohort_cache(tmp.path());
     let mut cfg = tiny_config(&cache);
     cfg.loss.cos_weight = 0.0;
-    let run = tmp.path().join("run");
-    let (mut trainer, _) = MaeTrainer::new(cfg.clone(), &run, &Device::Cpu).expect("new");
-    trainer.fit_until(1, &mut NoProgress).expect("first epoch");
-    drop(trainer);
-    let last = checkpoint::last_dir(&run);
-    let before = std::fs::read(last.join(checkpoint::MODEL_FILE)).expect("model");
-
     // An absurd learning rate blows the weights up after one step: a later loss is not finite.
-    let mut exploding = cfg;
-    exploding.lr = Some(1e30);
-    exploding.warmup_epochs = 0;
-    let (mut trainer, _) =
-        MaeTrainer::resume(&run, Some(exploding), None, &Device::Cpu).expect("resume");
-    let err = trainer.fit(&mut NoProgress).expect_err("must stop");
-    match &err {
-        Error::NonFiniteLoss {
-            epoch, last_good, ..
-        } => {
-            assert_eq!(*epoch, 1);
-            assert_eq!(last_good.as_deref(), Some(last.as_path()));
-        }
-        other => panic!("expected a non-finite loss, got {other}"),
-    }
-    let message = err.to_string();
-    assert!(
-        message.contains("non-finite") && message.contains("last good checkpoint"),
-        "{message}"
-    );
-    assert_eq!(
-        std::fs::read(last.join(checkpoint::MODEL_FILE)).expect("model"),
-        before
-    );
-    assert_eq!(TrainState::read(&last).expect("state").epoch, 1);
+    assert_non_finite_loss_stops::<MaeTrainer>(cfg, &tmp.path().join("run"), |exploding| {
+        exploding.lr = Some(1e30);
+        exploding.warmup_epochs = 0;
+    });
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! every stored gradient, every stored parameter and BatchNorm running statistic after one
 //! `torch.optim.Adam` step with L2 weight decay.
 
-use candle_core::Device;
+use candle_core::{Device, Var};
 use mmcl_cmr::{ResNetArch, ResNetConfig};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_nn::init::WeightInit;
@@ -23,16 +23,11 @@ fn architecture() -> MmclArchitecture {
             embed_dim: 32,
             depth: 1,
             num_heads: 2,
-            mlp_ratio: 4.0,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
             drop_path_rate: 0.0,
-            global_pool: true,
-            attention_pool: false,
             num_classes: 2,
-            layer_norm_eps: 1e-6,
             weight_init: WeightInit::Timm,
+            // mlp_ratio 4, qkv bias, no dropout, global pooling, LayerNorm eps 1e-6.
+            ..EcgVitConfig::paper()
         },
         embedding_dim: 256,
         projection_dim: 32,
@@ -41,12 +36,41 @@ fn architecture() -> MmclArchitecture {
     }
 }
 
+/// The fixture's weights and its inputs and outputs; `None` when skipped.
+fn fixtures() -> Option<(Fixture, Fixture)> {
+    Some((
+        Fixture::load("mmcl_step_small.weights")?,
+        Fixture::load("mmcl_step_small.io")?,
+    ))
+}
+
+/// Loads the fixture's weights into `model` (they hold no `num_batches_tracked`).
+fn load_weights(model: &MmclModel, weights: &Fixture) {
+    let state: StateDict = weights
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    model
+        .load_state_dict(
+            &state,
+            &LoadOptions::strict().allow_missing(["*num_batches_tracked"]),
+        )
+        .expect("the fixture's weights fit the model");
+}
+
+/// The model variable the reference calls `reference`.
+fn variable(model: &MmclModel, reference: &str) -> Var {
+    let name = from_reference_name(reference).expect("a model key");
+    model
+        .store()
+        .get(&name)
+        .unwrap_or_else(|| panic!("{name} is not a model variable"))
+}
+
 #[test]
 fn one_training_step_matches_the_reference() {
-    let (Some(weights), Some(io)) = (
-        Fixture::load("mmcl_step_small.weights"),
-        Fixture::load("mmcl_step_small.io"),
-    ) else {
+    let Some((weights, io)) = fixtures() else {
         return;
     };
     let optimizer = io.meta("optimizer");
@@ -66,17 +90,7 @@ fn one_training_step_matches_the_reference() {
     cfg.classifier.online_classifier = OnlineClassifier::None;
 
     let model = MmclModel::new(&architecture(), 0, &Device::Cpu).expect("model");
-    let state: StateDict = weights
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.clone()))
-        .collect();
-    model
-        .load_state_dict(
-            &state,
-            &LoadOptions::strict().allow_missing(["*num_batches_tracked"]),
-        )
-        .expect("the fixture's weights fit the model");
+    load_weights(&model, &weights);
     let mut step = MmclStep::new(model.clone(), &cfg).expect("step");
 
     let out = contrastive_loss(
@@ -102,11 +116,7 @@ fn one_training_step_matches_the_reference() {
         let Some(reference) = key.strip_prefix("grad.") else {
             continue;
         };
-        let name = from_reference_name(reference).expect("a model key");
-        let var = model
-            .store()
-            .get(&name)
-            .unwrap_or_else(|| panic!("{name} is not a model variable"));
+        let var = variable(&model, reference);
         let grad = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("{reference} received no gradient"));
@@ -127,13 +137,7 @@ fn one_training_step_matches_the_reference() {
         let Some(reference) = key.strip_prefix("after_step.") else {
             continue;
         };
-        let name = from_reference_name(reference).expect("a model key");
-        let actual = model
-            .store()
-            .get(&name)
-            .unwrap_or_else(|| panic!("{name} is not a model variable"))
-            .as_tensor()
-            .clone();
+        let actual = variable(&model, reference).as_tensor().clone();
         if reference.ends_with("running_mean") || reference.ends_with("running_var") {
             let w = assert_close(key, &actual, expected, Tolerance::FORWARD);
             worst_running = worst_running.max(w.max_abs_diff);
@@ -177,25 +181,12 @@ fn one_training_step_matches_the_reference() {
 /// run from it is rounding, not a difference in the computation.
 #[test]
 fn loss_in_float64_matches_exactly() {
-    let (Some(weights), Some(io)) = (
-        Fixture::load("mmcl_step_small.weights"),
-        Fixture::load("mmcl_step_small.io"),
-    ) else {
+    let Some((weights, io)) = fixtures() else {
         return;
     };
     let model = MmclModel::with_dtype(&architecture(), 0, &Device::Cpu, candle_core::DType::F64)
         .expect("model");
-    let state: StateDict = weights
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.clone()))
-        .collect();
-    model
-        .load_state_dict(
-            &state,
-            &LoadOptions::strict().allow_missing(["*num_batches_tracked"]),
-        )
-        .expect("load");
+    load_weights(&model, &weights);
     let clip = mmcl_losses::clip::ClipLoss::new(0.1, 0.5).expect("clip");
     let f64_input = |n: &str| io.tensor(n).to_dtype(candle_core::DType::F64).expect("f64");
     let out = contrastive_loss(

@@ -1,16 +1,22 @@
 //! The multimodal trainer end to end on a tiny cache built here: run-directory layout and
 //! exports, exact resumption, non-finite losses, gradient coverage.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+use common::{
+    assert_non_finite_loss_stops, assert_same_last_checkpoints, assert_two_epoch_layout,
+    file_bytes, one_epoch_then_resume,
+};
 use mmcl_data::cache::{CacheWriter, EcgLayout, ImageLayout, SubjectMeta};
 use mmcl_data::tables::Split;
 use mmcl_nn::StateDict;
 use mmcl_nn::rng::SplitMix64;
-use mmcl_train::checkpoint::{self, TrainState};
+use mmcl_train::checkpoint;
 use mmcl_train::mmcl::contrastive_loss;
-use mmcl_train::{Error, MmclArchitecture, MmclConfig, MmclModel, MmclTrainer, NoProgress};
+use mmcl_train::{MmclArchitecture, MmclConfig, MmclModel, MmclTrainer, NoProgress};
 
 /// A cache of 14 subjects (10 train, 4 val): 12×400 ECGs, 3×40×40 images, a CAD label.
 fn tiny_cache(dir: &Path) -> PathBuf {
@@ -78,54 +84,6 @@ fn tiny_config(cache: &Path) -> MmclConfig {
     cfg
 }
 
-fn safetensors_bytes(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Tensor by tensor: names and bits.
-fn assert_same_tensors(a: &Path, b: &Path) {
-    let (sa, sb) = (
-        StateDict::read(a).expect("a"),
-        StateDict::read(b).expect("b"),
-    );
-    let ka: Vec<&str> = sa.keys().collect();
-    let kb: Vec<&str> = sb.keys().collect();
-    assert_eq!(
-        ka,
-        kb,
-        "{} and {} hold different tensors",
-        a.display(),
-        b.display()
-    );
-    for (k, t) in sa.iter() {
-        let u = sb.get(k).expect("present");
-        let bits = |t: &Tensor| -> Vec<u8> {
-            let t = t.flatten_all().expect("flat");
-            match t.dtype() {
-                DType::I64 => t
-                    .to_vec1::<i64>()
-                    .expect("i64")
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                _ => t
-                    .to_dtype(DType::F32)
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .expect("f32")
-                    .iter()
-                    .flat_map(|v| v.to_bits().to_le_bytes())
-                    .collect(),
-            }
-        };
-        assert!(
-            bits(t) == bits(u),
-            "{k} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
-}
-
 #[test]
 fn runs_write_the_documented_layout_and_resume_bit_for_bit() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -142,46 +100,25 @@ fn runs_write_the_documented_layout_and_resume_bit_for_bit() {
 
     // One epoch, a fresh process state, then the second epoch.
     let resumed = tmp.path().join("resumed");
-    let (mut first, _) = MmclTrainer::new(cfg.clone(), &resumed, &Device::Cpu).expect("new");
-    first.fit_until(1, &mut NoProgress).expect("first epoch");
-    drop(first);
-    let (mut second, notes) =
-        MmclTrainer::resume(&resumed, None, None, &Device::Cpu).expect("resume");
-    assert!(notes[0].contains("after epoch 1"), "{notes:?}");
-    second.fit(&mut NoProgress).expect("second epoch");
+    let second: MmclTrainer = one_epoch_then_resume(cfg.clone(), &resumed);
     drop(second);
 
     let last = |run: &Path| checkpoint::checkpoints_dir(run).join("last");
-    for file in [
-        checkpoint::MODEL_FILE,
-        checkpoint::OPTIMIZER_FILE,
-        checkpoint::CLASSIFIER_OPTIMIZER_FILE,
-        checkpoint::ECG_ENCODER_FILE,
-        checkpoint::IMAGE_ENCODER_FILE,
-    ] {
-        assert_same_tensors(&last(&straight).join(file), &last(&resumed).join(file));
-    }
-    let (s1, s2) = (
-        TrainState::read(&last(&straight)).expect("state"),
-        TrainState::read(&last(&resumed)).expect("state"),
+    assert_same_last_checkpoints(
+        &straight,
+        &resumed,
+        &[
+            checkpoint::MODEL_FILE,
+            checkpoint::OPTIMIZER_FILE,
+            checkpoint::CLASSIFIER_OPTIMIZER_FILE,
+            checkpoint::ECG_ENCODER_FILE,
+            checkpoint::IMAGE_ENCODER_FILE,
+        ],
     );
-    assert_eq!((s1.epoch, s1.step, s1.rng), (s2.epoch, s2.step, s2.rng));
 
     // The layout.
-    for f in ["config.toml", "metrics.jsonl", "metrics.csv"] {
-        assert!(straight.join(f).is_file(), "{f} missing");
-    }
-    assert!(
-        checkpoint::checkpoints_dir(&straight)
-            .join("best")
-            .join("model.safetensors")
-            .is_file()
-    );
-    let log = mmcl_core::runlog::RunLog::read(&straight.join("metrics.jsonl")).expect("log");
+    let log = assert_two_epoch_layout(&straight, &resumed);
     assert_eq!(log.splits(), vec!["train".to_string(), "val".to_string()]);
-    assert_eq!(log.records.len(), 4);
-    let resumed_log = mmcl_core::runlog::RunLog::read(&resumed.join("metrics.jsonl")).expect("log");
-    assert_eq!(resumed_log.records.len(), 4);
     assert!(log.metric_names().contains(&"classifier_auc".to_string()));
 
     // model.safetensors: reference names, the architecture as metadata.
@@ -221,7 +158,7 @@ fn runs_write_the_documented_layout_and_resume_bit_for_bit() {
 
     // A fresh run refuses a directory that holds one.
     assert!(MmclTrainer::new(cfg, &straight, &Device::Cpu).is_err());
-    let _ = safetensors_bytes(&model_path);
+    let _ = file_bytes(&model_path);
 }
 
 #[test]
@@ -229,38 +166,10 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cache = tiny_cache(tmp.path());
     let cfg = tiny_config(&cache);
-    let run = tmp.path().join("run");
-    let (mut trainer, _) = MmclTrainer::new(cfg.clone(), &run, &Device::Cpu).expect("new");
-    trainer.fit_until(1, &mut NoProgress).expect("first epoch");
-    drop(trainer);
-    let last = checkpoint::checkpoints_dir(&run).join("last");
-    let before = safetensors_bytes(&last.join(checkpoint::MODEL_FILE));
-
     // An absurd learning rate blows the weights up after one step: the next loss is not finite.
-    let mut exploding = cfg;
-    exploding.lr = 1e30;
-    let (mut trainer, _) =
-        MmclTrainer::resume(&run, Some(exploding), None, &Device::Cpu).expect("resume");
-    let err = trainer.fit(&mut NoProgress).expect_err("must stop");
-    match &err {
-        Error::NonFiniteLoss {
-            epoch, last_good, ..
-        } => {
-            assert_eq!(*epoch, 1);
-            assert_eq!(last_good.as_deref(), Some(last.as_path()));
-        }
-        other => panic!("expected a non-finite loss, got {other}"),
-    }
-    let message = err.to_string();
-    assert!(
-        message.contains("non-finite") && message.contains("last good checkpoint"),
-        "{message}"
-    );
-    assert_eq!(
-        safetensors_bytes(&last.join(checkpoint::MODEL_FILE)),
-        before
-    );
-    assert_eq!(TrainState::read(&last).expect("state").epoch, 1);
+    assert_non_finite_loss_stops::<MmclTrainer>(cfg, &tmp.path().join("run"), |exploding| {
+        exploding.lr = 1e30;
+    });
 }
 
 #[test]

@@ -2,55 +2,16 @@
 //! every bad input ends with a non-zero exit, a message naming the file and the problem, and no
 //! output file. Checkpoints are the toy encoder of `mmcl-ecg/tests/fixtures`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
+use common::{
+    TOY_CONFIG, assert_nothing_written, ecg_fixture as fixture, embed_toy, max_diff, mmcl,
+    read_npy, s, stderr, write_npy, write_npy_f32,
+};
 use mmcl_ecg::{EcgVit, EcgVitConfig, Pooling};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mmcl-ecg/tests/fixtures")
-        .join(name)
-}
-
-fn mmcl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .args(args)
-        .output()
-        .expect("the mmcl binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-const TOY_CONFIG: &str = r#"{"img_size": [1, 2, 20], "patch_size": [1, 5], "embed_dim": 8,
-    "depth": 1, "num_heads": 2, "num_classes": 2, "global_pool": true, "attention_pool": true}"#;
-
-fn write_npy_f32(path: &Path, dims: &[u64], values: &[f32]) {
-    use npyz::WriterBuilder;
-    let file = std::fs::File::create(path).expect("create npy");
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(dims)
-        .writer(file)
-        .begin_nd()
-        .expect("npy header");
-    w.extend(values.iter().copied()).expect("npy data");
-    w.finish().expect("npy finish");
-}
-
-fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
-    let bytes = std::fs::read(path).expect("output exists");
-    let npy = npyz::NpyFile::new(&bytes[..]).expect("valid npy");
-    let shape = npy.shape().to_vec();
-    (shape, npy.into_vec::<f32>().expect("f32 data"))
-}
 
 fn ecg_values(n: usize) -> Vec<f32> {
     (0..n * 2 * 20)
@@ -73,18 +34,6 @@ fn setup() -> Setup {
     Setup { dir, config, input }
 }
 
-/// Only the files the test put there remain: no output, no temporary sibling.
-fn assert_nothing_written(dir: &Path, output: &Path) {
-    assert!(!output.exists(), "{} was written", output.display());
-    let leftovers: Vec<String> = std::fs::read_dir(dir)
-        .expect("dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-}
-
 fn library_embedding(pooling: Pooling) -> Vec<f32> {
     let cfg: EcgVitConfig = serde_json::from_str(TOY_CONFIG).expect("config");
     let (model, _, _) =
@@ -97,18 +46,9 @@ fn library_embedding(pooling: Pooling) -> Vec<f32> {
         .expect("embeds")
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn embeddings_equal_the_librarys() {
     let st = setup();
-    let ckpt = fixture("tiny_plain.pth");
     for (pooling, extra, shape) in [
         (Pooling::Attention, vec![], vec![5, 8]),
         (
@@ -124,19 +64,7 @@ fn embeddings_equal_the_librarys() {
         (Pooling::Tokens, vec!["--pooling", "tokens"], vec![5, 8, 8]),
     ] {
         let output = st.dir.path().join(format!("out-{pooling}.npy"));
-        let mut args = vec![
-            "embed-ecg",
-            "--checkpoint",
-            s(&ckpt),
-            "--config",
-            s(&st.config),
-            "--input",
-            s(&st.input),
-            "--output",
-            s(&output),
-        ];
-        args.extend(extra);
-        let out = mmcl(&args);
+        let out = embed_toy(&st.config, &st.input, &output, &extra);
         assert!(out.status.success(), "{pooling}: {}", stderr(&out));
         let (got_shape, values) = read_npy(&output);
         assert_eq!(got_shape, shape, "{pooling}");
@@ -146,7 +74,6 @@ fn embeddings_equal_the_librarys() {
     // A column-major (Fortran-order) array is read in its logical order.
     let fortran = st.dir.path().join("fortran.npy");
     {
-        use npyz::WriterBuilder;
         let values = ecg_values(5);
         // Element (n, l, t) of the logical array sits at t*10 + l*5 + n in column-major order.
         let mut col_major = vec![0f32; values.len()];
@@ -157,52 +84,25 @@ fn embeddings_equal_the_librarys() {
                 }
             }
         }
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&[5, 2, 20])
-            .order(npyz::Order::Fortran)
-            .writer(std::fs::File::create(&fortran).expect("create"))
-            .begin_nd()
-            .expect("header");
-        w.extend(col_major).expect("data");
-        w.finish().expect("finish");
+        write_npy(&fortran, &[5, 2, 20], npyz::Order::Fortran, col_major);
     }
-    let output = st.dir.path().join("out-fortran.npy");
-    let out = mmcl(&[
-        "embed-ecg",
-        "--checkpoint",
-        s(&ckpt),
-        "--config",
-        s(&st.config),
-        "--input",
-        s(&fortran),
-        "--output",
-        s(&output),
-        "--pooling",
-        "global",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(max_diff(&read_npy(&output).1, &library_embedding(Pooling::Global)) <= 1e-6);
+    let embedded = embed_global(&st, &fortran, "out-fortran.npy");
+    assert!(max_diff(&embedded, &library_embedding(Pooling::Global)) <= 1e-6);
 
     // (N, 1, 12, T) inputs are accepted as well.
     let input4 = st.dir.path().join("ecgs4.npy");
     write_npy_f32(&input4, &[5, 1, 2, 20], &ecg_values(5));
-    let output = st.dir.path().join("out4.npy");
-    let out = mmcl(&[
-        "embed-ecg",
-        "--checkpoint",
-        s(&ckpt),
-        "--config",
-        s(&st.config),
-        "--input",
-        s(&input4),
-        "--output",
-        s(&output),
-        "--pooling",
-        "global",
-    ]);
+    let embedded = embed_global(&st, &input4, "out4.npy");
+    assert!(max_diff(&embedded, &library_embedding(Pooling::Global)) <= 1e-6);
+}
+
+/// Runs embed-ecg with global pooling on `input` into `output` (in the test's folder), asserts
+/// success and returns the embeddings.
+fn embed_global(st: &Setup, input: &Path, output: &str) -> Vec<f32> {
+    let output = st.dir.path().join(output);
+    let out = embed_toy(&st.config, input, &output, &["--pooling", "global"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(max_diff(&read_npy(&output).1, &library_embedding(Pooling::Global)) <= 1e-6);
+    read_npy(&output).1
 }
 
 /// Runs embed-ecg with one argument replaced and checks the failure.
@@ -283,17 +183,12 @@ fn bad_inputs_fail_cleanly() {
         &["truncated.npy", "truncated"],
     );
     let ints = dir.join("ints.npy");
-    {
-        use npyz::WriterBuilder;
-        let mut w = npyz::WriteOptions::<i32>::new()
-            .default_dtype()
-            .shape(&[5, 2, 20])
-            .writer(std::fs::File::create(&ints).expect("create"))
-            .begin_nd()
-            .expect("header");
-        w.extend(std::iter::repeat_n(1i32, 200)).expect("data");
-        w.finish().expect("finish");
-    }
+    write_npy(
+        &ints,
+        &[5, 2, 20],
+        npyz::Order::C,
+        std::iter::repeat_n(1i32, 200),
+    );
     expect_failure(&st, ("--input", s(&ints)), &["ints.npy", "float32"]);
     let absent = dir.join("absent.npy");
     expect_failure(&st, ("--input", s(&absent)), &["absent.npy"]);
@@ -357,15 +252,15 @@ fn bad_inputs_fail_cleanly() {
 #[test]
 fn convert_writes_the_encoder_as_safetensors() {
     let dir = tempfile::tempdir().expect("temp dir");
+    // `mmcl convert` of the Lightning checkpoint fixture into `output`, then `extra`.
+    let lightning = fixture("tiny_lightning.ckpt");
+    let convert = |output: &Path, extra: &[&str]| {
+        let mut args = vec!["convert", "--input", s(&lightning), "--output", s(output)];
+        args.extend_from_slice(extra);
+        mmcl(&args)
+    };
     let out = dir.path().join("encoder.safetensors");
-    let run = mmcl(&[
-        "convert",
-        "--input",
-        s(&fixture("tiny_lightning.ckpt")),
-        "--output",
-        s(&out),
-        "--ecg-encoder",
-    ]);
+    let run = convert(&out, &["--ecg-encoder"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let st = mmcl_nn::StateDict::read(&out).expect("safetensors");
     assert_eq!(st.len(), 26);
@@ -384,17 +279,15 @@ fn convert_writes_the_encoder_as_safetensors() {
 
     // The same through --key-prefix, in f16.
     let out16 = dir.path().join("prefixed.safetensors");
-    let run = mmcl(&[
-        "convert",
-        "--input",
-        s(&fixture("tiny_lightning.ckpt")),
-        "--output",
-        s(&out16),
-        "--key-prefix",
-        "state_dict.encoder_imaging.",
-        "--dtype",
-        "f16",
-    ]);
+    let run = convert(
+        &out16,
+        &[
+            "--key-prefix",
+            "state_dict.encoder_imaging.",
+            "--dtype",
+            "f16",
+        ],
+    );
     assert!(run.status.success(), "{}", stderr(&run));
     let st = mmcl_nn::StateDict::read(&out16).expect("safetensors");
     assert_eq!(
@@ -408,15 +301,7 @@ fn convert_writes_the_encoder_as_safetensors() {
 
     // Failures: unknown prefix, truncated input; nothing written.
     let bad_out = dir.path().join("bad.safetensors");
-    let run = mmcl(&[
-        "convert",
-        "--input",
-        s(&fixture("tiny_lightning.ckpt")),
-        "--output",
-        s(&bad_out),
-        "--key-prefix",
-        "nothing.",
-    ]);
+    let run = convert(&bad_out, &["--key-prefix", "nothing."]);
     assert!(!run.status.success());
     assert!(stderr(&run).contains("tiny_lightning.ckpt") && stderr(&run).contains("nothing."));
     let bytes = std::fs::read(fixture("tiny_plain.pth")).expect("fixture");

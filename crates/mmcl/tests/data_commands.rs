@@ -1,17 +1,24 @@
 //! `mmcl preprocess-ecg` and `mmcl build-dataset` on fixture files: outputs, exit codes, and
 //! nothing written for bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn mmcl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-}
+use std::path::Path;
+use std::process::Output;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mmcl-data/tests/fixtures")
-        .join(name)
+use common::{data_fixture as fixture, mmcl_command as mmcl};
+
+/// `mmcl preprocess-ecg [extra…] --input input --output output`.
+fn preprocess(extra: &[&str], input: &Path, output: &Path) -> Output {
+    mmcl()
+        .arg("preprocess-ecg")
+        .args(extra)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .unwrap()
 }
 
 fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
@@ -23,13 +30,7 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 fn single_file_writes_the_reference_processing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rec16.npy");
-    let status = mmcl()
-        .args(["preprocess-ecg", "--input"])
-        .arg(fixture("wfdb/rec16.hea"))
-        .arg("--output")
-        .arg(&out)
-        .status()
-        .unwrap();
+    let status = preprocess(&[], &fixture("wfdb/rec16.hea"), &out).status;
     assert!(status.success());
     let (shape, data) = read_npy(&out);
     assert_eq!(shape, vec![12, 1000]);
@@ -46,13 +47,7 @@ fn single_file_writes_the_reference_processing() {
 fn bad_single_file_fails_naming_it_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.npy");
-    let output = mmcl()
-        .args(["preprocess-ecg", "--input"])
-        .arg(fixture("xml/missing_lead.xml"))
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let output = preprocess(&[], &fixture("xml/missing_lead.xml"), &out);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -78,25 +73,13 @@ fn folder_with_bad_files() {
     }
     // Without --skip-bad: fails on the bad file and writes nothing.
     let out = dir.path().join("out");
-    let output = mmcl()
-        .args(["preprocess-ecg", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let output = preprocess(&[], &input, &out);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("truncated.xml"));
     assert!(!out.exists(), "a failed run leaves no output folder");
 
     // With --skip-bad: the good files, and a report naming the bad one.
-    let status = mmcl()
-        .args(["preprocess-ecg", "--skip-bad", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .status()
-        .unwrap();
+    let status = preprocess(&["--skip-bad"], &input, &out).status;
     assert!(status.success());
     assert_eq!(
         read_npy(&out.join("1000001_20205_2_0.npy")).0,

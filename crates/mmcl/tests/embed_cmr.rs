@@ -1,55 +1,33 @@
 //! `mmcl embed-cmr` end to end: checkpoints in both layouts, numbers equal to the library's, and
 //! clear errors (with no output written) for bad files.
 
-use std::io::{BufWriter, Read};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
+use common::{read_npy, stderr};
 use mmcl_cmr::checkpoint::released_state_dict;
 use mmcl_cmr::{ResNet, ResNetConfig};
 use mmcl_nn::ParamStore;
-use npyz::WriterBuilder;
 
+/// Runs `mmcl embed-cmr args…`.
 fn mmcl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .arg("embed-cmr")
-        .args(args)
-        .output()
-        .expect("run mmcl")
+    let mut all = vec!["embed-cmr"];
+    all.extend_from_slice(args);
+    common::mmcl(&all)
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
+/// A float32 `.npy` of `shape` holding `values`, in Fortran (column-major) order when
+/// `fortran`.
 fn write_npy(path: &Path, values: &[f32], shape: &[u64], fortran: bool) {
-    let file = std::fs::File::create(path).expect("create");
     let order = if fortran {
         npyz::Order::Fortran
     } else {
         npyz::Order::C
     };
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .order(order)
-        .writer(BufWriter::new(file))
-        .begin_nd()
-        .expect("begin");
-    w.extend(values.iter().copied()).expect("values");
-    w.finish().expect("finish");
-}
-
-fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .expect("open")
-        .read_to_end(&mut bytes)
-        .expect("read");
-    let npy = npyz::NpyFile::new(&bytes[..]).expect("npy");
-    let shape = npy.shape().to_vec();
-    (shape, npy.into_vec::<f32>().expect("values"))
+    common::write_npy(path, shape, order, values.iter().copied());
 }
 
 /// A ResNet18 over `channels` channels with moved running statistics, its checkpoint in the
@@ -101,6 +79,16 @@ fn setup(channels: usize, n: usize) -> Setup {
     }
 }
 
+impl Setup {
+    /// The library's embedding of the images.
+    fn library_embedding(&self) -> Vec<f32> {
+        self.model
+            .embed(&self.images)
+            .and_then(|t| Ok(t.flatten_all()?.to_vec1()?))
+            .expect("library")
+    }
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
@@ -108,27 +96,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn embeds_like_the_library_in_both_checkpoint_layouts() {
     let s = setup(2, 5);
-    let expected: Vec<f32> = s
-        .model
-        .embed(&s.images)
-        .and_then(|t| Ok(t.flatten_all()?.to_vec1()?))
-        .expect("library");
+    let expected = s.library_embedding();
     for (checkpoint, batch) in [(&s.checkpoint, "2"), (&s.torchvision_checkpoint, "16")] {
         let output = s.dir.path().join(format!("z{batch}.npy"));
-        let out = mmcl(&[
-            "--checkpoint",
-            checkpoint.to_str().expect("utf8"),
-            "--arch",
-            "resnet18",
-            "--input",
-            s.input.to_str().expect("utf8"),
-            "--output",
-            output.to_str().expect("utf8"),
-            "--batch-size",
-            batch,
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let (shape, values) = read_npy(&output);
+        let (shape, values) = embed(checkpoint, &s.input, &output, &["--batch-size", batch]);
         assert_eq!(shape, vec![5, 512]);
         assert!(max_diff(&values, &expected) < 1e-4);
     }
@@ -137,11 +108,7 @@ fn embeds_like_the_library_in_both_checkpoint_layouts() {
 #[test]
 fn fortran_order_and_float64_inputs_are_read() {
     let s = setup(1, 3);
-    let expected: Vec<f32> = s
-        .model
-        .embed(&s.images)
-        .and_then(|t| Ok(t.flatten_all()?.to_vec1()?))
-        .expect("library");
+    let expected = s.library_embedding();
     // The same images stored in Fortran order.
     let fortran: Vec<f32> = s
         .images
@@ -152,18 +119,8 @@ fn fortran_order_and_float64_inputs_are_read() {
     let input = s.dir.path().join("f.npy");
     write_npy(&input, &fortran, &[3, 1, 40, 36], true);
     let output = s.dir.path().join("f_out.npy");
-    let out = mmcl(&[
-        "--checkpoint",
-        s.checkpoint.to_str().expect("utf8"),
-        "--arch",
-        "resnet18",
-        "--input",
-        input.to_str().expect("utf8"),
-        "--output",
-        output.to_str().expect("utf8"),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(max_diff(&read_npy(&output).1, &expected) < 1e-4);
+    let (_, values) = embed(&s.checkpoint, &input, &output, &[]);
+    assert!(max_diff(&values, &expected) < 1e-4);
 
     let f64_values: Vec<f64> = s
         .images
@@ -172,27 +129,28 @@ fn fortran_order_and_float64_inputs_are_read() {
         .and_then(|t| t.to_vec1())
         .expect("values");
     let input = s.dir.path().join("d.npy");
-    let file = std::fs::File::create(&input).expect("create");
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[3, 1, 40, 36])
-        .writer(BufWriter::new(file))
-        .begin_nd()
-        .expect("begin");
-    w.extend(f64_values).expect("values");
-    w.finish().expect("finish");
-    let out = mmcl(&[
+    common::write_npy(&input, &[3, 1, 40, 36], npyz::Order::C, f64_values);
+    let (_, values) = embed(&s.checkpoint, &input, &output, &[]);
+    assert!(max_diff(&values, &expected) < 1e-4);
+}
+
+/// `embed-cmr` of `input` with the ResNet18 `checkpoint` into `output` (and `extra`
+/// arguments), asserted to succeed; returns the embeddings' shape and values.
+fn embed(checkpoint: &Path, input: &Path, output: &Path, extra: &[&str]) -> (Vec<u64>, Vec<f32>) {
+    let mut args = vec![
         "--checkpoint",
-        s.checkpoint.to_str().expect("utf8"),
+        checkpoint.to_str().expect("utf8"),
         "--arch",
         "resnet18",
         "--input",
         input.to_str().expect("utf8"),
         "--output",
         output.to_str().expect("utf8"),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = mmcl(&args);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(max_diff(&read_npy(&output).1, &expected) < 1e-4);
+    read_npy(output)
 }
 
 /// Runs with the given checkpoint, arch and input; expects failure, a message containing every
@@ -315,15 +273,7 @@ fn bad_inputs_fail_with_a_message_naming_the_file() {
         &["flat.npy", "(N, C, H, W)"],
     );
     let ints = dir.join("ints.npy");
-    let file = std::fs::File::create(&ints).expect("create");
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[1, 2, 2, 2])
-        .writer(BufWriter::new(file))
-        .begin_nd()
-        .expect("begin");
-    w.extend([1i32; 8]).expect("values");
-    w.finish().expect("finish");
+    common::write_npy(&ints, &[1, 2, 2, 2], npyz::Order::C, [1i32; 8]);
     expect_failure(
         &s,
         &s.checkpoint,

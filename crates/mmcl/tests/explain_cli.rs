@@ -2,29 +2,16 @@
 //! `seg_sa.nii.gz`) with a randomly initialised multimodal model saved in the reference's key
 //! layout; bad inputs end with a non-zero exit, a message naming the file, and no output.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::Device;
+use common::{SMALL_ENCODER_TOML, mmcl, s, stderr};
 use mmcl_cmr::{ResNetArch, ResNetConfig};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
 use mmcl_train::{MmclArchitecture, MmclModel};
-
-fn mmcl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .args(args)
-        .output()
-        .expect("the mmcl binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 const ENCODER: &str = r#"{"img_size": [1, 12, 2500], "patch_size": [1, 100], "embed_dim": 32,
     "depth": 2, "num_heads": 4, "global_pool": true}"#;
@@ -61,13 +48,7 @@ fn write_config(dir: &Path, name: &str, ecg_file: &str, extra_cmr: &str) -> Path
         r#"model = "model.safetensors"
 output = "out"
 
-[encoder]
-img_size = [1, 12, 2500]
-patch_size = [1, 100]
-embed_dim = 32
-depth = 2
-num_heads = 4
-global_pool = true
+{SMALL_ENCODER_TOML}global_pool = true
 
 [ecg]
 file = "{ecg_file}"

@@ -3,33 +3,18 @@
 //! model, the metrics with intervals, the log, the figures and the report. Bad setups end with a
 //! non-zero exit and a message naming the problem.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
+use common::{SMALL_ENCODER_TOML, mmcl, ok, s, stderr};
 use mmcl_eval::finetune::{FinetuneConfig, FinetuneModel};
 
-fn mmcl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .args(args)
-        .output()
-        .expect("the mmcl binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "failed: {}", stderr(&out));
-    out
-}
-
-const CONFIG: &str = r#"cache = "cache"
+/// A short regression run on `lvedv` with a small attention-pooling encoder.
+fn finetune_config() -> String {
+    format!(
+        r#"cache = "cache"
 task = "regression"
 targets = ["lvedv"]
 epochs = 2
@@ -38,20 +23,16 @@ lr = 0.001
 warmup_epochs = 1
 loader_threads = 1
 
-[encoder]
-img_size = [1, 12, 2500]
-patch_size = [1, 100]
-embed_dim = 32
-depth = 2
-num_heads = 4
-attention_pool = true
+{SMALL_ENCODER_TOML}attention_pool = true
 drop_path_rate = 0.2
 
 [bootstrap]
 resamples = 50
 seed = 0
 confidence = 0.95
-"#;
+"#
+    )
+}
 
 #[test]
 fn finetunes_on_a_synthetic_cache() {
@@ -89,7 +70,7 @@ fn finetunes_on_a_synthetic_cache() {
     assert!(names.contains(&"lvedv".to_string()), "{names:?}");
 
     let config = d.join("finetune.toml");
-    std::fs::write(&config, CONFIG).expect("config");
+    std::fs::write(&config, finetune_config()).expect("config");
     let run = d.join("run");
     let out = ok(mmcl(&[
         "finetune",
@@ -138,37 +119,27 @@ fn finetunes_on_a_synthetic_cache() {
     assert_eq!(model.forward_t(&x, false).expect("logits").dims(), &[1, 1]);
 
     // A second run into the same directory needs --overwrite.
-    let again = mmcl(&["finetune", "--config", s(&config), "--output", s(&run)]);
-    assert!(!again.status.success());
-    assert!(stderr(&again).contains("--overwrite"), "{}", stderr(&again));
+    let err = finetune_fails(&config, &run);
+    assert!(err.contains("--overwrite"), "{err}");
 
     // An unknown target is named, with what the cache offers.
     let bad = d.join("bad.toml");
-    std::fs::write(&bad, CONFIG.replace("\"lvedv\"", "\"lvedvv\"")).expect("bad");
-    let out = mmcl(&[
-        "finetune",
-        "--config",
-        s(&bad),
-        "--output",
-        s(&d.join("run2")),
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    std::fs::write(&bad, finetune_config().replace("\"lvedv\"", "\"lvedvv\"")).expect("bad");
+    let err = finetune_fails(&bad, &d.join("run2"));
     assert!(err.contains("lvedvv") && err.contains("lvedv,"), "{err}");
     assert!(!d.join("run2/model.safetensors").exists());
 
     // A typo in the configuration names the file and the key.
-    std::fs::write(&bad, CONFIG.replace("epochs = 2", "epoch = 2")).expect("bad");
-    let out = mmcl(&[
-        "finetune",
-        "--config",
-        s(&bad),
-        "--output",
-        s(&d.join("run3")),
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    std::fs::write(&bad, finetune_config().replace("epochs = 2", "epoch = 2")).expect("bad");
+    let err = finetune_fails(&bad, &d.join("run3"));
     assert!(err.contains("bad.toml") && err.contains("epoch"), "{err}");
+}
+
+/// `mmcl finetune` with `config` into `output`, asserted to fail; returns its message.
+fn finetune_fails(config: &Path, output: &Path) -> String {
+    let out = mmcl(&["finetune", "--config", s(config), "--output", s(output)]);
+    assert!(!out.status.success());
+    stderr(&out)
 }
 
 #[test]

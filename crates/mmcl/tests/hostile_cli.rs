@@ -4,68 +4,22 @@
 //! error, never a signal or an allocation abort), a message naming the offending file (and
 //! key), and the inputs byte for byte as they were.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn mmcl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("the mmcl binary runs")
-}
+use std::path::Path;
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{TOY_CONFIG, assert_no_leftovers, assert_refused, ecg_fixture, mmcl_in as mmcl};
 
-/// Exit status 1 (an error reported by `main`, not a signal) and a message with every `needle`.
-fn assert_refused(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "status {:?}: {err}", out.status);
-    assert!(
-        !err.contains("memory allocation") && !err.contains("panicked"),
-        "{err}"
-    );
-    for needle in needles {
-        assert!(err.contains(needle), "{needle:?} not in: {err}");
-    }
-}
-
-/// No temporary sibling (`.name.tmp-…`, `.partial-…`) left in `dir`.
-fn assert_no_leftovers(dir: &Path) {
-    let hidden: Vec<String> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(hidden.is_empty(), "left behind: {hidden:?}");
-}
-
+/// A float32 `.npy` of shape `dims` holding a fixed ramp of values.
 fn write_npy_f32(path: &Path, dims: &[u64]) {
-    use npyz::WriterBuilder;
     let n: u64 = dims.iter().product();
-    let file = std::fs::File::create(path).expect("create npy");
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(dims)
-        .writer(file)
-        .begin_nd()
-        .expect("npy header");
-    w.extend((0..n).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.1))
-        .expect("npy data");
-    w.finish().expect("npy finish");
+    common::write_npy(
+        path,
+        dims,
+        npyz::Order::C,
+        (0..n).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.1),
+    );
 }
-
-fn ecg_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mmcl-ecg/tests/fixtures")
-        .join(name)
-}
-
-const TOY_CONFIG: &str = r#"{"img_size": [1, 2, 20], "patch_size": [1, 5], "embed_dim": 8,
-    "depth": 1, "num_heads": 2, "num_classes": 2, "global_pool": true, "attention_pool": true}"#;
 
 /// Runs `args_for(output)` with `output` each spelling of `input` (itself, `./name`, through a
 /// symlink, through `sub/..`) and checks the refusal and that `input` is untouched.

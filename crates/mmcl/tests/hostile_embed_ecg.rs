@@ -2,27 +2,13 @@
 //! them: a non-zero exit, a message naming the input file, never an abort, no output file.
 //! The encoder is the toy checkpoint of `mmcl-ecg/tests/fixtures` (as in `cli_embed_ecg.rs`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mmcl-ecg/tests/fixtures")
-        .join(name)
-}
-
-const TOY_CONFIG: &str = r#"{"img_size": [1, 2, 20], "patch_size": [1, 5], "embed_dim": 8,
-    "depth": 1, "num_heads": 2, "num_classes": 2, "global_pool": true, "attention_pool": true}"#;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// A float32 C-order `.npy` of `shape` holding `values`.
-fn write_npy_f32(path: &Path, shape: &[usize], values: &[f32]) {
-    let bytes = mmcl_core::npy::npy_f32_bytes(shape, values);
-    std::fs::write(path, bytes).expect("write npy");
-}
+use common::{
+    TOY_CONFIG, assert_nothing_written, assert_refused, embed_toy, mmcl, s, write_npy_f32,
+};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -41,47 +27,10 @@ fn setup() -> Setup {
 /// nothing written.
 fn expect_embed_failure(st: &Setup, input: &Path, needles: &[&str]) {
     let output = st.dir.path().join("embeddings.npy");
-    let out = Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .args([
-            "embed-ecg",
-            "--checkpoint",
-            s(&fixture("tiny_plain.pth")),
-            "--config",
-            s(&st.config),
-            "--input",
-            s(input),
-            "--output",
-            s(&output),
-            "--batch-size",
-            "2",
-        ])
-        .output()
-        .expect("the mmcl binary runs");
-    check_failure(&out, needles);
-    assert_nothing_written(st.dir.path(), &output);
-}
-
-fn check_failure(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = embed_toy(&st.config, input, &output, &["--batch-size", "2"]);
     // An exit code of 1 is an error report; an abort or a signal would give none or another.
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    for needle in needles {
-        assert!(err.contains(needle), "{needle:?} not in {err:?}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(!err.contains("memory allocation"), "{err}");
-}
-
-/// No output, and no temporary sibling (hidden file) left in `dir`.
-fn assert_nothing_written(dir: &Path, output: &Path) {
-    assert!(!output.exists(), "{} was written", output.display());
-    let leftovers: Vec<String> = std::fs::read_dir(dir)
-        .expect("dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    assert_refused(&out, needles);
+    assert_nothing_written(st.dir.path(), &output);
 }
 
 #[test]
@@ -138,21 +87,21 @@ fn zero_recordings_are_refused() {
     expect_embed_failure(&st, &input, &["no_ecgs4.npy", "no ECGs"]);
 
     // preprocess-ecg: (0, 12, T) and (12, 0) arrays end in an error, not an empty output.
-    for (name, shape) in [("none.npy", vec![0, 12, 5000]), ("flat.npy", vec![12, 0])] {
+    for (name, shape) in [
+        ("none.npy", vec![0, 12, 5000]),
+        ("flat.npy", vec![12, 0u64]),
+    ] {
         let input = st.dir.path().join(name);
         write_npy_f32(&input, &shape, &[]);
         let output = st.dir.path().join("preprocessed.npy");
-        let out = Command::new(env!("CARGO_BIN_EXE_mmcl"))
-            .args([
-                "preprocess-ecg",
-                "--input",
-                s(&input),
-                "--output",
-                s(&output),
-            ])
-            .output()
-            .expect("the mmcl binary runs");
-        check_failure(&out, &[name]);
+        let out = mmcl(&[
+            "preprocess-ecg",
+            "--input",
+            s(&input),
+            "--output",
+            s(&output),
+        ]);
+        assert_refused(&out, &[name]);
         assert_nothing_written(st.dir.path(), &output);
     }
 }

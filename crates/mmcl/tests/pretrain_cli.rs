@@ -2,42 +2,88 @@
 //! encoders embed through `embed-ecg` / `embed-cmr` → resume for a second epoch; bad
 //! configurations fail clearly and leave nothing behind.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn mmcl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .args(args)
-        .output()
-        .expect("run mmcl")
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn write_npy_f32(path: &Path, dims: &[u64], values: &[f32]) {
-    use npyz::WriterBuilder;
-    let mut out = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(dims)
-        .writer(std::fs::File::create(path).expect("create"))
-        .begin_nd()
-        .expect("npy");
-    out.extend(values.iter().copied()).expect("write");
-    out.finish().expect("finish");
-}
+use common::{mmcl, read_npy, s, stderr, synth_small_cohort, write_npy_f32};
 
 fn read_npy_shape(path: &Path) -> Vec<u64> {
-    let bytes = std::fs::read(path).expect("read");
-    npyz::NpyFile::new(&bytes[..])
-        .expect("npy")
-        .shape()
-        .to_vec()
+    read_npy(path).0
+}
+
+/// A synthetic cohort of `subjects` (seed `seed`) under `root/cohort` and its dataset cache at
+/// `root/cache` (ECGs of 1000 samples, images of 40², 70 % train and 30 % validation).
+fn cohort_and_cache(root: &Path, subjects: usize, seed: u64) {
+    synth_small_cohort(&root.join("cohort"), subjects, seed);
+    std::fs::write(
+        root.join("build.toml"),
+        "root = \"cohort\"\noutput = \"cache\"\necg_samples = 1000\n\
+         [cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
+    )
+    .expect("write");
+    let out = mmcl(&["build-dataset", "--config", s(&root.join("build.toml"))]);
+    assert!(out.status.success(), "build-dataset: {}", stderr(&out));
+}
+
+/// Runs `command` (`pretrain-mmcl`, `pretrain-mae`) with the configuration `text` written to
+/// `root/name` into `root/run` and checks that it succeeds and prints its configuration;
+/// returns the configuration's path, the run directory and the command's output.
+fn first_run(root: &Path, command: &str, name: &str, text: &str) -> (PathBuf, PathBuf, Output) {
+    let config = root.join(name);
+    std::fs::write(&config, text).expect("write");
+    let run = root.join("run");
+    let out = mmcl(&[command, "--config", s(&config), "--output", s(&run)]);
+    assert!(out.status.success(), "{command}: {}", stderr(&out));
+    assert!(stderr(&out).contains("configuration:"), "{}", stderr(&out));
+    (config, run, out)
+}
+
+/// Embeds `values` (ECGs of 12×500) with the exported ECG encoder `encoder` through
+/// `mmcl embed-ecg` and `extra` arguments; returns the embeddings' file.
+fn embed_with_exported_encoder(
+    root: &Path,
+    encoder: &Path,
+    values: &[f32],
+    output: &str,
+    extra: &[&str],
+) -> PathBuf {
+    let ecg_config = root.join("ecg.json");
+    std::fs::write(
+        &ecg_config,
+        r#"{"model": "vit_pluto_patchX", "img_size": [1, 12, 500], "patch_size": [1, 100],
+            "global_pool": true}"#,
+    )
+    .expect("write");
+    let ecgs = root.join("ecgs.npy");
+    write_npy_f32(&ecgs, &[(values.len() / 6000) as u64, 12, 500], values);
+    let z = root.join(output);
+    let mut args = vec![
+        "embed-ecg",
+        "--checkpoint",
+        s(encoder),
+        "--config",
+        s(&ecg_config),
+        "--input",
+        s(&ecgs),
+        "--output",
+        s(&z),
+    ];
+    args.extend_from_slice(extra);
+    let out = mmcl(&args);
+    assert!(out.status.success(), "embed-ecg: {}", stderr(&out));
+    z
+}
+
+/// Resumes the run `run` of `command` (`pretrain-mmcl`, `pretrain-mae`) with `config` run for
+/// two epochs instead of one; returns the checkpoint's `state.json`.
+fn resume_for_a_second_epoch(command: &str, run: &Path, config: &Path, text: &str) -> String {
+    std::fs::write(config, text.replace("max_epochs = 1", "max_epochs = 2")).expect("write");
+    let out = mmcl(&[command, "--resume", s(run), "--config", s(config)]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert!(stderr(&out).contains("resumed from"), "{}", stderr(&out));
+    std::fs::read_to_string(run.join("checkpoints/last/state.json")).expect("state")
 }
 
 const TRAIN_CONFIG: &str = r#"
@@ -66,40 +112,9 @@ patch_size = [1, 100]
 fn pretrain_mmcl_trains_exports_and_resumes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
-    let cohort = root.join("cohort");
-    let out = mmcl(&[
-        "synth",
-        "--out",
-        s(&cohort),
-        "--subjects",
-        "12",
-        "--seed",
-        "3",
-        "--image-size",
-        "32",
-        "--slices",
-        "4",
-        "--frames",
-        "3",
-        "--threads",
-        "2",
-    ]);
-    assert!(out.status.success(), "synth: {}", stderr(&out));
-    std::fs::write(
-        root.join("build.toml"),
-        "root = \"cohort\"\noutput = \"cache\"\necg_samples = 1000\n\
-         [cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
-    )
-    .expect("write");
-    let out = mmcl(&["build-dataset", "--config", s(&root.join("build.toml"))]);
-    assert!(out.status.success(), "build-dataset: {}", stderr(&out));
+    cohort_and_cache(root, 12, 3);
 
-    let config = root.join("train.toml");
-    std::fs::write(&config, TRAIN_CONFIG).expect("write");
-    let run = root.join("run");
-    let out = mmcl(&["pretrain-mmcl", "--config", s(&config), "--output", s(&run)]);
-    assert!(out.status.success(), "pretrain-mmcl: {}", stderr(&out));
-    assert!(stderr(&out).contains("configuration:"), "{}", stderr(&out));
+    let (config, run, _) = first_run(root, "pretrain-mmcl", "train.toml", TRAIN_CONFIG);
     let last = run.join("checkpoints/last");
     for f in [
         "model.safetensors",
@@ -114,31 +129,14 @@ fn pretrain_mmcl_trains_exports_and_resumes() {
     assert!(run.join("config.toml").is_file() && run.join("metrics.csv").is_file());
 
     // The exported ECG encoder embeds through embed-ecg.
-    let ecg_config = root.join("ecg.json");
-    std::fs::write(
-        &ecg_config,
-        r#"{"model": "vit_pluto_patchX", "img_size": [1, 12, 500], "patch_size": [1, 100],
-            "global_pool": true}"#,
-    )
-    .expect("write");
-    let ecgs = root.join("ecgs.npy");
     let values: Vec<f32> = (0..2 * 12 * 500).map(|i| (i as f32 * 0.01).sin()).collect();
-    write_npy_f32(&ecgs, &[2, 12, 500], &values);
-    let z = root.join("z_ecg.npy");
-    let out = mmcl(&[
-        "embed-ecg",
-        "--checkpoint",
-        s(&last.join("ecg_encoder.safetensors")),
-        "--config",
-        s(&ecg_config),
-        "--input",
-        s(&ecgs),
-        "--output",
-        s(&z),
-        "--pooling",
-        "global",
-    ]);
-    assert!(out.status.success(), "embed-ecg: {}", stderr(&out));
+    let z = embed_with_exported_encoder(
+        root,
+        &last.join("ecg_encoder.safetensors"),
+        &values,
+        "z_ecg.npy",
+        &["--pooling", "global"],
+    );
     assert_eq!(read_npy_shape(&z), vec![2, 256]);
 
     // The exported image encoder embeds through embed-cmr.
@@ -161,16 +159,12 @@ fn pretrain_mmcl_trains_exports_and_resumes() {
     assert_eq!(read_npy_shape(&zc), vec![2, 512]);
 
     // Resume with a longer schedule: one more epoch.
-    let longer = root.join("train2.toml");
-    std::fs::write(
-        &longer,
-        TRAIN_CONFIG.replace("max_epochs = 1", "max_epochs = 2"),
-    )
-    .expect("write");
-    let out = mmcl(&["pretrain-mmcl", "--resume", s(&run), "--config", s(&longer)]);
-    assert!(out.status.success(), "resume: {}", stderr(&out));
-    assert!(stderr(&out).contains("resumed from"), "{}", stderr(&out));
-    let state = std::fs::read_to_string(last.join("state.json")).expect("state");
+    let state = resume_for_a_second_epoch(
+        "pretrain-mmcl",
+        &run,
+        &root.join("train2.toml"),
+        TRAIN_CONFIG,
+    );
     assert!(state.contains("\"epoch\": 2"), "{state}");
 
     // A new run into the same directory is refused.
@@ -262,40 +256,9 @@ threads = 2
 fn pretrain_mae_trains_exports_and_resumes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
-    let cohort = root.join("cohort");
-    let out = mmcl(&[
-        "synth",
-        "--out",
-        s(&cohort),
-        "--subjects",
-        "10",
-        "--seed",
-        "5",
-        "--image-size",
-        "32",
-        "--slices",
-        "4",
-        "--frames",
-        "3",
-        "--threads",
-        "2",
-    ]);
-    assert!(out.status.success(), "synth: {}", stderr(&out));
-    std::fs::write(
-        root.join("build.toml"),
-        "root = \"cohort\"\noutput = \"cache\"\necg_samples = 1000\n\
-         [cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
-    )
-    .expect("write");
-    let out = mmcl(&["build-dataset", "--config", s(&root.join("build.toml"))]);
-    assert!(out.status.success(), "build-dataset: {}", stderr(&out));
+    cohort_and_cache(root, 10, 5);
 
-    let config = root.join("mae.toml");
-    std::fs::write(&config, MAE_CONFIG).expect("write");
-    let run = root.join("run");
-    let out = mmcl(&["pretrain-mae", "--config", s(&config), "--output", s(&run)]);
-    assert!(out.status.success(), "pretrain-mae: {}", stderr(&out));
-    assert!(stderr(&out).contains("configuration:"), "{}", stderr(&out));
+    let (_, run, out) = first_run(root, "pretrain-mae", "mae.toml", MAE_CONFIG);
     let encoder = run.join("checkpoints/last/ecg_encoder.safetensors");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(s(&encoder)),
@@ -310,42 +273,13 @@ fn pretrain_mae_trains_exports_and_resumes() {
     assert!(run.join("config.toml").is_file() && run.join("metrics.csv").is_file());
 
     // The exported encoder embeds through embed-ecg (released layout: no fc_norm).
-    let ecg_config = root.join("ecg.json");
-    std::fs::write(
-        &ecg_config,
-        r#"{"model": "vit_pluto_patchX", "img_size": [1, 12, 500], "patch_size": [1, 100],
-            "global_pool": true}"#,
-    )
-    .expect("write");
-    let ecgs = root.join("ecgs.npy");
     let values: Vec<f32> = (0..3 * 12 * 500).map(|i| (i as f32 * 0.02).cos()).collect();
-    write_npy_f32(&ecgs, &[3, 12, 500], &values);
-    let z = root.join("z.npy");
-    let out = mmcl(&[
-        "embed-ecg",
-        "--checkpoint",
-        s(&encoder),
-        "--config",
-        s(&ecg_config),
-        "--input",
-        s(&ecgs),
-        "--output",
-        s(&z),
-    ]);
-    assert!(out.status.success(), "embed-ecg: {}", stderr(&out));
+    let z = embed_with_exported_encoder(root, &encoder, &values, "z.npy", &[]);
     assert_eq!(read_npy_shape(&z)[0], 3);
 
     // Resume with one more epoch.
-    let longer = root.join("mae2.toml");
-    std::fs::write(
-        &longer,
-        MAE_CONFIG.replace("max_epochs = 1", "max_epochs = 2"),
-    )
-    .expect("write");
-    let out = mmcl(&["pretrain-mae", "--resume", s(&run), "--config", s(&longer)]);
-    assert!(out.status.success(), "resume: {}", stderr(&out));
-    assert!(stderr(&out).contains("resumed from"), "{}", stderr(&out));
-    let state = std::fs::read_to_string(run.join("checkpoints/last/state.json")).expect("state");
+    let state =
+        resume_for_a_second_epoch("pretrain-mae", &run, &root.join("mae2.toml"), MAE_CONFIG);
     assert!(
         state.contains("\"epoch\": 2") && state.contains("\"mae\""),
         "{state}"

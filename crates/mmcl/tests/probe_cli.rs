@@ -1,8 +1,12 @@
 //! `mmcl probe`, `mmcl plot-curves` and `mmcl report` end to end, and their errors on bad
 //! input (clear message naming the file, non-zero exit, nothing written).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{mmcl, stderr};
 
 /// Writes a little-endian float32 `.npy`.
 fn write_npy(path: &Path, shape: &[usize], values: &[f32]) {
@@ -75,50 +79,49 @@ impl Data {
     fn s(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
-}
 
-fn mmcl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-        .args(args)
-        .output()
-        .expect("run mmcl")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    /// `mmcl probe --task task` on the embeddings and the labels `{y}_{split}.npy` of the
+    /// training, validation (when `val`) and test splits, then `extra` arguments.
+    fn probe(&self, task: &str, y: &str, val: bool, extra: &[&str]) -> Output {
+        let splits: &[(&str, &str)] = if val {
+            &[("train", "train"), ("val", "val"), ("test", "test")]
+        } else {
+            &[("train", "train"), ("test", "test")]
+        };
+        let mut args = vec!["probe".to_string(), "--task".into(), task.into()];
+        for (flag, split) in splits {
+            args.push(format!("--{flag}-x"));
+            args.push(self.s(&format!("x_{split}.npy")));
+            args.push(format!("--{flag}-y"));
+            args.push(self.s(&format!("{y}_{split}.npy")));
+        }
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        mmcl(&args)
+    }
 }
 
 #[test]
 fn classification_probe_writes_metrics_predictions_and_figures() {
     let d = Data::new();
     let (out, preds, figs) = (d.s("metrics.json"), d.s("preds.npy"), d.s("figures"));
-    let o = mmcl(&[
-        "probe",
-        "--task",
+    let o = d.probe(
         "classification",
-        "--train-x",
-        &d.s("x_train.npy"),
-        "--train-y",
-        &d.s("cls_train.npy"),
-        "--val-x",
-        &d.s("x_val.npy"),
-        "--val-y",
-        &d.s("cls_val.npy"),
-        "--test-x",
-        &d.s("x_test.npy"),
-        "--test-y",
-        &d.s("cls_test.npy"),
-        "--target-names",
-        "CAD,AF",
-        "--bootstrap",
-        "200",
-        "--output",
-        &out,
-        "--predictions",
-        &preds,
-        "--figures",
-        &figs,
-    ]);
+        "cls",
+        true,
+        &[
+            "--target-names",
+            "CAD,AF",
+            "--bootstrap",
+            "200",
+            "--output",
+            &out,
+            "--predictions",
+            &preds,
+            "--figures",
+            &figs,
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -146,21 +149,7 @@ fn classification_probe_writes_metrics_predictions_and_figures() {
     assert!(report.contains("![ROC curves](roc.png)"));
 
     // One-dimensional labels without a validation split (hold-out of the training rows).
-    let o = mmcl(&[
-        "probe",
-        "--task",
-        "classification",
-        "--train-x",
-        &d.s("x_train.npy"),
-        "--train-y",
-        &d.s("cls1d_train.npy"),
-        "--test-x",
-        &d.s("x_test.npy"),
-        "--test-y",
-        &d.s("cls1d_test.npy"),
-        "--bootstrap",
-        "0",
-    ]);
+    let o = d.probe("classification", "cls1d", false, &["--bootstrap", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("hold-out"));
 }
@@ -169,27 +158,12 @@ fn classification_probe_writes_metrics_predictions_and_figures() {
 fn regression_probe_and_report_commands() {
     let d = Data::new();
     let out = d.s("reg.json");
-    let o = mmcl(&[
-        "probe",
-        "--task",
+    let o = d.probe(
         "regression",
-        "--train-x",
-        &d.s("x_train.npy"),
-        "--train-y",
-        &d.s("reg_train.npy"),
-        "--val-x",
-        &d.s("x_val.npy"),
-        "--val-y",
-        &d.s("reg_val.npy"),
-        "--test-x",
-        &d.s("x_test.npy"),
-        "--test-y",
-        &d.s("reg_test.npy"),
-        "--output",
-        &out,
-        "--bootstrap",
-        "100",
-    ]);
+        "reg",
+        true,
+        &["--output", &out, "--bootstrap", "100"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
@@ -234,11 +208,25 @@ fn regression_probe_and_report_commands() {
     assert!(d.path("report_curves.png").is_file());
 }
 
-/// Runs a probe that must fail; checks the message and that no output was written.
-fn expect_failure(d: &Data, args: &[&str], needle: &str) {
+/// Runs a probe of `task` on `[train_x, train_y, test_x, test_y]` that must fail; checks the
+/// message and that no output was written.
+fn expect_failure(d: &Data, task: &str, files: [&str; 4], needle: &str) {
     let out = d.s("bad.json");
+    let [train_x, train_y, test_x, test_y] = files;
+    let args = [
+        "--task",
+        task,
+        "--train-x",
+        train_x,
+        "--train-y",
+        train_y,
+        "--test-x",
+        test_x,
+        "--test-y",
+        test_y,
+    ];
     let mut all = vec!["probe"];
-    all.extend_from_slice(args);
+    all.extend_from_slice(&args);
     all.extend_from_slice(&["--output", &out]);
     let o = mmcl(&all);
     assert!(!o.status.success(), "expected failure for {args:?}");
@@ -260,141 +248,61 @@ fn bad_inputs_give_clear_errors() {
     // Shape mismatch between x and y.
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &xtr,
-            "--train-y",
-            &d.s("cls_val.npy"),
-            "--test-x",
-            &xte,
-            "--test-y",
-            &yte,
-        ],
+        "classification",
+        [&xtr, &d.s("cls_val.npy"), &xte, &yte],
         "has 240 rows but",
     );
     // Missing file.
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &d.s("nope.npy"),
-            "--train-y",
-            &ytr,
-            "--test-x",
-            &xte,
-            "--test-y",
-            &yte,
-        ],
+        "classification",
+        [&d.s("nope.npy"), &ytr, &xte, &yte],
         "nope.npy",
     );
     // All-NaN target.
     write_npy(&d.path("nan.npy"), &[240], &[f32::NAN; 240]);
     expect_failure(
         &d,
-        &[
-            "--task",
-            "regression",
-            "--train-x",
-            &xtr,
-            "--train-y",
-            &d.s("nan.npy"),
-            "--test-x",
-            &xte,
-            "--test-y",
-            &d.s("reg1d_test.npy"),
-        ],
+        "regression",
+        [&xtr, &d.s("nan.npy"), &xte, &d.s("reg1d_test.npy")],
         "missing (NaN) in every row",
     );
     // One-class labels.
     write_npy(&d.path("ones.npy"), &[240], &[1.0; 240]);
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &xtr,
-            "--train-y",
-            &d.s("ones.npy"),
-            "--test-x",
-            &xte,
-            "--test-y",
-            &d.s("cls1d_test.npy"),
-        ],
+        "classification",
+        [&xtr, &d.s("ones.npy"), &xte, &d.s("cls1d_test.npy")],
         "one class only",
     );
     // Labels that are not 0/1.
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &xtr,
-            "--train-y",
-            &d.s("reg_train.npy"),
-            "--test-x",
-            &xte,
-            "--test-y",
-            &yte,
-        ],
+        "classification",
+        [&xtr, &d.s("reg_train.npy"), &xte, &yte],
         "must be 0 or 1",
     );
     // Target columns differ between train and test.
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &xtr,
-            "--train-y",
-            &ytr,
-            "--test-x",
-            &xte,
-            "--test-y",
-            &d.s("cls1d_test.npy"),
-        ],
+        "classification",
+        [&xtr, &ytr, &xte, &d.s("cls1d_test.npy")],
         "cls1d_test.npy has 1 target columns",
     );
     // Feature dimension mismatch between train and test.
     write_npy(&d.path("x_small.npy"), &[160, 3], &[0.5; 480]);
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &xtr,
-            "--train-y",
-            &ytr,
-            "--test-x",
-            &d.s("x_small.npy"),
-            "--test-y",
-            &yte,
-        ],
+        "classification",
+        [&xtr, &ytr, &d.s("x_small.npy"), &yte],
         "has 3 features",
     );
     // A file that is not an .npy.
     std::fs::write(d.path("junk.npy"), b"not numpy").unwrap();
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &d.s("junk.npy"),
-            "--train-y",
-            &ytr,
-            "--test-x",
-            &xte,
-            "--test-y",
-            &yte,
-        ],
+        "classification",
+        [&d.s("junk.npy"), &ytr, &xte, &yte],
         "junk.npy: not a readable .npy",
     );
     // Truncated data.
@@ -402,18 +310,8 @@ fn bad_inputs_give_clear_errors() {
     std::fs::write(d.path("cut.npy"), &bytes[..bytes.len() / 2]).unwrap();
     expect_failure(
         &d,
-        &[
-            "--task",
-            "classification",
-            "--train-x",
-            &d.s("cut.npy"),
-            "--train-y",
-            &ytr,
-            "--test-x",
-            &xte,
-            "--test-y",
-            &yte,
-        ],
+        "classification",
+        [&d.s("cut.npy"), &ytr, &xte, &yte],
         "cut.npy",
     );
 }

@@ -1,40 +1,15 @@
 //! `mmcl synth` end to end: a small cohort, and clear failures that leave nothing behind.
 
-use std::process::Command;
+mod common;
 
-fn mmcl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mmcl"))
-}
+use common::{mmcl, s, stderr, synth_small_cohort};
 
 #[test]
 fn synth_writes_a_small_cohort() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cohort");
-    let status = mmcl()
-        .args(["synth", "--out"])
-        .arg(&out)
-        .args([
-            "--subjects",
-            "3",
-            "--seed",
-            "4",
-            "--image-size",
-            "32",
-            "--slices",
-            "4",
-            "--frames",
-            "3",
-            "--threads",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    assert!(String::from_utf8_lossy(&status.stderr).contains("wrote 3 subjects"));
+    let status = synth_small_cohort(&out, 3, 4);
+    assert!(stderr(&status).contains("wrote 3 subjects"));
     for f in [
         "phenotypes.csv",
         "diagnoses.csv",
@@ -49,13 +24,9 @@ fn synth_writes_a_small_cohort() {
     assert!(config.contains("\"image_size\": 32"));
 
     // A second run into the same folder refuses, naming it, and keeps the cohort.
-    let again = mmcl()
-        .args(["synth", "--subjects", "1", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let again = mmcl(&["synth", "--subjects", "1", "--out", s(&out)]);
     assert!(!again.status.success());
-    let err = String::from_utf8_lossy(&again.stderr);
+    let err = stderr(&again);
     assert!(
         err.contains("error:") && err.contains("cohort") && err.contains("not empty"),
         "{err}"
@@ -64,24 +35,17 @@ fn synth_writes_a_small_cohort() {
 
     // The reproduce preset, with a flag on top.
     let small = tmp.path().join("small");
-    let run = mmcl()
-        .args([
-            "synth",
-            "--preset",
-            "reproduce",
-            "--subjects",
-            "2",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&small)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = mmcl(&[
+        "synth",
+        "--preset",
+        "reproduce",
+        "--subjects",
+        "2",
+        "--quiet",
+        "--out",
+        s(&small),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
     let config = std::fs::read_to_string(small.join("synth_config.json")).unwrap();
     assert!(config.contains("\"image_size\": 64") && config.contains("\"subjects\": 2"));
 }
@@ -90,24 +54,14 @@ fn synth_writes_a_small_cohort() {
 fn bad_settings_fail_before_writing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cohort");
-    let run = mmcl()
-        .args(["synth", "--frames", "1", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = mmcl(&["synth", "--frames", "1", "--out", s(&out)]);
     assert!(!run.status.success());
-    assert!(String::from_utf8_lossy(&run.stderr).contains("frames"));
+    assert!(stderr(&run).contains("frames"));
     let bad_config = tmp.path().join("bad.json");
     std::fs::write(&bad_config, "{\"subjekts\": 3}").unwrap();
-    let run = mmcl()
-        .args(["synth", "--config"])
-        .arg(&bad_config)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = mmcl(&["synth", "--config", s(&bad_config), "--out", s(&out)]);
     assert!(!run.status.success());
-    let err = String::from_utf8_lossy(&run.stderr);
+    let err = stderr(&run);
     assert!(
         err.contains("bad.json") && err.contains("subjekts"),
         "{err}"

@@ -11,7 +11,7 @@
 //!   model loads in both implementations. The head's weight is drawn from
 //!   `trunc_normal(std = 0.01)` after the pre-trained weights are loaded, as the reference does.
 //! - **Losses** ([`mmcl_losses::classification`]): one binary target → two logits,
-//!   cross-entropy with label smoothing ([`smoothed_cross_entropy`],
+//!   cross-entropy with label smoothing ([`smoothed_cross_entropy`](mmcl_losses::classification::smoothed_cross_entropy),
 //!   `nn.CrossEntropyLoss(label_smoothing=0.1)`); several binary targets (multi-label) → one
 //!   logit each, binary cross-entropy on smoothed targets `y·(1 − ε) + ε/2`
 //!   ([`mmcl_losses::classification::masked_bce_with_logits`]); regression on standardised
@@ -41,8 +41,6 @@ mod model;
 mod train;
 
 pub use config::FinetuneConfig;
-/// The fine-tuning criterion of one binary target (it lives in `mmcl-losses` with the others).
-pub use mmcl_losses::classification::smoothed_cross_entropy;
 pub use model::FinetuneModel;
 
 use candle_core::{Device, Tensor};

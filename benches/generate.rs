@@ -3,7 +3,7 @@
 //! default acquisition sizes and at a small size for quick reproductions.
 //!
 //! ```text
-//! cargo bench -p mmcl-synth --bench generate -- --measurement-time 10
+//! cargo bench --bench generate -- --measurement-time 10
 //! ```
 
 use std::hint::black_box;

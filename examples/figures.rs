@@ -1,7 +1,7 @@
 //! Draws one example of every figure of `mmcl_eval::plot` from synthetic data.
 //!
 //! ```text
-//! cargo run -p mmcl-eval --example figures -- docs/figures
+//! cargo run --example figures -- docs/figures
 //! ```
 
 use std::path::PathBuf;

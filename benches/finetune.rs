@@ -7,29 +7,23 @@
 //! - `localize_b1`: the three localisation maps of one subject (the ECG encoder and a ResNet50
 //!   over 3×210×210, projection heads 2048 → 2048 → 128, upsampling ×2).
 //!
-//! `cargo bench -p mmcl-eval --bench finetune -- --measurement-time 20`
+//! `cargo bench --bench finetune -- --measurement-time 20`
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_cmr::ResNetConfig;
 use mmcl_ecg::EcgVitConfig;
-use mmcl_eval::finetune::{FinetuneModel, smoothed_cross_entropy};
+use mmcl_eval::finetune::{FinetuneConfig, FinetuneModel};
 use mmcl_eval::localization::{self, LocalizationConfig};
+use mmcl_losses::classification::smoothed_cross_entropy;
 use mmcl_nn::optim::{Adam, AdamConfig, ParamGroup};
 use mmcl_train::{MmclArchitecture, MmclModel};
-
-fn paper_encoder() -> EcgVitConfig {
-    let mut cfg = EcgVitConfig::paper();
-    cfg.attention_pool = true;
-    cfg.global_pool = false;
-    cfg.drop_path_rate = 0.2;
-    cfg
-}
 
 fn finetune_step(c: &mut Criterion) {
     mmcl_nn::memory::keep_freed_memory();
     let cpu = Device::Cpu;
-    let cfg = paper_encoder();
+    // The fine-tuning encoder: the paper's, with attention pooling and drop-path 0.2.
+    let cfg = FinetuneConfig::default().encoder;
     let model = FinetuneModel::new(&cfg, 2, 0.01, true, 0, &cpu).expect("model");
     let mut groups = ParamGroup::layer_decay_groups(model.store(), "", cfg.depth, 0.2, 0.5);
     let unused = model.unused_parameters();
@@ -37,15 +31,12 @@ fn finetune_step(c: &mut Criterion) {
         g.vars.retain(|(n, _)| !unused.contains(n));
     }
     groups.retain(|g| !g.vars.is_empty());
-    let mut adam = Adam::new(
-        groups,
-        AdamConfig {
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            decoupled_weight_decay: true,
-        },
-    )
-    .expect("optimiser");
+    // AdamW with torch's default betas and eps, as the fine-tuning loop builds it.
+    let adamw = AdamConfig {
+        decoupled_weight_decay: true,
+        ..AdamConfig::adam_l2()
+    };
+    let mut adam = Adam::new(groups, adamw).expect("optimiser");
     let x = Tensor::randn(0f32, 1.0, (32, 1, 12, 2500), &cpu).expect("input");
     let labels = Tensor::from_vec(
         (0..32).map(|i| (i % 2) as f32).collect::<Vec<_>>(),

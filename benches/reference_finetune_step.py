@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side anchor for `cargo bench -p mmcl-eval --bench finetune` (finetune_step_b32): one
+"""Side-by-side anchor for `cargo bench --bench finetune` (finetune_step_b32): one
 fine-tuning step of the reference model in plain PyTorch, as mae's `models_vit` runs it with
 `attention_pool` (timm 0.6.8 blocks, exact GELU, LayerNorm eps 1e-6, drop-path 0.2 rising over
 the blocks, attention pooling with the token mean as query, fc_norm twice, 2-logit head),
@@ -8,56 +8,12 @@ the blocks, attention pooling with the token mean as query, fc_norm twice, 2-log
 
 Prints wall-clock and process-CPU seconds per step. Usage:
 
-    python3 crates/mmcl-eval/benches/reference_finetune_step.py --threads 2 --iters 3
+    python3 benches/reference_finetune_step.py --threads 2 --iters 3
 """
-import argparse
-import resource
-import time
-
 import torch
 import torch.nn as nn
 
-
-class DropPath(nn.Module):
-    def __init__(self, p):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, drop_path):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+from reference_common import Block, parse_args, per_call
 
 
 class FinetuneModel(nn.Module):
@@ -101,18 +57,8 @@ def layer_decay_groups(model, weight_decay=0.2, layer_decay=0.5):
     return list(groups.values())
 
 
-def cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=32)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(iters=3, batch=32)
     model = FinetuneModel().train()
     opt = torch.optim.AdamW(layer_decay_groups(model))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -125,11 +71,7 @@ def main():
         opt.step()
 
     step()
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    for _ in range(args.iters):
-        step()
-    wall = (time.perf_counter() - t0) / args.iters
-    cpu = (cpu_seconds() - c0) / args.iters
+    wall, cpu = per_call(step, args.iters)
     print(
         f"torch {torch.__version__}, {args.threads} threads: wall {wall:.3f} s/step, "
         f"cpu {cpu:.3f} s/step ({cpu / args.threads:.3f} s/step at {args.threads} idle threads)"

@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the metrics, the bootstrap and the linear probes.
 //!
-//! `cargo bench -p mmcl-eval --bench eval -- --measurement-time 5`
+//! `cargo bench --bench eval -- --measurement-time 5`
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_eval::Matrix;

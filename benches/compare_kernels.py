@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Joins the output of `cargo bench -p mmcl-nn --bench kernels` and of `reference_kernels.py`
+"""Joins the output of `cargo bench --bench kernels` and of `reference_kernels.py`
 into a Markdown table with the ratio PyTorch time / our time (> 1: we are faster).
 
-    python3 crates/mmcl-nn/benches/compare_kernels.py OURS.log ANCHOR.log [--anchor-column cpu]
+    python3 benches/compare_kernels.py OURS.log ANCHOR.log [--anchor-column cpu]
 
 `--anchor-column wall` (default) compares with the anchor's wall-clock median, `cpu` with its
 CPU time per thread (use it with `MMCL_BENCH_CLOCK=cpu` runs of ours).

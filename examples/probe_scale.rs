@@ -1,7 +1,7 @@
 //! Times the linear probes and the bootstrap at a large scale on synthetic embeddings.
 //!
 //! ```text
-//! cargo run --release -p mmcl-eval --example probe_scale -- [N] [D] [K]
+//! cargo run --release --example probe_scale -- [N] [D] [K]
 //! ```
 //! (defaults: N = 100 000 training rows, D = 2048 features, K = 4 targets; a quarter as many
 //! validation and test rows).

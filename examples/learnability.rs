@@ -2,7 +2,7 @@
 //! features, and the agreement of segmentation-measured phenotypes with the hidden state.
 //!
 //! ```text
-//! cargo run --release -p mmcl-synth --example learnability -- [subjects] [seed] [image_size] [slices] [frames]
+//! cargo run --release --example learnability -- [subjects] [seed] [image_size] [slices] [frames]
 //! ```
 //! Defaults: 2000 subjects, seed 0, and a small cine (64 px, 10 slices, 8 frames; the ECG and
 //! the hidden state do not depend on the cine's size).

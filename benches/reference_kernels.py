@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plain-PyTorch anchor for `cargo bench -p mmcl-nn --bench kernels`: the same kernels at the same
+"""Plain-PyTorch anchor for `cargo bench --bench kernels`: the same kernels at the same
 shapes, written as the reference code (timm 0.6.8's ViT, torchvision's ResNet50) computes them,
 under the same benchmark names, so that each kernel gets a ratio.
 
@@ -10,7 +10,7 @@ Prints the median wall-clock milliseconds per call and the process CPU milliseco
 divided by the thread count (on a shared machine the latter approximates an idle machine's wall
 time). Usage:
 
-    python3 crates/mmcl-nn/benches/reference_kernels.py --threads 2 [--seconds 3] [--only NAME]
+    python3 benches/reference_kernels.py --threads 2 [--seconds 3] [--only NAME]
 """
 import argparse
 import statistics

@@ -10,10 +10,10 @@
 //! (2 threads) under the same names, so that each kernel gets a ratio.
 //!
 //! ```sh
-//! cargo bench -p mmcl-nn --bench kernels -- --warm-up-time 1 --measurement-time 3
-//! python3 crates/mmcl-nn/benches/reference_kernels.py --threads 2
+//! cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 3
+//! python3 benches/reference_kernels.py --threads 2
 //! # On a shared machine: CPU time per call ÷ threads (both programs print it).
-//! MMCL_BENCH_CLOCK=cpu cargo bench -p mmcl-nn --bench kernels -- --measurement-time 3
+//! MMCL_BENCH_CLOCK=cpu cargo bench --bench kernels -- --measurement-time 3
 //! ```
 
 use std::hint::black_box;
@@ -42,19 +42,27 @@ fn var(shape: &[usize], std: f64) -> Result<Var> {
     Ok(Var::from_tensor(&(randn(shape)? * std)?)?)
 }
 
+/// Times `step` under `name`.
+fn bench(group: &mut BenchmarkGroup<WallTime>, name: &str, step: impl Fn() -> Result<()>) {
+    group.bench_function(name, |b| {
+        timed(b, || {
+            // A failing kernel stops the run: timing errors would be meaningless.
+            if let Err(e) = step() {
+                panic!("{name}: {e:#}");
+            }
+        })
+    });
+}
+
 /// Times `forward` alone.
 fn bench_fwd<E: Into<anyhow::Error>>(
     group: &mut BenchmarkGroup<WallTime>,
     name: &str,
     forward: impl Fn() -> std::result::Result<Tensor, E>,
 ) {
-    group.bench_function(name, |b| {
-        timed(b, || {
-            // A failing kernel stops the run: timing errors would be meaningless.
-            if let Err(e) = forward().map(black_box) {
-                panic!("{name}: {:#}", e.into());
-            }
-        })
+    bench(group, name, || {
+        black_box(forward().map_err(Into::into)?);
+        Ok(())
     });
 }
 
@@ -64,15 +72,10 @@ fn bench_fwd_bwd<E: Into<anyhow::Error>>(
     name: &str,
     forward: impl Fn() -> std::result::Result<Tensor, E>,
 ) {
-    group.bench_function(name, |b| {
-        timed(b, || {
-            let grads = forward()
-                .map_err(Into::into)
-                .and_then(|y| Ok(y.sum_all()?.backward()?));
-            if let Err(e) = grads.map(black_box) {
-                panic!("{name}: {e:#}");
-            }
-        })
+    bench(group, name, || {
+        let y = forward().map_err(Into::into)?;
+        black_box(y.sum_all()?.backward()?);
+        Ok(())
     });
 }
 

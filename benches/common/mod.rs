@@ -1,0 +1,52 @@
+//! What the model benchmarks share (`mod common;` in each): the devices they run on, and a
+//! criterion group at the paper's batch set up as the `mmcl` binary runs.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use candle_core::Device;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
+
+/// The CPU, and the first CUDA device when built with `--features cuda` and one is present.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    let mut out = vec![("cpu", Device::Cpu)];
+    if candle_core::utils::cuda_is_available()
+        && let Ok(dev) = Device::new_cuda(0)
+    {
+        out.push(("cuda", dev));
+    }
+    out
+}
+
+/// Calls `run(name, state)` with what `setup` builds on each of [`devices`], one device at a
+/// time (the previous device's state is dropped first); a device whose setup fails is skipped
+/// with a note on stderr.
+pub fn on_each_device<T>(
+    mut setup: impl FnMut(&Device) -> Result<T>,
+    mut run: impl FnMut(&str, T),
+) {
+    for (name, device) in devices() {
+        match setup(&device) {
+            Ok(state) => run(name, state),
+            Err(e) => eprintln!("skipping {name}: {e:#}"),
+        }
+    }
+}
+
+/// A group whose throughput is `batch` samples per iteration, 10 samples over `seconds`.
+/// Freed activations are reused first, as the `mmcl` binary does, instead of being
+/// page-faulted anew on every step.
+pub fn batch_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    batch: usize,
+    seconds: u64,
+) -> BenchmarkGroup<'a, WallTime> {
+    mmcl_suite::nn::memory::keep_freed_memory();
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(batch as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(seconds));
+    group
+}

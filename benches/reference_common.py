@@ -1,0 +1,116 @@
+"""What the plain-PyTorch anchors of the benchmarks (`reference_*.py` beside this file) share:
+timm 0.6.8's Vision Transformer pieces as the reference code runs them (exact GELU, LayerNorm
+eps 1e-6, per-sample drop-path), their command line (`--threads`, `--iters`, `--batch`) and
+their timing (wall-clock and process-CPU seconds per call).
+
+The scripts import it by name: Python puts a script's own folder first on its module path, so
+`python3 benches/reference_<name>.py` finds it from any working directory.
+"""
+import argparse
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DropPath(nn.Module):
+    """timm's stochastic depth: drops a sample's residual branch with probability `p` in
+    training, scaling the kept ones by 1 / (1 - p)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Attention(nn.Module):
+    """timm 0.6.8 multi-head self-attention (one fused qkv projection)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    """timm's two-layer MLP with exact GELU; `fc1`/`fc2` are the reference's key names."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block (LayerNorm eps 1e-6), drop-path `drop_path` on both
+    residual branches."""
+
+    def __init__(self, dim, heads, drop_path=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def cpu_seconds():
+    """User + system CPU seconds of this process (every thread)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def parse_args(iters, batch, extra=None):
+    """Parses `--threads` (default 2), `--iters` and `--batch` (defaults given), and whatever
+    `extra(parser)` adds; sets PyTorch's thread count."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=iters)
+    ap.add_argument("--batch", type=int, default=batch)
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def per_call(f, iters):
+    """Wall-clock and process-CPU seconds per call of `f`, averaged over `iters` calls (warm up
+    before: the first call pays for allocation and kernel selection)."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    for _ in range(iters):
+        f()
+    return (time.perf_counter() - t0) / iters, (cpu_seconds() - c0) / iters
+
+
+def print_throughput(args, wall, cpu, unit):
+    """One line: seconds per `unit` and samples per second, by the wall clock and by CPU time
+    per thread (on a shared machine the latter approximates an idle one's wall time)."""
+    print(
+        f"torch {torch.__version__}, {args.threads} threads: wall {wall:.3f} s/{unit} "
+        f"({args.batch / wall:.1f} samples/s), cpu {cpu:.3f} s/{unit} "
+        f"({args.batch / (cpu / args.threads):.1f} samples/s at {args.threads} idle threads)"
+    )
