@@ -6,7 +6,6 @@ use mmcl_cmr::checkpoint::{
     EncoderLayout, RELEASED_PREFIX, extract_encoder, load_encoder, released_state_dict,
 };
 use mmcl_cmr::{ProjectionHead, ResNet, ResNetArch, ResNetConfig};
-use mmcl_nn::testing::vars_without_gradient;
 use mmcl_nn::{Error as NnError, ParamStore, StateDict};
 use mmcl_testutil::flat;
 
@@ -55,7 +54,7 @@ fn check_gradient_coverage(arch: ResNetArch, in_channels: usize, hw: (usize, usi
     let out = model.forward_t(&x, true).expect("forward");
     let z = head.forward(&out.pooled).expect("head");
     let loss = (weighted_sum(&z, 7) + weighted_sum(&out.feature_map, 8)).expect("loss");
-    let failing = vars_without_gradient(&store, &loss, &[]).expect("backward");
+    let failing = store.vars_without_gradient(&loss, &[]).expect("backward");
     assert!(failing.is_empty(), "{arch}: no gradient for {failing:?}");
     // The stem is the part candle's own pooling would have cut off.
     assert!(store.get("encoder_imaging.conv1.weight").is_some());

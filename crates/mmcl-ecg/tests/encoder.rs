@@ -213,7 +213,7 @@ fn every_trainable_variable_receives_a_gradient() {
     let loss = (logits.sqr().and_then(|t| t.sum_all()).expect("loss")
         + cls.sqr().and_then(|t| t.sum_all()).expect("loss"))
     .expect("loss");
-    let failing = mmcl_nn::testing::vars_without_gradient(&store, &loss, &[]).expect("backward");
+    let failing = store.vars_without_gradient(&loss, &[]).expect("backward");
     assert!(failing.is_empty(), "no gradient for {failing:?}");
     assert!(store.trainable_vars().len() > 30);
 }

@@ -114,8 +114,10 @@ fn every_parameter_receives_a_gradient() {
     let targets = Tensor::new(&[[1f32, 0.0, 1.0]; 4], &Device::Cpu).unwrap();
     let mask = Tensor::ones((4, 3), DType::F32, &Device::Cpu).unwrap();
     let loss = masked_bce_with_logits(&logits, &targets, &mask, 0.1).unwrap();
-    let failing =
-        mmcl_nn::testing::vars_without_gradient(model.store(), &loss, &["norm.*"]).unwrap();
+    let failing = model
+        .store()
+        .vars_without_gradient(&loss, &["norm.*"])
+        .unwrap();
     assert!(failing.is_empty(), "no gradient: {failing:?}");
     // The saved model has the reference's keys and no unused norm.
     let state = model.state_dict().unwrap();

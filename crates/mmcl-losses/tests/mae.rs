@@ -74,8 +74,9 @@ fn every_trainable_variable_gets_a_gradient_from_the_training_loss() {
             .forward_random(&model, &x, &SharedRng::new(seed), true)
             .expect("loss");
         // No exemptions: the fixed position tables are frozen, so not among the trainable ones.
-        let failing =
-            mmcl_nn::testing::vars_without_gradient(&store, &out.total, &[]).expect("backward");
+        let failing = store
+            .vars_without_gradient(&out.total, &[])
+            .expect("backward");
         assert!(
             failing.is_empty(),
             "seed {seed}: no gradient for {failing:?}"

@@ -36,7 +36,7 @@
 //! assert_eq!(y.dims(), &[2, 10, 64]);
 //! // Gradients reach every parameter, through the fast CPU kernels too.
 //! let loss = block.forward_t(&x, true)?.sqr()?.mean_all()?;
-//! assert!(mmcl_nn::testing::vars_without_gradient(&store, &loss, &[])?.is_empty());
+//! assert!(store.vars_without_gradient(&loss, &[])?.is_empty());
 //! let state = store.state_dict()?;
 //! let report = store.load_state_dict(&state, &LoadOptions::strict())?;
 //! assert_eq!(report.loaded.len(), 12);
@@ -48,13 +48,13 @@ pub mod checkpoint;
 pub mod device;
 pub mod distributed;
 mod error;
+mod gradient_check;
 mod kernels;
 pub mod layers;
 pub mod memory;
 pub mod optim;
 pub mod params;
 pub mod schedule;
-pub mod testing;
 
 // The foundation modules the layers, optimisers and checkpoints are built on, under the paths
 // this crate has always offered them.

@@ -200,8 +200,9 @@ fn every_trainable_mae_variable_receives_a_gradient() {
         .forward_random(&model, &ecgs, &SharedRng::new(2), true)
         .expect("forward");
     // Nothing is exempt: encoder, decoder, mask token and both SimSiam heads all learn.
-    let failing =
-        mmcl_nn::testing::vars_without_gradient(&store, &out.total, &[]).expect("backward");
+    let failing = store
+        .vars_without_gradient(&out.total, &[])
+        .expect("backward");
     assert!(failing.is_empty(), "no gradient: {failing:?}");
 }
 

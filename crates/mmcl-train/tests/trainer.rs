@@ -187,12 +187,10 @@ fn every_trainable_variable_receives_a_gradient() {
         let out = contrastive_loss(&model, &clip, &images, &ecgs, true, false).expect("loss");
         // `norm` serves the class-token pooling only, as in the reference; the classifier has
         // its own loss (below).
-        let failing = mmcl_nn::testing::vars_without_gradient(
-            model.store(),
-            &out.loss,
-            &["encoder_ecg.norm.*", "classifier.*"],
-        )
-        .expect("backward");
+        let failing = model
+            .store()
+            .vars_without_gradient(&out.loss, &["encoder_ecg.norm.*", "classifier.*"])
+            .expect("backward");
         assert!(failing.is_empty(), "no gradient: {failing:?}");
         let features = model.ecg_features(&ecgs, true).expect("features").detach();
         let logits = model.classifier_logits(&features).expect("logits");
@@ -203,12 +201,10 @@ fn every_trainable_variable_receives_a_gradient() {
         )
         .expect("ce")
         .expect("some labels");
-        let failing = mmcl_nn::testing::vars_without_gradient(
-            model.store(),
-            &loss,
-            &["encoder_*", "projection_head_*"],
-        )
-        .expect("backward");
+        let failing = model
+            .store()
+            .vars_without_gradient(&loss, &["encoder_*", "projection_head_*"])
+            .expect("backward");
         assert!(failing.is_empty(), "no gradient: {failing:?}");
     }
 }

@@ -191,7 +191,7 @@ mod tests {
         let x = crate::kernels::test_support::rand_tensor(&[2, 5, 16], 1, 1.0)?;
         let y = block.forward_t(&x, true)?;
         let loss = y.sqr()?.sum_all()?;
-        let failing = crate::testing::vars_without_gradient(&store, &loss, &[])?;
+        let failing = store.vars_without_gradient(&loss, &[])?;
         assert!(failing.is_empty(), "{failing:?}");
         Ok(())
     }
