@@ -11,7 +11,7 @@ use crate::Result;
 /// [`mmcl_core::io::write_buffered_atomic`]).
 ///
 /// # Errors
-/// [`Error::Io`] naming the file when creating, writing or renaming fails.
+/// [`Error::Io`](crate::Error::Io) naming the file when creating, writing or renaming fails.
 pub fn write_file_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,

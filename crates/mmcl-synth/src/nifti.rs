@@ -218,7 +218,7 @@ fn write_staging(
 }
 
 /// Writes `volume` as a gzip-compressed NIfTI-1 file at `level` (0–9), atomically: the crate
-/// writes a temporary sibling ([`staging_path`]) that is renamed over `path` once complete, and
+/// writes a temporary sibling (`staging_path`) that is renamed over `path` once complete, and
 /// removed on any error.
 ///
 /// # Errors

@@ -80,7 +80,7 @@ pub struct FinetuneConfig {
     pub threshold: f64,
     /// Bootstrap of the test metrics.
     pub bootstrap: Bootstrap,
-    /// Where `mmcl finetune` writes the run (not used by [`finetune`] itself).
+    /// Where `mmcl finetune` writes the run (not used by [`finetune`](super::finetune) itself).
     pub output: Option<PathBuf>,
 }
 

@@ -27,7 +27,7 @@ pub struct MaeStepReport {
 }
 
 /// The optimisation of the masked autoencoder: objective, AdamW, the masking stream, gradient
-/// accumulation and clipping, applied batch by batch. Used by [`MaeTrainer`].
+/// accumulation and clipping, applied batch by batch. Used by [`MaeTrainer`](super::MaeTrainer).
 #[derive(Debug)]
 pub struct MaeStep {
     model: MaskedAutoencoder,

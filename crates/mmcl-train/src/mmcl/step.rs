@@ -77,7 +77,7 @@ pub fn contrastive_loss(
 }
 
 /// The optimisation of the multimodal model: the two optimisers, gradient accumulation and
-/// clipping, applied batch by batch. Used by [`MmclTrainer`] and the benchmarks.
+/// clipping, applied batch by batch. Used by [`MmclTrainer`](super::MmclTrainer) and the benchmarks.
 #[derive(Debug)]
 pub struct MmclStep {
     model: MmclModel,
