@@ -14,7 +14,7 @@ mod trainer;
 
 pub use early_stopping::EarlyStopping;
 pub(crate) use trainer::model_file;
-pub use trainer::{CheckpointFiles, Stage, Trainer};
+pub use trainer::{CheckpointFiles, EpochPlan, Stage, Trainer};
 
 use mmcl_core::runlog::RunLogWriter;
 

@@ -20,6 +20,17 @@ use crate::{Error, Result};
 /// The files of one checkpoint, by name.
 pub type CheckpointFiles = Vec<(&'static str, CheckpointFile)>;
 
+/// How many epochs a stage trains, and when it validates and keeps checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochPlan {
+    /// Epochs at most.
+    pub max_epochs: usize,
+    /// Validate after every this many epochs.
+    pub val_every: usize,
+    /// Keep a checkpoint `epoch-NNNN` every this many epochs (0: never).
+    pub save_every: usize,
+}
+
 /// A pre-training stage: a [`TrainStep`] with a configuration, a run directory, a training
 /// state and checkpoints. [`Trainer`] runs it.
 pub trait Stage: TrainStep<Error = Error> + Sized {
@@ -56,14 +67,8 @@ pub trait Stage: TrainStep<Error = Error> + Sized {
     /// The run directory.
     fn run_dir(&self) -> &Path;
 
-    /// Epochs at most.
-    fn max_epochs(&self) -> usize;
-
-    /// Validate after every this many epochs.
-    fn val_every(&self) -> usize;
-
-    /// Keep a checkpoint `epoch-NNNN` every this many epochs (0: never).
-    fn save_every(&self) -> usize;
+    /// How many epochs, and when to validate and keep checkpoints.
+    fn epochs(&self) -> EpochPlan;
 
     /// What the run trains on, for the user.
     fn describe(&self) -> Vec<String>;
@@ -155,7 +160,8 @@ impl<S: Stage> Trainer<S> {
 
     fn assemble(stage: S, state: LoopState) -> Result<Self> {
         let log = RunLogWriter::open(stage.run_dir())?;
-        let epochs = EpochLoop::new(state, stage.max_epochs(), stage.val_every());
+        let plan = stage.epochs();
+        let epochs = EpochLoop::new(state, plan.max_epochs, plan.val_every);
         Ok(Self { stage, epochs, log })
     }
 
@@ -273,7 +279,7 @@ impl<S: Stage> TrainStep for Checkpointed<'_, S> {
         let (full, light) = stage.checkpoint_files(&state)?;
         let ckpts = checkpoint::checkpoints_dir(stage.run_dir());
         checkpoint::write_checkpoint(&ckpts.join("last"), &full, &state)?;
-        let every = stage.save_every();
+        let every = stage.epochs().save_every;
         if every > 0 && counters.epoch.is_multiple_of(every) {
             checkpoint::write_checkpoint(
                 &ckpts.join(checkpoint::epoch_dir_name(counters.epoch)),

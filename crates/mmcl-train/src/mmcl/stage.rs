@@ -21,7 +21,8 @@ use crate::checkpoint::{
 };
 use crate::config::{MmclConfig, OnlineClassifier};
 use crate::engine::{
-    CheckpointFiles, EpochReport, Stage, TrainStep, Trainer, ValReport, model_file, record,
+    CheckpointFiles, EpochPlan, EpochReport, Stage, TrainStep, Trainer, ValReport, model_file,
+    record,
 };
 use crate::model::{MmclArchitecture, MmclModel};
 use crate::progress::Progress;
@@ -407,16 +408,12 @@ impl Stage for MmclStage {
         &self.run_dir
     }
 
-    fn max_epochs(&self) -> usize {
-        self.cfg.max_epochs
-    }
-
-    fn val_every(&self) -> usize {
-        self.cfg.check_val_every_n_epoch
-    }
-
-    fn save_every(&self) -> usize {
-        self.cfg.save_every_n_epochs
+    fn epochs(&self) -> EpochPlan {
+        EpochPlan {
+            max_epochs: self.cfg.max_epochs,
+            val_every: self.cfg.check_val_every_n_epoch,
+            save_every: self.cfg.save_every_n_epochs,
+        }
     }
 
     fn describe(&self) -> Vec<String> {
