@@ -68,6 +68,40 @@ pub(crate) fn with_contiguous_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Resul
     }
 }
 
+/// Runs `f` on the f32 data of a contiguous CPU tensor, mutably, in place (through candle's
+/// in-place operation, which holds the storage's write lock meanwhile). Every tensor sharing
+/// the storage sees the change, as with [`candle_core::Var::set`].
+pub(crate) fn with_f32_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    /// Carries the one-shot closure into candle's `&self` callback.
+    struct InPlace<F>(std::cell::RefCell<Option<F>>);
+    impl<F: FnOnce(&mut [f32]) -> Result<()>> candle_core::InplaceOp1 for InPlace<F> {
+        fn name(&self) -> &'static str {
+            "mmcl-in-place"
+        }
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+            let data = match storage {
+                CpuStorage::F32(data) => data,
+                other => {
+                    return Err(candle_core::Error::UnsupportedDTypeForOp(
+                        other.dtype(),
+                        "mmcl-in-place",
+                    ));
+                }
+            };
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                return Err(candle_core::Error::RequiresContiguous {
+                    op: "mmcl-in-place",
+                });
+            };
+            match self.0.borrow_mut().take() {
+                Some(f) => f(&mut data[start..end]),
+                None => candle_core::bail!("internal error: an in-place kernel ran twice"),
+            }
+        }
+    }
+    t.inplace_op1(&InPlace(std::cell::RefCell::new(Some(f))))
+}
+
 /// A raw pointer that may be shared between the tasks of a parallel loop that write disjoint
 /// parts of one buffer.
 #[derive(Clone, Copy)]

@@ -366,7 +366,7 @@ impl Stage for MaeStage {
         let encoder = CheckpointFile::new(MaskedAutoencoder::encoder_state_dict(store)?);
         let full = vec![
             (MODEL_FILE, weights.clone()),
-            (OPTIMIZER_FILE, self.step.optimizer_file()),
+            (OPTIMIZER_FILE, self.step.optimizer_file()?),
             (ECG_ENCODER_FILE, encoder.clone()),
         ];
         let light = vec![(MODEL_FILE, weights), (ECG_ENCODER_FILE, encoder)];

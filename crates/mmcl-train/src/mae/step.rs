@@ -157,9 +157,9 @@ impl MaeStep {
 
     /// The optimiser state (`exp_avg.<key>`, `exp_avg_sq.<key>` under the mae repo's keys, the
     /// step count as metadata).
-    pub fn optimizer_file(&self) -> CheckpointFile {
-        let (tensors, metadata) = self.optimizer.state();
-        CheckpointFile { tensors, metadata }
+    pub fn optimizer_file(&self) -> Result<CheckpointFile> {
+        let (tensors, metadata) = self.optimizer.state()?;
+        Ok(CheckpointFile { tensors, metadata })
     }
 
     /// Restores the optimiser state of a checkpoint directory.

@@ -461,7 +461,7 @@ impl Stage for MmclStage {
         )?;
         let ecg = CheckpointFile::new(model.ecg_encoder_state_dict()?);
         let image = CheckpointFile::new(model.image_encoder_state_dict()?);
-        let (opt, classifier_opt) = self.step.optimizer_files();
+        let (opt, classifier_opt) = self.step.optimizer_files()?;
         let mut full = vec![
             (MODEL_FILE, weights.clone()),
             (OPTIMIZER_FILE, opt),

@@ -309,18 +309,19 @@ impl MmclStep {
     }
 
     /// The optimiser states under reference names: (contrastive, classifier).
-    pub fn optimizer_files(&self) -> (CheckpointFile, Option<CheckpointFile>) {
-        let file = |opt: &Adam| {
-            let (sd, metadata) = opt.state();
-            CheckpointFile {
+    pub fn optimizer_files(&self) -> Result<(CheckpointFile, Option<CheckpointFile>)> {
+        let file = |opt: &Adam| -> Result<CheckpointFile> {
+            let (sd, metadata) = opt.state()?;
+            Ok(CheckpointFile {
                 tensors: rename_optimizer_state(&sd, to_reference_name),
                 metadata,
-            }
+            })
         };
-        (
-            file(&self.optimizer),
-            self.classifier_optimizer.as_ref().map(file),
-        )
+        let classifier = match &self.classifier_optimizer {
+            Some(opt) => Some(file(opt)?),
+            None => None,
+        };
+        Ok((file(&self.optimizer)?, classifier))
     }
 
     /// Restores the optimiser states of a checkpoint directory.
