@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 
-use candle_core::backprop::GradStore;
 use candle_core::Var;
+use candle_core::backprop::GradStore;
 use serde::{Deserialize, Serialize};
 
 use super::ParamGroup;

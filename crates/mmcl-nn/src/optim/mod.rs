@@ -37,8 +37,8 @@ use std::collections::BTreeMap;
 
 use candle_core::Var;
 
-use crate::checkpoint::glob_match;
 use crate::ParamStore;
+use crate::checkpoint::glob_match;
 
 /// Names that never receive weight decay besides 1-D tensors (biases, norm weights):
 /// the same list as the reference models' `no_weight_decay()`.

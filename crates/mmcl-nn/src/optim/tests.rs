@@ -42,8 +42,7 @@ fn run_both(cfg: AdamConfig, wd: f64) -> Result<()> {
     let lr = 0.01;
     for step in 0..5 {
         // loss = sum(c * w^2) -> grad = 2 c w
-        let c =
-            Tensor::new(&[1.0f32, -0.5, 2.0, 0.25], &dev)?.affine(1.0 + step as f64, 0.0)?;
+        let c = Tensor::new(&[1.0f32, -0.5, 2.0, 0.25], &dev)?.affine(1.0 + step as f64, 0.0)?;
         let loss = w.sqr()?.mul(&c)?.sum_all()?;
         let grads = loss.backward()?;
         let g = grads

@@ -128,8 +128,8 @@ pub(super) fn apply_composed(
     }
     // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
     let exp_avg = (moments.exp_avg.affine(s.beta1, 0.0)? + grad.affine(1.0 - s.beta1, 0.0)?)?;
-    let exp_avg_sq = (moments.exp_avg_sq.affine(s.beta2, 0.0)?
-        + grad.sqr()?.affine(1.0 - s.beta2, 0.0)?)?;
+    let exp_avg_sq =
+        (moments.exp_avg_sq.affine(s.beta2, 0.0)? + grad.sqr()?.affine(1.0 - s.beta2, 0.0)?)?;
     let denom = exp_avg_sq
         .sqrt()?
         .affine(s.inv_bias_correction2_sqrt, s.eps)?;
