@@ -24,6 +24,7 @@ use candle_core::{Device, Tensor, Var};
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
+use mmcl_nn::precision::Precision;
 use mmcl_nn::{conv, ops, pool};
 
 const DIM: usize = 384;
@@ -191,10 +192,26 @@ fn vit_kernels(c: &mut Criterion) -> Result<()> {
         bench_fwd(&mut group, &format!("matmul_{name}/fwd_b64"), || {
             ops::linear(&x, w.as_tensor(), Some(b.as_tensor()))
         });
+        // The same product in mixed precision (bf16 operands, f32 sums: AMX where present).
+        bench_fwd(&mut group, &format!("matmul_{name}/fwd_b64_bf16"), || {
+            let _bf16 = Precision::Bf16.enter();
+            ops::linear(&x, w.as_tensor(), Some(b.as_tensor()))
+        });
         let x = var(&[TRAIN_BATCH * TOKENS, k_in], 1.0)?;
         bench_fwd_bwd(&mut group, &format!("matmul_{name}/fwd_bwd_b32"), || {
             ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))
         });
+        bench(
+            &mut group,
+            &format!("matmul_{name}/fwd_bwd_b32_bf16"),
+            || {
+                // Forward and backward both in bf16, as a training step runs them.
+                let _bf16 = Precision::Bf16.enter();
+                let y = ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
+                black_box(y.sum_all()?.backward()?);
+                Ok(())
+            },
+        );
     }
     group.finish();
     Ok(())

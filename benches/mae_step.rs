@@ -24,6 +24,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_suite::ecg::mae::{MaeConfig, MaskedAutoencoder};
 use mmcl_suite::losses::mae::{MaeLoss, MaeLossConfig};
 use mmcl_suite::nn::optim::{Adam, AdamConfig};
+use mmcl_suite::nn::precision::Precision;
 use mmcl_suite::nn::rng::SharedRng;
 
 const BATCH: usize = 32;
@@ -104,6 +105,21 @@ fn mae_step(c: &mut Criterion) {
                 })
             },
         );
+        if name == "cpu" {
+            // Mixed precision: bf16 operands, f32 sums, weights and optimiser (AMX where present).
+            group.bench_function(
+                format!("mae_vit_tiny_patchX_b{BATCH}_mask0.8/cpu_bf16"),
+                |b| {
+                    b.iter(|| {
+                        let _bf16 = Precision::Bf16.enter();
+                        let loss = step
+                            .run()
+                            .unwrap_or_else(|e| panic!("the training step failed: {e:#}"));
+                        black_box(loss)
+                    })
+                },
+            );
+        }
     });
     group.finish();
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
+use mmcl_suite::nn::precision::Precision;
 use mmcl_suite::train::config::OnlineClassifier;
 use mmcl_suite::train::mmcl::MmclBatch;
 use mmcl_suite::train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep};
@@ -51,6 +52,16 @@ fn mmcl_step(c: &mut Criterion) {
                 black_box(report.map(|r| r.loss))
             })
         });
+        if name == "cpu" {
+            // Mixed precision: bf16 operands, f32 sums, weights and optimiser (AMX where present).
+            group.bench_function(format!("resnet50_210px_vit_tiny_b{BATCH}/cpu_bf16"), |b| {
+                b.iter(|| {
+                    let _bf16 = Precision::Bf16.enter();
+                    let report = step.train_batch(black_box(&batch), lr);
+                    black_box(report.map(|r| r.loss))
+                })
+            });
+        }
     });
     group.finish();
 }

@@ -83,18 +83,31 @@ def cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
-def parse_args(iters, batch, extra=None):
-    """Parses `--threads` (default 2), `--iters` and `--batch` (defaults given), and whatever
+def parse_args(iters, batch, extra=None, mixed_precision=False):
+    """Parses `--threads` (default 2), `--iters` and `--batch` (defaults given), `--precision`
+    where the script runs its step under `autocast(args)` (`mixed_precision`), and whatever
     `extra(parser)` adds; sets PyTorch's thread count."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=iters)
     ap.add_argument("--batch", type=int, default=batch)
+    if mixed_precision:
+        ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                        help="bf16: run the forward under CPU autocast (bf16 matrix products, "
+                             "f32 weights and accumulation): torch.autocast('cpu', bfloat16)")
     if extra is not None:
         extra(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     return args
+
+
+def autocast(args):
+    """The autocast context of `--precision` (a no-op context for f32)."""
+    import contextlib
+    if getattr(args, "precision", "f32") == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def per_call(f, iters):
@@ -110,7 +123,7 @@ def print_throughput(args, wall, cpu, unit):
     """One line: seconds per `unit` and samples per second, by the wall clock and by CPU time
     per thread (on a shared machine the latter approximates an idle one's wall time)."""
     print(
-        f"torch {torch.__version__}, {args.threads} threads: wall {wall:.3f} s/{unit} "
+        f"torch {torch.__version__}, {args.threads} threads, {getattr(args, 'precision', 'f32')}: wall {wall:.3f} s/{unit} "
         f"({args.batch / wall:.1f} samples/s), cpu {cpu:.3f} s/{unit} "
         f"({args.batch / (cpu / args.threads):.1f} samples/s at {args.threads} idle threads)"
     )

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_common import Block, parse_args, per_call, print_throughput
+from reference_common import Block, autocast, parse_args, per_call, print_throughput
 
 
 def simsiam_mlp(dim, hidden, final_bn):
@@ -108,7 +108,7 @@ class Mae(nn.Module):
 
 
 def main():
-    args = parse_args(iters=5, batch=32)
+    args = parse_args(iters=5, batch=32, mixed_precision=True)
     torch.manual_seed(0)
     model = Mae().train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
@@ -118,7 +118,8 @@ def main():
     x = torch.randn(args.batch, 1, 12, 2500)
 
     def step():
-        loss, loss_cos = model(x, 0.8)
+        with autocast(args):
+            loss, loss_cos = model(x, 0.8)
         (loss + 0.1 * loss_cos).backward()
         opt.step()
         opt.zero_grad()

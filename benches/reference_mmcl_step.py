@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_common import Block, parse_args, per_call
+from reference_common import Block, autocast, parse_args, per_call
 
 
 # ----------------------------------------------------------------------------- image trunk
@@ -191,7 +191,8 @@ def parity(directory):
 
 def main():
     args = parse_args(iters=3, batch=16, extra=lambda ap: ap.add_argument(
-        "--parity", metavar="DIR", help="compare with the mmcl_step_small fixture"))
+        "--parity", metavar="DIR", help="compare with the mmcl_step_small fixture"),
+        mixed_precision=True)
     if args.parity:
         parity(args.parity)
         return
@@ -204,12 +205,14 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        model.loss(images, ecgs).backward()
+        with autocast(args):
+            loss = model.loss(images, ecgs)
+        loss.backward()
         opt.step()
 
     step()  # warm-up
     wall, cpu = per_call(step, args.iters)
-    print(f"reference MMCL step, batch {args.batch}, {args.threads} threads: "
+    print(f"reference MMCL step, batch {args.batch}, {args.threads} threads, {args.precision}: "
           f"{wall:.3f} s/step wall ({args.batch / wall:.2f} samples/s), "
           f"{cpu:.3f} CPU-s/step ({args.batch * args.threads / cpu:.2f} samples/s per "
           f"{args.threads} CPU-s)")

@@ -54,6 +54,7 @@ pub mod layers;
 pub mod memory;
 pub mod optim;
 pub mod params;
+pub mod precision;
 pub mod schedule;
 
 // The foundation modules the layers, optimisers and checkpoints are built on, under the paths

@@ -13,6 +13,7 @@ use mmcl_data::cmr::ImageAugmentConfig;
 use mmcl_data::ecg::augment::EcgAugmentConfig;
 use mmcl_data::tables::Split;
 use mmcl_ecg::EcgVitConfig;
+use mmcl_nn::precision::Precision;
 use serde::{Deserialize, Serialize};
 
 use mmcl_core::config::{read_config_file, rebase_path as rebase};
@@ -243,6 +244,9 @@ pub struct MmclConfig {
     pub check_val_every_n_epoch: usize,
     /// Also keep `checkpoints/epoch-NNNN/` every this many epochs (0: only `last` and `best`).
     pub save_every_n_epochs: usize,
+    /// Arithmetic of the CPU matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
+    /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX).
+    pub precision: Precision,
     /// Data.
     pub data: DataConfig,
     /// Image encoder.
@@ -272,6 +276,7 @@ impl Default for MmclConfig {
             gradient_clip_val: None,
             check_val_every_n_epoch: 1,
             save_every_n_epochs: 0,
+            precision: Precision::F32,
             data: DataConfig::default(),
             imaging: ImagingConfig::default(),
             ecg: EcgConfig::default(),
@@ -482,6 +487,9 @@ pub struct MaeTrainConfig {
     pub random_crop: bool,
     /// ECG augmentation of the training batches.
     pub augment: EcgAugmentConfig,
+    /// Arithmetic of the CPU matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
+    /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX).
+    pub precision: Precision,
     /// Data.
     pub data: DataConfig,
 }
@@ -503,6 +511,7 @@ impl Default for MaeTrainConfig {
             gradient_clip_val: None,
             check_val_every_n_epoch: 1,
             save_every_n_epochs: 0,
+            precision: Precision::F32,
             model: mmcl_ecg::mae::MaeConfig::paper(),
             loss: mmcl_losses::mae::MaeLossConfig::paper(),
             random_crop: true,

@@ -6,6 +6,11 @@
 //! slice can describe).
 
 use candle_core::Result;
+use rayon::prelude::*;
+
+use crate::kernels::bf16::gemm_bf16;
+use crate::kernels::rows_per_task;
+use crate::precision::{Precision, matmul_precision};
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
 #[derive(Clone, Copy)]
@@ -58,7 +63,8 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, `dst` row-major with exactly `m·n` values; with
-/// `accumulate` the product is added to `dst`, otherwise it replaces it.
+/// `accumulate` the product is added to `dst`, otherwise it replaces it. With
+/// [`Precision::Bf16`] the operands are rounded to bf16 and the products summed in f32.
 ///
 /// # Errors
 /// When the shapes disagree or a view exceeds its slice (a bug in the calling kernel: every
@@ -69,6 +75,7 @@ pub(crate) fn matmul(
     rhs: MatRef,
     accumulate: bool,
     parallelism: gemm::Parallelism,
+    precision: Precision,
 ) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     if rhs.rows != k || dst.len() != m * n || !lhs.in_bounds() || !rhs.in_bounds() {
@@ -78,6 +85,27 @@ pub(crate) fn matmul(
             dst.len()
         );
     }
+    let (lhs_strides, rhs_strides) = (
+        (lhs.row_stride, lhs.col_stride),
+        (rhs.row_stride, rhs.col_stride),
+    );
+    if precision == Precision::Bf16 {
+        // SAFETY: as below.
+        unsafe {
+            gemm_bf16(
+                (m, n, k),
+                dst.as_mut_ptr(),
+                n,
+                lhs.data.as_ptr(),
+                lhs_strides,
+                rhs.data.as_ptr(),
+                rhs_strides,
+                accumulate,
+                parallelism,
+            )
+        };
+        return Ok(());
+    }
     // SAFETY: the views were checked to address only elements of their slices, `dst` holds
     // exactly m·n elements in rows of n and, being a unique borrow, aliases neither input.
     unsafe {
@@ -86,9 +114,9 @@ pub(crate) fn matmul(
             dst.as_mut_ptr(),
             n,
             lhs.data.as_ptr(),
-            (lhs.row_stride, lhs.col_stride),
+            lhs_strides,
             rhs.data.as_ptr(),
-            (rhs.row_stride, rhs.col_stride),
+            rhs_strides,
             1.0,
             accumulate,
             parallelism,
@@ -98,7 +126,8 @@ pub(crate) fn matmul(
 }
 
 /// `dst[M, N] (+)= x[M, K] · w[N, K]ᵀ` over row-major slices (a linear layer with PyTorch's
-/// weight layout), multi-threaded; with `accumulate`, `dst` already holds the bias rows.
+/// weight layout), multi-threaded, in the calling thread's [`matmul_precision`]; with
+/// `accumulate`, `dst` already holds the bias rows.
 pub(crate) fn gemm_xwt(
     x: &[f32],
     w: &[f32],
@@ -107,7 +136,72 @@ pub(crate) fn gemm_xwt(
     accumulate: bool,
 ) -> Result<()> {
     let (x, w) = (MatRef::rows(x, m, k), MatRef::rows(w, n, k));
-    matmul(dst, x, w.t(), accumulate, gemm_parallelism())
+    matmul(
+        dst,
+        x,
+        w.t(),
+        accumulate,
+        gemm_parallelism(),
+        matmul_precision(),
+    )
+}
+
+/// The gradients of a linear map `y = a·Wᵀ + b` (`a` `[M, K]`, `W` `[N, K]`) for the upstream
+/// gradient `g` `[M, N]`: `(dW = gᵀ·a, db = Σ_rows g, da = g·W)`, in the calling thread's
+/// [`matmul_precision`].
+pub(crate) fn linear_grads(
+    g: &[f32],
+    a: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let precision = matmul_precision();
+    let g_mat = MatRef::rows(g, m, n);
+    let mut dw = vec![0f32; n * k];
+    matmul(
+        &mut dw,
+        g_mat.t(),
+        MatRef::rows(a, m, k),
+        false,
+        gemm_parallelism(),
+        precision,
+    )?;
+    let db = column_sums(g, n);
+    let mut da = vec![0f32; m * k];
+    matmul(
+        &mut da,
+        g_mat,
+        MatRef::rows(w, n, k),
+        false,
+        gemm_parallelism(),
+        precision,
+    )?;
+    Ok((dw, db, da))
+}
+
+/// Column sums of a row-major matrix of width `w` (bias gradients), in parallel and
+/// deterministic: each task sums a fixed block of rows and the blocks' sums are added in
+/// order, so the result does not depend on how the tasks were scheduled.
+pub(crate) fn column_sums(x: &[f32], w: usize) -> Vec<f32> {
+    let mut total = vec![0f32; w];
+    if w == 0 {
+        return total;
+    }
+    let step = rows_per_task(w) * w;
+    let partial: Vec<Vec<f32>> = x
+        .par_chunks(step)
+        .map(|chunk| {
+            let mut acc = vec![0f32; w];
+            for row in chunk.chunks_exact(w) {
+                acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            }
+            acc
+        })
+        .collect();
+    for block in &partial {
+        total.iter_mut().zip(block).for_each(|(t, &v)| *t += v);
+    }
+    total
 }
 
 /// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) for views given

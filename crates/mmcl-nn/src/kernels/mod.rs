@@ -18,6 +18,7 @@
 //! This module holds the helpers every kernel uses to read candle's CPU storage.
 
 pub(crate) mod batch_norm;
+pub(crate) mod bf16;
 pub mod conv;
 pub(crate) mod gemm;
 pub(crate) mod nhwc;

@@ -8,6 +8,7 @@ use mmcl_ecg::mae::MaskedAutoencoder;
 use mmcl_losses::mae::{MaeLoss, MaeMetrics};
 use mmcl_nn::ParamStore;
 use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, clip_grad_norm};
+use mmcl_nn::precision::Precision;
 use mmcl_nn::rng::SharedRng;
 
 use super::masking_seed;
@@ -39,6 +40,7 @@ pub struct MaeStep {
     accumulate: usize,
     gradient_clip_val: Option<f64>,
     rng: SharedRng,
+    precision: Precision,
 }
 
 impl MaeStep {
@@ -63,6 +65,7 @@ impl MaeStep {
             accumulate: cfg.accumulate_grad_batches.max(1),
             gradient_clip_val: cfg.gradient_clip_val,
             rng: SharedRng::new(masking_seed(cfg.seed)),
+            precision: cfg.precision,
         })
     }
 
@@ -107,6 +110,7 @@ impl MaeStep {
     /// # Shapes
     /// `ecgs`: `[B, 1, leads, T]` as the model's `img_size` (`B ≥ 2` when `cos_weight > 0`).
     pub fn train_batch(&mut self, ecgs: &Tensor, lr: f64) -> Result<MaeStepReport> {
+        let _precision = self.precision.enter();
         let out = self
             .objective
             .forward_random(&self.model, ecgs, &self.rng, true)?;
@@ -149,6 +153,7 @@ impl MaeStep {
 
     /// The objective in evaluation mode on `ecgs` with maskings drawn from `rng`.
     pub fn evaluate(&self, ecgs: &Tensor, rng: &SharedRng) -> Result<MaeMetrics> {
+        let _precision = self.precision.enter();
         let out = self
             .objective
             .forward_random(&self.model, ecgs, rng, false)?;

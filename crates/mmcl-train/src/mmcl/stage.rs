@@ -160,6 +160,7 @@ impl MmclStage {
             return Ok(None);
         };
         progress.start_phase(epoch, "val", loader.num_batches());
+        let _precision = self.step.precision().enter();
         let model = self.step.model();
         let clip = *self.step.clip();
         let which = model.architecture().classifier;

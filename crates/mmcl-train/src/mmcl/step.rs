@@ -9,6 +9,7 @@ use mmcl_losses::classification::weighted_cross_entropy;
 use mmcl_losses::clip::{ClipLoss, ClipOutput};
 use mmcl_nn::StateDict;
 use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, ParamGroup, clip_grad_norm};
+use mmcl_nn::precision::Precision;
 
 use crate::checkpoint::{self, CLASSIFIER_OPTIMIZER_FILE, CheckpointFile, OPTIMIZER_FILE};
 use crate::config::{MmclConfig, OnlineClassifier};
@@ -93,6 +94,7 @@ pub struct MmclStep {
     frozen_imaging: bool,
     class_weights: [f64; 2],
     lr_classifier: f64,
+    precision: Precision,
 }
 
 impl MmclStep {
@@ -158,7 +160,13 @@ impl MmclStep {
             frozen_imaging,
             class_weights: cfg.classifier.weights,
             lr_classifier: cfg.classifier.lr_classifier,
+            precision: cfg.precision,
         })
+    }
+
+    /// The arithmetic of the CPU matrix products (the configuration's `precision`).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The model.
@@ -189,6 +197,7 @@ impl MmclStep {
     /// Trains on one batch with contrastive learning rate `lr`. A non-finite loss updates
     /// nothing and is returned for the caller to stop on.
     pub fn train_batch(&mut self, batch: &MmclBatch, lr: f64) -> Result<StepReport> {
+        let _precision = self.precision.enter();
         let out = contrastive_loss(
             &self.model,
             &self.clip,

@@ -32,6 +32,7 @@ use candle_core::{DType, Tensor};
 
 use crate::kernels::gemm::{MatRef, matmul};
 pub use crate::kernels::nhwc::{BufferPool, NhwcTensor};
+use crate::precision::Precision;
 use crate::{Error, Result};
 pub use packed::PackedConv2d;
 use planar::Conv2dOp;
@@ -113,6 +114,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
 
 /// `dst += a · b` on one thread: both convolutions run one product per block or image, in
 /// parallel, so a multi-threaded product would only oversubscribe the pool.
-fn gemm_acc(dst: &mut [f32], a: MatRef, b: MatRef) -> candle_core::Result<()> {
-    matmul(dst, a, b, true, gemm::Parallelism::None)
+/// `precision` is read once when the operation starts, on its calling thread (the tasks run on
+/// pool threads, whose own setting is not the caller's).
+fn gemm_acc(
+    dst: &mut [f32],
+    a: MatRef,
+    b: MatRef,
+    precision: Precision,
+) -> candle_core::Result<()> {
+    matmul(dst, a, b, true, gemm::Parallelism::None, precision)
 }

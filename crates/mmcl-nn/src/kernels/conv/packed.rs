@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::{Geometry, gemm_acc};
 use crate::kernels::gemm::MatRef;
 use crate::kernels::nhwc::{BufferPool, NhwcTensor};
+use crate::precision::matmul_precision;
 use crate::{Error, Result};
 
 /// A convolution with packed weights `[k·k·C_in, C_out]` and a bias, for [`NhwcTensor`]s.
@@ -133,6 +134,7 @@ impl PackedConv2d {
         }
         let depth = self.kernel * self.kernel * self.in_channels;
         let direct = self.geometry().is_pointwise();
+        let precision = matmul_precision();
         let block = block_rows(rows, depth);
         let mut out = pool.take(rows * cout);
         out.par_chunks_mut(block * cout)
@@ -164,7 +166,7 @@ impl PackedConv2d {
                 };
                 let lhs = MatRef::rows(lhs, n_rows, depth);
                 let weight = MatRef::rows(&self.weight, depth, cout);
-                gemm_acc(dst, lhs, weight)?;
+                gemm_acc(dst, lhs, weight, precision)?;
                 if relu {
                     for v in dst.iter_mut() {
                         *v = v.max(0.0);

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::{Geometry, gemm_acc};
 use crate::kernels::gemm::MatRef;
 use crate::kernels::{contiguous_f32, with_contiguous_f32};
+use crate::precision::{Precision, matmul_precision};
 
 /// The CPU convolution as a candle operation with a backward pass. It works on candle's
 /// channels-first tensors directly: per image, the weight `[C_out, C_in·k·k]` (PyTorch's layout
@@ -18,6 +19,8 @@ pub(super) struct Conv2dOp(pub(super) Geometry);
 #[derive(Debug, Clone, Copy)]
 struct Planar {
     geometry: Geometry,
+    /// The matrix-product precision of the thread that started the operation.
+    precision: Precision,
     n: usize,
     cin: usize,
     cout: usize,
@@ -37,6 +40,7 @@ impl Planar {
         };
         Ok(Self {
             geometry,
+            precision: matmul_precision(),
             n,
             cin,
             cout,
@@ -152,7 +156,7 @@ impl Planar {
                     self.im2col(x_img, patches);
                     patches
                 };
-                gemm_acc(y_img, w, MatRef::rows(p, depth, pixels))
+                gemm_acc(y_img, w, MatRef::rows(p, depth, pixels), self.precision)
             })?;
         Ok(y)
     }
@@ -181,16 +185,16 @@ impl Planar {
                     );
                     if self.geometry.is_pointwise() {
                         let x_t = MatRef::rows(x_img, self.cin, pixels).t();
-                        gemm_acc(&mut dw, dy_img, x_t)?;
-                        gemm_acc(dx_img, w_t, dy_img)?;
+                        gemm_acc(&mut dw, dy_img, x_t, self.precision)?;
+                        gemm_acc(dx_img, w_t, dy_img, self.precision)?;
                         continue;
                     }
                     self.im2col(x_img, &mut patches);
                     let p_t = MatRef::rows(&patches, depth, pixels).t();
-                    gemm_acc(&mut dw, dy_img, p_t)?;
+                    gemm_acc(&mut dw, dy_img, p_t, self.precision)?;
                     dpatches.clear();
                     dpatches.resize(depth * pixels, 0.0);
-                    gemm_acc(&mut dpatches, w_t, dy_img)?;
+                    gemm_acc(&mut dpatches, w_t, dy_img, self.precision)?;
                     self.col2im(&dpatches, dx_img);
                 }
                 Ok::<_, candle_core::Error>(dw)

@@ -7,8 +7,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::BranchScales;
-use super::rows::{column_sums, repeat_rows, residual, scaled_rows};
-use crate::kernels::gemm::{MatRef, gemm_parallelism, gemm_xwt, matmul};
+use super::rows::{repeat_rows, residual, scaled_rows};
+use crate::kernels::gemm::{gemm_xwt, linear_grads};
 use crate::kernels::ops::gelu::{gelu_grad_simd, gelu_simd};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
 use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
@@ -71,35 +71,6 @@ pub(super) struct FusedBlock {
     pub(super) hidden: usize,
     pub(super) scales: Option<BranchScales>,
     pub(super) saved: Arc<OnceLock<Saved>>,
-}
-
-/// The gradients of a linear map `y = a·Wᵀ + b` (`a` `[M, K]`, `W` `[N, K]`) for the upstream
-/// gradient `g` `[M, N]`: `(dW = gᵀ·a, db = Σ_rows g, da = g·W)`.
-fn linear_grads(
-    g: &[f32],
-    a: &[f32],
-    w: &[f32],
-    (m, k, n): (usize, usize, usize),
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let g_mat = MatRef::rows(g, m, n);
-    let mut dw = vec![0f32; n * k];
-    matmul(
-        &mut dw,
-        g_mat.t(),
-        MatRef::rows(a, m, k),
-        false,
-        gemm_parallelism(),
-    )?;
-    let db = column_sums(g, n);
-    let mut da = vec![0f32; m * k];
-    matmul(
-        &mut da,
-        g_mat,
-        MatRef::rows(w, n, k),
-        false,
-        gemm_parallelism(),
-    )?;
-    Ok((dw, db, da))
 }
 
 impl FusedBlock {

@@ -19,28 +19,6 @@ pub(super) fn repeat_rows(row: &[f32], m: usize) -> Vec<f32> {
     out
 }
 
-/// Column sums of a row-major matrix of width `w` (bias gradients), in parallel.
-pub(super) fn column_sums(x: &[f32], w: usize) -> Vec<f32> {
-    let step = rows_per_task(w) * w;
-    x.par_chunks(step)
-        .fold(
-            || vec![0f32; w],
-            |mut acc, chunk| {
-                for row in chunk.chunks_exact(w) {
-                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
-                }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; w],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
-}
-
 /// `y[r] = base[r] + s[r / rows_per_sample] · branch[r]` per row of width `w` (a residual add
 /// with per-sample branch factors; `s = None` means 1).
 pub(super) fn residual(

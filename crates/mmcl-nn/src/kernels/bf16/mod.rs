@@ -1,0 +1,174 @@
+//! Matrix products with bf16 operands and f32 accumulation ([`crate::precision::Precision::Bf16`]).
+//!
+//! Two engines compute the same arithmetic: the AMX tile unit where the CPU and the operating
+//! system offer it (`amx`), and an exact emulation everywhere else (operands rounded to bf16,
+//! which f32 holds exactly, then the f32 kernels: a product of two bf16 values is exact in f32,
+//! so only the summation order differs). `MMCL_AMX=0` forces the emulation.
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
+
+use gemm::Parallelism;
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays NaN (quiet).
+#[inline(always)]
+pub(crate) fn to_bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x0040) as u16;
+    }
+    let rounding = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(rounding) >> 16) as u16
+}
+
+/// `x` rounded to the nearest bf16, as an f32 (exactly representable).
+#[inline(always)]
+pub(crate) fn round_to_bf16(x: f32) -> f32 {
+    f32::from_bits((to_bf16_bits(x) as u32) << 16)
+}
+
+/// Whether the AMX engine runs on this machine (CPU support, the kernel's permission to use the
+/// tile data, and `MMCL_AMX` not `0`); checked once.
+pub(crate) fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        amx::available()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// The engine of a bf16 product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// The AMX tile unit (only where [`amx_available`]).
+    Amx,
+    /// Operands rounded to bf16, then the f32 kernels.
+    Emulated,
+}
+
+/// `dst[m, n] = Σ_k bf16(lhs[m, k])·bf16(rhs[k, n])` summed in f32 (plus `dst` if `accumulate`),
+/// for views given by (row, column) strides; `dst` has rows of stride `dst_rs`. Runs on AMX
+/// where available, emulated otherwise.
+///
+/// # Safety
+/// As [`super::gemm::gemm_raw`]: every element addressed through the pointers and strides must
+/// be valid, and `dst` must not alias the inputs or be written concurrently by another task.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bf16(
+    dims: (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    let engine = if amx_available() {
+        Engine::Amx
+    } else {
+        Engine::Emulated
+    };
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm_bf16_on(
+            engine,
+            dims,
+            dst,
+            dst_rs,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            accumulate,
+            parallelism,
+        )
+    }
+}
+
+/// [`gemm_bf16`] on a chosen engine.
+///
+/// # Safety
+/// As [`gemm_bf16`]; [`Engine::Amx`] only where [`amx_available`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bf16_on(
+    engine: Engine,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if engine == Engine::Amx && k > 0 && amx::available() {
+        // SAFETY: forwarded from the caller's contract; AMX is available.
+        unsafe {
+            amx::gemm(
+                (m, n, k),
+                dst,
+                dst_rs,
+                lhs,
+                lhs_strides,
+                rhs,
+                rhs_strides,
+                accumulate,
+                !matches!(parallelism, Parallelism::None),
+            )
+        };
+        return;
+    }
+    let _ = engine;
+    // The emulation: contiguous bf16-rounded copies, then the f32 product.
+    // SAFETY: the caller guarantees every addressed element is valid.
+    let a = unsafe { gather_rounded(lhs, (m, k), lhs_strides) };
+    // SAFETY: as above.
+    let b = unsafe { gather_rounded(rhs, (k, n), rhs_strides) };
+    // SAFETY: the copies are row-major [m, k] and [k, n]; `dst` is forwarded from the caller.
+    unsafe {
+        super::gemm::gemm_raw(
+            (m, n, k),
+            dst,
+            dst_rs,
+            a.as_ptr(),
+            (k, 1),
+            b.as_ptr(),
+            (n, 1),
+            1.0,
+            accumulate,
+            parallelism,
+        )
+    };
+}
+
+/// A row-major copy of the `[rows, cols]` view at `src`, each value rounded to bf16.
+///
+/// # Safety
+/// Every element `src[r·rs + c·cs]` of the view must be valid.
+unsafe fn gather_rounded(
+    src: *const f32,
+    (rows, cols): (usize, usize),
+    (rs, cs): (usize, usize),
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            // SAFETY: inside the view (caller's contract).
+            out.push(round_to_bf16(unsafe { *src.add(r * rs + c * cs) }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

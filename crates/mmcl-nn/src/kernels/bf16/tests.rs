@@ -1,0 +1,141 @@
+use super::*;
+
+#[test]
+fn rounding_is_to_nearest_even() {
+    assert_eq!(to_bf16_bits(1.0), 0x3f80);
+    assert_eq!(to_bf16_bits(-2.0), 0xc000);
+    // 1 + 2⁻⁸ lies halfway between 1 and the next bf16 (1 + 2⁻⁷): ties go to the even one.
+    assert_eq!(to_bf16_bits(1.0 + 2f32.powi(-8)), 0x3f80);
+    // 1 + 3·2⁻⁸ lies halfway between 1 + 2⁻⁷ (odd) and 1 + 2⁻⁶ (even).
+    assert_eq!(to_bf16_bits(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+    // Just above the halfway point rounds up.
+    assert_eq!(to_bf16_bits(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
+    assert_eq!(to_bf16_bits(f32::INFINITY), 0x7f80);
+    assert_eq!(
+        to_bf16_bits(f32::MAX),
+        0x7f80,
+        "overflow rounds to infinity"
+    );
+    assert!(round_to_bf16(f32::NAN).is_nan());
+    assert_eq!(round_to_bf16(-0.0).to_bits(), (-0.0f32).to_bits());
+    assert_eq!(
+        round_to_bf16(3.140625),
+        3.140625,
+        "bf16 values are fixed points"
+    );
+}
+
+/// A deterministic pseudo-random matrix with a few exact zeros.
+fn matrix(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = mmcl_core::rng::SplitMix64::new(seed);
+    (0..len)
+        .map(|i| {
+            if i % 13 == 0 {
+                0.0
+            } else {
+                (rng.next_f64() as f32 - 0.5) * 4.0
+            }
+        })
+        .collect()
+}
+
+/// Checks one product on `engine` against f64 sums of the bf16-rounded operands.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    engine: Engine,
+    (m, n, k): (usize, usize, usize),
+    lhs_t: bool,
+    rhs_t: bool,
+    accumulate: bool,
+) {
+    let a = matrix(m * k, 1 + (m * n * k) as u64);
+    let b = matrix(k * n, 2 + (m + n + k) as u64);
+    // Transposed views: the data is stored [k, m] (or [n, k]) and read through strides.
+    let a_strides = if lhs_t { (1, m) } else { (k, 1) };
+    let b_strides = if rhs_t { (1, k) } else { (n, 1) };
+    let at = |i: usize, p: usize| a[i * a_strides.0 + p * a_strides.1];
+    let bt = |p: usize, j: usize| b[p * b_strides.0 + j * b_strides.1];
+    let dst_rs = n + 3; // a padded destination, as the attention kernel writes
+    let start = matrix(m * dst_rs, 3);
+    let mut dst = start.clone();
+    for parallelism in [Parallelism::None, Parallelism::Rayon(2)] {
+        dst.copy_from_slice(&start);
+        // SAFETY: the views address a[..m·k] and b[..k·n]; dst holds m rows of dst_rs ≥ n.
+        unsafe {
+            gemm_bf16_on(
+                engine,
+                (m, n, k),
+                dst.as_mut_ptr(),
+                dst_rs,
+                a.as_ptr(),
+                a_strides,
+                b.as_ptr(),
+                b_strides,
+                accumulate,
+                parallelism,
+            )
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let mut exact = if accumulate {
+                    start[i * dst_rs + j] as f64
+                } else {
+                    0.0
+                };
+                let mut scale = exact.abs();
+                for p in 0..k {
+                    let prod = round_to_bf16(at(i, p)) as f64 * round_to_bf16(bt(p, j)) as f64;
+                    exact += prod;
+                    scale += prod.abs();
+                }
+                let got = dst[i * dst_rs + j] as f64;
+                assert!(
+                    (got - exact).abs() <= 2e-6 * scale + 1e-30,
+                    "{engine:?} {m}x{n}x{k} lhs_t {lhs_t} rhs_t {rhs_t} acc {accumulate} \
+                     at ({i}, {j}): {got} vs {exact}"
+                );
+            }
+            // The padding after each row is left alone.
+            for j in n..dst_rs {
+                assert_eq!(dst[i * dst_rs + j], start[i * dst_rs + j]);
+            }
+        }
+    }
+}
+
+fn check_engine(engine: Engine) {
+    let shapes = [
+        (1, 1, 1),
+        (32, 32, 32),
+        (33, 17, 31),
+        (70, 64, 100),
+        (16, 48, 33),
+        (5, 95, 64),
+    ];
+    for dims in shapes {
+        for (lhs_t, rhs_t) in [(false, false), (true, false), (false, true), (true, true)] {
+            for accumulate in [false, true] {
+                check(engine, dims, lhs_t, rhs_t, accumulate);
+            }
+        }
+    }
+}
+
+#[test]
+fn emulated_products_sum_bf16_operands_in_f32() {
+    check_engine(Engine::Emulated);
+}
+
+/// The tile engine, where this machine has it (elsewhere the test has nothing to run and says so).
+#[test]
+fn amx_products_sum_bf16_operands_in_f32() {
+    if !amx_available() {
+        eprintln!("no AMX on this machine (or MMCL_AMX=0): the tile engine is not exercised");
+        return;
+    }
+    check_engine(Engine::Amx);
+    // A long inner dimension against a wide output: several inner-dimension chunks.
+    for (lhs_t, accumulate) in [(false, false), (true, true)] {
+        check(Engine::Amx, (33, 1540, 600), lhs_t, false, accumulate);
+    }
+}
