@@ -43,7 +43,7 @@ impl GradAccumulator {
     }
 
     /// The accumulated gradients, each divided by `divisor` (the number of micro-batches when
-    /// every micro-batch loss was a mean), as a `GradStore` for [`Adam::step`]; resets.
+    /// every micro-batch loss was a mean), as a `GradStore` for [`Adam::step`](super::Adam::step); resets.
     pub fn take(&mut self, vars: &[(String, Var)], divisor: f64) -> Result<GradStore> {
         let mut store = GradStore::default();
         for (_, var) in vars {
