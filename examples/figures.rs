@@ -198,6 +198,7 @@ fn main() -> Result<()> {
             truth,
             prediction: pred,
             r2,
+            r2_ci: None,
         });
     }
     ScatterFigure {

@@ -122,6 +122,15 @@ pub const PHENOTYPE_FIELDS: [PhenotypeField; 10] = [
     },
 ];
 
+/// The unit of the phenotype named `name` (`lvedv` → `mL`, case-insensitive), if it is one of
+/// [`PHENOTYPE_FIELDS`]: for axis labels and tables, which must never mix units unlabelled.
+pub fn phenotype_unit(name: &str) -> Option<&'static str> {
+    PHENOTYPE_FIELDS
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(name))
+        .map(|f| f.unit)
+}
+
 /// The UK Biobank column name of a field at the imaging visit: `24100-2.0`.
 pub fn ukb_column(field: u32) -> String {
     format!("{field}-2.0")

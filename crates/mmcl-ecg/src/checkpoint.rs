@@ -293,6 +293,41 @@ impl EcgVit {
     }
 }
 
+/// Key of the safetensors metadata entry in which an exported encoder carries its configuration
+/// (JSON, every key), so that the file loads by itself, without a separate configuration file.
+pub const EXPORT_CONFIG_KEY: &str = "ecg_config";
+
+impl EcgVitConfig {
+    /// The metadata of an exported encoder's safetensors file: this configuration under
+    /// [`EXPORT_CONFIG_KEY`].
+    pub fn export_metadata(&self) -> Result<std::collections::HashMap<String, String>> {
+        let json = serde_json::to_string(self)
+            .map_err(|e| Error::Config(format!("cannot serialise the configuration: {e}")))?;
+        Ok([(EXPORT_CONFIG_KEY.to_string(), json)].into())
+    }
+
+    /// The configuration an exported encoder carries ([`Self::export_metadata`]); `None` for a
+    /// file without one (a PyTorch checkpoint, a safetensors file written elsewhere or by an
+    /// older version). Only the file's header is read.
+    pub fn from_export(path: &Path) -> Result<Option<Self>> {
+        let is_safetensors = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+        if !is_safetensors {
+            return Ok(None);
+        }
+        let metadata = mmcl_nn::checkpoint::read_safetensors_metadata(path)?;
+        let Some(json) = metadata.get(EXPORT_CONFIG_KEY) else {
+            return Ok(None);
+        };
+        let cfg: Self = serde_json::from_str(json).map_err(|source| Error::ConfigJson {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Some(cfg))
+    }
+}
+
 /// The tensors of an encoder as a plain state dict (for saving or converting), on the CPU.
 pub fn encoder_state_dict(store: &ParamStore) -> Result<StateDict> {
     let mut out = StateDict::default();

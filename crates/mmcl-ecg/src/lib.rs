@@ -36,7 +36,9 @@ mod error;
 pub mod mae;
 mod model;
 
-pub use checkpoint::{CheckpointLayout, LoadSummary, extract_encoder, load_encoder};
+pub use checkpoint::{
+    CheckpointLayout, EXPORT_CONFIG_KEY, LoadSummary, extract_encoder, load_encoder,
+};
 pub use config::{EcgVitConfig, PRESETS, Pooling, Preset};
 pub use error::{Error, Result};
 pub use model::{EcgVit, EcgVitOutput, PatchEmbed};

@@ -64,6 +64,13 @@ impl Task {
     pub fn higher_is_better(metric: &str) -> bool {
         metric != "mae"
     }
+
+    /// Whether `metric` has no unit, so that averaging it over targets means something: the
+    /// mean absolute error is in each target's unit (mL, g, %), and the average over several
+    /// targets leaves it out.
+    pub fn is_unit_free(metric: &str) -> bool {
+        metric != "mae"
+    }
 }
 
 impl std::fmt::Display for Task {
@@ -133,9 +140,15 @@ pub struct TargetMetrics {
     pub n_positive: Option<usize>,
     /// Bootstrap resamples on which the metrics were defined (see the module docs).
     pub resamples_used: usize,
-    /// Metric name → estimate, for every name of [`Task::metric_names`].
+    /// Metric name → estimate, for every name of [`Task::metric_names`]; empty when the
+    /// metrics are [`undefined`](Self::undefined).
     #[serde(flatten)]
     pub metrics: BTreeMap<String, Estimate>,
+    /// Why no metric is reported for this target (a classification target with one class
+    /// only in the evaluated rows, a target without predictions because its probe could not be
+    /// fitted, constant regression targets): the evaluation of the other targets goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undefined: Option<String>,
 }
 
 /// The metrics of every target and their average, as written to `metrics.json`.
@@ -159,6 +172,13 @@ impl Evaluation {
     pub fn average_of(&self, metric: &str) -> Option<Estimate> {
         self.average.metrics.get(metric).copied()
     }
+
+    /// The targets whose metrics are undefined, with the reason.
+    pub fn undefined_targets(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.targets
+            .iter()
+            .filter_map(|t| Some((t.name.as_str(), t.undefined.as_deref()?)))
+    }
 }
 
 /// One target's rows and pre-sorted order, ready for repeated weighted evaluation.
@@ -168,12 +188,15 @@ struct PreparedTarget {
     order: Vec<usize>,
 }
 
-fn prepare(
-    task: Task,
-    name: &str,
-    truth: &[f64],
-    pred: &[f64],
-) -> Result<(PreparedTarget, Option<usize>)> {
+/// A target checked for evaluation: its present rows, its positives (classification), and
+/// either what repeated evaluation needs or why its metrics are undefined.
+struct CheckedTarget {
+    n: usize,
+    n_positive: Option<usize>,
+    prepared: std::result::Result<PreparedTarget, String>,
+}
+
+fn prepare(task: Task, name: &str, truth: &[f64], pred: &[f64]) -> Result<CheckedTarget> {
     let rows: Vec<usize> = (0..truth.len()).filter(|&i| !truth[i].is_nan()).collect();
     if rows.is_empty() {
         return Err(Error::InvalidInput(format!(
@@ -186,15 +209,8 @@ fn prepare(
             truth[i]
         )));
     }
-    if let Some(&i) = rows.iter().find(|&&i| !pred[i].is_finite()) {
-        return Err(Error::InvalidInput(format!(
-            "target {name}: the prediction of row {i} is {}",
-            pred[i]
-        )));
-    }
     let labels: Vec<bool> = truth.iter().map(|&v| v == 1.0).collect();
     let mut n_positive = None;
-    let mut order = Vec::new();
     if task == Task::Classification {
         if let Some(&i) = rows.iter().find(|&&i| truth[i] != 0.0 && truth[i] != 1.0) {
             return Err(Error::InvalidInput(format!(
@@ -202,29 +218,45 @@ fn prepare(
                 truth[i]
             )));
         }
-        let positives = rows.iter().filter(|&&i| labels[i]).count();
-        if positives == 0 || positives == rows.len() {
-            return Err(Error::Undefined {
-                metric: "classification metrics",
-                reason: format!(
-                    "target {name}: all {} present labels are {}",
-                    rows.len(),
-                    if positives == 0 { 0 } else { 1 }
-                ),
-            });
-        }
-        n_positive = Some(positives);
+        n_positive = Some(rows.iter().filter(|&&i| labels[i]).count());
+    }
+    let n = rows.len();
+    let checked = |prepared| CheckedTarget {
+        n,
+        n_positive,
+        prepared,
+    };
+    // A probe that could not be fitted predicts NaN for every row: nothing to evaluate.
+    if rows.iter().all(|&i| pred[i].is_nan()) {
+        return Ok(checked(Err(
+            "no predictions (the probe of this target could not be fitted)".into(),
+        )));
+    }
+    if let Some(&i) = rows.iter().find(|&&i| !pred[i].is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "target {name}: the prediction of row {i} is {}",
+            pred[i]
+        )));
+    }
+    if let Some(positives) = n_positive
+        && (positives == 0 || positives == rows.len())
+    {
+        return Ok(checked(Err(format!(
+            "one class only: all {} present labels are {}",
+            rows.len(),
+            if positives == 0 { 0 } else { 1 }
+        ))));
+    }
+    let mut order = Vec::new();
+    if task == Task::Classification {
         order = rows.clone();
         order.sort_by(|&a, &b| pred[b].total_cmp(&pred[a]));
     }
-    Ok((
-        PreparedTarget {
-            rows,
-            labels,
-            order,
-        },
-        n_positive,
-    ))
+    Ok(checked(Ok(PreparedTarget {
+        rows,
+        labels,
+        order,
+    })))
 }
 
 /// All metrics of one target under row weights; `None` where undefined.
@@ -286,8 +318,11 @@ fn resample_counts(seed: u64, b: usize, n: usize) -> Vec<u32> {
 /// probabilities (scores); `threshold` applies to the thresholded metrics. `names` names the
 /// `K` targets (`target_0`, … when empty).
 ///
-/// Errors when the shapes differ, a target has no present value, a prediction is not finite,
-/// or a classification target has one class only.
+/// Errors when the shapes differ, a target has no present value, or a present row's
+/// prediction is not finite. A target whose metrics are undefined — one class only among its
+/// present labels, NaN predictions for all its rows (a probe that could not be fitted),
+/// constant regression targets or predictions — is reported with
+/// [`TargetMetrics::undefined`] and no metrics, and the average is over the other targets.
 ///
 /// ```
 /// use mmcl_eval::{Matrix, metrics::{Bootstrap, Task, evaluate}};
@@ -341,37 +376,38 @@ pub fn evaluate(
     let columns: Vec<(Vec<f64>, Vec<f64>)> = (0..k)
         .map(|j| (truth.column(j), predictions.column(j)))
         .collect();
-    let mut prepared = Vec::with_capacity(k);
-    let mut positives = Vec::with_capacity(k);
+    let mut checked = Vec::with_capacity(k);
     for (j, (t, p)) in columns.iter().enumerate() {
-        let (target, n_pos) = prepare(task, &names[j], t, p)?;
-        prepared.push(target);
-        positives.push(n_pos);
+        checked.push(prepare(task, &names[j], t, p)?);
     }
     let metric_names = task.metric_names();
-    let full: Vec<Vec<f64>> = prepared
+    // Each target's metrics on the whole set, or why they are undefined.
+    let full: Vec<std::result::Result<Vec<f64>, String>> = checked
         .iter()
         .zip(&columns)
-        .zip(&names)
-        .map(|((target, (t, p)), name)| {
-            target_values(task, target, t, p, threshold, &|_| 1.0).ok_or_else(|| Error::Undefined {
-                metric: "regression metrics",
-                reason: format!("target {name}: the targets or the predictions are constant"),
-            })
+        .map(|(c, (t, p))| {
+            let target = c.prepared.as_ref().map_err(Clone::clone)?;
+            target_values(task, target, t, p, threshold, &|_| 1.0)
+                .ok_or_else(|| "the targets or the predictions are constant".to_string())
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    let defined: Vec<usize> = (0..k).filter(|&j| full[j].is_ok()).collect();
 
-    // Resample rows once per replicate and evaluate every target on it.
+    // Resample rows once per replicate and evaluate every defined target on it.
     let n = truth.rows();
     let replicates: Vec<Vec<Option<Vec<f64>>>> = (0..bootstrap.resamples)
         .into_par_iter()
         .map(|b| {
             let counts = resample_counts(bootstrap.seed, b, n);
             let weight = |i: usize| counts[i] as f64;
-            prepared
+            checked
                 .iter()
+                .zip(&full)
                 .zip(&columns)
-                .map(|(target, (t, p))| target_values(task, target, t, p, threshold, &weight))
+                .map(|((c, value), (t, p))| match (&c.prepared, value) {
+                    (Ok(target), Ok(_)) => target_values(task, target, t, p, threshold, &weight),
+                    _ => None,
+                })
                 .collect()
         })
         .collect();
@@ -380,7 +416,7 @@ pub fn evaluate(
         (1.0 - bootstrap.confidence) / 2.0,
         (1.0 + bootstrap.confidence) / 2.0,
     );
-    let interval = |samples: Vec<Vec<f64>>, m: usize| -> (Option<f64>, Option<f64>) {
+    let interval = |samples: &[Vec<f64>], m: usize| -> (Option<f64>, Option<f64>) {
         let mut values: Vec<f64> = samples.iter().map(|v| v[m]).collect();
         if values.is_empty() {
             return (None, None);
@@ -394,30 +430,40 @@ pub fn evaluate(
     let summarise = |name: String,
                      n: usize,
                      n_positive: Option<usize>,
-                     value: &[f64],
+                     value: std::result::Result<&Vec<f64>, String>,
                      samples: Vec<Vec<f64>>| {
-        let resamples_used = samples.len();
-        let metrics = metric_names
-            .iter()
-            .enumerate()
-            .map(|(m, metric)| {
-                let (ci_low, ci_high) = interval(samples.clone(), m);
-                (
-                    metric.to_string(),
-                    Estimate {
-                        value: value[m],
-                        ci_low,
-                        ci_high,
-                    },
-                )
-            })
-            .collect();
+        let (metrics, undefined) = match value {
+            Ok(value) => (
+                metric_names
+                    .iter()
+                    .enumerate()
+                    .map(|(m, metric)| {
+                        let (ci_low, ci_high) = interval(&samples, m);
+                        (
+                            metric.to_string(),
+                            Estimate {
+                                value: value[m],
+                                ci_low,
+                                ci_high,
+                            },
+                        )
+                    })
+                    .collect(),
+                None,
+            ),
+            Err(reason) => (BTreeMap::new(), Some(reason)),
+        };
         TargetMetrics {
             name,
             n,
             n_positive,
-            resamples_used,
+            resamples_used: if undefined.is_some() {
+                0
+            } else {
+                samples.len()
+            },
             metrics,
+            undefined,
         }
     };
 
@@ -426,9 +472,9 @@ pub fn evaluate(
             let samples = replicates.iter().filter_map(|r| r[j].clone()).collect();
             summarise(
                 names[j].clone(),
-                prepared[j].rows.len(),
-                positives[j],
-                &full[j],
+                checked[j].n,
+                checked[j].n_positive,
+                full[j].as_ref().map_err(Clone::clone),
                 samples,
             )
         })
@@ -438,24 +484,35 @@ pub fn evaluate(
             .map(|m| values.iter().map(|v| v[m]).sum::<f64>() / values.len() as f64)
             .collect()
     };
-    let average_value = mean_over_targets(&full.iter().collect::<Vec<_>>());
-    // A replicate counts for the average only when every target is defined on it.
+    // The average is over the defined targets; a replicate counts for it only when every one
+    // of them is defined on it.
+    let defined_values: Vec<&Vec<f64>> = full.iter().filter_map(|v| v.as_ref().ok()).collect();
+    let average_value = mean_over_targets(&defined_values);
     let average_samples = replicates
         .iter()
         .filter_map(|r| {
-            let defined: Option<Vec<&Vec<f64>>> = r.iter().map(Option::as_ref).collect();
-            defined.map(|d| mean_over_targets(&d))
+            let values: Option<Vec<&Vec<f64>>> = defined.iter().map(|&j| r[j].as_ref()).collect();
+            values.map(|v| mean_over_targets(&v))
         })
         .collect();
-    let average = summarise(
+    let mut average = summarise(
         "average".into(),
         (0..n)
             .filter(|&i| (0..k).any(|j| !truth.get(i, j).is_nan()))
             .count(),
         None,
-        &average_value,
+        if defined.is_empty() {
+            Err("no target has defined metrics".to_string())
+        } else {
+            Ok(&average_value)
+        },
         average_samples,
     );
+    if k > 1 {
+        average
+            .metrics
+            .retain(|metric, _| Task::is_unit_free(metric));
+    }
     Ok(Evaluation {
         task,
         threshold: (task == Task::Classification).then_some(threshold),
@@ -497,8 +554,8 @@ mod tests {
         assert_eq!(e.targets[1].n, 3);
         let mae1 = e.targets[1].metrics["mae"].value;
         assert!((mae1 - 1.0 / 3.0).abs() < 1e-12);
-        let avg = e.average.metrics["mae"].value;
-        assert!((avg - 0.5 * (0.5 + 1.0 / 3.0)).abs() < 1e-12);
-        assert_eq!(e.average.metrics["mae"].ci_low, None);
+        // MAE is in each target's unit: the average leaves it out.
+        assert!(!e.average.metrics.contains_key("mae"));
+        assert_eq!(e.average.metrics["r2"].ci_low, None);
     }
 }

@@ -61,12 +61,21 @@ fn cells(evaluation: &Evaluation, t: &TargetMetrics) -> Vec<String> {
     if evaluation.task == crate::metrics::Task::Classification {
         c.push(t.n_positive.map(|p| p.to_string()).unwrap_or_default());
     }
-    c.extend(evaluation.task.metric_names().iter().map(|m| {
-        t.metrics
-            .get(*m)
-            .map(format_estimate)
-            .unwrap_or_else(|| "–".into())
-    }));
+    // The mean absolute error is in the target's unit: say which, where it is known.
+    let unit = mmcl_data::phenotypes::phenotype_unit(&t.name);
+    c.extend(
+        evaluation
+            .task
+            .metric_names()
+            .iter()
+            .map(|m| match (t.metrics.get(*m), unit) {
+                (Some(e), Some(u)) if !crate::metrics::Task::is_unit_free(m) => {
+                    format!("{} {u}", format_estimate(e))
+                }
+                (Some(e), _) => format_estimate(e),
+                (None, _) => "–".into(),
+            }),
+    );
     c
 }
 
@@ -128,6 +137,43 @@ pub fn markdown_table(evaluation: &Evaluation) -> String {
     out
 }
 
+/// Classification targets with fewer positives than this get a warning in reports: their AUROC
+/// rests on a handful of cases and its interval is wide.
+pub const FEW_POSITIVES: usize = 10;
+
+/// What a reader must know beside the table: targets without metrics and why, targets whose
+/// classification metrics rest on few positives. Empty when there is nothing to say.
+pub fn caveats(evaluation: &Evaluation) -> String {
+    let mut lines = Vec::new();
+    for t in &evaluation.targets {
+        if let Some(why) = &t.undefined {
+            lines.push(format!("- **{}**: no metrics — {why}.", t.name));
+        } else if let Some(p) = t.n_positive.filter(|&p| p < FEW_POSITIVES) {
+            lines.push(format!(
+                "- **{}**: only {p} positive{} among {} rows; its metrics are unreliable.",
+                t.name,
+                if p == 1 { "" } else { "s" },
+                t.n
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    let defined = evaluation
+        .targets
+        .iter()
+        .filter(|t| t.undefined.is_none())
+        .count();
+    if defined < evaluation.targets.len() && evaluation.targets.len() > 1 {
+        lines.push(format!(
+            "- The average is over the {defined} target{} with metrics.",
+            if defined == 1 { "" } else { "s" }
+        ));
+    }
+    format!("\n{}\n", lines.join("\n"))
+}
+
 /// A Markdown run report: title, metrics table, figures and notes.
 #[derive(Debug, Clone)]
 pub struct Report<'a> {
@@ -168,6 +214,7 @@ impl Report<'_> {
         }
         out += "\n## Metrics\n\n";
         out += &markdown_table(e);
+        out += &caveats(e);
         if !self.figures.is_empty() {
             out += "\n## Figures\n";
             for (caption, path) in &self.figures {
@@ -252,7 +299,9 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert!(json["targets"][0]["r2"]["ci_low"].is_number());
-        assert!(json["average"]["mae"]["value"].is_number());
+        assert!(json["average"]["r2"]["value"].is_number());
+        // MAE is in each target's unit: never averaged over targets.
+        assert!(json["average"].get("mae").is_none());
         // JSON keeps ~17 significant digits: compare to rounding.
         let back = read_evaluation(&path).unwrap();
         assert_eq!(back.targets.len(), 2);

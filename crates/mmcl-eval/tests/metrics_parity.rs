@@ -247,16 +247,90 @@ fn one_class_resamples_are_skipped() {
     assert_eq!(e.average.resamples_used, used);
 }
 
+/// A rare class absent from the evaluated rows, or a target whose probe could not be fitted
+/// (NaN predictions), leaves that target undefined — with its counts and the reason — and the
+/// others evaluated; the average is over the defined targets.
+#[test]
+fn undefined_targets_are_reported_and_the_rest_evaluated() {
+    let nan = f64::NAN;
+    #[rustfmt::skip]
+    let truth = Matrix::new(6, 3, vec![
+        0.0, 0.0, 1.0,
+        1.0, 0.0, 0.0,
+        0.0, 0.0, 1.0,
+        1.0, nan, 0.0,
+        1.0, 0.0, 1.0,
+        0.0, 0.0, 0.0,
+    ]).unwrap();
+    #[rustfmt::skip]
+    let pred = Matrix::new(6, 3, vec![
+        0.1, 0.3, nan,
+        0.8, 0.2, nan,
+        0.3, 0.6, nan,
+        0.7, 0.1, nan,
+        0.9, 0.4, nan,
+        0.2, 0.5, nan,
+    ]).unwrap();
+    let names: Vec<String> = ["common", "rare", "unfitted"].map(String::from).to_vec();
+    let e = evaluate(
+        Task::Classification,
+        &truth,
+        &pred,
+        &names,
+        0.5,
+        &Bootstrap::default(),
+    )
+    .unwrap();
+    let common = &e.targets[0];
+    assert!(common.undefined.is_none());
+    assert_eq!(common.metrics["auroc"].value, 1.0);
+    let rare = &e.targets[1];
+    assert_eq!((rare.n, rare.n_positive), (5, Some(0)));
+    assert!(rare.metrics.is_empty() && rare.resamples_used == 0);
+    assert!(
+        rare.undefined
+            .as_deref()
+            .is_some_and(|r| r.contains("one class only"))
+    );
+    let unfitted = &e.targets[2];
+    assert_eq!((unfitted.n, unfitted.n_positive), (6, Some(3)));
+    assert!(
+        unfitted
+            .undefined
+            .as_deref()
+            .is_some_and(|r| r.contains("no predictions"))
+    );
+    assert_eq!(e.undefined_targets().count(), 2);
+    assert_eq!(e.average_of("auroc").map(|a| a.value), Some(1.0));
+    // The JSON form states the reason and omits the metrics.
+    let json = serde_json::to_value(&e).unwrap();
+    assert!(json["targets"][1].get("auroc").is_none());
+    assert!(json["targets"][1]["undefined"].is_string());
+    let back: mmcl_eval::metrics::Evaluation = serde_json::from_value(json).unwrap();
+    assert_eq!(back, e);
+    // Nothing defined at all: every target and the average say why.
+    let one_class = Matrix::column_vector(vec![1.0, 1.0, nan]);
+    let p = Matrix::column_vector(vec![0.2, 0.3, 0.4]);
+    let e = evaluate(
+        Task::Classification,
+        &one_class,
+        &p,
+        &[],
+        0.5,
+        &Bootstrap::default(),
+    )
+    .unwrap();
+    assert!(e.targets[0].undefined.is_some() && e.average.undefined.is_some());
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let truth = Matrix::column_vector(vec![1.0, 1.0, f64::NAN]);
     let pred = Matrix::column_vector(vec![0.2, 0.3, 0.4]);
     let boot = Bootstrap::default();
-    let err = evaluate(Task::Classification, &truth, &pred, &[], 0.5, &boot).unwrap_err();
-    assert!(
-        err.to_string().contains("one class") || err.to_string().contains("all 2"),
-        "{err}"
-    );
+    let nan_pred = Matrix::column_vector(vec![0.2, f64::NAN, 0.4]);
+    let err = evaluate(Task::Classification, &truth, &nan_pred, &[], 0.5, &boot).unwrap_err();
+    assert!(err.to_string().contains("prediction of row 1"), "{err}");
     let all_nan = Matrix::column_vector(vec![f64::NAN; 3]);
     let err = evaluate(Task::Regression, &all_nan, &pred, &[], 0.5, &boot).unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");

@@ -146,6 +146,7 @@ fn roc_scatter_and_curves_render() {
                 truth: truth.clone(),
                 prediction: prediction.clone(),
                 r2: Some(0.9),
+                r2_ci: (k == 1).then_some((0.85, 0.93)),
             })
             .collect(),
         title: "scatter".into(),

@@ -222,6 +222,51 @@ impl StateDict {
     }
 }
 
+/// The largest safetensors header read by [`read_safetensors_metadata`] (the format's own limit).
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// The string metadata (`__metadata__`) of a safetensors file, read from its header alone: the
+/// header's claimed length is checked against the file (and the format's 100 MB limit) before
+/// anything is allocated from it, so a damaged or hostile file cannot exhaust memory. A file
+/// without metadata gives an empty map.
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let damaged = |reason: String| Error::BadCheckpoint {
+        path: path.to_path_buf(),
+        reason: format!("not a readable safetensors file: {reason}"),
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => damaged(format!("the file is only {len} bytes")),
+        _ => io(e),
+    })?;
+    let n = u64::from_le_bytes(prefix);
+    let room = len.saturating_sub(8);
+    if n > room || n > MAX_SAFETENSORS_HEADER {
+        return Err(damaged(format!(
+            "it claims {n} bytes of header, the file holds {room} after the length"
+        )));
+    }
+    let mut header = Vec::new();
+    file.take(n).read_to_end(&mut header).map_err(io)?;
+    if header.len() as u64 != n {
+        return Err(damaged("the file ended inside the header".into()));
+    }
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let parsed: Header = serde_json::from_slice(&header).map_err(|e| damaged(e.to_string()))?;
+    Ok(parsed.metadata.unwrap_or_default())
+}
+
 impl FromIterator<(String, Tensor)> for StateDict {
     fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(iter: I) -> Self {
         Self {

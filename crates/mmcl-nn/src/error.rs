@@ -49,6 +49,14 @@ pub enum Error {
         source: candle_core::Error,
     },
 
+    /// A CUDA device was asked of a build without the `cuda` feature.
+    #[error(
+        "this build has no CUDA support: rebuild with `cargo build --release --features cuda` \
+         (the CUDA toolkit must be installed; see the README's \"GPU and multi-GPU\"), or use \
+         --device cpu"
+    )]
+    CudaNotBuilt,
+
     /// An argument is out of its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod config;
+pub mod embeddings;
 mod error;
 pub mod progress;
 pub mod reproduce;

@@ -124,7 +124,8 @@ pub struct EcgConfig {
     /// Classes of the encoder's own linear head (the reference builds one it never trains;
     /// 0 leaves it out).
     pub num_classes: usize,
-    /// Start from this checkpoint (an MAE run, a released `signal_encoder*.pth`, or ours).
+    /// Start from this encoder: an MAE run folder (its latest checkpoint's export), a
+    /// checkpoint folder, or a file (a released `signal_encoder*.pth`, or an export of ours).
     pub pretrain_checkpoint: Option<PathBuf>,
     /// Crop training ECGs at a random start (the reference); validation crops from 0.
     pub random_crop: bool,
@@ -607,6 +608,18 @@ impl MaeTrainConfig {
     }
 }
 
+/// A warning when the learning-rate warm-up is not shorter than the run (the rate never reaches
+/// its peak and the cosine decay never starts): a contradictory pair of settings, usually a
+/// shortened `max_epochs` with the paper's `warmup_epochs` left in place.
+pub fn schedule_warning(warmup_epochs: usize, max_epochs: usize) -> Option<String> {
+    (warmup_epochs > 0 && warmup_epochs >= max_epochs).then(|| {
+        format!(
+            "warning: warmup_epochs = {warmup_epochs} is not shorter than max_epochs = \
+             {max_epochs}: the learning rate never reaches its peak; lower warmup_epochs"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,5 +678,12 @@ mod tests {
         }
         assert!(MmclConfig::default().validate().is_ok());
         assert!(MaeTrainConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_warm_up_as_long_as_the_run_is_reported() {
+        assert!(schedule_warning(40, 2).is_some_and(|w| w.contains("warmup_epochs = 40")));
+        assert!(schedule_warning(2, 2).is_some());
+        assert!(schedule_warning(1, 2).is_none() && schedule_warning(0, 0).is_none());
     }
 }

@@ -210,35 +210,19 @@ impl MmclModel {
     /// `architecture` metadata gives the shapes). `path` may be the file, a checkpoint directory
     /// holding it, or a run directory (its `checkpoints/last`).
     pub fn from_checkpoint(path: &std::path::Path, device: &Device) -> Result<Self> {
-        let file = if path.is_dir() {
-            let direct = path.join(crate::checkpoint::MODEL_FILE);
-            if direct.is_file() {
-                direct
-            } else {
-                crate::checkpoint::find_checkpoint(path)?.join(crate::checkpoint::MODEL_FILE)
-            }
-        } else {
-            path.to_path_buf()
-        };
-        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::checkpoint(&file, format!("not a safetensors file: {e}")))?;
-        let arch_json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("architecture"))
-            .ok_or_else(|| {
-                Error::checkpoint(
-                    &file,
-                    "no \"architecture\" metadata: not a model.safetensors of the MMCL trainer",
-                )
-            })?;
+        let file = crate::checkpoint::find_model_file(path)?;
+        let metadata = mmcl_nn::checkpoint::read_safetensors_metadata(&file)?;
+        let arch_json = metadata.get("architecture").ok_or_else(|| {
+            Error::checkpoint(
+                &file,
+                "no \"architecture\" metadata: not a model.safetensors of the MMCL trainer",
+            )
+        })?;
         let arch: MmclArchitecture =
             serde_json::from_str(arch_json).map_err(|source| Error::Json {
                 path: file.clone(),
                 source,
             })?;
-        drop(bytes);
         let model = Self::new(&arch, 0, device)?;
         let state = StateDict::read(&file)?;
         model.load_state_dict(&state, &LoadOptions::strict())?;

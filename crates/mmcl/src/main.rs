@@ -23,7 +23,7 @@ enum Command {
     /// Print the version, the compiled-in features and the devices that can be used.
     Info(commands::info::Args),
     /// Fit linear probes on frozen embeddings and report test metrics with 95 % intervals.
-    Probe(commands::probe::Args),
+    Probe(Box<commands::probe::Args>),
     /// Plot every metric of a JSON-lines run log against the epoch.
     PlotCurves(commands::report::PlotCurvesArgs),
     /// Write a Markdown report (metrics table with intervals, figures) from a metrics JSON.
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
-        Command::Probe(args) => commands::probe::run(args),
+        Command::Probe(args) => commands::probe::run(*args),
         Command::PlotCurves(args) => commands::report::plot_curves(args),
         Command::Report(args) => commands::report::report(args),
         Command::Synth(args) => commands::synth::run(args),

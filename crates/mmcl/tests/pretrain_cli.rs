@@ -7,24 +7,15 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{mmcl, read_npy, s, stderr, synth_small_cohort, write_npy_f32};
+use common::{mmcl, read_npy, s, stderr, write_npy_f32};
 
 fn read_npy_shape(path: &Path) -> Vec<u64> {
     read_npy(path).0
 }
 
-/// A synthetic cohort of `subjects` (seed `seed`) under `root/cohort` and its dataset cache at
-/// `root/cache` (ECGs of 1000 samples, images of 40², 70 % train and 30 % validation).
+/// A synthetic cohort and its cache at `root/cache`, 70 % train and 30 % validation.
 fn cohort_and_cache(root: &Path, subjects: usize, seed: u64) {
-    synth_small_cohort(&root.join("cohort"), subjects, seed);
-    std::fs::write(
-        root.join("build.toml"),
-        "root = \"cohort\"\noutput = \"cache\"\necg_samples = 1000\n\
-         [cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
-    )
-    .expect("write");
-    let out = mmcl(&["build-dataset", "--config", s(&root.join("build.toml"))]);
-    assert!(out.status.success(), "build-dataset: {}", stderr(&out));
+    common::cohort_and_cache(root, subjects, seed, [0.7, 0.3, 0.0]);
 }
 
 /// Runs `command` (`pretrain-mmcl`, `pretrain-mae`) with the configuration `text` written to

@@ -169,7 +169,9 @@ fn regression_probe_and_report_commands() {
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(json["targets"][0]["r2"]["value"].as_f64().unwrap() > 0.8);
     assert!(json["average"]["pearson_r"]["ci_high"].is_number());
-    assert!(json["average"]["mae"]["ci_low"].is_number());
+    assert!(json["targets"][1]["mae"]["ci_low"].is_number());
+    // MAE is in each target's unit: never averaged over targets.
+    assert!(json["average"].get("mae").is_none());
 
     let log = d.path("run.jsonl");
     std::fs::write(
@@ -314,4 +316,105 @@ fn bad_inputs_give_clear_errors() {
         [&d.s("cut.npy"), &ytr, &xte, &yte],
         "cut.npy",
     );
+}
+
+/// A rare disease without a case in the test split (and one with a single training case) does
+/// not stop the probe: it is reported with its counts and a reason, the others are evaluated.
+#[test]
+fn a_rare_class_is_reported_and_the_other_targets_go_on() {
+    let d = Data::new();
+    // Column 0: the common label; column 1: positives only among the first training rows.
+    for (split, n) in [("train", 240), ("val", 100), ("test", 160)] {
+        let common = read_column(&d.path(&format!("cls_{split}.npy")), 2, 0);
+        let rare: Vec<f32> = (0..n)
+            .map(|i| (split == "train" && i < 3) as u8 as f32)
+            .collect();
+        let y: Vec<f32> = common
+            .iter()
+            .zip(&rare)
+            .flat_map(|(&a, &b)| [a, b])
+            .collect();
+        write_npy(&d.path(&format!("rare_{split}.npy")), &[n, 2], &y);
+    }
+    let out = d.s("rare.json");
+    let figures = d.s("rare-figures");
+    let o = d.probe(
+        "classification",
+        "rare",
+        true,
+        &[
+            "--target-names",
+            "CAD,rare",
+            "--bootstrap",
+            "100",
+            "--output",
+            &out,
+            "--figures",
+            &figures,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("warning: rare"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(json["targets"][0]["auroc"]["value"].as_f64().unwrap() > 0.75);
+    let rare = &json["targets"][1];
+    assert_eq!(rare["n_positive"].as_u64(), Some(0));
+    assert!(rare.get("auroc").is_none());
+    assert!(
+        rare["undefined"]
+            .as_str()
+            .unwrap()
+            .contains("one class only")
+    );
+    let report = std::fs::read_to_string(d.path("rare-figures/report.md")).unwrap();
+    assert!(report.contains("**rare**: no metrics"), "{report}");
+}
+
+/// The column `j` of a `(n, k)` float32 `.npy` written by [`write_npy`].
+fn read_column(path: &Path, k: usize, j: usize) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .skip(j)
+        .step_by(k)
+        .collect()
+}
+
+/// A results folder is written whole: a non-empty one is refused without --overwrite (and left
+/// as it was), and replaced whole with it, so no older file survives beside the new report.
+#[test]
+fn a_figure_folder_is_refused_or_replaced_whole() {
+    let d = Data::new();
+    let figures = d.path("figures");
+    std::fs::create_dir(&figures).unwrap();
+    std::fs::write(figures.join("metrics.json"), b"old").unwrap();
+    std::fs::write(figures.join("stale.txt"), b"old").unwrap();
+    let f = figures.display().to_string();
+    let o = d.probe(
+        "classification",
+        "cls",
+        true,
+        &["--bootstrap", "0", "--figures", &f],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--overwrite"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(figures.join("metrics.json")).unwrap(), b"old");
+    let args = ["--bootstrap", "0", "--figures", &f, "--overwrite"];
+    let o = d.probe("classification", "cls", true, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!figures.join("stale.txt").exists());
+    for file in ["metrics.json", "predictions.npy", "roc.png", "report.md"] {
+        assert!(figures.join(file).is_file(), "{file}");
+    }
+    // Nothing else is left beside the folder (no staging sibling).
+    let siblings: Vec<String> = std::fs::read_dir(d.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(siblings.is_empty(), "{siblings:?}");
 }

@@ -35,7 +35,9 @@ pub struct FinetuneConfig {
     pub task: Task,
     /// Label or phenotype names of the cache to predict; empty: all of them.
     pub targets: Vec<String>,
-    /// Training epochs at most.
+    /// Training epochs at most (`max_epochs` as in the pre-training configurations; the
+    /// older spelling `epochs` is still read).
+    #[serde(rename = "max_epochs", alias = "epochs")]
     pub epochs: usize,
     /// Samples per optimisation step.
     pub batch_size: usize,
@@ -74,7 +76,9 @@ pub struct FinetuneConfig {
     pub reference_head_norm: bool,
     /// Seed of initialisation, shuffling, augmentation and drop-path.
     pub seed: u64,
-    /// Loader worker threads (0: half the cores).
+    /// Loader worker threads (0: half the cores); `threads` is read too, as in the
+    /// pre-training configurations' `data.threads`.
+    #[serde(alias = "threads")]
     pub loader_threads: usize,
     /// Threshold of F1 / balanced accuracy / accuracy.
     pub threshold: f64,

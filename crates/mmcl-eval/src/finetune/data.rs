@@ -316,7 +316,18 @@ pub(super) fn monitored_value(
             ..cfg.bootstrap
         },
     )?;
+    // Reports leave metrics with units (MAE) out of the average over several targets; early
+    // stopping still needs one number, the plain mean of the targets' values.
+    let mean_over_targets = || {
+        let values: Vec<f64> = eval
+            .targets
+            .iter()
+            .filter_map(|t| t.metrics.get(monitor).map(|e| e.value))
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
     eval.average_of(monitor)
         .map(|e| e.value)
+        .or_else(mean_over_targets)
         .ok_or_else(|| Error::InvalidInput(format!("the evaluation has no metric {monitor}")))
 }

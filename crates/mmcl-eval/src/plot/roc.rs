@@ -38,7 +38,8 @@ impl RocFigure {
     /// The ROC curve of every target of a classification `evaluation`, named as the target,
     /// its legend with the target's AUROC and interval, titled "ROC curves". `truth` and
     /// `predictions` (`N × K`) are the matrices the evaluation was computed from; rows whose
-    /// truth is missing (NaN) are left out of that target's curve.
+    /// truth is missing (NaN) are left out of that target's curve; targets whose metrics are
+    /// undefined have no curve.
     pub fn from_evaluation(
         evaluation: &Evaluation,
         truth: &Matrix<f64>,
@@ -47,6 +48,10 @@ impl RocFigure {
         let pairs = evaluation_pairs(evaluation, truth, predictions)?;
         let mut series = Vec::with_capacity(pairs.len());
         for (target, (t, p)) in evaluation.targets.iter().zip(&pairs) {
+            if target.undefined.is_some() {
+                // No curve exists for a target with one class or without predictions.
+                continue;
+            }
             let auroc = target_metric(target, "auroc")?;
             series.push(RocSeries {
                 name: target.name.clone(),

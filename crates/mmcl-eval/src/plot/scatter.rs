@@ -26,6 +26,8 @@ pub struct ScatterPanel {
     pub prediction: Vec<f64>,
     /// R² printed in the panel's title.
     pub r2: Option<f64>,
+    /// The R² interval printed beside it.
+    pub r2_ci: Option<(f64, f64)>,
 }
 
 /// Predicted-vs-true scatter plots, one panel per phenotype, with the identity line.
@@ -58,7 +60,8 @@ impl ScatterFigure {
 
     /// One panel per target of a regression `evaluation`: the target's present (non-NaN
     /// truth) rows of `truth` and `predictions` (`N × K`, the matrices the evaluation was
-    /// computed from), headed by its name and R²; titled "Predicted vs true".
+    /// computed from), headed by its name and R²; titled "Predicted vs true". Targets whose
+    /// metrics are undefined get no panel.
     pub fn from_evaluation(
         evaluation: &Evaluation,
         truth: &Matrix<f64>,
@@ -67,13 +70,21 @@ impl ScatterFigure {
         let panels = evaluation_pairs(evaluation, truth, predictions)?
             .into_iter()
             .zip(&evaluation.targets)
+            // A target without metrics has no predictions to plot.
+            .filter(|(_, target)| target.undefined.is_none())
             .map(|((truth, prediction), target)| {
-                let r2 = target_metric(target, "r2")?.value;
+                let r2 = target_metric(target, "r2")?;
+                // Phenotypes carry their unit on the panel (the axes are in it).
+                let name = match mmcl_data::phenotypes::phenotype_unit(&target.name) {
+                    Some(unit) => format!("{} ({unit})", target.name),
+                    None => target.name.clone(),
+                };
                 Ok(ScatterPanel {
-                    name: target.name.clone(),
+                    name,
                     truth,
                     prediction,
-                    r2: Some(r2),
+                    r2: Some(r2.value),
+                    r2_ci: r2.ci_low.zip(r2.ci_high),
                 })
             })
             .collect::<Result<_>>()?;
@@ -113,9 +124,12 @@ impl Figure for ScatterFigure {
             }
             let pad = ((hi - lo) * 0.05).max(1e-9);
             let (lo, hi) = (lo - pad, hi + pad);
-            let caption = match panel.r2 {
-                Some(r2) => format!("{}   R² = {r2:.3}", panel.name),
-                None => panel.name.clone(),
+            let caption = match (panel.r2, panel.r2_ci) {
+                (Some(r2), Some((lo, hi))) => {
+                    format!("{}   R² = {r2:.2} ({lo:.2} to {hi:.2})", panel.name)
+                }
+                (Some(r2), None) => format!("{}   R² = {r2:.3}", panel.name),
+                (None, _) => panel.name.clone(),
             };
             let mut chart = ChartBuilder::on(&cell)
                 .caption(caption, (FAMILY, 16))

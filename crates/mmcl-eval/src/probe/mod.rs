@@ -17,14 +17,17 @@
 //!
 //! `linear`: the standardiser and the linear model on standardised features; `logistic`: the
 //! logistic objective and its L-BFGS solver; `ridge`: the ridge path; `fit`: the probe, its
-//! settings and the regularisation search.
+//! settings and the regularisation search; `targets`: one probe per target, skipping (with a
+//! note) a target that cannot be fitted, such as a rare disease without cases in the split.
 
 mod fit;
 mod linear;
 mod logistic;
 mod ridge;
+mod targets;
 
 pub use fit::{LinearProbe, ProbeConfig, ProbeHead, SelectionPoint};
 pub use linear::{LinearModel, Standardizer};
 pub use logistic::{FitReport, SolverOptions, logistic_regression};
 pub use ridge::ridge_path;
+pub use targets::{ProbeOutcome, Selection, Split, TargetProbe, TargetProbes, probe_and_evaluate};

@@ -226,22 +226,13 @@ impl Adam {
 
     /// Reads a state written by [`Self::save`].
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |reason: String| Error::BadCheckpoint {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(format!("damaged optimiser state: {e}")))?;
-        let steps = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("steps"))
+        let steps = crate::checkpoint::read_safetensors_metadata(path)?
+            .get("steps")
             .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| bad("the optimiser state has no step count".into()))?;
+            .ok_or_else(|| Error::BadCheckpoint {
+                path: path.to_path_buf(),
+                reason: "the optimiser state has no step count".into(),
+            })?;
         let state = StateDict::read(path)?;
         self.load_state(&state, steps)
     }

@@ -6,101 +6,30 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use mmcl_data::cache::Cache;
-use mmcl_data::loader::{Loader, LoaderConfig};
 use mmcl_data::tables::Split;
 use mmcl_ecg::{EcgVit, EcgVitConfig};
 use mmcl_eval::Matrix;
-use mmcl_eval::metrics::{Bootstrap, Estimate, Evaluation, TargetMetrics, Task, evaluate};
-use mmcl_eval::probe::{LinearProbe, ProbeConfig};
+use mmcl_eval::metrics::{Bootstrap, Estimate, Evaluation, TargetMetrics, Task};
+use mmcl_eval::probe::{ProbeConfig, probe_and_evaluate};
 use mmcl_train::MmclModel;
-use mmcl_train::checkpoint::{ecg_encoder_path, last_dir};
+use mmcl_train::checkpoint::{find_ecg_encoder, last_dir};
 
 use super::stages::Runs;
 use crate::config::ReproduceConfig;
+use crate::embeddings::{EmbedSettings, SplitTargets, embed_ecgs, embed_images};
 use crate::progress::PipelineProgress;
 use crate::results::{Auroc, EncoderResults, Encoders, Phenotypes, R2};
 use crate::{Error, Result};
 
-/// One split's inputs: cache positions, labels (NaN = unknown) and raw phenotypes (NaN =
-/// missing).
-struct SplitData {
-    positions: Vec<usize>,
-    labels: Matrix<f64>,
-    phenotypes: Matrix<f64>,
-}
-
-fn split_data(cache: &Cache, split: Split) -> Result<SplitData> {
-    let positions = cache.split_indices(split);
-    let index = cache.index();
-    if positions.is_empty() {
-        return Err(Error::Insufficient {
-            stage: "probes",
-            reason: format!("the {split:?} split of the cache is empty"),
-        });
+/// The settings of the evaluation loader of `cfg`: ECGs cropped from sample 0 to the model's
+/// length, un-augmented images at the model's size.
+fn embed_settings(cfg: &ReproduceConfig) -> EmbedSettings {
+    EmbedSettings {
+        batch_size: cfg.evaluation.batch_size,
+        ecg_crop: cfg.mmcl.ecg.input_size[2],
+        image_size: cfg.mmcl.imaging.img_size,
+        seed: cfg.mmcl.seed,
     }
-    let (l, p) = (index.label_names.len(), index.phenotype_names.len());
-    let mut labels = Vec::with_capacity(positions.len() * l);
-    let mut phenotypes = Vec::with_capacity(positions.len() * p);
-    for &i in &positions {
-        let s = &index.subjects[i];
-        labels.extend(s.labels.iter().map(|v| v.map_or(f64::NAN, f64::from)));
-        phenotypes.extend(s.phenotypes.iter().map(|v| v.unwrap_or(f64::NAN)));
-    }
-    Ok(SplitData {
-        labels: Matrix::new(positions.len(), l, labels)?,
-        phenotypes: Matrix::new(positions.len(), p, phenotypes)?,
-        positions,
-    })
-}
-
-/// The evaluation loader of `positions`: ECGs cropped from sample 0 and/or un-augmented
-/// images, in order.
-fn eval_loader(
-    cfg: &ReproduceConfig,
-    cache: &Arc<Cache>,
-    positions: &[usize],
-    images: bool,
-    device: &Device,
-) -> Result<Arc<Loader>> {
-    let mut lc = LoaderConfig::ecg_eval(cfg.evaluation.batch_size);
-    lc.ecg = !images;
-    lc.ecg_crop = Some(cfg.mmcl.ecg.input_size[2]);
-    lc.image = images;
-    lc.image_augment = None;
-    lc.image_size = Some(cfg.mmcl.imaging.img_size);
-    lc.seed = cfg.mmcl.seed;
-    Ok(Arc::new(Loader::new(
-        cache.clone(),
-        positions.to_vec(),
-        lc,
-        device.clone(),
-    )?))
-}
-
-/// Rows of `[B, D]` tensors stacked into a host matrix.
-fn collect_rows(parts: Vec<Tensor>) -> Result<Matrix<f32>> {
-    let all = Tensor::cat(&parts, 0)?.to_device(&Device::Cpu)?; // [N, D]
-    let (n, d) = all.dims2()?;
-    Ok(Matrix::new(n, d, all.flatten_all()?.to_vec1::<f32>()?)?)
-}
-
-/// Embeds every batch of `loader` with `f` (ECG or image batch → `[B, D]`).
-fn embed_all(
-    loader: &Arc<Loader>,
-    images: bool,
-    f: &dyn Fn(&Tensor) -> Result<Tensor>,
-) -> Result<Matrix<f32>> {
-    let mut parts = Vec::new();
-    for batch in loader.epoch(0, 0) {
-        let batch = batch?;
-        let x = if images { batch.image } else { batch.ecg };
-        let x = x.ok_or_else(|| Error::Insufficient {
-            stage: "probes",
-            reason: "the loader returned a batch without the requested modality".into(),
-        })?;
-        parts.push(f(&x)?);
-    }
-    collect_rows(parts)
 }
 
 /// Each target's estimate of `metric` (`pick`ed from its metrics) as a row of the results,
@@ -120,13 +49,13 @@ fn rows<T>(
         .collect()
 }
 
-/// Fits the disease and phenotype probes on train (regularisation chosen on val) and evaluates
-/// them on test.
+/// Fits the disease and phenotype probes on train (regularisation chosen on val where the
+/// split allows) and evaluates them on test.
 fn probe_encoder(
     cfg: &ReproduceConfig,
     names: (&[String], &[String]),
     x: [&Matrix<f32>; 3],
-    data: [&SplitData; 3],
+    data: [&SplitTargets; 3],
 ) -> Result<EncoderResults> {
     let e = &cfg.evaluation;
     let probe_cfg = ProbeConfig {
@@ -141,53 +70,22 @@ fn probe_encoder(
     };
     let [train, val, test] = data;
     let run = |task: Task, y: [&Matrix<f64>; 3], names: &[String]| -> Result<Evaluation> {
-        let probe = LinearProbe::fit(task, x[0], y[0], Some((x[1], y[1])), &probe_cfg)?;
-        let pred = probe.predict(x[2])?;
-        Ok(evaluate(task, y[2], &pred, names, 0.5, &bootstrap)?)
-    };
-    // Diseases one by one: a rare one may lack cases in the validation split.
-    let mut test_pred = Vec::with_capacity(test.labels.rows() * names.0.len());
-    let mut columns = Vec::new();
-    for k in 0..names.0.len() {
-        let column =
-            |m: &Matrix<f64>| Matrix::column_vector((0..m.rows()).map(|i| m.get(i, k)).collect());
-        let (ytr, yval) = (column(&train.labels), column(&val.labels));
-        let both_classes = {
-            let present: Vec<f64> = yval
-                .as_slice()
-                .iter()
-                .copied()
-                .filter(|v| !v.is_nan())
-                .collect();
-            present.contains(&0.0) && present.contains(&1.0)
-        };
-        // A split too small to hold both classes (tiny cohorts) falls back to choosing on the
-        // training rows: a weaker choice, but no failure.
-        let validation = if both_classes {
-            (x[1], &yval)
-        } else {
-            (x[0], &ytr)
-        };
-        let probe = LinearProbe::fit(
-            Task::Classification,
-            x[0],
-            &ytr,
-            Some(validation),
+        let outcome = probe_and_evaluate(
+            task,
+            (x[0], y[0]),
+            Some((x[1], y[1])),
+            (x[2], y[2]),
+            names,
             &probe_cfg,
+            0.5,
+            &bootstrap,
         )?;
-        columns.push(probe.predict(x[2])?);
-    }
-    for i in 0..test.labels.rows() {
-        test_pred.extend(columns.iter().map(|c| c.get(i, 0)));
-    }
-    let pred = Matrix::new(test.labels.rows(), names.0.len(), test_pred)?;
-    let diseases = evaluate(
+        Ok(outcome.evaluation)
+    };
+    let diseases = run(
         Task::Classification,
-        &test.labels,
-        &pred,
+        [&train.labels, &val.labels, &test.labels],
         names.0,
-        0.5,
-        &bootstrap,
     )?;
     let phenotypes = run(
         Task::Regression,
@@ -200,7 +98,11 @@ fn probe_encoder(
             .copied()
             .ok_or_else(|| Error::Insufficient {
                 stage: "probes",
-                reason: format!("no {m} for {}", t.name),
+                reason: format!(
+                    "no {m} for {}: {}",
+                    t.name,
+                    t.undefined.as_deref().unwrap_or("not computed")
+                ),
             })
     };
     let per_target = rows(&phenotypes, "r2", pick, |r2, ci_low, ci_high| R2 {
@@ -236,7 +138,7 @@ pub fn probe_vit_config(cfg: &ReproduceConfig) -> Result<EcgVitConfig> {
 /// The splits' data and the names of the labels and phenotypes.
 struct ProbeData {
     names: (Vec<String>, Vec<String>),
-    splits: [SplitData; 3],
+    splits: [SplitTargets; 3],
 }
 
 fn probe_data(cache: &Cache) -> Result<ProbeData> {
@@ -244,9 +146,9 @@ fn probe_data(cache: &Cache) -> Result<ProbeData> {
     Ok(ProbeData {
         names: (index.label_names.clone(), index.phenotype_names.clone()),
         splits: [
-            split_data(cache, Split::Train)?,
-            split_data(cache, Split::Val)?,
-            split_data(cache, Split::Test)?,
+            SplitTargets::of(cache, Split::Train)?,
+            SplitTargets::of(cache, Split::Val)?,
+            SplitTargets::of(cache, Split::Test)?,
         ],
     })
 }
@@ -260,12 +162,16 @@ fn probe_with(
     device: &Device,
     f: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<EncoderResults> {
+    let settings = embed_settings(cfg);
     let x: Vec<Matrix<f32>> = data
         .splits
         .iter()
         .map(|d| {
-            let loader = eval_loader(cfg, cache, &d.positions, images, device)?;
-            embed_all(&loader, images, f)
+            if images {
+                embed_images(cache, &d.positions, &settings, device, f)
+            } else {
+                embed_ecgs(cache, &d.positions, &settings, device, &mut |_| {}, f)
+            }
         })
         .collect::<Result<_>>()?;
     let [a, b, c] = &data.splits;
@@ -283,7 +189,7 @@ fn probe_with(
 /// train, regularised on val, evaluated on test with bootstrap intervals.
 ///
 /// # Errors
-/// Empty splits, a disease with one class only in the training or test split, embedding
+/// Empty splits, a disease with one class only in the test split, embedding
 /// errors.
 pub fn probe_ecg_encoder(
     cfg: &ReproduceConfig,
@@ -313,9 +219,9 @@ pub(super) fn evaluate_encoders(
 
     let ecg_encoders: [(&str, Option<PathBuf>); 4] = [
         ("random_init", None),
-        ("mae", Some(ecg_encoder_path(&runs.mae))),
-        ("mmcl", Some(ecg_encoder_path(&runs.mmcl))),
-        ("mae_mmcl", Some(ecg_encoder_path(&runs.mae_mmcl))),
+        ("mae", Some(find_ecg_encoder(&runs.mae)?)),
+        ("mmcl", Some(find_ecg_encoder(&runs.mmcl)?)),
+        ("mae_mmcl", Some(find_ecg_encoder(&runs.mae_mmcl)?)),
     ];
     let total = ecg_encoders.len() + 1;
     let mut results = Vec::new();

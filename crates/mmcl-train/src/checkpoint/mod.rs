@@ -10,7 +10,8 @@
 //!       optimizer.safetensors         Adam moments (exp_avg.<name>, exp_avg_sq.<name>), steps
 //!       classifier_optimizer.safetensors   (MMCL with an online classifier)
 //!       state.json                    epoch, step, schedule, RNG state, config, data seed
-//!       ecg_encoder.safetensors       the ECG encoder alone (timm keys, for embed-ecg)
+//!       ecg_encoder.safetensors       the ECG encoder alone (timm keys, for embed-ecg), its
+//!                                     configuration in the metadata (`ecg_config`)
 //!       image_encoder.safetensors     the image trunk alone (released layout, for embed-cmr)
 //!                                     (MMCL only)
 //!       COMPLETE                      written last: the byte length of every file above
@@ -77,8 +78,6 @@ pub const COMPLETE_FILE: &str = "COMPLETE";
 const MAX_STATE_BYTES: u64 = 16 << 20;
 /// The largest `COMPLETE` seal read (a few lines of JSON).
 const MAX_SEAL_BYTES: u64 = 1 << 20;
-/// The largest safetensors header read for an optimiser's step count (the format's own limit).
-const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Which trainer wrote a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +175,61 @@ pub fn ecg_encoder_path(run_dir: &Path) -> PathBuf {
     last_dir(run_dir).join(ECG_ENCODER_FILE)
 }
 
+/// The ECG encoder file named by `path`, however the user names a model: the file itself
+/// (`ecg_encoder.safetensors`, a converted or released checkpoint), a checkpoint directory
+/// holding `ecg_encoder.safetensors` (`<run>/checkpoints/best`), or a run directory (its latest
+/// complete checkpoint, [`find_checkpoint`], so a crash between two checkpoints is survived).
+pub fn find_ecg_encoder(path: &Path) -> Result<PathBuf> {
+    find_checkpoint_file(path, ECG_ENCODER_FILE)
+}
+
+/// The image encoder file named by `path`, as [`find_ecg_encoder`] (`image_encoder.safetensors`
+/// of the multimodal stage's checkpoints).
+pub fn find_image_encoder(path: &Path) -> Result<PathBuf> {
+    find_checkpoint_file(path, IMAGE_ENCODER_FILE)
+}
+
+/// The full model file named by `path`, as [`find_ecg_encoder`] (`model.safetensors`).
+pub fn find_model_file(path: &Path) -> Result<PathBuf> {
+    find_checkpoint_file(path, MODEL_FILE)
+}
+
+/// The file `name` of a checkpoint named by `path`: `path` itself when it is a file, else
+/// `path/name`, else `name` in the run directory's latest complete checkpoint.
+fn find_checkpoint_file(path: &Path, name: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    let direct = path.join(name);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let checkpoint = find_checkpoint(path).map_err(|e| {
+        Error::checkpoint(
+            path,
+            format!(
+                "neither a file, nor a checkpoint directory holding {name}, nor a run \
+                 directory with a complete checkpoint ({e})"
+            ),
+        )
+    })?;
+    let file = checkpoint.join(name);
+    if file.is_file() {
+        Ok(file)
+    } else {
+        Err(Error::checkpoint(
+            &checkpoint,
+            format!("the checkpoint has no {name}"),
+        ))
+    }
+}
+
 /// The name of a per-epoch checkpoint (`epoch-0009` after the tenth epoch).
 pub fn epoch_dir_name(epochs_done: usize) -> String {
     format!("epoch-{:04}", epochs_done.saturating_sub(1))
@@ -247,35 +301,13 @@ pub fn read_file(dir: &Path, file: &str) -> Result<StateDict> {
 /// claimed length is checked against the file before anything is allocated from it).
 pub fn optimizer_steps(dir: &Path, file: &str) -> Result<u64> {
     let path = dir.join(file);
-    let damaged =
-        |reason: String| Error::checkpoint(&path, format!("damaged safetensors header: {reason}"));
-    let mut f = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
-    let mut prefix = [0u8; 8];
-    f.read_exact(&mut prefix).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => damaged(format!("the file is only {len} bytes")),
-        _ => Error::io(&path, e),
+    // A damaged header is a damaged checkpoint (what resume looks for to skip it).
+    let metadata = mmcl_nn::checkpoint::read_safetensors_metadata(&path).map_err(|e| match e {
+        mmcl_nn::Error::BadCheckpoint { reason, .. } => Error::checkpoint(&path, reason),
+        other => other.into(),
     })?;
-    let n = u64::from_le_bytes(prefix);
-    let room = len.saturating_sub(8);
-    if n > room || n > MAX_HEADER_BYTES {
-        return Err(damaged(format!(
-            "it claims {n} bytes of header, the file holds {room} after the length"
-        )));
-    }
-    let mut header = Vec::new();
-    f.take(n)
-        .read_to_end(&mut header)
-        .map_err(|e| Error::io(&path, e))?;
-    if header.len() as u64 != n {
-        return Err(damaged("the file ended inside the header".into()));
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| damaged(e.to_string()))?;
-    value
-        .get("__metadata__")
-        .and_then(|m| m.get("steps"))
-        .and_then(|s| s.as_str())
+    metadata
+        .get("steps")
         .and_then(|s| s.parse::<u64>().ok())
         .ok_or_else(|| Error::checkpoint(&path, "the optimiser state has no step count"))
 }

@@ -209,8 +209,10 @@ impl TrainStep for MaeStage {
         progress.finish_phase();
         if skipped > 0 {
             progress.message(&format!(
-                "epoch {epoch}: a last batch of {skipped} sample was skipped (the SimSiam term \
-                 needs two; set data.drop_last or another batch size)"
+                "epoch {}/{}: a last batch of {skipped} sample was skipped (the SimSiam term \
+                 needs two; set data.drop_last or another batch size)",
+                epoch + 1,
+                self.cfg.max_epochs
             ));
         }
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
@@ -224,8 +226,11 @@ impl TrainStep for MaeStage {
             lr,
             record: record(&values),
             summary: format!(
-                "epoch {epoch}: train loss {:.4}, ncc {:.3}, lr {lr:.3e}, {rate:.1} samples/s",
-                train.loss, train.ncc
+                "epoch {}/{}: train loss {:.4}, ncc {:.3}, lr {lr:.3e}, {rate:.1} samples/s",
+                epoch + 1,
+                self.cfg.max_epochs,
+                train.loss,
+                train.ncc
             ),
         })
     }
@@ -338,6 +343,10 @@ impl Stage for MaeStage {
                 cfg.data.val_split
             )),
         }
+        notes.extend(crate::config::schedule_warning(
+            cfg.warmup_epochs,
+            cfg.max_epochs,
+        ));
         notes
     }
 
@@ -363,7 +372,12 @@ impl Stage for MaeStage {
             state,
             MAE_MODEL_FORMAT,
         )?;
-        let encoder = CheckpointFile::new(MaskedAutoencoder::encoder_state_dict(store)?);
+        let mut encoder = CheckpointFile::new(MaskedAutoencoder::encoder_state_dict(store)?);
+        // The export loads by itself. Downstream tasks pool globally (the paper's probes and
+        // MMCL initialisation do); `fc_norm`, absent from the export, starts as the identity.
+        let mut export_cfg = self.cfg.model.encoder_config();
+        export_cfg.global_pool = true;
+        encoder.metadata = export_cfg.export_metadata()?;
         let full = vec![
             (MODEL_FILE, weights.clone()),
             (OPTIMIZER_FILE, self.step.optimizer_file()?),

@@ -303,7 +303,9 @@ impl TrainStep for MmclStage {
             lr,
             record: record(&values),
             summary: format!(
-                "epoch {epoch}: train loss {:.4}, top-1 {:.3}, lr {lr:.3e}, {:.1} samples/s",
+                "epoch {}/{}: train loss {:.4}, top-1 {:.3}, lr {lr:.3e}, {:.1} samples/s",
+                epoch + 1,
+                self.cfg.max_epochs,
                 sums.loss / samples,
                 sums.top1 / samples,
                 sums.samples as f64 / seconds.max(1e-9)
@@ -376,7 +378,12 @@ impl Stage for MmclStage {
             ));
         }
         if let Some(p) = &cfg.ecg.pretrain_checkpoint {
-            notes.push(format!("ECG encoder: {}", model.load_pretrained_ecg(p)?));
+            // A run or checkpoint folder names its exported encoder.
+            let file = crate::checkpoint::find_ecg_encoder(p)?;
+            notes.push(format!(
+                "ECG encoder: {}",
+                model.load_pretrained_ecg(&file)?
+            ));
         }
         Ok((Self::assemble(cfg, model, cache, run_dir, device)?, notes))
     }
@@ -431,6 +438,10 @@ impl Stage for MmclStage {
                 self.cfg.data.val_split
             )),
         }
+        notes.extend(crate::config::schedule_warning(
+            self.cfg.warmup_epochs,
+            self.cfg.max_epochs,
+        ));
         notes
     }
 
@@ -460,7 +471,9 @@ impl Stage for MmclStage {
             state,
             "mmcl-multimodal",
         )?;
-        let ecg = CheckpointFile::new(model.ecg_encoder_state_dict()?);
+        let mut ecg = CheckpointFile::new(model.ecg_encoder_state_dict()?);
+        // The export loads by itself (`embed-ecg`, `probe`, fine-tuning need no config file).
+        ecg.metadata = model.encoder_ecg().config().export_metadata()?;
         let image = CheckpointFile::new(model.image_encoder_state_dict()?);
         let (opt, classifier_opt) = self.step.optimizer_files()?;
         let mut full = vec![

@@ -11,9 +11,13 @@ use super::common::{OutputKind, ensure_output_not_input};
 /// Arguments of `mmcl build-dataset`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The configuration (.json or .toml); see `--print-config` for every field.
-    #[arg(long, required_unless_present = "print_config")]
+    /// The configuration (.json or .toml); see `--print-config` for every field. Without it,
+    /// the defaults apply (give --root).
+    #[arg(long, required_unless_present_any = ["print_config", "root"])]
     config: Option<PathBuf>,
+    /// The UK-Biobank-style folder to read instead of the configuration's `root`.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Write the cache here instead of the configuration's `output`.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -36,17 +40,22 @@ pub fn run(args: Args) -> Result<()> {
         print!("{text}");
         return Ok(());
     }
-    let Some(path) = args.config else {
-        bail!("--config is required");
+    let mut cfg = match &args.config {
+        Some(path) => BuildConfig::from_file(path)?,
+        None if args.root.is_some() => BuildConfig::default(),
+        None => bail!("give --config FILE or --root DIR"),
     };
-    let mut cfg = BuildConfig::from_file(&path)?;
+    if let Some(root) = args.root {
+        cfg.root = root;
+    }
     if let Some(out) = args.output {
         cfg.output = out;
     }
     cfg.overwrite |= args.overwrite;
     cfg.skip_bad |= args.skip_bad;
     // The cache folder is replaced whole: it must not be or hold the configuration or data.
-    let mut inputs = vec![path.clone(), cfg.root.clone()];
+    let mut inputs: Vec<PathBuf> = args.config.iter().cloned().collect();
+    inputs.push(cfg.root.clone());
     for dir in [&cfg.ecg_dir, &cfg.cmr_dir, &cfg.phenotypes, &cfg.diagnoses]
         .into_iter()
         .flatten()

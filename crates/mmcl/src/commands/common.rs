@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use mmcl_ecg::{EcgVit, EcgVitConfig, LoadSummary, Pooling};
 
 /// Parses `cpu`, `cuda` or `cuda:N` into a device ([`mmcl_nn::device::parse_device`]).
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -20,6 +21,152 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     }
     bar.set_message(what.to_string());
     bar
+}
+
+/// An ECG encoder loaded for embedding, from however the user named it.
+pub struct LoadedEncoder {
+    /// The model.
+    pub model: EcgVit,
+    /// Its configuration.
+    pub config: EcgVitConfig,
+    /// The pooling used.
+    pub pooling: Pooling,
+    /// What loading did (file, layout, keys ignored).
+    pub summary: LoadSummary,
+}
+
+/// Loads the ECG encoder named by `encoder` — a run directory, a checkpoint directory or a file
+/// ([`mmcl_train::checkpoint::find_ecg_encoder`]) — with the configuration in `config` or, when
+/// that is `None`, the one the export carries; `pooling` overrides the configuration's.
+pub fn load_ecg_encoder(
+    encoder: &Path,
+    config: Option<&Path>,
+    pooling: Option<&str>,
+    device: &Device,
+) -> Result<LoadedEncoder> {
+    let file = mmcl_train::checkpoint::find_ecg_encoder(encoder)?;
+    let (mut cfg, cfg_source) = match config {
+        Some(path) => (EcgVitConfig::from_file(path)?, path.to_path_buf()),
+        None => match EcgVitConfig::from_export(&file)? {
+            Some(cfg) => (cfg, file.clone()),
+            None => bail!(
+                "{}: the encoder carries no configuration (a PyTorch checkpoint, or an export \
+                 of an older version): pass --config with its JSON configuration",
+                file.display()
+            ),
+        },
+    };
+    // Embedding is inference: no stochastic depth, and the head (if any) is not used.
+    cfg.drop_path_rate = 0.0;
+    let pooling: Pooling = match pooling {
+        Some(p) => p.parse()?,
+        None => cfg.pooling(),
+    };
+    check_pooling(&cfg, pooling, &cfg_source)?;
+    let (model, _store, summary) = EcgVit::from_checkpoint(&cfg, &file, pooling, device)?;
+    Ok(LoadedEncoder {
+        model,
+        config: cfg,
+        pooling,
+        summary,
+    })
+}
+
+/// Refuses a pooling the configured encoder has no layers for, naming the configuration's file.
+fn check_pooling(cfg: &EcgVitConfig, pooling: Pooling, source: &Path) -> Result<()> {
+    let missing = match pooling {
+        Pooling::Global if !cfg.has_fc_norm() => Some("\"global_pool\": true"),
+        Pooling::Attention if !cfg.attention_pool => Some("\"attention_pool\": true"),
+        _ => None,
+    };
+    if let Some(setting) = missing {
+        bail!(
+            "{}: {pooling} pooling needs an encoder configured with {setting}",
+            source.display()
+        );
+    }
+    Ok(())
+}
+
+/// A folder of outputs written whole: its files go into a temporary sibling, which takes the
+/// folder's place only when [`commit`](Self::commit) is called; dropped before that, it is
+/// removed, so a failed command leaves no partial folder.
+pub struct StagedDir {
+    target: PathBuf,
+    staging: PathBuf,
+    committed: bool,
+}
+
+impl StagedDir {
+    /// Starts the folder `target`, refusing one that exists and is not empty unless
+    /// `overwrite` (then it is replaced whole on commit, so no stale file survives).
+    pub fn begin(target: &Path, overwrite: bool) -> Result<Self> {
+        if target.exists() {
+            if !target.is_dir() {
+                bail!("{} exists and is not a folder", target.display());
+            }
+            let empty = std::fs::read_dir(target)
+                .with_context(|| format!("cannot read {}", target.display()))?
+                .next()
+                .is_none();
+            if !empty && !overwrite {
+                bail!(
+                    "{} exists and is not empty; choose another output or pass --overwrite",
+                    target.display()
+                );
+            }
+        }
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let staging = mmcl_nn::io::temporary_sibling(target);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot remove {}", staging.display()))?;
+        }
+        std::fs::create_dir(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            staging,
+            committed: false,
+        })
+    }
+
+    /// Where the files go until the commit.
+    pub fn path(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Moves the finished folder into place (replacing an existing one).
+    pub fn commit(mut self) -> Result<()> {
+        if self.target.exists() {
+            let trash = self.staging.with_extension("old");
+            std::fs::rename(&self.target, &trash)
+                .with_context(|| format!("cannot replace {}", self.target.display()))?;
+            let moved = std::fs::rename(&self.staging, &self.target);
+            if let Err(e) = moved {
+                let _ = std::fs::rename(&trash, &self.target);
+                return Err(e).with_context(|| format!("cannot write {}", self.target.display()));
+            }
+            std::fs::remove_dir_all(&trash)
+                .with_context(|| format!("cannot remove the old {}", self.target.display()))?;
+        } else {
+            std::fs::rename(&self.staging, &self.target)
+                .with_context(|| format!("cannot write {}", self.target.display()))?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
 }
 
 /// What a command writes at its output path.

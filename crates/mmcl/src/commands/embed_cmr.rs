@@ -24,8 +24,9 @@ use super::common::{OutputKind, ensure_output_not_input};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Encoder checkpoint: safetensors or PyTorch `.pth`, torchvision names or the released
-    /// `{"state_dict": {"encoder_imaging.<i>…"}}` layout.
-    #[arg(long)]
+    /// `{"state_dict": {"encoder_imaging.<i>…"}}` layout; or a run or checkpoint folder of
+    /// `mmcl pretrain-mmcl` (its `image_encoder.safetensors`).
+    #[arg(long = "encoder", alias = "checkpoint", value_name = "MODEL")]
     checkpoint: PathBuf,
     /// Encoder architecture.
     #[arg(long, value_parser = parse_arch)]
@@ -68,8 +69,9 @@ pub fn run(args: Args) -> Result<()> {
             .context("--in-channels")?;
     }
     let device = super::common::parse_device(&args.device)?;
-    let state = StateDict::read(&args.checkpoint)
-        .with_context(|| format!("cannot read checkpoint {}", args.checkpoint.display()))?;
+    let file = mmcl_train::checkpoint::find_image_encoder(&args.checkpoint)?;
+    let state = StateDict::read(&file)
+        .with_context(|| format!("cannot read checkpoint {}", file.display()))?;
     let encoder = extract_encoder(&state, None)?;
     let in_channels = match args.in_channels {
         Some(c) => c,
@@ -86,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
     load_encoder(&store, "", &encoder).with_context(|| {
         format!(
             "{} does not hold a {} encoder over {in_channels} channels",
-            args.checkpoint.display(),
+            file.display(),
             args.arch
         )
     })?;

@@ -29,7 +29,7 @@ use mmcl_eval::localization::{LocalizationConfig, localize};
 use mmcl_train::MmclModel;
 use serde::{Deserialize, Serialize};
 
-use super::common::{OutputKind, ensure_output_not_input};
+use super::common::{OutputKind, StagedDir, ensure_output_not_input};
 
 /// Arguments of `mmcl explain`.
 #[derive(Debug, clap::Args)]
@@ -102,7 +102,8 @@ struct CmrInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExplainConfig {
-    /// The multimodal model (safetensors, .ckpt or .pth) in the reference's key layout.
+    /// The multimodal model: a run folder of `mmcl pretrain-mmcl` (its latest checkpoint), a
+    /// checkpoint folder, or a file (safetensors, .ckpt or .pth) in the reference's key layout.
     model: PathBuf,
     /// The ECG encoder's configuration (the reference's argument names or a preset `model`).
     #[serde(default = "EcgVitConfig::paper")]
@@ -124,7 +125,7 @@ struct ExplainConfig {
 
 fn example_config() -> ExplainConfig {
     ExplainConfig {
-        model: "runs/mmcl/model.safetensors".into(),
+        model: "runs/mmcl".into(),
         encoder: EcgVitConfig::paper(),
         image_encoder: Some(ResNetArch::ResNet50),
         localization: LocalizationConfig::default(),
@@ -259,20 +260,6 @@ fn load_image(input: &CmrInput) -> Result<(Vec<f32>, [usize; 3])> {
     Ok((img.data, [img.channels, img.height, img.width]))
 }
 
-/// A temporary sibling directory that is removed unless it was moved into place.
-struct Staging {
-    dir: PathBuf,
-    done: bool,
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     if args.print_config {
@@ -313,9 +300,10 @@ pub fn run(args: Args) -> Result<()> {
     let (signal, rate) = load_ecg(&cfg.ecg, &cfg.encoder)?;
     let (image, [c, h, w]) = load_image(&cfg.cmr)?;
     let imaging = cfg.image_encoder.map(|m| ResNetConfig::new(m, c));
+    let model_file = mmcl_train::checkpoint::find_model_file(&cfg.model)?;
     let (model, summary) =
-        MmclModel::from_reference_checkpoint(&cfg.model, &cfg.encoder, imaging.as_ref(), &device)
-            .with_context(|| format!("cannot load the model {}", cfg.model.display()))?;
+        MmclModel::from_reference_checkpoint(&model_file, &cfg.encoder, imaging.as_ref(), &device)
+            .with_context(|| format!("cannot load the model {}", model_file.display()))?;
     eprintln!("{summary}");
     if summary.imaging.in_channels != c {
         bail!(
@@ -336,21 +324,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let slice = Matrix::new(h, w, image[channel * h * w..(channel + 1) * h * w].to_vec())?;
 
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "explain".into());
-    let mut staging = Staging {
-        dir: output.with_file_name(format!(".{name}.partial-{}", std::process::id())),
-        done: false,
-    };
-    if staging.dir.exists() {
-        std::fs::remove_dir_all(&staging.dir)
-            .with_context(|| format!("cannot clear {}", staging.dir.display()))?;
-    }
-    std::fs::create_dir_all(&staging.dir)
-        .with_context(|| format!("cannot create {}", staging.dir.display()))?;
-    maps.save_figures(&staging.dir, &signal, rate, &slice)?;
+    let staging = StagedDir::begin(&output, args.overwrite)?;
+    maps.save_figures(staging.path(), &signal, rate, &slice)?;
     let mut json = maps.to_json();
     json["model"] = cfg.model.display().to_string().into();
     json["ecg_file"] = cfg.ecg.file.display().to_string().into();
@@ -360,17 +335,11 @@ pub fn run(args: Args) -> Result<()> {
     json["image_shape"] = serde_json::json!([c, h, w]);
     json["display_channel"] = channel.into();
     let text = serde_json::to_string_pretty(&json)?;
-    let json_path = staging.dir.join("maps.json");
+    let json_path = staging.path().join("maps.json");
     std::fs::write(&json_path, text)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
 
-    if output.exists() {
-        std::fs::remove_dir_all(&output)
-            .with_context(|| format!("cannot replace {}", output.display()))?;
-    }
-    std::fs::rename(&staging.dir, &output)
-        .with_context(|| format!("cannot move the results to {}", output.display()))?;
-    staging.done = true;
+    staging.commit()?;
     println!(
         "{}: ECG importance {}×{}, CMR importance {}×{}, attention {}×{}; global similarity / τ \
          = {:.3}",

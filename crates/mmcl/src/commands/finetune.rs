@@ -63,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.print_config {
         let example = FinetuneConfig {
             cache: "cache".into(),
-            checkpoint: Some("signal_encoder_mmcl.pth".into()),
+            checkpoint: Some("runs/mmcl".into()),
             targets: vec!["CAD".into()],
             output: Some("runs/finetune-cad".into()),
             ..FinetuneConfig::default()
@@ -76,7 +76,11 @@ pub fn run(args: Args) -> Result<()> {
     let Some(config_path) = args.config else {
         bail!("--config is required");
     };
-    let cfg = FinetuneConfig::from_file(&config_path)?;
+    let mut cfg = FinetuneConfig::from_file(&config_path)?;
+    // A run or checkpoint folder names its exported encoder, as everywhere else.
+    if let Some(model) = &cfg.checkpoint {
+        cfg.checkpoint = Some(mmcl_train::checkpoint::find_ecg_encoder(model)?);
+    }
     let output = match (args.output, &cfg.output) {
         (Some(o), _) => o,
         (None, Some(o)) => o.clone(),
@@ -111,10 +115,28 @@ pub fn run(args: Args) -> Result<()> {
     }
     let device = super::common::parse_device(&args.device)?;
     mmcl_nn::memory::keep_freed_memory();
+    if let Some(warning) = mmcl_train::config::schedule_warning(cfg.warmup_epochs, cfg.epochs) {
+        eprintln!("{warning}");
+    }
 
-    let mut log = RunLogWriter::open(&output)?;
-    let mut progress = BarProgress::new();
-    let outcome = finetune(&cfg, &device, Some(&mut log), &mut progress)?;
+    // A run that fails before it trains (a bad cache, an encoder that does not fit) leaves no
+    // folder behind it created.
+    let created = !output.exists();
+    let started = (|| -> Result<_> {
+        let mut log = RunLogWriter::open(&output)?;
+        let mut progress = BarProgress::new().with_epochs(cfg.epochs);
+        let outcome = finetune(&cfg, &device, Some(&mut log), &mut progress)?;
+        Ok((log, outcome))
+    })();
+    let (log, outcome) = match started {
+        Ok(done) => done,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_dir_all(&output);
+            }
+            return Err(e);
+        }
+    };
     if let Some(summary) = &outcome.load_summary {
         eprintln!("{summary}");
     }

@@ -43,10 +43,11 @@ impl Command for MmclStage {
     const DEFAULT_OUTPUT: &'static str = "runs/mmcl";
     fn summary(trainer: &MmclTrainer) -> String {
         format!(
-            "trained {} epochs ({} optimiser steps); checkpoints in {}",
+            "trained {} epochs ({} optimiser steps); checkpoints in {}; the ECG encoder is {}",
             trainer.epochs_done(),
             trainer.steps_taken(),
-            mmcl_train::checkpoint::checkpoints_dir(trainer.run_dir()).display()
+            mmcl_train::checkpoint::checkpoints_dir(trainer.run_dir()).display(),
+            mmcl_train::checkpoint::ecg_encoder_path(trainer.run_dir()).display()
         )
     }
 }
@@ -84,7 +85,6 @@ fn run<S: Command>(args: Args) -> Result<()> {
         Some(path) => Some(S::load_config(path)?),
         None => None,
     };
-    let mut progress = BarProgress::new();
     let (mut trainer, notes) = match &args.resume {
         Some(dir) => Trainer::<S>::resume(dir, cfg, args.output.as_deref(), &device)
             .with_context(|| format!("cannot resume {}", dir.display()))?,
@@ -95,17 +95,22 @@ fn run<S: Command>(args: Args) -> Result<()> {
             let output = args
                 .output
                 .unwrap_or_else(|| PathBuf::from(S::DEFAULT_OUTPUT));
-            eprintln!("configuration:\n{}", S::config_toml(&cfg));
-            Trainer::<S>::new(cfg, &output, &device)?
+            // Printed once the run is set up, so that an error is not buried under it.
+            let text = S::config_toml(&cfg);
+            let made = Trainer::<S>::new(cfg, &output, &device)?;
+            eprintln!("configuration:\n{text}");
+            made
         }
     };
+    let mut progress = BarProgress::new().with_epochs(trainer.max_epochs());
     for note in notes {
         progress.message(&note);
     }
     progress.message(&format!(
-        "run directory {}; epochs {}..{}",
+        "run directory {}; epochs {} to {} of {}",
         trainer.run_dir().display(),
-        trainer.epochs_done(),
+        (trainer.epochs_done() + 1).min(trainer.max_epochs()),
+        trainer.max_epochs(),
         trainer.max_epochs()
     ));
     trainer.fit(&mut progress)?;

@@ -12,8 +12,8 @@ use super::common::{OutputKind, ensure_output_not_input};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Output folder; it must not exist or be empty unless --overwrite is given.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, alias = "out")]
+    output: PathBuf,
     /// Number of subjects [default: 1000].
     #[arg(long)]
     subjects: Option<usize>,
@@ -95,7 +95,7 @@ fn config(args: &Args) -> Result<SynthConfig> {
 pub fn run(args: Args) -> Result<()> {
     let cfg = config(&args)?;
     let inputs: Vec<&Path> = args.config.iter().map(PathBuf::as_path).collect();
-    ensure_output_not_input(&args.out, OutputKind::Directory, &inputs)?;
+    ensure_output_not_input(&args.output, OutputKind::Directory, &inputs)?;
     let cohort = Cohort::new(cfg)?;
     let n = cohort.config().subjects;
     let mut pool = rayon::ThreadPoolBuilder::new();
@@ -126,15 +126,15 @@ pub fn run(args: Args) -> Result<()> {
         };
         eprintln!(
             "generating {n} subjects into {} (about {size})",
-            args.out.display()
+            args.output.display()
         );
     }
     let options = WriteOptions {
         overwrite: args.overwrite,
     };
     let summary = pool
-        .install(|| cohort.write(&args.out, options, &|| bar.inc(1)))
-        .with_context(|| format!("cannot generate the cohort in {}", args.out.display()))?;
+        .install(|| cohort.write(&args.output, options, &|| bar.inc(1)))
+        .with_context(|| format!("cannot generate the cohort in {}", args.output.display()))?;
     bar.finish_and_clear();
     if !args.quiet {
         let count = |f: &dyn Fn(&mmcl_synth::SubjectRecord) -> bool| {

@@ -193,3 +193,19 @@ pub fn synth_small_cohort(out: &Path, subjects: usize, seed: u64) -> Output {
     assert!(run.status.success(), "synth: {}", stderr(&run));
     run
 }
+
+/// A synthetic cohort of `subjects` (seed `seed`) under `root/cohort` and its dataset cache at
+/// `root/cache` (ECGs of 1000 samples, images of 32², the `[train, val, test]` fractions).
+pub fn cohort_and_cache(root: &Path, subjects: usize, seed: u64, [train, val, test]: [f64; 3]) {
+    synth_small_cohort(&root.join("cohort"), subjects, seed);
+    std::fs::write(
+        root.join("build.toml"),
+        format!(
+            "root = \"cohort\"\noutput = \"cache\"\necg_samples = 1000\n\
+             [cmr]\nsize = 32\n[split]\ntrain = {train:?}\nval = {val:?}\ntest = {test:?}\n"
+        ),
+    )
+    .expect("write");
+    let out = mmcl(&["build-dataset", "--config", s(&root.join("build.toml"))]);
+    assert!(out.status.success(), "build-dataset: {}", stderr(&out));
+}

@@ -1,0 +1,198 @@
+//! From a dataset cache and an encoder to embeddings and probes with `mmcl` alone, and the
+//! rules every command follows: a model named by its run folder, checkpoint folder or file, an
+//! export that loads without a configuration file, outputs that appear whole or not at all,
+//! clear errors.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_refused, mmcl, read_npy, s, stderr};
+use mmcl_ecg::{EcgVit, EcgVitConfig};
+
+/// A 40-subject cohort and its cache at `root/cache` (60/20/20 splits).
+fn cache(root: &Path) {
+    common::cohort_and_cache(root, 40, 5, [0.6, 0.2, 0.2]);
+}
+
+/// A randomly initialised small encoder on 12 × 500 inputs, exported as the trainers export
+/// theirs (safetensors with its configuration in the metadata) under `dir/checkpoints/last`.
+fn exported_encoder(dir: &Path) -> std::path::PathBuf {
+    let cfg: EcgVitConfig = serde_json::from_str(
+        r#"{"model": "vit_pluto_patchX", "img_size": [1, 12, 500], "patch_size": [1, 100],
+            "global_pool": true}"#,
+    )
+    .expect("config");
+    let (_, store) = EcgVit::from_seed(&cfg, 7, &candle_core::Device::Cpu).expect("model");
+    let last = dir.join("checkpoints/last");
+    std::fs::create_dir_all(&last).expect("mkdir");
+    let file = last.join("ecg_encoder.safetensors");
+    mmcl_ecg::checkpoint::encoder_state_dict(&store)
+        .expect("state")
+        .write_safetensors(&file, Some(cfg.export_metadata().expect("metadata")))
+        .expect("write");
+    file
+}
+
+#[test]
+fn a_cache_is_embedded_and_probed_from_an_exported_encoder() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    cache(root);
+    let file = exported_encoder(&root.join("run"));
+    let (c, z) = (root.join("cache"), root.join("z"));
+
+    // The checkpoint folder names its export; the export needs no --config.
+    let out = mmcl(&[
+        "embed-ecg",
+        "--encoder",
+        s(&root.join("run/checkpoints/last")),
+        "--cache",
+        s(&c),
+        "--split",
+        "test,all",
+        "--output",
+        s(&z),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, _) = read_npy(&z.join("test/embeddings.npy"));
+    let (all, _) = read_npy(&z.join("all/embeddings.npy"));
+    assert_eq!((shape[1], all[0]), (256, 40), "{shape:?} {all:?}");
+    let (labels, _) = read_npy(&z.join("test/labels.npy"));
+    assert_eq!(labels[0], shape[0]);
+    let csv = std::fs::read_to_string(z.join("test/subjects.csv")).expect("csv");
+    assert!(csv.starts_with("eid,CAD,AF,diabetes,lvedv"), "{csv}");
+    assert_eq!(csv.lines().count() as u64, shape[0] + 1);
+    assert!(!z.join("train").exists(), "only the splits asked for");
+
+    // An existing output is refused without --overwrite and left as it was.
+    let again = mmcl(&[
+        "embed-ecg",
+        "--encoder",
+        s(&file),
+        "--cache",
+        s(&c),
+        "--output",
+        s(&z),
+    ]);
+    assert_refused(&again, &["--overwrite"]);
+    assert!(z.join("all/embeddings.npy").is_file());
+
+    // ECG files as they come: a folder of CardioSoft XML files and one file by name.
+    let files = root.join("files");
+    let ecg_dir = root.join("cohort/ecg");
+    let first = ecg_dir.join("1000001_20205_2_0.xml");
+    let out = mmcl(&[
+        "embed-ecg",
+        "--encoder",
+        s(&file),
+        "--ecg",
+        s(&ecg_dir),
+        s(&first),
+        "--batch-size",
+        "16",
+        "--output",
+        s(&files),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, values) = read_npy(&files.join("embeddings.npy"));
+    assert_eq!(shape, [41, 256]);
+    // The file named twice embeds identically, whatever batch it fell in.
+    let row = |i: usize| &values[i * 256..(i + 1) * 256];
+    let list = std::fs::read_to_string(files.join("files.csv")).expect("csv");
+    assert!(
+        list.starts_with("row,id,file\n0,1000001_20205_2_0,"),
+        "{list}"
+    );
+    assert_eq!(row(0), row(40));
+    // The same ECG from the cache (preprocessed and cropped the same way) embeds the same.
+    let (_, cached) = read_npy(&z.join("all/embeddings.npy"));
+    let close = cached[..256]
+        .iter()
+        .zip(row(0))
+        .all(|(a, b)| (a - b).abs() < 1e-4);
+    assert!(
+        close,
+        "the cache's and the file's embeddings of subject 1000001 differ"
+    );
+
+    // One command from the cache and the encoder to the phenotype probes (a whole run folder
+    // is taken the same way: `docs_run.rs`).
+    let probe = root.join("probe");
+    let out = mmcl(&[
+        "probe",
+        "--cache",
+        s(&c),
+        "--encoder",
+        s(&root.join("run/checkpoints/last")),
+        "--task",
+        "regression",
+        "--bootstrap",
+        "50",
+        "--output",
+        s(&probe),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics = std::fs::read_to_string(probe.join("phenotypes/metrics.json")).expect("json");
+    assert!(metrics.contains("\"lvedv\""), "{metrics}");
+    assert!(probe.join("phenotypes/scatter.png").is_file());
+    assert!(!probe.join("diseases").exists());
+}
+
+#[test]
+fn bad_encoders_and_devices_are_clear_errors_that_write_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    cache(root);
+    let c = root.join("cache");
+    let z = root.join("z");
+    let embed = |encoder: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "embed-ecg",
+            "--encoder",
+            s(encoder),
+            "--cache",
+            s(&c),
+            "--output",
+            s(&z),
+        ];
+        args.extend_from_slice(extra);
+        mmcl(&args)
+    };
+    // A PyTorch checkpoint carries no configuration.
+    let pth = common::ecg_fixture("tiny_plain.pth");
+    assert_refused(&embed(&pth, &[]), &["tiny_plain.pth", "--config"]);
+    // An encoder for other inputs than the cache's ECGs.
+    let toy = root.join("toy.json");
+    std::fs::write(&toy, common::TOY_CONFIG).expect("write");
+    assert_refused(
+        &embed(&pth, &["--config", s(&toy)]),
+        &["12 leads × 1000 samples", "2 × at least 20"],
+    );
+    // Neither a file nor a run.
+    assert_refused(&embed(&root.join("nope"), &[]), &["nope"]);
+    let empty = root.join("empty-run");
+    std::fs::create_dir(&empty).expect("mkdir");
+    assert_refused(&embed(&empty, &[]), &["empty-run", "checkpoint"]);
+    // A split that does not exist.
+    let file = exported_encoder(&root.join("run"));
+    assert_refused(&embed(&file, &["--split", "training"]), &["training"]);
+    // CUDA on a build without it says how to get it.
+    if !cfg!(feature = "cuda") {
+        assert_refused(&embed(&file, &["--device", "cuda"]), &["--features cuda"]);
+    }
+    assert!(!z.exists(), "a failed command left its output");
+    let leftovers: Vec<_> = std::fs::read_dir(root)
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A fine-tuning run that cannot start leaves no run folder.
+    let config = root.join("ft.toml");
+    std::fs::write(&config, "cache = \"missing-cache\"\noutput = \"ft-run\"\n").expect("write");
+    let out = mmcl(&["finetune", "--config", s(&config)]);
+    assert_refused(&out, &["missing-cache"]);
+    assert!(!root.join("ft-run").exists());
+}
