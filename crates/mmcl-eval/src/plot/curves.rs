@@ -30,9 +30,14 @@ impl<'a> TrainingCurvesFigure<'a> {
         }
     }
 
+    /// The metrics drawn: those asked for, or every metric of the log with the losses first
+    /// (what a reader looks at first), then the others in the log's order.
     fn metric_list(&self) -> Vec<String> {
         if self.metrics.is_empty() {
-            self.log.metric_names()
+            let mut names = self.log.metric_names();
+            // A stable sort keeps the log's order within each group.
+            names.sort_by_key(|m| !m.contains("loss"));
+            names
         } else {
             self.metrics.clone()
         }
@@ -97,8 +102,18 @@ impl Figure for TrainingCurvesFigure<'_> {
                 .x_label_area_size(34)
                 .y_label_area_size(58)
                 .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
+            // Epochs are whole numbers: ticks between them stay unlabelled.
+            let epoch_label = |x: &f64| {
+                if (x - x.round()).abs() < 1e-9 {
+                    format!("{}", x.round() as i64)
+                } else {
+                    String::new()
+                }
+            };
             shared_axes(&mut chart.configure_mesh(), 12, 238)
                 .x_desc("epoch")
+                .y_desc(metric.as_str())
+                .x_label_formatter(&epoch_label)
                 .draw()?;
             for s in &series {
                 let k = splits.iter().position(|x| *x == s.split).unwrap_or(0);

@@ -171,8 +171,9 @@ impl EpochLoop {
         self.state.steps += train.steps;
         self.state.lr = train.lr;
         let steps = self.state.steps as usize;
+        // Logs number epochs from 1, as the terminal, the reports and the curves do.
         if let Some(log) = log.as_deref_mut() {
-            log.append("train", epoch, steps, &pairs(&train.record))?;
+            log.append("train", epoch + 1, steps, &pairs(&train.record))?;
         }
         let last = epoch + 1 == self.max_epochs;
         let due = (epoch + 1).is_multiple_of(self.val_every) || last;
@@ -184,7 +185,7 @@ impl EpochLoop {
         let mut improved = false;
         if let Some(val) = &val {
             if let Some(log) = log {
-                log.append("val", epoch, steps, &pairs(&val.record))?;
+                log.append("val", epoch + 1, steps, &pairs(&val.record))?;
             }
             improved = step.improves(val.monitored, self.state.best.map(|(b, _)| b));
             if improved {

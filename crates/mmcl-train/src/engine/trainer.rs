@@ -120,7 +120,8 @@ impl<S: Stage> Trainer<S> {
         let mut trainer = Self::assemble(stage, LoopState::default())?;
         notes.extend(trainer.stage.describe());
         crate::run::write_config(run_dir, &S::config_toml(trainer.stage.config()))?;
-        trainer.log.truncate_after(0)?;
+        // A new run: no record of an earlier one survives (logs number epochs from 1).
+        trainer.log.truncate_after(1)?;
         Ok((trainer, notes))
     }
 
@@ -147,7 +148,8 @@ impl<S: Stage> Trainer<S> {
             lr: state.lr,
         };
         let mut trainer = Self::assemble(stage, counters)?;
-        trainer.log.truncate_after(state.epoch)?;
+        // The epochs about to be re-run (numbered from 1 in the log) lose their records.
+        trainer.log.truncate_after(state.epoch + 1)?;
         let mut notes = vec![format!(
             "resumed from {} after epoch {} ({} optimiser steps)",
             dir.display(),

@@ -23,7 +23,7 @@ use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
 use mmcl_train::BarProgress;
 
-use super::common::{OutputKind, ensure_output_not_input};
+use super::common::{OutputKind, ensure_output_not_input, with_optional_keys};
 
 /// Arguments of `mmcl finetune`.
 #[derive(Debug, clap::Args)]
@@ -70,7 +70,24 @@ pub fn run(args: Args) -> Result<()> {
         };
         let text =
             toml::to_string_pretty(&example).context("cannot render the default configuration")?;
-        print!("{text}");
+        let optional = [
+            (
+                "lr",
+                "1e-4",
+                "absolute learning rate (default: blr × batch / 4)",
+            ),
+            (
+                "monitor",
+                "\"auprc\"",
+                "validation metric that picks the best weights (default: auroc / r2)",
+            ),
+            (
+                "clip_grad",
+                "1.0",
+                "clip the gradients' global norm to this value",
+            ),
+        ];
+        print!("{}", with_optional_keys(&text, &optional));
         return Ok(());
     }
     let Some(config_path) = args.config else {

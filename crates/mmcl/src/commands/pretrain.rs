@@ -8,6 +8,8 @@ use mmcl_train::mae::{MaeStage, MaeTrainer};
 use mmcl_train::mmcl::{MmclStage, MmclTrainer};
 use mmcl_train::{BarProgress, Progress, Stage, Trainer};
 
+use super::common::{OptionalKey, with_optional_keys};
+
 /// Arguments of `mmcl pretrain-mae` and `mmcl pretrain-mmcl`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,12 +37,31 @@ pub struct Args {
 trait Command: Stage {
     /// Where a new run goes without `--output`.
     const DEFAULT_OUTPUT: &'static str;
+    /// The settings unset by default, shown commented out by `--print-config`.
+    const OPTIONAL: &'static [OptionalKey];
     /// The closing line: what was trained and where its outputs are.
     fn summary(trainer: &Trainer<Self>) -> String;
 }
 
 impl Command for MmclStage {
     const DEFAULT_OUTPUT: &'static str = "runs/mmcl";
+    const OPTIONAL: &'static [OptionalKey] = &[
+        (
+            "gradient_clip_val",
+            "1.0",
+            "clip the global gradient norm to this value",
+        ),
+        (
+            "ecg.pretrain_checkpoint",
+            "\"runs/mae\"",
+            "start the ECG encoder from this run, checkpoint folder or file",
+        ),
+        (
+            "imaging.pretrain_checkpoint",
+            "\"image_encoder.pth\"",
+            "start the image encoder from this checkpoint",
+        ),
+    ];
     fn summary(trainer: &MmclTrainer) -> String {
         format!(
             "trained {} epochs ({} optimiser steps); checkpoints in {}; the ECG encoder is {}",
@@ -54,6 +75,18 @@ impl Command for MmclStage {
 
 impl Command for MaeStage {
     const DEFAULT_OUTPUT: &'static str = "runs/mae";
+    const OPTIONAL: &'static [OptionalKey] = &[
+        (
+            "lr",
+            "1e-3",
+            "absolute learning rate (default: blr × effective batch / 4)",
+        ),
+        (
+            "gradient_clip_val",
+            "1.0",
+            "clip the global gradient norm to this value",
+        ),
+    ];
     fn summary(trainer: &MaeTrainer) -> String {
         format!(
             "trained {} epochs ({} optimiser steps); the ECG encoder is {}",
@@ -76,7 +109,8 @@ pub fn run_mae(args: Args) -> Result<()> {
 
 fn run<S: Command>(args: Args) -> Result<()> {
     if args.print_config {
-        print!("{}", S::config_toml(&S::Config::default()));
+        let text = S::config_toml(&S::Config::default());
+        print!("{}", with_optional_keys(&text, S::OPTIONAL));
         return Ok(());
     }
     mmcl_nn::memory::keep_freed_memory();
