@@ -141,10 +141,12 @@ fn main() -> Result<()> {
         .save(&dir.join("ecg_importance.png"))?;
 
     let (slice, heat) = synthetic_cmr(160);
-    CmrFigure::new(&slice)
+    // The cache's default images: a 120 mm LV-centred square, here at the slice's size.
+    let mut cmr = CmrFigure::new(&slice)
         .with_heatmap(&heat)
-        .with_title("CMR region importance")
-        .save(&dir.join("cmr_heatmap.png"))?;
+        .with_title("CMR region importance on the mid-systolic frame");
+    cmr.pixel_mm = Some(120.0 / slice.cols() as f64);
+    cmr.save(&dir.join("cmr_heatmap.png"))?;
 
     // Two models on one synthetic task.
     let n = 600;
@@ -208,15 +210,16 @@ fn main() -> Result<()> {
     .save(&dir.join("scatter.png"))?;
 
     let mut lines = String::new();
-    for epoch in 0..40 {
-        let e = epoch as f64;
+    // Epochs numbered from 1, as the trainers' logs are.
+    for epoch in 1..=40 {
+        let e = (epoch - 1) as f64;
         for step in 0..4 {
             let loss = 4.0 * (-e / 12.0).exp() + 0.9 + 0.05 * rng.next_normal();
             let lr =
                 3e-3 * (e / 5.0).min(1.0) * (0.5 * (1.0 + (std::f64::consts::PI * e / 40.0).cos()));
             lines += &format!(
                 "{{\"epoch\": {epoch}, \"step\": {}, \"split\": \"train\", \"loss\": {loss:.4}, \"lr\": {lr:.6}}}\n",
-                epoch * 4 + step
+                (epoch - 1) * 4 + step
             );
         }
         let val = 4.2 * (-e / 10.0).exp() + 1.1 + 0.004 * (e - 25.0).max(0.0).powi(2);

@@ -344,13 +344,15 @@ impl SubjectMaps {
     ///
     /// Importance uses the reference's diverging map over `[-1, 1]` (an automatic range with
     /// `use_softmax`), attention a sequential map over its own range, drawn relative to
-    /// uniform attention (multiplied by the number of patches).
+    /// uniform attention (multiplied by the number of patches). `slice` says which frame the
+    /// image shows and its pixel size, for the CMR figure's title and scale bar.
     pub fn save_figures(
         &self,
         dir: &Path,
         ecg: &Matrix<f32>,
         sampling_rate: f64,
         image: &Matrix<f32>,
+        slice: &SliceInfo,
     ) -> Result<FigureFiles> {
         let files = FigureFiles {
             ecg_importance: dir.join("ecg_importance.png"),
@@ -397,14 +399,45 @@ impl SubjectMaps {
         let mut figure = CmrFigure::new(image)
             .with_heatmap(&self.image_importance)
             .with_title(format!(
-                "CMR importance: cos(region, ECG) / τ, τ = {}",
+                "CMR importance{}: cos(region, ECG) / τ, τ = {}",
+                if slice.frame.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on the {}", slice.frame)
+                },
                 self.config.temperature
             ));
         figure.colormap = colormap;
         figure.color_range = range;
         figure.alpha = 0.5;
+        figure.pixel_mm = slice.pixel_mm;
         figure.save(&files.cmr_importance)?;
         Ok(files)
+    }
+}
+
+/// What a CMR figure says about its image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SliceInfo {
+    /// Which frame the image shows (`mid-systolic frame`,
+    /// [`mmcl_data::cmr::FrameSpec::describe`]); empty when unknown.
+    pub frame: String,
+    /// Millimetres per image pixel ([`mmcl_data::cmr::CmrConfig::output_pixel_mm`]), for the
+    /// scale bar.
+    pub pixel_mm: Option<f64>,
+}
+
+impl SliceInfo {
+    /// The slice facts of channel `channel` of images prepared with `cfg`.
+    pub fn of(cfg: &mmcl_data::cmr::CmrConfig, channel: usize) -> Self {
+        Self {
+            frame: cfg
+                .channels
+                .get(channel)
+                .map(|f| f.describe())
+                .unwrap_or_default(),
+            pixel_mm: cfg.output_pixel_mm(),
+        }
     }
 }
 

@@ -534,7 +534,16 @@ fn figures_render() {
     )
     .unwrap();
     let files = maps
-        .save_figures(dir.path(), &signal, 500.0, &slice)
+        .save_figures(
+            dir.path(),
+            &signal,
+            500.0,
+            &slice,
+            &mmcl_eval::localization::SliceInfo {
+                frame: "mid-systolic frame".into(),
+                pixel_mm: Some(1.5),
+            },
+        )
         .unwrap();
     let (w1, h1) = check_png(&files.ecg_importance);
     let (w2, h2) = check_png(&files.ecg_attention);

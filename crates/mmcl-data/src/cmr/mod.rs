@@ -34,6 +34,18 @@ pub enum FrameSpec {
     Frame(usize),
 }
 
+impl FrameSpec {
+    /// The frame in words, for figure titles: `end-diastolic frame (ED)`, `frame 7`.
+    pub fn describe(self) -> String {
+        match self {
+            FrameSpec::Ed => "end-diastolic frame (ED)".into(),
+            FrameSpec::Es => "end-systolic frame (ES)".into(),
+            FrameSpec::MidSystole => "mid-systolic frame".into(),
+            FrameSpec::Frame(i) => format!("frame {i}"),
+        }
+    }
+}
+
 /// Which slice the channels show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,6 +113,18 @@ pub struct CmrConfig {
     pub size: usize,
     /// The end-systolic frame used when there is no segmentation.
     pub es_frame_without_segmentation: usize,
+}
+
+impl CmrConfig {
+    /// Millimetres per pixel of the prepared images, where the crop is given in mm (an
+    /// LV-centred square of `size_mm` resized to `size` pixels); `None` for crops given as
+    /// fractions of the slice.
+    pub fn output_pixel_mm(&self) -> Option<f64> {
+        match self.crop {
+            CropSpec::LvCentre { size_mm } if self.size > 0 => Some(size_mm / self.size as f64),
+            _ => None,
+        }
+    }
 }
 
 impl Default for CmrConfig {

@@ -28,6 +28,8 @@ pub struct CmrFigure<'a> {
     pub title: Option<String>,
     /// Edge of the drawn image in pixels (the slice is scaled to fit).
     pub display_size: u32,
+    /// Millimetres per slice pixel, when known: a scale bar is drawn in the lower left.
+    pub pixel_mm: Option<f64>,
 }
 
 impl<'a> CmrFigure<'a> {
@@ -43,6 +45,7 @@ impl<'a> CmrFigure<'a> {
             window_percentiles: (1.0, 99.0),
             title: None,
             display_size: 420,
+            pixel_mm: None,
         }
     }
 
@@ -182,6 +185,26 @@ impl Figure for CmrFigure<'_> {
             (ox, 10),
             text_style(18.0, RGBColor(0, 0, 0)),
         ))?;
+        if let Some(mm) = self.pixel_mm.filter(|m| m.is_finite() && *m > 0.0) {
+            // The longest of 50, 20, 10, 5 mm that fits in a third of the image.
+            let px_per_mm = s / mm;
+            let length = [50.0, 20.0, 10.0, 5.0]
+                .into_iter()
+                .find(|l| l * px_per_mm <= dw as f64 / 3.0);
+            if let Some(length) = length {
+                let bar = (length * px_per_mm).round() as i32;
+                let (x0, y0) = (ox + 12, oy + dh - 14);
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + bar, y0 + 4)],
+                    RGBColor(255, 255, 255).filled(),
+                ))?;
+                root.draw(&Text::new(
+                    format!("{length:.0} mm"),
+                    (x0, y0 - 18),
+                    text_style(13.0, RGBColor(255, 255, 255)),
+                ))?;
+            }
+        }
         let bar_height = (dh as u32).saturating_sub(24).max(10);
         draw_colorbar(
             root,

@@ -187,13 +187,26 @@ impl Figure for EcgFigure<'_> {
         let (left, top, width, row_h, rows) = self.geometry();
         let t = self.signal.cols();
         let grid_bottom = top + row_h * rows as f64;
-        // The pink grid: paper background, 1 mm minor and 5 mm major lines.
+        // The paper: background, 1 mm minor and 5 mm major lines. Pink as printed ECGs are,
+        // except under an importance overlay, whose reds would vanish on pink: neutral grey
+        // keeps every colour of the map readable.
+        let (background, minor, major) = if self.importance.is_some() {
+            (
+                RGBColor(252, 252, 252),
+                RGBColor(228, 228, 228),
+                RGBColor(188, 188, 188),
+            )
+        } else {
+            (
+                RGBColor(255, 247, 247),
+                RGBColor(250, 208, 214),
+                RGBColor(232, 128, 146),
+            )
+        };
         root.draw(&Rectangle::new(
             [(mm(left), mm(top)), (mm(left + width), mm(grid_bottom))],
-            RGBColor(255, 247, 247).filled(),
+            background.filled(),
         ))?;
-        let minor = RGBColor(250, 208, 214);
-        let major = RGBColor(232, 128, 146);
         for pass in [false, true] {
             let color = if pass { major } else { minor };
             let mut x = 0.0;

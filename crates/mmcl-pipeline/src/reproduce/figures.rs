@@ -8,7 +8,7 @@ use mmcl_data::cache::Cache;
 use mmcl_data::loader::{Loader, LoaderConfig};
 use mmcl_data::tables::Split;
 use mmcl_eval::Matrix;
-use mmcl_eval::localization::localize;
+use mmcl_eval::localization::{SliceInfo, localize};
 use mmcl_eval::plot::TrainingCurvesFigure;
 use mmcl_eval::runlog::RunLog;
 use mmcl_train::MmclModel;
@@ -82,6 +82,15 @@ pub fn explain_subjects(
     let (_, c, h, w) = image.dims4()?;
     // The reference's figure shows the middle channel (mid-systole) of three.
     let channel = if c > 1 { 1 } else { 0 };
+    // The cache's images: the default channels, an LV-centred square of `crop_mm`.
+    let cmr = mmcl_data::cmr::CmrConfig {
+        crop: mmcl_data::cmr::CropSpec::LvCentre {
+            size_mm: cfg.data.crop_mm,
+        },
+        size: cfg.data.image_size,
+        ..mmcl_data::cmr::CmrConfig::default()
+    };
+    let slice_info = SliceInfo::of(&cmr, channel);
     let mut out = Vec::new();
     for (b, eid) in batch.eids.iter().enumerate() {
         let subject = maps.subject(b)?;
@@ -95,7 +104,8 @@ pub fn explain_subjects(
         let slice = Matrix::new(h, w, slice.to_vec1::<f32>()?)?;
         let sub = dir.join(eid.to_string());
         std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-        let files = subject.save_figures(&sub, &signal, cfg.data.ecg_sample_rate, &slice)?;
+        let files =
+            subject.save_figures(&sub, &signal, cfg.data.ecg_sample_rate, &slice, &slice_info)?;
         out.push(ExplainedSubject {
             eid: *eid,
             similarity: subject.similarity,

@@ -25,7 +25,7 @@ use mmcl_data::cmr::{CmrConfig, read_study};
 use mmcl_data::ecg::preprocess::{PreprocessConfig, crop, preprocess};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_eval::Matrix;
-use mmcl_eval::localization::{LocalizationConfig, localize};
+use mmcl_eval::localization::{LocalizationConfig, SliceInfo, localize};
 use mmcl_train::MmclModel;
 use serde::{Deserialize, Serialize};
 
@@ -325,7 +325,8 @@ pub fn run(args: Args) -> Result<()> {
     let slice = Matrix::new(h, w, image[channel * h * w..(channel + 1) * h * w].to_vec())?;
 
     let staging = StagedDir::begin(&output, args.overwrite)?;
-    maps.save_figures(staging.path(), &signal, rate, &slice)?;
+    let slice_info = SliceInfo::of(&cfg.cmr.preprocessing, channel);
+    maps.save_figures(staging.path(), &signal, rate, &slice, &slice_info)?;
     let mut json = maps.to_json();
     json["model"] = cfg.model.display().to_string().into();
     json["ecg_file"] = cfg.ecg.file.display().to_string().into();
