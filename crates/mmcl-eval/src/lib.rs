@@ -5,6 +5,8 @@
 //! - [`metrics`]: AUROC, average precision, F1 / balanced accuracy / accuracy at a threshold,
 //!   R², Pearson r, MAE (scikit-learn's definitions), per target and averaged, with seeded
 //!   percentile-bootstrap intervals ([`metrics::evaluate`]).
+//! - [`paired`]: the difference of a metric between two encoders on the same subjects, with a
+//!   paired bootstrap interval ([`paired::compare`]).
 //! - [`probe`]: standardisation fitted on the training rows, L2 logistic regression with
 //!   balanced class weights (L-BFGS) and multi-target ridge regression with missing values,
 //!   regularisation chosen on a validation split ([`probe::LinearProbe`]).
@@ -39,6 +41,7 @@ mod linalg;
 pub mod localization;
 mod matrix;
 pub mod metrics;
+pub mod paired;
 pub mod plot;
 pub mod probe;
 pub mod report;

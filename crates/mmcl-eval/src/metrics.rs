@@ -182,7 +182,7 @@ impl Evaluation {
 }
 
 /// One target's rows and pre-sorted order, ready for repeated weighted evaluation.
-struct PreparedTarget {
+pub(crate) struct PreparedTarget {
     rows: Vec<usize>,
     labels: Vec<bool>,
     order: Vec<usize>,
@@ -190,13 +190,18 @@ struct PreparedTarget {
 
 /// A target checked for evaluation: its present rows, its positives (classification), and
 /// either what repeated evaluation needs or why its metrics are undefined.
-struct CheckedTarget {
+pub(crate) struct CheckedTarget {
     n: usize,
     n_positive: Option<usize>,
-    prepared: std::result::Result<PreparedTarget, String>,
+    pub(crate) prepared: std::result::Result<PreparedTarget, String>,
 }
 
-fn prepare(task: Task, name: &str, truth: &[f64], pred: &[f64]) -> Result<CheckedTarget> {
+pub(crate) fn prepare(
+    task: Task,
+    name: &str,
+    truth: &[f64],
+    pred: &[f64],
+) -> Result<CheckedTarget> {
     let rows: Vec<usize> = (0..truth.len()).filter(|&i| !truth[i].is_nan()).collect();
     if rows.is_empty() {
         return Err(Error::InvalidInput(format!(
@@ -260,7 +265,7 @@ fn prepare(task: Task, name: &str, truth: &[f64], pred: &[f64]) -> Result<Checke
 }
 
 /// All metrics of one target under row weights; `None` where undefined.
-fn target_values(
+pub(crate) fn target_values(
     task: Task,
     target: &PreparedTarget,
     truth: &[f64],
@@ -298,8 +303,24 @@ fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
 }
 
+/// The central `confidence` interval of bootstrap replicates (percentile method); `None`
+/// bounds without replicates.
+pub(crate) fn percentile_interval(
+    mut values: Vec<f64>,
+    confidence: f64,
+) -> (Option<f64>, Option<f64>) {
+    if values.is_empty() {
+        return (None, None);
+    }
+    values.sort_by(f64::total_cmp);
+    (
+        Some(quantile_sorted(&values, (1.0 - confidence) / 2.0)),
+        Some(quantile_sorted(&values, (1.0 + confidence) / 2.0)),
+    )
+}
+
 /// Row counts of bootstrap resample `b`: how often each of `n` rows is drawn.
-fn resample_counts(seed: u64, b: usize, n: usize) -> Vec<u32> {
+pub(crate) fn resample_counts(seed: u64, b: usize, n: usize) -> Vec<u32> {
     let mut rng =
         mmcl_nn::rng::SplitMix64::new(seed ^ (b as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let mut counts = vec![0u32; n];
@@ -412,20 +433,8 @@ pub fn evaluate(
         })
         .collect();
 
-    let (lo_q, hi_q) = (
-        (1.0 - bootstrap.confidence) / 2.0,
-        (1.0 + bootstrap.confidence) / 2.0,
-    );
     let interval = |samples: &[Vec<f64>], m: usize| -> (Option<f64>, Option<f64>) {
-        let mut values: Vec<f64> = samples.iter().map(|v| v[m]).collect();
-        if values.is_empty() {
-            return (None, None);
-        }
-        values.sort_by(f64::total_cmp);
-        (
-            Some(quantile_sorted(&values, lo_q)),
-            Some(quantile_sorted(&values, hi_q)),
-        )
+        percentile_interval(samples.iter().map(|v| v[m]).collect(), bootstrap.confidence)
     };
     let summarise = |name: String,
                      n: usize,
