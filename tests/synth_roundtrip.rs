@@ -106,10 +106,10 @@ fn check_cmr(root: &Path, subject: &Subject) {
             .all(|(r, t)| *r == *t as f32)
     );
     assert_eq!(study.labels.as_deref(), Some(cine.labels.as_slice()));
-    // Cardiac output uses the heart rate during the CMR scan (the hidden state's rate; the
-    // ECG's differs by its own variability).
+    // Cardiac output uses the heart rate during the CMR scan (the hidden state's scanner rate,
+    // related to the ECG's only as far as the cohort's couplings say).
     let measured = study
-        .phenotypes(Some(subject.state.heart_rate_bpm))
+        .phenotypes(Some(subject.state.cmr_heart_rate_bpm))
         .unwrap()
         .unwrap();
     for (m, t) in measured.values().iter().zip(subject.phenotypes.values()) {

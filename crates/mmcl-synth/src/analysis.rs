@@ -480,7 +480,8 @@ pub fn learnability(cohort: &Cohort, subjects: usize, folds: usize) -> Result<Le
             let s = cohort.subject(i)?;
             let st = &s.state;
             let c = &st.conditions;
-            let hr = st.heart_rate_bpm;
+            // Cardiac output at the rate during the CMR scan, where it is measured.
+            let hr = st.cmr_heart_rate_bpm;
             Ok(Row {
                 features: ecg_features(&s.ecg),
                 measured: s.phenotypes.values(),

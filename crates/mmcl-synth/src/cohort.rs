@@ -78,7 +78,7 @@ impl Cohort {
     /// [`Error::InvalidConfig`] when a value is out of range.
     pub fn new(config: SynthConfig) -> Result<Self> {
         config.validate()?;
-        let model = PopulationModel::new(&config.prevalence);
+        let model = PopulationModel::with_couplings(&config.prevalence, &config.couplings);
         Ok(Self { config, model })
     }
 
@@ -124,7 +124,7 @@ impl Cohort {
             &cine.labels,
             cine.dims,
             cine.voxel_mm,
-            Some(state.heart_rate_bpm),
+            Some(state.cmr_heart_rate_bpm),
         )
         .map_err(|source| Error::Phenotypes {
             eid: state.eid,

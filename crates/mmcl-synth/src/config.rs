@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::couplings::Couplings;
 use crate::{Error, Result};
 
 /// The whole description of a synthetic cohort. The same configuration (and crate version)
@@ -23,6 +24,8 @@ pub struct SynthConfig {
     pub cmr: CmrConfig,
     /// Target prevalences of the conditions.
     pub prevalence: Prevalences,
+    /// How strongly the ECG reflects the anatomy (effect sizes; the negative control).
+    pub couplings: Couplings,
 }
 
 impl Default for SynthConfig {
@@ -34,6 +37,7 @@ impl Default for SynthConfig {
             ecg: EcgConfig::default(),
             cmr: CmrConfig::default(),
             prevalence: Prevalences::default(),
+            couplings: Couplings::default(),
         }
     }
 }
@@ -193,6 +197,7 @@ impl SynthConfig {
     /// [`Error::InvalidConfig`] naming the first offending value.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        self.couplings.validate()?;
         if self.subjects == 0 {
             return bad("subjects must be at least 1".into());
         }

@@ -9,9 +9,11 @@
 //! describing the cohort. Generation is deterministic for a seed, whatever the thread count,
 //! and parallel over subjects.
 //!
-//! The ECG carries rate, rhythm, QRS width, axis and voltage strongly but volumes and ejection
-//! fraction only weakly; the CMR carries the anatomy exactly. See [`state`] for the model and
-//! [`analysis`] for the figures that show how learnable each target is.
+//! The ECG carries rate, rhythm, QRS width, axis and voltage strongly, and the anatomy through
+//! effect sizes set in [`Couplings`] (QRS width and voltage with LV volume and mass, QTc and
+//! T waves with EF, the axis with RV size; RV ejection fraction left uncoupled as a negative
+//! control); the CMR carries the anatomy exactly. See [`state`] for the model and [`analysis`]
+//! for the figures that show how learnable each target is.
 //!
 //! ```
 //! use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
@@ -44,6 +46,7 @@ pub mod cardiosoft;
 pub mod cmr;
 pub mod cohort;
 pub mod config;
+pub mod couplings;
 pub mod ecg;
 mod error;
 pub mod io;
@@ -55,4 +58,5 @@ pub mod tables;
 
 pub use cohort::{Cohort, CohortSummary, Subject, SubjectRecord, WriteOptions};
 pub use config::{CmrConfig, EcgConfig, Prevalences, SynthConfig};
+pub use couplings::Couplings;
 pub use error::{Error, Result};

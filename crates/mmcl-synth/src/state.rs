@@ -2,13 +2,16 @@
 //!
 //! One state drives both modalities. The CMR shows the anatomy directly (volumes, ejection
 //! fraction, mass, regional wall motion). The ECG shows the electrical side strongly (rate and
-//! rhythm, QRS width, axis, voltage) and the anatomy only weakly: QRS voltage follows LV mass
-//! but is blurred by chest-wall attenuation and an individual factor, and EF leaves faint traces
-//! (slightly higher rate, longer QRS and QTc, flatter T waves, Q waves after some infarcts).
+//! rhythm, QRS width, axis, voltage) and the anatomy through the effect sizes of
+//! [`Couplings`]: QRS voltage follows LV mass (blurred by chest-wall attenuation and an
+//! individual factor), QRS width LV volume, QTc and T waves EF, the horizontal axis RV size;
+//! infarcts leave Q waves in some subjects. RV ejection fraction stays invisible to the ECG
+//! (the negative control), and the CMR is acquired at its own heart rate.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Prevalences;
+use crate::couplings::Couplings;
 use crate::rng::{SubjectRng, bernoulli, normal, uniform};
 
 /// Coronary territory of an ischaemic or infarcted LV segment.
@@ -92,9 +95,12 @@ pub struct HiddenState {
     pub hypokinesis: f64,
     /// Relative wall thickness left in the territory (1 = not thinned; scars are thinner).
     pub territory_wall: f64,
-    /// Mean heart rate, beats per minute (the intrinsic rate; the recorded rate of the strip is
-    /// in the ECG).
+    /// Mean heart rate at rest, beats per minute (the intrinsic rate of the ECG; the recorded
+    /// rate of the strip is in the ECG).
     pub heart_rate_bpm: f64,
+    /// Heart rate during the CMR scan, beats per minute: the cine's cycle and the cardiac
+    /// output's rate (related to the resting rate by `Couplings::cmr_heart_rate_correlation`).
+    pub cmr_heart_rate_bpm: f64,
     /// Beat-to-beat variability of the RR interval (standard deviation / mean).
     pub rr_variability: f64,
     /// PR interval (P onset to QRS onset), ms; sinus rhythm only.
@@ -126,6 +132,7 @@ pub struct HiddenState {
 #[derive(Debug, Clone)]
 pub struct PopulationModel {
     prevalence: Prevalences,
+    couplings: Couplings,
     intercepts: Intercepts,
 }
 
@@ -230,8 +237,14 @@ impl PopulationModel {
     /// Calibrates the risk models so that the expected prevalences equal `prevalence`.
     ///
     /// The calibration uses a fixed reference population (independent of the cohort seed), so
-    /// it is deterministic and the same for every cohort with these prevalences.
+    /// it is deterministic and the same for every cohort with these prevalences. The ECG's
+    /// couplings to the anatomy are the defaults ([`PopulationModel::with_couplings`]).
     pub fn new(prevalence: &Prevalences) -> Self {
+        Self::with_couplings(prevalence, &Couplings::default())
+    }
+
+    /// [`PopulationModel::new`] with the ECG–anatomy effect sizes of `couplings`.
+    pub fn with_couplings(prevalence: &Prevalences, couplings: &Couplings) -> Self {
         const REFERENCE: usize = 20_000;
         let mut rng = crate::rng::subject_stream(0x5EED, 0, "population-calibration");
         let demo: Vec<Demographics> = (0..REFERENCE)
@@ -283,6 +296,7 @@ impl PopulationModel {
         ic.af = calibrate(&lps, prevalence.af);
         Self {
             prevalence: prevalence.clone(),
+            couplings: couplings.clone(),
             intercepts: ic,
         }
     }
@@ -384,9 +398,13 @@ impl PopulationModel {
         }
         let lvm = lvm_index * bsa;
         let rvedv = lvedv * if d.male { 1.10 } else { 1.06 } * (0.08 * z_rv).exp();
-        let mut rvef = 57.0 + 0.3 * (lvef - 60.0) + 4.0 * z_rvef;
-        if af {
-            rvef -= 3.0;
+        let k = &self.couplings;
+        let mut rvef = 57.0 + 4.0 * z_rvef;
+        if !k.rvef_uncoupled {
+            rvef += 0.3 * (lvef - 60.0);
+            if af {
+                rvef -= 3.0;
+            }
         }
         let rvef = rvef.clamp(25.0, 80.0);
         let rvesv = rvedv * (1.0 - rvef / 100.0);
@@ -415,33 +433,44 @@ impl PopulationModel {
             + 10.0 * b(lvh)
             + 4.0 * b(cad)
             + 0.2 * ef_deficit
-            + 0.04 * (lvedv - 145.0)
-            + 7.0 * normal(rng))
+            + k.qrs_ms_per_ml_lvedv * (lvedv - 145.0)
+            + k.qrs_noise_ms * normal(rng))
         .clamp(68.0, 160.0);
         let qtc_ms = (412.0
             + 10.0 * b(!d.male)
             + 8.0 * b(lvh)
             + 6.0 * b(cad)
-            + 0.3 * ef_deficit
-            + 16.0 * normal(rng))
+            + k.qtc_ms_per_ef_percent * (60.0 - lvef)
+            + k.qtc_noise_ms * normal(rng))
         .clamp(360.0, 500.0);
         let frontal_axis_deg = (45.0 - 6.0 * age_c - 0.9 * (d.bmi - 26.5) - 18.0 * b(lvh)
             + 24.0 * normal(rng))
         .clamp(-75.0, 120.0);
         // A larger right ventricle shifts the QRS forces anteriorly.
-        let horizontal_rotation_deg =
-            (30.0 * (rvedv / lvedv - 1.05) + 12.0 * normal(rng)).clamp(-40.0, 40.0);
+        let horizontal_rotation_deg = (k.rotation_deg_per_rv_lv_ratio * (rvedv / lvedv - 1.05)
+            + k.rotation_noise_deg * normal(rng))
+        .clamp(-40.0, 40.0);
         // QRS voltage: LV mass, blood-volume (Brody) effect, chest-wall attenuation, an
         // individual factor (heart position, conductivity) that blurs the rest.
         let qrs_amplitude_mv = 1.55
-            * (lvm / 80.0).powf(0.6)
+            * (lvm / 80.0).powf(k.voltage_mass_exponent)
             * (lvedv / 145.0).powf(0.15)
             * (d.bmi / 26.5).powf(-0.5)
-            * (-0.05 * age_c + 0.2 * normal(rng)).exp();
-        let t_ratio = (0.3 * (1.0 - 0.012 * ef_deficit) * (0.2 * normal(rng)).exp()).max(0.05);
+            * (-0.05 * age_c + k.voltage_noise * normal(rng)).exp();
+        let t_ratio =
+            (0.3 * (1.0 - k.t_ratio_per_ef_percent * (60.0 - lvef)) * (0.2 * normal(rng)).exp())
+                .max(0.05);
         let q_waves = prior_mi && bernoulli(rng, 0.7);
         let ischaemic_t_inversion = cad && bernoulli(rng, 0.35);
         let strain = lvh && bernoulli(rng, 0.6);
+        // The scanner's rate: the resting rate's deviation, shrunk by the correlation, plus an
+        // independent part of the same spread (in AF, the rate stays irregular and high).
+        let rho = k.cmr_heart_rate_correlation;
+        let mean_rate = if af { 84.0 } else { 67.0 };
+        let cmr_heart_rate_bpm = (mean_rate
+            + rho * (heart_rate_bpm - mean_rate)
+            + (1.0 - rho * rho).sqrt() * 9.0 * normal(rng))
+        .clamp(40.0, 150.0);
 
         HiddenState {
             eid,
@@ -462,6 +491,7 @@ impl PopulationModel {
             hypokinesis,
             territory_wall,
             heart_rate_bpm,
+            cmr_heart_rate_bpm,
             rr_variability,
             pr_ms,
             p_ms,

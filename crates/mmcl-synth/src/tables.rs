@@ -68,7 +68,7 @@ pub fn write_diagnoses(dir: &Path, records: &[SubjectRecord]) -> Result<()> {
 }
 
 /// The columns of `hidden_state.csv`, with their meaning (used by the cohort README).
-pub const HIDDEN_STATE_COLUMNS: [(&str, &str); 42] = [
+pub const HIDDEN_STATE_COLUMNS: [(&str, &str); 43] = [
     ("eid", "participant id"),
     ("age", "age at the imaging visit, years"),
     ("sex", "M or F"),
@@ -101,7 +101,11 @@ pub const HIDDEN_STATE_COLUMNS: [(&str, &str); 42] = [
     ),
     (
         "heart_rate_bpm",
-        "intrinsic mean heart rate (CMR cycle, cardiac output), bpm",
+        "intrinsic mean heart rate at rest (the ECG's), bpm",
+    ),
+    (
+        "cmr_heart_rate_bpm",
+        "heart rate during the CMR scan (cine cycle, cardiac output), bpm",
     ),
     (
         "ecg_heart_rate_bpm",
@@ -165,6 +169,7 @@ fn hidden_row(r: &SubjectRecord) -> String {
         f(s.hypokinesis),
         f(s.territory_wall),
         f(s.heart_rate_bpm),
+        f(s.cmr_heart_rate_bpm),
         f(r.ecg_heart_rate_bpm),
         f(s.rr_variability),
         if c.af { String::new() } else { f(s.pr_ms) },

@@ -186,7 +186,7 @@ pub fn generate_cmr(s: &HiddenState, cfg: &CmrConfig, rng: &mut SubjectRng) -> C
     }
 
     // Timing: end-systole on a frame, the cycle resolved in `nt` frames.
-    let rr_ms = 60_000.0 / s.heart_rate_bpm;
+    let rr_ms = 60_000.0 / s.cmr_heart_rate_bpm;
     let t_es = 100.0 + 230.0 * (rr_ms / 1000.0).sqrt();
     let es_frame = ((t_es / rr_ms * nt as f64).round() as usize).clamp(1, nt - 1);
     let phi_es = es_frame as f64 / nt as f64;
