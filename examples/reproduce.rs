@@ -14,7 +14,7 @@ use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::nn::device::parse_device;
 use mmcl_suite::pipeline::TerminalProgress;
-use mmcl_suite::pipeline::reproduce::{load_config, run, summary};
+use mmcl_suite::pipeline::reproduce::{load_config_with_seeds, run, summary};
 
 /// Reproduce the paper's comparison (random init, MAE, MMCL, MAE + MMCL, CMR upper bound).
 #[derive(Debug, Parser)]
@@ -34,12 +34,16 @@ struct Args {
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Training seeds, e.g. `0,1,2`: the training stages and probes run once per seed and
+    /// the report gives each seed and their spread (replaces the configuration's `seeds`).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    seeds: Option<Vec<u64>>,
 }
 
 fn main() -> Result<()> {
     mmcl_suite::nn::memory::keep_freed_memory();
     let args = Args::parse();
-    let cfg = load_config(args.config.as_deref(), args.paper)?;
+    let cfg = load_config_with_seeds(args.config.as_deref(), args.paper, args.seeds)?;
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());

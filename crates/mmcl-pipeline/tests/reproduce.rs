@@ -62,11 +62,25 @@ fn tiny_run_writes_the_contract_and_reuses_stages() {
     let text = std::fs::read_to_string(layout.results()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let top: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(top, ["config", "encoders"]);
+    assert_eq!(
+        top,
+        ["comparisons", "config", "encoders", "negative_control"]
+    );
+    assert_eq!(v["negative_control"], "rvef");
     let encoders = v["encoders"].as_object().unwrap();
     let mut keys: Vec<&str> = encoders.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["cmr", "mae", "mae_mmcl", "mmcl", "random_init"]);
+    assert_eq!(
+        keys,
+        [
+            "cmr",
+            "ecg_features",
+            "mae",
+            "mae_mmcl",
+            "mmcl",
+            "random_init"
+        ]
+    );
     let phenotypes = [
         "lvedv", "lvesv", "lvsv", "lvef", "lvco", "lvm", "rvedv", "rvesv", "rvsv", "rvef",
     ];
@@ -101,6 +115,33 @@ fn tiny_run_writes_the_contract_and_reuses_stages() {
         }
     }
     assert_eq!(v["config"]["cohort"]["subjects"], 80);
+
+    // Paired comparisons: every pair, every target, intervals ordered; the mean R² difference
+    // is the difference of the two encoders' means (every phenotype is defined for both).
+    let comparisons = v["comparisons"].as_object().unwrap();
+    let mut keys: Vec<&str> = comparisons.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["mae_mmcl_vs_mae", "mae_vs_random", "mmcl_vs_random"]);
+    for (key, c) in comparisons {
+        let p = c["phenotypes"].as_object().unwrap();
+        assert_eq!(p.len(), phenotypes.len() + 1, "{key}");
+        for (name, d) in p.iter().chain(c["diseases"].as_object().unwrap()) {
+            let diff = d["diff"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} {name}: {d}"));
+            let (lo, hi) = (
+                d["ci_low"].as_f64().unwrap(),
+                d["ci_high"].as_f64().unwrap(),
+            );
+            assert!(diff.is_finite() && lo <= hi, "{key} {name}: {d}");
+        }
+        assert_eq!(c["diseases"].as_object().unwrap().len(), diseases.len());
+    }
+    let mean = |k: &str| v["encoders"][k]["phenotypes"]["mean_r2"].as_f64().unwrap();
+    let paired = comparisons["mae_mmcl_vs_mae"]["phenotypes"]["mean_r2"]["diff"]
+        .as_f64()
+        .unwrap();
+    assert!((paired - (mean("mae_mmcl") - mean("mae"))).abs() < 1e-9);
     // JSON keeps the values to the last digit or so (serde_json parses floats approximately).
     let read = Results::read(&layout.results()).unwrap();
     for ((ka, a), (kb, b)) in read
@@ -122,6 +163,15 @@ fn tiny_run_writes_the_contract_and_reuses_stages() {
     // Report and figures.
     let report = std::fs::read_to_string(layout.report()).unwrap();
     assert!(report.contains("| MAE + MMCL (ECG) |") && report.contains("LVH AUROC"));
+    for section in [
+        "## Paired comparisons",
+        "| MAE + MMCL − MAE |",
+        "**Learnability ceiling**",
+        "**Negative control** (`rvef`",
+        "Hand-made ECG features (ceiling)",
+    ] {
+        assert!(report.contains(section), "{section}");
+    }
     for run in ["mae", "mmcl", "mae_mmcl"] {
         assert!(layout.figures().join(format!("curves_{run}.png")).is_file());
         assert!(layout.run(run).join(STAGE_FILE).is_file());
@@ -167,6 +217,38 @@ fn tiny_run_writes_the_contract_and_reuses_stages() {
     assert_eq!(
         third.results.encoders.random_init,
         first.results.encoders.random_init
+    );
+}
+
+#[test]
+fn seeds_repeat_the_training_and_report_every_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut cfg = tiny();
+    cfg.seeds = vec![5, 6];
+    let outputs = run(&cfg, &out, &Device::Cpu, &mut NoProgress).unwrap();
+    let layout = Layout::new(&out);
+    let seeds = &outputs.results.seeds;
+    assert_eq!(seeds.iter().map(|s| s.seed).collect::<Vec<_>>(), [5, 6]);
+    // The top-level blocks are the first seed's; the seeds' trainings differ.
+    assert_eq!(outputs.results.encoders, seeds[0].encoders);
+    assert_ne!(seeds[0].encoders.mae, seeds[1].encoders.mae);
+    for seed in [5, 6] {
+        for run in ["mae", "mmcl", "mae_mmcl"] {
+            assert!(layout.seed_run(Some(seed), run).join(STAGE_FILE).is_file());
+        }
+    }
+    let report = std::fs::read_to_string(layout.report()).unwrap();
+    assert!(report.contains("## Training seeds") && report.contains("| mean ± sd |"));
+    let names: Vec<&str> = outputs.timings.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"mmcl (seed 6)"), "{names:?}");
+    let read = Results::read(&layout.results()).unwrap();
+    assert_eq!(read.seeds.len(), 2);
+    assert!(
+        ReproduceConfig::from_toml_str("seeds = [1, 1]\n", None)
+            .unwrap_err()
+            .to_string()
+            .contains("repeat a seed")
     );
 }
 

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::probes::probed_checkpoint;
 use candle_core::Device;
 use mmcl_data::cache::Cache;
 use mmcl_data::loader::{Loader, LoaderConfig};
@@ -12,7 +13,6 @@ use mmcl_eval::localization::{SliceInfo, localize};
 use mmcl_eval::plot::TrainingCurvesFigure;
 use mmcl_eval::runlog::RunLog;
 use mmcl_train::MmclModel;
-use mmcl_train::checkpoint::last_dir;
 
 use super::probes::probe_vit_config;
 use super::stages::Runs;
@@ -133,7 +133,7 @@ pub(super) fn localization_figures(
         return Ok(Vec::new());
     }
     let vit = probe_vit_config(cfg)?;
-    let model_file = last_dir(&runs.mae_mmcl).join(mmcl_train::checkpoint::MODEL_FILE);
+    let model_file = probed_checkpoint(&runs.mae_mmcl).join(mmcl_train::checkpoint::MODEL_FILE);
     let (model, _) = MmclModel::from_reference_checkpoint(&model_file, &vit, None, device)?;
     let positions: Vec<usize> = cache
         .split_indices(Split::Test)

@@ -13,6 +13,7 @@
 //!   runs/mae/              MAE run (checkpoints, metrics.jsonl, ecg_encoder export)
 //!   runs/mmcl/             MMCL from random initialisation
 //!   runs/mae_mmcl/         MMCL initialised from runs/mae
+//!   runs/seed-<s>/…        the three runs of training seed s, when `seeds` is set
 //!   results.json           the contract of [`crate::results`]
 //!   report.md              the tables, the claim, timings, figures
 //!   figures/               curves_<run>.png, localization/<eid>/*.png
@@ -25,6 +26,7 @@
 //! temporary siblings and renamed, the trainers write atomic checkpoints, and the results,
 //! report and figures are assembled in a temporary directory and moved into place at the end.
 
+mod features;
 mod figures;
 mod probes;
 mod progress;
@@ -42,16 +44,16 @@ use mmcl_data::cache::Cache;
 use mmcl_data::cmr::{CmrConfig, CropSpec};
 use mmcl_data::ecg::preprocess::PreprocessConfig;
 use mmcl_synth::{Cohort, WriteOptions};
-use mmcl_train::checkpoint::ecg_encoder_path;
+use mmcl_train::checkpoint::ECG_ENCODER_FILE;
 use serde_json::json;
 
 pub use figures::{ExplainedSubject, explain_subjects};
-pub use probes::{probe_ecg_encoder, probe_vit_config};
+pub use probes::{probe_ecg_encoder, probe_vit_config, probed_checkpoint};
 pub use report::summary;
 pub use stages::STAGE_FILE;
 
 use figures::{localization_figures, training_curves};
-use probes::evaluate_encoders;
+use probes::{Evaluated, evaluate_encoders};
 use progress::counted;
 use report::report_markdown;
 use resources::Clock;
@@ -62,7 +64,7 @@ use stages::{
 
 use crate::config::ReproduceConfig;
 use crate::progress::PipelineProgress;
-use crate::results::Results;
+use crate::results::{Results, SeedResults};
 use crate::{Error, Result};
 
 /// Stages of a run, for progress displays.
@@ -97,6 +99,14 @@ impl Layout {
     /// The run directory of a training stage (`mae`, `mmcl`, `mae_mmcl`).
     pub fn run(&self, name: &str) -> PathBuf {
         self.root.join("runs").join(name)
+    }
+    /// The run directory of a training stage for a training seed: `runs/seed-<s>/<name>`, or
+    /// [`Layout::run`] without one.
+    pub fn seed_run(&self, seed: Option<u64>, name: &str) -> PathBuf {
+        match seed {
+            Some(s) => self.root.join("runs").join(format!("seed-{s}")).join(name),
+            None => self.run(name),
+        }
     }
     /// `results.json`.
     pub fn results(&self) -> PathBuf {
@@ -157,54 +167,55 @@ pub fn run(
 
     let (cache_dir, cache_key) = prepare_stages(cfg, &layout, &mut clock, progress)?;
 
-    // 3. MAE.
-    progress.stage(3, STAGES, "MAE pre-training of the ECG encoder");
-    let mae_key = json!({"cache": cache_key, "mae": cfg.mae});
-    let mae_dir = layout.run("mae");
-    let mae = mae_config(cfg, &cache_dir);
-    let reused = train_stage(&MAE, mae, &mae_dir, &mae_key, device, progress)?;
-    clock.lap("mae", reused);
-
-    // 4-5. MMCL twice.
-    progress.stage(4, STAGES, "MMCL pre-training from random initialisation");
-    let mmcl_key = json!({"cache": cache_key, "mmcl": cfg.mmcl});
-    let mmcl_dir = layout.run("mmcl");
-    let mmcl = mmcl_config(cfg, &cache_dir, None);
-    let reused = train_stage(&MMCL, mmcl, &mmcl_dir, &mmcl_key, device, progress)?;
-    clock.lap("mmcl", reused);
-
-    progress.stage(5, STAGES, "MMCL pre-training from the MAE encoder");
-    let mae_mmcl_key = json!({"mae": mae_key, "mmcl": cfg.mmcl});
-    let mae_mmcl_dir = layout.run("mae_mmcl");
-    let mae_encoder = ecg_encoder_path(&mae_dir);
-    let mae_mmcl = mmcl_config(cfg, &cache_dir, Some(&mae_encoder));
-    let reused = train_stage(
-        &MMCL,
-        mae_mmcl,
-        &mae_mmcl_dir,
-        &mae_mmcl_key,
-        device,
-        progress,
-    )?;
-    clock.lap("mae_mmcl", reused);
-
-    // 6. Probes.
-    progress.stage(6, STAGES, "linear probes of five encoders");
-    let runs = Runs {
-        mae: mae_dir,
-        mmcl: mmcl_dir,
-        mae_mmcl: mae_mmcl_dir,
-    };
+    // 3-6, once per training seed.
     let cache = Arc::new(Cache::open(&cache_dir)?);
-    let encoders = evaluate_encoders(cfg, &cache, &runs, device, progress)?;
+    let per_seed = cfg.per_seed();
+    let mut seeds = Vec::with_capacity(per_seed.len());
+    let mut first_runs = None;
+    for (k, (seed, seed_cfg)) in per_seed.iter().enumerate() {
+        if let Some(s) = seed {
+            progress.message(&format!(
+                "training seed {s} ({} of {})",
+                k + 1,
+                per_seed.len()
+            ));
+        }
+        let (runs, evaluated) = train_and_probe(
+            seed_cfg,
+            (&cache, &cache_dir, &cache_key),
+            &layout,
+            *seed,
+            &mut clock,
+            device,
+            progress,
+        )?;
+        first_runs.get_or_insert(runs);
+        seeds.push(SeedResults {
+            seed: seed.unwrap_or(seed_cfg.mmcl.seed),
+            encoders: evaluated.encoders,
+            comparisons: evaluated.comparisons,
+        });
+    }
+    let (Some(runs), Some(first)) = (first_runs, seeds.first().cloned()) else {
+        return Err(Error::Insufficient {
+            stage: "probes",
+            reason: "no training seed ran".into(),
+        });
+    };
     let results = Results {
-        encoders,
+        encoders: first.encoders,
+        comparisons: first.comparisons,
+        negative_control: cfg.cohort.couplings.negative_control().map(str::to_string),
+        seeds: if cfg.seeds.is_empty() {
+            Vec::new()
+        } else {
+            seeds
+        },
         config: serde_json::to_value(cfg).map_err(|source| Error::Json {
             path: layout.config(),
             source,
         })?,
     };
-    clock.lap("probes", false);
 
     // 7. Figures and report, assembled aside and moved into place.
     progress.stage(7, STAGES, "results, figures and report");
@@ -237,6 +248,66 @@ pub fn run(
         layout,
         timings: clock.timings,
     })
+}
+
+/// Stages 3–6 for one training seed (`None`: the configuration's own seeds): MAE, MMCL from
+/// random initialisation and from the MAE encoder, then the probes. Returns the run
+/// directories and what the probes found.
+fn train_and_probe(
+    cfg: &ReproduceConfig,
+    (cache, cache_dir, cache_key): (&Arc<Cache>, &Path, &serde_json::Value),
+    layout: &Layout,
+    seed: Option<u64>,
+    clock: &mut Clock,
+    device: &Device,
+    progress: &mut dyn PipelineProgress,
+) -> Result<(Runs, Evaluated)> {
+    let lap = |name: &str| match seed {
+        Some(s) => format!("{name} (seed {s})"),
+        None => name.to_string(),
+    };
+    // 3. MAE.
+    progress.stage(3, STAGES, "MAE pre-training of the ECG encoder");
+    let mae_key = json!({"cache": cache_key, "mae": cfg.mae});
+    let mae_dir = layout.seed_run(seed, "mae");
+    let mae = mae_config(cfg, cache_dir);
+    let reused = train_stage(&MAE, mae, &mae_dir, &mae_key, device, progress)?;
+    clock.lap(&lap("mae"), reused);
+
+    // 4-5. MMCL twice.
+    progress.stage(4, STAGES, "MMCL pre-training from random initialisation");
+    let mmcl_key = json!({"cache": cache_key, "mmcl": cfg.mmcl});
+    let mmcl_dir = layout.seed_run(seed, "mmcl");
+    let mmcl = mmcl_config(cfg, cache_dir, None);
+    let reused = train_stage(&MMCL, mmcl, &mmcl_dir, &mmcl_key, device, progress)?;
+    clock.lap(&lap("mmcl"), reused);
+
+    progress.stage(5, STAGES, "MMCL pre-training from the MAE encoder");
+    let mae_mmcl_key = json!({"mae": mae_key, "mmcl": cfg.mmcl});
+    let mae_mmcl_dir = layout.seed_run(seed, "mae_mmcl");
+    // The MAE encoder that is probed (its best validation epoch) initialises the run.
+    let mae_encoder = probed_checkpoint(&mae_dir).join(ECG_ENCODER_FILE);
+    let mae_mmcl = mmcl_config(cfg, cache_dir, Some(&mae_encoder));
+    let reused = train_stage(
+        &MMCL,
+        mae_mmcl,
+        &mae_mmcl_dir,
+        &mae_mmcl_key,
+        device,
+        progress,
+    )?;
+    clock.lap(&lap("mae_mmcl"), reused);
+
+    // 6. Probes.
+    progress.stage(6, STAGES, "linear probes of six encoders");
+    let runs = Runs {
+        mae: mae_dir,
+        mmcl: mmcl_dir,
+        mae_mmcl: mae_mmcl_dir,
+    };
+    let evaluated = evaluate_encoders(cfg, cache, &runs, device, progress)?;
+    clock.lap(&lap("probes"), false);
+    Ok((runs, evaluated))
 }
 
 /// Stages 1–2: the cohort and the cache under `layout` (reused when complete for the same
@@ -356,4 +427,22 @@ pub fn load_config(path: Option<&Path>, paper: bool) -> Result<ReproduceConfig> 
         Some(p) => ReproduceConfig::from_file(p, base),
         None => Ok(base),
     }
+}
+
+/// [`load_config`], with the training seeds replaced by `seeds` when given (a `--seeds` flag
+/// over the file's `seeds`).
+///
+/// # Errors
+/// See [`load_config`]; a repeated seed.
+pub fn load_config_with_seeds(
+    path: Option<&Path>,
+    paper: bool,
+    seeds: Option<Vec<u64>>,
+) -> Result<ReproduceConfig> {
+    let mut cfg = load_config(path, paper)?;
+    if let Some(seeds) = seeds {
+        cfg.seeds = seeds;
+        cfg.validate()?;
+    }
+    Ok(cfg)
 }

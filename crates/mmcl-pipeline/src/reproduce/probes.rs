@@ -1,7 +1,7 @@
 //! Stage 6: ECG-only linear probes of the encoders (and the CMR encoder as the upper bound) on
 //! the cache's splits, with bootstrap intervals.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
@@ -10,15 +10,18 @@ use mmcl_data::tables::Split;
 use mmcl_ecg::{EcgVit, EcgVitConfig};
 use mmcl_eval::Matrix;
 use mmcl_eval::metrics::{Bootstrap, Estimate, Evaluation, TargetMetrics, Task};
-use mmcl_eval::probe::{ProbeConfig, probe_and_evaluate};
+use mmcl_eval::paired::compare;
+use mmcl_eval::probe::{ProbeConfig, ProbeOutcome, probe_and_evaluate};
 use mmcl_train::MmclModel;
-use mmcl_train::checkpoint::{find_ecg_encoder, last_dir};
+use mmcl_train::checkpoint::{checkpoints_dir, find_ecg_encoder, last_dir};
 
+use super::features::hand_features;
 use super::stages::Runs;
 use crate::config::ReproduceConfig;
 use crate::embeddings::{EmbedSettings, SplitTargets, embed_ecgs, embed_images};
 use crate::progress::PipelineProgress;
-use crate::results::{Auroc, EncoderResults, Encoders, Phenotypes, R2};
+use crate::results::comparisons::COMPARED_PAIRS;
+use crate::results::{Auroc, EncoderComparison, EncoderResults, Encoders, Phenotypes, R2};
 use crate::{Error, Result};
 
 /// The settings of the evaluation loader of `cfg`: ECGs cropped from sample 0 to the model's
@@ -49,6 +52,13 @@ fn rows<T>(
         .collect()
 }
 
+/// An encoder's probe results and its test predictions (diseases, phenotypes), kept for the
+/// paired comparisons.
+pub(super) struct Probed {
+    pub results: EncoderResults,
+    pub predictions: [Matrix<f64>; 2],
+}
+
 /// Fits the disease and phenotype probes on train (regularisation chosen on val where the
 /// split allows) and evaluates them on test.
 fn probe_encoder(
@@ -56,20 +66,16 @@ fn probe_encoder(
     names: (&[String], &[String]),
     x: [&Matrix<f32>; 3],
     data: [&SplitTargets; 3],
-) -> Result<EncoderResults> {
+) -> Result<Probed> {
     let e = &cfg.evaluation;
     let probe_cfg = ProbeConfig {
         cs: e.cs.clone(),
         alphas: e.alphas.clone(),
         ..ProbeConfig::default()
     };
-    let bootstrap = Bootstrap {
-        resamples: e.bootstrap,
-        seed: e.bootstrap_seed,
-        confidence: e.confidence,
-    };
+    let bootstrap = bootstrap(cfg);
     let [train, val, test] = data;
-    let run = |task: Task, y: [&Matrix<f64>; 3], names: &[String]| -> Result<Evaluation> {
+    let run = |task: Task, y: [&Matrix<f64>; 3], names: &[String]| -> Result<ProbeOutcome> {
         let outcome = probe_and_evaluate(
             task,
             (x[0], y[0]),
@@ -80,7 +86,7 @@ fn probe_encoder(
             0.5,
             &bootstrap,
         )?;
-        Ok(outcome.evaluation)
+        Ok(outcome)
     };
     let diseases = run(
         Task::Classification,
@@ -105,23 +111,92 @@ fn probe_encoder(
                 ),
             })
     };
-    let per_target = rows(&phenotypes, "r2", pick, |r2, ci_low, ci_high| R2 {
-        r2,
-        ci_low,
-        ci_high,
+    let per_target = rows(&phenotypes.evaluation, "r2", pick, |r2, ci_low, ci_high| {
+        R2 {
+            r2,
+            ci_low,
+            ci_high,
+        }
     })?;
-    let disease_rows = rows(&diseases, "auroc", pick, |auroc, ci_low, ci_high| Auroc {
-        auroc,
-        ci_low,
-        ci_high,
-    })?;
-    Ok(EncoderResults {
-        phenotypes: Phenotypes {
-            mean_r2: pick(&phenotypes.average, "r2")?.value,
-            per_target,
+    let disease_rows = rows(
+        &diseases.evaluation,
+        "auroc",
+        pick,
+        |auroc, ci_low, ci_high| Auroc {
+            auroc,
+            ci_low,
+            ci_high,
         },
-        diseases: disease_rows,
+    )?;
+    Ok(Probed {
+        results: EncoderResults {
+            phenotypes: Phenotypes {
+                mean_r2: pick(&phenotypes.evaluation.average, "r2")?.value,
+                per_target,
+            },
+            diseases: disease_rows,
+        },
+        predictions: [diseases.predictions, phenotypes.predictions],
     })
+}
+
+/// The bootstrap of every interval of the run: one seed, so the encoders' intervals and the
+/// paired comparisons come from the same resamples.
+fn bootstrap(cfg: &ReproduceConfig) -> Bootstrap {
+    let e = &cfg.evaluation;
+    Bootstrap {
+        resamples: e.bootstrap,
+        seed: e.bootstrap_seed,
+        confidence: e.confidence,
+    }
+}
+
+/// The paired comparisons of [`COMPARED_PAIRS`] on the test split.
+fn compare_encoders(
+    cfg: &ReproduceConfig,
+    data: &ProbeData,
+    probed: &[(&str, Probed)],
+) -> Result<Vec<(String, EncoderComparison)>> {
+    let test = &data.splits[2];
+    let boot = bootstrap(cfg);
+    let find = |key: &str| {
+        probed
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, p)| &p.predictions)
+            .ok_or_else(|| Error::Insufficient {
+                stage: "probes",
+                reason: format!("the predictions of encoder {key} are missing"),
+            })
+    };
+    COMPARED_PAIRS
+        .iter()
+        .map(|&(key, a, b)| {
+            let (pa, pb) = (find(a)?, find(b)?);
+            let diseases = compare(
+                Task::Classification,
+                &test.labels,
+                (&pa[0], &pb[0]),
+                &data.names.0,
+                "auroc",
+                0.5,
+                &boot,
+            )?;
+            let phenotypes = compare(
+                Task::Regression,
+                &test.phenotypes,
+                (&pa[1], &pb[1]),
+                &data.names.1,
+                "r2",
+                0.5,
+                &boot,
+            )?;
+            Ok((
+                key.to_string(),
+                EncoderComparison::new(&phenotypes, &diseases),
+            ))
+        })
+        .collect()
 }
 
 /// The ECG encoder configuration of `cfg` for evaluation (no drop-path, no head).
@@ -161,7 +236,7 @@ fn probe_with(
     images: bool,
     device: &Device,
     f: &dyn Fn(&Tensor) -> Result<Tensor>,
-) -> Result<EncoderResults> {
+) -> Result<Probed> {
     let settings = embed_settings(cfg);
     let x: Vec<Matrix<f32>> = data
         .splits
@@ -199,41 +274,50 @@ pub fn probe_ecg_encoder(
 ) -> Result<EncoderResults> {
     let data = probe_data(cache)?;
     let pooling = model.config().pooling();
-    probe_with(cfg, cache, &data, false, device, &|ecg| {
+    let probed = probe_with(cfg, cache, &data, false, device, &|ecg| {
         Ok(model.embed(ecg, pooling)?)
-    })
+    })?;
+    Ok(probed.results)
 }
 
-/// Stage 6: the probes of the four ECG encoders (random initialisation, MAE, MMCL, MAE + MMCL)
-/// and of the CMR encoder of the MAE + MMCL run.
+/// What stage 6 finds: every encoder's results and the paired comparisons.
+pub(super) struct Evaluated {
+    pub encoders: Encoders,
+    pub comparisons: Vec<(String, EncoderComparison)>,
+}
+
+/// Stage 6: the probes of the four ECG encoders (random initialisation, MAE, MMCL, MAE + MMCL),
+/// of hand-made features of the same ECGs (the ceiling) and of the CMR encoder of the
+/// MAE + MMCL run, then the paired comparisons.
 pub(super) fn evaluate_encoders(
     cfg: &ReproduceConfig,
     cache: &Arc<Cache>,
     runs: &Runs,
     device: &Device,
     progress: &mut dyn PipelineProgress,
-) -> Result<Encoders> {
+) -> Result<Evaluated> {
     let data = probe_data(cache)?;
     let vit = probe_vit_config(cfg)?;
     let pooling = vit.pooling();
 
     let ecg_encoders: [(&str, Option<PathBuf>); 4] = [
         ("random_init", None),
-        ("mae", Some(find_ecg_encoder(&runs.mae)?)),
-        ("mmcl", Some(find_ecg_encoder(&runs.mmcl)?)),
-        ("mae_mmcl", Some(find_ecg_encoder(&runs.mae_mmcl)?)),
+        (
+            "mae",
+            Some(find_ecg_encoder(&probed_checkpoint(&runs.mae))?),
+        ),
+        (
+            "mmcl",
+            Some(find_ecg_encoder(&probed_checkpoint(&runs.mmcl))?),
+        ),
+        (
+            "mae_mmcl",
+            Some(find_ecg_encoder(&probed_checkpoint(&runs.mae_mmcl))?),
+        ),
     ];
-    let total = ecg_encoders.len() + 1;
-    let mut results = Vec::new();
-    for (k, (name, path)) in ecg_encoders.iter().enumerate() {
-        progress.count("encoders probed", k, total);
-        let model = match path {
-            None => EcgVit::from_seed(&vit, cfg.evaluation.random_init_seed, device)?.0,
-            Some(p) => EcgVit::from_checkpoint(&vit, p, pooling, device)?.0,
-        };
-        let r = probe_with(cfg, cache, &data, false, device, &|ecg| {
-            Ok(model.embed(ecg, pooling)?)
-        })?;
+    let total = ecg_encoders.len() + 2;
+    let mut probed: Vec<(&str, Probed)> = Vec::new();
+    let report = |name: &str, r: &EncoderResults, progress: &mut dyn PipelineProgress| {
         progress.message(&format!(
             "{name}: mean phenotype R² {:.3}; AUROC {}",
             r.phenotypes.mean_r2,
@@ -243,32 +327,67 @@ pub(super) fn evaluate_encoders(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        results.push(r);
+    };
+    for (k, (name, path)) in ecg_encoders.iter().enumerate() {
+        progress.count("encoders probed", k, total);
+        let model = match path {
+            None => EcgVit::from_seed(&vit, cfg.evaluation.random_init_seed, device)?.0,
+            Some(p) => EcgVit::from_checkpoint(&vit, p, pooling, device)?.0,
+        };
+        let r = probe_with(cfg, cache, &data, false, device, &|ecg| {
+            Ok(model.embed(ecg, pooling)?)
+        })?;
+        report(name, &r.results, progress);
+        probed.push((name, r));
     }
 
-    // The CMR encoder of the MAE + MMCL run on the un-augmented images: the upper bound.
+    // Hand-made features of the same input: the ceiling a linear probe can reach from it.
     progress.count("encoders probed", 4, total);
-    let model = MmclModel::from_checkpoint(&last_dir(&runs.mae_mmcl), device)?;
+    let rate = cfg.data.ecg_sample_rate;
+    let features = probe_with(cfg, cache, &data, false, device, &|ecg| {
+        hand_features(ecg, rate)
+    })?;
+    report("ecg_features", &features.results, progress);
+
+    // The CMR encoder of the MAE + MMCL run on the un-augmented images: the upper bound.
+    progress.count("encoders probed", 5, total);
+    let model = MmclModel::from_checkpoint(&probed_checkpoint(&runs.mae_mmcl), device)?;
     let cmr = probe_with(cfg, cache, &data, true, device, &|img| {
         Ok(model.image_features(img, false)?)
     })?;
-    progress.message(&format!(
-        "cmr: mean phenotype R² {:.3}",
-        cmr.phenotypes.mean_r2
-    ));
+    report("cmr", &cmr.results, progress);
     progress.count("encoders probed", total, total);
-    let mut it = results.into_iter();
+
+    let comparisons = compare_encoders(cfg, &data, &probed)?;
+    let mut it = probed.into_iter().map(|(_, p)| p.results);
     let mut next = || {
         it.next().ok_or_else(|| Error::Insufficient {
             stage: "probes",
             reason: "an encoder's results are missing".into(),
         })
     };
-    Ok(Encoders {
-        random_init: next()?,
-        mae: next()?,
-        mmcl: next()?,
-        mae_mmcl: next()?,
-        cmr,
+    Ok(Evaluated {
+        encoders: Encoders {
+            random_init: next()?,
+            mae: next()?,
+            mmcl: next()?,
+            mae_mmcl: next()?,
+            cmr: cmr.results,
+            ecg_features: Some(features.results),
+        },
+        comparisons,
     })
+}
+
+/// The checkpoint of a run that the probes use: the epoch with the lowest validation loss
+/// (`checkpoints/best`) when the run validated, else its last one. A contrastive run on a
+/// small cohort starts to memorise its pairs before the schedule ends; the best epoch is what
+/// a user would keep.
+pub fn probed_checkpoint(run: &Path) -> PathBuf {
+    let best = checkpoints_dir(run).join("best");
+    if best.join("state.json").is_file() {
+        best
+    } else {
+        last_dir(run)
+    }
 }

@@ -1,7 +1,11 @@
 //! `results.json`, the pipeline's stable contract, and its Markdown table.
 //!
 //! ```json
-//! {"encoders": {"random_init": E, "mae": E, "mmcl": E, "mae_mmcl": E, "cmr": E},
+//! {"encoders": {"random_init": E, "mae": E, "mmcl": E, "mae_mmcl": E, "cmr": E,
+//!               "ecg_features": E},
+//!  "comparisons": {"mae_mmcl_vs_mae": C, "mmcl_vs_random": C, "mae_vs_random": C},
+//!  "negative_control": "rvef",
+//!  "seeds": [{"seed": 0, "encoders": {…}, "comparisons": {…}}, …],
 //!  "config": {…}}
 //! ```
 //!
@@ -14,6 +18,11 @@
 //!
 //! Names appear in the cache's order (phenotypes) and the configuration's order (diseases).
 //! A confidence bound is `null` when the bootstrap could not estimate it (no resamples).
+//! `ecg_features` (hand-made ECG features under the same probes: the cohort's learnability
+//! ceiling), `comparisons` (paired differences, each `C` as in [`comparisons`]) and
+//! `negative_control` (a phenotype the cohort does not couple to the ECG) and `seeds` (every
+//! training seed's results when the run repeats its training over `seeds`; `encoders` and
+//! `comparisons` are then the first seed's) were added later and are absent from older files.
 
 use std::fmt;
 use std::path::Path;
@@ -23,6 +32,13 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{Error, Result};
+
+pub mod comparisons;
+
+use comparisons::COMPARED_PAIRS;
+
+pub use comparisons::{EncoderComparison, markdown_comparisons};
+use mmcl_eval::paired::Difference;
 
 /// A phenotype's test R² with its bootstrap interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -184,19 +200,48 @@ pub struct Encoders {
     pub mae_mmcl: EncoderResults,
     /// The CMR (image) encoder of the MAE + MMCL run, probed on CMR features: the upper bound.
     pub cmr: EncoderResults,
+    /// Hand-made features of the same ECG input under the same probes: what a linear probe
+    /// can reach from the input, the cohort's learnability ceiling for the ECG encoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecg_features: Option<EncoderResults>,
 }
 
 impl Encoders {
-    /// `(key, results)` in the contract's order.
-    pub fn iter(&self) -> [(&'static str, &EncoderResults); 5] {
-        [
+    /// `(key, results)` in the contract's order (`ecg_features` last, when present).
+    pub fn iter(&self) -> Vec<(&'static str, &EncoderResults)> {
+        let mut v = vec![
             ("random_init", &self.random_init),
             ("mae", &self.mae),
             ("mmcl", &self.mmcl),
             ("mae_mmcl", &self.mae_mmcl),
             ("cmr", &self.cmr),
-        ]
+        ];
+        if let Some(f) = &self.ecg_features {
+            v.push(("ecg_features", f));
+        }
+        v
     }
+
+    /// The results of encoder `key` (a key of the contract).
+    pub fn get(&self, key: &str) -> Option<&EncoderResults> {
+        self.iter()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, e)| e)
+    }
+}
+
+/// One training seed's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedResults {
+    /// The seed of the training stages and of the random encoder.
+    pub seed: u64,
+    /// Per encoder.
+    pub encoders: Encoders,
+    /// Paired differences between encoders.
+    #[serde(default, with = "ordered_map")]
+    pub comparisons: Vec<(String, EncoderComparison)>,
 }
 
 /// The content of `results.json`.
@@ -205,6 +250,16 @@ impl Encoders {
 pub struct Results {
     /// Per encoder.
     pub encoders: Encoders,
+    /// Paired differences between encoders, keyed as [`comparisons::COMPARED_PAIRS`].
+    #[serde(default, with = "ordered_map", skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<(String, EncoderComparison)>,
+    /// The phenotype the cohort leaves uncoupled from the ECG: every ECG encoder should stay
+    /// near R² 0 on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_control: Option<String>,
+    /// Every training seed's results, when the run repeats its training over seeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<SeedResults>,
     /// The resolved configuration of the run.
     pub config: serde_json::Value,
 }
@@ -266,6 +321,7 @@ pub fn encoder_label(key: &str) -> &'static str {
         "mmcl" => "MMCL only (ECG)",
         "mae_mmcl" => "MAE + MMCL (ECG)",
         "cmr" => "CMR encoder (upper bound)",
+        "ecg_features" => "Hand-made ECG features (ceiling)",
         _ => "?",
     }
 }
@@ -308,19 +364,34 @@ impl Results {
         markdown_tables(&rows)
     }
 
-    /// Whether MAE + MMCL beats MAE only on the mean phenotype R² and on at least one disease
-    /// AUROC (the paper's claim), with the diseases where it does.
+    /// The comparison `key` (e.g. `mae_mmcl_vs_mae`), when the file has comparisons.
+    pub fn comparison(&self, key: &str) -> Option<&EncoderComparison> {
+        self.comparisons
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, c)| c)
+    }
+
+    /// The paper's claim on this run: MAE + MMCL beats MAE only on the mean phenotype R² and on
+    /// at least one disease AUROC. With paired comparisons, "beats" means the paired interval
+    /// of the difference lies above zero; without (older files), a higher point estimate.
     pub fn claim(&self) -> Claim {
         let (a, b) = (&self.encoders.mae_mmcl, &self.encoders.mae);
-        let diseases_better: Vec<String> = a
-            .diseases
-            .iter()
-            .filter(|(n, x)| b.disease(n).is_some_and(|y| x.auroc > y.auroc))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let paired = self.comparison(COMPARED_PAIRS[0].0);
+        let diseases_better = match paired {
+            Some(c) => c.diseases_above_zero(),
+            None => a
+                .diseases
+                .iter()
+                .filter(|(n, x)| b.disease(n).is_some_and(|y| x.auroc > y.auroc))
+                .map(|(n, _)| n.clone())
+                .collect(),
+        };
         Claim {
             mean_r2_mae_mmcl: a.phenotypes.mean_r2,
             mean_r2_mae: b.phenotypes.mean_r2,
+            mean_r2_difference: paired.and_then(EncoderComparison::mean_r2),
+            paired: paired.is_some(),
             diseases_better,
         }
     }
@@ -333,41 +404,70 @@ pub struct Claim {
     pub mean_r2_mae_mmcl: f64,
     /// Mean phenotype R² of MAE only.
     pub mean_r2_mae: f64,
-    /// Diseases whose AUROC is higher with MAE + MMCL than with MAE only.
+    /// The paired difference of the mean R² (MAE + MMCL − MAE), when compared.
+    pub mean_r2_difference: Option<Difference>,
+    /// Whether the claim is judged on paired intervals.
+    pub paired: bool,
+    /// Diseases where MAE + MMCL beats MAE only: the paired AUROC interval lies above zero
+    /// (or, unpaired, the AUROC is higher).
     pub diseases_better: Vec<String>,
 }
 
 impl Claim {
+    /// Whether the mean-R² part holds: paired interval above zero (unpaired: higher).
+    pub fn r2_better(&self) -> bool {
+        if self.paired {
+            self.mean_r2_difference.is_some_and(|d| d.above_zero())
+        } else {
+            self.mean_r2_mae_mmcl > self.mean_r2_mae
+        }
+    }
+
     /// Both parts of the claim hold.
     pub fn holds(&self) -> bool {
-        self.mean_r2_mae_mmcl > self.mean_r2_mae && !self.diseases_better.is_empty()
+        self.r2_better() && !self.diseases_better.is_empty()
     }
 }
 
 impl fmt::Display for Claim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "MAE + MMCL vs MAE only: mean phenotype R² {:.3} vs {:.3} ({}); higher disease AUROC \
-             on {}: claim {}",
-            self.mean_r2_mae_mmcl,
-            self.mean_r2_mae,
-            if self.mean_r2_mae_mmcl > self.mean_r2_mae {
-                "better"
-            } else {
-                "not better"
-            },
-            if self.diseases_better.is_empty() {
-                "none".to_string()
-            } else {
-                self.diseases_better.join(", ")
-            },
-            if self.holds() {
-                "holds"
-            } else {
-                "does not hold"
-            }
-        )
+        let verdict = if self.holds() {
+            "holds"
+        } else {
+            "does not hold"
+        };
+        let diseases = if self.diseases_better.is_empty() {
+            "none".to_string()
+        } else {
+            self.diseases_better.join(", ")
+        };
+        if self.paired {
+            write!(
+                f,
+                "MAE + MMCL − MAE only, paired: mean phenotype R² {} ({:.3} vs {:.3}, {}); \
+                 disease AUROC interval above zero on {diseases}: claim {verdict}",
+                comparisons::format_difference(self.mean_r2_difference),
+                self.mean_r2_mae_mmcl,
+                self.mean_r2_mae,
+                if self.r2_better() {
+                    "interval above zero"
+                } else {
+                    "interval includes zero or below"
+                },
+            )
+        } else {
+            write!(
+                f,
+                "MAE + MMCL vs MAE only: mean phenotype R² {:.3} vs {:.3} ({}); higher disease                  AUROC on {diseases}: claim {verdict}",
+                self.mean_r2_mae_mmcl,
+                self.mean_r2_mae,
+                if self.r2_better() {
+                    "better"
+                } else {
+                    "not better"
+                },
+            )
+        }
     }
 }
 
@@ -428,7 +528,11 @@ mod tests {
                 mmcl: block(0.0625),
                 mae_mmcl: block(0.125),
                 cmr: block(0.5),
+                ecg_features: None,
             },
+            comparisons: Vec::new(),
+            negative_control: None,
+            seeds: Vec::new(),
             config: serde_json::json!({"seed": 1}),
         }
     }
@@ -482,6 +586,81 @@ mod tests {
         for bad in [missing, extra, no_mean] {
             assert!(serde_json::from_value::<Results>(bad).is_err());
         }
+    }
+
+    fn difference(diff: f64, lo: f64, hi: f64) -> Option<Difference> {
+        Some(Difference {
+            diff,
+            ci_low: Some(lo),
+            ci_high: Some(hi),
+        })
+    }
+
+    #[test]
+    fn comparisons_follow_the_contract_and_decide_the_claim() {
+        let mut r = results();
+        r.encoders.ecg_features = Some(block(0.25));
+        r.negative_control = Some("LVEDV".into());
+        r.comparisons = vec![(
+            "mae_mmcl_vs_mae".into(),
+            EncoderComparison {
+                phenotypes: vec![
+                    ("mean_r2".into(), difference(0.125, 0.0625, 0.1875)),
+                    ("LVM".into(), difference(0.125, -0.0625, 0.25)),
+                    ("LVEDV".into(), None),
+                ],
+                diseases: vec![
+                    ("CAD".into(), difference(0.0, -0.05, 0.05)),
+                    ("AF".into(), difference(0.015625, 0.0078125, 0.03125)),
+                ],
+            },
+        )];
+        let v = serde_json::to_value(&r).unwrap();
+        let c = &v["comparisons"]["mae_mmcl_vs_mae"];
+        assert_eq!(c["phenotypes"]["mean_r2"]["diff"], 0.125);
+        assert_eq!(c["phenotypes"]["mean_r2"]["ci_low"], 0.0625);
+        assert!(c["phenotypes"]["LVEDV"].is_null());
+        assert_eq!(c["diseases"]["AF"]["ci_high"], 0.03125);
+        assert_eq!(v["negative_control"], "LVEDV");
+        assert_eq!(v["encoders"]["ecg_features"]["phenotypes"]["mean_r2"], 0.5);
+        let back: Results = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+
+        // Paired: the AUROC of AF, whose interval is above zero, carries the disease part.
+        let claim = r.claim();
+        assert!(claim.paired && claim.holds(), "{claim}");
+        assert_eq!(claim.diseases_better, vec!["AF".to_string()]);
+        assert!(
+            claim.to_string().contains("+0.125 [+0.062, +0.188]"),
+            "{claim}"
+        );
+        // An interval reaching zero does not carry it, whatever the point estimates say.
+        r.comparisons[0].1.phenotypes[0].1 = difference(0.125, -0.01, 0.25);
+        assert!(!r.claim().holds());
+
+        let table = markdown_comparisons(&r.comparisons);
+        assert!(
+            table.contains("| MAE + MMCL − MAE | +0.125 [-0.010, +0.250] |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| LVEDV R² |") && table.contains(" – |"),
+            "{table}"
+        );
+        assert!(
+            r.markdown_tables()
+                .contains("Hand-made ECG features (ceiling)")
+        );
+    }
+
+    #[test]
+    fn files_without_the_later_additions_still_read() {
+        let mut v = serde_json::to_value(results()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        assert!(!o.contains_key("comparisons") && !o.contains_key("negative_control"));
+        let back: Results = serde_json::from_value(v).unwrap();
+        assert!(back.comparisons.is_empty() && back.encoders.ecg_features.is_none());
+        assert!(!back.claim().paired);
     }
 
     #[test]

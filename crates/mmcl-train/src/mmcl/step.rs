@@ -56,7 +56,9 @@ pub struct StepReport {
 
 /// The CLIP loss of paired images and ECGs.
 ///
-/// `frozen_imaging` detaches the image features (no gradient through the trunk).
+/// `frozen_imaging` detaches the image features (no gradient through the trunk) and runs the
+/// trunk in evaluation mode: a frozen tower keeps its BatchNorm running statistics instead of
+/// normalising with (and updating from) each batch's.
 ///
 /// # Shapes
 /// `images` `[B, C, H, W]`, `ecgs` `[B, 1, leads, T]` → loss, logits `[B, B]`, labels `[B]`.
@@ -68,7 +70,7 @@ pub fn contrastive_loss(
     train: bool,
     frozen_imaging: bool,
 ) -> Result<ClipOutput> {
-    let mut image_features = model.image_features(images, train)?; // [B, D_img]
+    let mut image_features = model.image_features(images, train && !frozen_imaging)?; // [B, D_img]
     if frozen_imaging {
         image_features = image_features.detach();
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use mmcl_pipeline::TerminalProgress;
-use mmcl_pipeline::reproduce::{load_config, run as run_pipeline, summary};
+use mmcl_pipeline::reproduce::{load_config_with_seeds, run as run_pipeline, summary};
 
 use super::common::{OutputKind, ensure_output_not_input};
 
@@ -28,12 +28,16 @@ pub struct Args {
     /// Print the resolved configuration (TOML, every key) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Training seeds, e.g. `0,1,2`: the training stages and probes run once per seed and
+    /// the report gives each seed and their spread (replaces the configuration's `seeds`).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub seeds: Option<Vec<u64>>,
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     mmcl_nn::memory::keep_freed_memory();
-    let cfg = load_config(args.config.as_deref(), args.paper)?;
+    let cfg = load_config_with_seeds(args.config.as_deref(), args.paper, args.seeds)?;
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());
