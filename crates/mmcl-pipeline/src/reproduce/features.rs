@@ -58,18 +58,16 @@ pub fn hand_features(ecg: &Tensor, rate: f64) -> Result<Tensor> {
     for strip in values.chunks_exact(leads * t) {
         let mut slope_sum = vec![0f64; t.saturating_sub(1)];
         for lead in strip.chunks_exact(t) {
-            out.extend(lead_features(lead).map(|v| v as f32));
-            for (i, w) in lead.windows(2).enumerate() {
-                slope_sum[i] += f64::from(w[1] - w[0]).abs();
-            }
+            out.extend(lead_features(lead, &mut slope_sum).map(|v| v as f32));
         }
         out.extend(rhythm_features(&slope_sum, rate).map(|v| v as f32));
     }
     Ok(Tensor::from_vec(out, (b, width), &Device::Cpu)?)
 }
 
-/// The per-lead features of one lead's samples.
-fn lead_features(x: &[f32]) -> [f64; PER_LEAD] {
+/// The per-lead features of one lead's samples; adds the lead's absolute slopes to
+/// `slope_sum` (the strip's summed slope, for the rhythm).
+fn lead_features(x: &[f32], slope_sum: &mut [f64]) -> [f64; PER_LEAD] {
     if x.is_empty() {
         return [0.0; PER_LEAD];
     }
@@ -92,9 +90,14 @@ fn lead_features(x: &[f32]) -> [f64; PER_LEAD] {
     let (max, min) = x.iter().fold((f64::MIN, f64::MAX), |(hi, lo), &v| {
         (hi.max(f64::from(v)), lo.min(f64::from(v)))
     });
-    let slopes: Vec<f64> = x.windows(2).map(|w| f64::from(w[1] - w[0]).abs()).collect();
-    let mean_slope = slopes.iter().sum::<f64>() / slopes.len().max(1) as f64;
-    let max_slope = slopes.iter().copied().fold(0.0, f64::max);
+    let (mut total_slope, mut max_slope) = (0.0, 0.0f64);
+    for (w, sum) in x.windows(2).zip(slope_sum.iter_mut()) {
+        let slope = f64::from(w[1] - w[0]).abs();
+        *sum += slope;
+        total_slope += slope;
+        max_slope = max_slope.max(slope);
+    }
+    let mean_slope = total_slope / (x.len() - 1).max(1) as f64;
     let outside = x
         .iter()
         .filter(|&&v| (f64::from(v) - mean).abs() > 2.0 * sd)

@@ -8,7 +8,10 @@
 
 use super::{Outputs, StageTiming};
 use crate::config::ReproduceConfig;
-use crate::results::comparisons::{format_difference, short_label};
+use crate::results::EncoderComparison;
+use crate::results::comparisons::{
+    COMPARED_PAIRS, find_comparison, format_difference, short_label,
+};
 use crate::results::{Results, markdown_comparisons};
 
 /// The Markdown report.
@@ -154,15 +157,15 @@ fn seeds_markdown(results: &Results) -> String {
             columns[j].push(v);
             md.push_str(&format!(" {v:.3} |"));
         }
-        let c = s.comparisons.iter().find(|(k, _)| k == "mae_mmcl_vs_mae");
-        let d = c.and_then(|(_, c)| c.mean_r2());
+        let c = find_comparison(&s.comparisons, COMPARED_PAIRS[0].0);
+        let d = c.and_then(EncoderComparison::mean_r2);
         if let Some(d) = d {
             columns[keys.len()].push(d.diff);
         }
         md.push_str(&format!(
             " {} | {} |\n",
             format_difference(d),
-            c.map_or("–".into(), |(_, c)| {
+            c.map_or("–".into(), |c| {
                 let above = c.diseases_above_zero();
                 if above.is_empty() {
                     "none".into()

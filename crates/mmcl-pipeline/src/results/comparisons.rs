@@ -73,6 +73,14 @@ impl EncoderComparison {
     }
 }
 
+/// The comparison `key` (e.g. `mae_mmcl_vs_mae`) in a list of comparisons.
+pub fn find_comparison<'a>(
+    comparisons: &'a [(String, EncoderComparison)],
+    key: &str,
+) -> Option<&'a EncoderComparison> {
+    comparisons.iter().find(|(k, _)| k == key).map(|(_, c)| c)
+}
+
 /// A difference as `+0.035 [+0.007, +0.062]`, `–` when undefined.
 pub fn format_difference(d: Option<Difference>) -> String {
     match d {

@@ -366,10 +366,7 @@ impl Results {
 
     /// The comparison `key` (e.g. `mae_mmcl_vs_mae`), when the file has comparisons.
     pub fn comparison(&self, key: &str) -> Option<&EncoderComparison> {
-        self.comparisons
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, c)| c)
+        comparisons::find_comparison(&self.comparisons, key)
     }
 
     /// The paper's claim on this run: MAE + MMCL beats MAE only on the mean phenotype R² and on
