@@ -6,6 +6,10 @@
 //!
 //! The reference PyTorch code does 4.3 samples/s on the project's 2-thread CPU machine.
 //!
+//! `reduced_defaults` is the step `mmcl reproduce` trains with by default: batch 32, ResNet18
+//! over 3×48×48 images, `vit_pluto_patchX` over 1×12×500 ECGs, heads 256 → 64
+//! (`ReproduceConfig::default().mmcl`).
+//!
 //! ```sh
 //! cargo bench --bench mmcl_step -- --measurement-time 60
 //! python3 benches/reference_mmcl_step.py --threads 2 --iters 3
@@ -20,6 +24,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_suite::nn::precision::Precision;
+use mmcl_suite::pipeline::ReproduceConfig;
 use mmcl_suite::train::config::OnlineClassifier;
 use mmcl_suite::train::mmcl::MmclBatch;
 use mmcl_suite::train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep};
@@ -29,17 +34,41 @@ const BATCH: usize = 16;
 fn setup(device: &Device) -> Result<(MmclStep, MmclBatch, f64)> {
     let mut cfg = MmclConfig::default();
     cfg.classifier.online_classifier = OnlineClassifier::None;
-    let arch = MmclArchitecture::from_config(&cfg, 3)?;
+    cfg.batch_size = BATCH;
+    setup_with(&cfg, device)
+}
+
+/// The step of `cfg` on a batch of random images and ECGs at its shapes.
+fn setup_with(cfg: &MmclConfig, device: &Device) -> Result<(MmclStep, MmclBatch, f64)> {
+    let arch = MmclArchitecture::from_config(cfg, 3)?;
     let model = MmclModel::new(&arch, cfg.seed, device)?;
-    let step = MmclStep::new(model, &cfg)?;
+    let step = MmclStep::new(model, cfg)?;
+    let (size, [_, leads, samples]) = (cfg.imaging.img_size, cfg.ecg.input_size);
     let batch = MmclBatch {
-        images: Tensor::randn(0f32, 1.0, (BATCH, 3, 210, 210), device)?,
-        ecgs: Tensor::randn(0f32, 1.0, (BATCH, 1, 12, 2500), device)?,
+        images: Tensor::randn(0f32, 1.0, (cfg.batch_size, 3, size, size), device)?,
+        ecgs: Tensor::randn(0f32, 1.0, (cfg.batch_size, 1, leads, samples), device)?,
         images_orig: None,
         ecgs_orig: None,
         targets: None,
     };
     Ok((step, batch, cfg.lr))
+}
+
+fn reduced_defaults(c: &mut Criterion) {
+    let cfg = ReproduceConfig::default().mmcl;
+    let mut group = common::batch_group(c, "mmcl_step", cfg.batch_size, 30);
+    common::on_each_device(
+        |device| setup_with(&cfg, device),
+        |name, (mut step, batch, lr)| {
+            group.bench_function(format!("reduced_defaults/{name}"), |b| {
+                b.iter(|| {
+                    let report = step.train_batch(black_box(&batch), lr);
+                    black_box(report.map(|r| r.loss))
+                })
+            });
+        },
+    );
+    group.finish();
 }
 
 fn mmcl_step(c: &mut Criterion) {
@@ -66,5 +95,5 @@ fn mmcl_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mmcl_step);
+criterion_group!(benches, mmcl_step, reduced_defaults);
 criterion_main!(benches);

@@ -10,10 +10,15 @@ use crate::kernels::{contiguous_f32, with_contiguous_f32};
 use crate::precision::{Precision, matmul_precision};
 
 /// The CPU convolution as a candle operation with a backward pass. It works on candle's
-/// channels-first tensors directly: per image, the weight `[C_out, C_in·k·k]` (PyTorch's layout
-/// read as a matrix) multiplies the patch matrix `[C_in·k·k, H'·W']`, whose rows are shifted
-/// (strided) copies of input rows; a 1×1 stride-1 convolution multiplies the image itself.
+/// channels-first tensors directly: per block of images, the weight `[C_out, C_in·k·k]`
+/// (PyTorch's layout read as a matrix) multiplies the block's patch matrix
+/// `[C_in·k·k, n·H'·W']`, whose rows are shifted (strided) copies of input rows.
 pub(super) struct Conv2dOp(pub(super) Geometry);
+
+/// Output pixels per patch-matrix block. Late ResNet layers have a few pixels per image (2×2
+/// at 48 px): one product per image would stream the whole weight for a handful of columns and
+/// make `dW += dY·Pᵀ` a rank-4 update, so small images are laid side by side up to this width.
+const BLOCK_COLUMNS: usize = 512;
 
 /// Sizes of one channels-first convolution.
 #[derive(Debug, Clone, Copy)]
@@ -81,14 +86,21 @@ impl Planar {
         if ox0 >= ox1 { (0, 0) } else { (ox0, ox1) }
     }
 
-    /// The patch matrix `[C_in·k·k, H'·W']` of one image (zeros over the padding).
-    fn im2col(&self, image: &[f32], patches: &mut Vec<f32>) {
+    /// Images per patch-matrix block when a group holds `images`: enough for about
+    /// [`BLOCK_COLUMNS`] output pixels side by side, never more than the group.
+    fn images_per_block(&self, images: usize) -> usize {
+        (BLOCK_COLUMNS / self.out_pixels().max(1)).clamp(1, images.max(1))
+    }
+
+    /// Writes the patch matrix `[C_in·k·k, H'·W']` of one image into columns
+    /// `col0..col0 + H'·W'` of `patches`, a row-major matrix with `ld` columns whose entries
+    /// over the padding the caller has zeroed.
+    fn im2col(&self, image: &[f32], patches: &mut [f32], ld: usize, col0: usize) {
         let g = self.geometry;
         let (k, s, p) = (g.kernel, g.stride, g.padding);
         let (h, w, ho, wo) = (self.h, self.w, self.ho, self.wo);
-        patches.clear();
-        patches.resize(self.depth() * ho * wo, 0.0);
-        for (row, dst) in patches.chunks_exact_mut(ho * wo).enumerate() {
+        for row in 0..self.depth() {
+            let dst = &mut patches[row * ld + col0..row * ld + col0 + ho * wo];
             let (ci, ky, kx) = (row / (k * k), (row / k) % k, row % k);
             let plane = &image[ci * h * w..(ci + 1) * h * w];
             let (ox0, ox1) = self.valid_columns(kx);
@@ -113,13 +125,14 @@ impl Planar {
         }
     }
 
-    /// Adds the patch-matrix gradient `[C_in·k·k, H'·W']` back onto one image's gradient
-    /// (the adjoint of [`Self::im2col`]).
-    fn col2im(&self, patches: &[f32], image: &mut [f32]) {
+    /// Adds columns `col0..col0 + H'·W'` of a patch-matrix gradient (`ld` columns) back onto
+    /// one image's gradient (the adjoint of [`Self::im2col`]).
+    fn col2im(&self, patches: &[f32], ld: usize, col0: usize, image: &mut [f32]) {
         let g = self.geometry;
         let (k, s, p) = (g.kernel, g.stride, g.padding);
         let (h, w, ho, wo) = (self.h, self.w, self.ho, self.wo);
-        for (row, src) in patches.chunks_exact(ho * wo).enumerate() {
+        for row in 0..self.depth() {
+            let src = &patches[row * ld + col0..row * ld + col0 + ho * wo];
             let (ci, ky, kx) = (row / (k * k), (row / k) % k, row % k);
             let plane = &mut image[ci * h * w..(ci + 1) * h * w];
             let (ox0, ox1) = self.valid_columns(kx);
@@ -139,68 +152,105 @@ impl Planar {
         }
     }
 
-    /// `Y = W·P` for every image, images in parallel.
+    /// The patch matrix of the `images` (consecutive, channels-first) side by side:
+    /// `[C_in·k·k, n·H'·W']`, image `i` in columns `i·H'·W'..`.
+    fn block_patches(&self, images: &[f32], patches: &mut Vec<f32>) -> usize {
+        let cols = images.len() / self.in_image() * self.out_pixels();
+        patches.clear();
+        patches.resize(self.depth() * cols, 0.0);
+        for (i, image) in images.chunks_exact(self.in_image()).enumerate() {
+            self.im2col(image, patches, cols, i * self.out_pixels());
+        }
+        cols
+    }
+
+    /// `Y = W·P` for blocks of images, blocks in parallel.
     fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
-        let (depth, pixels) = (self.depth(), self.out_pixels());
-        let mut y = vec![0f32; self.n * self.cout * pixels];
+        let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
+        let mut y = vec![0f32; self.n * cout * pixels];
         if y.is_empty() {
             return Ok(y);
         }
-        let w = MatRef::rows(weight, self.cout, depth);
-        y.par_chunks_mut(self.cout * pixels)
-            .zip(x.par_chunks(self.in_image()))
-            .try_for_each_init(Vec::new, |patches: &mut Vec<f32>, (y_img, x_img)| {
-                let p = if self.geometry.is_pointwise() {
-                    x_img
-                } else {
-                    self.im2col(x_img, patches);
-                    patches
-                };
-                gemm_acc(y_img, w, MatRef::rows(p, depth, pixels), self.precision)
-            })?;
+        let w = MatRef::rows(weight, cout, depth);
+        let threads = rayon::current_num_threads().max(1);
+        let per_block = self.images_per_block(self.n.div_ceil(threads));
+        y.par_chunks_mut(per_block * cout * pixels)
+            .zip(x.par_chunks(per_block * self.in_image()))
+            .try_for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(patches, block_y): &mut (Vec<f32>, Vec<f32>), (y_blk, x_blk)| {
+                    let cols = self.block_patches(x_blk, patches);
+                    let p = MatRef::rows(patches, depth, cols);
+                    if cols == pixels {
+                        // One image: its output is the product itself.
+                        return gemm_acc(y_blk, w, p, self.precision);
+                    }
+                    block_y.clear();
+                    block_y.resize(cout * cols, 0.0);
+                    gemm_acc(block_y, w, p, self.precision)?;
+                    // [C_out, n·H'·W'] → n × [C_out, H'·W']
+                    for (i, y_img) in y_blk.chunks_exact_mut(cout * pixels).enumerate() {
+                        for (co, dst) in y_img.chunks_exact_mut(pixels).enumerate() {
+                            let at = co * cols + i * pixels;
+                            dst.copy_from_slice(&block_y[at..at + pixels]);
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
         Ok(y)
     }
 
-    /// `(dX, dW)`: per image `dW += dY·Pᵀ` and `dX = col2im(Wᵀ·dY)`; images split into one
-    /// contiguous group per thread, each with its own `dW` partial sum.
+    /// `(dX, dW)`: per block of images `dW += dY·Pᵀ` and `dX = col2im(Wᵀ·dY)`; images split
+    /// into one contiguous group per thread, each with its own `dW` partial sum.
     fn backward(&self, x: &[f32], weight: &[f32], dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (depth, pixels) = (self.depth(), self.out_pixels());
-        let w_t = MatRef::rows(weight, self.cout, depth).t(); // [depth, C_out]
-        let mut dx = vec![0f32; self.n * self.in_image()];
+        let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
+        let in_image = self.in_image();
+        let w_t = MatRef::rows(weight, cout, depth).t(); // [depth, C_out]
+        let mut dx = vec![0f32; self.n * in_image];
         let groups = rayon::current_num_threads().clamp(1, self.n.max(1));
         let per_group = self.n.div_ceil(groups).max(1);
+        let per_block = self.images_per_block(per_group);
         let dw = dx
-            .par_chunks_mut((per_group * self.in_image()).max(1))
+            .par_chunks_mut((per_group * in_image).max(1))
             .enumerate()
             .map(|(g, dx_group)| {
-                let mut dw = vec![0f32; self.cout * depth];
-                let (mut patches, mut dpatches) = (Vec::new(), Vec::new());
-                for (i, dx_img) in dx_group.chunks_exact_mut(self.in_image()).enumerate() {
-                    let img = g * per_group + i;
-                    let x_img = &x[img * self.in_image()..(img + 1) * self.in_image()];
-                    let dy_img = MatRef::rows(
-                        &dy[img * self.cout * pixels..(img + 1) * self.cout * pixels],
-                        self.cout,
-                        pixels,
-                    );
-                    if self.geometry.is_pointwise() {
-                        let x_t = MatRef::rows(x_img, self.cin, pixels).t();
-                        gemm_acc(&mut dw, dy_img, x_t, self.precision)?;
-                        gemm_acc(dx_img, w_t, dy_img, self.precision)?;
-                        continue;
-                    }
-                    self.im2col(x_img, &mut patches);
-                    let p_t = MatRef::rows(&patches, depth, pixels).t();
-                    gemm_acc(&mut dw, dy_img, p_t, self.precision)?;
+                let mut dw = vec![0f32; cout * depth];
+                let (mut patches, mut dpatches, mut block_dy) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                for (b, dx_blk) in dx_group.chunks_mut(per_block * in_image).enumerate() {
+                    let first = g * per_group + b * per_block;
+                    let images = dx_blk.len() / in_image;
+                    let x_blk = &x[first * in_image..(first + images) * in_image];
+                    let dy_blk = &dy[first * cout * pixels..(first + images) * cout * pixels];
+                    let cols = self.block_patches(x_blk, &mut patches);
+                    let dy_mat = if images == 1 {
+                        MatRef::rows(dy_blk, cout, pixels)
+                    } else {
+                        // n × [C_out, H'·W'] → [C_out, n·H'·W']
+                        block_dy.clear();
+                        block_dy.resize(cout * cols, 0.0);
+                        for (i, dy_img) in dy_blk.chunks_exact(cout * pixels).enumerate() {
+                            for (co, src) in dy_img.chunks_exact(pixels).enumerate() {
+                                let at = co * cols + i * pixels;
+                                block_dy[at..at + pixels].copy_from_slice(src);
+                            }
+                        }
+                        MatRef::rows(&block_dy, cout, cols)
+                    };
+                    let p_t = MatRef::rows(&patches, depth, cols).t();
+                    gemm_acc(&mut dw, dy_mat, p_t, self.precision)?;
                     dpatches.clear();
-                    dpatches.resize(depth * pixels, 0.0);
-                    gemm_acc(&mut dpatches, w_t, dy_img, self.precision)?;
-                    self.col2im(&dpatches, dx_img);
+                    dpatches.resize(depth * cols, 0.0);
+                    gemm_acc(&mut dpatches, w_t, dy_mat, self.precision)?;
+                    for (i, dx_img) in dx_blk.chunks_exact_mut(in_image).enumerate() {
+                        self.col2im(&dpatches, cols, i * pixels, dx_img);
+                    }
                 }
                 Ok::<_, candle_core::Error>(dw)
             })
             .try_reduce(
-                || vec![0f32; self.cout * depth],
+                || vec![0f32; cout * depth],
                 |mut a, b| {
                     for (x, y) in a.iter_mut().zip(&b) {
                         *x += y;

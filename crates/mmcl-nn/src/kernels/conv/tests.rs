@@ -47,9 +47,11 @@ fn matches_candle_convolution_with_bias_residual_and_relu() -> Result<()> {
 #[test]
 fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result<()> {
     use candle_core::Var;
-    for &(cin, cout, k, s, p, h, w) in &CASES {
-        let case = (cin, cout, k, s, p, h, w);
-        let x = Var::from_tensor(&randn(1, &[2, cin, h, w])?)?;
+    // Nine images: small feature maps are multiplied several images to a block, with a
+    // shorter last block.
+    for (&(cin, cout, k, s, p, h, w), n) in CASES.iter().flat_map(|c| [(c, 2), (c, 9)]) {
+        let case = (n, cin, cout, k, s, p, h, w);
+        let x = Var::from_tensor(&randn(1, &[n, cin, h, w])?)?;
         let weight = Var::from_tensor(&randn(2, &[cout, cin, k, k])?)?;
         let y = conv2d(x.as_tensor(), weight.as_tensor(), s, p)?;
         let r = randn(3, y.dims())?;

@@ -2,7 +2,8 @@
 
 use crate::kernels::simd::{multiversion, normal_cdf_f32, normal_pdf_f32};
 use crate::kernels::{
-    CHUNK, contiguous_f32, fast_path, map_chunks, map_tensors, row_step, with_contiguous_f32,
+    CHUNK, bias_gradient, contiguous_f32, fast_path, map_chunks, map_tensors, row_step,
+    with_contiguous_f32,
 };
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -153,7 +154,7 @@ impl CustomOp2 for BiasGelu {
             )
         })?;
         let h = bias.elem_count();
-        let grad_bias = grad_x.reshape(((), h))?.sum(0)?;
+        let grad_bias = bias_gradient(&grad_x, h)?;
         Ok((Some(grad_x), Some(grad_bias)))
     }
 }

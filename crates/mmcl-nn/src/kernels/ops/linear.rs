@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 
 use crate::kernels::gemm::{self, gemm_xwt};
-use crate::kernels::{contiguous_f32, fast_path, with_contiguous_f32};
+use crate::kernels::{bias_gradient, contiguous_f32, fast_path, with_contiguous_f32};
 use crate::precision::{Precision, matmul_precision};
 
 /// `x·Wᵀ + b` with the weight in PyTorch's layout `[out, in]`.
@@ -61,7 +61,7 @@ fn check_dims(l_x: &Layout, l_w: &Layout, op: &str) -> Result<(usize, usize, usi
 
 /// The gradients `(dx, dW, db)` of `x·Wᵀ + b` for the upstream gradient `g` `[M, N]`.
 ///
-/// In f32 they are candle's operations (the arithmetic the parity fixtures were checked with);
+/// In f32 the products are candle's (the arithmetic the parity fixtures were checked with);
 /// in bf16 the products go through this crate's bf16 kernels, which candle's matmul lacks.
 fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     if matmul_precision() == Precision::Bf16 && fast_path(x) && fast_path(w) && fast_path(g) {
@@ -81,7 +81,8 @@ fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, T
     }
     let grad_x = g.matmul(w)?; // [M, K]
     let grad_w = g.t()?.matmul(x)?; // [N, K]
-    Ok((grad_x, grad_w, g.sum(0)?))
+    let n = g.dim(1)?;
+    Ok((grad_x, grad_w, bias_gradient(g, n)?))
 }
 
 struct LinearBias;
