@@ -15,11 +15,13 @@ use candle_core::{D, Device, Tensor};
 use clap::Parser;
 use mmcl_suite::ecg::{EcgVit, EcgVitConfig, Pooling};
 use mmcl_suite::nn::device::parse_device;
+use mmcl_suite::train::checkpoint::find_ecg_encoder;
 
 /// Embed ECGs with the ECG encoder of Turgut et al.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Encoder checkpoint (.pth/.ckpt/.safetensors); without one, a seeded random initialisation.
+    /// The encoder: a run directory (its latest complete checkpoint), a checkpoint directory,
+    /// or a file (.pth/.ckpt/.safetensors); without one, a seeded random initialisation.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Encoder configuration.
@@ -48,7 +50,7 @@ fn main() -> Result<()> {
     let model = match &args.checkpoint {
         Some(path) => {
             let (model, _store, summary) =
-                EcgVit::from_checkpoint(&cfg, path, cfg.pooling(), &device)?;
+                EcgVit::from_checkpoint(&cfg, &find_ecg_encoder(path)?, cfg.pooling(), &device)?;
             println!("{summary}");
             model
         }

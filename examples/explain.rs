@@ -4,8 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release --example explain                         # randomly initialised model
-//! cargo run --release --example explain -- \
-//!     --checkpoint target/reproduce/runs/mae_mmcl/checkpoints/last/model.safetensors
+//! cargo run --release --example explain -- --checkpoint target/reproduce/runs/mae_mmcl
 //! ```
 //!
 //! PNGs go to `--output/<eid>/` (`ecg_importance.png`, `ecg_attention.png`,
@@ -23,13 +22,15 @@ use mmcl_suite::cmr::ResNetConfig;
 use mmcl_suite::data::cache::Cache;
 use mmcl_suite::data::tables::Split;
 use mmcl_suite::pipeline::reproduce::{explain_subjects, probe_vit_config};
+use mmcl_suite::train::checkpoint::find_model_file;
 use mmcl_suite::train::{MmclArchitecture, MmclModel};
 
 /// Draw localisation maps of test subjects of the synthetic cohort.
 #[derive(Debug, Parser)]
 struct Args {
-    /// A multimodal checkpoint in the reference's layout (the MMCL trainer's
-    /// `model.safetensors`); without one, a seeded random initialisation.
+    /// A multimodal model in the reference's layout: an MMCL run directory (its latest complete
+    /// checkpoint), a checkpoint directory, or the `model.safetensors` file; without one, a
+    /// seeded random initialisation.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Test subjects to draw.
@@ -52,7 +53,9 @@ fn main() -> Result<()> {
     let vit = probe_vit_config(&cfg)?;
     let model = match &args.checkpoint {
         Some(path) => {
-            let (model, summary) = MmclModel::from_reference_checkpoint(path, &vit, None, &device)?;
+            let file = find_model_file(path)?;
+            let (model, summary) =
+                MmclModel::from_reference_checkpoint(&file, &vit, None, &device)?;
             println!("{summary}");
             model
         }

@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo run --release --example finetune                                 # AF, from scratch
 //! cargo run --release --example finetune -- --task regression --target lvm \
-//!     --checkpoint target/reproduce/runs/mae_mmcl/checkpoints/last/ecg_encoder.safetensors
+//!     --checkpoint target/reproduce/runs/mae_mmcl
 //! ```
 
 #[path = "common/mod.rs"]
@@ -19,12 +19,14 @@ use mmcl_suite::eval::finetune::{FinetuneConfig, finetune};
 use mmcl_suite::eval::metrics::Task;
 use mmcl_suite::eval::report::text_table;
 use mmcl_suite::pipeline::reproduce::probe_vit_config;
+use mmcl_suite::train::checkpoint::find_ecg_encoder;
 
 /// Fine-tune the ECG encoder on one disease or phenotype of the synthetic cohort.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Pre-trained ECG encoder (MAE or MMCL export, released `signal_encoder*.pth`); without
-    /// one, training starts from a random initialisation.
+    /// Pre-trained ECG encoder: a run directory (its latest complete checkpoint), a checkpoint
+    /// directory, or a file (MAE or MMCL export, released `signal_encoder*.pth`); without one,
+    /// training starts from a random initialisation.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// classification (a disease) or regression (a phenotype).
@@ -53,7 +55,7 @@ fn main() -> Result<()> {
     encoder.drop_path_rate = 0.2;
     let ft = FinetuneConfig {
         cache,
-        checkpoint: args.checkpoint,
+        checkpoint: args.checkpoint.map(|p| find_ecg_encoder(&p)).transpose()?,
         encoder,
         task: args.task,
         targets: vec![args.target],

@@ -5,8 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release --example linear_probe                    # randomly initialised encoder
-//! cargo run --release --example linear_probe -- \
-//!     --checkpoint target/reproduce/runs/mae_mmcl/checkpoints/last/ecg_encoder.safetensors
+//! cargo run --release --example linear_probe -- --checkpoint target/reproduce/runs/mae_mmcl
 //! ```
 //!
 //! The cohort and its cache are made once under `--data` (reduced settings of
@@ -24,12 +23,14 @@ use mmcl_suite::data::cache::Cache;
 use mmcl_suite::ecg::EcgVit;
 use mmcl_suite::pipeline::reproduce::{probe_ecg_encoder, probe_vit_config};
 use mmcl_suite::pipeline::results::markdown_tables;
+use mmcl_suite::train::checkpoint::find_ecg_encoder;
 
 /// Linear probes of an ECG encoder on the synthetic cohort.
 #[derive(Debug, Parser)]
 struct Args {
-    /// ECG encoder checkpoint (MAE or MMCL export, released `signal_encoder*.pth`); without
-    /// one, a seeded random initialisation.
+    /// The ECG encoder: a run directory (its latest complete checkpoint), a checkpoint
+    /// directory, or a file (MAE or MMCL export, released `signal_encoder*.pth`); without one,
+    /// a seeded random initialisation.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Subjects of the cohort.
@@ -47,7 +48,8 @@ fn main() -> Result<()> {
     let vit = probe_vit_config(&cfg)?;
     let model = match &args.checkpoint {
         Some(path) => {
-            let (model, _, summary) = EcgVit::from_checkpoint(&vit, path, vit.pooling(), &device)?;
+            let file = find_ecg_encoder(path)?;
+            let (model, _, summary) = EcgVit::from_checkpoint(&vit, &file, vit.pooling(), &device)?;
             println!("{summary}");
             model
         }

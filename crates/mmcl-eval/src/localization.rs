@@ -387,13 +387,18 @@ impl SubjectMaps {
                 .map(|&a| a * patches as f32)
                 .collect(),
         )?;
+        // A stated range from no attention to at least twice uniform: an automatic range
+        // stretched a near-uniform map (0.93–1.05) over the whole colour map.
+        let top = attention_colour_top(relative.as_slice());
         let mut figure = EcgFigure::new(ecg, sampling_rate)
             .with_layout(EcgLayout::Rows12)
             .with_importance(&relative)
-            .with_title("Class-token attention × patches (1 = uniform), last block");
+            .with_title(format!(
+                "Class-token attention × patches (1 = uniform), last block; colour 0–{top}"
+            ));
         figure.mm_per_unit = NORMALISED_MM_PER_UNIT;
         figure.colormap = Colormap::Inferno;
-        figure.color_range = ColorRange::Auto;
+        figure.color_range = ColorRange::Fixed(0.0, top);
         figure.save(&files.ecg_attention)?;
 
         let mut figure = CmrFigure::new(image)
@@ -414,6 +419,17 @@ impl SubjectMaps {
         figure.save(&files.cmr_importance)?;
         Ok(files)
     }
+}
+
+/// The top of the attention figure's colour range, in multiples of uniform attention: the
+/// largest value rounded up to a whole number, at least 2 (so that uniform attention is never
+/// the top of the map).
+fn attention_colour_top(relative: &[f32]) -> f64 {
+    let max = relative
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0f64, |m, &v| m.max(v as f64));
+    max.ceil().max(2.0)
 }
 
 /// What a CMR figure says about its image.
@@ -590,6 +606,14 @@ mod tests {
         let same = upsample_tokens(&x, 1.0).expect("identity");
         assert_eq!(same.dims(), &[1, 4, 1]);
         assert!(upsample_tokens(&x, 0.0).is_err());
+    }
+
+    #[test]
+    fn attention_colour_range_is_stated_not_stretched() {
+        // A near-uniform map keeps the range 0–2: uniform sits mid-scale, not at the top.
+        assert_eq!(attention_colour_top(&[0.93, 1.0, 1.05]), 2.0);
+        assert_eq!(attention_colour_top(&[0.5, 3.2, f32::NAN]), 4.0);
+        assert_eq!(attention_colour_top(&[]), 2.0);
     }
 
     #[test]
