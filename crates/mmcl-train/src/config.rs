@@ -84,7 +84,9 @@ pub struct ImagingConfig {
     pub model: ResNetArch,
     /// Side of the square training images (210 in the paper).
     pub img_size: usize,
-    /// Start from this checkpoint (released `image_encoder*.pth`, torchvision, or ours).
+    /// Start from this image encoder: an MMCL run folder (its latest complete checkpoint's
+    /// export), a checkpoint folder, or a file (released `image_encoder*.pth`, torchvision, or
+    /// ours).
     pub pretrain_checkpoint: Option<PathBuf>,
     /// Keep the image encoder frozen (the reference's `pretrained_imaging_strategy: frozen`).
     pub frozen: bool,

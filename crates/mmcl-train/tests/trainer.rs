@@ -208,3 +208,39 @@ fn every_trainable_variable_receives_a_gradient() {
         assert!(failing.is_empty(), "no gradient: {failing:?}");
     }
 }
+
+#[test]
+fn an_image_encoder_is_named_by_its_run_directory() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tiny_cache(tmp.path());
+    let mut cfg = tiny_config(&cache);
+    cfg.max_epochs = 1;
+    let first = tmp.path().join("first");
+    let (mut trainer, _) = MmclTrainer::new(cfg.clone(), &first, &Device::Cpu).expect("new");
+    trainer.fit(&mut NoProgress).expect("fit");
+    drop(trainer);
+
+    // The run directory names its latest checkpoint's image encoder, as for the ECG encoder.
+    let mut frozen = cfg.clone();
+    frozen.imaging.pretrain_checkpoint = Some(first.clone());
+    frozen.imaging.frozen = true;
+    let (_, notes) = MmclTrainer::new(frozen, &tmp.path().join("second"), &Device::Cpu)
+        .expect("a run directory as the image encoder");
+    let export = checkpoint::find_image_encoder(&first).expect("export");
+    assert!(
+        notes.iter().any(|n| n.starts_with("image encoder:")
+            && n.contains("tensors loaded")
+            && n.contains(&export.display().to_string())),
+        "{notes:?}"
+    );
+
+    // A folder without one is an error naming it.
+    let mut wrong = cfg;
+    wrong.imaging.pretrain_checkpoint = Some(cache.clone());
+    let err = MmclTrainer::new(wrong, &tmp.path().join("third"), &Device::Cpu)
+        .expect_err("the cache holds no image encoder");
+    assert!(
+        err.to_string().contains(&cache.display().to_string()),
+        "{err}"
+    );
+}

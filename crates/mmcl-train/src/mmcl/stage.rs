@@ -371,10 +371,12 @@ impl Stage for MmclStage {
         let model = MmclModel::new(&arch, cfg.seed, device)?;
         let mut notes = Vec::new();
         if let Some(p) = &cfg.imaging.pretrain_checkpoint {
-            let n = model.load_pretrained_imaging(p)?;
+            // A run or checkpoint folder names its exported image encoder, as for the ECG.
+            let file = crate::checkpoint::find_image_encoder(p)?;
+            let n = model.load_pretrained_imaging(&file)?;
             notes.push(format!(
                 "image encoder: {n} tensors loaded from {}",
-                p.display()
+                file.display()
             ));
         }
         if let Some(p) = &cfg.ecg.pretrain_checkpoint {
