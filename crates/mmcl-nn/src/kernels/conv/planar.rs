@@ -175,7 +175,8 @@ impl Planar {
         let threads = rayon::current_num_threads().max(1);
         let per_block = self.images_per_block(self.n.div_ceil(threads));
         y.par_chunks_mut(per_block * cout * pixels)
-            .zip(x.par_chunks(per_block * self.in_image()))
+            // `max(1)`: an input without channels has no patches (its output stays zero).
+            .zip(x.par_chunks((per_block * self.in_image()).max(1)))
             .try_for_each_init(
                 || (Vec::new(), Vec::new()),
                 |(patches, block_y): &mut (Vec<f32>, Vec<f32>), (y_blk, x_blk)| {

@@ -142,3 +142,13 @@ fn wrong_shapes_are_errors() -> Result<()> {
     assert!(conv.forward(&x, Some(&bad_residual), false).is_err());
     Ok(())
 }
+
+#[test]
+fn an_input_without_channels_gives_zeros() -> Result<()> {
+    let x = Tensor::zeros((3, 0, 5, 5), DType::F32, &Device::Cpu)?;
+    let weight = Tensor::zeros((4, 0, 3, 3), DType::F32, &Device::Cpu)?;
+    let y = conv2d(&x, &weight, 1, 1)?;
+    assert_eq!(y.dims(), &[3, 4, 5, 5]);
+    assert_eq!(y.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+    Ok(())
+}
