@@ -65,11 +65,11 @@ fn main() -> ExitCode {
         Command::EmbedEcg(args) => commands::embed_ecg::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::EmbedCmr(args) => commands::embed_cmr::run(args),
-        Command::PretrainMmcl(args) => commands::pretrain::run_mmcl(args),
-        Command::PretrainMae(args) => commands::pretrain::run_mae(args),
+        Command::PretrainMmcl(args) => commands::common::one_training_process().and_then(|()| commands::pretrain::run_mmcl(args)),
+        Command::PretrainMae(args) => commands::common::one_training_process().and_then(|()| commands::pretrain::run_mae(args)),
         Command::Explain(args) => commands::explain::run(args),
-        Command::Finetune(args) => commands::finetune::run(args),
-        Command::Reproduce(args) => commands::reproduce::run(args),
+        Command::Finetune(args) => commands::common::one_training_process().and_then(|()| commands::finetune::run(args)),
+        Command::Reproduce(args) => commands::common::one_training_process().and_then(|()| commands::reproduce::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

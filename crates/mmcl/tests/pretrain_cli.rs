@@ -304,3 +304,41 @@ fn printed_mae_defaults_are_the_paper_and_read_back() {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }
 }
+
+/// Started by a launcher as one of several processes, the training commands refuse before
+/// reading or writing anything (the trainers do not synchronise replicas yet), and `mmcl info`
+/// says why.
+#[test]
+fn training_as_one_of_several_launched_processes_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let config = dir.path().join("missing.toml");
+    for command in ["pretrain-mae", "pretrain-mmcl", "finetune", "reproduce"] {
+        let mut args = vec![command, "--config", s(&config), "--output", s(&run)];
+        if command == "reproduce" {
+            args = vec![command, "--output", s(&run)];
+        }
+        let out = common::mmcl_command()
+            .env("OMPI_COMM_WORLD_RANK", "1")
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .args(&args)
+            .output()
+            .expect("the mmcl binary runs");
+        assert!(!out.status.success(), "{command} trained as rank 1 of 2");
+        let err = stderr(&out);
+        assert!(err.contains("rank 1 of 2"), "{command}: {err}");
+        assert!(!run.exists(), "{command} wrote {}", run.display());
+    }
+    let info = common::mmcl_command()
+        .env("PMI_RANK", "0")
+        .env("PMI_SIZE", "3")
+        .arg("info")
+        .output()
+        .expect("the mmcl binary runs");
+    let text = common::stdout(&info);
+    assert!(info.status.success(), "{}", stderr(&info));
+    if !cfg!(feature = "mpi") {
+        assert!(text.contains("rank 0 of 3"), "{text}");
+        assert!(text.contains("without the mpi feature"), "{text}");
+    }
+}

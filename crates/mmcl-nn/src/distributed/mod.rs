@@ -11,9 +11,12 @@
 //! Backends:
 //! - [`SingleProcess`]: world size 1, every collective is a no-op (the default trainer path);
 //! - [`ThreadGroup`]: one replica per thread in this process, reducing through host memory
-//!   (CPU replicas, tests, and a portable fallback);
+//!   (the test double of the process backends);
+//! - `MpiGroup` (crate feature `mpi`): one process per replica, started by `mpirun`/`srun`,
+//!   collectives over the system's MPI library; [`group_from_launcher`] picks it when a
+//!   launcher started the process ([`Launch`]);
 //! - NCCL across GPUs (one process per GPU, crate feature `nccl`): designed in the workspace's
-//!   `docs/distributed.md`; it needs a CUDA toolkit to build.
+//!   `docs/distributed.md`, not built yet.
 //!
 //! Losses that couple the samples of a batch (the CLIP loss) see the global batch through
 //! [`gather_with_grad`].
@@ -50,10 +53,16 @@
 //! # }
 //! ```
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
+
+#[cfg(feature = "mpi")]
+mod mpi;
+mod threads;
+
+#[cfg(feature = "mpi")]
+pub use self::mpi::MpiGroup;
+pub use threads::{ThreadGroup, ThreadReplica};
 
 /// Errors of gradient synchronisation.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +262,7 @@ pub fn unflatten_grads(flat: &Tensor, vars: &[(String, Var)], grads: &mut GradSt
     Ok(())
 }
 
+/// The values of `vars` concatenated into one flat `f32` tensor (what a broadcast sends).
 fn flatten_vars(vars: &[(String, Var)]) -> Result<Tensor> {
     let parts = vars
         .iter()
@@ -266,239 +276,114 @@ fn flatten_vars(vars: &[(String, Var)]) -> Result<Tensor> {
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// What a collective does with the ranks' buffers.
-#[derive(Debug, Clone, Copy)]
-enum Collective {
-    Mean,
-    Broadcast(usize),
-    Gather,
-}
-
-#[derive(Debug)]
-struct GroupState {
-    /// Buffers contributed to the collective in progress, by rank.
-    slots: Vec<Option<Vec<f32>>>,
-    /// Ranks that have contributed to the collective in progress.
-    arrived: usize,
-    /// Collectives completed so far.
-    generation: u64,
-    /// The result of the last completed collective (kept until every rank has read it: the
-    /// next collective cannot complete before they all arrive at it).
-    result: Arc<std::result::Result<Vec<f32>, Vec<usize>>>,
-    /// A replica dropped its communicator.
-    left: bool,
-}
-
-#[derive(Debug)]
-struct Group {
-    world_size: usize,
-    state: Mutex<GroupState>,
-    changed: Condvar,
-}
-
-impl Group {
-    fn lock(&self) -> MutexGuard<'_, GroupState> {
-        // A panicking replica poisons the lock; the state is still consistent (every update is
-        // completed under the lock), and its dropped communicator marks the group as left.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// An in-process data-parallel group: one [`ThreadReplica`] per replica, each used by its own
-/// thread (one per device). Collectives reduce through host memory.
-#[derive(Debug)]
-pub struct ThreadGroup;
-
-impl ThreadGroup {
-    /// The communicators of a new group of `world_size` replicas, by rank.
-    ///
-    /// # Errors
-    /// [`DistributedError::InvalidArgument`] for a world size of 0.
-    #[allow(clippy::new_ret_no_self)]
-    pub fn new(world_size: usize) -> Result<Vec<ThreadReplica>> {
-        if world_size == 0 {
-            return Err(DistributedError::InvalidArgument(
-                "a group needs at least one replica".into(),
-            ));
-        }
-        let group = Arc::new(Group {
-            world_size,
-            state: Mutex::new(GroupState {
-                slots: vec![None; world_size],
-                arrived: 0,
-                generation: 0,
-                result: Arc::new(Ok(Vec::new())),
-                left: false,
-            }),
-            changed: Condvar::new(),
+/// Sets every variable of `vars` from `value`, their values concatenated as
+/// [`flatten_vars`] makes them (received from a broadcast), on `device`.
+fn set_vars_from_flat(vars: &[(String, Var)], value: Vec<f32>, device: &Device) -> Result<()> {
+    let total: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    if value.len() != total {
+        return Err(DistributedError::LengthMismatch {
+            lengths: vec![value.len(), total],
         });
-        Ok((0..world_size)
-            .map(|rank| ThreadReplica {
+    }
+    let value = Tensor::from_vec(value, total, device)?;
+    let mut offset = 0;
+    for (_, var) in vars {
+        let n = var.elem_count();
+        let v = value
+            .narrow(0, offset, n)?
+            .reshape(var.shape())?
+            .to_dtype(var.dtype())?
+            .to_device(var.device())?;
+        var.set(&v)?;
+        offset += n;
+    }
+    Ok(())
+}
+
+/// The shape of `local` gathered from `world_size` replicas: the first dimension times
+/// `world_size` (a scalar takes part as one row, so that the other replicas do not wait).
+fn gathered_dims(local: &Tensor, world_size: usize) -> Vec<usize> {
+    let mut dims = local.dims().to_vec();
+    if dims.is_empty() {
+        dims.push(1);
+    }
+    dims[0] *= world_size;
+    dims
+}
+
+/// The place a process launcher gave this process in a job: what `mpirun` (OpenMPI:
+/// `OMPI_COMM_WORLD_RANK`/`_SIZE`) or an MPICH-family launcher (`mpiexec`, Intel MPI, `srun
+/// --mpi=pmi2`: `PMI_RANK`/`PMI_SIZE`) put in its environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    /// This process's rank.
+    pub rank: usize,
+    /// The number of processes of the job.
+    pub world_size: usize,
+    /// The variables it was read from (`OMPI_COMM_WORLD_*` or `PMI_*`).
+    pub source: &'static str,
+}
+
+impl Launch {
+    /// The launch described by the environment of this process; `None` when no launcher
+    /// started it (or its variables do not parse as a rank within a world size).
+    ///
+    /// SLURM's own variables (`SLURM_PROCID`, `SLURM_NTASKS`) are not read: they are also set
+    /// for the single process of a batch script, which is no job of several ranks.
+    pub fn from_env() -> Option<Self> {
+        Self::from_vars(|key| std::env::var(key).ok())
+    }
+
+    /// As [`Launch::from_env`], reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        const SOURCES: [(&str, &str, &str); 2] = [
+            (
+                "OMPI_COMM_WORLD_RANK",
+                "OMPI_COMM_WORLD_SIZE",
+                "OMPI_COMM_WORLD_*",
+            ),
+            ("PMI_RANK", "PMI_SIZE", "PMI_*"),
+        ];
+        SOURCES.into_iter().find_map(|(rank, size, source)| {
+            let rank: usize = var(rank)?.trim().parse().ok()?;
+            let world_size: usize = var(size)?.trim().parse().ok()?;
+            (rank < world_size).then_some(Self {
                 rank,
-                group: Arc::clone(&group),
+                world_size,
+                source,
             })
-            .collect())
+        })
     }
 }
 
-/// One replica's communicator of a [`ThreadGroup`]. Dropping it tells the others that it left
-/// (their pending and later collectives fail instead of waiting for ever).
-#[derive(Debug)]
-pub struct ThreadReplica {
-    rank: usize,
-    group: Arc<Group>,
-}
-
-impl ThreadReplica {
-    /// Contributes `data` to a collective and waits for its result.
-    fn collective(&self, data: Vec<f32>, op: Collective) -> Result<Vec<f32>> {
-        let group = &*self.group;
-        let lost = || DistributedError::ReplicaLost {
-            rank: self.rank,
-            world_size: group.world_size,
-        };
-        let mut state = group.lock();
-        if state.left {
-            return Err(lost());
-        }
-        state.slots[self.rank] = Some(data);
-        state.arrived += 1;
-        let generation = state.generation;
-        if state.arrived == group.world_size {
-            let slots: Vec<Vec<f32>> = state.slots.iter_mut().filter_map(Option::take).collect();
-            state.result = Arc::new(reduce(slots, op));
-            state.arrived = 0;
-            state.generation += 1;
-            group.changed.notify_all();
-        } else {
-            while state.generation == generation && !state.left {
-                state = group.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            // A replica may leave right after a collective completes: that is fine for this one.
-            if state.generation == generation {
-                return Err(lost());
-            }
-        }
-        match &*state.result {
-            Ok(v) => Ok(v.clone()),
-            Err(lengths) => Err(DistributedError::LengthMismatch {
-                lengths: lengths.clone(),
-            }),
-        }
+/// The data-parallel group this process belongs to: an MPI group when a launcher started it
+/// (and the crate was built with the `mpi` feature), else a group of one.
+///
+/// # Errors
+/// When a launcher started several processes but this build has no MPI backend (they would
+/// each train alone and overwrite each other's files), or when MPI fails to initialise.
+pub fn group_from_launcher() -> Result<Box<dyn GradSync>> {
+    let launch = Launch::from_env();
+    #[cfg(feature = "mpi")]
+    if launch.is_some() {
+        return Ok(Box::new(MpiGroup::init()?));
+    }
+    match launch {
+        Some(l) if l.world_size > 1 => Err(DistributedError::InvalidArgument(format!(
+            "this process is rank {} of {} (from {}), but this build has no MPI backend: \
+             rebuild with `--features mpi`, or start a single process",
+            l.rank, l.world_size, l.source
+        ))),
+        _ => Ok(Box::new(SingleProcess)),
     }
 }
 
-/// The collective's result from the ranks' buffers (in rank order), or the mismatched lengths.
-fn reduce(slots: Vec<Vec<f32>>, op: Collective) -> std::result::Result<Vec<f32>, Vec<usize>> {
-    let lengths: Vec<usize> = slots.iter().map(Vec::len).collect();
-    if lengths.iter().any(|&l| l != lengths[0]) {
-        return Err(lengths);
-    }
-    match op {
-        Collective::Broadcast(root) => Ok(slots.into_iter().nth(root).unwrap_or_default()),
-        Collective::Gather => Ok(slots.concat()),
-        Collective::Mean => {
-            let n = slots.len() as f32;
-            let mut iter = slots.into_iter();
-            let mut sum = iter.next().unwrap_or_default();
-            // Rank order: every replica gets the same bits.
-            for other in iter {
-                for (s, o) in sum.iter_mut().zip(&other) {
-                    *s += o;
-                }
-            }
-            for s in &mut sum {
-                *s /= n;
-            }
-            Ok(sum)
-        }
-    }
-}
-
-impl Drop for ThreadReplica {
-    fn drop(&mut self) {
-        let mut state = self.group.lock();
-        state.left = true;
-        self.group.changed.notify_all();
-    }
-}
-
-impl GradSync for ThreadReplica {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world_size(&self) -> usize {
-        self.group.world_size
-    }
-
-    fn all_reduce_mean(&self, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
-        let flat = flatten_grads(vars, grads)?;
-        let device = flat.device().clone();
-        // Host memory is this backend's transport (explicitly; NCCL reduces on the devices).
-        let mut data = flat.to_vec1::<f32>()?;
-        let len = data.len();
-        // One presence flag per variable rides along, so that a variable no replica computed a
-        // gradient for stays without one (the optimiser then leaves it untouched).
-        data.extend(
-            vars.iter()
-                .map(|(_, v)| f32::from(u8::from(grads.get(v.as_tensor()).is_some()))),
-        );
-        let mut mean = self.collective(data, Collective::Mean)?;
-        let present = mean.split_off(len);
-        unflatten_grads(&Tensor::from_vec(mean, len, &device)?, vars, grads)?;
-        for ((_, var), p) in vars.iter().zip(present) {
-            if p == 0.0 {
-                grads.remove(var.as_tensor());
-            }
-        }
-        Ok(())
-    }
-
-    fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        // A scalar still takes part (as one row), so that the other replicas do not wait.
-        let mut dims = local.dims().to_vec();
-        if dims.is_empty() {
-            dims.push(1);
-        }
-        dims[0] *= self.group.world_size;
-        let data = local
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let all = self.collective(data, Collective::Gather)?;
-        let len = all.len();
-        Ok(Tensor::from_vec(all, len, local.device())?
-            .reshape(dims)? // [world·n, ..]
-            .to_dtype(local.dtype())?)
-    }
-
-    fn broadcast_vars(&self, vars: &[(String, Var)], root: usize) -> Result<()> {
-        if root >= self.group.world_size {
-            return Err(DistributedError::InvalidArgument(format!(
-                "broadcast root {root} in a group of {}",
-                self.group.world_size
-            )));
-        }
-        let flat = flatten_vars(vars)?;
-        let device = flat.device().clone();
-        let value = self.collective(flat.to_vec1::<f32>()?, Collective::Broadcast(root))?;
-        if self.rank == root {
-            return Ok(());
-        }
-        let len = value.len();
-        let value = Tensor::from_vec(value, len, &device)?;
-        let mut offset = 0;
-        for (_, var) in vars {
-            let n = var.elem_count();
-            let v = value
-                .narrow(0, offset, n)?
-                .reshape(var.shape())?
-                .to_dtype(var.dtype())?
-                .to_device(var.device())?;
-            var.set(&v)?;
-            offset += n;
-        }
-        Ok(())
+/// The name of the backend [`group_from_launcher`] picks in this build and environment:
+/// `mpi` or `single process`.
+pub fn backend_name() -> &'static str {
+    if cfg!(feature = "mpi") && Launch::from_env().is_some() {
+        "mpi"
+    } else {
+        "single process"
     }
 }
