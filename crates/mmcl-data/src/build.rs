@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! root/
-//!   ecg/<eid>_20205_2_0.xml        resting ECG (CardioSoft XML; WFDB .hea and .npy work too,
-//!                                  named <eid>….hea / <eid>….npy)
+//!   ecg/<eid>_20205_2_0.xml        resting ECG (CardioSoft XML; GE MUSE and HL7 aECG .xml,
+//!                                  WFDB .hea, DICOM waveform .dcm and .npy work too, named
+//!                                  <eid>….xml / .hea / .dcm / .npy)
 //!   cmr/<eid>/sa.nii.gz            short-axis cine
+//!   cmr/<eid>/<eid>_20209_2_0.zip  or UK Biobank's DICOM zip of it (field 20209), read when
+//!                                  there is no sa.nii.gz (see `cmr::dicom`)
 //!   cmr/<eid>/seg_sa.nii.gz        its segmentation (optional)
 //!   phenotypes.csv                 eid + UK Biobank columns (see `tables`)
 //!   diagnoses.csv                  eid,icd10 (see `tables`)
@@ -220,7 +223,12 @@ fn discover_ecgs(dir: &Path, report: &mut BuildReport) -> Result<HashMap<Eid, Pa
         .filter(|p| {
             matches!(
                 EcgFormat::from_path(p),
-                Some(EcgFormat::CardioSoftXml | EcgFormat::Wfdb | EcgFormat::Npy)
+                Some(
+                    EcgFormat::CardioSoftXml
+                        | EcgFormat::Wfdb
+                        | EcgFormat::Npy
+                        | EcgFormat::DicomWaveform
+                )
             )
         })
         .collect();
@@ -247,8 +255,11 @@ fn discover_ecgs(dir: &Path, report: &mut BuildReport) -> Result<HashMap<Eid, Pa
 /// `(sa, optional seg)` per subject folder.
 type CmrFiles = (PathBuf, Option<PathBuf>);
 
+/// The CMR of each subject folder: `sa.nii.gz` (or `.nii`), else a DICOM zip; NIfTI is
+/// preferred when both exist (noted in the report).
 fn discover_cmrs(dir: &Path, report: &mut BuildReport) -> Result<HashMap<Eid, CmrFiles>> {
     let mut out = HashMap::new();
+    let mut both = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         if !path.is_dir() {
@@ -263,14 +274,47 @@ fn discover_cmrs(dir: &Path, report: &mut BuildReport) -> Result<HashMap<Eid, Cm
                 .map(|n| path.join(n))
                 .find(|p| p.is_file())
         };
-        match find("sa") {
-            Some(sa) => {
-                out.insert(eid, (sa, find("seg_sa")));
+        // UK Biobank's DICOM zips; in name order, so visit 2 (`_20209_2_0`) comes first.
+        let mut zips: Vec<PathBuf> = std::fs::read_dir(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| cmr::dicom::is_zip(p) && p.is_file())
+            .collect();
+        zips.sort();
+        let sa = match (find("sa"), zips.first()) {
+            (Some(nifti), Some(_)) => {
+                both.push(path.clone());
+                nifti
             }
-            None => report
-                .notes
-                .push(format!("{}: no sa.nii.gz; ignored", path.display())),
-        }
+            (Some(nifti), None) => nifti,
+            (None, Some(zip)) => {
+                if zips.len() > 1 {
+                    report.notes.push(format!(
+                        "{}: {} DICOM zips; {} is used",
+                        path.display(),
+                        zips.len(),
+                        zip.display()
+                    ));
+                }
+                zip.clone()
+            }
+            (None, None) => {
+                report.notes.push(format!(
+                    "{}: no sa.nii.gz and no DICOM zip; ignored",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        out.insert(eid, (sa, find("seg_sa")));
+    }
+    both.sort();
+    if let Some(first) = both.first() {
+        report.notes.push(format!(
+            "{} CMR folder(s) hold both sa.nii.gz and a DICOM zip; the NIfTI is used (e.g. {})",
+            both.len(),
+            first.display()
+        ));
     }
     Ok(out)
 }
@@ -527,8 +571,10 @@ fn prepare_subject(
     let ecg = match ecg_path {
         None => None,
         Some(path) => {
-            let record = match EcgFormat::from_path(path) {
-                Some(EcgFormat::CardioSoftXml) => {
+            // The vendor of an `.xml` is in its root element; only CardioSoft files carry the
+            // heart rate read here, the others go through `read_any` as every other format.
+            let record = match EcgFormat::detect(path)? {
+                EcgFormat::CardioSoftXml => {
                     let x = ecg::xml::read_cardiosoft_xml(path)?;
                     heart_rate = x.measurement("VentricularRate");
                     x.rhythm

@@ -59,6 +59,7 @@
 pub mod build;
 pub mod cache;
 pub mod cmr;
+mod dicom_scan;
 pub mod ecg;
 mod error;
 pub mod loader;

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use crate::cardiosoft::{ecg_file_name, write_cardiosoft_xml};
 use crate::cmr::{Cine, generate_cmr};
-use crate::config::SynthConfig;
+use crate::config::{CmrFormat, SynthConfig};
+use crate::dicom::{cmr_zip_name, write_cine_zip};
 use crate::ecg::{Ecg, EcgMeasurements, generate_ecg};
 use crate::nifti::{Volume, Voxels, write_nifti_gz};
 use crate::rng::subject_stream;
@@ -151,18 +152,23 @@ impl Cohort {
         std::fs::create_dir_all(&cmr_dir).map_err(|e| Error::io(&cmr_dir, e))?;
         let cine = &subject.cine;
         let level = self.config.cmr.compression;
-        write_nifti_gz(
-            &cmr_dir.join("sa.nii.gz"),
-            &Volume {
-                dims: cine.dims,
-                voxel_mm: cine.voxel_mm,
-                frame_ms: cine.frame_ms,
-                affine: &cine.affine,
-                voxels: Voxels::I16(&cine.image),
-                description: "mmcl-synth short-axis cine",
-            },
-            level,
-        )?;
+        match self.config.cmr_format {
+            CmrFormat::Nifti => write_nifti_gz(
+                &cmr_dir.join("sa.nii.gz"),
+                &Volume {
+                    dims: cine.dims,
+                    voxel_mm: cine.voxel_mm,
+                    frame_ms: cine.frame_ms,
+                    affine: &cine.affine,
+                    voxels: Voxels::I16(&cine.image),
+                    description: "mmcl-synth short-axis cine",
+                },
+                level,
+            )?,
+            CmrFormat::Dicom => {
+                write_cine_zip(&cmr_dir.join(cmr_zip_name(eid)), cine, eid, level)?;
+            }
+        }
         write_nifti_gz(
             &cmr_dir.join("seg_sa.nii.gz"),
             &Volume {

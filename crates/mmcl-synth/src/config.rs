@@ -26,6 +26,45 @@ pub struct SynthConfig {
     pub prevalence: Prevalences,
     /// How strongly the ECG reflects the anatomy (effect sizes; the negative control).
     pub couplings: Couplings,
+    /// How the short-axis cine is written: `nifti` (`sa.nii.gz`) or `dicom` (UK Biobank's
+    /// `<eid>_20209_2_0.zip` of DICOM files); the segmentation is NIfTI either way.
+    pub cmr_format: CmrFormat,
+}
+
+/// The file format of the short-axis cine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CmrFormat {
+    /// `cmr/<eid>/sa.nii.gz`, NIfTI-1 (as converted UK Biobank data).
+    #[default]
+    Nifti,
+    /// `cmr/<eid>/<eid>_20209_2_0.zip`: one DICOM series per slice, as UK Biobank ships field
+    /// 20209 (see [`crate::dicom`]).
+    Dicom,
+}
+
+impl CmrFormat {
+    /// The configuration spelling: `nifti` or `dicom`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nifti => "nifti",
+            Self::Dicom => "dicom",
+        }
+    }
+}
+
+impl std::str::FromStr for CmrFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "nifti" => Ok(Self::Nifti),
+            "dicom" => Ok(Self::Dicom),
+            other => Err(Error::InvalidConfig(format!(
+                "cmr_format must be nifti or dicom, got {other:?}"
+            ))),
+        }
+    }
 }
 
 impl Default for SynthConfig {
@@ -38,6 +77,7 @@ impl Default for SynthConfig {
             cmr: CmrConfig::default(),
             prevalence: Prevalences::default(),
             couplings: Couplings::default(),
+            cmr_format: CmrFormat::Nifti,
         }
     }
 }
@@ -327,5 +367,11 @@ mod tests {
         assert_eq!(cfg.cmr.image_size, 64);
         assert_eq!(cfg.cmr.slices, CmrConfig::default().slices);
         assert!(serde_json::from_str::<SynthConfig>(r#"{"subjekts": 7}"#).is_err());
+        assert_eq!(cfg.cmr_format, CmrFormat::Nifti);
+        let cfg: SynthConfig = serde_json::from_str(r#"{"cmr_format": "dicom"}"#).unwrap();
+        assert_eq!(cfg.cmr_format, CmrFormat::Dicom);
+        assert!(serde_json::from_str::<SynthConfig>(r#"{"cmr_format": "dcm"}"#).is_err());
+        assert_eq!("DICOM".parse::<CmrFormat>().unwrap(), CmrFormat::Dicom);
+        assert!("png".parse::<CmrFormat>().is_err());
     }
 }

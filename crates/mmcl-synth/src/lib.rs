@@ -6,7 +6,8 @@
 //! and `cmr/<eid>/seg_sa.nii.gz` (NIfTI-1), `phenotypes.csv` (UK Biobank columns
 //! `24100-2.0` …, measured from the segmentation exactly as the data layer measures them),
 //! `diagnoses.csv` (ICD-10 codes), `hidden_state.csv` (the ground truth) and a `README.md`
-//! describing the cohort. Generation is deterministic for a seed, whatever the thread count,
+//! describing the cohort. With `cmr_format = "dicom"` the cine is written instead as UK
+//! Biobank ships it, `cmr/<eid>/<eid>_20209_2_0.zip` of DICOM files ([`dicom`]). Generation is deterministic for a seed, whatever the thread count,
 //! and parallel over subjects.
 //!
 //! The ECG carries rate, rhythm, QRS width, axis and voltage strongly, and the anatomy through
@@ -47,6 +48,7 @@ pub mod cmr;
 pub mod cohort;
 pub mod config;
 pub mod couplings;
+pub mod dicom;
 pub mod ecg;
 mod error;
 pub mod io;
@@ -57,6 +59,6 @@ pub mod state;
 pub mod tables;
 
 pub use cohort::{Cohort, CohortSummary, Subject, SubjectRecord, WriteOptions};
-pub use config::{CmrConfig, EcgConfig, Prevalences, SynthConfig};
+pub use config::{CmrConfig, CmrFormat, EcgConfig, Prevalences, SynthConfig};
 pub use couplings::Couplings;
 pub use error::{Error, Result};

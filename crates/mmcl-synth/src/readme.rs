@@ -60,15 +60,26 @@ pub fn cohort_readme(cfg: &SynthConfig, records: &[SubjectRecord]) -> String {
         "| `ecg/<eid>_20205_2_0.xml` | Resting 12-lead ECG in GE CardioSoft XML as UK Biobank ships field 20205: `StripData` ({} s at {} Hz, `Resolution units=\"uVperLsb\"` 5), `RestingECGMeasurements` with interval/axis measurements and `MedianSamples` ({} ms median beats, QRS onset at 350 ms); ISO-8859-1 declaration. |",
         e.duration_s, e.sample_rate_hz, e.median_ms
     );
-    let _ = writeln!(
-        md,
-        "| `cmr/<eid>/sa.nii.gz` | Short-axis cine, NIfTI-1 int16, dims (X, Y, Z, T) = ({0}, {0}, {1}, {2}), voxel {3:.3} × {3:.3} × {4:.2} mm, pixdim\\[4\\] = frame interval in ms; qform and sform (code 1) hold the same left-handed short-axis orientation (qfac −1). Slice 0 is basal; frame 0 is end-diastole. |",
-        c.image_size,
-        c.slices,
-        c.frames,
-        c.pixel_mm(),
-        c.slice_mm()
-    );
+    if cfg.cmr_format == crate::config::CmrFormat::Dicom {
+        let _ = writeln!(
+            md,
+            "| `cmr/<eid>/<eid>_20209_2_0.zip` | Short-axis cine as UK Biobank ships field 20209 (`cmr_format = \"dicom\"`): one DICOM series per slice (`CINE_segmented_SAX_b1` = basal … `_b{0}`), one uncompressed MR Image Storage file per frame ({1} frames, `TriggerTime` in ms), {2} rows × {2} columns, explicit VR little endian, int16 stored as intensity − {3} with `RescaleIntercept` {3}; `ImageOrientationPatient`, `ImagePositionPatient`, `PixelSpacing` and `SliceThickness` hold the geometry of `seg_sa.nii.gz` in patient (LPS) coordinates; plus `manifest.csv`. `mmcl build-dataset` reads it in place of `sa.nii.gz` to the same voxels. |",
+            c.slices,
+            c.frames,
+            c.image_size,
+            crate::dicom::RESCALE_INTERCEPT
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "| `cmr/<eid>/sa.nii.gz` | Short-axis cine, NIfTI-1 int16, dims (X, Y, Z, T) = ({0}, {0}, {1}, {2}), voxel {3:.3} × {3:.3} × {4:.2} mm, pixdim\\[4\\] = frame interval in ms; qform and sform (code 1) hold the same left-handed short-axis orientation (qfac −1). Slice 0 is basal; frame 0 is end-diastole. |",
+            c.image_size,
+            c.slices,
+            c.frames,
+            c.pixel_mm(),
+            c.slice_mm()
+        );
+    }
     md.push_str("| `cmr/<eid>/seg_sa.nii.gz` | Segmentation, NIfTI-1 uint8, same geometry: 1 LV blood pool (papillary muscles included), 2 LV myocardium, 3 RV blood pool. |\n");
     md.push_str("| `phenotypes.csv` | `eid` and UK Biobank columns `24100-2.0` … `24109-2.0`, measured from `seg_sa.nii.gz` with `mmcl_data::phenotypes::measure_phenotypes` (ED = frame 0, ES = smallest LV blood pool, LV mass = myocardium × 1.05 g/mL; cardiac output with the hidden heart rate). Values are written in shortest round-trip form. |\n");
     md.push_str(

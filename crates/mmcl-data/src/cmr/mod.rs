@@ -7,6 +7,9 @@
 //! a configured frame when there is no segmentation. The image channels are the mid-ventricular
 //! slice at configured frames (default ED, mid-systole, ES), cropped around the LV centre (or by
 //! the reference's fixed fractions), normalised to [0, 1] by intensity percentiles, resized.
+//!
+//! The cine comes from NIfTI-1 (`sa.nii.gz`, [`nifti`]) or from a UK Biobank DICOM zip (field
+//! 20209, [`dicom`]); both give the same [`CmrStudy`].
 
 use std::path::Path;
 
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::phenotypes::{self, CardiacPhenotypes, LABEL_LV_BLOOD_POOL, LABEL_LV_MYOCARDIUM};
 use crate::{Error, Result};
 
+pub mod dicom;
 pub mod image;
 pub mod nifti;
 
@@ -182,15 +186,24 @@ fn four_d(img: &nifti::NiftiImage, path: &Path) -> Result<[usize; 4]> {
     }
 }
 
-/// Reads `sa.nii.gz` and optionally `seg_sa.nii.gz`.
+/// Reads the short-axis cine — `sa.nii.gz` (NIfTI-1, `.nii` too) or a UK Biobank DICOM zip
+/// (`<eid>_20209_2_0.zip`, by its `.zip` extension; see [`dicom`]) — and optionally
+/// `seg_sa.nii.gz`.
 ///
 /// # Errors
-/// A clear error naming the file: unreadable or malformed NIfTI, an image that is not 4-D, a
-/// segmentation of another shape than the image or with labels that are not small integers.
+/// A clear error naming the file: unreadable or malformed NIfTI or DICOM zip, an image that is
+/// not 4-D, a segmentation of another shape than the image or with labels that are not small
+/// integers.
 pub fn read_study(image_path: &Path, segmentation_path: Option<&Path>) -> Result<CmrStudy> {
-    let img = nifti::read_nifti(image_path)?;
-    let dims = four_d(&img, image_path)?;
-    let voxel_mm = img.voxel_mm();
+    let (image, dims, voxel_mm) = if dicom::is_zip(image_path) {
+        let study = dicom::read_dicom_zip(image_path)?;
+        (study.image, study.dims, study.voxel_mm)
+    } else {
+        let img = nifti::read_nifti(image_path)?;
+        let dims = four_d(&img, image_path)?;
+        let voxel_mm = img.voxel_mm();
+        (img.data, dims, voxel_mm)
+    };
     if voxel_mm.iter().any(|v| !v.is_finite() || *v <= 0.0) {
         return Err(Error::format(
             image_path,
@@ -226,7 +239,7 @@ pub fn read_study(image_path: &Path, segmentation_path: Option<&Path>) -> Result
         }
     };
     Ok(CmrStudy {
-        image: img.data,
+        image,
         dims,
         voxel_mm,
         labels,

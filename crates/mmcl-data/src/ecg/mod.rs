@@ -1,5 +1,5 @@
-//! 12-lead ECGs: the in-memory record, the file readers (CardioSoft XML, WFDB, NPY/NPZ), the
-//! reference preprocessing and the reference augmentations.
+//! 12-lead ECGs: the in-memory record, the file readers (CardioSoft, GE MUSE and HL7 aECG XML,
+//! WFDB, NPY/NPZ), the reference preprocessing and the reference augmentations.
 
 use std::path::Path;
 
@@ -9,6 +9,11 @@ use crate::{Error, Result};
 
 pub mod augment;
 pub mod convert;
+pub mod dicom;
+#[cfg(feature = "hdf5")]
+pub mod hdf5;
+pub mod hl7;
+pub mod muse;
 pub mod npy;
 pub mod preprocess;
 pub mod wfdb;
@@ -228,18 +233,33 @@ impl Ecg {
 /// A file format of ECG recordings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EcgFormat {
-    /// UK Biobank CardioSoft XML (field 20205).
+    /// UK Biobank CardioSoft XML (field 20205), root element `CardiologyXML`.
     CardioSoftXml,
+    /// GE MUSE resting-ECG XML, root element `RestingECG` ([`muse`]).
+    MuseXml,
+    /// HL7 v3 annotated ECG (FDA aECG), root element `AnnotatedECG` ([`hl7`]).
+    Hl7Aecg,
     /// A WFDB record (`.hea` header + signal file).
     Wfdb,
     /// A NumPy `.npy` array, `(12, T)` or `(N, 12, T)`.
     Npy,
     /// A NumPy `.npz` archive of such arrays.
     Npz,
+    /// A DICOM 12-lead or general ECG waveform object (`.dcm`, [`dicom`]).
+    DicomWaveform,
+    /// An HDF5 file of `tracings` (N × T × 12, the CODE-15 layout; `.h5`, `.hdf5`), read with
+    /// the crate feature `hdf5`.
+    Hdf5,
 }
 
 impl EcgFormat {
-    /// The format of a file, from its extension (`.xml`, `.hea`, `.npy`, `.npz`, any case).
+    /// The format of a file from its extension alone (`.xml`, `.hea`, `.npy`, `.npz`, `.dcm`,
+    /// `.h5`/`.hdf5`, any case),
+    /// without reading it: use it to tell ECG files from others.
+    ///
+    /// Every `.xml` file gives [`EcgFormat::CardioSoftXml`], which here stands for the XML
+    /// family (see [`EcgFormat::is_xml`]): which vendor wrote it is in the file, and
+    /// [`EcgFormat::detect`] reads it.
     pub fn from_path(path: &Path) -> Option<Self> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
@@ -247,8 +267,54 @@ impl EcgFormat {
             "hea" => Some(Self::Wfdb),
             "npy" => Some(Self::Npy),
             "npz" => Some(Self::Npz),
+            "dcm" => Some(Self::DicomWaveform),
+            "h5" | "hdf5" => Some(Self::Hdf5),
             _ => None,
         }
+    }
+
+    /// The format of a file: from its extension, and for `.xml` from its root element
+    /// (`CardiologyXML`, `RestingECG` or `AnnotatedECG`, read from the first few KB by
+    /// [`xml::root_element`]).
+    ///
+    /// # Errors
+    /// An unknown extension; for `.xml`, an unreadable or empty file, or an unknown root element
+    /// (the error names the file and the root found).
+    pub fn detect(path: &Path) -> Result<Self> {
+        match Self::from_path(path) {
+            Some(format) if format.is_xml() => {
+                let root = xml::root_element(path)?;
+                Self::from_xml_root(&root).ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!(
+                            "root element is <{root}>, expected <CardiologyXML> (CardioSoft), \
+                             <RestingECG> (GE MUSE) or <AnnotatedECG> (HL7 aECG)"
+                        ),
+                    )
+                })
+            }
+            Some(format) => Ok(format),
+            None => Err(Error::format(
+                path,
+                "unknown ECG file type (expected .xml, .hea, .npy, .npz, .dcm, .h5 or .hdf5)",
+            )),
+        }
+    }
+
+    /// The XML format whose root element is `root` (a local name, without namespace prefix).
+    pub fn from_xml_root(root: &str) -> Option<Self> {
+        match root {
+            "CardiologyXML" => Some(Self::CardioSoftXml),
+            "RestingECG" => Some(Self::MuseXml),
+            "AnnotatedECG" => Some(Self::Hl7Aecg),
+            _ => None,
+        }
+    }
+
+    /// Whether the format is one of the XML formats (all read from `.xml` files).
+    pub fn is_xml(self) -> bool {
+        matches!(self, Self::CardioSoftXml | Self::MuseXml | Self::Hl7Aecg)
     }
 }
 
@@ -264,28 +330,91 @@ pub struct NamedEcg {
 
 /// Reads every recording of an ECG file of any supported format.
 ///
-/// `array_rate` is the sampling rate assumed for NPY/NPZ arrays (which carry none).
+/// `array_rate` is the sampling rate assumed for NPY/NPZ arrays (which carry none) and for
+/// HDF5 files without a rate attribute.
+///
+/// XML files are told apart by their root element ([`EcgFormat::detect`]); of those, the
+/// rhythm strip is returned.
 ///
 /// # Errors
-/// An unknown extension, or whatever the format's reader reports (naming the file).
+/// An unknown extension or XML root element, or whatever the format's reader reports (naming
+/// the file).
 pub fn read_any(path: &Path, array_rate: f64) -> Result<Vec<NamedEcg>> {
-    let stem = file_stem(path);
-    match EcgFormat::from_path(path) {
-        Some(EcgFormat::CardioSoftXml) => Ok(vec![NamedEcg {
-            id: stem,
-            ecg: xml::read_cardiosoft_xml(path)?.rhythm,
-        }]),
-        Some(EcgFormat::Wfdb) => Ok(vec![NamedEcg {
-            id: stem,
-            ecg: wfdb::read_record(path)?.ecg,
-        }]),
-        Some(EcgFormat::Npy) => npy::read_npy(path, array_rate),
-        Some(EcgFormat::Npz) => npy::read_npz(path, array_rate),
-        None => Err(Error::format(
+    let one = |ecg| {
+        Ok(vec![NamedEcg {
+            id: file_stem(path),
+            ecg,
+        }])
+    };
+    match EcgFormat::detect(path)? {
+        EcgFormat::CardioSoftXml => one(xml::read_cardiosoft_xml(path)?.rhythm),
+        EcgFormat::MuseXml => one(muse::read_muse_xml(path)?.rhythm),
+        EcgFormat::Hl7Aecg => one(hl7::read_hl7_aecg(path)?),
+        EcgFormat::Wfdb => one(wfdb::read_record(path)?.ecg),
+        EcgFormat::Npy => npy::read_npy(path, array_rate),
+        EcgFormat::Npz => npy::read_npz(path, array_rate),
+        EcgFormat::DicomWaveform => one(dicom::read_dicom_ecg(path)?),
+        #[cfg(feature = "hdf5")]
+        EcgFormat::Hdf5 => hdf5::read_hdf5(path, array_rate),
+        #[cfg(not(feature = "hdf5"))]
+        EcgFormat::Hdf5 => Err(Error::format(
             path,
-            "unknown ECG file type (expected .xml, .hea, .npy or .npz)",
+            "HDF5 ECG files need mmcl built with the `hdf5` feature (and the system libhdf5: \
+             Debian's libhdf5-dev)",
         )),
     }
+}
+
+/// Adds the limb leads III, aVR, aVL and aVF computed from I and II when a file holds only
+/// the eight acquired leads (I, II, V1–V6), as GE MUSE and many HL7 aECG files do.
+///
+/// The four are derived only when all four are absent; a file holding some of them is left
+/// as it is, so that [`Ecg::from_named_leads`] reports the ones missing. The formulas are
+/// Einthoven's and Goldberger's: III = II − I, aVR = −(I + II)/2, aVL = I − II/2,
+/// aVF = II − I/2.
+///
+/// # Errors
+/// Leads I and II of different lengths (naming `source`).
+pub(crate) fn derive_limb_leads(source: &Path, leads: &mut Vec<(String, Vec<f32>)>) -> Result<()> {
+    let has = |index: usize| {
+        leads
+            .iter()
+            .any(|(name, _)| lead_index(name) == Some(index))
+    };
+    if (2..6).any(has) {
+        return Ok(());
+    }
+    let find = |index: usize| {
+        leads
+            .iter()
+            .find(|(name, _)| lead_index(name) == Some(index))
+            .map(|(_, values)| values)
+    };
+    // Without I or II nothing can be derived; the missing leads are reported later.
+    let (Some(one), Some(two)) = (find(0), find(1)) else {
+        return Ok(());
+    };
+    if one.len() != two.len() {
+        return Err(Error::format(
+            source,
+            format!(
+                "lead II has {} samples but lead I has {}",
+                two.len(),
+                one.len()
+            ),
+        ));
+    }
+    let derive = |f: fn(f32, f32) -> f32| -> Vec<f32> {
+        one.iter().zip(two).map(|(&i, &ii)| f(i, ii)).collect()
+    };
+    let derived = [
+        ("III", derive(|i, ii| ii - i)),
+        ("aVR", derive(|i, ii| -(i + ii) / 2.0)),
+        ("aVL", derive(|i, ii| i - ii / 2.0)),
+        ("aVF", derive(|i, ii| ii - i / 2.0)),
+    ];
+    leads.extend(derived.map(|(name, values)| (name.to_string(), values)));
+    Ok(())
 }
 
 /// The file stem of `path` as a string (lossy), or `record` when it has none.
@@ -333,6 +462,57 @@ mod tests {
         assert_eq!(lead_index("v6"), Some(11));
         assert_eq!(lead_index("iii"), Some(2));
         assert_eq!(lead_index("V7"), None);
+    }
+
+    #[test]
+    fn limb_leads_are_derived_from_i_and_ii() {
+        let p = Path::new("x.xml");
+        let mut leads: Vec<(String, Vec<f32>)> = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+            .iter()
+            .map(|l| (l.to_string(), vec![1.0, 0.5]))
+            .collect();
+        leads[1].1 = vec![3.0, -1.0];
+        derive_limb_leads(p, &mut leads).unwrap();
+        let ecg = Ecg::from_named_leads(p, leads, 500.0).unwrap();
+        assert_eq!(ecg.lead(2), &[2.0, -1.5]); // III = II - I
+        assert_eq!(ecg.lead(3), &[-2.0, 0.25]); // aVR = -(I + II) / 2
+        assert_eq!(ecg.lead(4), &[-0.5, 1.0]); // aVL = I - II / 2
+        assert_eq!(ecg.lead(5), &[2.5, -1.25]); // aVF = II - I / 2
+        // With one limb lead present nothing is derived: the others are reported missing.
+        let mut leads = vec![("I".to_string(), vec![1.0]), ("aVF".to_string(), vec![1.0])];
+        derive_limb_leads(p, &mut leads).unwrap();
+        assert_eq!(leads.len(), 2);
+        let mut leads = vec![
+            ("I".to_string(), vec![1.0]),
+            ("II".to_string(), vec![1.0, 2.0]),
+        ];
+        let err = derive_limb_leads(p, &mut leads).unwrap_err().to_string();
+        assert!(
+            err.contains("x.xml") && err.contains("lead II has 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn xml_roots_name_their_format() {
+        assert_eq!(
+            EcgFormat::from_xml_root("RestingECG"),
+            Some(EcgFormat::MuseXml)
+        );
+        assert_eq!(
+            EcgFormat::from_xml_root("AnnotatedECG"),
+            Some(EcgFormat::Hl7Aecg)
+        );
+        assert_eq!(
+            EcgFormat::from_xml_root("CardiologyXML"),
+            Some(EcgFormat::CardioSoftXml)
+        );
+        assert_eq!(EcgFormat::from_xml_root("xml"), None);
+        assert_eq!(
+            EcgFormat::from_path(Path::new("a.XML")),
+            Some(EcgFormat::CardioSoftXml)
+        );
+        assert!(EcgFormat::Hl7Aecg.is_xml() && !EcgFormat::Npy.is_xml());
     }
 
     #[test]

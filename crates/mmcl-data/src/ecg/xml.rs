@@ -31,20 +31,22 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use quick_xml::Reader;
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesRef, BytesStart, Event};
 
 use super::Ecg;
 use crate::{Error, Result};
-use mmcl_core::files::read_regular_bounded;
+use mmcl_core::files::{open_regular, read_checked, read_regular_bounded};
 
-/// The deepest element nesting accepted in a CardioSoft XML file.
+/// The deepest element nesting accepted in an ECG XML file (CardioSoft, and also GE MUSE and
+/// HL7 aECG, see [`super::muse`] and [`super::hl7`]).
 ///
 /// CardioSoft files nest four levels deep (`CardiologyXML/RestingECGMeasurements/
 /// MedianSamples/WaveformData`); 64 leaves ample room for vendor extensions while refusing
-/// the deeply nested documents that serve only to exhaust a parser.
+/// the deeply nested documents that serve only to exhaust a parser. MUSE files nest four levels
+/// and HL7 aECG files about ten.
 pub const MAX_XML_DEPTH: usize = 64;
 
-/// The largest CardioSoft XML file read, in bytes (64 MiB).
+/// The largest ECG XML file read, in bytes (64 MiB), whichever vendor wrote it.
 ///
 /// A UK Biobank file (ten seconds of 12 leads at 500 Hz plus median beats) is 100–300 KB;
 /// the limit leaves room for minutes-long strips at high rates while bounding the memory a
@@ -393,7 +395,9 @@ fn parse_samples(text: &str) -> std::result::Result<Vec<f32>, (usize, String)> {
     Ok(values)
 }
 
-fn parse_int(token: &str) -> Option<i64> {
+/// Parses a decimal integer of at most 18 digits with an optional sign (no float parsing, no
+/// overflow); `None` for anything else. Shared with the HL7 aECG reader's `<digits>`.
+pub(crate) fn parse_int(token: &str) -> Option<i64> {
     let bytes = token.as_bytes();
     let (negative, digits) = match bytes.first()? {
         b'-' => (true, &bytes[1..]),
@@ -414,7 +418,8 @@ fn parse_int(token: &str) -> Option<i64> {
 }
 
 /// Decodes the file into text following its XML declaration (UTF-8 or ISO-8859-1/Latin-1).
-fn decode<'a>(bytes: &'a [u8], path: &Path) -> Result<Cow<'a, str>> {
+/// Shared by every XML reader of the crate.
+pub(crate) fn decode<'a>(bytes: &'a [u8], path: &Path) -> Result<Cow<'a, str>> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let head = &bytes[..bytes.len().min(256)];
     let declared = declared_encoding(head).map(|e| e.to_ascii_lowercase());
@@ -461,6 +466,75 @@ fn declared_encoding(head: &[u8]) -> Option<String> {
     Some(rest[..end].to_string())
 }
 
+/// How many leading bytes of an XML file [`root_element`] reads (16 KiB): the XML declaration,
+/// a document type declaration and comments come before the root, and vendors keep them short.
+pub const SNIFF_BYTES: u64 = 16 << 10;
+
+/// The name of the root element of an XML file, without its namespace prefix
+/// (`CardiologyXML`, `RestingECG`, `AnnotatedECG`, …), found in its first [`SNIFF_BYTES`]
+/// bytes so that telling vendors apart costs one small read.
+///
+/// # Errors
+/// An unreadable or non-regular file, an empty one, malformed XML before the root, or no root
+/// element within the bytes read (each naming the file).
+pub fn root_element(path: &Path) -> Result<String> {
+    let (file, size) = open_regular(path)?;
+    let len = size.min(SNIFF_BYTES);
+    let head = read_checked(file, size, path, 0, len, "the XML file")?;
+    root_in(&head, path, size > len)
+}
+
+/// The root element's local name in `head`, the first bytes of the file (`cut` when the file
+/// goes on after them).
+fn root_in(head: &[u8], path: &Path, cut: bool) -> Result<String> {
+    if head.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::format(path, "the file is empty"));
+    }
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    // Only the markup before the root matters and it is ASCII in every encoding we read, so a
+    // lossy view is enough (and tolerates a character cut at the end of the head).
+    let text = String::from_utf8_lossy(head);
+    let mut reader = Reader::from_str(&text);
+    let not_found = || {
+        Error::format(
+            path,
+            format!("no XML root element within the first {SNIFF_BYTES} bytes"),
+        )
+    };
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) => {
+                return Ok(e.local_name().as_ref().to_string());
+            }
+            Ok(Event::Eof) if cut => return Err(not_found()),
+            Ok(Event::Eof) => return Err(Error::format(path, "no XML root element")),
+            Ok(_) => {}
+            // A long prolog cut at the end of the head fails to parse; that is not malformed.
+            Err(_) if cut => return Err(not_found()),
+            Err(source) => {
+                return Err(Error::Xml {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// The character an entity or character reference in element text stands for (`&amp;`,
+/// `&#x35;`); `None` for an entity no XML reader of ours defines. quick-xml reports references
+/// apart from the text around them, so readers that keep text put them back with this.
+pub(crate) fn reference_char(reference: &BytesRef<'_>) -> Option<char> {
+    match reference.as_ref() {
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "amp" => Some('&'),
+        "apos" => Some('\''),
+        "quot" => Some('"'),
+        _ => reference.resolve_char_ref().ok().flatten(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +548,32 @@ mod tests {
         assert_eq!(parse_samples("1.5,2").unwrap(), vec![1.5, 2.0]);
         assert_eq!(parse_samples("1,x,3").unwrap_err(), (1, "x".to_string()));
         assert_eq!(parse_samples("1,,3").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn root_elements_are_found_after_the_prolog() {
+        let p = Path::new("r.xml");
+        let head = b"\xEF\xBB\xBF<?xml version=\"1.0\"?>\n<!DOCTYPE RestingECG SYSTEM \"restecg.dtd\">\n\
+                     <!-- made by hand --><?xml-stylesheet href=\"x\"?>\n<RestingECG><a/></RestingECG>";
+        assert_eq!(root_in(head, p, false).unwrap(), "RestingECG");
+        assert_eq!(
+            root_in(b"<v3:AnnotatedECG xmlns:v3=\"urn:hl7-org:v3\"/>", p, false).unwrap(),
+            "AnnotatedECG"
+        );
+        assert!(
+            root_in(b"  \n", p, false)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let cut = root_in(b"<?xml version=\"1.0\"?><!-- long", p, true).unwrap_err();
+        assert!(
+            cut.to_string().contains("no XML root element within"),
+            "{cut}"
+        );
+        assert_eq!(reference_char(&BytesRef::new("#x35")), Some('5'));
+        assert_eq!(reference_char(&BytesRef::new("amp")), Some('&'));
+        assert_eq!(reference_char(&BytesRef::new("nbsp")), None);
     }
 
     #[test]

@@ -35,9 +35,14 @@ pub struct Args {
     /// The first eid; the others follow consecutively [default: 1000001].
     #[arg(long)]
     first_eid: Option<u64>,
-    /// gzip level of the NIfTI files, 0-9 [default: 1].
+    /// gzip level of the NIfTI files (and deflate level of the DICOM zips), 0-9 [default: 1].
     #[arg(long)]
     compression: Option<u32>,
+    /// How the short-axis cine is written: `nifti` (cmr/<eid>/sa.nii.gz) or `dicom` (UK
+    /// Biobank's cmr/<eid>/<eid>_20209_2_0.zip of DICOM files); the segmentation is NIfTI
+    /// either way [default: nifti].
+    #[arg(long, value_parser = ["nifti", "dicom"])]
+    cmr_format: Option<String>,
     /// Start from a preset: `default` (128-px cine, 10 slices x 25 frames, 230 mm) or
     /// `reproduce` (64 px, 8 x 8, 160 mm; same subjects and ECGs) [default: default].
     #[arg(long, value_parser = ["default", "reproduce"], conflicts_with = "config")]
@@ -86,6 +91,9 @@ fn config(args: &Args) -> Result<SynthConfig> {
     }
     if let Some(v) = args.compression {
         cfg.cmr.compression = v;
+    }
+    if let Some(v) = &args.cmr_format {
+        cfg.cmr_format = v.parse()?;
     }
     cfg.validate()?;
     Ok(cfg)

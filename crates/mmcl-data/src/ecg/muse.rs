@@ -1,0 +1,569 @@
+//! GE MUSE resting-ECG XML, as hospitals export it from the MUSE cardiology information system.
+//!
+//! The layout read here (elements not shown are skipped):
+//!
+//! ```text
+//! <?xml version="1.0" encoding="ISO-8859-1"?>
+//! <!DOCTYPE RestingECG SYSTEM "restecg.dtd">
+//! <RestingECG>
+//!   <PatientDemographics>…</PatientDemographics>            (and MuseInfo, TestDemographics, …)
+//!   <Waveform>
+//!     <WaveformType>Median</WaveformType>                  (median beats, same layout)
+//!     …
+//!   </Waveform>
+//!   <Waveform>
+//!     <WaveformType>Rhythm</WaveformType>
+//!     <SampleBase>500</SampleBase>                         (Hz)
+//!     <SampleExponent>0</SampleExponent>                   (optional: rate = base × 10^exp)
+//!     <LeadData>                                           (one per lead, any order)
+//!       <LeadByteCountTotal>10000</LeadByteCountTotal>     (optional, checked)
+//!       <LeadSampleCountTotal>5000</LeadSampleCountTotal>  (optional, checked)
+//!       <LeadAmplitudeUnitsPerBit>4.88</LeadAmplitudeUnitsPerBit>
+//!       <LeadAmplitudeUnits>MICROVOLTS</LeadAmplitudeUnits> (or MILLIVOLTS; µV when absent)
+//!       <LeadID>V1</LeadID>
+//!       <LeadSampleSize>2</LeadSampleSize>                 (optional, must be 2)
+//!       <WaveFormData>AAD7//r/…                            (base64 of little-endian int16,
+//!         …</WaveFormData>                                  whitespace allowed)
+//!     </LeadData>
+//!   </Waveform>
+//! </RestingECG>
+//! ```
+//!
+//! MUSE stores the eight acquired leads (I, II, V1–V6) and sometimes III, aVR, aVL and aVF as
+//! well; when those four are absent they are derived from I and II. Samples are returned in mV,
+//! in the canonical lead order. The declared encoding (ISO-8859-1 or UTF-8) is honoured.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use quick_xml::Reader;
+use quick_xml::events::Event;
+
+use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, decode, reference_char};
+use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file};
+use crate::{Error, Result};
+use mmcl_core::files::read_regular_bounded;
+
+/// The smallest and largest amplitude resolution accepted, in µV per bit. MUSE writes 4.88 (or
+/// 1–5); a resolution outside these bounds turns 16-bit samples into nothing or into volts.
+const MIN_UV_PER_BIT: f64 = 1e-3;
+const MAX_UV_PER_BIT: f64 = 1e3;
+
+/// Base64 as MUSE writes it (standard alphabet), accepting payloads with or without padding.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Everything read from one GE MUSE XML file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MuseEcg {
+    /// The rhythm strip (`<Waveform>` of type `Rhythm`), in mV, canonical lead order.
+    pub rhythm: Ecg,
+    /// The median beats (`<Waveform>` of type `Median`), when present.
+    pub median_beats: Option<Ecg>,
+}
+
+/// Reads a GE MUSE XML file.
+///
+/// # Errors
+/// A clear error naming the file: unreadable, empty, truncated or malformed XML, a root element
+/// other than `RestingECG`, no `Rhythm` waveform (or two), a missing or repeated lead, a lead
+/// without `LeadID` or `LeadAmplitudeUnitsPerBit`, a payload that is not base64, holds an odd
+/// number of bytes or disagrees with `LeadSampleCountTotal` / `LeadByteCountTotal`, a count
+/// above [`MAX_SAMPLES_PER_LEAD`], leads of different lengths, an unknown amplitude unit, a
+/// non-finite or implausible resolution, a sample rate outside the plausible ECG range
+/// ([`super::check_sample_rate`]), elements nested deeper than [`MAX_XML_DEPTH`], a file
+/// larger than [`MAX_XML_BYTES`] or one that is not a regular file.
+pub fn read_muse_xml(path: &Path) -> Result<MuseEcg> {
+    let bytes = read_regular_bounded(path, MAX_XML_BYTES, "the XML file")?;
+    parse_muse_xml(&bytes, path)
+}
+
+/// Parses the bytes of a GE MUSE XML file; `path` names it in errors.
+///
+/// Runs in time linear in the input; only the text of the elements listed in the module
+/// documentation is kept.
+///
+/// # Errors
+/// See [`read_muse_xml`].
+pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::format(path, "the file is empty"));
+    }
+    let text = decode(bytes, path)?;
+    let mut reader = Reader::from_str(&text);
+    // Local names of the open elements, and the text of the top one when it is kept.
+    let mut stack: Vec<String> = Vec::new();
+    let mut kept: Option<String> = None;
+    let mut seen_root = false;
+    let mut waveform: Option<RawWaveform> = None;
+    let mut lead: Option<RawLead> = None;
+    let mut rhythm: Option<Ecg> = None;
+    let mut median: Option<Ecg> = None;
+    loop {
+        let event = reader.read_event().map_err(|source| Error::Xml {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let empty = matches!(event, Event::Empty(_));
+                let name = e.local_name().as_ref().to_string();
+                if stack.is_empty() {
+                    if seen_root {
+                        return Err(Error::format(path, "more than one root element"));
+                    }
+                    seen_root = true;
+                    if name != "RestingECG" {
+                        return Err(Error::format(
+                            path,
+                            format!("root element is <{name}>, expected <RestingECG>"),
+                        ));
+                    }
+                    if empty {
+                        return Err(Error::format(
+                            path,
+                            "the root element <RestingECG> is empty",
+                        ));
+                    }
+                }
+                if !empty && stack.len() >= MAX_XML_DEPTH {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "elements nested deeper than {MAX_XML_DEPTH} levels (the nesting \
+                             depth limit for a GE MUSE XML file)"
+                        ),
+                    ));
+                }
+                match (stack.len(), name.as_str()) {
+                    (1, "Waveform") => waveform = Some(RawWaveform::default()),
+                    (2, "LeadData") if waveform.is_some() => lead = Some(RawLead::default()),
+                    _ => {}
+                }
+                stack.push(name);
+                kept = keeps_text(&stack).then(String::new);
+                if empty
+                    && let Some(w) = close(&mut stack, &mut kept, &mut waveform, &mut lead, path)?
+                {
+                    file_waveform(w, &mut rhythm, &mut median, path)?;
+                }
+            }
+            Event::Text(t) => {
+                if let Some(text) = kept.as_mut() {
+                    text.push_str(&t.xml10_content());
+                }
+            }
+            Event::CData(t) => {
+                if let Some(text) = kept.as_mut() {
+                    text.push_str(&t.xml10_content());
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(text) = kept.as_mut() {
+                    let c = reference_char(&r).ok_or_else(|| {
+                        Error::format(path, format!("unknown entity reference &{};", &*r))
+                    })?;
+                    text.push(c);
+                }
+            }
+            Event::End(_) => {
+                if let Some(w) = close(&mut stack, &mut kept, &mut waveform, &mut lead, path)? {
+                    file_waveform(w, &mut rhythm, &mut median, path)?;
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(Error::format(
+            path,
+            format!("the file is truncated: <{open}> is never closed"),
+        ));
+    }
+    if !seen_root {
+        return Err(Error::format(path, "no <RestingECG> element"));
+    }
+    let rhythm = rhythm.ok_or_else(|| {
+        Error::format(
+            path,
+            "no <Waveform> with <WaveformType>Rhythm</WaveformType> (the rhythm strip)",
+        )
+    })?;
+    Ok(MuseEcg {
+        rhythm,
+        median_beats: median,
+    })
+}
+
+/// Whether the text of the element at the top of `stack` is read.
+fn keeps_text(stack: &[String]) -> bool {
+    match stack {
+        [_, w, name] if w == "Waveform" => {
+            matches!(
+                name.as_str(),
+                "WaveformType" | "SampleBase" | "SampleExponent"
+            )
+        }
+        [_, w, l, name] if w == "Waveform" && l == "LeadData" => RawLead::keeps(name),
+        _ => false,
+    }
+}
+
+/// Interprets a closed `<Waveform>` and files it as the rhythm strip or the median beats.
+fn file_waveform(
+    waveform: RawWaveform,
+    rhythm: &mut Option<Ecg>,
+    median: &mut Option<Ecg>,
+    path: &Path,
+) -> Result<()> {
+    let (kind, ecg) = waveform.into_ecg(path)?;
+    let slot = match kind {
+        Kind::Rhythm => rhythm,
+        Kind::Median => median,
+    };
+    if slot.replace(ecg).is_some() {
+        return Err(Error::format(
+            path,
+            format!("more than one {} <Waveform>", kind.name()),
+        ));
+    }
+    Ok(())
+}
+
+/// Closes the element at the top of `stack`, filing its kept text; returns the waveform when
+/// the element is a `<Waveform>`.
+fn close(
+    stack: &mut Vec<String>,
+    kept: &mut Option<String>,
+    waveform: &mut Option<RawWaveform>,
+    lead: &mut Option<RawLead>,
+    path: &Path,
+) -> Result<Option<RawWaveform>> {
+    let depth = stack.len();
+    let Some(name) = stack.pop() else {
+        return Err(Error::format(path, "closing tag without opening tag"));
+    };
+    let text = kept.take();
+    if depth == 2 && name == "Waveform" {
+        return Ok(waveform.take());
+    }
+    match (depth, waveform.as_mut(), text) {
+        (3, Some(w), _) if name == "LeadData" => {
+            if let Some(l) = lead.take() {
+                w.leads.push(l);
+            }
+        }
+        (3, Some(w), Some(text)) => {
+            let slot = match name.as_str() {
+                "WaveformType" => &mut w.kind,
+                "SampleBase" => &mut w.base,
+                _ => &mut w.exponent,
+            };
+            set_once(slot, text, &name, path)?;
+        }
+        (4, Some(_), Some(text)) => {
+            if let Some(l) = lead.as_mut() {
+                l.set(&name, text, path)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// Stores the text of an element that may appear once in its parent.
+fn set_once(slot: &mut Option<String>, text: String, name: &str, path: &Path) -> Result<()> {
+    if slot.replace(text).is_some() {
+        return Err(Error::format(path, format!("<{name}> appears twice")));
+    }
+    Ok(())
+}
+
+/// The two waveform types MUSE writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rhythm,
+    Median,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rhythm => "Rhythm",
+            Self::Median => "Median",
+        }
+    }
+}
+
+/// The texts of one `<Waveform>`, interpreted when it closes.
+#[derive(Default)]
+struct RawWaveform {
+    kind: Option<String>,
+    base: Option<String>,
+    exponent: Option<String>,
+    leads: Vec<RawLead>,
+}
+
+impl RawWaveform {
+    /// The waveform's type and its ECG in mV.
+    fn into_ecg(self, path: &Path) -> Result<(Kind, Ecg)> {
+        let kind = match self.kind.as_deref().map(str::trim) {
+            Some(k) if k.eq_ignore_ascii_case("rhythm") => Kind::Rhythm,
+            Some(k) if k.eq_ignore_ascii_case("median") => Kind::Median,
+            Some(k) => {
+                return Err(Error::format(
+                    path,
+                    format!("unknown <WaveformType> {k:?} (expected Rhythm or Median)"),
+                ));
+            }
+            None => return Err(Error::format(path, "a <Waveform> has no <WaveformType>")),
+        };
+        let what = format!("{} <Waveform>", kind.name());
+        let rate = self.sample_rate(path, &what)?;
+        let mut leads = Vec::with_capacity(self.leads.len());
+        for lead in self.leads {
+            leads.push(lead.into_samples(path, &what)?);
+        }
+        derive_limb_leads(path, &mut leads).map_err(|e| prefixed(e, &what))?;
+        let ecg = Ecg::from_named_leads(path, leads, rate).map_err(|e| prefixed(e, &what))?;
+        Ok((kind, ecg))
+    }
+
+    /// `SampleBase × 10^SampleExponent` Hz, checked.
+    fn sample_rate(&self, path: &Path, what: &str) -> Result<f64> {
+        let base = self
+            .base
+            .as_deref()
+            .ok_or_else(|| Error::format(path, format!("the {what} has no <SampleBase>")))?;
+        let base = number(base, "SampleBase", what, path)?;
+        let exponent = match self.exponent.as_deref().map(str::trim) {
+            None | Some("") => 0,
+            // Rates span 50 Hz – 20 kHz: any exponent beyond ±9 is corrupt.
+            Some(e) => e
+                .parse::<i32>()
+                .ok()
+                .filter(|e| e.abs() <= 9)
+                .ok_or_else(|| {
+                    Error::format(path, format!("the {what} has a bad <SampleExponent> {e:?}"))
+                })?,
+        };
+        let rate = base * 10f64.powi(exponent);
+        check_sample_rate(rate)
+            .map_err(|e| prefixed(in_file(path, e), what))
+            .map(|()| rate)
+    }
+}
+
+/// The texts of one `<LeadData>`.
+#[derive(Default)]
+struct RawLead {
+    id: Option<String>,
+    units_per_bit: Option<String>,
+    units: Option<String>,
+    count: Option<String>,
+    byte_count: Option<String>,
+    sample_size: Option<String>,
+    data: Option<String>,
+}
+
+impl RawLead {
+    /// Whether a child of `<LeadData>` named `name` is read.
+    fn keeps(name: &str) -> bool {
+        matches!(
+            name,
+            "LeadID"
+                | "LeadAmplitudeUnitsPerBit"
+                | "LeadAmplitudeUnits"
+                | "LeadSampleCountTotal"
+                | "LeadByteCountTotal"
+                | "LeadSampleSize"
+                | "WaveFormData"
+        )
+    }
+
+    fn set(&mut self, name: &str, text: String, path: &Path) -> Result<()> {
+        let slot = match name {
+            "LeadID" => &mut self.id,
+            "LeadAmplitudeUnitsPerBit" => &mut self.units_per_bit,
+            "LeadAmplitudeUnits" => &mut self.units,
+            "LeadSampleCountTotal" => &mut self.count,
+            "LeadByteCountTotal" => &mut self.byte_count,
+            "LeadSampleSize" => &mut self.sample_size,
+            _ => &mut self.data,
+        };
+        set_once(slot, text, name, path)
+    }
+
+    /// The lead's name and samples in mV. Every declared size is checked against the payload
+    /// before anything is decoded.
+    fn into_samples(self, path: &Path, what: &str) -> Result<(String, Vec<f32>)> {
+        let id = self
+            .id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| {
+                Error::format(path, format!("a <LeadData> of the {what} has no <LeadID>"))
+            })?
+            .to_string();
+        let bad = |reason: String| Error::format(path, format!("the {what}, lead {id}: {reason}"));
+        let mv_per_unit = match self.units.as_deref().map(str::trim) {
+            // MUSE writes MICROVOLTS; a file without the element follows that convention.
+            None => 1e-3,
+            Some(u) if u.eq_ignore_ascii_case("MICROVOLTS") => 1e-3,
+            Some(u) if u.eq_ignore_ascii_case("MILLIVOLTS") => 1.0,
+            Some(u) => {
+                return Err(bad(format!(
+                    "unknown <LeadAmplitudeUnits> {u:?} (expected MICROVOLTS or MILLIVOLTS)"
+                )));
+            }
+        };
+        let per_bit = self
+            .units_per_bit
+            .as_deref()
+            .ok_or_else(|| bad("no <LeadAmplitudeUnitsPerBit>".into()))?;
+        let per_bit = per_bit.trim().parse::<f64>().map_err(|_| {
+            bad(format!(
+                "<LeadAmplitudeUnitsPerBit> is not a number: {:?}",
+                per_bit.trim()
+            ))
+        })?;
+        let mv_per_bit = per_bit * mv_per_unit;
+        let uv_per_bit = mv_per_bit * 1e3;
+        if !(uv_per_bit.is_finite() && (MIN_UV_PER_BIT..=MAX_UV_PER_BIT).contains(&uv_per_bit)) {
+            return Err(bad(format!(
+                "<LeadAmplitudeUnitsPerBit> {per_bit} is not a plausible resolution \
+                 ({MIN_UV_PER_BIT}–{MAX_UV_PER_BIT} µV per bit)"
+            )));
+        }
+        if let Some(size) = self.sample_size.as_deref().map(str::trim)
+            && size != "2"
+        {
+            return Err(bad(format!(
+                "<LeadSampleSize> is {size:?}, only 2-byte samples are supported"
+            )));
+        }
+        let count = self
+            .count
+            .as_deref()
+            .map(|c| parse_count(c, "LeadSampleCountTotal").map_err(&bad))
+            .transpose()?;
+        if let Some(n) = count
+            && n > MAX_SAMPLES_PER_LEAD as u64
+        {
+            return Err(bad(format!(
+                "<LeadSampleCountTotal> {n} is more than the limit of {MAX_SAMPLES_PER_LEAD} samples"
+            )));
+        }
+        let byte_count = self
+            .byte_count
+            .as_deref()
+            .map(|c| parse_count(c, "LeadByteCountTotal").map_err(&bad))
+            .transpose()?;
+        let data = self.data.ok_or_else(|| bad("no <WaveFormData>".into()))?;
+        let payload: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        let bytes = decoded_len(&payload).ok_or_else(|| {
+            bad("<WaveFormData> is not valid base64 (its length is wrong)".into())
+        })?;
+        if !bytes.is_multiple_of(2) {
+            return Err(bad(format!(
+                "<WaveFormData> holds {bytes} bytes, an odd number, not 16-bit samples"
+            )));
+        }
+        if let Some(n) = count
+            && n.checked_mul(2) != Some(bytes as u64)
+        {
+            return Err(bad(format!(
+                "<WaveFormData> holds {} samples but <LeadSampleCountTotal> is {n}",
+                bytes / 2
+            )));
+        }
+        if let Some(n) = byte_count
+            && n != bytes as u64
+        {
+            return Err(bad(format!(
+                "<WaveFormData> holds {bytes} bytes but <LeadByteCountTotal> is {n}"
+            )));
+        }
+        if bytes / 2 > MAX_SAMPLES_PER_LEAD {
+            return Err(bad(format!(
+                "<WaveFormData> holds {} samples, more than the limit of {MAX_SAMPLES_PER_LEAD}",
+                bytes / 2
+            )));
+        }
+        let raw = BASE64
+            .decode(&payload)
+            .map_err(|e| bad(format!("<WaveFormData> is not valid base64: {e}")))?;
+        let mv_per_bit = mv_per_bit as f32;
+        let samples = raw
+            .chunks_exact(2)
+            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) * mv_per_bit)
+            .collect();
+        Ok((id, samples))
+    }
+}
+
+/// The number of bytes a base64 payload (whitespace removed, padding optional) decodes to;
+/// `None` for a length no base64 text has.
+fn decoded_len(payload: &[u8]) -> Option<usize> {
+    let pad = payload.iter().rev().take_while(|&&b| b == b'=').count();
+    if pad > 2 || (pad > 0 && !payload.len().is_multiple_of(4)) {
+        return None;
+    }
+    let chars = payload.len() - pad;
+    match chars % 4 {
+        1 => None,
+        rest => Some(chars / 4 * 3 + rest.saturating_sub(1)),
+    }
+}
+
+/// A non-negative integer count from element text.
+fn parse_count(text: &str, name: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    text.parse::<u64>()
+        .map_err(|_| format!("<{name}> is not a count: {text:?}"))
+}
+
+/// A finite number from the text of `<name>` of `what`.
+fn number(text: &str, name: &str, what: &str, path: &Path) -> Result<f64> {
+    let text = text.trim();
+    text.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| Error::format(path, format!("the {what} has a bad <{name}> {text:?}")))
+}
+
+/// Prefixes a format error's reason with the waveform it concerns.
+fn prefixed(error: Error, what: &str) -> Error {
+    match error {
+        Error::Format { path, reason } if !reason.contains(what) => Error::Format {
+            path,
+            reason: format!("the {what}: {reason}"),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoded_lengths_follow_base64() {
+        for n in 0..20usize {
+            let bytes: Vec<u8> = (0..n as u8).collect();
+            let padded = BASE64.encode(&bytes);
+            assert_eq!(decoded_len(padded.as_bytes()), Some(n), "{padded}");
+            let bare = padded.trim_end_matches('=');
+            assert_eq!(decoded_len(bare.as_bytes()), Some(n), "{bare}");
+            assert_eq!(BASE64.decode(bare).unwrap(), bytes);
+        }
+        assert_eq!(decoded_len(b"A"), None);
+        assert_eq!(decoded_len(b"AB="), None);
+        assert_eq!(decoded_len(b"A==="), None);
+    }
+}
