@@ -94,6 +94,10 @@ pub enum Error {
     /// Invalid input to a function of this crate.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// A collective of the data-parallel group failed.
+    #[error(transparent)]
+    Distributed(#[from] mmcl_nn::distributed::DistributedError),
 }
 
 impl Error {

@@ -29,6 +29,7 @@ fn state(epoch: usize) -> TrainState {
         best_val_loss: None,
         config: serde_json::json!({"epochs": 10}),
         image_channels: None,
+        world_size: 1,
     }
 }
 

@@ -113,6 +113,25 @@ impl Masking {
         Self::from_noise_values(&noise, batch, len, mask_ratio)
     }
 
+    /// The masking of samples `rows` only (a replica's share of a global batch, whose maskings
+    /// were drawn for the whole batch so that every replica sees the single process's masks).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Self> {
+        if rows.start > rows.end || rows.end > self.batch {
+            return Err(Error::InvalidArgument(format!(
+                "rows {rows:?} of a masking of {} samples",
+                self.batch
+            )));
+        }
+        let span = rows.start * self.len..rows.end * self.len;
+        Ok(Self {
+            batch: rows.len(),
+            len: self.len,
+            len_keep: self.len_keep,
+            ids_shuffle: self.ids_shuffle[span.clone()].to_vec(),
+            ids_restore: self.ids_restore[span].to_vec(),
+        })
+    }
+
     /// Number of samples `B`.
     pub fn batch(&self) -> usize {
         self.batch
@@ -256,6 +275,10 @@ mod tests {
         let again = Masking::random(&SharedRng::new(3), 4, 30, 0.8)?;
         assert_eq!(m, again);
         assert_ne!(m, Masking::random(&rng, 4, 30, 0.8)?);
+        let tail = m.rows(1..3)?;
+        assert_eq!((tail.batch(), tail.ids_keep(0)), (2, m.ids_keep(1)));
+        assert_eq!(tail.mask_values(), m.mask_values()[30..90].to_vec());
+        assert!(m.rows(3..5).is_err());
         Ok(())
     }
 

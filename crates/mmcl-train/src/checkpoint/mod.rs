@@ -115,6 +115,14 @@ pub struct TrainState {
     pub config: serde_json::Value,
     /// Channels of the training images (MMCL), so the model can be rebuilt without the cache.
     pub image_channels: Option<usize>,
+    /// The number of data-parallel replicas that trained the run (1 in checkpoints written
+    /// before data-parallel training existed).
+    #[serde(default = "one_replica")]
+    pub world_size: usize,
+}
+
+fn one_replica() -> usize {
+    1
 }
 
 impl TrainState {
@@ -355,6 +363,7 @@ mod tests {
             best_val_loss: None,
             config: serde_json::json!({"a": 1}),
             image_channels: Some(3),
+            world_size: 1,
         }
     }
 

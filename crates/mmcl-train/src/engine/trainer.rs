@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use mmcl_core::runlog::RunLogWriter;
 use mmcl_nn::StateDict;
+use mmcl_nn::distributed::{GradSync, SingleProcess};
 use mmcl_nn::rng::RngState;
 use mmcl_nn::schedule::WarmupCosine;
 use serde::Serialize;
@@ -90,14 +91,34 @@ pub trait Stage: TrainStep<Error = Error> + Sized {
     /// The files of a full checkpoint (`last`, `epoch-NNNN`) and of a `best` one (no optimiser
     /// state) after the epochs of `state`.
     fn checkpoint_files(&self, state: &TrainState) -> Result<(CheckpointFiles, CheckpointFiles)>;
+
+    /// Trains as one replica of the data-parallel group `comm` (called once, before training,
+    /// by every replica). By default only a group of one is accepted.
+    fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
+        if comm.world_size() > 1 {
+            return Err(Error::config(format!(
+                "{} does not train data-parallel yet: start a single process (this one is \
+                 rank {} of {})",
+                Self::NAME,
+                comm.rank(),
+                comm.world_size()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A pre-training run: a [`Stage`] in the [`EpochLoop`], its run log, and a checkpoint after
 /// every epoch (`last`, `best` when validation improved, `epoch-NNNN` when due).
+///
+/// In a data-parallel group every replica trains and validates alike (so that all take the
+/// same decisions), but only the main replica (rank 0) writes the run directory.
 pub struct Trainer<S: Stage> {
     stage: S,
     epochs: EpochLoop,
-    log: RunLogWriter,
+    /// The run log; `None` on replicas other than the main one.
+    log: Option<RunLogWriter>,
+    world_size: usize,
 }
 
 impl<S: Stage> std::fmt::Debug for Trainer<S> {
@@ -115,13 +136,31 @@ impl<S: Stage> Trainer<S> {
     /// The resolved configuration is saved as `config.toml`. Returns the trainer and notes for
     /// the user.
     pub fn new(cfg: S::Config, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
-        crate::run::ensure_fresh(run_dir)?;
-        let (stage, mut notes) = S::start(cfg, run_dir, device)?;
-        let mut trainer = Self::assemble(stage, LoopState::default())?;
+        Self::new_in_group(cfg, run_dir, device, Box::new(SingleProcess))
+    }
+
+    /// [`Self::new`] as one replica of the data-parallel group `comm`: every replica calls it
+    /// with the same configuration; only the main one checks and writes `run_dir`.
+    pub fn new_in_group(
+        cfg: S::Config,
+        run_dir: &Path,
+        device: &Device,
+        comm: Box<dyn GradSync>,
+    ) -> Result<(Self, Vec<String>)> {
+        let main = comm.is_main();
+        let world_size = comm.world_size();
+        if main {
+            crate::run::ensure_fresh(run_dir)?;
+        }
+        let (mut stage, mut notes) = S::start(cfg, run_dir, device)?;
+        stage.join_group(comm)?;
+        let mut trainer = Self::assemble(stage, LoopState::default(), main, world_size)?;
         notes.extend(trainer.stage.describe());
-        crate::run::write_config(run_dir, &S::config_toml(trainer.stage.config()))?;
-        // A new run: no record of an earlier one survives (logs number epochs from 1).
-        trainer.log.truncate_after(1)?;
+        if let Some(log) = trainer.log.as_mut() {
+            crate::run::write_config(run_dir, &S::config_toml(trainer.stage.config()))?;
+            // A new run: no record of an earlier one survives (logs number epochs from 1).
+            log.truncate_after(1)?;
+        }
         Ok((trainer, notes))
     }
 
@@ -135,21 +174,49 @@ impl<S: Stage> Trainer<S> {
         run_dir: Option<&Path>,
         device: &Device,
     ) -> Result<(Self, Vec<String>)> {
+        Self::resume_in_group(path, cfg, run_dir, device, Box::new(SingleProcess))
+    }
+
+    /// [`Self::resume`] as one replica of the data-parallel group `comm`, which must have as
+    /// many replicas as the group that wrote the checkpoint. Every replica reads the
+    /// checkpoint; only the main one writes the run directory.
+    pub fn resume_in_group(
+        path: &Path,
+        cfg: Option<S::Config>,
+        run_dir: Option<&Path>,
+        device: &Device,
+        comm: Box<dyn GradSync>,
+    ) -> Result<(Self, Vec<String>)> {
         let (dir, state, run_dir) = crate::run::open_resume(path, S::KIND, run_dir)?;
+        let world_size = comm.world_size();
+        if state.world_size != world_size {
+            return Err(Error::checkpoint(
+                &dir,
+                format!(
+                    "this checkpoint was written by {} data-parallel replica(s), but this run \
+                     has {world_size}: resume it with {} processes",
+                    state.world_size, state.world_size
+                ),
+            ));
+        }
         let cfg = match cfg {
             Some(cfg) => cfg,
             None => crate::run::saved_config(&dir, &state)?,
         };
-        let stage = S::restore(cfg, &dir, &state, &run_dir, device)?;
+        let main = comm.is_main();
+        let mut stage = S::restore(cfg, &dir, &state, &run_dir, device)?;
+        stage.join_group(comm)?;
         let counters = LoopState {
             epoch: state.epoch,
             steps: state.step,
             best: state.best_val_loss,
             lr: state.lr,
         };
-        let mut trainer = Self::assemble(stage, counters)?;
-        // The epochs about to be re-run (numbered from 1 in the log) lose their records.
-        trainer.log.truncate_after(state.epoch + 1)?;
+        let mut trainer = Self::assemble(stage, counters, main, world_size)?;
+        if let Some(log) = trainer.log.as_mut() {
+            // The epochs about to be re-run (numbered from 1 in the log) lose their records.
+            log.truncate_after(state.epoch + 1)?;
+        }
         let mut notes = vec![format!(
             "resumed from {} after epoch {} ({} optimiser steps)",
             dir.display(),
@@ -160,11 +227,20 @@ impl<S: Stage> Trainer<S> {
         Ok((trainer, notes))
     }
 
-    fn assemble(stage: S, state: LoopState) -> Result<Self> {
-        let log = RunLogWriter::open(stage.run_dir())?;
+    fn assemble(stage: S, state: LoopState, main: bool, world_size: usize) -> Result<Self> {
+        let log = if main {
+            Some(RunLogWriter::open(stage.run_dir())?)
+        } else {
+            None
+        };
         let plan = stage.epochs();
         let epochs = EpochLoop::new(state, plan.max_epochs, plan.val_every);
-        Ok(Self { stage, epochs, log })
+        Ok(Self {
+            stage,
+            epochs,
+            log,
+            world_size,
+        })
     }
 
     /// The stage (model, optimisers, data).
@@ -214,20 +290,30 @@ impl<S: Stage> Trainer<S> {
     /// Trains until `epochs` epochs are done (at most `max_epochs`), e.g. to stop early and
     /// resume later.
     pub fn fit_until(&mut self, epochs: usize, progress: &mut dyn Progress) -> Result<()> {
-        let mut step = Checkpointed(&mut self.stage);
+        let mut step = Checkpointed {
+            stage: &mut self.stage,
+            write: self.log.is_some(),
+            world_size: self.world_size,
+        };
         self.epochs
-            .run_until(&mut step, epochs, Some(&mut self.log), progress)?;
+            .run_until(&mut step, epochs, self.log.as_mut(), progress)?;
         Ok(())
     }
 
     /// The training state after the epochs done so far.
     pub fn state(&self) -> Result<TrainState> {
-        train_state(&self.stage, &self.epochs.state)
+        train_state(&self.stage, &self.epochs.state, self.world_size)
+    }
+
+    /// The number of data-parallel replicas training the run (1 for a single process).
+    pub fn world_size(&self) -> usize {
+        self.world_size
     }
 }
 
-/// The training state of `stage` after the epochs of `counters`.
-fn train_state<S: Stage>(stage: &S, counters: &LoopState) -> Result<TrainState> {
+/// The training state of `stage`, trained by `world_size` replicas, after the epochs of
+/// `counters`.
+fn train_state<S: Stage>(stage: &S, counters: &LoopState, world_size: usize) -> Result<TrainState> {
     Ok(TrainState {
         version: checkpoint::CHECKPOINT_VERSION,
         kind: S::KIND,
@@ -243,11 +329,16 @@ fn train_state<S: Stage>(stage: &S, counters: &LoopState) -> Result<TrainState> 
             source,
         })?,
         image_channels: stage.image_channels(),
+        world_size,
     })
 }
 
-/// A stage whose epochs end with its checkpoints.
-struct Checkpointed<'a, S>(&'a mut S);
+/// A stage whose epochs end with its checkpoints (written by the main replica only).
+struct Checkpointed<'a, S> {
+    stage: &'a mut S,
+    write: bool,
+    world_size: usize,
+}
 
 impl<S: Stage> TrainStep for Checkpointed<'_, S> {
     type Error = Error;
@@ -258,7 +349,7 @@ impl<S: Stage> TrainStep for Checkpointed<'_, S> {
         steps_before: u64,
         progress: &mut dyn Progress,
     ) -> Result<EpochReport> {
-        self.0.train_epoch(epoch, steps_before, progress)
+        self.stage.train_epoch(epoch, steps_before, progress)
     }
 
     fn validate_epoch(
@@ -266,18 +357,21 @@ impl<S: Stage> TrainStep for Checkpointed<'_, S> {
         epoch: usize,
         progress: &mut dyn Progress,
     ) -> Result<Option<ValReport>> {
-        self.0.validate_epoch(epoch, progress)
+        self.stage.validate_epoch(epoch, progress)
     }
 
     fn improves(&self, value: f64, best: Option<f64>) -> bool {
-        self.0.improves(value, best)
+        self.stage.improves(value, best)
     }
 
     /// Writes `checkpoints/last` (and `best` when `improved`, and `epoch-NNNN` when due), then
     /// whatever the stage does.
     fn end_epoch(&mut self, counters: &LoopState, improved: bool) -> Result<()> {
-        let stage = &*self.0;
-        let state = train_state(stage, counters)?;
+        if !self.write {
+            return self.stage.end_epoch(counters, improved);
+        }
+        let stage = &*self.stage;
+        let state = train_state(stage, counters, self.world_size)?;
         let (full, light) = stage.checkpoint_files(&state)?;
         let ckpts = checkpoint::checkpoints_dir(stage.run_dir());
         checkpoint::write_checkpoint(&ckpts.join("last"), &full, &state)?;
@@ -292,7 +386,7 @@ impl<S: Stage> TrainStep for Checkpointed<'_, S> {
         if improved {
             checkpoint::write_checkpoint(&ckpts.join("best"), &light, &state)?;
         }
-        self.0.end_epoch(counters, improved)
+        self.stage.end_epoch(counters, improved)
     }
 
     fn epoch_summary(
@@ -301,7 +395,7 @@ impl<S: Stage> TrainStep for Checkpointed<'_, S> {
         train: &EpochReport,
         val: Option<(&ValReport, bool)>,
     ) -> String {
-        self.0.epoch_summary(epoch, train, val)
+        self.stage.epoch_summary(epoch, train, val)
     }
 }
 

@@ -9,6 +9,7 @@ use mmcl_data::cache::Cache;
 use mmcl_data::loader::{Loader, LoaderConfig};
 use mmcl_ecg::mae::MaskedAutoencoder;
 use mmcl_nn::ParamStore;
+use mmcl_nn::distributed::GradSync;
 use mmcl_nn::rng::{RngState, SharedRng};
 use mmcl_nn::schedule::WarmupCosine;
 
@@ -167,6 +168,7 @@ impl TrainStep for MaeStage {
         let batches = self.train_loader.num_batches();
         let accumulate = self.cfg.accumulate_grad_batches.max(1);
         let needs_pairs = self.cfg.loss.cos_weight > 0.0;
+        let world = self.step.group().world_size();
         let started = Instant::now();
         progress.start_phase(epoch, "train", batches);
         let mut sums = MaeSums::default();
@@ -183,8 +185,8 @@ impl TrainStep for MaeStage {
             if b % accumulate == 0 {
                 lr = self.schedule.lr(epoch, b, batches);
             }
-            // The SimSiam heads' BatchNorm needs two samples in training mode.
-            if needs_pairs && n < 2 {
+            // The SimSiam heads' BatchNorm needs two samples (per replica) in training mode.
+            if needs_pairs && n / world < 2 {
                 skipped += n;
                 continue;
             }
@@ -295,6 +297,33 @@ impl Stage for MaeStage {
 
     fn config(&self) -> &MaeTrainConfig {
         &self.cfg
+    }
+
+    /// Checks that every global batch splits evenly over the group, then sets every replica's
+    /// weights to rank 0's and trains as one of the group.
+    fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
+        let world = comm.world_size();
+        if world > 1 {
+            let batch = self.cfg.batch_size;
+            let last = self.train_loader.len() % batch;
+            let uneven = !batch.is_multiple_of(world)
+                || (!self.cfg.data.drop_last && !last.is_multiple_of(world));
+            if uneven {
+                return Err(Error::config(format!(
+                    "batch_size {batch} (last batch {last}, data.drop_last = {}) does not split \
+                     evenly over {world} data-parallel replicas: choose a batch size divisible \
+                     by {world} and set data.drop_last = true",
+                    self.cfg.data.drop_last
+                )));
+            }
+            if self.cfg.loss.cos_weight > 0.0 && batch / world < 2 {
+                return Err(Error::config(format!(
+                    "batch_size {batch} over {world} replicas leaves fewer than 2 samples per \
+                     replica, which the SimSiam term (loss.cos_weight > 0) needs"
+                )));
+            }
+        }
+        self.step.join_group(comm)
     }
 
     fn run_dir(&self) -> &Path {

@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
-use mmcl_ecg::mae::MaskedAutoencoder;
-use mmcl_losses::mae::{MaeLoss, MaeMetrics};
+use candle_core::{DType, Tensor, Var};
+use mmcl_ecg::mae::{MaskedAutoencoder, Masking};
+use mmcl_losses::mae::{MaeLoss, MaeLossOutput, MaeMetrics};
 use mmcl_nn::ParamStore;
+use mmcl_nn::distributed::{GradSync, SingleProcess, batch_shard};
 use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, clip_grad_norm};
 use mmcl_nn::precision::Precision;
 use mmcl_nn::rng::SharedRng;
@@ -29,6 +30,14 @@ pub struct MaeStepReport {
 
 /// The optimisation of the masked autoencoder: objective, AdamW, the masking stream, gradient
 /// accumulation and clipping, applied batch by batch. Used by [`MaeTrainer`](super::MaeTrainer).
+///
+/// In a data-parallel group ([`MaeStep::join_group`]) every replica is given the same global
+/// batch, draws the same maskings for all of it, and trains on its own share of the rows; the
+/// gradients are averaged over the group before clipping and the optimiser step. With
+/// `cos_weight = 0` this equals one process on the global batch (up to rounding); the SimSiam
+/// heads' BatchNorm normalises each replica's share by itself (as PyTorch DDP without
+/// SyncBatchNorm does), so with `cos_weight > 0` the replicas stay identical to each other but
+/// differ slightly from one process.
 #[derive(Debug)]
 pub struct MaeStep {
     model: MaskedAutoencoder,
@@ -41,6 +50,16 @@ pub struct MaeStep {
     gradient_clip_val: Option<f64>,
     rng: SharedRng,
     precision: Precision,
+    group: Group,
+}
+
+/// The data-parallel group of a step (a trait object has no `Debug`).
+struct Group(Box<dyn GradSync>);
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} of {}", self.0.rank(), self.0.world_size())
+    }
 }
 
 impl MaeStep {
@@ -66,7 +85,21 @@ impl MaeStep {
             gradient_clip_val: cfg.gradient_clip_val,
             rng: SharedRng::new(masking_seed(cfg.seed)),
             precision: cfg.precision,
+            group: Group(Box::new(SingleProcess)),
         })
+    }
+
+    /// Trains as one replica of `comm` from now on: every variable and buffer is set to rank
+    /// 0's values, and [`Self::train_batch`] then takes the global batch.
+    pub fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
+        comm.broadcast_vars(&self.store.named_vars(), 0)?;
+        self.group = Group(comm);
+        Ok(())
+    }
+
+    /// The data-parallel group (a group of one unless [`Self::join_group`] was called).
+    pub fn group(&self) -> &dyn GradSync {
+        self.group.0.as_ref()
     }
 
     /// The model.
@@ -105,16 +138,16 @@ impl MaeStep {
     }
 
     /// Trains on one batch of ECGs with learning rate `lr`. A non-finite loss updates nothing
-    /// and is returned for the caller to stop on.
+    /// and is returned for the caller to stop on. In a group of several replicas `ecgs` is the
+    /// global batch (the same on every replica), and the metrics are the replicas' means.
     ///
     /// # Shapes
-    /// `ecgs`: `[B, 1, leads, T]` as the model's `img_size` (`B ≥ 2` when `cos_weight > 0`).
+    /// `ecgs`: `[B, 1, leads, T]` as the model's `img_size` (`B ≥ 2` per replica when
+    /// `cos_weight > 0`; `B` divisible by the group's size).
     pub fn train_batch(&mut self, ecgs: &Tensor, lr: f64) -> Result<MaeStepReport> {
         let _precision = self.precision.enter();
-        let out = self
-            .objective
-            .forward_random(&self.model, ecgs, &self.rng, true)?;
-        let metrics = out.metrics()?;
+        let out = self.forward_share(ecgs)?;
+        let metrics = self.group_mean(out.metrics()?)?;
         let mut report = MaeStepReport {
             metrics,
             stepped: false,
@@ -140,9 +173,71 @@ impl MaeStep {
         Ok(report)
     }
 
-    /// Steps the optimiser with `grads` (clipped first when configured). Returns the norm when
-    /// clipping.
+    /// The objective on this replica's share of the global batch `ecgs`, with the maskings
+    /// drawn for the whole batch from the masking stream (as one process draws them, so that
+    /// the stream and every row's masks are the same whatever the group's size).
+    fn forward_share(&self, ecgs: &Tensor) -> Result<MaeLossOutput> {
+        let comm = self.group();
+        if comm.world_size() == 1 {
+            return Ok(self
+                .objective
+                .forward_random(&self.model, ecgs, &self.rng, true)?);
+        }
+        let cfg = self.objective.config();
+        let (b, l) = (ecgs.dim(0)?, self.model.config().num_patches());
+        let first = Masking::random(&self.rng, b, l, cfg.mask_ratio)?;
+        let second = if cfg.cos_weight > 0.0 {
+            Some(Masking::random(&self.rng, b, l, cfg.mask_ratio)?)
+        } else {
+            None
+        };
+        let rows = batch_shard(b, comm.rank(), comm.world_size())?;
+        let local = ecgs.narrow(0, rows.start, rows.len())?;
+        let first = first.rows(rows.clone())?;
+        let second = second.map(|m| m.rows(rows)).transpose()?;
+        Ok(self
+            .objective
+            .forward(&self.model, &local, &first, second.as_ref(), true)?)
+    }
+
+    /// The mean of every replica's `local` metrics (`local` itself in a group of one), so that
+    /// every replica reports, and stops on, the same values.
+    fn group_mean(&self, local: MaeMetrics) -> Result<MaeMetrics> {
+        let comm = self.group();
+        let world = comm.world_size();
+        if world == 1 {
+            return Ok(local);
+        }
+        let nan = f64::NAN;
+        let values = [
+            local.total,
+            local.loss,
+            local.mse,
+            local.ncc,
+            local.loss_cos.unwrap_or(nan),
+            local.cos_embed.unwrap_or(nan),
+            local.z_std.unwrap_or(nan),
+        ];
+        let row = Tensor::new(&values, &candle_core::Device::Cpu)?.reshape((1, values.len()))?;
+        let all = comm.all_gather(&row)?; // [world, 7]
+        let mean = all.to_dtype(DType::F64)?.mean(0)?.to_vec1::<f64>()?;
+        let opt = |v: Option<f64>, m: f64| v.map(|_| m);
+        Ok(MaeMetrics {
+            total: mean[0],
+            loss: mean[1],
+            mse: mean[2],
+            ncc: mean[3],
+            loss_cos: opt(local.loss_cos, mean[4]),
+            cos_embed: opt(local.cos_embed, mean[5]),
+            z_std: opt(local.z_std, mean[6]),
+        })
+    }
+
+    /// Steps the optimiser with `grads`, averaged over the data-parallel group and then
+    /// clipped when configured (after the reduction, so that every replica clips alike).
+    /// Returns the norm when clipping.
     pub fn apply_gradients(&mut self, mut grads: GradStore, lr: f64) -> Result<Option<f64>> {
+        self.group.0.all_reduce_mean(&self.vars, &mut grads)?;
         let norm = match self.gradient_clip_val {
             Some(max) => Some(clip_grad_norm(&self.vars, &mut grads, max)?),
             None => None,

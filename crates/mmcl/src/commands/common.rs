@@ -296,6 +296,23 @@ fn same_file(_a: &Path, _b: &Path) -> bool {
     false
 }
 
+/// Refuses to train when a launcher (`mpirun`, `mpiexec`) started this process as one of
+/// several, for the commands whose trainers do not synchronise replicas yet (every process
+/// would train alone on the whole data and write the same run directory). `pretrain-mae`
+/// trains data-parallel and does not call this.
+pub fn one_training_process() -> Result<()> {
+    match mmcl_nn::distributed::Launch::from_env() {
+        Some(launch) if launch.world_size > 1 => bail!(
+            "this process is rank {} of {} (from {}), but the trainers do not train \
+             data-parallel yet (see docs/distributed.md): start a single process",
+            launch.rank,
+            launch.world_size,
+            launch.source
+        ),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,21 +377,5 @@ mod tests {
         assert!(parse_device("cpu").is_ok_and(|d| d.is_cpu()));
         assert!(parse_device("gpu").is_err());
         assert!(parse_device("cuda:x").is_err());
-    }
-}
-
-/// Refuses to train when a launcher (`mpirun`, `mpiexec`) started this process as one of
-/// several: the trainers do not synchronise replicas yet, so every process would train alone
-/// on the whole data and write the same run directory.
-pub fn one_training_process() -> Result<()> {
-    match mmcl_nn::distributed::Launch::from_env() {
-        Some(launch) if launch.world_size > 1 => bail!(
-            "this process is rank {} of {} (from {}), but the trainers do not train \
-             data-parallel yet (see docs/distributed.md): start a single process",
-            launch.rank,
-            launch.world_size,
-            launch.source
-        ),
-        _ => Ok(()),
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use mmcl_train::mae::{MaeStage, MaeTrainer};
 use mmcl_train::mmcl::{MmclStage, MmclTrainer};
-use mmcl_train::{BarProgress, Progress, Stage, Trainer};
+use mmcl_train::{BarProgress, NoProgress, Progress, Stage, Trainer};
 
 use super::common::{OptionalKey, with_optional_keys};
 
@@ -114,13 +114,18 @@ fn run<S: Command>(args: Args) -> Result<()> {
         return Ok(());
     }
     mmcl_nn::memory::keep_freed_memory();
+    // Under a launcher (`mpirun`), every process is one replica of a data-parallel group; the
+    // stages that cannot train so refuse when the trainer starts.
+    let comm = mmcl_nn::distributed::group_from_launcher()?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let main = comm.is_main();
     let device = super::common::parse_device(&args.device)?;
     let cfg = match &args.config {
         Some(path) => Some(S::load_config(path)?),
         None => None,
     };
     let (mut trainer, notes) = match &args.resume {
-        Some(dir) => Trainer::<S>::resume(dir, cfg, args.output.as_deref(), &device)
+        Some(dir) => Trainer::<S>::resume_in_group(dir, cfg, args.output.as_deref(), &device, comm)
             .with_context(|| format!("cannot resume {}", dir.display()))?,
         None => {
             let Some(cfg) = cfg else {
@@ -131,12 +136,25 @@ fn run<S: Command>(args: Args) -> Result<()> {
                 .unwrap_or_else(|| PathBuf::from(S::DEFAULT_OUTPUT));
             // Printed once the run is set up, so that an error is not buried under it.
             let text = S::config_toml(&cfg);
-            let made = Trainer::<S>::new(cfg, &output, &device)?;
-            eprintln!("configuration:\n{text}");
+            let made = Trainer::<S>::new_in_group(cfg, &output, &device, comm)?;
+            if main {
+                eprintln!("configuration:\n{text}");
+            }
             made
         }
     };
-    let mut progress = BarProgress::new().with_epochs(trainer.max_epochs());
+    // Only the main replica reports; the others train silently.
+    let mut progress: Box<dyn Progress> = if main {
+        Box::new(BarProgress::new().with_epochs(trainer.max_epochs()))
+    } else {
+        Box::new(NoProgress)
+    };
+    if world > 1 {
+        progress.message(&format!(
+            "data-parallel: rank {rank} of {world} ({})",
+            mmcl_nn::distributed::backend_name()
+        ));
+    }
     for note in notes {
         progress.message(&note);
     }
@@ -147,7 +165,9 @@ fn run<S: Command>(args: Args) -> Result<()> {
         trainer.max_epochs(),
         trainer.max_epochs()
     ));
-    trainer.fit(&mut progress)?;
-    println!("{}", S::summary(&trainer));
+    trainer.fit(progress.as_mut())?;
+    if main {
+        println!("{}", S::summary(&trainer));
+    }
     Ok(())
 }
