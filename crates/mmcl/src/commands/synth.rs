@@ -38,8 +38,8 @@ pub struct Args {
     /// gzip level of the NIfTI files (and deflate level of the DICOM zips), 0-9 [default: 1].
     #[arg(long)]
     compression: Option<u32>,
-    /// How the short-axis cine is written: `nifti` (cmr/<eid>/sa.nii.gz) or `dicom` (UK
-    /// Biobank's cmr/<eid>/<eid>_20209_2_0.zip of DICOM files); the segmentation is NIfTI
+    /// How the short-axis cine is written: `nifti` (`cmr/<eid>/sa.nii.gz`) or `dicom` (UK
+    /// Biobank's `cmr/<eid>/<eid>_20209_2_0.zip` of DICOM files); the segmentation is NIfTI
     /// either way [default: nifti].
     #[arg(long, value_parser = ["nifti", "dicom"])]
     cmr_format: Option<String>,
