@@ -47,7 +47,7 @@ use std::path::Path;
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
-use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, decode, parse_int, reference_char};
+use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode, parse_int};
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file, lead_index};
 use crate::{Error, Result};
 use mmcl_core::files::read_regular_bounded;
@@ -175,22 +175,9 @@ pub fn parse_hl7_aecg(bytes: &[u8], path: &Path) -> Result<Ecg> {
                         .transpose()?;
                 }
             }
-            Event::Text(t) => {
+            character_data @ (Event::Text(_) | Event::CData(_) | Event::GeneralRef(_)) => {
                 if let Some(text) = digits.as_mut() {
-                    text.push_str(&t.xml10_content());
-                }
-            }
-            Event::CData(t) => {
-                if let Some(text) = digits.as_mut() {
-                    text.push_str(&t.xml10_content());
-                }
-            }
-            Event::GeneralRef(r) => {
-                if let Some(text) = digits.as_mut() {
-                    let c = reference_char(&r).ok_or_else(|| {
-                        Error::format(path, format!("unknown entity reference &{};", &*r))
-                    })?;
-                    text.push(c);
+                    append_character_data(&character_data, text, path)?;
                 }
             }
             Event::End(_) => {

@@ -40,7 +40,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, decode, reference_char};
+use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode};
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file};
 use crate::{Error, Result};
 use mmcl_core::files::read_regular_bounded;
@@ -151,22 +151,9 @@ pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
                     file_waveform(w, &mut rhythm, &mut median, path)?;
                 }
             }
-            Event::Text(t) => {
+            character_data @ (Event::Text(_) | Event::CData(_) | Event::GeneralRef(_)) => {
                 if let Some(text) = kept.as_mut() {
-                    text.push_str(&t.xml10_content());
-                }
-            }
-            Event::CData(t) => {
-                if let Some(text) = kept.as_mut() {
-                    text.push_str(&t.xml10_content());
-                }
-            }
-            Event::GeneralRef(r) => {
-                if let Some(text) = kept.as_mut() {
-                    let c = reference_char(&r).ok_or_else(|| {
-                        Error::format(path, format!("unknown entity reference &{};", &*r))
-                    })?;
-                    text.push(c);
+                    append_character_data(&character_data, text, path)?;
                 }
             }
             Event::End(_) => {

@@ -521,6 +521,31 @@ fn root_in(head: &[u8], path: &Path, cut: bool) -> Result<String> {
     }
 }
 
+/// Appends the character data an event carries (text, CDATA, or the character of an entity
+/// reference) to `text`; other events carry none. The MUSE and HL7 readers collect element text
+/// through it.
+///
+/// # Errors
+/// An entity reference other than the XML ones and character references (naming `path`).
+pub(crate) fn append_character_data(
+    event: &Event<'_>,
+    text: &mut String,
+    path: &Path,
+) -> Result<()> {
+    match event {
+        Event::Text(t) => text.push_str(&t.xml10_content()),
+        Event::CData(t) => text.push_str(&t.xml10_content()),
+        Event::GeneralRef(r) => {
+            let c = reference_char(r).ok_or_else(|| {
+                Error::format(path, format!("unknown entity reference &{};", &**r))
+            })?;
+            text.push(c);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// The character an entity or character reference in element text stands for (`&amp;`,
 /// `&#x35;`); `None` for an entity no XML reader of ours defines. quick-xml reports references
 /// apart from the text around them, so readers that keep text put them back with this.

@@ -20,8 +20,8 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
 use super::{
-    DistributedError, GradSync, Result, flatten_grads, flatten_vars, gathered_dims,
-    set_vars_from_flat, unflatten_grads,
+    DistributedError, GradSync, Result, all_reduce_mean_on_host, flatten_vars, gathered_dims,
+    set_vars_from_flat,
 };
 
 /// This process's place in an MPI job: the world communicator, its rank and size.
@@ -115,32 +115,17 @@ impl GradSync for MpiGroup {
     }
 
     fn all_reduce_mean(&self, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
-        let flat = flatten_grads(vars, grads)?;
-        let device = flat.device().clone();
-        let mut data = flat.to_vec1::<f32>()?;
-        let len = data.len();
-        // One presence flag per variable rides along (as in the thread backend), so that a
-        // variable no replica computed a gradient for stays without one.
-        data.extend(
-            vars.iter()
-                .map(|(_, v)| f32::from(u8::from(grads.get(v.as_tensor()).is_some()))),
-        );
-        self.agree_on_length(data.len())?;
-        let mut sum = vec![0f32; data.len()];
-        self.world
-            .all_reduce_into(&data[..], &mut sum[..], SystemOperation::sum());
-        let present = sum.split_off(len);
-        let n = self.world_size as f32;
-        for s in &mut sum {
-            *s /= n;
-        }
-        unflatten_grads(&Tensor::from_vec(sum, len, &device)?, vars, grads)?;
-        for ((_, var), p) in vars.iter().zip(present) {
-            if p == 0.0 {
-                grads.remove(var.as_tensor());
+        all_reduce_mean_on_host(vars, grads, |data| {
+            self.agree_on_length(data.len())?;
+            let mut sum = vec![0f32; data.len()];
+            self.world
+                .all_reduce_into(&data[..], &mut sum[..], SystemOperation::sum());
+            let n = self.world_size as f32;
+            for s in &mut sum {
+                *s /= n;
             }
-        }
-        Ok(())
+            Ok(sum)
+        })
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {

@@ -7,8 +7,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::{
-    DistributedError, GradSync, Result, flatten_grads, flatten_vars, gathered_dims,
-    set_vars_from_flat, unflatten_grads,
+    DistributedError, GradSync, Result, all_reduce_mean_on_host, flatten_vars, gathered_dims,
+    set_vars_from_flat,
 };
 
 /// What a collective does with the ranks' buffers.
@@ -178,26 +178,8 @@ impl GradSync for ThreadReplica {
     }
 
     fn all_reduce_mean(&self, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
-        let flat = flatten_grads(vars, grads)?;
-        let device = flat.device().clone();
         // Host memory is this backend's transport (explicitly; NCCL reduces on the devices).
-        let mut data = flat.to_vec1::<f32>()?;
-        let len = data.len();
-        // One presence flag per variable rides along, so that a variable no replica computed a
-        // gradient for stays without one (the optimiser then leaves it untouched).
-        data.extend(
-            vars.iter()
-                .map(|(_, v)| f32::from(u8::from(grads.get(v.as_tensor()).is_some()))),
-        );
-        let mut mean = self.collective(data, Collective::Mean)?;
-        let present = mean.split_off(len);
-        unflatten_grads(&Tensor::from_vec(mean, len, &device)?, vars, grads)?;
-        for ((_, var), p) in vars.iter().zip(present) {
-            if p == 0.0 {
-                grads.remove(var.as_tensor());
-            }
-        }
-        Ok(())
+        all_reduce_mean_on_host(vars, grads, |data| self.collective(data, Collective::Mean))
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
