@@ -9,7 +9,13 @@
 //! competes with more threads than it was given), batches are prepared ahead on a background
 //! thread and handed over through a bounded channel (`prefetch` batches), and tensors are
 //! created on the consumer's thread, on the requested device.
+//!
+//! For data-parallel training a loader can be one replica's shard ([`Loader::sharded`]): every
+//! replica computes the same epoch order and global batches, and loads and augments only its
+//! rows of each (a sample is augmented alike whichever replica loads it), so a group of `N`
+//! sees exactly the data of one process at `1/N` of the loading work each.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -117,9 +123,42 @@ impl LoaderConfig {
     }
 }
 
+/// One replica's share of every global batch: replica `rank` of `replicas` takes rows
+/// `⌊rank·n/replicas⌋..⌊(rank+1)·n/replicas⌋` of a batch of `n` (equal shares when `replicas`
+/// divides `n`; otherwise they differ by one, and may be empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    rank: usize,
+    replicas: usize,
+}
+
+impl Shard {
+    /// Replica `rank` of `replicas`.
+    ///
+    /// # Errors
+    /// No replicas, or a rank outside them.
+    pub fn new(rank: usize, replicas: usize) -> Result<Self> {
+        if rank >= replicas {
+            return Err(Error::InvalidInput(format!(
+                "replica {rank} of a group of {replicas}"
+            )));
+        }
+        Ok(Self { rank, replicas })
+    }
+
+    /// This replica's rows of a global batch of `n`.
+    pub fn rows(&self, n: usize) -> Range<usize> {
+        self.rank * n / self.replicas..(self.rank + 1) * n / self.replicas
+    }
+}
+
 /// One batch, as tensors on the loader's device.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The batch's rows within the global batch (all of them unless the loader is a shard).
+    pub global_rows: Range<usize>,
+    /// The size of the global batch this batch is a part of.
+    pub global_size: usize,
     /// Positions of the samples in the cache.
     pub indices: Vec<usize>,
     /// Their participant ids.
@@ -145,6 +184,10 @@ pub struct Batch {
 /// A batch on the host, before it becomes tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostBatch {
+    /// The batch's rows within the global batch.
+    pub global_rows: Range<usize>,
+    /// The size of the global batch.
+    pub global_size: usize,
     /// Positions in the cache.
     pub indices: Vec<usize>,
     /// Participant ids.
@@ -178,6 +221,7 @@ pub struct Loader {
     cfg: LoaderConfig,
     device: Device,
     pool: Arc<rayon::ThreadPool>,
+    shard: Option<Shard>,
 }
 
 impl std::fmt::Debug for Loader {
@@ -185,6 +229,7 @@ impl std::fmt::Debug for Loader {
         f.debug_struct("Loader")
             .field("subjects", &self.subset.len())
             .field("cfg", &self.cfg)
+            .field("shard", &self.shard)
             .finish()
     }
 }
@@ -246,7 +291,26 @@ impl Loader {
             cfg,
             device,
             pool: Arc::new(pool),
+            shard: None,
         })
+    }
+
+    /// This loader as the replica `shard` of a data-parallel group: the same epochs and global
+    /// batches, of which it yields only its rows (sharing the cache and the worker threads).
+    pub fn sharded(&self, shard: Shard) -> Self {
+        Self {
+            cache: Arc::clone(&self.cache),
+            subset: self.subset.clone(),
+            cfg: self.cfg.clone(),
+            device: self.device.clone(),
+            pool: Arc::clone(&self.pool),
+            shard: Some(shard),
+        }
+    }
+
+    /// The replica's share this loader yields, if it is one.
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
     }
 
     /// The configuration.
@@ -284,7 +348,7 @@ impl Loader {
         order
     }
 
-    /// Batch `b` of `epoch` on the host (a pure function of seed, epoch and `b`).
+    /// Batch `b` of `epoch` on the host (a pure function of seed, epoch, `b` and the shard).
     ///
     /// # Errors
     /// `b` out of range; cache read errors.
@@ -301,7 +365,9 @@ impl Loader {
             )));
         }
         let bs = self.cfg.batch_size;
-        let indices: Vec<usize> = order[b * bs..((b + 1) * bs).min(order.len())].to_vec();
+        let global = &order[b * bs..((b + 1) * bs).min(order.len())];
+        let global_rows = self.shard.map_or(0..global.len(), |s| s.rows(global.len()));
+        let indices: Vec<usize> = global[global_rows.clone()].to_vec();
         let samples: Vec<Sample> = self.pool.install(|| {
             indices
                 .par_iter()
@@ -339,6 +405,8 @@ impl Loader {
         let ecg_len = self.ecg_len();
         let image_shape = self.image_shape();
         Ok(HostBatch {
+            global_size: global.len(),
+            global_rows,
             eids,
             ecg: take(|s| &s.ecg).map(|v| (v, ecg_len)),
             ecg_orig: take(|s| &s.ecg_orig),
@@ -443,6 +511,8 @@ impl Loader {
             Ok(Tensor::from_vec(v, (b, k), &Device::Cpu)?.to_device(dev)?)
         };
         Ok(Batch {
+            global_rows: host.global_rows,
+            global_size: host.global_size,
             eids: host.eids,
             ecg,
             ecg_orig,

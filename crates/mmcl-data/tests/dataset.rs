@@ -10,7 +10,7 @@ use common::fixture;
 use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_data::cache::Cache;
 use mmcl_data::cmr::{CmrConfig, CropSpec, ImageAugmentConfig};
-use mmcl_data::loader::{Loader, LoaderConfig};
+use mmcl_data::loader::{Batch, Loader, LoaderConfig, Shard};
 use mmcl_data::tables::Split;
 
 /// 12 subjects with ECG and CMR, one with only an ECG, one with only a CMR, one bad XML.
@@ -174,6 +174,34 @@ fn build_cache_and_load_batches() {
         flat(one_thread.batch(3, 1).unwrap().ecg.as_ref().unwrap()),
         flat(batches[1].ecg.as_ref().unwrap())
     );
+
+    // Three replicas' shards of a batch of 5 (rows 0..1, 1..3, 3..5) are the batch, cut in rank
+    // order, with the same samples, crops and augmentations as one loader gives them.
+    let shards: Vec<_> = (0..3)
+        .map(|rank| {
+            loader
+                .sharded(Shard::new(rank, 3).unwrap())
+                .batch(3, 0)
+                .unwrap()
+        })
+        .collect();
+    let rows: Vec<_> = shards.iter().map(|s| s.global_rows.clone()).collect();
+    assert_eq!(rows, vec![0..1, 1..3, 3..5]);
+    assert!(shards.iter().all(|s| s.global_size == 5));
+    let eids: Vec<_> = shards.iter().flat_map(|s| s.eids.clone()).collect();
+    assert_eq!(eids, batches[0].eids);
+    for modality in [|b: &Batch| b.ecg.clone(), |b: &Batch| b.image.clone()] {
+        let joined: Vec<f32> = shards
+            .iter()
+            .flat_map(|s| flat(&modality(s).unwrap()))
+            .collect();
+        assert_eq!(joined, flat(&modality(&batches[0]).unwrap()));
+    }
+    assert_eq!(
+        (batches[0].global_rows.clone(), batches[0].global_size),
+        (0..5, 5)
+    );
+    assert!(Shard::new(3, 3).is_err());
 
     // Dropping an epoch half-way stops its worker promptly (no hang, no leak).
     {
