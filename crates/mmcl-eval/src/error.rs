@@ -78,6 +78,9 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A collective of the data-parallel group failed (fine-tuning in a group).
+    #[error(transparent)]
+    Distributed(#[from] mmcl_nn::distributed::DistributedError),
 }
 
 // The errors of the model and data crates are large; boxed, they keep `Result` small.

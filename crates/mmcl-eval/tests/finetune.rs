@@ -549,3 +549,82 @@ fn the_head_path_matches_pytorch() {
         eprintln!("{expected}: max |Δ| {:.2e}", w.max_abs_diff);
     }
 }
+
+/// Every tensor of a state dict, flattened, by name.
+fn tensors(state: &mmcl_nn::StateDict) -> Vec<(String, Vec<f32>)> {
+    state
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.to_string(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn three_replicas_fine_tune_what_one_process_does() {
+    use mmcl_eval::finetune::finetune_in_group;
+    use mmcl_nn::distributed::ThreadGroup;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(dir.path(), false);
+    // Regression with a partly missing target (the replicas' shares of the known values
+    // differ), batches of 10 over three replicas (shares of 3, 3 and 4; the last batch of 6 in
+    // shares of 2), no drop-path (its masks follow each replica's rows).
+    let mut cfg = quick_config(cache, Task::Regression, &["LVEDV", "LVEF"]);
+    cfg.epochs = 2;
+    cfg.batch_size = 10;
+    cfg.lr = Some(1e-2);
+    cfg.clip_grad = Some(1.0);
+    cfg.encoder.drop_path_rate = 0.0;
+    let single = finetune(&cfg, &Device::Cpu, None, &mut NoProgress).unwrap();
+    let handles: Vec<_> = ThreadGroup::new(3)
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                finetune_in_group(&cfg, &Device::Cpu, None, &mut NoProgress, &comm).unwrap()
+            })
+        })
+        .collect();
+    let group: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let reference = tensors(&single.model.state_dict().unwrap());
+    let replicas: Vec<_> = group
+        .iter()
+        .map(|o| tensors(&o.model.state_dict().unwrap()))
+        .collect();
+    for other in &replicas[1..] {
+        assert_eq!(other, &replicas[0], "the replicas differ");
+    }
+    // The attention biases of the keys (`qkv.bias`, the pool's `in_proj_bias`) have an exact
+    // gradient of zero (softmax ignores a shift of the keys): Adam turns the rounding noise of
+    // either run into steps of ±lr there, so they are held to the whole model's bound only.
+    let key_bias = |name: &str| name.ends_with("qkv.bias") || name.ends_with("in_proj_bias");
+    let relative = |with_key_biases: bool| -> f64 {
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for ((name, a), (_, b)) in replicas[0].iter().zip(&reference) {
+            assert_eq!(a.len(), b.len(), "{name}");
+            if key_bias(name) && !with_key_biases {
+                continue;
+            }
+            for (x, y) in a.iter().zip(b) {
+                diff += f64::from(x - y).powi(2);
+                norm += f64::from(*y).powi(2);
+            }
+        }
+        (diff / norm).sqrt()
+    };
+    let (all, rest) = (relative(true), relative(false));
+    eprintln!(
+        "fine-tuning, three replicas vs one process: relative norm of the weight difference \
+         {all:.3e} ({rest:.3e} without the attention key biases); val R² {:.4} vs {:.4}",
+        group[0].best_val_metric, single.best_val_metric
+    );
+    assert!(rest < 1e-5, "relative difference {rest:.3e}");
+    assert!(all < 1e-4, "relative difference {all:.3e}");
+    assert!((group[0].best_val_metric - single.best_val_metric).abs() < 1e-4);
+    assert_eq!(group[0].best_epoch, single.best_epoch);
+}

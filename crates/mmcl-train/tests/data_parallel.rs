@@ -1,64 +1,21 @@
-//! Data-parallel MAE pre-training with the in-process thread group as the test double of the
-//! MPI backend: two replicas on a global batch train the weights one process trains, only rank
-//! 0 writes, and a group run resumes exactly (and only with the same group size).
+//! Data-parallel MAE and multimodal pre-training with the in-process thread group as the test
+//! double of the MPI backend: two replicas on a global batch train the weights one process
+//! trains, only rank 0 writes, and a group run resumes exactly (and only with the same group
+//! size).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::thread;
 
 use candle_core::Device;
-use mmcl_data::build::{BuildConfig, build_dataset};
+use common::{
+    Weights, assert_bit_equal, cohort_cache, max_relative_difference, relative_norm_difference,
+    store_tensors, tiny_mae_config as tiny_config, tiny_mmcl_config, trainable,
+};
 use mmcl_nn::distributed::{GradSync, SingleProcess, ThreadGroup};
-use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
 use mmcl_train::checkpoint;
-use mmcl_train::{MaeTrainConfig, MaeTrainer, NoProgress};
-
-/// Trainable weights by name, as host values.
-type Weights = BTreeMap<String, Vec<f32>>;
-
-/// 24 synthetic subjects (about 16 train, 8 val), 12×1000 ECGs and small CMR images.
-fn cohort_cache(dir: &Path) -> PathBuf {
-    let mut synth = SynthConfig {
-        subjects: 24,
-        seed: 5,
-        ..SynthConfig::default()
-    };
-    synth.cmr.image_size = 32;
-    synth.cmr.slices = 4;
-    synth.cmr.frames = 3;
-    let cohort_dir = dir.join("cohort");
-    Cohort::new(synth)
-        .expect("cohort")
-        .write(&cohort_dir, WriteOptions { overwrite: true }, &|| {})
-        .expect("write cohort");
-    let mut build: BuildConfig = toml::from_str(
-        "ecg_samples = 1000\n[cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
-    )
-    .expect("build config");
-    build.root = cohort_dir;
-    build.output = dir.join("cache");
-    build_dataset(&build, &|_, _| {}).expect("build the cache");
-    build.output
-}
-
-/// A tiny MAE, global batch 8, two epochs, no SimSiam term (whose BatchNorm is per replica).
-fn tiny_config(cache: &Path) -> MaeTrainConfig {
-    let mut cfg: MaeTrainConfig = toml::from_str(
-        r#"
-        max_epochs = 2
-        warmup_epochs = 1
-        batch_size = 8
-        lr = 1e-3
-        gradient_clip_val = 1.0
-        loss = { cos_weight = 0.0 }
-        model = { model = "mae_vit_pluto_patchX", img_size = [1, 12, 200], patch_size = [1, 50] }
-        data = { threads = 1, prefetch = 1, drop_last = true }
-        "#,
-    )
-    .expect("config");
-    cfg.data.cache = cache.to_path_buf();
-    cfg
-}
+use mmcl_train::{MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress};
 
 fn weights(trainer: &MaeTrainer) -> Weights {
     trainer
@@ -95,8 +52,14 @@ fn train(cfg: MaeTrainConfig, start: Start, epochs: usize, comm: Box<dyn GradSyn
     weights(&trainer)
 }
 
-/// Trains one replica per thread, replica `r` started by `starts[r]`; their final weights.
-fn train_group(cfg: &MaeTrainConfig, starts: Vec<Start>, epochs: usize) -> Vec<Weights> {
+/// Trains one replica per thread with `train`, replica `r` started by `starts[r]`; their final
+/// weights.
+fn in_threads<C: Clone + Send + 'static>(
+    cfg: &C,
+    starts: Vec<Start>,
+    epochs: usize,
+    train: fn(C, Start, usize, Box<dyn GradSync>) -> Weights,
+) -> Vec<Weights> {
     let replicas = ThreadGroup::new(starts.len()).expect("group");
     let handles: Vec<_> = replicas
         .into_iter()
@@ -112,51 +75,41 @@ fn train_group(cfg: &MaeTrainConfig, starts: Vec<Start>, epochs: usize) -> Vec<W
         .collect()
 }
 
-/// The largest `max |a − b| / max |b|` over the tensors.
-fn max_relative_difference(a: &Weights, b: &Weights) -> f64 {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .map(|(name, x)| {
-            let y = &b[name];
-            let diff = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| f64::from((p - q).abs()))
-                .fold(0.0, f64::max);
-            let scale = y.iter().map(|q| f64::from(q.abs())).fold(1e-12, f64::max);
-            diff / scale
-        })
-        .fold(0.0, f64::max)
+/// One epoch by two replicas in `run("resume-0")` (rank 1 given `run("resume-1")`, which must
+/// stay unwritten), then a fresh group resumes it for the second; the resumed replicas' weights.
+fn one_epoch_then_resumed<C: Clone + Send + 'static>(
+    cfg: &C,
+    run: &dyn Fn(&str) -> PathBuf,
+    train: fn(C, Start, usize, Box<dyn GradSync>) -> Weights,
+) -> Vec<Weights> {
+    let _ = in_threads(
+        cfg,
+        vec![Start::New(run("resume-0")), Start::New(run("resume-1"))],
+        1,
+        train,
+    );
+    let ckpt = run("resume-0");
+    let resumed = in_threads(
+        cfg,
+        vec![
+            Start::Resume {
+                checkpoint: ckpt.clone(),
+                run: ckpt.clone(),
+            },
+            Start::Resume {
+                checkpoint: ckpt,
+                run: run("resume-1"),
+            },
+        ],
+        2,
+        train,
+    );
+    assert!(!run("resume-1").exists(), "rank 1 wrote its run directory");
+    resumed
 }
 
-/// `‖a − b‖ / ‖b‖` over all the weights together, and the tensor with the largest
-/// `max |a − b| / max |b|`.
-fn relative_norm_difference(a: &Weights, b: &Weights) -> (f64, String) {
-    let (mut diff, mut norm, mut worst) = (0.0, 0.0, (0.0, String::new()));
-    for (name, x) in a {
-        let y = &b[name];
-        let one = BTreeMap::from([(name.clone(), x.clone())]);
-        let rel = max_relative_difference(&one, &BTreeMap::from([(name.clone(), y.clone())]));
-        if rel > worst.0 {
-            worst = (rel, name.clone());
-        }
-        for (p, q) in x.iter().zip(y) {
-            diff += f64::from(p - q).powi(2);
-            norm += f64::from(*q).powi(2);
-        }
-    }
-    ((diff / norm).sqrt(), worst.1)
-}
-
-fn assert_bit_equal(a: &Weights, b: &Weights, what: &str) {
-    assert_eq!(a.len(), b.len());
-    for (name, x) in a {
-        let same = x
-            .iter()
-            .zip(&b[name])
-            .all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "{what}: {name} differs");
-    }
+fn train_group(cfg: &MaeTrainConfig, starts: Vec<Start>, epochs: usize) -> Vec<Weights> {
+    in_threads(cfg, starts, epochs, train)
 }
 
 #[test]
@@ -222,32 +175,12 @@ fn two_replicas_train_what_one_process_trains_and_resume_exactly() {
     assert_eq!(state.world_size, 2);
 
     // (c) One epoch in a group, then a fresh group resumes for the second.
-    let _ = train_group(
-        &cfg,
-        vec![Start::New(run("resume-0")), Start::New(run("resume-1"))],
-        1,
-    );
-    let ckpt = run("resume-0");
-    let resumed = train_group(
-        &cfg,
-        vec![
-            Start::Resume {
-                checkpoint: ckpt.clone(),
-                run: ckpt.clone(),
-            },
-            Start::Resume {
-                checkpoint: ckpt.clone(),
-                run: run("resume-1"),
-            },
-        ],
-        2,
-    );
+    let resumed = one_epoch_then_resumed(&cfg, &run, train);
     assert_bit_equal(&resumed[0], &group[0], "resumed group run");
     assert_bit_equal(&resumed[1], &group[0], "resumed group run, rank 1");
-    assert!(!run("resume-1").exists(), "rank 1 wrote its run directory");
 
     // A world-2 checkpoint does not resume in one process.
-    let err = MaeTrainer::resume(&ckpt, None, None, &Device::Cpu).expect_err("refused");
+    let err = MaeTrainer::resume(&run("resume-0"), None, None, &Device::Cpu).expect_err("refused");
     let text = err.to_string();
     assert!(
         text.contains("2 data-parallel") && text.contains("has 1"),
@@ -286,4 +219,89 @@ fn with_the_simsiam_term_replicas_stay_identical_and_uneven_batches_are_refused(
         );
         assert!(!run.exists());
     }
+}
+
+fn train_mmcl(cfg: MmclConfig, start: Start, epochs: usize, comm: Box<dyn GradSync>) -> Weights {
+    let (mut trainer, _) = match start {
+        Start::New(run) => MmclTrainer::new_in_group(cfg, &run, &Device::Cpu, comm).expect("new"),
+        Start::Resume { checkpoint, run } => {
+            MmclTrainer::resume_in_group(&checkpoint, None, Some(&run), &Device::Cpu, comm)
+                .expect("resume")
+        }
+    };
+    trainer.fit_until(epochs, &mut NoProgress).expect("fit");
+    store_tensors(trainer.model().store())
+}
+
+fn train_mmcl_group(cfg: &MmclConfig, starts: Vec<Start>, epochs: usize) -> Vec<Weights> {
+    in_threads(cfg, starts, epochs, train_mmcl)
+}
+
+#[test]
+fn multimodal_replicas_contrast_the_global_batch_as_one_process_does() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = cohort_cache(tmp.path());
+    let run = |name: &str| tmp.path().join(name);
+
+    // (a) A frozen image tower (BatchNorm in evaluation mode): two replicas equal one process.
+    let cfg = tiny_mmcl_config(&cache, true);
+    let single = train_mmcl(
+        cfg.clone(),
+        Start::New(run("single")),
+        2,
+        Box::new(SingleProcess),
+    );
+    let group = train_mmcl_group(
+        &cfg,
+        vec![Start::New(run("group-0")), Start::New(run("group-1"))],
+        2,
+    );
+    assert_bit_equal(&group[0], &group[1], "multimodal replicas");
+    let (norm_rel, worst) = relative_norm_difference(&trainable(&group[0]), &trainable(&single));
+    let exact_gradient = |w: &Weights| -> Weights {
+        trainable(w)
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("attn.qkv.bias"))
+            .collect()
+    };
+    let rel = max_relative_difference(&exact_gradient(&group[0]), &exact_gradient(&single));
+    eprintln!(
+        "multimodal, two replicas vs one process: relative norm of the weight difference \
+         {norm_rel:.3e} (largest per-tensor difference in {worst}); max relative difference \
+         outside the attention qkv biases {rel:.3e}"
+    );
+    assert!(norm_rel < 1e-5, "relative norm {norm_rel:.3e}");
+    assert!(rel < 1e-5, "max relative difference {rel:.3e}");
+    let (moved, _) = relative_norm_difference(&trainable(&group[0]), &{
+        let (t, _) = MmclTrainer::new(cfg.clone(), &run("init"), &Device::Cpu).expect("init");
+        trainable(&store_tensors(t.model().store()))
+    });
+    assert!(
+        moved > 1e-4,
+        "training did not move the weights: {moved:.3e}"
+    );
+    assert!(run("group-0").join("metrics.jsonl").is_file());
+    assert!(!run("group-1").exists(), "rank 1 wrote its run directory");
+
+    // (b) One epoch in a group, then a fresh group resumes the second exactly.
+    let resumed = one_epoch_then_resumed(&cfg, &run, train_mmcl);
+    assert_bit_equal(&resumed[0], &group[0], "resumed multimodal group run");
+    assert_bit_equal(
+        &resumed[1],
+        &group[0],
+        "resumed multimodal group run, rank 1",
+    );
+
+    // (c) A trainable image tower normalises each replica's share by itself; the replicas still
+    // agree on every weight and on rank 0's running statistics.
+    let trained = train_mmcl_group(
+        &tiny_mmcl_config(&cache, false),
+        vec![Start::New(run("bn-0")), Start::New(run("bn-1"))],
+        1,
+    );
+    assert_bit_equal(
+        &trained[0],
+        &trained[1],
+        "replicas with a trainable image tower",
+    );
 }

@@ -11,39 +11,17 @@ use common::{
     assert_non_finite_loss_stops, assert_same_last_checkpoints, assert_two_epoch_layout,
     one_epoch_then_resume,
 };
-use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_ecg::mae::MaskedAutoencoder;
 use mmcl_losses::mae::MaeLoss;
 use mmcl_nn::StateDict;
 use mmcl_nn::rng::SharedRng;
-use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
 use mmcl_testutil::tensor_bits as bits;
 use mmcl_train::checkpoint;
 use mmcl_train::{MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress};
 
 /// 12 synthetic subjects (about 8 train, 4 val), 12×1000 ECGs and small CMR images.
 fn cohort_cache(dir: &Path) -> PathBuf {
-    let mut synth = SynthConfig {
-        subjects: 12,
-        seed: 3,
-        ..SynthConfig::default()
-    };
-    synth.cmr.image_size = 32;
-    synth.cmr.slices = 4;
-    synth.cmr.frames = 3;
-    let cohort_dir = dir.join("cohort");
-    Cohort::new(synth)
-        .expect("cohort")
-        .write(&cohort_dir, WriteOptions { overwrite: true }, &|| {})
-        .expect("write cohort");
-    let mut build: BuildConfig = toml::from_str(
-        "ecg_samples = 1000\n[cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
-    )
-    .expect("build config");
-    build.root = cohort_dir;
-    build.output = dir.join("cache");
-    build_dataset(&build, &|_, _| {}).expect("build the cache");
-    build.output
+    common::cohort_cache_of(dir, 12, 3)
 }
 
 fn tiny_config(cache: &Path) -> MaeTrainConfig {

@@ -54,28 +54,26 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result =
-        match cli.command {
-            Command::Info(args) => commands::info::run(args),
-            Command::Probe(args) => commands::probe::run(*args),
-            Command::PlotCurves(args) => commands::report::plot_curves(args),
-            Command::Report(args) => commands::report::report(args),
-            Command::Synth(args) => commands::synth::run(args),
-            Command::PreprocessEcg(args) => commands::preprocess_ecg::run(args),
-            Command::BuildDataset(args) => commands::build_dataset::run(args),
-            Command::EmbedEcg(args) => commands::embed_ecg::run(args),
-            Command::Convert(args) => commands::convert::run(args),
-            Command::EmbedCmr(args) => commands::embed_cmr::run(args),
-            Command::PretrainMmcl(args) => commands::common::one_training_process()
-                .and_then(|()| commands::pretrain::run_mmcl(args)),
-            // MAE pre-training trains data-parallel under a launcher (the others refuse to).
-            Command::PretrainMae(args) => commands::pretrain::run_mae(args),
-            Command::Explain(args) => commands::explain::run(args),
-            Command::Finetune(args) => commands::common::one_training_process()
-                .and_then(|()| commands::finetune::run(args)),
-            Command::Reproduce(args) => commands::common::one_training_process()
-                .and_then(|()| commands::reproduce::run(args)),
-        };
+    let result = match cli.command {
+        Command::Info(args) => commands::info::run(args),
+        Command::Probe(args) => commands::probe::run(*args),
+        Command::PlotCurves(args) => commands::report::plot_curves(args),
+        Command::Report(args) => commands::report::report(args),
+        Command::Synth(args) => commands::synth::run(args),
+        Command::PreprocessEcg(args) => commands::preprocess_ecg::run(args),
+        Command::BuildDataset(args) => commands::build_dataset::run(args),
+        Command::EmbedEcg(args) => commands::embed_ecg::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+        Command::EmbedCmr(args) => commands::embed_cmr::run(args),
+        // The trainers train data-parallel under a launcher (the reproduction refuses to).
+        Command::PretrainMmcl(args) => commands::pretrain::run_mmcl(args),
+        Command::PretrainMae(args) => commands::pretrain::run_mae(args),
+        Command::Explain(args) => commands::explain::run(args),
+        Command::Finetune(args) => commands::finetune::run(args),
+        Command::Reproduce(args) => {
+            commands::common::one_training_process().and_then(|()| commands::reproduce::run(args))
+        }
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -44,6 +44,8 @@ pub use config::FinetuneConfig;
 pub use model::FinetuneModel;
 
 use candle_core::{Device, Tensor};
+use mmcl_data::loader::Shard;
+use mmcl_nn::distributed::{GradSync, SingleProcess};
 use mmcl_nn::optim::{Adam, AdamConfig, ParamGroup};
 use mmcl_nn::schedule::WarmupCosine;
 use mmcl_train::engine::{EpochEnd, EpochLoop, LoopState};
@@ -116,8 +118,32 @@ pub fn finetune(
     log: Option<&mut RunLogWriter>,
     progress: &mut dyn Progress,
 ) -> Result<FinetuneOutcome> {
+    finetune_in_group(cfg, device, log, progress, &SingleProcess)
+}
+
+/// [`finetune`] as one replica of the data-parallel group `comm` (every replica calls it with
+/// the same configuration): the weights start as rank 0's, each replica trains on its rows of
+/// every global batch with the gradients averaged over the group (weighted so that the step is
+/// the one a single process takes on the global batch, up to rounding and drop-path), and every
+/// replica validates, stops and evaluates alike. Only the caller decides who writes: pass `log`
+/// on rank 0 only.
+///
+/// # Errors
+/// As [`finetune`], and a failed collective (a replica that left the group).
+pub fn finetune_in_group(
+    cfg: &FinetuneConfig,
+    device: &Device,
+    log: Option<&mut RunLogWriter>,
+    progress: &mut dyn Progress,
+    comm: &dyn GradSync,
+) -> Result<FinetuneOutcome> {
     cfg.validate()?;
-    let data = open_data(cfg, device)?;
+    let mut data = open_data(cfg, device)?;
+    // Each replica loads and trains on its rows of every global training batch.
+    if comm.world_size() > 1 {
+        let shard = Shard::new(comm.rank(), comm.world_size())?;
+        data.train = std::sync::Arc::new(data.train.sharded(shard));
+    }
     let k = data.columns.len();
     let objective = match (cfg.task, k) {
         (Task::Classification, 1) => Objective::Softmax,
@@ -146,6 +172,8 @@ pub fn finetune(
         k,
         device,
     )?;
+
+    comm.broadcast_vars(&model.store().named_vars(), 0)?;
 
     let unused = model.unused_parameters();
     let mut groups = ParamGroup::layer_decay_groups(
@@ -176,6 +204,7 @@ pub fn finetune(
         cfg,
         data: &data,
         model: &model,
+        comm,
         objective,
         columns: &columns,
         adam,

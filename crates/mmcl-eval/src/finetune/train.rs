@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 use mmcl_data::loader::Loader;
 use mmcl_nn::StateDict;
+use mmcl_nn::distributed::GradSync;
 use mmcl_nn::optim::Adam;
 use mmcl_nn::schedule::WarmupCosine;
 use mmcl_train::Progress;
@@ -20,6 +22,8 @@ pub(super) struct FinetuneStep<'a> {
     pub(super) cfg: &'a FinetuneConfig,
     pub(super) data: &'a Data,
     pub(super) model: &'a FinetuneModel,
+    /// The data-parallel group (every replica is given the same global batches).
+    pub(super) comm: &'a dyn GradSync,
     pub(super) objective: Objective,
     pub(super) columns: &'a Tensor,
     pub(super) adam: Adam,
@@ -37,6 +41,45 @@ pub(super) struct FinetuneStep<'a> {
 }
 
 impl FinetuneStep<'_> {
+    /// The loss of the global batch and this replica's part of its gradient, given this
+    /// replica's rows of it (`ecg`, `targets`, `mask`; the sharded loader's shares may differ
+    /// by one, or be empty). Each replica weights its masked mean by its share of the global
+    /// batch's known targets, times the group's size `N`: the mean of the replicas' gradients
+    /// is then the gradient of the global masked mean, as one process computes it. The loss is
+    /// the replicas' weighted sum, the same on every replica, so that all of them stop together
+    /// on a non-finite one.
+    fn own_share(&self, ecg: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<(f64, GradStore)> {
+        let smoothing = self.cfg.smoothing;
+        let world = self.comm.world_size();
+        if world == 1 {
+            let logits = self.model.forward_t(ecg, true)?;
+            let loss = loss_of(self.objective, &logits, targets, mask, smoothing)?;
+            return Ok((loss.to_scalar::<f32>()? as f64, loss.backward()?));
+        }
+        let known = mask.sum_all()?.to_scalar::<f32>()? as f64;
+        let loss = if ecg.dim(0)? == 0 {
+            None
+        } else {
+            let logits = self.model.forward_t(ecg, true)?;
+            Some(loss_of(self.objective, &logits, targets, mask, smoothing)?)
+        };
+        let mean = match &loss {
+            Some(l) => l.to_scalar::<f32>()? as f64,
+            None => 0.0,
+        };
+        // Every replica's count of known targets and its sum of losses over them.
+        let parts = Tensor::new(&[[known as f32, (known * mean) as f32]], &Device::Cpu)?;
+        let sums = self.comm.all_gather(&parts)?.sum(0)?.to_vec1::<f32>()?;
+        let known_global = f64::from(sums[0]).max(1.0);
+        let grads = match loss {
+            Some(loss) if known > 0.0 => {
+                (loss * (known / known_global * world as f64))?.backward()?
+            }
+            _ => GradStore::default(),
+        };
+        Ok((f64::from(sums[1]) / known_global, grads))
+    }
+
     /// The validation loss and monitored metric of the current weights.
     pub(super) fn validate(&self, loader: &Arc<Loader>) -> Result<(f64, f64)> {
         let val = run_split(
@@ -73,9 +116,7 @@ impl TrainStep for FinetuneStep<'_> {
                 .ok_or_else(|| Error::InvalidInput("the loader returned no ECGs".into()))?;
             lr_now = self.schedule.lr(epoch, step, steps);
             let (targets, mask) = batch_targets(&batch, cfg.task, self.columns)?;
-            let logits = self.model.forward_t(ecg, true)?;
-            let loss = loss_of(self.objective, &logits, &targets, &mask, cfg.smoothing)?;
-            let value = loss.to_scalar::<f32>()? as f64;
+            let (value, mut grads) = self.own_share(ecg, &targets, &mask)?;
             if !value.is_finite() {
                 progress.finish_phase();
                 return Err(Error::InvalidInput(format!(
@@ -83,13 +124,13 @@ impl TrainStep for FinetuneStep<'_> {
                      learning rate or enable clip_grad"
                 )));
             }
-            let mut grads = loss.backward()?;
+            self.comm.all_reduce_mean(&self.trainable, &mut grads)?;
             if let Some(max_norm) = cfg.clip_grad {
                 mmcl_nn::optim::clip_grad_norm(&self.trainable, &mut grads, max_norm)?;
             }
             self.adam.step(&grads, lr_now)?;
             loss_sum += value;
-            progress.batch(value, ecg.dim(0)?);
+            progress.batch(value, batch.global_size);
         }
         progress.finish_phase();
         let train_loss = loss_sum / steps.max(1) as f64;

@@ -10,9 +10,11 @@
 //! crash-safe checkpoints ([`crate::checkpoint`]) and exact resumption.
 
 mod early_stopping;
+mod replicas;
 mod trainer;
 
 pub use early_stopping::EarlyStopping;
+pub(crate) use replicas::{Replicas, check_even_batches};
 pub(crate) use trainer::model_file;
 pub use trainer::{CheckpointFiles, EpochPlan, Stage, Trainer};
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use mmcl_data::cache::Cache;
-use mmcl_data::loader::{Loader, LoaderConfig};
+use mmcl_data::loader::{Loader, LoaderConfig, Shard};
 use mmcl_ecg::mae::MaskedAutoencoder;
 use mmcl_nn::ParamStore;
 use mmcl_nn::distributed::GradSync;
@@ -20,8 +20,8 @@ use crate::checkpoint::{
 };
 use crate::config::MaeTrainConfig;
 use crate::engine::{
-    CheckpointFiles, EpochPlan, EpochReport, Stage, TrainStep, Trainer, ValReport, model_file,
-    record,
+    CheckpointFiles, EpochPlan, EpochReport, Stage, TrainStep, Trainer, ValReport,
+    check_even_batches, model_file, record,
 };
 use crate::progress::Progress;
 use crate::run::split_loaders;
@@ -168,7 +168,6 @@ impl TrainStep for MaeStage {
         let batches = self.train_loader.num_batches();
         let accumulate = self.cfg.accumulate_grad_batches.max(1);
         let needs_pairs = self.cfg.loss.cos_weight > 0.0;
-        let world = self.step.group().world_size();
         let started = Instant::now();
         progress.start_phase(epoch, "train", batches);
         let mut sums = MaeSums::default();
@@ -178,19 +177,21 @@ impl TrainStep for MaeStage {
         let loader = Arc::clone(&self.train_loader);
         for (b, batch) in loader.epoch(epoch as u64, 0).enumerate() {
             let batch = batch?;
+            // In a group the loader yields this replica's rows; the metrics are the global
+            // batch's means.
+            let (rows, n) = (batch.global_rows.clone(), batch.global_size);
             let ecgs = batch
                 .ecg
                 .ok_or_else(|| Error::InvalidInput("the loader returned no ECGs".into()))?;
-            let n = ecgs.dim(0)?;
             if b % accumulate == 0 {
                 lr = self.schedule.lr(epoch, b, batches);
             }
             // The SimSiam heads' BatchNorm needs two samples (per replica) in training mode.
-            if needs_pairs && n / world < 2 {
+            if needs_pairs && rows.len() < 2 {
                 skipped += n;
                 continue;
             }
-            let report = self.step.train_batch(&ecgs, lr)?;
+            let report = self.step.train_rows(&ecgs, rows, n, lr)?;
             if !report.metrics.total.is_finite() {
                 progress.finish_phase();
                 return Err(crate::run::non_finite(
@@ -303,25 +304,22 @@ impl Stage for MaeStage {
     /// weights to rank 0's and trains as one of the group.
     fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
         let world = comm.world_size();
+        let batch = self.cfg.batch_size;
+        check_even_batches(
+            batch,
+            self.train_loader.len(),
+            self.cfg.data.drop_last,
+            world,
+        )?;
+        if world > 1 && self.cfg.loss.cos_weight > 0.0 && batch / world < 2 {
+            return Err(Error::config(format!(
+                "batch_size {batch} over {world} replicas leaves fewer than 2 samples per \
+                 replica, which the SimSiam term (loss.cos_weight > 0) needs"
+            )));
+        }
         if world > 1 {
-            let batch = self.cfg.batch_size;
-            let last = self.train_loader.len() % batch;
-            let uneven = !batch.is_multiple_of(world)
-                || (!self.cfg.data.drop_last && !last.is_multiple_of(world));
-            if uneven {
-                return Err(Error::config(format!(
-                    "batch_size {batch} (last batch {last}, data.drop_last = {}) does not split \
-                     evenly over {world} data-parallel replicas: choose a batch size divisible \
-                     by {world} and set data.drop_last = true",
-                    self.cfg.data.drop_last
-                )));
-            }
-            if self.cfg.loss.cos_weight > 0.0 && batch / world < 2 {
-                return Err(Error::config(format!(
-                    "batch_size {batch} over {world} replicas leaves fewer than 2 samples per \
-                     replica, which the SimSiam term (loss.cos_weight > 0) needs"
-                )));
-            }
+            let shard = Shard::new(comm.rank(), world)?;
+            self.train_loader = Arc::new(self.train_loader.sharded(shard));
         }
         self.step.join_group(comm)
     }

@@ -1,5 +1,6 @@
 //! One optimisation step of the masked autoencoder.
 
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
@@ -7,7 +8,7 @@ use candle_core::{DType, Tensor, Var};
 use mmcl_ecg::mae::{MaskedAutoencoder, Masking};
 use mmcl_losses::mae::{MaeLoss, MaeLossOutput, MaeMetrics};
 use mmcl_nn::ParamStore;
-use mmcl_nn::distributed::{GradSync, SingleProcess, batch_shard};
+use mmcl_nn::distributed::{GradSync, batch_shard};
 use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, clip_grad_norm};
 use mmcl_nn::precision::Precision;
 use mmcl_nn::rng::SharedRng;
@@ -16,6 +17,7 @@ use super::masking_seed;
 use crate::Result;
 use crate::checkpoint::{self, CheckpointFile, OPTIMIZER_FILE};
 use crate::config::MaeTrainConfig;
+use crate::engine::Replicas;
 
 /// What one training batch did.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +33,9 @@ pub struct MaeStepReport {
 /// The optimisation of the masked autoencoder: objective, AdamW, the masking stream, gradient
 /// accumulation and clipping, applied batch by batch. Used by [`MaeTrainer`](super::MaeTrainer).
 ///
-/// In a data-parallel group ([`MaeStep::join_group`]) every replica is given the same global
-/// batch, draws the same maskings for all of it, and trains on its own share of the rows; the
+/// In a data-parallel group ([`MaeStep::join_group`]) every replica trains on its own rows of
+/// the global batch ([`MaeStep::train_rows`] from a sharded loader, or [`MaeStep::train_batch`]
+/// cutting them from the global batch) and draws the same maskings for all of it; the
 /// gradients are averaged over the group before clipping and the optimiser step. With
 /// `cos_weight = 0` this equals one process on the global batch (up to rounding); the SimSiam
 /// heads' BatchNorm normalises each replica's share by itself (as PyTorch DDP without
@@ -50,16 +53,7 @@ pub struct MaeStep {
     gradient_clip_val: Option<f64>,
     rng: SharedRng,
     precision: Precision,
-    group: Group,
-}
-
-/// The data-parallel group of a step (a trait object has no `Debug`).
-struct Group(Box<dyn GradSync>);
-
-impl std::fmt::Debug for Group {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rank {} of {}", self.0.rank(), self.0.world_size())
-    }
+    group: Replicas,
 }
 
 impl MaeStep {
@@ -85,7 +79,7 @@ impl MaeStep {
             gradient_clip_val: cfg.gradient_clip_val,
             rng: SharedRng::new(masking_seed(cfg.seed)),
             precision: cfg.precision,
-            group: Group(Box::new(SingleProcess)),
+            group: Replicas::single(),
         })
     }
 
@@ -93,13 +87,13 @@ impl MaeStep {
     /// 0's values, and [`Self::train_batch`] then takes the global batch.
     pub fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
         comm.broadcast_vars(&self.store.named_vars(), 0)?;
-        self.group = Group(comm);
+        self.group = Replicas::new(comm);
         Ok(())
     }
 
     /// The data-parallel group (a group of one unless [`Self::join_group`] was called).
     pub fn group(&self) -> &dyn GradSync {
-        self.group.0.as_ref()
+        self.group.comm()
     }
 
     /// The model.
@@ -145,8 +139,27 @@ impl MaeStep {
     /// `ecgs`: `[B, 1, leads, T]` as the model's `img_size` (`B ≥ 2` per replica when
     /// `cos_weight > 0`; `B` divisible by the group's size).
     pub fn train_batch(&mut self, ecgs: &Tensor, lr: f64) -> Result<MaeStepReport> {
+        let comm = self.group();
+        let b = ecgs.dim(0)?;
+        let rows = batch_shard(b, comm.rank(), comm.world_size())?;
+        let own = ecgs.narrow(0, rows.start, rows.len())?;
+        self.train_rows(&own, rows, b, lr)
+    }
+
+    /// [`Self::train_batch`] given only this replica's rows of the global batch: `ecgs` are
+    /// rows `rows` of a global batch of `global_size` (as a sharded loader yields them).
+    ///
+    /// # Shapes
+    /// `ecgs`: `[rows.len(), 1, leads, T]`.
+    pub fn train_rows(
+        &mut self,
+        ecgs: &Tensor,
+        rows: Range<usize>,
+        global_size: usize,
+        lr: f64,
+    ) -> Result<MaeStepReport> {
         let _precision = self.precision.enter();
-        let out = self.forward_share(ecgs)?;
+        let out = self.forward_rows(ecgs, rows, global_size)?;
         let metrics = self.group_mean(out.metrics()?)?;
         let mut report = MaeStepReport {
             metrics,
@@ -173,31 +186,33 @@ impl MaeStep {
         Ok(report)
     }
 
-    /// The objective on this replica's share of the global batch `ecgs`, with the maskings
-    /// drawn for the whole batch from the masking stream (as one process draws them, so that
-    /// the stream and every row's masks are the same whatever the group's size).
-    fn forward_share(&self, ecgs: &Tensor) -> Result<MaeLossOutput> {
-        let comm = self.group();
-        if comm.world_size() == 1 {
+    /// The objective on rows `rows` (`ecgs`) of a global batch of `global_size`, with the
+    /// maskings drawn for the whole batch from the masking stream (as one process draws them,
+    /// so that the stream and every row's masks are the same whatever the group's size).
+    fn forward_rows(
+        &self,
+        ecgs: &Tensor,
+        rows: Range<usize>,
+        global_size: usize,
+    ) -> Result<MaeLossOutput> {
+        if rows.len() == global_size {
             return Ok(self
                 .objective
                 .forward_random(&self.model, ecgs, &self.rng, true)?);
         }
         let cfg = self.objective.config();
-        let (b, l) = (ecgs.dim(0)?, self.model.config().num_patches());
-        let first = Masking::random(&self.rng, b, l, cfg.mask_ratio)?;
+        let l = self.model.config().num_patches();
+        let first = Masking::random(&self.rng, global_size, l, cfg.mask_ratio)?;
         let second = if cfg.cos_weight > 0.0 {
-            Some(Masking::random(&self.rng, b, l, cfg.mask_ratio)?)
+            Some(Masking::random(&self.rng, global_size, l, cfg.mask_ratio)?)
         } else {
             None
         };
-        let rows = batch_shard(b, comm.rank(), comm.world_size())?;
-        let local = ecgs.narrow(0, rows.start, rows.len())?;
         let first = first.rows(rows.clone())?;
         let second = second.map(|m| m.rows(rows)).transpose()?;
         Ok(self
             .objective
-            .forward(&self.model, &local, &first, second.as_ref(), true)?)
+            .forward(&self.model, ecgs, &first, second.as_ref(), true)?)
     }
 
     /// The mean of every replica's `local` metrics (`local` itself in a group of one), so that
@@ -237,7 +252,7 @@ impl MaeStep {
     /// clipped when configured (after the reduction, so that every replica clips alike).
     /// Returns the norm when clipping.
     pub fn apply_gradients(&mut self, mut grads: GradStore, lr: f64) -> Result<Option<f64>> {
-        self.group.0.all_reduce_mean(&self.vars, &mut grads)?;
+        self.group.comm().all_reduce_mean(&self.vars, &mut grads)?;
         let norm = match self.gradient_clip_val {
             Some(max) => Some(clip_grad_norm(&self.vars, &mut grads, max)?),
             None => None,

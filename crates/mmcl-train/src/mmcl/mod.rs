@@ -19,4 +19,6 @@ mod step;
 
 pub use metrics::ValMetrics;
 pub use stage::{MmclStage, MmclTrainer};
-pub use step::{ClassifierTargets, MmclBatch, MmclStep, StepReport, contrastive_loss};
+pub use step::{
+    ClassifierTargets, MmclBatch, MmclStep, StepReport, contrastive_loss, contrastive_loss_in_group,
+};

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device};
 use mmcl_data::cache::Cache;
-use mmcl_data::loader::{Batch, Loader, LoaderConfig};
+use mmcl_data::loader::{Batch, Loader, LoaderConfig, Shard};
 use mmcl_losses::classification::weighted_cross_entropy;
 use mmcl_nn::LoadOptions;
+use mmcl_nn::distributed::GradSync;
 use mmcl_nn::rng::RngState;
 use mmcl_nn::schedule::WarmupCosine;
 
@@ -21,8 +22,8 @@ use crate::checkpoint::{
 };
 use crate::config::{MmclConfig, OnlineClassifier};
 use crate::engine::{
-    CheckpointFiles, EpochPlan, EpochReport, Stage, TrainStep, Trainer, ValReport, model_file,
-    record,
+    CheckpointFiles, EpochPlan, EpochReport, Stage, TrainStep, Trainer, ValReport,
+    check_even_batches, model_file, record,
 };
 use crate::model::{MmclArchitecture, MmclModel};
 use crate::progress::Progress;
@@ -253,9 +254,12 @@ impl TrainStep for MmclStage {
         let mut sums = Sums::default();
         let mut steps = 0u64;
         for (b, batch) in self.train_loader.epoch(epoch as u64, 0).enumerate() {
-            let batch = self.batch_of(batch?)?;
-            let n = batch.images.dim(0)?;
-            let report = self.step.train_batch(&batch, lr)?;
+            // In a group the loader yields this replica's rows; the report is the global
+            // batch's.
+            let batch = batch?;
+            let n = batch.global_size;
+            let batch = self.batch_of(batch)?;
+            let report = self.step.train_rows(&batch, lr)?;
             if !report.loss.is_finite() {
                 progress.finish_phase();
                 return Err(crate::run::non_finite(
@@ -412,6 +416,23 @@ impl Stage for MmclStage {
 
     fn config(&self) -> &MmclConfig {
         &self.cfg
+    }
+
+    /// Checks that every global batch splits evenly over the group, then sets every replica's
+    /// weights and buffers to rank 0's and trains as one of the group ([`MmclStep`]).
+    fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
+        let world = comm.world_size();
+        check_even_batches(
+            self.cfg.batch_size,
+            self.train_loader.len(),
+            self.cfg.data.drop_last,
+            world,
+        )?;
+        if world > 1 {
+            let shard = Shard::new(comm.rank(), world)?;
+            self.train_loader = Arc::new(self.train_loader.sharded(shard));
+        }
+        self.step.join_group(comm)
     }
 
     fn run_dir(&self) -> &Path {

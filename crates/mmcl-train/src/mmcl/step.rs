@@ -8,11 +8,14 @@ use candle_core::{Tensor, Var};
 use mmcl_losses::classification::weighted_cross_entropy;
 use mmcl_losses::clip::{ClipLoss, ClipOutput};
 use mmcl_nn::StateDict;
+use mmcl_nn::distributed::{GradSync, SingleProcess, batch_shard, gather_with_grad};
 use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, ParamGroup, clip_grad_norm};
+use mmcl_nn::params::is_buffer;
 use mmcl_nn::precision::Precision;
 
 use crate::checkpoint::{self, CLASSIFIER_OPTIMIZER_FILE, CheckpointFile, OPTIMIZER_FILE};
 use crate::config::{MmclConfig, OnlineClassifier};
+use crate::engine::Replicas;
 use crate::model::{
     ECG_HEAD_PREFIX, ECG_PREFIX, IMAGING_HEAD_PREFIX, IMAGING_PREFIX, MmclModel,
     from_reference_name, to_reference_name,
@@ -70,17 +73,60 @@ pub fn contrastive_loss(
     train: bool,
     frozen_imaging: bool,
 ) -> Result<ClipOutput> {
-    let mut image_features = model.image_features(images, train && !frozen_imaging)?; // [B, D_img]
+    contrastive_loss_in_group(
+        model,
+        clip,
+        images,
+        ecgs,
+        train,
+        frozen_imaging,
+        &SingleProcess,
+    )
+}
+
+/// [`contrastive_loss`] over the global batch of a data-parallel group: `images` and `ecgs` are
+/// this replica's rows; their projections are gathered from every replica
+/// ([`gather_with_grad`]), so that each pair is contrasted against every other pair of the global
+/// batch, as one process contrasts them. The loss and logits are the global batch's (the same
+/// on every replica); the gradient flows through this replica's rows only (see
+/// [`gather_with_grad`] for how the replicas' gradients make the whole).
+///
+/// # Shapes
+/// `images` `[b, C, H, W]`, `ecgs` `[b, 1, leads, T]` → loss, logits `[world·b, world·b]`,
+/// labels `[world·b]`.
+pub fn contrastive_loss_in_group(
+    model: &MmclModel,
+    clip: &ClipLoss,
+    images: &Tensor,
+    ecgs: &Tensor,
+    train: bool,
+    frozen_imaging: bool,
+    comm: &dyn GradSync,
+) -> Result<ClipOutput> {
+    let mut image_features = model.image_features(images, train && !frozen_imaging)?; // [b, D_img]
     if frozen_imaging {
         image_features = image_features.detach();
     }
-    let z_imaging = model.project_imaging(&image_features)?; // [B, P]
-    let z_ecg = model.forward_ecg(ecgs, train)?; // [B, P]
+    let z_imaging = model.project_imaging(&image_features)?; // [b, P]
+    let z_ecg = model.forward_ecg(ecgs, train)?; // [b, P]
+    let z_imaging = gather_with_grad(comm, &z_imaging)?; // [world·b, P]
+    let z_ecg = gather_with_grad(comm, &z_ecg)?; // [world·b, P]
     Ok(clip.forward(&z_imaging, &z_ecg)?)
 }
 
 /// The optimisation of the multimodal model: the two optimisers, gradient accumulation and
 /// clipping, applied batch by batch. Used by [`MmclTrainer`](super::MmclTrainer) and the benchmarks.
+///
+/// In a data-parallel group ([`MmclStep::join_group`]) every replica encodes its own rows of
+/// the global batch (given them by a sharded loader, [`MmclStep::train_rows`], or cutting them
+/// from the global batch, [`MmclStep::train_batch`]); the CLIP loss contrasts the gathered projections
+/// of the whole global batch ([`contrastive_loss_in_group`]), the gradients are summed over the
+/// replicas before clipping and the optimiser step, and the online classifier trains on the
+/// gathered (detached) features, the same step on every replica. With a frozen image tower (or
+/// none in training mode) and no drop-path this equals one process on the global batch up to
+/// rounding. A trainable image tower normalises each replica's share with that share's
+/// BatchNorm statistics, as PyTorch DDP without SyncBatchNorm does, and its running statistics
+/// are rank 0's after every step (DDP's `broadcast_buffers`), so the replicas stay identical.
 #[derive(Debug)]
 pub struct MmclStep {
     model: MmclModel,
@@ -97,6 +143,7 @@ pub struct MmclStep {
     class_weights: [f64; 2],
     lr_classifier: f64,
     precision: Precision,
+    group: Replicas,
 }
 
 impl MmclStep {
@@ -163,7 +210,21 @@ impl MmclStep {
             class_weights: cfg.classifier.weights,
             lr_classifier: cfg.classifier.lr_classifier,
             precision: cfg.precision,
+            group: Replicas::single(),
         })
+    }
+
+    /// Trains as one replica of `comm` from now on: every variable and buffer is set to rank
+    /// 0's values, and [`Self::train_batch`] then takes the global batch.
+    pub fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
+        comm.broadcast_vars(&self.model.store().named_vars(), 0)?;
+        self.group = Replicas::new(comm);
+        Ok(())
+    }
+
+    /// The data-parallel group (a group of one unless [`Self::join_group`] was called).
+    pub fn group(&self) -> &dyn GradSync {
+        self.group.comm()
     }
 
     /// The arithmetic of the CPU matrix products (the configuration's `precision`).
@@ -197,16 +258,27 @@ impl MmclStep {
     }
 
     /// Trains on one batch with contrastive learning rate `lr`. A non-finite loss updates
-    /// nothing and is returned for the caller to stop on.
+    /// nothing and is returned for the caller to stop on. In a group of several replicas
+    /// `batch` is the global batch (the same on every replica; its size divisible by the
+    /// group's), and the report is the global batch's, the same on every replica.
     pub fn train_batch(&mut self, batch: &MmclBatch, lr: f64) -> Result<StepReport> {
+        let local = self.own_rows(batch)?;
+        self.train_rows(&local, lr)
+    }
+
+    /// [`Self::train_batch`] given only this replica's rows of the global batch (as a sharded
+    /// loader yields them; every replica's share of the same size), targets included.
+    pub fn train_rows(&mut self, local: &MmclBatch, lr: f64) -> Result<StepReport> {
         let _precision = self.precision.enter();
-        let out = contrastive_loss(
+        let world = self.group.comm().world_size();
+        let out = contrastive_loss_in_group(
             &self.model,
             &self.clip,
-            &batch.images,
-            &batch.ecgs,
+            &local.images,
+            &local.ecgs,
             true,
             self.frozen_imaging,
+            self.group.comm(),
         )?;
         let loss = out.loss.to_scalar::<f32>()? as f64;
         let b = out.logits.dim(0)?;
@@ -221,7 +293,13 @@ impl MmclStep {
         if !loss.is_finite() {
             return Ok(report);
         }
-        let grads = out.loss.backward()?;
+        // Each replica's backward covers the gradient through its own rows; the whole is their
+        // sum, which the group's mean of `world`× the loss gives.
+        let grads = if world > 1 {
+            (&out.loss * world as f64)?.backward()?
+        } else {
+            out.loss.backward()?
+        };
         report.top1 = mmcl_losses::retrieval::top_k_accuracy(&out.logits, &out.labels, 1)?;
         if b > 5 {
             report.top5 = Some(mmcl_losses::retrieval::top_k_accuracy(
@@ -242,8 +320,62 @@ impl MmclStep {
                 report.stepped = true;
             }
         }
-        report.classifier_loss = self.train_classifier(batch)?;
+        report.classifier_loss = self.train_classifier(local)?;
+        self.share_buffers()?;
         Ok(report)
+    }
+
+    /// This replica's rows of the global `batch` (the batch itself in a group of one).
+    fn own_rows(&self, batch: &MmclBatch) -> Result<MmclBatch> {
+        let comm = self.group.comm();
+        if comm.world_size() == 1 {
+            return Ok(batch.clone());
+        }
+        let rows = batch_shard(batch.images.dim(0)?, comm.rank(), comm.world_size())?;
+        let take = |t: &Tensor| t.narrow(0, rows.start, rows.len());
+        Ok(MmclBatch {
+            images: take(&batch.images)?,
+            ecgs: take(&batch.ecgs)?,
+            images_orig: batch.images_orig.as_ref().map(take).transpose()?,
+            ecgs_orig: batch.ecgs_orig.as_ref().map(take).transpose()?,
+            targets: batch.targets.as_ref().map(|t| t[rows.clone()].to_vec()),
+        })
+    }
+
+    /// The global batch's classifier targets from every replica's `local` ones (rank order).
+    fn gather_targets(&self, local: &ClassifierTargets) -> Result<ClassifierTargets> {
+        let comm = self.group.comm();
+        if comm.world_size() == 1 {
+            return Ok(local.clone());
+        }
+        // Unknown targets travel as -1.
+        let codes: Vec<f32> = local.iter().map(|t| t.map_or(-1.0, |c| c as f32)).collect();
+        let codes = Tensor::from_vec(codes, (local.len(), 1), &candle_core::Device::Cpu)?;
+        let all = comm.all_gather(&codes)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(all
+            .into_iter()
+            .map(|v| (v >= 0.0).then_some(v as u32))
+            .collect())
+    }
+
+    /// Sets every BatchNorm running statistic to rank 0's (each replica updated its own from its
+    /// share of the batch), so that the replicas validate and checkpoint alike.
+    fn share_buffers(&self) -> Result<()> {
+        let comm = self.group.comm();
+        if comm.world_size() == 1 {
+            return Ok(());
+        }
+        let buffers: Vec<(String, Var)> = self
+            .model
+            .store()
+            .named_vars()
+            .into_iter()
+            .filter(|(name, _)| is_buffer(name))
+            .collect();
+        if !buffers.is_empty() {
+            comm.broadcast_vars(&buffers, 0)?;
+        }
+        Ok(())
     }
 
     /// Steps the contrastive optimiser with the gradients accumulated so far (divided by the
@@ -268,9 +400,13 @@ impl MmclStep {
         Ok(norm)
     }
 
-    /// Steps the contrastive optimiser with `grads` (clipped first when configured), e.g.
-    /// gradients of [`contrastive_loss`] computed by the caller. Returns the norm when clipping.
+    /// Steps the contrastive optimiser with `grads`, averaged over the data-parallel group and
+    /// then clipped when configured, e.g. gradients of [`contrastive_loss`] computed by the
+    /// caller. Returns the norm when clipping.
     pub fn apply_gradients(&mut self, mut grads: GradStore, lr: f64) -> Result<Option<f64>> {
+        self.group
+            .comm()
+            .all_reduce_mean(&self.contrastive_vars, &mut grads)?;
         let norm = match self.gradient_clip_val {
             Some(max) => Some(clip_grad_norm(&self.contrastive_vars, &mut grads, max)?),
             None => None,
@@ -279,31 +415,37 @@ impl MmclStep {
         Ok(norm)
     }
 
-    /// One step of the online classifier on the detached features of the original views.
-    fn train_classifier(&mut self, batch: &MmclBatch) -> Result<Option<f64>> {
-        let Some(opt) = self.classifier_optimizer.as_mut() else {
+    /// One step of the online classifier on the detached features of the original views of
+    /// this replica's rows (`local`) and their targets, both gathered over the group: every
+    /// replica takes the same step, as one process on the global batch.
+    fn train_classifier(&mut self, local: &MmclBatch) -> Result<Option<f64>> {
+        if self.classifier_optimizer.is_none() {
+            return Ok(None);
+        }
+        let Some(targets) = &local.targets else {
             return Ok(None);
         };
-        let Some(targets) = &batch.targets else {
-            return Ok(None);
-        };
+        let targets = &self.gather_targets(targets)?;
         let features = match self.model.architecture().classifier {
             OnlineClassifier::Image => {
-                let images = batch.images_orig.as_ref().unwrap_or(&batch.images);
+                let images = local.images_orig.as_ref().unwrap_or(&local.images);
                 self.model.image_features(images, true)?
             }
             _ => {
-                let ecgs = batch.ecgs_orig.as_ref().unwrap_or(&batch.ecgs);
+                let ecgs = local.ecgs_orig.as_ref().unwrap_or(&local.ecgs);
                 self.model.ecg_features(ecgs, true)?
             }
-        }
-        .detach();
+        };
+        let features = self.group.comm().all_gather(&features)?; // [world·b, D], detached
         let logits = self.model.classifier_logits(&features)?;
         let Some(loss) = weighted_cross_entropy(&logits, targets, self.class_weights)? else {
             return Ok(None);
         };
         let value = loss.to_scalar::<f32>()? as f64;
         let grads = loss.backward()?;
+        let Some(opt) = self.classifier_optimizer.as_mut() else {
+            return Ok(None);
+        };
         if self.accumulate == 1 {
             opt.step(&grads, self.lr_classifier)?;
         } else {

@@ -1,14 +1,18 @@
 //! What the trainer tests share (`mod common;` in each): checkpoints compared to the bit, the
-//! run directory's documented layout, and the checks of a run stopped by a non-finite loss.
+//! run directory's documented layout, the checks of a run stopped by a non-finite loss, and
+//! the synthetic cohort, tiny configurations and weight comparisons of the data-parallel tests.
 
 // Each test binary compiles this module on its own and uses only its part of it.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use mmcl_core::runlog::RunLog;
+use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_nn::StateDict;
+use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
 use mmcl_testutil::tensor_bits;
 use mmcl_train::checkpoint::{self, TrainState};
 use mmcl_train::{Error, MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress, Result};
@@ -178,4 +182,155 @@ pub fn assert_stopped_at_non_finite_loss(err: &Error, last: &Path, model_before:
     );
     assert_eq!(file_bytes(&last.join(checkpoint::MODEL_FILE)), model_before);
     assert_eq!(TrainState::read(last).expect("state").epoch, 1);
+}
+
+// ---- shared by the data-parallel tests (thread replicas and `mpirun` jobs) ----
+
+/// Trainable weights by name, as host values.
+pub type Weights = BTreeMap<String, Vec<f32>>;
+
+/// 24 synthetic subjects (about 16 train, 8 val), 12×1000 ECGs and small CMR images.
+pub fn cohort_cache(dir: &Path) -> PathBuf {
+    cohort_cache_of(dir, 24, 5)
+}
+
+/// A cache in `dir/cache` of `subjects` synthetic subjects of `seed` (70 % train, 30 % val),
+/// 12×1000 ECGs and 40² CMR images.
+pub fn cohort_cache_of(dir: &Path, subjects: usize, seed: u64) -> PathBuf {
+    let mut synth = SynthConfig {
+        subjects,
+        seed,
+        ..SynthConfig::default()
+    };
+    synth.cmr.image_size = 32;
+    synth.cmr.slices = 4;
+    synth.cmr.frames = 3;
+    let cohort_dir = dir.join("cohort");
+    Cohort::new(synth)
+        .expect("cohort")
+        .write(&cohort_dir, WriteOptions { overwrite: true }, &|| {})
+        .expect("write cohort");
+    let mut build: BuildConfig = toml::from_str(
+        "ecg_samples = 1000\n[cmr]\nsize = 40\n[split]\ntrain = 0.7\nval = 0.3\ntest = 0.0\n",
+    )
+    .expect("build config");
+    build.root = cohort_dir;
+    build.output = dir.join("cache");
+    build_dataset(&build, &|_, _| {}).expect("build the cache");
+    build.output
+}
+
+/// A tiny MAE, global batch 8, two epochs, no SimSiam term (whose BatchNorm is per replica).
+pub fn tiny_mae_config(cache: &Path) -> MaeTrainConfig {
+    let mut cfg: MaeTrainConfig = toml::from_str(
+        r#"
+        max_epochs = 2
+        warmup_epochs = 1
+        batch_size = 8
+        lr = 1e-3
+        gradient_clip_val = 1.0
+        loss = { cos_weight = 0.0 }
+        model = { model = "mae_vit_pluto_patchX", img_size = [1, 12, 200], patch_size = [1, 50] }
+        data = { threads = 1, prefetch = 1, drop_last = true }
+        "#,
+    )
+    .expect("config");
+    cfg.data.cache = cache.to_path_buf();
+    cfg
+}
+
+/// A tiny multimodal model (ResNet18 at 32², the two-block `vit_pluto_patchX`), global batch 8,
+/// two epochs, the online ECG classifier of CAD, no drop-path (whose masks follow each
+/// replica's rows).
+pub fn tiny_mmcl_config(cache: &Path, frozen_imaging: bool) -> MmclConfig {
+    let mut cfg: MmclConfig = toml::from_str(
+        r#"
+        max_epochs = 2
+        warmup_epochs = 1
+        batch_size = 8
+        lr = 1e-3
+        gradient_clip_val = 1.0
+        embedding_dim = 32
+        projection_dim = 16
+        imaging = { model = "resnet18", img_size = 32, augment = { size = 32 } }
+        ecg = { model = "vit_pluto_patchX", input_size = [1, 12, 200], patch_size = [1, 50], drop_path = 0.0 }
+        data = { threads = 1, prefetch = 1, drop_last = true }
+        "#,
+    )
+    .expect("config");
+    cfg.imaging.frozen = frozen_imaging;
+    cfg.data.cache = cache.to_path_buf();
+    cfg
+}
+
+/// The largest `max |a − b| / max |b|` over the tensors.
+pub fn max_relative_difference(a: &Weights, b: &Weights) -> f64 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(name, x)| {
+            let y = &b[name];
+            let diff = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| f64::from((p - q).abs()))
+                .fold(0.0, f64::max);
+            let scale = y.iter().map(|q| f64::from(q.abs())).fold(1e-12, f64::max);
+            diff / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+/// `‖a − b‖ / ‖b‖` over all the weights together, and the tensor with the largest
+/// `max |a − b| / max |b|`.
+pub fn relative_norm_difference(a: &Weights, b: &Weights) -> (f64, String) {
+    let (mut diff, mut norm, mut worst) = (0.0, 0.0, (0.0, String::new()));
+    for (name, x) in a {
+        let y = &b[name];
+        let one = BTreeMap::from([(name.clone(), x.clone())]);
+        let rel = max_relative_difference(&one, &BTreeMap::from([(name.clone(), y.clone())]));
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+        for (p, q) in x.iter().zip(y) {
+            diff += f64::from(p - q).powi(2);
+            norm += f64::from(*q).powi(2);
+        }
+    }
+    ((diff / norm).sqrt(), worst.1)
+}
+
+pub fn assert_bit_equal(a: &Weights, b: &Weights, what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (name, x) in a {
+        let same = x
+            .iter()
+            .zip(&b[name])
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what}: {name} differs");
+    }
+}
+
+/// The trainable entries only (BatchNorm buffers left out).
+pub fn trainable(w: &Weights) -> Weights {
+    w.iter()
+        .filter(|(name, _)| !mmcl_nn::params::is_buffer(name))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// Every entry of `store` (weights and buffers), as host `f32` values.
+pub fn store_tensors(store: &mmcl_nn::ParamStore) -> Weights {
+    store
+        .named_vars()
+        .into_iter()
+        .map(|(name, var)| {
+            let values = var
+                .as_tensor()
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("tensor");
+            (name, values)
+        })
+        .collect()
 }

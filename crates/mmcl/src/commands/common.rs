@@ -297,14 +297,15 @@ fn same_file(_a: &Path, _b: &Path) -> bool {
 }
 
 /// Refuses to train when a launcher (`mpirun`, `mpiexec`) started this process as one of
-/// several, for the commands whose trainers do not synchronise replicas yet (every process
-/// would train alone on the whole data and write the same run directory). `pretrain-mae`
-/// trains data-parallel and does not call this.
+/// several, for the commands whose trainers do not synchronise replicas (every process would
+/// train alone on the whole data and write the same run directory): the reproduction.
+/// `pretrain-mae`, `pretrain-mmcl` and `finetune` train data-parallel and do not call this.
 pub fn one_training_process() -> Result<()> {
     match mmcl_nn::distributed::Launch::from_env() {
         Some(launch) if launch.world_size > 1 => bail!(
-            "this process is rank {} of {} (from {}), but the trainers do not train \
-             data-parallel yet (see docs/distributed.md): start a single process",
+            "this process is rank {} of {} (from {}), but this command does not train \
+             data-parallel (pretrain-mae, pretrain-mmcl and finetune do; see \
+             docs/distributed.md): start a single process",
             launch.rank,
             launch.world_size,
             launch.source

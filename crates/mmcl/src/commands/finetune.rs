@@ -17,11 +17,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mmcl_eval::finetune::{FinetuneConfig, FinetuneOutcome, finetune};
+use mmcl_eval::finetune::{FinetuneConfig, FinetuneOutcome, finetune_in_group};
 use mmcl_eval::plot::{self, TrainingCurvesFigure};
 use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
-use mmcl_train::BarProgress;
+use mmcl_train::{BarProgress, NoProgress, Progress};
 
 use super::common::{OutputKind, ensure_output_not_input, with_optional_keys};
 
@@ -93,6 +93,10 @@ pub fn run(args: Args) -> Result<()> {
     let Some(config_path) = args.config else {
         bail!("--config is required");
     };
+    // Under a launcher (`mpirun`) every process is one replica of a data-parallel group; only
+    // rank 0 writes the run and reports.
+    let comm = mmcl_nn::distributed::group_from_launcher()?;
+    let main = comm.is_main();
     let mut cfg = FinetuneConfig::from_file(&config_path)?;
     // A run or checkpoint folder names its exported encoder, as everywhere else.
     if let Some(model) = &cfg.checkpoint {
@@ -126,14 +130,21 @@ pub fn run(args: Args) -> Result<()> {
                 previous[0].display()
             );
         }
-        for p in &previous {
+        // Every rank checks (and refuses) alike; one removes.
+        for p in previous.iter().filter(|_| main) {
             std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
     let device = super::common::parse_device(&args.device)?;
     mmcl_nn::memory::keep_freed_memory();
-    if let Some(warning) = mmcl_train::config::schedule_warning(cfg.warmup_epochs, cfg.epochs) {
+    if let Some(warning) = mmcl_train::config::schedule_warning(cfg.warmup_epochs, cfg.epochs)
+        && main
+    {
         eprintln!("{warning}");
+    }
+    if !main {
+        finetune_in_group(&cfg, &device, None, &mut NoProgress, comm.as_ref())?;
+        return Ok(());
     }
 
     // A run that fails before it trains (a bad cache, an encoder that does not fit) leaves no
@@ -142,7 +153,15 @@ pub fn run(args: Args) -> Result<()> {
     let started = (|| -> Result<_> {
         let mut log = RunLogWriter::open(&output)?;
         let mut progress = BarProgress::new().with_epochs(cfg.epochs);
-        let outcome = finetune(&cfg, &device, Some(&mut log), &mut progress)?;
+        if comm.world_size() > 1 {
+            progress.message(&format!(
+                "data-parallel: rank 0 of {} ({})",
+                comm.world_size(),
+                mmcl_nn::distributed::backend_name()
+            ));
+        }
+        let outcome =
+            finetune_in_group(&cfg, &device, Some(&mut log), &mut progress, comm.as_ref())?;
         Ok((log, outcome))
     })();
     let (log, outcome) = match started {

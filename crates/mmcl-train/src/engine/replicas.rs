@@ -1,0 +1,56 @@
+//! What the optimisation steps share about their data-parallel group: the communicator they
+//! hold, and the check that every global batch splits evenly over it.
+
+use mmcl_nn::distributed::{GradSync, SingleProcess};
+
+use crate::{Error, Result};
+
+/// The data-parallel group of an optimisation step (a group of one unless a trainer joins one).
+pub(crate) struct Replicas(Box<dyn GradSync>);
+
+impl Replicas {
+    /// The group of one.
+    pub(crate) fn single() -> Self {
+        Self(Box::new(SingleProcess))
+    }
+
+    /// The group `comm`.
+    pub(crate) fn new(comm: Box<dyn GradSync>) -> Self {
+        Self(comm)
+    }
+
+    /// The communicator.
+    pub(crate) fn comm(&self) -> &dyn GradSync {
+        self.0.as_ref()
+    }
+}
+
+// A trait object has no `Debug`; the rank and size say what matters.
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} of {}", self.0.rank(), self.0.world_size())
+    }
+}
+
+/// Refuses a group over which some global batch of the epoch would not split evenly: a batch
+/// of `batch_size` from `train_len` samples, the last one kept unless `drop_last`. Replicas take
+/// equal shares so that the mean of their gradients is the global batch's.
+pub(crate) fn check_even_batches(
+    batch_size: usize,
+    train_len: usize,
+    drop_last: bool,
+    world: usize,
+) -> Result<()> {
+    if world <= 1 {
+        return Ok(());
+    }
+    let last = train_len % batch_size.max(1);
+    if !batch_size.is_multiple_of(world) || (!drop_last && !last.is_multiple_of(world)) {
+        return Err(Error::config(format!(
+            "batch_size {batch_size} (last batch {last}, data.drop_last = {drop_last}) does not \
+             split evenly over {world} data-parallel replicas: choose a batch size divisible by \
+             {world} and set data.drop_last = true"
+        )));
+    }
+    Ok(())
+}
