@@ -32,6 +32,35 @@ pub const PARITY_DIR_ENV: &str = "MMCL_PARITY_DIR";
 /// Environment variable that, when `1`, turns a missing fixture into a test failure.
 pub const REQUIRE_PARITY_ENV: &str = "MMCL_REQUIRE_PARITY";
 
+/// `mpirun --oversubscribe -np <ranks>`, ready for the program and its arguments: the launcher
+/// of the tests that start themselves under MPI (OpenMPI's `openmpi-bin`). Running as root
+/// (containers, CI) needs OpenMPI's explicit consent, which the command gives.
+pub fn mpirun(ranks: usize) -> std::process::Command {
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-np", &ranks.to_string()]);
+    cmd
+}
+
+/// Asserts that an MPI job one of whose ranks died ended non-zero within 60 s (instead of
+/// hanging in a collective), and says how it ended.
+pub fn assert_dead_rank_ended_job(
+    what: &str,
+    status: std::process::ExitStatus,
+    elapsed: std::time::Duration,
+) {
+    assert!(
+        !status.success(),
+        "{what}: a job whose rank died ended with success"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(60),
+        "{what}: a job whose rank died took {elapsed:?} to end"
+    );
+    println!("{what}: a dead rank ended the job ({status}) after {elapsed:.1?}");
+}
+
 /// The workspace root (two levels above this crate's manifest).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
