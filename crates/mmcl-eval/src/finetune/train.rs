@@ -22,7 +22,8 @@ pub(super) struct FinetuneStep<'a> {
     pub(super) cfg: &'a FinetuneConfig,
     pub(super) data: &'a Data,
     pub(super) model: &'a FinetuneModel,
-    /// The data-parallel group (every replica is given the same global batches).
+    /// The data-parallel group (each replica's training loader yields its rows of every global
+    /// batch).
     pub(super) comm: &'a dyn GradSync,
     pub(super) objective: Objective,
     pub(super) columns: &'a Tensor,
