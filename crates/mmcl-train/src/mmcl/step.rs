@@ -144,6 +144,8 @@ pub struct MmclStep {
     lr_classifier: f64,
     precision: Precision,
     group: Replicas,
+    /// The BatchNorm buffers set to rank 0's after every step (none in a group of one).
+    shared_buffers: Vec<(String, Var)>,
 }
 
 impl MmclStep {
@@ -211,13 +213,18 @@ impl MmclStep {
             lr_classifier: cfg.classifier.lr_classifier,
             precision: cfg.precision,
             group: Replicas::single(),
+            shared_buffers: Vec::new(),
         })
     }
 
     /// Trains as one replica of `comm` from now on: every variable and buffer is set to rank
     /// 0's values, and [`Self::train_batch`] then takes the global batch.
     pub fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
-        comm.broadcast_vars(&self.model.store().named_vars(), 0)?;
+        let vars = self.model.store().named_vars();
+        comm.broadcast_vars(&vars, 0)?;
+        if comm.world_size() > 1 {
+            self.shared_buffers = vars.into_iter().filter(|(n, _)| is_buffer(n)).collect();
+        }
         self.group = Replicas::new(comm);
         Ok(())
     }
@@ -361,19 +368,8 @@ impl MmclStep {
     /// Sets every BatchNorm running statistic to rank 0's (each replica updated its own from its
     /// share of the batch), so that the replicas validate and checkpoint alike.
     fn share_buffers(&self) -> Result<()> {
-        let comm = self.group.comm();
-        if comm.world_size() == 1 {
-            return Ok(());
-        }
-        let buffers: Vec<(String, Var)> = self
-            .model
-            .store()
-            .named_vars()
-            .into_iter()
-            .filter(|(name, _)| is_buffer(name))
-            .collect();
-        if !buffers.is_empty() {
-            comm.broadcast_vars(&buffers, 0)?;
+        if !self.shared_buffers.is_empty() {
+            self.group.comm().broadcast_vars(&self.shared_buffers, 0)?;
         }
         Ok(())
     }

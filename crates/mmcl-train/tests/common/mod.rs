@@ -334,3 +334,27 @@ pub fn store_tensors(store: &mmcl_nn::ParamStore) -> Weights {
         })
         .collect()
 }
+
+/// Asserts that a data-parallel group's trainable weights equal one process's within 1e-5: the
+/// relative norm of the difference, and every tensor's max-relative difference outside the
+/// attention key biases. (The replicas sum their shares in another order than one process;
+/// Adam divides each gradient by its own magnitude, which turns the rounding noise of a
+/// gradient that is zero in exact arithmetic — the key biases, to which softmax is invariant —
+/// into steps of ±lr, so those tensors are held to the whole model's bound only.)
+pub fn assert_equals_one_process(group: &Weights, single: &Weights, what: &str) {
+    let (norm_rel, worst) = relative_norm_difference(&trainable(group), &trainable(single));
+    let exact_gradient = |w: &Weights| -> Weights {
+        trainable(w)
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("attn.qkv.bias"))
+            .collect()
+    };
+    let rel = max_relative_difference(&exact_gradient(group), &exact_gradient(single));
+    println!(
+        "{what} vs one process: relative norm of the weight difference {norm_rel:.3e} (largest \
+         per-tensor difference in {worst}); max relative difference outside the attention qkv \
+         biases {rel:.3e}"
+    );
+    assert!(norm_rel < 1e-5, "{what}: relative norm {norm_rel:.3e}");
+    assert!(rel < 1e-5, "{what}: max relative difference {rel:.3e}");
+}
