@@ -78,6 +78,10 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A run or checkpoint folder named as a model could not be resolved to its file.
+    #[error(transparent)]
+    Train(Box<mmcl_train::Error>),
+
     /// A collective of the data-parallel group failed (fine-tuning in a group).
     #[error(transparent)]
     Distributed(#[from] mmcl_nn::distributed::DistributedError),
@@ -112,6 +116,12 @@ impl From<mmcl_cmr::Error> for Error {
 impl From<mmcl_data::Error> for Error {
     fn from(e: mmcl_data::Error) -> Self {
         Error::Data(Box::new(e))
+    }
+}
+
+impl From<mmcl_train::Error> for Error {
+    fn from(e: mmcl_train::Error) -> Self {
+        Error::Train(Box::new(e))
     }
 }
 

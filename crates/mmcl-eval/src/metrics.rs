@@ -96,8 +96,10 @@ impl std::str::FromStr for Task {
     }
 }
 
-/// Settings of the percentile bootstrap.
+/// Settings of the percentile bootstrap; a configuration may give any of them (the rest keep
+/// their defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Bootstrap {
     /// Number of resamples (0 disables the intervals).
     pub resamples: usize,

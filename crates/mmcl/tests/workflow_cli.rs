@@ -196,3 +196,28 @@ fn bad_encoders_and_devices_are_clear_errors_that_write_nothing() {
     assert_refused(&out, &["missing-cache"]);
     assert!(!root.join("ft-run").exists());
 }
+
+#[test]
+fn finetuning_an_export_takes_its_architecture() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    cache(root);
+    exported_encoder(&root.join("run"));
+    // No `encoder` table: the checkpoint folder's export says what it is (a small encoder on
+    // 12 × 500 inputs, not the paper's default on 2500 samples).
+    let config = root.join("ft.toml");
+    std::fs::write(
+        &config,
+        "cache = \"cache\"\ncheckpoint = \"run/checkpoints/last\"\noutput = \"ft\"\nmax_epochs = 1\ntask = \"regression\"\ntargets = [\"lvedv\"]\n\
+         warmup_epochs = 0\n[bootstrap]\nresamples = 20\n",
+    )
+    .expect("write");
+    let out = mmcl(&["finetune", "--config", s(&config)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = std::fs::read_to_string(root.join("ft/report.md")).expect("report");
+    assert!(
+        report.contains("vit_pluto_patchX (256 wide") && report.contains("input 12 × 500"),
+        "{report}"
+    );
+    assert!(report.contains("attention pooling"), "{report}");
+}

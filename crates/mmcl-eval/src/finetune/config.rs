@@ -10,11 +10,17 @@ use crate::metrics::{Bootstrap, Task};
 use crate::{Error, Result};
 
 fn default_encoder() -> EcgVitConfig {
-    let mut cfg = EcgVitConfig::paper();
-    cfg.attention_pool = true;
-    cfg.global_pool = false;
-    cfg.drop_path_rate = 0.2;
-    cfg
+    for_finetuning(EcgVitConfig::paper())
+}
+
+/// `architecture` with the fine-tuning recipe's head settings: attention pooling (the paper's
+/// fine-tuned models), drop-path 0.2, no classifier of the encoder's own.
+fn for_finetuning(mut architecture: EcgVitConfig) -> EcgVitConfig {
+    architecture.attention_pool = true;
+    architecture.global_pool = false;
+    architecture.drop_path_rate = 0.2;
+    architecture.num_classes = 0;
+    architecture
 }
 
 /// Everything a fine-tuning run needs. Defaults: the paper's encoder with attention pooling
@@ -27,9 +33,12 @@ pub struct FinetuneConfig {
     /// The dataset cache (`mmcl build-dataset`) with train, val and test splits.
     pub cache: PathBuf,
     /// The pre-trained encoder (any layout [`mmcl_ecg::checkpoint`] reads: MAE, MMCL export,
-    /// released `signal_encoder*.pth`, a fine-tuned model); `None` trains from scratch.
+    /// released `signal_encoder*.pth`, a fine-tuned model); `None` trains from scratch. In a
+    /// file, a run or checkpoint folder names its exported encoder.
     pub checkpoint: Option<PathBuf>,
-    /// The encoder (the reference's argument names or a preset `model`).
+    /// The encoder (the reference's argument names or a preset `model`). A file without an
+    /// `encoder` table takes the architecture the checkpoint's export carries (with attention
+    /// pooling and drop-path 0.2), or the paper's when it carries none.
     pub encoder: EcgVitConfig,
     /// Classification (disease labels) or regression (phenotypes).
     pub task: Task,
@@ -123,10 +132,28 @@ impl Default for FinetuneConfig {
     }
 }
 
+/// Whether a configuration's `text` sets `encoder` (already known to parse).
+fn names_encoder(text: &str, path: &Path) -> bool {
+    #[derive(Deserialize)]
+    struct Keys {
+        encoder: Option<serde::de::IgnoredAny>,
+    }
+    mmcl_core::config::parse_config_text::<Keys>(text, path).is_ok_and(|k| k.encoder.is_some())
+}
+
 impl FinetuneConfig {
-    /// Reads a JSON or TOML configuration; relative paths are relative to the file.
+    /// Reads a JSON or TOML configuration; relative paths are relative to the file. A
+    /// `checkpoint` naming a run or checkpoint folder becomes its exported encoder's file; a
+    /// file without an `encoder` table takes the architecture that export carries
+    /// ([`EcgVitConfig::from_export`]), so that an encoder of any size fine-tunes without
+    /// restating it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut cfg: FinetuneConfig = mmcl_core::config::read_config_file(path)?;
+        let text = mmcl_core::config::read_config_text(path)?;
+        let mut cfg: FinetuneConfig =
+            mmcl_core::config::parse_config_text(&text, path).map_err(|reason| Error::Format {
+                path: path.to_path_buf(),
+                reason,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         mmcl_core::config::rebase_path(&mut cfg.cache, base);
         for p in [cfg.checkpoint.as_mut(), cfg.output.as_mut()]
@@ -134,6 +161,15 @@ impl FinetuneConfig {
             .flatten()
         {
             mmcl_core::config::rebase_path(p, base);
+        }
+        if let Some(model) = &cfg.checkpoint {
+            let file = mmcl_train::checkpoint::find_ecg_encoder(model)?;
+            if !names_encoder(&text, path)
+                && let Some(architecture) = EcgVitConfig::from_export(&file)?
+            {
+                cfg.encoder = for_finetuning(architecture);
+            }
+            cfg.checkpoint = Some(file);
         }
         cfg.validate().map_err(|e| Error::Format {
             path: path.to_path_buf(),
