@@ -289,6 +289,29 @@ pub struct FigureFiles {
 /// Paper millimetres per unit of the normalised model input (about ±3 units fit a 20 mm row).
 const NORMALISED_MM_PER_UNIT: f64 = 2.5;
 
+/// The ECG the figures draw under the maps: the model's window, `12 × T`, leads in canonical
+/// order.
+#[derive(Debug, Clone, Copy)]
+pub struct EcgTrace<'a> {
+    /// The samples.
+    pub signal: &'a Matrix<f32>,
+    /// Samples per second.
+    pub sampling_rate: f64,
+    /// `signal` is in millivolts (drawn at the clinical 10 mm/mV), else in the model's
+    /// normalised units (drawn smaller, its scale bar labelled in units).
+    pub millivolts: bool,
+}
+
+impl EcgTrace<'_> {
+    fn mm_per_unit(&self) -> f64 {
+        if self.millivolts {
+            10.0
+        } else {
+            NORMALISED_MM_PER_UNIT
+        }
+    }
+}
+
 fn rows_json(m: &Matrix<f32>) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = (0..m.rows())
         .map(|i| {
@@ -338,9 +361,8 @@ impl SubjectMaps {
     }
 
     /// Draws the three figures into `dir`: `ecg_importance.png` and `ecg_attention.png` (the
-    /// 12 leads, one per row, over `ecg`, `12 × T` at `sampling_rate`, in the model's
-    /// normalised units) and `cmr_importance.png` (the slice `image`, `H × W`, with the
-    /// region importance).
+    /// 12 leads of `ecg`, one per row, in mV at 10 mm/mV when it is in millivolts) and
+    /// `cmr_importance.png` (the slice `image`, `H × W`, with the region importance).
     ///
     /// Importance uses the reference's diverging map over `[-1, 1]` (an automatic range with
     /// `use_softmax`), attention a sequential map over its own range, drawn relative to
@@ -349,8 +371,7 @@ impl SubjectMaps {
     pub fn save_figures(
         &self,
         dir: &Path,
-        ecg: &Matrix<f32>,
-        sampling_rate: f64,
+        ecg: EcgTrace<'_>,
         image: &Matrix<f32>,
         slice: &SliceInfo,
     ) -> Result<FigureFiles> {
@@ -364,14 +385,14 @@ impl SubjectMaps {
         } else {
             (Colormap::RdBuR, ColorRange::Fixed(-1.0, 1.0))
         };
-        let mut figure = EcgFigure::new(ecg, sampling_rate)
+        let mut figure = EcgFigure::new(ecg.signal, ecg.sampling_rate)
             .with_layout(EcgLayout::Rows12)
             .with_importance(&self.ecg_importance)
             .with_title(format!(
                 "ECG importance: cos(patch, CMR) / τ, τ = {} (global {:.2})",
                 self.config.temperature, self.similarity
             ));
-        figure.mm_per_unit = NORMALISED_MM_PER_UNIT;
+        figure.mm_per_unit = ecg.mm_per_unit();
         figure.colormap = colormap;
         figure.color_range = range;
         figure.save(&files.ecg_importance)?;
@@ -390,13 +411,13 @@ impl SubjectMaps {
         // A stated range from no attention to at least twice uniform: an automatic range
         // stretched a near-uniform map (0.93–1.05) over the whole colour map.
         let top = attention_colour_top(relative.as_slice());
-        let mut figure = EcgFigure::new(ecg, sampling_rate)
+        let mut figure = EcgFigure::new(ecg.signal, ecg.sampling_rate)
             .with_layout(EcgLayout::Rows12)
             .with_importance(&relative)
             .with_title(format!(
                 "Class-token attention × patches (1 = uniform), last block; colour 0–{top}"
             ));
-        figure.mm_per_unit = NORMALISED_MM_PER_UNIT;
+        figure.mm_per_unit = ecg.mm_per_unit();
         figure.colormap = Colormap::Inferno;
         figure.color_range = ColorRange::Fixed(0.0, top);
         figure.save(&files.ecg_attention)?;

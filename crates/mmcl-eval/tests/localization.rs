@@ -536,8 +536,11 @@ fn figures_render() {
     let files = maps
         .save_figures(
             dir.path(),
-            &signal,
-            500.0,
+            mmcl_eval::localization::EcgTrace {
+                signal: &signal,
+                sampling_rate: 500.0,
+                millivolts: false,
+            },
             &slice,
             &mmcl_eval::localization::SliceInfo {
                 frame: "mid-systolic frame".into(),

@@ -126,6 +126,8 @@ fn explains_a_synthetic_subject() {
     );
     assert_eq!(json["image_shape"], serde_json::json!([3, 64, 64]));
     assert_eq!(json["ecg_window"]["samples"], 2500);
+    // The figures draw the recording in mV (10 mm/mV), not the normalised model input.
+    assert_eq!(json["ecg_figure_units"], "mV");
     assert!(json["similarity"].as_f64().expect("similarity").abs() <= 1.0 / 0.6 + 1e-6);
     // The segmentation beside sa.nii.gz was found (no note about its absence).
     assert!(

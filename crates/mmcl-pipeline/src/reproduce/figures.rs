@@ -9,7 +9,7 @@ use mmcl_data::cache::Cache;
 use mmcl_data::loader::{Loader, LoaderConfig};
 use mmcl_data::tables::Split;
 use mmcl_eval::Matrix;
-use mmcl_eval::localization::{SliceInfo, localize};
+use mmcl_eval::localization::{EcgTrace, SliceInfo, localize};
 use mmcl_eval::plot::TrainingCurvesFigure;
 use mmcl_eval::runlog::RunLog;
 use mmcl_train::MmclModel;
@@ -104,8 +104,13 @@ pub fn explain_subjects(
         let slice = Matrix::new(h, w, slice.to_vec1::<f32>()?)?;
         let sub = dir.join(eid.to_string());
         std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-        let files =
-            subject.save_figures(&sub, &signal, cfg.data.ecg_sample_rate, &slice, &slice_info)?;
+        // The cache holds the model's normalised input, not millivolts.
+        let trace = EcgTrace {
+            signal: &signal,
+            sampling_rate: cfg.data.ecg_sample_rate,
+            millivolts: false,
+        };
+        let files = subject.save_figures(&sub, trace, &slice, &slice_info)?;
         out.push(ExplainedSubject {
             eid: *eid,
             similarity: subject.similarity,

@@ -22,14 +22,15 @@ use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use mmcl_cmr::{ResNetArch, ResNetConfig};
 use mmcl_data::cmr::{CmrConfig, read_study};
-use mmcl_data::ecg::preprocess::{PreprocessConfig, crop, preprocess};
+use mmcl_data::ecg::preprocess::{Normalisation, PreprocessConfig, crop, preprocess};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_eval::Matrix;
-use mmcl_eval::localization::{LocalizationConfig, SliceInfo, localize};
+use mmcl_eval::localization::{EcgTrace, LocalizationConfig, SliceInfo, localize};
 use mmcl_train::MmclModel;
 use serde::{Deserialize, Serialize};
 
 use super::common::{OutputKind, StagedDir, ensure_output_not_input};
+use super::print_config::documented_toml;
 
 /// Arguments of `mmcl explain`.
 #[derive(Debug, clap::Args)]
@@ -174,7 +175,18 @@ fn read_config(path: &Path) -> Result<ExplainConfig> {
 }
 
 /// The preprocessed, cropped ECG `12 × T` and its sampling rate.
-fn load_ecg(input: &EcgInput, encoder: &EcgVitConfig) -> Result<(Matrix<f32>, f64)> {
+/// The ECG window the model sees.
+struct EcgWindow {
+    /// The model's input, `12 × T`.
+    input: Matrix<f32>,
+    /// The same window in mV (preprocessed but not normalised), for the figures; `None` when
+    /// the file holds the model's input already.
+    millivolts: Option<Matrix<f32>>,
+    /// Samples per second.
+    rate: f64,
+}
+
+fn load_ecg(input: &EcgInput, encoder: &EcgVitConfig) -> Result<EcgWindow> {
     let path = &input.file;
     let [_, leads, t] = encoder.img_size;
     if leads != 12 {
@@ -193,11 +205,11 @@ fn load_ecg(input: &EcgInput, encoder: &EcgVitConfig) -> Result<(Matrix<f32>, f6
             path.display()
         ),
     };
-    let ecg = records.swap_remove(index).ecg;
+    let raw = records.swap_remove(index).ecg;
     let ecg = if input.preprocessed {
-        ecg
+        raw.clone()
     } else {
-        preprocess(&ecg, &input.preprocessing)
+        preprocess(&raw, &input.preprocessing)
             .with_context(|| format!("{}: cannot preprocess the ECG", path.display()))?
     };
     let rate = ecg.sample_rate();
@@ -211,7 +223,25 @@ fn load_ecg(input: &EcgInput, encoder: &EcgVitConfig) -> Result<(Matrix<f32>, f6
             ecg.samples()
         )
     })?;
-    Ok((Matrix::new(12, t, window.into_data())?, rate))
+    // What a cardiologist reads: the same steps without the normalisation, in mV.
+    let millivolts = if input.preprocessed {
+        None
+    } else {
+        let unscaled = PreprocessConfig {
+            normalisation: Normalisation::None,
+            ..input.preprocessing.clone()
+        };
+        let ecg = preprocess(&raw, &unscaled)
+            .with_context(|| format!("{}: cannot preprocess the ECG", path.display()))?;
+        let window = crop(&ecg, input.crop_start, t)
+            .with_context(|| format!("{}: cannot crop the ECG", path.display()))?;
+        Some(Matrix::new(12, t, window.into_data())?)
+    };
+    Ok(EcgWindow {
+        input: Matrix::new(12, t, window.into_data())?,
+        millivolts,
+        rate,
+    })
 }
 
 /// The model's image input `(C, H, W)`.
@@ -263,9 +293,7 @@ fn load_image(input: &CmrInput) -> Result<(Vec<f32>, [usize; 3])> {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     if args.print_config {
-        let text = toml::to_string_pretty(&example_config())
-            .context("cannot render the example configuration")?;
-        print!("{text}");
+        print!("{}", documented_toml(&example_config(), &[])?);
         return Ok(());
     }
     let Some(config_path) = args.config else {
@@ -297,7 +325,8 @@ pub fn run(args: Args) -> Result<()> {
     let device = super::common::parse_device(&args.device)?;
 
     // Inputs first: a bad file is reported before the model is loaded.
-    let (signal, rate) = load_ecg(&cfg.ecg, &cfg.encoder)?;
+    let window = load_ecg(&cfg.ecg, &cfg.encoder)?;
+    let (signal, rate) = (&window.input, window.rate);
     let (image, [c, h, w]) = load_image(&cfg.cmr)?;
     let imaging = cfg.image_encoder.map(|m| ResNetConfig::new(m, c));
     let model_file = mmcl_train::checkpoint::find_model_file(&cfg.model)?;
@@ -326,7 +355,12 @@ pub fn run(args: Args) -> Result<()> {
 
     let staging = StagedDir::begin(&output, args.overwrite)?;
     let slice_info = SliceInfo::of(&cfg.cmr.preprocessing, channel);
-    maps.save_figures(staging.path(), &signal, rate, &slice, &slice_info)?;
+    let trace = EcgTrace {
+        signal: window.millivolts.as_ref().unwrap_or(signal),
+        sampling_rate: rate,
+        millivolts: window.millivolts.is_some(),
+    };
+    maps.save_figures(staging.path(), trace, &slice, &slice_info)?;
     let mut json = maps.to_json();
     json["model"] = cfg.model.display().to_string().into();
     json["ecg_file"] = cfg.ecg.file.display().to_string().into();
@@ -334,6 +368,12 @@ pub fn run(args: Args) -> Result<()> {
     json["ecg_window"] =
         serde_json::json!({"start": cfg.ecg.crop_start, "samples": t, "sample_rate": rate});
     json["image_shape"] = serde_json::json!([c, h, w]);
+    json["ecg_figure_units"] = if trace.millivolts {
+        "mV"
+    } else {
+        "model input"
+    }
+    .into();
     json["display_channel"] = channel.into();
     let text = serde_json::to_string_pretty(&json)?;
     let json_path = staging.path().join("maps.json");
