@@ -173,9 +173,9 @@ pub struct ClassifierConfig {
     pub online_classifier: OnlineClassifier,
     /// The disease label of the cache it predicts (`CAD` in the paper).
     pub target: String,
-    /// Its Adam learning rate (constant).
+    /// The online classifier's Adam learning rate (constant).
     pub lr_classifier: f64,
-    /// Its L2 weight decay.
+    /// The online classifier's L2 weight decay.
     pub weight_decay_classifier: f64,
     /// Cross-entropy class weights `[negative, positive]` (the reference's `weights`).
     pub weights: [f64; 2],
@@ -250,7 +250,7 @@ pub struct MmclConfig {
     /// Arithmetic of the CPU matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
     /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX).
     pub precision: Precision,
-    /// Data.
+    /// The dataset cache, the splits and the loader.
     pub data: DataConfig,
     /// Image encoder.
     pub imaging: ImagingConfig,
@@ -493,7 +493,7 @@ pub struct MaeTrainConfig {
     /// Arithmetic of the CPU matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
     /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX).
     pub precision: Precision,
-    /// Data.
+    /// The dataset cache, the splits and the loader.
     pub data: DataConfig,
 }
 

@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use mmcl_data::build::{BuildConfig, BuildReport, build_dataset};
 
 use super::common::{OutputKind, ensure_output_not_input};
+use super::print_config::documented_toml;
 
 /// Arguments of `mmcl build-dataset`.
 #[derive(Debug, clap::Args)]
@@ -35,9 +36,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     if args.print_config {
-        let text = toml::to_string_pretty(&BuildConfig::default())
-            .context("cannot render the default configuration")?;
-        print!("{text}");
+        print!("{}", documented_toml(&BuildConfig::default(), &[])?);
         return Ok(());
     }
     let mut cfg = match &args.config {

@@ -169,52 +169,6 @@ impl Drop for StagedDir {
     }
 }
 
-/// A setting that is unset by default, shown commented out by `--print-config`: its key path
-/// (`table.key`, or `key` at the top level), an example value (TOML) and what it does.
-pub type OptionalKey = (&'static str, &'static str, &'static str);
-
-/// `toml` (a printed default configuration) with each of `optional` inserted as a commented-out
-/// line at the top of its table, so that removing the `# ` sets it where TOML reads it, and a
-/// first line saying so. Keys whose table the text lacks are listed at the end.
-pub fn with_optional_keys(toml: &str, optional: &[OptionalKey]) -> String {
-    let line = |key: &str, value: &str, what: &str| format!("# {key} = {value}    # {what}");
-    let mut lines: Vec<String> = toml.lines().map(str::to_string).collect();
-    let mut missing = Vec::new();
-    // Insert from the last key so that earlier insertion points stay valid.
-    for &(path, value, what) in optional.iter().rev() {
-        let (table, key) = match path.rsplit_once('.') {
-            Some((table, key)) => (Some(table), key),
-            None => (None, path),
-        };
-        let at = match table {
-            None => Some(
-                lines
-                    .iter()
-                    .position(|l| l.starts_with('['))
-                    .unwrap_or(lines.len()),
-            ),
-            Some(t) => lines
-                .iter()
-                .position(|l| l.trim() == format!("[{t}]"))
-                .map(|i| i + 1),
-        };
-        match at {
-            Some(i) => lines.insert(i, line(key, value, what)),
-            None => missing.push(line(path, value, what)),
-        }
-    }
-    let mut out = String::from(
-        "# Every setting with its default; settings unset by default are commented out.\n",
-    );
-    out.push_str(&lines.join("\n"));
-    out.push('\n');
-    for l in missing.iter().rev() {
-        out.push_str(l);
-        out.push('\n');
-    }
-    out
-}
-
 /// What a command writes at its output path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
@@ -342,35 +296,6 @@ mod tests {
         assert!(ensure_output_not_input(&sub, folder, &[&sub]).is_err());
         assert!(ensure_output_not_input(&input, file, &[&dir.path().join("gone")]).is_ok());
         Ok(())
-    }
-
-    #[test]
-    fn optional_keys_are_shown_where_toml_reads_them() {
-        let toml = "max_epochs = 2\n\n[ecg]\nmodel = \"x\"\n\n[data]\ncache = \"c\"\n";
-        let out = with_optional_keys(
-            toml,
-            &[
-                ("lr", "1e-3", "absolute rate"),
-                ("ecg.pretrain_checkpoint", "\"runs/mae\"", "start here"),
-                ("nope.key", "1", "listed at the end"),
-            ],
-        );
-        let lines: Vec<&str> = out.lines().collect();
-        let at = |needle: &str| lines.iter().position(|l| l.starts_with(needle));
-        assert!(at("# lr = 1e-3").is_some_and(|i| i < at("[ecg]").unwrap_or(0)));
-        assert_eq!(at("# pretrain_checkpoint"), at("[ecg]").map(|i| i + 1));
-        assert!(
-            lines
-                .last()
-                .is_some_and(|l| l.starts_with("# nope.key = 1"))
-        );
-        // Uncommenting gives valid TOML with the value in its table.
-        let set = out.replace("# pretrain_checkpoint", "pretrain_checkpoint");
-        let value: toml::Value = toml::from_str(&set).expect("valid TOML");
-        assert_eq!(
-            value["ecg"]["pretrain_checkpoint"].as_str(),
-            Some("runs/mae")
-        );
     }
 
     #[test]

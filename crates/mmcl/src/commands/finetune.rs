@@ -23,7 +23,8 @@ use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
 use mmcl_train::{BarProgress, NoProgress, Progress};
 
-use super::common::{OutputKind, ensure_output_not_input, with_optional_keys};
+use super::common::{OutputKind, ensure_output_not_input};
+use super::print_config::documented_toml_omitting;
 
 /// Arguments of `mmcl finetune`.
 #[derive(Debug, clap::Args)]
@@ -68,9 +69,12 @@ pub fn run(args: Args) -> Result<()> {
             output: Some("runs/finetune-cad".into()),
             ..FinetuneConfig::default()
         };
-        let text =
-            toml::to_string_pretty(&example).context("cannot render the default configuration")?;
         let optional = [
+            (
+                "encoder",
+                "{ model = \"vit_tiny_patchX\", img_size = [1, 12, 2500], patch_size = [1, 100] }",
+                "the encoder; unset: the one the checkpoint's export carries, else the paper's",
+            ),
             (
                 "lr",
                 "1e-4",
@@ -87,7 +91,12 @@ pub fn run(args: Args) -> Result<()> {
                 "clip the gradients' global norm to this value",
             ),
         ];
-        print!("{}", with_optional_keys(&text, &optional));
+        // No `encoder` table: a printed one copied into a configuration would override the
+        // architecture the checkpoint's export carries.
+        print!(
+            "{}",
+            documented_toml_omitting(&example, &["encoder"], &optional)?
+        );
         return Ok(());
     }
     let Some(config_path) = args.config else {
@@ -97,11 +106,8 @@ pub fn run(args: Args) -> Result<()> {
     // rank 0 writes the run and reports.
     let comm = mmcl_nn::distributed::group_from_launcher()?;
     let main = comm.is_main();
-    let mut cfg = FinetuneConfig::from_file(&config_path)?;
     // A run or checkpoint folder names its exported encoder, as everywhere else.
-    if let Some(model) = &cfg.checkpoint {
-        cfg.checkpoint = Some(mmcl_train::checkpoint::find_ecg_encoder(model)?);
-    }
+    let cfg = FinetuneConfig::from_file(&config_path)?;
     let output = match (args.output, &cfg.output) {
         (Some(o), _) => o,
         (None, Some(o)) => o.clone(),
@@ -234,7 +240,7 @@ fn write_results(
     let mut notes = vec![format!(
         "Fine-tuned {} from {} on the cache `{}`: {} epoch(s) run{}, best validation {} {:.4} at \
          epoch {} (before training {:.4}); the test metrics are those of the best weights.",
-        cfg.encoder.model.as_deref().unwrap_or("ECG ViT"),
+        describe_encoder(&cfg.encoder),
         cfg.checkpoint
             .as_ref()
             .map_or("scratch".to_string(), |p| format!("`{}`", p.display())),
@@ -299,4 +305,18 @@ fn write_predictions(path: &Path, outcome: &FinetuneOutcome) -> Result<()> {
     }
     mmcl_nn::io::write_bytes_atomic(path, text.as_bytes())?;
     Ok(())
+}
+
+/// The encoder's name and shape for the report: `vit_tiny_patchX (192 wide, 12 blocks, 3 heads,
+/// input 12 × 2500)`.
+fn describe_encoder(cfg: &mmcl_ecg::EcgVitConfig) -> String {
+    format!(
+        "{} ({} wide, {} blocks, {} heads, input {} × {})",
+        cfg.model.as_deref().unwrap_or("ECG ViT"),
+        cfg.embed_dim,
+        cfg.depth,
+        cfg.num_heads,
+        cfg.img_size[1],
+        cfg.img_size[2]
+    )
 }

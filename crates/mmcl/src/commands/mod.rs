@@ -10,6 +10,7 @@ pub mod finetune;
 pub mod info;
 pub mod preprocess_ecg;
 pub mod pretrain;
+pub mod print_config;
 pub mod probe;
 pub mod report;
 pub mod reproduce;

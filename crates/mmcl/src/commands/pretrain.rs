@@ -8,7 +8,7 @@ use mmcl_train::mae::{MaeStage, MaeTrainer};
 use mmcl_train::mmcl::{MmclStage, MmclTrainer};
 use mmcl_train::{BarProgress, NoProgress, Progress, Stage, Trainer};
 
-use super::common::{OptionalKey, with_optional_keys};
+use super::print_config::{OptionalKey, documented_toml};
 
 /// Arguments of `mmcl pretrain-mae` and `mmcl pretrain-mmcl`.
 #[derive(Debug, clap::Args)]
@@ -109,8 +109,7 @@ pub fn run_mae(args: Args) -> Result<()> {
 
 fn run<S: Command>(args: Args) -> Result<()> {
     if args.print_config {
-        let text = S::config_toml(&S::Config::default());
-        print!("{}", with_optional_keys(&text, S::OPTIONAL));
+        print!("{}", documented_toml(&S::Config::default(), S::OPTIONAL)?);
         return Ok(());
     }
     mmcl_nn::memory::keep_freed_memory();

@@ -8,6 +8,7 @@ use mmcl_pipeline::TerminalProgress;
 use mmcl_pipeline::reproduce::{load_config_with_seeds, run as run_pipeline, summary};
 
 use super::common::{OutputKind, ensure_output_not_input};
+use super::print_config::documented_toml;
 
 /// Arguments of `mmcl reproduce`.
 #[derive(Debug, Parser)]
@@ -39,7 +40,7 @@ pub fn run(args: Args) -> Result<()> {
     mmcl_nn::memory::keep_freed_memory();
     let cfg = load_config_with_seeds(args.config.as_deref(), args.paper, args.seeds)?;
     if args.print_config {
-        print!("{}", cfg.to_toml());
+        print!("{}", documented_toml(&cfg, &[])?);
         return Ok(());
     }
     if let Some(config) = &args.config {
