@@ -432,6 +432,18 @@ mod tests {
         let (t, dark, bright) = otsu(values.iter().copied(), 32).unwrap();
         assert!(t > 1.0 && t <= 5.0, "{t}");
         assert_eq!((dark, bright), (1.0, 5.0));
+        // Lung, tissue and blood: the threshold above tissue, its means those of tissue and
+        // blood.
+        let values: Vec<f64> = (0..100)
+            .map(|i| match i % 3 {
+                0 => 0.0,
+                1 => 3.0,
+                _ => 10.0,
+            })
+            .collect();
+        let (t, dark, bright) = otsu(values.iter().copied(), 64).unwrap();
+        assert!(t > 3.0 && t <= 10.0, "{t}");
+        assert_eq!((dark, bright), (3.0, 10.0));
         assert!(otsu([3.0, 3.0].into_iter(), 32).is_none());
         assert!(otsu(std::iter::empty(), 32).is_none());
     }
