@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use common::max_abs_diff;
 use mmcl_data::cmr::nifti::read_nifti;
-use mmcl_data::cmr::{CmrConfig, CmrStudy, CropSpec, FrameSpec, ImageAugmentConfig, read_study};
+use mmcl_data::cmr::{
+    CmrConfig, CmrStudy, CropSpec, EsWithoutSegmentation, FrameSpec, ImageAugmentConfig, read_study,
+};
 use mmcl_data::rng::Rng;
 
 fn fixture(name: &str) -> PathBuf {
@@ -94,12 +96,26 @@ fn preprocessing_stacks_frames_of_the_mid_slice() {
             height: 0.375,
             width: 0.375,
         },
-        es_frame_without_segmentation: 4,
+        es_frame_without_segmentation: EsWithoutSegmentation::Frame(4),
         size: 16,
         ..CmrConfig::default()
     };
     let out = study.preprocess(&cfg).unwrap();
     assert_eq!((out.slice, out.es_frame, out.image.channels), (2, 4, 2));
+    // By default end-systole is estimated from the images: the LV blood pool (x 12, y 9, the
+    // only bright blob) is smallest in frame 3, as the segmentation says.
+    let located = study.locate_lv(2).unwrap();
+    assert_eq!(located.es_frame, 3);
+    let (row, col) = located.centre;
+    assert!(
+        (row - 9.5).abs() < 0.5 && (col - 12.5).abs() < 0.5,
+        "{row}, {col}"
+    );
+    let cfg = CmrConfig {
+        es_frame_without_segmentation: EsWithoutSegmentation::FromImage,
+        ..cfg
+    };
+    assert_eq!(study.preprocess(&cfg).unwrap().es_frame, 3);
 
     let aug = ImageAugmentConfig {
         size: 24,

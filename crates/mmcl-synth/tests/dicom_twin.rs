@@ -38,7 +38,7 @@ fn dicom_cohort_builds_the_same_cache_as_its_nifti_twin() {
     assert_eq!(a.dims, b.dims);
     assert_eq!(a.voxel_mm, b.voxel_mm);
     assert_eq!(a.image, b.image, "slice 0 basal and x = column in both");
-    // Without the segmentation both take the same (image-centred) crop.
+    // Without the segmentation both locate the LV alike and take the same crop.
     let cfg = CmrConfig::default();
     let (a0, b0) = (
         read_study(&subject(nifti).join("sa.nii.gz"), None).unwrap(),

@@ -3,26 +3,36 @@
 //! into the model's `[C, H, W]` input.
 //!
 //! End-diastole is frame 0; end-systole is the frame of smallest LV blood-pool volume, found with
-//! [`crate::phenotypes::measure_phenotypes`] (so the phenotype table and the images agree), or
-//! a configured frame when there is no segmentation. The image channels are the mid-ventricular
-//! slice at configured frames (default ED, mid-systole, ES), cropped around the LV centre (or by
-//! the reference's fixed fractions), normalised to [0, 1] by intensity percentiles, resized.
+//! [`crate::phenotypes::measure_phenotypes`] (so the phenotype table and the images agree). The
+//! image channels are the mid-ventricular slice at configured frames (default ED, mid-systole,
+//! ES), cropped around the LV centre (or by the reference's fixed fractions), normalised to
+//! [0, 1] by intensity percentiles, resized.
+//!
+//! The segmentation is the precise source of the slice, the LV centre and end-systole. Without
+//! one (UK Biobank's DICOM zips), the middle slice is used and the LV centre and end-systole
+//! are estimated from the cine by an image-based heuristic ([`locate`]: the beating region, the
+//! compact bright blob in it that empties over the cycle, that blob's emptiest frame), with the
+//! image centre and frame 0 as fallbacks where the images show no beating LV.
 //!
 //! The cine comes from NIfTI-1 (`sa.nii.gz`, [`nifti`]) or from a UK Biobank DICOM zip (field
 //! 20209, [`dicom`]); both give the same [`CmrStudy`].
 
+use std::fmt;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::phenotypes::{self, CardiacPhenotypes, LABEL_LV_BLOOD_POOL, LABEL_LV_MYOCARDIUM};
 use crate::{Error, Result};
 
 pub mod dicom;
 pub mod image;
+pub mod locate;
 pub mod nifti;
 
 pub use image::{Image, ImageAugmentConfig};
+pub use locate::LvLocation;
 
 /// Which frame a channel shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +64,10 @@ impl FrameSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SliceSpec {
-    /// The middle of the slices holding LV blood pool at end-diastole (the middle slice of the
-    /// stack without a segmentation).
+    /// The middle of the slices holding LV blood pool at end-diastole; without a segmentation,
+    /// the middle slice of the stack (looking at every slice would cost all the study's frames;
+    /// on the synthetic cohort, whose stacks run past the apex, it is one or two slices more
+    /// apical than the segmentation's choice, and the LV is found on it as well).
     MidVentricular,
     /// A fixed slice index.
     Index(usize),
@@ -66,7 +78,8 @@ pub enum SliceSpec {
 #[serde(rename_all = "snake_case")]
 pub enum CropSpec {
     /// A square of this side (mm) centred on the LV (blood pool and myocardium at ED on the
-    /// chosen slice); the image centre without a segmentation.
+    /// chosen slice); without a segmentation, on the LV blood pool the images show
+    /// ([`CmrStudy::locate_lv`]), else on the image centre.
     LvCentre {
         /// Side length in mm.
         size_mm: f64,
@@ -115,8 +128,69 @@ pub struct CmrConfig {
     pub intensity: Intensity,
     /// Output side length in pixels.
     pub size: usize,
-    /// The end-systolic frame used when there is no segmentation.
-    pub es_frame_without_segmentation: usize,
+    /// The end-systolic frame when there is no segmentation: estimated from the images
+    /// (`"image"`, the default) or a fixed frame number.
+    pub es_frame_without_segmentation: EsWithoutSegmentation,
+}
+
+/// The end-systolic frame of a study without a segmentation. A configuration names it as
+/// `"image"` or a frame number (configurations from before the estimate hold a number, `0` by
+/// default then, and keep their meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EsWithoutSegmentation {
+    /// The emptiest frame of the LV blood pool the images show ([`CmrStudy::locate_lv`]);
+    /// frame 0 where they show none.
+    #[default]
+    FromImage,
+    /// This frame, whatever the images show.
+    Frame(usize),
+}
+
+impl fmt::Display for EsWithoutSegmentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FromImage => f.write_str("estimated from the cine (frame 0 if it shows no LV)"),
+            Self::Frame(t) => write!(f, "frame {t}"),
+        }
+    }
+}
+
+impl Serialize for EsWithoutSegmentation {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::FromImage => s.serialize_str("image"),
+            Self::Frame(t) => s.serialize_u64(*t as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EsWithoutSegmentation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Expect;
+        impl Visitor<'_> for Expect {
+            type Value = EsWithoutSegmentation;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a frame number or \"image\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(EsWithoutSegmentation::Frame)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+                let v =
+                    u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))?;
+                self.visit_u64(v)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                match v {
+                    "image" => Ok(EsWithoutSegmentation::FromImage),
+                    _ => Err(E::invalid_value(Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Expect)
+    }
 }
 
 impl CmrConfig {
@@ -142,7 +216,7 @@ impl Default for CmrConfig {
                 high: 99.0,
             },
             size: 210,
-            es_frame_without_segmentation: 0,
+            es_frame_without_segmentation: EsWithoutSegmentation::FromImage,
         }
     }
 }
@@ -285,10 +359,7 @@ impl CmrStudy {
                 "CMR config needs at least one channel and a size in 1..=4096".into(),
             ));
         }
-        let es_frame = match self.phenotypes(None)? {
-            Some(p) => p.es_frame,
-            None => cfg.es_frame_without_segmentation,
-        };
+        let phenotypes = self.phenotypes(None)?;
         let slice = match cfg.slice {
             SliceSpec::Index(z) => z,
             SliceSpec::MidVentricular => {
@@ -310,6 +381,18 @@ impl CmrStudy {
                 "slice {slice} is outside the stack of {nz} slices"
             )));
         }
+        // Without a segmentation the images locate the LV (when the crop or the frame asks).
+        let location = match (&self.labels, cfg.crop, cfg.es_frame_without_segmentation) {
+            (None, CropSpec::LvCentre { .. }, _) | (None, _, EsWithoutSegmentation::FromImage) => {
+                self.locate_lv(slice)
+            }
+            _ => None,
+        };
+        let es_frame = match (phenotypes, cfg.es_frame_without_segmentation) {
+            (Some(p), _) => p.es_frame,
+            (None, EsWithoutSegmentation::Frame(t)) => t,
+            (None, EsWithoutSegmentation::FromImage) => location.map_or(0, |l| l.es_frame),
+        };
         let frames: Vec<usize> = cfg
             .channels
             .iter()
@@ -348,9 +431,11 @@ impl CmrStudy {
                 ((width * nx as f64) as usize).max(1),
             ),
             CropSpec::LvCentre { size_mm } => {
-                let (cy, cx) = self
-                    .lv_centre(slice)
-                    .unwrap_or((ny as f64 / 2.0, nx as f64 / 2.0));
+                let centre = match self.labels {
+                    Some(_) => self.segmented_lv_centre(slice),
+                    None => location.map(|l| l.centre),
+                };
+                let (cy, cx) = centre.unwrap_or((ny as f64 / 2.0, nx as f64 / 2.0));
                 let h = ((size_mm / self.voxel_mm[1]).round() as usize).max(1);
                 let w = ((size_mm / self.voxel_mm[0]).round() as usize).max(1);
                 (
@@ -379,8 +464,13 @@ impl CmrStudy {
         })
     }
 
-    /// Centroid (row, column) of LV blood pool and myocardium at ED on slice `z`.
-    fn lv_centre(&self, z: usize) -> Option<(f64, f64)> {
+    /// Centroid (row, column, in pixels, pixel centres at +0.5) of LV blood pool and
+    /// myocardium at ED on slice `z`, from the segmentation; `None` without one, or without
+    /// LV labels on that slice.
+    pub fn segmented_lv_centre(&self, z: usize) -> Option<(f64, f64)> {
+        if z >= self.dims[2] {
+            return None;
+        }
         let plane = self.label_plane(z, 0)?;
         let nx = self.dims[0];
         let (mut sy, mut sx, mut n) = (0.0, 0.0, 0usize);

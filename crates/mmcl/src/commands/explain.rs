@@ -277,8 +277,8 @@ fn load_image(input: &CmrInput) -> Result<(Vec<f32>, [usize; 3])> {
     let study = read_study(path, segmentation.as_deref())?;
     if segmentation.is_none() {
         eprintln!(
-            "note: no segmentation for {}: the middle slice, the image centre and frame {} as \
-             end-systole are used",
+            "note: no segmentation for {}: the middle slice, the LV centre located from the \
+             cine (the image centre if it shows no LV) and end-systole {} are used",
             path.display(),
             input.preprocessing.es_frame_without_segmentation
         );
