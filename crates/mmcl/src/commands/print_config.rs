@@ -115,6 +115,8 @@ pub fn with_optional_keys(toml: &str, optional: &[OptionalKey]) -> String {
     let line = |key: &str, value: &str, what: &str| format!("# {key} = {value}    # {what}");
     let mut lines: Vec<String> = toml.lines().map(str::to_string).collect();
     let mut missing = Vec::new();
+    // Where the top-level block starts and its length, to set it off from the first table.
+    let (mut top_start, mut top_count) = (0, 0);
     // Insert from the last key so that earlier insertion points stay valid.
     for &(path, value, what) in optional.iter().rev() {
         let (table, key) = match path.rsplit_once('.') {
@@ -131,6 +133,8 @@ pub fn with_optional_keys(toml: &str, optional: &[OptionalKey]) -> String {
                 while at > 0 && lines[at - 1].starts_with("# ") {
                     at -= 1;
                 }
+                top_start = at;
+                top_count += 1;
                 Some(at)
             }
             Some(t) => lines
@@ -142,6 +146,13 @@ pub fn with_optional_keys(toml: &str, optional: &[OptionalKey]) -> String {
             Some(i) => lines.insert(i, line(key, value, what)),
             None => missing.push(line(path, value, what)),
         }
+    }
+    if top_count > 0
+        && lines
+            .get(top_start + top_count)
+            .is_some_and(|l| !l.is_empty())
+    {
+        lines.insert(top_start + top_count, String::new());
     }
     let mut out = String::from(
         "# Every setting with its default; settings unset by default are commented out.\n",
@@ -178,8 +189,9 @@ mod tests {
             .iter()
             .position(|l| l.starts_with("# lr = "))
             .expect("lr");
+        assert!(lines[at + 1].is_empty(), "{with_optional}");
         assert!(
-            lines[at + 1].starts_with("# ") && lines[at + 2] == "[data]",
+            lines[at + 2].starts_with("# ") && lines[at + 3] == "[data]",
             "{with_optional}"
         );
     }
