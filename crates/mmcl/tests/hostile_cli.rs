@@ -87,6 +87,19 @@ fn preprocess_ecg_never_writes_over_its_input() {
             .map(String::from)
             .to_vec()
     });
+    // A WFDB record's samples are in the signal file its header names.
+    for file in ["rec16.hea", "rec16.dat"] {
+        std::fs::copy(
+            common::data_fixture(&format!("wfdb/{file}")),
+            dir.path().join(file),
+        )
+        .expect("WFDB fixture");
+    }
+    refuses_every_spelling_of(dir.path(), "rec16.dat", &|output| {
+        ["preprocess-ecg", "--input", "rec16.hea", "--output", output]
+            .map(String::from)
+            .to_vec()
+    });
     // A folder converted into itself would replace its own .npy files.
     std::fs::create_dir(dir.path().join("ecgs")).expect("folder");
     write_npy_f32(&dir.path().join("ecgs/a.npy"), &[12, 1000]);

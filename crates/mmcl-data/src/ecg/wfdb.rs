@@ -49,6 +49,25 @@ struct SignalSpec {
     description: String,
 }
 
+/// The signal files a WFDB header names, beside it, each once in header order — the files a
+/// command must not overwrite when it reads the record.
+///
+/// # Errors
+/// As [`read_record`] for the header itself (unreadable, oversized, malformed).
+pub fn signal_files(header: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let text = read_regular_bounded(header, MAX_HEADER_BYTES, "the WFDB header")?;
+    let parsed = parse_header(&String::from_utf8_lossy(&text), header)?;
+    let dir = header.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for s in &parsed.signals {
+        let path = dir.join(&s.file);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 /// Reads a WFDB record from its header file (`*.hea`); the signal files are looked up beside it.
 ///
 /// Signal files must be plain files in the header's folder, named by a bare file name; only

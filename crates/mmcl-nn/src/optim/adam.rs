@@ -185,7 +185,30 @@ impl Adam {
                     ),
                 });
             }
+            // A moment of another float width converts; integers, non-finite values or a
+            // negative second moment cannot come from Adam and would train on NaN silently.
+            let bad = |reason: String| Error::BadCheckpoint {
+                path: state.source().to_path_buf(),
+                reason: format!("optimiser state {key} {reason}"),
+            };
+            if !tensor.dtype().is_float() {
+                return Err(bad(format!("is {:?}, not a float tensor", tensor.dtype())));
+            }
             let t = tensor.to_dtype(var.dtype())?.to_device(var.device())?;
+            let finite = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            if let Some(v) = finite.iter().find(|v| !v.is_finite()) {
+                return Err(bad(format!("holds the non-finite value {v}")));
+            }
+            if kind == "sq"
+                && let Some(v) = finite.iter().find(|&&v| v < 0.0)
+            {
+                return Err(bad(format!(
+                    "holds the negative value {v} (a second moment is a mean of squares)"
+                )));
+            }
             let entry = moments.entry(name.to_string()).or_insert((None, None));
             if kind == "sq" {
                 entry.1 = Some(t);

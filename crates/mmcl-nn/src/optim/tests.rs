@@ -253,3 +253,42 @@ fn saved_state_is_a_snapshot() -> Result<()> {
     assert_eq!(format!("{before:?}"), format!("{after:?}"));
     Ok(())
 }
+
+/// A checkpoint's moments that Adam cannot have written are refused, naming the entry.
+#[test]
+fn impossible_moments_are_refused() -> Result<()> {
+    let dev = Device::Cpu;
+    let store = ParamStore::new(3);
+    let vb = store.var_builder(DType::F32, &dev);
+    let layer = candle_nn::linear(3, 2, vb.pp("fc"))?;
+    let x = Tensor::new(&[[1.0f32, 2.0, -1.0]], &dev)?;
+    let mut adam = Adam::new(vec![ParamGroup::all(&store, 0.0)], AdamConfig::adam_l2())?;
+    adam.step(&layer.forward(&x)?.sqr()?.sum_all()?.backward()?, 0.1)?;
+    let (saved, _) = adam.state()?;
+    let steps = adam.steps_taken();
+    let key = "exp_avg_sq.fc.weight";
+    let good = saved
+        .get(key)
+        .cloned()
+        .ok_or(Error::InvalidArgument("no moment".into()))?;
+    let cases = [
+        (good.affine(-1.0, -1.0)?, "negative"),
+        (good.affine(0.0, f64::NAN)?, "non-finite"),
+        (good.to_dtype(DType::U8)?, "not a float"),
+    ];
+    for (bad, why) in cases {
+        let mut state = saved.clone();
+        state.insert(key, bad);
+        let err = adam.load_state(&state, steps);
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.to_string().contains(key) && e.to_string().contains(why)),
+            "{why}: {err:?}"
+        );
+    }
+    // A moment saved in another float width still loads.
+    let mut wider = saved.clone();
+    wider.insert(key, good.to_dtype(DType::F64)?);
+    adam.load_state(&wider, steps)?;
+    Ok(())
+}

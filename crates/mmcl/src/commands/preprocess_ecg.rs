@@ -70,11 +70,23 @@ pub fn run(args: Args) -> Result<()> {
     if !args.input.exists() {
         bail!("{}: no such file or folder", args.input.display());
     }
+    // A WFDB record's samples are in the signal files its header names: inputs too. (A header
+    // that cannot be read is reported by the reader below.)
+    let is_header = args
+        .input
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("hea"));
+    let signal_files = match is_header {
+        true => mmcl_data::ecg::wfdb::signal_files(&args.input).unwrap_or_default(),
+        false => Vec::new(),
+    };
+    let mut inputs = vec![args.input.as_path()];
+    inputs.extend(signal_files.iter().map(PathBuf::as_path));
     // Checked before and after the output name is known (`<output>/<id>.npy` for a folder).
-    ensure_output_not_input(&args.output, OutputKind::File, &[&args.input])?;
+    ensure_output_not_input(&args.output, OutputKind::File, &inputs)?;
     let (id, shape, data) = preprocess_file(&args.input, &cfg, args.npy_sample_rate)?;
     let output = single_output(&args.output, &id);
-    ensure_output_not_input(&output, OutputKind::File, &[&args.input])?;
+    ensure_output_not_input(&output, OutputKind::File, &inputs)?;
     write_npy_f32(&output, &shape, &data)
         .with_context(|| format!("cannot write {}", output.display()))?;
     println!(
