@@ -31,7 +31,8 @@
 //!
 //! MUSE stores the eight acquired leads (I, II, V1–V6) and sometimes III, aVR, aVL and aVF as
 //! well; when those four are absent they are derived from I and II. Samples are returned in mV,
-//! in the canonical lead order. The declared encoding (ISO-8859-1 or UTF-8) is honoured.
+//! in the canonical lead order. The text is decoded by [`super::xml`]'s shared decoder: UTF-16
+//! with a byte-order mark (as MUSE exports often are), UTF-8, or the declared ISO-8859-1.
 
 use std::path::Path;
 
@@ -40,7 +41,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode};
+use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode, is_blank};
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file};
 use crate::{Error, Result};
 use mmcl_core::files::read_regular_bounded;
@@ -89,10 +90,10 @@ pub fn read_muse_xml(path: &Path) -> Result<MuseEcg> {
 /// # Errors
 /// See [`read_muse_xml`].
 pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = decode(bytes, path)?;
+    if is_blank(&text) {
         return Err(Error::format(path, "the file is empty"));
     }
-    let text = decode(bytes, path)?;
     let mut reader = Reader::from_str(&text);
     // Local names of the open elements, and the text of the top one when it is kept.
     let mut stack: Vec<String> = Vec::new();
