@@ -91,6 +91,9 @@ fn muse_files_read_as_the_source_signal() {
         let path = fixture(&format!("vendor_xml/{file}"));
         let rec = read_muse_xml(&path).unwrap();
         assert_is_source(&rec.rhythm, N, 1.0, MUSE_UV, derived);
+        // The fixture generator writes <VentricularRate>71</VentricularRate>.
+        assert_eq!(rec.heart_rate(), Some(71.0));
+        assert_eq!(rec.measurement("ventricularrate"), Some(71.0));
         let median = rec.median_beats.expect("the median waveform");
         assert_is_source(&median, 60, 0.5, MUSE_UV, derived);
         assert_eq!(EcgFormat::detect(&path).unwrap(), EcgFormat::MuseXml);
@@ -145,6 +148,31 @@ fn muse_variants_read_the_same() {
         .replace("<SampleExponent>0</", "<SampleExponent>2</");
     let p = write(dir.path(), "exp.xml", latin1(&exp));
     assert_eq!(read_muse_xml(&p).unwrap(), reference);
+    // A heart rate that is no number, or no plausible rate, is no heart rate (and no error).
+    let rate = "<VentricularRate>71</VentricularRate>";
+    assert!(text.contains(rate));
+    for (value, measured, heart_rate) in [
+        ("62", Some(62.0), Some(62.0)),
+        (" 62.5 ", Some(62.5), Some(62.5)),
+        ("n/a", None, None),
+        ("", None, None),
+        ("0", Some(0.0), None),
+        ("999", Some(999.0), None),
+        ("NaN", None, None),
+    ] {
+        let changed = text.replace(rate, &format!("<VentricularRate>{value}</VentricularRate>"));
+        let p = write(dir.path(), "rate.xml", latin1(&changed));
+        let rec = read_muse_xml(&p).unwrap();
+        assert_eq!(rec.measurement("VentricularRate"), measured, "{value:?}");
+        assert_eq!(rec.heart_rate(), heart_rate, "{value:?}");
+        assert_eq!(rec.rhythm, reference.rhythm);
+    }
+    // Without the measurements there is no heart rate.
+    let bare = text.replace(rate, "");
+    let p = write(dir.path(), "no_rate.xml", latin1(&bare));
+    let rec = read_muse_xml(&p).unwrap();
+    assert!(rec.measurements.is_empty());
+    assert_eq!(rec.heart_rate(), None);
 }
 
 /// Every XML fixture (two MUSE, two HL7, the CardioSoft file) and its format.

@@ -58,7 +58,7 @@ pub const MAX_XML_BYTES: u64 = 64 << 20;
 
 /// An interval or axis measurement of the CardioSoft report (`VentricularRate`, `PQInterval`,
 /// `PDuration`, `QRSDuration`, `QTInterval`, `QTCInterval`, `RRInterval`, `PAxis`, `RAxis`,
-/// `TAxis`, …).
+/// `TAxis`, …), or of a GE MUSE report ([`super::muse::MuseEcg::measurements`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
     /// Element name as written in the file.
@@ -88,6 +88,23 @@ impl CardioSoftEcg {
             .find(|m| m.name.eq_ignore_ascii_case(name))
             .map(|m| m.value)
     }
+
+    /// The heart rate in bpm: `VentricularRate`, or `None` when absent or implausible
+    /// ([`plausible_heart_rate`]).
+    pub fn heart_rate(&self) -> Option<f64> {
+        self.measurement("VentricularRate")
+            .and_then(plausible_heart_rate)
+    }
+}
+
+/// The range of heart rates taken from a vendor's measurements, in bpm: a resting ECG's
+/// ventricular rate lies well inside it, and values outside (0 for "not measured", a
+/// misplaced interval) would turn the cardiac output derived from it into nonsense.
+pub const HEART_RATE_RANGE_BPM: std::ops::RangeInclusive<f64> = 20.0..=300.0;
+
+/// `bpm` when it lies in [`HEART_RATE_RANGE_BPM`], else `None`.
+pub fn plausible_heart_rate(bpm: f64) -> Option<f64> {
+    HEART_RATE_RANGE_BPM.contains(&bpm).then_some(bpm)
 }
 
 /// Reads a CardioSoft XML file.
@@ -814,5 +831,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("unsupported XML encoding"), "{msg}");
+        assert_eq!(plausible_heart_rate(62.0), Some(62.0));
+        assert_eq!(plausible_heart_rate(0.0), None);
+        assert_eq!(plausible_heart_rate(f64::NAN), None);
     }
 }
