@@ -582,14 +582,15 @@ fn utf16_to_string(body: &[u8], order: Order, bom: usize, path: &Path) -> Result
             ),
         ));
     }
-    // ECG files are ASCII markup and digits: one byte of text per 2-byte unit.
-    let mut text = String::with_capacity(body.len() / 2);
+    // A first pass validates and sizes the text, so that the string is allocated once at its
+    // exact length (at most 1.5 times the bytes) rather than grown by doubling.
     let mut unit = 0usize;
+    let mut len = 0usize;
     for c in utf16_chars(body, order) {
         match c {
             Ok(c) => {
-                text.push(c);
                 unit += c.len_utf16();
+                len += c.len_utf8();
             }
             Err(e) => {
                 return Err(Error::format(
@@ -603,6 +604,8 @@ fn utf16_to_string(body: &[u8], order: Order, bom: usize, path: &Path) -> Result
             }
         }
     }
+    let mut text = String::with_capacity(len);
+    text.extend(utf16_chars(body, order).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
     Ok(text)
 }
 
@@ -805,7 +808,10 @@ mod tests {
             le.clone(),
             be,
         ] {
-            assert_eq!(decode(&bytes, p).unwrap(), text);
+            let decoded = decode(&bytes, p).unwrap();
+            assert_eq!(decoded, text);
+            // Allocated once, at its length (no doubling beyond the bytes' bound).
+            assert_eq!(decoded.into_owned().capacity(), text.len());
             assert_eq!(root_in(&bytes, p, false).unwrap(), "a");
             // A head cut inside a character still names the root.
             assert_eq!(root_in(&bytes[..bytes.len() - 3], p, true).unwrap(), "a");
