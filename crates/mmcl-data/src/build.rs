@@ -571,12 +571,18 @@ fn prepare_subject(
     let ecg = match ecg_path {
         None => None,
         Some(path) => {
-            // The vendor of an `.xml` is in its root element; only CardioSoft files carry the
-            // heart rate read here, the others go through `read_any` as every other format.
+            // The vendor of an `.xml` is in its root element; CardioSoft and GE MUSE files carry
+            // the heart rate read here (for cardiac output), the others go through `read_any`
+            // as every other format.
             let record = match EcgFormat::detect(path)? {
                 EcgFormat::CardioSoftXml => {
                     let x = ecg::xml::read_cardiosoft_xml(path)?;
-                    heart_rate = x.measurement("VentricularRate");
+                    heart_rate = x.heart_rate();
+                    x.rhythm
+                }
+                EcgFormat::MuseXml => {
+                    let x = ecg::muse::read_muse_xml(path)?;
+                    heart_rate = x.heart_rate();
                     x.rhythm
                 }
                 _ => {

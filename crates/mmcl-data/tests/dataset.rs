@@ -11,6 +11,7 @@ use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_data::cache::Cache;
 use mmcl_data::cmr::{CmrConfig, CropSpec, ImageAugmentConfig};
 use mmcl_data::loader::{Batch, Loader, LoaderConfig, Shard};
+use mmcl_data::phenotypes::PHENOTYPE_FIELDS;
 use mmcl_data::tables::Split;
 
 /// 12 subjects with ECG and CMR, one with only an ECG, one with only a CMR, one bad XML.
@@ -239,6 +240,80 @@ fn build_cache_and_load_batches() {
         flat(v.image.as_ref().unwrap())[..3 * 32 * 32],
         cache.image(0).unwrap().data[..]
     );
+}
+
+/// The heart rate of a CardioSoft or GE MUSE ECG reaches the cache as the cardiac output
+/// measured from the segmentation (stroke volume × rate); HL7 aECG carries none, and an
+/// implausible MUSE rate gives none.
+#[test]
+fn vendor_heart_rates_reach_the_cardiac_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ukb");
+    std::fs::create_dir_all(root.join("ecg")).unwrap();
+    let muse = std::fs::read(fixture("vendor_xml/muse_12lead.xml")).unwrap();
+    let with_rate = |rate: &str| {
+        let text: String = muse.iter().map(|&b| b as char).collect(); // Latin-1
+        let text = text.replace(
+            "<VentricularRate>71</VentricularRate>",
+            &format!("<VentricularRate>{rate}</VentricularRate>"),
+        );
+        assert!(text.contains(rate));
+        // As a UTF-16 export: the rate must survive the decoding too.
+        [0xFF, 0xFE]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect::<Vec<u8>>()
+    };
+    let ecgs: [(u64, Vec<u8>); 4] = [
+        (
+            3000000,
+            std::fs::read(fixture("xml/1000001_20205_2_0.xml")).unwrap(),
+        ),
+        (3000001, with_rate("62")),
+        (3000002, with_rate("0")),
+        (
+            3000003,
+            std::fs::read(fixture("vendor_xml/hl7_12lead.xml")).unwrap(),
+        ),
+    ];
+    for (eid, bytes) in &ecgs {
+        std::fs::write(root.join(format!("ecg/{eid}_20205_2_0.xml")), bytes).unwrap();
+        let sub = root.join(format!("cmr/{eid}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for name in ["sa.nii.gz", "seg_sa.nii.gz"] {
+            std::fs::copy(fixture(&format!("cmr/1000001/{name}")), sub.join(name)).unwrap();
+        }
+    }
+    let cfg = BuildConfig {
+        ecg_samples: 200,
+        phenotypes: None,
+        diagnoses: None,
+        ..config(&root, &dir.path().join("cache"))
+    };
+    let (index, report) = build_dataset(&cfg, &|_, _| {}).unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let column = |name: &str| {
+        PHENOTYPE_FIELDS
+            .iter()
+            .position(|f| f.name == name)
+            .unwrap()
+    };
+    let (sv, co) = (column("lvsv"), column("lvco"));
+    let rate = |eid: u64| {
+        let s = index.subjects.iter().find(|s| s.eid == eid).unwrap();
+        let sv = s.phenotypes[sv].expect("stroke volume from the segmentation");
+        // Cardiac output in L/min from mL × bpm.
+        s.phenotypes[co].map(|co| co * 1000.0 / sv)
+    };
+    let close = |r: Option<f64>, want: f64| r.is_some_and(|r| (r - want).abs() < 1e-6);
+    assert!(
+        close(rate(3000000), 71.0),
+        "CardioSoft: {:?}",
+        rate(3000000)
+    );
+    assert!(close(rate(3000001), 62.0), "MUSE: {:?}", rate(3000001));
+    assert_eq!(rate(3000002), None, "an implausible MUSE rate");
+    assert_eq!(rate(3000003), None, "HL7 aECG");
 }
 
 #[test]

@@ -26,7 +26,7 @@ use common::{assert_names_file, fixture, format_error, write};
 use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_data::ecg::hl7::read_hl7_aecg;
 use mmcl_data::ecg::muse::read_muse_xml;
-use mmcl_data::ecg::xml::MAX_XML_DEPTH;
+use mmcl_data::ecg::xml::{MAX_XML_DEPTH, read_cardiosoft_xml};
 use mmcl_data::ecg::{self, Ecg, EcgFormat, LEADS};
 
 #[global_allocator]
@@ -91,6 +91,9 @@ fn muse_files_read_as_the_source_signal() {
         let path = fixture(&format!("vendor_xml/{file}"));
         let rec = read_muse_xml(&path).unwrap();
         assert_is_source(&rec.rhythm, N, 1.0, MUSE_UV, derived);
+        // The fixture generator writes <VentricularRate>71</VentricularRate>.
+        assert_eq!(rec.heart_rate(), Some(71.0));
+        assert_eq!(rec.measurement("ventricularrate"), Some(71.0));
         let median = rec.median_beats.expect("the median waveform");
         assert_is_source(&median, 60, 0.5, MUSE_UV, derived);
         assert_eq!(EcgFormat::detect(&path).unwrap(), EcgFormat::MuseXml);
@@ -145,6 +148,211 @@ fn muse_variants_read_the_same() {
         .replace("<SampleExponent>0</", "<SampleExponent>2</");
     let p = write(dir.path(), "exp.xml", latin1(&exp));
     assert_eq!(read_muse_xml(&p).unwrap(), reference);
+    // A heart rate that is no number, or no plausible rate, is no heart rate (and no error).
+    let rate = "<VentricularRate>71</VentricularRate>";
+    assert!(text.contains(rate));
+    for (value, measured, heart_rate) in [
+        ("62", Some(62.0), Some(62.0)),
+        (" 62.5 ", Some(62.5), Some(62.5)),
+        ("n/a", None, None),
+        ("", None, None),
+        ("0", Some(0.0), None),
+        ("999", Some(999.0), None),
+        ("NaN", None, None),
+    ] {
+        let changed = text.replace(rate, &format!("<VentricularRate>{value}</VentricularRate>"));
+        let p = write(dir.path(), "rate.xml", latin1(&changed));
+        let rec = read_muse_xml(&p).unwrap();
+        assert_eq!(rec.measurement("VentricularRate"), measured, "{value:?}");
+        assert_eq!(rec.heart_rate(), heart_rate, "{value:?}");
+        assert_eq!(rec.rhythm, reference.rhythm);
+    }
+    // Without the measurements there is no heart rate.
+    let bare = text.replace(rate, "");
+    let p = write(dir.path(), "no_rate.xml", latin1(&bare));
+    let rec = read_muse_xml(&p).unwrap();
+    assert!(rec.measurements.is_empty());
+    assert_eq!(rec.heart_rate(), None);
+}
+
+/// Every XML fixture (two MUSE, two HL7, the CardioSoft file) and its format.
+fn xml_fixtures() -> [(PathBuf, EcgFormat); 5] {
+    [
+        (fixture("vendor_xml/muse_8lead.xml"), EcgFormat::MuseXml),
+        (fixture("vendor_xml/muse_12lead.xml"), EcgFormat::MuseXml),
+        (fixture("vendor_xml/hl7_12lead.xml"), EcgFormat::Hl7Aecg),
+        (fixture("vendor_xml/hl7_8lead.xml"), EcgFormat::Hl7Aecg),
+        (
+            fixture("xml/1000001_20205_2_0.xml"),
+            EcgFormat::CardioSoftXml,
+        ),
+    ]
+}
+
+/// The characters of a fixture: ISO-8859-1 or ASCII (the HL7 files' UTF-8 is ASCII), so
+/// each byte is the code point of its value.
+fn fixture_text(path: &Path) -> String {
+    std::fs::read(path)
+        .unwrap()
+        .iter()
+        .map(|&b| b as char)
+        .collect()
+}
+
+/// UTF-16 code units as little- or big-endian bytes, after a byte-order mark when `bom`.
+fn utf16_bytes(units: &[u16], big_endian: bool, bom: bool) -> Vec<u8> {
+    let order = |u: u16| {
+        if big_endian {
+            u.to_be_bytes()
+        } else {
+            u.to_le_bytes()
+        }
+    };
+    let mark = bom.then_some(0xFEFF).into_iter();
+    mark.chain(units.iter().copied()).flat_map(order).collect()
+}
+
+/// `text` as hospitals' exports and Windows tools write it: UTF-16 little- and big-endian with
+/// a byte-order mark and without one (XML 1.0 Appendix F), and UTF-8 with a mark.
+fn reencoded(text: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    vec![
+        ("utf16le", utf16_bytes(&units, false, true)),
+        ("utf16be", utf16_bytes(&units, true, true)),
+        ("utf16le_nobom", utf16_bytes(&units, false, false)),
+        ("utf16be_nobom", utf16_bytes(&units, true, false)),
+        (
+            "utf8bom",
+            [&[0xEF, 0xBB, 0xBF][..], text.as_bytes()].concat(),
+        ),
+    ]
+}
+
+/// Asserts that `p` reads exactly as `original` does, with the reader of `format`, through
+/// `read_any`, and that `EcgFormat::detect` finds `format`.
+fn assert_reads_the_same(p: &Path, original: &Path, format: EcgFormat) {
+    let what = p.display();
+    assert_eq!(EcgFormat::detect(p).unwrap(), format, "{what}");
+    match format {
+        EcgFormat::MuseXml => {
+            assert_eq!(
+                read_muse_xml(p).unwrap(),
+                read_muse_xml(original).unwrap(),
+                "{what}"
+            )
+        }
+        EcgFormat::Hl7Aecg => {
+            assert_eq!(
+                read_hl7_aecg(p).unwrap(),
+                read_hl7_aecg(original).unwrap(),
+                "{what}"
+            )
+        }
+        _ => assert_eq!(
+            read_cardiosoft_xml(p).unwrap(),
+            read_cardiosoft_xml(original).unwrap(),
+            "{what}"
+        ),
+    }
+    let ecg = |p: &Path| ecg::read_any(p, 500.0).unwrap().remove(0).ecg;
+    assert_eq!(ecg(p), ecg(original), "{what}");
+}
+
+#[test]
+fn utf16_and_utf8_with_a_mark_read_as_the_originals() {
+    let dir = tempfile::tempdir().unwrap();
+    for (original, format) in xml_fixtures() {
+        let text = fixture_text(&original);
+        let stem = original.file_stem().unwrap().to_str().unwrap();
+        let declaration = text.lines().next().unwrap();
+        assert!(declaration.contains("encoding="), "{declaration}");
+        // As re-saved by a tool that kept the old declaration (the mark wins over it, as XML
+        // 1.0 Appendix F has it), and with the declaration matching.
+        let utf16 = declaration
+            .replace("ISO-8859-1", "UTF-16")
+            .replace("UTF-8", "UTF-16");
+        let declared = text.replacen(declaration, &utf16, 1);
+        for (variant, text) in [("kept", &text), ("declared", &declared)] {
+            for (encoding, bytes) in reencoded(text) {
+                let name = format!("{stem}_{variant}_{encoding}.xml");
+                let p = write(dir.path(), &name, bytes);
+                assert_reads_the_same(&p, &original, format);
+            }
+        }
+        // A UTF-16 declaration on 8-bit text (as .NET writes it) reads as UTF-8.
+        let p = write(
+            dir.path(),
+            &format!("{stem}_dotnet.xml"),
+            declared.as_bytes(),
+        );
+        assert_reads_the_same(&p, &original, format);
+    }
+}
+
+#[test]
+fn malformed_utf16_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (original, format) in xml_fixtures() {
+        let stem = original.file_stem().unwrap().to_str().unwrap();
+        let units: Vec<u16> = fixture_text(&original).encode_utf16().collect();
+        let read = |p: &Path| -> mmcl_data::Result<()> {
+            match format {
+                EcgFormat::MuseXml => read_muse_xml(p).map(|_| ()),
+                EcgFormat::Hl7Aecg => read_hl7_aecg(p).map(|_| ()),
+                _ => read_cardiosoft_xml(p).map(|_| ()),
+            }
+        };
+        // An unpaired surrogate in the first line break (a high one alone, a low one alone).
+        let line_break = units.iter().position(|&u| u == u16::from(b'\n')).unwrap();
+        for (big_endian, surrogate) in [(false, 0xD800), (true, 0xDC00)] {
+            let mut bad = units.clone();
+            bad.insert(line_break, surrogate);
+            let name = format!("{stem}_surrogate_{big_endian}.xml");
+            let p = write(d, &name, utf16_bytes(&bad, big_endian, true));
+            for msg in [
+                format_error(read(&p), &p),
+                format_error(ecg::read_any(&p, 500.0), &p),
+            ] {
+                assert!(msg.contains("unpaired surrogate"), "{msg}");
+                assert!(
+                    msg.contains(&format!("byte {}", 2 + 2 * line_break)),
+                    "{msg}"
+                );
+            }
+            // Finding the root needs only the head, read leniently.
+            assert_eq!(EcgFormat::detect(&p).unwrap(), format);
+        }
+        // An odd number of bytes: a file cut in the middle of a character.
+        for big_endian in [false, true] {
+            let mut bytes = utf16_bytes(&units, big_endian, true);
+            bytes.push(b'\n');
+            let p = write(d, &format!("{stem}_odd_{big_endian}.xml"), bytes);
+            for msg in [
+                format_error(read(&p), &p),
+                format_error(ecg::read_any(&p, 500.0), &p),
+            ] {
+                assert!(msg.contains("odd number of bytes"), "{msg}");
+            }
+        }
+    }
+    // A UTF-8 mark before bytes that are not UTF-8 (Latin-1 text given a mark it cannot have).
+    let latin1 = std::fs::read(fixture("vendor_xml/muse_8lead.xml")).unwrap();
+    let p = write(
+        d,
+        "marked_latin1.xml",
+        [&[0xEF, 0xBB, 0xBF][..], &latin1].concat(),
+    );
+    let msg = format_error(read_muse_xml(&p), &p);
+    assert!(
+        msg.contains("UTF-8 byte-order mark") && msg.contains("ISO-8859-1"),
+        "{msg}"
+    );
+    // Blank UTF-16 is an empty file.
+    let blank = utf16_bytes(&" \r\n".encode_utf16().collect::<Vec<_>>(), false, true);
+    let p = write(d, "blank16.xml", blank);
+    assert!(format_error(read_muse_xml(&p), &p).contains("empty"));
+    assert!(format_error(EcgFormat::detect(&p), &p).contains("empty"));
 }
 
 /// One lead of a MUSE document written by [`muse`].

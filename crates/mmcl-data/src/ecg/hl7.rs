@@ -40,14 +40,17 @@
 //! A sample is `origin + scale × digit`, returned in mV in the canonical lead order (lead codes
 //! `MDC_ECG_LEAD_I`, `…_II`, `…_III`, `…_AVR`, `…_AVL`, `…_AVF`, `…_V1` … `…_V6`; other leads are
 //! ignored). When III, aVR, aVL and aVF are all absent they are derived from I and II. The
-//! declared encoding (UTF-8 or ISO-8859-1) is honoured.
+//! text is decoded by [`super::xml`]'s shared decoder: UTF-16 with a byte-order mark, UTF-8, or
+//! the declared ISO-8859-1.
 
 use std::path::Path;
 
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
-use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode, parse_int};
+use super::xml::{
+    MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode, is_blank, parse_int,
+};
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file, lead_index};
 use crate::{Error, Result};
 use mmcl_core::files::read_regular_bounded;
@@ -98,10 +101,10 @@ pub fn read_hl7_aecg(path: &Path) -> Result<Ecg> {
 /// # Errors
 /// See [`read_hl7_aecg`].
 pub fn parse_hl7_aecg(bytes: &[u8], path: &Path) -> Result<Ecg> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = decode(bytes, path)?;
+    if is_blank(&text) {
         return Err(Error::format(path, "the file is empty"));
     }
-    let text = decode(bytes, path)?;
     let mut reader = Reader::from_str(&text);
     let mut stack: Vec<String> = Vec::new();
     let mut seen_root = false;

@@ -7,6 +7,10 @@
 //! <!DOCTYPE RestingECG SYSTEM "restecg.dtd">
 //! <RestingECG>
 //!   <PatientDemographics>…</PatientDemographics>            (and MuseInfo, TestDemographics, …)
+//!   <RestingECGMeasurements>                               (optional: the confirmed measurements)
+//!     <VentricularRate>62</VentricularRate>                (bpm; also AtrialRate, PRInterval,
+//!     <QRSDuration>88</QRSDuration>                         QTInterval, QTCorrected, PAxis, …)
+//!   </RestingECGMeasurements>
 //!   <Waveform>
 //!     <WaveformType>Median</WaveformType>                  (median beats, same layout)
 //!     …
@@ -31,7 +35,11 @@
 //!
 //! MUSE stores the eight acquired leads (I, II, V1–V6) and sometimes III, aVR, aVL and aVF as
 //! well; when those four are absent they are derived from I and II. Samples are returned in mV,
-//! in the canonical lead order. The declared encoding (ISO-8859-1 or UTF-8) is honoured.
+//! in the canonical lead order. The numeric children of `RestingECGMeasurements` are kept as
+//! [`MuseEcg::measurements`] (non-numeric ones are skipped); [`MuseEcg::heart_rate`] is its
+//! `VentricularRate` when plausible. The text is decoded by [`super::xml`]'s shared decoder:
+//! UTF-16 with a byte-order mark (as MUSE exports often are), UTF-8, or the declared
+//! ISO-8859-1.
 
 use std::path::Path;
 
@@ -40,7 +48,10 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-use super::xml::{MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode};
+use super::xml::{
+    MAX_XML_BYTES, MAX_XML_DEPTH, Measurement, append_character_data, decode, is_blank,
+    plausible_heart_rate,
+};
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file};
 use crate::{Error, Result};
 use mmcl_core::files::read_regular_bounded;
@@ -63,6 +74,26 @@ pub struct MuseEcg {
     pub rhythm: Ecg,
     /// The median beats (`<Waveform>` of type `Median`), when present.
     pub median_beats: Option<Ecg>,
+    /// The numeric children of `RestingECGMeasurements`, in file order (MUSE writes no units:
+    /// rates in bpm, intervals in ms, axes in degrees; `unit` is `None`).
+    pub measurements: Vec<Measurement>,
+}
+
+impl MuseEcg {
+    /// The value of a measurement by element name (case-insensitive; the first when repeated).
+    pub fn measurement(&self, name: &str) -> Option<f64> {
+        self.measurements
+            .iter()
+            .find(|m| m.name.eq_ignore_ascii_case(name))
+            .map(|m| m.value)
+    }
+
+    /// The heart rate in bpm: `VentricularRate`, or `None` when absent or implausible
+    /// ([`plausible_heart_rate`]).
+    pub fn heart_rate(&self) -> Option<f64> {
+        self.measurement("VentricularRate")
+            .and_then(plausible_heart_rate)
+    }
 }
 
 /// Reads a GE MUSE XML file.
@@ -89,10 +120,10 @@ pub fn read_muse_xml(path: &Path) -> Result<MuseEcg> {
 /// # Errors
 /// See [`read_muse_xml`].
 pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = decode(bytes, path)?;
+    if is_blank(&text) {
         return Err(Error::format(path, "the file is empty"));
     }
-    let text = decode(bytes, path)?;
     let mut reader = Reader::from_str(&text);
     // Local names of the open elements, and the text of the top one when it is kept.
     let mut stack: Vec<String> = Vec::new();
@@ -102,6 +133,7 @@ pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
     let mut lead: Option<RawLead> = None;
     let mut rhythm: Option<Ecg> = None;
     let mut median: Option<Ecg> = None;
+    let mut measurements: Vec<Measurement> = Vec::new();
     loop {
         let event = reader.read_event().map_err(|source| Error::Xml {
             path: path.to_path_buf(),
@@ -146,7 +178,14 @@ pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
                 stack.push(name);
                 kept = keeps_text(&stack).then(String::new);
                 if empty
-                    && let Some(w) = close(&mut stack, &mut kept, &mut waveform, &mut lead, path)?
+                    && let Some(w) = close(
+                        &mut stack,
+                        &mut kept,
+                        &mut waveform,
+                        &mut lead,
+                        &mut measurements,
+                        path,
+                    )?
                 {
                     file_waveform(w, &mut rhythm, &mut median, path)?;
                 }
@@ -157,7 +196,14 @@ pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
                 }
             }
             Event::End(_) => {
-                if let Some(w) = close(&mut stack, &mut kept, &mut waveform, &mut lead, path)? {
+                if let Some(w) = close(
+                    &mut stack,
+                    &mut kept,
+                    &mut waveform,
+                    &mut lead,
+                    &mut measurements,
+                    path,
+                )? {
                     file_waveform(w, &mut rhythm, &mut median, path)?;
                 }
             }
@@ -183,6 +229,7 @@ pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
     Ok(MuseEcg {
         rhythm,
         median_beats: median,
+        measurements,
     })
 }
 
@@ -196,6 +243,7 @@ fn keeps_text(stack: &[String]) -> bool {
             )
         }
         [_, w, l, name] if w == "Waveform" && l == "LeadData" => RawLead::keeps(name),
+        [_, m, _] => m == "RestingECGMeasurements",
         _ => false,
     }
 }
@@ -221,13 +269,14 @@ fn file_waveform(
     Ok(())
 }
 
-/// Closes the element at the top of `stack`, filing its kept text; returns the waveform when
-/// the element is a `<Waveform>`.
+/// Closes the element at the top of `stack`, filing its kept text (a numeric measurement into
+/// `measurements`); returns the waveform when the element is a `<Waveform>`.
 fn close(
     stack: &mut Vec<String>,
     kept: &mut Option<String>,
     waveform: &mut Option<RawWaveform>,
     lead: &mut Option<RawLead>,
+    measurements: &mut Vec<Measurement>,
     path: &Path,
 ) -> Result<Option<RawWaveform>> {
     let depth = stack.len();
@@ -237,6 +286,21 @@ fn close(
     let text = kept.take();
     if depth == 2 && name == "Waveform" {
         return Ok(waveform.take());
+    }
+    if depth == 3 && stack[1] == "RestingECGMeasurements" {
+        // Text that is not a number (a note, an empty element) is no measurement, not an error.
+        if let Some(value) = text
+            .as_deref()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+        {
+            measurements.push(Measurement {
+                name,
+                value,
+                unit: None,
+            });
+        }
+        return Ok(None);
     }
     match (depth, waveform.as_mut(), text) {
         (3, Some(w), _) if name == "LeadData" => {

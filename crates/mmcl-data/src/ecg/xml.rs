@@ -25,7 +25,9 @@
 //!
 //! Leads come in any order and capitalisation and are reordered to the canonical order;
 //! samples are integers in units of `Resolution` µV and are returned in mV. The file's declared
-//! encoding (ISO-8859-1 for UK Biobank, or UTF-8) is honoured.
+//! encoding (ISO-8859-1 for UK Biobank, or UTF-8) is honoured, and UTF-16 (little- or
+//! big-endian, told by its byte-order mark) is read too: the decoder here is shared by the GE
+//! MUSE and HL7 aECG readers and by [`root_element`], so every XML format reads every encoding.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -50,12 +52,13 @@ pub const MAX_XML_DEPTH: usize = 64;
 ///
 /// A UK Biobank file (ten seconds of 12 leads at 500 Hz plus median beats) is 100–300 KB;
 /// the limit leaves room for minutes-long strips at high rates while bounding the memory a
-/// single file can claim (the text is held once as bytes and once decoded).
+/// single file can claim (the text is held once as bytes and once decoded: at most as many
+/// bytes again for 8-bit text, half as many for the ASCII content of UTF-16).
 pub const MAX_XML_BYTES: u64 = 64 << 20;
 
 /// An interval or axis measurement of the CardioSoft report (`VentricularRate`, `PQInterval`,
 /// `PDuration`, `QRSDuration`, `QTInterval`, `QTCInterval`, `RRInterval`, `PAxis`, `RAxis`,
-/// `TAxis`, …).
+/// `TAxis`, …), or of a GE MUSE report ([`super::muse::MuseEcg::measurements`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
     /// Element name as written in the file.
@@ -85,6 +88,23 @@ impl CardioSoftEcg {
             .find(|m| m.name.eq_ignore_ascii_case(name))
             .map(|m| m.value)
     }
+
+    /// The heart rate in bpm: `VentricularRate`, or `None` when absent or implausible
+    /// ([`plausible_heart_rate`]).
+    pub fn heart_rate(&self) -> Option<f64> {
+        self.measurement("VentricularRate")
+            .and_then(plausible_heart_rate)
+    }
+}
+
+/// The range of heart rates taken from a vendor's measurements, in bpm: a resting ECG's
+/// ventricular rate lies well inside it, and values outside (0 for "not measured", a
+/// misplaced interval) would turn the cardiac output derived from it into nonsense.
+pub const HEART_RATE_RANGE_BPM: std::ops::RangeInclusive<f64> = 20.0..=300.0;
+
+/// `bpm` when it lies in [`HEART_RATE_RANGE_BPM`], else `None`.
+pub fn plausible_heart_rate(bpm: f64) -> Option<f64> {
+    HEART_RATE_RANGE_BPM.contains(&bpm).then_some(bpm)
 }
 
 /// Reads a CardioSoft XML file.
@@ -109,10 +129,10 @@ pub fn read_cardiosoft_xml(path: &Path) -> Result<CardioSoftEcg> {
 /// # Errors
 /// See [`read_cardiosoft_xml`].
 pub fn parse_cardiosoft_xml(bytes: &[u8], path: &Path) -> Result<CardioSoftEcg> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = decode(bytes, path)?;
+    if is_blank(&text) {
         return Err(Error::format(path, "the file is empty"));
     }
-    let text = decode(bytes, path)?;
     let mut reader = Reader::from_str(&text);
     let mut stack: Vec<Frame> = Vec::new();
     // How many open elements are <StripData> / <MedianSamples>.
@@ -417,10 +437,49 @@ pub(crate) fn parse_int(token: &str) -> Option<i64> {
     Some(if negative { -v } else { v })
 }
 
-/// Decodes the file into text following its XML declaration (UTF-8 or ISO-8859-1/Latin-1).
-/// Shared by every XML reader of the crate.
+/// Decodes the file into text, shared by every XML reader of the crate (CardioSoft, GE MUSE,
+/// HL7 aECG) and, leniently, by [`root_element`].
+///
+/// A byte-order mark decides first (UTF-8 `EF BB BF`, UTF-16 little-endian `FF FE`, big-endian
+/// `FE FF`), and so does the `<` of UTF-16 text without one; an encoding declaration that
+/// contradicts the mark is overruled by it, as XML 1.0 Appendix F has it (Windows tools re-save
+/// files without updating the declaration). Without either, the declared encoding is honoured:
+/// UTF-8 (also when none is declared) or ISO-8859-1/Latin-1. A declaration of UTF-16 on 8-bit
+/// bytes (.NET writes those) is read as UTF-8, the only way its ASCII declaration reads at all.
+///
+/// UTF-16 text decodes to at most 1.5 times its bytes (3 UTF-8 bytes per 2-byte unit), and to
+/// half of them for the ASCII markup and digits of an ECG file.
+///
+/// # Errors
+/// Bytes that are not valid in the encoding found: invalid UTF-8, UTF-16 of an odd number of
+/// bytes or with an unpaired surrogate (with the byte offset), an encoding declared that is
+/// neither, UTF-32 (each naming `path`).
 pub(crate) fn decode<'a>(bytes: &'a [u8], path: &Path) -> Result<Cow<'a, str>> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let (mark, body) = byte_order_mark(bytes);
+    match mark {
+        Some(Mark::Utf16(order)) => {
+            let bom = bytes.len() - body.len();
+            return utf16_to_string(body, order, bom, path).map(Cow::Owned);
+        }
+        Some(Mark::Utf8) => {
+            return std::str::from_utf8(body).map(Cow::Borrowed).map_err(|e| {
+                let declared = declared_encoding(&body[..body.len().min(256)])
+                    .map(|d| format!(" (it declares {d:?})"))
+                    .unwrap_or_default();
+                Error::format(
+                    path,
+                    format!("not valid UTF-8 ({e}) after its UTF-8 byte-order mark{declared}"),
+                )
+            });
+        }
+        Some(Mark::Utf32) => {
+            return Err(Error::format(
+                path,
+                "UTF-32 text is not supported (expected UTF-8, UTF-16 or ISO-8859-1)",
+            ));
+        }
+        None => {}
+    }
     let head = &bytes[..bytes.len().min(256)];
     let declared = declared_encoding(head).map(|e| e.to_ascii_lowercase());
     match declared.as_deref() {
@@ -432,6 +491,17 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], path: &Path) -> Result<Cow<'a, str>> {
                 )
             })
         }
+        Some(utf16) if is_utf16_name(utf16) => {
+            std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|e| {
+                Error::format(
+                    path,
+                    format!(
+                        "declares {utf16:?} but is 8-bit text without a byte-order mark, and \
+                         not valid UTF-8 ({e}) either"
+                    ),
+                )
+            })
+        }
         Some("iso-8859-1") | Some("latin1") | Some("latin-1") | Some("iso8859-1")
         | Some("windows-1252") | Some("cp1252") => {
             // Latin-1 maps every byte to the code point of the same value; windows-1252
@@ -440,8 +510,116 @@ pub(crate) fn decode<'a>(bytes: &'a [u8], path: &Path) -> Result<Cow<'a, str>> {
         }
         Some(other) => Err(Error::format(
             path,
-            format!("unsupported XML encoding {other:?} (expected ISO-8859-1 or UTF-8)"),
+            format!("unsupported XML encoding {other:?} (expected UTF-8, UTF-16 or ISO-8859-1)"),
         )),
+    }
+}
+
+/// Whether a (lower-case) encoding name is one of UTF-16's.
+fn is_utf16_name(name: &str) -> bool {
+    matches!(
+        name,
+        "utf-16" | "utf16" | "utf-16le" | "utf-16be" | "ucs-2" | "iso-10646-ucs-2" | "unicode"
+    )
+}
+
+/// The byte order of UTF-16 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Little,
+    Big,
+}
+
+/// What the first bytes of an XML file say about its encoding (XML 1.0 Appendix F).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Utf8,
+    Utf16(Order),
+    Utf32,
+}
+
+/// The encoding the first bytes announce, and the bytes after the byte-order mark; `None` for
+/// an 8-bit file whose declaration (or its absence) decides.
+///
+/// UTF-16 without a mark is recognised by a NUL beside the first ASCII character: XML text
+/// cannot hold NUL, so no 8-bit file starts that way.
+fn byte_order_mark(bytes: &[u8]) -> (Option<Mark>, &[u8]) {
+    match bytes {
+        [0xFF, 0xFE, 0, 0, ..] | [0, 0, 0xFE, 0xFF, ..] => (Some(Mark::Utf32), bytes),
+        [0xEF, 0xBB, 0xBF, rest @ ..] => (Some(Mark::Utf8), rest),
+        [0xFF, 0xFE, rest @ ..] => (Some(Mark::Utf16(Order::Little)), rest),
+        [0xFE, 0xFF, rest @ ..] => (Some(Mark::Utf16(Order::Big)), rest),
+        [c, 0, ..] if *c != 0 && c.is_ascii() => (Some(Mark::Utf16(Order::Little)), bytes),
+        [0, c, ..] if *c != 0 && c.is_ascii() => (Some(Mark::Utf16(Order::Big)), bytes),
+        _ => (None, bytes),
+    }
+}
+
+/// The characters of UTF-16 bytes (a trailing odd byte is left out).
+fn utf16_chars(
+    body: &[u8],
+    order: Order,
+) -> impl Iterator<Item = std::result::Result<char, std::char::DecodeUtf16Error>> + '_ {
+    let units = body.chunks_exact(2).map(move |b| match order {
+        Order::Little => u16::from_le_bytes([b[0], b[1]]),
+        Order::Big => u16::from_be_bytes([b[0], b[1]]),
+    });
+    char::decode_utf16(units)
+}
+
+/// Decodes UTF-16 bytes (`bom` bytes of byte-order mark before them, for error offsets).
+fn utf16_to_string(body: &[u8], order: Order, bom: usize, path: &Path) -> Result<String> {
+    let name = match order {
+        Order::Little => "UTF-16LE",
+        Order::Big => "UTF-16BE",
+    };
+    if !body.len().is_multiple_of(2) {
+        return Err(Error::format(
+            path,
+            format!(
+                "{name} text of an odd number of bytes ({}): the file is cut short or not UTF-16",
+                body.len() + bom
+            ),
+        ));
+    }
+    // A first pass validates and sizes the text, so that the string is allocated once at its
+    // exact length (at most 1.5 times the bytes) rather than grown by doubling.
+    let mut unit = 0usize;
+    let mut len = 0usize;
+    for c in utf16_chars(body, order) {
+        match c {
+            Ok(c) => {
+                unit += c.len_utf16();
+                len += c.len_utf8();
+            }
+            Err(e) => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "not valid {name}: unpaired surrogate {:#06X} at byte {}",
+                        e.unpaired_surrogate(),
+                        bom + 2 * unit
+                    ),
+                ));
+            }
+        }
+    }
+    let mut text = String::with_capacity(len);
+    text.extend(utf16_chars(body, order).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
+    Ok(text)
+}
+
+/// The first bytes of an XML file as text, for finding its root: UTF-16 by its mark, else a
+/// lossy 8-bit view (the markup before the root is ASCII in every encoding we read). A
+/// character cut at the end of the head, or a bad one, becomes U+FFFD.
+fn head_text(head: &[u8]) -> Cow<'_, str> {
+    match byte_order_mark(head) {
+        (Some(Mark::Utf16(order)), body) => Cow::Owned(
+            utf16_chars(body, order)
+                .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+                .collect(),
+        ),
+        (_, body) => String::from_utf8_lossy(body),
     }
 }
 
@@ -487,13 +665,10 @@ pub fn root_element(path: &Path) -> Result<String> {
 /// The root element's local name in `head`, the first bytes of the file (`cut` when the file
 /// goes on after them).
 fn root_in(head: &[u8], path: &Path, cut: bool) -> Result<String> {
-    if head.iter().all(u8::is_ascii_whitespace) {
+    let text = head_text(head);
+    if is_blank(&text) {
         return Err(Error::format(path, "the file is empty"));
     }
-    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
-    // Only the markup before the root matters and it is ASCII in every encoding we read, so a
-    // lossy view is enough (and tolerates a character cut at the end of the head).
-    let text = String::from_utf8_lossy(head);
     let mut reader = Reader::from_str(&text);
     let not_found = || {
         Error::format(
@@ -519,6 +694,11 @@ fn root_in(head: &[u8], path: &Path, cut: bool) -> Result<String> {
             }
         }
     }
+}
+
+/// Whether decoded XML text holds nothing but XML white space (an empty file).
+pub(crate) fn is_blank(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_whitespace())
 }
 
 /// Appends the character data an event carries (text, CDATA, or the character of an entity
@@ -614,5 +794,51 @@ mod tests {
         )
         .unwrap();
         assert!(text.contains("\u{b5}V"));
+    }
+
+    #[test]
+    fn utf16_is_decoded_by_its_mark() {
+        let p = Path::new("u.xml");
+        let text = "<?xml version=\"1.0\" encoding=\"UTF-16\"?><a>\u{b5}V \u{1F493}</a>";
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for bytes in [
+            [&[0xFF, 0xFE][..], &le].concat(),
+            [&[0xFE, 0xFF][..], &be].concat(),
+            le.clone(),
+            be,
+        ] {
+            let decoded = decode(&bytes, p).unwrap();
+            assert_eq!(decoded, text);
+            // Allocated once, at its length (no doubling beyond the bytes' bound).
+            assert_eq!(decoded.into_owned().capacity(), text.len());
+            assert_eq!(root_in(&bytes, p, false).unwrap(), "a");
+            // A head cut inside a character still names the root.
+            assert_eq!(root_in(&bytes[..bytes.len() - 3], p, true).unwrap(), "a");
+        }
+        // The mark wins over a declaration of another encoding.
+        let latin = text.replace("UTF-16", "ISO-8859-1");
+        let bytes: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(latin.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        assert_eq!(decode(&bytes, p).unwrap(), latin);
+        let marked = [b"\xEF\xBB\xBF".as_slice(), latin.as_bytes()].concat();
+        assert_eq!(decode(&marked, p).unwrap(), latin);
+        // UTF-16 declared on 8-bit text is UTF-8.
+        assert_eq!(decode(text.as_bytes(), p).unwrap(), text);
+        let msg = decode(b"<?xml version=\"1.0\" encoding=\"utf-16\"?><a>\xb5</a>", p)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("without a byte-order mark"), "{msg}");
+        let msg = decode(b"\xFF\xFE\0\0<\0\0\0", p).unwrap_err().to_string();
+        assert!(msg.contains("UTF-32"), "{msg}");
+        let msg = decode(b"<?xml version=\"1.0\" encoding=\"Shift_JIS\"?><a/>", p)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unsupported XML encoding"), "{msg}");
+        assert_eq!(plausible_heart_rate(62.0), Some(62.0));
+        assert_eq!(plausible_heart_rate(0.0), None);
+        assert_eq!(plausible_heart_rate(f64::NAN), None);
     }
 }
