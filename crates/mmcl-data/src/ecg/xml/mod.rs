@@ -40,7 +40,7 @@ use mmcl_core::files::{open_regular, read_checked, read_regular_bounded};
 
 mod encoding;
 pub(crate) use encoding::decode;
-use encoding::{declared_encoding, head_text};
+use encoding::head_text;
 
 /// The deepest element nesting accepted in an ECG XML file (CardioSoft, and also GE MUSE and
 /// HL7 aECG, see [`super::muse`] and [`super::hl7`]).
@@ -538,6 +538,7 @@ pub(crate) fn reference_char(reference: &BytesRef<'_>) -> Option<char> {
 
 #[cfg(test)]
 mod tests {
+    use super::encoding::declared_encoding;
     use super::*;
 
     #[test]
