@@ -23,7 +23,7 @@ pub fn documented_toml<T: serde::Serialize>(cfg: &T, optional: &[OptionalKey]) -
     documented_toml_omitting(cfg, &[], optional)
 }
 
-/// [`documented_toml`] without the top-level keys (or tables) `omit`.
+/// [`documented_toml`] without the top-level tables `omit` (and the tables nested in them).
 pub fn documented_toml_omitting<T: serde::Serialize>(
     cfg: &T,
     omit: &[&str],
