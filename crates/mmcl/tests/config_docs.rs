@@ -297,27 +297,31 @@ fn parse_structs() -> Vec<Struct> {
                 if !derives_serialize(&s.attrs) {
                     continue;
                 }
-                let fields = named
-                    .named
-                    .iter()
-                    .filter_map(|f| {
-                        Some(Field {
-                            key: serde_key(f)?,
-                            type_name: inner_type_name(&f.ty),
-                            nested: None,
-                            doc: first_sentence(&f.attrs),
-                        })
-                    })
-                    .collect();
                 structs.push(Struct {
                     path: format!("{module}::{}", s.ident),
-                    fields,
+                    fields: named_fields(named),
                     imports: imports.clone(),
                 });
             }
         }
     }
     structs
+}
+
+/// The serialised fields of a struct or struct variant.
+fn named_fields(named: &syn::FieldsNamed) -> Vec<Field> {
+    named
+        .named
+        .iter()
+        .filter_map(|f| {
+            Some(Field {
+                key: serde_key(f)?,
+                type_name: inner_type_name(&f.ty),
+                nested: None,
+                doc: first_sentence(&f.attrs),
+            })
+        })
+        .collect()
 }
 
 /// `snake_case` / `lowercase` spelling of a variant, as `#[serde(rename_all)]` asks.
@@ -367,21 +371,9 @@ fn enum_as_structs(
         match &v.fields {
             syn::Fields::Named(named) => {
                 let variant_path = format!("{path}::{}", v.ident);
-                let fields = named
-                    .named
-                    .iter()
-                    .filter_map(|f| {
-                        Some(Field {
-                            key: serde_key(f)?,
-                            type_name: inner_type_name(&f.ty),
-                            nested: None,
-                            doc: first_sentence(&f.attrs),
-                        })
-                    })
-                    .collect();
                 structs.push(Struct {
                     path: variant_path.clone(),
-                    fields,
+                    fields: named_fields(named),
                     imports: imports.clone(),
                 });
                 variants.push(Field {

@@ -360,14 +360,7 @@ fn components(mask: &[bool], nx: usize, ny: usize) -> Vec<Vec<usize>> {
         let mut blob = Vec::new();
         while let Some(i) = stack.pop() {
             blob.push(i);
-            let (x, y) = (i % nx, i / nx);
-            let neighbours = [
-                (x > 0).then(|| i - 1),
-                (x + 1 < nx).then(|| i + 1),
-                (y > 0).then(|| i - nx),
-                (y + 1 < ny).then(|| i + nx),
-            ];
-            for j in neighbours.into_iter().flatten() {
+            for j in neighbours4(i, nx, ny).into_iter().flatten() {
                 if mask[j] && !seen[j] {
                     seen[j] = true;
                     stack.push(j);
@@ -379,6 +372,17 @@ fn components(mask: &[bool], nx: usize, ny: usize) -> Vec<Vec<usize>> {
     out
 }
 
+/// The 4-neighbours of pixel `i` of an `nx × ny` slice (row-major), `None` beyond its edges.
+fn neighbours4(i: usize, nx: usize, ny: usize) -> [Option<usize>; 4] {
+    let (x, y) = (i % nx, i / nx);
+    [
+        (x > 0).then(|| i - 1),
+        (x + 1 < nx).then(|| i + 1),
+        (y > 0).then(|| i - nx),
+        (y + 1 < ny).then(|| i + nx),
+    ]
+}
+
 /// The pixels of `blob` and the `mask` pixels 4-adjacent to them (undoing the erosion);
 /// `taken` (all false, one flag per pixel) is left as it was found.
 fn restore(blob: &[usize], mask: &[bool], nx: usize, ny: usize, taken: &mut [bool]) -> Vec<usize> {
@@ -387,14 +391,7 @@ fn restore(blob: &[usize], mask: &[bool], nx: usize, ny: usize, taken: &mut [boo
         taken[i] = true;
     }
     for &i in blob {
-        let (x, y) = (i % nx, i / nx);
-        let neighbours = [
-            (x > 0).then(|| i - 1),
-            (x + 1 < nx).then(|| i + 1),
-            (y > 0).then(|| i - nx),
-            (y + 1 < ny).then(|| i + nx),
-        ];
-        for j in neighbours.into_iter().flatten() {
+        for j in neighbours4(i, nx, ny).into_iter().flatten() {
             if mask[j] && !taken[j] {
                 taken[j] = true;
                 out.push(j);

@@ -49,8 +49,8 @@ use quick_xml::Reader;
 use quick_xml::events::Event;
 
 use super::xml::{
-    MAX_XML_BYTES, MAX_XML_DEPTH, Measurement, append_character_data, decode, is_blank,
-    plausible_heart_rate,
+    MAX_XML_BYTES, MAX_XML_DEPTH, Measurement, append_character_data, decode, find_measurement,
+    is_blank, reported_heart_rate,
 };
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file};
 use crate::{Error, Result};
@@ -82,17 +82,12 @@ pub struct MuseEcg {
 impl MuseEcg {
     /// The value of a measurement by element name (case-insensitive; the first when repeated).
     pub fn measurement(&self, name: &str) -> Option<f64> {
-        self.measurements
-            .iter()
-            .find(|m| m.name.eq_ignore_ascii_case(name))
-            .map(|m| m.value)
+        find_measurement(&self.measurements, name)
     }
 
-    /// The heart rate in bpm: `VentricularRate`, or `None` when absent or implausible
-    /// ([`plausible_heart_rate`]).
+    /// The heart rate in bpm ([`reported_heart_rate`]).
     pub fn heart_rate(&self) -> Option<f64> {
-        self.measurement("VentricularRate")
-            .and_then(plausible_heart_rate)
+        reported_heart_rate(&self.measurements)
     }
 }
 

@@ -72,6 +72,21 @@ pub struct Measurement {
     pub unit: Option<String>,
 }
 
+/// The value of the measurement `name` among `measurements` (case-insensitive; the first when
+/// repeated): the one lookup of the CardioSoft and GE MUSE reports.
+pub fn find_measurement(measurements: &[Measurement], name: &str) -> Option<f64> {
+    measurements
+        .iter()
+        .find(|m| m.name.eq_ignore_ascii_case(name))
+        .map(|m| m.value)
+}
+
+/// The heart rate a report's `measurements` state: `VentricularRate` in bpm, or `None` when
+/// absent or implausible ([`plausible_heart_rate`]).
+pub fn reported_heart_rate(measurements: &[Measurement]) -> Option<f64> {
+    find_measurement(measurements, "VentricularRate").and_then(plausible_heart_rate)
+}
+
 /// Everything read from one CardioSoft XML file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CardioSoftEcg {
@@ -84,19 +99,14 @@ pub struct CardioSoftEcg {
 }
 
 impl CardioSoftEcg {
-    /// The value of a measurement by element name (case-insensitive).
+    /// The value of a measurement by element name (case-insensitive; the first when repeated).
     pub fn measurement(&self, name: &str) -> Option<f64> {
-        self.measurements
-            .iter()
-            .find(|m| m.name.eq_ignore_ascii_case(name))
-            .map(|m| m.value)
+        find_measurement(&self.measurements, name)
     }
 
-    /// The heart rate in bpm: `VentricularRate`, or `None` when absent or implausible
-    /// ([`plausible_heart_rate`]).
+    /// The heart rate in bpm ([`reported_heart_rate`]).
     pub fn heart_rate(&self) -> Option<f64> {
-        self.measurement("VentricularRate")
-            .and_then(plausible_heart_rate)
+        reported_heart_rate(&self.measurements)
     }
 }
 
