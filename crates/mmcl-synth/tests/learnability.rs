@@ -1,7 +1,7 @@
 //! The cohort is learnable but not trivial: from classical ECG features a linear model detects
-//! AF well and estimates the anatomy through the couplings' effect sizes (moderately with the
-//! default couplings, weakly with `Couplings::weak()`), never the negative control (RVEF); the
-//! CMR segmentation recovers every phenotype almost exactly.
+//! AF well and estimates the anatomy through the couplings' effect sizes (well but not exactly
+//! with the default couplings, weakly with `Couplings::weak()`), never the negative control
+//! (RVEF); the CMR segmentation recovers every phenotype almost exactly.
 
 mod common;
 
@@ -33,7 +33,7 @@ fn ecg_carries_the_anatomy_through_the_couplings_and_the_cmr_exactly() {
     );
     let lvef = get(&l.ecg_phenotype_r2, "lvef");
     assert!(
-        (0.15..0.6).contains(&lvef),
+        (0.3..0.85).contains(&lvef),
         "LVEF R² from ECG features {lvef}"
     );
     // The negative control: visible to the CMR, not to the ECG.
