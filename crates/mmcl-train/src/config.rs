@@ -14,6 +14,7 @@ use mmcl_data::ecg::augment::EcgAugmentConfig;
 use mmcl_data::tables::Split;
 use mmcl_ecg::EcgVitConfig;
 use mmcl_nn::precision::Precision;
+use mmcl_nn::schedule::Granularity;
 use serde::{Deserialize, Serialize};
 
 use mmcl_core::config::{read_config_file, rebase_path as rebase};
@@ -221,6 +222,9 @@ pub struct MmclConfig {
     pub max_epochs: usize,
     /// Epochs of linear warm-up (from 0).
     pub warmup_epochs: usize,
+    /// When the rate changes: `"epoch"` (the reference's; a first warm-up epoch trains at rate
+    /// 0) or `"step"` (warm-up and cosine advance every optimisation step, as MAE's).
+    pub schedule: Granularity,
     /// Samples per batch.
     pub batch_size: usize,
     /// Base learning rate of the contrastive model.
@@ -266,6 +270,7 @@ impl Default for MmclConfig {
             seed: 2022,
             max_epochs: 300,
             warmup_epochs: 30,
+            schedule: Granularity::Epoch,
             batch_size: 256,
             lr: 3e-3,
             weight_decay: 1e-4,

@@ -162,6 +162,39 @@ fn runs_write_the_documented_layout_and_resume_bit_for_bit() {
 }
 
 #[test]
+fn a_per_step_schedule_warms_up_within_the_first_epoch() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tiny_cache(tmp.path());
+    // Three steps per epoch; the rate logged for an epoch is that of its last step.
+    let rates = |schedule: &str| {
+        let mut cfg = tiny_config(&cache);
+        cfg.warmup_epochs = 1;
+        cfg.schedule = serde_json::from_value(serde_json::json!(schedule)).expect("schedule");
+        let run = tmp.path().join(schedule);
+        let (mut trainer, _) = MmclTrainer::new(cfg, &run, &Device::Cpu).expect("new");
+        trainer.fit(&mut NoProgress).expect("fit");
+        let log = mmcl_core::runlog::RunLog::read(&run.join("metrics.jsonl")).expect("log");
+        log.records
+            .iter()
+            .filter(|r| r.split == "train")
+            .map(|r| r.values["lr"])
+            .collect::<Vec<f64>>()
+    };
+    let lr = tiny_config(&cache).lr;
+    // The reference's per-epoch warm-up spends the first epoch at rate 0.
+    assert_eq!(rates("epoch"), vec![0.0, lr]);
+    // Per step: 0, lr/3, 2lr/3 in the warm-up epoch; the second epoch's last step sits 2/3 of
+    // the way along the cosine.
+    let step = rates("step");
+    assert!((step[0] - 2.0 * lr / 3.0).abs() < 1e-12 * lr, "{step:?}");
+    let cosine_at_two_thirds = lr * 0.5 * (1.0 + (std::f64::consts::PI * (2.0 / 3.0)).cos());
+    assert!(
+        (step[1] - cosine_at_two_thirds).abs() < 1e-12 * lr,
+        "{step:?}"
+    );
+}
+
+#[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cache = tiny_cache(tmp.path());

@@ -108,7 +108,10 @@ impl MmclStage {
             ..base.clone()
         };
         let (train_loader, val_loader) = split_loaders(&cache, &cfg.data, base, val_cfg, device)?;
-        let schedule = WarmupCosine::per_epoch(cfg.lr, cfg.warmup_epochs, cfg.max_epochs);
+        let schedule = WarmupCosine {
+            granularity: cfg.schedule,
+            ..WarmupCosine::per_epoch(cfg.lr, cfg.warmup_epochs, cfg.max_epochs)
+        };
         let step = MmclStep::new(model, &cfg)?;
         Ok(Self {
             cfg,
@@ -247,9 +250,9 @@ impl TrainStep for MmclStage {
         steps_before: u64,
         progress: &mut dyn Progress,
     ) -> Result<EpochReport> {
-        let lr = self.schedule.lr_at_epoch(epoch);
         let started = Instant::now();
         let batches = self.train_loader.num_batches();
+        let mut lr = self.schedule.lr(epoch, 0, batches);
         progress.start_phase(epoch, "train", batches);
         let mut sums = Sums::default();
         let mut steps = 0u64;
@@ -259,6 +262,7 @@ impl TrainStep for MmclStage {
             let batch = batch?;
             let n = batch.global_size;
             let batch = self.batch_of(batch)?;
+            lr = self.schedule.lr(epoch, b, batches);
             let report = self.step.train_rows(&batch, lr)?;
             if !report.loss.is_finite() {
                 progress.finish_phase();
