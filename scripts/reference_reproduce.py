@@ -27,7 +27,8 @@ biases and 1-D tensors), `lr = blr * batch / 4`, per-step linear warm-up then ha
 (`util/lr_sched.py`), random crops and the augmentations of `main_pretrain.py` (FT surrogate,
 jitter, rescaling); MMCL with Adam and L2 weight decay, per-epoch warm-up + cosine
 (`LinearWarmupCosineAnnealingLR`), random ECG crops in training and crops from sample 0 in
-validation. The checkpoint with the lowest validation loss is the one probed, as in the run.
+validation (`schedule = "step"` advances the warm-up and cosine every step instead). The
+checkpoint with the lowest validation loss is the one probed, as in the run.
 """
 import argparse
 import json
@@ -463,13 +464,18 @@ def train_mmcl(cfg, data, seed, init, log, name):
     length = cfg["ecg"]["input_size"][2]
     tau, lam = cfg["temperature"], cfg["lambda_0"]
     best = (math.inf, None, -1)
+    per_step = cfg.get("schedule", "epoch") == "step"
     for epoch in range(cfg["max_epochs"]):
         rate = epoch_schedule(cfg["lr"], cfg["warmup_epochs"], cfg["max_epochs"], epoch)
-        for g in opt.param_groups:
-            g["lr"] = rate
         model.train()
         t0, total, steps = time.time(), 0.0, 0
-        for idx in batches(len(train_ecg), cfg["batch_size"], gen, True):
+        order = batches(len(train_ecg), cfg["batch_size"], gen, True)
+        for i, idx in enumerate(order):
+            if per_step:  # `schedule = "step"`: warm-up and cosine advance every step
+                rate = half_cosine(cfg["lr"], cfg["warmup_epochs"], cfg["max_epochs"],
+                                   epoch + i / len(order))
+            for g in opt.param_groups:
+                g["lr"] = rate
             if len(idx) < 2:
                 continue  # a contrastive loss needs two pairs
             x = crop(train_ecg[idx], length, cfg["ecg"]["random_crop"], gen)[:, None]
