@@ -42,11 +42,10 @@ import tomllib
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benches"))
-from reference_common import Block  # noqa: E402
+from reference_mae_step import MaskedAutoencoder  # noqa: E402
 from reference_mmcl_step import (  # noqa: E402
     BasicBlock, Bottleneck, EcgEncoder, ProjectionHead, clip_loss, resnet_trunk)
 
@@ -119,7 +118,7 @@ def export_reference_layout(index, data, folder):
                    "subjects": {s: len(d["eid"]) for s, d in data.items()}}, f, indent=1)
 
 
-def load_reference_layout(index, folder, split):
+def load_reference_layout(folder, split):
     ecg = torch.load(f"{folder}/ecgs_{split}_ecg_imaging_noBase_gn.pt", weights_only=True)
     image = torch.load(f"{folder}/images_{split}_ecg_imaging.pt", weights_only=True)
     return ecg, image
@@ -167,153 +166,6 @@ def augment_ecg(x, cfg, gen):
 
 
 # ----------------------------------------------------------------------------- models
-def sincos_2d(dim, grid, cls_token):
-    """The mae repo's `get_2d_sincos_pos_embed`: first half of the channels encode the column,
-    second half the row; sines then cosines of `pos / 10000^(k / (D/4))`."""
-    gh, gw = grid
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float32) / (dim / 4.0))
-    rows, cols = np.meshgrid(np.arange(gh, dtype=np.float32), np.arange(gw, dtype=np.float32),
-                             indexing="ij")
-
-    def half(pos):
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    table = np.concatenate([half(cols), half(rows)], axis=1)
-    if cls_token:
-        table = np.concatenate([np.zeros((1, dim), np.float32), table], axis=0)
-    return torch.from_numpy(table.astype(np.float32))[None]
-
-
-def simsiam_mlp(dim, hidden, final_bn):
-    layers = [nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-              nn.Linear(hidden, dim, bias=False)]
-    if final_bn:
-        layers.append(nn.BatchNorm1d(dim, affine=False))
-    return nn.Sequential(*layers)
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, dim, patch):
-        super().__init__()
-        self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class MaskedAutoencoder(nn.Module):
-    """The mae submodule's `MaskedAutoencoderViT` with its weight initialisation."""
-
-    def __init__(self, m, ncc_weight, norm_pix_loss):
-        super().__init__()
-        dim, ddim = m["embed_dim"], m["decoder_embed_dim"]
-        self.patch = tuple(m["patch_size"])
-        self.grid = (m["img_size"][1] // self.patch[0], m["img_size"][2] // self.patch[1])
-        n = self.grid[0] * self.grid[1]
-        self.ncc_weight, self.norm_pix_loss = ncc_weight, norm_pix_loss
-        self.patch_embed = PatchEmbed(dim, self.patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(sincos_2d(dim, self.grid, True), requires_grad=False)
-        self.blocks = nn.ModuleList([Block(dim, m["num_heads"]) for _ in range(m["depth"])])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.decoder_embed = nn.Linear(dim, ddim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
-        self.decoder_pos_embed = nn.Parameter(sincos_2d(ddim, self.grid, True),
-                                              requires_grad=False)
-        self.decoder_blocks = nn.ModuleList(
-            [Block(ddim, m["decoder_num_heads"]) for _ in range(m["decoder_depth"])])
-        self.decoder_norm = nn.LayerNorm(ddim, eps=1e-6)
-        self.decoder_pred = nn.Linear(ddim, self.patch[0] * self.patch[1])
-        self.projector = simsiam_mlp(dim, m.get("proj_dim", 1024), True)
-        self.predictor = simsiam_mlp(dim, m.get("pred_dim", 128), False)
-        w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
-        for mod in self.modules():
-            if isinstance(mod, nn.Linear):
-                nn.init.xavier_uniform_(mod.weight)
-                if mod.bias is not None:
-                    nn.init.zeros_(mod.bias)
-            elif isinstance(mod, nn.LayerNorm):
-                nn.init.ones_(mod.weight)
-                nn.init.zeros_(mod.bias)
-
-    def encode(self, x, ratio, noise=None):
-        x = self.patch_embed(x) + self.pos_embed[:, 1:]
-        b, n, d = x.shape
-        keep = int(n * (1 - ratio))
-        if noise is None:
-            noise = torch.rand(b, n)
-        ids_shuffle = torch.argsort(noise, dim=1)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        x = torch.gather(x, 1, ids_shuffle[:, :keep, None].repeat(1, 1, d))
-        mask = torch.ones(b, n)
-        mask[:, :keep] = 0
-        mask = torch.gather(mask, 1, ids_restore)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
-        x = torch.cat((cls, x), dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x), mask, ids_restore
-
-    def decode(self, x, ids_restore):
-        x = self.decoder_embed(x)
-        b, n = ids_restore.shape
-        tokens = self.mask_token.repeat(b, n + 1 - x.shape[1], 1)
-        x_ = torch.cat((x[:, 1:], tokens), dim=1)
-        x_ = torch.gather(x_, 1, ids_restore[:, :, None].repeat(1, 1, x.shape[2]))
-        x = torch.cat((x[:, :1], x_), dim=1) + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
-
-    def patchify(self, imgs):
-        b = imgs.shape[0]
-        (p, q), (h, w) = self.patch, self.grid
-        x = imgs.reshape(b, 1, h, p, w, q).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(b, h * w, p * q)
-
-    def unpatchify(self, x):
-        (p, q), (h, w) = self.patch, self.grid
-        x = x.reshape(x.shape[0], h, w, p, q, 1).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(x.shape[0], 1, h * p, w * q)
-
-    def reconstruction_loss(self, imgs, pred):
-        """(1 - w)·MSE over all patches of normalised-pixel targets + w·(1 - NCC); and NCC."""
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            target = (target - target.mean(-1, keepdim=True)) / (
-                target.var(-1, keepdim=True) + 1e-6) ** 0.5
-        mse = ((pred - target) ** 2).sum() / ((pred - target).numel() + 1e-5)
-
-        def standard(a):
-            return (a - a.mean(-1, keepdim=True)) / (a.var(-1, keepdim=True) + 1e-12) ** 0.5
-
-        recon = self.unpatchify(pred)
-        signals = imgs.numel() / imgs.shape[-1]
-        ncc = (standard(imgs) * standard(recon)).sum(-1).sum() / (imgs.shape[-1] - 1) / signals
-        return (1 - self.ncc_weight) * mse + self.ncc_weight * (1 - ncc), ncc
-
-    def forward(self, imgs, ratio):
-        latent, _, ids_restore = self.encode(imgs, ratio)
-        loss, ncc = self.reconstruction_loss(imgs, self.decode(latent, ids_restore))
-        latent2, _, _ = self.encode(imgs, ratio)
-        z1, z2 = latent[:, 1:].mean(1), latent2[:, 1:].mean(1)
-        p1, p2 = self.projector(z1), self.projector(z2)
-        h1, h2 = self.predictor(p1), self.predictor(p2)
-        loss_cos = -(F.cosine_similarity(h1, p2.detach()).mean()
-                     + F.cosine_similarity(h2, p1.detach()).mean()) * 0.5
-        return loss, loss_cos, ncc
-
-    def encoder_state(self):
-        """The encoder's tensors under the names of the mae repo's checkpoints."""
-        skip = ("decoder", "mask_token", "projector", "predictor")
-        return {k: v.detach().clone() for k, v in self.state_dict().items()
-                if not k.startswith(skip)}
-
-
 def timm_init(module):
     """timm 0.6.8's ViT initialisation (`init_weights_vit_timm`): Linear weights truncated
     normal σ 0.02, zero biases; position embedding truncated normal σ 0.02; class token
@@ -337,12 +189,13 @@ def torchvision_init(trunk):
             nn.init.zeros_(mod.bias)
 
 
-def ecg_config_json(ecg, m, drop_path, weight_init):
-    """The encoder configuration `mmcl probe --config` reads for a checkpoint that carries none."""
+def ecg_config_json(ecg, m, weight_init):
+    """The encoder configuration `mmcl probe --config` reads for a checkpoint that carries none
+    (no drop-path: embedding is inference)."""
     return {"model": ecg["model"], "img_size": ecg["input_size"], "patch_size": ecg["patch_size"],
             "embed_dim": m["embed_dim"], "depth": m["depth"], "num_heads": m["num_heads"],
             "mlp_ratio": 4.0, "qkv_bias": True, "drop_rate": 0.0, "attn_drop_rate": 0.0,
-            "drop_path_rate": drop_path, "global_pool": True, "attention_pool": False,
+            "drop_path_rate": 0.0, "global_pool": True, "attention_pool": False,
             "num_classes": 0, "layer_norm_eps": 1e-6, "weight_init": weight_init}
 
 
@@ -514,7 +367,7 @@ def probe(mmcl, cache, checkpoint, config_json, output, bootstrap, log):
         log(" ".join(cmd))
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = {}
-    for task, metric in (("phenotypes", "r2"), ("diseases", "auroc")):
+    for task in ("phenotypes", "diseases"):
         path = os.path.join(output, task, "metrics.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -648,7 +501,7 @@ def main():
     export_reference_layout(index, data, folder)
     sizes = ", ".join(f"{s} {len(d['eid'])}" for s, d in data.items())
     log(f"exported the reference's .pt layout to {folder} ({sizes})")
-    tensors = {s: load_reference_layout(index, folder, s) for s in ("train", "val")}
+    tensors = {s: load_reference_layout(folder, s) for s in ("train", "val")}
 
     mae_cfg, mmcl_cfg = config["mae"], config["mmcl"]
     mmcl_cfg = dict(mmcl_cfg, ecg_model=mae_cfg["model"])
@@ -683,8 +536,8 @@ def main():
         torch.save({"state_dict": best[1], "epoch": best[2]}, checkpoints[name])
 
     configs = {
-        "mae": ecg_config_json(mmcl_cfg["ecg"], mae_cfg["model"], 0.0, "mae"),
-        "mmcl": ecg_config_json(mmcl_cfg["ecg"], mae_cfg["model"], 0.0, "timm"),
+        "mae": ecg_config_json(mmcl_cfg["ecg"], mae_cfg["model"], "mae"),
+        "mmcl": ecg_config_json(mmcl_cfg["ecg"], mae_cfg["model"], "timm"),
     }
     for k, v in configs.items():
         with open(os.path.join(out, f"encoder-{k}.json"), "w") as f:
