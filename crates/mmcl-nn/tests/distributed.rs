@@ -426,3 +426,84 @@ fn gathered_tensors_are_in_rank_order() {
         );
     }
 }
+
+/// One train-mode step of a batch normalisation (3 channels, fused ReLU) on `comm`'s rows of a
+/// fixed global batch `[8, 3, 5]`, the loss a weighted mean over those rows; returns the input
+/// gradient of the rows divided by the group's size, then the scale and shift gradients
+/// averaged over the group and the running statistics.
+fn batch_norm_step(comm: &dyn GradSync, sync: bool) -> (Vec<f32>, Vec<f32>) {
+    let device = Device::Cpu;
+    let x = Tensor::arange(0f32, 120.0, &device)
+        .and_then(|t| {
+            ((t * 0.37).unwrap().sin().unwrap() * 3.0)
+                .unwrap()
+                .reshape((8, 3, 5))
+        })
+        .unwrap();
+    let c = Tensor::arange(0f32, 120.0, &device)
+        .and_then(|t| (t * 1.3).unwrap().cos().unwrap().reshape((8, 3, 5)))
+        .unwrap();
+    let store = ParamStore::new(0);
+    let layer = mmcl_nn::batch_norm::batch_norm(
+        3,
+        Default::default(),
+        store.var_builder(DType::F32, &device),
+    )
+    .unwrap();
+    // A scale and shift away from 1 and 0, so that their gradients matter.
+    let vars = store.trainable_vars();
+    for (i, (_, v)) in vars.iter().enumerate() {
+        v.set(&Tensor::new(&[0.5f32 + i as f32, -0.3, 1.2], &device).unwrap())
+            .unwrap();
+    }
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let rows = batch_shard(8, rank, world).unwrap();
+    let x = candle_core::Var::from_tensor(&x.narrow(0, rows.start, rows.len()).unwrap()).unwrap();
+    let c = c.narrow(0, rows.start, rows.len()).unwrap();
+    let step = || {
+        let y = layer.forward_t_relu(x.as_tensor(), true).unwrap();
+        ((y * &c).unwrap().sum_all().unwrap() / rows.len() as f64)
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let mut grads = if sync {
+        mmcl_nn::distributed::with_sync_batch_norm(comm, step)
+    } else {
+        step()
+    };
+    let dx = (grads.get(x.as_tensor()).unwrap() / world as f64).unwrap();
+    comm.all_reduce_mean(&vars, &mut grads).unwrap();
+    let mut rest = flat(&flatten_grads(&vars, &grads).unwrap());
+    rest.extend(flat(layer.running_mean()));
+    rest.extend(flat(layer.running_var()));
+    (flat(&dx), rest)
+}
+
+#[test]
+fn synchronised_batch_norm_computes_the_gradients_of_one_process() {
+    let (dx, rest) = batch_norm_step(&SingleProcess, false);
+    for world in [2, 4] {
+        let (dx_parts, rests) = on_replicas(world, |comm| batch_norm_step(&comm, true));
+        let dx_group: Vec<f32> = dx_parts.concat();
+        let (d, m) = max_diff(&dx_group, &dx);
+        assert!(
+            d <= 1e-6 * m,
+            "input gradient, {world} replicas: {d:e} of {m:e}"
+        );
+        for r in &rests {
+            let (d, m) = max_diff(r, &rest);
+            assert!(
+                d <= 1e-6 * m,
+                "parameter gradients and statistics: {d:e} of {m:e}"
+            );
+        }
+        // Each replica on its own rows normalises with other statistics (the test can fail).
+        let (dx_parts, _) = on_replicas(world, |comm| batch_norm_step(&comm, false));
+        let (d, m) = max_diff(&dx_parts.concat(), &dx);
+        assert!(
+            d > 1e-2 * m,
+            "unsynchronised replicas matched one process: {d:e} of {m:e}"
+        );
+    }
+}

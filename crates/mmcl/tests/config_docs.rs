@@ -16,7 +16,7 @@ use common::{mmcl, stderr};
 
 /// The configurations `--print-config` prints, by the module path of their type.
 const ROOTS: [&str; 6] = [
-    "mmcl_train::config::MaeTrainConfig",
+    "mmcl_train::config::mae::MaeTrainConfig",
     "mmcl_train::config::MmclConfig",
     "mmcl_eval::finetune::config::FinetuneConfig",
     "mmcl_pipeline::config::ReproduceConfig",

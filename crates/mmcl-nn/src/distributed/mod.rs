@@ -19,7 +19,8 @@
 //!   `docs/distributed.md`, not built yet.
 //!
 //! Losses that couple the samples of a batch (the CLIP loss) see the global batch through
-//! [`gather_with_grad`].
+//! [`gather_with_grad`]; batch normalisation sees it inside [`with_sync_batch_norm`]
+//! (PyTorch's `SyncBatchNorm`).
 //!
 //! Gradients are reduced as one flat buffer per step (all gradients concatenated in the order of
 //! `vars`, as DDP's buckets are), in `f32`, and summed in rank order, so the result is
@@ -58,10 +59,13 @@ use candle_core::{DType, Device, Tensor, Var};
 
 #[cfg(feature = "mpi")]
 mod mpi;
+mod sync_batch_norm;
 mod threads;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiGroup;
+pub use sync_batch_norm::with_sync_batch_norm;
+pub(crate) use sync_batch_norm::{group_sums, sync_batch_norm_active};
 pub use threads::{ThreadGroup, ThreadReplica};
 
 /// Errors of gradient synchronisation.

@@ -8,14 +8,18 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::distributed::{group_sums, sync_batch_norm_active};
 use crate::kernels::{CHUNK, contiguous_f32, with_contiguous_f32};
 use crate::{Error, Result};
 
 /// The fused train-mode normalisation `(x − mean) / sqrt(var + eps) · weight + bias` (then
 /// ReLU if `relu`), with the batch statistics of each channel (dimension 1).
 ///
-/// Returns the output and, for the running averages, the batch mean and the **biased** batch
-/// variance `[C]`.
+/// Inside [`crate::distributed::with_sync_batch_norm`] the statistics are the whole group's
+/// batch's, and so are the two reductions of the backward pass (`SyncBatchNorm`).
+///
+/// Returns the output and, for the running averages, the batch mean, the **biased** batch
+/// variance `[C]` and the number of values per channel they cover.
 ///
 /// # Shapes
 /// `x`: `[N, C, *]`, `weight` and `bias`: `[C]` → `[N, C, *]`.
@@ -25,11 +29,12 @@ pub(crate) fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Tensor, usize)> {
     let stats = Arc::new(OnceLock::new());
     let op = BatchNormTrain {
         eps,
         relu,
+        synced: sync_batch_norm_active(),
         stats: stats.clone(),
     };
     let y = x
@@ -41,7 +46,7 @@ pub(crate) fn batch_norm_train(
     let (c, device) = (stats.mean.len(), x.device());
     let mean = Tensor::from_slice(&stats.mean, c, device)?;
     let var = Tensor::from_slice(&stats.var, c, device)?;
-    Ok((y, mean, var))
+    Ok((y, mean, var, stats.count as usize))
 }
 
 /// Per-channel batch statistics of a train-mode forward.
@@ -52,6 +57,8 @@ struct ChannelStats {
     var: Vec<f32>,
     /// `1 / sqrt(var + eps)`.
     inv_std: Vec<f32>,
+    /// Values per channel behind the statistics (the group's, when synchronised).
+    count: f64,
 }
 
 /// The fused operation of [`batch_norm_train`]: inputs `(x [N, C, L], weight [C], bias [C])`;
@@ -60,6 +67,8 @@ struct BatchNormTrain {
     eps: f64,
     /// Whether a ReLU follows (fused: applied to the output, its mask to the gradient).
     relu: bool,
+    /// Whether the statistics and the backward reductions are summed over the group.
+    synced: bool,
     stats: Arc<OnceLock<ChannelStats>>,
 }
 
@@ -108,6 +117,23 @@ fn channel_sum(
         .sum()
 }
 
+impl BatchNormTrain {
+    /// `local` summed over the group when synchronised, else itself.
+    fn group_sums(&self, local: Vec<f64>) -> candle_core::Result<Vec<f64>> {
+        if !self.synced {
+            return Ok(local);
+        }
+        match group_sums(&local) {
+            Some(sums) => sums.map_err(candle_core::Error::wrap),
+            None => Err(candle_core::Error::Msg(
+                "synchronised batch norm outside its group's scope: run the backward pass \
+                 inside with_sync_batch_norm too"
+                    .into(),
+            )),
+        }
+    }
+}
+
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "batch-norm-train"
@@ -127,12 +153,26 @@ impl CustomOp3 for BatchNormTrain {
         let bias = contiguous_f32(s3, l3, self.name())?;
         let dims = ncl(l1.shape());
         let (n, c, l) = dims;
-        let count = (n * l) as f64;
-        let per_channel: Vec<(f32, f32, f32)> = (0..c)
+        // Two passes (the sum, then the squares about the mean) keep the variance exact when
+        // the spread is small against the mean; synchronised, each pass's sums are the group's.
+        let mut sums: Vec<f64> = (0..c)
             .into_par_iter()
-            .map(|ch| {
-                let mean = channel_sum(x, x, dims, ch, |v, _| v as f64) / count;
-                let var = channel_sum(x, x, dims, ch, |v, _| (v as f64 - mean).powi(2)) / count;
+            .map(|ch| channel_sum(x, x, dims, ch, |v, _| v as f64))
+            .collect();
+        sums.push((n * l) as f64);
+        let sums = self.group_sums(sums)?;
+        let count = sums[c];
+        let means: Vec<f64> = sums[..c].iter().map(|s| s / count).collect();
+        let squares: Vec<f64> = (0..c)
+            .into_par_iter()
+            .map(|ch| channel_sum(x, x, dims, ch, |v, _| (v as f64 - means[ch]).powi(2)))
+            .collect();
+        let squares = self.group_sums(squares)?;
+        let per_channel: Vec<(f32, f32, f32)> = means
+            .iter()
+            .zip(&squares)
+            .map(|(&mean, &square)| {
+                let var = square / count;
                 (
                     mean as f32,
                     var as f32,
@@ -168,6 +208,7 @@ impl CustomOp3 for BatchNormTrain {
             mean: per_channel.iter().map(|s| s.0).collect(),
             var: per_channel.iter().map(|s| s.1).collect(),
             inv_std: per_channel.iter().map(|s| s.2).collect(),
+            count,
         };
         // A repeated forward of the same op (not done by candle) would keep the first statistics.
         let _ = self.stats.set(stats);
@@ -187,8 +228,8 @@ impl CustomOp3 for BatchNormTrain {
             .get()
             .ok_or_else(|| candle_core::Error::Msg("batch norm backward before forward".into()))?;
         let dims = ncl(x.shape());
-        let (n, c, l) = dims;
-        let count = (n * l) as f64;
+        let (c, l) = (dims.1, dims.2);
+        let count = stats.count;
         let weight = weight.to_vec1::<f32>()?;
         // With the fused ReLU, the gradient passes only where the output is positive.
         let masked = if self.relu {
@@ -211,6 +252,11 @@ impl CustomOp3 for BatchNormTrain {
                         (sum_dy, sum_dy_xhat)
                     })
                     .collect();
+                // Synchronised, the input gradient needs the group's reductions (the output of
+                // every replica depends on this one's rows through the statistics); the scale
+                // and shift keep their own rows' part, which the group's gradient mean sums.
+                let flat: Vec<f64> = sums.iter().flat_map(|&(a, b)| [a, b]).collect();
+                let group = self.group_sums(flat)?;
                 let mut dx = vec![0f32; xs.len()];
                 if l > 0 {
                     dx.par_chunks_mut(l)
@@ -219,8 +265,8 @@ impl CustomOp3 for BatchNormTrain {
                         .for_each(|(row, (dst, (xr, gr)))| {
                             let ch = row % c;
                             let (mean, inv_std) = (stats.mean[ch], stats.inv_std[ch]);
-                            let mean_dy = (sums[ch].0 / count) as f32;
-                            let mean_dy_xhat = (sums[ch].1 / count) as f32;
+                            let mean_dy = (group[2 * ch] / count) as f32;
+                            let mean_dy_xhat = (group[2 * ch + 1] / count) as f32;
                             let scale = weight[ch] * inv_std;
                             for ((d, &v), &g) in dst.iter_mut().zip(xr).zip(gr) {
                                 let xhat = (v - mean) * inv_std;

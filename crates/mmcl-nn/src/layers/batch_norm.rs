@@ -8,12 +8,15 @@
 //!   `running = (1 - momentum) * running + momentum * batch_statistic`, with the **unbiased**
 //!   variance, exactly as `torch.nn.BatchNorm2d`.
 //! - Eval mode normalises with the running statistics.
+//! - Inside [`with_sync_batch_norm`](crate::distributed::with_sync_batch_norm), train mode
+//!   uses the statistics of the whole data-parallel group's batch (`SyncBatchNorm`; CPU `f32`).
 //!
 //! Channels are dimension 1 of the input: `[N, C]`, `[N, C, L]` and `[N, C, H, W]` all work.
 
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
+use crate::distributed::sync_batch_norm_active;
 use crate::kernels::batch_norm::batch_norm_train;
 use crate::kernels::fast_path;
 use crate::{Error, Result};
@@ -227,10 +230,17 @@ impl BatchNorm {
             )));
         }
         if [x, &self.weight, &self.bias].iter().all(|t| fast_path(t)) {
-            let (y, mean, var) =
+            let (y, mean, var, count) =
                 batch_norm_train(x, &self.weight, &self.bias, self.config.eps, relu)?;
             self.update_running(&mean, &var, count)?;
             return Ok(y);
+        }
+        if sync_batch_norm_active() {
+            return Err(Error::InvalidArgument(format!(
+                "synchronised batch norm is built for CPU f32 tensors, got {:?} {:?}",
+                x.device().location(),
+                x.dtype()
+            )));
         }
         let y = self.forward_train_composed(x, &channel_shape, count)?;
         Ok(if relu { y.relu()? } else { y })

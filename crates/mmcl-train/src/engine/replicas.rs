@@ -1,7 +1,7 @@
 //! What the optimisation steps share about their data-parallel group: the communicator they
 //! hold, and the check that every global batch splits evenly over it.
 
-use mmcl_nn::distributed::{GradSync, SingleProcess};
+use mmcl_nn::distributed::{GradSync, SingleProcess, with_sync_batch_norm};
 
 use crate::{Error, Result};
 
@@ -22,6 +22,17 @@ impl Replicas {
     /// The communicator.
     pub(crate) fn comm(&self) -> &dyn GradSync {
         self.0.as_ref()
+    }
+
+    /// Runs `f` — a forward pass and its backward pass — with every train-mode BatchNorm
+    /// normalising over the group's global batch when `sync` (PyTorch's `SyncBatchNorm`), over
+    /// this replica's rows otherwise (DDP's default).
+    pub(crate) fn batch_statistics<T>(&self, sync: bool, f: impl FnOnce() -> T) -> T {
+        if sync {
+            with_sync_batch_norm(self.comm(), f)
+        } else {
+            f()
+        }
     }
 }
 

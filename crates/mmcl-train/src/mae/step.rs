@@ -40,7 +40,7 @@ pub struct MaeStepReport {
 /// `cos_weight = 0` this equals one process on the global batch (up to rounding); the SimSiam
 /// heads' BatchNorm normalises each replica's share by itself (as PyTorch DDP without
 /// SyncBatchNorm does), so with `cos_weight > 0` the replicas stay identical to each other but
-/// differ slightly from one process.
+/// differ slightly from one process — unless `sync_batch_norm` normalises over the global batch.
 #[derive(Debug)]
 pub struct MaeStep {
     model: MaskedAutoencoder,
@@ -54,6 +54,8 @@ pub struct MaeStep {
     rng: SharedRng,
     precision: Precision,
     group: Replicas,
+    /// Whether the SimSiam heads' BatchNorm normalises over the group's global batch.
+    sync_batch_norm: bool,
 }
 
 impl MaeStep {
@@ -80,6 +82,7 @@ impl MaeStep {
             rng: SharedRng::new(masking_seed(cfg.seed)),
             precision: cfg.precision,
             group: Replicas::single(),
+            sync_batch_norm: cfg.sync_batch_norm,
         })
     }
 
@@ -159,18 +162,22 @@ impl MaeStep {
         lr: f64,
     ) -> Result<MaeStepReport> {
         let _precision = self.precision.enter();
-        let out = self.forward_rows(ecgs, rows, global_size)?;
-        let metrics = self.group_mean(out.metrics()?)?;
+        let (metrics, grads) = self.group.batch_statistics(self.sync_batch_norm, || {
+            let out = self.forward_rows(ecgs, rows, global_size)?;
+            let metrics = self.group_mean(out.metrics()?)?;
+            if !metrics.total.is_finite() {
+                return Ok::<_, crate::Error>((metrics, None));
+            }
+            Ok((metrics, Some(out.total.backward()?)))
+        })?;
         let mut report = MaeStepReport {
             metrics,
             stepped: false,
             grad_norm: None,
         };
-        if !metrics.total.is_finite() {
+        let Some(grads) = grads else {
             return Ok(report);
-        }
-        let grads = out.total.backward()?;
-        drop(out);
+        };
         if self.accumulate == 1 {
             report.grad_norm = self.apply_gradients(grads, lr)?;
             report.stepped = true;

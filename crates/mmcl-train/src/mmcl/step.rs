@@ -126,7 +126,8 @@ pub fn contrastive_loss_in_group(
 /// none in training mode) and no drop-path this equals one process on the global batch up to
 /// rounding. A trainable image tower normalises each replica's share with that share's
 /// BatchNorm statistics, as PyTorch DDP without SyncBatchNorm does, and its running statistics
-/// are rank 0's after every step (DDP's `broadcast_buffers`), so the replicas stay identical.
+/// are rank 0's after every step (DDP's `broadcast_buffers`), so the replicas stay identical;
+/// with `sync_batch_norm` it normalises over the global batch, as one process does.
 #[derive(Debug)]
 pub struct MmclStep {
     model: MmclModel,
@@ -144,6 +145,8 @@ pub struct MmclStep {
     lr_classifier: f64,
     precision: Precision,
     group: Replicas,
+    /// Whether BatchNorm normalises over the group's global batch (`SyncBatchNorm`).
+    sync_batch_norm: bool,
     /// The BatchNorm buffers set to rank 0's after every step (none in a group of one).
     shared_buffers: Vec<(String, Var)>,
 }
@@ -213,6 +216,7 @@ impl MmclStep {
             lr_classifier: cfg.classifier.lr_classifier,
             precision: cfg.precision,
             group: Replicas::single(),
+            sync_batch_norm: cfg.sync_batch_norm,
             shared_buffers: Vec::new(),
         })
     }
@@ -278,15 +282,28 @@ impl MmclStep {
     pub fn train_rows(&mut self, local: &MmclBatch, lr: f64) -> Result<StepReport> {
         let _precision = self.precision.enter();
         let world = self.group.comm().world_size();
-        let out = contrastive_loss_in_group(
-            &self.model,
-            &self.clip,
-            &local.images,
-            &local.ecgs,
-            true,
-            self.frozen_imaging,
-            self.group.comm(),
-        )?;
+        let (out, grads) = self.group.batch_statistics(self.sync_batch_norm, || {
+            let out = contrastive_loss_in_group(
+                &self.model,
+                &self.clip,
+                &local.images,
+                &local.ecgs,
+                true,
+                self.frozen_imaging,
+                self.group.comm(),
+            )?;
+            if !out.loss.to_scalar::<f32>()?.is_finite() {
+                return Ok::<_, Error>((out, None));
+            }
+            // Each replica's backward covers the gradient through its own rows; the whole is
+            // their sum, which the group's mean of `world`× the loss gives.
+            let grads = if world > 1 {
+                (&out.loss * world as f64)?.backward()?
+            } else {
+                out.loss.backward()?
+            };
+            Ok((out, Some(grads)))
+        })?;
         let loss = out.loss.to_scalar::<f32>()? as f64;
         let b = out.logits.dim(0)?;
         let mut report = StepReport {
@@ -297,15 +314,8 @@ impl MmclStep {
             grad_norm: None,
             classifier_loss: None,
         };
-        if !loss.is_finite() {
+        let Some(grads) = grads else {
             return Ok(report);
-        }
-        // Each replica's backward covers the gradient through its own rows; the whole is their
-        // sum, which the group's mean of `world`× the loss gives.
-        let grads = if world > 1 {
-            (&out.loss * world as f64)?.backward()?
-        } else {
-            out.loss.backward()?
         };
         report.top1 = mmcl_losses::retrieval::top_k_accuracy(&out.logits, &out.labels, 1)?;
         if b > 5 {
@@ -422,16 +432,20 @@ impl MmclStep {
             return Ok(None);
         };
         let targets = &self.gather_targets(targets)?;
-        let features = match self.model.architecture().classifier {
-            OnlineClassifier::Image => {
-                let images = local.images_orig.as_ref().unwrap_or(&local.images);
-                self.model.image_features(images, true)?
-            }
-            _ => {
-                let ecgs = local.ecgs_orig.as_ref().unwrap_or(&local.ecgs);
-                self.model.ecg_features(ecgs, true)?
-            }
-        };
+        let features =
+            self.group
+                .batch_statistics(self.sync_batch_norm, || -> Result<Tensor> {
+                    Ok(match self.model.architecture().classifier {
+                        OnlineClassifier::Image => {
+                            let images = local.images_orig.as_ref().unwrap_or(&local.images);
+                            self.model.image_features(images, true)?
+                        }
+                        _ => {
+                            let ecgs = local.ecgs_orig.as_ref().unwrap_or(&local.ecgs);
+                            self.model.ecg_features(ecgs, true)?
+                        }
+                    })
+                })?;
         let features = self.group.comm().all_gather(&features)?; // [world·b, D], detached
         let logits = self.model.classifier_logits(&features)?;
         let Some(loss) = weighted_cross_entropy(&logits, targets, self.class_weights)? else {

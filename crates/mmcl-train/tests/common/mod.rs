@@ -342,6 +342,18 @@ pub fn store_tensors(store: &mmcl_nn::ParamStore) -> Weights {
 /// gradient that is zero in exact arithmetic — the key biases, to which softmax is invariant —
 /// into steps of ±lr, so those tensors are held to the whole model's bound only.)
 pub fn assert_equals_one_process(group: &Weights, single: &Weights, what: &str) {
+    assert_equals_one_process_within(group, single, what, 1e-5);
+}
+
+/// [`assert_equals_one_process`] with a bound of `per_tensor` on every tensor's max-relative
+/// difference (the relative norm still within 1e-5): for runs in which Adam amplifies rounding
+/// in more tensors with small gradients (BatchNorm shifts under `sync_batch_norm`).
+pub fn assert_equals_one_process_within(
+    group: &Weights,
+    single: &Weights,
+    what: &str,
+    per_tensor: f64,
+) {
     let (norm_rel, worst) = relative_norm_difference(&trainable(group), &trainable(single));
     let exact_gradient = |w: &Weights| -> Weights {
         trainable(w)
@@ -356,5 +368,8 @@ pub fn assert_equals_one_process(group: &Weights, single: &Weights, what: &str) 
          biases {rel:.3e}"
     );
     assert!(norm_rel < 1e-5, "{what}: relative norm {norm_rel:.3e}");
-    assert!(rel < 1e-5, "{what}: max relative difference {rel:.3e}");
+    assert!(
+        rel < per_tensor,
+        "{what}: max relative difference {rel:.3e}"
+    );
 }
