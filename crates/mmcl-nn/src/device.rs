@@ -36,9 +36,51 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|source| Error::DeviceUnavailable { ordinal, source })
 }
 
+/// [`parse_device`] for one rank of a job: plain `cuda` means the GPU of the rank's place on
+/// its node (`local_rank`, from [`Launch`](crate::distributed::Launch)), modulo the GPUs this
+/// process sees (one, when the launcher binds each rank to its own); `cuda:N` and `cpu` are
+/// taken as written.
+///
+/// # Errors
+/// As [`parse_device`].
+pub fn parse_device_for_rank(spec: &str, local_rank: Option<usize>) -> Result<Device> {
+    match local_rank {
+        Some(local) if spec == "cuda" && cfg!(feature = "cuda") => {
+            parse_device(&format!("cuda:{}", local % visible_gpus()))
+        }
+        _ => parse_device(spec),
+    }
+}
+
+/// How many GPUs this process sees (at least 1, so that it can divide).
+fn visible_gpus() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::cuda::cudarc::driver::CudaContext::device_count()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rank_takes_the_device_asked_for_or_its_local_gpu() {
+        assert!(parse_device_for_rank("cpu", Some(3)).unwrap().is_cpu());
+        assert!(parse_device_for_rank("gpu", Some(0)).is_err());
+        if !cfg!(feature = "cuda") {
+            let err = parse_device_for_rank("cuda", Some(1)).unwrap_err();
+            assert!(matches!(err, Error::CudaNotBuilt), "{err}");
+        }
+    }
 
     #[test]
     fn cpu_and_mistakes() {

@@ -15,8 +15,8 @@
 //! - `MpiGroup` (crate feature `mpi`): one process per replica, started by `mpirun`/`srun`,
 //!   collectives over the system's MPI library; [`group_from_launcher`] picks it when a
 //!   launcher started the process ([`Launch`]);
-//! - NCCL across GPUs (one process per GPU, crate feature `nccl`): designed in the workspace's
-//!   `docs/distributed.md`, not built yet.
+//! - `NcclGroup` (crate feature `nccl`): one process per GPU, collectives on the devices with
+//!   NCCL, its unique id sent over MPI; [`group_from_launcher_on`] picks it for CUDA replicas.
 //!
 //! Losses that couple the samples of a batch (the CLIP loss) see the global batch through
 //! [`gather_with_grad`]; batch normalisation sees it inside [`with_sync_batch_norm`]
@@ -59,11 +59,15 @@ use candle_core::{DType, Device, Tensor, Var};
 
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod sync_batch_norm;
 mod threads;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiGroup;
+#[cfg(feature = "nccl")]
+pub use self::nccl::NcclGroup;
 pub use sync_batch_norm::with_sync_batch_norm;
 pub(crate) use sync_batch_norm::{group_sums, sync_batch_norm_active};
 pub use threads::{ThreadGroup, ThreadReplica};
@@ -135,6 +139,11 @@ pub trait GradSync: Send {
     /// Whether this replica writes checkpoints, logs and progress (rank 0).
     fn is_main(&self) -> bool {
         self.rank() == 0
+    }
+
+    /// The name of the backend (`single process`, `threads`, `mpi`, `nccl`), for messages.
+    fn backend(&self) -> &'static str {
+        "single process"
     }
 }
 
@@ -281,15 +290,15 @@ fn flatten_vars(vars: &[(String, Var)]) -> Result<Tensor> {
 }
 
 /// Sets every variable of `vars` from `value`, their values concatenated as
-/// [`flatten_vars`] makes them (received from a broadcast), on `device`.
-fn set_vars_from_flat(vars: &[(String, Var)], value: Vec<f32>, device: &Device) -> Result<()> {
+/// [`flatten_vars`] makes them (received from a broadcast).
+fn set_vars_from_flat(vars: &[(String, Var)], value: &Tensor) -> Result<()> {
     let total: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    if value.len() != total {
+    if value.elem_count() != total {
         return Err(DistributedError::LengthMismatch {
-            lengths: vec![value.len(), total],
+            lengths: vec![value.elem_count(), total],
         });
     }
-    let value = Tensor::from_vec(value, total, device)?;
+    let value = value.flatten_all()?;
     let mut offset = 0;
     for (_, var) in vars {
         let n = var.elem_count();
@@ -326,6 +335,10 @@ pub struct Launch {
     pub world_size: usize,
     /// The variables it was read from (`OMPI_COMM_WORLD_*` or `PMI_*`).
     pub source: &'static str,
+    /// This process's rank among the job's processes on its node (OpenMPI's
+    /// `OMPI_COMM_WORLD_LOCAL_RANK`, MPICH's `MPI_LOCALRANKID`, SLURM's `SLURM_LOCALID`), when
+    /// the launcher says: the GPU a rank takes by default.
+    pub local_rank: Option<usize>,
 }
 
 impl Launch {
@@ -351,10 +364,18 @@ impl Launch {
         SOURCES.into_iter().find_map(|(rank, size, source)| {
             let rank: usize = var(rank)?.trim().parse().ok()?;
             let world_size: usize = var(size)?.trim().parse().ok()?;
+            let local_rank = [
+                "OMPI_COMM_WORLD_LOCAL_RANK",
+                "MPI_LOCALRANKID",
+                "SLURM_LOCALID",
+            ]
+            .into_iter()
+            .find_map(|key| var(key)?.trim().parse().ok());
             (rank < world_size).then_some(Self {
                 rank,
                 world_size,
                 source,
+                local_rank,
             })
         })
     }
@@ -380,6 +401,22 @@ pub fn group_from_launcher() -> Result<Box<dyn GradSync>> {
         ))),
         _ => Ok(Box::new(SingleProcess)),
     }
+}
+
+/// The data-parallel group of replicas on `device`: for a CUDA device in a build with the
+/// `nccl` and `mpi` features, started by a launcher, an NCCL group whose unique id travels over
+/// MPI (also for a job of one rank); otherwise [`group_from_launcher`]'s, whose collectives pass
+/// through the host.
+///
+/// # Errors
+/// As [`group_from_launcher`], or when NCCL cannot set up the communicator.
+pub fn group_from_launcher_on(device: &Device) -> Result<Box<dyn GradSync>> {
+    #[cfg(all(feature = "nccl", feature = "mpi"))]
+    if device.is_cuda() && Launch::from_env().is_some() {
+        return Ok(Box::new(NcclGroup::over_mpi(MpiGroup::init()?, device)?));
+    }
+    let _ = device;
+    group_from_launcher()
 }
 
 /// The name of the backend [`group_from_launcher`] picks in this build and environment:
@@ -423,4 +460,36 @@ fn all_reduce_mean_on_host(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launch_is_read_from_the_launchers_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let ompi = Launch::from_vars(env(&[
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "4"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+        ]))
+        .expect("an OpenMPI launch");
+        assert_eq!(
+            (ompi.rank, ompi.world_size, ompi.local_rank),
+            (3, 4, Some(1))
+        );
+        let mpich = Launch::from_vars(env(&[("PMI_RANK", "0"), ("PMI_SIZE", "2")]))
+            .expect("an MPICH launch");
+        assert_eq!((mpich.source, mpich.local_rank), ("PMI_*", None));
+        assert!(Launch::from_vars(env(&[("PMI_RANK", "2"), ("PMI_SIZE", "2")])).is_none());
+        assert!(Launch::from_vars(env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")])).is_none());
+    }
 }

@@ -91,6 +91,23 @@ impl MpiGroup {
         }
     }
 
+    /// Sets `bytes` on every rank to rank `root`'s (the NCCL unique id of a GPU job).
+    ///
+    /// # Errors
+    /// When `root` is outside the group or the ranks pass different lengths.
+    pub fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) -> Result<()> {
+        if root >= self.world_size {
+            return Err(DistributedError::InvalidArgument(format!(
+                "broadcast root {root} in a group of {}",
+                self.world_size
+            )));
+        }
+        self.agree_on_length(bytes.len())?;
+        let root_rank = i32::try_from(root).unwrap_or_default();
+        self.world.process_at_rank(root_rank).broadcast_into(bytes);
+        Ok(())
+    }
+
     /// Checks that every rank passes a buffer of `len` elements to the next collective.
     fn agree_on_length(&self, len: usize) -> Result<()> {
         let mine = len as u64;
@@ -112,6 +129,10 @@ impl GradSync for MpiGroup {
 
     fn world_size(&self) -> usize {
         self.world_size
+    }
+
+    fn backend(&self) -> &'static str {
+        "mpi"
     }
 
     fn all_reduce_mean(&self, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
@@ -162,6 +183,7 @@ impl GradSync for MpiGroup {
         if self.rank == root {
             return Ok(());
         }
-        set_vars_from_flat(vars, value, &device)
+        let len = value.len();
+        set_vars_from_flat(vars, &Tensor::from_vec(value, len, &device)?)
     }
 }

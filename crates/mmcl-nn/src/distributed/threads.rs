@@ -177,6 +177,10 @@ impl GradSync for ThreadReplica {
         self.group.world_size
     }
 
+    fn backend(&self) -> &'static str {
+        "threads"
+    }
+
     fn all_reduce_mean(&self, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
         // Host memory is this backend's transport (explicitly; NCCL reduces on the devices).
         all_reduce_mean_on_host(vars, grads, |data| self.collective(data, Collective::Mean))
@@ -208,6 +212,7 @@ impl GradSync for ThreadReplica {
         if self.rank == root {
             return Ok(());
         }
-        set_vars_from_flat(vars, value, &device)
+        let len = value.len();
+        set_vars_from_flat(vars, &Tensor::from_vec(value, len, &device)?)
     }
 }

@@ -11,6 +11,19 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(mmcl_nn::device::parse_device(spec)?)
 }
 
+/// The device and data-parallel group of a training command: `spec` as [`parse_device`]
+/// reads it, except that plain `cuda` under a launcher takes the rank's GPU on its node; the
+/// group is the launcher's (NCCL for CUDA replicas in an `nccl` + `mpi` build, else MPI), or a
+/// group of one.
+pub fn training_device_and_group(
+    spec: &str,
+) -> Result<(Device, Box<dyn mmcl_nn::distributed::GradSync>)> {
+    let local_rank = mmcl_nn::distributed::Launch::from_env().and_then(|l| l.local_rank);
+    let device = mmcl_nn::device::parse_device_for_rank(spec, local_rank)?;
+    let comm = mmcl_nn::distributed::group_from_launcher_on(&device)?;
+    Ok((device, comm))
+}
+
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);

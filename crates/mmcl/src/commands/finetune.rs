@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Under a launcher (`mpirun`) every process is one replica of a data-parallel group; only
     // rank 0 writes the run and reports.
-    let comm = mmcl_nn::distributed::group_from_launcher()?;
+    let (device, comm) = super::common::training_device_and_group(&args.device)?;
     let main = comm.is_main();
     // A run or checkpoint folder names its exported encoder, as everywhere else.
     let cfg = FinetuneConfig::from_file(&config_path)?;
@@ -141,7 +141,6 @@ pub fn run(args: Args) -> Result<()> {
             std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
-    let device = super::common::parse_device(&args.device)?;
     mmcl_nn::memory::keep_freed_memory();
     if let Some(warning) = mmcl_train::config::schedule_warning(cfg.warmup_epochs, cfg.epochs)
         && main
@@ -163,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
             progress.message(&format!(
                 "data-parallel: rank 0 of {} ({})",
                 comm.world_size(),
-                mmcl_nn::distributed::backend_name()
+                comm.backend()
             ));
         }
         let outcome =

@@ -115,10 +115,10 @@ fn run<S: Command>(args: Args) -> Result<()> {
     mmcl_nn::memory::keep_freed_memory();
     // Under a launcher (`mpirun`), every process is one replica of a data-parallel group; the
     // stages that cannot train so refuse when the trainer starts.
-    let comm = mmcl_nn::distributed::group_from_launcher()?;
+    let (device, comm) = super::common::training_device_and_group(&args.device)?;
     let (rank, world) = (comm.rank(), comm.world_size());
     let main = comm.is_main();
-    let device = super::common::parse_device(&args.device)?;
+    let comm_backend = comm.backend();
     let cfg = match &args.config {
         Some(path) => Some(S::load_config(path)?),
         None => None,
@@ -151,7 +151,7 @@ fn run<S: Command>(args: Args) -> Result<()> {
     if world > 1 {
         progress.message(&format!(
             "data-parallel: rank {rank} of {world} ({})",
-            mmcl_nn::distributed::backend_name()
+            comm_backend
         ));
     }
     for note in notes {

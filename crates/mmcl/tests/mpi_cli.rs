@@ -1,0 +1,127 @@
+//! `mpirun -np 2 mmcl pretrain-mmcl` end to end (crate feature `mpi`; needs OpenMPI's
+//! `mpirun`): the command a user types joins the launcher's group, only rank 0 reports and
+//! writes the run, and with `sync_batch_norm` the two ranks train the weights one process
+//! trains on the same global batches (trainable ResNet18 image tower, one epoch).
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use common::{mmcl, s, stderr};
+
+const CONFIG: &str = r#"
+max_epochs = 1
+warmup_epochs = 0
+batch_size = 4
+lr = 1e-3
+gradient_clip_val = 1.0
+embedding_dim = 32
+projection_dim = 16
+sync_batch_norm = true
+
+[data]
+cache = "cache"
+threads = 1
+drop_last = true
+
+[imaging]
+model = "resnet18"
+img_size = 32
+augment = { size = 32 }
+
+[ecg]
+model = "vit_pluto_patchX"
+input_size = [1, 12, 500]
+patch_size = [1, 100]
+drop_path = 0.0
+"#;
+
+fn last_model(run: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(run.join("checkpoints/last/model.safetensors"), &Device::Cpu)
+        .expect("the run's last model")
+}
+
+#[test]
+fn pretrain_mmcl_under_mpirun_trains_what_one_process_trains() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    common::cohort_and_cache(root, 12, 3, [0.7, 0.3, 0.0]);
+    let config = root.join("mmcl.toml");
+    std::fs::write(&config, CONFIG).expect("write");
+
+    let single = root.join("single");
+    let out = mmcl(&[
+        "pretrain-mmcl",
+        "--config",
+        s(&config),
+        "--output",
+        s(&single),
+    ]);
+    assert!(out.status.success(), "one process: {}", stderr(&out));
+
+    let group = root.join("group");
+    let out = mmcl_testutil::mpirun(2)
+        .env("RAYON_NUM_THREADS", "1")
+        .arg(env!("CARGO_BIN_EXE_mmcl"))
+        .args([
+            "pretrain-mmcl",
+            "--config",
+            s(&config),
+            "--output",
+            s(&group),
+        ])
+        .output()
+        .expect("mpirun starts (install OpenMPI: openmpi-bin)");
+    let text = stderr(&out);
+    assert!(out.status.success(), "mpirun -np 2: {text}");
+    assert!(text.contains("data-parallel: rank 0 of 2 (mpi)"), "{text}");
+    assert!(!text.contains("rank 1 of 2"), "rank 1 reported: {text}");
+    assert_eq!(
+        text.matches("configuration:").count(),
+        1,
+        "only rank 0 prints the configuration: {text}"
+    );
+
+    let (a, b) = (last_model(&group), last_model(&single));
+    assert_eq!(a.len(), b.len());
+    let (mut diff, mut norm, mut moved) = (0f64, 0f64, 0f64);
+    let initial = {
+        // The start, from a run at learning rate 0: how far training moved the weights (two
+        // runs that did not train would agree too).
+        let cfg = root.join("untrained.toml");
+        std::fs::write(&cfg, CONFIG.replace("lr = 1e-3", "lr = 0.0")).expect("write");
+        let run = root.join("untrained");
+        let out = mmcl(&["pretrain-mmcl", "--config", s(&cfg), "--output", s(&run)]);
+        assert!(out.status.success(), "lr 0: {}", stderr(&out));
+        last_model(&run)
+    };
+    for (name, t) in &b {
+        // Buffers are compared by the trainers' tests; the attention key biases have a zero
+        // gradient in exact arithmetic, which Adam turns into steps of ±lr from rounding noise
+        // (see mmcl-train's `data_parallel.rs`).
+        if name.contains("running_") || name.contains("num_batches") || name.ends_with("qkv.bias") {
+            continue;
+        }
+        let flat = |t: &Tensor| {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("f32")
+        };
+        let (x, y, z) = (flat(&a[name]), flat(t), flat(&initial[name]));
+        for ((p, q), r) in x.iter().zip(&y).zip(&z) {
+            diff += f64::from(p - q).powi(2);
+            norm += f64::from(*q).powi(2);
+            moved += f64::from(q - r).powi(2);
+        }
+    }
+    let (rel, moved) = ((diff / norm).sqrt(), (moved / norm).sqrt());
+    println!("mpirun -np 2 vs one process: relative norm {rel:.3e} (training moved {moved:.3e})");
+    assert!(
+        moved > 1e-4,
+        "training did not move the weights: {moved:.3e}"
+    );
+    assert!(rel < 1e-5, "two ranks differ from one process by {rel:.3e}");
+}
