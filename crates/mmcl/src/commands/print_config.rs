@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn keys_and_tables_get_their_comments_and_optional_keys_their_place() {
         let text = "seed = 0\n\n[data]\ncache = \"c\"\n";
-        let root = "mmcl_train::config::MaeTrainConfig";
+        let root = std::any::type_name::<mmcl_train::MaeTrainConfig>();
         let commented = with_comments(text, root);
         let lines: Vec<&str> = commented.lines().collect();
         assert!(
