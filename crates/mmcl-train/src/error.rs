@@ -1,6 +1,6 @@
 //! The error type of this crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors of the trainers: configuration, data, models, checkpoints and the training itself.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,18 @@ impl Error {
         Error::Config {
             path: None,
             reason: reason.into(),
+        }
+    }
+
+    /// This error with `path` as the configuration file it is about, when it names none yet
+    /// (validation errors are raised before the file is known).
+    pub fn in_config_file(self, path: &Path) -> Self {
+        match self {
+            Error::Config { path: None, reason } => Error::Config {
+                path: Some(path.to_path_buf()),
+                reason,
+            },
+            other => other,
         }
     }
 

@@ -429,37 +429,50 @@ pub fn backend_name() -> &'static str {
     }
 }
 
-/// The all-reduce mean of the host backends: the gradients of `vars` flattened into one `f32`
-/// buffer, one presence flag per variable appended (so that a variable no replica computed a
-/// gradient for stays without one, and the optimiser leaves it untouched), the buffer replaced
-/// by `mean` (every replica's buffer averaged elementwise), and the result stored back.
-fn all_reduce_mean_on_host(
+/// The all-reduce mean every backend shares: the gradients of `vars` flattened into one `f32`
+/// buffer on their device, one presence flag per variable appended (so that a variable no
+/// replica computed a gradient for stays without one, and the optimiser leaves it untouched),
+/// the buffer replaced by `mean` (every replica's buffer averaged elementwise), and the result
+/// stored back.
+fn all_reduce_mean_flat(
     vars: &[(String, Var)],
     grads: &mut GradStore,
-    mean: impl FnOnce(Vec<f32>) -> Result<Vec<f32>>,
+    mean: impl FnOnce(Tensor) -> Result<Tensor>,
 ) -> Result<()> {
     let flat = flatten_grads(vars, grads)?;
-    let device = flat.device().clone();
-    let mut data = flat.to_vec1::<f32>()?;
-    let len = data.len();
-    data.extend(
-        vars.iter()
-            .map(|(_, v)| f32::from(u8::from(grads.get(v.as_tensor()).is_some()))),
-    );
-    let mut averaged = mean(data)?;
-    if averaged.len() != len + vars.len() {
+    let len = flat.elem_count();
+    let present: Vec<f32> = vars
+        .iter()
+        .map(|(_, v)| f32::from(u8::from(grads.get(v.as_tensor()).is_some())))
+        .collect();
+    let present = Tensor::from_vec(present, vars.len(), flat.device())?;
+    let averaged = mean(Tensor::cat(&[&flat, &present], 0)?)?;
+    if averaged.elem_count() != len + vars.len() {
         return Err(DistributedError::LengthMismatch {
-            lengths: vec![averaged.len(), len + vars.len()],
+            lengths: vec![averaged.elem_count(), len + vars.len()],
         });
     }
-    let present = averaged.split_off(len);
-    unflatten_grads(&Tensor::from_vec(averaged, len, &device)?, vars, grads)?;
+    unflatten_grads(&averaged.narrow(0, 0, len)?, vars, grads)?;
+    let present = averaged.narrow(0, len, vars.len())?.to_vec1::<f32>()?;
     for ((_, var), p) in vars.iter().zip(present) {
         if p == 0.0 {
             grads.remove(var.as_tensor());
         }
     }
     Ok(())
+}
+
+/// [`all_reduce_mean_flat`] for the backends that reduce host buffers (threads, MPI).
+fn all_reduce_mean_on_host(
+    vars: &[(String, Var)],
+    grads: &mut GradStore,
+    mean: impl FnOnce(Vec<f32>) -> Result<Vec<f32>>,
+) -> Result<()> {
+    all_reduce_mean_flat(vars, grads, |flat| {
+        let averaged = mean(flat.to_vec1::<f32>()?)?;
+        let len = averaged.len();
+        Ok(Tensor::from_vec(averaged, len, flat.device())?)
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! group of one on one GPU.
 //!
 //! Gradients are reduced as one flat `f32` buffer per step (`ncclAllReduce` with `ncclAvg`),
-//! with one presence flag per variable appended as the host backends do. Before each
+//! with one presence flag per variable appended, as every backend does. Before each
 //! collective the ranks all-gather their buffer lengths, so that replicas with different
 //! models fail with [`DistributedError::LengthMismatch`] instead of reducing misaligned data.
 
@@ -17,8 +17,8 @@ use candle_core::cuda::cudarc::nccl::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 
 use super::{
-    DistributedError, GradSync, Result, flatten_grads, flatten_vars, gathered_dims,
-    set_vars_from_flat, unflatten_grads,
+    DistributedError, GradSync, Result, all_reduce_mean_flat, flatten_vars, gathered_dims,
+    set_vars_from_flat,
 };
 
 /// This process's replica in a group of GPUs joined through NCCL.
@@ -218,23 +218,7 @@ impl GradSync for NcclGroup {
     }
 
     fn all_reduce_mean(&self, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
-        let flat = flatten_grads(vars, grads)?.to_device(&self.device)?;
-        let len = flat.elem_count();
-        let present: Vec<f32> = vars
-            .iter()
-            .map(|(_, v)| f32::from(u8::from(grads.get(v.as_tensor()).is_some())))
-            .collect();
-        let flags = Tensor::from_vec(present, vars.len(), &self.device)?;
-        let mean = self.run(&Tensor::cat(&[&flat, &flags], 0)?, Collective::Mean)?;
-        unflatten_grads(&mean.narrow(0, 0, len)?, vars, grads)?;
-        // A variable no replica computed a gradient for keeps none.
-        let present = mean.narrow(0, len, vars.len())?.to_vec1::<f32>()?;
-        for ((_, var), p) in vars.iter().zip(present) {
-            if p == 0.0 {
-                grads.remove(var.as_tensor());
-            }
-        }
-        Ok(())
+        all_reduce_mean_flat(vars, grads, |flat| self.run(&flat, Collective::Mean))
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {

@@ -119,7 +119,7 @@ fn channel_sum(
 
 impl BatchNormTrain {
     /// `local` summed over the group when synchronised, else itself.
-    fn group_sums(&self, local: Vec<f64>) -> candle_core::Result<Vec<f64>> {
+    fn summed_over_group(&self, local: Vec<f64>) -> candle_core::Result<Vec<f64>> {
         if !self.synced {
             return Ok(local);
         }
@@ -160,14 +160,14 @@ impl CustomOp3 for BatchNormTrain {
             .map(|ch| channel_sum(x, x, dims, ch, |v, _| v as f64))
             .collect();
         sums.push((n * l) as f64);
-        let sums = self.group_sums(sums)?;
+        let sums = self.summed_over_group(sums)?;
         let count = sums[c];
         let means: Vec<f64> = sums[..c].iter().map(|s| s / count).collect();
         let squares: Vec<f64> = (0..c)
             .into_par_iter()
             .map(|ch| channel_sum(x, x, dims, ch, |v, _| (v as f64 - means[ch]).powi(2)))
             .collect();
-        let squares = self.group_sums(squares)?;
+        let squares = self.summed_over_group(squares)?;
         let per_channel: Vec<(f32, f32, f32)> = means
             .iter()
             .zip(&squares)
@@ -256,7 +256,7 @@ impl CustomOp3 for BatchNormTrain {
                 // every replica depends on this one's rows through the statistics); the scale
                 // and shift keep their own rows' part, which the group's gradient mean sums.
                 let flat: Vec<f64> = sums.iter().flat_map(|&(a, b)| [a, b]).collect();
-                let group = self.group_sums(flat)?;
+                let group = self.summed_over_group(flat)?;
                 let mut dx = vec![0f32; xs.len()];
                 if l > 0 {
                     dx.par_chunks_mut(l)

@@ -122,13 +122,7 @@ impl MaeTrainConfig {
         let mut cfg: Self = read_config_file(path)?;
         let base = path.parent().unwrap_or(Path::new(""));
         rebase(&mut cfg.data.cache, base);
-        cfg.validate().map_err(|e| match e {
-            Error::Config { path: None, reason } => Error::Config {
-                path: Some(path.to_path_buf()),
-                reason,
-            },
-            other => other,
-        })?;
+        cfg.validate().map_err(|e| e.in_config_file(path))?;
         Ok(cfg)
     }
 

@@ -314,13 +314,7 @@ impl MmclConfig {
         if let Some(p) = cfg.ecg.pretrain_checkpoint.as_mut() {
             rebase(p, base);
         }
-        cfg.validate().map_err(|e| match e {
-            Error::Config { path: None, reason } => Error::Config {
-                path: Some(path.to_path_buf()),
-                reason,
-            },
-            other => other,
-        })?;
+        cfg.validate().map_err(|e| e.in_config_file(path))?;
         Ok(cfg)
     }
 
