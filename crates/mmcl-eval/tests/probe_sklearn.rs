@@ -225,3 +225,34 @@ fn probe_without_validation_holds_out_training_rows() {
             .all(|h| h.selection.len() == config.alphas.len())
     );
 }
+
+#[test]
+fn probes_fit_the_same_bits_on_any_number_of_threads() {
+    let p = Problem::load();
+    // Stacked copies of the training split: enough rows for several of the solvers' chunks.
+    let stack = |x: &Matrix<f32>| {
+        let data: Vec<f32> = (0..4).flat_map(|_| x.as_slice().to_vec()).collect();
+        Matrix::new(4 * x.rows(), x.cols(), data).unwrap()
+    };
+    let stack_y = |y: &Matrix<f64>| {
+        let data: Vec<f64> = (0..4).flat_map(|_| y.as_slice().to_vec()).collect();
+        Matrix::new(4 * y.rows(), y.cols(), data).unwrap()
+    };
+    let xtr = stack(&p.x("train"));
+    let fits = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                [(Task::Classification, "cls"), (Task::Regression, "reg")].map(|(task, kind)| {
+                    let y = stack_y(&p.y(kind, "train"));
+                    LinearProbe::fit(task, &xtr, &y, None, &ProbeConfig::default()).unwrap()
+                })
+            })
+    };
+    assert!(xtr.rows() > 1024, "{} rows", xtr.rows());
+    let one = fits(1);
+    assert_eq!(one, fits(3));
+    assert_eq!(one, fits(4));
+}

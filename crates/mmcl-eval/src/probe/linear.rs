@@ -77,25 +77,23 @@ pub(super) fn column_sums(
     f: impl Fn(usize, f64) -> f64 + Sync,
 ) -> Vec<f64> {
     let d = x.cols();
-    rows.par_chunks(1024)
-        .fold(
-            || vec![0.0f64; d],
-            |mut acc, chunk| {
-                for &i in chunk {
-                    for (j, (a, &v)) in acc.iter_mut().zip(x.row(i)).enumerate() {
-                        *a += f(j, v as f64);
-                    }
+    // Per-chunk sums added in chunk order: the same bits on any number of threads.
+    let partials: Vec<Vec<f64>> = rows
+        .par_chunks(1024)
+        .map(|chunk| {
+            let mut acc = vec![0.0f64; d];
+            for &i in chunk {
+                for (j, (a, &v)) in acc.iter_mut().zip(x.row(i)).enumerate() {
+                    *a += f(j, v as f64);
                 }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0f64; d],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+            }
+            acc
+        })
+        .collect();
+    partials.into_iter().fold(vec![0.0f64; d], |mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    })
 }
 
 /// A linear function of the standardised features: `wᵀ(x − mean)/scale + b`.

@@ -77,29 +77,32 @@ impl LogisticObjective<'_> {
             intercept: theta[d],
         };
         let (u, offset) = model.raw_form(self.scaler);
-        let identity = || (0.0f64, 0.0f64, vec![0.0f64; d]);
-        let (loss, residual_sum, acc) = self
+        // Partial sums per chunk, added in chunk order: the same bits on any number of
+        // threads (rayon's fold/reduce would associate them as the work happened to split).
+        let partials: Vec<(f64, f64, Vec<f64>)> = self
             .rows
             .par_chunks(256)
             .zip(self.targets.par_chunks(256))
-            .fold(
-                identity,
-                |(mut loss, mut rsum, mut acc), (rows, targets)| {
-                    for (&i, &(y, s)) in rows.iter().zip(targets) {
-                        let row = self.x.row(i);
-                        let z = dot_f32_f64(row, &u) + offset;
-                        loss += s * (log1p_exp(z) - y * z);
-                        let r = s * (sigmoid(z) - y);
-                        rsum += r;
-                        axpy_f32(&mut acc, r, row);
-                    }
-                    (loss, rsum, acc)
-                },
-            )
-            .reduce(identity, |(l1, r1, mut a1), (l2, r2, a2)| {
+            .map(|(rows, targets)| {
+                let (mut loss, mut rsum, mut acc) = (0.0f64, 0.0f64, vec![0.0f64; d]);
+                for (&i, &(y, s)) in rows.iter().zip(targets) {
+                    let row = self.x.row(i);
+                    let z = dot_f32_f64(row, &u) + offset;
+                    loss += s * (log1p_exp(z) - y * z);
+                    let r = s * (sigmoid(z) - y);
+                    rsum += r;
+                    axpy_f32(&mut acc, r, row);
+                }
+                (loss, rsum, acc)
+            })
+            .collect();
+        let (loss, residual_sum, acc) = partials.into_iter().fold(
+            (0.0f64, 0.0f64, vec![0.0f64; d]),
+            |(l1, r1, mut a1), (l2, r2, a2)| {
                 a1.iter_mut().zip(&a2).for_each(|(x, y)| *x += y);
                 (l1 + l2, r1 + r2, a1)
-            });
+            },
+        );
         // Back from raw features to standardised ones: x̃ = (x − μ)/σ.
         for j in 0..d {
             grad[j] = (acc[j] - self.scaler.mean[j] * residual_sum) / self.scaler.scale[j]
