@@ -50,12 +50,24 @@ fn tiny() -> ReproduceConfig {
     ReproduceConfig::from_toml_str(TINY, None).unwrap()
 }
 
+/// `f` with rayon's pool at `threads` threads, whatever the machine has: the pipeline shares
+/// its threads between stages that run side by side.
+fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 #[test]
 fn tiny_run_writes_the_contract_and_reuses_stages() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let cfg = tiny();
-    let first = run(&cfg, &out, &Device::Cpu, &mut NoProgress).unwrap();
+    assert!(cfg.concurrent_stages);
+    // Two threads: the contrastive stages run side by side (the seeds test runs them in turn).
+    let first = on_threads(2, || run(&cfg, &out, &Device::Cpu, &mut NoProgress)).unwrap();
     let layout = Layout::new(&out);
 
     // The contract, read as plain JSON.
@@ -189,30 +201,35 @@ fn tiny_run_writes_the_contract_and_reuses_stages() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Same settings: every stage is reused and the results are the same.
-    let again = run(&cfg, &out, &Device::Cpu, &mut NoProgress).unwrap();
+    let again = on_threads(2, || run(&cfg, &out, &Device::Cpu, &mut NoProgress)).unwrap();
     let reused: Vec<(&str, bool)> = again
         .timings
         .iter()
         .map(|t| (t.name.as_str(), t.reused))
         .collect();
     assert_eq!(
-        &reused[..5],
+        &reused[..4],
         [
             ("cohort", true),
             ("cache", true),
             ("mae", true),
-            ("mmcl", true),
-            ("mae_mmcl", true)
+            ("mmcl + mae_mmcl, side by side", true),
         ]
     );
     assert_eq!(again.results.encoders, first.results.encoders);
+    // The probes in turn on all threads find what they found side by side, bit for bit.
+    let mut in_turn = cfg.clone();
+    in_turn.concurrent_stages = false;
+    let sequential = on_threads(2, || run(&in_turn, &out, &Device::Cpu, &mut NoProgress)).unwrap();
+    assert_eq!(sequential.results.encoders, first.results.encoders);
+    assert_eq!(sequential.results.comparisons, first.results.comparisons);
 
     // A different contrastive setting retrains both MMCL runs and nothing upstream.
     let mut changed = cfg.clone();
     changed.mmcl.temperature = 0.2;
-    let third = run(&changed, &out, &Device::Cpu, &mut NoProgress).unwrap();
-    let reused: Vec<bool> = third.timings.iter().take(5).map(|t| t.reused).collect();
-    assert_eq!(reused, [true, true, true, false, false]);
+    let third = on_threads(2, || run(&changed, &out, &Device::Cpu, &mut NoProgress)).unwrap();
+    let reused: Vec<bool> = third.timings.iter().take(4).map(|t| t.reused).collect();
+    assert_eq!(reused, [true, true, true, false]);
     assert_eq!(third.results.encoders.mae, first.results.encoders.mae);
     assert_eq!(
         third.results.encoders.random_init,
@@ -226,7 +243,8 @@ fn seeds_repeat_the_training_and_report_every_seed() {
     let out = dir.path().join("out");
     let mut cfg = tiny();
     cfg.seeds = vec![5, 6];
-    let outputs = run(&cfg, &out, &Device::Cpu, &mut NoProgress).unwrap();
+    cfg.concurrent_stages = false;
+    let outputs = on_threads(2, || run(&cfg, &out, &Device::Cpu, &mut NoProgress)).unwrap();
     let layout = Layout::new(&out);
     let seeds = &outputs.results.seeds;
     assert_eq!(seeds.iter().map(|s| s.seed).collect::<Vec<_>>(), [5, 6]);
@@ -241,7 +259,10 @@ fn seeds_repeat_the_training_and_report_every_seed() {
     let report = std::fs::read_to_string(layout.report()).unwrap();
     assert!(report.contains("## Training seeds") && report.contains("| mean ± sd |"));
     let names: Vec<&str> = outputs.timings.iter().map(|t| t.name.as_str()).collect();
-    assert!(names.contains(&"mmcl (seed 6)"), "{names:?}");
+    assert!(
+        names.contains(&"mmcl (seed 6)") && names.contains(&"mae_mmcl (seed 6)"),
+        "{names:?}"
+    );
     let read = Results::read(&layout.results()).unwrap();
     assert_eq!(read.seeds.len(), 2);
     assert!(

@@ -32,6 +32,7 @@ mod probes;
 mod progress;
 mod report;
 mod resources;
+mod side_by_side;
 mod stages;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ use probes::{Evaluated, evaluate_encoders};
 use progress::counted;
 use report::report_markdown;
 use resources::Clock;
+use side_by_side::{run_pair, split_threads};
 use stages::{
     MAE, MMCL, Runs, StageState, mae_config, mmcl_config, remove_dir, stage_state, train_stage,
     write_marker,
@@ -274,29 +276,54 @@ fn train_and_probe(
     let reused = train_stage(&MAE, mae, &mae_dir, &mae_key, device, progress)?;
     clock.lap(&lap("mae"), reused);
 
-    // 4-5. MMCL twice.
-    progress.stage(4, STAGES, "MMCL pre-training from random initialisation");
+    // 4-5. MMCL twice, side by side where the configuration and the machine allow.
     let mmcl_key = json!({"cache": cache_key, "mmcl": cfg.mmcl});
     let mmcl_dir = layout.seed_run(seed, "mmcl");
     let mmcl = mmcl_config(cfg, cache_dir, None);
-    let reused = train_stage(&MMCL, mmcl, &mmcl_dir, &mmcl_key, device, progress)?;
-    clock.lap(&lap("mmcl"), reused);
-
-    progress.stage(5, STAGES, "MMCL pre-training from the MAE encoder");
     let mae_mmcl_key = json!({"mae": mae_key, "mmcl": cfg.mmcl});
     let mae_mmcl_dir = layout.seed_run(seed, "mae_mmcl");
     // The MAE encoder that is probed (its best validation epoch) initialises the run.
     let mae_encoder = probed_checkpoint(&mae_dir).join(ECG_ENCODER_FILE);
     let mae_mmcl = mmcl_config(cfg, cache_dir, Some(&mae_encoder));
-    let reused = train_stage(
-        &MMCL,
-        mae_mmcl,
-        &mae_mmcl_dir,
-        &mae_mmcl_key,
-        device,
-        progress,
-    )?;
-    clock.lap(&lap("mae_mmcl"), reused);
+    let from_random = "MMCL pre-training from random initialisation";
+    let from_mae = "MMCL pre-training from the MAE encoder";
+    let shares = split_threads(rayon::current_num_threads()).filter(|_| cfg.concurrent_stages);
+    match shares {
+        Some(threads) if device.is_cpu() => {
+            progress.stage(4, STAGES, from_random);
+            progress.stage(5, STAGES, &format!("{from_mae}, side by side with stage 4"));
+            progress.message(&format!(
+                "stages 4 and 5 on {} and {} threads; the bar follows stage 4",
+                threads[0], threads[1]
+            ));
+            let (dir_4, key_4, dir_5, key_5) = (&mmcl_dir, &mmcl_key, &mae_mmcl_dir, &mae_mmcl_key);
+            let (reused_4, reused_5) = run_pair(
+                (
+                    Box::new(move |p| train_stage(&MMCL, mmcl, dir_4, key_4, device, p)),
+                    Box::new(move |p| train_stage(&MMCL, mae_mmcl, dir_5, key_5, device, p)),
+                ),
+                threads,
+                ["stage 4", "stage 5"],
+                progress,
+            )?;
+            clock.lap(&lap("mmcl + mae_mmcl, side by side"), reused_4 && reused_5);
+        }
+        _ => {
+            progress.stage(4, STAGES, from_random);
+            let reused = train_stage(&MMCL, mmcl, &mmcl_dir, &mmcl_key, device, progress)?;
+            clock.lap(&lap("mmcl"), reused);
+            progress.stage(5, STAGES, from_mae);
+            let reused = train_stage(
+                &MMCL,
+                mae_mmcl,
+                &mae_mmcl_dir,
+                &mae_mmcl_key,
+                device,
+                progress,
+            )?;
+            clock.lap(&lap("mae_mmcl"), reused);
+        }
+    }
 
     // 6. Probes.
     progress.stage(6, STAGES, "linear probes of six encoders");

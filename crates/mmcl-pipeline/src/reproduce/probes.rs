@@ -16,6 +16,7 @@ use mmcl_train::MmclModel;
 use mmcl_train::checkpoint::{checkpoints_dir, find_ecg_encoder, last_dir};
 
 use super::features::hand_features;
+use super::side_by_side::{run_pair, split_threads};
 use super::stages::Runs;
 use crate::config::ReproduceConfig;
 use crate::embeddings::{EmbedSettings, SplitTargets, embed_ecgs, embed_images};
@@ -286,9 +287,95 @@ pub(super) struct Evaluated {
     pub comparisons: Vec<(String, EncoderComparison)>,
 }
 
+/// One probe of stage 6.
+enum Job {
+    /// An ECG encoder, from a checkpoint or (`None`) randomly initialised.
+    Ecg(&'static str, Option<PathBuf>),
+    /// Hand-made features of the same ECGs.
+    Features,
+    /// The CMR encoder of the MAE + MMCL run.
+    Cmr(PathBuf),
+}
+
+impl Job {
+    fn name(&self) -> &'static str {
+        match self {
+            Job::Ecg(name, _) => name,
+            Job::Features => "ecg_features",
+            Job::Cmr(_) => "cmr",
+        }
+    }
+
+    /// Embeds the splits with this job's encoder and probes them.
+    fn probe(
+        &self,
+        cfg: &ReproduceConfig,
+        cache: &Arc<Cache>,
+        data: &ProbeData,
+        device: &Device,
+    ) -> Result<Probed> {
+        match self {
+            Job::Ecg(_, path) => {
+                let vit = probe_vit_config(cfg)?;
+                let pooling = vit.pooling();
+                let model = match path {
+                    None => EcgVit::from_seed(&vit, cfg.evaluation.random_init_seed, device)?.0,
+                    Some(p) => EcgVit::from_checkpoint(&vit, p, pooling, device)?.0,
+                };
+                probe_with(cfg, cache, data, false, device, &|ecg| {
+                    Ok(model.embed(ecg, pooling)?)
+                })
+            }
+            // The ceiling a linear probe can reach from the same input.
+            Job::Features => {
+                let rate = cfg.data.ecg_sample_rate;
+                probe_with(cfg, cache, data, false, device, &|ecg| {
+                    hand_features(ecg, rate)
+                })
+            }
+            // The upper bound, on the un-augmented images.
+            Job::Cmr(checkpoint) => {
+                let model = MmclModel::from_checkpoint(checkpoint, device)?;
+                probe_with(cfg, cache, data, true, device, &|img| {
+                    Ok(model.image_features(img, false)?)
+                })
+            }
+        }
+    }
+}
+
+/// Runs `jobs` in turn, reporting each encoder's headline figures.
+fn probe_jobs(
+    jobs: Vec<Job>,
+    cfg: &ReproduceConfig,
+    cache: &Arc<Cache>,
+    data: &ProbeData,
+    device: &Device,
+    progress: &mut dyn PipelineProgress,
+) -> Result<Vec<(&'static str, Probed)>> {
+    jobs.into_iter()
+        .map(|job| {
+            let probed = job.probe(cfg, cache, data, device)?;
+            let r = &probed.results;
+            progress.message(&format!(
+                "{}: mean phenotype R² {:.3}; AUROC {}",
+                job.name(),
+                r.phenotypes.mean_r2,
+                r.diseases
+                    .iter()
+                    .map(|(n, a)| format!("{n} {:.3}", a.auroc))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            Ok((job.name(), probed))
+        })
+        .collect()
+}
+
 /// Stage 6: the probes of the four ECG encoders (random initialisation, MAE, MMCL, MAE + MMCL),
 /// of hand-made features of the same ECGs (the ceiling) and of the CMR encoder of the
-/// MAE + MMCL run, then the paired comparisons.
+/// MAE + MMCL run, then the paired comparisons. With `concurrent_stages` on the CPU the six
+/// probes run in two groups side by side, each on half of the threads.
 pub(super) fn evaluate_encoders(
     cfg: &ReproduceConfig,
     cache: &Arc<Cache>,
@@ -297,83 +384,56 @@ pub(super) fn evaluate_encoders(
     progress: &mut dyn PipelineProgress,
 ) -> Result<Evaluated> {
     let data = probe_data(cache)?;
-    let vit = probe_vit_config(cfg)?;
-    let pooling = vit.pooling();
-
-    let ecg_encoders: [(&str, Option<PathBuf>); 4] = [
-        ("random_init", None),
-        (
-            "mae",
-            Some(find_ecg_encoder(&probed_checkpoint(&runs.mae))?),
-        ),
-        (
-            "mmcl",
-            Some(find_ecg_encoder(&probed_checkpoint(&runs.mmcl))?),
-        ),
-        (
-            "mae_mmcl",
-            Some(find_ecg_encoder(&probed_checkpoint(&runs.mae_mmcl))?),
-        ),
+    let encoder = |run: &Path| find_ecg_encoder(&probed_checkpoint(run));
+    // Two groups of about the same cost: three ECG embeddings and a cheaper fourth each.
+    let first = vec![
+        Job::Ecg("random_init", None),
+        Job::Ecg("mae", Some(encoder(&runs.mae)?)),
+        Job::Features,
     ];
-    let total = ecg_encoders.len() + 2;
-    let mut probed: Vec<(&str, Probed)> = Vec::new();
-    let report = |name: &str, r: &EncoderResults, progress: &mut dyn PipelineProgress| {
-        progress.message(&format!(
-            "{name}: mean phenotype R² {:.3}; AUROC {}",
-            r.phenotypes.mean_r2,
-            r.diseases
-                .iter()
-                .map(|(n, a)| format!("{n} {:.3}", a.auroc))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    let second = vec![
+        Job::Ecg("mmcl", Some(encoder(&runs.mmcl)?)),
+        Job::Ecg("mae_mmcl", Some(encoder(&runs.mae_mmcl)?)),
+        Job::Cmr(probed_checkpoint(&runs.mae_mmcl)),
+    ];
+    let shares = split_threads(rayon::current_num_threads()).filter(|_| cfg.concurrent_stages);
+    let (mut probed, more) = match shares {
+        Some(threads) if device.is_cpu() => {
+            let data = &data;
+            run_pair(
+                (
+                    Box::new(move |p| probe_jobs(first, cfg, cache, data, device, p)),
+                    Box::new(move |p| probe_jobs(second, cfg, cache, data, device, p)),
+                ),
+                threads,
+                ["", ""],
+                progress,
+            )?
+        }
+        _ => (
+            probe_jobs(first, cfg, cache, &data, device, progress)?,
+            probe_jobs(second, cfg, cache, &data, device, progress)?,
+        ),
     };
-    for (k, (name, path)) in ecg_encoders.iter().enumerate() {
-        progress.count("encoders probed", k, total);
-        let model = match path {
-            None => EcgVit::from_seed(&vit, cfg.evaluation.random_init_seed, device)?.0,
-            Some(p) => EcgVit::from_checkpoint(&vit, p, pooling, device)?.0,
-        };
-        let r = probe_with(cfg, cache, &data, false, device, &|ecg| {
-            Ok(model.embed(ecg, pooling)?)
-        })?;
-        report(name, &r.results, progress);
-        probed.push((name, r));
-    }
-
-    // Hand-made features of the same input: the ceiling a linear probe can reach from it.
-    progress.count("encoders probed", 4, total);
-    let rate = cfg.data.ecg_sample_rate;
-    let features = probe_with(cfg, cache, &data, false, device, &|ecg| {
-        hand_features(ecg, rate)
-    })?;
-    report("ecg_features", &features.results, progress);
-
-    // The CMR encoder of the MAE + MMCL run on the un-augmented images: the upper bound.
-    progress.count("encoders probed", 5, total);
-    let model = MmclModel::from_checkpoint(&probed_checkpoint(&runs.mae_mmcl), device)?;
-    let cmr = probe_with(cfg, cache, &data, true, device, &|img| {
-        Ok(model.image_features(img, false)?)
-    })?;
-    report("cmr", &cmr.results, progress);
-    progress.count("encoders probed", total, total);
+    probed.extend(more);
 
     let comparisons = compare_encoders(cfg, &data, &probed)?;
-    let mut it = probed.into_iter().map(|(_, p)| p.results);
-    let mut next = || {
-        it.next().ok_or_else(|| Error::Insufficient {
-            stage: "probes",
-            reason: "an encoder's results are missing".into(),
-        })
+    let mut take = |key: &str| {
+        let at = probed.iter().position(|(k, _)| *k == key);
+        at.map(|i| probed.swap_remove(i).1.results)
+            .ok_or_else(|| Error::Insufficient {
+                stage: "probes",
+                reason: format!("the results of encoder {key} are missing"),
+            })
     };
     Ok(Evaluated {
         encoders: Encoders {
-            random_init: next()?,
-            mae: next()?,
-            mmcl: next()?,
-            mae_mmcl: next()?,
-            cmr: cmr.results,
-            ecg_features: Some(features.results),
+            random_init: take("random_init")?,
+            mae: take("mae")?,
+            mmcl: take("mmcl")?,
+            mae_mmcl: take("mae_mmcl")?,
+            cmr: take("cmr")?,
+            ecg_features: Some(take("ecg_features")?),
         },
         comparisons,
     })
