@@ -287,9 +287,14 @@ fn train_and_probe(
     let mae_mmcl = mmcl_config(cfg, cache_dir, Some(&mae_encoder));
     let from_random = "MMCL pre-training from random initialisation";
     let from_mae = "MMCL pre-training from the MAE encoder";
-    let shares = split_threads(rayon::current_num_threads()).filter(|_| cfg.concurrent_stages);
+    // Side by side only when both stages have work left: a finished one is merely reused, and
+    // the other would then train on half of the threads.
+    let both_train = stage_state(&mmcl_dir, &mmcl_key) != StageState::Done
+        && stage_state(&mae_mmcl_dir, &mae_mmcl_key) != StageState::Done;
+    let shares = split_threads(rayon::current_num_threads())
+        .filter(|_| cfg.concurrent_stages && both_train && device.is_cpu());
     match shares {
-        Some(threads) if device.is_cpu() => {
+        Some(threads) => {
             progress.stage(4, STAGES, from_random);
             progress.stage(5, STAGES, &format!("{from_mae}, side by side with stage 4"));
             progress.message(&format!(

@@ -396,9 +396,10 @@ pub(super) fn evaluate_encoders(
         Job::Ecg("mae_mmcl", Some(encoder(&runs.mae_mmcl)?)),
         Job::Cmr(probed_checkpoint(&runs.mae_mmcl)),
     ];
-    let shares = split_threads(rayon::current_num_threads()).filter(|_| cfg.concurrent_stages);
+    let shares = split_threads(rayon::current_num_threads())
+        .filter(|_| cfg.concurrent_stages && device.is_cpu());
     let (mut probed, more) = match shares {
-        Some(threads) if device.is_cpu() => {
+        Some(threads) => {
             let data = &data;
             run_pair(
                 (

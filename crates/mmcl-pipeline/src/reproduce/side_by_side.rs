@@ -108,12 +108,13 @@ pub(super) fn run_pair<'a, A: Send, B: Send>(
     names: [&str; 2],
     progress: &mut dyn PipelineProgress,
 ) -> Result<(A, B)> {
-    let pools = threads.map(|n| {
+    let pool = |k: usize| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("mmcl-stage-{i}"))
+            .num_threads(threads[k])
+            .thread_name(move |i| format!("mmcl-side-{k}-{i}"))
             .build()
-    });
+    };
+    let pools = [pool(0), pool(1)];
     let [Ok(pool_a), Ok(pool_b)] = pools else {
         return Err(Error::Insufficient {
             stage: "training",
