@@ -141,32 +141,15 @@ impl TryFrom<RawConfig> for EcgVitConfig {
     type Error = String;
 
     fn try_from(raw: RawConfig) -> std::result::Result<Self, String> {
-        let preset = match &raw.model {
-            Some(name) => Some(Preset::find(name).ok_or_else(|| {
-                format!(
-                    "unknown model {name:?}; known presets: {}",
-                    Preset::names().join(", ")
-                )
-            })?),
-            None => None,
-        };
-        let need = |v: Option<usize>, from_preset: Option<usize>, key: &str| {
-            v.or(from_preset)
-                .ok_or_else(|| format!("missing {key:?} (or a \"model\" preset that sets it)"))
-        };
-        let img_size = raw
-            .img_size
-            .ok_or("missing \"img_size\" ([C, leads, T], e.g. [1, 12, 2500])")?;
-        let patch_size = raw
-            .patch_size
-            .ok_or("missing \"patch_size\" ([leads, samples], e.g. [1, 100])")?;
+        let preset = raw.model.as_deref().map(Preset::lookup).transpose()?;
+        let (img_size, patch_size) = required_shapes(raw.img_size, raw.patch_size)?;
         let cfg = EcgVitConfig {
             model: raw.model.clone(),
             img_size,
             patch_size,
-            embed_dim: need(raw.embed_dim, preset.map(|p| p.embed_dim), "embed_dim")?,
-            depth: need(raw.depth, preset.map(|p| p.depth), "depth")?,
-            num_heads: need(raw.num_heads, preset.map(|p| p.num_heads), "num_heads")?,
+            embed_dim: required(raw.embed_dim, preset.map(|p| p.embed_dim), "embed_dim")?,
+            depth: required(raw.depth, preset.map(|p| p.depth), "depth")?,
+            num_heads: required(raw.num_heads, preset.map(|p| p.num_heads), "num_heads")?,
             mlp_ratio: raw.mlp_ratio.unwrap_or(4.0),
             qkv_bias: raw.qkv_bias.unwrap_or(true),
             drop_rate: raw.drop_rate.unwrap_or(0.0),
@@ -178,11 +161,58 @@ impl TryFrom<RawConfig> for EcgVitConfig {
             layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-6),
             weight_init: raw.weight_init.unwrap_or_default(),
         };
-        cfg.validate().map_err(|e| match e {
-            Error::Config(why) => why,
-            other => other.to_string(),
-        })?;
+        cfg.validate().map_err(config_reason)?;
         Ok(cfg)
+    }
+}
+
+/// What a JSON configuration's preset lookup and required keys share between the encoder's
+/// and the masked autoencoder's configuration (their `TryFrom<Raw…>` and `preset`).
+pub(crate) trait NamedPreset: Sized {
+    /// The preset called `name`.
+    fn find(name: &str) -> Option<Self>;
+    /// Every name [`NamedPreset::find`] advertises.
+    fn names() -> Vec<&'static str>;
+
+    /// The preset called `name`, or the error that lists the known ones.
+    fn lookup(name: &str) -> std::result::Result<Self, String> {
+        Self::find(name).ok_or_else(|| {
+            format!(
+                "unknown model {name:?}; known presets: {}",
+                Self::names().join(", ")
+            )
+        })
+    }
+}
+
+/// A size given in the file, else by the preset, else an error naming the key.
+pub(crate) fn required(
+    given: Option<usize>,
+    from_preset: Option<usize>,
+    key: &str,
+) -> std::result::Result<usize, String> {
+    given
+        .or(from_preset)
+        .ok_or_else(|| format!("missing {key:?} (or a \"model\" preset that sets it)"))
+}
+
+/// `img_size` and `patch_size`, which no preset sets.
+pub(crate) fn required_shapes(
+    img_size: Option<[usize; 3]>,
+    patch_size: Option<[usize; 2]>,
+) -> std::result::Result<([usize; 3], [usize; 2]), String> {
+    let img_size = img_size.ok_or("missing \"img_size\" ([C, leads, T], e.g. [1, 12, 2500])")?;
+    let patch_size =
+        patch_size.ok_or("missing \"patch_size\" ([leads, samples], e.g. [1, 100])")?;
+    Ok((img_size, patch_size))
+}
+
+/// A validation error as the reason serde reports (without the "invalid configuration" prefix
+/// of [`Error::Config`], which the file reader adds with the file's name).
+pub(crate) fn config_reason(e: Error) -> String {
+    match e {
+        Error::Config(why) => why,
+        other => other.to_string(),
     }
 }
 
@@ -240,6 +270,18 @@ pub const PRESETS: &[Preset] = &[
     preset("mae/vit_huge", 1280, 32, 16),
 ];
 
+impl NamedPreset for Preset {
+    /// The preset `name`; `tinyDeep`, `smallDeep`, `mediumDeep` are accepted for the `…Deep`
+    /// models.
+    fn find(name: &str) -> Option<Preset> {
+        Preset::find(name)
+    }
+
+    fn names() -> Vec<&'static str> {
+        Preset::names()
+    }
+}
+
 impl Preset {
     /// The preset `name`; `tinyDeep`, `smallDeep`, `mediumDeep` are accepted for the `…Deep`
     /// models.
@@ -263,12 +305,7 @@ impl EcgVitConfig {
     /// The preset `name` for inputs of `img_size` cut into `patch_size` patches, with the
     /// reference's defaults (class-token pooling, no head, no dropout).
     pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
-        let p = Preset::find(name).ok_or_else(|| {
-            Error::Config(format!(
-                "unknown model {name:?}; known presets: {}",
-                Preset::names().join(", ")
-            ))
-        })?;
+        let p = <Preset as NamedPreset>::lookup(name).map_err(Error::Config)?;
         let cfg = Self {
             model: Some(p.name.to_string()),
             img_size,

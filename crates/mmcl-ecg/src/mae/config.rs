@@ -6,7 +6,10 @@ use mmcl_nn::config::{MAX_PARAMETERS, checked_product, checked_sum};
 use mmcl_nn::init::WeightInit;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{TrunkKeys, check_limit, check_trunk_activations, trunk_parameters};
+use crate::config::{
+    NamedPreset, TrunkKeys, check_limit, check_trunk_activations, config_reason, required,
+    required_shapes, trunk_parameters,
+};
 use crate::{EcgVitConfig, Error, Result};
 
 /// A named architecture of the mae repo's `models_mae.py` (`mae_vit_*`).
@@ -168,6 +171,16 @@ pub const MAE_PRESETS: &[MaePreset] = &[
     ),
 ];
 
+impl NamedPreset for MaePreset {
+    fn find(name: &str) -> Option<MaePreset> {
+        MaePreset::find(name)
+    }
+
+    fn names() -> Vec<&'static str> {
+        MaePreset::names()
+    }
+}
+
 impl MaePreset {
     /// The preset called `name` (its recommended or its function name).
     pub fn find(name: &str) -> Option<MaePreset> {
@@ -251,44 +264,34 @@ impl TryFrom<RawMaeConfig> for MaeConfig {
     type Error = String;
 
     fn try_from(raw: RawMaeConfig) -> std::result::Result<Self, String> {
-        let preset = match &raw.model {
-            Some(name) => Some(MaePreset::find(name).ok_or_else(|| {
-                format!(
-                    "unknown model {name:?}; known presets: {}",
-                    MaePreset::names().join(", ")
-                )
-            })?),
-            None => None,
-        };
-        let need = |v: Option<usize>, from_preset: Option<usize>, key: &str| {
-            v.or(from_preset)
-                .ok_or_else(|| format!("missing {key:?} (or a \"model\" preset that sets it)"))
-        };
+        let preset = raw.model.as_deref().map(MaePreset::lookup).transpose()?;
+        let (img_size, patch_size) = required_shapes(raw.img_size, raw.patch_size)?;
         let enc = preset.map(|p| p.encoder);
         let dec = preset.map(|p| p.decoder);
         let cfg = MaeConfig {
             model: raw.model.clone(),
-            img_size: raw
-                .img_size
-                .ok_or("missing \"img_size\" ([C, leads, T], e.g. [1, 12, 2500])")?,
-            patch_size: raw
-                .patch_size
-                .ok_or("missing \"patch_size\" ([leads, samples], e.g. [1, 100])")?,
-            embed_dim: need(raw.embed_dim, enc.map(|e| e.0), "embed_dim")?,
-            depth: need(raw.depth, enc.map(|e| e.1), "depth")?,
-            num_heads: need(raw.num_heads, enc.map(|e| e.2), "num_heads")?,
-            decoder_embed_dim: need(raw.decoder_embed_dim, dec.map(|d| d.0), "decoder_embed_dim")?,
-            decoder_depth: need(raw.decoder_depth, dec.map(|d| d.1), "decoder_depth")?,
-            decoder_num_heads: need(raw.decoder_num_heads, dec.map(|d| d.2), "decoder_num_heads")?,
+            img_size,
+            patch_size,
+            embed_dim: required(raw.embed_dim, enc.map(|e| e.0), "embed_dim")?,
+            depth: required(raw.depth, enc.map(|e| e.1), "depth")?,
+            num_heads: required(raw.num_heads, enc.map(|e| e.2), "num_heads")?,
+            decoder_embed_dim: required(
+                raw.decoder_embed_dim,
+                dec.map(|d| d.0),
+                "decoder_embed_dim",
+            )?,
+            decoder_depth: required(raw.decoder_depth, dec.map(|d| d.1), "decoder_depth")?,
+            decoder_num_heads: required(
+                raw.decoder_num_heads,
+                dec.map(|d| d.2),
+                "decoder_num_heads",
+            )?,
             mlp_ratio: raw.mlp_ratio.unwrap_or(4.0),
             layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-6),
             proj_dim: raw.proj_dim.unwrap_or(1024),
             pred_dim: raw.pred_dim.unwrap_or(128),
         };
-        cfg.validate().map_err(|e| match e {
-            Error::Config(why) => why,
-            other => other.to_string(),
-        })?;
+        cfg.validate().map_err(config_reason)?;
         Ok(cfg)
     }
 }
@@ -296,12 +299,7 @@ impl TryFrom<RawMaeConfig> for MaeConfig {
 impl MaeConfig {
     /// The preset `name` for inputs of `img_size` cut into `patch_size` patches.
     pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
-        let p = MaePreset::find(name).ok_or_else(|| {
-            Error::Config(format!(
-                "unknown model {name:?}; known presets: {}",
-                MaePreset::names().join(", ")
-            ))
-        })?;
+        let p = <MaePreset as NamedPreset>::lookup(name).map_err(Error::Config)?;
         let cfg = Self {
             model: Some(p.name.to_string()),
             img_size,
