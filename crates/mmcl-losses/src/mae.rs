@@ -146,8 +146,8 @@ pub struct MaeLossOutput {
     pub output: MaeOutput,
 }
 
-/// [`MaeLossOutput`] as numbers, for logs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// [`MaeLossOutput`] as numbers, for logs (one batch's, or means over a phase).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct MaeMetrics {
     /// The back-propagated total.
     pub total: f64,
@@ -163,6 +163,28 @@ pub struct MaeMetrics {
     pub cos_embed: Option<f64>,
     /// Spread of the normalised embeddings.
     pub z_std: Option<f64>,
+}
+
+impl MaeMetrics {
+    /// The values as `(name, value)` pairs for a run log; absent optional terms are left out.
+    pub fn record(&self) -> Vec<(&'static str, f64)> {
+        let mut out = vec![
+            ("loss", self.loss),
+            ("total", self.total),
+            ("mse", self.mse),
+            ("ncc", self.ncc),
+        ];
+        for (k, v) in [
+            ("loss_cos", self.loss_cos),
+            ("cos_embed", self.cos_embed),
+            ("z_std", self.z_std),
+        ] {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        }
+        out
+    }
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

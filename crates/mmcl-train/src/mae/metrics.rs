@@ -5,20 +5,8 @@ use mmcl_losses::mae::MaeMetrics;
 /// Means of the objective's values over a phase (weighted by batch size).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MaeEpochMetrics {
-    /// The back-propagated total (`loss + cos_weight · loss_cos`).
-    pub total: f64,
-    /// The reconstruction loss (the reference's `loss`).
-    pub loss: f64,
-    /// Its squared-error part.
-    pub mse: f64,
-    /// Normalised cross-correlation of reconstructions and inputs.
-    pub ncc: f64,
-    /// The SimSiam term.
-    pub loss_cos: Option<f64>,
-    /// Cosine similarity of the two views' embeddings.
-    pub cos_embed: Option<f64>,
-    /// Spread of the normalised embeddings (about 1 when not collapsed).
-    pub z_std: Option<f64>,
+    /// The means; an optional term is `None` when no batch produced it.
+    pub means: MaeMetrics,
     /// Samples seen.
     pub samples: usize,
 }
@@ -59,36 +47,16 @@ impl MaeSums {
         let n = self.samples.max(1) as f64;
         let opt = |(s, c): (f64, usize)| (c > 0).then(|| s / c as f64);
         MaeEpochMetrics {
-            total: self.total / n,
-            loss: self.loss / n,
-            mse: self.mse / n,
-            ncc: self.ncc / n,
-            loss_cos: opt(self.optional[0]),
-            cos_embed: opt(self.optional[1]),
-            z_std: opt(self.optional[2]),
+            means: MaeMetrics {
+                total: self.total / n,
+                loss: self.loss / n,
+                mse: self.mse / n,
+                ncc: self.ncc / n,
+                loss_cos: opt(self.optional[0]),
+                cos_embed: opt(self.optional[1]),
+                z_std: opt(self.optional[2]),
+            },
             samples: self.samples,
         }
-    }
-}
-
-impl MaeEpochMetrics {
-    /// The values as `(name, value)` pairs for the run log.
-    pub(super) fn record(&self) -> Vec<(&'static str, f64)> {
-        let mut out = vec![
-            ("loss", self.loss),
-            ("total", self.total),
-            ("mse", self.mse),
-            ("ncc", self.ncc),
-        ];
-        for (k, v) in [
-            ("loss_cos", self.loss_cos),
-            ("cos_embed", self.cos_embed),
-            ("z_std", self.z_std),
-        ] {
-            if let Some(v) = v {
-                out.push((k, v));
-            }
-        }
-        out
     }
 }

@@ -221,7 +221,7 @@ impl TrainStep for MaeStage {
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
         let train = sums.means();
         let rate = train.samples as f64 / seconds;
-        let mut values = train.record();
+        let mut values = train.means.record();
         values.push(("lr", lr));
         values.push(("samples_per_s", rate));
         Ok(EpochReport {
@@ -232,8 +232,8 @@ impl TrainStep for MaeStage {
                 "epoch {}/{}: train loss {:.4}, ncc {:.3}, lr {lr:.3e}, {rate:.1} samples/s",
                 epoch + 1,
                 self.cfg.max_epochs,
-                train.loss,
-                train.ncc
+                train.means.loss,
+                train.means.ncc
             ),
         })
     }
@@ -244,9 +244,9 @@ impl TrainStep for MaeStage {
         progress: &mut dyn Progress,
     ) -> Result<Option<ValReport>> {
         Ok(self.validate(epoch, progress)?.map(|val| ValReport {
-            monitored: val.loss,
-            record: record(&val.record()),
-            summary: format!("; val loss {:.4}, ncc {:.3}", val.loss, val.ncc),
+            monitored: val.means.loss,
+            record: record(&val.means.record()),
+            summary: format!("; val loss {:.4}, ncc {:.3}", val.means.loss, val.means.ncc),
         }))
     }
 }
