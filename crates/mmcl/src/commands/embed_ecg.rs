@@ -179,16 +179,17 @@ pub fn embed_cache_split(
     Ok((x, targets))
 }
 
-/// The checks and the encoder of the modes that write a folder of `(N, D)` arrays: the output
-/// folder is none of `inputs` (nor the encoder), the pooling is not `tokens`.
-fn encoder_for_folder(
+/// The output checked against every input (`inputs`, the encoder and its configuration), then
+/// the device and the encoder.
+fn checked_encoder(
     args: &Args,
+    kind: OutputKind,
     inputs: &[&Path],
-    mode: &str,
 ) -> Result<(Device, LoadedEncoder)> {
     let mut all = inputs.to_vec();
     all.push(&args.encoder);
-    ensure_output_not_input(&args.output, OutputKind::Directory, &all)?;
+    all.extend(args.config.as_deref());
+    ensure_output_not_input(&args.output, kind, &all)?;
     let device = super::common::parse_device(&args.device)?;
     let encoder = load_ecg_encoder(
         &args.encoder,
@@ -196,6 +197,17 @@ fn encoder_for_folder(
         args.pooling.as_deref(),
         &device,
     )?;
+    Ok((device, encoder))
+}
+
+/// The checks and the encoder of the modes that write a folder of `(N, D)` arrays: the output
+/// folder is none of `inputs` (nor the encoder), the pooling is not `tokens`.
+fn encoder_for_folder(
+    args: &Args,
+    inputs: &[&Path],
+    mode: &str,
+) -> Result<(Device, LoadedEncoder)> {
+    let (device, encoder) = checked_encoder(args, OutputKind::Directory, inputs)?;
     if encoder.pooling == Pooling::Tokens {
         bail!("--pooling tokens writes (N, L, D) arrays: use it with --input, not {mode}");
     }
@@ -409,16 +421,7 @@ fn run_files(args: &Args) -> Result<()> {
 }
 
 fn run_array(args: &Args, input_path: &Path) -> Result<()> {
-    let mut inputs: Vec<&Path> = vec![input_path, &args.encoder];
-    inputs.extend(args.config.as_deref());
-    ensure_output_not_input(&args.output, OutputKind::File, &inputs)?;
-    let device = super::common::parse_device(&args.device)?;
-    let encoder = load_ecg_encoder(
-        &args.encoder,
-        args.config.as_deref(),
-        args.pooling.as_deref(),
-        &device,
-    )?;
+    let (device, encoder) = checked_encoder(args, OutputKind::File, &[input_path])?;
     let (cfg, pooling) = (&encoder.config, encoder.pooling);
     // Everything that can be checked is checked before the output is created.
     let mut input = EcgReader::open(input_path, cfg)?;
