@@ -212,7 +212,7 @@ impl Planar {
         let groups = rayon::current_num_threads().clamp(1, self.n.max(1));
         let per_group = self.n.div_ceil(groups).max(1);
         let per_block = self.images_per_block(per_group);
-        let dw = dx
+        let partials = dx
             .par_chunks_mut((per_group * in_image).max(1))
             .enumerate()
             .map(|(g, dx_group)| {
@@ -250,15 +250,13 @@ impl Planar {
                 }
                 Ok::<_, candle_core::Error>(dw)
             })
-            .try_reduce(
-                || vec![0f32; cout * depth],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(&b) {
-                        *x += y;
-                    }
-                    Ok(a)
-                },
-            )?;
+            .collect::<Result<Vec<_>>>()?;
+        // The groups' partial sums added in group order, not in the order rayon's reduction
+        // happens to pair them: the same thread count gives the same bits on every run.
+        let mut dw = vec![0f32; cout * depth];
+        for partial in &partials {
+            dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+        }
         Ok((dx, dw))
     }
 }

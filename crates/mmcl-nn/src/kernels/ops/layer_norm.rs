@@ -137,6 +137,10 @@ pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<
 /// The LayerNorm backward of every row, rows in parallel: the input gradient (plus `residual`,
 /// added in the same pass: the gradient of a residual stream around the norm) and the weight
 /// and bias gradients.
+///
+/// Each chunk of rows sums its own weight and bias gradients; the chunks' sums are then added
+/// in chunk order. (rayon's `fold`/`reduce` would associate them as the work happened to be
+/// split, so that one step's gradients, and a whole training run, changed from run to run.)
 pub(crate) fn layer_norm_backward_rows(
     x: &[f32],
     w: &[f32],
@@ -147,12 +151,12 @@ pub(crate) fn layer_norm_backward_rows(
     let d = w.len();
     let step = row_step(d);
     let mut dx = vec![0f32; x.len()];
-    let zero = || (vec![0f32; d], vec![0f32; d]);
-    let (dw, db) = dx
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(step)
         .zip(x.par_chunks(step).zip(grad.par_chunks(step)))
         .enumerate()
-        .fold(zero, |(mut dw, mut db), (i, (dx, (x, g)))| {
+        .map(|(i, (dx, (x, g)))| {
+            let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
             backward_simd(x, w, g, dx, &mut dw, &mut db, eps);
             if let Some(residual) = residual {
                 let res = &residual[i * step..i * step + dx.len()];
@@ -162,11 +166,12 @@ pub(crate) fn layer_norm_backward_rows(
             }
             (dw, db)
         })
-        .reduce(zero, |(mut aw, mut ab), (bw, bb)| {
-            aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
-            ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-            (aw, ab)
-        });
+        .collect();
+    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+    for (pw, pb) in &partials {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
     (dx, dw, db)
 }
 
