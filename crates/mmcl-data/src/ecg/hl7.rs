@@ -45,15 +45,11 @@
 
 use std::path::Path;
 
-use quick_xml::Reader;
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::BytesStart;
 
-use super::xml::{
-    MAX_XML_BYTES, MAX_XML_DEPTH, append_character_data, decode, is_blank, parse_int,
-};
+use super::xml::{ElementHandler, EmptyRoot, XmlFormat, parse_int, read_xml, walk};
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file, lead_index};
 use crate::{Error, Result};
-use mmcl_core::files::read_regular_bounded;
 
 /// The prefix of the MDC codes of ECG leads (ISO/IEEE 11073, code system 2.16.840.1.113883.6.24).
 const LEAD_CODE_PREFIX: &str = "MDC_ECG_LEAD_";
@@ -88,10 +84,10 @@ const MAX_ORIGIN_UV: f64 = 1e6;
 /// implausible `origin`, an unknown unit, digits that are not integers or more than
 /// [`MAX_SAMPLES_PER_LEAD`] of them, leads of different lengths, a sample rate outside the
 /// plausible ECG range ([`super::check_sample_rate`]), elements nested deeper than
-/// [`MAX_XML_DEPTH`], a file larger than [`MAX_XML_BYTES`] or one that is not a regular file.
+/// [`MAX_XML_DEPTH`](super::xml::MAX_XML_DEPTH), a file larger than
+/// [`MAX_XML_BYTES`](super::xml::MAX_XML_BYTES) or one that is not a regular file.
 pub fn read_hl7_aecg(path: &Path) -> Result<Ecg> {
-    let bytes = read_regular_bounded(path, MAX_XML_BYTES, "the XML file")?;
-    parse_hl7_aecg(&bytes, path)
+    read_xml(path, parse_hl7_aecg)
 }
 
 /// Parses the bytes of an HL7 aECG file; `path` names it in errors.
@@ -101,106 +97,12 @@ pub fn read_hl7_aecg(path: &Path) -> Result<Ecg> {
 /// # Errors
 /// See [`read_hl7_aecg`].
 pub fn parse_hl7_aecg(bytes: &[u8], path: &Path) -> Result<Ecg> {
-    let text = decode(bytes, path)?;
-    if is_blank(&text) {
-        return Err(Error::format(path, "the file is empty"));
-    }
-    let mut reader = Reader::from_str(&text);
-    let mut stack: Vec<String> = Vec::new();
-    let mut seen_root = false;
-    // How many rhythm series and sequence sets have opened: only the first of each is read.
-    let mut series = 0usize;
-    let mut sets = 0usize;
-    let mut sequence: Option<RawSequence> = None;
-    let mut digits: Option<String> = None;
-    let mut interval_s: Option<f64> = None;
-    let mut leads: Vec<(String, Vec<f32>)> = Vec::new();
-    loop {
-        let event = reader.read_event().map_err(|source| Error::Xml {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        match event {
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                let empty = matches!(event, Event::Empty(_));
-                let name = e.local_name().as_ref().to_string();
-                if stack.is_empty() {
-                    if seen_root {
-                        return Err(Error::format(path, "more than one root element"));
-                    }
-                    seen_root = true;
-                    if name != "AnnotatedECG" {
-                        return Err(Error::format(
-                            path,
-                            format!("root element is <{name}>, expected <AnnotatedECG>"),
-                        ));
-                    }
-                }
-                if !empty && stack.len() >= MAX_XML_DEPTH {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "elements nested deeper than {MAX_XML_DEPTH} levels (the nesting \
-                             depth limit for an HL7 aECG file)"
-                        ),
-                    ));
-                }
-                stack.push(name);
-                let depth = stack.len();
-                if on_path(&stack, 3) {
-                    series += 1;
-                } else if series == 1 && on_path(&stack, 5) {
-                    sets += 1;
-                } else if series == 1 && sets == 1 && on_path(&stack, 7) {
-                    sequence = Some(RawSequence::default());
-                } else if let Some(seq) = sequence.as_mut()
-                    && let [.., parent, name] = stack.as_slice()
-                {
-                    match (depth, parent.as_str(), name.as_str()) {
-                        (8, _, "code") => seq.code(e, path)?,
-                        (8, _, "value") => seq.value_type = attribute(e, "type", path)?,
-                        (9, "value", "increment" | "origin" | "scale") => {
-                            seq.quantity(name, e, path)?;
-                        }
-                        (9, "value", "digits") => {
-                            if seq.has_digits {
-                                return Err(Error::format(path, "<digits> appears twice"));
-                            }
-                            seq.has_digits = true;
-                            digits = Some(String::new());
-                        }
-                        _ => {}
-                    }
-                }
-                if empty {
-                    close(&mut stack, &mut sequence, &mut digits, path)?
-                        .map(|s| s.file(&mut interval_s, &mut leads, path))
-                        .transpose()?;
-                }
-            }
-            character_data @ (Event::Text(_) | Event::CData(_) | Event::GeneralRef(_)) => {
-                if let Some(text) = digits.as_mut() {
-                    append_character_data(&character_data, text, path)?;
-                }
-            }
-            Event::End(_) => {
-                close(&mut stack, &mut sequence, &mut digits, path)?
-                    .map(|s| s.file(&mut interval_s, &mut leads, path))
-                    .transpose()?;
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
-    if let Some(open) = stack.last() {
-        return Err(Error::format(
-            path,
-            format!("the file is truncated: <{open}> is never closed"),
-        ));
-    }
-    if !seen_root {
-        return Err(Error::format(path, "no <AnnotatedECG> element"));
-    }
+    let Hl7Reader {
+        series,
+        interval_s,
+        mut leads,
+        ..
+    } = walk(bytes, path, Hl7Reader::default())?;
     if series == 0 {
         return Err(Error::format(
             path,
@@ -219,34 +121,87 @@ pub fn parse_hl7_aecg(bytes: &[u8], path: &Path) -> Result<Ecg> {
     Ecg::from_named_leads(path, leads, rate)
 }
 
+/// The HL7 aECG side of the [`walk`]: the rhythm sequences, filed as each closes.
+#[derive(Default)]
+struct Hl7Reader {
+    /// How many rhythm series and sequence sets have opened: only the first of each is read.
+    series: usize,
+    sets: usize,
+    /// The rhythm `<sequence>` open now, and the text of its `<digits>` while that is open.
+    sequence: Option<RawSequence>,
+    digits: Option<String>,
+    interval_s: Option<f64>,
+    leads: Vec<(String, Vec<f32>)>,
+}
+
+impl ElementHandler for Hl7Reader {
+    const FORMAT: XmlFormat = XmlFormat {
+        root: "AnnotatedECG",
+        described: "an HL7 aECG file",
+        qualified_names: false,
+        empty_root: EmptyRoot::Allowed,
+    };
+
+    fn open(
+        &mut self,
+        stack: &[String],
+        e: &BytesStart<'_>,
+        _empty: bool,
+        path: &Path,
+    ) -> Result<()> {
+        if on_path(stack, 3) {
+            self.series += 1;
+        } else if self.series == 1 && on_path(stack, 5) {
+            self.sets += 1;
+        } else if self.series == 1 && self.sets == 1 && on_path(stack, 7) {
+            self.sequence = Some(RawSequence::default());
+        } else if let Some(seq) = self.sequence.as_mut()
+            && let [.., parent, name] = stack
+        {
+            match (stack.len(), parent.as_str(), name.as_str()) {
+                (8, _, "code") => seq.code(e, path)?,
+                (8, _, "value") => seq.value_type = attribute(e, "type", path)?,
+                (9, "value", "increment" | "origin" | "scale") => {
+                    seq.quantity(name, e, path)?;
+                }
+                (9, "value", "digits") => {
+                    if seq.has_digits {
+                        return Err(Error::format(path, "<digits> appears twice"));
+                    }
+                    seq.has_digits = true;
+                    self.digits = Some(String::new());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn kept_text(&mut self) -> Option<&mut String> {
+        self.digits.as_mut()
+    }
+
+    /// Files a rhythm `<sequence>` as it closes, and the text of its `<digits>`.
+    fn close(&mut self, stack: &[String], _empty: bool, path: &Path) -> Result<()> {
+        if on_path(stack, 7)
+            && let Some(sequence) = self.sequence.take()
+        {
+            return sequence.file(&mut self.interval_s, &mut self.leads, path);
+        }
+        if stack.last().is_some_and(|name| name == "digits")
+            && let Some(text) = self.digits.take()
+            && let Some(seq) = self.sequence.as_mut()
+        {
+            seq.digits = Some(text);
+        }
+        Ok(())
+    }
+}
+
 /// Whether the first `len` open elements are the start of [`SEQUENCE_PATH`] and nothing more is
 /// open.
 fn on_path(stack: &[String], len: usize) -> bool {
     stack.len() == len && stack.iter().zip(SEQUENCE_PATH).all(|(a, b)| a == b)
-}
-
-/// Closes the element at the top of `stack`; returns the sequence when it is a rhythm
-/// `<sequence>`.
-fn close(
-    stack: &mut Vec<String>,
-    sequence: &mut Option<RawSequence>,
-    digits: &mut Option<String>,
-    path: &Path,
-) -> Result<Option<RawSequence>> {
-    if sequence.is_some() && on_path(stack, 7) {
-        stack.pop();
-        return Ok(sequence.take());
-    }
-    let Some(name) = stack.pop() else {
-        return Err(Error::format(path, "closing tag without opening tag"));
-    };
-    if name == "digits"
-        && let Some(text) = digits.take()
-        && let Some(seq) = sequence.as_mut()
-    {
-        seq.digits = Some(text);
-    }
-    Ok(None)
 }
 
 /// The value of the attribute whose local name is `key` (`type` matches `xsi:type`).
@@ -269,6 +224,35 @@ fn attribute(e: &BytesStart<'_>, key: &str, path: &Path) -> Result<Option<String
 struct Quantity {
     value: String,
     unit: Option<String>,
+}
+
+/// The time units of `<increment>`, with their length in seconds.
+const SECONDS_PER_UNIT: [(&str, f64); 4] = [("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6)];
+
+/// The voltage units of `<origin>` and `<scale>`, with their size in mV.
+const MILLIVOLTS_PER_UNIT: [(&str, f64); 4] = [("uV", 1e-3), ("µV", 1e-3), ("mV", 1.0), ("V", 1e3)];
+
+impl Quantity {
+    /// The factor of the quantity's unit among `units`; an error message naming `<name>` and
+    /// the `expected` units for any other (or none).
+    fn unit_factor(
+        &self,
+        name: &str,
+        units: &[(&str, f64)],
+        expected: &str,
+    ) -> std::result::Result<f64, String> {
+        let unit = self.unit.as_deref().unwrap_or_default();
+        units
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|&(_, factor)| factor)
+            .ok_or_else(|| format!("unknown <{name}> unit {unit:?} (expected {expected})"))
+    }
+
+    /// The quantity's value, finite; an error message naming `<name>` otherwise.
+    fn number(&self, name: &str) -> std::result::Result<f64, String> {
+        finite(&self.value).ok_or_else(|| format!("<{name}> {:?} is not a number", self.value))
+    }
 }
 
 /// What one rhythm `<sequence>` holds, interpreted when it closes.
@@ -334,34 +318,31 @@ impl RawSequence {
         Ok(())
     }
 
+    /// Refuses a declared value type other than the `expected` ones, with the `refusal` given;
+    /// writers may leave the type out.
+    fn check_type(&self, expected: &[&str], refusal: &str) -> std::result::Result<(), String> {
+        match self.value_type.as_deref() {
+            Some(t) if !expected.contains(&t) => Err(format!("value type {t:?} {refusal}")),
+            _ => Ok(()),
+        }
+    }
+
     /// The sample interval in seconds of the time sequence `code`.
     fn interval(&self, code: &str, path: &Path) -> Result<f64> {
         let bad = |reason: String| Error::format(path, format!("time sequence {code}: {reason}"));
-        if let Some(t) = self.value_type.as_deref()
-            && t != "GLIST_TS"
-            && t != "GLIST_PQ"
-        {
-            return Err(bad(format!(
-                "value type {t:?} is not a regular sampling (expected GLIST_TS or GLIST_PQ)"
-            )));
-        }
+        self.check_type(
+            &["GLIST_TS", "GLIST_PQ"],
+            "is not a regular sampling (expected GLIST_TS or GLIST_PQ)",
+        )
+        .map_err(&bad)?;
         let increment = self
             .increment
             .as_ref()
             .ok_or_else(|| bad("no <increment> (the sample interval)".into()))?;
-        let seconds_per_unit = match increment.unit.as_deref() {
-            Some("s") => 1.0,
-            Some("ms") => 1e-3,
-            Some("us" | "µs") => 1e-6,
-            other => {
-                return Err(bad(format!(
-                    "unknown <increment> unit {:?} (expected s or ms)",
-                    other.unwrap_or_default()
-                )));
-            }
-        };
-        let value = finite(&increment.value)
-            .ok_or_else(|| bad(format!("<increment> {:?} is not a number", increment.value)))?;
+        let seconds_per_unit = increment
+            .unit_factor("increment", &SECONDS_PER_UNIT, "s or ms")
+            .map_err(&bad)?;
+        let value = increment.number("increment").map_err(&bad)?;
         let interval = value * seconds_per_unit;
         if !(interval.is_finite() && interval > 0.0) {
             return Err(bad(format!(
@@ -374,13 +355,8 @@ impl RawSequence {
     /// The samples of lead `lead`, in mV.
     fn samples(self, lead: &str, path: &Path) -> Result<Vec<f32>> {
         let bad = |reason: String| Error::format(path, format!("lead {lead}: {reason}"));
-        if let Some(t) = self.value_type.as_deref()
-            && t != "SLIST_PQ"
-        {
-            return Err(bad(format!(
-                "value type {t:?} is not supported (expected SLIST_PQ)"
-            )));
-        }
+        self.check_type(&["SLIST_PQ"], "is not supported (expected SLIST_PQ)")
+            .map_err(&bad)?;
         let scale = self
             .scale
             .as_ref()
@@ -421,20 +397,8 @@ impl RawSequence {
 
 /// A quantity's value in mV (units uV, µV, mV or V), as an error message otherwise.
 fn millivolts(q: &Quantity, name: &str) -> std::result::Result<f64, String> {
-    let per_unit = match q.unit.as_deref() {
-        Some("uV" | "µV") => 1e-3,
-        Some("mV") => 1.0,
-        Some("V") => 1e3,
-        other => {
-            return Err(format!(
-                "unknown <{name}> unit {:?} (expected uV, mV or V)",
-                other.unwrap_or_default()
-            ));
-        }
-    };
-    finite(&q.value)
-        .map(|v| v * per_unit)
-        .ok_or_else(|| format!("<{name}> {:?} is not a number", q.value))
+    let per_unit = q.unit_factor(name, &MILLIVOLTS_PER_UNIT, "uV, mV or V")?;
+    Ok(q.number(name)? * per_unit)
 }
 
 /// A finite number, or `None`.

@@ -36,7 +36,7 @@
 //! MUSE stores the eight acquired leads (I, II, V1–V6) and sometimes III, aVR, aVL and aVF as
 //! well; when those four are absent they are derived from I and II. Samples are returned in mV,
 //! in the canonical lead order. The numeric children of `RestingECGMeasurements` are kept as
-//! [`MuseEcg::measurements`] (non-numeric ones are skipped); [`MuseEcg::heart_rate`] is its
+//! [`VendorEcg::measurements`] (non-numeric ones are skipped); [`VendorEcg::heart_rate`] is its
 //! `VentricularRate` when plausible. The text is decoded by [`super::xml`]'s shared decoder:
 //! UTF-16 with a byte-order mark (as MUSE exports often are), UTF-8, or the declared
 //! ISO-8859-1.
@@ -45,16 +45,11 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use quick_xml::Reader;
-use quick_xml::events::Event;
+use quick_xml::events::BytesStart;
 
-use super::xml::{
-    MAX_XML_BYTES, MAX_XML_DEPTH, Measurement, append_character_data, decode, find_measurement,
-    is_blank, reported_heart_rate,
-};
+use super::xml::{ElementHandler, EmptyRoot, Measurement, VendorEcg, XmlFormat, read_xml, walk};
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, check_sample_rate, derive_limb_leads, in_file};
 use crate::{Error, Result};
-use mmcl_core::files::read_regular_bounded;
 
 /// The smallest and largest amplitude resolution accepted, in µV per bit. MUSE writes 4.88 (or
 /// 1–5); a resolution outside these bounds turns 16-bit samples into nothing or into volts.
@@ -68,28 +63,7 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Everything read from one GE MUSE XML file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MuseEcg {
-    /// The rhythm strip (`<Waveform>` of type `Rhythm`), in mV, canonical lead order.
-    pub rhythm: Ecg,
-    /// The median beats (`<Waveform>` of type `Median`), when present.
-    pub median_beats: Option<Ecg>,
-    /// The numeric children of `RestingECGMeasurements`, in file order (MUSE writes no units:
-    /// rates in bpm, intervals in ms, axes in degrees; `unit` is `None`).
-    pub measurements: Vec<Measurement>,
-}
-
-impl MuseEcg {
-    /// The value of a measurement by element name (case-insensitive; the first when repeated).
-    pub fn measurement(&self, name: &str) -> Option<f64> {
-        find_measurement(&self.measurements, name)
-    }
-
-    /// The heart rate in bpm ([`reported_heart_rate`]).
-    pub fn heart_rate(&self) -> Option<f64> {
-        reported_heart_rate(&self.measurements)
-    }
-}
+pub type MuseEcg = VendorEcg;
 
 /// Reads a GE MUSE XML file.
 ///
@@ -100,11 +74,11 @@ impl MuseEcg {
 /// number of bytes or disagrees with `LeadSampleCountTotal` / `LeadByteCountTotal`, a count
 /// above [`MAX_SAMPLES_PER_LEAD`], leads of different lengths, an unknown amplitude unit, a
 /// non-finite or implausible resolution, a sample rate outside the plausible ECG range
-/// ([`super::check_sample_rate`]), elements nested deeper than [`MAX_XML_DEPTH`], a file
-/// larger than [`MAX_XML_BYTES`] or one that is not a regular file.
+/// ([`super::check_sample_rate`]), elements nested deeper than
+/// [`MAX_XML_DEPTH`](super::xml::MAX_XML_DEPTH), a file larger than
+/// [`MAX_XML_BYTES`](super::xml::MAX_XML_BYTES) or one that is not a regular file.
 pub fn read_muse_xml(path: &Path) -> Result<MuseEcg> {
-    let bytes = read_regular_bounded(path, MAX_XML_BYTES, "the XML file")?;
-    parse_muse_xml(&bytes, path)
+    read_xml(path, parse_muse_xml)
 }
 
 /// Parses the bytes of a GE MUSE XML file; `path` names it in errors.
@@ -115,107 +89,8 @@ pub fn read_muse_xml(path: &Path) -> Result<MuseEcg> {
 /// # Errors
 /// See [`read_muse_xml`].
 pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
-    let text = decode(bytes, path)?;
-    if is_blank(&text) {
-        return Err(Error::format(path, "the file is empty"));
-    }
-    let mut reader = Reader::from_str(&text);
-    // Local names of the open elements, and the text of the top one when it is kept.
-    let mut stack: Vec<String> = Vec::new();
-    let mut kept: Option<String> = None;
-    let mut seen_root = false;
-    let mut waveform: Option<RawWaveform> = None;
-    let mut lead: Option<RawLead> = None;
-    let mut rhythm: Option<Ecg> = None;
-    let mut median: Option<Ecg> = None;
-    let mut measurements: Vec<Measurement> = Vec::new();
-    loop {
-        let event = reader.read_event().map_err(|source| Error::Xml {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        match event {
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                let empty = matches!(event, Event::Empty(_));
-                let name = e.local_name().as_ref().to_string();
-                if stack.is_empty() {
-                    if seen_root {
-                        return Err(Error::format(path, "more than one root element"));
-                    }
-                    seen_root = true;
-                    if name != "RestingECG" {
-                        return Err(Error::format(
-                            path,
-                            format!("root element is <{name}>, expected <RestingECG>"),
-                        ));
-                    }
-                    if empty {
-                        return Err(Error::format(
-                            path,
-                            "the root element <RestingECG> is empty",
-                        ));
-                    }
-                }
-                if !empty && stack.len() >= MAX_XML_DEPTH {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "elements nested deeper than {MAX_XML_DEPTH} levels (the nesting \
-                             depth limit for a GE MUSE XML file)"
-                        ),
-                    ));
-                }
-                match (stack.len(), name.as_str()) {
-                    (1, "Waveform") => waveform = Some(RawWaveform::default()),
-                    (2, "LeadData") if waveform.is_some() => lead = Some(RawLead::default()),
-                    _ => {}
-                }
-                stack.push(name);
-                kept = keeps_text(&stack).then(String::new);
-                if empty
-                    && let Some(w) = close(
-                        &mut stack,
-                        &mut kept,
-                        &mut waveform,
-                        &mut lead,
-                        &mut measurements,
-                        path,
-                    )?
-                {
-                    file_waveform(w, &mut rhythm, &mut median, path)?;
-                }
-            }
-            character_data @ (Event::Text(_) | Event::CData(_) | Event::GeneralRef(_)) => {
-                if let Some(text) = kept.as_mut() {
-                    append_character_data(&character_data, text, path)?;
-                }
-            }
-            Event::End(_) => {
-                if let Some(w) = close(
-                    &mut stack,
-                    &mut kept,
-                    &mut waveform,
-                    &mut lead,
-                    &mut measurements,
-                    path,
-                )? {
-                    file_waveform(w, &mut rhythm, &mut median, path)?;
-                }
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
-    if let Some(open) = stack.last() {
-        return Err(Error::format(
-            path,
-            format!("the file is truncated: <{open}> is never closed"),
-        ));
-    }
-    if !seen_root {
-        return Err(Error::format(path, "no <RestingECG> element"));
-    }
-    let rhythm = rhythm.ok_or_else(|| {
+    let reader = walk(bytes, path, MuseReader::default())?;
+    let rhythm = reader.rhythm.ok_or_else(|| {
         Error::format(
             path,
             "no <Waveform> with <WaveformType>Rhythm</WaveformType> (the rhythm strip)",
@@ -223,9 +98,105 @@ pub fn parse_muse_xml(bytes: &[u8], path: &Path) -> Result<MuseEcg> {
     })?;
     Ok(MuseEcg {
         rhythm,
-        median_beats: median,
-        measurements,
+        median_beats: reader.median,
+        measurements: reader.measurements,
     })
+}
+
+/// The GE MUSE side of the [`walk`]: the texts of the elements read, filed as each closes.
+#[derive(Default)]
+struct MuseReader {
+    /// The text of the element open now, when it is one that is read.
+    kept: Option<String>,
+    waveform: Option<RawWaveform>,
+    lead: Option<RawLead>,
+    rhythm: Option<Ecg>,
+    median: Option<Ecg>,
+    measurements: Vec<Measurement>,
+}
+
+impl ElementHandler for MuseReader {
+    const FORMAT: XmlFormat = XmlFormat {
+        root: "RestingECG",
+        described: "a GE MUSE XML file",
+        qualified_names: false,
+        empty_root: EmptyRoot::Refused,
+    };
+
+    fn open(
+        &mut self,
+        stack: &[String],
+        _element: &BytesStart<'_>,
+        _empty: bool,
+        _path: &Path,
+    ) -> Result<()> {
+        match stack {
+            [_, name] if name == "Waveform" => self.waveform = Some(RawWaveform::default()),
+            [_, _, name] if name == "LeadData" && self.waveform.is_some() => {
+                self.lead = Some(RawLead::default());
+            }
+            _ => {}
+        }
+        self.kept = keeps_text(stack).then(String::new);
+        Ok(())
+    }
+
+    fn kept_text(&mut self) -> Option<&mut String> {
+        self.kept.as_mut()
+    }
+
+    /// Files the kept text of the closing element (a numeric measurement into `measurements`),
+    /// and a `<Waveform>` as the rhythm strip or the median beats.
+    fn close(&mut self, stack: &[String], _empty: bool, path: &Path) -> Result<()> {
+        let depth = stack.len();
+        let Some(name) = stack.last() else {
+            return Ok(());
+        };
+        let text = self.kept.take();
+        if depth == 2 && name == "Waveform" {
+            return match self.waveform.take() {
+                Some(w) => file_waveform(w, &mut self.rhythm, &mut self.median, path),
+                None => Ok(()),
+            };
+        }
+        if depth == 3 && stack[1] == "RestingECGMeasurements" {
+            // Text that is not a number (a note, an empty element) is no measurement, not an error.
+            if let Some(value) = text
+                .as_deref()
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+            {
+                self.measurements.push(Measurement {
+                    name: name.clone(),
+                    value,
+                    unit: None,
+                });
+            }
+            return Ok(());
+        }
+        match (depth, self.waveform.as_mut(), text) {
+            (3, Some(w), _) if name == "LeadData" => {
+                if let Some(l) = self.lead.take() {
+                    w.leads.push(l);
+                }
+            }
+            (3, Some(w), Some(text)) => {
+                let slot = match name.as_str() {
+                    "WaveformType" => &mut w.kind,
+                    "SampleBase" => &mut w.base,
+                    _ => &mut w.exponent,
+                };
+                set_once(slot, text, name, path)?;
+            }
+            (4, Some(_), Some(text)) => {
+                if let Some(l) = self.lead.as_mut() {
+                    l.set(name, text, path)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// Whether the text of the element at the top of `stack` is read.
@@ -262,63 +233,6 @@ fn file_waveform(
         ));
     }
     Ok(())
-}
-
-/// Closes the element at the top of `stack`, filing its kept text (a numeric measurement into
-/// `measurements`); returns the waveform when the element is a `<Waveform>`.
-fn close(
-    stack: &mut Vec<String>,
-    kept: &mut Option<String>,
-    waveform: &mut Option<RawWaveform>,
-    lead: &mut Option<RawLead>,
-    measurements: &mut Vec<Measurement>,
-    path: &Path,
-) -> Result<Option<RawWaveform>> {
-    let depth = stack.len();
-    let Some(name) = stack.pop() else {
-        return Err(Error::format(path, "closing tag without opening tag"));
-    };
-    let text = kept.take();
-    if depth == 2 && name == "Waveform" {
-        return Ok(waveform.take());
-    }
-    if depth == 3 && stack[1] == "RestingECGMeasurements" {
-        // Text that is not a number (a note, an empty element) is no measurement, not an error.
-        if let Some(value) = text
-            .as_deref()
-            .and_then(|t| t.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite())
-        {
-            measurements.push(Measurement {
-                name,
-                value,
-                unit: None,
-            });
-        }
-        return Ok(None);
-    }
-    match (depth, waveform.as_mut(), text) {
-        (3, Some(w), _) if name == "LeadData" => {
-            if let Some(l) = lead.take() {
-                w.leads.push(l);
-            }
-        }
-        (3, Some(w), Some(text)) => {
-            let slot = match name.as_str() {
-                "WaveformType" => &mut w.kind,
-                "SampleBase" => &mut w.base,
-                _ => &mut w.exponent,
-            };
-            set_once(slot, text, &name, path)?;
-        }
-        (4, Some(_), Some(text)) => {
-            if let Some(l) = lead.as_mut() {
-                l.set(&name, text, path)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(None)
 }
 
 /// Stores the text of an element that may appear once in its parent.
@@ -493,11 +407,7 @@ impl RawLead {
                 "<LeadSampleSize> is {size:?}, only 2-byte samples are supported"
             )));
         }
-        let count = self
-            .count
-            .as_deref()
-            .map(|c| parse_count(c, "LeadSampleCountTotal").map_err(&bad))
-            .transpose()?;
+        let count = parse_count(self.count.as_deref(), "LeadSampleCountTotal").map_err(&bad)?;
         if let Some(n) = count
             && n > MAX_SAMPLES_PER_LEAD as u64
         {
@@ -505,11 +415,8 @@ impl RawLead {
                 "<LeadSampleCountTotal> {n} is more than the limit of {MAX_SAMPLES_PER_LEAD} samples"
             )));
         }
-        let byte_count = self
-            .byte_count
-            .as_deref()
-            .map(|c| parse_count(c, "LeadByteCountTotal").map_err(&bad))
-            .transpose()?;
+        let byte_count =
+            parse_count(self.byte_count.as_deref(), "LeadByteCountTotal").map_err(&bad)?;
         let data = self.data.ok_or_else(|| bad("no <WaveFormData>".into()))?;
         let payload: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
         let bytes = decoded_len(&payload).ok_or_else(|| {
@@ -567,11 +474,14 @@ fn decoded_len(payload: &[u8]) -> Option<usize> {
     }
 }
 
-/// A non-negative integer count from element text.
-fn parse_count(text: &str, name: &str) -> std::result::Result<u64, String> {
-    let text = text.trim();
-    text.parse::<u64>()
-        .map_err(|_| format!("<{name}> is not a count: {text:?}"))
+/// A non-negative integer count from the text of `<name>`, when the element is present.
+fn parse_count(text: Option<&str>, name: &str) -> std::result::Result<Option<u64>, String> {
+    text.map(|text| {
+        let text = text.trim();
+        text.parse::<u64>()
+            .map_err(|_| format!("<{name}> is not a count: {text:?}"))
+    })
+    .transpose()
 }
 
 /// A finite number from the text of `<name>` of `what`.

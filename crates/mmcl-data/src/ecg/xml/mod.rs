@@ -39,8 +39,10 @@ use crate::{Error, Result};
 use mmcl_core::files::{open_regular, read_checked, read_regular_bounded};
 
 mod encoding;
+mod walk;
 pub(crate) use encoding::decode;
 use encoding::head_text;
+pub(crate) use walk::{ElementHandler, EmptyRoot, XmlFormat, walk};
 
 /// The deepest element nesting accepted in an ECG XML file (CardioSoft, and also GE MUSE and
 /// HL7 aECG, see [`super::muse`] and [`super::hl7`]).
@@ -61,7 +63,7 @@ pub const MAX_XML_BYTES: u64 = 64 << 20;
 
 /// An interval or axis measurement of the CardioSoft report (`VentricularRate`, `PQInterval`,
 /// `PDuration`, `QRSDuration`, `QTInterval`, `QTCInterval`, `RRInterval`, `PAxis`, `RAxis`,
-/// `TAxis`, …), or of a GE MUSE report ([`super::muse::MuseEcg::measurements`]).
+/// `TAxis`, …), or of a GE MUSE report ([`VendorEcg::measurements`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
     /// Element name as written in the file.
@@ -87,18 +89,22 @@ pub fn reported_heart_rate(measurements: &[Measurement]) -> Option<f64> {
     find_measurement(measurements, "VentricularRate").and_then(plausible_heart_rate)
 }
 
-/// Everything read from one CardioSoft XML file.
+/// Everything read from one resting-ECG report in XML: a CardioSoft file, or a GE MUSE file
+/// ([`super::muse`]); the two formats hold the same three things.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CardioSoftEcg {
-    /// The 10-second rhythm strip (`StripData`), in mV, canonical lead order.
+pub struct VendorEcg {
+    /// The rhythm strip (CardioSoft `StripData`, MUSE `<Waveform>` of type `Rhythm`), in mV,
+    /// canonical lead order.
     pub rhythm: Ecg,
-    /// The median beats (`RestingECGMeasurements/MedianSamples`), when present.
+    /// The median beats (CardioSoft `RestingECGMeasurements/MedianSamples`, MUSE `<Waveform>`
+    /// of type `Median`), when present.
     pub median_beats: Option<Ecg>,
-    /// The numeric measurements directly under `RestingECGMeasurements`, in file order.
+    /// The numeric measurements directly under `RestingECGMeasurements`, in file order. MUSE
+    /// writes no units (rates in bpm, intervals in ms, axes in degrees; `unit` is `None`).
     pub measurements: Vec<Measurement>,
 }
 
-impl CardioSoftEcg {
+impl VendorEcg {
     /// The value of a measurement by element name (case-insensitive; the first when repeated).
     pub fn measurement(&self, name: &str) -> Option<f64> {
         find_measurement(&self.measurements, name)
@@ -109,6 +115,9 @@ impl CardioSoftEcg {
         reported_heart_rate(&self.measurements)
     }
 }
+
+/// Everything read from one CardioSoft XML file.
+pub type CardioSoftEcg = VendorEcg;
 
 /// The range of heart rates taken from a vendor's measurements, in bpm: a resting ECG's
 /// ventricular rate lies well inside it, and values outside (0 for "not measured", a
@@ -130,8 +139,14 @@ pub fn plausible_heart_rate(bpm: f64) -> Option<f64> {
 /// than [`MAX_XML_DEPTH`], a file larger than [`MAX_XML_BYTES`] or one that is not a regular
 /// file.
 pub fn read_cardiosoft_xml(path: &Path) -> Result<CardioSoftEcg> {
+    read_xml(path, parse_cardiosoft_xml)
+}
+
+/// Reads the ECG XML file `path` (a regular file of at most [`MAX_XML_BYTES`]) and parses its
+/// bytes with `parse`: how every vendor reader opens its file.
+pub(crate) fn read_xml<T>(path: &Path, parse: fn(&[u8], &Path) -> Result<T>) -> Result<T> {
     let bytes = read_regular_bounded(path, MAX_XML_BYTES, "the XML file")?;
-    parse_cardiosoft_xml(&bytes, path)
+    parse(&bytes, path)
 }
 
 /// Parses the bytes of a CardioSoft XML file; `path` names it in errors.
@@ -142,120 +157,13 @@ pub fn read_cardiosoft_xml(path: &Path) -> Result<CardioSoftEcg> {
 /// # Errors
 /// See [`read_cardiosoft_xml`].
 pub fn parse_cardiosoft_xml(bytes: &[u8], path: &Path) -> Result<CardioSoftEcg> {
-    let text = decode(bytes, path)?;
-    if is_blank(&text) {
-        return Err(Error::format(path, "the file is empty"));
-    }
-    let mut reader = Reader::from_str(&text);
-    let mut stack: Vec<Frame> = Vec::new();
-    // How many open elements are <StripData> / <MedianSamples>.
-    let mut open_strip = 0usize;
-    let mut open_median = 0usize;
-    let mut root: Option<String> = None;
-    let mut strip = Section::default();
-    let mut median = Section::default();
-    let mut has_median = false;
-    let mut measurements = Vec::new();
-    let xml_err = |source| Error::Xml {
-        path: path.to_path_buf(),
-        source,
-    };
-    loop {
-        match reader.read_event().map_err(xml_err)? {
-            Event::Start(start) => {
-                if stack.len() >= MAX_XML_DEPTH {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "elements nested deeper than {MAX_XML_DEPTH} levels (the nesting \
-                             depth limit for a CardioSoft XML file)"
-                        ),
-                    ));
-                }
-                let frame = Frame::open(&start, path)?;
-                if stack.is_empty() {
-                    if root.is_some() {
-                        return Err(Error::format(path, "more than one root element"));
-                    }
-                    if frame.name != "CardiologyXML" {
-                        return Err(Error::format(
-                            path,
-                            format!("root element is <{}>, expected <CardiologyXML>", frame.name),
-                        ));
-                    }
-                    root = Some(frame.name.clone());
-                }
-                match frame.name.as_str() {
-                    "MedianSamples" => {
-                        has_median = true;
-                        open_median += 1;
-                    }
-                    "StripData" => open_strip += 1,
-                    _ => {}
-                }
-                stack.push(frame);
-            }
-            Event::Empty(start) => {
-                if stack.is_empty() {
-                    return Err(Error::format(
-                        path,
-                        "the root element is empty, expected <CardiologyXML> with content",
-                    ));
-                }
-                let _ = start;
-            }
-            Event::Text(t) => {
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&t.xml10_content());
-                }
-            }
-            Event::CData(t) => {
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&t.xml10_content());
-                }
-            }
-            Event::End(_) => {
-                let Some(frame) = stack.pop() else {
-                    return Err(Error::format(path, "closing tag without opening tag"));
-                };
-                match frame.name.as_str() {
-                    "MedianSamples" => open_median -= 1,
-                    "StripData" => open_strip -= 1,
-                    _ => {}
-                }
-                let parent = stack.last().map(|f| f.name.as_str());
-                let section = if open_median > 0 {
-                    Some(&mut median)
-                } else if open_strip > 0 {
-                    Some(&mut strip)
-                } else {
-                    None
-                };
-                if let Some(section) = section {
-                    section.take(frame, path)?;
-                } else if parent == Some("RestingECGMeasurements")
-                    && let Ok(value) = frame.text.trim().parse::<f64>()
-                {
-                    measurements.push(Measurement {
-                        name: frame.name,
-                        value,
-                        unit: frame.units,
-                    });
-                }
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
-    if let Some(open) = stack.last() {
-        return Err(Error::format(
-            path,
-            format!("the file is truncated: <{}> is never closed", open.name),
-        ));
-    }
-    if root.is_none() {
-        return Err(Error::format(path, "no <CardiologyXML> element"));
-    }
+    let CardioSoftReader {
+        strip,
+        median,
+        has_median,
+        measurements,
+        ..
+    } = walk(bytes, path, CardioSoftReader::default())?;
     if strip.leads.is_empty() {
         return Err(Error::format(path, "no <StripData> rhythm-strip waveforms"));
     }
@@ -272,17 +180,109 @@ pub fn parse_cardiosoft_xml(bytes: &[u8], path: &Path) -> Result<CardioSoftEcg> 
     })
 }
 
-/// An open element while parsing: its name, the attributes we need, and its text.
+/// The CardioSoft side of the [`walk`]: every element's attributes and text are kept until it
+/// closes, then filed into the section or the measurements it belongs to.
+#[derive(Default)]
+struct CardioSoftReader {
+    /// One per open element, beside the walk's names (self-closing elements carry nothing read).
+    frames: Vec<Frame>,
+    /// How many open elements are <StripData> / <MedianSamples>.
+    open_strip: usize,
+    open_median: usize,
+    strip: Section,
+    median: Section,
+    has_median: bool,
+    measurements: Vec<Measurement>,
+}
+
+impl ElementHandler for CardioSoftReader {
+    const FORMAT: XmlFormat = XmlFormat {
+        root: "CardiologyXML",
+        described: "a CardioSoft XML file",
+        qualified_names: true,
+        empty_root: EmptyRoot::RefusedAnyName,
+    };
+
+    fn open(
+        &mut self,
+        stack: &[String],
+        element: &BytesStart<'_>,
+        empty: bool,
+        path: &Path,
+    ) -> Result<()> {
+        // Self-closing elements carry no text and no frame: nothing of them is read.
+        let Some(name) = stack.last().filter(|_| !empty) else {
+            return Ok(());
+        };
+        let frame = Frame::open(name, element, path)?;
+        match name.as_str() {
+            "MedianSamples" => {
+                self.has_median = true;
+                self.open_median += 1;
+            }
+            "StripData" => self.open_strip += 1,
+            _ => {}
+        }
+        self.frames.push(frame);
+        Ok(())
+    }
+
+    fn text(&mut self, data: &Event<'_>, _path: &Path) -> Result<()> {
+        // Entity references are dropped, as this reader always has: CardioSoft text is numbers.
+        if let Some(top) = self.frames.last_mut() {
+            match data {
+                Event::Text(t) => top.text.push_str(&t.xml10_content()),
+                Event::CData(t) => top.text.push_str(&t.xml10_content()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, stack: &[String], empty: bool, path: &Path) -> Result<()> {
+        if empty {
+            return Ok(());
+        }
+        let (Some(name), Some(frame)) = (stack.last(), self.frames.pop()) else {
+            return Err(Error::format(path, "closing tag without opening tag"));
+        };
+        match name.as_str() {
+            "MedianSamples" => self.open_median -= 1,
+            "StripData" => self.open_strip -= 1,
+            _ => {}
+        }
+        let section = if self.open_median > 0 {
+            Some(&mut self.median)
+        } else if self.open_strip > 0 {
+            Some(&mut self.strip)
+        } else {
+            None
+        };
+        if let Some(section) = section {
+            section.take(name, frame, path)?;
+        } else if let [.., parent, _] = stack
+            && parent == "RestingECGMeasurements"
+            && let Ok(value) = frame.text.trim().parse::<f64>()
+        {
+            self.measurements.push(Measurement {
+                name: name.clone(),
+                value,
+                unit: frame.units,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An open element while parsing: the attributes we need, and its text.
 struct Frame {
-    name: String,
     units: Option<String>,
     lead: Option<String>,
     text: String,
 }
 
 impl Frame {
-    fn open(start: &BytesStart<'_>, path: &Path) -> Result<Self> {
-        let name = start.name().as_ref().to_string();
+    fn open(name: &str, start: &BytesStart<'_>, path: &Path) -> Result<Self> {
         let attr = |key: &str| -> Result<Option<String>> {
             start
                 .try_get_attribute(key)
@@ -292,7 +292,6 @@ impl Frame {
         Ok(Self {
             units: attr("units")?,
             lead: attr("lead")?,
-            name,
             text: String::new(),
         })
     }
@@ -308,7 +307,7 @@ struct Section {
 }
 
 impl Section {
-    fn take(&mut self, frame: Frame, path: &Path) -> Result<()> {
+    fn take(&mut self, name: &str, frame: Frame, path: &Path) -> Result<()> {
         let number = |what: &str| -> Result<f64> {
             frame.text.trim().parse::<f64>().map_err(|_| {
                 Error::format(
@@ -317,7 +316,7 @@ impl Section {
                 )
             })
         };
-        match frame.name.as_str() {
+        match name {
             "SampleRate" => self.sample_rate = Some(number("SampleRate")?),
             "Resolution" => {
                 let value = number("Resolution")?;
