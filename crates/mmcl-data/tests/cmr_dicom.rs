@@ -64,26 +64,14 @@ fn frame(z: usize, t: usize, edit: impl Fn(&mut InMemDicomObject)) -> Vec<u8> {
     );
     put(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0");
     put(tags::PIXEL_SPACING, VR::DS, "2\\2");
-    obj.put(DataElement::new(
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(3u16),
-    ));
-    obj.put(DataElement::new(
-        tags::COLUMNS,
-        VR::US,
-        PrimitiveValue::from(4u16),
-    ));
-    obj.put(DataElement::new(
-        tags::BITS_ALLOCATED,
-        VR::US,
-        PrimitiveValue::from(16u16),
-    ));
-    obj.put(DataElement::new(
-        tags::PIXEL_REPRESENTATION,
-        VR::US,
-        PrimitiveValue::from(1u16),
-    ));
+    for (tag, value) in [
+        (tags::ROWS, 3u16),
+        (tags::COLUMNS, 4),
+        (tags::BITS_ALLOCATED, 16),
+        (tags::PIXEL_REPRESENTATION, 1),
+    ] {
+        obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+    }
     let pixels: Vec<u16> = (0..12).map(|i| (i + 100 * z + 10 * t) as u16).collect();
     obj.put(DataElement::new(
         tags::PIXEL_DATA,
@@ -159,73 +147,73 @@ fn hostile_and_inconsistent_zips_are_errors_naming_the_file() {
     let mut members = stack((0, 0), |_| {});
     members[2].1 = b"hello".to_vec();
     check("not_dicom.zip", members, "no DICM magic");
-    // Missing tags.
+    // One element of the frame `at` removed or set.
+    let check_edit = |name: &str, at, edit: &dyn Fn(&mut InMemDicomObject), expect: &str| {
+        check(name, stack(at, edit), expect);
+    };
     let missing = |tag: Tag| {
         move |o: &mut InMemDicomObject| {
             o.remove_element(tag);
         }
     };
-    check(
+    let set = |tag: Tag, vr: VR, value: PrimitiveValue| {
+        move |o: &mut InMemDicomObject| {
+            o.put(DataElement::new(tag, vr, value.clone()));
+        }
+    };
+    // Missing tags.
+    check_edit(
         "no_rows.zip",
-        stack((1, 2), missing(tags::ROWS)),
+        (1, 2),
+        &missing(tags::ROWS),
         "missing tag Rows",
     );
-    check(
+    check_edit(
         "no_spacing.zip",
-        stack((0, 1), missing(tags::PIXEL_SPACING)),
+        (0, 1),
+        &missing(tags::PIXEL_SPACING),
         "missing tag PixelSpacing",
     );
-    check(
+    check_edit(
         "no_order.zip",
-        stack((0, 1), missing(tags::IMAGE_POSITION_PATIENT)),
+        (0, 1),
+        &missing(tags::IMAGE_POSITION_PATIENT),
         "slice order is unknown",
     );
     // Inconsistent series.
-    check(
+    check_edit(
         "columns.zip",
-        stack((1, 0), |o| {
-            o.put(DataElement::new(
-                tags::COLUMNS,
-                VR::US,
-                PrimitiveValue::from(2u16),
-            ));
-        }),
+        (1, 0),
+        &set(tags::COLUMNS, VR::US, 2u16.into()),
         "same size",
     );
-    check(
+    check_edit(
         "tilted.zip",
-        stack((1, 1), |o| {
-            o.put(DataElement::new(
-                tags::IMAGE_ORIENTATION_PATIENT,
-                VR::DS,
-                PrimitiveValue::from("1\\0\\0\\0\\0.8\\0.6 "),
-            ));
-        }),
+        (1, 1),
+        &set(
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            "1\\0\\0\\0\\0.8\\0.6 ".into(),
+        ),
         "not parallel",
     );
     let mut members = stack((0, 0), |_| {});
     members.pop();
     check("frames.zip", members, "same number of frames");
-    check(
+    check_edit(
         "short_pixels.zip",
-        stack((0, 2), |o| {
-            o.put(DataElement::new(
-                tags::PIXEL_DATA,
-                VR::OW,
-                PrimitiveValue::U16(vec![1u16; 5].into()),
-            ));
-        }),
+        (0, 2),
+        &set(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(vec![1u16; 5].into()),
+        ),
         "PixelData holds 10 bytes",
     );
-    check(
+    check_edit(
         "bits.zip",
-        stack((0, 2), |o| {
-            o.put(DataElement::new(
-                tags::BITS_ALLOCATED,
-                VR::US,
-                PrimitiveValue::from(8u16),
-            ));
-        }),
+        (0, 2),
+        &set(tags::BITS_ALLOCATED, VR::US, 8u16.into()),
         "BitsAllocated is 8",
     );
     // Compressed transfer syntax.

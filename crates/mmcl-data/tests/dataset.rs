@@ -13,6 +13,7 @@ use mmcl_data::cmr::{CmrConfig, CropSpec, ImageAugmentConfig};
 use mmcl_data::loader::{Batch, Loader, LoaderConfig, Shard};
 use mmcl_data::phenotypes::PHENOTYPE_FIELDS;
 use mmcl_data::tables::Split;
+use mmcl_testutil::copy_fixture_cmr_study;
 
 /// 12 subjects with ECG and CMR, one with only an ECG, one with only a CMR, one bad XML.
 fn ukb_folder(dir: &Path) {
@@ -24,14 +25,7 @@ fn ukb_folder(dir: &Path) {
             std::fs::copy(&xml, dir.join(format!("ecg/{eid}_20205_2_0.xml"))).unwrap();
         }
         if k != 12 {
-            let sub = dir.join(format!("cmr/{eid}"));
-            std::fs::create_dir_all(&sub).unwrap();
-            std::fs::copy(fixture("cmr/1000001/sa.nii.gz"), sub.join("sa.nii.gz")).unwrap();
-            std::fs::copy(
-                fixture("cmr/1000001/seg_sa.nii.gz"),
-                sub.join("seg_sa.nii.gz"),
-            )
-            .unwrap();
+            copy_fixture_cmr_study(&dir.join(format!("cmr/{eid}")));
         }
     }
     std::fs::copy(
@@ -278,11 +272,7 @@ fn vendor_heart_rates_reach_the_cardiac_output() {
     ];
     for (eid, bytes) in &ecgs {
         std::fs::write(root.join(format!("ecg/{eid}_20205_2_0.xml")), bytes).unwrap();
-        let sub = root.join(format!("cmr/{eid}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for name in ["sa.nii.gz", "seg_sa.nii.gz"] {
-            std::fs::copy(fixture(&format!("cmr/1000001/{name}")), sub.join(name)).unwrap();
-        }
+        copy_fixture_cmr_study(&root.join(format!("cmr/{eid}")));
     }
     let cfg = BuildConfig {
         ecg_samples: 200,

@@ -416,11 +416,17 @@ fn the_muse_builder_writes_what_the_reader_reads() {
     assert!(rec.median_beats.is_none());
 }
 
-/// Writes `text` as `name` and asserts that reading it (by the MUSE reader and by `read_any`)
-/// fails with a format error naming the file and containing `needle`.
-fn muse_refused(dir: &Path, name: &str, text: impl AsRef<[u8]>, needle: &str) {
+/// Writes `text` as `name` and asserts that reading it (by `read`, one vendor's reader, and by
+/// `read_any`) fails with a format error naming the file and containing `needle`.
+fn refused<T: std::fmt::Debug>(
+    read: fn(&Path) -> mmcl_data::Result<T>,
+    dir: &Path,
+    name: &str,
+    text: impl AsRef<[u8]>,
+    needle: &str,
+) {
     let p = write(dir, name, text);
-    let msg = format_error(read_muse_xml(&p), &p);
+    let msg = format_error(read(&p), &p);
     assert!(
         msg.contains(needle),
         "{name}: expected {needle:?} in: {msg}"
@@ -430,6 +436,30 @@ fn muse_refused(dir: &Path, name: &str, text: impl AsRef<[u8]>, needle: &str) {
         msg.contains(needle),
         "{name} (read_any): expected {needle:?} in: {msg}"
     );
+}
+
+/// Asserts that the fixture `fixture`, cut after `first_cut` bytes and at three later places,
+/// gives (by `read` and by `read_any`) an error naming the file: malformed XML or an unclosed
+/// element.
+fn truncations_name_the_file<T: std::fmt::Debug>(
+    read: fn(&Path) -> mmcl_data::Result<T>,
+    dir: &Path,
+    fixture_name: &str,
+    first_cut: usize,
+) {
+    let full = std::fs::read(fixture(fixture_name)).unwrap();
+    for cut in [first_cut, full.len() / 3, full.len() / 2, full.len() - 20] {
+        let p = write(dir, &format!("cut_{cut}.xml"), &full[..cut]);
+        let msg = read(&p).unwrap_err().to_string();
+        assert_names_file(&msg, &p);
+        let msg = ecg::read_any(&p, 500.0).unwrap_err().to_string();
+        assert_names_file(&msg, &p);
+    }
+}
+
+/// [`refused`] by the MUSE reader.
+fn muse_refused(dir: &Path, name: &str, text: impl AsRef<[u8]>, needle: &str) {
+    refused(read_muse_xml, dir, name, text, needle);
 }
 
 #[test]
@@ -526,15 +556,7 @@ fn hostile_muse_files_are_refused_naming_the_file() {
         deep,
         &format!("nested deeper than {MAX_XML_DEPTH} levels"),
     );
-    // Truncated anywhere: an error naming the file (malformed XML or an unclosed element).
-    let full = std::fs::read(fixture("vendor_xml/muse_8lead.xml")).unwrap();
-    for cut in [200, full.len() / 3, full.len() / 2, full.len() - 20] {
-        let p = write(d, &format!("cut_{cut}.xml"), &full[..cut]);
-        let msg = read_muse_xml(&p).unwrap_err().to_string();
-        assert_names_file(&msg, &p);
-        let msg = ecg::read_any(&p, 500.0).unwrap_err().to_string();
-        assert_names_file(&msg, &p);
-    }
+    truncations_name_the_file(read_muse_xml, d, "vendor_xml/muse_8lead.xml", 200);
 }
 
 /// One lead sequence of an HL7 document written by [`hl7`].
@@ -613,20 +635,9 @@ fn the_hl7_builder_writes_what_the_reader_reads() {
     assert_is_source(&read_hl7_aecg(&p).unwrap(), N, 1.0, HL7_UV, true);
 }
 
-/// Writes `text` as `name` and asserts that reading it (by the HL7 reader and by `read_any`)
-/// fails with a format error naming the file and containing `needle`.
+/// [`refused`] by the HL7 reader.
 fn hl7_refused(dir: &Path, name: &str, text: impl AsRef<[u8]>, needle: &str) {
-    let p = write(dir, name, text);
-    let msg = format_error(read_hl7_aecg(&p), &p);
-    assert!(
-        msg.contains(needle),
-        "{name}: expected {needle:?} in: {msg}"
-    );
-    let msg = format_error(ecg::read_any(&p, 500.0), &p);
-    assert!(
-        msg.contains(needle),
-        "{name} (read_any): expected {needle:?} in: {msg}"
-    );
+    refused(read_hl7_aecg, dir, name, text, needle);
 }
 
 #[test]
@@ -697,14 +708,7 @@ fn hostile_hl7_files_are_refused_naming_the_file() {
         with(&|l| l[0].digits.push_str(" &bogus;")),
         "bogus",
     );
-    let full = std::fs::read(fixture("vendor_xml/hl7_12lead.xml")).unwrap();
-    for cut in [100, full.len() / 3, full.len() / 2, full.len() - 20] {
-        let p = write(d, &format!("cut_{cut}.xml"), &full[..cut]);
-        let msg = read_hl7_aecg(&p).unwrap_err().to_string();
-        assert_names_file(&msg, &p);
-        let msg = ecg::read_any(&p, 500.0).unwrap_err().to_string();
-        assert_names_file(&msg, &p);
-    }
+    truncations_name_the_file(read_hl7_aecg, d, "vendor_xml/hl7_12lead.xml", 100);
 }
 
 #[test]

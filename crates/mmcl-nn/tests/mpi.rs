@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use mmcl_nn::distributed::{
     DistributedError, GradSync, Launch, MpiGroup, batch_shard, gather_with_grad,
@@ -110,6 +111,13 @@ fn values(vars: &[(String, Var)]) -> Vec<f32> {
                 .to_vec1::<f32>()
                 .unwrap()
         })
+        .collect()
+}
+
+/// The gradients of `vars` in `grads`, one after the other.
+fn gradient_values(grads: &GradStore, vars: &[&Var]) -> Vec<f32> {
+    vars.iter()
+        .flat_map(|v| mmcl_testutil::flat(grads.get(v.as_tensor()).expect("a gradient")))
         .collect()
 }
 
@@ -242,18 +250,7 @@ fn clip_loss_over_the_global_batch_equals_one_process(comm: &MpiGroup) {
     let whole = clip(&project(&xa, &a), &project(&xb, &b))
         .backward()
         .unwrap();
-    let expected: Vec<f32> = [&a, &b]
-        .iter()
-        .flat_map(|v| {
-            whole
-                .get(v.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        })
-        .collect();
+    let expected = gradient_values(&whole, &[&a, &b]);
     let rows = batch_shard(BATCH, rank, world).unwrap();
     let za = project(&xa.narrow(0, rows.start, rows.len()).unwrap(), &a);
     let zb = project(&xb.narrow(0, rows.start, rows.len()).unwrap(), &b);
@@ -262,18 +259,7 @@ fn clip_loss_over_the_global_batch_equals_one_process(comm: &MpiGroup) {
     let loss = (clip(&za, &zb) * world as f64).unwrap();
     let mut grads = loss.backward().unwrap();
     comm.all_reduce_mean(&vars, &mut grads).unwrap();
-    let got: Vec<f32> = [&a, &b]
-        .iter()
-        .flat_map(|v| {
-            grads
-                .get(v.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        })
-        .collect();
+    let got = gradient_values(&grads, &[&a, &b]);
     let diff = max_abs_diff(&got, &expected);
     assert!(diff < 1e-6, "rank {rank}: CLIP gradients differ by {diff}");
 }

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use mmcl_synth::{CmrFormat, Cohort, WriteOptions};
 
 const SCRIPT: &str = r#"
@@ -50,17 +48,9 @@ print(json.dumps({
 }))
 "#;
 
-fn python_with_pydicom() -> bool {
-    Command::new("python3")
-        .args(["-c", "import numpy, pydicom"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn pydicom_reads_the_zip_to_the_nifti_twin() {
-    if !python_with_pydicom() {
-        eprintln!("skipped: python3 with numpy and pydicom is not available");
+    if !common::python_with("numpy, pydicom") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -77,17 +67,7 @@ fn pydicom_reads_the_zip_to_the_nifti_twin() {
         .join("cmr")
         .join(eid.to_string())
         .join(mmcl_synth::dicom::cmr_zip_name(eid));
-    let out = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .arg(&zip)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::python_json(SCRIPT, &[zip.as_os_str()]);
     assert_eq!(v["dims"], serde_json::json!(cine.dims));
     assert_eq!(v["modality"], "MR");
     assert_eq!(v["sop_class"], "1.2.840.10008.5.1.4.1.1.4");

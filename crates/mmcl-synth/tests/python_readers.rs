@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use mmcl_synth::{Cohort, WriteOptions};
 
 const SCRIPT: &str = r#"
@@ -40,17 +38,9 @@ print(json.dumps({
 }))
 "#;
 
-fn python_with_nibabel() -> bool {
-    Command::new("python3")
-        .args(["-c", "import numpy, nibabel"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn nibabel_and_elementtree_read_the_files() {
-    if !python_with_nibabel() {
-        eprintln!("skipped: python3 with numpy and nibabel is not available");
+    if !common::python_with("numpy, nibabel") {
         return;
     }
     let cfg = common::small_cohort(2, 5, 40, 5, 4);
@@ -60,16 +50,7 @@ fn nibabel_and_elementtree_read_the_files() {
     cohort.write(&dir, WriteOptions::default(), &|| {}).unwrap();
     let subject = cohort.subject(1).unwrap();
     let eid = cfg.eid(1);
-    let out = Command::new("python3")
-        .args(["-c", SCRIPT, dir.to_str().unwrap(), &eid.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::python_json(SCRIPT, &[dir.as_os_str(), eid.to_string().as_ref()]);
     assert_eq!(v["shape"], serde_json::json!([40, 40, 5, 4]));
     assert_eq!(v["dtype"], "int16");
     assert_eq!(v["seg_dtype"], "uint8");

@@ -66,6 +66,30 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A file of the data layer's fixtures (`crates/mmcl-data/tests/fixtures`).
+pub fn data_fixture(name: &str) -> PathBuf {
+    workspace_root()
+        .join("crates/mmcl-data/tests/fixtures")
+        .join(name)
+}
+
+/// Copies the fixture CMR study of subject 1000001 (`sa.nii.gz` and `seg_sa.nii.gz`) into the
+/// folder `subject`, created: a subject of a test's UK Biobank–style cohort.
+///
+/// # Panics
+/// When a file cannot be copied.
+pub fn copy_fixture_cmr_study(subject: &Path) {
+    std::fs::create_dir_all(subject)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", subject.display()));
+    for name in ["sa.nii.gz", "seg_sa.nii.gz"] {
+        std::fs::copy(
+            data_fixture(&format!("cmr/1000001/{name}")),
+            subject.join(name),
+        )
+        .unwrap_or_else(|e| panic!("cannot copy {name} to {}: {e}", subject.display()));
+    }
+}
+
 /// The directory where parity fixtures are expected.
 pub fn parity_dir() -> PathBuf {
     match std::env::var_os(PARITY_DIR_ENV) {

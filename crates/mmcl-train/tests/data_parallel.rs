@@ -83,12 +83,7 @@ fn one_epoch_then_resumed<C: Clone + Send + 'static>(
     run: &dyn Fn(&str) -> PathBuf,
     train: fn(C, Start, usize, Box<dyn GradSync>) -> Weights,
 ) -> Vec<Weights> {
-    let _ = in_threads(
-        cfg,
-        vec![Start::New(run("resume-0")), Start::New(run("resume-1"))],
-        1,
-        train,
-    );
+    let _ = in_threads(cfg, pair(run, "resume"), 1, train);
     let ckpt = run("resume-0");
     let resumed = in_threads(
         cfg,
@@ -109,6 +104,36 @@ fn one_epoch_then_resumed<C: Clone + Send + 'static>(
     resumed
 }
 
+/// New runs of two replicas in `run("{prefix}-0")` and `run("{prefix}-1")`.
+fn pair(run: &dyn Fn(&str) -> PathBuf, prefix: &str) -> Vec<Start> {
+    vec![
+        Start::New(run(&format!("{prefix}-0"))),
+        Start::New(run(&format!("{prefix}-1"))),
+    ]
+}
+
+/// `cfg` trained `epochs` epochs by `train` in one process (in `run("{prefix}-single")`) and by
+/// two replicas (see [`pair`]), whose weights are checked to agree to the bit (`what` names
+/// them); the one process's weights and the replicas'.
+fn one_process_and_two_replicas<C: Clone + Send + 'static>(
+    cfg: &C,
+    run: &dyn Fn(&str) -> PathBuf,
+    prefix: &str,
+    epochs: usize,
+    train: fn(C, Start, usize, Box<dyn GradSync>) -> Weights,
+    what: &str,
+) -> (Weights, Vec<Weights>) {
+    let single = train(
+        cfg.clone(),
+        Start::New(run(&format!("{prefix}-single"))),
+        epochs,
+        Box::new(SingleProcess),
+    );
+    let group = in_threads(cfg, pair(run, prefix), epochs, train);
+    assert_bit_equal(&group[0], &group[1], what);
+    (single, group)
+}
+
 fn train_group(cfg: &MaeTrainConfig, starts: Vec<Start>, epochs: usize) -> Vec<Weights> {
     in_threads(cfg, starts, epochs, train)
 }
@@ -120,21 +145,9 @@ fn two_replicas_train_what_one_process_trains_and_resume_exactly() {
     let cfg = tiny_config(&cache);
     let run = |name: &str| tmp.path().join(name);
 
-    // (a) One process on the global batch.
-    let single = train(
-        cfg.clone(),
-        Start::New(run("single")),
-        2,
-        Box::new(SingleProcess),
-    );
-
-    // (b) Two replicas; rank 1 is given a directory of its own, which must stay unwritten.
-    let group = train_group(
-        &cfg,
-        vec![Start::New(run("group-0")), Start::New(run("group-1"))],
-        2,
-    );
-    assert_bit_equal(&group[0], &group[1], "replicas");
+    // (a) One process on the global batch; (b) two replicas, rank 1 given a directory of its
+    // own, which must stay unwritten.
+    let (single, group) = one_process_and_two_replicas(&cfg, &run, "group", 2, train, "replicas");
     assert_equals_one_process(&group[0], &single, "two replicas");
     let (moved, _) = relative_norm_difference(&group[0], &{
         let (t, _) = MaeTrainer::new(cfg.clone(), &run("init"), &Device::Cpu).expect("init");
@@ -225,18 +238,8 @@ fn multimodal_replicas_contrast_the_global_batch_as_one_process_does() {
 
     // (a) A frozen image tower (BatchNorm in evaluation mode): two replicas equal one process.
     let cfg = tiny_mmcl_config(&cache, true);
-    let single = train_mmcl(
-        cfg.clone(),
-        Start::New(run("single")),
-        2,
-        Box::new(SingleProcess),
-    );
-    let group = train_mmcl_group(
-        &cfg,
-        vec![Start::New(run("group-0")), Start::New(run("group-1"))],
-        2,
-    );
-    assert_bit_equal(&group[0], &group[1], "multimodal replicas");
+    let (single, group) =
+        one_process_and_two_replicas(&cfg, &run, "group", 2, train_mmcl, "multimodal replicas");
     assert_equals_one_process(&group[0], &single, "multimodal, two replicas");
     let (moved, _) = relative_norm_difference(&trainable(&group[0]), &{
         let (t, _) = MmclTrainer::new(cfg.clone(), &run("init"), &Device::Cpu).expect("init");
@@ -285,26 +288,20 @@ fn synchronised_batch_norm_makes_a_group_train_what_one_process_trains() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cache = cohort_cache(tmp.path());
     let run = |name: &str| tmp.path().join(name);
-    let pair = |prefix: &str| {
-        vec![
-            Start::New(run(&format!("{prefix}-0"))),
-            Start::New(run(&format!("{prefix}-1"))),
-        ]
-    };
 
     // MAE with the SimSiam term, whose heads hold BatchNorm layers.
     let mut mae = tiny_config(&cache);
     mae.loss.cos_weight = 0.1;
-    let per_replica = train_group(&mae, pair("mae-local"), 1);
+    let per_replica = train_group(&mae, pair(&run, "mae-local"), 1);
     mae.sync_batch_norm = true;
-    let single = train(
-        mae.clone(),
-        Start::New(run("mae-single")),
+    let (single, synced) = one_process_and_two_replicas(
+        &mae,
+        &run,
+        "mae-sync",
         1,
-        Box::new(SingleProcess),
+        train,
+        "synchronised MAE replicas",
     );
-    let synced = train_group(&mae, pair("mae-sync"), 1);
-    assert_bit_equal(&synced[0], &synced[1], "synchronised MAE replicas");
     assert_equals_one_process(&synced[0], &single, "MAE, synchronised batch norm");
     // Without the synchronisation the same group trains something else (the test can fail).
     let (local_gap, _) = relative_norm_difference(&per_replica[0], &single);
@@ -316,16 +313,16 @@ fn synchronised_batch_norm_makes_a_group_train_what_one_process_trains() {
 
     // MMCL with a trainable ResNet image tower (BatchNorm in train mode), two epochs.
     let mut mmcl = tiny_mmcl_config(&cache, false);
-    let per_replica = train_mmcl_group(&mmcl, pair("mmcl-local"), 2);
+    let per_replica = train_mmcl_group(&mmcl, pair(&run, "mmcl-local"), 2);
     mmcl.sync_batch_norm = true;
-    let single = train_mmcl(
-        mmcl.clone(),
-        Start::New(run("mmcl-single")),
+    let (single, synced) = one_process_and_two_replicas(
+        &mmcl,
+        &run,
+        "mmcl-sync",
         2,
-        Box::new(SingleProcess),
+        train_mmcl,
+        "synchronised multimodal replicas",
     );
-    let synced = train_mmcl_group(&mmcl, pair("mmcl-sync"), 2);
-    assert_bit_equal(&synced[0], &synced[1], "synchronised multimodal replicas");
     // The layer's gradients equal one process's within 1e-6 (mmcl-nn's `distributed` test);
     // over two epochs Adam, which divides each step by the gradient's running scale, turns
     // rounding into differences of up to 3e-5 in a few BatchNorm shifts with small gradients.

@@ -25,7 +25,8 @@ fn cohort_cache(dir: &Path) -> PathBuf {
 }
 
 fn tiny_config(cache: &Path) -> MaeTrainConfig {
-    let mut cfg: MaeTrainConfig = toml::from_str(
+    common::config_reading(
+        cache,
         r#"
         max_epochs = 2
         warmup_epochs = 1
@@ -35,9 +36,6 @@ fn tiny_config(cache: &Path) -> MaeTrainConfig {
         data = { threads = 2, prefetch = 1 }
         "#,
     )
-    .expect("config");
-    cfg.data.cache = cache.to_path_buf();
-    cfg
 }
 
 #[test]
@@ -110,7 +108,8 @@ fn mae_runs_write_the_layout_resume_bit_for_bit_and_initialise_mmcl() {
     );
 
     // The multimodal stage starts from the exported encoder: the weights really arrive.
-    let mut mmcl: MmclConfig = toml::from_str(
+    let mut mmcl: MmclConfig = common::config_reading(
+        &cache,
         r#"
         max_epochs = 1
         batch_size = 4
@@ -121,9 +120,7 @@ fn mae_runs_write_the_layout_resume_bit_for_bit_and_initialise_mmcl() {
         classifier = { online_classifier = "none" }
         data = { threads = 2, prefetch = 1 }
         "#,
-    )
-    .expect("mmcl config");
-    mmcl.data.cache = cache.clone();
+    );
     mmcl.ecg.pretrain_checkpoint = Some(checkpoint::ecg_encoder_path(&straight));
     let (mmcl_trainer, notes) =
         MmclTrainer::new(mmcl, &tmp.path().join("mmcl"), &Device::Cpu).expect("mmcl");

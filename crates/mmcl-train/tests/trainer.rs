@@ -67,7 +67,8 @@ fn tiny_cache(dir: &Path) -> PathBuf {
 }
 
 fn tiny_config(cache: &Path) -> MmclConfig {
-    let mut cfg: MmclConfig = toml::from_str(
+    common::config_reading(
+        cache,
         r#"
         max_epochs = 2
         warmup_epochs = 0
@@ -79,9 +80,6 @@ fn tiny_config(cache: &Path) -> MmclConfig {
         data = { threads = 2, prefetch = 1 }
         "#,
     )
-    .expect("config");
-    cfg.data.cache = cache.to_path_buf();
-    cfg
 }
 
 #[test]

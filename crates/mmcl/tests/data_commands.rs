@@ -114,14 +114,7 @@ fn build_dataset_from_config_and_default_config_round_trips() {
             root.join(format!("ecg/{}_20205_2_0.xml", 3000000 + k)),
         )
         .unwrap();
-        let sub = root.join(format!("cmr/{}", 3000000 + k));
-        std::fs::create_dir_all(&sub).unwrap();
-        std::fs::copy(fixture("cmr/1000001/sa.nii.gz"), sub.join("sa.nii.gz")).unwrap();
-        std::fs::copy(
-            fixture("cmr/1000001/seg_sa.nii.gz"),
-            sub.join("seg_sa.nii.gz"),
-        )
-        .unwrap();
+        mmcl_testutil::copy_fixture_cmr_study(&root.join(format!("cmr/{}", 3000000 + k)));
     }
     let cfg = dir.path().join("build.json");
     std::fs::write(

@@ -66,8 +66,17 @@ fn walk_through(readme: &str) -> &str {
     &readme[start..end]
 }
 
+/// The `[encoder]` table of the commands that read the walk-through's pretrained ECG encoder.
+const WALK_THROUGH_ENCODER: &str = r#"[encoder]
+model = "vit_pluto_patchX"
+img_size = [1, 12, 500]
+patch_size = [1, 100]
+global_pool = true
+"#;
+
 /// The reduced configurations a reader would have edited the printed ones into.
-fn edited_configs() -> BTreeMap<&'static str, &'static str> {
+fn edited_configs() -> BTreeMap<&'static str, String> {
+    let (towers, encoder) = (common::SMALL_MMCL_TOWERS_TOML, WALK_THROUGH_ENCODER);
     [
         (
             "dataset.toml",
@@ -80,26 +89,20 @@ size = 32
 train = 0.6
 val = 0.2
 test = 0.2
-"#,
+"#
+            .to_string(),
         ),
         (
             "mae.toml",
-            r#"max_epochs = 2
-warmup_epochs = 0
-batch_size = 8
-lr = 1e-3
-[model]
-model = "mae_vit_pluto_patchX"
-img_size = [1, 12, 500]
-patch_size = [1, 100]
-[data]
-cache = "cache"
-threads = 2
-"#,
+            format!(
+                "max_epochs = 2\nwarmup_epochs = 0\nbatch_size = 8\nlr = 1e-3\n{}",
+                common::SMALL_MAE_TOML
+            ),
         ),
         (
             "mmcl.toml",
-            r#"max_epochs = 2
+            format!(
+                r#"max_epochs = 2
 warmup_epochs = 0
 batch_size = 8
 embedding_dim = 32
@@ -107,20 +110,14 @@ projection_dim = 16
 [data]
 cache = "cache"
 threads = 2
-[imaging]
-model = "resnet18"
-img_size = 32
-augment = { size = 32 }
-[ecg]
-model = "vit_pluto_patchX"
-input_size = [1, 12, 500]
-patch_size = [1, 100]
-pretrain_checkpoint = "runs/mae"
-"#,
+{towers}pretrain_checkpoint = "runs/mae"
+"#
+            ),
         ),
         (
             "finetune.toml",
-            r#"cache = "cache"
+            format!(
+                r#"cache = "cache"
 checkpoint = "runs/mmcl"
 task = "classification"
 targets = ["CAD"]
@@ -129,31 +126,24 @@ warmup_epochs = 0
 batch_size = 8
 threads = 2
 output = "runs/finetune-cad"
-[encoder]
-model = "vit_pluto_patchX"
-img_size = [1, 12, 500]
-patch_size = [1, 100]
-global_pool = true
-"#,
+{encoder}"#
+            ),
         ),
         (
             "explain.toml",
-            r#"model = "runs/mmcl"
+            format!(
+                r#"model = "runs/mmcl"
 image_encoder = "resnet18"
 output = "explain/1000001"
-[encoder]
-model = "vit_pluto_patchX"
-img_size = [1, 12, 500]
-patch_size = [1, 100]
-global_pool = true
-[ecg]
+{encoder}[ecg]
 file = "ukb/ecg/1000001_20205_2_0.xml"
 [cmr]
 image = "ukb/cmr/1000001/sa.nii.gz"
 segmentation = "ukb/cmr/1000001/seg_sa.nii.gz"
 [cmr.preprocessing]
 size = 32
-"#,
+"#
+            ),
         ),
     ]
     .into()

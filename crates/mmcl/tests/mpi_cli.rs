@@ -12,32 +12,15 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use common::{mmcl, s, stderr};
 
-const CONFIG: &str = r#"
-max_epochs = 1
-warmup_epochs = 0
-batch_size = 4
-lr = 1e-3
-gradient_clip_val = 1.0
-embedding_dim = 32
-projection_dim = 16
-sync_batch_norm = true
-
-[data]
-cache = "cache"
-threads = 1
-drop_last = true
-
-[imaging]
-model = "resnet18"
-img_size = 32
-augment = { size = 32 }
-
-[ecg]
-model = "vit_pluto_patchX"
-input_size = [1, 12, 500]
-patch_size = [1, 100]
-drop_path = 0.0
-"#;
+/// One epoch of the small multimodal model with synchronised BatchNorm, dropping the last
+/// partial batch and without drop-path (whose masks follow each rank's rows).
+fn mmcl_config() -> String {
+    common::one_epoch_small_mmcl_toml(
+        "lr = 1e-3\ngradient_clip_val = 1.0\nsync_batch_norm = true\n",
+        "threads = 1\ndrop_last = true\n",
+        "drop_path = 0.0\n",
+    )
+}
 
 fn last_model(run: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(run.join("checkpoints/last/model.safetensors"), &Device::Cpu)
@@ -50,7 +33,7 @@ fn pretrain_mmcl_under_mpirun_trains_what_one_process_trains() {
     let root = tmp.path();
     common::cohort_and_cache(root, 12, 3, [0.7, 0.3, 0.0]);
     let config = root.join("mmcl.toml");
-    std::fs::write(&config, CONFIG).expect("write");
+    std::fs::write(&config, mmcl_config()).expect("write");
 
     let single = root.join("single");
     let out = mmcl(&[
@@ -92,7 +75,7 @@ fn pretrain_mmcl_under_mpirun_trains_what_one_process_trains() {
         // The start, from a run at learning rate 0: how far training moved the weights (two
         // runs that did not train would agree too).
         let cfg = root.join("untrained.toml");
-        std::fs::write(&cfg, CONFIG.replace("lr = 1e-3", "lr = 0.0")).expect("write");
+        std::fs::write(&cfg, mmcl_config().replace("lr = 1e-3", "lr = 0.0")).expect("write");
         let run = root.join("untrained");
         let out = mmcl(&["pretrain-mmcl", "--config", s(&cfg), "--output", s(&run)]);
         assert!(out.status.success(), "lr 0: {}", stderr(&out));

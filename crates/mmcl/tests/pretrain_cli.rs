@@ -77,27 +77,10 @@ fn resume_for_a_second_epoch(command: &str, run: &Path, config: &Path, text: &st
     std::fs::read_to_string(run.join("checkpoints/last/state.json")).expect("state")
 }
 
-const TRAIN_CONFIG: &str = r#"
-max_epochs = 1
-warmup_epochs = 0
-batch_size = 4
-embedding_dim = 32
-projection_dim = 16
-
-[data]
-cache = "cache"
-threads = 2
-
-[imaging]
-model = "resnet18"
-img_size = 32
-augment = { size = 32 }
-
-[ecg]
-model = "vit_pluto_patchX"
-input_size = [1, 12, 500]
-patch_size = [1, 100]
-"#;
+/// One epoch of the small multimodal model on the cache.
+fn train_config() -> String {
+    common::one_epoch_small_mmcl_toml("", "threads = 2\n", "")
+}
 
 #[test]
 fn pretrain_mmcl_trains_exports_and_resumes() {
@@ -105,7 +88,7 @@ fn pretrain_mmcl_trains_exports_and_resumes() {
     let root = tmp.path();
     cohort_and_cache(root, 12, 3);
 
-    let (config, run, _) = first_run(root, "pretrain-mmcl", "train.toml", TRAIN_CONFIG);
+    let (config, run, _) = first_run(root, "pretrain-mmcl", "train.toml", &train_config());
     let last = run.join("checkpoints/last");
     for f in [
         "model.safetensors",
@@ -154,7 +137,7 @@ fn pretrain_mmcl_trains_exports_and_resumes() {
         "pretrain-mmcl",
         &run,
         &root.join("train2.toml"),
-        TRAIN_CONFIG,
+        &train_config(),
     );
     assert!(state.contains("\"epoch\": 2"), "{state}");
 
@@ -210,38 +193,42 @@ fn bad_configurations_fail_naming_the_problem() {
     assert!(stderr(&out).contains("nothing"), "{}", stderr(&out));
 }
 
-#[test]
-fn printed_defaults_are_the_paper_and_read_back() {
-    let out = mmcl(&["pretrain-mmcl", "--print-config"]);
+/// `mmcl <command> --print-config` prints a configuration that reads back as the defaults `C`
+/// and holds each of `needles` (the paper's values).
+fn assert_printed_defaults<C>(command: &str, needles: &[&str])
+where
+    C: serde::de::DeserializeOwned + Default + PartialEq + std::fmt::Debug,
+{
+    let out = mmcl(&[command, "--print-config"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let cfg: mmcl_train::MmclConfig = toml::from_str(&text).expect("the printout parses");
-    assert_eq!(cfg, mmcl_train::MmclConfig::default());
-    for needle in [
-        "lr = 0.003",
-        "temperature = 0.1",
-        "batch_size = 256",
-        "max_epochs = 300",
-    ] {
+    let cfg: C = toml::from_str(&text).expect("the printout parses");
+    assert_eq!(cfg, C::default());
+    for needle in needles {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }
 }
 
-const MAE_CONFIG: &str = r#"
-max_epochs = 1
-warmup_epochs = 0
-batch_size = 4
-lr = 1e-3
+#[test]
+fn printed_defaults_are_the_paper_and_read_back() {
+    assert_printed_defaults::<mmcl_train::MmclConfig>(
+        "pretrain-mmcl",
+        &[
+            "lr = 0.003",
+            "temperature = 0.1",
+            "batch_size = 256",
+            "max_epochs = 300",
+        ],
+    );
+}
 
-[model]
-model = "mae_vit_pluto_patchX"
-img_size = [1, 12, 500]
-patch_size = [1, 100]
-
-[data]
-cache = "cache"
-threads = 2
-"#;
+/// One epoch of the small MAE on the cache.
+fn mae_config() -> String {
+    format!(
+        "max_epochs = 1\nwarmup_epochs = 0\nbatch_size = 4\nlr = 1e-3\n\n{}",
+        common::SMALL_MAE_TOML
+    )
+}
 
 #[test]
 fn pretrain_mae_trains_exports_and_resumes() {
@@ -249,7 +236,7 @@ fn pretrain_mae_trains_exports_and_resumes() {
     let root = tmp.path();
     cohort_and_cache(root, 10, 5);
 
-    let (_, run, out) = first_run(root, "pretrain-mae", "mae.toml", MAE_CONFIG);
+    let (_, run, out) = first_run(root, "pretrain-mae", "mae.toml", &mae_config());
     let encoder = run.join("checkpoints/last/ecg_encoder.safetensors");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(s(&encoder)),
@@ -270,7 +257,7 @@ fn pretrain_mae_trains_exports_and_resumes() {
 
     // Resume with one more epoch.
     let state =
-        resume_for_a_second_epoch("pretrain-mae", &run, &root.join("mae2.toml"), MAE_CONFIG);
+        resume_for_a_second_epoch("pretrain-mae", &run, &root.join("mae2.toml"), &mae_config());
     assert!(
         state.contains("\"epoch\": 2") && state.contains("\"mae\""),
         "{state}"
@@ -291,18 +278,14 @@ fn pretrain_mae_trains_exports_and_resumes() {
 
 #[test]
 fn printed_mae_defaults_are_the_paper_and_read_back() {
-    let out = mmcl(&["pretrain-mae", "--print-config"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let cfg: mmcl_train::MaeTrainConfig = toml::from_str(&text).expect("the printout parses");
-    assert_eq!(cfg, mmcl_train::MaeTrainConfig::default());
-    for needle in [
-        "weight_decay = 0.15",
-        "mask_ratio = 0.8",
-        "mae_vit_tiny_patchX",
-    ] {
-        assert!(text.contains(needle), "{needle} not in\n{text}");
-    }
+    assert_printed_defaults::<mmcl_train::MaeTrainConfig>(
+        "pretrain-mae",
+        &[
+            "weight_decay = 0.15",
+            "mask_ratio = 0.8",
+            "mae_vit_tiny_patchX",
+        ],
+    );
 }
 
 /// Started by a launcher as one of several processes, the training commands refuse before

@@ -235,19 +235,47 @@ fn fused_update_is_bit_identical_to_the_composed_one() -> Result<()> {
     Ok(())
 }
 
+/// A layer `fc`, an input, and an Adam over the layer that has taken one step: an optimiser
+/// with moments to save. The store is kept so that the layer's variables stay registered.
+struct SteppedLayer {
+    _store: ParamStore,
+    layer: candle_nn::Linear,
+    x: Tensor,
+    adam: Adam,
+}
+
+impl SteppedLayer {
+    fn new() -> Result<SteppedLayer> {
+        let dev = Device::Cpu;
+        let store = ParamStore::new(3);
+        let vb = store.var_builder(DType::F32, &dev);
+        let layer = candle_nn::linear(3, 2, vb.pp("fc"))?;
+        let x = Tensor::new(&[[1.0f32, 2.0, -1.0]], &dev)?;
+        let adam = Adam::new(vec![ParamGroup::all(&store, 0.0)], AdamConfig::adam_l2())?;
+        let mut stepped = SteppedLayer {
+            _store: store,
+            layer,
+            x,
+            adam,
+        };
+        stepped.step()?;
+        Ok(stepped)
+    }
+
+    /// One more Adam step on `sum((fc x)^2)`.
+    fn step(&mut self) -> Result<()> {
+        let loss = self.layer.forward(&self.x)?.sqr()?.sum_all()?;
+        self.adam.step(&loss.backward()?, 0.1)
+    }
+}
+
 /// A saved state does not change when training continues (the moments are updated in place).
 #[test]
 fn saved_state_is_a_snapshot() -> Result<()> {
-    let dev = Device::Cpu;
-    let store = ParamStore::new(3);
-    let vb = store.var_builder(DType::F32, &dev);
-    let layer = candle_nn::linear(3, 2, vb.pp("fc"))?;
-    let x = Tensor::new(&[[1.0f32, 2.0, -1.0]], &dev)?;
-    let mut adam = Adam::new(vec![ParamGroup::all(&store, 0.0)], AdamConfig::adam_l2())?;
-    adam.step(&layer.forward(&x)?.sqr()?.sum_all()?.backward()?, 0.1)?;
-    let (saved, _) = adam.state()?;
+    let mut stepped = SteppedLayer::new()?;
+    let (saved, _) = stepped.adam.state()?;
     let before = saved.get("exp_avg.fc.weight").map(|t| t.to_vec2::<f32>());
-    adam.step(&layer.forward(&x)?.sqr()?.sum_all()?.backward()?, 0.1)?;
+    stepped.step()?;
     let after = saved.get("exp_avg.fc.weight").map(|t| t.to_vec2::<f32>());
     assert!(before.is_some());
     assert_eq!(format!("{before:?}"), format!("{after:?}"));
@@ -257,13 +285,8 @@ fn saved_state_is_a_snapshot() -> Result<()> {
 /// A checkpoint's moments that Adam cannot have written are refused, naming the entry.
 #[test]
 fn impossible_moments_are_refused() -> Result<()> {
-    let dev = Device::Cpu;
-    let store = ParamStore::new(3);
-    let vb = store.var_builder(DType::F32, &dev);
-    let layer = candle_nn::linear(3, 2, vb.pp("fc"))?;
-    let x = Tensor::new(&[[1.0f32, 2.0, -1.0]], &dev)?;
-    let mut adam = Adam::new(vec![ParamGroup::all(&store, 0.0)], AdamConfig::adam_l2())?;
-    adam.step(&layer.forward(&x)?.sqr()?.sum_all()?.backward()?, 0.1)?;
+    let mut stepped = SteppedLayer::new()?;
+    let adam = &mut stepped.adam;
     let (saved, _) = adam.state()?;
     let steps = adam.steps_taken();
     let key = "exp_avg_sq.fc.weight";

@@ -1,4 +1,11 @@
-//! What the cohort tests share (`mod common;` in each): small cohorts.
+//! What the cohort tests share (`mod common;` in each): small cohorts, and running the
+//! Python scripts that read the files with other tools.
+
+// Each test binary compiles this module on its own and uses only its part of it.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::process::Command;
 
 use mmcl_synth::SynthConfig;
 
@@ -21,4 +28,33 @@ pub fn small_cohort(
     cfg.cmr.slices = slices;
     cfg.cmr.frames = frames;
     cfg
+}
+
+/// Whether `python3` can import `modules` (as Python lists them: `"numpy, pydicom"`); when it
+/// cannot, says on stderr that the test is skipped.
+pub fn python_with(modules: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: python3 with {modules} is not available");
+    }
+    found
+}
+
+/// The standard output, as JSON, of the Python `script` run with `args`, after asserting that it
+/// succeeded.
+pub fn python_json(script: &str, args: &[&OsStr]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }

@@ -220,46 +220,52 @@ pub fn cohort_cache_of(dir: &Path, subjects: usize, seed: u64) -> PathBuf {
     build.output
 }
 
-/// A tiny MAE, global batch 8, two epochs, no SimSiam term (whose BatchNorm is per replica).
-pub fn tiny_mae_config(cache: &Path) -> MaeTrainConfig {
-    let mut cfg: MaeTrainConfig = toml::from_str(
-        r#"
+/// The configuration (of either trainer) that `toml` sets, the rest defaulted, reading the
+/// cache `cache`: the cache path is put in the `data` table, which `toml` may also set.
+pub fn config_reading<C: serde::de::DeserializeOwned>(cache: &Path, toml: &str) -> C {
+    let mut table: toml::Table = toml.parse().expect("config");
+    let data = table
+        .entry("data")
+        .or_insert_with(|| toml::Table::new().into());
+    let cache = cache.to_str().expect("a UTF-8 cache path");
+    data.as_table_mut()
+        .expect("data is a table")
+        .insert("cache".into(), cache.into());
+    table.try_into().expect("config")
+}
+
+/// What the data-parallel configurations share: global batch 8, two epochs with one of
+/// warm-up, clipped gradients, one loader thread and only whole batches.
+const DATA_PARALLEL_SCHEDULE: &str = r#"
         max_epochs = 2
         warmup_epochs = 1
         batch_size = 8
         lr = 1e-3
         gradient_clip_val = 1.0
+        data = { threads = 1, prefetch = 1, drop_last = true }
+"#;
+
+/// A tiny MAE, global batch 8, two epochs, no SimSiam term (whose BatchNorm is per replica).
+pub fn tiny_mae_config(cache: &Path) -> MaeTrainConfig {
+    let model = r#"
         loss = { cos_weight = 0.0 }
         model = { model = "mae_vit_pluto_patchX", img_size = [1, 12, 200], patch_size = [1, 50] }
-        data = { threads = 1, prefetch = 1, drop_last = true }
-        "#,
-    )
-    .expect("config");
-    cfg.data.cache = cache.to_path_buf();
-    cfg
+        "#;
+    config_reading(cache, &[DATA_PARALLEL_SCHEDULE, model].concat())
 }
 
 /// A tiny multimodal model (ResNet18 at 32², the two-block `vit_pluto_patchX`), global batch 8,
 /// two epochs, the online ECG classifier of CAD, no drop-path (whose masks follow each
 /// replica's rows).
 pub fn tiny_mmcl_config(cache: &Path, frozen_imaging: bool) -> MmclConfig {
-    let mut cfg: MmclConfig = toml::from_str(
-        r#"
-        max_epochs = 2
-        warmup_epochs = 1
-        batch_size = 8
-        lr = 1e-3
-        gradient_clip_val = 1.0
+    let model = r#"
         embedding_dim = 32
         projection_dim = 16
         imaging = { model = "resnet18", img_size = 32, augment = { size = 32 } }
         ecg = { model = "vit_pluto_patchX", input_size = [1, 12, 200], patch_size = [1, 50], drop_path = 0.0 }
-        data = { threads = 1, prefetch = 1, drop_last = true }
-        "#,
-    )
-    .expect("config");
+        "#;
+    let mut cfg: MmclConfig = config_reading(cache, &[DATA_PARALLEL_SCHEDULE, model].concat());
     cfg.imaging.frozen = frozen_imaging;
-    cfg.data.cache = cache.to_path_buf();
     cfg
 }
 

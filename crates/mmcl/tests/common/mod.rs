@@ -96,6 +96,43 @@ pub fn embed_toy(config: &Path, input: &Path, output: &Path, extra: &[&str]) -> 
 pub const SMALL_ENCODER_TOML: &str = "[encoder]\nimg_size = [1, 12, 2500]\npatch_size = [1, 100]\n\
     embed_dim = 32\ndepth = 2\nnum_heads = 4\n";
 
+/// The `[imaging]` and `[ecg]` tables of the small multimodal model the command-line tests
+/// pretrain (ResNet18 on 32² images, the ViT on 12×500 ECGs in 1×100 patches). `[ecg]` comes
+/// last, so that a test may append keys of its own to it.
+pub const SMALL_MMCL_TOWERS_TOML: &str = r#"[imaging]
+model = "resnet18"
+img_size = 32
+augment = { size = 32 }
+
+[ecg]
+model = "vit_pluto_patchX"
+input_size = [1, 12, 500]
+patch_size = [1, 100]
+"#;
+
+/// A configuration of one epoch of the small multimodal model (batch 4, no warm-up) reading
+/// `cache` beside it, with the extra lines `top` (top-level keys), `data` (of `[data]`) and
+/// `ecg` (of `[ecg]`).
+pub fn one_epoch_small_mmcl_toml(top: &str, data: &str, ecg: &str) -> String {
+    format!(
+        "max_epochs = 1\nwarmup_epochs = 0\nbatch_size = 4\nembedding_dim = 32\n\
+         projection_dim = 16\n{top}\n[data]\ncache = \"cache\"\n{data}\n\
+         {SMALL_MMCL_TOWERS_TOML}{ecg}"
+    )
+}
+
+/// The `[model]` and `[data]` tables of the small MAE the command-line tests pretrain (12×500
+/// ECGs in 1×100 patches) reading `cache` beside the configuration with two threads.
+pub const SMALL_MAE_TOML: &str = r#"[model]
+model = "mae_vit_pluto_patchX"
+img_size = [1, 12, 500]
+patch_size = [1, 100]
+
+[data]
+cache = "cache"
+threads = 2
+"#;
+
 /// Writes an `.npy` of shape `dims` holding `values` (of any element type npyz knows) stored
 /// in `order`.
 pub fn write_npy<T: npyz::AutoSerialize>(
