@@ -192,12 +192,9 @@ fn bootstrap_is_deterministic_and_covers_the_estimate() {
     let b = evaluate(Task::Classification, &truth, &pred, &[], 0.5, &boot).unwrap();
     assert_eq!(a, b, "same seed, same intervals");
     // The same result with a different number of threads.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let c =
-        pool.install(|| evaluate(Task::Classification, &truth, &pred, &[], 0.5, &boot).unwrap());
+    let c = mmcl_testutil::on_threads(1, || {
+        evaluate(Task::Classification, &truth, &pred, &[], 0.5, &boot).unwrap()
+    });
     assert_eq!(a, c, "intervals must not depend on the thread count");
     let other = Bootstrap { seed: 6, ..boot };
     let d = evaluate(Task::Classification, &truth, &pred, &[], 0.5, &other).unwrap();

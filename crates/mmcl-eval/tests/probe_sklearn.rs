@@ -240,16 +240,12 @@ fn probes_fit_the_same_bits_on_any_number_of_threads() {
     };
     let xtr = stack(&p.x("train"));
     let fits = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                [(Task::Classification, "cls"), (Task::Regression, "reg")].map(|(task, kind)| {
-                    let y = stack_y(&p.y(kind, "train"));
-                    LinearProbe::fit(task, &xtr, &y, None, &ProbeConfig::default()).unwrap()
-                })
+        mmcl_testutil::on_threads(threads, || {
+            [(Task::Classification, "cls"), (Task::Regression, "reg")].map(|(task, kind)| {
+                let y = stack_y(&p.y(kind, "train"));
+                LinearProbe::fit(task, &xtr, &y, None, &ProbeConfig::default()).unwrap()
             })
+        })
     };
     assert!(xtr.rows() > 1024, "{} rows", xtr.rows());
     let one = fits(1);

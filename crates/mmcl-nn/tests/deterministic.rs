@@ -5,6 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use mmcl_nn::conv::conv2d;
 use mmcl_nn::ops::layer_norm;
+use mmcl_testutil::{on_threads, tensor_bits};
 
 /// A value for position `i` that is not a round number (so that addition order shows).
 fn wiggle(i: usize) -> f32 {
@@ -15,24 +16,6 @@ fn tensor(shape: &[usize], offset: usize) -> Tensor {
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n).map(|i| wiggle(i + offset)).collect();
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
-fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
 }
 
 /// The gradients of `sum(y * upstream)`: back-propagation of the gradient `upstream` arriving
@@ -47,7 +30,7 @@ fn backward_from(y: Tensor, upstream: Tensor) -> GradStore {
 }
 
 /// LayerNorm weight and bias gradients over 4096 rows (many row chunks).
-fn layer_norm_grads() -> (Vec<u32>, Vec<u32>) {
+fn layer_norm_grads() -> (Vec<u8>, Vec<u8>) {
     let x = tensor(&[4096, 192], 0);
     let w = Var::from_tensor(&tensor(&[192], 11)).unwrap();
     let b = Var::from_tensor(&tensor(&[192], 23)).unwrap();
@@ -55,8 +38,8 @@ fn layer_norm_grads() -> (Vec<u32>, Vec<u32>) {
     let y = layer_norm(&x, w.as_tensor(), b.as_tensor(), 1e-6).unwrap();
     let grads = backward_from(y, upstream);
     (
-        bits(grads.get(w.as_tensor()).unwrap()),
-        bits(grads.get(b.as_tensor()).unwrap()),
+        tensor_bits(grads.get(w.as_tensor()).unwrap()),
+        tensor_bits(grads.get(b.as_tensor()).unwrap()),
     )
 }
 
@@ -74,13 +57,13 @@ fn layer_norm_parameter_gradients_are_the_same_bits_on_any_number_of_threads() {
 }
 
 /// Convolution weight gradient over a batch split into per-thread groups.
-fn conv_weight_grad() -> Vec<u32> {
+fn conv_weight_grad() -> Vec<u8> {
     let x = tensor(&[12, 8, 14, 14], 3);
     let w = Var::from_tensor(&tensor(&[16, 8, 3, 3], 5)).unwrap();
     let upstream = tensor(&[12, 16, 14, 14], 7);
     let y = conv2d(&x, w.as_tensor(), 1, 1).unwrap();
     let grads = backward_from(y, upstream);
-    bits(grads.get(w.as_tensor()).unwrap())
+    tensor_bits(grads.get(w.as_tensor()).unwrap())
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use candle_core::Device;
 use mmcl_pipeline::reproduce::{Layout, STAGE_FILE, run};
 use mmcl_pipeline::{ReproduceConfig, Results};
+use mmcl_testutil::on_threads;
 use mmcl_train::NoProgress;
 
 /// 80 subjects with enriched prevalences so that every split holds cases of every disease;
@@ -48,16 +49,6 @@ explain_subjects = 1
 
 fn tiny() -> ReproduceConfig {
     ReproduceConfig::from_toml_str(TINY, None).unwrap()
-}
-
-/// `f` with rayon's pool at `threads` threads, whatever the machine has: the pipeline shares
-/// its threads between stages that run side by side.
-fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
 }
 
 #[test]

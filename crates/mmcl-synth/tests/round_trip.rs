@@ -24,12 +24,10 @@ fn config() -> SynthConfig {
 
 fn write(cfg: &SynthConfig, dir: &Path, threads: usize) -> mmcl_synth::CohortSummary {
     let cohort = Cohort::new(cfg.clone()).unwrap();
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(|| cohort.write(dir, WriteOptions::default(), &|| {}))
-        .unwrap()
+    mmcl_testutil::on_threads(threads, || {
+        cohort.write(dir, WriteOptions::default(), &|| {})
+    })
+    .unwrap()
 }
 
 fn read_csv(path: &Path) -> (Vec<String>, Vec<HashMap<String, String>>) {

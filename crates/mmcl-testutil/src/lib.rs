@@ -220,6 +220,16 @@ pub fn flat(t: &Tensor) -> Vec<f32> {
         .unwrap_or_else(|e| panic!("cannot read tensor values: {e}"))
 }
 
+/// `f` inside a rayon pool of `threads` threads, whatever the machine has: for tests of results
+/// that must not depend on the thread count, or of work that shares its threads.
+pub fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a pool of {threads} threads: {e}"))
+        .install(f)
+}
+
 /// A tensor's elements as little-endian bytes, for comparisons to the bit: `i64` elements as
 /// stored, every other type as the bits of its `f32` value.
 pub fn tensor_bits(t: &Tensor) -> Vec<u8> {

@@ -141,7 +141,11 @@ impl TryFrom<RawConfig> for EcgVitConfig {
     type Error = String;
 
     fn try_from(raw: RawConfig) -> std::result::Result<Self, String> {
-        let preset = raw.model.as_deref().map(Preset::lookup).transpose()?;
+        let preset = raw
+            .model
+            .as_deref()
+            .map(|name| preset_or_error(name, Preset::find(name), Preset::names))
+            .transpose()?;
         let (img_size, patch_size) = required_shapes(raw.img_size, raw.patch_size)?;
         let cfg = EcgVitConfig {
             model: raw.model.clone(),
@@ -166,23 +170,19 @@ impl TryFrom<RawConfig> for EcgVitConfig {
     }
 }
 
-/// What a JSON configuration's preset lookup and required keys share between the encoder's
-/// and the masked autoencoder's configuration (their `TryFrom<Raw…>` and `preset`).
-pub(crate) trait NamedPreset: Sized {
-    /// The preset called `name`.
-    fn find(name: &str) -> Option<Self>;
-    /// Every name [`NamedPreset::find`] advertises.
-    fn names() -> Vec<&'static str>;
-
-    /// The preset called `name`, or the error that lists the known ones.
-    fn lookup(name: &str) -> std::result::Result<Self, String> {
-        Self::find(name).ok_or_else(|| {
-            format!(
-                "unknown model {name:?}; known presets: {}",
-                Self::names().join(", ")
-            )
-        })
-    }
+/// The preset `found` under `name`, or the error that lists the `known` names: the encoder's
+/// and the masked autoencoder's configurations look their presets up alike.
+pub(crate) fn preset_or_error<P>(
+    name: &str,
+    found: Option<P>,
+    known: impl FnOnce() -> Vec<&'static str>,
+) -> std::result::Result<P, String> {
+    found.ok_or_else(|| {
+        format!(
+            "unknown model {name:?}; known presets: {}",
+            known().join(", ")
+        )
+    })
 }
 
 /// A size given in the file, else by the preset, else an error naming the key.
@@ -270,18 +270,6 @@ pub const PRESETS: &[Preset] = &[
     preset("mae/vit_huge", 1280, 32, 16),
 ];
 
-impl NamedPreset for Preset {
-    /// The preset `name`; `tinyDeep`, `smallDeep`, `mediumDeep` are accepted for the `…Deep`
-    /// models.
-    fn find(name: &str) -> Option<Preset> {
-        Preset::find(name)
-    }
-
-    fn names() -> Vec<&'static str> {
-        Preset::names()
-    }
-}
-
 impl Preset {
     /// The preset `name`; `tinyDeep`, `smallDeep`, `mediumDeep` are accepted for the `…Deep`
     /// models.
@@ -305,7 +293,7 @@ impl EcgVitConfig {
     /// The preset `name` for inputs of `img_size` cut into `patch_size` patches, with the
     /// reference's defaults (class-token pooling, no head, no dropout).
     pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
-        let p = <Preset as NamedPreset>::lookup(name).map_err(Error::Config)?;
+        let p = preset_or_error(name, Preset::find(name), Preset::names).map_err(Error::Config)?;
         let cfg = Self {
             model: Some(p.name.to_string()),
             img_size,

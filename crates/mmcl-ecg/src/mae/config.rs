@@ -7,7 +7,7 @@ use mmcl_nn::init::WeightInit;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    NamedPreset, TrunkKeys, check_limit, check_trunk_activations, config_reason, required,
+    TrunkKeys, check_limit, check_trunk_activations, config_reason, preset_or_error, required,
     required_shapes, trunk_parameters,
 };
 use crate::{EcgVitConfig, Error, Result};
@@ -171,16 +171,6 @@ pub const MAE_PRESETS: &[MaePreset] = &[
     ),
 ];
 
-impl NamedPreset for MaePreset {
-    fn find(name: &str) -> Option<MaePreset> {
-        MaePreset::find(name)
-    }
-
-    fn names() -> Vec<&'static str> {
-        MaePreset::names()
-    }
-}
-
 impl MaePreset {
     /// The preset called `name` (its recommended or its function name).
     pub fn find(name: &str) -> Option<MaePreset> {
@@ -264,7 +254,11 @@ impl TryFrom<RawMaeConfig> for MaeConfig {
     type Error = String;
 
     fn try_from(raw: RawMaeConfig) -> std::result::Result<Self, String> {
-        let preset = raw.model.as_deref().map(MaePreset::lookup).transpose()?;
+        let preset = raw
+            .model
+            .as_deref()
+            .map(|name| preset_or_error(name, MaePreset::find(name), MaePreset::names))
+            .transpose()?;
         let (img_size, patch_size) = required_shapes(raw.img_size, raw.patch_size)?;
         let enc = preset.map(|p| p.encoder);
         let dec = preset.map(|p| p.decoder);
@@ -299,7 +293,8 @@ impl TryFrom<RawMaeConfig> for MaeConfig {
 impl MaeConfig {
     /// The preset `name` for inputs of `img_size` cut into `patch_size` patches.
     pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
-        let p = <MaePreset as NamedPreset>::lookup(name).map_err(Error::Config)?;
+        let p = preset_or_error(name, MaePreset::find(name), MaePreset::names)
+            .map_err(Error::Config)?;
         let cfg = Self {
             model: Some(p.name.to_string()),
             img_size,

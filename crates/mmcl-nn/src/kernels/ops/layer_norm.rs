@@ -151,24 +151,28 @@ pub(crate) fn layer_norm_backward_rows(
     let d = w.len();
     let step = row_step(d);
     let mut dx = vec![0f32; x.len()];
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut(step)
+    if d == 0 {
+        return (dx, Vec::new(), Vec::new());
+    }
+    // One row of partial sums per chunk, `[dw | db]`, in a single buffer.
+    let mut partials = vec![0f32; x.len().div_ceil(step) * 2 * d];
+    dx.par_chunks_mut(step)
         .zip(x.par_chunks(step).zip(grad.par_chunks(step)))
+        .zip(partials.par_chunks_mut(2 * d))
         .enumerate()
-        .map(|(i, (dx, (x, g)))| {
-            let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-            backward_simd(x, w, g, dx, &mut dw, &mut db, eps);
+        .for_each(|(i, ((dx, (x, g)), partial))| {
+            let (dw, db) = partial.split_at_mut(d);
+            backward_simd(x, w, g, dx, dw, db, eps);
             if let Some(residual) = residual {
                 let res = &residual[i * step..i * step + dx.len()];
                 for (o, &r) in dx.iter_mut().zip(res) {
                     *o += r;
                 }
             }
-            (dw, db)
-        })
-        .collect();
+        });
     let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-    for (pw, pb) in &partials {
+    for partial in partials.chunks_exact(2 * d) {
+        let (pw, pb) = partial.split_at(d);
         dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
     }
