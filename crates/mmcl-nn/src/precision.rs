@@ -1,6 +1,6 @@
-//! The precision of the CPU matrix products: f32 (the default, bit-compatible with the
-//! reference) or bf16 products with f32 accumulation (mixed precision, as PyTorch's CPU
-//! autocast runs `linear` and convolutions).
+//! The precision of the matrix products: f32 (the default, bit-compatible with the reference)
+//! or bf16 products with f32 accumulation (mixed precision, as PyTorch's autocast runs `linear`,
+//! `matmul` and convolutions).
 //!
 //! The setting belongs to the thread that runs a model: the kernels read it when an operation
 //! starts (forward or backward) and hand it to their worker tasks, so two models on two threads
@@ -11,6 +11,13 @@
 //! On CPUs with AMX (Intel Sapphire Rapids and later) the products run on the tile unit; on
 //! other CPUs they are emulated exactly (operands rounded, then the f32 kernels), which gives
 //! the same numbers up to summation order but no speed-up.
+//!
+//! Where the CPU kernels do not apply (CUDA tensors, and the composed fallbacks), the products
+//! go through [`matmul`], [`broadcast_matmul`] and [`conv2d`] here: under bf16 these cast f32
+//! operands to bf16, multiply with candle's bf16 kernels (cuBLAS on a GPU, whose bf16 products
+//! accumulate in f32) and cast the product back to f32, as autocast does; the casts are
+//! differentiable, so gradients reach the f32 weights. Normalisations, softmax and losses stay
+//! f32.
 //!
 //! ```
 //! use mmcl_nn::precision::{Precision, matmul_precision};
@@ -28,6 +35,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The arithmetic of the CPU matrix products.
@@ -100,6 +108,54 @@ impl Drop for PrecisionGuard {
     }
 }
 
+/// Whether a composed product of `a` and `b` runs in bf16: the thread's precision is bf16
+/// and both operands are f32 (other dtypes, such as the f64 of the exactness tests, keep
+/// theirs).
+fn composed_in_bf16(a: &Tensor, b: &Tensor) -> bool {
+    matmul_precision() == Precision::Bf16 && a.dtype() == DType::F32 && b.dtype() == DType::F32
+}
+
+/// Runs `product` on `a` and `b` in the thread's precision (see the module notes).
+fn in_precision(
+    a: &Tensor,
+    b: &Tensor,
+    product: impl FnOnce(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    if composed_in_bf16(a, b) {
+        product(&a.to_dtype(DType::BF16)?, &b.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)
+    } else {
+        product(a, b)
+    }
+}
+
+/// candle's `a.matmul(b)` in the thread's precision.
+pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    in_precision(a, b, |a, b| a.matmul(b))
+}
+
+/// candle's `a.broadcast_matmul(b)` in the thread's precision.
+pub fn broadcast_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    in_precision(a, b, |a, b| a.broadcast_matmul(b))
+}
+
+/// candle's `x.conv2d(weight, padding, stride, 1, 1)` in the thread's precision.
+///
+/// On the CPU the product stays f32: candle's CPU convolution has no bf16 product, and f32
+/// convolutions on the CPU take this crate's kernels ([`crate::conv::conv2d`]), which apply the
+/// precision themselves; only other dtypes come here on the CPU.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, padding, stride, 1, 1);
+    if x.device().is_cpu() {
+        return conv(x, weight);
+    }
+    in_precision(x, weight, conv)
+}
+
 /// How bf16 products run on this CPU: `"amx"` (the tile unit) or `"emulated"` (operands
 /// rounded to bf16, then the f32 kernels: the same arithmetic, no speed-up).
 pub fn bf16_backend() -> &'static str {
@@ -107,5 +163,91 @@ pub fn bf16_backend() -> &'static str {
         "amx"
     } else {
         "emulated"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn seeded(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.next_normal() as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("difference")
+    }
+
+    #[test]
+    fn composed_products_round_their_operands_to_bf16_under_bf16() {
+        let (a, b) = (seeded(&[2, 8, 64], 1), seeded(&[2, 64, 16], 2));
+        let f32_product = matmul(&a, &b).expect("f32");
+        let rounded = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        let by_hand = rounded(
+            &rounded(&a)
+                .expect("a")
+                .matmul(&rounded(&b).expect("b"))
+                .expect("product"),
+        )
+        .expect("rounded product");
+        let bf16_product = {
+            let _bf16 = Precision::Bf16.enter();
+            matmul(&a, &b).expect("bf16")
+        };
+        assert_eq!(bf16_product.dtype(), DType::F32);
+        // Same function as rounding by hand (up to the order of the f32 sums), and not the f32
+        // product.
+        assert!(max_abs_diff(&bf16_product, &by_hand) < 0.07);
+        assert!(max_abs_diff(&bf16_product, &f32_product) > 1e-3);
+        assert_eq!(
+            matmul(&a, &b).expect("f32 again").to_vec3::<f32>().ok(),
+            f32_product.to_vec3::<f32>().ok()
+        );
+    }
+
+    #[test]
+    fn gradients_reach_the_f32_weights_through_the_casts() {
+        let x = seeded(&[3, 16, 48], 3);
+        let w = Var::from_tensor(&seeded(&[48, 8], 4)).expect("var");
+        let loss_grad = || {
+            let y = broadcast_matmul(&x, w.as_tensor()).expect("product");
+            assert_eq!(y.dtype(), DType::F32);
+            let grads = y
+                .sqr()
+                .and_then(|y| y.sum_all())
+                .expect("loss")
+                .backward()
+                .expect("backward");
+            grads.get(w.as_tensor()).expect("gradient").clone()
+        };
+        let f32_grad = loss_grad();
+        let bf16_grad = {
+            let _bf16 = Precision::Bf16.enter();
+            loss_grad()
+        };
+        assert_eq!(bf16_grad.dtype(), DType::F32);
+        let scale = f32_grad
+            .abs()
+            .and_then(|g| g.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("scale");
+        let error = max_abs_diff(&bf16_grad, &f32_grad) / scale;
+        assert!(error > 0.0 && error < 0.05, "relative error {error}");
+    }
+
+    #[test]
+    fn other_dtypes_keep_their_precision() {
+        let a = seeded(&[4, 32], 5).to_dtype(DType::F64).expect("f64");
+        let b = seeded(&[32, 4], 6).to_dtype(DType::F64).expect("f64");
+        let exact = a.matmul(&b).expect("f64 product");
+        let _bf16 = Precision::Bf16.enter();
+        let product = broadcast_matmul(&a, &b).expect("product");
+        assert_eq!(product.dtype(), DType::F64);
+        assert_eq!(product.to_vec2::<f64>().ok(), exact.to_vec2::<f64>().ok());
     }
 }

@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 
 use super::{BlockConfig, Dropout, Linear};
 use crate::init;
+use crate::precision;
 use crate::rng::SharedRng;
 
 /// Multi-head self-attention with keys `qkv.*` and `proj.*`.
@@ -93,10 +94,10 @@ impl Attention {
             // Dropout on the probabilities needs them materialised: the composed path.
             let (b, n, d3) = qkv.dims3()?;
             let (q, k, v) = crate::ops::attention_split_heads(&qkv, self.num_heads)?; // [B, H, N, hd]
-            let probs = crate::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * self.scale)?)?;
+            let scores = (precision::matmul(&q, &k.t()?)? * self.scale)?;
+            let probs = crate::ops::softmax_last_dim(&scores)?;
             let dropped = self.attn_drop.forward_t(&probs, train)?;
-            let out = dropped
-                .matmul(&v)?
+            let out = precision::matmul(&dropped, &v)?
                 .transpose(1, 2)?
                 .reshape((b, n, d3 / 3))?; // [B, N, D]
             (out, want_probs.then_some(probs))

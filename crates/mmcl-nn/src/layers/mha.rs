@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 
 use super::Linear;
 use crate::init;
+use crate::precision;
 
 /// `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)` with its keys
 /// `in_proj_weight` `[3D, D]`, `in_proj_bias` `[3D]`, `out_proj.weight`, `out_proj.bias`, and
@@ -74,9 +75,9 @@ impl MultiheadAttention {
         let q = heads(project(query, 0)?, lq)?;
         let k = heads(project(key, 1)?, lk)?;
         let v = heads(project(value, 2)?, lk)?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?; // [B, H, Lq, Lk]
+        let scores = (precision::matmul(&q, &k.t()?)? * (hd as f64).powf(-0.5))?; // [B, H, Lq, Lk]
         let probs = crate::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?; // [B, H, Lq, hd]
+        let out = precision::matmul(&probs, &v)?; // [B, H, Lq, hd]
         let out = out.transpose(1, 2)?.reshape((b, lq, d))?; // [B, Lq, D]
         let out = self.out_proj.forward(&out)?;
         let weights = probs.mean(1)?; // [B, Lq, Lk]

@@ -32,7 +32,7 @@ use candle_core::{DType, Tensor};
 
 use crate::kernels::gemm::{MatRef, matmul};
 pub use crate::kernels::nhwc::{BufferPool, NhwcTensor};
-use crate::precision::Precision;
+use crate::precision::{self, Precision};
 use crate::{Error, Result};
 pub use packed::PackedConv2d;
 use planar::Conv2dOp;
@@ -109,7 +109,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
     } else {
         x.clone()
     };
-    Ok(x.conv2d(weight, padding, stride, 1, 1)?) // [N, C_out, H', W']
+    Ok(precision::conv2d(&x, weight, padding, stride)?) // [N, C_out, H', W']
 }
 
 /// `dst += a · b` on one thread: both convolutions run one product per block or image, in

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Te
 
 use crate::kernels::gemm::{self, gemm_xwt};
 use crate::kernels::{bias_gradient, contiguous_f32, fast_path, with_contiguous_f32};
-use crate::precision::{Precision, matmul_precision};
+use crate::precision::{self, Precision, matmul_precision};
 
 /// `x·Wᵀ + b` with the weight in PyTorch's layout `[out, in]`.
 ///
@@ -41,7 +41,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             None => x2.apply_op2(&w, LinearNoBias)?,
         }
     } else {
-        let y = x2.matmul(&weight.t()?)?; // [M, out]
+        let y = precision::matmul(&x2, &weight.t()?)?; // [M, out]
         match bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -13,6 +13,7 @@ use gemm::Parallelism;
 use super::softmax::{softmax_last_dim, softmax_rows};
 use crate::kernels::gemm::gemm_raw;
 use crate::kernels::{SharedMut, contiguous_f32, fast_path, simd, with_contiguous_f32};
+use crate::precision;
 
 /// `softmax(q·kᵀ·scale)·v` for every head, with the heads concatenated.
 ///
@@ -25,7 +26,7 @@ pub fn attention(qkv: &Tensor, num_heads: usize, scale: f64) -> Result<Tensor> {
     } else {
         let (q, k, v) = split_heads(qkv, num_heads)?;
         let probs = softmax_last_dim(&scores(&q, &k, scale)?)?;
-        merge_heads(&probs.matmul(&v)?, d)
+        merge_heads(&precision::matmul(&probs, &v)?, d)
     }
 }
 
@@ -74,7 +75,7 @@ pub fn split_heads(qkv: &Tensor, num_heads: usize) -> Result<(Tensor, Tensor, Te
 
 /// `q·kᵀ·scale`, `[B, H, N, N]`.
 fn scores(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
-    q.matmul(&k.t()?)? * scale
+    precision::matmul(q, &k.t()?)? * scale
 }
 
 /// `[B, H, N, hd]` → `[B, N, H·hd]`.
