@@ -9,10 +9,11 @@ use candle_core::{DType, Device, Tensor};
 use mmcl_data::cache::{CacheWriter, EcgLayout, SubjectMeta};
 use mmcl_data::tables::Split;
 use mmcl_ecg::{EcgVit, EcgVitConfig};
-use mmcl_eval::finetune::{FinetuneConfig, FinetuneModel, finetune};
+use mmcl_eval::finetune::{FinetuneConfig, FinetuneModel, FinetuneOutcome, finetune};
 use mmcl_eval::metrics::{Bootstrap, Task};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
 use mmcl_losses::classification::{masked_bce_with_logits, masked_mse, smoothed_cross_entropy};
+use mmcl_nn::precision::{Precision, matmul_precision};
 use mmcl_testutil::{Fixture, Tolerance, assert_close};
 use mmcl_train::{NoProgress, Progress};
 
@@ -400,6 +401,37 @@ fn a_short_run_learns_the_planted_label() {
     let read = RunLog::read(log.path()).unwrap();
     assert_eq!(read.records.len(), 12);
     assert!(read.metric_names().contains(&"auroc".to_string()));
+}
+
+/// `precision = "bf16"` runs the matrix products in bf16: the same learning, other arithmetic,
+/// and the thread's precision is f32 again afterwards.
+#[test]
+fn a_bf16_run_learns_as_the_f32_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(dir.path(), false);
+    let run = |precision: Precision| {
+        let mut cfg = quick_config(cache.clone(), Task::Classification, &["CAD"]);
+        cfg.head_init_std = 0.0;
+        cfg.precision = precision;
+        let outcome = finetune(&cfg, &Device::Cpu, None, &mut TrainSteps::default()).unwrap();
+        assert_eq!(
+            matmul_precision(),
+            Precision::F32,
+            "the run restores the precision"
+        );
+        outcome
+    };
+    let (f32_run, bf16_run) = (run(Precision::F32), run(Precision::Bf16));
+    let losses = |o: &FinetuneOutcome| o.history.iter().map(|r| r.train_loss).collect::<Vec<_>>();
+    assert_ne!(losses(&f32_run), losses(&bf16_run), "bf16 changed nothing");
+    for (a, b) in losses(&f32_run).iter().zip(losses(&bf16_run)) {
+        assert!((a - b).abs() <= 0.05 * a.abs().max(0.1), "{a} vs {b}");
+    }
+    assert!(
+        bf16_run.best_val_metric > 0.85,
+        "{}",
+        bf16_run.best_val_metric
+    );
 }
 
 #[test]

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{mmcl, read_npy, s, stderr, write_npy_f32};
+use mmcl_train::Trainer;
+use mmcl_train::mae::MaeStage;
 
 fn read_npy_shape(path: &Path) -> Vec<u64> {
     read_npy(path).0
@@ -327,5 +329,71 @@ fn training_as_one_of_several_launched_processes_is_refused() {
     if !cfg!(feature = "mpi") {
         assert!(text.contains("rank 0 of 3"), "{text}");
         assert!(text.contains("without the mpi feature"), "{text}");
+    }
+}
+
+#[test]
+fn precision_flag_replaces_the_configured_precision() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    cohort_and_cache(root, 10, 6);
+    let config = root.join("mae.toml");
+    std::fs::write(&config, mae_config()).expect("write");
+    let run = root.join("run");
+    let out = mmcl(&[
+        "pretrain-mae",
+        "--config",
+        s(&config),
+        "--output",
+        s(&run),
+        "--precision",
+        "bf16",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let saved = std::fs::read_to_string(run.join("config.toml")).expect("config");
+    assert!(saved.contains("precision = \"bf16\""), "{saved}");
+
+    let state = || std::fs::read_to_string(run.join("checkpoints/last/state.json")).expect("state");
+    assert!(state().contains("\"precision\": \"bf16\""), "{}", state());
+
+    // A resumed run takes the flag over its configuration file's precision (f32 by default)...
+    let two_epochs = root.join("mae2.toml");
+    std::fs::write(
+        &two_epochs,
+        mae_config().replace("max_epochs = 1", "max_epochs = 2"),
+    )
+    .expect("write");
+    let out = mmcl(&[
+        "pretrain-mae",
+        "--resume",
+        s(&run),
+        "--config",
+        s(&two_epochs),
+        "--precision",
+        "bf16",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(state().contains("\"epoch\": 2"), "{}", state());
+    assert!(state().contains("\"precision\": \"bf16\""), "{}", state());
+    // ... and, without a file, over the saved configuration, which is read back whole.
+    let saved = Trainer::<MaeStage>::saved_config(&run).expect("saved configuration");
+    assert_eq!((saved.max_epochs, saved.batch_size), (2, 4));
+    let out = mmcl(&["pretrain-mae", "--resume", s(&run), "--precision", "f32"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resumed from"), "{}", stderr(&out));
+
+    for (args, needle) in [
+        (
+            vec!["pretrain-mae", "--precision", "bf16"],
+            "--config is required",
+        ),
+        (
+            vec!["pretrain-mae", "--config", s(&config), "--precision", "fp8"],
+            "unknown precision",
+        ),
+    ] {
+        let out = mmcl(&args);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use mmcl_data::ecg::augment::EcgAugmentConfig;
 use mmcl_ecg::EcgVitConfig;
+use mmcl_nn::precision::Precision;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Bootstrap, Task};
@@ -85,6 +86,9 @@ pub struct FinetuneConfig {
     pub reference_head_norm: bool,
     /// Seed of initialisation, shuffling, augmentation and drop-path.
     pub seed: u64,
+    /// The arithmetic of the matrix products: `f32`, or `bf16` operands with f32 sums and f32
+    /// weights, gradients and optimiser (mixed precision; [`mmcl_nn::precision`]).
+    pub precision: Precision,
     /// Loader worker threads (0: half the cores); `threads` is read too, as in the
     /// pre-training configurations' `data.threads`.
     #[serde(alias = "threads")]
@@ -124,6 +128,7 @@ impl Default for FinetuneConfig {
             head_init_std: 0.01,
             reference_head_norm: true,
             seed: 0,
+            precision: Precision::F32,
             loader_threads: 0,
             threshold: crate::metrics::DEFAULT_THRESHOLD,
             bootstrap: Bootstrap::default(),

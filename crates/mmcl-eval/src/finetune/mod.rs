@@ -138,6 +138,8 @@ pub fn finetune_in_group(
     comm: &dyn GradSync,
 ) -> Result<FinetuneOutcome> {
     cfg.validate()?;
+    // Every matrix product of the run (training and evaluation) in the configured arithmetic.
+    let _precision = cfg.precision.enter();
     let mut data = open_data(cfg, device)?;
     // Each replica loads and trains on its rows of every global training batch.
     if comm.world_size() > 1 {

@@ -77,8 +77,9 @@ pub struct MaeTrainConfig {
     pub random_crop: bool,
     /// ECG augmentation of the training batches.
     pub augment: EcgAugmentConfig,
-    /// Arithmetic of the CPU matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
-    /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX).
+    /// Arithmetic of the matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
+    /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX and on GPUs, where
+    /// cuBLAS runs the bf16 products, as PyTorch's autocast).
     pub precision: Precision,
     /// Under a data-parallel launcher, normalise the SimSiam heads' BatchNorm over the global
     /// batch (PyTorch's `SyncBatchNorm`) instead of each replica's share (DDP's default).

@@ -255,8 +255,9 @@ pub struct MmclConfig {
     pub check_val_every_n_epoch: usize,
     /// Also keep `checkpoints/epoch-NNNN/` every this many epochs (0: only `last` and `best`).
     pub save_every_n_epochs: usize,
-    /// Arithmetic of the CPU matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
-    /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX).
+    /// Arithmetic of the matrix products: `"f32"` (the reference's) or `"bf16"` (bf16
+    /// operands, f32 sums, weights and optimiser; fast on CPUs with AMX and on GPUs, where
+    /// cuBLAS runs the bf16 products, as PyTorch's autocast).
     pub precision: Precision,
     /// Under a data-parallel launcher, normalise every BatchNorm over the global batch
     /// (PyTorch's `SyncBatchNorm`) instead of each replica's share (DDP's default).

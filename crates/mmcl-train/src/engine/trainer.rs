@@ -177,6 +177,17 @@ impl<S: Stage> Trainer<S> {
         Self::resume_in_group(path, cfg, run_dir, device, Box::new(SingleProcess))
     }
 
+    /// The configuration that the run or checkpoint directory `path` was saved with: what
+    /// [`Self::resume`] continues with when given none (to change a setting, such as the
+    /// precision, and resume with the rest unchanged).
+    ///
+    /// # Errors
+    /// No checkpoint at `path`, one of the other trainer, an unreadable state.
+    pub fn saved_config(path: &Path) -> Result<S::Config> {
+        let (dir, state, _) = crate::run::open_resume(path, S::KIND, None)?;
+        crate::run::saved_config(&dir, &state)
+    }
+
     /// [`Self::resume`] as one replica of the data-parallel group `comm`, which must have as
     /// many replicas as the group that wrote the checkpoint. Every replica reads the
     /// checkpoint; only the main one writes the run directory.

@@ -21,6 +21,7 @@ use mmcl_eval::finetune::{FinetuneConfig, FinetuneOutcome, finetune_in_group};
 use mmcl_eval::plot::{self, TrainingCurvesFigure};
 use mmcl_eval::report::{self, Report};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
+use mmcl_nn::precision::Precision;
 use mmcl_train::{BarProgress, NoProgress, Progress};
 
 use super::common::{OutputKind, ensure_output_not_input};
@@ -41,6 +42,10 @@ pub struct Args {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// `f32` or `bf16` (mixed precision: bf16 matrix products, f32 sums, weights and
+    /// optimiser); replaces the configuration's `precision`.
+    #[arg(long, value_name = "f32|bf16")]
+    precision: Option<Precision>,
     /// Print the default configuration (TOML) and exit.
     #[arg(long)]
     print_config: bool,
@@ -107,7 +112,10 @@ pub fn run(args: Args) -> Result<()> {
     let (device, comm) = super::common::training_device_and_group(&args.device)?;
     let main = comm.is_main();
     // A run or checkpoint folder names its exported encoder, as everywhere else.
-    let cfg = FinetuneConfig::from_file(&config_path)?;
+    let mut cfg = FinetuneConfig::from_file(&config_path)?;
+    if let Some(precision) = args.precision {
+        cfg.precision = precision;
+    }
     let output = match (args.output, &cfg.output) {
         (Some(o), _) => o,
         (None, Some(o)) => o.clone(),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use mmcl_nn::precision::Precision;
 use mmcl_train::mae::{MaeStage, MaeTrainer};
 use mmcl_train::mmcl::{MmclStage, MmclTrainer};
 use mmcl_train::{BarProgress, NoProgress, Progress, Stage, Trainer};
@@ -28,6 +29,10 @@ pub struct Args {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// `f32` or `bf16` (mixed precision: bf16 matrix products, f32 sums, weights and
+    /// optimiser); replaces the configuration's `precision`, also of a resumed run.
+    #[arg(long, value_name = "f32|bf16")]
+    precision: Option<Precision>,
     /// Print the default configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -41,6 +46,8 @@ trait Command: Stage {
     const OPTIONAL: &'static [OptionalKey];
     /// The closing line: what was trained and where its outputs are.
     fn summary(trainer: &Trainer<Self>) -> String;
+    /// Sets the configuration's `precision` (`--precision`).
+    fn set_precision(cfg: &mut Self::Config, precision: Precision);
 }
 
 impl Command for MmclStage {
@@ -62,6 +69,9 @@ impl Command for MmclStage {
             "start the image encoder from this checkpoint",
         ),
     ];
+    fn set_precision(cfg: &mut Self::Config, precision: Precision) {
+        cfg.precision = precision;
+    }
     fn summary(trainer: &MmclTrainer) -> String {
         format!(
             "trained {} epochs ({} optimiser steps); checkpoints in {}; the ECG encoder is {}",
@@ -87,6 +97,9 @@ impl Command for MaeStage {
             "clip the global gradient norm to this value",
         ),
     ];
+    fn set_precision(cfg: &mut Self::Config, precision: Precision) {
+        cfg.precision = precision;
+    }
     fn summary(trainer: &MaeTrainer) -> String {
         format!(
             "trained {} epochs ({} optimiser steps); the ECG encoder is {}",
@@ -119,10 +132,20 @@ fn run<S: Command>(args: Args) -> Result<()> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let main = comm.is_main();
     let comm_backend = comm.backend();
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(path) => Some(S::load_config(path)?),
         None => None,
     };
+    if let Some(precision) = args.precision {
+        let mut changed = match (cfg.take(), &args.resume) {
+            (Some(cfg), _) => cfg,
+            (None, Some(dir)) => Trainer::<S>::saved_config(dir)
+                .with_context(|| format!("cannot resume {}", dir.display()))?,
+            (None, None) => bail!("--config is required for a new run (or --resume a run)"),
+        };
+        S::set_precision(&mut changed, precision);
+        cfg = Some(changed);
+    }
     let (mut trainer, notes) = match &args.resume {
         Some(dir) => Trainer::<S>::resume_in_group(dir, cfg, args.output.as_deref(), &device, comm)
             .with_context(|| format!("cannot resume {}", dir.display()))?,
