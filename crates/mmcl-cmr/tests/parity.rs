@@ -7,10 +7,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use mmcl_cmr::checkpoint::{EncoderLayout, extract_encoder, load_encoder};
 use mmcl_cmr::{ResNet, ResNetArch, ResNetConfig, upsample_bilinear2d};
 use mmcl_nn::{ParamStore, StateDict};
-use mmcl_testutil::{Fixture, Tolerance, assert_close, assert_grad_close, parity_file};
+use mmcl_testutil::{
+    Fixture, Tolerance, assert_close, assert_grad_close, device_name, devices, parity_file,
+};
 
-/// Builds the fixture's model and loads its weights through the checkpoint path users take.
-fn load_model(name: &str, dtype: DType) -> Option<(ResNet, ParamStore, Fixture)> {
+/// Builds the fixture's model on `device` and loads its weights through the checkpoint path
+/// users take.
+fn load_model(name: &str, dtype: DType, device: &Device) -> Option<(ResNet, ParamStore, Fixture)> {
     let weights = parity_file(&format!("{name}.weights"))?;
     let io = Fixture::load(&format!("{name}.io"))?;
     let arch: ResNetArch = io
@@ -22,7 +25,7 @@ fn load_model(name: &str, dtype: DType) -> Option<(ResNet, ParamStore, Fixture)>
     let store = ParamStore::new(0);
     let model = ResNet::new(
         &ResNetConfig::new(arch, 3),
-        store.var_builder(dtype, &Device::Cpu),
+        store.var_builder(dtype, device),
     )
     .expect("model");
     let state = StateDict::read(&weights).expect("read weights");
@@ -42,13 +45,28 @@ fn load_model(name: &str, dtype: DType) -> Option<(ResNet, ParamStore, Fixture)>
 }
 
 /// Checks eval and train outputs and the running statistics after the train forward. Train-mode
-/// outputs are compared under `train_tolerance`.
+/// outputs are compared under `train_tolerance`. f32 runs on each of [`devices`]; f64 (the
+/// exactness check of the composed operations) on the CPU.
 fn check_parity(name: &str, dtype: DType, train_tolerance: Tolerance) {
-    let Some((model, store, io)) = load_model(name, dtype) else {
+    let on = match dtype {
+        DType::F32 => devices(),
+        _ => vec![Device::Cpu],
+    };
+    for device in on {
+        check_parity_on(name, dtype, train_tolerance, &device);
+    }
+}
+
+fn check_parity_on(name: &str, dtype: DType, train_tolerance: Tolerance, device: &Device) {
+    let Some((model, store, io)) = load_model(name, dtype, device) else {
         return;
     };
-    let name = &format!("{name} {dtype:?}");
-    let x = io.tensor("input").to_dtype(dtype).expect("dtype");
+    let name = &format!("{name} {dtype:?} on {}", device_name(device));
+    let x = io
+        .tensor("input")
+        .to_dtype(dtype)
+        .and_then(|x| x.to_device(device))
+        .expect("input");
     // The evaluation-mode outputs of one engine (`label`: its name and a space, or nothing).
     let check_eval = |label: &str, feature_map: &Tensor, pooled: &Tensor| {
         for (key, ours) in [("eval_feature_map", feature_map), ("eval_pooled", pooled)] {
@@ -139,18 +157,31 @@ fn resnet50_64px_matches_the_reference_in_f64() {
 
 #[test]
 fn train_mode_gradients_match_pytorch() {
-    let Some((model, store, io)) = load_model("resnet18_64px", DType::F32) else {
+    for device in devices() {
+        train_mode_gradients_match_pytorch_on(&device);
+    }
+}
+
+fn train_mode_gradients_match_pytorch_on(device: &Device) {
+    let Some((model, store, io)) = load_model("resnet18_64px", DType::F32, device) else {
         return;
     };
     let reference = Fixture::from_path(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cmr_reference.safetensors"),
     );
-    let x = Var::from_tensor(&io.tensor("input")).expect("var");
+    let on_device = |key: &str| {
+        reference
+            .tensor(key)
+            .to_device(device)
+            .expect("tensor on the device")
+    };
+    let input = io.tensor("input").to_device(device).expect("input");
+    let x = Var::from_tensor(&input).expect("var");
     let out = model.forward_t(x.as_tensor(), true).expect("forward");
-    let loss = ((&out.pooled * reference.tensor("grad.r_pooled"))
+    let loss = ((&out.pooled * on_device("grad.r_pooled"))
         .and_then(|t| t.sum_all())
         .expect("pooled term")
-        + (&out.feature_map * reference.tensor("grad.r_map"))
+        + (&out.feature_map * on_device("grad.r_map"))
             .and_then(|t| t.sum_all())
             .expect("map term"))
     .expect("loss");

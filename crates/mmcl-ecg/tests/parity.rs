@@ -5,9 +5,10 @@ mod support;
 
 use candle_core::Device;
 use mmcl_ecg::{EcgVit, Pooling};
-use mmcl_testutil::{Fixture, Tolerance, assert_close, parity_file};
+use mmcl_testutil::{Fixture, Tolerance, assert_close, device_name, devices, parity_file};
 use support::vit_config_of as config_of;
 
+/// Every stored output of fixture `name`, on each of [`devices`].
 fn check(name: &str) {
     let Some(io) = Fixture::load(&format!("{name}.io")) else {
         return;
@@ -15,14 +16,28 @@ fn check(name: &str) {
     let Some(weights) = parity_file(&format!("{name}.weights")) else {
         return;
     };
-    let cfg = config_of(&io);
+    for device in devices() {
+        check_on(
+            &format!("{name} on {}", device_name(&device)),
+            &io,
+            &weights,
+            &device,
+        );
+    }
+}
+
+fn check_on(name: &str, io: &Fixture, weights: &std::path::Path, device: &Device) {
+    let cfg = config_of(io);
     let (model, _store, summary) =
-        EcgVit::from_checkpoint(&cfg, &weights, Pooling::Global, &Device::Cpu).expect("loads");
+        EcgVit::from_checkpoint(&cfg, weights, Pooling::Global, device).expect("loads");
     assert!(
         summary.report.missing.is_empty() && summary.ignored.is_empty(),
         "{summary}"
     );
-    let input = io.tensor("input");
+    let input = io
+        .tensor("input")
+        .to_device(device)
+        .expect("input on the device");
     let out = model
         .forward_tokens(&input, false, Some(-1))
         .expect("forward");

@@ -212,6 +212,32 @@ impl Fixture {
     }
 }
 
+/// The devices a test of the compute paths runs on: the CPU, and the first CUDA device when
+/// the build has candle's CUDA backend (`--features cuda`) and a device answers. A CUDA build
+/// on a machine without a GPU says so on stderr, so that a log shows what was not run.
+///
+/// Tolerances: the same on CUDA as on the CPU, with cuBLAS's f32 products in full precision
+/// (candle's default; TF32 is off unless a program turns it on).
+pub fn devices() -> Vec<Device> {
+    let mut devices = vec![Device::Cpu];
+    if candle_core::utils::cuda_is_available() {
+        match Device::new_cuda(0) {
+            Ok(cuda) => devices.push(cuda),
+            Err(e) => eprintln!("no CUDA device ({e}): the CUDA half of this test is skipped"),
+        }
+    }
+    devices
+}
+
+/// A short name of a device for messages: `cpu`, `cuda`, `metal`.
+pub fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
 /// A tensor's elements as a flat f32 vector.
 pub fn flat(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32)

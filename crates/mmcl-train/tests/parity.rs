@@ -7,7 +7,9 @@ use mmcl_cmr::{ResNetArch, ResNetConfig};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_nn::init::WeightInit;
 use mmcl_nn::{LoadOptions, StateDict};
-use mmcl_testutil::{Fixture, Tolerance, assert_close, assert_grad_close, flat};
+use mmcl_testutil::{
+    Fixture, Tolerance, assert_close, assert_grad_close, device_name, devices, flat,
+};
 use mmcl_train::config::{ClassifierInit, OnlineClassifier};
 use mmcl_train::mmcl::contrastive_loss;
 use mmcl_train::model::from_reference_name;
@@ -73,6 +75,13 @@ fn one_training_step_matches_the_reference() {
     let Some((weights, io)) = fixtures() else {
         return;
     };
+    for device in devices() {
+        eprintln!("parity of one training step on {}", device_name(&device));
+        one_training_step_matches_the_reference_on(&weights, &io, &device);
+    }
+}
+
+fn one_training_step_matches_the_reference_on(weights: &Fixture, io: &Fixture, device: &Device) {
     let optimizer = io.meta("optimizer");
     let lr = optimizer["lr"].as_f64().expect("lr");
     let loss_meta = io.meta("loss");
@@ -89,15 +98,17 @@ fn one_training_step_matches_the_reference() {
     };
     cfg.classifier.online_classifier = OnlineClassifier::None;
 
-    let model = MmclModel::new(&architecture(), 0, &Device::Cpu).expect("model");
-    load_weights(&model, &weights);
+    let model = MmclModel::new(&architecture(), 0, device).expect("model");
+    load_weights(&model, weights);
     let mut step = MmclStep::new(model.clone(), &cfg).expect("step");
 
     let out = contrastive_loss(
         &model,
         step.clip(),
-        &io.tensor("input_imaging"),
-        &io.tensor("input_ecg"),
+        &io.tensor("input_imaging")
+            .to_device(device)
+            .expect("images"),
+        &io.tensor("input_ecg").to_device(device).expect("ECGs"),
         true,
         false,
     )
