@@ -12,32 +12,19 @@ mod common;
 
 use std::hint::black_box;
 
-use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use common::workloads::{ECG_EMBEDDING_BATCH as BATCH, EcgEmbedding};
 use criterion::{Criterion, criterion_group, criterion_main};
-use mmcl_suite::ecg::{EcgVit, EcgVitConfig, Pooling};
-
-const BATCH: usize = 64;
-
-fn setup(device: &Device) -> Result<(EcgVit, Tensor)> {
-    let cfg = EcgVitConfig::paper();
-    let (model, _store) = EcgVit::from_seed(&cfg, 0, device)?;
-    let x = Tensor::randn(0f32, 1.0, (BATCH, 1, 12, 2500), device)?.to_dtype(DType::F32)?;
-    Ok((model, x))
-}
 
 fn embed_ecg(c: &mut Criterion) {
     let mut group = common::batch_group(c, "embed_ecg", BATCH, 20);
-    common::on_each_device(setup, |name, (model, x)| {
-        group.bench_function(format!("vit_tiny_patchX_b{BATCH}_global/{name}"), |b| {
-            b.iter(|| {
-                let y = model
-                    .embed(black_box(&x), Pooling::Global)
-                    .and_then(|y| Ok(y.to_device(&Device::Cpu)?));
-                black_box(y.map(|y| y.dims().to_vec()))
-            })
-        });
-    });
+    common::on_each_device(
+        |device| EcgEmbedding::new(device, BATCH),
+        |name, workload| {
+            group.bench_function(format!("vit_tiny_patchX_b{BATCH}_global/{name}"), |b| {
+                b.iter(|| black_box(workload.run()))
+            });
+        },
+    );
     group.finish();
 }
 

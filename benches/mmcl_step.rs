@@ -20,51 +20,19 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use anyhow::Result;
-use candle_core::{Device, Tensor};
+use common::workloads::{MMCL_STEP_BATCH as BATCH, MmclTrainingStep};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_suite::nn::precision::Precision;
 use mmcl_suite::pipeline::ReproduceConfig;
-use mmcl_suite::train::config::OnlineClassifier;
-use mmcl_suite::train::mmcl::MmclBatch;
-use mmcl_suite::train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep};
-
-const BATCH: usize = 16;
-
-fn setup(device: &Device) -> Result<(MmclStep, MmclBatch, f64)> {
-    let mut cfg = MmclConfig::default();
-    cfg.classifier.online_classifier = OnlineClassifier::None;
-    cfg.batch_size = BATCH;
-    setup_with(&cfg, device)
-}
-
-/// The step of `cfg` on a batch of random images and ECGs at its shapes.
-fn setup_with(cfg: &MmclConfig, device: &Device) -> Result<(MmclStep, MmclBatch, f64)> {
-    let arch = MmclArchitecture::from_config(cfg, 3)?;
-    let model = MmclModel::new(&arch, cfg.seed, device)?;
-    let step = MmclStep::new(model, cfg)?;
-    let (size, [_, leads, samples]) = (cfg.imaging.img_size, cfg.ecg.input_size);
-    let batch = MmclBatch {
-        images: Tensor::randn(0f32, 1.0, (cfg.batch_size, 3, size, size), device)?,
-        ecgs: Tensor::randn(0f32, 1.0, (cfg.batch_size, 1, leads, samples), device)?,
-        images_orig: None,
-        ecgs_orig: None,
-        targets: None,
-    };
-    Ok((step, batch, cfg.lr))
-}
 
 fn reduced_defaults(c: &mut Criterion) {
     let cfg = ReproduceConfig::default().mmcl;
     let mut group = common::batch_group(c, "mmcl_step", cfg.batch_size, 30);
     common::on_each_device(
-        |device| setup_with(&cfg, device),
-        |name, (mut step, batch, lr)| {
+        |device| MmclTrainingStep::with_config(&cfg, device),
+        |name, mut step| {
             group.bench_function(format!("reduced_defaults/{name}"), |b| {
-                b.iter(|| {
-                    let report = step.train_batch(black_box(&batch), lr);
-                    black_box(report.map(|r| r.loss))
-                })
+                b.iter(|| black_box(step.run()))
             });
         },
     );
@@ -74,24 +42,24 @@ fn reduced_defaults(c: &mut Criterion) {
 fn mmcl_step(c: &mut Criterion) {
     let mut group = common::batch_group(c, "mmcl_step", BATCH, 60);
     group.warm_up_time(Duration::from_secs(5));
-    common::on_each_device(setup, |name, (mut step, batch, lr)| {
-        group.bench_function(format!("resnet50_210px_vit_tiny_b{BATCH}/{name}"), |b| {
-            b.iter(|| {
-                let report = step.train_batch(black_box(&batch), lr);
-                black_box(report.map(|r| r.loss))
-            })
-        });
-        if name == "cpu" {
-            // Mixed precision: bf16 operands, f32 sums, weights and optimiser (AMX where present).
-            group.bench_function(format!("resnet50_210px_vit_tiny_b{BATCH}/cpu_bf16"), |b| {
-                b.iter(|| {
-                    let _bf16 = Precision::Bf16.enter();
-                    let report = step.train_batch(black_box(&batch), lr);
-                    black_box(report.map(|r| r.loss))
-                })
-            });
-        }
-    });
+    for precision in [Precision::F32, Precision::Bf16] {
+        // Mixed precision: bf16 operands, f32 sums, weights and optimiser (AMX where present on
+        // the CPU, cuBLAS's bf16 products on a GPU). The step enters the precision it was built
+        // with, not the caller's.
+        let suffix = match precision {
+            Precision::F32 => "",
+            Precision::Bf16 => "_bf16",
+        };
+        common::on_each_device(
+            |device| MmclTrainingStep::new(device, BATCH, precision),
+            |name, mut step| {
+                group.bench_function(
+                    format!("resnet50_210px_vit_tiny_b{BATCH}/{name}{suffix}"),
+                    |b| b.iter(|| black_box(step.run())),
+                );
+            },
+        );
+    }
     group.finish();
 }
 

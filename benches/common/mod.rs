@@ -1,5 +1,8 @@
-//! What the model benchmarks share (`mod common;` in each): the devices they run on, and a
-//! criterion group at the paper's batch set up as the `mmcl` binary runs.
+//! What the model benchmarks share (`mod common;` in each): the devices they run on, a
+//! criterion group at the paper's batch set up as the `mmcl` binary runs, and the workloads
+//! themselves ([`workloads`]).
+
+pub mod workloads;
 
 use std::time::Duration;
 
