@@ -11,15 +11,13 @@ use candle_core::Device;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 
-/// The CPU, and the first CUDA device when built with `--features cuda` and one is present.
+/// The CPU, and the first CUDA device when built with `--features cuda` and one is present
+/// (`mmcl_testutil::devices`), each with its name in benchmark ids.
 pub fn devices() -> Vec<(&'static str, Device)> {
-    let mut out = vec![("cpu", Device::Cpu)];
-    if candle_core::utils::cuda_is_available()
-        && let Ok(dev) = Device::new_cuda(0)
-    {
-        out.push(("cuda", dev));
-    }
-    out
+    mmcl_testutil::devices()
+        .into_iter()
+        .map(|device| (mmcl_testutil::device_name(&device), device))
+        .collect()
 }
 
 /// Calls `run(name, state)` with what `setup` builds on each of [`devices`], one device at a
