@@ -83,18 +83,22 @@ def cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
-def parse_args(iters, batch, extra=None, mixed_precision=False):
-    """Parses `--threads` (default 2), `--iters` and `--batch` (defaults given), `--precision`
-    where the script runs its step under `autocast(args)` (`mixed_precision`), and whatever
-    `extra(parser)` adds; sets PyTorch's thread count."""
+def parse_args(iters, batch, extra=None):
+    """Parses `--threads` (default 2), `--iters` and `--batch` (defaults given), `--device`
+    (`cpu` or `cuda`), `--precision` (the script runs its forward pass under `autocast(args)`),
+    `--json` and whatever `extra(parser)` adds; sets PyTorch's thread count."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=iters)
     ap.add_argument("--batch", type=int, default=batch)
-    if mixed_precision:
-        ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
-                        help="bf16: run the forward under CPU autocast (bf16 matrix products, "
-                             "f32 weights and accumulation): torch.autocast('cpu', bfloat16)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the model and inputs on the first GPU, timed after "
+                         "torch.cuda.synchronize()")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: run the forward under autocast (bf16 matrix products, "
+                         "f32 weights and accumulation): torch.autocast(device, bfloat16)")
+    ap.add_argument("--json", metavar="FILE",
+                    help="also append the figures to FILE as one JSON object per line")
     if extra is not None:
         extra(ap)
     args = ap.parse_args()
@@ -103,27 +107,45 @@ def parse_args(iters, batch, extra=None, mixed_precision=False):
 
 
 def autocast(args):
-    """The autocast context of `--precision` (a no-op context for f32)."""
+    """The autocast context of `--precision` on `--device` (a no-op context for f32)."""
     import contextlib
-    if getattr(args, "precision", "f32") == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if args.precision == "bf16":
+        return torch.autocast(args.device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def synchronize():
+    """Waits for the GPU's queued work (nothing to wait for on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def per_call(f, iters):
     """Wall-clock and process-CPU seconds per call of `f`, averaged over `iters` calls (warm up
     before: the first call pays for allocation and kernel selection)."""
+    synchronize()
     t0, c0 = time.perf_counter(), cpu_seconds()
     for _ in range(iters):
         f()
+    synchronize()
     return (time.perf_counter() - t0) / iters, (cpu_seconds() - c0) / iters
 
 
-def print_throughput(args, wall, cpu, unit):
+def print_throughput(args, wall, cpu, unit, workload):
     """One line: seconds per `unit` and samples per second, by the wall clock and by CPU time
-    per thread (on a shared machine the latter approximates an idle one's wall time)."""
+    per thread (on a shared machine the latter approximates an idle one's wall time); with
+    `--json`, the same figures appended to that file as one JSON object named `workload`."""
     print(
-        f"torch {torch.__version__}, {args.threads} threads, {getattr(args, 'precision', 'f32')}: wall {wall:.3f} s/{unit} "
-        f"({args.batch / wall:.1f} samples/s), cpu {cpu:.3f} s/{unit} "
+        f"torch {torch.__version__}, {args.device}, {args.threads} threads, {args.precision}: "
+        f"wall {wall:.3f} s/{unit} ({args.batch / wall:.1f} samples/s), cpu {cpu:.3f} s/{unit} "
         f"({args.batch / (cpu / args.threads):.1f} samples/s at {args.threads} idle threads)"
     )
+    if args.json:
+        import json
+        with open(args.json, "a") as out:
+            out.write(json.dumps({
+                "workload": workload, "device": args.device, "precision": args.precision,
+                "batch": args.batch, "threads": args.threads, "iters": args.iters,
+                "torch": torch.__version__, "seconds_per_iteration": wall,
+                "samples_per_s": args.batch / wall,
+            }) + "\n")

@@ -11,7 +11,7 @@ the thread count approximates the wall time on an idle one. Usage:
 import torch
 import torch.nn as nn
 
-from reference_common import parse_args, per_call, print_throughput
+from reference_common import autocast, parse_args, per_call, print_throughput
 
 
 class Bottleneck(nn.Module):
@@ -65,12 +65,12 @@ class ResNet50Encoder(nn.Module):
 def main():
     args = parse_args(iters=5, batch=16)
     torch.manual_seed(0)
-    model = ResNet50Encoder().eval()
-    x = torch.randn(args.batch, 3, 210, 210)
-    with torch.no_grad():
+    model = ResNet50Encoder().eval().to(args.device)
+    x = torch.randn(args.batch, 3, 210, 210, device=args.device)
+    with torch.no_grad(), autocast(args):
         assert model(x).shape == (args.batch, 2048)  # warm-up
         wall, cpu = per_call(lambda: model(x), args.iters)
-    print_throughput(args, wall, cpu, "batch")
+    print_throughput(args, wall, cpu, "batch", "embed_cmr")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ the thread count approximates the wall time on an idle one. Usage:
 import torch
 import torch.nn as nn
 
-from reference_common import Block, parse_args, per_call, print_throughput
+from reference_common import Block, autocast, parse_args, per_call, print_throughput
 
 
 class Encoder(nn.Module):
@@ -32,12 +32,12 @@ class Encoder(nn.Module):
 
 def main():
     args = parse_args(iters=5, batch=64)
-    model = Encoder().eval()
-    x = torch.randn(args.batch, 1, 12, 2500)
-    with torch.no_grad():
+    model = Encoder().eval().to(args.device)
+    x = torch.randn(args.batch, 1, 12, 2500, device=args.device)
+    with torch.no_grad(), autocast(args):
         model(x)
         wall, cpu = per_call(lambda: model(x), args.iters)
-    print_throughput(args, wall, cpu, "batch")
+    print_throughput(args, wall, cpu, "batch", "embed_ecg")
 
 
 if __name__ == "__main__":

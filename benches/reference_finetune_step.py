@@ -13,7 +13,7 @@ Prints wall-clock and process-CPU seconds per step. Usage:
 import torch
 import torch.nn as nn
 
-from reference_common import Block, parse_args, per_call
+from reference_common import Block, autocast, parse_args, per_call, print_throughput
 
 
 class FinetuneModel(nn.Module):
@@ -59,23 +59,22 @@ def layer_decay_groups(model, weight_decay=0.2, layer_decay=0.5):
 
 def main():
     args = parse_args(iters=3, batch=32)
-    model = FinetuneModel().train()
+    model = FinetuneModel().train().to(args.device)
     opt = torch.optim.AdamW(layer_decay_groups(model))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    x = torch.randn(args.batch, 1, 12, 2500)
-    y = torch.arange(args.batch) % 2
+    x = torch.randn(args.batch, 1, 12, 2500, device=args.device)
+    y = torch.arange(args.batch, device=args.device) % 2
 
     def step():
         opt.zero_grad()
-        criterion(model(x), y).backward()
+        with autocast(args):
+            loss = criterion(model(x), y)
+        loss.backward()
         opt.step()
 
     step()
     wall, cpu = per_call(step, args.iters)
-    print(
-        f"torch {torch.__version__}, {args.threads} threads: wall {wall:.3f} s/step, "
-        f"cpu {cpu:.3f} s/step ({cpu / args.threads:.3f} s/step at {args.threads} idle threads)"
-    )
+    print_throughput(args, wall, cpu, "step", "finetune_step")
 
 
 if __name__ == "__main__":

@@ -159,18 +159,18 @@ class MaskedAutoencoder(nn.Module):
 
 
 def main():
-    args = parse_args(iters=5, batch=32, mixed_precision=True)
+    args = parse_args(iters=5, batch=32)
     torch.manual_seed(0)
     model = MaskedAutoencoder({"img_size": [1, 12, 2500], "patch_size": [1, 100], "embed_dim": 384,
                                "depth": 3, "num_heads": 6, "decoder_embed_dim": 256,
                                "decoder_depth": 2, "decoder_num_heads": 8},
-                              ncc_weight=0.1, norm_pix_loss=True).train()
+                              ncc_weight=0.1, norm_pix_loss=True).train().to(args.device)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in trained if p.ndim > 1 and not n.endswith(".bias")]
     no_decay = [p for n, p in trained if p.ndim <= 1 or n.endswith(".bias")]
     opt = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
                              {"params": decay, "weight_decay": 0.15}], lr=1e-4, betas=(0.9, 0.95))
-    x = torch.randn(args.batch, 1, 12, 2500)
+    x = torch.randn(args.batch, 1, 12, 2500, device=args.device)
 
     def step():
         with autocast(args):
@@ -181,7 +181,7 @@ def main():
 
     step()
     wall, cpu = per_call(step, args.iters)
-    print_throughput(args, wall, cpu, "step")
+    print_throughput(args, wall, cpu, "step", "mae_step")
 
 
 if __name__ == "__main__":

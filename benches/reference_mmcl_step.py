@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_common import Block, autocast, parse_args, per_call
+from reference_common import Block, autocast, parse_args, per_call, print_throughput
 
 
 # ----------------------------------------------------------------------------- image trunk
@@ -191,17 +191,16 @@ def parity(directory):
 
 def main():
     args = parse_args(iters=3, batch=16, extra=lambda ap: ap.add_argument(
-        "--parity", metavar="DIR", help="compare with the mmcl_step_small fixture"),
-        mixed_precision=True)
+        "--parity", metavar="DIR", help="compare with the mmcl_step_small fixture"))
     if args.parity:
         parity(args.parity)
         return
     trunk, dim = resnet_trunk(Bottleneck, [3, 4, 6, 3])
     ecg = EcgEncoder(384, 3, 6, (1, 100), (12, 25), drop_path=0.1)
-    model = Mmcl(trunk, dim, ecg, 2048, 128).train()
+    model = Mmcl(trunk, dim, ecg, 2048, 128).train().to(args.device)
     opt = model.optimizer(3e-3, 1e-4)
-    images = torch.randn(args.batch, 3, 210, 210)
-    ecgs = torch.randn(args.batch, 1, 12, 2500)
+    images = torch.randn(args.batch, 3, 210, 210, device=args.device)
+    ecgs = torch.randn(args.batch, 1, 12, 2500, device=args.device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -212,10 +211,7 @@ def main():
 
     step()  # warm-up
     wall, cpu = per_call(step, args.iters)
-    print(f"reference MMCL step, batch {args.batch}, {args.threads} threads, {args.precision}: "
-          f"{wall:.3f} s/step wall ({args.batch / wall:.2f} samples/s), "
-          f"{cpu:.3f} CPU-s/step ({args.batch * args.threads / cpu:.2f} samples/s per "
-          f"{args.threads} CPU-s)")
+    print_throughput(args, wall, cpu, "step", "mmcl_step")
 
 
 if __name__ == "__main__":

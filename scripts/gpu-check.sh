@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The GPU check (issue 14), on a CUDA machine with PyTorch and no Rust toolchain, in under
+# 12 minutes; run from the repository root with gpu-bundle/ built by scripts/gpu-build.sh:
+#
+#   scripts/gpu-check.sh [OUT_DIR]        # default gpu-check-out/
+#
+# 1. `gpu_check`: the four workloads (ECG embedding, MAE step, ResNet50 embedding, MMCL step) on
+#    the GPU held against the CPU (f32 with TF32 off and on, bf16), then timed in f32 and bf16 at
+#    the paper's batches and at batch 256;
+# 2. the reference PyTorch code of the same workloads (benches/reference_*.py) on the same GPU,
+#    eager f32 and autocast bf16, same batches;
+# 3. `mmcl reproduce --device cuda` with the defaults, timed;
+# 4. one JSON of figures (OUT_DIR/gpu-check.json) with our throughput over PyTorch's, and a
+#    table on stdout.
+#
+# Each part has its own time limit and a failure in one does not stop the others; the exit
+# status is non-zero if any part failed. GPU_CHECK_SKIP (comma-separated: agreement, rust,
+# torch, reproduce) leaves parts out. For a dry run of the script's plumbing without a GPU:
+# GPU_CHECK_DEVICE=cpu with a bundle built without the cuda feature, and GPU_CHECK_BATCHES=paper
+# and GPU_CHECK_ITERS=2 to keep it short.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+out="${1:-gpu-check-out}"
+bundle="${MMCL_GPU_BUNDLE:-gpu-bundle}"
+skip=",${GPU_CHECK_SKIP:-},"
+device="${GPU_CHECK_DEVICE:-cuda}"
+batches="${GPU_CHECK_BATCHES:-paper,256}"
+iters="${GPU_CHECK_ITERS:-10}"
+mkdir -p "$out"
+status=0
+started=$(date +%s)
+note() { printf '\n==== %s (%ss)\n' "$1" "$(($(date +%s) - started))"; }
+skipped() { [[ "$skip" == *",$1,"* ]]; }
+
+note "binaries"
+bin="$(mktemp -d)"
+for name in mmcl gpu_check; do
+  if [ -f "$bundle/$name.xz" ]; then
+    xz -dc "$bundle/$name.xz" >"$bin/$name" && chmod +x "$bin/$name"
+  elif [ -f "$bundle/$name" ]; then
+    cp "$bundle/$name" "$bin/$name" && chmod +x "$bin/$name"
+  else
+    echo "error: $bundle/$name(.xz) not found; build it with scripts/gpu-build.sh" >&2
+    exit 1
+  fi
+done
+[ -f "$bundle/commit" ] && echo "built from commit $(cat "$bundle/commit")"
+
+# The CUDA 13 libraries the binaries were linked against: a CUDA install's, or those of
+# PyTorch's CUDA 13 wheels (nvidia/cu13/lib, or one folder per library in older layouts).
+libdirs=""
+for candidate in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+  $(python3 - <<'PY' 2>/dev/null
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for root in roots:
+    for d in sorted(set(glob.glob(os.path.join(root, "nvidia", "*", "lib")))):
+        print(d)
+PY
+); do
+  if [ -d "$candidate" ] && ls "$candidate" | grep -qE "^lib(cuda|cudart|cublas|curand|nvrtc)\.so"; then
+    libdirs="$libdirs:$candidate"
+  fi
+done
+export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+missing="$(ldd "$bin/mmcl" | grep 'not found' || true)"
+if [ -n "$missing" ]; then
+  echo "error: libraries the binaries need are missing (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):" >&2
+  echo "$missing" >&2
+  exit 1
+fi
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
+    | tee "$out/gpu.txt"
+else
+  echo "no nvidia-smi: $(grep -m1 'model name' /proc/cpuinfo)" | tee "$out/gpu.txt"
+fi
+"$bin/mmcl" info 2>&1 | tee "$out/mmcl-info.txt"
+
+if ! skipped rust; then
+  note "ours: agreement with the CPU, then throughput (gpu_check)"
+  extra=""
+  skipped agreement && extra="--skip-agreement"
+  timeout 330 "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
+    --batches "$batches" $extra 2>&1 | tee "$out/rust.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if ! skipped torch; then
+  note "PyTorch: the reference code on the same GPU"
+  rm -f "$out/torch.jsonl"
+  for workload in embed_ecg mae_step embed_cmr mmcl_step; do
+    case "$workload" in
+      embed_ecg) paper=64 ;; mae_step) paper=32 ;; embed_cmr) paper=16 ;; mmcl_step) paper=16 ;;
+    esac
+    for batch in ${batches//,/ }; do
+      [ "$batch" = paper ] && batch="$paper"
+      for precision in f32 bf16; do
+        timeout 60 python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
+          --precision "$precision" --batch "$batch" --iters "$iters" --json "$out/torch.jsonl" \
+          2>&1 | tail -1
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      done
+    done
+  done
+fi
+
+if ! skipped reproduce; then
+  note "mmcl reproduce --device $device (defaults)"
+  run="$(mktemp -d)"
+  t0=$(date +%s.%N)
+  timeout 330 "$bin/mmcl" reproduce --device "$device" --output "$run/reproduce" 2>&1 \
+    | tail -40 | tee "$out/reproduce.log"
+  code="${PIPESTATUS[0]}"
+  t1=$(date +%s.%N)
+  python3 -c "import json,sys; json.dump({'seconds': $t1 - $t0, 'exit_status': $code}, open(sys.argv[1], 'w'))" \
+    "$out/reproduce.json"
+  [ "$code" -eq 0 ] || status=1
+  for f in results.json report.md; do
+    [ -f "$run/reproduce/$f" ] && cp "$run/reproduce/$f" "$out/reproduce-$f"
+  done
+fi
+
+note "figures"
+python3 scripts/gpu_check_report.py "$out" || status=1
+note "done (exit status $status)"
+exit "$status"
