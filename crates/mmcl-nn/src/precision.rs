@@ -156,14 +156,11 @@ pub fn conv2d(
     in_precision(x, weight, conv)
 }
 
-/// How bf16 products run on this CPU: `"amx"` (the tile unit) or `"emulated"` (operands
-/// rounded to bf16, then the f32 kernels: the same arithmetic, no speed-up).
+/// How bf16 products run on this CPU: `"amx"` (the tile unit), `"avx512-bf16"` (AVX-512 BF16
+/// pair dot products) or `"emulated"` (operands rounded to bf16, then the f32 kernels: the same
+/// arithmetic, no speed-up).
 pub fn bf16_backend() -> &'static str {
-    if crate::kernels::bf16::amx_available() {
-        "amx"
-    } else {
-        "emulated"
-    }
+    crate::kernels::bf16::Engine::best().name()
 }
 
 #[cfg(test)]

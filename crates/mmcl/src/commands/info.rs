@@ -32,6 +32,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     println!("cpu threads: {}", rayon_threads());
+    println!(
+        "bf16 products on the cpu: {}",
+        mmcl_nn::precision::bf16_backend()
+    );
     let cuda = candle_core::utils::cuda_is_available();
     println!("cuda available: {cuda}");
     println!("distributed: {}", distributed()?);

@@ -1,12 +1,19 @@
 //! Matrix products with bf16 operands and f32 accumulation ([`crate::precision::Precision::Bf16`]).
 //!
-//! Two engines compute the same arithmetic: the AMX tile unit where the CPU and the operating
-//! system offer it (`amx`), and an exact emulation everywhere else (operands rounded to bf16,
-//! which f32 holds exactly, then the f32 kernels: a product of two bf16 values is exact in f32,
-//! so only the summation order differs). `MMCL_AMX=0` forces the emulation.
+//! Three engines compute the same arithmetic: the AMX tile unit where the CPU and the operating
+//! system offer it (`amx`), AVX-512 BF16's pair dot products (`avx512`: AMD Zen 4 and later,
+//! Intel Cooper Lake) where AMX is missing, and an exact emulation everywhere else (operands
+//! rounded to bf16, which f32 holds exactly, then the f32 kernels: a product of two bf16 values
+//! is exact in f32, so only the summation order differs). The two hardware engines share one
+//! packed driver (`packed`) and treat subnormal values as zero. `MMCL_AMX=0` and
+//! `MMCL_AVX512_BF16=0` turn an engine off.
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod avx512;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod packed;
 
 use gemm::Parallelism;
 
@@ -40,13 +47,50 @@ pub(crate) fn amx_available() -> bool {
     }
 }
 
+/// Whether the AVX-512 BF16 engine runs on this machine (CPU support and `MMCL_AVX512_BF16`
+/// not `0`); checked once.
+pub(crate) fn avx512_bf16_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        avx512::available()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
 /// The engine of a bf16 product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Engine {
     /// The AMX tile unit (only where [`amx_available`]).
     Amx,
+    /// AVX-512 BF16 pair dot products (only where [`avx512_bf16_available`]).
+    Avx512,
     /// Operands rounded to bf16, then the f32 kernels.
     Emulated,
+}
+
+impl Engine {
+    /// The fastest engine this machine runs: AMX, else AVX-512 BF16, else the emulation.
+    pub(crate) fn best() -> Engine {
+        if amx_available() {
+            Engine::Amx
+        } else if avx512_bf16_available() {
+            Engine::Avx512
+        } else {
+            Engine::Emulated
+        }
+    }
+
+    /// The engine's name (`amx`, `avx512-bf16`, `emulated`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Engine::Amx => "amx",
+            Engine::Avx512 => "avx512-bf16",
+            Engine::Emulated => "emulated",
+        }
+    }
 }
 
 /// `dst[m, n] = Σ_k bf16(lhs[m, k])·bf16(rhs[k, n])` summed in f32 (plus `dst` if `accumulate`),
@@ -68,11 +112,7 @@ pub(crate) unsafe fn gemm_bf16(
     accumulate: bool,
     parallelism: Parallelism,
 ) {
-    let engine = if amx_available() {
-        Engine::Amx
-    } else {
-        Engine::Emulated
-    };
+    let engine = Engine::best();
     // SAFETY: forwarded from the caller's contract.
     unsafe {
         gemm_bf16_on(
@@ -111,22 +151,33 @@ pub(crate) unsafe fn gemm_bf16_on(
         return;
     }
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if engine == Engine::Amx && k > 0 && amx::available() {
-        // SAFETY: forwarded from the caller's contract; AMX is available.
-        unsafe {
-            amx::gemm(
-                (m, n, k),
-                dst,
-                dst_rs,
-                lhs,
-                lhs_strides,
-                rhs,
-                rhs_strides,
-                accumulate,
-                !matches!(parallelism, Parallelism::None),
-            )
+    {
+        let block_row: Option<packed::BlockRow> = match engine {
+            Engine::Amx if amx::available() => Some(amx::block_row),
+            Engine::Avx512 if avx512::available() => Some(avx512::block_row),
+            _ => None,
         };
-        return;
+        if let Some(block_row) = block_row
+            && k > 0
+        {
+            // SAFETY: forwarded from the caller's contract; the engine's instructions are
+            // available.
+            unsafe {
+                packed::gemm(
+                    block_row,
+                    (m, n, k),
+                    dst,
+                    dst_rs,
+                    lhs,
+                    lhs_strides,
+                    rhs,
+                    rhs_strides,
+                    accumulate,
+                    !matches!(parallelism, Parallelism::None),
+                )
+            };
+            return;
+        }
     }
     let _ = engine;
     // The emulation: contiguous bf16-rounded copies, then the f32 product.

@@ -139,3 +139,18 @@ fn amx_products_sum_bf16_operands_in_f32() {
         check(Engine::Amx, (33, 1540, 600), lhs_t, false, accumulate);
     }
 }
+
+/// The AVX-512 BF16 engine, where this machine has it.
+#[test]
+fn avx512_bf16_products_sum_bf16_operands_in_f32() {
+    if !avx512_bf16_available() {
+        eprintln!(
+            "no AVX-512 BF16 on this machine (or MMCL_AVX512_BF16=0): the engine is not exercised"
+        );
+        return;
+    }
+    check_engine(Engine::Avx512);
+    for (lhs_t, accumulate) in [(false, false), (true, true)] {
+        check(Engine::Avx512, (33, 1540, 600), lhs_t, false, accumulate);
+    }
+}
