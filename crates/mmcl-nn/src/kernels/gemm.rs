@@ -8,7 +8,7 @@
 use candle_core::Result;
 use rayon::prelude::*;
 
-use crate::kernels::bf16::gemm_bf16;
+use crate::kernels::bf16::{Engine, gemm_bf16};
 use crate::kernels::rows_per_task;
 use crate::precision::{Precision, matmul_precision};
 
@@ -93,6 +93,7 @@ pub(crate) fn matmul(
         // SAFETY: as below.
         unsafe {
             gemm_bf16(
+                Engine::best(),
                 (m, n, k),
                 dst.as_mut_ptr(),
                 n,

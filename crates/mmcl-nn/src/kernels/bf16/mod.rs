@@ -94,48 +94,14 @@ impl Engine {
 }
 
 /// `dst[m, n] = Σ_k bf16(lhs[m, k])·bf16(rhs[k, n])` summed in f32 (plus `dst` if `accumulate`),
-/// for views given by (row, column) strides; `dst` has rows of stride `dst_rs`. Runs on AMX
-/// where available, emulated otherwise.
+/// for views given by (row, column) strides, on `engine` (normally [`Engine::best`]); `dst` has
+/// rows of stride `dst_rs`. A hardware engine the machine lacks falls back to the emulation.
 ///
 /// # Safety
 /// As [`super::gemm::gemm_raw`]: every element addressed through the pointers and strides must
 /// be valid, and `dst` must not alias the inputs or be written concurrently by another task.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_bf16(
-    dims: (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_strides: (usize, usize),
-    rhs: *const f32,
-    rhs_strides: (usize, usize),
-    accumulate: bool,
-    parallelism: Parallelism,
-) {
-    let engine = Engine::best();
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        gemm_bf16_on(
-            engine,
-            dims,
-            dst,
-            dst_rs,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            accumulate,
-            parallelism,
-        )
-    }
-}
-
-/// [`gemm_bf16`] on a chosen engine.
-///
-/// # Safety
-/// As [`gemm_bf16`]; [`Engine::Amx`] only where [`amx_available`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_bf16_on(
     engine: Engine,
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,

@@ -62,7 +62,7 @@ fn check(
         dst.copy_from_slice(&start);
         // SAFETY: the views address a[..m·k] and b[..k·n]; dst holds m rows of dst_rs ≥ n.
         unsafe {
-            gemm_bf16_on(
+            gemm_bf16(
                 engine,
                 (m, n, k),
                 dst.as_mut_ptr(),
