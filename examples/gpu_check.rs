@@ -292,13 +292,37 @@ fn main() -> Result<()> {
             bail!("unknown workload {name:?} (expected embed_ecg, mae_step, embed_cmr, mmcl_step)");
         }
     }
+    for batch in args.batches.iter().filter(|b| b.as_str() != "paper") {
+        batch
+            .parse::<usize>()
+            .with_context(|| format!("--batches: {batch:?} is not a batch size"))?;
+    }
     let started = Instant::now();
+    // The figures are rewritten after every part, so that a run stopped by a time limit
+    // leaves what it measured.
+    let write = |agreement: &[Value], pass: bool, throughput: &[Value], complete: bool| {
+        let figures = json!({
+            "device": args.device,
+            "cuda_build": cfg!(feature = "cuda"),
+            "agreement": agreement,
+            "agreement_pass": pass,
+            "throughput": throughput,
+            "complete": complete,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        mmcl_suite::core::io::write_bytes_atomic(
+            &args.out,
+            serde_json::to_string_pretty(&figures)?.as_bytes(),
+        )
+        .with_context(|| format!("writing {}", args.out.display()))
+    };
     let (agreement_rows, agreement_pass) = if args.skip_agreement {
         (Vec::new(), true)
     } else {
         agreement(&args.workloads, &device)?
     };
     let mut throughput_rows = Vec::new();
+    write(&agreement_rows, agreement_pass, &throughput_rows, false)?;
     for (name, paper_batch) in WORKLOADS {
         if !args.workloads.iter().any(|w| w == name) {
             continue;
@@ -312,22 +336,11 @@ fn main() -> Result<()> {
             };
             for precision in [Precision::F32, Precision::Bf16] {
                 throughput_rows.push(throughput(name, &device, batch, precision, args.iters));
+                write(&agreement_rows, agreement_pass, &throughput_rows, false)?;
             }
         }
     }
-    let figures = json!({
-        "device": args.device,
-        "cuda_build": cfg!(feature = "cuda"),
-        "agreement": agreement_rows,
-        "agreement_pass": agreement_pass,
-        "throughput": throughput_rows,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    mmcl_suite::core::io::write_bytes_atomic(
-        &args.out,
-        serde_json::to_string_pretty(&figures)?.as_bytes(),
-    )
-    .with_context(|| format!("writing {}", args.out.display()))?;
+    write(&agreement_rows, agreement_pass, &throughput_rows, true)?;
     eprintln!("figures written to {}", args.out.display());
     if !agreement_pass {
         bail!("the device's results do not agree with the CPU's (see above)");

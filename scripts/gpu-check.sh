@@ -4,6 +4,10 @@
 #
 #   scripts/gpu-check.sh [OUT_DIR]        # default gpu-check-out/
 #
+# It writes six files into OUT_DIR (gpu.txt, rust.json, torch.jsonl, reproduce.json,
+# reproduce-results.json, gpu-check.json) and its log to stdout; through the device tool, which
+# returns at most 8 files: `scripts/gpu-check.sh $OUT/gc 2>&1 | tee $OUT/gpu-check-log.txt`.
+#
 # 1. `gpu_check`: the four workloads (ECG embedding, MAE step, ResNet50 embedding, MMCL step) on
 #    the GPU held against the CPU (f32 with TF32 off and on, bf16), then timed in f32 and bf16 at
 #    the paper's batches and at batch 256;
@@ -13,8 +17,10 @@
 # 4. one JSON of figures (OUT_DIR/gpu-check.json) with our throughput over PyTorch's, and a
 #    table on stdout.
 #
-# Each part has its own time limit and a failure in one does not stop the others; the exit
-# status is non-zero if any part failed. GPU_CHECK_SKIP (comma-separated: agreement, rust,
+# The whole check keeps within GPU_CHECK_BUDGET seconds (default 560: the device machine's tool
+# stops a command at 600); each part gets at most its own limit and what the budget has left,
+# writes its figures as it goes, and a failure in one does not stop the others; the exit
+# status is non-zero if any part failed or was cut short. GPU_CHECK_SKIP (comma-separated: agreement, rust,
 # torch, reproduce) leaves parts out. For a dry run of the script's plumbing without a GPU:
 # GPU_CHECK_DEVICE=cpu with a bundle built without the cuda feature, and GPU_CHECK_BATCHES=paper
 # and GPU_CHECK_ITERS=2 to keep it short.
@@ -30,7 +36,24 @@ iters="${GPU_CHECK_ITERS:-10}"
 mkdir -p "$out"
 status=0
 started=$(date +%s)
+budget="${GPU_CHECK_BUDGET:-560}"
 note() { printf '\n==== %s (%ss)\n' "$1" "$(($(date +%s) - started))"; }
+# The time limit of a part: its own ($1) or what the budget has left after a reserve ($2 s,
+# for the parts after it), whichever is smaller; 0 when nothing is left.
+limit() {
+  local left=$((budget - ($(date +%s) - started) - $2))
+  if [ "$left" -lt 10 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
+# Runs a command under `timeout $1`, or, when no time is left ($1 = 0), says so and fails.
+limited() {
+  local t="$1"
+  shift
+  if [ "$t" -eq 0 ]; then
+    echo "budget spent, not run: $*" >&2
+    return 124
+  fi
+  timeout "$t" "$@"
+}
 skipped() { [[ "$skip" == *",$1,"* ]]; }
 
 note "binaries"
@@ -76,15 +99,15 @@ if command -v nvidia-smi >/dev/null; then
 else
   echo "no nvidia-smi: $(grep -m1 'model name' /proc/cpuinfo)" | tee "$out/gpu.txt"
 fi
-"$bin/mmcl" info 2>&1 | tee "$out/mmcl-info.txt"
+"$bin/mmcl" info 2>&1
 
 if ! skipped rust; then
   note "ours: agreement with the CPU, then throughput (gpu_check)"
   extra=""
   skipped agreement && extra="--skip-agreement"
-  timeout 330 "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
-    --batches "$batches" $extra 2>&1 | tee "$out/rust.log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  limited "$(limit 260 240)" "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
+    --batches "$batches" $extra 2>&1
+  [ "$?" -eq 0 ] || status=1
 fi
 
 if ! skipped torch; then
@@ -97,7 +120,7 @@ if ! skipped torch; then
     for batch in ${batches//,/ }; do
       [ "$batch" = paper ] && batch="$paper"
       for precision in f32 bf16; do
-        timeout 60 python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
+        limited "$(limit 45 70)" python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
           --precision "$precision" --batch "$batch" --iters "$iters" --json "$out/torch.jsonl" \
           2>&1 | tail -1
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -110,16 +133,14 @@ if ! skipped reproduce; then
   note "mmcl reproduce --device $device (defaults)"
   run="$(mktemp -d)"
   t0=$(date +%s.%N)
-  timeout 330 "$bin/mmcl" reproduce --device "$device" --output "$run/reproduce" 2>&1 \
-    | tail -40 | tee "$out/reproduce.log"
+  limited "$(limit 300 15)" "$bin/mmcl" reproduce --device "$device" --output "$run/reproduce" 2>&1 \
+    | tail -40
   code="${PIPESTATUS[0]}"
   t1=$(date +%s.%N)
   python3 -c "import json,sys; json.dump({'seconds': $t1 - $t0, 'exit_status': $code}, open(sys.argv[1], 'w'))" \
     "$out/reproduce.json"
   [ "$code" -eq 0 ] || status=1
-  for f in results.json report.md; do
-    [ -f "$run/reproduce/$f" ] && cp "$run/reproduce/$f" "$out/reproduce-$f"
-  done
+  [ -f "$run/reproduce/results.json" ] && cp "$run/reproduce/results.json" "$out/reproduce-results.json"
 fi
 
 note "figures"

@@ -84,6 +84,7 @@ def main():
         "gpu": gpu,
         "agreement": ours.get("agreement", []),
         "agreement_pass": ours.get("agreement_pass"),
+        "ours_complete": ours.get("complete"),
         "throughput": comparisons,
         "pytorch": torch_rows,
         "reproduce_default": reproduce,
