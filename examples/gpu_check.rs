@@ -258,7 +258,7 @@ fn throughput(
         }
         Ok((median(seconds), warm_up))
     };
-    let row = json!({ "workload": name, "precision": precision.as_str(), "batch": batch });
+    let mut row = json!({ "workload": name, "precision": precision.as_str(), "batch": batch });
     match timed() {
         Ok((seconds, warm_up)) => {
             let samples_per_s = batch as f64 / seconds;
@@ -266,7 +266,6 @@ fn throughput(
                 "throughput {name:<10} {:<4} batch {batch:<4} {samples_per_s:>9.1} samples/s",
                 precision.as_str()
             );
-            let mut row = row;
             row["seconds_per_iteration"] = json!(seconds);
             row["samples_per_s"] = json!(samples_per_s);
             row["warm_up_s"] = json!(warm_up);
@@ -277,7 +276,6 @@ fn throughput(
                 "throughput {name:<10} {:<4} batch {batch:<4} failed: {e:#}",
                 precision.as_str()
             );
-            let mut row = row;
             row["error"] = json!(format!("{e:#}"));
             row
         }
@@ -292,11 +290,18 @@ fn main() -> Result<()> {
             bail!("unknown workload {name:?} (expected embed_ecg, mae_step, embed_cmr, mmcl_step)");
         }
     }
-    for batch in args.batches.iter().filter(|b| b.as_str() != "paper") {
-        batch
-            .parse::<usize>()
-            .with_context(|| format!("--batches: {batch:?} is not a batch size"))?;
-    }
+    // `None`: each workload's paper batch.
+    let batches = args
+        .batches
+        .iter()
+        .map(|batch| match batch.as_str() {
+            "paper" => Ok(None),
+            n => n
+                .parse()
+                .map(Some)
+                .with_context(|| format!("--batches: {n:?} is not a batch size")),
+        })
+        .collect::<Result<Vec<Option<usize>>>>()?;
     let started = Instant::now();
     // The figures are rewritten after every part, so that a run stopped by a time limit
     // leaves what it measured.
@@ -327,13 +332,8 @@ fn main() -> Result<()> {
         if !args.workloads.iter().any(|w| w == name) {
             continue;
         }
-        for batch in &args.batches {
-            let batch = match batch.as_str() {
-                "paper" => paper_batch,
-                n => n
-                    .parse()
-                    .with_context(|| format!("--batches: {n:?} is not a batch size"))?,
-            };
+        for batch in &batches {
+            let batch = batch.unwrap_or(paper_batch);
             for precision in [Precision::F32, Precision::Bf16] {
                 throughput_rows.push(throughput(name, &device, batch, precision, args.iters));
                 write(&agreement_rows, agreement_pass, &throughput_rows, false)?;

@@ -114,14 +114,13 @@ if ! skipped torch; then
   note "PyTorch: the reference code on the same GPU"
   rm -f "$out/torch.jsonl"
   for workload in embed_ecg mae_step embed_cmr mmcl_step; do
-    case "$workload" in
-      embed_ecg) paper=64 ;; mae_step) paper=32 ;; embed_cmr) paper=16 ;; mmcl_step) paper=16 ;;
-    esac
     for batch in ${batches//,/ }; do
-      [ "$batch" = paper ] && batch="$paper"
+      # The scripts' default batch is the paper's.
+      batch_args=()
+      [ "$batch" = paper ] || batch_args=(--batch "$batch")
       for precision in f32 bf16; do
         limited "$(limit 45 70)" python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
-          --precision "$precision" --batch "$batch" --iters "$iters" --json "$out/torch.jsonl" \
+          --precision "$precision" "${batch_args[@]}" --iters "$iters" --json "$out/torch.jsonl" \
           2>&1 | tail -1
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done

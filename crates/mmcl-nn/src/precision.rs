@@ -166,19 +166,15 @@ pub fn bf16_backend() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::kernels::test_support::{self, randn};
+    use candle_core::Var;
 
     fn seeded(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = crate::rng::SplitMix64::new(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.next_normal() as f32).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+        randn(seed, shape).expect("tensor")
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-            .expect("difference")
+        test_support::max_abs_diff(a, b).expect("difference")
     }
 
     #[test]
