@@ -12,8 +12,9 @@
 # cudarc's bindings to the toolkit.
 #
 # `--link` is for building binaries (checking links nothing): candle links cudarc's libraries
-# dynamically, so the linker needs cuBLAS, cuBLASLt, cuRAND and NVRTC (about 1 GB more of
-# wheels, hence opt-in) under their unversioned names, and the driver library `libcuda.so`,
+# dynamically, so the linker needs cuBLAS, cuBLASLt, cuRAND, NVRTC and, for the `nccl` feature,
+# NCCL (about 1 GB more of wheels, hence opt-in) under their unversioned names, and the driver
+# library `libcuda.so`,
 # which only a GPU driver installs. For the driver a stub is built: every `cu*` function that
 # cudarc declares, as an empty C function in a library whose soname is the driver's
 # (`libcuda.so.1`), so the binary records the real library's name and runs against the driver
@@ -47,15 +48,18 @@ export NVCC_APPEND_FLAGS="-I$cuda/include/cccl ${NVCC_APPEND_FLAGS:-}"
 if [ "$link" = 1 ]; then
   lib="$cuda/lib"
   if [ ! -e "$lib/libcublasLt.so.13" ] || [ ! -e "$lib/libcurand.so.10" ] \
-    || [ ! -e "$lib/libnvrtc.so.13" ]; then
-    echo "installing cuBLAS, cuRAND and NVRTC 13.0 into $prefix (for linking)" >&2
+    || [ ! -e "$lib/libnvrtc.so.13" ] || [ ! -e "$lib/libnccl.so.2" ]; then
+    echo "installing cuBLAS, cuRAND, NVRTC 13.0 and NCCL 2.28 into $prefix (for linking)" >&2
     # pip's --target replaces the shared nvidia/ folder of an earlier install unless told to
-    # keep it, so these go to a side prefix and are moved in.
+    # keep it, so these go to a side prefix and are moved in. NCCL 2.28 is the one PyTorch
+    # 2.10/2.11 ship with for CUDA 13 (only its soname, libnccl.so.2, is recorded in a binary).
     side="$prefix.link"
     rm -rf "$side"
     python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$side" \
-      "nvidia-cublas==13.0.*" "nvidia-curand==10.*" "nvidia-cuda-nvrtc==13.0.*"
-    cp -a "$side"/nvidia/cu13/lib/. "$lib"/
+      "nvidia-cublas==13.0.*" "nvidia-curand==10.*" "nvidia-cuda-nvrtc==13.0.*" \
+      "nvidia-nccl-cu13==2.28.*"
+    cp -a "$side"/nvidia/cu13/lib/. "$side"/nvidia/nccl/lib/. "$lib"/
+    cp -a "$side"/nvidia/nccl/include/. "$cuda/include"/
     rm -rf "$side"
   fi
   # The linker looks for `lib<name>.so`; the wheels ship only the versioned files.

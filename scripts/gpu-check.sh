@@ -4,10 +4,14 @@
 #
 #   scripts/gpu-check.sh [OUT_DIR]        # default gpu-check-out/
 #
-# It writes six files into OUT_DIR (gpu.txt, rust.json, torch.jsonl, reproduce.json,
-# reproduce-results.json, gpu-check.json) and its log to stdout; through the device tool, which
-# returns at most 8 files: `scripts/gpu-check.sh $OUT/gc 2>&1 | tee $OUT/gpu-check-log.txt`.
+# It writes seven files into OUT_DIR (gpu.txt, tests.json, rust.json, torch.jsonl,
+# reproduce.json, reproduce-results.json, gpu-check.json) and its log to stdout; through the
+# device tool, which returns at most 8 files:
+# `scripts/gpu-check.sh $OUT/gc 2>&1 | tee $OUT/gpu-check-log.txt`.
 #
+# 0. the test executables of the bundle on the GPU: the parity tests of mmcl-ecg and mmcl-train
+#    (CPU and CUDA, against the fixtures the bundle carries; the others skip) and mmcl-nn's
+#    NCCL group of one;
 # 1. `gpu_check`: the four workloads (ECG embedding, MAE step, ResNet50 embedding, MMCL step) on
 #    the GPU held against the CPU (f32 with TF32 off and on, bf16), then timed in f32 and bf16 at
 #    the paper's batches and at batch 256;
@@ -21,7 +25,7 @@
 # stops a command at 600); each part gets at most its own limit and what the budget has left,
 # writes its figures as it goes, and a failure in one does not stop the others; the exit
 # status is non-zero if any part failed or was cut short. GPU_CHECK_SKIP (comma-separated: agreement, rust,
-# torch, reproduce) leaves parts out. For a dry run of the script's plumbing without a GPU:
+# tests, torch, reproduce) leaves parts out. For a dry run of the script's plumbing without a GPU:
 # GPU_CHECK_DEVICE=cpu with a bundle built without the cuda feature, and GPU_CHECK_BATCHES=paper
 # and GPU_CHECK_ITERS=2 to keep it short.
 set -uo pipefail
@@ -69,6 +73,24 @@ for name in mmcl gpu_check; do
   fi
 done
 [ -f "$bundle/commit" ] && echo "built from commit $(cat "$bundle/commit")"
+mkdir -p "$bin/tests" "$bin/parity"
+for packed in "$bundle"/tests/*.xz; do
+  [ -f "$packed" ] || continue
+  exe="$bin/tests/$(basename "$packed" .xz)"
+  xz -dc "$packed" >"$exe" && chmod +x "$exe"
+done
+for packed in "$bundle"/parity/*.xz; do
+  [ -f "$packed" ] && xz -dc "$packed" >"$bin/parity/$(basename "$packed" .xz)"
+done
+# The test executables read their packages' files (in-repository fixtures) through the
+# workspace path they were compiled in; when this checkout lies elsewhere, a link stands in.
+if [ -f "$bundle/workspace" ]; then
+  built_in="$(cat "$bundle/workspace")"
+  if [ "$built_in" != "$PWD" ] && [ ! -e "$built_in" ]; then
+    mkdir -p "$(dirname "$built_in")" && ln -s "$PWD" "$built_in" \
+      || echo "warning: cannot link $built_in to $PWD; in-repository fixtures will be missing" >&2
+  fi
+fi
 
 # The CUDA 13 libraries the binaries were linked against: a CUDA install's, or those of
 # PyTorch's CUDA 13 wheels (nvidia/cu13/lib, or one folder per library in older layouts).
@@ -82,7 +104,7 @@ for root in roots:
         print(d)
 PY
 ); do
-  if [ -d "$candidate" ] && ls "$candidate" | grep -qE "^lib(cuda|cudart|cublas|curand|nvrtc)\.so"; then
+  if [ -d "$candidate" ] && ls "$candidate" | grep -qE "^lib(cuda|cudart|cublas|curand|nvrtc|nccl)\.so"; then
     libdirs="$libdirs:$candidate"
   fi
 done
@@ -101,11 +123,48 @@ else
 fi
 "$bin/mmcl" info 2>&1
 
+if ! skipped tests; then
+  note "tests on the GPU: parity (CPU and CUDA) and the NCCL group of one"
+  rm -f "$out/tests.log"
+  for exe in "$bin"/tests/*; do
+    [ -x "$exe" ] || continue
+    name="$(basename "$exe")"
+    package="${name%-*}"
+    echo "---- $name" | tee -a "$bin/tests.log"
+    # Run from the package's folder, as cargo test does; the fixtures the bundle carries.
+    (cd "crates/$package" && export MMCL_PARITY_DIR="$bin/parity" \
+      && limited "$(limit 60 480)" "$exe" --nocapture --test-threads 1 2>&1) | tee -a "$bin/tests.log"
+    echo "exit status ${PIPESTATUS[0]} of $name" | tee -a "$bin/tests.log"
+  done
+  python3 - "$bin/tests.log" "$out/tests.json" <<'PY' || status=1
+import json, re, sys
+runs, current = [], None
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("---- "):
+        current = {"test": line[5:].strip(), "notes": []}
+        runs.append(current)
+        continue
+    if current is None:
+        continue
+    m = re.search(r"test result: (\w+)\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
+    if m:
+        current.update(result=m.group(1), passed=int(m.group(2)), failed=int(m.group(3)),
+                       ignored=int(m.group(4)))
+    m = re.match(r"exit status (\d+) of ", line)
+    if m:
+        current["exit_status"] = int(m.group(1))
+    if re.search(r"skip|missing|not found|no CUDA|on cuda", line, re.I):
+        current["notes"].append(line.strip())
+json.dump(runs, open(sys.argv[2], "w"), indent=2)
+sys.exit(0 if runs and all(r.get("exit_status") == 0 for r in runs) else 1)
+PY
+fi
+
 if ! skipped rust; then
   note "ours: agreement with the CPU, then throughput (gpu_check)"
   extra=""
   skipped agreement && extra="--skip-agreement"
-  limited "$(limit 260 240)" "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
+  limited "$(limit 220 320)" "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
     --batches "$batches" $extra 2>&1
   [ "$?" -eq 0 ] || status=1
 fi
@@ -119,7 +178,7 @@ if ! skipped torch; then
       batch_args=()
       [ "$batch" = paper ] || batch_args=(--batch "$batch")
       for precision in f32 bf16; do
-        limited "$(limit 45 70)" python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
+        limited "$(limit 45 160)" python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
           --precision "$precision" "${batch_args[@]}" --iters "$iters" --json "$out/torch.jsonl" \
           2>&1 | tail -1
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -132,7 +191,7 @@ if ! skipped reproduce; then
   note "mmcl reproduce --device $device (defaults)"
   run="$(mktemp -d)"
   t0=$(date +%s.%N)
-  limited "$(limit 300 15)" "$bin/mmcl" reproduce --device "$device" --output "$run/reproduce" 2>&1 \
+  limited "$(limit 180 10)" "$bin/mmcl" reproduce --device "$device" --output "$run/reproduce" 2>&1 \
     | tail -40
   code="${PIPESTATUS[0]}"
   t1=$(date +%s.%N)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Merges what scripts/gpu-check.sh measured into one JSON (OUT_DIR/gpu-check.json) and prints
-a table: our throughput over PyTorch's for each workload, precision and batch, the agreement
-with the CPU, the default reproduction's time, and the paper-scale estimate (hours for the
+a table: the test executables' results on the GPU (parity, NCCL), our throughput over
+PyTorch's for each workload, precision and batch, the agreement with the CPU, the default
+reproduction's time, and the paper-scale estimate (hours for the
 paper's stages over ~40 000 subjects at the measured batch-256 throughput).
 
     python3 scripts/gpu_check_report.py OUT_DIR
@@ -43,6 +44,7 @@ def main():
     ours = load_json(os.path.join(out, "rust.json")) or {}
     torch_rows = load_lines(os.path.join(out, "torch.jsonl"))
     reproduce = load_json(os.path.join(out, "reproduce.json"))
+    tests = load_json(os.path.join(out, "tests.json")) or []
     gpu = None
     try:
         with open(os.path.join(out, "gpu.txt")) as f:
@@ -82,6 +84,7 @@ def main():
 
     figures = {
         "gpu": gpu,
+        "tests": tests,
         "agreement": ours.get("agreement", []),
         "agreement_pass": ours.get("agreement_pass"),
         "ours_complete": ours.get("complete"),
@@ -94,6 +97,12 @@ def main():
         json.dump(figures, f, indent=2)
 
     print(f"GPU: {gpu}")
+    for t in tests:
+        counts = (f"{t['passed']} passed, {t['failed']} failed, {t['ignored']} ignored"
+                  if "passed" in t else "no test result")
+        print(f"tests {t['test']:<18} exit {t.get('exit_status', '-')}: {counts}")
+        for n in t["notes"]:
+            print(f"    {n}")
     for a in figures["agreement"]:
         print(f"agreement {a['workload']:<10} {a['arithmetic']:<9} "
               f"{a['relative_difference']:.1e} (tolerance {a['tolerance']:.0e}) "
