@@ -89,11 +89,11 @@ class MaskedAutoencoder(nn.Module):
         b, n, d = x.shape
         keep = int(n * (1 - ratio))
         if noise is None:
-            noise = torch.rand(b, n)
+            noise = torch.rand(b, n, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         x = torch.gather(x, 1, ids_shuffle[:, :keep, None].repeat(1, 1, d))
-        mask = torch.ones(b, n)
+        mask = torch.ones(b, n, device=x.device)
         mask[:, :keep] = 0
         mask = torch.gather(mask, 1, ids_restore)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)

@@ -129,7 +129,7 @@ class ProjectionHead(nn.Module):
 def clip_loss(z_img, z_ecg, temperature, lambda_0):
     z_img, z_ecg = F.normalize(z_img, dim=1), F.normalize(z_ecg, dim=1)
     logits = z_img @ z_ecg.T / temperature
-    labels = torch.arange(len(z_img))
+    labels = torch.arange(len(z_img), device=z_img.device)
     return lambda_0 * F.cross_entropy(logits, labels) + (1 - lambda_0) * F.cross_entropy(
         logits.T, labels)
 

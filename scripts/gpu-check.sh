@@ -13,8 +13,10 @@
 #    (CPU and CUDA, against the fixtures the bundle carries; the others skip) and mmcl-nn's
 #    NCCL group of one;
 # 1. `gpu_check`: the four workloads (ECG embedding, MAE step, ResNet50 embedding, MMCL step) on
-#    the GPU held against the CPU (f32 with TF32 off and on, bf16), then timed in f32 and bf16 at
-#    the paper's batches and at batch 256;
+#    the GPU held against the CPU (f32 with TF32 off and on, bf16), their building blocks timed
+#    alone (`ops`), then the workloads timed in f32 and bf16 at the paper's batches and at
+#    batch 256; where Nsight Compute (`ncu`) is installed, the time of each kernel of the ECG
+#    embedding (`ncu`, into the log);
 # 2. the reference PyTorch code of the same workloads (benches/reference_*.py) on the same GPU,
 #    eager f32 and autocast bf16, same batches;
 # 3. `mmcl reproduce --device cuda` with the defaults, timed;
@@ -24,8 +26,9 @@
 # The whole check keeps within GPU_CHECK_BUDGET seconds (default 560: the device machine's tool
 # stops a command at 600); each part gets at most its own limit and what the budget has left,
 # writes its figures as it goes, and a failure in one does not stop the others; the exit
-# status is non-zero if any part failed or was cut short. GPU_CHECK_SKIP (comma-separated: agreement, rust,
-# tests, torch, reproduce) leaves parts out. For a dry run of the script's plumbing without a GPU:
+# status is non-zero if any part failed or was cut short. GPU_CHECK_SKIP (comma-separated:
+# tests, rust — or its agreement, ops, throughput —, ncu, torch, reproduce) leaves parts out;
+# GPU_CHECK_WORKLOADS (comma-separated) keeps some workloads only. For a dry run of the script's plumbing without a GPU:
 # GPU_CHECK_DEVICE=cpu with a bundle built without the cuda feature, and GPU_CHECK_BATCHES=paper
 # and GPU_CHECK_ITERS=2 to keep it short.
 set -uo pipefail
@@ -36,6 +39,7 @@ bundle="${MMCL_GPU_BUNDLE:-gpu-bundle}"
 skip=",${GPU_CHECK_SKIP:-},"
 device="${GPU_CHECK_DEVICE:-cuda}"
 batches="${GPU_CHECK_BATCHES:-paper,256}"
+workloads="${GPU_CHECK_WORKLOADS:-embed_ecg,mae_step,embed_cmr,mmcl_step}"
 iters="${GPU_CHECK_ITERS:-10}"
 mkdir -p "$out"
 status=0
@@ -161,18 +165,28 @@ PY
 fi
 
 if ! skipped rust; then
-  note "ours: agreement with the CPU, then throughput (gpu_check)"
-  extra=""
-  skipped agreement && extra="--skip-agreement"
+  note "ours: agreement with the CPU, building blocks, throughput (gpu_check)"
+  parts=""
+  for part in agreement ops throughput; do
+    skipped "$part" || parts="$parts,$part"
+  done
   limited "$(limit 220 320)" "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
-    --batches "$batches" $extra 2>&1
+    --batches "$batches" --workloads "$workloads" --parts "${parts#,}" 2>&1
   [ "$?" -eq 0 ] || status=1
+fi
+
+if ! skipped ncu && command -v ncu >/dev/null; then
+  note "the kernels of the ECG embedding at batch 256 (Nsight Compute; first 600 launches)"
+  limited "$(limit 90 200)" ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+    --launch-count 600 "$bin/gpu_check" --device "$device" --parts throughput \
+    --workloads embed_ecg --batches 256 --iters 1 --out "$bin/ncu.json" 2>&1 | tail -n 400
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if ! skipped torch; then
   note "PyTorch: the reference code on the same GPU"
   rm -f "$out/torch.jsonl"
-  for workload in embed_ecg mae_step embed_cmr mmcl_step; do
+  for workload in ${workloads//,/ }; do
     for batch in ${batches//,/ }; do
       # The scripts' default batch is the paper's.
       batch_args=()

@@ -1,5 +1,5 @@
 //! The four model workloads at the paper's shapes that the benchmarks time (`embed_ecg`,
-//! `mae_step`, `embed_cmr`, `mmcl_step`) and `examples/gpu_check.rs` times again on a GPU
+//! `mae_step`, `embed_cmr`, `mmcl_step`) and `examples/gpu_check/` times again on a GPU
 //! (it includes this file by its path): each is built on a device at a batch size and run one
 //! iteration at a time. Every call returns a small host value, so a GPU's queued work has
 //! finished when it returns.
@@ -178,11 +178,24 @@ impl MmclTrainingStep {
     /// step enters its configuration's precision itself, so the caller's setting would not
     /// reach it).
     pub fn new(device: &Device, batch: usize, precision: Precision) -> Result<Self> {
+        Self::with_config(&Self::paper_config(batch, precision), device)
+    }
+
+    /// As [`Self::new`] without drop-path, the step's one random draw per iteration, so that
+    /// a comparison of devices holds their arithmetic alone against each other.
+    pub fn without_drop_path(device: &Device, batch: usize, precision: Precision) -> Result<Self> {
+        let mut cfg = Self::paper_config(batch, precision);
+        cfg.ecg.drop_path = 0.0;
+        Self::with_config(&cfg, device)
+    }
+
+    /// The paper's configuration at `batch`, products in `precision`, no online classifier.
+    fn paper_config(batch: usize, precision: Precision) -> MmclConfig {
         let mut cfg = MmclConfig::default();
         cfg.classifier.online_classifier = OnlineClassifier::None;
         cfg.batch_size = batch;
         cfg.precision = precision;
-        Self::with_config(&cfg, device)
+        cfg
     }
 
     /// The step of `cfg` on a batch of random images and ECGs at its shapes.

@@ -22,7 +22,8 @@
 //!     --workloads embed_ecg,mae_step
 //! ```
 
-#[path = "../benches/common/workloads.rs"]
+mod ops;
+#[path = "../../benches/common/workloads.rs"]
 mod workloads;
 
 use std::path::PathBuf;
@@ -61,9 +62,16 @@ struct Args {
         default_value = "embed_ecg,mae_step,embed_cmr,mmcl_step"
     )]
     workloads: Vec<String>,
-    /// Skip the agreement with the CPU (timings only).
-    #[arg(long)]
-    skip_agreement: bool,
+    /// Parts to run: `agreement` (with the CPU), `throughput` (of the workloads), `ops` (their
+    /// building blocks timed alone, against the device's bandwidth and matrix throughput).
+    #[arg(long, value_delimiter = ',', default_value = "agreement,throughput")]
+    parts: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
+    }
 }
 
 /// The workloads by name, with their paper batch.
@@ -101,6 +109,19 @@ impl Workload {
                 matmul_precision(),
             )?)),
             other => bail!("unknown workload {other:?}"),
+        })
+    }
+
+    /// `name` at the agreement's batch on `device`, in the current thread's precision, with
+    /// nothing drawn at random during a step (the MMCL step without drop-path).
+    fn for_agreement(name: &str, device: &Device) -> Result<Self> {
+        Ok(match name {
+            "mmcl_step" => Self::MmclStep(Box::new(MmclTrainingStep::without_drop_path(
+                device,
+                AGREEMENT_BATCH,
+                matmul_precision(),
+            )?)),
+            other => Self::new(other, device, AGREEMENT_BATCH)?,
         })
     }
 
@@ -197,21 +218,30 @@ fn agreement(names: &[String], device: &Device) -> Result<(Vec<Value>, bool)> {
     let mut rows = Vec::new();
     let mut all_pass = true;
     for name in names {
-        let expected = Workload::new(name, &Device::Cpu, AGREEMENT_BATCH)?.outputs()?;
+        let expected = Workload::for_agreement(name, &Device::Cpu)?.outputs()?;
         for arithmetic in [Arithmetic::F32, Arithmetic::Tf32, Arithmetic::Bf16] {
             let actual = arithmetic
-                .run(|| Workload::new(name, device, AGREEMENT_BATCH)?.outputs())
+                .run(|| Workload::for_agreement(name, device)?.outputs())
                 .with_context(|| format!("{name} in {} on {device:?}", arithmetic.name()))?;
-            let mut worst = 0f64;
-            for (a, e) in actual.iter().zip(&expected) {
-                worst = worst.max(relative_difference(a, e)?);
-            }
+            // One difference per output: the embedding, or each step's loss.
+            let differences = actual
+                .iter()
+                .zip(&expected)
+                .map(|(a, e)| relative_difference(a, e))
+                .collect::<Result<Vec<f64>>>()?;
+            let worst = differences.iter().copied().fold(0f64, f64::max);
             let pass = worst <= arithmetic.tolerance();
             all_pass &= pass;
             eprintln!(
-                "agreement {name:<10} {:<9} relative difference {worst:.2e} (tolerance {:.0e}) {}",
+                "agreement {name:<10} {:<9} relative difference {worst:.2e} (tolerance {:.0e}; \
+                 per output {}) {}",
                 arithmetic.name(),
                 arithmetic.tolerance(),
+                differences
+                    .iter()
+                    .map(|d| format!("{d:.1e}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 if pass { "ok" } else { "FAILED" }
             );
             rows.push(json!({
@@ -219,6 +249,7 @@ fn agreement(names: &[String], device: &Device) -> Result<(Vec<Value>, bool)> {
                 "arithmetic": arithmetic.name(),
                 "batch": AGREEMENT_BATCH,
                 "relative_difference": worst,
+                "per_output": differences,
                 "tolerance": arithmetic.tolerance(),
                 "pass": pass,
             }));
@@ -285,6 +316,11 @@ fn throughput(
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
+    for part in &args.parts {
+        if !["agreement", "throughput", "ops"].contains(&part.as_str()) {
+            bail!("unknown part {part:?} (expected agreement, throughput, ops)");
+        }
+    }
     for name in &args.workloads {
         if !WORKLOADS.iter().any(|(known, _)| known == name) {
             bail!("unknown workload {name:?} (expected embed_ecg, mae_step, embed_cmr, mmcl_step)");
@@ -305,42 +341,73 @@ fn main() -> Result<()> {
     let started = Instant::now();
     // The figures are rewritten after every part, so that a run stopped by a time limit
     // leaves what it measured.
-    let write = |agreement: &[Value], pass: bool, throughput: &[Value], complete: bool| {
-        let figures = json!({
-            "device": args.device,
-            "cuda_build": cfg!(feature = "cuda"),
-            "agreement": agreement,
-            "agreement_pass": pass,
-            "throughput": throughput,
-            "complete": complete,
-            "seconds": started.elapsed().as_secs_f64(),
-        });
-        mmcl_suite::core::io::write_bytes_atomic(
-            &args.out,
-            serde_json::to_string_pretty(&figures)?.as_bytes(),
-        )
-        .with_context(|| format!("writing {}", args.out.display()))
-    };
-    let (agreement_rows, agreement_pass) = if args.skip_agreement {
-        (Vec::new(), true)
-    } else {
+    let write =
+        |agreement: &[Value], pass: bool, throughput: &[Value], ops: &[Value], complete: bool| {
+            let figures = json!({
+                "device": args.device,
+                "cuda_build": cfg!(feature = "cuda"),
+                "agreement": agreement,
+                "agreement_pass": pass,
+                "throughput": throughput,
+                "ops": ops,
+                "complete": complete,
+                "seconds": started.elapsed().as_secs_f64(),
+            });
+            mmcl_suite::core::io::write_bytes_atomic(
+                &args.out,
+                serde_json::to_string_pretty(&figures)?.as_bytes(),
+            )
+            .with_context(|| format!("writing {}", args.out.display()))
+        };
+    let (agreement_rows, agreement_pass) = if args.runs("agreement") {
         agreement(&args.workloads, &device)?
+    } else {
+        (Vec::new(), true)
     };
     let mut throughput_rows = Vec::new();
-    write(&agreement_rows, agreement_pass, &throughput_rows, false)?;
+    let mut ops_rows = Vec::new();
+    write(
+        &agreement_rows,
+        agreement_pass,
+        &throughput_rows,
+        &ops_rows,
+        false,
+    )?;
+    if args.runs("ops") {
+        ops_rows = ops::profile(&device)?;
+        write(
+            &agreement_rows,
+            agreement_pass,
+            &throughput_rows,
+            &ops_rows,
+            false,
+        )?;
+    }
     for (name, paper_batch) in WORKLOADS {
-        if !args.workloads.iter().any(|w| w == name) {
+        if !args.runs("throughput") || !args.workloads.iter().any(|w| w == name) {
             continue;
         }
         for batch in &batches {
             let batch = batch.unwrap_or(paper_batch);
             for precision in [Precision::F32, Precision::Bf16] {
                 throughput_rows.push(throughput(name, &device, batch, precision, args.iters));
-                write(&agreement_rows, agreement_pass, &throughput_rows, false)?;
+                write(
+                    &agreement_rows,
+                    agreement_pass,
+                    &throughput_rows,
+                    &ops_rows,
+                    false,
+                )?;
             }
         }
     }
-    write(&agreement_rows, agreement_pass, &throughput_rows, true)?;
+    write(
+        &agreement_rows,
+        agreement_pass,
+        &throughput_rows,
+        &ops_rows,
+        true,
+    )?;
     eprintln!("figures written to {}", args.out.display());
     if !agreement_pass {
         bail!("the device's results do not agree with the CPU's (see above)");
