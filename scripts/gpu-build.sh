@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, what `scripts/gpu-check.sh` runs on one that has no Rust
 # toolchain, with `--features cuda,nccl`: `mmcl`, the `gpu_check` example and the test
-# executables that matter on a GPU (parity tests, mmcl-nn's NCCL test), stripped and compressed
-# into gpu-bundle/ (ignored by git), with the parity fixtures that fit beside them in
-# gpu-bundle/parity/.
+# executables that matter on a GPU (parity tests, mmcl-nn's NCCL and CUDA-kernel tests),
+# stripped and compressed into gpu-bundle/ (ignored by git), with the parity fixtures that fit
+# beside them in gpu-bundle/parity/.
 #
 #   scripts/gpu-build.sh            # then carry gpu-bundle/ and run scripts/gpu-check.sh there
 #
@@ -14,13 +14,13 @@
 # or PyTorch's CUDA 13 wheels provide; gpu-check.sh finds them.
 #
 # The device tool carries at most 64 MiB with the working tree, so the bundle takes the test
-# executables in GPU_BUNDLE_TESTS (default: mmcl-ecg-parity, mmcl-train-parity, mmcl-nn-nccl;
-# mmcl-cmr-parity, 6 MB more, would find only its small in-repository fixture, and the MMCL
-# step's parity already runs the ResNet forward and backward on the GPU) and the parity
+# executables in GPU_BUNDLE_TESTS (default: mmcl-ecg-parity, mmcl-train-parity, mmcl-nn-nccl,
+# mmcl-nn-cuda_kernels; mmcl-cmr-parity, 6 MB more, would find only its small in-repository
+# fixture, and the MMCL step's parity already runs the ResNet forward and backward on the GPU)
+# and the parity
 # fixtures in GPU_BUNDLE_FIXTURES (default: the small ECG ViT and the MMCL step, ~23 MB
 # compressed); the tests of fixtures left out skip, as they do wherever a fixture is missing.
-# In all about 52 MB.
-# MMCL_GPU_BUNDLE names another folder for the bundle.
+# In all about 58 MB. MMCL_GPU_BUNDLE names another folder for the bundle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +39,7 @@ feature_args=()
 build build --release --locked --workspace "${feature_args[@]}" --bin mmcl --example gpu_check
 # The test executables' paths, from cargo's messages (their names carry a hash).
 tests="$(build test --release --locked --workspace "${feature_args[@]}" --no-run \
-  --test parity --test nccl --message-format=json \
+  --test parity --test nccl --test cuda_kernels --message-format=json \
   | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -59,7 +59,7 @@ for exe in "$target/release/mmcl" "$target/release/examples/gpu_check"; do
   pack "$exe" "$bundle.tmp/$(basename "$exe")"
 done
 # tests/<package>-<test>: the test's executable, run from the package's directory.
-wanted=" ${GPU_BUNDLE_TESTS:-mmcl-ecg-parity mmcl-train-parity mmcl-nn-nccl} "
+wanted=" ${GPU_BUNDLE_TESTS:-mmcl-ecg-parity mmcl-train-parity mmcl-nn-nccl mmcl-nn-cuda_kernels} "
 while read -r package test exe; do
   [[ -n "$exe" && "$wanted" == *" $package-$test "* ]] && pack "$exe" "$bundle.tmp/tests/$package-$test"
 done <<<"$tests"

@@ -46,6 +46,18 @@ status=0
 started=$(date +%s)
 budget="${GPU_CHECK_BUDGET:-560}"
 note() { printf '\n==== %s (%ss)\n' "$1" "$(($(date +%s) - started))"; }
+# What the parts after a part need at least, in seconds, counting only those not skipped.
+need() {
+  local total=0 part seconds
+  for part in "$@"; do
+    case "$part" in
+      rust) seconds=120 ;; ncu) seconds=60 ;; torch) seconds=150 ;; reproduce) seconds=120 ;;
+      *) seconds=0 ;;
+    esac
+    skipped "$part" || total=$((total + seconds))
+  done
+  echo "$total"
+}
 # The time limit of a part: its own ($1) or what the budget has left after a reserve ($2 s,
 # for the parts after it), whichever is smaller; 0 when nothing is left.
 limit() {
@@ -137,7 +149,7 @@ if ! skipped tests; then
     echo "---- $name" | tee -a "$bin/tests.log"
     # Run from the package's folder, as cargo test does; the fixtures the bundle carries.
     (cd "crates/$package" && export MMCL_PARITY_DIR="$bin/parity" \
-      && limited "$(limit 60 480)" "$exe" --nocapture --test-threads 1 2>&1) | tee -a "$bin/tests.log"
+      && limited "$(limit 60 "$(need rust ncu torch reproduce)")" "$exe" --nocapture --test-threads 1 2>&1) | tee -a "$bin/tests.log"
     echo "exit status ${PIPESTATUS[0]} of $name" | tee -a "$bin/tests.log"
   done
   python3 - "$bin/tests.log" "$out/tests.json" <<'PY' || status=1
@@ -170,14 +182,14 @@ if ! skipped rust; then
   for part in agreement ops throughput; do
     skipped "$part" || parts="$parts,$part"
   done
-  limited "$(limit 220 320)" "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
+  limited "$(limit 220 "$(need ncu torch reproduce)")" "$bin/gpu_check" --device "$device" --out "$out/rust.json" --iters "$iters" \
     --batches "$batches" --workloads "$workloads" --parts "${parts#,}" 2>&1
   [ "$?" -eq 0 ] || status=1
 fi
 
 if ! skipped ncu && command -v ncu >/dev/null; then
   note "the kernels of the ECG embedding at batch 256 (Nsight Compute; first 600 launches)"
-  limited "$(limit 90 200)" ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+  limited "$(limit 90 "$(need torch reproduce)")" ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
     --launch-count 600 "$bin/gpu_check" --device "$device" --parts throughput \
     --workloads embed_ecg --batches 256 --iters 1 --out "$bin/ncu.json" 2>&1 | tail -n 400
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -192,7 +204,7 @@ if ! skipped torch; then
       batch_args=()
       [ "$batch" = paper ] || batch_args=(--batch "$batch")
       for precision in f32 bf16; do
-        limited "$(limit 45 160)" python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
+        limited "$(limit 45 "$(need reproduce)")" python3 "benches/reference_$workload.py" --device "$device" --threads 8 \
           --precision "$precision" "${batch_args[@]}" --iters "$iters" --json "$out/torch.jsonl" \
           2>&1 | tail -1
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

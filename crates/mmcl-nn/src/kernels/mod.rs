@@ -20,6 +20,8 @@
 pub(crate) mod batch_norm;
 pub(crate) mod bf16;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub(crate) mod gemm;
 pub(crate) mod nhwc;
 pub mod ops;
@@ -44,6 +46,10 @@ pub(crate) fn bias_gradient(g: &Tensor, width: usize) -> Result<Tensor> {
     if fast_path(g) && width > 0 {
         let sums = with_contiguous_f32(g, |data| Ok(gemm::column_sums(data, width)))?;
         return Tensor::from_vec(sums, width, g.device());
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::applies(g) && width > 0 {
+        return cuda::column_sums(g, width);
     }
     g.reshape(((), width))?.sum(0)
 }

@@ -34,10 +34,13 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         );
     }
     if fast_path(x) && fast_path(bias) {
-        x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu)
-    } else {
-        gelu_composed(&x.broadcast_add(bias)?)
+        return x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu);
     }
+    #[cfg(feature = "cuda")]
+    if crate::kernels::cuda::applies(x) && crate::kernels::cuda::applies(bias) {
+        return crate::kernels::cuda::bias_gelu(x, bias);
+    }
+    gelu_composed(&x.broadcast_add(bias)?)
 }
 
 /// The composed (device-generic, differentiable through candle) exact GELU.

@@ -24,14 +24,20 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         );
     }
     if fast_path(x) && fast_path(weight) && fast_path(bias) {
-        x.contiguous()?.apply_op3(
+        return x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
             LayerNorm { eps: eps as f32 },
-        )
-    } else {
-        layer_norm_composed(x, weight, bias, eps)
+        );
     }
+    #[cfg(feature = "cuda")]
+    if [x, weight, bias]
+        .iter()
+        .all(|t| crate::kernels::cuda::applies(t))
+    {
+        return crate::kernels::cuda::layer_norm(x, weight, bias, eps);
+    }
+    layer_norm_composed(x, weight, bias, eps)
 }
 
 /// The composed (device-generic) LayerNorm.

@@ -12,10 +12,13 @@ use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 /// Any shape `[.., N]`; the output has the shape of `x`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fast_path(x) && x.rank() > 0 {
-        x.contiguous()?.apply_op1(SoftmaxLastDim)
-    } else {
-        softmax_composed(x)
+        return x.contiguous()?.apply_op1(SoftmaxLastDim);
     }
+    #[cfg(feature = "cuda")]
+    if crate::kernels::cuda::applies(x) && x.rank() > 0 {
+        return crate::kernels::cuda::softmax_last_dim(x);
+    }
+    softmax_composed(x)
 }
 
 /// The composed (device-generic) softmax; the max only shifts, so it needs no gradient.
