@@ -105,7 +105,8 @@ def main():
             print(f"    {n}")
     for a in figures["agreement"]:
         print(f"agreement {a['workload']:<10} {a['arithmetic']:<9} "
-              f"{a['relative_difference']:.1e} (tolerance {a['tolerance']:.0e}) "
+              f"{a['relative_difference']:.1e} (tolerance {a['tolerance']:.0e}; per output "
+              f"{' '.join(f'{d:.1e}' for d in a.get('per_output', []))}) "
               f"{'ok' if a['pass'] else 'FAILED'}")
     print(f"{'workload':<10} {'prec':<5} {'batch':>5} {'ours/s':>10} {'torch/s':>10} {'ratio':>7}")
     for c in comparisons:

@@ -7,8 +7,18 @@
 //! here every workload runs on the same seeded inputs and weights on the CPU and on the device,
 //! and the device's embeddings and losses must agree with the CPU's within stated tolerances:
 //! f32 with TF32 off (candle's default), f32 with TF32 on (cuBLAS's reduced-precision f32
-//! products), and bf16. The training steps are compared over three consecutive steps, so that a
-//! wrong gradient shows in the second and third losses.
+//! products), and bf16. The training steps are compared over three consecutive steps: the
+//! first loss (same weights, forward pass only) within the arithmetic's tolerance, the later
+//! ones within [`TRAJECTORY_TOLERANCE`]. Adam's first updates move every weight by about ±lr
+//! whatever the size of its gradient, so gradient elements that are rounding noise (those a
+//! BatchNorm makes vanish in theory) take device-dependent signs and the trajectories part:
+//! on an H200 the MMCL step's f32 losses differed by 1.0e-6, 1.6e-3 and 7.2e-3 over three steps
+//! while the MAE step's stayed at 4e-7. The step itself is held against the reference PyTorch
+//! code on each device by the parity suite (loss, every gradient, the updated weights); here a
+//! wrong gradient or update still shows as a later loss far off.
+//!
+//! **Building blocks** (`--parts ops`, in `ops.rs`): the workloads' layers timed alone against
+//! the device's bandwidth and matrix throughput.
 //!
 //! **Throughput.** Each workload is warmed up, then timed one iteration at a time (every
 //! iteration copies a small result to the host, so the device's queue is drained); the figure
@@ -86,6 +96,8 @@ const WORKLOADS: [(&str, usize); 4] = [
 const AGREEMENT_BATCH: usize = 4;
 /// Training steps compared in the agreement runs.
 const AGREEMENT_STEPS: usize = 3;
+/// The largest relative difference of a training step's later losses (see the module notes).
+const TRAJECTORY_TOLERANCE: f64 = 5e-2;
 
 /// One workload built on a device, run one iteration at a time (boxed: one lives at a time,
 /// and the training steps are large).
@@ -230,11 +242,17 @@ fn agreement(names: &[String], device: &Device) -> Result<(Vec<Value>, bool)> {
                 .map(|(a, e)| relative_difference(a, e))
                 .collect::<Result<Vec<f64>>>()?;
             let worst = differences.iter().copied().fold(0f64, f64::max);
-            let pass = worst <= arithmetic.tolerance();
+            let pass = differences.iter().enumerate().all(|(step, &d)| {
+                d <= if step == 0 {
+                    arithmetic.tolerance()
+                } else {
+                    arithmetic.tolerance().max(TRAJECTORY_TOLERANCE)
+                }
+            });
             all_pass &= pass;
             eprintln!(
-                "agreement {name:<10} {:<9} relative difference {worst:.2e} (tolerance {:.0e}; \
-                 per output {}) {}",
+                "agreement {name:<10} {:<9} relative difference {worst:.2e} (tolerance {:.0e}, \
+                 later steps {TRAJECTORY_TOLERANCE:.0e}; per output {}) {}",
                 arithmetic.name(),
                 arithmetic.tolerance(),
                 differences
@@ -251,6 +269,7 @@ fn agreement(names: &[String], device: &Device) -> Result<(Vec<Value>, bool)> {
                 "relative_difference": worst,
                 "per_output": differences,
                 "tolerance": arithmetic.tolerance(),
+                "later_steps_tolerance": arithmetic.tolerance().max(TRAJECTORY_TOLERANCE),
                 "pass": pass,
             }));
         }
@@ -341,48 +360,35 @@ fn main() -> Result<()> {
     let started = Instant::now();
     // The figures are rewritten after every part, so that a run stopped by a time limit
     // leaves what it measured.
-    let write =
-        |agreement: &[Value], pass: bool, throughput: &[Value], ops: &[Value], complete: bool| {
-            let figures = json!({
-                "device": args.device,
-                "cuda_build": cfg!(feature = "cuda"),
-                "agreement": agreement,
-                "agreement_pass": pass,
-                "throughput": throughput,
-                "ops": ops,
-                "complete": complete,
-                "seconds": started.elapsed().as_secs_f64(),
-            });
-            mmcl_suite::core::io::write_bytes_atomic(
-                &args.out,
-                serde_json::to_string_pretty(&figures)?.as_bytes(),
-            )
-            .with_context(|| format!("writing {}", args.out.display()))
-        };
-    let (agreement_rows, agreement_pass) = if args.runs("agreement") {
-        agreement(&args.workloads, &device)?
-    } else {
-        (Vec::new(), true)
+    let mut figures = json!({
+        "device": args.device,
+        "cuda_build": cfg!(feature = "cuda"),
+        "agreement": [],
+        "agreement_pass": true,
+        "throughput": [],
+        "ops": [],
+        "complete": false,
+    });
+    let write = |figures: &mut Value| -> Result<()> {
+        figures["seconds"] = json!(started.elapsed().as_secs_f64());
+        mmcl_suite::core::io::write_bytes_atomic(
+            &args.out,
+            serde_json::to_string_pretty(figures)?.as_bytes(),
+        )
+        .with_context(|| format!("writing {}", args.out.display()))
     };
-    let mut throughput_rows = Vec::new();
-    let mut ops_rows = Vec::new();
-    write(
-        &agreement_rows,
-        agreement_pass,
-        &throughput_rows,
-        &ops_rows,
-        false,
-    )?;
-    if args.runs("ops") {
-        ops_rows = ops::profile(&device)?;
-        write(
-            &agreement_rows,
-            agreement_pass,
-            &throughput_rows,
-            &ops_rows,
-            false,
-        )?;
+    let mut agreement_pass = true;
+    if args.runs("agreement") {
+        let (rows, pass) = agreement(&args.workloads, &device)?;
+        (figures["agreement"], figures["agreement_pass"]) = (json!(rows), json!(pass));
+        agreement_pass = pass;
     }
+    write(&mut figures)?;
+    if args.runs("ops") {
+        figures["ops"] = json!(ops::profile(&device)?);
+        write(&mut figures)?;
+    }
+    let mut throughput_rows = Vec::new();
     for (name, paper_batch) in WORKLOADS {
         if !args.runs("throughput") || !args.workloads.iter().any(|w| w == name) {
             continue;
@@ -391,23 +397,13 @@ fn main() -> Result<()> {
             let batch = batch.unwrap_or(paper_batch);
             for precision in [Precision::F32, Precision::Bf16] {
                 throughput_rows.push(throughput(name, &device, batch, precision, args.iters));
-                write(
-                    &agreement_rows,
-                    agreement_pass,
-                    &throughput_rows,
-                    &ops_rows,
-                    false,
-                )?;
+                figures["throughput"] = json!(throughput_rows);
+                write(&mut figures)?;
             }
         }
     }
-    write(
-        &agreement_rows,
-        agreement_pass,
-        &throughput_rows,
-        &ops_rows,
-        true,
-    )?;
+    figures["complete"] = json!(true);
+    write(&mut figures)?;
     eprintln!("figures written to {}", args.out.display());
     if !agreement_pass {
         bail!("the device's results do not agree with the CPU's (see above)");

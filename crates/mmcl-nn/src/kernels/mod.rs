@@ -2,8 +2,9 @@
 //! below the layers ([`crate::layers`]) and optimisers that call them.
 //!
 //! Each operation takes a CPU/f32 fast path (a candle custom op with a multi-threaded forward
-//! and backward kernel) where it applies and otherwise composes ordinary candle operations, so
-//! that every device and dtype works.
+//! and backward kernel) where it applies; with the `cuda` feature, softmax, LayerNorm and
+//! bias + GELU take CUDA kernels on CUDA f32 tensors (`cuda`); otherwise each composes ordinary
+//! candle operations, so that every device and dtype works.
 //!
 //! - [`ops`]: the transformer operations (GELU, softmax, LayerNorm, linear, attention, a fused
 //!   pre-norm block);
@@ -13,7 +14,8 @@
 //! - `batch_norm`: the fused train-mode batch normalisation behind
 //!   [`crate::layers::batch_norm`];
 //! - `gemm`, `nhwc`, `simd`: the matrix product, the channels-last activations and the vector
-//!   instruction dispatch the kernels share.
+//!   instruction dispatch the kernels share;
+//! - `cuda` (feature `cuda`): the GPU kernels, compiled by NVRTC at first use.
 //!
 //! This module holds the helpers every kernel uses to read candle's CPU storage.
 

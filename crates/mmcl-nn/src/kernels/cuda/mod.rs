@@ -66,6 +66,19 @@ fn cuda_only(op: &str) -> candle_core::Error {
     ))
 }
 
+/// The CPU half of these CUDA-only custom operations, one `storage, layout` pair of names per
+/// input: an error, since the operations are only applied to CUDA tensors.
+macro_rules! cpu_fwd_refused {
+    ($($storage:ident, $layout:ident);+) => {
+        fn cpu_fwd(
+            &self,
+            $($storage: &CpuStorage, $layout: &Layout),+
+        ) -> Result<(CpuStorage, Shape)> {
+            Err(cuda_only(self.name()))
+        }
+    };
+}
+
 /// The f32 elements of a contiguous `layout` of `storage`.
 fn view<'a>(storage: &'a CudaStorage, layout: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
     let (start, end) = layout
@@ -77,18 +90,22 @@ fn view<'a>(storage: &'a CudaStorage, layout: &Layout, op: &str) -> Result<CudaV
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: layout outside its storage")))
 }
 
-/// A kernel of this module on `device`.
-fn function(device: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    let ptx = ptx().ok_or_else(|| cuda_only("mmcl-nn CUDA kernels (not compiled)"))?;
-    Ok(device
-        .get_or_load_custom_func(name, MODULE, ptx)?
-        .into_cuda_function())
-}
-
 /// An uninitialised device buffer of `len` f32 that the caller's kernel fills entirely.
 fn output(device: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
     // SAFETY: every element is written by the kernel launched next, before any read.
     unsafe { device.alloc::<f32>(len.max(1)) }
+}
+
+/// A mutable view of `len` elements of `buffer` from `start`.
+fn part(buffer: &mut CudaSlice<f32>, start: usize, len: usize) -> Result<CudaViewMut<'_, f32>> {
+    buffer
+        .try_slice_mut(start..start + len)
+        .ok_or_else(|| candle_core::Error::Msg("mmcl-nn CUDA kernels: buffer too small".into()))
+}
+
+/// `buffer` as candle storage of `shape`.
+fn storage(device: &CudaDevice, buffer: CudaSlice<f32>, shape: Shape) -> (CudaStorage, Shape) {
+    (CudaStorage::wrap_cuda_slice(buffer, device.clone()), shape)
 }
 
 /// `(rows, width)` of a tensor seen as rows of its last dimension, as the kernels' `int`s.
@@ -102,6 +119,48 @@ fn rows_and_width(layout: &Layout, op: &str) -> Result<(i32, i32)> {
     }
 }
 
+/// A kernel argument: an input, a buffer or view the kernel writes, or a scalar.
+enum Arg<'a> {
+    In(CudaView<'a, f32>),
+    Buffer(&'a CudaSlice<f32>),
+    Out(CudaViewMut<'a, f32>),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+}
+
+/// Launches the kernel `name` of this module on `device`'s stream (candle's, so it is ordered
+/// with the operations around it) with `args` in the kernel's order.
+///
+/// The callers' SAFETY argument: each kernel reads and writes only inside the buffers it is
+/// given, whose sizes the caller derives from the same `rows`, `width` and `total` it passes.
+fn launch(
+    device: &CudaDevice,
+    name: &str,
+    config: LaunchConfig,
+    args: &mut [Arg<'_>],
+) -> Result<()> {
+    let ptx = ptx().ok_or_else(|| cuda_only("mmcl-nn CUDA kernels (not compiled)"))?;
+    let function: CudaFunction = device
+        .get_or_load_custom_func(name, MODULE, ptx)?
+        .into_cuda_function();
+    let stream = device.cuda_stream();
+    let mut builder = stream.launch_builder(&function);
+    for arg in args.iter_mut() {
+        match arg {
+            Arg::In(view) => builder.arg(&*view),
+            Arg::Buffer(buffer) => builder.arg(*buffer),
+            Arg::Out(view) => builder.arg(view),
+            Arg::Int(v) => builder.arg(&*v),
+            Arg::Long(v) => builder.arg(&*v),
+            Arg::Float(v) => builder.arg(&*v),
+        };
+    }
+    // SAFETY: see above; the arguments match the kernel's parameters in kernels.cu.
+    unsafe { builder.launch(config) }.w()?;
+    Ok(())
+}
+
 /// One warp per row, [`ROWS_PER_BLOCK`] rows per block.
 fn row_launch(rows: i32) -> LaunchConfig {
     LaunchConfig {
@@ -111,8 +170,8 @@ fn row_launch(rows: i32) -> LaunchConfig {
     }
 }
 
-/// A grid-stride loop over `total` elements.
-fn elementwise_launch(total: usize) -> LaunchConfig {
+/// A grid-stride loop over `total` elements (or `width` columns, one thread each).
+fn flat_launch(total: usize) -> LaunchConfig {
     let blocks = total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -142,38 +201,18 @@ fn sum_chunks(
     partials: &CudaSlice<f32>,
     chunks: usize,
     width: i32,
-    out: &mut CudaViewMut<'_, f32>,
+    out: CudaViewMut<'_, f32>,
 ) -> Result<()> {
     if out.len() < width as usize || partials.len() < chunks * width as usize {
         candle_core::bail!("mmcl_sum_chunks: buffers smaller than {chunks} × {width}");
     }
-    let f = function(device, "mmcl_sum_chunks")?;
-    let stream = device.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    let chunks = chunks as i32;
-    b.arg(partials);
-    b.arg(out);
-    b.arg(&chunks);
-    b.arg(&width);
-    let config = LaunchConfig {
-        grid_dim: ((width as u32).div_ceil(THREADS).max(1), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: checked above: partials holds chunks·width f32 and out width.
-    unsafe { b.launch(config) }.w()?;
-    Ok(())
-}
-
-/// A mutable view of `len` elements of `buffer` from `start`.
-fn part<'a>(
-    buffer: &'a mut CudaSlice<f32>,
-    start: usize,
-    len: usize,
-) -> Result<CudaViewMut<'a, f32>> {
-    buffer
-        .try_slice_mut(start..start + len)
-        .ok_or_else(|| candle_core::Error::Msg("mmcl-nn CUDA kernels: buffer too small".into()))
+    let args = &mut [
+        Arg::Buffer(partials),
+        Arg::Out(out),
+        Arg::Int(chunks as i32),
+        Arg::Int(width),
+    ];
+    launch(device, "mmcl_sum_chunks", flat_launch(width as usize), args)
 }
 
 /// Softmax over the last dimension of `x` (f32 on a CUDA device), differentiable.
@@ -209,28 +248,20 @@ impl CustomOp1 for Softmax {
         "mmcl-softmax-cuda"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        Err(cuda_only(self.name()))
-    }
+    cpu_fwd_refused!(_xs, _xl);
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let device = s.device();
-        let x = view(s, l, self.name())?;
         let (rows, n) = rows_and_width(l, self.name())?;
         let y = output(device, l.shape().elem_count())?;
-        let f = function(device, "mmcl_softmax_fwd")?;
-        let stream = device.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x);
-        b.arg(&y);
-        b.arg(&rows);
-        b.arg(&n);
-        // SAFETY: x and y hold rows·n f32; each warp reads and writes its own row.
-        unsafe { b.launch(row_launch(rows)) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, device.clone()),
-            l.shape().clone(),
-        ))
+        let args = &mut [
+            Arg::In(view(s, l, self.name())?),
+            Arg::Buffer(&y),
+            Arg::Int(rows),
+            Arg::Int(n),
+        ];
+        launch(device, "mmcl_softmax_fwd", row_launch(rows), args)?;
+        Ok(storage(device, y, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -245,15 +276,7 @@ impl CustomOp2 for SoftmaxGrad {
         "mmcl-softmax-grad-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cuda_only(self.name()))
-    }
+    cpu_fwd_refused!(_ys, _yl; _gs, _gl);
 
     fn cuda_fwd(
         &self,
@@ -271,23 +294,17 @@ impl CustomOp2 for SoftmaxGrad {
             );
         }
         let device = ys.device();
-        let (y, g) = (view(ys, yl, self.name())?, view(gs, gl, self.name())?);
         let (rows, n) = rows_and_width(yl, self.name())?;
         let dx = output(device, yl.shape().elem_count())?;
-        let f = function(device, "mmcl_softmax_bwd")?;
-        let stream = device.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&y);
-        b.arg(&g);
-        b.arg(&dx);
-        b.arg(&rows);
-        b.arg(&n);
-        // SAFETY: y, g and dx hold rows·n f32; each warp reads and writes its own row.
-        unsafe { b.launch(row_launch(rows)) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(dx, device.clone()),
-            yl.shape().clone(),
-        ))
+        let args = &mut [
+            Arg::In(view(ys, yl, self.name())?),
+            Arg::In(view(gs, gl, self.name())?),
+            Arg::Buffer(&dx),
+            Arg::Int(rows),
+            Arg::Int(n),
+        ];
+        launch(device, "mmcl_softmax_bwd", row_launch(rows), args)?;
+        Ok(storage(device, dx, yl.shape().clone()))
     }
 }
 
@@ -300,17 +317,7 @@ impl CustomOp3 for LayerNorm {
         "mmcl-layer-norm-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cuda_only(self.name()))
-    }
+    cpu_fwd_refused!(_xs, _xl; _ws, _wl; _bs, _bl);
 
     fn cuda_fwd(
         &self,
@@ -326,28 +333,18 @@ impl CustomOp3 for LayerNorm {
         if wl.dims() != [n as usize] || bl.dims() != [n as usize] {
             candle_core::bail!("{}: weight and bias must be [{n}]", self.name());
         }
-        let (x, w, bias) = (
-            view(xs, xl, self.name())?,
-            view(ws, wl, self.name())?,
-            view(bs, bl, self.name())?,
-        );
         let y = output(device, xl.shape().elem_count())?;
-        let f = function(device, "mmcl_layer_norm_fwd")?;
-        let stream = device.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x);
-        b.arg(&w);
-        b.arg(&bias);
-        b.arg(&y);
-        b.arg(&rows);
-        b.arg(&n);
-        b.arg(&self.eps);
-        // SAFETY: x and y hold rows·n f32, w and bias n; each warp writes its own row.
-        unsafe { b.launch(row_launch(rows)) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, device.clone()),
-            xl.shape().clone(),
-        ))
+        let args = &mut [
+            Arg::In(view(xs, xl, self.name())?),
+            Arg::In(view(ws, wl, self.name())?),
+            Arg::In(view(bs, bl, self.name())?),
+            Arg::Buffer(&y),
+            Arg::Int(rows),
+            Arg::Int(n),
+            Arg::Float(self.eps),
+        ];
+        launch(device, "mmcl_layer_norm_fwd", row_launch(rows), args)?;
+        Ok(storage(device, y, xl.shape().clone()))
     }
 
     fn bwd(
@@ -383,17 +380,7 @@ impl CustomOp3 for LayerNormGrad {
         "mmcl-layer-norm-grad-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cuda_only(self.name()))
-    }
+    cpu_fwd_refused!(_xs, _xl; _ws, _wl; _gs, _gl);
 
     fn cuda_fwd(
         &self,
@@ -409,53 +396,39 @@ impl CustomOp3 for LayerNormGrad {
         if wl.dims() != [n as usize] || gl.dims() != xl.dims() {
             candle_core::bail!("{}: shapes do not match", self.name());
         }
-        let (x, w, g) = (
-            view(xs, xl, self.name())?,
-            view(ws, wl, self.name())?,
-            view(gs, gl, self.name())?,
-        );
         let count = xl.shape().elem_count();
-        let mut packed = output(device, count + 2 * n as usize)?;
+        let width = n as usize;
+        let mut packed = output(device, count + 2 * width)?;
+        // Each row's mean and 1/std, for the weight and bias gradients.
         let stats = output(device, 2 * rows as usize)?;
         {
-            let f = function(device, "mmcl_layer_norm_bwd")?;
-            let mut dx = part(&mut packed, 0, count)?;
-            let stream = device.cuda_stream();
-            let mut b = stream.launch_builder(&f);
-            b.arg(&x);
-            b.arg(&w);
-            b.arg(&g);
-            b.arg(&mut dx);
-            b.arg(&stats);
-            b.arg(&rows);
-            b.arg(&n);
-            b.arg(&self.eps);
-            // SAFETY: x, g, dx hold rows·n f32, w n, stats 2·rows; each warp its own row.
-            unsafe { b.launch(row_launch(rows)) }.w()?;
+            let args = &mut [
+                Arg::In(view(xs, xl, self.name())?),
+                Arg::In(view(ws, wl, self.name())?),
+                Arg::In(view(gs, gl, self.name())?),
+                Arg::Out(part(&mut packed, 0, count)?),
+                Arg::Buffer(&stats),
+                Arg::Int(rows),
+                Arg::Int(n),
+                Arg::Float(self.eps),
+            ];
+            launch(device, "mmcl_layer_norm_bwd", row_launch(rows), args)?;
         }
         let (config, chunks, chunk_rows) = column_launch(rows, n);
-        let partials = output(device, chunks * 2 * n as usize)?;
-        {
-            let f = function(device, "mmcl_layer_norm_param_partials")?;
-            let stream = device.cuda_stream();
-            let mut b = stream.launch_builder(&f);
-            b.arg(&x);
-            b.arg(&g);
-            b.arg(&stats);
-            b.arg(&partials);
-            b.arg(&rows);
-            b.arg(&n);
-            b.arg(&chunk_rows);
-            // SAFETY: partials holds chunks·2n f32; thread (j, chunk) writes its two columns.
-            unsafe { b.launch(config) }.w()?;
-        }
-        let mut tail = part(&mut packed, count, 2 * n as usize)?;
-        sum_chunks(device, &partials, chunks, 2 * n, &mut tail)?;
-        let len = count + 2 * n as usize;
-        Ok((
-            CudaStorage::wrap_cuda_slice(packed, device.clone()),
-            Shape::from(len),
-        ))
+        let partials = output(device, chunks * 2 * width)?;
+        let args = &mut [
+            Arg::In(view(xs, xl, self.name())?),
+            Arg::In(view(gs, gl, self.name())?),
+            Arg::Buffer(&stats),
+            Arg::Buffer(&partials),
+            Arg::Int(rows),
+            Arg::Int(n),
+            Arg::Int(chunk_rows),
+        ];
+        launch(device, "mmcl_layer_norm_param_partials", config, args)?;
+        let tail = part(&mut packed, count, 2 * width)?;
+        sum_chunks(device, &partials, chunks, 2 * n, tail)?;
+        Ok(storage(device, packed, Shape::from(count + 2 * width)))
     }
 }
 
@@ -466,15 +439,7 @@ impl CustomOp2 for BiasGelu {
         "mmcl-bias-gelu-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cuda_only(self.name()))
-    }
+    cpu_fwd_refused!(_xs, _xl; _bs, _bl);
 
     fn cuda_fwd(
         &self,
@@ -488,24 +453,17 @@ impl CustomOp2 for BiasGelu {
         if bl.dims() != [h as usize] {
             candle_core::bail!("{}: bias must be [{h}]", self.name());
         }
-        let (x, bias) = (view(xs, xl, self.name())?, view(bs, bl, self.name())?);
         let total = xl.shape().elem_count();
         let y = output(device, total)?;
-        let f = function(device, "mmcl_bias_gelu_fwd")?;
-        let count = total as i64;
-        let stream = device.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x);
-        b.arg(&bias);
-        b.arg(&y);
-        b.arg(&count);
-        b.arg(&h);
-        // SAFETY: x and y hold `total` f32, bias h; a grid-stride loop stays inside.
-        unsafe { b.launch(elementwise_launch(total)) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, device.clone()),
-            xl.shape().clone(),
-        ))
+        let args = &mut [
+            Arg::In(view(xs, xl, self.name())?),
+            Arg::In(view(bs, bl, self.name())?),
+            Arg::Buffer(&y),
+            Arg::Long(total as i64),
+            Arg::Int(h),
+        ];
+        launch(device, "mmcl_bias_gelu_fwd", flat_launch(total), args)?;
+        Ok(storage(device, y, xl.shape().clone()))
     }
 
     fn bwd(
@@ -528,17 +486,7 @@ impl CustomOp3 for BiasGeluGrad {
         "mmcl-bias-gelu-grad-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cuda_only(self.name()))
-    }
+    cpu_fwd_refused!(_xs, _xl; _bs, _bl; _gs, _gl);
 
     fn cuda_fwd(
         &self,
@@ -554,29 +502,18 @@ impl CustomOp3 for BiasGeluGrad {
         if bl.dims() != [h as usize] || gl.dims() != xl.dims() {
             candle_core::bail!("{}: shapes do not match", self.name());
         }
-        let (x, bias, g) = (
-            view(xs, xl, self.name())?,
-            view(bs, bl, self.name())?,
-            view(gs, gl, self.name())?,
-        );
         let total = xl.shape().elem_count();
         let dx = output(device, total)?;
-        let f = function(device, "mmcl_bias_gelu_bwd")?;
-        let count = total as i64;
-        let stream = device.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x);
-        b.arg(&bias);
-        b.arg(&g);
-        b.arg(&dx);
-        b.arg(&count);
-        b.arg(&h);
-        // SAFETY: x, g and dx hold `total` f32, bias h; a grid-stride loop stays inside.
-        unsafe { b.launch(elementwise_launch(total)) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(dx, device.clone()),
-            xl.shape().clone(),
-        ))
+        let args = &mut [
+            Arg::In(view(xs, xl, self.name())?),
+            Arg::In(view(bs, bl, self.name())?),
+            Arg::In(view(gs, gl, self.name())?),
+            Arg::Buffer(&dx),
+            Arg::Long(total as i64),
+            Arg::Int(h),
+        ];
+        launch(device, "mmcl_bias_gelu_bwd", flat_launch(total), args)?;
+        Ok(storage(device, dx, xl.shape().clone()))
     }
 }
 
@@ -587,37 +524,29 @@ impl CustomOp1 for ColumnSums {
         "mmcl-column-sums-cuda"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        Err(cuda_only(self.name()))
-    }
+    cpu_fwd_refused!(_gs, _gl);
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let device = s.device();
-        let g = view(s, l, self.name())?;
         let (rows, n) = rows_and_width(l, self.name())?;
         let (config, chunks, chunk_rows) = column_launch(rows, n);
         let partials = output(device, chunks * n as usize)?;
-        let f = function(device, "mmcl_column_partials")?;
-        let stream = device.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&g);
-        b.arg(&partials);
-        b.arg(&rows);
-        b.arg(&n);
-        b.arg(&chunk_rows);
-        // SAFETY: partials holds chunks·n f32; thread (j, chunk) writes its own column.
-        unsafe { b.launch(config) }.w()?;
+        let args = &mut [
+            Arg::In(view(s, l, self.name())?),
+            Arg::Buffer(&partials),
+            Arg::Int(rows),
+            Arg::Int(n),
+            Arg::Int(chunk_rows),
+        ];
+        launch(device, "mmcl_column_partials", config, args)?;
         let mut sums = output(device, n as usize)?;
         sum_chunks(
             device,
             &partials,
             chunks,
             n,
-            &mut part(&mut sums, 0, n as usize)?,
+            part(&mut sums, 0, n as usize)?,
         )?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(sums, device.clone()),
-            Shape::from(n as usize),
-        ))
+        Ok(storage(device, sums, Shape::from(n as usize)))
     }
 }
