@@ -27,13 +27,14 @@ use criterion::{
 use mmcl_nn::precision::Precision;
 use mmcl_nn::{conv, ops, pool};
 
-const DIM: usize = 384;
-const HEADS: usize = 6;
-const TOKENS: usize = 301;
-const INFER_BATCH: usize = 64;
-const TRAIN_BATCH: usize = 32;
-const IMAGE_BATCH: usize = 16;
-const IMAGE_SIDE: usize = 210;
+#[path = "common/workloads.rs"]
+mod workloads;
+
+use workloads::{
+    CMR_EMBEDDING_BATCH as IMAGE_BATCH, CMR_SIDE as IMAGE_SIDE, ECG_DIM as DIM,
+    ECG_EMBEDDING_BATCH as INFER_BATCH, ECG_HEADS as HEADS, ECG_TOKENS as TOKENS,
+    MAE_STEP_BATCH as TRAIN_BATCH,
+};
 
 fn randn(shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?)

@@ -31,6 +31,13 @@ pub const CMR_EMBEDDING_BATCH: usize = 16;
 pub const MMCL_STEP_BATCH: usize = 16;
 /// The side of the paper's CMR images.
 pub const CMR_SIDE: usize = 210;
+/// The ECG encoder's width, heads and tokens (`vit_tiny_patchX` on 1×12×2500 ECGs: 300
+/// patches of 1×100 and the class token).
+pub const ECG_DIM: usize = 384;
+/// See [`ECG_DIM`].
+pub const ECG_HEADS: usize = 6;
+/// See [`ECG_DIM`].
+pub const ECG_TOKENS: usize = 301;
 
 /// A standard-normal tensor drawn on the host from `seed` and copied to `device`: the same
 /// inputs on every device, so that a GPU's results can be held against the CPU's.

@@ -15,10 +15,8 @@ use serde_json::{Value, json};
 
 use crate::median;
 
-/// The ECG encoder's width, heads and tokens (`vit_tiny_patchX` on 12 × 2500, 1 × 100 patches).
-const DIM: usize = 384;
-const HEADS: usize = 6;
-const TOKENS: usize = 301;
+use crate::workloads::{ECG_DIM as DIM, ECG_HEADS as HEADS, ECG_TOKENS as TOKENS};
+
 /// Batches: inference (the ECG embedding's 256), training, and ResNet50.
 const INFER_BATCH: usize = 256;
 const TRAIN_BATCH: usize = 64;
