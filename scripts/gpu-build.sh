@@ -13,14 +13,13 @@
 # the CUDA 13 runtime libraries (cuBLAS, cuBLASLt, cuRAND, NVRTC, NCCL), which a CUDA install
 # or PyTorch's CUDA 13 wheels provide; gpu-check.sh finds them.
 #
-# The device tool carries at most 64 MiB with the working tree, so the bundle takes the test
-# executables in GPU_BUNDLE_TESTS (default: mmcl-ecg-parity, mmcl-train-parity, mmcl-nn-nccl,
-# mmcl-nn-cuda_kernels; mmcl-cmr-parity, 6 MB more, would find only its small in-repository
-# fixture, and the MMCL step's parity already runs the ResNet forward and backward on the GPU)
-# and the parity
-# fixtures in GPU_BUNDLE_FIXTURES (default: the small ECG ViT and the MMCL step, ~23 MB
-# compressed); the tests of fixtures left out skip, as they do wherever a fixture is missing.
-# In all about 58 MB. MMCL_GPU_BUNDLE names another folder for the bundle.
+# The device tool carries at most 64 MiB with the working tree: the executables go into one
+# solid archive (binaries.tar.xz, ~12 MB), the test executables being those in
+# GPU_BUNDLE_TESTS (default: the parity tests of mmcl-ecg, mmcl-cmr and mmcl-train, mmcl-nn's
+# NCCL and CUDA-kernel tests), beside the parity fixtures in GPU_BUNDLE_FIXTURES (default: the
+# small ECG ViT and the MMCL step, ~23 MB compressed; resnet18_64px adds 21 MB, resnet50_64px
+# is too large); the tests of fixtures left out skip, as they do wherever a fixture is missing.
+# MMCL_GPU_BUNDLE names another folder for the bundle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,19 +49,23 @@ for line in sys.stdin:
 
 bundle="${MMCL_GPU_BUNDLE:-gpu-bundle}"
 rm -rf "$bundle.tmp"
-mkdir -p "$bundle.tmp/tests" "$bundle.tmp/parity"
-pack() {
-  strip -o "$2" "$1"
-  xz -T0 -9e "$2"
-}
+stage="$bundle.tmp/stage"
+mkdir -p "$stage/tests" "$bundle.tmp/parity"
 for exe in "$target/release/mmcl" "$target/release/examples/gpu_check"; do
-  pack "$exe" "$bundle.tmp/$(basename "$exe")"
+  strip -o "$stage/$(basename "$exe")" "$exe"
 done
 # tests/<package>-<test>: the test's executable, run from the package's directory.
-wanted=" ${GPU_BUNDLE_TESTS:-mmcl-ecg-parity mmcl-train-parity mmcl-nn-nccl mmcl-nn-cuda_kernels} "
+wanted=" ${GPU_BUNDLE_TESTS:-mmcl-ecg-parity mmcl-cmr-parity mmcl-train-parity mmcl-nn-nccl mmcl-nn-cuda_kernels} "
 while read -r package test exe; do
-  [[ -n "$exe" && "$wanted" == *" $package-$test "* ]] && pack "$exe" "$bundle.tmp/tests/$package-$test"
+  if [[ -n "$exe" && "$wanted" == *" $package-$test "* ]]; then
+    strip -o "$stage/tests/$package-$test" "$exe"
+  fi
 done <<<"$tests"
+# One solid archive: the executables share most of their bytes (candle's kernels, the
+# crates), which a dictionary larger than one of them (50–70 MB stripped) finds across files:
+# 11 MB for six executables against 38 MB compressed one by one. Decompressing needs 256 MiB.
+tar -C "$stage" -cf - . | xz -T1 --lzma2=preset=6,dict=256MiB >"$bundle.tmp/binaries.tar.xz"
+rm -rf "$stage"
 parity="$(python3 -c 'import sys; print(sys.argv[1])' "${MMCL_PARITY_DIR:-../shared/parity}")"
 for fixture in ${GPU_BUNDLE_FIXTURES:-ecg_vit_small mmcl_step_small}; do
   for part in io weights; do
@@ -77,3 +80,4 @@ rm -rf "$bundle"
 mv "$bundle.tmp" "$bundle"
 ls -lR "$bundle"
 du -sh "$bundle"
+xz -lv "$bundle/binaries.tar.xz" | grep -E "Uncompressed|Memory needed" || true

@@ -10,8 +10,8 @@
 # `scripts/gpu-check.sh $OUT/gc 2>&1 | tee $OUT/gpu-check-log.txt`.
 #
 # 0. the test executables of the bundle on the GPU: the parity tests of mmcl-ecg and mmcl-train
-#    (CPU and CUDA, against the fixtures the bundle carries; the others skip) and mmcl-nn's
-#    NCCL group of one;
+#    (CPU and CUDA, against the fixtures the bundle carries; the others skip), mmcl-nn's CUDA
+#    kernels against its CPU kernels, and its NCCL group of one;
 # 1. `gpu_check`: the four workloads (ECG embedding, MAE step, ResNet50 embedding, MMCL step) on
 #    the GPU held against the CPU (f32 with TF32 off and on, bf16), their building blocks timed
 #    alone (`ops`), then the workloads timed in f32 and bf16 at the paper's batches and at
@@ -28,9 +28,10 @@
 # writes its figures as it goes, and a failure in one does not stop the others; the exit
 # status is non-zero if any part failed or was cut short. GPU_CHECK_SKIP (comma-separated:
 # tests, rust — or its agreement, ops, throughput —, ncu, torch, reproduce) leaves parts out;
-# GPU_CHECK_WORKLOADS (comma-separated) keeps some workloads only. For a dry run of the script's plumbing without a GPU:
-# GPU_CHECK_DEVICE=cpu with a bundle built without the cuda feature, and GPU_CHECK_BATCHES=paper
-# and GPU_CHECK_ITERS=2 to keep it short.
+# GPU_CHECK_WORKLOADS (comma-separated) keeps some workloads only. For a dry run of the
+# script's plumbing without a GPU: GPU_CHECK_DEVICE=cpu with a bundle built without the cuda
+# feature (GPU_BUILD_FEATURES= MMCL_GPU_BUNDLE=gpu-bundle-cpu scripts/gpu-build.sh), and
+# GPU_CHECK_BATCHES=paper and GPU_CHECK_ITERS=2 to keep it short.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,23 +79,16 @@ skipped() { [[ "$skip" == *",$1,"* ]]; }
 
 note "binaries"
 bin="$(mktemp -d)"
+if [ ! -f "$bundle/binaries.tar.xz" ]; then
+  echo "error: $bundle/binaries.tar.xz not found; build it with scripts/gpu-build.sh" >&2
+  exit 1
+fi
+xz -dc "$bundle/binaries.tar.xz" | tar -C "$bin" -xf - || exit 1
 for name in mmcl gpu_check; do
-  if [ -f "$bundle/$name.xz" ]; then
-    xz -dc "$bundle/$name.xz" >"$bin/$name" && chmod +x "$bin/$name"
-  elif [ -f "$bundle/$name" ]; then
-    cp "$bundle/$name" "$bin/$name" && chmod +x "$bin/$name"
-  else
-    echo "error: $bundle/$name(.xz) not found; build it with scripts/gpu-build.sh" >&2
-    exit 1
-  fi
+  [ -x "$bin/$name" ] || { echo "error: $name is not in $bundle/binaries.tar.xz" >&2; exit 1; }
 done
 [ -f "$bundle/commit" ] && echo "built from commit $(cat "$bundle/commit")"
 mkdir -p "$bin/tests" "$bin/parity"
-for packed in "$bundle"/tests/*.xz; do
-  [ -f "$packed" ] || continue
-  exe="$bin/tests/$(basename "$packed" .xz)"
-  xz -dc "$packed" >"$exe" && chmod +x "$exe"
-done
 for packed in "$bundle"/parity/*.xz; do
   [ -f "$packed" ] && xz -dc "$packed" >"$bin/parity/$(basename "$packed" .xz)"
 done
@@ -140,8 +134,7 @@ fi
 "$bin/mmcl" info 2>&1
 
 if ! skipped tests; then
-  note "tests on the GPU: parity (CPU and CUDA) and the NCCL group of one"
-  rm -f "$out/tests.log"
+  note "tests on the GPU: parity (CPU and CUDA), CUDA kernels, the NCCL group of one"
   for exe in "$bin"/tests/*; do
     [ -x "$exe" ] || continue
     name="$(basename "$exe")"
