@@ -108,13 +108,25 @@ fn storage(device: &CudaDevice, buffer: CudaSlice<f32>, shape: Shape) -> (CudaSt
     (CudaStorage::wrap_cuda_slice(buffer, device.clone()), shape)
 }
 
-/// `(rows, width)` of a tensor seen as rows of its last dimension, as the kernels' `int`s.
-fn rows_and_width(layout: &Layout, op: &str) -> Result<(i32, i32)> {
-    let width = layout.dims().last().copied().unwrap_or(1);
-    let rows = layout.shape().elem_count() / width.max(1);
-    let fits = |v: usize| i32::try_from(v).ok();
-    match (fits(rows), fits(width), fits(rows.saturating_mul(2))) {
-        (Some(r), Some(w), Some(_)) => Ok((r, w)),
+/// `(rows, width)` of `x` seen as rows of its last dimension, as the kernels' `int`s, after
+/// checking the other inputs: each of `per_column` is `[width]`, each of `per_element` has
+/// `x`'s shape.
+fn rows_and_width(
+    op: &str,
+    x: &Layout,
+    per_column: &[&Layout],
+    per_element: &[&Layout],
+) -> Result<(i32, i32)> {
+    let width = x.dims().last().copied().unwrap_or(1);
+    if let Some(l) = per_column.iter().find(|l| l.dims() != [width]) {
+        candle_core::bail!("{op}: an input of shape {:?}, expected [{width}]", l.dims());
+    }
+    if let Some(l) = per_element.iter().find(|l| l.dims() != x.dims()) {
+        candle_core::bail!("{op}: shapes {:?} and {:?} differ", x.dims(), l.dims());
+    }
+    let rows = x.shape().elem_count() / width.max(1);
+    match (i32::try_from(rows), i32::try_from(width)) {
+        (Ok(r), Ok(w)) => Ok((r, w)),
         _ => candle_core::bail!("{op}: {rows} rows of {width} exceed the kernels' 32-bit indices"),
     }
 }
@@ -234,7 +246,8 @@ pub(crate) fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu)
 }
 
-/// The column sums of `g` seen as `[rows, width]` (f32 on a CUDA device), deterministic.
+/// The column sums of `g` seen as `[rows, width]` (f32 on a CUDA device), deterministic: the
+/// CUDA branch of [`crate::kernels::bias_gradient`].
 pub(crate) fn column_sums(g: &Tensor, width: usize) -> Result<Tensor> {
     g.contiguous()?
         .reshape(((), width))?
@@ -252,7 +265,7 @@ impl CustomOp1 for Softmax {
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let device = s.device();
-        let (rows, n) = rows_and_width(l, self.name())?;
+        let (rows, n) = rows_and_width(self.name(), l, &[], &[])?;
         let y = output(device, l.shape().elem_count())?;
         let args = &mut [
             Arg::In(view(s, l, self.name())?),
@@ -285,16 +298,8 @@ impl CustomOp2 for SoftmaxGrad {
         gs: &CudaStorage,
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        if yl.dims() != gl.dims() {
-            candle_core::bail!(
-                "{}: shapes {:?} and {:?}",
-                self.name(),
-                yl.dims(),
-                gl.dims()
-            );
-        }
         let device = ys.device();
-        let (rows, n) = rows_and_width(yl, self.name())?;
+        let (rows, n) = rows_and_width(self.name(), yl, &[], &[gl])?;
         let dx = output(device, yl.shape().elem_count())?;
         let args = &mut [
             Arg::In(view(ys, yl, self.name())?),
@@ -329,10 +334,7 @@ impl CustomOp3 for LayerNorm {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let device = xs.device();
-        let (rows, n) = rows_and_width(xl, self.name())?;
-        if wl.dims() != [n as usize] || bl.dims() != [n as usize] {
-            candle_core::bail!("{}: weight and bias must be [{n}]", self.name());
-        }
+        let (rows, n) = rows_and_width(self.name(), xl, &[wl, bl], &[])?;
         let y = output(device, xl.shape().elem_count())?;
         let args = &mut [
             Arg::In(view(xs, xl, self.name())?),
@@ -392,10 +394,7 @@ impl CustomOp3 for LayerNormGrad {
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let device = xs.device();
-        let (rows, n) = rows_and_width(xl, self.name())?;
-        if wl.dims() != [n as usize] || gl.dims() != xl.dims() {
-            candle_core::bail!("{}: shapes do not match", self.name());
-        }
+        let (rows, n) = rows_and_width(self.name(), xl, &[wl], &[gl])?;
         let count = xl.shape().elem_count();
         let width = n as usize;
         let mut packed = output(device, count + 2 * width)?;
@@ -449,10 +448,7 @@ impl CustomOp2 for BiasGelu {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let device = xs.device();
-        let (_, h) = rows_and_width(xl, self.name())?;
-        if bl.dims() != [h as usize] {
-            candle_core::bail!("{}: bias must be [{h}]", self.name());
-        }
+        let (_, h) = rows_and_width(self.name(), xl, &[bl], &[])?;
         let total = xl.shape().elem_count();
         let y = output(device, total)?;
         let args = &mut [
@@ -474,7 +470,7 @@ impl CustomOp2 for BiasGelu {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &BiasGeluGrad)?;
-        let db = column_sums(&dx, bias.elem_count())?;
+        let db = crate::kernels::bias_gradient(&dx, bias.elem_count())?;
         Ok((Some(dx), Some(db)))
     }
 }
@@ -498,10 +494,7 @@ impl CustomOp3 for BiasGeluGrad {
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let device = xs.device();
-        let (_, h) = rows_and_width(xl, self.name())?;
-        if bl.dims() != [h as usize] || gl.dims() != xl.dims() {
-            candle_core::bail!("{}: shapes do not match", self.name());
-        }
+        let (_, h) = rows_and_width(self.name(), xl, &[bl], &[gl])?;
         let total = xl.shape().elem_count();
         let dx = output(device, total)?;
         let args = &mut [
@@ -528,7 +521,7 @@ impl CustomOp1 for ColumnSums {
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let device = s.device();
-        let (rows, n) = rows_and_width(l, self.name())?;
+        let (rows, n) = rows_and_width(self.name(), l, &[], &[])?;
         let (config, chunks, chunk_rows) = column_launch(rows, n);
         let partials = output(device, chunks * n as usize)?;
         let args = &mut [
