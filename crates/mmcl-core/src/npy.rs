@@ -174,6 +174,13 @@ pub fn check_npy<R: Read>(
             "corrupt .npy header: brackets nested {nesting} deep (a plain array needs 2)"
         )));
     }
+    // npyz multiplies the shape's dimensions unchecked (a panic in debug builds, a wrapped size
+    // in release ones), so a shape whose size overflows is refused before it sees the header.
+    if let Some(dims) = announced_shape_overflow(&header[preamble_len..]) {
+        return Err(bad(format!(
+            "corrupt .npy header: shape ({dims}) is too large"
+        )));
+    }
     let parsed = NpyHeader::from_reader(&header[..])
         .map_err(|e| bad(format!("not a readable .npy file: {e}")))?;
     let dtype = match parsed.dtype() {
@@ -228,6 +235,24 @@ pub fn check_npy<R: Read>(
         layout,
         npy: NpyFile::with_header(parsed, reader),
     })
+}
+
+/// The dimensions of the header's `'shape'` tuple when their product overflows 64 bits; `None`
+/// when it does not, or when the tuple is not a plain list of integers (npyz judges those).
+fn announced_shape_overflow(text: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(text).ok()?;
+    let after_key = &text[text.find("'shape'")?..];
+    let open = after_key.find('(')?;
+    let close = open + after_key[open..].find(')')?;
+    let dims = &after_key[open + 1..close];
+    let mut size = 1u64;
+    for dim in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        size = match size.checked_mul(dim.parse().ok()?) {
+            Some(size) => size,
+            None => return Some(dims.trim().to_string()),
+        };
+    }
+    None
 }
 
 /// The deepest nesting of `(`, `[` and `{` in a header's text, outside quoted strings.
@@ -429,6 +454,28 @@ mod tests {
         let array = npy_to_array(checked, Path::new("x.npy"), "").unwrap();
         assert_eq!(array.shape, vec![12, 2]);
         assert_eq!(array.data, data);
+    }
+
+    #[test]
+    fn shapes_whose_size_overflows_are_refused_in_any_build() {
+        for shape in ["(4294967296, 2, 2147483648)", "(18446744073709551615, 2)"] {
+            let header =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(header.as_bytes());
+            let err = check_npy(&bytes[..], bytes.len() as u64, Path::new("big.npy"), "")
+                .err()
+                .expect("an overflowing shape must be refused");
+            let message = err.to_string();
+            assert!(
+                message.contains("big.npy") && message.contains("too large"),
+                "{message}"
+            );
+        }
+        // A size that fits is left to the later checks (here: no data).
+        assert_eq!(announced_shape_overflow(b"{'shape': (3, 4), }"), None);
+        assert_eq!(announced_shape_overflow(b"{'shape': (), }"), None);
     }
 
     #[test]
