@@ -207,6 +207,13 @@ pub(crate) fn required_shapes(
     Ok((img_size, patch_size))
 }
 
+/// The patch grid `(rows, columns)` of inputs of `img_size` `[C, leads, T]` cut into
+/// `patch_size` `[leads, samples]` patches: `leads / ph` by `T / pw`, remainders cut off as the
+/// reference's convolution does. The encoder and the masked autoencoder cut alike.
+pub(crate) fn patch_grid(img_size: [usize; 3], patch_size: [usize; 2]) -> (usize, usize) {
+    (img_size[1] / patch_size[0], img_size[2] / patch_size[1])
+}
+
 /// A validation error as the reason serde reports (without the "invalid configuration" prefix
 /// of [`Error::Config`], which the file reader adds with the file's name).
 pub(crate) fn config_reason(e: Error) -> String {
@@ -467,10 +474,7 @@ impl EcgVitConfig {
     /// The patch grid `(rows, columns)`: `leads / ph` by `T / pw` (remainders are cut off, as
     /// the reference's convolution does).
     pub fn grid_size(&self) -> (usize, usize) {
-        (
-            self.img_size[1] / self.patch_size[0],
-            self.img_size[2] / self.patch_size[1],
-        )
+        patch_grid(self.img_size, self.patch_size)
     }
 
     /// Number of patch tokens.

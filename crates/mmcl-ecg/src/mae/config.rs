@@ -455,10 +455,7 @@ impl MaeConfig {
 
     /// The patch grid `(rows, columns)`.
     pub fn grid_size(&self) -> (usize, usize) {
-        (
-            self.img_size[1] / self.patch_size[0],
-            self.img_size[2] / self.patch_size[1],
-        )
+        crate::config::patch_grid(self.img_size, self.patch_size)
     }
 
     /// Number of patches `L`.

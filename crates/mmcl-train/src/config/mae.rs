@@ -6,9 +6,7 @@ use mmcl_data::ecg::augment::EcgAugmentConfig;
 use mmcl_nn::precision::Precision;
 use serde::{Deserialize, Serialize};
 
-use mmcl_core::config::{read_config_file, rebase_path as rebase};
-
-use super::DataConfig;
+use super::{DataConfig, check_betas, check_gradient_clip, check_loop, read_trainer_config};
 use crate::{Error, Result};
 
 /// Everything `mmcl pretrain-mae` needs: the masked-data-modelling stage of the paper (the mae
@@ -120,11 +118,11 @@ impl MaeTrainConfig {
     /// Reads a `.json` or `.toml` configuration; relative paths inside are taken relative to
     /// the file's folder. The result is validated.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut cfg: Self = read_config_file(path)?;
-        let base = path.parent().unwrap_or(Path::new(""));
-        rebase(&mut cfg.data.cache, base);
-        cfg.validate().map_err(|e| e.in_config_file(path))?;
-        Ok(cfg)
+        read_trainer_config(
+            path,
+            |cfg: &mut Self| vec![&mut cfg.data.cache],
+            Self::validate,
+        )
     }
 
     /// The learning rate the schedule reaches after the warm-up: `lr`, or
@@ -138,15 +136,12 @@ impl MaeTrainConfig {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::config(reason));
-        if self.max_epochs == 0 {
-            return bad("max_epochs must be at least 1".into());
-        }
-        if self.batch_size == 0 || self.accumulate_grad_batches == 0 {
-            return bad("batch_size and accumulate_grad_batches must be at least 1".into());
-        }
-        if self.check_val_every_n_epoch == 0 {
-            return bad("check_val_every_n_epoch must be at least 1".into());
-        }
+        check_loop(
+            self.max_epochs,
+            self.batch_size,
+            self.accumulate_grad_batches,
+            self.check_val_every_n_epoch,
+        )?;
         for (name, v) in [
             ("blr", self.blr),
             ("lr", self.effective_lr()),
@@ -158,15 +153,8 @@ impl MaeTrainConfig {
                 return bad(format!("{name} must be finite and non-negative, got {v}"));
             }
         }
-        let (b1, b2) = self.betas;
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            return bad(format!("betas must lie in [0, 1), got {:?}", self.betas));
-        }
-        if let Some(c) = self.gradient_clip_val
-            && !(c.is_finite() && c > 0.0)
-        {
-            return bad(format!("gradient_clip_val must be positive, got {c}"));
-        }
+        check_betas(self.betas)?;
+        check_gradient_clip(self.gradient_clip_val)?;
         if self.model.img_size[0] != 1 {
             return bad(format!(
                 "model.img_size must be [1, leads, samples] for ECGs, got {:?}",
@@ -192,6 +180,6 @@ impl MaeTrainConfig {
 
     /// The configuration as TOML (every key, defaults included).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render as TOML: {e}"))
+        super::to_toml(self)
     }
 }

@@ -15,6 +15,7 @@ use mmcl_data::tables::Split;
 use mmcl_ecg::EcgVitConfig;
 use mmcl_nn::precision::Precision;
 use mmcl_nn::schedule::Granularity;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use mmcl_core::config::{read_config_file, rebase_path as rebase};
@@ -306,31 +307,27 @@ impl MmclConfig {
     /// Reads a `.json` or `.toml` configuration; relative paths inside are taken relative to
     /// the file's folder. The result is validated.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut cfg: Self = read_config_file(path)?;
-        let base = path.parent().unwrap_or(Path::new(""));
-        rebase(&mut cfg.data.cache, base);
-        if let Some(p) = cfg.imaging.pretrain_checkpoint.as_mut() {
-            rebase(p, base);
-        }
-        if let Some(p) = cfg.ecg.pretrain_checkpoint.as_mut() {
-            rebase(p, base);
-        }
-        cfg.validate().map_err(|e| e.in_config_file(path))?;
-        Ok(cfg)
+        read_trainer_config(
+            path,
+            |cfg: &mut Self| {
+                let mut paths = vec![&mut cfg.data.cache];
+                paths.extend(cfg.imaging.pretrain_checkpoint.as_mut());
+                paths.extend(cfg.ecg.pretrain_checkpoint.as_mut());
+                paths
+            },
+            Self::validate,
+        )
     }
 
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::config(reason));
-        if self.max_epochs == 0 {
-            return bad("max_epochs must be at least 1".into());
-        }
-        if self.batch_size == 0 || self.accumulate_grad_batches == 0 {
-            return bad("batch_size and accumulate_grad_batches must be at least 1".into());
-        }
-        if self.check_val_every_n_epoch == 0 {
-            return bad("check_val_every_n_epoch must be at least 1".into());
-        }
+        check_loop(
+            self.max_epochs,
+            self.batch_size,
+            self.accumulate_grad_batches,
+            self.check_val_every_n_epoch,
+        )?;
         for (name, v) in [
             ("lr", self.lr),
             ("weight_decay", self.weight_decay),
@@ -357,18 +354,11 @@ impl MmclConfig {
                 self.lambda_0
             ));
         }
-        let (b1, b2) = self.betas;
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            return bad(format!("betas must lie in [0, 1), got {:?}", self.betas));
-        }
+        check_betas(self.betas)?;
         if self.embedding_dim == 0 || self.projection_dim == 0 {
             return bad("embedding_dim and projection_dim must be positive".into());
         }
-        if let Some(c) = self.gradient_clip_val
-            && !(c.is_finite() && c > 0.0)
-        {
-            return bad(format!("gradient_clip_val must be positive, got {c}"));
-        }
+        check_gradient_clip(self.gradient_clip_val)?;
         if self.imaging.img_size == 0 {
             return bad("imaging.img_size must be positive".into());
         }
@@ -428,8 +418,74 @@ impl MmclConfig {
 
     /// The configuration as TOML (every key, defaults included).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render as TOML: {e}"))
+        to_toml(self)
     }
+}
+
+/// Reads a trainer's `.json` or `.toml` configuration, takes the relative paths inside (those
+/// `relative_paths` returns) relative to the file's folder and validates the result; errors
+/// name the file. The trainers' files are read alike, so this is their one reader.
+fn read_trainer_config<T: DeserializeOwned>(
+    path: &Path,
+    relative_paths: impl FnOnce(&mut T) -> Vec<&mut PathBuf>,
+    validate: impl FnOnce(&T) -> Result<()>,
+) -> Result<T> {
+    let mut cfg: T = read_config_file(path)?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    for p in relative_paths(&mut cfg) {
+        rebase(p, base);
+    }
+    validate(&cfg).map_err(|e| e.in_config_file(path))?;
+    Ok(cfg)
+}
+
+/// A trainer's configuration as TOML, every key (or a comment saying why it cannot be).
+fn to_toml<T: Serialize>(cfg: &T) -> String {
+    toml::to_string_pretty(cfg).unwrap_or_else(|e| format!("# cannot render as TOML: {e}"))
+}
+
+/// Checks the loop settings every trainer has: at least one epoch, one sample per batch, one
+/// batch per step and one epoch between validations.
+fn check_loop(
+    max_epochs: usize,
+    batch_size: usize,
+    accumulate_grad_batches: usize,
+    check_val_every_n_epoch: usize,
+) -> Result<()> {
+    let bad = |reason: &str| Err(Error::config(reason.to_string()));
+    if max_epochs == 0 {
+        return bad("max_epochs must be at least 1");
+    }
+    if batch_size == 0 || accumulate_grad_batches == 0 {
+        return bad("batch_size and accumulate_grad_batches must be at least 1");
+    }
+    if check_val_every_n_epoch == 0 {
+        return bad("check_val_every_n_epoch must be at least 1");
+    }
+    Ok(())
+}
+
+/// Checks the Adam(W) betas: each in `[0, 1)`.
+fn check_betas(betas: (f64, f64)) -> Result<()> {
+    let (b1, b2) = betas;
+    if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+        return Err(Error::config(format!(
+            "betas must lie in [0, 1), got {betas:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the gradient-norm clip, when set: finite and positive.
+fn check_gradient_clip(gradient_clip_val: Option<f64>) -> Result<()> {
+    if let Some(c) = gradient_clip_val
+        && !(c.is_finite() && c > 0.0)
+    {
+        return Err(Error::config(format!(
+            "gradient_clip_val must be positive, got {c}"
+        )));
+    }
+    Ok(())
 }
 
 /// A warning when the learning-rate warm-up is not shorter than the run (the rate never reaches

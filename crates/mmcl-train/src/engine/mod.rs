@@ -9,10 +9,12 @@
 //! ([`Progress`]). [`Trainer`] adds what the two pre-training stages share: run directories,
 //! crash-safe checkpoints ([`crate::checkpoint`]) and exact resumption.
 
+mod data;
 mod early_stopping;
 mod replicas;
 mod trainer;
 
+pub(crate) use data::{StageData, check_finite, open_canonical_cache};
 pub use early_stopping::EarlyStopping;
 pub(crate) use replicas::{Replicas, check_even_batches};
 pub(crate) use trainer::model_file;

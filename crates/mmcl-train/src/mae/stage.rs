@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use mmcl_data::cache::Cache;
-use mmcl_data::loader::{Loader, LoaderConfig, Shard};
+use mmcl_data::loader::LoaderConfig;
 use mmcl_ecg::mae::MaskedAutoencoder;
 use mmcl_nn::ParamStore;
 use mmcl_nn::distributed::GradSync;
@@ -20,11 +20,10 @@ use crate::checkpoint::{
 };
 use crate::config::MaeTrainConfig;
 use crate::engine::{
-    CheckpointFiles, EpochPlan, EpochReport, Stage, TrainStep, Trainer, ValReport,
-    check_even_batches, model_file, record,
+    CheckpointFiles, EpochPlan, EpochReport, Stage, StageData, TrainStep, Trainer, ValReport,
+    check_finite, model_file, open_canonical_cache, record,
 };
 use crate::progress::Progress;
-use crate::run::split_loaders;
 use crate::{Error, Result};
 
 /// The MAE pre-training trainer: [`MaeStage`] in the shared loop ([`Trainer`]).
@@ -35,8 +34,7 @@ pub struct MaeStage {
     cfg: MaeTrainConfig,
     step: MaeStep,
     schedule: WarmupCosine,
-    train_loader: Arc<Loader>,
-    val_loader: Option<Arc<Loader>>,
+    data: StageData,
     run_dir: PathBuf,
 }
 
@@ -97,15 +95,7 @@ impl MaeStage {
             prefetch: cfg.data.prefetch,
             threads: cfg.data.threads,
         };
-        let val_cfg = LoaderConfig {
-            shuffle: false,
-            drop_last: false,
-            ecg_random_crop: false,
-            ecg_augment: None,
-            ..train_cfg.clone()
-        };
-        let (train_loader, val_loader) =
-            split_loaders(&cache, &cfg.data, train_cfg, val_cfg, device)?;
+        let data = StageData::new(&cache, &cfg.data, train_cfg, device)?;
         let schedule = WarmupCosine::per_step(
             cfg.effective_lr(),
             cfg.warmup_epochs,
@@ -117,8 +107,7 @@ impl MaeStage {
             cfg,
             step,
             schedule,
-            train_loader,
-            val_loader,
+            data,
             run_dir: run_dir.to_path_buf(),
         })
     }
@@ -135,7 +124,7 @@ impl MaeStage {
         epoch: usize,
         progress: &mut dyn Progress,
     ) -> Result<Option<MaeEpochMetrics>> {
-        let Some(loader) = self.val_loader.clone() else {
+        let Some(loader) = self.data.val.clone() else {
             return Ok(None);
         };
         progress.start_phase(epoch, "val", loader.num_batches());
@@ -165,7 +154,7 @@ impl TrainStep for MaeStage {
         steps_before: u64,
         progress: &mut dyn Progress,
     ) -> Result<EpochReport> {
-        let batches = self.train_loader.num_batches();
+        let batches = self.data.train.num_batches();
         let accumulate = self.cfg.accumulate_grad_batches.max(1);
         let needs_pairs = self.cfg.loss.cos_weight > 0.0;
         let started = Instant::now();
@@ -174,7 +163,7 @@ impl TrainStep for MaeStage {
         let mut lr = self.schedule.lr(epoch, 0, batches);
         let mut skipped = 0usize;
         let mut steps = 0u64;
-        let loader = Arc::clone(&self.train_loader);
+        let loader = Arc::clone(&self.data.train);
         for (b, batch) in loader.epoch(epoch as u64, 0).enumerate() {
             let batch = batch?;
             // In a group the loader yields this replica's rows; the metrics are the global
@@ -192,16 +181,14 @@ impl TrainStep for MaeStage {
                 continue;
             }
             let report = self.step.train_rows(&ecgs, rows, n, lr)?;
-            if !report.metrics.total.is_finite() {
-                progress.finish_phase();
-                return Err(crate::run::non_finite(
-                    report.metrics.total,
-                    epoch,
-                    b,
-                    steps_before + steps,
-                    &self.run_dir,
-                ));
-            }
+            check_finite(
+                report.metrics.total,
+                epoch,
+                b,
+                steps_before + steps,
+                &self.run_dir,
+                progress,
+            )?;
             if report.stepped {
                 steps += 1;
             }
@@ -267,9 +254,7 @@ impl Stage for MaeStage {
     fn start(cfg: MaeTrainConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
         let mut cfg = cfg;
         cfg.validate()?;
-        cfg.data.cache =
-            std::fs::canonicalize(&cfg.data.cache).map_err(|e| Error::io(&cfg.data.cache, e))?;
-        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        let cache = open_canonical_cache(&mut cfg.data.cache)?;
         check_cache(&cache, &cfg)?;
         let (model, store) = MaskedAutoencoder::from_seed(&cfg.model, cfg.seed, device)?;
         Ok((
@@ -305,21 +290,15 @@ impl Stage for MaeStage {
     fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
         let world = comm.world_size();
         let batch = self.cfg.batch_size;
-        check_even_batches(
-            batch,
-            self.train_loader.len(),
-            self.cfg.data.drop_last,
-            world,
-        )?;
+        // Sharding cannot fail for a valid group, so checking the SimSiam term after it
+        // reports the same errors in the same order as checking before.
+        self.data
+            .join_group(comm.as_ref(), batch, self.cfg.data.drop_last)?;
         if world > 1 && self.cfg.loss.cos_weight > 0.0 && batch / world < 2 {
             return Err(Error::config(format!(
                 "batch_size {batch} over {world} replicas leaves fewer than 2 samples per \
                  replica, which the SimSiam term (loss.cos_weight > 0) needs"
             )));
-        }
-        if world > 1 {
-            let shard = Shard::new(comm.rank(), world)?;
-            self.train_loader = Arc::new(self.train_loader.sharded(shard));
         }
         self.step.join_group(comm)
     }
@@ -356,21 +335,10 @@ impl Stage for MaeStage {
                 },
                 cfg.batch_size * cfg.accumulate_grad_batches
             ),
-            format!(
-                "training on {} subjects ({} batches of {} per epoch)",
-                self.train_loader.len(),
-                self.train_loader.num_batches(),
-                cfg.batch_size
-            ),
         ];
-        match &self.val_loader {
-            Some(v) => notes.push(format!("validating on {} subjects", v.len())),
-            None => notes.push(format!(
-                "the {:?} split is empty: no validation",
-                cfg.data.val_split
-            )),
-        }
-        notes.extend(crate::config::schedule_warning(
+        notes.extend(self.data.describe(
+            cfg.batch_size,
+            cfg.data.val_split,
             cfg.warmup_epochs,
             cfg.max_epochs,
         ));

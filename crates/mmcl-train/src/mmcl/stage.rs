@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device};
 use mmcl_data::cache::Cache;
-use mmcl_data::loader::{Batch, Loader, LoaderConfig, Shard};
+use mmcl_data::loader::{Batch, LoaderConfig};
 use mmcl_losses::classification::weighted_cross_entropy;
 use mmcl_nn::LoadOptions;
 use mmcl_nn::distributed::GradSync;
@@ -22,12 +22,11 @@ use crate::checkpoint::{
 };
 use crate::config::{MmclConfig, OnlineClassifier};
 use crate::engine::{
-    CheckpointFiles, EpochPlan, EpochReport, Stage, TrainStep, Trainer, ValReport,
-    check_even_batches, model_file, record,
+    CheckpointFiles, EpochPlan, EpochReport, Stage, StageData, TrainStep, Trainer, ValReport,
+    check_finite, model_file, open_canonical_cache, record,
 };
 use crate::model::{MmclArchitecture, MmclModel};
 use crate::progress::Progress;
-use crate::run::split_loaders;
 use crate::{Error, Result};
 
 /// The multimodal contrastive trainer: [`MmclStage`] in the shared loop ([`Trainer`]).
@@ -39,8 +38,7 @@ pub struct MmclStage {
     cfg: MmclConfig,
     step: MmclStep,
     schedule: WarmupCosine,
-    train_loader: Arc<Loader>,
-    val_loader: Option<Arc<Loader>>,
+    data: StageData,
     target_label: Option<usize>,
     run_dir: PathBuf,
 }
@@ -98,16 +96,7 @@ impl MmclStage {
             prefetch: cfg.data.prefetch,
             threads: cfg.data.threads,
         };
-        let val_cfg = LoaderConfig {
-            shuffle: false,
-            drop_last: false,
-            ecg_random_crop: false,
-            ecg_augment: None,
-            image_augment: None,
-            originals: false,
-            ..base.clone()
-        };
-        let (train_loader, val_loader) = split_loaders(&cache, &cfg.data, base, val_cfg, device)?;
+        let data = StageData::new(&cache, &cfg.data, base, device)?;
         let schedule = WarmupCosine {
             granularity: cfg.schedule,
             ..WarmupCosine::per_epoch(cfg.lr, cfg.warmup_epochs, cfg.max_epochs)
@@ -117,8 +106,7 @@ impl MmclStage {
             cfg,
             step,
             schedule,
-            train_loader,
-            val_loader,
+            data,
             target_label,
             run_dir: run_dir.to_path_buf(),
         })
@@ -160,7 +148,7 @@ impl MmclStage {
         epoch: usize,
         progress: &mut dyn Progress,
     ) -> Result<Option<ValMetrics>> {
-        let Some(loader) = self.val_loader.clone() else {
+        let Some(loader) = self.data.val.clone() else {
             return Ok(None);
         };
         progress.start_phase(epoch, "val", loader.num_batches());
@@ -251,12 +239,12 @@ impl TrainStep for MmclStage {
         progress: &mut dyn Progress,
     ) -> Result<EpochReport> {
         let started = Instant::now();
-        let batches = self.train_loader.num_batches();
+        let batches = self.data.train.num_batches();
         let mut lr = self.schedule.lr(epoch, 0, batches);
         progress.start_phase(epoch, "train", batches);
         let mut sums = Sums::default();
         let mut steps = 0u64;
-        for (b, batch) in self.train_loader.epoch(epoch as u64, 0).enumerate() {
+        for (b, batch) in self.data.train.epoch(epoch as u64, 0).enumerate() {
             // In a group the loader yields this replica's rows; the report is the global
             // batch's.
             let batch = batch?;
@@ -264,16 +252,14 @@ impl TrainStep for MmclStage {
             let batch = self.batch_of(batch)?;
             lr = self.schedule.lr(epoch, b, batches);
             let report = self.step.train_rows(&batch, lr)?;
-            if !report.loss.is_finite() {
-                progress.finish_phase();
-                return Err(crate::run::non_finite(
-                    report.loss,
-                    epoch,
-                    b,
-                    steps_before + steps,
-                    &self.run_dir,
-                ));
-            }
+            check_finite(
+                report.loss,
+                epoch,
+                b,
+                steps_before + steps,
+                &self.run_dir,
+                progress,
+            )?;
             if report.stepped {
                 steps += 1;
             }
@@ -371,9 +357,7 @@ impl Stage for MmclStage {
     fn start(cfg: MmclConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
         let mut cfg = cfg;
         cfg.validate()?;
-        cfg.data.cache =
-            std::fs::canonicalize(&cfg.data.cache).map_err(|e| Error::io(&cfg.data.cache, e))?;
-        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        let cache = open_canonical_cache(&mut cfg.data.cache)?;
         let channels = image_channels(&cache, &cfg.data.cache)?;
         let arch = MmclArchitecture::from_config(&cfg, channels)?;
         let model = MmclModel::new(&arch, cfg.seed, device)?;
@@ -425,17 +409,8 @@ impl Stage for MmclStage {
     /// Checks that every global batch splits evenly over the group, then sets every replica's
     /// weights and buffers to rank 0's and trains as one of the group ([`MmclStep`]).
     fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
-        let world = comm.world_size();
-        check_even_batches(
-            self.cfg.batch_size,
-            self.train_loader.len(),
-            self.cfg.data.drop_last,
-            world,
-        )?;
-        if world > 1 {
-            let shard = Shard::new(comm.rank(), world)?;
-            self.train_loader = Arc::new(self.train_loader.sharded(shard));
-        }
+        self.data
+            .join_group(comm.as_ref(), self.cfg.batch_size, self.cfg.data.drop_last)?;
         self.step.join_group(comm)
     }
 
@@ -452,24 +427,13 @@ impl Stage for MmclStage {
     }
 
     fn describe(&self) -> Vec<String> {
-        let mut notes = vec![format!(
-            "training on {} subjects ({} batches of {} per epoch)",
-            self.train_loader.len(),
-            self.train_loader.num_batches(),
-            self.cfg.batch_size
-        )];
-        match &self.val_loader {
-            Some(v) => notes.push(format!("validating on {} subjects", v.len())),
-            None => notes.push(format!(
-                "the {:?} split is empty: no validation",
-                self.cfg.data.val_split
-            )),
-        }
-        notes.extend(crate::config::schedule_warning(
-            self.cfg.warmup_epochs,
-            self.cfg.max_epochs,
-        ));
-        notes
+        let cfg = &self.cfg;
+        self.data.describe(
+            cfg.batch_size,
+            cfg.data.val_split,
+            cfg.warmup_epochs,
+            cfg.max_epochs,
+        )
     }
 
     fn schedule(&self) -> WarmupCosine {

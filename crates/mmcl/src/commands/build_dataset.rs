@@ -1,6 +1,7 @@
 //! `mmcl build-dataset`: the dataset cache (preprocessed ECGs, CMR images, labels,
 //! phenotypes, splits) from a UK-Biobank-style folder, driven by a JSON or TOML configuration.
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -102,31 +103,25 @@ pub fn run(args: Args) -> Result<()> {
 /// Per-label and per-phenotype counts over the subjects written, so that labels or values lost
 /// to a broken table are visible at a glance.
 fn print_counts(report: &BuildReport) {
+    // One row format per table, for its header and its rows alike, so that they stay aligned.
+    let label_row = |name: &dyn Display, a: &dyn Display, b: &dyn Display, c: &dyn Display| {
+        println!("  {name:<12} {a:>9} {b:>9} {c:>9}");
+    };
     if !report.labels.is_empty() {
-        println!(
-            "  {:<12} {:>9} {:>9} {:>9}",
-            "label", "positive", "negative", "unknown"
-        );
+        label_row(&"label", &"positive", &"negative", &"unknown");
         for l in &report.labels {
-            println!(
-                "  {:<12} {:>9} {:>9} {:>9}",
-                l.name, l.positive, l.negative, l.unknown
-            );
+            label_row(&l.name, &l.positive, &l.negative, &l.unknown);
         }
     }
+    let phenotype_row =
+        |name: &dyn Display, column: &dyn Display, a: &dyn Display, b: &dyn Display| {
+            println!("  {name:<12} {column:<12} {a:>9} {b:>9}");
+        };
     if !report.phenotypes.is_empty() {
-        println!(
-            "  {:<12} {:<12} {:>9} {:>9}",
-            "phenotype", "column", "measured", "missing"
-        );
+        phenotype_row(&"phenotype", &"column", &"measured", &"missing");
         for p in &report.phenotypes {
-            println!(
-                "  {:<12} {:<12} {:>9} {:>9}",
-                p.name,
-                p.column.as_deref().unwrap_or("-"),
-                p.measured,
-                p.missing
-            );
+            let column = p.column.as_deref().unwrap_or("-");
+            phenotype_row(&p.name, &column, &p.measured, &p.missing);
         }
     }
 }

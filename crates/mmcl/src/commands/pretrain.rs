@@ -38,6 +38,13 @@ pub struct Args {
     print_config: bool,
 }
 
+/// The optional setting both stages have: clipping the gradients' global norm.
+const GRADIENT_CLIP: OptionalKey = (
+    "gradient_clip_val",
+    "1.0",
+    "clip the global gradient norm to this value",
+);
+
 /// What the command adds to a pre-training stage ([`Stage`] has the rest).
 trait Command: Stage {
     /// Where a new run goes without `--output`.
@@ -53,11 +60,7 @@ trait Command: Stage {
 impl Command for MmclStage {
     const DEFAULT_OUTPUT: &'static str = "runs/mmcl";
     const OPTIONAL: &'static [OptionalKey] = &[
-        (
-            "gradient_clip_val",
-            "1.0",
-            "clip the global gradient norm to this value",
-        ),
+        GRADIENT_CLIP,
         (
             "ecg.pretrain_checkpoint",
             "\"runs/mae\"",
@@ -91,11 +94,7 @@ impl Command for MaeStage {
             "1e-3",
             "absolute learning rate (default: blr × effective batch / 4)",
         ),
-        (
-            "gradient_clip_val",
-            "1.0",
-            "clip the global gradient norm to this value",
-        ),
+        GRADIENT_CLIP,
     ];
     fn set_precision(cfg: &mut Self::Config, precision: Precision) {
         cfg.precision = precision;

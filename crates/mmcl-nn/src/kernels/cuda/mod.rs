@@ -173,6 +173,25 @@ fn launch(
     Ok(())
 }
 
+/// Launches `kernel` with the arguments `inputs`, then a new buffer of `shape`'s elements
+/// (which the kernel fills entirely), then `scalars` — the argument order of every kernel that
+/// writes one output the shape of its input — and returns that buffer as storage of `shape`.
+fn launch_new_output(
+    device: &CudaDevice,
+    kernel: &str,
+    config: LaunchConfig,
+    inputs: Vec<Arg<'_>>,
+    shape: &Shape,
+    scalars: Vec<Arg<'_>>,
+) -> Result<(CudaStorage, Shape)> {
+    let out = output(device, shape.elem_count())?;
+    let mut args = inputs;
+    args.push(Arg::Buffer(&out));
+    args.extend(scalars);
+    launch(device, kernel, config, &mut args)?;
+    Ok(storage(device, out, shape.clone()))
+}
+
 /// One warp per row, [`ROWS_PER_BLOCK`] rows per block.
 fn row_launch(rows: i32) -> LaunchConfig {
     LaunchConfig {
@@ -264,17 +283,15 @@ impl CustomOp1 for Softmax {
     cpu_fwd_refused!(_xs, _xl);
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let device = s.device();
         let (rows, n) = rows_and_width(self.name(), l, &[], &[])?;
-        let y = output(device, l.shape().elem_count())?;
-        let args = &mut [
-            Arg::In(view(s, l, self.name())?),
-            Arg::Buffer(&y),
-            Arg::Int(rows),
-            Arg::Int(n),
-        ];
-        launch(device, "mmcl_softmax_fwd", row_launch(rows), args)?;
-        Ok(storage(device, y, l.shape().clone()))
+        launch_new_output(
+            s.device(),
+            "mmcl_softmax_fwd",
+            row_launch(rows),
+            vec![Arg::In(view(s, l, self.name())?)],
+            l.shape(),
+            vec![Arg::Int(rows), Arg::Int(n)],
+        )
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -298,18 +315,18 @@ impl CustomOp2 for SoftmaxGrad {
         gs: &CudaStorage,
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let device = ys.device();
         let (rows, n) = rows_and_width(self.name(), yl, &[], &[gl])?;
-        let dx = output(device, yl.shape().elem_count())?;
-        let args = &mut [
-            Arg::In(view(ys, yl, self.name())?),
-            Arg::In(view(gs, gl, self.name())?),
-            Arg::Buffer(&dx),
-            Arg::Int(rows),
-            Arg::Int(n),
-        ];
-        launch(device, "mmcl_softmax_bwd", row_launch(rows), args)?;
-        Ok(storage(device, dx, yl.shape().clone()))
+        launch_new_output(
+            ys.device(),
+            "mmcl_softmax_bwd",
+            row_launch(rows),
+            vec![
+                Arg::In(view(ys, yl, self.name())?),
+                Arg::In(view(gs, gl, self.name())?),
+            ],
+            yl.shape(),
+            vec![Arg::Int(rows), Arg::Int(n)],
+        )
     }
 }
 
@@ -333,20 +350,19 @@ impl CustomOp3 for LayerNorm {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let device = xs.device();
         let (rows, n) = rows_and_width(self.name(), xl, &[wl, bl], &[])?;
-        let y = output(device, xl.shape().elem_count())?;
-        let args = &mut [
-            Arg::In(view(xs, xl, self.name())?),
-            Arg::In(view(ws, wl, self.name())?),
-            Arg::In(view(bs, bl, self.name())?),
-            Arg::Buffer(&y),
-            Arg::Int(rows),
-            Arg::Int(n),
-            Arg::Float(self.eps),
-        ];
-        launch(device, "mmcl_layer_norm_fwd", row_launch(rows), args)?;
-        Ok(storage(device, y, xl.shape().clone()))
+        launch_new_output(
+            xs.device(),
+            "mmcl_layer_norm_fwd",
+            row_launch(rows),
+            vec![
+                Arg::In(view(xs, xl, self.name())?),
+                Arg::In(view(ws, wl, self.name())?),
+                Arg::In(view(bs, bl, self.name())?),
+            ],
+            xl.shape(),
+            vec![Arg::Int(rows), Arg::Int(n), Arg::Float(self.eps)],
+        )
     }
 
     fn bwd(
@@ -447,19 +463,19 @@ impl CustomOp2 for BiasGelu {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let device = xs.device();
         let (_, h) = rows_and_width(self.name(), xl, &[bl], &[])?;
         let total = xl.shape().elem_count();
-        let y = output(device, total)?;
-        let args = &mut [
-            Arg::In(view(xs, xl, self.name())?),
-            Arg::In(view(bs, bl, self.name())?),
-            Arg::Buffer(&y),
-            Arg::Long(total as i64),
-            Arg::Int(h),
-        ];
-        launch(device, "mmcl_bias_gelu_fwd", flat_launch(total), args)?;
-        Ok(storage(device, y, xl.shape().clone()))
+        launch_new_output(
+            xs.device(),
+            "mmcl_bias_gelu_fwd",
+            flat_launch(total),
+            vec![
+                Arg::In(view(xs, xl, self.name())?),
+                Arg::In(view(bs, bl, self.name())?),
+            ],
+            xl.shape(),
+            vec![Arg::Long(total as i64), Arg::Int(h)],
+        )
     }
 
     fn bwd(
@@ -493,20 +509,20 @@ impl CustomOp3 for BiasGeluGrad {
         gs: &CudaStorage,
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let device = xs.device();
         let (_, h) = rows_and_width(self.name(), xl, &[bl], &[gl])?;
         let total = xl.shape().elem_count();
-        let dx = output(device, total)?;
-        let args = &mut [
-            Arg::In(view(xs, xl, self.name())?),
-            Arg::In(view(bs, bl, self.name())?),
-            Arg::In(view(gs, gl, self.name())?),
-            Arg::Buffer(&dx),
-            Arg::Long(total as i64),
-            Arg::Int(h),
-        ];
-        launch(device, "mmcl_bias_gelu_bwd", flat_launch(total), args)?;
-        Ok(storage(device, dx, xl.shape().clone()))
+        launch_new_output(
+            xs.device(),
+            "mmcl_bias_gelu_bwd",
+            flat_launch(total),
+            vec![
+                Arg::In(view(xs, xl, self.name())?),
+                Arg::In(view(bs, bl, self.name())?),
+                Arg::In(view(gs, gl, self.name())?),
+            ],
+            xl.shape(),
+            vec![Arg::Long(total as i64), Arg::Int(h)],
+        )
     }
 }
 
