@@ -53,6 +53,11 @@ pub struct BuildConfig {
     pub ecg: PreprocessConfig,
     /// Samples kept per ECG (from the start, after resampling).
     pub ecg_samples: usize,
+    /// Leads kept, by name, in the order given; `None` keeps all 12. Chosen after the
+    /// preprocessing, so that the reference's group-wise normalisation still sees every lead.
+    /// III, aVR, aVL and aVF are linear combinations of I and II (Einthoven, Goldberger), so
+    /// `["I", "II", "V1", …, "V6"]` keeps what a recording holds in two thirds of the tokens.
+    pub ecg_leads: Option<Vec<String>>,
     /// Sampling rate assumed for `.npy` ECGs.
     pub npy_sample_rate: f64,
     /// CMR image construction.
@@ -88,6 +93,7 @@ impl Default for BuildConfig {
             diagnoses: Some(PathBuf::from("diagnoses.csv")),
             ecg: PreprocessConfig::default(),
             ecg_samples: 5000,
+            ecg_leads: None,
             npy_sample_rate: 500.0,
             cmr: CmrConfig::default(),
             diseases: DiseaseDefinition::defaults(),
@@ -338,6 +344,10 @@ pub fn build_dataset(
     cfg: &BuildConfig,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(CacheIndex, BuildReport)> {
+    let leads = ecg::lead_selection(cfg.ecg_leads.as_deref())
+        .map_err(|reason| Error::InvalidInput(format!("ecg_leads: {reason}")))?;
+    // All 12 in canonical order: the cache is the one built without a selection.
+    let all_leads = leads.iter().copied().eq(0..NUM_LEADS);
     let mut report = BuildReport::default();
     let ecg_files = match &cfg.ecg_dir {
         Some(d) => Some(discover_ecgs(&cfg.root.join(d), &mut report)?),
@@ -431,7 +441,7 @@ pub fn build_dataset(
     // phenotypes of an ECG cache.
     let store_image = cmr_files.is_some() && (cfg.require_pairs || ecg_files.is_none());
     let ecg_layout = store_ecg.then_some(EcgLayout {
-        leads: NUM_LEADS,
+        leads: leads.len(),
         samples: cfg.ecg_samples,
         sample_rate: cfg.ecg.sample_rate,
     });
@@ -446,7 +456,10 @@ pub fn build_dataset(
         image_layout,
         cfg.shard_size,
         cfg.overwrite,
-    )?;
+    )?
+    .with_lead_names(
+        (!all_leads).then(|| leads.iter().map(|&l| ecg::LEADS[l].to_string()).collect()),
+    );
     let total = eids.len();
     let mut written: BTreeMap<String, usize> = BTreeMap::new();
     let mut label_counts: Vec<LabelCounts> = cfg
@@ -485,6 +498,7 @@ pub fn build_dataset(
                     cmr_files.as_ref().and_then(|m| m.get(&eid)),
                     store_image,
                     phenotypes.as_ref().and_then(|t| t.get(eid)),
+                    &leads,
                 )
             })
             .collect();
@@ -566,6 +580,7 @@ fn prepare_subject(
     cmr_paths: Option<&CmrFiles>,
     store_image: bool,
     table_phenotypes: Option<&[f64]>,
+    leads: &[usize],
 ) -> Result<Prepared> {
     let mut heart_rate = None;
     let ecg = match ecg_path {
@@ -609,7 +624,11 @@ fn prepare_subject(
                 ));
             }
             let cropped = ecg::preprocess::crop(&processed, 0, cfg.ecg_samples)?;
-            Some(cropped.into_data())
+            Some(if leads.iter().copied().eq(0..NUM_LEADS) {
+                cropped.into_data()
+            } else {
+                ecg::select_leads(cropped.data(), cfg.ecg_samples, leads)
+            })
         }
     };
     let mut phenotypes: Vec<f64> = table_phenotypes

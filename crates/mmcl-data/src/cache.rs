@@ -101,6 +101,10 @@ pub struct CacheIndex {
     pub shards: Vec<ShardInfo>,
     /// The subjects, in storage order.
     pub subjects: Vec<SubjectEntry>,
+    /// The ECG leads' names, in storage order, when the cache holds a subset of the 12 (a
+    /// build with `ecg_leads`); `None` for the 12 standard leads in canonical order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecg_lead_names: Option<Vec<String>>,
     /// The configuration the cache was built with.
     pub config: serde_json::Value,
     /// What the build reported (missing modalities, skipped files).
@@ -132,6 +136,7 @@ pub struct CacheWriter {
     eid_buf: Vec<i64>,
     shards: Vec<ShardInfo>,
     subjects: Vec<SubjectEntry>,
+    lead_names: Option<Vec<String>>,
 }
 
 fn f32_bytes(data: &[f32]) -> Vec<u8> {
@@ -181,7 +186,16 @@ impl CacheWriter {
             eid_buf: Vec::new(),
             shards: Vec::new(),
             subjects: Vec::new(),
+            lead_names: None,
         })
+    }
+
+    /// Names the stored ECG leads ([`CacheIndex::ecg_lead_names`]) when they are a subset of
+    /// the 12; `None` keeps the canonical 12.
+    #[must_use]
+    pub fn with_lead_names(mut self, names: Option<Vec<String>>) -> Self {
+        self.lead_names = names;
+        self
     }
 
     /// Adds one subject.
@@ -314,6 +328,7 @@ impl CacheWriter {
             phenotype_standardiser: standardiser,
             shards: std::mem::take(&mut self.shards),
             subjects: std::mem::take(&mut self.subjects),
+            ecg_lead_names: self.lead_names.take(),
             config,
             report,
         };
@@ -386,6 +401,19 @@ impl Cache {
                     index.version
                 ),
             ));
+        }
+        if let Some(names) = &index.ecg_lead_names {
+            let leads = index.ecg.map_or(0, |l| l.leads);
+            let unknown = names.iter().find(|n| crate::ecg::lead_index(n).is_none());
+            if names.len() != leads || unknown.is_some() {
+                return Err(Error::format(
+                    &index_path,
+                    format!(
+                        "ecg_lead_names {names:?} do not name the {leads} stored ECG leads \
+                         with standard lead names"
+                    ),
+                ));
+            }
         }
         let mut shards = Vec::with_capacity(index.shards.len());
         for info in &index.shards {

@@ -163,9 +163,9 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// Their participant ids.
     pub eids: Vec<Eid>,
-    /// ECGs `[B, 1, 12, T]` (augmented when configured).
+    /// ECGs `[B, 1, leads, T]` (augmented when configured).
     pub ecg: Option<Tensor>,
-    /// Un-augmented ECGs `[B, 1, 12, T]` (same crop), when `originals`.
+    /// Un-augmented ECGs `[B, 1, leads, T]` (same crop), when `originals`.
     pub ecg_orig: Option<Tensor>,
     /// Images `[B, C, H, W]` (augmented when configured).
     pub image: Option<Tensor>,
@@ -192,7 +192,7 @@ pub struct HostBatch {
     pub indices: Vec<usize>,
     /// Participant ids.
     pub eids: Vec<Eid>,
-    /// `[B, 12, T]` flattened, with `T`.
+    /// `[B, leads, T]` flattened, with `T`.
     pub ecg: Option<(Vec<f32>, usize)>,
     /// Un-augmented ECGs.
     pub ecg_orig: Option<Vec<f32>>,
@@ -486,8 +486,10 @@ impl Loader {
     pub fn to_batch(&self, host: HostBatch) -> Result<Batch> {
         let b = host.indices.len();
         let dev = &self.device;
+        // The cache's lead count, not the 12 of the standard ECG: a cache may hold a subset.
+        let leads = self.cache.index().ecg.map_or(12, |l| l.leads);
         let ecg_tensor = |v: Vec<f32>, t: usize| -> Result<Tensor> {
-            Ok(Tensor::from_vec(v, (b, 1, 12, t), &Device::Cpu)?.to_device(dev)?) // [B, 1, 12, T]
+            Ok(Tensor::from_vec(v, (b, 1, leads, t), &Device::Cpu)?.to_device(dev)?)
         };
         let (ecg, ecg_orig) = match host.ecg {
             Some((v, t)) => (

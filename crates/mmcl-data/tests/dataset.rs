@@ -347,3 +347,80 @@ fn builds_refuse_to_clobber_and_stop_on_bad_files_without_skip() {
             .contains("bad.toml")
     );
 }
+
+#[test]
+fn a_lead_subset_is_cut_after_preprocessing_and_named_in_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = ukb_folder_in(dir.path());
+    build_dataset(&config(&root, &out), &|_, _| {}).unwrap();
+    let full = Cache::open(&out).unwrap();
+    assert_eq!(full.index().ecg.unwrap().leads, 12);
+    assert_eq!(full.index().ecg_lead_names, None);
+
+    // I, II and the chest leads, named in any capitalisation; V1 before II to show the order
+    // given is the order stored.
+    let names = ["i", "V1", "II", "v2", "V3", "V4", "V5", "V6"];
+    let subset_dir = dir.path().join("subset");
+    let cfg = BuildConfig {
+        output: subset_dir.clone(),
+        ecg_leads: Some(names.iter().map(|n| n.to_string()).collect()),
+        ..config(&root, &out)
+    };
+    build_dataset(&cfg, &|_, _| {}).unwrap();
+    let subset = Arc::new(Cache::open(&subset_dir).unwrap());
+    let layout = subset.index().ecg.unwrap();
+    assert_eq!(layout.leads, 8);
+    assert_eq!(
+        subset.index().ecg_lead_names.as_deref().unwrap(),
+        ["I", "V1", "II", "V2", "V3", "V4", "V5", "V6"]
+    );
+    // Each stored row is the full cache's row of that lead, bit for bit: the group-wise
+    // normalisation ran over all 12 before the cut.
+    let (a, b) = (full.ecg(0).unwrap(), subset.ecg(0).unwrap());
+    let n = layout.samples;
+    for (row, canonical) in [0usize, 6, 1, 7, 8, 9, 10, 11].into_iter().enumerate() {
+        assert_eq!(
+            b[row * n..(row + 1) * n],
+            a[canonical * n..(canonical + 1) * n]
+        );
+    }
+    // The loader's batches carry the cache's lead count.
+    let train = subset.split_indices(Split::Train);
+    let loader =
+        Arc::new(Loader::new(subset.clone(), train, loader_config(), Device::Cpu).unwrap());
+    let batch = loader.epoch(0, 0).next().unwrap().unwrap();
+    assert_eq!(batch.ecg.unwrap().dims(), &[5, 1, 8, 500]);
+
+    // Unknown, repeated and empty selections are refused before anything is written.
+    for (leads, expected) in [
+        (
+            vec!["I", "V7"],
+            "\"V7\" is not one of the 12 standard leads",
+        ),
+        (
+            vec!["I", "aVR", "AVR"],
+            "ecg_leads: lead aVR is named twice",
+        ),
+        (vec![], "ecg_leads: no lead is named"),
+    ] {
+        let bad_out = dir.path().join("refused");
+        let cfg = BuildConfig {
+            output: bad_out.clone(),
+            ecg_leads: Some(leads.iter().map(|n| n.to_string()).collect()),
+            ..config(&root, &out)
+        };
+        let err = build_dataset(&cfg, &|_, _| {}).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+        assert!(!bad_out.exists());
+    }
+
+    // An index whose names do not fit its layout is refused on opening, naming the index.
+    let index_path = subset_dir.join("index.json");
+    let text = std::fs::read_to_string(&index_path).unwrap();
+    std::fs::write(&index_path, text.replacen("\"V6\"", "\"V9\"", 1)).unwrap();
+    let err = Cache::open(&subset_dir).err().unwrap().to_string();
+    assert!(
+        err.contains("index.json") && err.contains("ecg_lead_names"),
+        "{err}"
+    );
+}

@@ -289,12 +289,15 @@ pub struct FigureFiles {
 /// Paper millimetres per unit of the normalised model input (about ±3 units fit a 20 mm row).
 const NORMALISED_MM_PER_UNIT: f64 = 2.5;
 
-/// The ECG the figures draw under the maps: the model's window, `12 × T`, leads in canonical
-/// order.
+/// The ECG the figures draw under the maps: the model's window, `leads × T`, the 12 leads in
+/// canonical order or the subset a cache holds.
 #[derive(Debug, Clone, Copy)]
 pub struct EcgTrace<'a> {
     /// The samples.
     pub signal: &'a Matrix<f32>,
+    /// The rows' lead names when `signal` holds a subset of the 12
+    /// ([`mmcl_data::cache::CacheIndex::ecg_lead_names`]); `None` for the 12 in canonical order.
+    pub lead_names: Option<&'a [String]>,
     /// Samples per second.
     pub sampling_rate: f64,
     /// `signal` is in millivolts (drawn at the clinical 10 mm/mV), else in the model's
@@ -303,6 +306,15 @@ pub struct EcgTrace<'a> {
 }
 
 impl EcgTrace<'_> {
+    /// An ECG figure of the trace, its rows named.
+    fn figure(&self) -> EcgFigure<'_> {
+        let figure = EcgFigure::new(self.signal, self.sampling_rate).with_layout(EcgLayout::Rows12);
+        match self.lead_names {
+            Some(names) => figure.with_lead_names(names.to_vec()),
+            None => figure,
+        }
+    }
+
     fn mm_per_unit(&self) -> f64 {
         if self.millivolts {
             10.0
@@ -361,7 +373,7 @@ impl SubjectMaps {
     }
 
     /// Draws the three figures into `dir`: `ecg_importance.png` and `ecg_attention.png` (the
-    /// 12 leads of `ecg`, one per row, in mV at 10 mm/mV when it is in millivolts) and
+    /// leads of `ecg`, one per row, in mV at 10 mm/mV when it is in millivolts) and
     /// `cmr_importance.png` (the slice `image`, `H × W`, with the region importance).
     ///
     /// Importance uses the reference's diverging map over `[-1, 1]` (an automatic range with
@@ -385,8 +397,8 @@ impl SubjectMaps {
         } else {
             (Colormap::RdBuR, ColorRange::Fixed(-1.0, 1.0))
         };
-        let mut figure = EcgFigure::new(ecg.signal, ecg.sampling_rate)
-            .with_layout(EcgLayout::Rows12)
+        let mut figure = ecg
+            .figure()
             .with_importance(&self.ecg_importance)
             .with_title(format!(
                 "ECG importance: cos(patch, CMR) / τ, τ = {} (global {:.2})",
@@ -411,12 +423,9 @@ impl SubjectMaps {
         // A stated range from no attention to at least twice uniform: an automatic range
         // stretched a near-uniform map (0.93–1.05) over the whole colour map.
         let top = attention_colour_top(relative.as_slice());
-        let mut figure = EcgFigure::new(ecg.signal, ecg.sampling_rate)
-            .with_layout(EcgLayout::Rows12)
-            .with_importance(&relative)
-            .with_title(format!(
-                "Class-token attention × patches (1 = uniform), last block; colour 0–{top}"
-            ));
+        let mut figure = ecg.figure().with_importance(&relative).with_title(format!(
+            "Class-token attention × patches (1 = uniform), last block; colour 0–{top}"
+        ));
         figure.mm_per_unit = ecg.mm_per_unit();
         figure.colormap = Colormap::Inferno;
         figure.color_range = ColorRange::Fixed(0.0, top);

@@ -538,6 +538,7 @@ fn figures_render() {
             dir.path(),
             mmcl_eval::localization::EcgTrace {
                 signal: &signal,
+                lead_names: None,
                 sampling_rate: 500.0,
                 millivolts: false,
             },

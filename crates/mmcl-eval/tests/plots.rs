@@ -87,6 +87,41 @@ fn ecg_figures_render() {
 }
 
 #[test]
+fn a_lead_subset_is_drawn_one_named_row_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = ecg(1000);
+    let names = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"];
+    let rows: Vec<f32> = [0usize, 1, 6, 7, 8, 9, 10, 11]
+        .iter()
+        .flat_map(|&l| full.row(l).to_vec())
+        .collect();
+    let subset = Matrix::new(8, 1000, rows).unwrap();
+    let importance = Matrix::new(8, 10, vec![0.5f32; 80]).unwrap();
+    let svg = dir.path().join("subset.svg");
+    let figure = EcgFigure::new(&subset, 250.0)
+        .with_layout(EcgLayout::Rows12)
+        .with_lead_names(names.iter().map(|n| n.to_string()).collect())
+        .with_importance(&importance);
+    figure.save(&svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("V6") && text.contains("8-lead ECG") && !text.contains("aVR"));
+    let png = dir.path().join("subset.png");
+    figure.save(&png).unwrap();
+    // 8 rows of 20 mm instead of 12.
+    let (_, h) = check_png(&png, 40);
+    assert_eq!(h, 720);
+
+    // The 4 × 3 grid needs all 12; a name per row is required.
+    let path = dir.path().join("x.png");
+    let grid = EcgFigure::new(&subset, 250.0)
+        .with_lead_names(names.iter().map(|n| n.to_string()).collect());
+    assert!(grid.save(&path).is_err());
+    let unnamed = EcgFigure::new(&subset, 250.0).with_layout(EcgLayout::Rows12);
+    let err = unnamed.save(&path).unwrap_err().to_string();
+    assert!(err.contains("got 8 (12 names)"), "{err}");
+}
+
+#[test]
 fn cmr_figure_renders_with_heatmap() {
     let dir = tempfile::tempdir().unwrap();
     let slice = Matrix::new(

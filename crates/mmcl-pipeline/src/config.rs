@@ -24,6 +24,10 @@ pub struct DataSettings {
     pub ecg_sample_rate: f64,
     /// Samples kept per ECG (from the start, at `ecg_sample_rate`).
     pub ecg_samples: usize,
+    /// ECG leads kept in the cache, by name, in order (`mmcl_data::build::BuildConfig::
+    /// ecg_leads`; list all 12 to keep them). The encoders' `img_size`/`input_size` take as
+    /// many leads.
+    pub ecg_leads: Vec<String>,
     /// Side of the cached CMR images in pixels.
     pub image_size: usize,
     /// Side of the LV-centred square cropped from the short-axis slice, in mm.
@@ -40,6 +44,7 @@ impl Default for DataSettings {
         Self {
             ecg_sample_rate: 100.0,
             ecg_samples: 1000,
+            ecg_leads: REDUCED_ECG_LEADS.iter().map(|l| l.to_string()).collect(),
             image_size: 48,
             crop_mm: 120.0,
             split: SplitConfig {
@@ -150,9 +155,14 @@ pub struct ReproduceConfig {
     pub concurrent_stages: bool,
 }
 
-/// The reduced ECG encoder: `pluto` (256 wide, 2 blocks, 8 heads) over 5 s at 100 Hz in
-/// patches of 50 samples (12 × 10 tokens).
-const REDUCED_ECG_INPUT: [usize; 3] = [1, 12, 500];
+/// The reduced ECG encoder: `pluto` (256 wide, 2 blocks, 8 heads) over 5 s at 100 Hz of the
+/// eight independent leads in patches of 50 samples (8 × 10 tokens).
+const REDUCED_ECG_INPUT: [usize; 3] = [1, REDUCED_ECG_LEADS.len(), 500];
+/// The reduced cache's leads: I, II and the six chest leads. III, aVR, aVL and aVF are linear
+/// combinations of I and II, so dropping them keeps what the ECG shows in two thirds of the
+/// encoder's tokens (measured: the same paired gain and ceiling share as with 12 leads, at
+/// two thirds of the training arithmetic; docs/reproduce.md).
+const REDUCED_ECG_LEADS: [&str; 8] = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"];
 const REDUCED_ECG_PATCH: [usize; 2] = [1, 50];
 const REDUCED_IMAGE: usize = 48;
 
@@ -248,6 +258,10 @@ impl ReproduceConfig {
             data: DataSettings {
                 ecg_sample_rate: 500.0,
                 ecg_samples: 5000,
+                ecg_leads: mmcl_data::ecg::LEADS
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect(),
                 image_size: 210,
                 split: SplitConfig {
                     stratify_by: Some("AF".into()),
@@ -369,6 +383,15 @@ impl ReproduceConfig {
             return Err(Error::config(format!(
                 "mae.model and mmcl.ecg describe different encoders: (img_size, patch_size, \
                  embed_dim, depth, num_heads) {mae_dims:?} vs {vit_dims:?}"
+            )));
+        }
+        let leads = mmcl_data::ecg::lead_selection(Some(&d.ecg_leads))
+            .map_err(|reason| Error::config(format!("data.ecg_leads: {reason}")))?;
+        if vit.img_size[1] != leads.len() {
+            return Err(Error::config(format!(
+                "the encoder reads {} leads but the cache keeps {} (data.ecg_leads)",
+                vit.img_size[1],
+                leads.len()
             )));
         }
         if vit.img_size[2] > d.ecg_samples {
@@ -533,6 +556,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("data.ecg_samples"), "{err}");
+        // The encoders read eight leads by default; a cache of all 12 needs them widened.
+        let twelve = "[data]\necg_leads = [\"I\", \"II\", \"III\", \"aVR\", \"aVL\", \"aVF\", \
+                      \"V1\", \"V2\", \"V3\", \"V4\", \"V5\", \"V6\"]\n";
+        let err = ReproduceConfig::from_toml_str(twelve, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("reads 8 leads but the cache keeps 12"),
+            "{err}"
+        );
+        let widened = format!(
+            "{twelve}[mae.model]\nimg_size = [1, 12, 500]\n[mmcl.ecg]\ninput_size = [1, 12, 500]\n"
+        );
+        ReproduceConfig::from_toml_str(&widened, None).unwrap();
+        let err = ReproduceConfig::from_toml_str("[data]\necg_leads = [\"I\", \"X\"]\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data.ecg_leads") && err.contains("\"X\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -159,7 +159,7 @@ fn eval_loader(
     )?))
 }
 
-/// Embeds the ECGs of `positions` with `f` (`[B, 1, 12, T]` → `[B, D]`), calling `progress`
+/// Embeds the ECGs of `positions` with `f` (`[B, 1, leads, T]` → `[B, D]`), calling `progress`
 /// with the number of subjects done after each batch.
 ///
 /// # Errors

@@ -23,7 +23,7 @@
 //!     None,
 //! )?;
 //! assert_eq!(cfg.cohort.subjects, 60);
-//! assert_eq!(cfg.mmcl.ecg.input_size, [1, 12, 500]);
+//! assert_eq!(cfg.mmcl.ecg.input_size, [1, 8, 500]);
 //! assert_eq!(ReproduceConfig::paper().mmcl, mmcl_train::MmclConfig::default());
 //! // mmcl_pipeline::reproduce::run(&cfg, "out".as_ref(), &candle_core::Device::Cpu,
 //! //                                &mut mmcl_pipeline::TerminalProgress::new())?;

@@ -31,14 +31,14 @@ split = { train = 0.4, val = 0.2, test = 0.4, seed = 1, stratify_by = "AF" }
 max_epochs = 1
 warmup_epochs = 0
 batch_size = 16
-model = { img_size = [1, 12, 200] }
+model = { img_size = [1, 8, 200] }
 [mmcl]
 max_epochs = 1
 warmup_epochs = 0
 batch_size = 16
 embedding_dim = 32
 projection_dim = 16
-ecg = { input_size = [1, 12, 200] }
+ecg = { input_size = [1, 8, 200] }
 imaging = { img_size = 24, augment = { size = 24 } }
 [evaluation]
 bootstrap = 20

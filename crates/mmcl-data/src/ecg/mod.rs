@@ -87,6 +87,47 @@ pub fn lead_index(name: &str) -> Option<usize> {
     LEADS.iter().position(|l| l.eq_ignore_ascii_case(name))
 }
 
+/// The canonical indices of the leads named in `names` (any capitalisation), in the order
+/// given; all 12 in canonical order when `names` is `None`.
+///
+/// # Errors
+/// Why the list is unusable, in words for the caller to prefix with its setting's name: an
+/// empty list, a name that is not one of the 12 standard leads, or a lead named twice.
+pub fn lead_selection(names: Option<&[String]>) -> std::result::Result<Vec<usize>, String> {
+    let Some(names) = names else {
+        return Ok((0..NUM_LEADS).collect());
+    };
+    if names.is_empty() {
+        return Err("no lead is named (leave the setting out to keep all 12)".into());
+    }
+    let mut indices = Vec::with_capacity(names.len());
+    for name in names {
+        let index = lead_index(name).ok_or_else(|| {
+            format!(
+                "{name:?} is not one of the 12 standard leads ({})",
+                LEADS.join(", ")
+            )
+        })?;
+        if indices.contains(&index) {
+            return Err(format!("lead {} is named twice", LEADS[index]));
+        }
+        indices.push(index);
+    }
+    Ok(indices)
+}
+
+/// The rows `leads` of a lead-major recording of `samples` per lead, in that order (indices
+/// from [`lead_selection`]; a row outside `data` is skipped rather than indexed).
+pub fn select_leads(data: &[f32], samples: usize, leads: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(leads.len() * samples);
+    for &lead in leads {
+        if let Some(row) = data.get(lead * samples..(lead + 1) * samples) {
+            out.extend_from_slice(row);
+        }
+    }
+    out
+}
+
 /// A 12-lead ECG in canonical lead order (I, II, III, aVR, aVL, aVF, V1–V6), in millivolts.
 ///
 /// The samples are stored lead-major: lead `l`, sample `t` is `data[l * samples + t]`.

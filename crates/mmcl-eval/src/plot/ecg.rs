@@ -1,4 +1,5 @@
-//! The 12-lead ECG on the clinical grid, with a per-patch importance overlay.
+//! The 12-lead ECG (or a subset of its leads) on the clinical grid, with a per-patch
+//! importance overlay.
 
 use std::path::Path;
 
@@ -20,7 +21,8 @@ pub enum EcgLayout {
     /// Four columns of three leads (I–III, aVR–aVF, V1–V3, V4–V6), each a quarter of the
     /// recording, plus a rhythm strip of lead II over the whole recording.
     Grid4x3,
-    /// Each lead over the whole recording, one per row.
+    /// Each lead over the whole recording, one per row: the 12 leads, or the subset a cache
+    /// holds (its rows named by [`EcgFigure::lead_names`]).
     Rows12,
 }
 
@@ -33,8 +35,8 @@ const MM_PER_S: f64 = 25.0;
 /// squares 0.2 s × 0.5 mV), optionally with a per-patch importance overlay.
 #[derive(Debug, Clone)]
 pub struct EcgFigure<'a> {
-    /// The signal, `12 × T` (leads in [`LEAD_NAMES`] order), in mV (or in the units of
-    /// `mm_per_unit`).
+    /// The signal, `leads × T` (the 12 in [`LEAD_NAMES`] order, or those of `lead_names` in
+    /// the [`EcgLayout::Rows12`] layout), in mV (or in the units of `mm_per_unit`).
     pub signal: &'a Matrix<f32>,
     /// Samples per second.
     pub sampling_rate: f64,
@@ -42,7 +44,7 @@ pub struct EcgFigure<'a> {
     pub layout: EcgLayout,
     /// Millimetres of paper per signal unit (10 for mV; pick e.g. 5 for normalised signals).
     pub mm_per_unit: f64,
-    /// Optional importance per lead and patch, `12 × P`.
+    /// Optional importance per lead and patch, `leads × P`.
     pub importance: Option<&'a Matrix<f32>>,
     /// Colour map of the overlay.
     pub colormap: Colormap,
@@ -52,7 +54,7 @@ pub struct EcgFigure<'a> {
     pub alpha: f64,
     /// Title printed above the grid.
     pub title: Option<String>,
-    /// Lead names (12).
+    /// Lead names, one per row of `signal` (the 12 standard names by default).
     pub lead_names: Vec<String>,
 }
 
@@ -74,9 +76,15 @@ impl<'a> EcgFigure<'a> {
         }
     }
 
-    /// Adds an importance overlay (`12 × P`).
+    /// Adds an importance overlay (`leads × P`).
     pub fn with_importance(mut self, importance: &'a Matrix<f32>) -> Self {
         self.importance = Some(importance);
+        self
+    }
+
+    /// Names the rows of a signal that holds a subset of the 12 leads.
+    pub fn with_lead_names(mut self, names: Vec<String>) -> Self {
+        self.lead_names = names;
         self
     }
 
@@ -94,9 +102,14 @@ impl<'a> EcgFigure<'a> {
 
     fn validate(&self) -> Result<()> {
         let (leads, t) = (self.signal.rows(), self.signal.cols());
-        if leads != 12 || self.lead_names.len() != 12 {
+        let expected = match self.layout {
+            EcgLayout::Grid4x3 => leads == 12,
+            EcgLayout::Rows12 => (1..=12).contains(&leads),
+        };
+        if !expected || self.lead_names.len() != leads {
             return Err(Error::InvalidInput(format!(
-                "ECG figure: expected 12 leads (and 12 names), got {leads} ({} names)",
+                "ECG figure: expected 12 leads (1 to 12 one per row) and a name for each, got \
+                 {leads} ({} names)",
                 self.lead_names.len()
             )));
         }
@@ -123,10 +136,10 @@ impl<'a> EcgFigure<'a> {
             )));
         }
         if let Some(imp) = self.importance
-            && (imp.rows() != 12 || imp.cols() == 0 || imp.cols() > t)
+            && (imp.rows() != leads || imp.cols() == 0 || imp.cols() > t)
         {
             return Err(Error::InvalidInput(format!(
-                "ECG importance must be 12 × P with 1 ≤ P ≤ {t}, got {} × {}",
+                "ECG importance must be {leads} × P with 1 ≤ P ≤ {t}, got {} × {}",
                 imp.rows(),
                 imp.cols()
             )));
@@ -148,7 +161,7 @@ impl<'a> EcgFigure<'a> {
     fn geometry(&self) -> (f64, f64, f64, f64, usize) {
         let rows = match self.layout {
             EcgLayout::Grid4x3 => 4,
-            EcgLayout::Rows12 => 12,
+            EcgLayout::Rows12 => self.signal.rows(),
         };
         let row_height = match self.layout {
             EcgLayout::Grid4x3 => 30.0,
@@ -262,7 +275,7 @@ impl Figure for EcgFigure<'_> {
                 });
             }
             EcgLayout::Rows12 => {
-                for lead in 0..12 {
+                for lead in 0..self.signal.rows() {
                     strips.push(Strip {
                         lead,
                         samples: 0..t,
@@ -363,7 +376,10 @@ impl Figure for EcgFigure<'_> {
                 ))?;
             }
         }
-        let title = self.title.clone().unwrap_or_else(|| "12-lead ECG".into());
+        let title = self
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("{}-lead ECG", self.signal.rows()));
         root.draw(&Text::new(
             title,
             (mm(left), mm(2.5)),

@@ -107,6 +107,7 @@ pub fn explain_subjects(
         // The cache holds the model's normalised input, not millivolts.
         let trace = EcgTrace {
             signal: &signal,
+            lead_names: cache.index().ecg_lead_names.as_deref(),
             sampling_rate: cfg.data.ecg_sample_rate,
             millivolts: false,
         };

@@ -432,6 +432,7 @@ fn build_config(cfg: &ReproduceConfig, cohort: &Path, cache: &Path) -> BuildConf
             ..PreprocessConfig::default()
         },
         ecg_samples: d.ecg_samples,
+        ecg_leads: Some(d.ecg_leads.clone()),
         cmr: CmrConfig {
             crop: CropSpec::LvCentre { size_mm: d.crop_mm },
             size: d.image_size,

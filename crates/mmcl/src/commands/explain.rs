@@ -357,6 +357,7 @@ pub fn run(args: Args) -> Result<()> {
     let slice_info = SliceInfo::of(&cfg.cmr.preprocessing, channel);
     let trace = EcgTrace {
         signal: window.millivolts.as_ref().unwrap_or(signal),
+        lead_names: None,
         sampling_rate: rate,
         millivolts: window.millivolts.is_some(),
     };
