@@ -72,7 +72,8 @@ def read_safetensors(path):
 
 
 def load_cache(cache_dir):
-    """Per split: ECGs [N, 12, T], images [N, C, H, W], labels [N, K], phenotypes [N, P], eids."""
+    """Per split: ECGs [N, leads, T] (the 12, or the subset the index names in
+    `ecg_lead_names`), images [N, C, H, W], labels [N, K], phenotypes [N, P], eids."""
     with open(os.path.join(cache_dir, "index.json")) as f:
         index = json.load(f)
     shards = {}
@@ -112,8 +113,10 @@ def export_reference_layout(index, data, folder):
             labels = np.nan_to_num(d["labels"][:, k]).astype(np.int64)
             torch.save(torch.from_numpy(labels), f"{folder}/labels_{split}_{name}_all.pt")
         torch.save(torch.from_numpy(d["phenotypes"]), f"{folder}/phenotypes_{split}.pt")
+    leads = len(index.get("ecg_lead_names") or range(12))
     with open(f"{folder}/layout.json", "w") as f:
-        json.dump({"ecg": "float32 [N, 12, T]", "image": "float32 [N, C, H, W]",
+        json.dump({"ecg": f"float32 [N, {leads}, T]",
+                   "ecg_leads": index.get("ecg_lead_names"), "image": "float32 [N, C, H, W]",
                    "labels": index["label_names"], "phenotypes": index["phenotype_names"],
                    "subjects": {s: len(d["eid"]) for s, d in data.items()}}, f, indent=1)
 
@@ -126,7 +129,7 @@ def load_reference_layout(folder, split):
 
 # ----------------------------------------------------------------------------- augmentations
 def crop(ecg, length, random_start, gen):
-    """Crops `[B, 12, T]` to `length` samples: a start uniform in [0, T - length) per sample
+    """Crops `[B, leads, T]` to `length` samples: a start uniform in [0, T - length) per sample
     (NumPy's exclusive high, as the reference's `CropResizing`), or 0."""
     t = ecg.shape[-1]
     if not random_start or t - length <= 1:
