@@ -7,8 +7,8 @@
 //! The reference PyTorch code does 4.3 samples/s on the project's 2-thread CPU machine.
 //!
 //! `reduced_defaults` is the step `mmcl reproduce` trains with by default: batch 32, ResNet18
-//! over 3×48×48 images, `vit_pluto_patchX` over 1×12×500 ECGs, heads 256 → 64
-//! (`ReproduceConfig::default().mmcl`).
+//! over 3×48×48 images, `vit_pluto_patchX` over 1×8×500 ECGs (the eight independent leads),
+//! heads 256 → 64 (`ReproduceConfig::default().mmcl`).
 //!
 //! ```sh
 //! cargo bench --bench mmcl_step -- --measurement-time 60
