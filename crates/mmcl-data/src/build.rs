@@ -346,8 +346,8 @@ pub fn build_dataset(
 ) -> Result<(CacheIndex, BuildReport)> {
     let leads = ecg::lead_selection(cfg.ecg_leads.as_deref())
         .map_err(|reason| Error::InvalidInput(format!("ecg_leads: {reason}")))?;
-    // All 12 in canonical order: the cache is the one built without a selection.
-    let all_leads = leads.iter().copied().eq(0..NUM_LEADS);
+    // All 12 in canonical order is the cache built without a selection: nothing to cut.
+    let selection = (!leads.iter().copied().eq(0..NUM_LEADS)).then_some(leads.as_slice());
     let mut report = BuildReport::default();
     let ecg_files = match &cfg.ecg_dir {
         Some(d) => Some(discover_ecgs(&cfg.root.join(d), &mut report)?),
@@ -458,7 +458,7 @@ pub fn build_dataset(
         cfg.overwrite,
     )?
     .with_lead_names(
-        (!all_leads).then(|| leads.iter().map(|&l| ecg::LEADS[l].to_string()).collect()),
+        selection.map(|leads| leads.iter().map(|&l| ecg::LEADS[l].to_string()).collect()),
     );
     let total = eids.len();
     let mut written: BTreeMap<String, usize> = BTreeMap::new();
@@ -498,7 +498,7 @@ pub fn build_dataset(
                     cmr_files.as_ref().and_then(|m| m.get(&eid)),
                     store_image,
                     phenotypes.as_ref().and_then(|t| t.get(eid)),
-                    &leads,
+                    selection,
                 )
             })
             .collect();
@@ -580,7 +580,7 @@ fn prepare_subject(
     cmr_paths: Option<&CmrFiles>,
     store_image: bool,
     table_phenotypes: Option<&[f64]>,
-    leads: &[usize],
+    selection: Option<&[usize]>,
 ) -> Result<Prepared> {
     let mut heart_rate = None;
     let ecg = match ecg_path {
@@ -624,10 +624,9 @@ fn prepare_subject(
                 ));
             }
             let cropped = ecg::preprocess::crop(&processed, 0, cfg.ecg_samples)?;
-            Some(if leads.iter().copied().eq(0..NUM_LEADS) {
-                cropped.into_data()
-            } else {
-                ecg::select_leads(cropped.data(), cfg.ecg_samples, leads)
+            Some(match selection {
+                None => cropped.into_data(),
+                Some(leads) => ecg::select_leads(cropped.data(), cfg.ecg_samples, leads),
             })
         }
     };

@@ -404,14 +404,13 @@ impl Cache {
         }
         if let Some(names) = &index.ecg_lead_names {
             let leads = index.ecg.map_or(0, |l| l.leads);
-            let unknown = names.iter().find(|n| crate::ecg::lead_index(n).is_none());
-            if names.len() != leads || unknown.is_some() {
+            let named = crate::ecg::lead_selection(Some(names)).map_err(|reason| {
+                Error::format(&index_path, format!("ecg_lead_names: {reason}"))
+            })?;
+            if named.len() != leads {
                 return Err(Error::format(
                     &index_path,
-                    format!(
-                        "ecg_lead_names {names:?} do not name the {leads} stored ECG leads \
-                         with standard lead names"
-                    ),
+                    format!("ecg_lead_names {names:?} do not name the {leads} stored ECG leads"),
                 ));
             }
         }

@@ -487,7 +487,11 @@ impl Loader {
         let b = host.indices.len();
         let dev = &self.device;
         // The cache's lead count, not the 12 of the standard ECG: a cache may hold a subset.
-        let leads = self.cache.index().ecg.map_or(12, |l| l.leads);
+        let leads = self
+            .cache
+            .index()
+            .ecg
+            .map_or(crate::ecg::NUM_LEADS, |l| l.leads);
         let ecg_tensor = |v: Vec<f32>, t: usize| -> Result<Tensor> {
             Ok(Tensor::from_vec(v, (b, 1, leads, t), &Device::Cpu)?.to_device(dev)?)
         };
