@@ -30,7 +30,7 @@ mod tests;
 
 use candle_core::{DType, Tensor};
 
-use crate::kernels::gemm::{MatRef, matmul};
+use crate::kernels::gemm::{MatRef, matmul, matmul_strided};
 pub use crate::kernels::nhwc::{BufferPool, NhwcTensor};
 use crate::precision::{self, Precision};
 use crate::{Error, Result};
@@ -123,4 +123,17 @@ fn gemm_acc(
     precision: Precision,
 ) -> candle_core::Result<()> {
     matmul(dst, a, b, true, gemm::Parallelism::None, precision)
+}
+
+/// `dst = a · b` on one thread, into rows of `dst` that lie `dst_row_stride` values apart (a
+/// block of columns of a wider matrix); otherwise as [`gemm_acc`].
+fn gemm_set(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: MatRef,
+    b: MatRef,
+    precision: Precision,
+) -> candle_core::Result<()> {
+    let parallelism = gemm::Parallelism::None;
+    matmul_strided(dst, dst_row_stride, a, b, false, parallelism, precision)
 }

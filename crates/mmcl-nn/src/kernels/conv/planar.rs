@@ -4,7 +4,9 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Geometry, gemm_acc};
+use std::ops::Range;
+
+use super::{Geometry, gemm_acc, gemm_set};
 use crate::kernels::gemm::MatRef;
 use crate::kernels::{contiguous_f32, with_contiguous_f32};
 use crate::precision::{Precision, matmul_precision};
@@ -92,103 +94,169 @@ impl Planar {
         (BLOCK_COLUMNS / self.out_pixels().max(1)).clamp(1, images.max(1))
     }
 
-    /// Writes the patch matrix `[C_in·k·k, H'·W']` of one image into columns
-    /// `col0..col0 + H'·W'` of `patches`, a row-major matrix with `ld` columns whose entries
-    /// over the padding the caller has zeroed.
-    fn im2col(&self, image: &[f32], patches: &mut [f32], ld: usize, col0: usize) {
+    /// Bands of output rows of one image, each about [`BLOCK_COLUMNS`] output pixels wide: a
+    /// large image's patch matrix is built and multiplied one band at a time, so that it stays
+    /// in cache between being written and being read (a 3×3 layer at 53² would otherwise write
+    /// and re-read 6.5 MB per image).
+    fn bands(&self) -> impl Iterator<Item = Range<usize>> {
+        let rows = (BLOCK_COLUMNS / self.wo.max(1)).max(1);
+        let ho = self.ho;
+        (0..ho.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(ho))
+    }
+
+    /// Writes output rows `band` of one image's patch matrix `[C_in·k·k, H'·W']` into columns
+    /// `col0..col0 + band.len()·W'` of `patches`, a row-major matrix with `ld` columns, every
+    /// entry of them (zeros over the padding).
+    fn im2col(
+        &self,
+        image: &[f32],
+        band: Range<usize>,
+        patches: &mut [f32],
+        ld: usize,
+        col0: usize,
+    ) {
         let g = self.geometry;
         let (k, s, p) = (g.kernel, g.stride, g.padding);
-        let (h, w, ho, wo) = (self.h, self.w, self.ho, self.wo);
+        let (h, w, wo) = (self.h, self.w, self.wo);
+        let cols = band.len() * wo;
         for row in 0..self.depth() {
-            let dst = &mut patches[row * ld + col0..row * ld + col0 + ho * wo];
+            let dst = &mut patches[row * ld + col0..row * ld + col0 + cols];
             let (ci, ky, kx) = (row / (k * k), (row / k) % k, row % k);
             let plane = &image[ci * h * w..(ci + 1) * h * w];
             let (ox0, ox1) = self.valid_columns(kx);
-            if ox0 == ox1 {
-                continue;
-            }
-            for oy in 0..ho {
-                let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else {
+            for (out, oy) in dst.chunks_exact_mut(wo).zip(band.clone()) {
+                let iy = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h);
+                let Some(iy) = iy.filter(|_| ox0 < ox1) else {
+                    out.fill(0.0);
                     continue;
                 };
                 let src = &plane[iy * w..(iy + 1) * w];
-                let out = &mut dst[oy * wo..(oy + 1) * wo];
+                out[..ox0].fill(0.0);
+                out[ox1..].fill(0.0);
+                let out = &mut out[ox0..ox1];
                 if s == 1 {
                     let start = ox0 + kx - p;
-                    out[ox0..ox1].copy_from_slice(&src[start..start + (ox1 - ox0)]);
+                    out.copy_from_slice(&src[start..start + out.len()]);
                 } else {
-                    for ox in ox0..ox1 {
-                        out[ox] = src[ox * s + kx - p];
+                    for (o, ox) in out.iter_mut().zip(ox0..) {
+                        *o = src[ox * s + kx - p];
                     }
                 }
             }
         }
     }
 
-    /// Adds columns `col0..col0 + H'·W'` of a patch-matrix gradient (`ld` columns) back onto
-    /// one image's gradient (the adjoint of [`Self::im2col`]).
-    fn col2im(&self, patches: &[f32], ld: usize, col0: usize, image: &mut [f32]) {
+    /// Adds the patch-matrix gradient of output rows `band` (columns `col0..` of `patches`, a
+    /// row-major matrix with `ld` columns) back onto one image's gradient (the adjoint of
+    /// [`Self::im2col`]).
+    fn col2im(
+        &self,
+        patches: &[f32],
+        ld: usize,
+        col0: usize,
+        band: Range<usize>,
+        image: &mut [f32],
+    ) {
         let g = self.geometry;
         let (k, s, p) = (g.kernel, g.stride, g.padding);
-        let (h, w, ho, wo) = (self.h, self.w, self.ho, self.wo);
+        let (h, w, wo) = (self.h, self.w, self.wo);
+        let cols = band.len() * wo;
         for row in 0..self.depth() {
-            let src = &patches[row * ld + col0..row * ld + col0 + ho * wo];
+            let src = &patches[row * ld + col0..row * ld + col0 + cols];
             let (ci, ky, kx) = (row / (k * k), (row / k) % k, row % k);
             let plane = &mut image[ci * h * w..(ci + 1) * h * w];
             let (ox0, ox1) = self.valid_columns(kx);
             if ox0 == ox1 {
                 continue;
             }
-            for oy in 0..ho {
+            for (grad, oy) in src.chunks_exact(wo).zip(band.clone()) {
                 let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else {
                     continue;
                 };
                 let dst = &mut plane[iy * w..(iy + 1) * w];
-                let grad = &src[oy * wo..(oy + 1) * wo];
-                for ox in ox0..ox1 {
-                    dst[ox * s + kx - p] += grad[ox];
+                let grad = &grad[ox0..ox1];
+                if s == 1 {
+                    // Contiguous on both sides: a loop the compiler vectorises.
+                    let start = ox0 + kx - p;
+                    let dst = &mut dst[start..start + grad.len()];
+                    dst.iter_mut().zip(grad).for_each(|(d, &g)| *d += g);
+                } else {
+                    for (&g, ox) in grad.iter().zip(ox0..) {
+                        dst[ox * s + kx - p] += g;
+                    }
                 }
             }
         }
     }
 
     /// The patch matrix of the `images` (consecutive, channels-first) side by side:
-    /// `[C_in·k·k, n·H'·W']`, image `i` in columns `i·H'·W'..`.
-    fn block_patches(&self, images: &[f32], patches: &mut Vec<f32>) -> usize {
+    /// `[C_in·k·k, n·H'·W']`, image `i` in columns `i·H'·W'..`; returns its columns.
+    fn block_patches<'p>(&self, images: &[f32], patches: &'p mut Vec<f32>) -> (&'p [f32], usize) {
         let cols = images.len() / self.in_image() * self.out_pixels();
-        patches.clear();
-        patches.resize(self.depth() * cols, 0.0);
+        let patches = grown(patches, self.depth() * cols);
         for (i, image) in images.chunks_exact(self.in_image()).enumerate() {
-            self.im2col(image, patches, cols, i * self.out_pixels());
+            self.im2col(image, 0..self.ho, patches, cols, i * self.out_pixels());
         }
-        cols
+        (patches, cols)
+    }
+
+    /// `Y = W·P` of one image, `y` its `[C_out, H'·W']` output: the image itself is the patch
+    /// matrix of a pointwise convolution; otherwise one product per band of output rows.
+    fn forward_image(
+        &self,
+        image: &[f32],
+        w: MatRef,
+        y: &mut [f32],
+        patches: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (depth, pixels, wo) = (self.depth(), self.out_pixels(), self.wo);
+        if self.geometry.is_pointwise() {
+            return gemm_set(
+                y,
+                pixels,
+                w,
+                MatRef::rows(image, depth, pixels),
+                self.precision,
+            );
+        }
+        for band in self.bands() {
+            let cols = band.len() * wo;
+            let p = grown(patches, depth * cols);
+            self.im2col(image, band.clone(), p, cols, 0);
+            let p = MatRef::rows(p, depth, cols);
+            gemm_set(&mut y[band.start * wo..], pixels, w, p, self.precision)?;
+        }
+        Ok(())
     }
 
     /// `Y = W·P` for blocks of images, blocks in parallel.
     fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         let mut y = vec![0f32; self.n * cout * pixels];
-        if y.is_empty() {
+        if y.is_empty() || self.in_image() == 0 {
+            // An empty input has no patches: its output (all padding) stays zero.
             return Ok(y);
         }
         let w = MatRef::rows(weight, cout, depth);
         let threads = rayon::current_num_threads().max(1);
         let per_block = self.images_per_block(self.n.div_ceil(threads));
         y.par_chunks_mut(per_block * cout * pixels)
-            // `max(1)`: an input without channels has no patches (its output stays zero).
-            .zip(x.par_chunks((per_block * self.in_image()).max(1)))
+            .zip(x.par_chunks(per_block * self.in_image()))
             .try_for_each_init(
                 || (Vec::new(), Vec::new()),
                 |(patches, block_y): &mut (Vec<f32>, Vec<f32>), (y_blk, x_blk)| {
-                    let cols = self.block_patches(x_blk, patches);
-                    let p = MatRef::rows(patches, depth, cols);
-                    if cols == pixels {
-                        // One image: its output is the product itself.
-                        return gemm_acc(y_blk, w, p, self.precision);
+                    if y_blk.len() == cout * pixels {
+                        return self.forward_image(x_blk, w, y_blk, patches);
                     }
-                    block_y.clear();
-                    block_y.resize(cout * cols, 0.0);
-                    gemm_acc(block_y, w, p, self.precision)?;
+                    let (p, cols) = self.block_patches(x_blk, patches);
+                    let block_y = grown(block_y, cout * cols);
+                    gemm_set(
+                        block_y,
+                        cols,
+                        w,
+                        MatRef::rows(p, depth, cols),
+                        self.precision,
+                    )?;
                     // [C_out, n·H'·W'] → n × [C_out, H'·W']
                     for (i, y_img) in y_blk.chunks_exact_mut(cout * pixels).enumerate() {
                         for (co, dst) in y_img.chunks_exact_mut(pixels).enumerate() {
@@ -202,18 +270,59 @@ impl Planar {
         Ok(y)
     }
 
-    /// `(dX, dW)`: per block of images `dW += dY·Pᵀ` and `dX = col2im(Wᵀ·dY)`; images split
-    /// into one contiguous group per thread, each with its own `dW` partial sum.
+    /// One image's `dW += dY·Pᵀ` and `dX = col2im(Wᵀ·dY)`, band by band as in
+    /// [`Self::forward_image`]; `dx` is the image's gradient, still zero.
+    fn backward_image(
+        &self,
+        image: &[f32],
+        (w_t, dy): (MatRef, &[f32]),
+        (dx, dw): (&mut [f32], &mut [f32]),
+        (patches, dpatches): (&mut Vec<f32>, &mut Vec<f32>),
+    ) -> Result<()> {
+        let (depth, pixels, cout, wo) = (self.depth(), self.out_pixels(), self.cout, self.wo);
+        if self.geometry.is_pointwise() {
+            let dy = MatRef::rows(dy, cout, pixels);
+            gemm_acc(
+                dw,
+                dy,
+                MatRef::rows(image, depth, pixels).t(),
+                self.precision,
+            )?;
+            return gemm_set(dx, pixels, w_t, dy, self.precision);
+        }
+        for band in self.bands() {
+            let cols = band.len() * wo;
+            let p = grown(patches, depth * cols);
+            self.im2col(image, band.clone(), p, cols, 0);
+            let dy_band = MatRef::strided(&dy[band.start * wo..], cout, cols, pixels);
+            gemm_acc(
+                dw,
+                dy_band,
+                MatRef::rows(p, depth, cols).t(),
+                self.precision,
+            )?;
+            let dp = grown(dpatches, depth * cols);
+            gemm_set(dp, cols, w_t, dy_band, self.precision)?;
+            self.col2im(dp, cols, 0, band, dx);
+        }
+        Ok(())
+    }
+
+    /// `(dX, dW)`: per image or block of small images `dW += dY·Pᵀ` and `dX = col2im(Wᵀ·dY)`;
+    /// images split into one contiguous group per thread, each with its own `dW` partial sum.
     fn backward(&self, x: &[f32], weight: &[f32], dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         let in_image = self.in_image();
-        let w_t = MatRef::rows(weight, cout, depth).t(); // [depth, C_out]
         let mut dx = vec![0f32; self.n * in_image];
+        if dx.is_empty() || pixels == 0 {
+            return Ok((dx, vec![0f32; cout * depth]));
+        }
+        let w_t = MatRef::rows(weight, cout, depth).t(); // [depth, C_out]
         let groups = rayon::current_num_threads().clamp(1, self.n.max(1));
         let per_group = self.n.div_ceil(groups).max(1);
         let per_block = self.images_per_block(per_group);
         let partials = dx
-            .par_chunks_mut((per_group * in_image).max(1))
+            .par_chunks_mut(per_group * in_image)
             .enumerate()
             .map(|(g, dx_group)| {
                 let mut dw = vec![0f32; cout * depth];
@@ -224,28 +333,31 @@ impl Planar {
                     let images = dx_blk.len() / in_image;
                     let x_blk = &x[first * in_image..(first + images) * in_image];
                     let dy_blk = &dy[first * cout * pixels..(first + images) * cout * pixels];
-                    let cols = self.block_patches(x_blk, &mut patches);
-                    let dy_mat = if images == 1 {
-                        MatRef::rows(dy_blk, cout, pixels)
-                    } else {
-                        // n × [C_out, H'·W'] → [C_out, n·H'·W']
-                        block_dy.clear();
-                        block_dy.resize(cout * cols, 0.0);
-                        for (i, dy_img) in dy_blk.chunks_exact(cout * pixels).enumerate() {
-                            for (co, src) in dy_img.chunks_exact(pixels).enumerate() {
-                                let at = co * cols + i * pixels;
-                                block_dy[at..at + pixels].copy_from_slice(src);
-                            }
+                    if images == 1 {
+                        let buffers = (&mut patches, &mut dpatches);
+                        self.backward_image(x_blk, (w_t, dy_blk), (dx_blk, &mut dw), buffers)?;
+                        continue;
+                    }
+                    let (p, cols) = self.block_patches(x_blk, &mut patches);
+                    // n × [C_out, H'·W'] → [C_out, n·H'·W']
+                    let block_dy = grown(&mut block_dy, cout * cols);
+                    for (i, dy_img) in dy_blk.chunks_exact(cout * pixels).enumerate() {
+                        for (co, src) in dy_img.chunks_exact(pixels).enumerate() {
+                            let at = co * cols + i * pixels;
+                            block_dy[at..at + pixels].copy_from_slice(src);
                         }
-                        MatRef::rows(&block_dy, cout, cols)
-                    };
-                    let p_t = MatRef::rows(&patches, depth, cols).t();
-                    gemm_acc(&mut dw, dy_mat, p_t, self.precision)?;
-                    dpatches.clear();
-                    dpatches.resize(depth * cols, 0.0);
-                    gemm_acc(&mut dpatches, w_t, dy_mat, self.precision)?;
+                    }
+                    let dy_mat = MatRef::rows(block_dy, cout, cols);
+                    gemm_acc(
+                        &mut dw,
+                        dy_mat,
+                        MatRef::rows(p, depth, cols).t(),
+                        self.precision,
+                    )?;
+                    let dp = grown(&mut dpatches, depth * cols);
+                    gemm_set(dp, cols, w_t, dy_mat, self.precision)?;
                     for (i, dx_img) in dx_blk.chunks_exact_mut(in_image).enumerate() {
-                        self.col2im(&dpatches, cols, i * pixels, dx_img);
+                        self.col2im(dp, cols, i * pixels, 0..self.ho, dx_img);
                     }
                 }
                 Ok::<_, candle_core::Error>(dw)
@@ -259,6 +371,15 @@ impl Planar {
         }
         Ok((dx, dw))
     }
+}
+
+/// The first `len` values of a reusable buffer, grown (with zeros) if it is shorter; the
+/// values are whatever the last use left, for callers that overwrite all of them.
+fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 impl CustomOp2 for Conv2dOp {

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Te
 
 use crate::kernels::gemm::{self, gemm_xwt};
 use crate::kernels::{bias_gradient, contiguous_f32, fast_path, with_contiguous_f32};
-use crate::precision::{self, Precision, matmul_precision};
+use crate::precision;
 
 /// `x·Wᵀ + b` with the weight in PyTorch's layout `[out, in]`.
 ///
@@ -61,10 +61,10 @@ fn check_dims(l_x: &Layout, l_w: &Layout, op: &str) -> Result<(usize, usize, usi
 
 /// The gradients `(dx, dW, db)` of `x·Wᵀ + b` for the upstream gradient `g` `[M, N]`.
 ///
-/// In f32 the products are candle's (the arithmetic the parity fixtures were checked with);
-/// in bf16 the products go through this crate's bf16 kernels, which candle's matmul lacks.
+/// On the CPU the products are this crate's (`gemm::linear_grads`: the weight gradient summed
+/// per thread over its own rows, bf16 operands where configured); elsewhere candle's.
 fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    if matmul_precision() == Precision::Bf16 && fast_path(x) && fast_path(w) && fast_path(g) {
+    if fast_path(x) && fast_path(w) && fast_path(g) {
         let (m, k) = x.dims2()?;
         let n = w.dim(0)?;
         let (dw, db, dx) = with_contiguous_f32(g, |g| {
