@@ -60,18 +60,25 @@ impl Mlp {
     pub fn dropout_prob(&self) -> f64 {
         self.drop.prob()
     }
+
+    /// The hidden activation `gelu(fc1(x))`, before dropout.
+    ///
+    /// # Shapes
+    /// `[.., D]` → `[.., H]`.
+    pub fn hidden(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fc1.bias() {
+            // The bias add is fused into the activation (one pass over the wide hidden layer).
+            Some(b) => crate::ops::bias_gelu(&self.fc1.forward_no_bias(x)?, b),
+            None => crate::ops::gelu_erf(&self.fc1.forward(x)?),
+        }
+    }
 }
 
 impl ModuleT for Mlp {
     /// # Shapes
     /// `[.., D]` → `[.., D]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = match self.fc1.bias() {
-            // The bias add is fused into the activation (one pass over the wide hidden layer).
-            Some(b) => crate::ops::bias_gelu(&self.fc1.forward_no_bias(x)?, b)?, // [.., H]
-            None => crate::ops::gelu_erf(&self.fc1.forward(x)?)?,
-        };
-        let h = self.drop.forward_t(&h, train)?;
+        let h = self.drop.forward_t(&self.hidden(x)?, train)?;
         let y = self.fc2.forward(&h)?; // [.., D]
         self.drop.forward_t(&y, train)
     }
