@@ -249,12 +249,18 @@ fn weight_gradient(
             Ok(dw)
         })
         .collect::<Result<Vec<_>>>()?;
+    Ok(sum_in_order(partials, n * k))
+}
+
+/// The element-wise sum of partial results of length `len`, added in the order given (so
+/// that a fixed split gives the same bits however its tasks were scheduled).
+pub(crate) fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
-    let mut dw = partials.next().unwrap_or_else(|| vec![0f32; n * k]);
+    let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
     for partial in partials {
-        dw.iter_mut().zip(&partial).for_each(|(t, &v)| *t += v);
+        total.iter_mut().zip(&partial).for_each(|(t, &v)| *t += v);
     }
-    Ok(dw)
+    total
 }
 
 /// Column sums of a row-major matrix of width `w` (bias gradients), in parallel and

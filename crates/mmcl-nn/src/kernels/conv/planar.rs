@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use super::{Geometry, gemm_acc, gemm_set};
-use crate::kernels::gemm::MatRef;
+use crate::kernels::gemm::{MatRef, sum_in_order};
 use crate::kernels::{contiguous_f32, with_contiguous_f32};
 use crate::precision::{Precision, matmul_precision};
 
@@ -365,11 +365,7 @@ impl Planar {
             .collect::<Result<Vec<_>>>()?;
         // The groups' partial sums added in group order, not in the order rayon's reduction
         // happens to pair them: the same thread count gives the same bits on every run.
-        let mut dw = vec![0f32; cout * depth];
-        for partial in &partials {
-            dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
-        }
-        Ok((dx, dw))
+        Ok((dx, sum_in_order(partials, cout * depth)))
     }
 }
 
