@@ -162,7 +162,7 @@ const REDUCED_ECG_INPUT: [usize; 3] = [1, REDUCED_ECG_LEADS.len(), 500];
 /// combinations of I and II, so dropping them keeps what the ECG shows in two thirds of the
 /// encoder's tokens (measured: the same paired gain and ceiling share as with 12 leads, at
 /// two thirds of the training arithmetic; docs/reproduce.md).
-const REDUCED_ECG_LEADS: [&str; 8] = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"];
+const REDUCED_ECG_LEADS: [&str; 8] = mmcl_data::ecg::INDEPENDENT_LEADS;
 const REDUCED_ECG_PATCH: [usize; 2] = [1, 50];
 const REDUCED_IMAGE: usize = 48;
 

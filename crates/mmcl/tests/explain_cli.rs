@@ -18,6 +18,11 @@ const ENCODER: &str = r#"{"img_size": [1, 12, 2500], "patch_size": [1, 100], "em
 
 /// A one-subject cohort and a random model in `dir`.
 fn setup(dir: &Path) -> PathBuf {
+    setup_with_encoder(dir, ENCODER)
+}
+
+/// As [`setup`], with the ECG encoder configured by `encoder` (JSON).
+fn setup_with_encoder(dir: &Path, encoder: &str) -> PathBuf {
     let mut config = SynthConfig {
         subjects: 1,
         seed: 11,
@@ -31,7 +36,7 @@ fn setup(dir: &Path) -> PathBuf {
         .write(&root, WriteOptions { overwrite: true }, &|| {})
         .expect("cohort written");
 
-    let encoder: EcgVitConfig = serde_json::from_str(ENCODER).expect("encoder config");
+    let encoder: EcgVitConfig = serde_json::from_str(encoder).expect("encoder config");
     let imaging = ResNetConfig::new(ResNetArch::ResNet18, 3);
     let arch = MmclArchitecture::without_classifier(&encoder, &imaging, 64, 16);
     let model = MmclModel::new(&arch, 1, &Device::Cpu).expect("model");
@@ -148,6 +153,40 @@ fn explains_a_synthetic_subject() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.contains("partial")), "{names:?}");
+}
+
+#[test]
+fn an_eight_lead_model_is_explained_on_its_leads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    setup_with_encoder(d, &ENCODER.replace("[1, 12, 2500]", "[1, 8, 2500]"));
+    let text = std::fs::read_to_string(write_config(
+        d,
+        "tmp.toml",
+        "ukb/ecg/1000001_20205_2_0.xml",
+        "",
+    ))
+    .expect("config")
+    .replace("img_size = [1, 12, 2500]", "img_size = [1, 8, 2500]");
+    let config = d.join("eight.toml");
+    std::fs::write(&config, &text).expect("config");
+    let out = mmcl(&["explain", "--config", s(&config)]);
+    assert!(out.status.success(), "explain failed: {}", stderr(&out));
+    assert!(stderr(&out).contains("I, II, V1"), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out/maps.json")).expect("maps.json"))
+            .expect("valid JSON");
+    let rows = |key: &str| json[key].as_array().expect(key).len();
+    assert_eq!((rows("ecg_importance"), rows("attention")), (8, 8));
+    let (w, h) = png_size(&d.join("out/ecg_importance.png"));
+    assert!(w > 300 && h > 100, "{w}×{h}");
+
+    // Leads that do not fit the encoder are refused, naming the setting.
+    let config = d.join("three.toml");
+    let three = text.replace("[ecg]\n", "[ecg]\nleads = [\"I\", \"II\", \"V1\"]\n");
+    assert!(three.contains("leads = "), "{three}");
+    std::fs::write(&config, three).expect("config");
+    assert_fails(d, &config, &["ecg.leads", "3 leads"]);
 }
 
 fn assert_fails(dir: &Path, config: &Path, words: &[&str]) {

@@ -18,10 +18,15 @@ fn cache(root: &Path) {
 /// A randomly initialised small encoder on 12 × 500 inputs, exported as the trainers export
 /// theirs (safetensors with its configuration in the metadata) under `dir/checkpoints/last`.
 fn exported_encoder(dir: &Path) -> std::path::PathBuf {
-    let cfg: EcgVitConfig = serde_json::from_str(
-        r#"{"model": "vit_pluto_patchX", "img_size": [1, 12, 500], "patch_size": [1, 100],
-            "global_pool": true}"#,
-    )
+    exported_encoder_with_leads(dir, 12)
+}
+
+/// As [`exported_encoder`], on `leads` × 500 inputs.
+fn exported_encoder_with_leads(dir: &Path, leads: usize) -> std::path::PathBuf {
+    let cfg: EcgVitConfig = serde_json::from_str(&format!(
+        r#"{{"model": "vit_pluto_patchX", "img_size": [1, {leads}, 500], "patch_size": [1, 100],
+            "global_pool": true}}"#
+    ))
     .expect("config");
     let (_, store) = EcgVit::from_seed(&cfg, 7, &candle_core::Device::Cpu).expect("model");
     let last = dir.join("checkpoints/last");
@@ -220,4 +225,41 @@ fn finetuning_an_export_takes_its_architecture() {
         "{report}"
     );
     assert!(report.contains("attention pooling"), "{report}");
+}
+
+#[test]
+fn an_eight_lead_encoder_embeds_twelve_lead_files_through_its_leads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    cache(root);
+    let file = exported_encoder_with_leads(&root.join("run"), 8);
+    let first = root.join("cohort/ecg/1000001_20205_2_0.xml");
+    let embed = |out: &str, leads: Option<&str>| {
+        let out = root.join(out);
+        let mut args = vec!["embed-ecg", "--encoder", s(&file), "--ecg", s(&first)];
+        if let Some(leads) = leads {
+            args.extend(["--leads", leads]);
+        }
+        args.extend(["--output", s(&out)]);
+        (mmcl(&args), out)
+    };
+    // By default the eight independent leads, and the command says so.
+    let (run, default) = embed("default", None);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("I, II, V1"), "{}", stderr(&run));
+    let (run, named) = embed("named", Some("i,ii,v1,v2,v3,v4,v5,v6"));
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (shape, by_default) = read_npy(&default.join("embeddings.npy"));
+    assert_eq!(shape, [1, 256]);
+    assert_eq!(by_default, read_npy(&named.join("embeddings.npy")).1);
+    // Other leads in the same slots give another embedding.
+    let (run, swapped) = embed("swapped", Some("II,I,V1,V2,V3,V4,V5,V6"));
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_ne!(by_default, read_npy(&swapped.join("embeddings.npy")).1);
+    // Refused before anything is written: a count that does not fit, an unknown lead.
+    let (run, out) = embed("two", Some("V1,V2"));
+    assert_refused(&run, &["--leads", "2 leads", "takes 8"]);
+    assert!(!out.exists());
+    let (run, _) = embed("unknown", Some("I,II,V1,V2,V3,V4,V5,V7"));
+    assert_refused(&run, &["--leads", "V7"]);
 }

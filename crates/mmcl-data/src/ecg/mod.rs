@@ -27,6 +27,10 @@ pub const LEADS: [&str; 12] = [
 /// Number of leads of a standard ECG.
 pub const NUM_LEADS: usize = 12;
 
+/// The eight independent leads, I, II and V1–V6: III, aVR, aVL and aVF are linear
+/// combinations of I and II. The reduced reproduction's encoders read these.
+pub const INDEPENDENT_LEADS: [&str; 8] = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"];
+
 /// The lowest sampling rate, in Hz, accepted for an ECG (see [`MAX_SAMPLE_RATE_HZ`]).
 ///
 /// Together the pair spans every clinical and research ECG recorder: resting and Holter

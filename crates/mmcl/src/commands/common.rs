@@ -101,6 +101,47 @@ fn check_pooling(cfg: &EcgVitConfig, pooling: Pooling, source: &Path) -> Result<
     Ok(())
 }
 
+/// The leads an encoder taking `leads` leads reads from a 12-lead recording, as canonical
+/// indices and names: `names` if given (its count must match), else all 12, or the eight
+/// independent leads (I, II, V1–V6, what the reduced reproduction trains on; said on stderr).
+/// `setting` names the option in messages.
+pub fn encoder_leads(
+    names: Option<&[String]>,
+    leads: usize,
+    setting: &str,
+) -> Result<(Vec<usize>, Vec<String>)> {
+    let owned = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let names = match names {
+        Some(names) => names.to_vec(),
+        None if leads == mmcl_data::ecg::NUM_LEADS => owned(&mmcl_data::ecg::LEADS),
+        None if leads == mmcl_data::ecg::INDEPENDENT_LEADS.len() => {
+            let names = owned(&mmcl_data::ecg::INDEPENDENT_LEADS);
+            eprintln!(
+                "the encoder takes 8 leads: feeding {} (set {setting} if it was trained on others)",
+                names.join(", ")
+            );
+            names
+        }
+        None => bail!(
+            "the encoder takes {leads} leads: name them, in its input's order, with {setting} \
+             (e.g. I,II,V1,V2)"
+        ),
+    };
+    let selection = mmcl_data::ecg::lead_selection(Some(&names))
+        .map_err(|reason| anyhow::anyhow!("{setting}: {reason}"))?;
+    if selection.len() != leads {
+        bail!(
+            "{setting} names {} leads, the encoder takes {leads}",
+            selection.len()
+        );
+    }
+    let canonical = selection
+        .iter()
+        .map(|&i| mmcl_data::ecg::LEADS[i].to_string())
+        .collect();
+    Ok((selection, canonical))
+}
+
 /// A folder of outputs written whole: its files go into a temporary sibling, which takes the
 /// folder's place only when [`commit`](Self::commit) is called; dropped before that, it is
 /// removed, so a failed command leaves no partial folder.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! mmcl embed-ecg --encoder MODEL --cache DIR [--split train,val,test|all] --output DIR
-//! mmcl embed-ecg --encoder MODEL --ecg FILE_OR_FOLDER… --output DIR
+//! mmcl embed-ecg --encoder MODEL --ecg FILE_OR_FOLDER… [--leads I,II,…] --output DIR
 //! mmcl embed-ecg --encoder MODEL --input X.npy --output OUT.npy
 //!     [--config CONFIG.json] [--pooling global|cls|attention|tokens] [--batch-size N]
 //!     [--device cpu|cuda] [--overwrite]
@@ -20,8 +20,10 @@
 //! order of the arrays). `DIR` appears only when complete.
 //!
 //! **From ECG files as they come** (`--ecg`: CardioSoft XML, WFDB, NPY/NPZ, or folders of
-//! them), each recording is preprocessed as the cache's are and cropped from sample 0;
-//! `DIR/embeddings.npy` holds one row per recording and `DIR/files.csv` names its file.
+//! them), each recording is preprocessed as the cache's are, cut to the encoder's leads
+//! (`--leads`; by default all 12, or I, II, V1–V6 for an 8-lead encoder) and cropped from
+//! sample 0; `DIR/embeddings.npy` holds one row per recording and `DIR/files.csv` names its
+//! file.
 //!
 //! **From an array**, `X.npy` is float32 (or float64) `(N, 12, T)` or `(N, 1, 12, T)` matching
 //! the configuration, used as is; `OUT.npy` is float32 `(N, D)`, or `(N, L, D)` for `tokens`.
@@ -43,7 +45,7 @@ use mmcl_eval::Matrix;
 use mmcl_pipeline::embeddings::{EmbedSettings, SplitTargets, embed_ecgs};
 
 use super::common::{
-    LoadedEncoder, OutputKind, StagedDir, ensure_output_not_input, load_ecg_encoder,
+    LoadedEncoder, OutputKind, StagedDir, encoder_leads, ensure_output_not_input, load_ecg_encoder,
 };
 
 /// Arguments of `mmcl embed-ecg`.
@@ -71,6 +73,12 @@ pub struct Args {
     /// from sample 0. Writes `embeddings.npy` and `files.csv` (row → file) into --output.
     #[arg(long, num_args = 1.., conflicts_with_all = ["input", "cache"])]
     pub ecg: Vec<PathBuf>,
+    /// With --ecg: the leads the encoder reads, in its input's order (comma-separated names,
+    /// cut from the 12 after preprocessing, as a cache's `ecg_leads` are). Default: all 12
+    /// for a 12-lead encoder, I,II,V1,V2,V3,V4,V5,V6 (the reduced reproduction's) for an
+    /// 8-lead one; other encoders need the list.
+    #[arg(long, value_delimiter = ',', requires = "ecg")]
+    pub leads: Option<Vec<String>>,
     /// With --ecg: the sampling rate of NPY/NPZ arrays, which carry none (Hz).
     #[arg(long, default_value_t = 500.0)]
     pub npy_sample_rate: f64,
@@ -342,6 +350,7 @@ fn run_files(args: &Args) -> Result<()> {
     let inputs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let (device, encoder) = encoder_for_folder(args, &inputs, "--ecg")?;
     let [_, leads, length] = encoder.config.img_size;
+    let (selection, _) = encoder_leads(args.leads.as_deref(), leads, "--leads")?;
     let preprocessing = mmcl_data::ecg::preprocess::PreprocessConfig::default();
     let out = StagedDir::begin(&args.output, args.overwrite)?;
     let bar = progress_bar(files.len(), args.batch_size);
@@ -370,17 +379,19 @@ fn run_files(args: &Args) -> Result<()> {
                 file.display()
             ),
         };
-        if file_leads != leads || samples < length {
+        if file_leads != mmcl_data::ecg::NUM_LEADS || samples < length {
             bail!(
                 "{}: {file_leads} leads × {samples} samples after preprocessing; the encoder \
-                 needs {leads} × at least {length}",
-                file.display()
+                 needs {} × at least {length}",
+                file.display(),
+                mmcl_data::ecg::NUM_LEADS
             );
         }
         for k in 0..count {
             let record = &values[k * file_leads * samples..(k + 1) * file_leads * samples];
-            for lead in record.chunks_exact(samples) {
-                batch.extend_from_slice(&lead[..length]);
+            for &lead in &selection {
+                let start = lead * samples;
+                batch.extend_from_slice(&record[start..start + length]);
             }
             let name = if count == 1 {
                 id.clone()

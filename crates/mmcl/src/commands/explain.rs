@@ -23,13 +23,14 @@ use candle_core::Tensor;
 use mmcl_cmr::{ResNetArch, ResNetConfig};
 use mmcl_data::cmr::{CmrConfig, read_study};
 use mmcl_data::ecg::preprocess::{Normalisation, PreprocessConfig, crop, preprocess};
+use mmcl_data::ecg::{Ecg, select_leads};
 use mmcl_ecg::EcgVitConfig;
 use mmcl_eval::Matrix;
 use mmcl_eval::localization::{EcgTrace, LocalizationConfig, SliceInfo, localize};
 use mmcl_train::MmclModel;
 use serde::{Deserialize, Serialize};
 
-use super::common::{OutputKind, StagedDir, ensure_output_not_input};
+use super::common::{OutputKind, StagedDir, encoder_leads, ensure_output_not_input};
 use super::print_config::documented_toml;
 
 /// Arguments of `mmcl explain`.
@@ -74,6 +75,10 @@ struct EcgInput {
     /// First sample of the window the model sees (0: the validation crop).
     #[serde(default)]
     crop_start: usize,
+    /// The leads the encoder reads, in its input's order, cut from the 12 after preprocessing
+    /// (default: all 12 for a 12-lead encoder, I, II, V1–V6 for an 8-lead one).
+    #[serde(default)]
+    leads: Option<Vec<String>>,
 }
 
 fn default_rate() -> f64 {
@@ -137,6 +142,7 @@ fn example_config() -> ExplainConfig {
             preprocessed: false,
             preprocessing: PreprocessConfig::default(),
             crop_start: 0,
+            leads: None,
         },
         cmr: CmrInput {
             image: "ukb/cmr/1000001/sa.nii.gz".into(),
@@ -174,11 +180,12 @@ fn read_config(path: &Path) -> Result<ExplainConfig> {
     Ok(cfg)
 }
 
-/// The preprocessed, cropped ECG `12 × T` and its sampling rate.
 /// The ECG window the model sees.
 struct EcgWindow {
-    /// The model's input, `12 × T`.
+    /// The model's input, `leads × T`.
     input: Matrix<f32>,
+    /// The names of the input's rows, in order.
+    lead_names: Vec<String>,
     /// The same window in mV (preprocessed but not normalised), for the figures; `None` when
     /// the file holds the model's input already.
     millivolts: Option<Matrix<f32>>,
@@ -189,9 +196,11 @@ struct EcgWindow {
 fn load_ecg(input: &EcgInput, encoder: &EcgVitConfig) -> Result<EcgWindow> {
     let path = &input.file;
     let [_, leads, t] = encoder.img_size;
-    if leads != 12 {
-        bail!("the encoder takes {leads} leads; explain works on 12-lead ECGs");
-    }
+    let (selection, lead_names) = encoder_leads(input.leads.as_deref(), leads, "ecg.leads")?;
+    let rows = |window: Ecg| {
+        let samples = window.samples();
+        Matrix::new(leads, t, select_leads(window.data(), samples, &selection))
+    };
     let mut records = mmcl_data::ecg::read_any(path, input.array_sample_rate)?;
     let index = match (input.record, records.len()) {
         (Some(i), n) if i < n => i,
@@ -235,10 +244,11 @@ fn load_ecg(input: &EcgInput, encoder: &EcgVitConfig) -> Result<EcgWindow> {
             .with_context(|| format!("{}: cannot preprocess the ECG", path.display()))?;
         let window = crop(&ecg, input.crop_start, t)
             .with_context(|| format!("{}: cannot crop the ECG", path.display()))?;
-        Some(Matrix::new(12, t, window.into_data())?)
+        Some(rows(window)?)
     };
     Ok(EcgWindow {
-        input: Matrix::new(12, t, window.into_data())?,
+        input: rows(window)?,
+        lead_names,
         millivolts,
         rate,
     })
@@ -343,7 +353,11 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let t = signal.cols();
-    let ecg = Tensor::from_vec(signal.as_slice().to_vec(), (1, 1, 12, t), &device)?;
+    let ecg = Tensor::from_vec(
+        signal.as_slice().to_vec(),
+        (1, 1, signal.rows(), t),
+        &device,
+    )?;
     let image_tensor = Tensor::from_vec(image.clone(), (1, c, h, w), &device)?;
     let maps = localize(&model, &ecg, &image_tensor, &cfg.localization)?.subject(0)?;
 
@@ -357,7 +371,8 @@ pub fn run(args: Args) -> Result<()> {
     let slice_info = SliceInfo::of(&cfg.cmr.preprocessing, channel);
     let trace = EcgTrace {
         signal: window.millivolts.as_ref().unwrap_or(signal),
-        lead_names: None,
+        lead_names: (window.lead_names.len() != mmcl_data::ecg::NUM_LEADS)
+            .then_some(window.lead_names.as_slice()),
         sampling_rate: rate,
         millivolts: window.millivolts.is_some(),
     };
