@@ -143,6 +143,27 @@ fn cardiosoft_xml_reordered_lower_case_latin1() {
 }
 
 #[test]
+fn cardiosoft_xml_with_character_references_reads_the_same() {
+    let path = fixture("xml/1000001_20205_2_0.xml");
+    let bytes = std::fs::read(&path).unwrap();
+    let plain = xml::parse_cardiosoft_xml(&bytes, &path).unwrap();
+    // Another writer escapes the sample lists' separators and line breaks as character
+    // references, and puts an undeclared entity into a name field (the Latin-1 name turns into
+    // replacement characters here, which only that field sees).
+    let escaped = String::from_utf8_lossy(&bytes)
+        .replace(",\n", "&#44;&#xA;")
+        .replace(',', "&#44;")
+        .replace("<Name>", "<Name>&nbsp;");
+    assert!(escaped.contains("&#44;") && escaped.contains("&#xA;"));
+    let other = xml::parse_cardiosoft_xml(escaped.as_bytes(), &path).unwrap();
+    assert_eq!(other.rhythm.data(), plain.rhythm.data());
+    assert_eq!(
+        other.median_beats.as_ref().map(|m| m.data().to_vec()),
+        plain.median_beats.as_ref().map(|m| m.data().to_vec())
+    );
+}
+
+#[test]
 fn npy_arrays_in_any_layout() {
     let one = ecg::read_any(&fixture("wfdb/rec16_physical.npy"), 500.0).unwrap();
     assert_eq!(one.len(), 1);

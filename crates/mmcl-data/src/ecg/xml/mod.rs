@@ -228,13 +228,18 @@ impl ElementHandler for CardioSoftReader {
     }
 
     fn text(&mut self, data: &Event<'_>, _path: &Path) -> Result<()> {
-        // Entity references are dropped, as this reader always has: CardioSoft text is numbers.
-        if let Some(top) = self.frames.last_mut() {
-            match data {
-                Event::Text(t) => top.text.push_str(&t.xml10_content()),
-                Event::CData(t) => top.text.push_str(&t.xml10_content()),
-                _ => {}
-            }
+        let Some(top) = self.frames.last_mut() else {
+            return Ok(());
+        };
+        match data {
+            Event::Text(t) => top.text.push_str(&t.xml10_content()),
+            Event::CData(t) => top.text.push_str(&t.xml10_content()),
+            // Character references (a writer may escape the separators of the sample lists,
+            // `&#44;` or `&#10;`) and the XML entities stand for their character. Other
+            // entities are dropped, as this reader always has: CardioSoft's signal text is
+            // numbers, and an undeclared entity in a name field must not refuse the file.
+            Event::GeneralRef(r) => top.text.extend(reference_char(r)),
+            _ => {}
         }
         Ok(())
     }
