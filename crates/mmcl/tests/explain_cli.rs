@@ -71,6 +71,18 @@ size = 64
     path
 }
 
+/// The configuration of [`write_config`] for the subject's XML, with `from` replaced by `to`,
+/// written to `dir/name`; returns its path and text.
+fn edited_config(dir: &Path, name: &str, from: &str, to: &str) -> (PathBuf, String) {
+    let base = write_config(dir, "base.toml", "ukb/ecg/1000001_20205_2_0.xml", "");
+    let text = std::fs::read_to_string(base).expect("config");
+    assert!(text.contains(from), "{from:?} not in {text}");
+    let text = text.replace(from, to);
+    let path = dir.join(name);
+    std::fs::write(&path, &text).expect("config");
+    (path, text)
+}
+
 /// Width and height from a PNG's IHDR chunk.
 fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -160,16 +172,12 @@ fn an_eight_lead_model_is_explained_on_its_leads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     setup_with_encoder(d, &ENCODER.replace("[1, 12, 2500]", "[1, 8, 2500]"));
-    let text = std::fs::read_to_string(write_config(
+    let (config, text) = edited_config(
         d,
-        "tmp.toml",
-        "ukb/ecg/1000001_20205_2_0.xml",
-        "",
-    ))
-    .expect("config")
-    .replace("img_size = [1, 12, 2500]", "img_size = [1, 8, 2500]");
-    let config = d.join("eight.toml");
-    std::fs::write(&config, &text).expect("config");
+        "eight.toml",
+        "img_size = [1, 12, 2500]",
+        "img_size = [1, 8, 2500]",
+    );
     let out = mmcl(&["explain", "--config", s(&config)]);
     assert!(out.status.success(), "explain failed: {}", stderr(&out));
     assert!(stderr(&out).contains("I, II, V1"), "{}", stderr(&out));
@@ -221,16 +229,7 @@ fn bad_inputs_are_clear_errors() {
     let npy = d.join("image.npy");
     let values = vec![0.5f32; 2 * 64 * 64];
     std::fs::write(&npy, mmcl_core::npy::npy_f32_bytes(&[2, 64, 64], &values)).expect("npy");
-    let text = std::fs::read_to_string(write_config(
-        d,
-        "tmp.toml",
-        "ukb/ecg/1000001_20205_2_0.xml",
-        "",
-    ))
-    .expect("config")
-    .replace("ukb/cmr/1000001/sa.nii.gz", "image.npy");
-    let config = d.join("channels.toml");
-    std::fs::write(&config, text).expect("config");
+    let (config, _) = edited_config(d, "channels.toml", "ukb/cmr/1000001/sa.nii.gz", "image.npy");
     assert_fails(d, &config, &["image.npy", "2 channel"]);
 
     // A model file that is not one.
