@@ -217,9 +217,56 @@ impl StateDict {
                 .map_err(|e| Error::Io {
                     path: tmp.to_path_buf(),
                     source: std::io::Error::other(e),
-                })
+                })?;
+            sort_header_metadata(tmp)
         })
     }
+}
+
+/// Puts the `__metadata__` entries of a freshly written safetensors header in sorted order, in
+/// place. The safetensors crate takes the metadata as a `HashMap`, whose iteration order changes
+/// from run to run, so the same export would otherwise differ in its bytes; the header keeps its
+/// length (the same entries, reordered, padded with spaces as before).
+fn sort_header_metadata(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let internal = |reason: String| {
+        io(std::io::Error::other(format!(
+            "internal error: re-reading the safetensors header just written: {reason}"
+        )))
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).map_err(io)?;
+    let n = u64::from_le_bytes(prefix);
+    if n > MAX_SAFETENSORS_HEADER {
+        return Err(internal(format!("{n} bytes of header")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let mut entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| internal(e.to_string()))?;
+    let Some(metadata) = entries.get_mut("__metadata__") else {
+        return Ok(());
+    };
+    let sorted: BTreeMap<String, String> =
+        serde_json::from_value(metadata.take()).map_err(|e| internal(e.to_string()))?;
+    *metadata = serde_json::to_value(sorted).map_err(|e| internal(e.to_string()))?;
+    let mut text = serde_json::to_vec(&entries).map_err(|e| internal(e.to_string()))?;
+    if text.len() > header.len() {
+        return Err(internal("the reordered header is longer".into()));
+    }
+    text.resize(header.len(), b' ');
+    file.seek(SeekFrom::Start(8)).map_err(io)?;
+    file.write_all(&text).map_err(io)?;
+    Ok(())
 }
 
 /// The largest safetensors header read by [`read_safetensors_metadata`] (the format's own limit).
@@ -477,6 +524,43 @@ impl From<mmcl_pth::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_export_is_the_same_bytes() -> Result<()> {
+        let dev = Device::Cpu;
+        let state: StateDict = [
+            ("w".to_string(), Tensor::ones((2, 3), DType::F32, &dev)?),
+            ("b".to_string(), Tensor::zeros(3, DType::F32, &dev)?),
+        ]
+        .into_iter()
+        .collect();
+        let entries: Vec<(String, String)> = (0..16)
+            .map(|i| (format!("key{i}"), format!("value \"{i}\"")))
+            .collect();
+        let dir = tempfile::tempdir().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut files = Vec::new();
+        for (run, order) in [entries.clone(), entries.iter().rev().cloned().collect()]
+            .into_iter()
+            .enumerate()
+        {
+            // Each map hashes with its own random keys, as separate runs do.
+            let metadata: HashMap<String, String> = order.into_iter().collect();
+            let path = dir.path().join(format!("{run}.safetensors"));
+            state.write_safetensors(&path, Some(metadata))?;
+            files.push(std::fs::read(&path).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+            let read = read_safetensors_metadata(&path)?;
+            assert_eq!(read.len(), 16);
+            assert_eq!(read["key3"], "value \"3\"");
+        }
+        assert!(files[0] == files[1], "two writes of one export differ");
+        let loaded = safetensors::SafeTensors::deserialize(&files[0])
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        assert_eq!(
+            loaded.tensor("w").map(|t| t.shape().to_vec()).ok(),
+            Some(vec![2, 3])
+        );
+        Ok(())
+    }
 
     #[test]
     fn report_names_every_difference() -> Result<()> {
