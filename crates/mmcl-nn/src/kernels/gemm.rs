@@ -228,6 +228,13 @@ fn weight_gradient(
     (m, k, n): (usize, usize, usize),
     precision: Precision,
 ) -> Result<Vec<f32>> {
+    if g.len() != m * n || a.len() != m * k {
+        candle_core::bail!(
+            "internal error: a weight gradient over {m} rows from {} and {} values",
+            g.len(),
+            a.len()
+        );
+    }
     let parts = rayon::current_num_threads()
         .min(m / MIN_ROWS_PER_PART)
         .max(1);
