@@ -228,7 +228,7 @@ impl StateDict {
 /// from run to run, so the same export would otherwise differ in its bytes; the header keeps its
 /// length (the same entries, reordered, padded with spaces as before).
 fn sort_header_metadata(path: &Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Seek, SeekFrom, Write};
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -243,14 +243,7 @@ fn sort_header_metadata(path: &Path) -> Result<()> {
         .write(true)
         .open(path)
         .map_err(io)?;
-    let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix).map_err(io)?;
-    let n = u64::from_le_bytes(prefix);
-    if n > MAX_SAFETENSORS_HEADER {
-        return Err(internal(format!("{n} bytes of header")));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header).map_err(io)?;
+    let header = read_safetensors_header(&mut file, path)?;
     let mut entries: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| internal(e.to_string()))?;
     let Some(metadata) = entries.get_mut("__metadata__") else {
@@ -277,16 +270,38 @@ const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 /// anything is allocated from it, so a damaged or hostile file cannot exhaust memory. A file
 /// without metadata gives an empty map.
 pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let header = read_safetensors_header(&mut file, path)?;
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let parsed: Header =
+        serde_json::from_slice(&header).map_err(|e| damaged_safetensors(path, e.to_string()))?;
+    Ok(parsed.metadata.unwrap_or_default())
+}
+
+/// A safetensors file that cannot be read, and why.
+fn damaged_safetensors(path: &Path, reason: String) -> Error {
+    Error::BadCheckpoint {
+        path: path.to_path_buf(),
+        reason: format!("not a readable safetensors file: {reason}"),
+    }
+}
+
+/// The JSON header of the safetensors file `file` (read from its start, `path` naming it), its
+/// claimed length checked against the file and the format's limit before it is allocated.
+fn read_safetensors_header(file: &mut std::fs::File, path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let damaged = |reason: String| Error::BadCheckpoint {
-        path: path.to_path_buf(),
-        reason: format!("not a readable safetensors file: {reason}"),
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let damaged = |reason: String| damaged_safetensors(path, reason);
     let len = file.metadata().map_err(io)?.len();
     let mut prefix = [0u8; 8];
     file.read_exact(&mut prefix).map_err(|e| match e.kind() {
@@ -305,13 +320,7 @@ pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>>
     if header.len() as u64 != n {
         return Err(damaged("the file ended inside the header".into()));
     }
-    #[derive(serde::Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__", default)]
-        metadata: Option<HashMap<String, String>>,
-    }
-    let parsed: Header = serde_json::from_slice(&header).map_err(|e| damaged(e.to_string()))?;
-    Ok(parsed.metadata.unwrap_or_default())
+    Ok(header)
 }
 
 impl FromIterator<(String, Tensor)> for StateDict {

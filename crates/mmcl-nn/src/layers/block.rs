@@ -91,10 +91,7 @@ impl Block {
         train: bool,
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (h, probs) =
-            self.attn
-                .forward_with_probs(&self.norm1.forward(x)?, train, want_probs)?;
-        let x = crate::ops::add(x, &self.drop_path.forward_t(&h, train)?)?;
+        let (x, probs) = self.attention_residual(x, train, want_probs)?;
         let h = self.mlp.forward_t(&self.norm2.forward(&x)?, train)?;
         let x = crate::ops::add(&x, &self.drop_path.forward_t(&h, train)?)?;
         Ok((x, probs))
@@ -102,6 +99,23 @@ impl Block {
 }
 
 impl Block {
+    /// `x + drop_path(attn(norm1(x)))`, the first half of the block, with the attention
+    /// probabilities on request.
+    fn attention_residual(
+        &self,
+        x: &Tensor,
+        train: bool,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (h, probs) =
+            self.attn
+                .forward_with_probs(&self.norm1.forward(x)?, train, want_probs)?;
+        Ok((
+            crate::ops::add(x, &self.drop_path.forward_t(&h, train)?)?,
+            probs,
+        ))
+    }
+
     /// The mean of the block's output over tokens `first..`, in evaluation mode: `[B, N, D]` →
     /// `[B, 1, D]`, the mean of `forward_t(x, false)`'s tokens up to float rounding.
     ///
@@ -112,10 +126,7 @@ impl Block {
     /// # Errors
     /// When `x` has no tokens from `first` on.
     pub fn forward_token_mean(&self, x: &Tensor, first: usize) -> Result<Tensor> {
-        let (h, _) = self
-            .attn
-            .forward_with_probs(&self.norm1.forward(x)?, false, false)?;
-        let x = crate::ops::add(x, &h)?; // [B, N, D]
+        let (x, _) = self.attention_residual(x, false, false)?; // [B, N, D]
         let hidden = self.mlp.hidden(&self.norm2.forward(&x)?)?; // [B, N, H]
         let tokens = x.dim(1)?;
         if first >= tokens {
