@@ -14,11 +14,21 @@ use mmcl_eval::metrics::{Bootstrap, Task};
 use mmcl_eval::runlog::{RunLog, RunLogWriter};
 use mmcl_losses::classification::{masked_bce_with_logits, masked_mse, smoothed_cross_entropy};
 use mmcl_nn::precision::{Precision, matmul_precision};
-use mmcl_testutil::{Fixture, Tolerance, assert_close};
+use mmcl_testutil::{Fixture, Tolerance, assert_close, flat};
 use mmcl_train::{NoProgress, Progress};
 
 fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// The largest element-wise `|a − b|` of two tensors of one shape; NaN if any difference is.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    flat(a)
+        .iter()
+        .zip(flat(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| if d > m || d.is_nan() { d } else { m })
 }
 
 #[test]
@@ -170,32 +180,11 @@ fn pretrained_and_finetuned_checkpoints_load() {
     );
     let loaded = model.store().get("blocks.0.attn.qkv.weight").unwrap();
     let original = pre_store.get("blocks.0.attn.qkv.weight").unwrap();
-    let diff = (loaded.as_tensor() - original.as_tensor())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
-    let head_after = model
-        .store()
-        .get("head.weight")
-        .unwrap()
-        .as_tensor()
-        .copy()
-        .unwrap();
-    let diff = (head_after - head_before)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    assert_eq!(max_abs_diff(loaded.as_tensor(), original.as_tensor()), 0.0);
+    let head_after = model.store().get("head.weight").unwrap();
     assert_eq!(
-        diff, 0.0,
+        max_abs_diff(head_after.as_tensor(), &head_before),
+        0.0,
         "the head is drawn from the seed, before and after loading"
     );
 
@@ -211,14 +200,7 @@ fn pretrained_and_finetuned_checkpoints_load() {
     let x = Tensor::randn(0f32, 1.0, (3, 1, 12, 200), &Device::Cpu).unwrap();
     let a = model.forward_t(&x, false).unwrap();
     let b = other.forward_t(&x, false).unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&a, &b);
     assert!(diff < 1e-6, "{diff}");
     // A pre-trained encoder is not a fine-tuned model.
     let err = other.load_finetuned(&pre_path).unwrap_err().to_string();
@@ -227,9 +209,13 @@ fn pretrained_and_finetuned_checkpoints_load() {
 
 /// A tiny cache: 12 × 300 ECGs, the label `y` planted as a 10 Hz oscillation on leads II and V2,
 /// a phenotype proportional to the amplitude of lead V5, a second phenotype partly missing.
-/// `invert_train` flips the training labels.
-fn tiny_cache(dir: &Path, invert_train: bool) -> PathBuf {
-    let path = dir.join(if invert_train { "inverted" } else { "cache" });
+/// `invert_train` flips the training labels. The cache lies in a fresh temporary folder,
+/// returned with it (the tests put their other files there too).
+fn tiny_cache(invert_train: bool) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir
+        .path()
+        .join(if invert_train { "inverted" } else { "cache" });
     let layout = EcgLayout {
         leads: 12,
         samples: 300,
@@ -297,7 +283,7 @@ fn tiny_cache(dir: &Path, invert_train: bool) -> PathBuf {
             serde_json::json!({}),
         )
         .unwrap();
-    path
+    (dir, path)
 }
 
 fn quick_config(cache: PathBuf, task: Task, targets: &[&str]) -> FinetuneConfig {
@@ -341,8 +327,7 @@ impl Progress for TrainSteps {
 
 #[test]
 fn a_short_run_learns_the_planted_label() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tiny_cache(dir.path(), false);
+    let (dir, cache) = tiny_cache(false);
     let mut cfg = quick_config(cache, Task::Classification, &["CAD"]);
     // A zero head makes the initial model uninformed (constant predictions, AUROC ½): a random
     // head on random features already ranks this strong signal well, which would say nothing
@@ -407,8 +392,7 @@ fn a_short_run_learns_the_planted_label() {
 /// and the thread's precision is f32 again afterwards.
 #[test]
 fn a_bf16_run_learns_as_the_f32_run_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tiny_cache(dir.path(), false);
+    let (_dir, cache) = tiny_cache(false);
     let run = |precision: Precision| {
         let mut cfg = quick_config(cache.clone(), Task::Classification, &["CAD"]);
         cfg.head_init_std = 0.0;
@@ -436,8 +420,7 @@ fn a_bf16_run_learns_as_the_f32_run_does() {
 
 #[test]
 fn regression_and_multi_label_runs_improve() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tiny_cache(dir.path(), false);
+    let (_dir, cache) = tiny_cache(false);
     // Regression needs outputs of the targets' scale, not just a ranking: a larger rate.
     let mut cfg = quick_config(cache.clone(), Task::Regression, &["LVEDV", "LVEF"]);
     cfg.epochs = 12;
@@ -477,8 +460,7 @@ fn regression_and_multi_label_runs_improve() {
 
 #[test]
 fn early_stopping_triggers_when_validation_gets_worse() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tiny_cache(dir.path(), true);
+    let (_dir, cache) = tiny_cache(true);
     let mut cfg = quick_config(cache, Task::Classification, &["CAD"]);
     cfg.epochs = 20;
     cfg.early_stopping = true;
@@ -503,8 +485,7 @@ fn early_stopping_triggers_when_validation_gets_worse() {
 
 #[test]
 fn bad_setups_are_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tiny_cache(dir.path(), false);
+    let (dir, cache) = tiny_cache(false);
     let run = |cfg: &FinetuneConfig| {
         finetune(cfg, &Device::Cpu, None, &mut NoProgress)
             .map(|_| ())
@@ -600,8 +581,7 @@ fn three_replicas_fine_tune_what_one_process_does() {
     use mmcl_eval::finetune::finetune_in_group;
     use mmcl_nn::distributed::ThreadGroup;
 
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tiny_cache(dir.path(), false);
+    let (_dir, cache) = tiny_cache(false);
     // Regression with a partly missing target (the replicas' shares of the known values
     // differ), batches of 10 over three replicas (shares of 3, 3 and 4; the last batch of 6 in
     // shares of 2), no drop-path (its masks follow each replica's rows).

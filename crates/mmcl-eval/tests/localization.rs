@@ -301,17 +301,29 @@ fn tiny_ecg_config() -> EcgVitConfig {
     .unwrap()
 }
 
-/// A freshly initialised model without an online classifier (projection heads `in → hidden →
-/// out`).
+/// A freshly initialised model of the tiny ECG encoder and a ResNet18 on `channels`-channel
+/// images, without an online classifier (projection heads `in → hidden → out`), and its two
+/// encoders' configurations.
 fn seeded(
-    ecg: &EcgVitConfig,
-    imaging: &ResNetConfig,
+    channels: usize,
     hidden: usize,
     out: usize,
     seed: u64,
-) -> mmcl_train::Result<MmclModel> {
-    let arch = MmclArchitecture::without_classifier(ecg, imaging, hidden, out);
-    MmclModel::new(&arch, seed, &Device::Cpu)
+) -> (EcgVitConfig, ResNetConfig, MmclModel) {
+    let (ecg, imaging) = (
+        tiny_ecg_config(),
+        ResNetConfig::new(ResNetArch::ResNet18, channels),
+    );
+    let arch = MmclArchitecture::without_classifier(&ecg, &imaging, hidden, out);
+    let model = MmclModel::new(&arch, seed, &Device::Cpu).unwrap();
+    (ecg, imaging, model)
+}
+
+/// Writes `state` as `dir/name`; its path.
+fn saved(state: &StateDict, dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    state.write_safetensors(&path, None).unwrap();
+    path
 }
 
 fn inputs(b: usize, channels: usize, side: usize) -> (Tensor, Tensor) {
@@ -336,9 +348,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn a_model_in_the_reference_layout_loads_and_maps() {
     let dir = tempfile::tempdir().unwrap();
-    let ecg_cfg = tiny_ecg_config();
-    let imaging = ResNetConfig::new(ResNetArch::ResNet18, 2);
-    let model = seeded(&ecg_cfg, &imaging, 64, 16, 3).unwrap();
+    let (ecg_cfg, imaging, model) = seeded(2, 64, 16, 3);
     let state = model.state_dict().unwrap();
     // The reference's names: Sequential indices for the trunk, lightly's head layout.
     for key in [
@@ -353,8 +363,7 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
         assert!(state.contains(key), "{key} missing from the saved layout");
     }
     assert!(!state.keys().any(|k| k.starts_with("encoder_imaging.layer")));
-    let path = dir.path().join("model.safetensors");
-    state.write_safetensors(&path, None).unwrap();
+    let path = saved(&state, dir.path(), "model.safetensors");
 
     let (loaded, summary) =
         MmclModel::from_reference_checkpoint(&path, &ecg_cfg, None, &Device::Cpu).unwrap();
@@ -416,8 +425,7 @@ fn a_model_in_the_reference_layout_loads_and_maps() {
         "state_dict.classifier.fc.weight",
         Tensor::zeros((2, 32), DType::F32, &Device::Cpu).unwrap(),
     );
-    let ckpt = dir.path().join("lightning.safetensors");
-    lightning.write_safetensors(&ckpt, None).unwrap();
+    let ckpt = saved(&lightning, dir.path(), "lightning.safetensors");
     let (from_lightning, summary) =
         MmclModel::from_reference_checkpoint(&ckpt, &ecg_cfg, Some(&imaging), &Device::Cpu)
             .unwrap();
@@ -444,9 +452,7 @@ fn expect_error(
 #[test]
 fn bad_checkpoints_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let ecg_cfg = tiny_ecg_config();
-    let imaging = ResNetConfig::new(ResNetArch::ResNet18, 1);
-    let model = seeded(&ecg_cfg, &imaging, 32, 8, 5).unwrap();
+    let (ecg_cfg, _, model) = seeded(1, 32, 8, 5);
     let state = model.state_dict().unwrap();
 
     let missing = dir.path().join("nothing.safetensors");
@@ -454,8 +460,7 @@ fn bad_checkpoints_are_clear_errors() {
 
     let mut no_head = state.clone();
     no_head.remove("projection_head_imaging.layers.2.weight");
-    let path = dir.path().join("no_head.safetensors");
-    no_head.write_safetensors(&path, None).unwrap();
+    let path = saved(&no_head, dir.path(), "no_head.safetensors");
     expect_error(
         &path,
         &ecg_cfg,
@@ -463,8 +468,7 @@ fn bad_checkpoints_are_clear_errors() {
         &["no_head.safetensors", "projection_head_imaging"],
     );
 
-    let path = dir.path().join("ok.safetensors");
-    state.write_safetensors(&path, None).unwrap();
+    let path = saved(&state, dir.path(), "ok.safetensors");
     let other = ResNetConfig::new(ResNetArch::ResNet34, 1);
     expect_error(&path, &ecg_cfg, Some(&other), &["resnet34", "resnet18"]);
     let mut wide = ecg_cfg.clone();
@@ -472,8 +476,7 @@ fn bad_checkpoints_are_clear_errors() {
     expect_error(&path, &wide, None, &["ok.safetensors"]);
 
     let ecg_only = state.strip_prefix("encoder_ecg.");
-    let path = dir.path().join("encoder_only.safetensors");
-    ecg_only.write_safetensors(&path, None).unwrap();
+    let path = saved(&ecg_only, dir.path(), "encoder_only.safetensors");
     expect_error(&path, &ecg_cfg, None, &["not a multimodal checkpoint"]);
 
     let cfg = LocalizationConfig {
@@ -513,9 +516,7 @@ fn check_png(path: &Path) -> (u32, u32) {
 #[test]
 fn figures_render() {
     let dir = tempfile::tempdir().unwrap();
-    let ecg_cfg = tiny_ecg_config();
-    let imaging = ResNetConfig::new(ResNetArch::ResNet18, 1);
-    let model = seeded(&ecg_cfg, &imaging, 32, 8, 9).unwrap();
+    let (_, _, model) = seeded(1, 32, 8, 9);
     let (ecg, image) = inputs(1, 1, 96);
     let maps = localize(&model, &ecg, &image, &LocalizationConfig::default())
         .unwrap()

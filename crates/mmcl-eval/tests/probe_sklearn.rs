@@ -62,6 +62,19 @@ fn present_values(y: &Matrix<f64>, t: usize) -> (Vec<usize>, Vec<f64>) {
     (rows, values)
 }
 
+/// `metric` of column `t` of the test predictions `pred` against the present values of the
+/// test targets `y`.
+fn test_score<E: std::fmt::Debug>(
+    metric: fn(&[f64], &[f64]) -> Result<f64, E>,
+    y: &Matrix<f64>,
+    pred: &Matrix<f64>,
+    t: usize,
+) -> f64 {
+    let (rows, truth) = present_values(y, t);
+    let scores: Vec<f64> = rows.iter().map(|&i| pred.get(i, t)).collect();
+    metric(&truth, &scores).unwrap()
+}
+
 /// The probe of `task` fitted on the problem's training split of `kind`, choosing its
 /// regularisation among `config`'s on the validation split, and its test predictions.
 fn fit_probe(
@@ -140,9 +153,7 @@ fn logistic_probe_agrees_with_sklearn() {
                 "target {t}: validation AUROC {a} vs {b}"
             );
         }
-        let (rows, truth) = present_values(&yte, t);
-        let scores: Vec<f64> = rows.iter().map(|&i| pred.get(i, t)).collect();
-        let auc = auroc(&truth, &scores).unwrap();
+        let auc = test_score(auroc, &yte, &pred, t);
         let expected_auc = floats(&expected["test_auroc"])[best];
         eprintln!(
             "logistic target {t}: C={} (sklearn {}), test AUROC {auc:.5} vs sklearn {expected_auc:.5}",
@@ -191,9 +202,7 @@ fn ridge_probe_agrees_with_sklearn() {
     let mut worst_pred: f64 = 0.0;
     for t in 0..ytr.cols() {
         let (expected, best) = sklearn_choice(&p, "ridge", t);
-        let (rows, truth) = present_values(&yte, t);
-        let values: Vec<f64> = rows.iter().map(|&i| pred.get(i, t)).collect();
-        let value = r2(&truth, &values).unwrap();
+        let value = test_score(r2, &yte, &pred, t);
         let expected_r2 = floats(&expected["test_r2"])[best];
         eprintln!(
             "ridge target {t}: alpha={} (sklearn {}), test R² {value:.5} vs sklearn {expected_r2:.5}",
