@@ -25,16 +25,27 @@ impl Dropout {
     pub fn prob(&self) -> f64 {
         self.prob
     }
+
+    /// Whether a pass in this mode draws a mask: in training, with a nonzero probability
+    /// (otherwise the layer is the identity and the stream is not drawn from).
+    fn draws(&self, train: bool) -> bool {
+        train && self.prob != 0.0
+    }
+
+    /// `n` keep factors from the stream: 0 with probability `prob`, else `1/(1−prob)`.
+    fn keep_mask(&self, n: usize) -> Vec<f32> {
+        self.rng.keep_mask(n, 1.0 - self.prob)
+    }
 }
 
 impl ModuleT for Dropout {
     /// # Shapes
     /// Any shape, unchanged.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.prob == 0.0 {
+        if !self.draws(train) {
             return Ok(x.clone());
         }
-        let mask = self.rng.keep_mask(x.elem_count(), 1.0 - self.prob);
+        let mask = self.keep_mask(x.elem_count());
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
     }
@@ -42,38 +53,35 @@ impl ModuleT for Dropout {
 
 /// Drop-path (timm's `DropPath`): in training, drops the whole residual branch of each sample
 /// with probability `prob` and scales kept ones by `1/(1−prob)`; the identity in evaluation.
+///
+/// A [`Dropout`] whose mask has one factor per sample: the probability, its clamping and the
+/// stream live there.
 #[derive(Debug, Clone)]
-pub struct DropPath {
-    prob: f64,
-    rng: SharedRng,
-}
+pub struct DropPath(Dropout);
 
 impl DropPath {
     /// Drop-path with probability `prob` (in [0, 1]) drawing from `rng`.
     pub fn new(prob: f64, rng: SharedRng) -> Self {
-        Self {
-            prob: prob.clamp(0.0, 1.0),
-            rng,
-        }
+        Self(Dropout::new(prob, rng))
     }
 
     /// The drop probability.
     pub fn prob(&self) -> f64 {
-        self.prob
+        self.0.prob()
     }
-}
 
-impl DropPath {
     /// The per-sample factors of the two residual branches of a block, drawn as two
     /// consecutive calls of [`ModuleT::forward_t`] on a batch of `batch` would draw them
     /// (attention branch first); `None` when nothing is dropped (evaluation or `prob` 0).
     pub fn branch_scales(&self, batch: usize, train: bool) -> Option<crate::ops::BranchScales> {
-        if !train || self.prob == 0.0 {
+        if !self.0.draws(train) {
             return None;
         }
-        let attn = self.rng.keep_mask(batch, 1.0 - self.prob);
-        let mlp = self.rng.keep_mask(batch, 1.0 - self.prob);
-        Some(crate::ops::BranchScales { attn, mlp })
+        // Fields are evaluated in the order written: the attention branch draws first.
+        Some(crate::ops::BranchScales {
+            attn: self.0.keep_mask(batch),
+            mlp: self.0.keep_mask(batch),
+        })
     }
 }
 
@@ -81,13 +89,13 @@ impl ModuleT for DropPath {
     /// # Shapes
     /// `[B, ..]`, unchanged; one draw per sample.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.prob == 0.0 {
+        if !self.0.draws(train) {
             return Ok(x.clone());
         }
         let b = x.dim(0)?;
         let mut shape = vec![1usize; x.rank()];
         shape[0] = b;
-        let mask = self.rng.keep_mask(b, 1.0 - self.prob);
+        let mask = self.0.keep_mask(b);
         let mask = Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?; // [B, 1, ..]
         x.broadcast_mul(&mask)
     }
