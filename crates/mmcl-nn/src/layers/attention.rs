@@ -4,7 +4,6 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{BlockConfig, Dropout, Linear};
-use crate::init;
 use crate::precision;
 use crate::rng::SharedRng;
 
@@ -28,20 +27,8 @@ impl Attention {
         if num_heads == 0 || !dim.is_multiple_of(num_heads) {
             candle_core::bail!("attention: dim {dim} is not divisible into {num_heads} heads");
         }
-        let qkv = Linear::new(
-            dim,
-            3 * dim,
-            cfg.qkv_bias.then_some(init::ZEROS),
-            weight_init.linear_weight(dim, 3 * dim),
-            vb.pp("qkv"),
-        )?;
-        let proj = Linear::new(
-            dim,
-            dim,
-            Some(init::ZEROS),
-            weight_init.linear_weight(dim, dim),
-            vb.pp("proj"),
-        )?;
+        let qkv = Linear::with_weight_init(dim, 3 * dim, cfg.qkv_bias, weight_init, vb.pp("qkv"))?;
+        let proj = Linear::with_weight_init(dim, dim, true, weight_init, vb.pp("proj"))?;
         let head_dim = dim / num_heads;
         Ok(Self {
             qkv,

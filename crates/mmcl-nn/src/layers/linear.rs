@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::init;
+use crate::init::{self, WeightInit};
 
 /// A linear layer `x·Wᵀ + b` with PyTorch's names and layout (`weight` `[out, in]`, `bias`
 /// `[out]`).
@@ -28,6 +28,19 @@ impl Linear {
             None => None,
         };
         Ok(Self { weight, bias })
+    }
+
+    /// A layer initialised as the reference's `_init_weights` does: the weight by `weight_init`'s
+    /// scheme for its shape, the bias (with `bias`) at zero.
+    pub fn with_weight_init(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        weight_init: WeightInit,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = weight_init.linear_weight(in_dim, out_dim);
+        Self::new(in_dim, out_dim, bias.then_some(init::ZEROS), weight, vb)
     }
 
     /// A layer with PyTorch's default initialisation of `nn.Linear` (uniform in

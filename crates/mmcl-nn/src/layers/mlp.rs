@@ -4,7 +4,7 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{Dropout, Linear};
-use crate::init::{self, WeightInit};
+use crate::init::WeightInit;
 use crate::rng::SharedRng;
 
 /// The transformer MLP with keys `fc1.*`, `fc2.*`.
@@ -25,20 +25,8 @@ impl Mlp {
         rng: SharedRng,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let fc1 = Linear::new(
-            dim,
-            hidden,
-            Some(init::ZEROS),
-            weight_init.linear_weight(dim, hidden),
-            vb.pp("fc1"),
-        )?;
-        let fc2 = Linear::new(
-            hidden,
-            dim,
-            Some(init::ZEROS),
-            weight_init.linear_weight(hidden, dim),
-            vb.pp("fc2"),
-        )?;
+        let fc1 = Linear::with_weight_init(dim, hidden, true, weight_init, vb.pp("fc1"))?;
+        let fc2 = Linear::with_weight_init(hidden, dim, true, weight_init, vb.pp("fc2"))?;
         Ok(Self {
             fc1,
             fc2,
