@@ -94,3 +94,37 @@ pub fn autograd(x: &Tensor, w: &Tensor, f: &dyn Fn(&Tensor) -> Result<Tensor>) -
         .cloned()
         .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))
 }
+
+/// Asserts that the gradient of `sum(fast(x)·w)` with respect to `x` agrees with that of
+/// `composed` (relative error below 1e-5) and with central finite differences at `coords`
+/// (step and tolerance `fd`, as [`assert_matches_finite_differences`]): the backward check of
+/// a kernel against its composed form.
+pub fn assert_backward_matches(
+    (x, w): (&Tensor, &Tensor),
+    fast: &dyn Fn(&Tensor) -> Result<Tensor>,
+    composed: &dyn Fn(&Tensor) -> Result<Tensor>,
+    coords: &[usize],
+    fd: (f32, f64),
+) -> Result<()> {
+    let grad = autograd(x, w, fast)?;
+    let err = rel_err(&grad, &autograd(x, w, composed)?)?;
+    assert!(err < 1e-5, "{err}");
+    assert_matches_finite_differences(&grad, (x, w), fast, coords, fd)
+}
+
+/// An output and the gradients of one path through a layer, as flat values.
+pub type PathValues = (Vec<f32>, Vec<Vec<f32>>);
+
+/// Asserts that two paths through a layer (fused and composed) give the same output and
+/// gradients, each within `tol` of the larger of 1 and the second path's largest magnitude;
+/// `what` names the case in a failure.
+pub fn assert_paths_agree(a: &PathValues, b: &PathValues, tol: f32, what: &str) {
+    let close = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * scale)
+    };
+    assert!(close(&a.0, &b.0), "{what}: output");
+    for (i, (ga, gb)) in a.1.iter().zip(&b.1).enumerate() {
+        assert!(close(ga, gb), "{what}: gradient {i}: {ga:?} vs {gb:?}");
+    }
+}

@@ -302,6 +302,7 @@ fn into_candle_error(err: Error) -> candle_core::Error {
 mod tests {
     use super::*;
     use crate::ParamStore;
+    use crate::kernels::test_support::{PathValues, assert_paths_agree};
     use candle_core::{Device, IndexOp};
 
     fn values(t: &Tensor) -> Vec<f32> {
@@ -352,7 +353,7 @@ mod tests {
             .map(|_| rng.next_normal() as f32)
             .collect();
         let r = Tensor::from_vec(r, (n, c, h, w), &dev)?;
-        let run = |fused: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let run = |fused: bool| -> Result<PathValues> {
             let store = ParamStore::new(1);
             let vb = store.var_builder(DType::F32, &dev);
             let bn = batch_norm(c, BatchNormConfig::default(), vb)?;
@@ -377,16 +378,7 @@ mod tests {
             }
             Ok((values(&y), out))
         };
-        let (y_fused, g_fused) = run(true)?;
-        let (y_composed, g_composed) = run(false)?;
-        let close = |a: &[f32], b: &[f32]| {
-            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-            a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale)
-        };
-        assert!(close(&y_fused, &y_composed));
-        for (i, (a, b)) in g_fused.iter().zip(&g_composed).enumerate() {
-            assert!(close(a, b), "entry {i}: {a:?} vs {b:?}");
-        }
+        assert_paths_agree(&run(true)?, &run(false)?, 1e-5, "batch norm");
         Ok(())
     }
 

@@ -187,6 +187,7 @@ impl ModuleT for Block {
 mod tests {
     use super::*;
     use crate::ParamStore;
+    use crate::kernels::test_support::{PathValues, assert_paths_agree};
     use candle_core::{DType, Device};
 
     fn config() -> BlockConfig {
@@ -237,7 +238,7 @@ mod tests {
         let mut cfg = config();
         cfg.drop_path = 0.3;
         let x = crate::kernels::test_support::rand_tensor(&[6, 5, 16], 9, 1.0)?;
-        let run = |fused: bool, train: bool| -> crate::Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let run = |fused: bool, train: bool| -> crate::Result<PathValues> {
             let store = ParamStore::new(3);
             let block = Block::new(
                 &cfg,
@@ -261,17 +262,9 @@ mod tests {
             Ok((y.flatten_all()?.to_vec1::<f32>()?, g))
         };
         for train in [true, false] {
-            let (ya, ga) = run(true, train)?;
-            let (yb, gb) = run(false, train)?;
             // Same drop-path draws: the same samples are dropped.
-            let close = |a: &[f32], b: &[f32]| {
-                let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-                a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale)
-            };
-            assert!(close(&ya, &yb), "forward (train {train})");
-            for (a, b) in ga.iter().zip(&gb) {
-                assert!(close(a, b), "gradient (train {train})");
-            }
+            let what = format!("train {train}");
+            assert_paths_agree(&run(true, train)?, &run(false, train)?, 1e-4, &what);
         }
         Ok(())
     }
