@@ -32,6 +32,12 @@ pub(crate) struct StageData {
     pub(crate) train: Arc<Loader>,
     /// The validation loader; `None` for an empty validation split.
     pub(crate) val: Option<Arc<Loader>>,
+    /// Samples per global training batch.
+    batch_size: usize,
+    /// Whether the last incomplete training batch is dropped.
+    drop_last: bool,
+    /// The split validated on (named when it is empty).
+    val_split: Split,
 }
 
 impl StageData {
@@ -53,20 +59,22 @@ impl StageData {
             originals: false,
             ..train.clone()
         };
+        let (batch_size, drop_last) = (train.batch_size, train.drop_last);
         let (train, val) = split_loaders(cache, data, train, val, device)?;
-        Ok(Self { train, val })
+        Ok(Self {
+            train,
+            val,
+            batch_size,
+            drop_last,
+            val_split: data.val_split,
+        })
     }
 
-    /// Checks that every global batch of `batch_size` splits evenly over the group `comm`, then
-    /// keeps this replica's share of the training batches.
-    pub(crate) fn join_group(
-        &mut self,
-        comm: &dyn GradSync,
-        batch_size: usize,
-        drop_last: bool,
-    ) -> Result<()> {
+    /// Checks that every global training batch splits evenly over the group `comm`, then keeps
+    /// this replica's share of the training batches.
+    pub(crate) fn join_group(&mut self, comm: &dyn GradSync) -> Result<()> {
         let world = comm.world_size();
-        check_even_batches(batch_size, self.train.len(), drop_last, world)?;
+        check_even_batches(self.batch_size, self.train.len(), self.drop_last, world)?;
         if world > 1 {
             let shard = Shard::new(comm.rank(), world)?;
             self.train = Arc::new(self.train.sharded(shard));
@@ -74,27 +82,31 @@ impl StageData {
         Ok(())
     }
 
-    /// Notes for the user: what the run trains and validates on (batches of `batch_size`, the
-    /// validation split `val_split`), and the warning on a warm-up as long as the run.
-    pub(crate) fn describe(
+    /// The validation loader with its phase started in `progress` for epoch `epoch`; `None`
+    /// (and no phase) without a validation split.
+    pub(crate) fn start_validation(
         &self,
-        batch_size: usize,
-        val_split: Split,
-        warmup_epochs: usize,
-        max_epochs: usize,
-    ) -> Vec<String> {
-        let mut notes = vec![format!(
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Option<Arc<Loader>> {
+        let loader = self.val.clone()?;
+        progress.start_phase(epoch, "val", loader.num_batches());
+        Some(loader)
+    }
+
+    /// Notes for the user: what the run trains and validates on.
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let training = format!(
             "training on {} subjects ({} batches of {} per epoch)",
             self.train.len(),
             self.train.num_batches(),
-            batch_size
-        )];
-        match &self.val {
-            Some(v) => notes.push(format!("validating on {} subjects", v.len())),
-            None => notes.push(format!("the {val_split:?} split is empty: no validation")),
-        }
-        notes.extend(crate::config::schedule_warning(warmup_epochs, max_epochs));
-        notes
+            self.batch_size
+        );
+        let validation = match &self.val {
+            Some(v) => format!("validating on {} subjects", v.len()),
+            None => format!("the {:?} split is empty: no validation", self.val_split),
+        };
+        vec![training, validation]
     }
 }
 

@@ -11,11 +11,13 @@
 
 mod data;
 mod early_stopping;
+mod gradients;
 mod replicas;
 mod trainer;
 
 pub(crate) use data::{StageData, check_finite, open_canonical_cache};
 pub use early_stopping::EarlyStopping;
+pub(crate) use gradients::{accumulate, step_on_group_mean};
 pub(crate) use replicas::{Replicas, check_even_batches};
 pub(crate) use trainer::model_file;
 pub use trainer::{CheckpointFiles, EpochPlan, Stage, Trainer};

@@ -14,7 +14,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{EpochLoop, EpochReport, LoopState, TrainStep, ValReport};
-use crate::checkpoint::{self, CONFIG_FILE, CheckpointFile, MODEL_FILE, TrainState, TrainerKind};
+use crate::checkpoint::{
+    self, CLASSIFIER_OPTIMIZER_FILE, CONFIG_FILE, CheckpointFile, MODEL_FILE, OPTIMIZER_FILE,
+    TrainState, TrainerKind,
+};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -37,6 +40,8 @@ pub struct EpochPlan {
 pub trait Stage: TrainStep<Error = Error> + Sized {
     /// The configuration (JSON or TOML; defaults are the paper's).
     type Config: Serialize + DeserializeOwned + Default;
+    /// The metrics of [`Self::validate`].
+    type Metrics;
     /// The trainer recorded in `state.json`.
     const KIND: TrainerKind;
     /// The trainer's name, for debug output.
@@ -65,6 +70,14 @@ pub trait Stage: TrainStep<Error = Error> + Sized {
     /// The configuration.
     fn config(&self) -> &Self::Config;
 
+    /// The metrics on the validation split after epoch `epoch` (evaluation mode); `None`
+    /// without a validation split.
+    fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<Self::Metrics>>;
+
     /// The run directory.
     fn run_dir(&self) -> &Path;
 
@@ -88,9 +101,9 @@ pub trait Stage: TrainStep<Error = Error> + Sized {
         None
     }
 
-    /// The files of a full checkpoint (`last`, `epoch-NNNN`) and of a `best` one (no optimiser
-    /// state) after the epochs of `state`.
-    fn checkpoint_files(&self, state: &TrainState) -> Result<(CheckpointFiles, CheckpointFiles)>;
+    /// The files of a full checkpoint (`last`, `epoch-NNNN`) after the epochs of `state`; a
+    /// `best` one holds the same files less the optimiser states.
+    fn checkpoint_files(&self, state: &TrainState) -> Result<CheckpointFiles>;
 
     /// Trains as one replica of the data-parallel group `comm` (called once, before training,
     /// by every replica). By default only a group of one is accepted.
@@ -155,7 +168,7 @@ impl<S: Stage> Trainer<S> {
         let (mut stage, mut notes) = S::start(cfg, run_dir, device)?;
         stage.join_group(comm)?;
         let mut trainer = Self::assemble(stage, LoopState::default(), main, world_size)?;
-        notes.extend(trainer.stage.describe());
+        notes.extend(trainer.describe());
         if let Some(log) = trainer.log.as_mut() {
             crate::run::write_config(run_dir, &S::config_toml(trainer.stage.config()))?;
             // A new run: no record of an earlier one survives (logs number epochs from 1).
@@ -234,7 +247,7 @@ impl<S: Stage> Trainer<S> {
             state.epoch,
             state.step
         )];
-        notes.extend(trainer.stage.describe());
+        notes.extend(trainer.describe());
         Ok((trainer, notes))
     }
 
@@ -254,14 +267,30 @@ impl<S: Stage> Trainer<S> {
         })
     }
 
+    /// Notes for the user: what the stage trains on ([`Stage::describe`]), and the warning on a
+    /// warm-up as long as the run.
+    fn describe(&self) -> Vec<String> {
+        let mut notes = self.stage.describe();
+        let schedule = self.stage.schedule();
+        notes.extend(crate::config::schedule_warning(
+            schedule.warmup_epochs,
+            schedule.max_epochs,
+        ));
+        notes
+    }
+
     /// The stage (model, optimisers, data).
     pub fn stage(&self) -> &S {
         &self.stage
     }
 
-    /// The stage, mutably.
-    pub(crate) fn stage_mut(&mut self) -> &mut S {
-        &mut self.stage
+    /// The metrics on the validation split after epoch `epoch` ([`Stage::validate`]).
+    pub fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<S::Metrics>> {
+        self.stage.validate(epoch, progress)
     }
 
     /// The configuration.
@@ -383,7 +412,7 @@ impl<S: Stage> TrainStep for Checkpointed<'_, S> {
         }
         let stage = &*self.stage;
         let state = train_state(stage, counters, self.world_size)?;
-        let (full, light) = stage.checkpoint_files(&state)?;
+        let full = stage.checkpoint_files(&state)?;
         let ckpts = checkpoint::checkpoints_dir(stage.run_dir());
         checkpoint::write_checkpoint(&ckpts.join("last"), &full, &state)?;
         let every = stage.epochs().save_every;
@@ -395,6 +424,12 @@ impl<S: Stage> TrainStep for Checkpointed<'_, S> {
             )?;
         }
         if improved {
+            // `best` keeps the best epoch's weights for evaluation: no optimiser states.
+            let optimizers = [OPTIMIZER_FILE, CLASSIFIER_OPTIMIZER_FILE];
+            let light: CheckpointFiles = full
+                .into_iter()
+                .filter(|(name, _)| !optimizers.contains(name))
+                .collect();
             checkpoint::write_checkpoint(&ckpts.join("best"), &light, &state)?;
         }
         self.stage.end_epoch(counters, improved)

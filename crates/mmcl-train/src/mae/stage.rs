@@ -116,33 +116,6 @@ impl MaeStage {
     pub fn step(&self) -> &MaeStep {
         &self.step
     }
-
-    /// The objective on the validation split (evaluation mode, ECGs cropped from sample 0,
-    /// the same maskings at every call). `None` without a validation split.
-    pub fn validate(
-        &mut self,
-        epoch: usize,
-        progress: &mut dyn Progress,
-    ) -> Result<Option<MaeEpochMetrics>> {
-        let Some(loader) = self.data.val.clone() else {
-            return Ok(None);
-        };
-        progress.start_phase(epoch, "val", loader.num_batches());
-        let rng = SharedRng::new(validation_seed(self.cfg.seed));
-        let mut sums = MaeSums::default();
-        for batch in loader.epoch(0, 0) {
-            let batch = batch?;
-            let ecgs = batch
-                .ecg
-                .ok_or_else(|| Error::InvalidInput("the loader returned no ECGs".into()))?;
-            let n = ecgs.dim(0)?;
-            let metrics = self.step.evaluate(&ecgs, &rng)?;
-            sums.add(&metrics, n);
-            progress.batch(metrics.total, n);
-        }
-        progress.finish_phase();
-        Ok(Some(sums.means()))
-    }
 }
 
 impl TrainStep for MaeStage {
@@ -240,6 +213,7 @@ impl TrainStep for MaeStage {
 
 impl Stage for MaeStage {
     type Config = MaeTrainConfig;
+    type Metrics = MaeEpochMetrics;
     const KIND: TrainerKind = TrainerKind::Mae;
     const NAME: &'static str = "MaeTrainer";
 
@@ -285,6 +259,32 @@ impl Stage for MaeStage {
         &self.cfg
     }
 
+    /// The objective on the validation split (evaluation mode, ECGs cropped from sample 0,
+    /// the same maskings at every call). `None` without a validation split.
+    fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<MaeEpochMetrics>> {
+        let Some(loader) = self.data.start_validation(epoch, progress) else {
+            return Ok(None);
+        };
+        let rng = SharedRng::new(validation_seed(self.cfg.seed));
+        let mut sums = MaeSums::default();
+        for batch in loader.epoch(0, 0) {
+            let batch = batch?;
+            let ecgs = batch
+                .ecg
+                .ok_or_else(|| Error::InvalidInput("the loader returned no ECGs".into()))?;
+            let n = ecgs.dim(0)?;
+            let metrics = self.step.evaluate(&ecgs, &rng)?;
+            sums.add(&metrics, n);
+            progress.batch(metrics.total, n);
+        }
+        progress.finish_phase();
+        Ok(Some(sums.means()))
+    }
+
     /// Checks that every global batch splits evenly over the group, then sets every replica's
     /// weights to rank 0's and trains as one of the group.
     fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
@@ -292,8 +292,7 @@ impl Stage for MaeStage {
         let batch = self.cfg.batch_size;
         // Sharding cannot fail for a valid group, so checking the SimSiam term after it
         // reports the same errors in the same order as checking before.
-        self.data
-            .join_group(comm.as_ref(), batch, self.cfg.data.drop_last)?;
+        self.data.join_group(comm.as_ref())?;
         if world > 1 && self.cfg.loss.cos_weight > 0.0 && batch / world < 2 {
             return Err(Error::config(format!(
                 "batch_size {batch} over {world} replicas leaves fewer than 2 samples per \
@@ -336,12 +335,7 @@ impl Stage for MaeStage {
                 cfg.batch_size * cfg.accumulate_grad_batches
             ),
         ];
-        notes.extend(self.data.describe(
-            cfg.batch_size,
-            cfg.data.val_split,
-            cfg.warmup_epochs,
-            cfg.max_epochs,
-        ));
+        notes.extend(self.data.describe());
         notes
     }
 
@@ -358,8 +352,8 @@ impl Stage for MaeStage {
     }
 
     /// `model.safetensors` under the mae repo's keys (the model configuration and the epoch as
-    /// metadata), the optimiser, and the encoder alone; `best` without the optimiser.
-    fn checkpoint_files(&self, state: &TrainState) -> Result<(CheckpointFiles, CheckpointFiles)> {
+    /// metadata), the optimiser, and the encoder alone.
+    fn checkpoint_files(&self, state: &TrainState) -> Result<CheckpointFiles> {
         let store = self.step.store();
         let weights = model_file(
             store.state_dict()?,
@@ -373,13 +367,11 @@ impl Stage for MaeStage {
         let mut export_cfg = self.cfg.model.encoder_config();
         export_cfg.global_pool = true;
         encoder.metadata = export_cfg.export_metadata()?;
-        let full = vec![
-            (MODEL_FILE, weights.clone()),
+        Ok(vec![
+            (MODEL_FILE, weights),
             (OPTIMIZER_FILE, self.step.optimizer_file()?),
-            (ECG_ENCODER_FILE, encoder.clone()),
-        ];
-        let light = vec![(MODEL_FILE, weights), (ECG_ENCODER_FILE, encoder)];
-        Ok((full, light))
+            (ECG_ENCODER_FILE, encoder),
+        ])
     }
 }
 
@@ -397,14 +389,5 @@ impl Trainer<MaeStage> {
     /// The exported encoder of the latest epoch ([`checkpoint::ecg_encoder_path`]).
     pub fn encoder_path(&self) -> PathBuf {
         checkpoint::ecg_encoder_path(self.run_dir())
-    }
-
-    /// The objective on the validation split ([`MaeStage::validate`]).
-    pub fn validate(
-        &mut self,
-        epoch: usize,
-        progress: &mut dyn Progress,
-    ) -> Result<Option<MaeEpochMetrics>> {
-        self.stage_mut().validate(epoch, progress)
     }
 }

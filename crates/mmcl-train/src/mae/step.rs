@@ -9,7 +9,7 @@ use mmcl_ecg::mae::{MaskedAutoencoder, Masking};
 use mmcl_losses::mae::{MaeLoss, MaeLossOutput, MaeMetrics};
 use mmcl_nn::ParamStore;
 use mmcl_nn::distributed::{GradSync, batch_shard};
-use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, clip_grad_norm};
+use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator};
 use mmcl_nn::precision::Precision;
 use mmcl_nn::rng::SharedRng;
 
@@ -17,7 +17,7 @@ use super::masking_seed;
 use crate::Result;
 use crate::checkpoint::{self, CheckpointFile, OPTIMIZER_FILE};
 use crate::config::MaeTrainConfig;
-use crate::engine::Replicas;
+use crate::engine::{Replicas, accumulate, step_on_group_mean};
 
 /// What one training batch did.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,17 +178,10 @@ impl MaeStep {
         let Some(grads) = grads else {
             return Ok(report);
         };
-        if self.accumulate == 1 {
+        if let Some(grads) = accumulate(&mut self.accumulator, &self.vars, grads, self.accumulate)?
+        {
             report.grad_norm = self.apply_gradients(grads, lr)?;
             report.stepped = true;
-        } else {
-            self.accumulator.add(&self.vars, &grads)?;
-            drop(grads);
-            if self.accumulator.micro_batches() >= self.accumulate {
-                let grads = self.accumulator.take(&self.vars, self.accumulate as f64)?;
-                report.grad_norm = self.apply_gradients(grads, lr)?;
-                report.stepped = true;
-            }
         }
         Ok(report)
     }
@@ -258,14 +251,15 @@ impl MaeStep {
     /// Steps the optimiser with `grads`, averaged over the data-parallel group and then
     /// clipped when configured (after the reduction, so that every replica clips alike).
     /// Returns the norm when clipping.
-    pub fn apply_gradients(&mut self, mut grads: GradStore, lr: f64) -> Result<Option<f64>> {
-        self.group.comm().all_reduce_mean(&self.vars, &mut grads)?;
-        let norm = match self.gradient_clip_val {
-            Some(max) => Some(clip_grad_norm(&self.vars, &mut grads, max)?),
-            None => None,
-        };
-        self.optimizer.step(&grads, lr)?;
-        Ok(norm)
+    pub fn apply_gradients(&mut self, grads: GradStore, lr: f64) -> Result<Option<f64>> {
+        step_on_group_mean(
+            self.group.comm(),
+            &mut self.optimizer,
+            &self.vars,
+            grads,
+            self.gradient_clip_val,
+            lr,
+        )
     }
 
     /// The objective in evaluation mode on `ecgs` with maskings drawn from `rng`.

@@ -15,6 +15,7 @@ use mmcl_nn::rng::RngState;
 use mmcl_nn::schedule::WarmupCosine;
 
 use super::metrics::Sums;
+use super::step::retrieval_accuracy;
 use super::{MmclBatch, MmclStep, ValMetrics};
 use crate::checkpoint::{
     self, CLASSIFIER_OPTIMIZER_FILE, CheckpointFile, ECG_ENCODER_FILE, IMAGE_ENCODER_FILE,
@@ -141,92 +142,6 @@ impl MmclStage {
     pub fn step(&self) -> &MmclStep {
         &self.step
     }
-
-    /// Validates on the original views of the validation split (evaluation mode).
-    pub fn validate(
-        &mut self,
-        epoch: usize,
-        progress: &mut dyn Progress,
-    ) -> Result<Option<ValMetrics>> {
-        let Some(loader) = self.data.val.clone() else {
-            return Ok(None);
-        };
-        progress.start_phase(epoch, "val", loader.num_batches());
-        let _precision = self.step.precision().enter();
-        let model = self.step.model();
-        let clip = *self.step.clip();
-        let which = model.architecture().classifier;
-        let mut sums = Sums::default();
-        let (mut scores, mut truth) = (Vec::new(), Vec::new());
-        let mut correct = 0usize;
-        let mut ce_weighted = (0f64, 0f64);
-        for batch in loader.epoch(0, 0) {
-            let batch = self.batch_of(batch?)?;
-            let n = batch.images.dim(0)?;
-            let image_features = model.image_features(&batch.images, false)?.detach();
-            let ecg_features = model.ecg_features(&batch.ecgs, false)?.detach();
-            let out = clip.forward(
-                &model.project_imaging(&image_features)?,
-                &model.project_ecg(&ecg_features)?,
-            )?;
-            let loss = out.loss.to_scalar::<f32>()? as f64;
-            let top1 = mmcl_losses::retrieval::top_k_accuracy(&out.logits, &out.labels, 1)?;
-            let top5 = if n > 5 {
-                Some(mmcl_losses::retrieval::top_k_accuracy(
-                    &out.logits,
-                    &out.labels,
-                    5,
-                )?)
-            } else {
-                None
-            };
-            sums.add(n, loss, top1, top5);
-            if let (Some(targets), true) = (&batch.targets, which != OnlineClassifier::None) {
-                let features = if which == OnlineClassifier::Image {
-                    &image_features
-                } else {
-                    &ecg_features
-                };
-                let logits = model.classifier_logits(features)?;
-                let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-                for (p, t) in probs.iter().zip(targets) {
-                    if let Some(c) = t {
-                        scores.push(p[1] as f64);
-                        truth.push(*c as f64);
-                        correct += usize::from((p[1] > p[0]) == (*c == 1));
-                    }
-                }
-                let w: f64 = targets
-                    .iter()
-                    .flatten()
-                    .map(|&c| self.cfg.classifier.weights[c as usize])
-                    .sum();
-                if let Some(ce) =
-                    weighted_cross_entropy(&logits, targets, self.cfg.classifier.weights)?
-                {
-                    ce_weighted.0 += ce.to_scalar::<f32>()? as f64 * w;
-                    ce_weighted.1 += w;
-                }
-            }
-            progress.batch(loss, n);
-        }
-        progress.finish_phase();
-        let samples = sums.samples.max(1) as f64;
-        let classifier_auc = if truth.is_empty() {
-            None
-        } else {
-            mmcl_core::metrics::auroc(&truth, &scores).ok()
-        };
-        Ok(Some(ValMetrics {
-            loss: sums.loss / samples,
-            top1: sums.top1 / samples,
-            top5: sums.top5(),
-            classifier_loss: (ce_weighted.1 > 0.0).then(|| ce_weighted.0 / ce_weighted.1),
-            classifier_auc,
-            classifier_accuracy: (!truth.is_empty()).then(|| correct as f64 / truth.len() as f64),
-            samples: sums.samples,
-        }))
-    }
 }
 
 impl TrainStep for MmclStage {
@@ -342,6 +257,7 @@ impl TrainStep for MmclStage {
 
 impl Stage for MmclStage {
     type Config = MmclConfig;
+    type Metrics = ValMetrics;
     const KIND: TrainerKind = TrainerKind::Mmcl;
     const NAME: &'static str = "MmclTrainer";
 
@@ -406,11 +322,86 @@ impl Stage for MmclStage {
         &self.cfg
     }
 
+    /// Validates on the original views of the validation split (evaluation mode).
+    fn validate(
+        &mut self,
+        epoch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Option<ValMetrics>> {
+        let Some(loader) = self.data.start_validation(epoch, progress) else {
+            return Ok(None);
+        };
+        let _precision = self.step.precision().enter();
+        let model = self.step.model();
+        let clip = *self.step.clip();
+        let which = model.architecture().classifier;
+        let mut sums = Sums::default();
+        let (mut scores, mut truth) = (Vec::new(), Vec::new());
+        let mut correct = 0usize;
+        let mut ce_weighted = (0f64, 0f64);
+        for batch in loader.epoch(0, 0) {
+            let batch = self.batch_of(batch?)?;
+            let n = batch.images.dim(0)?;
+            let image_features = model.image_features(&batch.images, false)?.detach();
+            let ecg_features = model.ecg_features(&batch.ecgs, false)?.detach();
+            let out = clip.forward(
+                &model.project_imaging(&image_features)?,
+                &model.project_ecg(&ecg_features)?,
+            )?;
+            let loss = out.loss.to_scalar::<f32>()? as f64;
+            let (top1, top5) = retrieval_accuracy(&out)?;
+            sums.add(n, loss, top1, top5);
+            if let (Some(targets), true) = (&batch.targets, which != OnlineClassifier::None) {
+                let features = if which == OnlineClassifier::Image {
+                    &image_features
+                } else {
+                    &ecg_features
+                };
+                let logits = model.classifier_logits(features)?;
+                let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+                for (p, t) in probs.iter().zip(targets) {
+                    if let Some(c) = t {
+                        scores.push(p[1] as f64);
+                        truth.push(*c as f64);
+                        correct += usize::from((p[1] > p[0]) == (*c == 1));
+                    }
+                }
+                let w: f64 = targets
+                    .iter()
+                    .flatten()
+                    .map(|&c| self.cfg.classifier.weights[c as usize])
+                    .sum();
+                if let Some(ce) =
+                    weighted_cross_entropy(&logits, targets, self.cfg.classifier.weights)?
+                {
+                    ce_weighted.0 += ce.to_scalar::<f32>()? as f64 * w;
+                    ce_weighted.1 += w;
+                }
+            }
+            progress.batch(loss, n);
+        }
+        progress.finish_phase();
+        let samples = sums.samples.max(1) as f64;
+        let classifier_auc = if truth.is_empty() {
+            None
+        } else {
+            mmcl_core::metrics::auroc(&truth, &scores).ok()
+        };
+        Ok(Some(ValMetrics {
+            loss: sums.loss / samples,
+            top1: sums.top1 / samples,
+            top5: sums.top5(),
+            classifier_loss: (ce_weighted.1 > 0.0).then(|| ce_weighted.0 / ce_weighted.1),
+            classifier_auc,
+            classifier_accuracy: (!truth.is_empty()).then(|| correct as f64 / truth.len() as f64),
+            samples: sums.samples,
+        }))
+    }
+
     /// Checks that every global batch splits evenly over the group, then sets every replica's
     /// weights and buffers to rank 0's and trains as one of the group ([`MmclStep`]).
     fn join_group(&mut self, comm: Box<dyn GradSync>) -> Result<()> {
-        self.data
-            .join_group(comm.as_ref(), self.cfg.batch_size, self.cfg.data.drop_last)?;
+        self.data.join_group(comm.as_ref())?;
         self.step.join_group(comm)
     }
 
@@ -427,13 +418,7 @@ impl Stage for MmclStage {
     }
 
     fn describe(&self) -> Vec<String> {
-        let cfg = &self.cfg;
-        self.data.describe(
-            cfg.batch_size,
-            cfg.data.val_split,
-            cfg.warmup_epochs,
-            cfg.max_epochs,
-        )
+        self.data.describe()
     }
 
     fn schedule(&self) -> WarmupCosine {
@@ -453,8 +438,8 @@ impl Stage for MmclStage {
     }
 
     /// `model.safetensors` (every tensor under reference names, the architecture and the epoch
-    /// as metadata), the optimisers and both encoders alone; `best` without the optimisers.
-    fn checkpoint_files(&self, state: &TrainState) -> Result<(CheckpointFiles, CheckpointFiles)> {
+    /// as metadata), the optimisers and both encoders alone.
+    fn checkpoint_files(&self, state: &TrainState) -> Result<CheckpointFiles> {
         let model = self.step.model();
         let weights = model_file(
             model.state_dict()?,
@@ -468,20 +453,15 @@ impl Stage for MmclStage {
         let image = CheckpointFile::new(model.image_encoder_state_dict()?);
         let (opt, classifier_opt) = self.step.optimizer_files()?;
         let mut full = vec![
-            (MODEL_FILE, weights.clone()),
+            (MODEL_FILE, weights),
             (OPTIMIZER_FILE, opt),
-            (ECG_ENCODER_FILE, ecg.clone()),
-            (IMAGE_ENCODER_FILE, image.clone()),
+            (ECG_ENCODER_FILE, ecg),
+            (IMAGE_ENCODER_FILE, image),
         ];
         if let Some(c) = classifier_opt {
             full.push((CLASSIFIER_OPTIMIZER_FILE, c));
         }
-        let light = vec![
-            (MODEL_FILE, weights),
-            (ECG_ENCODER_FILE, ecg),
-            (IMAGE_ENCODER_FILE, image),
-        ];
-        Ok((full, light))
+        Ok(full)
     }
 }
 
@@ -489,15 +469,6 @@ impl Trainer<MmclStage> {
     /// The model.
     pub fn model(&self) -> &MmclModel {
         self.stage().step.model()
-    }
-
-    /// Validates on the original views of the validation split ([`MmclStage::validate`]).
-    pub fn validate(
-        &mut self,
-        epoch: usize,
-        progress: &mut dyn Progress,
-    ) -> Result<Option<ValMetrics>> {
-        self.stage_mut().validate(epoch, progress)
     }
 }
 

@@ -9,13 +9,13 @@ use mmcl_losses::classification::weighted_cross_entropy;
 use mmcl_losses::clip::{ClipLoss, ClipOutput};
 use mmcl_nn::StateDict;
 use mmcl_nn::distributed::{GradSync, SingleProcess, batch_shard, gather_with_grad};
-use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, ParamGroup, clip_grad_norm};
+use mmcl_nn::optim::{Adam, AdamConfig, GradAccumulator, ParamGroup};
 use mmcl_nn::params::is_buffer;
 use mmcl_nn::precision::Precision;
 
 use crate::checkpoint::{self, CLASSIFIER_OPTIMIZER_FILE, CheckpointFile, OPTIMIZER_FILE};
 use crate::config::{MmclConfig, OnlineClassifier};
-use crate::engine::Replicas;
+use crate::engine::{Replicas, accumulate, step_on_group_mean};
 use crate::model::{
     ECG_HEAD_PREFIX, ECG_PREFIX, IMAGING_HEAD_PREFIX, IMAGING_PREFIX, MmclModel,
     from_reference_name, to_reference_name,
@@ -55,6 +55,19 @@ pub struct StepReport {
     pub grad_norm: Option<f64>,
     /// The classifier's loss, when it trained on this batch.
     pub classifier_loss: Option<f64>,
+}
+
+/// Retrieval top-1 accuracy within the batch of `out`, and top-5 for batches of more than 5
+/// (as the reference): the training step and validation report the same measures.
+pub(super) fn retrieval_accuracy(out: &ClipOutput) -> Result<(f64, Option<f64>)> {
+    let accuracy = |k| mmcl_losses::retrieval::top_k_accuracy(&out.logits, &out.labels, k);
+    let top1 = accuracy(1)?;
+    let top5 = if out.logits.dim(0)? > 5 {
+        Some(accuracy(5)?)
+    } else {
+        None
+    };
+    Ok((top1, top5))
 }
 
 /// The CLIP loss of paired images and ECGs.
@@ -305,7 +318,6 @@ impl MmclStep {
             Ok((out, Some(grads)))
         })?;
         let loss = out.loss.to_scalar::<f32>()? as f64;
-        let b = out.logits.dim(0)?;
         let mut report = StepReport {
             loss,
             top1: 0.0,
@@ -317,14 +329,7 @@ impl MmclStep {
         let Some(grads) = grads else {
             return Ok(report);
         };
-        report.top1 = mmcl_losses::retrieval::top_k_accuracy(&out.logits, &out.labels, 1)?;
-        if b > 5 {
-            report.top5 = Some(mmcl_losses::retrieval::top_k_accuracy(
-                &out.logits,
-                &out.labels,
-                5,
-            )?);
-        }
+        (report.top1, report.top5) = retrieval_accuracy(&out)?;
         drop(out);
         if self.accumulate == 1 {
             report.grad_norm = self.apply_gradients(grads, lr)?;
@@ -409,16 +414,15 @@ impl MmclStep {
     /// Steps the contrastive optimiser with `grads`, averaged over the data-parallel group and
     /// then clipped when configured, e.g. gradients of [`contrastive_loss`] computed by the
     /// caller. Returns the norm when clipping.
-    pub fn apply_gradients(&mut self, mut grads: GradStore, lr: f64) -> Result<Option<f64>> {
-        self.group
-            .comm()
-            .all_reduce_mean(&self.contrastive_vars, &mut grads)?;
-        let norm = match self.gradient_clip_val {
-            Some(max) => Some(clip_grad_norm(&self.contrastive_vars, &mut grads, max)?),
-            None => None,
-        };
-        self.optimizer.step(&grads, lr)?;
-        Ok(norm)
+    pub fn apply_gradients(&mut self, grads: GradStore, lr: f64) -> Result<Option<f64>> {
+        step_on_group_mean(
+            self.group.comm(),
+            &mut self.optimizer,
+            &self.contrastive_vars,
+            grads,
+            self.gradient_clip_val,
+            lr,
+        )
     }
 
     /// One step of the online classifier on the detached features of the original views of
@@ -456,17 +460,13 @@ impl MmclStep {
         let Some(opt) = self.classifier_optimizer.as_mut() else {
             return Ok(None);
         };
-        if self.accumulate == 1 {
+        if let Some(grads) = accumulate(
+            &mut self.classifier_accumulator,
+            &self.classifier_vars,
+            grads,
+            self.accumulate,
+        )? {
             opt.step(&grads, self.lr_classifier)?;
-        } else {
-            self.classifier_accumulator
-                .add(&self.classifier_vars, &grads)?;
-            if self.classifier_accumulator.micro_batches() >= self.accumulate {
-                let grads = self
-                    .classifier_accumulator
-                    .take(&self.classifier_vars, self.accumulate as f64)?;
-                opt.step(&grads, self.lr_classifier)?;
-            }
         }
         Ok(Some(value))
     }
