@@ -6,7 +6,10 @@ use mmcl_data::ecg::augment::EcgAugmentConfig;
 use mmcl_nn::precision::Precision;
 use serde::{Deserialize, Serialize};
 
-use super::{DataConfig, check_betas, check_gradient_clip, check_loop, read_trainer_config};
+use super::{
+    DataConfig, check_betas, check_gradient_clip, check_loop, check_non_negative,
+    read_trainer_config,
+};
 use crate::{Error, Result};
 
 /// Everything `mmcl pretrain-mae` needs: the masked-data-modelling stage of the paper (the mae
@@ -142,17 +145,13 @@ impl MaeTrainConfig {
             self.accumulate_grad_batches,
             self.check_val_every_n_epoch,
         )?;
-        for (name, v) in [
+        check_non_negative(&[
             ("blr", self.blr),
             ("lr", self.effective_lr()),
             ("min_lr", self.min_lr),
             ("weight_decay", self.weight_decay),
             ("eps", self.eps),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("{name} must be finite and non-negative, got {v}"));
-            }
-        }
+        ])?;
         check_betas(self.betas)?;
         check_gradient_clip(self.gradient_clip_val)?;
         if self.model.img_size[0] != 1 {

@@ -328,7 +328,7 @@ impl MmclConfig {
             self.accumulate_grad_batches,
             self.check_val_every_n_epoch,
         )?;
-        for (name, v) in [
+        check_non_negative(&[
             ("lr", self.lr),
             ("weight_decay", self.weight_decay),
             ("eps", self.eps),
@@ -337,11 +337,7 @@ impl MmclConfig {
                 "weight_decay_classifier",
                 self.classifier.weight_decay_classifier,
             ),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("{name} must be finite and non-negative, got {v}"));
-            }
-        }
+        ])?;
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad(format!(
                 "temperature must be positive, got {}",
@@ -463,6 +459,17 @@ fn check_loop(
         return bad("check_val_every_n_epoch must be at least 1");
     }
     Ok(())
+}
+
+/// Checks that every named value (rates, decays, epsilons) is finite and non-negative; the
+/// first that is not is the error.
+fn check_non_negative(values: &[(&str, f64)]) -> Result<()> {
+    match values.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+        Some((name, v)) => Err(Error::config(format!(
+            "{name} must be finite and non-negative, got {v}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks the Adam(W) betas: each in `[0, 1)`.
