@@ -51,8 +51,8 @@ trait Command: Stage {
     const DEFAULT_OUTPUT: &'static str;
     /// The settings unset by default, shown commented out by `--print-config`.
     const OPTIONAL: &'static [OptionalKey];
-    /// The closing line: what was trained and where its outputs are.
-    fn summary(trainer: &Trainer<Self>) -> String;
+    /// The end of the closing line: where the run's outputs are.
+    fn outputs(trainer: &Trainer<Self>) -> String;
     /// Sets the configuration's `precision` (`--precision`).
     fn set_precision(cfg: &mut Self::Config, precision: Precision);
 }
@@ -75,11 +75,9 @@ impl Command for MmclStage {
     fn set_precision(cfg: &mut Self::Config, precision: Precision) {
         cfg.precision = precision;
     }
-    fn summary(trainer: &MmclTrainer) -> String {
+    fn outputs(trainer: &MmclTrainer) -> String {
         format!(
-            "trained {} epochs ({} optimiser steps); checkpoints in {}; the ECG encoder is {}",
-            trainer.epochs_done(),
-            trainer.steps_taken(),
+            "checkpoints in {}; the ECG encoder is {}",
             mmcl_train::checkpoint::checkpoints_dir(trainer.run_dir()).display(),
             mmcl_train::checkpoint::ecg_encoder_path(trainer.run_dir()).display()
         )
@@ -99,13 +97,8 @@ impl Command for MaeStage {
     fn set_precision(cfg: &mut Self::Config, precision: Precision) {
         cfg.precision = precision;
     }
-    fn summary(trainer: &MaeTrainer) -> String {
-        format!(
-            "trained {} epochs ({} optimiser steps); the ECG encoder is {}",
-            trainer.epochs_done(),
-            trainer.steps_taken(),
-            trainer.encoder_path().display()
-        )
+    fn outputs(trainer: &MaeTrainer) -> String {
+        format!("the ECG encoder is {}", trainer.encoder_path().display())
     }
 }
 
@@ -188,7 +181,12 @@ fn run<S: Command>(args: Args) -> Result<()> {
     ));
     trainer.fit(progress.as_mut())?;
     if main {
-        println!("{}", S::summary(&trainer));
+        println!(
+            "trained {} epochs ({} optimiser steps); {}",
+            trainer.epochs_done(),
+            trainer.steps_taken(),
+            S::outputs(&trainer)
+        );
     }
     Ok(())
 }

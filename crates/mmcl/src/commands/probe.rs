@@ -499,6 +499,15 @@ fn write_results(
     Ok(())
 }
 
+/// The elements of `npy` (of type `T`), each widened to f64 by `widen`: every dtype
+/// [`read_npy`] takes is read alike.
+fn widened<T: npyz::Deserialize, R: std::io::Read>(
+    npy: npyz::NpyFile<R>,
+    widen: fn(T) -> f64,
+) -> std::io::Result<Vec<f64>> {
+    Ok(npy.into_vec::<T>()?.into_iter().map(widen).collect())
+}
+
 /// A numeric `.npy` array as f64 values with its shape.
 fn read_npy(path: &Path) -> Result<(Vec<u64>, Vec<f64>)> {
     // The workspace's checked opener: header, shape size and data length are validated
@@ -515,43 +524,19 @@ fn read_npy(path: &Path) -> Result<(Vec<u64>, Vec<f64>)> {
         )
     };
     let kind = descr.trim_start_matches(['<', '>', '|', '=']);
-    let values: Vec<f64> = match kind {
-        "f4" => npy
-            .into_vec::<f32>()
-            .with_context(read_err)?
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        "f8" => npy.into_vec::<f64>().with_context(read_err)?,
-        "i4" => npy
-            .into_vec::<i32>()
-            .with_context(read_err)?
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        "i8" => npy
-            .into_vec::<i64>()
-            .with_context(read_err)?
-            .into_iter()
-            .map(|v| v as f64)
-            .collect(),
-        "u1" => npy
-            .into_vec::<u8>()
-            .with_context(read_err)?
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        "b1" => npy
-            .into_vec::<bool>()
-            .with_context(read_err)?
-            .into_iter()
-            .map(|b| b as u8 as f64)
-            .collect(),
+    let values = match kind {
+        "f4" => widened::<f32, _>(npy, f64::from),
+        "f8" => npy.into_vec::<f64>(),
+        "i4" => widened::<i32, _>(npy, f64::from),
+        "i8" => widened::<i64, _>(npy, |v| v as f64),
+        "u1" => widened::<u8, _>(npy, f64::from),
+        "b1" => widened::<bool, _>(npy, |b| b as u8 as f64),
         _ => bail!(
             "{}: unsupported dtype {descr} (use float32)",
             path.display()
         ),
-    };
+    }
+    .with_context(read_err)?;
     let expected: u64 = shape.iter().product();
     if values.len() as u64 != expected {
         bail!(
