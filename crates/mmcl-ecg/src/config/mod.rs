@@ -297,17 +297,24 @@ impl Preset {
 }
 
 impl EcgVitConfig {
-    /// The preset `name` for inputs of `img_size` cut into `patch_size` patches, with the
-    /// reference's defaults (class-token pooling, no head, no dropout).
-    pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
-        let p = preset_or_error(name, Preset::find(name), Preset::names).map_err(Error::Config)?;
-        let cfg = Self {
-            model: Some(p.name.to_string()),
+    /// The reference's encoder of `sizes` `(embed_dim, depth, num_heads)` (unvalidated): MLP
+    /// ratio 4, `qkv_bias`, LayerNorm eps 1e-6, no dropout, class-token pooling, no head. The
+    /// presets, the paper's encoder and the masked autoencoder's encoder start from it.
+    pub(crate) fn reference(
+        model: Option<String>,
+        img_size: [usize; 3],
+        patch_size: [usize; 2],
+        sizes: (usize, usize, usize),
+        weight_init: WeightInit,
+    ) -> Self {
+        let (embed_dim, depth, num_heads) = sizes;
+        Self {
+            model,
             img_size,
             patch_size,
-            embed_dim: p.embed_dim,
-            depth: p.depth,
-            num_heads: p.num_heads,
+            embed_dim,
+            depth,
+            num_heads,
             mlp_ratio: 4.0,
             qkv_bias: true,
             drop_rate: 0.0,
@@ -317,8 +324,21 @@ impl EcgVitConfig {
             attention_pool: false,
             num_classes: 0,
             layer_norm_eps: 1e-6,
-            weight_init: WeightInit::Timm,
-        };
+            weight_init,
+        }
+    }
+
+    /// The preset `name` for inputs of `img_size` cut into `patch_size` patches, with the
+    /// reference's defaults (class-token pooling, no head, no dropout).
+    pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
+        let p = preset_or_error(name, Preset::find(name), Preset::names).map_err(Error::Config)?;
+        let cfg = Self::reference(
+            Some(p.name.to_string()),
+            img_size,
+            patch_size,
+            (p.embed_dim, p.depth, p.num_heads),
+            WeightInit::Timm,
+        );
         cfg.validate()?;
         Ok(cfg)
     }
@@ -327,22 +347,15 @@ impl EcgVitConfig {
     /// pooling, drop-path 0.1 (MMCL's `config.yaml`).
     pub fn paper() -> Self {
         Self {
-            model: Some("vit_tiny_patchX".into()),
-            img_size: [1, 12, 2500],
-            patch_size: [1, 100],
-            embed_dim: 384,
-            depth: 3,
-            num_heads: 6,
-            mlp_ratio: 4.0,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
             drop_path_rate: 0.1,
             global_pool: true,
-            attention_pool: false,
-            num_classes: 0,
-            layer_norm_eps: 1e-6,
-            weight_init: WeightInit::Timm,
+            ..Self::reference(
+                Some("vit_tiny_patchX".into()),
+                [1, 12, 2500],
+                [1, 100],
+                (384, 3, 6),
+                WeightInit::Timm,
+            )
         }
     }
 

@@ -43,6 +43,15 @@ const fn mae(
     }
 }
 
+/// The paper's pre-training model ([`MaeConfig::paper`]).
+const MAE_VIT_TINY: MaePreset = mae(
+    "mae_vit_tiny_patchX",
+    "mae_vit_tiny_patchX_dec256d2b",
+    (384, 3, 6),
+    (256, 2, 8),
+    "mae/vit_tiny_patchX",
+);
+
 /// Every `mae_vit_*` model of the mae repo, with `mlp_ratio` 4, `qkv_bias`, LayerNorm eps 1e-6.
 ///
 /// The decoder sizes are the functions' (the `decNNNdMb` suffixes and the repo's comments do not
@@ -57,13 +66,7 @@ pub const MAE_PRESETS: &[MaePreset] = &[
         (160, 1, 8),
         "mae/vit_pluto_patchX",
     ),
-    mae(
-        "mae_vit_tiny_patchX",
-        "mae_vit_tiny_patchX_dec256d2b",
-        (384, 3, 6),
-        (256, 2, 8),
-        "mae/vit_tiny_patchX",
-    ),
+    MAE_VIT_TINY,
     mae(
         "mae_vit_tiny2_patchX",
         "mae_vit_tiny2_patchX_dec256d2b",
@@ -291,11 +294,10 @@ impl TryFrom<RawMaeConfig> for MaeConfig {
 }
 
 impl MaeConfig {
-    /// The preset `name` for inputs of `img_size` cut into `patch_size` patches.
-    pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
-        let p = preset_or_error(name, MaePreset::find(name), MaePreset::names)
-            .map_err(Error::Config)?;
-        let cfg = Self {
+    /// The model of preset `p` for inputs of `img_size` cut into `patch_size` patches, with the
+    /// reference's MLP ratio, LayerNorm eps and SimSiam widths (unvalidated).
+    fn of_preset(p: MaePreset, img_size: [usize; 3], patch_size: [usize; 2]) -> Self {
+        Self {
             model: Some(p.name.to_string()),
             img_size,
             patch_size,
@@ -309,7 +311,14 @@ impl MaeConfig {
             layer_norm_eps: 1e-6,
             proj_dim: 1024,
             pred_dim: 128,
-        };
+        }
+    }
+
+    /// The preset `name` for inputs of `img_size` cut into `patch_size` patches.
+    pub fn preset(name: &str, img_size: [usize; 3], patch_size: [usize; 2]) -> Result<Self> {
+        let p = preset_or_error(name, MaePreset::find(name), MaePreset::names)
+            .map_err(Error::Config)?;
+        let cfg = Self::of_preset(p, img_size, patch_size);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -317,21 +326,7 @@ impl MaeConfig {
     /// The paper's pre-training model: `mae_vit_tiny_patchX` on 1×12×2500 ECGs with 1×100
     /// patches.
     pub fn paper() -> Self {
-        Self {
-            model: Some("mae_vit_tiny_patchX".into()),
-            img_size: [1, 12, 2500],
-            patch_size: [1, 100],
-            embed_dim: 384,
-            depth: 3,
-            num_heads: 6,
-            decoder_embed_dim: 256,
-            decoder_depth: 2,
-            decoder_num_heads: 8,
-            mlp_ratio: 4.0,
-            layer_norm_eps: 1e-6,
-            proj_dim: 1024,
-            pred_dim: 128,
-        }
+        Self::of_preset(MAE_VIT_TINY, [1, 12, 2500], [1, 100])
     }
 
     /// Reads a JSON configuration file; errors name the file and, where they concern one
@@ -351,22 +346,15 @@ impl MaeConfig {
                     .is_some_and(|m| m == p.name || m == p.function)
         });
         EcgVitConfig {
-            model: preset.map(|p| p.encoder_preset.to_string()),
-            img_size: self.img_size,
-            patch_size: self.patch_size,
-            embed_dim: self.embed_dim,
-            depth: self.depth,
-            num_heads: self.num_heads,
             mlp_ratio: self.mlp_ratio,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
-            global_pool: false,
-            attention_pool: false,
-            num_classes: 0,
             layer_norm_eps: self.layer_norm_eps,
-            weight_init: WeightInit::Mae,
+            ..EcgVitConfig::reference(
+                preset.map(|p| p.encoder_preset.to_string()),
+                self.img_size,
+                self.patch_size,
+                (self.embed_dim, self.depth, self.num_heads),
+                WeightInit::Mae,
+            )
         }
     }
 
