@@ -13,7 +13,7 @@
 use mmcl_eval::paired::{Difference, PairedComparison};
 use serde::{Deserialize, Serialize};
 
-use super::ordered_map;
+use super::{by_name, names, ordered_map, table_header};
 
 /// The pairs compared, `(key, first encoder, second encoder)`: the paper's claim first, then
 /// what each pre-training adds to a random encoder.
@@ -57,10 +57,7 @@ impl EncoderComparison {
 
     /// The difference of phenotype `name`'s R² (or of the mean, for [`MEAN_R2`]).
     pub fn phenotype(&self, name: &str) -> Option<Difference> {
-        self.phenotypes
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, d)| *d)
+        by_name(&self.phenotypes, name).and_then(|d| *d)
     }
 
     /// The diseases whose AUROC difference has its whole interval above zero.
@@ -78,7 +75,7 @@ pub fn find_comparison<'a>(
     comparisons: &'a [(String, EncoderComparison)],
     key: &str,
 ) -> Option<&'a EncoderComparison> {
-    comparisons.iter().find(|(k, _)| k == key).map(|(_, c)| c)
+    by_name(comparisons, key)
 }
 
 /// A difference as `+0.035 [+0.007, +0.062]`, `–` when undefined.
@@ -108,13 +105,11 @@ pub fn markdown_comparisons(comparisons: &[(String, EncoderComparison)]) -> Stri
                 format!("{} − {}", short_label(a), short_label(b))
             })
     };
-    let mut md = String::from("| comparison | mean R² |");
-    for (d, _) in &first.diseases {
-        md.push_str(&format!(" {d} AUROC |"));
-    }
-    md.push_str("\n|---|---|");
-    md.push_str(&"---|".repeat(first.diseases.len()));
-    md.push('\n');
+    let mut md = table_header(
+        &["comparison", "mean R²"],
+        &names(&first.diseases),
+        " AUROC",
+    );
     for (key, c) in comparisons {
         md.push_str(&format!(
             "| {} | {} |",
@@ -126,22 +121,15 @@ pub fn markdown_comparisons(comparisons: &[(String, EncoderComparison)]) -> Stri
         }
         md.push('\n');
     }
-    md.push_str("\n| comparison |");
-    let names: Vec<&String> = first
-        .phenotypes
-        .iter()
-        .map(|(n, _)| n)
+    let phenotypes: Vec<&str> = names(&first.phenotypes)
+        .into_iter()
         .filter(|n| *n != MEAN_R2)
         .collect();
-    for n in &names {
-        md.push_str(&format!(" {n} R² |"));
-    }
-    md.push_str("\n|---|");
-    md.push_str(&"---|".repeat(names.len()));
     md.push('\n');
+    md.push_str(&table_header(&["comparison"], &phenotypes, " R²"));
     for (key, c) in comparisons {
         md.push_str(&format!("| {} |", label(key)));
-        for n in &names {
+        for n in &phenotypes {
             md.push_str(&format!(" {} |", format_difference(c.phenotype(n))));
         }
         md.push('\n');

@@ -76,10 +76,7 @@ pub struct Phenotypes {
 impl Phenotypes {
     /// The entry of `name`.
     pub fn get(&self, name: &str) -> Option<&R2> {
-        self.per_target
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
+        by_name(&self.per_target, name)
     }
 }
 
@@ -138,11 +135,36 @@ pub struct EncoderResults {
 impl EncoderResults {
     /// The entry of disease `name`.
     pub fn disease(&self, name: &str) -> Option<&Auroc> {
-        self.diseases
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
+        by_name(&self.diseases, name)
     }
+}
+
+/// The entry `name` of a list of named entries (how the blocks of `results.json` keep their
+/// JSON objects' order).
+fn by_name<'a, T>(entries: &'a [(String, T)], name: &str) -> Option<&'a T> {
+    entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+/// The names of a list of named entries, in order.
+fn names<T>(entries: &[(String, T)]) -> Vec<&str> {
+    entries.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// The header and separator lines of a Markdown table: the `leading` columns, then one column
+/// per target of `targets`, its name followed by `suffix` (e.g. ` AUROC`). Every table of the
+/// results and comparisons starts so.
+fn table_header(leading: &[&str], targets: &[&str], suffix: &str) -> String {
+    let mut out = String::from("|");
+    for column in leading {
+        out.push_str(&format!(" {column} |"));
+    }
+    for target in targets {
+        out.push_str(&format!(" {target}{suffix} |"));
+    }
+    out.push_str("\n|");
+    out.push_str(&"---|".repeat(leading.len() + targets.len()));
+    out.push('\n');
+    out
 }
 
 /// A `Vec<(String, T)>` as a JSON object keeping its order.
@@ -274,14 +296,7 @@ pub fn markdown_tables(rows: &[(&str, &EncoderResults)]) -> String {
     let Some((_, first)) = rows.first() else {
         return String::new();
     };
-    let mut out = String::new();
-    out.push_str("| encoder |");
-    for (name, _) in &first.diseases {
-        out.push_str(&format!(" {name} AUROC |"));
-    }
-    out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(first.diseases.len()));
-    out.push('\n');
+    let mut out = table_header(&["encoder"], &names(&first.diseases), " AUROC");
     for (label, e) in rows {
         out.push_str(&format!("| {label} |"));
         for (name, _) in &first.diseases {
@@ -293,13 +308,11 @@ pub fn markdown_tables(rows: &[(&str, &EncoderResults)]) -> String {
         out.push('\n');
     }
     out.push('\n');
-    out.push_str("| encoder | mean R² |");
-    for (name, _) in &first.phenotypes.per_target {
-        out.push_str(&format!(" {name} |"));
-    }
-    out.push_str("\n|---|---|");
-    out.push_str(&"---|".repeat(first.phenotypes.per_target.len()));
-    out.push('\n');
+    out.push_str(&table_header(
+        &["encoder", "mean R²"],
+        &names(&first.phenotypes.per_target),
+        "",
+    ));
     for (label, e) in rows {
         out.push_str(&format!("| {label} | {:.3} |", e.phenotypes.mean_r2));
         for (name, _) in &first.phenotypes.per_target {
