@@ -149,3 +149,11 @@ def print_throughput(args, wall, cpu, unit, workload):
                 "torch": torch.__version__, "seconds_per_iteration": wall,
                 "samples_per_s": args.batch / wall,
             }) + "\n")
+
+
+def warm_up_and_time(args, f, unit, workload):
+    """Calls `f` once to warm up, then times `args.iters` calls of it (`per_call`) and prints
+    the figures per `unit` as `workload` (`print_throughput`)."""
+    f()
+    wall, cpu = per_call(f, args.iters)
+    print_throughput(args, wall, cpu, unit, workload)

@@ -11,7 +11,7 @@ the thread count approximates the wall time on an idle one. Usage:
 import torch
 import torch.nn as nn
 
-from reference_common import Block, autocast, parse_args, per_call, print_throughput
+from reference_common import Block, autocast, parse_args, warm_up_and_time
 
 
 class Encoder(nn.Module):
@@ -35,9 +35,7 @@ def main():
     model = Encoder().eval().to(args.device)
     x = torch.randn(args.batch, 1, 12, 2500, device=args.device)
     with torch.no_grad(), autocast(args):
-        model(x)
-        wall, cpu = per_call(lambda: model(x), args.iters)
-    print_throughput(args, wall, cpu, "batch", "embed_ecg")
+        warm_up_and_time(args, lambda: model(x), "batch", "embed_ecg")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Prints wall-clock and process-CPU seconds per step. Usage:
 import torch
 import torch.nn as nn
 
-from reference_common import Block, autocast, parse_args, per_call, print_throughput
+from reference_common import Block, autocast, parse_args, warm_up_and_time
 
 
 class FinetuneModel(nn.Module):
@@ -72,9 +72,7 @@ def main():
         loss.backward()
         opt.step()
 
-    step()
-    wall, cpu = per_call(step, args.iters)
-    print_throughput(args, wall, cpu, "step", "finetune_step")
+    warm_up_and_time(args, step, "step", "finetune_step")
 
 
 if __name__ == "__main__":

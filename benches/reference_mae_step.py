@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_common import Block, autocast, parse_args, per_call, print_throughput
+from reference_common import Block, autocast, parse_args, warm_up_and_time
 from reference_mmcl_step import PatchEmbed
 
 
@@ -179,9 +179,7 @@ def main():
         opt.step()
         opt.zero_grad()
 
-    step()
-    wall, cpu = per_call(step, args.iters)
-    print_throughput(args, wall, cpu, "step", "mae_step")
+    warm_up_and_time(args, step, "step", "mae_step")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_common import Block, autocast, parse_args, per_call, print_throughput
+from reference_common import Block, autocast, parse_args, warm_up_and_time
 
 
 # ----------------------------------------------------------------------------- image trunk
@@ -209,9 +209,7 @@ def main():
         loss.backward()
         opt.step()
 
-    step()  # warm-up
-    wall, cpu = per_call(step, args.iters)
-    print_throughput(args, wall, cpu, "step", "mmcl_step")
+    warm_up_and_time(args, step, "step", "mmcl_step")
 
 
 if __name__ == "__main__":
