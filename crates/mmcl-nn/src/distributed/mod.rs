@@ -169,12 +169,7 @@ impl GradSync for SingleProcess {
     }
 
     fn broadcast_vars(&self, _vars: &[(String, Var)], root: usize) -> Result<()> {
-        if root != 0 {
-            return Err(DistributedError::InvalidArgument(format!(
-                "broadcast root {root} in a group of 1"
-            )));
-        }
-        Ok(())
+        check_root(root, 1)
     }
 }
 
@@ -255,24 +250,10 @@ pub fn flatten_grads(vars: &[(String, Var)], grads: &GradStore) -> Result<Tensor
 /// Splits a flat tensor made by [`flatten_grads`] back into one gradient per variable (in the
 /// variable's shape, dtype and device) and stores them in `grads`.
 pub fn unflatten_grads(flat: &Tensor, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
-    let total: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    if flat.elem_count() != total {
-        return Err(DistributedError::LengthMismatch {
-            lengths: vec![flat.elem_count(), total],
-        });
-    }
-    let mut offset = 0;
-    for (_, var) in vars {
-        let n = var.elem_count();
-        let grad = flat
-            .narrow(0, offset, n)?
-            .reshape(var.shape())?
-            .to_dtype(var.dtype())?
-            .to_device(var.device())?;
+    for_each_part(flat, vars, |var, grad| {
         grads.insert(var.as_tensor(), grad);
-        offset += n;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The values of `vars` concatenated into one flat `f32` tensor (what a broadcast sends).
@@ -292,22 +273,31 @@ fn flatten_vars(vars: &[(String, Var)]) -> Result<Tensor> {
 /// Sets every variable of `vars` from `value`, their values concatenated as
 /// [`flatten_vars`] makes them (received from a broadcast).
 fn set_vars_from_flat(vars: &[(String, Var)], value: &Tensor) -> Result<()> {
+    for_each_part(&value.flatten_all()?, vars, |var, v| Ok(var.set(&v)?))
+}
+
+/// Hands each variable of `vars` its part of `flat` (the variables' values concatenated in
+/// order), in the variable's shape, dtype and device; an error when the lengths differ.
+fn for_each_part(
+    flat: &Tensor,
+    vars: &[(String, Var)],
+    mut take: impl FnMut(&Var, Tensor) -> Result<()>,
+) -> Result<()> {
     let total: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    if value.elem_count() != total {
+    if flat.elem_count() != total {
         return Err(DistributedError::LengthMismatch {
-            lengths: vec![value.elem_count(), total],
+            lengths: vec![flat.elem_count(), total],
         });
     }
-    let value = value.flatten_all()?;
     let mut offset = 0;
     for (_, var) in vars {
         let n = var.elem_count();
-        let v = value
+        let part = flat
             .narrow(0, offset, n)?
             .reshape(var.shape())?
             .to_dtype(var.dtype())?
             .to_device(var.device())?;
-        var.set(&v)?;
+        take(var, part)?;
         offset += n;
     }
     Ok(())
@@ -468,11 +458,74 @@ fn all_reduce_mean_on_host(
     grads: &mut GradStore,
     mean: impl FnOnce(Vec<f32>) -> Result<Vec<f32>>,
 ) -> Result<()> {
-    all_reduce_mean_flat(vars, grads, |flat| {
-        let averaged = mean(flat.to_vec1::<f32>()?)?;
-        let len = averaged.len();
-        Ok(Tensor::from_vec(averaged, len, flat.device())?)
-    })
+    all_reduce_mean_flat(vars, grads, |flat| through_host(&flat, mean))
+}
+
+/// `collective` over a host buffer applied to the flat `f32` tensor `flat`: its values out,
+/// the result back as a tensor on its device (the transport of the threads and MPI backends).
+fn through_host(
+    flat: &Tensor,
+    collective: impl FnOnce(Vec<f32>) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let out = collective(flat.to_vec1::<f32>()?)?;
+    let len = out.len();
+    Ok(Tensor::from_vec(out, len, flat.device())?)
+}
+
+/// An error unless `root` is a rank of a group of `world_size`.
+fn check_root(root: usize, world_size: usize) -> Result<()> {
+    if root >= world_size {
+        return Err(DistributedError::InvalidArgument(format!(
+            "broadcast root {root} in a group of {world_size}"
+        )));
+    }
+    Ok(())
+}
+
+/// The broadcast of variables every process backend shares: `root` checked, the values of
+/// `vars` flattened into one `f32` tensor ([`flatten_vars`]), passed through `broadcast`
+/// (which returns rank `root`'s), and set on every rank but the root.
+fn broadcast_vars_flat(
+    vars: &[(String, Var)],
+    (rank, world_size): (usize, usize),
+    root: usize,
+    broadcast: impl FnOnce(Tensor) -> Result<Tensor>,
+) -> Result<()> {
+    check_root(root, world_size)?;
+    let value = broadcast(flatten_vars(vars)?)?;
+    if rank == root {
+        return Ok(());
+    }
+    set_vars_from_flat(vars, &value)
+}
+
+/// The all-gather every process backend shares: `local` as one flat `f32` tensor through
+/// `gather` (which returns every rank's, in rank order), then in `local`'s dtype and device
+/// with the first dimension `world_size` times as long ([`gathered_dims`]).
+fn all_gather_flat(
+    local: &Tensor,
+    world_size: usize,
+    gather: impl FnOnce(Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dims = gathered_dims(local, world_size);
+    let all = gather(local.to_dtype(DType::F32)?.flatten_all()?)?;
+    Ok(all
+        .reshape(dims)? // [world·n, ..]
+        .to_dtype(local.dtype())?
+        .to_device(local.device())?)
+}
+
+/// The `Debug` of a process group: its kind, rank and size (the communicator shows nothing).
+#[cfg(any(feature = "mpi", feature = "nccl"))]
+fn debug_group(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    (rank, world_size): (usize, usize),
+) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field("rank", &rank)
+        .field("world_size", &world_size)
+        .finish()
 }
 
 #[cfg(test)]

@@ -13,15 +13,15 @@
 //! reports which rank exited first).
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
 use super::{
-    DistributedError, GradSync, Result, all_reduce_mean_on_host, flatten_vars, gathered_dims,
-    set_vars_from_flat,
+    DistributedError, GradSync, Result, all_gather_flat, all_reduce_mean_on_host,
+    broadcast_vars_flat, check_root, debug_group, through_host,
 };
 
 /// This process's place in an MPI job: the world communicator, its rank and size.
@@ -38,10 +38,7 @@ pub struct MpiGroup {
 
 impl std::fmt::Debug for MpiGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MpiGroup")
-            .field("rank", &self.rank)
-            .field("world_size", &self.world_size)
-            .finish()
+        debug_group(f, "MpiGroup", (self.rank, self.world_size))
     }
 }
 
@@ -96,12 +93,7 @@ impl MpiGroup {
     /// # Errors
     /// When `root` is outside the group or the ranks pass different lengths.
     pub fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) -> Result<()> {
-        if root >= self.world_size {
-            return Err(DistributedError::InvalidArgument(format!(
-                "broadcast root {root} in a group of {}",
-                self.world_size
-            )));
-        }
+        check_root(root, self.world_size)?;
         self.agree_on_length(bytes.len())?;
         let root_rank = i32::try_from(root).unwrap_or_default();
         self.world.process_at_rank(root_rank).broadcast_into(bytes);
@@ -150,40 +142,28 @@ impl GradSync for MpiGroup {
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        let dims = gathered_dims(local, self.world_size);
-        let data = local
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        self.agree_on_length(data.len())?;
-        let mut all = vec![0f32; data.len() * self.world_size];
-        self.world.all_gather_into(&data[..], &mut all[..]);
-        let len = all.len();
-        Ok(Tensor::from_vec(all, len, local.device())?
-            .reshape(dims)? // [world·n, ..]
-            .to_dtype(local.dtype())?)
+        all_gather_flat(local, self.world_size, |flat| {
+            through_host(&flat, |data| {
+                self.agree_on_length(data.len())?;
+                let mut all = vec![0f32; data.len() * self.world_size];
+                self.world.all_gather_into(&data[..], &mut all[..]);
+                Ok(all)
+            })
+        })
     }
 
     fn broadcast_vars(&self, vars: &[(String, Var)], root: usize) -> Result<()> {
-        if root >= self.world_size {
-            return Err(DistributedError::InvalidArgument(format!(
-                "broadcast root {root} in a group of {}",
-                self.world_size
-            )));
-        }
-        let flat = flatten_vars(vars)?;
-        let device = flat.device().clone();
-        let mut value = flat.to_vec1::<f32>()?;
-        self.agree_on_length(value.len())?;
-        // `root` < world_size, which MPI holds as an i32.
-        let root_rank = i32::try_from(root).unwrap_or_default();
-        self.world
-            .process_at_rank(root_rank)
-            .broadcast_into(&mut value[..]);
-        if self.rank == root {
-            return Ok(());
-        }
-        let len = value.len();
-        set_vars_from_flat(vars, &Tensor::from_vec(value, len, &device)?)
+        let group = (self.rank, self.world_size);
+        broadcast_vars_flat(vars, group, root, |flat| {
+            through_host(&flat, |mut value| {
+                self.agree_on_length(value.len())?;
+                // `root` < world_size (checked), which MPI holds as an i32.
+                let root_rank = i32::try_from(root).unwrap_or_default();
+                self.world
+                    .process_at_rank(root_rank)
+                    .broadcast_into(&mut value[..]);
+                Ok(value)
+            })
+        })
     }
 }

@@ -17,8 +17,8 @@ use candle_core::cuda::cudarc::nccl::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 
 use super::{
-    DistributedError, GradSync, Result, all_reduce_mean_flat, flatten_vars, gathered_dims,
-    set_vars_from_flat,
+    DistributedError, GradSync, Result, all_gather_flat, all_reduce_mean_flat, broadcast_vars_flat,
+    debug_group,
 };
 
 /// This process's replica in a group of GPUs joined through NCCL.
@@ -35,10 +35,7 @@ pub struct NcclGroup {
 
 impl std::fmt::Debug for NcclGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NcclGroup")
-            .field("rank", &self.rank)
-            .field("world_size", &self.world_size)
-            .finish()
+        debug_group(f, "NcclGroup", (self.rank, self.world_size))
     }
 }
 
@@ -222,25 +219,14 @@ impl GradSync for NcclGroup {
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        let dims = gathered_dims(local, self.world_size);
-        let all = self.run(local, Collective::Gather)?;
-        Ok(all
-            .reshape(dims)? // [world·n, ..]
-            .to_dtype(local.dtype())?
-            .to_device(local.device())?)
+        all_gather_flat(local, self.world_size, |flat| {
+            self.run(&flat, Collective::Gather)
+        })
     }
 
     fn broadcast_vars(&self, vars: &[(String, Var)], root: usize) -> Result<()> {
-        if root >= self.world_size {
-            return Err(DistributedError::InvalidArgument(format!(
-                "broadcast root {root} in a group of {}",
-                self.world_size
-            )));
-        }
-        let value = self.run(&flatten_vars(vars)?, Collective::Broadcast(root))?;
-        if self.rank == root {
-            return Ok(());
-        }
-        set_vars_from_flat(vars, &value)
+        broadcast_vars_flat(vars, (self.rank, self.world_size), root, |flat| {
+            self.run(&flat, Collective::Broadcast(root))
+        })
     }
 }

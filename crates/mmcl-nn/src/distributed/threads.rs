@@ -4,11 +4,11 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use super::{
-    DistributedError, GradSync, Result, all_reduce_mean_on_host, flatten_vars, gathered_dims,
-    set_vars_from_flat,
+    DistributedError, GradSync, Result, all_gather_flat, all_reduce_mean_on_host,
+    broadcast_vars_flat, through_host,
 };
 
 /// What a collective does with the ranks' buffers.
@@ -187,32 +187,17 @@ impl GradSync for ThreadReplica {
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        let dims = gathered_dims(local, self.group.world_size);
-        let data = local
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let all = self.collective(data, Collective::Gather)?;
-        let len = all.len();
-        Ok(Tensor::from_vec(all, len, local.device())?
-            .reshape(dims)? // [world·n, ..]
-            .to_dtype(local.dtype())?)
+        all_gather_flat(local, self.group.world_size, |flat| {
+            through_host(&flat, |data| self.collective(data, Collective::Gather))
+        })
     }
 
     fn broadcast_vars(&self, vars: &[(String, Var)], root: usize) -> Result<()> {
-        if root >= self.group.world_size {
-            return Err(DistributedError::InvalidArgument(format!(
-                "broadcast root {root} in a group of {}",
-                self.group.world_size
-            )));
-        }
-        let flat = flatten_vars(vars)?;
-        let device = flat.device().clone();
-        let value = self.collective(flat.to_vec1::<f32>()?, Collective::Broadcast(root))?;
-        if self.rank == root {
-            return Ok(());
-        }
-        let len = value.len();
-        set_vars_from_flat(vars, &Tensor::from_vec(value, len, &device)?)
+        let group = (self.rank, self.group.world_size);
+        broadcast_vars_flat(vars, group, root, |flat| {
+            through_host(&flat, |data| {
+                self.collective(data, Collective::Broadcast(root))
+            })
+        })
     }
 }
