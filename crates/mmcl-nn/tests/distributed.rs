@@ -38,21 +38,30 @@ fn trainable_values(store: &ParamStore) -> Vec<f32> {
     out
 }
 
+/// Runs `work` on every replica of a group of `world_size` threads, one thread each; returns
+/// each replica's result, in rank order.
+fn each_replica<T: Send + 'static>(
+    world_size: usize,
+    work: impl Fn(ThreadReplica) -> T + Clone + Send + 'static,
+) -> Vec<T> {
+    let handles: Vec<_> = ThreadGroup::new(world_size)
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            let work = work.clone();
+            thread::spawn(move || work(comm))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 /// Runs `train` on every replica of a group of `world_size` threads; returns each replica's
 /// parameters and gradients, in rank order.
 fn on_replicas(
     world_size: usize,
     train: impl Fn(ThreadReplica) -> (Vec<f32>, Vec<f32>) + Clone + Send + 'static,
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let handles: Vec<_> = ThreadGroup::new(world_size)
-        .unwrap()
-        .into_iter()
-        .map(|comm| {
-            let train = train.clone();
-            thread::spawn(move || train(comm))
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).unzip()
+    each_replica(world_size, train).into_iter().unzip()
 }
 
 /// A two-layer MLP, `x [B, 6] → [B, 3]`, with a loss that is a mean over samples.
@@ -280,25 +289,19 @@ fn a_replica_that_leaves_fails_the_others_instead_of_hanging() {
 
 #[test]
 fn mismatched_models_are_an_error_on_every_replica() {
-    let handles: Vec<_> = ThreadGroup::new(2)
-        .unwrap()
-        .into_iter()
-        .map(|comm| {
-            thread::spawn(move || {
-                let model = Mlp::new(4);
-                let mut vars = model.store.trainable_vars();
-                if comm.rank() == 1 {
-                    vars.pop();
-                }
-                let (x, y) = data();
-                let mut grads = model.loss(&x, &y).backward().unwrap();
-                comm.all_reduce_mean(&vars, &mut grads)
-            })
-        })
-        .collect();
-    for h in handles {
+    let results = each_replica(2, |comm| {
+        let model = Mlp::new(4);
+        let mut vars = model.store.trainable_vars();
+        if comm.rank() == 1 {
+            vars.pop();
+        }
+        let (x, y) = data();
+        let mut grads = model.loss(&x, &y).backward().unwrap();
+        comm.all_reduce_mean(&vars, &mut grads)
+    });
+    for result in results {
         assert!(matches!(
-            h.join().unwrap(),
+            result,
             Err(DistributedError::LengthMismatch { .. })
         ));
     }
@@ -407,23 +410,14 @@ fn contrastive_loss_over_the_gathered_batch_equals_one_process() {
 
 #[test]
 fn gathered_tensors_are_in_rank_order() {
-    let handles: Vec<_> = ThreadGroup::new(3)
-        .unwrap()
-        .into_iter()
-        .map(|comm| {
-            thread::spawn(move || {
-                let local = Tensor::full(comm.rank() as f32, (2, 2), &Device::Cpu).unwrap();
-                let all = comm.all_gather(&local).unwrap();
-                assert_eq!(all.dims(), &[6, 2]);
-                all.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            })
-        })
-        .collect();
-    for h in handles {
-        assert_eq!(
-            h.join().unwrap(),
-            vec![0., 0., 0., 0., 1., 1., 1., 1., 2., 2., 2., 2.]
-        );
+    let gathered = each_replica(3, |comm| {
+        let local = Tensor::full(comm.rank() as f32, (2, 2), &Device::Cpu).unwrap();
+        let all = comm.all_gather(&local).unwrap();
+        assert_eq!(all.dims(), &[6, 2]);
+        all.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    });
+    for all in gathered {
+        assert_eq!(all, vec![0., 0., 0., 0., 1., 1., 1., 1., 2., 2., 2., 2.]);
     }
 }
 
