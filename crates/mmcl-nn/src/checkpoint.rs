@@ -420,18 +420,15 @@ pub struct LoadReport {
 impl LoadReport {
     /// `Ok` when every difference is allowed by `options`; else the report of the disallowed ones.
     pub fn check(&self, options: &LoadOptions) -> std::result::Result<(), LoadReport> {
-        let missing: Vec<String> = self
-            .missing
-            .iter()
-            .filter(|k| !options.allow_missing.iter().any(|p| glob_match(p, k)))
-            .cloned()
-            .collect();
-        let unexpected: Vec<String> = self
-            .unexpected
-            .iter()
-            .filter(|k| !options.allow_unexpected.iter().any(|p| glob_match(p, k)))
-            .cloned()
-            .collect();
+        // The keys that no pattern of `allowed` covers.
+        let disallowed = |keys: &[String], allowed: &[String]| -> Vec<String> {
+            keys.iter()
+                .filter(|k| !allowed.iter().any(|p| glob_match(p, k)))
+                .cloned()
+                .collect()
+        };
+        let missing = disallowed(&self.missing, &options.allow_missing);
+        let unexpected = disallowed(&self.unexpected, &options.allow_unexpected);
         if missing.is_empty()
             && unexpected.is_empty()
             && self.shape_mismatches.is_empty()
