@@ -50,13 +50,37 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_shape)
 }
 
-fn check_dims(l_x: &Layout, l_w: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+/// The CPU forward of both linear operations: `x·Wᵀ` for `x` `[M, K]` and `W` `[N, K]`, with
+/// `bias` `[N]` (when given) written into every row first and the product added onto it.
+fn forward_cpu(
+    op: &'static str,
+    (s_x, l_x): (&CpuStorage, &Layout),
+    (s_w, l_w): (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
     let (m, k) = l_x.shape().dims2()?;
     let (n, k2) = l_w.shape().dims2()?;
     if k != k2 {
         candle_core::bail!("{op}: inner dimensions differ ({k} vs {k2})");
     }
-    Ok((m, k, n))
+    let x = contiguous_f32(s_x, l_x, op)?;
+    let w = contiguous_f32(s_w, l_w, op)?;
+    let mut out = match bias {
+        Some((s_b, l_b)) => {
+            let b = contiguous_f32(s_b, l_b, op)?;
+            if b.len() != n {
+                candle_core::bail!("{op}: bias length {} for {n} outputs", b.len());
+            }
+            let mut out = Vec::with_capacity(m * n);
+            for _ in 0..m {
+                out.extend_from_slice(b);
+            }
+            out
+        }
+        None => vec![0f32; m * n],
+    };
+    gemm_xwt(x, w, &mut out, (m, k, n), bias.is_some())?;
+    Ok((CpuStorage::F32(out), Shape::from((m, n))))
 }
 
 /// The gradients `(dx, dW, db)` of `x·Wᵀ + b` for the upstream gradient `g` `[M, N]`.
@@ -101,19 +125,7 @@ impl CustomOp3 for LinearBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k, n) = check_dims(l1, l2, self.name())?;
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
-        let b = contiguous_f32(s3, l3, self.name())?;
-        if b.len() != n {
-            candle_core::bail!("{}: bias length {} for {n} outputs", self.name(), b.len());
-        }
-        let mut out = Vec::with_capacity(m * n);
-        for _ in 0..m {
-            out.extend_from_slice(b);
-        }
-        gemm_xwt(x, w, &mut out, (m, k, n), true)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+        forward_cpu(self.name(), (s1, l1), (s2, l2), Some((s3, l3)))
     }
 
     fn bwd(
@@ -143,12 +155,7 @@ impl CustomOp2 for LinearNoBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k, n) = check_dims(l1, l2, self.name())?;
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
-        let mut out = vec![0f32; m * n];
-        gemm_xwt(x, w, &mut out, (m, k, n), false)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+        forward_cpu(self.name(), (s1, l1), (s2, l2), None)
     }
 
     fn bwd(
