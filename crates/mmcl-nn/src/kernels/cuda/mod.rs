@@ -173,23 +173,48 @@ fn launch(
     Ok(())
 }
 
-/// Launches `kernel` with the arguments `inputs`, then a new buffer of `shape`'s elements
-/// (which the kernel fills entirely), then `scalars` — the argument order of every kernel that
-/// writes one output the shape of its input — and returns that buffer as storage of `shape`.
+/// Launches `kernel` with the contiguous views of `inputs`, then a new buffer of the first
+/// input's elements (which the kernel fills entirely), then `scalars` — the argument order of
+/// every kernel that writes one output the shape of its first input — and returns that buffer
+/// as storage of that shape.
 fn launch_new_output(
-    device: &CudaDevice,
+    op: &str,
     kernel: &str,
     config: LaunchConfig,
-    inputs: Vec<Arg<'_>>,
-    shape: &Shape,
+    inputs: &[(&CudaStorage, &Layout)],
     scalars: Vec<Arg<'_>>,
 ) -> Result<(CudaStorage, Shape)> {
+    let Some(&(first, first_layout)) = inputs.first() else {
+        candle_core::bail!("{op}: a kernel launched without inputs");
+    };
+    let device = first.device();
+    let shape = first_layout.shape();
+    let mut args = inputs
+        .iter()
+        .map(|&(s, l)| view(s, l, op).map(Arg::In))
+        .collect::<Result<Vec<_>>>()?;
     let out = output(device, shape.elem_count())?;
-    let mut args = inputs;
     args.push(Arg::Buffer(&out));
     args.extend(scalars);
     launch(device, kernel, config, &mut args)?;
     Ok(storage(device, out, shape.clone()))
+}
+
+/// A bias + GELU kernel (forward, or backward): `inputs` are `x`, the bias over its last
+/// dimension and, for the backward, the upstream gradient; one thread per element.
+fn launch_bias_gelu(
+    op: &str,
+    kernel: &str,
+    inputs: &[(&CudaStorage, &Layout)],
+) -> Result<(CudaStorage, Shape)> {
+    let layouts: Vec<&Layout> = inputs.iter().map(|&(_, l)| l).collect();
+    let [x, bias, per_element @ ..] = layouts.as_slice() else {
+        candle_core::bail!("{op}: expected x and a bias");
+    };
+    let (_, h) = rows_and_width(op, x, &[bias], per_element)?;
+    let total = x.shape().elem_count();
+    let scalars = vec![Arg::Long(total as i64), Arg::Int(h)];
+    launch_new_output(op, kernel, flat_launch(total), inputs, scalars)
 }
 
 /// One warp per row, [`ROWS_PER_BLOCK`] rows per block.
@@ -284,13 +309,14 @@ impl CustomOp1 for Softmax {
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let (rows, n) = rows_and_width(self.name(), l, &[], &[])?;
+        let scalars = vec![Arg::Int(rows), Arg::Int(n)];
+        let inputs = [(s, l)];
         launch_new_output(
-            s.device(),
+            self.name(),
             "mmcl_softmax_fwd",
             row_launch(rows),
-            vec![Arg::In(view(s, l, self.name())?)],
-            l.shape(),
-            vec![Arg::Int(rows), Arg::Int(n)],
+            &inputs,
+            scalars,
         )
     }
 
@@ -316,16 +342,14 @@ impl CustomOp2 for SoftmaxGrad {
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let (rows, n) = rows_and_width(self.name(), yl, &[], &[gl])?;
+        let scalars = vec![Arg::Int(rows), Arg::Int(n)];
+        let inputs = [(ys, yl), (gs, gl)];
         launch_new_output(
-            ys.device(),
+            self.name(),
             "mmcl_softmax_bwd",
             row_launch(rows),
-            vec![
-                Arg::In(view(ys, yl, self.name())?),
-                Arg::In(view(gs, gl, self.name())?),
-            ],
-            yl.shape(),
-            vec![Arg::Int(rows), Arg::Int(n)],
+            &inputs,
+            scalars,
         )
     }
 }
@@ -351,18 +375,9 @@ impl CustomOp3 for LayerNorm {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let (rows, n) = rows_and_width(self.name(), xl, &[wl, bl], &[])?;
-        launch_new_output(
-            xs.device(),
-            "mmcl_layer_norm_fwd",
-            row_launch(rows),
-            vec![
-                Arg::In(view(xs, xl, self.name())?),
-                Arg::In(view(ws, wl, self.name())?),
-                Arg::In(view(bs, bl, self.name())?),
-            ],
-            xl.shape(),
-            vec![Arg::Int(rows), Arg::Int(n), Arg::Float(self.eps)],
-        )
+        let scalars = vec![Arg::Int(rows), Arg::Int(n), Arg::Float(self.eps)];
+        let (inputs, config) = ([(xs, xl), (ws, wl), (bs, bl)], row_launch(rows));
+        launch_new_output(self.name(), "mmcl_layer_norm_fwd", config, &inputs, scalars)
     }
 
     fn bwd(
@@ -463,19 +478,7 @@ impl CustomOp2 for BiasGelu {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (_, h) = rows_and_width(self.name(), xl, &[bl], &[])?;
-        let total = xl.shape().elem_count();
-        launch_new_output(
-            xs.device(),
-            "mmcl_bias_gelu_fwd",
-            flat_launch(total),
-            vec![
-                Arg::In(view(xs, xl, self.name())?),
-                Arg::In(view(bs, bl, self.name())?),
-            ],
-            xl.shape(),
-            vec![Arg::Long(total as i64), Arg::Int(h)],
-        )
+        launch_bias_gelu(self.name(), "mmcl_bias_gelu_fwd", &[(xs, xl), (bs, bl)])
     }
 
     fn bwd(
@@ -509,20 +512,8 @@ impl CustomOp3 for BiasGeluGrad {
         gs: &CudaStorage,
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (_, h) = rows_and_width(self.name(), xl, &[bl], &[gl])?;
-        let total = xl.shape().elem_count();
-        launch_new_output(
-            xs.device(),
-            "mmcl_bias_gelu_bwd",
-            flat_launch(total),
-            vec![
-                Arg::In(view(xs, xl, self.name())?),
-                Arg::In(view(bs, bl, self.name())?),
-                Arg::In(view(gs, gl, self.name())?),
-            ],
-            xl.shape(),
-            vec![Arg::Long(total as i64), Arg::Int(h)],
-        )
+        let inputs = [(xs, xl), (bs, bl), (gs, gl)];
+        launch_bias_gelu(self.name(), "mmcl_bias_gelu_bwd", &inputs)
     }
 }
 
