@@ -2,41 +2,18 @@
 //! every stored gradient, every stored parameter and BatchNorm running statistic after one
 //! `torch.optim.Adam` step with L2 weight decay.
 
+mod common;
+
 use candle_core::{Device, Var};
-use mmcl_cmr::{ResNetArch, ResNetConfig};
-use mmcl_ecg::EcgVitConfig;
-use mmcl_nn::init::WeightInit;
+use common::small_architecture;
 use mmcl_nn::{LoadOptions, StateDict};
 use mmcl_testutil::{
     Fixture, Tolerance, assert_close, assert_grad_close, device_name, devices, flat,
 };
-use mmcl_train::config::{ClassifierInit, OnlineClassifier};
+use mmcl_train::config::OnlineClassifier;
 use mmcl_train::mmcl::contrastive_loss;
 use mmcl_train::model::from_reference_name;
-use mmcl_train::{MmclArchitecture, MmclConfig, MmclModel, MmclStep};
-
-fn architecture() -> MmclArchitecture {
-    MmclArchitecture {
-        imaging: ResNetConfig::new(ResNetArch::ResNet18, 3),
-        ecg: EcgVitConfig {
-            model: None,
-            img_size: [1, 12, 200],
-            patch_size: [1, 50],
-            embed_dim: 32,
-            depth: 1,
-            num_heads: 2,
-            drop_path_rate: 0.0,
-            num_classes: 2,
-            weight_init: WeightInit::Timm,
-            // mlp_ratio 4, qkv bias, no dropout, global pooling, LayerNorm eps 1e-6.
-            ..EcgVitConfig::paper()
-        },
-        embedding_dim: 256,
-        projection_dim: 32,
-        classifier: OnlineClassifier::None,
-        classifier_init: ClassifierInit::Kaiming,
-    }
-}
+use mmcl_train::{MmclConfig, MmclModel, MmclStep};
 
 /// The fixture's weights and its inputs and outputs; `None` when skipped.
 fn fixtures() -> Option<(Fixture, Fixture)> {
@@ -98,7 +75,7 @@ fn one_training_step_matches_the_reference_on(weights: &Fixture, io: &Fixture, d
     };
     cfg.classifier.online_classifier = OnlineClassifier::None;
 
-    let model = MmclModel::new(&architecture(), 0, device).expect("model");
+    let model = MmclModel::new(&small_architecture(), 0, device).expect("model");
     load_weights(&model, weights);
     let mut step = MmclStep::new(model.clone(), &cfg).expect("step");
 
@@ -195,8 +172,13 @@ fn loss_in_float64_matches_exactly() {
     let Some((weights, io)) = fixtures() else {
         return;
     };
-    let model = MmclModel::with_dtype(&architecture(), 0, &Device::Cpu, candle_core::DType::F64)
-        .expect("model");
+    let model = MmclModel::with_dtype(
+        &small_architecture(),
+        0,
+        &Device::Cpu,
+        candle_core::DType::F64,
+    )
+    .expect("model");
     load_weights(&model, &weights);
     let clip = mmcl_losses::clip::ClipLoss::new(0.1, 0.5).expect("clip");
     let f64_input = |n: &str| io.tensor(n).to_dtype(candle_core::DType::F64).expect("f64");

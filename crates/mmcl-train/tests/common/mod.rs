@@ -1,6 +1,7 @@
 //! What the trainer tests share (`mod common;` in each): checkpoints compared to the bit, the
 //! run directory's documented layout, the checks of a run stopped by a non-finite loss, and
-//! the synthetic cohort, tiny configurations and weight comparisons of the data-parallel tests.
+//! the synthetic cohort, tiny configurations and weight comparisons of the data-parallel tests,
+//! and the small multimodal architecture of the parity and frozen-tower tests.
 
 // Each test binary compiles this module on its own and uses only its part of it.
 #![allow(dead_code)]
@@ -9,13 +10,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use mmcl_cmr::{ResNetArch, ResNetConfig};
 use mmcl_core::runlog::RunLog;
 use mmcl_data::build::{BuildConfig, build_dataset};
+use mmcl_ecg::EcgVitConfig;
 use mmcl_nn::StateDict;
+use mmcl_nn::init::WeightInit;
 use mmcl_synth::{Cohort, SynthConfig, WriteOptions};
 use mmcl_testutil::tensor_bits;
 use mmcl_train::checkpoint::{self, TrainState};
-use mmcl_train::{Error, MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress, Result};
+use mmcl_train::config::{ClassifierInit, OnlineClassifier};
+use mmcl_train::{
+    Error, MaeTrainConfig, MaeTrainer, MmclArchitecture, MmclConfig, MmclTrainer, NoProgress,
+    Result,
+};
 
 /// What the MAE and the multimodal trainers share, on the CPU and without progress output,
 /// for the checks both must pass.
@@ -378,4 +386,32 @@ pub fn assert_equals_one_process_within(
         rel < per_tensor,
         "{what}: max relative difference {rel:.3e}"
     );
+}
+
+// ---- the small multimodal architecture of the parity fixture (`mmcl_step_small`) ----
+
+/// ResNet18 on 3-channel images and a one-block ViT on 1×12×200 ECGs (1×50 patches, 32 wide,
+/// two heads, no drop-path), projected to 32 through a 256 hidden layer, without an online
+/// classifier: the reference step's model, and a small model for any other check.
+pub fn small_architecture() -> MmclArchitecture {
+    MmclArchitecture {
+        imaging: ResNetConfig::new(ResNetArch::ResNet18, 3),
+        ecg: EcgVitConfig {
+            model: None,
+            img_size: [1, 12, 200],
+            patch_size: [1, 50],
+            embed_dim: 32,
+            depth: 1,
+            num_heads: 2,
+            drop_path_rate: 0.0,
+            num_classes: 2,
+            weight_init: WeightInit::Timm,
+            // mlp_ratio 4, qkv bias, no dropout, global pooling, LayerNorm eps 1e-6.
+            ..EcgVitConfig::paper()
+        },
+        embedding_dim: 256,
+        projection_dim: 32,
+        classifier: OnlineClassifier::None,
+        classifier_init: ClassifierInit::Kaiming,
+    }
 }
