@@ -16,7 +16,9 @@ use common::{
 };
 use mmcl_nn::distributed::{GradSync, SingleProcess, ThreadGroup};
 use mmcl_train::checkpoint;
-use mmcl_train::{MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress};
+use mmcl_train::mae::MaeStage;
+use mmcl_train::mmcl::MmclStage;
+use mmcl_train::{MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress, Stage, Trainer};
 
 fn weights(trainer: &MaeTrainer) -> Weights {
     trainer
@@ -41,16 +43,27 @@ enum Start {
     Resume { checkpoint: PathBuf, run: PathBuf },
 }
 
-fn train(cfg: MaeTrainConfig, start: Start, epochs: usize, comm: Box<dyn GradSync>) -> Weights {
+/// A replica's trainer of stage `S`, started by `start` in the group of `comm`, after training
+/// until `epochs` epochs are done.
+fn trained<S: Stage>(
+    cfg: S::Config,
+    start: Start,
+    epochs: usize,
+    comm: Box<dyn GradSync>,
+) -> Trainer<S> {
     let (mut trainer, _) = match start {
-        Start::New(run) => MaeTrainer::new_in_group(cfg, &run, &Device::Cpu, comm).expect("new"),
+        Start::New(run) => Trainer::new_in_group(cfg, &run, &Device::Cpu, comm).expect("new"),
         Start::Resume { checkpoint, run } => {
-            MaeTrainer::resume_in_group(&checkpoint, None, Some(&run), &Device::Cpu, comm)
+            Trainer::resume_in_group(&checkpoint, None, Some(&run), &Device::Cpu, comm)
                 .expect("resume")
         }
     };
     trainer.fit_until(epochs, &mut NoProgress).expect("fit");
-    weights(&trainer)
+    trainer
+}
+
+fn train(cfg: MaeTrainConfig, start: Start, epochs: usize, comm: Box<dyn GradSync>) -> Weights {
+    weights(&trained::<MaeStage>(cfg, start, epochs, comm))
 }
 
 /// Trains one replica per thread with `train`, replica `r` started by `starts[r]`; their final
@@ -134,10 +147,6 @@ fn one_process_and_two_replicas<C: Clone + Send + 'static>(
     (single, group)
 }
 
-fn train_group(cfg: &MaeTrainConfig, starts: Vec<Start>, epochs: usize) -> Vec<Weights> {
-    in_threads(cfg, starts, epochs, train)
-}
-
 #[test]
 fn two_replicas_train_what_one_process_trains_and_resume_exactly() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -187,14 +196,8 @@ fn with_the_simsiam_term_replicas_stay_identical_and_uneven_batches_are_refused(
     let cache = cohort_cache(tmp.path());
     let mut cfg = tiny_config(&cache);
     cfg.loss.cos_weight = 0.1;
-    let group = train_group(
-        &cfg,
-        vec![
-            Start::New(tmp.path().join("cos-0")),
-            Start::New(tmp.path().join("cos-1")),
-        ],
-        1,
-    );
+    let run = |name: &str| tmp.path().join(name);
+    let group = in_threads(&cfg, pair(&run, "cos"), 1, train);
     assert_bit_equal(&group[0], &group[1], "replicas with the SimSiam term");
 
     // A global batch of 9 does not split over two replicas: every replica refuses to start.
@@ -215,19 +218,11 @@ fn with_the_simsiam_term_replicas_stay_identical_and_uneven_batches_are_refused(
 }
 
 fn train_mmcl(cfg: MmclConfig, start: Start, epochs: usize, comm: Box<dyn GradSync>) -> Weights {
-    let (mut trainer, _) = match start {
-        Start::New(run) => MmclTrainer::new_in_group(cfg, &run, &Device::Cpu, comm).expect("new"),
-        Start::Resume { checkpoint, run } => {
-            MmclTrainer::resume_in_group(&checkpoint, None, Some(&run), &Device::Cpu, comm)
-                .expect("resume")
-        }
-    };
-    trainer.fit_until(epochs, &mut NoProgress).expect("fit");
-    store_tensors(trainer.model().store())
-}
-
-fn train_mmcl_group(cfg: &MmclConfig, starts: Vec<Start>, epochs: usize) -> Vec<Weights> {
-    in_threads(cfg, starts, epochs, train_mmcl)
+    store_tensors(
+        trained::<MmclStage>(cfg, start, epochs, comm)
+            .model()
+            .store(),
+    )
 }
 
 #[test]
@@ -263,10 +258,11 @@ fn multimodal_replicas_contrast_the_global_batch_as_one_process_does() {
 
     // (c) A trainable image tower normalises each replica's share by itself; the replicas still
     // agree on every weight and on rank 0's running statistics.
-    let trained = train_mmcl_group(
+    let trained = in_threads(
         &tiny_mmcl_config(&cache, false),
-        vec![Start::New(run("bn-0")), Start::New(run("bn-1"))],
+        pair(&run, "bn"),
         1,
+        train_mmcl,
     );
     assert_bit_equal(
         &trained[0],
@@ -292,7 +288,7 @@ fn synchronised_batch_norm_makes_a_group_train_what_one_process_trains() {
     // MAE with the SimSiam term, whose heads hold BatchNorm layers.
     let mut mae = tiny_config(&cache);
     mae.loss.cos_weight = 0.1;
-    let per_replica = train_group(&mae, pair(&run, "mae-local"), 1);
+    let per_replica = in_threads(&mae, pair(&run, "mae-local"), 1, train);
     mae.sync_batch_norm = true;
     let (single, synced) = one_process_and_two_replicas(
         &mae,
@@ -313,7 +309,7 @@ fn synchronised_batch_norm_makes_a_group_train_what_one_process_trains() {
 
     // MMCL with a trainable ResNet image tower (BatchNorm in train mode), two epochs.
     let mut mmcl = tiny_mmcl_config(&cache, false);
-    let per_replica = train_mmcl_group(&mmcl, pair(&run, "mmcl-local"), 2);
+    let per_replica = in_threads(&mmcl, pair(&run, "mmcl-local"), 2, train_mmcl);
     mmcl.sync_batch_norm = true;
     let (single, synced) = one_process_and_two_replicas(
         &mmcl,
