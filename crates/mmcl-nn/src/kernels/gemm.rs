@@ -125,44 +125,24 @@ pub(crate) fn matmul_strided(
             dst.len()
         );
     }
-    let (lhs_strides, rhs_strides) = (
-        (lhs.row_stride, lhs.col_stride),
-        (rhs.row_stride, rhs.col_stride),
-    );
-    if precision == Precision::Bf16 {
-        // SAFETY: as below.
-        unsafe {
-            gemm_bf16(
-                Engine::best(),
-                (m, n, k),
-                dst.as_mut_ptr(),
-                dst_row_stride,
-                lhs.data.as_ptr(),
-                lhs_strides,
-                rhs.data.as_ptr(),
-                rhs_strides,
-                accumulate,
-                parallelism,
-            )
-        };
-        return Ok(());
-    }
+    let product = RawProduct {
+        dims: (m, n, k),
+        dst: dst.as_mut_ptr(),
+        dst_rs: dst_row_stride,
+        lhs: lhs.data.as_ptr(),
+        lhs_strides: (lhs.row_stride, lhs.col_stride),
+        rhs: rhs.data.as_ptr(),
+        rhs_strides: (rhs.row_stride, rhs.col_stride),
+    };
     // SAFETY: the views were checked to address only elements of their slices; the m rows of
     // n values, `dst_row_stride ≥ n` apart, lie inside `dst`, which, being a unique borrow,
     // aliases neither input.
     unsafe {
-        gemm_raw(
-            (m, n, k),
-            dst.as_mut_ptr(),
-            dst_row_stride,
-            lhs.data.as_ptr(),
-            lhs_strides,
-            rhs.data.as_ptr(),
-            rhs_strides,
-            1.0,
-            accumulate,
-            parallelism,
-        );
+        if precision == Precision::Bf16 {
+            gemm_bf16(Engine::best(), product, accumulate, parallelism);
+        } else {
+            gemm_raw(product, 1.0, accumulate, parallelism);
+        }
     }
     Ok(())
 }
@@ -295,25 +275,49 @@ pub(crate) fn column_sums(x: &[f32], w: usize) -> Vec<f32> {
     total
 }
 
-/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) for views given
-/// by (row, column) strides; `dst` has rows of stride `dst_rs` and unit column stride.
+/// One strided matrix product by raw pointers: `dst[m, n] (+)= lhs[m, k]·rhs[k, n]` with
+/// `dims = (m, n, k)`, each operand given by its first element and (row, column) strides, `dst`
+/// by rows of stride `dst_rs` and unit column stride. What every engine ([`gemm_raw`],
+/// [`gemm_bf16`] and its packed driver) takes, so that one value travels between them.
+#[derive(Clone, Copy)]
+pub(crate) struct RawProduct {
+    /// `(m, n, k)`.
+    pub(crate) dims: (usize, usize, usize),
+    /// The destination's first element.
+    pub(crate) dst: *mut f32,
+    /// The destination's row stride (≥ n).
+    pub(crate) dst_rs: usize,
+    /// The left operand's first element.
+    pub(crate) lhs: *const f32,
+    /// The left operand's (row, column) strides.
+    pub(crate) lhs_strides: (usize, usize),
+    /// The right operand's first element.
+    pub(crate) rhs: *const f32,
+    /// The right operand's (row, column) strides.
+    pub(crate) rhs_strides: (usize, usize),
+}
+
+/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) for the
+/// [`RawProduct`] `product`.
 ///
 /// # Safety
 /// Every element addressed through the pointers and strides must be valid, and `dst` must not
 /// alias the inputs or be written concurrently by another task.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_raw(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
+    product: RawProduct,
     beta: f32,
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
+    let RawProduct {
+        dims: (m, n, k),
+        dst,
+        dst_rs,
+        lhs,
+        lhs_strides: (lhs_rs, lhs_cs),
+        rhs,
+        rhs_strides: (rhs_rs, rhs_cs),
+    } = product;
     if m == 0 || n == 0 {
         return;
     }

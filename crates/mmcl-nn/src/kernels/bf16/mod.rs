@@ -17,6 +17,8 @@ mod packed;
 
 use gemm::Parallelism;
 
+use super::gemm::RawProduct;
+
 /// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays NaN (quiet).
 #[inline(always)]
 pub(crate) fn to_bf16_bits(x: f32) -> u16 {
@@ -94,25 +96,19 @@ impl Engine {
 }
 
 /// `dst[m, n] = Σ_k bf16(lhs[m, k])·bf16(rhs[k, n])` summed in f32 (plus `dst` if `accumulate`),
-/// for views given by (row, column) strides, on `engine` (normally [`Engine::best`]); `dst` has
-/// rows of stride `dst_rs`. A hardware engine the machine lacks falls back to the emulation.
+/// for the strided views of `product`, on `engine` (normally [`Engine::best`]). A hardware
+/// engine the machine lacks falls back to the emulation.
 ///
 /// # Safety
 /// As [`super::gemm::gemm_raw`]: every element addressed through the pointers and strides must
 /// be valid, and `dst` must not alias the inputs or be written concurrently by another task.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_bf16(
     engine: Engine,
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_strides: (usize, usize),
-    rhs: *const f32,
-    rhs_strides: (usize, usize),
+    product: RawProduct,
     accumulate: bool,
     parallelism: Parallelism,
 ) {
+    let (m, n, k) = product.dims;
     if m == 0 || n == 0 {
         return;
     }
@@ -126,46 +122,28 @@ pub(crate) unsafe fn gemm_bf16(
         if let Some(block_row) = block_row
             && k > 0
         {
+            let parallel = !matches!(parallelism, Parallelism::None);
             // SAFETY: forwarded from the caller's contract; the engine's instructions are
             // available.
-            unsafe {
-                packed::gemm(
-                    block_row,
-                    (m, n, k),
-                    dst,
-                    dst_rs,
-                    lhs,
-                    lhs_strides,
-                    rhs,
-                    rhs_strides,
-                    accumulate,
-                    !matches!(parallelism, Parallelism::None),
-                )
-            };
+            unsafe { packed::gemm(block_row, product, accumulate, parallel) };
             return;
         }
     }
     let _ = engine;
     // The emulation: contiguous bf16-rounded copies, then the f32 product.
     // SAFETY: the caller guarantees every addressed element is valid.
-    let a = unsafe { gather_rounded(lhs, (m, k), lhs_strides) };
+    let a = unsafe { gather_rounded(product.lhs, (m, k), product.lhs_strides) };
     // SAFETY: as above.
-    let b = unsafe { gather_rounded(rhs, (k, n), rhs_strides) };
-    // SAFETY: the copies are row-major [m, k] and [k, n]; `dst` is forwarded from the caller.
-    unsafe {
-        super::gemm::gemm_raw(
-            (m, n, k),
-            dst,
-            dst_rs,
-            a.as_ptr(),
-            (k, 1),
-            b.as_ptr(),
-            (n, 1),
-            1.0,
-            accumulate,
-            parallelism,
-        )
+    let b = unsafe { gather_rounded(product.rhs, (k, n), product.rhs_strides) };
+    let rounded = RawProduct {
+        lhs: a.as_ptr(),
+        lhs_strides: (k, 1),
+        rhs: b.as_ptr(),
+        rhs_strides: (n, 1),
+        ..product
     };
+    // SAFETY: the copies are row-major [m, k] and [k, n]; `dst` is forwarded from the caller.
+    unsafe { super::gemm::gemm_raw(rounded, 1.0, accumulate, parallelism) };
 }
 
 /// A row-major copy of the `[rows, cols]` view at `src`, each value rounded to bf16.

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::to_bf16_bits;
 use crate::kernels::SharedMut;
+use crate::kernels::gemm::RawProduct;
 use crate::kernels::simd::multiversion;
 
 /// bf16 values in one tile row (64 bytes): the inner-dimension step of the packed operands.
@@ -40,21 +41,23 @@ pub(super) type BlockRow =
 /// see [`super::gemm_bf16`].
 ///
 /// # Safety
-/// The CPU has `block_row`'s instructions; the views and `dst` satisfy
-/// [`super::gemm_bf16`]'s contract; `m, n, k > 0`.
-#[allow(clippy::too_many_arguments)]
+/// The CPU has `block_row`'s instructions; `product` satisfies [`super::gemm_bf16`]'s
+/// contract; `m, n, k > 0`.
 pub(super) unsafe fn gemm(
     block_row: BlockRow,
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_strides: (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
+    product: RawProduct,
     accumulate: bool,
     parallel: bool,
 ) {
+    let RawProduct {
+        dims: (m, n, k),
+        dst,
+        dst_rs,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides: (rhs_rs, rhs_cs),
+    } = product;
     let n_blocks = n.div_ceil(BLOCK);
     let m_blocks = m.div_ceil(BLOCK);
     // The inner dimension in chunks whose packed right operand stays in a core's L2 cache

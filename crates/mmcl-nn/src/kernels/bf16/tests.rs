@@ -62,18 +62,16 @@ fn check(
         dst.copy_from_slice(&start);
         // SAFETY: the views address a[..m·k] and b[..k·n]; dst holds m rows of dst_rs ≥ n.
         unsafe {
-            gemm_bf16(
-                engine,
-                (m, n, k),
-                dst.as_mut_ptr(),
+            let product = RawProduct {
+                dims: (m, n, k),
+                dst: dst.as_mut_ptr(),
                 dst_rs,
-                a.as_ptr(),
-                a_strides,
-                b.as_ptr(),
-                b_strides,
-                accumulate,
-                parallelism,
-            )
+                lhs: a.as_ptr(),
+                lhs_strides: a_strides,
+                rhs: b.as_ptr(),
+                rhs_strides: b_strides,
+            };
+            gemm_bf16(engine, product, accumulate, parallelism)
         };
         for i in 0..m {
             for j in 0..n {

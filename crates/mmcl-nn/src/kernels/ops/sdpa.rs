@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use gemm::Parallelism;
 
 use super::softmax::{softmax_last_dim, softmax_rows};
-use crate::kernels::gemm::gemm_raw;
+use crate::kernels::gemm::{RawProduct, gemm_raw};
 use crate::kernels::{SharedMut, contiguous_f32, fast_path, simd, with_contiguous_f32};
 use crate::precision;
 
@@ -114,6 +114,33 @@ impl Geometry {
     }
 }
 
+/// `dst = beta·lhs·rhs` for one attention task: single-threaded (the tasks are the parallelism)
+/// and without accumulating; `dims = (m, n, k)`, `dst` as its first element and row stride,
+/// each operand as its first element and (row, column) strides.
+///
+/// # Safety
+/// As [`gemm_raw`].
+#[inline(always)]
+unsafe fn head_product(
+    dims: (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, lhs_strides): (*const f32, (usize, usize)),
+    (rhs, rhs_strides): (*const f32, (usize, usize)),
+    beta: f32,
+) {
+    let product = RawProduct {
+        dims,
+        dst,
+        dst_rs,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    };
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { gemm_raw(product, beta, false, Parallelism::None) };
+}
+
 /// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`).
 fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut [f32]) {
     let q = qkv[g.offset(b, 0, h)..].as_ptr();
@@ -121,17 +148,12 @@ fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut 
     // SAFETY: q and k of this head are N rows of hd elements with row stride 3D inside qkv (the
     // layout was checked by the caller); p holds N×N elements and is this task's own buffer.
     unsafe {
-        gemm_raw(
+        head_product(
             (g.n, g.n, g.hd),
-            p.as_mut_ptr(),
-            g.n,
-            q,
-            (3 * g.d, 1),
-            k,
-            (1, 3 * g.d),
+            (p.as_mut_ptr(), g.n),
+            (q, (3 * g.d, 1)),
+            (k, (1, 3 * g.d)),
             scale,
-            false,
-            Parallelism::None,
         );
     }
     softmax_rows(p, g.n);
@@ -224,17 +246,12 @@ pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f
             // columns of head h in the N rows of element b of `out`, which no other task
             // writes; `out` outlives the loop.
             unsafe {
-                gemm_raw(
+                head_product(
                     (g.n, g.hd, g.n),
-                    dst.get().add(b * g.n * g.d + h * g.hd),
-                    g.d,
-                    p.as_ptr(),
-                    (g.n, 1),
-                    v,
-                    (3 * g.d, 1),
+                    (dst.get().add(b * g.n * g.d + h * g.hd), g.d),
+                    (p.as_ptr(), (g.n, 1)),
+                    (v, (3 * g.d, 1)),
                     1.0,
-                    false,
-                    Parallelism::None,
                 );
             }
         },
@@ -269,30 +286,20 @@ pub(crate) fn attention_backward(
             unsafe {
                 let dv = dst.get().add(g.offset(b, 2, h));
                 // dV = Pᵀ·dO
-                gemm_raw(
+                head_product(
                     (g.n, g.hd, g.n),
-                    dv,
-                    row3,
-                    p.as_ptr(),
-                    (1, g.n),
-                    d_o,
-                    (g.d, 1),
+                    (dv, row3),
+                    (p.as_ptr(), (1, g.n)),
+                    (d_o, (g.d, 1)),
                     1.0,
-                    false,
-                    Parallelism::None,
                 );
                 // dP = dO·Vᵀ
-                gemm_raw(
+                head_product(
                     (g.n, g.n, g.hd),
-                    dp.as_mut_ptr(),
-                    g.n,
-                    d_o,
-                    (g.d, 1),
-                    v,
-                    (1, row3),
+                    (dp.as_mut_ptr(), g.n),
+                    (d_o, (g.d, 1)),
+                    (v, (1, row3)),
                     1.0,
-                    false,
-                    Parallelism::None,
                 );
             }
             // dS = P ⊙ (dP − Σ dP⊙P), per row.
@@ -307,29 +314,19 @@ pub(crate) fn attention_backward(
                 let dq = dst.get().add(g.offset(b, 0, h));
                 let dk = dst.get().add(g.offset(b, 1, h));
                 // dQ = scale·dS·K, dK = scale·dSᵀ·Q
-                gemm_raw(
+                head_product(
                     (g.n, g.hd, g.n),
-                    dq,
-                    row3,
-                    dp.as_ptr(),
-                    (g.n, 1),
-                    k,
-                    (row3, 1),
+                    (dq, row3),
+                    (dp.as_ptr(), (g.n, 1)),
+                    (k, (row3, 1)),
                     scale,
-                    false,
-                    Parallelism::None,
                 );
-                gemm_raw(
+                head_product(
                     (g.n, g.hd, g.n),
-                    dk,
-                    row3,
-                    dp.as_ptr(),
-                    (1, g.n),
-                    q,
-                    (row3, 1),
+                    (dk, row3),
+                    (dp.as_ptr(), (1, g.n)),
+                    (q, (row3, 1)),
                     scale,
-                    false,
-                    Parallelism::None,
                 );
             }
         },
