@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{mmcl, s, stderr};
+use common::{run_with_config, s, stderr};
 
 /// One epoch of the small multimodal model with synchronised BatchNorm, dropping the last
 /// partial batch and without drop-path (whose masks follow each rank's rows).
@@ -32,17 +32,14 @@ fn pretrain_mmcl_under_mpirun_trains_what_one_process_trains() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
     common::cohort_and_cache(root, 12, 3, [0.7, 0.3, 0.0]);
-    let config = root.join("mmcl.toml");
-    std::fs::write(&config, mmcl_config()).expect("write");
-
-    let single = root.join("single");
-    let out = mmcl(&[
+    let (config, single, out) = run_with_config(
+        root,
         "pretrain-mmcl",
-        "--config",
-        s(&config),
-        "--output",
-        s(&single),
-    ]);
+        "mmcl.toml",
+        &mmcl_config(),
+        "single",
+        &[],
+    );
     assert!(out.status.success(), "one process: {}", stderr(&out));
 
     let group = root.join("group");
@@ -74,10 +71,15 @@ fn pretrain_mmcl_under_mpirun_trains_what_one_process_trains() {
     let initial = {
         // The start, from a run at learning rate 0: how far training moved the weights (two
         // runs that did not train would agree too).
-        let cfg = root.join("untrained.toml");
-        std::fs::write(&cfg, mmcl_config().replace("lr = 1e-3", "lr = 0.0")).expect("write");
-        let run = root.join("untrained");
-        let out = mmcl(&["pretrain-mmcl", "--config", s(&cfg), "--output", s(&run)]);
+        let text = mmcl_config().replace("lr = 1e-3", "lr = 0.0");
+        let (_, run, out) = run_with_config(
+            root,
+            "pretrain-mmcl",
+            "untrained.toml",
+            &text,
+            "untrained",
+            &[],
+        );
         assert!(out.status.success(), "lr 0: {}", stderr(&out));
         last_model(&run)
     };

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{mmcl, read_npy, s, stderr, write_npy_f32};
+use common::{mmcl, read_npy, run_with_config, s, stderr, write_npy_f32};
 use mmcl_train::Trainer;
 use mmcl_train::mae::MaeStage;
 
@@ -24,10 +24,7 @@ fn cohort_and_cache(root: &Path, subjects: usize, seed: u64) {
 /// `root/name` into `root/run` and checks that it succeeds and prints its configuration;
 /// returns the configuration's path, the run directory and the command's output.
 fn first_run(root: &Path, command: &str, name: &str, text: &str) -> (PathBuf, PathBuf, Output) {
-    let config = root.join(name);
-    std::fs::write(&config, text).expect("write");
-    let run = root.join("run");
-    let out = mmcl(&[command, "--config", s(&config), "--output", s(&run)]);
+    let (config, run, out) = run_with_config(root, command, name, text, "run", &[]);
     assert!(out.status.success(), "{command}: {}", stderr(&out));
     assert!(stderr(&out).contains("configuration:"), "{}", stderr(&out));
     (config, run, out)
@@ -157,7 +154,6 @@ fn pretrain_mmcl_trains_exports_and_resumes() {
 fn bad_configurations_fail_naming_the_problem() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
-    let run = root.join("run");
     let cases: [(&str, &str, &[&str]); 4] = [
         (
             "typo.toml",
@@ -177,9 +173,7 @@ fn bad_configurations_fail_naming_the_problem() {
         ("bad.yaml", "lr: 1\n", &["bad.yaml", ".json or .toml"]),
     ];
     for (name, text, needles) in cases {
-        let path = root.join(name);
-        std::fs::write(&path, text).expect("write");
-        let out = mmcl(&["pretrain-mmcl", "--config", s(&path), "--output", s(&run)]);
+        let (_, run, out) = run_with_config(root, "pretrain-mmcl", name, text, "run", &[]);
         assert!(!out.status.success(), "{name} should fail");
         let err = stderr(&out);
         for needle in needles {
@@ -266,10 +260,8 @@ fn pretrain_mae_trains_exports_and_resumes() {
     );
 
     // Mistakes fail clearly and leave nothing behind.
-    let typo = root.join("typo.toml");
-    std::fs::write(&typo, "mask_ration = 0.5\n").expect("write");
-    let other = root.join("other");
-    let out = mmcl(&["pretrain-mae", "--config", s(&typo), "--output", s(&other)]);
+    let typo = "mask_ration = 0.5\n";
+    let (_, other, out) = run_with_config(root, "pretrain-mae", "typo.toml", typo, "other", &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("mask_ration"), "{}", stderr(&out));
     assert!(!other.join("checkpoints").exists());
@@ -337,18 +329,15 @@ fn precision_flag_replaces_the_configured_precision() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
     cohort_and_cache(root, 10, 6);
-    let config = root.join("mae.toml");
-    std::fs::write(&config, mae_config()).expect("write");
-    let run = root.join("run");
-    let out = mmcl(&[
+    let bf16 = ["--precision", "bf16"];
+    let (config, run, out) = run_with_config(
+        root,
         "pretrain-mae",
-        "--config",
-        s(&config),
-        "--output",
-        s(&run),
-        "--precision",
-        "bf16",
-    ]);
+        "mae.toml",
+        &mae_config(),
+        "run",
+        &bf16,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let saved = std::fs::read_to_string(run.join("config.toml")).expect("config");
     assert!(saved.contains("precision = \"bf16\""), "{saved}");

@@ -121,6 +121,26 @@ pub fn one_epoch_small_mmcl_toml(top: &str, data: &str, ecg: &str) -> String {
     )
 }
 
+/// Writes `text` as the configuration file `root/name`, then runs `mmcl command --config
+/// root/name --output root/output` and `extra` arguments; the configuration's path, the
+/// output's and the command's output.
+pub fn run_with_config(
+    root: &Path,
+    command: &str,
+    name: &str,
+    text: &str,
+    output: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf, Output) {
+    let config = root.join(name);
+    std::fs::write(&config, text).expect("write the configuration");
+    let run = root.join(output);
+    let mut args = vec![command, "--config", s(&config), "--output", s(&run)];
+    args.extend_from_slice(extra);
+    let out = mmcl(&args);
+    (config, run, out)
+}
+
 /// The `[model]` and `[data]` tables of the small MAE the command-line tests pretrain (12×500
 /// ECGs in 1×100 patches) reading `cache` beside the configuration with two threads.
 pub const SMALL_MAE_TOML: &str = r#"[model]
