@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Output;
 
 use common::{assert_refused, mmcl, read_npy, s, stderr};
 use mmcl_ecg::{EcgVit, EcgVitConfig};
@@ -13,6 +14,15 @@ use mmcl_ecg::{EcgVit, EcgVitConfig};
 /// A 40-subject cohort and its cache at `root/cache` (60/20/20 splits).
 fn cache(root: &Path) {
     common::cohort_and_cache(root, 40, 5, [0.6, 0.2, 0.2]);
+}
+
+/// `mmcl embed-ecg --encoder encoder`, the arguments `inputs` (what to embed, options), then
+/// `--output output`.
+fn embed_ecg(encoder: &Path, inputs: &[&str], output: &Path) -> Output {
+    let mut args = vec!["embed-ecg", "--encoder", s(encoder)];
+    args.extend_from_slice(inputs);
+    args.extend(["--output", s(output)]);
+    mmcl(&args)
 }
 
 /// A randomly initialised small encoder on 12 × 500 inputs, exported as the trainers export
@@ -48,17 +58,11 @@ fn a_cache_is_embedded_and_probed_from_an_exported_encoder() {
     let (c, z) = (root.join("cache"), root.join("z"));
 
     // The checkpoint folder names its export; the export needs no --config.
-    let out = mmcl(&[
-        "embed-ecg",
-        "--encoder",
-        s(&root.join("run/checkpoints/last")),
-        "--cache",
-        s(&c),
-        "--split",
-        "test,all",
-        "--output",
-        s(&z),
-    ]);
+    let out = embed_ecg(
+        &root.join("run/checkpoints/last"),
+        &["--cache", s(&c), "--split", "test,all"],
+        &z,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let (shape, _) = read_npy(&z.join("test/embeddings.npy"));
     let (all, _) = read_npy(&z.join("all/embeddings.npy"));
@@ -71,15 +75,7 @@ fn a_cache_is_embedded_and_probed_from_an_exported_encoder() {
     assert!(!z.join("train").exists(), "only the splits asked for");
 
     // An existing output is refused without --overwrite and left as it was.
-    let again = mmcl(&[
-        "embed-ecg",
-        "--encoder",
-        s(&file),
-        "--cache",
-        s(&c),
-        "--output",
-        s(&z),
-    ]);
+    let again = embed_ecg(&file, &["--cache", s(&c)], &z);
     assert_refused(&again, &["--overwrite"]);
     assert!(z.join("all/embeddings.npy").is_file());
 
@@ -87,18 +83,11 @@ fn a_cache_is_embedded_and_probed_from_an_exported_encoder() {
     let files = root.join("files");
     let ecg_dir = root.join("cohort/ecg");
     let first = ecg_dir.join("1000001_20205_2_0.xml");
-    let out = mmcl(&[
-        "embed-ecg",
-        "--encoder",
-        s(&file),
-        "--ecg",
-        s(&ecg_dir),
-        s(&first),
-        "--batch-size",
-        "16",
-        "--output",
-        s(&files),
-    ]);
+    let out = embed_ecg(
+        &file,
+        &["--ecg", s(&ecg_dir), s(&first), "--batch-size", "16"],
+        &files,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let (shape, values) = read_npy(&files.join("embeddings.npy"));
     assert_eq!(shape, [41, 256]);
@@ -152,17 +141,7 @@ fn bad_encoders_and_devices_are_clear_errors_that_write_nothing() {
     let c = root.join("cache");
     let z = root.join("z");
     let embed = |encoder: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "embed-ecg",
-            "--encoder",
-            s(encoder),
-            "--cache",
-            s(&c),
-            "--output",
-            s(&z),
-        ];
-        args.extend_from_slice(extra);
-        mmcl(&args)
+        embed_ecg(encoder, &[&["--cache", s(&c)], extra].concat(), &z)
     };
     // A PyTorch checkpoint carries no configuration.
     let pth = common::ecg_fixture("tiny_plain.pth");
@@ -236,12 +215,11 @@ fn an_eight_lead_encoder_embeds_twelve_lead_files_through_its_leads() {
     let first = root.join("cohort/ecg/1000001_20205_2_0.xml");
     let embed = |out: &str, leads: Option<&str>| {
         let out = root.join(out);
-        let mut args = vec!["embed-ecg", "--encoder", s(&file), "--ecg", s(&first)];
+        let mut inputs = vec!["--ecg", s(&first)];
         if let Some(leads) = leads {
-            args.extend(["--leads", leads]);
+            inputs.extend(["--leads", leads]);
         }
-        args.extend(["--output", s(&out)]);
-        (mmcl(&args), out)
+        (embed_ecg(&file, &inputs, &out), out)
     };
     // By default the eight independent leads, and the command says so.
     let (run, default) = embed("default", None);
