@@ -51,26 +51,39 @@ fn refuses_every_spelling_of(dir: &Path, input: &str, args_for: &dyn Fn(&str) ->
     }
 }
 
-#[test]
-fn embed_ecg_never_writes_over_its_inputs() {
+/// A temporary folder holding three toy ECGs as `ecgs.npy` and the toy encoder's checkpoint as
+/// `model.pth`.
+fn toy_embedding_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("config.json"), TOY_CONFIG).expect("config");
     write_npy_f32(&dir.path().join("ecgs.npy"), &[3, 2, 20]);
     std::fs::copy(ecg_fixture("tiny_plain.pth"), dir.path().join("model.pth")).expect("ckpt");
+    dir
+}
+
+/// The arguments of `embed-ecg` of `ecgs.npy` with `model.pth` (see [`toy_embedding_dir`]) and
+/// the configuration file `config` into `output`.
+fn embed_toy_args<'a>(config: &'a str, output: &'a str) -> [&'a str; 9] {
+    [
+        "embed-ecg",
+        "--checkpoint",
+        "model.pth",
+        "--config",
+        config,
+        "--input",
+        "ecgs.npy",
+        "--output",
+        output,
+    ]
+}
+
+#[test]
+fn embed_ecg_never_writes_over_its_inputs() {
+    let dir = toy_embedding_dir();
+    std::fs::write(dir.path().join("config.json"), TOY_CONFIG).expect("config");
     let args = |output: &str| -> Vec<String> {
-        [
-            "embed-ecg",
-            "--checkpoint",
-            "model.pth",
-            "--config",
-            "config.json",
-            "--input",
-            "ecgs.npy",
-            "--output",
-            output,
-        ]
-        .map(String::from)
-        .to_vec()
+        embed_toy_args("config.json", output)
+            .map(String::from)
+            .to_vec()
     };
     refuses_every_spelling_of(dir.path(), "ecgs.npy", &args);
     // The checkpoint and the configuration are inputs too.
@@ -168,9 +181,7 @@ fn build_dataset_never_writes_its_cache_over_its_data() {
 
 #[test]
 fn absurd_encoder_sizes_are_refused_before_allocation() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_npy_f32(&dir.path().join("ecgs.npy"), &[3, 2, 20]);
-    std::fs::copy(ecg_fixture("tiny_plain.pth"), dir.path().join("model.pth")).expect("ckpt");
+    let dir = toy_embedding_dir();
     // Each configuration is the toy encoder with one hostile value.
     let toy = |img: &str, patch: &str, dim: &str, depth: &str, heads: &str, extra: &str| {
         format!(
@@ -239,20 +250,7 @@ fn absurd_encoder_sizes_are_refused_before_allocation() {
         ),
     ] {
         std::fs::write(dir.path().join(name), text).expect("config");
-        let out = mmcl(
-            dir.path(),
-            &[
-                "embed-ecg",
-                "--checkpoint",
-                "model.pth",
-                "--config",
-                name,
-                "--input",
-                "ecgs.npy",
-                "--output",
-                "out.npy",
-            ],
-        );
+        let out = mmcl(dir.path(), &embed_toy_args(name, "out.npy"));
         assert_refused(&out, &[name, key]);
         assert!(!dir.path().join("out.npy").exists());
         assert_no_leftovers(dir.path());
