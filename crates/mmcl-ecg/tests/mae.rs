@@ -16,11 +16,9 @@ fn mask_ratio(io: &Fixture) -> f64 {
 
 #[test]
 fn mae_small_matches_the_reference() {
-    let Some((io, cfg, weights)) = mae_small() else {
+    let Some((io, model, store, report)) = mae_small() else {
         return;
     };
-    let (model, store, report) =
-        MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
     assert!(report.missing.is_empty() && report.unexpected.is_empty());
     assert_eq!(report.loaded.len(), store.len());
 

@@ -24,11 +24,9 @@ fn loss_config(io: &Fixture, target: ReconstructionTarget) -> MaeLossConfig {
 
 #[test]
 fn both_reconstruction_losses_match_the_reference() {
-    let Some((io, cfg, weights)) = mae_small() else {
+    let Some((io, model, _, _)) = mae_small() else {
         return;
     };
-    let (model, _, _) =
-        MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
     let input = io.tensor("input");
     for (target, key) in [
         (ReconstructionTarget::AllPatches, "loss_reference"),
@@ -159,15 +157,13 @@ fn a_missing_second_view_is_an_error() {
 /// `MaskedAutoencoderViT.forward` run by `tests/fixtures/gen_mae_training_loss.py`.
 #[test]
 fn the_training_objective_and_its_gradients_match_the_reference() {
-    let Some((io, cfg, weights)) = mae_small() else {
+    let Some((io, model, store, _)) = mae_small() else {
         return;
     };
     let expected = Fixture::from_path(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/mae_training_loss.safetensors"),
     );
-    let (model, store, _) =
-        MaskedAutoencoder::from_checkpoint(&cfg, &weights, &Device::Cpu).expect("loads");
     let lc = MaeLossConfig {
         cos_weight: expected.meta("cos_weight").as_f64().expect("cos_weight"),
         ..loss_config(&io, ReconstructionTarget::AllPatches)

@@ -6,11 +6,10 @@
 // Each test binary compiles this module on its own and uses only its part of it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
 use candle_core::{Device, Tensor};
 use mmcl_ecg::EcgVitConfig;
-use mmcl_ecg::mae::MaeConfig;
+use mmcl_ecg::mae::{MaeConfig, MaskedAutoencoder};
+use mmcl_nn::{LoadReport, ParamStore};
 use mmcl_testutil::{Fixture, parity_file};
 
 /// A seeded standard-normal tensor (tests must not depend on candle's unseeded generator).
@@ -57,13 +56,15 @@ pub fn mae_config_of(io: &Fixture) -> MaeConfig {
     serde_json::from_value(json.into()).expect("fixture metadata is a valid configuration")
 }
 
-/// The `mae_small` fixture: its inputs and outputs, its configuration and the path of its
-/// weights; `None` when skipped.
-pub fn mae_small() -> Option<(Fixture, MaeConfig, PathBuf)> {
+/// The `mae_small` fixture: its inputs and outputs, and the model of its configuration loaded
+/// from its weights (with the store and the load report); `None` when skipped.
+pub fn mae_small() -> Option<(Fixture, MaskedAutoencoder, ParamStore, LoadReport)> {
     let io = Fixture::load("mae_small.io")?;
     let weights = parity_file("mae_small.weights")?;
-    let cfg = mae_config_of(&io);
-    Some((io, cfg, weights))
+    let (model, store, report) =
+        MaskedAutoencoder::from_checkpoint(&mae_config_of(&io), &weights, &Device::Cpu)
+            .expect("the mae_small weights load");
+    Some((io, model, store, report))
 }
 
 /// A small masked autoencoder on 1×12×200 inputs (1×50 patches, 32 wide, 2 blocks of 4 heads)
