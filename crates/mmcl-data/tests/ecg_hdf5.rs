@@ -73,6 +73,16 @@ fn chunked_gzip_file_with_unit_and_rate_attributes_matches_the_source() {
 
 /// Writes an HDF5 file whose `tracings` has `shape` (f32, contiguous, zeros) and returns it.
 fn with_shape(dir: &Path, name: &str, shape: &[usize]) -> PathBuf {
+    with_shape_and(dir, name, shape, |_| Ok(()))
+}
+
+/// As [`with_shape`], with what `more` adds to the file (attributes, datasets).
+fn with_shape_and(
+    dir: &Path,
+    name: &str,
+    shape: &[usize],
+    more: impl FnOnce(&File) -> hdf5_metno::Result<()>,
+) -> PathBuf {
     let p = dir.join(name);
     let f = File::create(&p).unwrap();
     let n: usize = shape.iter().product();
@@ -82,6 +92,7 @@ fn with_shape(dir: &Path, name: &str, shape: &[usize]) -> PathBuf {
         .create("tracings")
         .unwrap();
     ds.write_raw(&vec![0f32; n]).unwrap();
+    more(&f).unwrap();
     p
 }
 
@@ -161,37 +172,25 @@ fn huge_declared_dimensions_are_refused_before_reading() {
 #[test]
 fn bad_attributes_and_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let p = with_shape(dir.path(), "unit.h5", &[1, 100, 12]);
-    let f = File::open_rw(&p).unwrap();
     let unit: VarLenUnicode = "furlong".parse().unwrap();
-    f.dataset("tracings")
-        .unwrap()
-        .new_attr::<VarLenUnicode>()
-        .create("units")
-        .unwrap()
-        .write_scalar(&unit)
-        .unwrap();
-    drop(f);
+    let p = with_shape_and(dir.path(), "unit.h5", &[1, 100, 12], |f| {
+        f.dataset("tracings")?
+            .new_attr::<VarLenUnicode>()
+            .create("units")?
+            .write_scalar(&unit)
+    });
     refused(&p, "unsupported unit");
 
-    let p = with_shape(dir.path(), "rate.h5", &[1, 100, 12]);
-    let f = File::open_rw(&p).unwrap();
-    f.new_attr::<f64>()
-        .create("fs")
-        .unwrap()
-        .write_scalar(&1e9)
-        .unwrap();
-    drop(f);
+    let p = with_shape_and(dir.path(), "rate.h5", &[1, 100, 12], |f| {
+        f.new_attr::<f64>().create("fs")?.write_scalar(&1e9)
+    });
     refused(&p, "sample rate");
 
-    let p = with_shape(dir.path(), "ids.h5", &[2, 100, 12]);
-    let f = File::open_rw(&p).unwrap();
-    f.new_dataset::<i64>()
-        .shape([3])
-        .create("exam_id")
-        .unwrap()
-        .write_raw(&[1i64, 2, 3])
-        .unwrap();
-    drop(f);
+    let p = with_shape_and(dir.path(), "ids.h5", &[2, 100, 12], |f| {
+        f.new_dataset::<i64>()
+            .shape([3])
+            .create("exam_id")?
+            .write_raw(&[1i64, 2, 3])
+    });
     refused(&p, "exam_id");
 }
