@@ -61,6 +61,21 @@ pub fn assert_dead_rank_ended_job(
     println!("{what}: a dead rank ended the job ({status}) after {elapsed:.1?}");
 }
 
+/// The standard output, as JSON, of `command` run to completion (`what` names it in the
+/// failures), after asserting that it succeeded.
+pub fn stdout_json(command: &mut std::process::Command, what: &str) -> serde_json::Value {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what} does not print JSON: {e}"))
+}
+
 /// The workspace root (two levels above this crate's manifest).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -46,15 +46,7 @@ pub fn python_with(modules: &str) -> bool {
 /// The standard output, as JSON, of the Python `script` run with `args`, after asserting that it
 /// succeeded.
 pub fn python_json(script: &str, args: &[&OsStr]) -> serde_json::Value {
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+    let mut python = Command::new("python3");
+    python.args(["-c", script]).args(args);
+    mmcl_testutil::stdout_json(&mut python, "python")
 }
