@@ -31,6 +31,16 @@ fn load_toy(
     EcgVit::from_checkpoint(&toy_config(), &fixture(file), pooling, &Device::Cpu)
 }
 
+/// Asserts that loading the toy checkpoint `file` for `pooling` fails with an error naming the
+/// file and the missing `key`.
+fn assert_load_fails_naming(file: &str, pooling: Pooling, key: &str) {
+    let err = load_toy(file, pooling)
+        .map(|_| ())
+        .expect_err("the checkpoint lacks a weight")
+        .to_string();
+    assert!(err.contains(file) && err.contains(key), "{err}");
+}
+
 fn expected() -> Fixture {
     Fixture::from_path(&fixture("tiny_expected.safetensors"))
 }
@@ -76,10 +86,7 @@ fn every_layout_and_dtype_loads_the_same_weights() {
 
 #[test]
 fn mae_checkpoint_without_head_and_fc_norm() {
-    let cfg = toy_config();
-    let path = fixture("tiny_model_mae.pth");
-    let (_, store, summary) =
-        EcgVit::from_checkpoint(&cfg, &path, Pooling::Global, &Device::Cpu).expect("loads");
+    let (_, store, summary) = load_toy("tiny_model_mae.pth", Pooling::Global).expect("loads");
     assert_eq!(summary.layout, CheckpointLayout::Model);
     let mut missing = summary.report.missing.clone();
     missing.sort();
@@ -127,12 +134,10 @@ fn mae_checkpoint_without_head_and_fc_norm() {
         .expect("values");
     assert!(w.iter().all(|&v| v == 1.0) && b.iter().all(|&v| v == 0.0));
     // Attention pooling needs its weights: an error naming them.
-    let err = EcgVit::from_checkpoint(&cfg, &path, Pooling::Attention, &Device::Cpu)
-        .expect_err("attention_pool is missing")
-        .to_string();
-    assert!(
-        err.contains("tiny_model_mae.pth") && err.contains("attention_pool.in_proj_weight"),
-        "{err}"
+    assert_load_fails_naming(
+        "tiny_model_mae.pth",
+        Pooling::Attention,
+        "attention_pool.in_proj_weight",
     );
 }
 
@@ -151,12 +156,10 @@ fn position_embedding_of_another_length_is_interpolated() {
 
 #[test]
 fn missing_keys_are_named() {
-    let err = load_toy("tiny_missing_block.pth", Pooling::Global)
-        .expect_err("a block weight is missing")
-        .to_string();
-    assert!(
-        err.contains("tiny_missing_block.pth") && err.contains("blocks.0.mlp.fc2.weight"),
-        "{err}"
+    assert_load_fails_naming(
+        "tiny_missing_block.pth",
+        Pooling::Global,
+        "blocks.0.mlp.fc2.weight",
     );
 }
 
