@@ -3,7 +3,7 @@
 //! (the validation metric must improve on the initial model; inverted training labels must
 //! trigger early stopping).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use mmcl_data::cache::{CacheWriter, EcgLayout, SubjectMeta};
