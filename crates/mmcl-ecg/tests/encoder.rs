@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{D, DType, Device, ModuleT, Tensor};
 use mmcl_ecg::{CheckpointLayout, EcgVit, EcgVitConfig, Error, Pooling};
 use mmcl_nn::ParamStore;
-use mmcl_testutil::{Fixture, Tolerance, assert_close};
+use mmcl_testutil::{Fixture, Tolerance, assert_close, flat};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -120,18 +120,8 @@ fn mae_checkpoint_without_head_and_fc_norm() {
         "{text}"
     );
     // fc_norm starts as the identity, as in the reference.
-    let w = store
-        .get("fc_norm.weight")
-        .expect("fc_norm")
-        .as_tensor()
-        .to_vec1::<f32>()
-        .expect("values");
-    let b = store
-        .get("fc_norm.bias")
-        .expect("fc_norm")
-        .as_tensor()
-        .to_vec1::<f32>()
-        .expect("values");
+    let values = |name: &str| flat(store.get(name).expect(name).as_tensor());
+    let (w, b) = (values("fc_norm.weight"), values("fc_norm.bias"));
     assert!(w.iter().all(|&v| v == 1.0) && b.iter().all(|&v| v == 0.0));
     // Attention pooling needs its weights: an error naming them.
     assert_load_fails_naming(
