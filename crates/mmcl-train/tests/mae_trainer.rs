@@ -17,7 +17,8 @@ use mmcl_nn::StateDict;
 use mmcl_nn::rng::SharedRng;
 use mmcl_testutil::tensor_bits as bits;
 use mmcl_train::checkpoint;
-use mmcl_train::{MaeTrainConfig, MaeTrainer, MmclConfig, MmclTrainer, NoProgress};
+use mmcl_train::config::OnlineClassifier;
+use mmcl_train::{MaeTrainConfig, MaeTrainer, MmclTrainer, NoProgress};
 
 /// 12 synthetic subjects (about 8 train, 4 val), 12×1000 ECGs and small CMR images.
 fn cohort_cache(dir: &Path) -> PathBuf {
@@ -108,19 +109,8 @@ fn mae_runs_write_the_layout_resume_bit_for_bit_and_initialise_mmcl() {
     );
 
     // The multimodal stage starts from the exported encoder: the weights really arrive.
-    let mut mmcl: MmclConfig = common::config_reading(
-        &cache,
-        r#"
-        max_epochs = 1
-        batch_size = 4
-        embedding_dim = 32
-        projection_dim = 16
-        imaging = { model = "resnet18", img_size = 32, augment = { size = 32 } }
-        ecg = { model = "vit_pluto_patchX", input_size = [1, 12, 200], patch_size = [1, 50] }
-        classifier = { online_classifier = "none" }
-        data = { threads = 2, prefetch = 1 }
-        "#,
-    );
+    let mut mmcl = common::small_mmcl_config(&cache);
+    mmcl.classifier.online_classifier = OnlineClassifier::None;
     mmcl.ecg.pretrain_checkpoint = Some(checkpoint::ecg_encoder_path(&straight));
     let (mmcl_trainer, notes) =
         MmclTrainer::new(mmcl, &tmp.path().join("mmcl"), &Device::Cpu).expect("mmcl");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use common::{
     assert_non_finite_loss_stops, assert_same_last_checkpoints, assert_two_epoch_layout,
-    file_bytes, one_epoch_then_resume,
+    file_bytes, one_epoch_then_resume, small_mmcl_config as tiny_config,
 };
 use mmcl_data::cache::{CacheWriter, EcgLayout, ImageLayout, SubjectMeta};
 use mmcl_data::tables::Split;
@@ -16,7 +16,7 @@ use mmcl_nn::StateDict;
 use mmcl_nn::rng::SplitMix64;
 use mmcl_train::checkpoint;
 use mmcl_train::mmcl::contrastive_loss;
-use mmcl_train::{MmclArchitecture, MmclConfig, MmclModel, MmclTrainer, NoProgress};
+use mmcl_train::{MmclArchitecture, MmclModel, MmclTrainer, NoProgress};
 
 /// A cache of 14 subjects (10 train, 4 val): 12×400 ECGs, 3×40×40 images, a CAD label.
 fn tiny_cache(dir: &Path) -> PathBuf {
@@ -64,22 +64,6 @@ fn tiny_cache(dir: &Path) -> PathBuf {
         )
         .expect("finish");
     path
-}
-
-fn tiny_config(cache: &Path) -> MmclConfig {
-    common::config_reading(
-        cache,
-        r#"
-        max_epochs = 2
-        warmup_epochs = 0
-        batch_size = 4
-        embedding_dim = 32
-        projection_dim = 16
-        imaging = { model = "resnet18", img_size = 32, augment = { size = 32 } }
-        ecg = { model = "vit_pluto_patchX", input_size = [1, 12, 200], patch_size = [1, 50] }
-        data = { threads = 2, prefetch = 1 }
-        "#,
-    )
 }
 
 #[test]

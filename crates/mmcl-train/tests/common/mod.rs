@@ -242,6 +242,25 @@ pub fn config_reading<C: serde::de::DeserializeOwned>(cache: &Path, toml: &str) 
     table.try_into().expect("config")
 }
 
+/// The small multimodal trainer of the trainer tests (ResNet18 at 32², the two-block
+/// `vit_pluto_patchX` on 12×200 ECGs, heads 32 → 16), two epochs without warm-up in batches
+/// of 4, two loader threads, reading `cache`.
+pub fn small_mmcl_config(cache: &Path) -> MmclConfig {
+    config_reading(
+        cache,
+        r#"
+        max_epochs = 2
+        warmup_epochs = 0
+        batch_size = 4
+        embedding_dim = 32
+        projection_dim = 16
+        imaging = { model = "resnet18", img_size = 32, augment = { size = 32 } }
+        ecg = { model = "vit_pluto_patchX", input_size = [1, 12, 200], patch_size = [1, 50] }
+        data = { threads = 2, prefetch = 1 }
+        "#,
+    )
+}
+
 /// What the data-parallel configurations share: global batch 8, two epochs with one of
 /// warm-up, clipped gradients, one loader thread and only whole batches.
 const DATA_PARALLEL_SCHEDULE: &str = r#"
