@@ -6,8 +6,7 @@
 //! change the outcome by running in another order.
 
 use mmcl_core::rng::SplitMix64;
-use rand::Rng as _;
-use rand_distr::StandardNormal;
+use rand_distr::{Distribution, StandardNormal};
 
 /// A small, fast, seedable random stream.
 #[derive(Debug, Clone)]
@@ -64,7 +63,7 @@ impl Rng {
 
     /// Standard normal (ziggurat: the jitter draws one per ECG sample).
     pub fn normal(&mut self) -> f64 {
-        self.sample(StandardNormal)
+        StandardNormal.sample(&mut self.0)
     }
 
     /// True with probability `p`.
@@ -78,20 +77,6 @@ impl Rng {
             let j = self.below(i as u64 + 1) as usize;
             items.swap(i, j);
         }
-    }
-}
-
-impl rand::RngCore for Rng {
-    fn next_u32(&mut self) -> u32 {
-        self.0.next_u32()
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        self.0.fill_bytes(dst);
     }
 }
 

@@ -25,33 +25,13 @@ pub fn subject_stream(seed: u64, eid: u64, name: &str) -> SubjectRng {
     ChaCha8Rng::from_seed(key)
 }
 
-/// A fast generator for bulk noise (image voxels): SplitMix64, seeded from a subject stream.
+/// A fast generator for bulk noise (image voxels), seeded by one draw from a subject stream.
 ///
 /// ChaCha is the subject streams' generator for its quality and portability; millions of noise
 /// draws per cine only need speed and reproducibility, which SplitMix64 gives at a fraction of
 /// the cost.
-#[derive(Debug, Clone)]
-pub struct NoiseRng(SplitMix64);
-
-impl NoiseRng {
-    /// A noise generator seeded by one draw from `rng`.
-    pub fn from_stream(rng: &mut SubjectRng) -> Self {
-        Self(SplitMix64::new(rng.random()))
-    }
-}
-
-impl rand::RngCore for NoiseRng {
-    fn next_u32(&mut self) -> u32 {
-        self.0.next_u32()
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        self.0.fill_bytes(dst);
-    }
+pub fn noise_stream(rng: &mut SubjectRng) -> SplitMix64 {
+    SplitMix64::new(rng.random())
 }
 
 /// A standard normal draw.

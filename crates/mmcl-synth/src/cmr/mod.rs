@@ -28,7 +28,7 @@ use std::f64::consts::{PI, TAU};
 use crate::config::CmrConfig;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::rng::{NoiseRng, SubjectRng, normal, uniform};
+use crate::rng::{SubjectRng, noise_stream, normal, uniform};
 use crate::state::{HiddenState, Territory};
 
 use chest::Background;
@@ -285,7 +285,7 @@ pub fn generate_cmr(s: &HiddenState, cfg: &CmrConfig, rng: &mut SubjectRng) -> C
         })
         .collect();
 
-    let mut noise_rng = NoiseRng::from_stream(rng);
+    let mut noise_rng = noise_stream(rng);
     let frame_len = n * n * nz;
     let mut image = vec![0i16; frame_len * nt];
     let mut labels = vec![0u8; frame_len * nt];
