@@ -259,3 +259,46 @@ fn an_image_encoder_is_named_by_its_run_directory() {
         "{err}"
     );
 }
+
+/// With gradient accumulation the online classifier steps once per group, on the group's last
+/// batch as the contrastive optimiser does: not early at the contrastive step, with one batch
+/// of its group missing.
+#[test]
+fn the_online_classifier_steps_once_per_accumulation_group() {
+    let mut architecture = common::small_architecture();
+    architecture.classifier = mmcl_train::config::OnlineClassifier::Ecg;
+    let model = MmclModel::new(&architecture, 0, &Device::Cpu).expect("model");
+    let mut cfg = mmcl_train::MmclConfig {
+        accumulate_grad_batches: 2,
+        ..Default::default()
+    };
+    cfg.classifier.lr_classifier = 1e-2;
+    let mut step = mmcl_train::MmclStep::new(model, &cfg).expect("step");
+    let classifier = |step: &mmcl_train::MmclStep| -> Vec<f32> {
+        step.model()
+            .classifier_vars()
+            .iter()
+            .flat_map(|(_, v)| v.as_tensor().flatten_all().and_then(|t| t.to_vec1::<f32>()))
+            .flatten()
+            .collect()
+    };
+    let batch = |seed: u64| mmcl_train::mmcl::MmclBatch {
+        images: Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).expect("images"),
+        ecgs: Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu).expect("ECGs"),
+        images_orig: None,
+        ecgs_orig: None,
+        targets: Some(vec![Some(0), Some(1), Some((seed % 2) as u32), Some(1)]),
+    };
+    let mut weights = vec![classifier(&step)];
+    for seed in 0..4 {
+        step.train_batch(&batch(seed), 1e-3).expect("train");
+        weights.push(classifier(&step));
+    }
+    assert!(!weights[0].is_empty(), "the classifier has weights");
+    let moved: Vec<bool> = weights.windows(2).map(|w| w[0] != w[1]).collect();
+    assert_eq!(
+        moved,
+        [false, true, false, true],
+        "the classifier moved after batches {moved:?}"
+    );
+}

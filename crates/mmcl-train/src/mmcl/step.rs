@@ -338,7 +338,9 @@ impl MmclStep {
             self.accumulator.add(&self.contrastive_vars, &grads)?;
             drop(grads);
             if self.accumulator.micro_batches() >= self.accumulate {
-                report.grad_norm = self.flush(lr)?;
+                // The classifier's group completes in `train_classifier` below, on this same
+                // batch: stepping it here would cut its group one batch short.
+                report.grad_norm = self.flush_contrastive(lr)?;
                 report.stepped = true;
             }
         }
@@ -389,17 +391,11 @@ impl MmclStep {
         Ok(())
     }
 
-    /// Steps the contrastive optimiser with the gradients accumulated so far (divided by the
-    /// accumulation factor, as Lightning does at the end of an epoch). Returns the gradient
-    /// norm when clipping.
+    /// Steps the contrastive optimiser and the online classifier's with the gradients each has
+    /// accumulated so far (divided by the accumulation factor, as Lightning does at the end of
+    /// an epoch). Returns the contrastive gradient norm when clipping.
     pub fn flush(&mut self, lr: f64) -> Result<Option<f64>> {
-        if self.accumulator.micro_batches() == 0 {
-            return Ok(None);
-        }
-        let grads = self
-            .accumulator
-            .take(&self.contrastive_vars, self.accumulate as f64)?;
-        let norm = self.apply_gradients(grads, lr)?;
+        let norm = self.flush_contrastive(lr)?;
         if self.classifier_accumulator.micro_batches() > 0
             && let Some(opt) = self.classifier_optimizer.as_mut()
         {
@@ -409,6 +405,18 @@ impl MmclStep {
             opt.step(&grads, self.lr_classifier)?;
         }
         Ok(norm)
+    }
+
+    /// Steps the contrastive optimiser with the gradients accumulated so far (divided by the
+    /// accumulation factor); `None` when there are none, else the norm when clipping.
+    fn flush_contrastive(&mut self, lr: f64) -> Result<Option<f64>> {
+        if self.accumulator.micro_batches() == 0 {
+            return Ok(None);
+        }
+        let grads = self
+            .accumulator
+            .take(&self.contrastive_vars, self.accumulate as f64)?;
+        self.apply_gradients(grads, lr)
     }
 
     /// Steps the contrastive optimiser with `grads`, averaged over the data-parallel group and
