@@ -2,7 +2,8 @@
 //!
 //! Arbitrary bytes and arbitrary mutations of valid files (flipped bits, truncations, extreme
 //! sizes and rates, repeated runs) are given to the CardioSoft XML, WFDB header and signal, NPY,
-//! NPZ, NIfTI (plain and gzip) and CSV table readers. Each must end in `Ok` or a typed error that
+//! NPZ, NIfTI (plain and gzip), CSV table, GE MUSE and HL7 aECG XML, DICOM waveform and CMR
+//! DICOM-zip readers. Each must end in `Ok` or a typed error that
 //! names the file: never a panic, never an abort, and never more memory than the cap of the
 //! allocator installed below (an allocation past it aborts this test binary with a message).
 //!
@@ -44,8 +45,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().expect("gzip in memory")
 }
 
-/// An `.npz` holding `members` as stored (uncompressed) entries.
-fn npz(members: &[(&str, &[u8])]) -> Vec<u8> {
+/// A zip archive (an `.npz`, a DICOM study) holding `members` as stored (uncompressed) entries.
+fn stored_zip(members: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
@@ -193,13 +194,13 @@ proptest! {
     #[test]
     fn npz_reader_survives_member_mutations(m in mutations(3)) {
         let member = apply(fixture("ecg_batch_2x12x300.npy"), &m);
-        check_npz(&npz(&[("ecgs.npy", &member)]))?;
+        check_npz(&stored_zip(&[("ecgs.npy", &member)]))?;
     }
 
     #[test]
     fn npz_reader_survives_archive_mutations(m in mutations(3)) {
         let member = fixture("ecg_batch_2x12x300.npy");
-        check_npz(&apply(npz(&[("a.npy", &member), ("b.npy", &member)]), &m))?;
+        check_npz(&apply(stored_zip(&[("a.npy", &member), ("b.npy", &member)]), &m))?;
     }
 
     #[test]
@@ -227,6 +228,120 @@ proptest! {
     #[test]
     fn table_readers_survive_arbitrary_bytes(bytes in arbitrary_bytes()) {
         check_tables(&bytes)?;
+    }
+}
+
+fn check_vendor_xml(name: &str, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let (_dir, path) = write_temp(name, bytes);
+    check_names_file(mmcl_data::ecg::read_any(&path, 500.0), &path)
+}
+
+fn check_dicom_ecg(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let (_dir, path) = write_temp("ecg.dcm", bytes);
+    check_names_file(mmcl_data::ecg::dicom::read_dicom_ecg(&path), &path)
+}
+
+fn check_cmr_zip(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let (_dir, path) = write_temp("1000002_20209_2_0.zip", bytes);
+    check_names_file(mmcl_data::cmr::dicom::read_dicom_zip(&path), &path)
+}
+
+/// The members of a zip archive, in their order.
+fn unzip(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("fixture unzips");
+    (0..archive.len())
+        .map(|i| {
+            let mut member = archive.by_index(i).expect("fixture member");
+            let mut data = Vec::new();
+            member.read_to_end(&mut data).expect("fixture member reads");
+            let name = member.name().expect("fixture member name").into_owned();
+            (name, data)
+        })
+        .collect()
+}
+
+const VENDOR_XML: [&str; 4] = [
+    "vendor_xml/muse_12lead.xml",
+    "vendor_xml/muse_8lead.xml",
+    "vendor_xml/hl7_12lead.xml",
+    "vendor_xml/hl7_8lead.xml",
+];
+
+proptest! {
+    #![proptest_config(fuzz_config())]
+
+    #[test]
+    fn vendor_xml_readers_survive_mutations(m in mutations(4), which in 0usize..4) {
+        let file = VENDOR_XML[which];
+        let name = file.rsplit('/').next().unwrap_or(file);
+        check_vendor_xml(name, &apply(fixture(file), &m))?;
+    }
+
+    #[test]
+    fn dicom_ecg_reader_survives_mutations(m in mutations(3), eight in any::<bool>()) {
+        let file = if eight { "ecg_dicom/ecg_8lead.dcm" } else { "ecg_dicom/ecg_12lead.dcm" };
+        check_dicom_ecg(&apply(fixture(file), &m))?;
+    }
+
+    #[test]
+    fn dicom_ecg_reader_survives_arbitrary_bytes(bytes in arbitrary_bytes()) {
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        file.extend_from_slice(&bytes);
+        check_dicom_ecg(&file)?;
+    }
+
+    #[test]
+    fn cmr_dicom_zip_reader_survives_member_mutations(m in mutations(3), pick in any::<usize>()) {
+        let mut members = unzip(&fixture("cmr_dicom/1000002_20209_2_0.zip"));
+        let i = pick % members.len();
+        members[i].1 = apply(std::mem::take(&mut members[i].1), &m);
+        let members: Vec<(&str, &[u8])> =
+            members.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        check_cmr_zip(&stored_zip(&members))?;
+    }
+
+    #[test]
+    fn cmr_dicom_zip_reader_survives_archive_mutations(m in mutations(3)) {
+        check_cmr_zip(&apply(fixture("cmr_dicom/1000002_20209_2_0.zip"), &m))?;
+    }
+}
+
+/// HDF5 files are read by the system library (the `hdf5` feature); a corrupt file must come
+/// back as an error from it too, not as an abort inside C.
+#[cfg(feature = "hdf5")]
+mod hdf5_files {
+    use super::*;
+
+    fn check_hdf5(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let (_dir, path) = write_temp("ecgs.h5", bytes);
+        check_names_file(mmcl_data::ecg::hdf5::read_hdf5(&path, 400.0), &path)
+    }
+
+    /// A variable-length `units` attribute whose global-heap object index is out of range (one
+    /// byte, found by the property below) makes libhdf5 1.10 read past the heap and crash; the
+    /// reader must answer with an error naming the file, and this process must live on.
+    #[test]
+    fn a_string_attribute_with_a_corrupt_heap_index_is_an_error() {
+        let mut bytes = fixture("ecg_hdf5/chunked_gzip.h5");
+        assert_eq!(bytes[4607], 0, "the fixture changed: find the byte again");
+        bytes[4607] = 2;
+        let (_dir, path) = write_temp("ecgs.h5", &bytes);
+        let message = match mmcl_data::ecg::hdf5::read_hdf5(&path, 400.0) {
+            Ok(_) => panic!("a corrupt file was read"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.contains("ecgs.h5"), "{message}");
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config())]
+
+        #[test]
+        fn hdf5_reader_survives_mutations(m in mutations(3), chunked in any::<bool>()) {
+            let file = if chunked { "ecg_hdf5/chunked_gzip.h5" } else { "ecg_hdf5/code15_contiguous.h5" };
+            check_hdf5(&apply(fixture(file), &m))?;
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! HDF5 arrays of ECGs in the CODE-15 layout (also used for PTB-XL-derived sets), read through
-//! the system HDF5 library (cargo feature `hdf5`, crate `hdf5-metno`).
+//! the system HDF5 library (cargo feature `hdf5`, crate `hdf5-metno`) in a child process, so
+//! that the library crashing on a corrupt file is an error, not the end of the caller
+//! (`child.rs`).
 //!
 //! The layout read here:
 //!
@@ -35,6 +37,10 @@ use mmcl_core::files::open_regular;
 use super::{Ecg, MAX_SAMPLES_PER_LEAD, NUM_LEADS, NamedEcg, check_sample_rate, file_stem};
 use crate::{Error, Result};
 
+mod child;
+
+use child::{Answer, Header, Limits, MAX_ID_BYTES, Message};
+
 /// The most values (N × T × 12) one file may hold (2³⁰, 4 GiB as f32).
 ///
 /// A CODE-15 part (about 20 000 exams × 4096 × 12) holds 10⁹; larger files can still be read a
@@ -58,18 +64,13 @@ const RATE_ATTRIBUTES: [&str; 4] = ["sampling_rate", "fs", "sample_rate", "sampl
 const UNIT_ATTRIBUTES: [&str; 2] = ["units", "unit"];
 
 /// An opened `tracings` dataset, checked, with its rate, unit and record names.
+///
+/// The HDF5 library itself runs in a child process for each call (see `child.rs`: it crashes
+/// on some corrupt files); this handle holds what the file says, not the library's handles.
 #[derive(Debug)]
 pub struct Hdf5Tracings {
     path: std::path::PathBuf,
-    // Held so that the file stays open, whatever the library's close policy.
-    _file: File,
-    dataset: Dataset,
-    records: usize,
-    samples: usize,
-    sample_rate: f64,
-    to_mv: f64,
-    ids: Vec<String>,
-    block: usize,
+    header: Header,
 }
 
 /// Reads every recording of an HDF5 file in the CODE-15 layout (see the module docs),
@@ -82,6 +83,12 @@ pub fn read_hdf5(path: &Path, sample_rate: f64) -> Result<Vec<NamedEcg>> {
     tracings.read(0..tracings.len())
 }
 
+/// What crosses the pipe from the child at most: one record, and one identifier per record.
+const LIMITS: Limits = Limits {
+    record_values: MAX_SAMPLES_PER_LEAD * NUM_LEADS,
+    ids: MAX_HDF5_VALUES as usize,
+};
+
 impl Hdf5Tracings {
     /// Opens `path` and checks its `tracings` dataset, rate, unit and `exam_id` without reading
     /// the samples; `sample_rate` (Hz) applies when the file states none.
@@ -91,14 +98,125 @@ impl Hdf5Tracings {
     /// `tracings` dataset, a rank other than 3, a last axis other than 12 leads, no records or
     /// samples, more than [`MAX_SAMPLES_PER_LEAD`] samples or [`MAX_HDF5_VALUES`] values, more
     /// data declared than the file can hold, a non-numeric type, a filter other than gzip,
-    /// shuffle or Fletcher-32, an unknown unit, a rate outside the plausible range, or an
-    /// `exam_id` of another length or type.
+    /// shuffle or Fletcher-32, an unknown unit, a rate outside the plausible range, an
+    /// `exam_id` of another length or type, or a file on which the HDF5 library crashes.
     pub fn open(path: &Path, sample_rate: f64) -> Result<Self> {
-        let bad = |reason: String| Error::format(path, reason);
+        // Refused here, before a child is started: what is not a regular file, or is empty.
         let (_, file_size) = open_regular(path)?;
         if file_size == 0 {
-            return Err(bad("the file is empty".into()));
+            return Err(Error::format(path, "the file is empty"));
         }
+        let messages = child::run(path, LIMITS, |answer| {
+            let opened = Opened::open(path, sample_rate)?;
+            answer
+                .send(&Message::Header(opened.header))
+                .map_err(|e| Error::io(path, e))
+        })?;
+        match <[Message; 1]>::try_from(messages) {
+            Ok([Message::Header(header)]) if header.ids.len() == header.records => Ok(Self {
+                path: path.to_path_buf(),
+                header,
+            }),
+            _ => Err(Error::format(
+                path,
+                "the HDF5 reader sent no description of the file",
+            )),
+        }
+    }
+
+    /// Number of recordings (N).
+    pub fn len(&self) -> usize {
+        self.header.records
+    }
+
+    /// Whether the file holds no recordings (never true for an opened file).
+    pub fn is_empty(&self) -> bool {
+        self.header.records == 0
+    }
+
+    /// Samples per lead (T).
+    pub fn samples(&self) -> usize {
+        self.header.samples
+    }
+
+    /// The sampling rate in Hz (from the file, else the caller's).
+    pub fn sample_rate(&self) -> f64 {
+        self.header.sample_rate
+    }
+
+    /// The identifiers of the recordings (`exam_id`, else `<stem>_<i>`).
+    pub fn ids(&self) -> &[String] {
+        &self.header.ids
+    }
+
+    /// Reads the recordings `range`, in mV and canonical lead order.
+    ///
+    /// # Errors
+    /// A range beyond the records, or the HDF5 library failing to read (a truncated file or a
+    /// corrupt chunk) or crashing, as a format error naming the file.
+    pub fn read(&self, range: Range<usize>) -> Result<Vec<NamedEcg>> {
+        let path = self.path.as_path();
+        let header = &self.header;
+        if range.start > range.end || range.end > header.records {
+            return Err(Error::format(
+                path,
+                format!(
+                    "records {}..{} requested but \"tracings\" holds {}",
+                    range.start, range.end, header.records
+                ),
+            ));
+        }
+        let messages = child::run(path, LIMITS, |answer| {
+            let opened = Opened::open(path, header.sample_rate)?;
+            if opened.header != *header {
+                return Err(Error::format(path, "the file changed since it was opened"));
+            }
+            opened.send_records(range.clone(), answer)
+        })?;
+        let per = header.samples * NUM_LEADS;
+        if messages.len() != range.len() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the HDF5 reader sent {} of the records {}..{}",
+                    messages.len(),
+                    range.start,
+                    range.end
+                ),
+            ));
+        }
+        messages
+            .into_iter()
+            .zip(&header.ids[range])
+            .map(|(message, id)| match message {
+                Message::Record(data) if data.len() == per => Ok(NamedEcg {
+                    id: id.clone(),
+                    ecg: Ecg::new(data, header.samples, header.sample_rate)
+                        .map_err(|e| super::in_file(path, e))?,
+                }),
+                _ => Err(Error::format(
+                    path,
+                    "the HDF5 reader sent a malformed record",
+                )),
+            })
+            .collect()
+    }
+}
+
+/// The file as the HDF5 library sees it (in the child).
+struct Opened<'a> {
+    path: &'a Path,
+    // Held so that the file stays open, whatever the library's close policy.
+    _file: File,
+    dataset: Dataset,
+    header: Header,
+}
+
+impl<'a> Opened<'a> {
+    /// Opens and checks the file (see [`Hdf5Tracings::open`]).
+    fn open(path: &'a Path, sample_rate: f64) -> Result<Self> {
+        let bad = |reason: String| Error::format(path, reason);
+        let (_, file_size) = open_regular(path)?;
         let file = File::open(path).map_err(|e| bad(format!("not a readable HDF5 file: {e}")))?;
         if !file.link_exists("tracings") {
             return Err(bad("no dataset \"tracings\" (the CODE-15 layout)".into()));
@@ -173,65 +291,33 @@ impl Hdf5Tracings {
             fit
         };
         Ok(Self {
-            path: path.to_path_buf(),
+            path,
             _file: file,
             dataset,
-            records,
-            samples,
-            sample_rate,
-            to_mv,
-            ids,
-            block,
+            header: Header {
+                records,
+                samples,
+                sample_rate,
+                to_mv,
+                block,
+                ids,
+            },
         })
     }
 
-    /// Number of recordings (N).
-    pub fn len(&self) -> usize {
-        self.records
-    }
-
-    /// Whether the file holds no recordings (never true for an opened file).
-    pub fn is_empty(&self) -> bool {
-        self.records == 0
-    }
-
-    /// Samples per lead (T).
-    pub fn samples(&self) -> usize {
-        self.samples
-    }
-
-    /// The sampling rate in Hz (from the file, else the caller's).
-    pub fn sample_rate(&self) -> f64 {
-        self.sample_rate
-    }
-
-    /// The identifiers of the recordings (`exam_id`, else `<stem>_<i>`).
-    pub fn ids(&self) -> &[String] {
-        &self.ids
-    }
-
-    /// Reads the recordings `range`, in mV and canonical lead order.
-    ///
-    /// # Errors
-    /// A range beyond the records, or the HDF5 library failing to read (a truncated file or a
-    /// corrupt chunk), as a format error naming the file.
-    pub fn read(&self, range: Range<usize>) -> Result<Vec<NamedEcg>> {
-        let path = self.path.as_path();
-        if range.start > range.end || range.end > self.records {
-            return Err(Error::format(
-                path,
-                format!(
-                    "records {}..{} requested but \"tracings\" holds {}",
-                    range.start, range.end, self.records
-                ),
-            ));
-        }
-        let (t, per) = (self.samples, self.samples * NUM_LEADS);
-        let mut out = Vec::with_capacity(range.len());
+    /// Reads the records `range` a block at a time and sends each one, lead-major, in mV.
+    fn send_records(&self, range: Range<usize>, answer: &mut Answer<'_>) -> Result<()> {
+        let path = self.path;
+        let Header {
+            samples: t,
+            to_mv,
+            block,
+            ..
+        } = self.header;
         let mut start = range.start;
         while start < range.end {
-            let end = range.end.min(start + self.block);
-            let block: ndarray::Array3<f64> =
+            let end = range.end.min(start + block);
+            let values: ndarray::Array3<f64> =
                 self.dataset.read_slice((start..end, .., ..)).map_err(|e| {
                     Error::format(
                         path,
@@ -239,22 +325,19 @@ impl Hdf5Tracings {
                     )
                 })?;
             // [n, T, 12]; iterated in logical order whatever the array's memory layout.
-            for (k, record) in block.outer_iter().enumerate() {
+            for record in values.outer_iter() {
                 // Transpose [T, 12] to lead-major [12, T].
-                let mut data = vec![0f32; per];
+                let mut data = vec![0f32; t * NUM_LEADS];
                 for (i, &v) in record.iter().enumerate() {
-                    data[(i % NUM_LEADS) * t + i / NUM_LEADS] = (v * self.to_mv) as f32;
+                    data[(i % NUM_LEADS) * t + i / NUM_LEADS] = (v * to_mv) as f32;
                 }
-                let ecg =
-                    Ecg::new(data, t, self.sample_rate).map_err(|e| super::in_file(path, e))?;
-                out.push(NamedEcg {
-                    id: self.ids[start + k].clone(),
-                    ecg,
-                });
+                answer
+                    .send(&Message::Record(data))
+                    .map_err(|e| Error::io(path, e))?;
             }
             start = end;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -431,33 +514,42 @@ fn exam_ids(file: &File, records: usize, path: &Path) -> Result<Vec<String>> {
         .map_err(|e| bad(format!("unsupported type of \"exam_id\": {e}")))?;
     let unreadable = |e: hdf5_metno::Error| bad(format!("cannot read \"exam_id\": {e}"));
     // `records` is bounded by MAX_HDF5_VALUES, so these reads are too.
-    match descriptor {
-        TypeDescriptor::Integer(_) => Ok(ids
+    let ids: Vec<String> = match descriptor {
+        TypeDescriptor::Integer(_) => ids
             .read_raw::<i64>()
             .map_err(unreadable)?
             .iter()
             .map(i64::to_string)
-            .collect()),
-        TypeDescriptor::Unsigned(_) => Ok(ids
+            .collect(),
+        TypeDescriptor::Unsigned(_) => ids
             .read_raw::<u64>()
             .map_err(unreadable)?
             .iter()
             .map(u64::to_string)
-            .collect()),
-        TypeDescriptor::VarLenUnicode => Ok(ids
+            .collect(),
+        TypeDescriptor::VarLenUnicode => ids
             .read_raw::<VarLenUnicode>()
             .map_err(unreadable)?
             .iter()
             .map(|s| s.as_str().to_string())
-            .collect()),
-        TypeDescriptor::VarLenAscii => Ok(ids
+            .collect(),
+        TypeDescriptor::VarLenAscii => ids
             .read_raw::<VarLenAscii>()
             .map_err(unreadable)?
             .iter()
             .map(|s| s.as_str().to_string())
-            .collect()),
-        other => Err(bad(format!(
-            "\"exam_id\" holds {other:?} values, not integers or strings"
-        ))),
+            .collect(),
+        other => {
+            return Err(bad(format!(
+                "\"exam_id\" holds {other:?} values, not integers or strings"
+            )));
+        }
+    };
+    if let Some(long) = ids.iter().find(|id| id.len() > MAX_ID_BYTES) {
+        return Err(bad(format!(
+            "an \"exam_id\" of {} bytes, more than the limit of {MAX_ID_BYTES}",
+            long.len()
+        )));
     }
+    Ok(ids)
 }
