@@ -3,13 +3,13 @@
 //! Parameter names are torchvision's `state_dict` keys (`conv1.weight`, `bn1.running_mean`,
 //! `layer2.0.downsample.0.weight`, …); the classification head `fc` is not part of the encoder.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, ModuleT, VarBuilder};
 use mmcl_nn::batch_norm::{BatchNorm, BatchNormConfig, batch_norm};
 use mmcl_nn::conv::conv2d;
+use mmcl_nn::ops::add_relu;
 use mmcl_nn::pool::{global_avg_pool2d, max_pool2d};
-use rayon::prelude::*;
 
 use crate::config::{BlockKind, ResNetConfig};
 use crate::upsample::upsample_bilinear2d;
@@ -140,103 +140,7 @@ impl Block {
             Some(d) => d.forward_t(x, train)?,
             None => x.clone(),
         };
-        add_relu(&out, &identity) // relu(out + identity)
-    }
-}
-
-/// `relu(a + b)`: on the CPU in `f32` one fused operation (one pass forward; backward one
-/// masked copy of the gradient, shared by both inputs); elsewhere candle's operations.
-///
-/// # Shapes
-/// `a`, `b`: the same shape → that shape.
-pub(crate) fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let cpu_f32 = [a, b]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if cpu_f32 && a.shape() == b.shape() {
-        return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?);
-    }
-    Ok((a + b)?.relu()?)
-}
-
-/// Elements per parallel task of [`AddRelu`].
-const ADD_RELU_CHUNK: usize = 1 << 14;
-
-/// The residual connection's `relu(a + b)` as one candle operation.
-struct AddRelu;
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match storage {
-        CpuStorage::F32(d) if layout.is_contiguous() => {
-            let start = layout.start_offset();
-            Ok(&d[start..start + layout.shape().elem_count()])
-        }
-        _ => candle_core::bail!("add_relu: expected contiguous f32 inputs"),
-    }
-}
-
-impl CustomOp2 for AddRelu {
-    fn name(&self) -> &'static str {
-        "add-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        if a.len() != b.len() {
-            candle_core::bail!("add_relu: inputs of {} and {} values", a.len(), b.len());
-        }
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(ADD_RELU_CHUNK)
-            .zip(
-                a.par_chunks(ADD_RELU_CHUNK)
-                    .zip(b.par_chunks(ADD_RELU_CHUNK)),
-            )
-            .for_each(|(dst, (a, b))| {
-                for ((d, &u), &v) in dst.iter_mut().zip(a).zip(b) {
-                    // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
-                    *d = (u + v).max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _a: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // PyTorch's ReLU gradient passes where the output is positive; the sum passes it on
-        // unchanged to both inputs.
-        let res = res.contiguous()?;
-        let grad = grad.contiguous()?;
-        let (ys, ly) = res.storage_and_layout();
-        let (gs, lg) = grad.storage_and_layout();
-        let (candle_core::Storage::Cpu(ys), candle_core::Storage::Cpu(gs)) = (&*ys, &*gs) else {
-            candle_core::bail!("add_relu: expected CPU tensors in the backward pass");
-        };
-        let (ys, gs) = (contiguous_f32(ys, ly)?, contiguous_f32(gs, lg)?);
-        let mut masked = vec![0f32; gs.len()];
-        masked
-            .par_chunks_mut(ADD_RELU_CHUNK)
-            .zip(
-                ys.par_chunks(ADD_RELU_CHUNK)
-                    .zip(gs.par_chunks(ADD_RELU_CHUNK)),
-            )
-            .for_each(|(dst, (y, g))| {
-                for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
-                    *d = if y > 0.0 { g } else { 0.0 };
-                }
-            });
-        let masked = Tensor::from_vec(masked, grad.shape(), grad.device())?;
-        Ok((Some(masked.clone()), Some(masked)))
+        Ok(add_relu(&out, &identity)?) // relu(out + identity)
     }
 }
 

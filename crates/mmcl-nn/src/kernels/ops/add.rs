@@ -1,4 +1,5 @@
-//! Element-wise sum of two tensors of the same shape (residual connections), multi-threaded.
+//! Element-wise sum of two tensors of the same shape (residual connections), plain or
+//! followed by ReLU, multi-threaded.
 
 use crate::kernels::{CHUNK, fast_path, map_chunks};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -51,6 +52,89 @@ impl CustomOp2 for Add {
     }
 }
 
+/// `relu(a + b)` for tensors of the same shape (the ResNet residual connection): on the CPU in
+/// f32 one pass forward and one masked copy of the gradient backward, shared by both inputs;
+/// elsewhere candle's operations.
+///
+/// # Shapes
+/// `a`, `b`: the same shape; output: that shape.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    if fast_path(a) && fast_path(b) {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "mmcl-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        map_chunks([(s1, l1), (s2, l2)], self.name(), CHUNK, |o, [a, b]| {
+            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
+                *o = (x + y).max(0.0);
+            }
+        })
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // PyTorch's ReLU passes the gradient where the output is positive; the sum passes it
+        // on unchanged to both inputs.
+        let masked = res
+            .contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &WherePositive)?;
+        Ok((Some(masked.clone()), Some(masked)))
+    }
+}
+
+/// `grad` where `res > 0`, else 0 (the backward of [`AddRelu`]).
+struct WherePositive;
+
+impl CustomOp2 for WherePositive {
+    fn name(&self) -> &'static str {
+        "mmcl-where-positive"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        map_chunks(
+            [(s1, l1), (s2, l2)],
+            self.name(),
+            CHUNK,
+            |o, [res, grad]| {
+                for ((o, &y), &g) in o.iter_mut().zip(res).zip(grad) {
+                    *o = if y > 0.0 { g } else { 0.0 };
+                }
+            },
+        )
+    }
+}
+
 /// The mean over dimension 1 of a `[B, L, D]` tensor, as one batched matrix product with a row
 /// of `1/L` (candle's reduction over a middle dimension of a strided view is slow).
 ///
@@ -81,6 +165,18 @@ mod tests {
         let w = rand_tensor(&[3, 5, 7], 3, 1.0)?;
         let fast = autograd(&a, &w, &|t| add(t, &b))?;
         assert_eq!(rel_err(&fast, &w)?, 0.0);
+
+        assert_eq!(
+            rel_err(&add_relu(&a, &b)?, &(&a + &b)?.relu()?)?,
+            0.0,
+            "add_relu forward"
+        );
+        assert!(add_relu(&a, &b.narrow(2, 0, 3)?).is_err());
+        for (input, other) in [(&a, &b), (&b, &a)] {
+            let fast = autograd(input, &w, &|t| add_relu(t, other))?;
+            let plain = autograd(input, &w, &|t| (t + other)?.relu())?;
+            assert_eq!(rel_err(&fast, &plain)?, 0.0, "add_relu gradient");
+        }
 
         let x = rand_tensor(&[4, 9, 6], 4, 1.0)?;
         let view = x.narrow(1, 1, 8)?; // strided, as the patch tokens after the class token

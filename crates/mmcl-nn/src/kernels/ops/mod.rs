@@ -16,6 +16,7 @@
 //! | [`attention`] | multi-head scaled dot-product self-attention from a packed `qkv` |
 //! | [`attention_probs`] | the attention probabilities of the same (for maps) |
 //! | [`add`] | element-wise sum (residual connections) |
+//! | [`add_relu`] | `relu(a + b)` (the ResNet residual connection) |
 //! | [`mean_tokens`] | mean over the token dimension |
 //! | [`transformer_block`] | a whole pre-norm transformer block as one autograd node (training) |
 
@@ -27,7 +28,7 @@ mod linear;
 mod sdpa;
 mod softmax;
 
-pub use add::{add, mean_tokens};
+pub use add::{add, add_relu, mean_tokens};
 pub use fused_block::{BlockParams, BranchScales, transformer_block};
 pub use gelu::{bias_gelu, gelu_erf};
 pub use layer_norm::layer_norm;
