@@ -10,45 +10,11 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 /// # Shapes
 /// `a`, `b`: the same shape; output: that shape.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dims() != b.dims() {
-        candle_core::bail!("add: shapes {:?} and {:?} differ", a.dims(), b.dims());
-    }
+    same_shape("add", a, b)?;
     if fast_path(a) && fast_path(b) {
-        a.contiguous()?.apply_op2(&b.contiguous()?, Add)
+        a.contiguous()?.apply_op2(&b.contiguous()?, Pointwise(Add))
     } else {
         a + b
-    }
-}
-
-struct Add;
-
-impl CustomOp2 for Add {
-    fn name(&self) -> &'static str {
-        "mmcl-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        map_chunks([(s1, l1), (s2, l2)], self.name(), CHUNK, |o, [a, b]| {
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = x + y;
-            }
-        })
-    }
-
-    fn bwd(
-        &self,
-        _a: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad_res.clone()), Some(grad_res.clone())))
     }
 }
 
@@ -59,21 +25,42 @@ impl CustomOp2 for Add {
 /// # Shapes
 /// `a`, `b`: the same shape; output: that shape.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dims() != b.dims() {
-        candle_core::bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
-    }
+    same_shape("add_relu", a, b)?;
     if fast_path(a) && fast_path(b) {
-        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+        a.contiguous()?
+            .apply_op2(&b.contiguous()?, Pointwise(AddRelu))
     } else {
         (a + b)?.relu()
     }
 }
 
-struct AddRelu;
+fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("{op}: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    Ok(())
+}
 
-impl CustomOp2 for AddRelu {
+/// An element-wise function of two same-shape f32 tensors: its value and the gradients of its
+/// inputs. [`Pointwise`] runs it as one candle operation, in parallel chunks.
+trait Binary: Send + Sync + Copy {
+    /// The operation's name (in candle's errors).
+    const NAME: &'static str;
+    /// The value at one element.
+    fn apply(x: f32, y: f32) -> f32;
+    /// The gradients of both inputs given the output `res` and its gradient `grad`; `None`
+    /// for an operation that is not differentiated.
+    fn gradients(res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)>;
+}
+
+/// The candle operation of a [`Binary`] function (one implementation of the operation's
+/// plumbing for all of them; the function is a type, so the loop is compiled for each).
+#[derive(Clone, Copy)]
+struct Pointwise<B: Binary>(B);
+
+impl<B: Binary> CustomOp2 for Pointwise<B> {
     fn name(&self) -> &'static str {
-        "mmcl-add-relu"
+        B::NAME
     }
 
     fn cpu_fwd(
@@ -83,10 +70,9 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        map_chunks([(s1, l1), (s2, l2)], self.name(), CHUNK, |o, [a, b]| {
+        map_chunks([(s1, l1), (s2, l2)], B::NAME, CHUNK, |o, [a, b]| {
             for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
-                *o = (x + y).max(0.0);
+                *o = B::apply(x, y);
             }
         })
     }
@@ -98,40 +84,59 @@ impl CustomOp2 for AddRelu {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        B::gradients(res, grad_res)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Add;
+
+impl Binary for Add {
+    const NAME: &'static str = "mmcl-add";
+
+    fn apply(x: f32, y: f32) -> f32 {
+        x + y
+    }
+
+    fn gradients(_res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.clone())))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct AddRelu;
+
+impl Binary for AddRelu {
+    const NAME: &'static str = "mmcl-add-relu";
+
+    fn apply(x: f32, y: f32) -> f32 {
+        // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
+        (x + y).max(0.0)
+    }
+
+    fn gradients(res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // PyTorch's ReLU passes the gradient where the output is positive; the sum passes it
         // on unchanged to both inputs.
         let masked = res
             .contiguous()?
-            .apply_op2_no_bwd(&grad_res.contiguous()?, &WherePositive)?;
+            .apply_op2_no_bwd(&grad.contiguous()?, &Pointwise(WherePositive))?;
         Ok((Some(masked.clone()), Some(masked)))
     }
 }
 
-/// `grad` where `res > 0`, else 0 (the backward of [`AddRelu`]).
+/// `grad` where `res > 0`, else 0: the backward of [`AddRelu`], as `(res, grad)`.
+#[derive(Clone, Copy)]
 struct WherePositive;
 
-impl CustomOp2 for WherePositive {
-    fn name(&self) -> &'static str {
-        "mmcl-where-positive"
+impl Binary for WherePositive {
+    const NAME: &'static str = "mmcl-where-positive";
+
+    fn apply(res: f32, grad: f32) -> f32 {
+        if res > 0.0 { grad } else { 0.0 }
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        map_chunks(
-            [(s1, l1), (s2, l2)],
-            self.name(),
-            CHUNK,
-            |o, [res, grad]| {
-                for ((o, &y), &g) in o.iter_mut().zip(res).zip(grad) {
-                    *o = if y > 0.0 { g } else { 0.0 };
-                }
-            },
-        )
+    fn gradients(_res: &Tensor, _grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((None, None))
     }
 }
 
