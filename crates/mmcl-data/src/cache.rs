@@ -16,7 +16,7 @@
 //! written, so an interrupted build leaves nothing that looks like a cache. The reader maps the
 //! shards into memory and copies out only the samples (or ECG windows) asked for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +54,97 @@ pub struct ImageLayout {
     pub height: usize,
     /// Width.
     pub width: usize,
+}
+
+impl CacheIndex {
+    /// Checks what the readers rely on: the version, the layouts, shard files inside the cache,
+    /// and every subject on its own row of a shard with as many labels (0 or 1) and phenotypes
+    /// as there are names. The shards' tensors are checked against the layouts when opened.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.version != CACHE_VERSION {
+            return Err(format!(
+                "cache version {} is not the supported version {CACHE_VERSION}; rebuild it",
+                self.version
+            ));
+        }
+        if self.ecg.is_none() && self.image.is_none() {
+            return Err("the index describes neither ECGs nor images".into());
+        }
+        if let Some(l) = self.ecg {
+            if l.leads == 0 || l.samples == 0 {
+                return Err(format!("an ECG layout of {l:?} holds no samples"));
+            }
+            crate::ecg::check_sample_rate(l.sample_rate).map_err(|e| format!("ECG layout: {e}"))?;
+        }
+        if let Some(l) = self.image
+            && (l.channels == 0 || l.height == 0 || l.width == 0)
+        {
+            return Err(format!("an image layout of {l:?} holds no pixels"));
+        }
+        if let Some(names) = &self.ecg_lead_names {
+            let leads = self.ecg.map_or(0, |l| l.leads);
+            let named = crate::ecg::lead_selection(Some(names))
+                .map_err(|reason| format!("ecg_lead_names: {reason}"))?;
+            if named.len() != leads {
+                return Err(format!(
+                    "ecg_lead_names {names:?} do not name the {leads} stored ECG leads"
+                ));
+            }
+        }
+        // A shard is a file of the cache's own folder, not a path out of it.
+        if let Some(bad) = self.shards.iter().find(|s| {
+            let name = Path::new(&s.file);
+            name.file_name().is_none_or(|f| f != name.as_os_str())
+        }) {
+            return Err(format!(
+                "shard {:?} is not a file name in the cache",
+                bad.file
+            ));
+        }
+        let (mut rows, mut eids) = (HashSet::new(), HashSet::new());
+        let (labels, phenotypes) = (self.label_names.len(), self.phenotype_names.len());
+        for s in &self.subjects {
+            if s.shard >= self.shards.len() || s.row >= self.shards[s.shard].count {
+                return Err(format!("subject {} points outside the shards", s.eid));
+            }
+            if !eids.insert(s.eid) {
+                return Err(format!("subject {} is listed twice", s.eid));
+            }
+            if !rows.insert((s.shard, s.row)) {
+                return Err(format!(
+                    "subject {} shares row {} of shard {} with another subject",
+                    s.eid, s.row, s.shard
+                ));
+            }
+            if s.labels.len() != labels || s.phenotypes.len() != phenotypes {
+                return Err(format!(
+                    "subject {} has {} labels and {} phenotypes for {labels} and {phenotypes} \
+                     names",
+                    s.eid,
+                    s.labels.len(),
+                    s.phenotypes.len()
+                ));
+            }
+            if s.labels.iter().flatten().any(|&l| l > 1) {
+                return Err(format!("subject {} has a label other than 0 or 1", s.eid));
+            }
+        }
+        let st = &self.phenotype_standardiser;
+        if st.mean.len() != phenotypes || st.std.len() != phenotypes {
+            return Err(format!(
+                "the phenotype standardiser has {} means and {} deviations for {phenotypes} \
+                 phenotypes",
+                st.mean.len(),
+                st.std.len()
+            ));
+        }
+        if st.mean.iter().any(|m| !m.is_finite())
+            || st.std.iter().any(|d| !(d.is_finite() && *d > 0.0))
+        {
+            return Err("the phenotype standardiser holds a non-finite mean or a deviation that is not positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// One subject of the cache.
@@ -393,27 +484,9 @@ impl Cache {
             path: index_path.clone(),
             source,
         })?;
-        if index.version != CACHE_VERSION {
-            return Err(Error::format(
-                &index_path,
-                format!(
-                    "cache version {} is not the supported version {CACHE_VERSION}; rebuild it",
-                    index.version
-                ),
-            ));
-        }
-        if let Some(names) = &index.ecg_lead_names {
-            let leads = index.ecg.map_or(0, |l| l.leads);
-            let named = crate::ecg::lead_selection(Some(names)).map_err(|reason| {
-                Error::format(&index_path, format!("ecg_lead_names: {reason}"))
-            })?;
-            if named.len() != leads {
-                return Err(Error::format(
-                    &index_path,
-                    format!("ecg_lead_names {names:?} do not name the {leads} stored ECG leads"),
-                ));
-            }
-        }
+        index
+            .check()
+            .map_err(|reason| Error::format(&index_path, reason))?;
         let mut shards = Vec::with_capacity(index.shards.len());
         for info in &index.shards {
             let path = dir.join(&info.file);
@@ -454,14 +527,6 @@ impl Cache {
                 ecg_offset,
                 image_offset,
             });
-        }
-        for s in &index.subjects {
-            if s.shard >= shards.len() || s.row >= index.shards[s.shard].count {
-                return Err(Error::format(
-                    &index_path,
-                    format!("subject {} points outside the shards", s.eid),
-                ));
-            }
         }
         let by_eid = index
             .subjects
