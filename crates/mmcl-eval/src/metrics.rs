@@ -334,6 +334,19 @@ pub(crate) fn resample_counts(seed: u64, b: usize, n: usize) -> Vec<u32> {
     counts
 }
 
+/// `each` evaluated on every bootstrap resample of `n` rows, in parallel and in resample
+/// order: it gets the resample's row counts (how often each row was drawn).
+pub(crate) fn over_resamples<T: Send>(
+    bootstrap: &Bootstrap,
+    n: usize,
+    each: impl Fn(&[u32]) -> T + Sync,
+) -> Vec<T> {
+    (0..bootstrap.resamples)
+        .into_par_iter()
+        .map(|b| each(&resample_counts(bootstrap.seed, b, n)))
+        .collect()
+}
+
 /// Evaluates predictions of one or several targets, with bootstrap intervals.
 ///
 /// `truth` and `predictions` are `N × K`; a NaN in `truth` marks a missing value (that row does
@@ -418,22 +431,18 @@ pub fn evaluate(
 
     // Resample rows once per replicate and evaluate every defined target on it.
     let n = truth.rows();
-    let replicates: Vec<Vec<Option<Vec<f64>>>> = (0..bootstrap.resamples)
-        .into_par_iter()
-        .map(|b| {
-            let counts = resample_counts(bootstrap.seed, b, n);
-            let weight = |i: usize| counts[i] as f64;
-            checked
-                .iter()
-                .zip(&full)
-                .zip(&columns)
-                .map(|((c, value), (t, p))| match (&c.prepared, value) {
-                    (Ok(target), Ok(_)) => target_values(task, target, t, p, threshold, &weight),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
+    let replicates: Vec<Vec<Option<Vec<f64>>>> = over_resamples(bootstrap, n, |counts| {
+        let weight = |i: usize| f64::from(counts[i]);
+        checked
+            .iter()
+            .zip(&full)
+            .zip(&columns)
+            .map(|((c, value), (t, p))| match (&c.prepared, value) {
+                (Ok(target), Ok(_)) => target_values(task, target, t, p, threshold, &weight),
+                _ => None,
+            })
+            .collect()
+    });
 
     let interval = |samples: &[Vec<f64>], m: usize| -> (Option<f64>, Option<f64>) {
         percentile_interval(samples.iter().map(|v| v[m]).collect(), bootstrap.confidence)

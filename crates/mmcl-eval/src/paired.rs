@@ -19,12 +19,11 @@
 //! assert!(d.diff > 0.0 && d.ci_low.unwrap() > 0.0);
 //! ```
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::matrix::Matrix;
 use crate::metrics::{
-    Bootstrap, PreparedTarget, Task, percentile_interval, prepare, resample_counts, target_values,
+    Bootstrap, PreparedTarget, Task, over_resamples, percentile_interval, prepare, target_values,
 };
 use crate::{Error, Result};
 
@@ -142,31 +141,27 @@ pub fn compare(
     }
 
     // Each resample: the per-target differences (None where undefined on the draw).
-    let replicates: Vec<Vec<Option<f64>>> = (0..bootstrap.resamples)
-        .into_par_iter()
-        .map(|r| {
-            let counts = resample_counts(bootstrap.seed, r, n);
-            let weight = |i: usize| counts[i] as f64;
-            pairs
-                .iter()
-                .map(|p| {
-                    let p = p.as_ref()?;
-                    let [va, vb] = [0, 1].map(|i| {
-                        target_values(
-                            task,
-                            &p.prepared[i],
-                            &p.truth,
-                            &p.columns[i],
-                            threshold,
-                            &weight,
-                        )
-                        .map(|v| v[m])
-                    });
-                    Some(va? - vb?).filter(|d| d.is_finite())
-                })
-                .collect()
-        })
-        .collect();
+    let replicates: Vec<Vec<Option<f64>>> = over_resamples(bootstrap, n, |counts| {
+        let weight = |i: usize| f64::from(counts[i]);
+        pairs
+            .iter()
+            .map(|p| {
+                let p = p.as_ref()?;
+                let [va, vb] = [0, 1].map(|i| {
+                    target_values(
+                        task,
+                        &p.prepared[i],
+                        &p.truth,
+                        &p.columns[i],
+                        threshold,
+                        &weight,
+                    )
+                    .map(|v| v[m])
+                });
+                Some(va? - vb?).filter(|d| d.is_finite())
+            })
+            .collect()
+    });
 
     let targets = pairs
         .iter()
