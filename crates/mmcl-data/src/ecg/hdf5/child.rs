@@ -155,6 +155,8 @@ fn fork_and_read(
         // SAFETY: both descriptors were just opened by pipe2 and are owned here alone.
         let (read_end, write_end) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
         // SAFETY: the child only runs `child_main`, which ends in `_exit`.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -162,7 +164,7 @@ fn fork_and_read(
         }
         if pid == 0 {
             drop(read_end);
-            child_main(write_end, work);
+            child_main(parent, write_end, work);
         }
         Ok((pid, read_end))
     });
@@ -202,9 +204,23 @@ fn fork_and_read(
 /// The child: runs `work`, sends its end, leaves without returning into the parent's code.
 #[cfg(unix)]
 fn child_main(
+    parent: libc::pid_t,
     write_end: std::os::fd::OwnedFd,
     work: impl FnOnce(&mut Answer<'_>) -> Result<()>,
 ) -> ! {
+    // A child stuck in the library must not outlive a parent that was killed meanwhile (the
+    // signal follows the forking thread, which waits for the child: so, the process).
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; getppid and _exit have no
+    // preconditions. The parent may have died before the request: then leave at once.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
     let write_end = keep_only(write_end);
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::from(write_end));
     let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
