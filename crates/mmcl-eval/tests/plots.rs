@@ -240,3 +240,45 @@ fn bad_figure_inputs_are_errors() {
         "nothing written"
     );
 }
+
+/// Values whose span overflows f64 made plotters loop without end, and a single huge value
+/// gave an axis without width: the first is an error naming the metric, the second a figure;
+/// the same for a scatter panel.
+#[test]
+fn extreme_values_are_errors_or_figures_never_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("curves.png");
+    let log = |text: &str| RunLog::parse(text, Path::new("log.jsonl")).unwrap();
+    let overflowing = log("{\"epoch\": 1e308, \"loss\": 1}\n{\"epoch\": -1e308, \"loss\": 2}\n");
+    let err = TrainingCurvesFigure::new(&overflowing)
+        .save(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loss") && err.contains("overflows"), "{err}");
+    assert!(!path.exists(), "nothing is left behind");
+    for text in [
+        "{\"epoch\": 1e20, \"loss\": 1e20}\n",
+        "{\"epoch\": 0, \"loss\": 1e300}\n{\"epoch\": 1, \"loss\": -1e300}\n",
+        "{\"epoch\": 0, \"loss\": 5e-324}\n",
+    ] {
+        TrainingCurvesFigure::new(&log(text)).save(&path).unwrap();
+        assert_eq!(check_png(&path, 10), (400, 340), "{text}");
+    }
+    let panel = |values: Vec<f64>| ScatterFigure {
+        panels: vec![ScatterPanel {
+            name: "lvm".into(),
+            truth: values.clone(),
+            prediction: values,
+            r2: None,
+            r2_ci: None,
+        }],
+        title: "scatter".into(),
+    };
+    let path = dir.path().join("scatter.png");
+    let err = panel(vec![-1e308, 1e308])
+        .save(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lvm") && err.contains("overflows"), "{err}");
+    panel(vec![1e20, 1e20]).save(&path).unwrap();
+}

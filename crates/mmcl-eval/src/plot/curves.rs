@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::style::{FAMILY, PALETTE, shared_axes};
+use super::style::{FAMILY, PALETTE, axis_range, fmt_tick, shared_axes};
 use super::{Area, Backend, DrawResult, Figure, grid_size, save, titled_panels};
 use crate::runlog::RunLog;
 use crate::{Error, Result};
@@ -86,25 +86,23 @@ impl Figure for TrainingCurvesFigure<'_> {
                 ),
                 |a, &(x, y)| (a.0.min(x), a.1.max(x), a.2.min(y), a.3.max(y)),
             );
-            let (x0, x1) = if x1 > x0 {
-                (x0, x1)
-            } else {
-                (x0 - 0.5, x0 + 0.5)
-            };
-            let pad = if y1 > y0 {
-                (y1 - y0) * 0.06
-            } else {
-                y0.abs().max(1.0) * 0.1
-            };
+            let in_words = |axis: &str, reason: String| format!("{metric}, {axis}: {reason}");
+            // Epochs fill the axis; one epoch gets half an epoch either side.
+            let x_range = axis_range(x0, x1, 0.0, 0.5).map_err(|e| in_words("epoch", e))?;
+            let y_range = axis_range(y0, y1, 0.06, y0.abs().max(1.0) * 0.1)
+                .map_err(|e| in_words("value", e))?;
             let mut chart = ChartBuilder::on(&cell)
                 .caption(metric, (FAMILY, 16))
                 .margin(10)
                 .x_label_area_size(34)
                 .y_label_area_size(58)
-                .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
-            // Epochs are whole numbers: ticks between them stay unlabelled.
+                .build_cartesian_2d(x_range, y_range)?;
+            // Epochs are whole numbers: ticks between them stay unlabelled (beyond 1e15, where
+            // every f64 is whole, the usual tick labels).
             let epoch_label = |x: &f64| {
-                if (x - x.round()).abs() < 1e-9 {
+                if x.abs() >= 1e15 {
+                    fmt_tick(x)
+                } else if (x - x.round()).abs() < 1e-9 {
                     format!("{}", x.round() as i64)
                 } else {
                     String::new()

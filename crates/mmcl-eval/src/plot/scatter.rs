@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::style::{FAMILY, PALETTE, shared_axes};
+use super::style::{FAMILY, PALETTE, axis_range, shared_axes};
 use super::{
     Area, Backend, DrawResult, Figure, evaluation_pairs, grid_size, save, target_metric,
     titled_panels,
@@ -119,11 +119,11 @@ impl Figure for ScatterFigure {
                 .fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
                     (a.0.min(p.0).min(p.1), a.1.max(p.0).max(p.1))
                 });
-            if !lo.is_finite() {
+            if points.is_empty() {
                 (lo, hi) = (0.0, 1.0);
             }
-            let pad = ((hi - lo) * 0.05).max(1e-9);
-            let (lo, hi) = (lo - pad, hi + pad);
+            let range =
+                axis_range(lo, hi, 0.05, 1e-9).map_err(|e| format!("{}: {e}", panel.name))?;
             let caption = match (panel.r2, panel.r2_ci) {
                 (Some(r2), Some((lo, hi))) => {
                     format!("{}   R² = {r2:.2} ({lo:.2} to {hi:.2})", panel.name)
@@ -136,7 +136,7 @@ impl Figure for ScatterFigure {
                 .margin(10)
                 .x_label_area_size(36)
                 .y_label_area_size(48)
-                .build_cartesian_2d(lo..hi, lo..hi)?;
+                .build_cartesian_2d(range.clone(), range)?;
             shared_axes(&mut chart.configure_mesh(), 12, 238)
                 .x_desc("true")
                 .y_desc("predicted")

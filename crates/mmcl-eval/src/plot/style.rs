@@ -106,3 +106,38 @@ pub(super) fn shared_axes<'m, 'a, 'b, DB: DrawingBackend>(
         .label_style((FAMILY, label_size))
         .light_line_style(RGBColor(grey, grey, grey))
 }
+
+/// The axis range for data from `lo` to `hi`, widened by `fraction` of the span on either side
+/// (by `single` when all values are one), checked to be one plotters can lay out.
+///
+/// plotters needs finite bounds a positive width apart: values whose span overflows `f64`
+/// (±1e308) made it loop without end, and a width lost to rounding (one value of 1e20 ± 0.5)
+/// divides by zero. Such spans are errors; a rounded-away width is widened relative to the
+/// values.
+pub(super) fn axis_range(
+    lo: f64,
+    hi: f64,
+    fraction: f64,
+    single: f64,
+) -> std::result::Result<std::ops::Range<f64>, String> {
+    let span = hi - lo;
+    if !(lo.is_finite() && hi.is_finite() && span.is_finite() && span >= 0.0) {
+        return Err(format!(
+            "values from {lo:e} to {hi:e} do not fit on an axis (their span overflows)"
+        ));
+    }
+    let pad = if span > 0.0 { span * fraction } else { single };
+    let mut range = (lo - pad)..(hi + pad);
+    if range.end <= range.start {
+        // A margin far below the values' magnitude rounds back to the values: widen it.
+        let pad = pad.max(lo.abs().max(hi.abs()) * 1e-6);
+        range = (lo - pad)..(hi + pad);
+    }
+    if range.start.is_finite() && range.end.is_finite() && range.end > range.start {
+        Ok(range)
+    } else {
+        Err(format!(
+            "values from {lo:e} to {hi:e} do not fit on an axis with a margin"
+        ))
+    }
+}
