@@ -109,6 +109,33 @@ pub struct Bootstrap {
     pub confidence: f64,
 }
 
+/// The most bootstrap resamples an evaluation draws (ten thousand give intervals stable to
+/// the third digit; more is a typo, and each resample holds its metrics in memory).
+pub const MAX_RESAMPLES: usize = 1_000_000;
+
+impl Bootstrap {
+    /// Checks the settings: a coverage strictly between 0 and 1 and at most
+    /// [`MAX_RESAMPLES`] resamples.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the setting.
+    pub fn check(&self) -> Result<()> {
+        if !(self.confidence > 0.0 && self.confidence < 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "bootstrap confidence must lie in (0, 1), got {}",
+                self.confidence
+            )));
+        }
+        if self.resamples > MAX_RESAMPLES {
+            return Err(Error::InvalidInput(format!(
+                "{} bootstrap resamples, more than the limit of {MAX_RESAMPLES}",
+                self.resamples
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Bootstrap {
     fn default() -> Self {
         Self {
@@ -354,8 +381,8 @@ pub(crate) fn over_resamples<T: Send>(
 /// probabilities (scores); `threshold` applies to the thresholded metrics. `names` names the
 /// `K` targets (`target_0`, … when empty).
 ///
-/// Errors when the shapes differ, a target has no present value, or a present row's
-/// prediction is not finite. A target whose metrics are undefined — one class only among its
+/// Errors when the shapes differ, a target has no present value, a present row's prediction
+/// is not finite, or [`Bootstrap::check`] refuses the settings. A target whose metrics are undefined — one class only among its
 /// present labels, NaN predictions for all its rows (a probe that could not be fitted),
 /// constant regression targets or predictions — is reported with
 /// [`TargetMetrics::undefined`] and no metrics, and the average is over the other targets.
@@ -398,12 +425,7 @@ pub fn evaluate(
             names.len()
         )));
     }
-    if !(bootstrap.confidence > 0.0 && bootstrap.confidence < 1.0) {
-        return Err(Error::InvalidInput(format!(
-            "bootstrap confidence must lie in (0, 1), got {}",
-            bootstrap.confidence
-        )));
-    }
+    bootstrap.check()?;
     let names: Vec<String> = if names.is_empty() {
         (0..k).map(|j| format!("target_{j}")).collect()
     } else {

@@ -64,8 +64,9 @@ pub struct PairedComparison {
 /// paired percentile-bootstrap intervals.
 ///
 /// # Errors
-/// Shapes that differ, an unknown metric, and what [`evaluate`](crate::metrics::evaluate)
-/// refuses (labels other than 0/1, non-finite predictions, a target with no value).
+/// Shapes that differ, an unknown metric, bootstrap settings [`Bootstrap::check`] refuses,
+/// and what [`evaluate`](crate::metrics::evaluate) refuses (labels other than 0/1,
+/// non-finite predictions, a target with no value).
 pub fn compare(
     task: Task,
     truth: &Matrix<f64>,
@@ -75,6 +76,7 @@ pub fn compare(
     threshold: f64,
     bootstrap: &Bootstrap,
 ) -> Result<PairedComparison> {
+    bootstrap.check()?;
     let (n, k) = (truth.rows(), truth.cols());
     for p in [a, b] {
         if p.rows() != n || p.cols() != k {
@@ -265,6 +267,33 @@ mod tests {
         let z = same.average.unwrap();
         assert_eq!((z.diff, z.ci_low, z.ci_high), (0.0, Some(0.0), Some(0.0)));
         assert!(!z.above_zero());
+    }
+
+    /// An absurd number of resamples (`--bootstrap` of 2⁶⁴ − 1 overflowed an allocation) or a
+    /// coverage outside (0, 1) is refused by both the paired and the single evaluation.
+    #[test]
+    fn bootstrap_settings_are_checked() {
+        let t = Matrix::column_vector((0..20).map(f64::from).collect());
+        let p = Matrix::column_vector((0..20).map(|i| f64::from(i) * 0.9).collect());
+        for bad in [
+            Bootstrap {
+                resamples: usize::MAX,
+                ..Bootstrap::default()
+            },
+            Bootstrap {
+                confidence: 1.5,
+                ..Bootstrap::default()
+            },
+            Bootstrap {
+                confidence: f64::NAN,
+                ..Bootstrap::default()
+            },
+        ] {
+            let paired = compare(Task::Regression, &t, (&p, &p), &[], "r2", 0.5, &bad);
+            assert!(matches!(paired, Err(Error::InvalidInput(_))), "{bad:?}");
+            let single = evaluate(Task::Regression, &t, &p, &[], 0.5, &bad);
+            assert!(matches!(single, Err(Error::InvalidInput(_))), "{bad:?}");
+        }
     }
 
     #[test]

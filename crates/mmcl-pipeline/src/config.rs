@@ -420,11 +420,14 @@ impl ReproduceConfig {
         if e.batch_size == 0 {
             return Err(Error::config("evaluation.batch_size must be at least 1"));
         }
-        if !(e.confidence > 0.0 && e.confidence < 1.0) {
-            return Err(Error::config(format!(
-                "evaluation.confidence must lie in (0, 1), got {}",
-                e.confidence
-            )));
+        let bootstrap = mmcl_eval::metrics::Bootstrap {
+            resamples: e.bootstrap,
+            seed: e.bootstrap_seed,
+            confidence: e.confidence,
+        };
+        // Checked here, before hours of training, with the evaluation's own rules.
+        if let Err(mmcl_eval::Error::InvalidInput(reason)) = bootstrap.check() {
+            return Err(Error::config(format!("evaluation: {reason}")));
         }
         if e.cs.is_empty()
             || e.alphas.is_empty()

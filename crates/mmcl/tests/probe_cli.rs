@@ -316,6 +316,23 @@ fn bad_inputs_give_clear_errors() {
         [&d.s("cut.npy"), &ytr, &xte, &yte],
         "cut.npy",
     );
+    // Bootstrap settings out of range, refused before any fit (2^64 - 1 resamples used to
+    // overflow an allocation).
+    for extra in [
+        ["--bootstrap", "18446744073709551615"],
+        ["--confidence", "1.5"],
+    ] {
+        let out = d.probe("classification", "cls", false, &extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("--bootstrap/--confidence"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("fitting"),
+            "{stderr}"
+        );
+    }
 }
 
 /// A rare disease without a case in the test split (and one with a single training case) does

@@ -250,6 +250,7 @@ impl FinetuneConfig {
                 self.task.metric_names().join(", ")
             ));
         }
+        self.bootstrap.check()?;
         self.encoder.validate()?;
         Ok(())
     }

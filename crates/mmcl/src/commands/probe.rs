@@ -123,12 +123,21 @@ type SplitData = (Matrix<f32>, Matrix<f64>);
 
 /// Runs `mmcl probe`.
 pub fn run(args: Args) -> Result<()> {
-    if !(args.confidence > 0.0 && args.confidence < 1.0) {
-        bail!("--confidence must lie in (0, 1), got {}", args.confidence);
+    if let Err(mmcl_eval::Error::InvalidInput(reason)) = bootstrap(&args).check() {
+        bail!("--bootstrap/--confidence: {reason}");
     }
     match (&args.cache, &args.encoder) {
         (Some(cache), Some(encoder)) => run_cache(&args, cache, encoder),
         _ => run_arrays(&args),
+    }
+}
+
+/// The bootstrap's settings from the command line.
+fn bootstrap(args: &Args) -> Bootstrap {
+    Bootstrap {
+        resamples: args.bootstrap,
+        seed: args.seed,
+        confidence: args.confidence,
     }
 }
 
@@ -171,11 +180,7 @@ fn probe_task(
         }
     );
     let start = Instant::now();
-    let bootstrap = Bootstrap {
-        resamples: args.bootstrap,
-        seed: args.seed,
-        confidence: args.confidence,
-    };
+    let bootstrap = bootstrap(args);
     let outcome = probe_and_evaluate(
         task,
         (&train.0, &train.1),
