@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use mmcl_data::Error;
 use mmcl_testutil::alloc::CappedAllocator;
 use mmcl_testutil::mutate::{Mutation, apply, fuzz_config, mutations};
+use mmcl_testutil::zip;
 use proptest::prelude::*;
 
 /// No reader may hold more than this (the largest valid fixture is a few hundred kB).
@@ -43,18 +44,6 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(bytes).expect("gzip in memory");
     enc.finish().expect("gzip in memory")
-}
-
-/// A zip archive (an `.npz`, a DICOM study) holding `members` as stored (uncompressed) entries.
-fn stored_zip(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, bytes) in members {
-        zip.start_file(*name, options).expect("zip in memory");
-        zip.write_all(bytes).expect("zip in memory");
-    }
-    zip.finish().expect("zip in memory").into_inner()
 }
 
 /// Writes `bytes` to `name` in a fresh directory and returns both (the directory lives as long
@@ -194,13 +183,13 @@ proptest! {
     #[test]
     fn npz_reader_survives_member_mutations(m in mutations(3)) {
         let member = apply(fixture("ecg_batch_2x12x300.npy"), &m);
-        check_npz(&stored_zip(&[("ecgs.npy", &member)]))?;
+        check_npz(&zip::stored(&[("ecgs.npy", &member)]))?;
     }
 
     #[test]
     fn npz_reader_survives_archive_mutations(m in mutations(3)) {
         let member = fixture("ecg_batch_2x12x300.npy");
-        check_npz(&apply(stored_zip(&[("a.npy", &member), ("b.npy", &member)]), &m))?;
+        check_npz(&apply(zip::stored(&[("a.npy", &member), ("b.npy", &member)]), &m))?;
     }
 
     #[test]
@@ -246,20 +235,6 @@ fn check_cmr_zip(bytes: &[u8]) -> Result<(), TestCaseError> {
     check_names_file(mmcl_data::cmr::dicom::read_dicom_zip(&path), &path)
 }
 
-/// The members of a zip archive, in their order.
-fn unzip(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("fixture unzips");
-    (0..archive.len())
-        .map(|i| {
-            let mut member = archive.by_index(i).expect("fixture member");
-            let mut data = Vec::new();
-            member.read_to_end(&mut data).expect("fixture member reads");
-            let name = member.name().expect("fixture member name").into_owned();
-            (name, data)
-        })
-        .collect()
-}
-
 const VENDOR_XML: [&str; 4] = [
     "vendor_xml/muse_12lead.xml",
     "vendor_xml/muse_8lead.xml",
@@ -293,12 +268,12 @@ proptest! {
 
     #[test]
     fn cmr_dicom_zip_reader_survives_member_mutations(m in mutations(3), pick in any::<usize>()) {
-        let mut members = unzip(&fixture("cmr_dicom/1000002_20209_2_0.zip"));
+        let mut members = zip::members(&fixture("cmr_dicom/1000002_20209_2_0.zip"));
         let i = pick % members.len();
         members[i].1 = apply(std::mem::take(&mut members[i].1), &m);
         let members: Vec<(&str, &[u8])> =
             members.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
-        check_cmr_zip(&stored_zip(&members))?;
+        check_cmr_zip(&zip::stored(&members))?;
     }
 
     #[test]

@@ -8,12 +8,12 @@
 //!
 //! `MMCL_FUZZ_CASES` sets the cases per property (default 96); `MMCL_FUZZ_SEED` the stream.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use mmcl_nn::StateDict;
 use mmcl_testutil::alloc::CappedAllocator;
 use mmcl_testutil::mutate::{apply, fuzz_config, mutations};
+use mmcl_testutil::zip;
 use proptest::prelude::*;
 
 /// No reader may hold more than this (the fixtures are a few kB).
@@ -34,35 +34,6 @@ fn fixture(name: &str) -> Vec<u8> {
         .join("tests/fixtures")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-}
-
-/// The entries of a zip archive, in order.
-fn unzip(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("fixture is a zip");
-    (0..archive.len())
-        .map(|i| {
-            let mut entry = archive.by_index(i).expect("fixture entry");
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).expect("fixture entry reads");
-            (
-                entry.name().map(|n| n.to_string()).unwrap_or_default(),
-                data,
-            )
-        })
-        .collect()
-}
-
-/// A zip archive of `entries` stored uncompressed, as `torch.save` writes them.
-fn zip_stored(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in entries {
-        zip.start_file(name.as_str(), options)
-            .expect("zip in memory");
-        zip.write_all(data).expect("zip in memory");
-    }
-    zip.finish().expect("zip in memory").into_inner()
 }
 
 /// Reads `bytes` as a checkpoint file named `name`; `Ok`, or an error naming the file.
@@ -98,18 +69,18 @@ proptest! {
 
     #[test]
     fn pth_reader_survives_pickle_mutations(m in mutations(4), which in 0usize..5) {
-        let mut entries = unzip(&fixture(PTH_FIXTURES[which]));
+        let mut entries = zip::members(&fixture(PTH_FIXTURES[which]));
         for (name, data) in &mut entries {
             if name.ends_with("data.pkl") {
                 *data = apply(std::mem::take(data), &m);
             }
         }
-        check_read("model.pth", &zip_stored(&entries))?;
+        check_read("model.pth", &zip::stored(&entries))?;
     }
 
     #[test]
     fn pth_reader_survives_storage_mutations(m in mutations(2), which in 0usize..5, pick in any::<usize>()) {
-        let mut entries = unzip(&fixture(PTH_FIXTURES[which]));
+        let mut entries = zip::members(&fixture(PTH_FIXTURES[which]));
         let storages: Vec<usize> = entries
             .iter()
             .enumerate()
@@ -120,13 +91,13 @@ proptest! {
             let i = storages[pick % storages.len()];
             entries[i].1 = apply(std::mem::take(&mut entries[i].1), &m);
         }
-        check_read("model.pth", &zip_stored(&entries))?;
+        check_read("model.pth", &zip::stored(&entries))?;
     }
 
     #[test]
     fn pth_reader_survives_arbitrary_pickles(pickle in prop::collection::vec(any::<u8>(), 0..2048)) {
         let entries = vec![("archive/data.pkl".to_string(), pickle)];
-        check_read("model.pth", &zip_stored(&entries))?;
+        check_read("model.pth", &zip::stored(&entries))?;
     }
 
     #[test]

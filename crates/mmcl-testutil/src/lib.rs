@@ -21,6 +21,7 @@
 
 pub mod alloc;
 pub mod mutate;
+pub mod zip;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
