@@ -451,24 +451,19 @@ fn string_scalar(attr: &Attribute) -> Option<String> {
     if !attr.is_scalar() {
         return None;
     }
+    fn text<T: hdf5_metno::H5Type + std::fmt::Display>(attr: &Attribute) -> Option<String> {
+        attr.read_scalar::<T>().ok().map(|s| s.to_string())
+    }
     match attr.dtype().ok()?.to_descriptor().ok()? {
-        TypeDescriptor::VarLenUnicode => attr
-            .read_scalar::<VarLenUnicode>()
-            .ok()
-            .map(|s| s.as_str().to_string()),
-        TypeDescriptor::VarLenAscii => attr
-            .read_scalar::<VarLenAscii>()
-            .ok()
-            .map(|s| s.as_str().to_string()),
+        TypeDescriptor::VarLenUnicode => text::<VarLenUnicode>(attr),
+        TypeDescriptor::VarLenAscii => text::<VarLenAscii>(attr),
         // Fixed-length strings convert to a longer fixed length (padded) in their charset.
-        TypeDescriptor::FixedAscii(n) if n <= 256 => attr
-            .read_scalar::<hdf5_metno::types::FixedAscii<256>>()
-            .ok()
-            .map(|s| s.as_str().to_string()),
-        TypeDescriptor::FixedUnicode(n) if n <= 256 => attr
-            .read_scalar::<hdf5_metno::types::FixedUnicode<256>>()
-            .ok()
-            .map(|s| s.as_str().to_string()),
+        TypeDescriptor::FixedAscii(n) if n <= 256 => {
+            text::<hdf5_metno::types::FixedAscii<256>>(attr)
+        }
+        TypeDescriptor::FixedUnicode(n) if n <= 256 => {
+            text::<hdf5_metno::types::FixedUnicode<256>>(attr)
+        }
         _ => None,
     }
 }
@@ -514,37 +509,18 @@ fn exam_ids(file: &File, records: usize, path: &Path) -> Result<Vec<String>> {
         .map_err(|e| bad(format!("unsupported type of \"exam_id\": {e}")))?;
     let unreadable = |e: hdf5_metno::Error| bad(format!("cannot read \"exam_id\": {e}"));
     // `records` is bounded by MAX_HDF5_VALUES, so these reads are too.
-    let ids: Vec<String> = match descriptor {
-        TypeDescriptor::Integer(_) => ids
-            .read_raw::<i64>()
-            .map_err(unreadable)?
-            .iter()
-            .map(i64::to_string)
-            .collect(),
-        TypeDescriptor::Unsigned(_) => ids
-            .read_raw::<u64>()
-            .map_err(unreadable)?
-            .iter()
-            .map(u64::to_string)
-            .collect(),
-        TypeDescriptor::VarLenUnicode => ids
-            .read_raw::<VarLenUnicode>()
-            .map_err(unreadable)?
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect(),
-        TypeDescriptor::VarLenAscii => ids
-            .read_raw::<VarLenAscii>()
-            .map_err(unreadable)?
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect(),
+    let read = match descriptor {
+        TypeDescriptor::Integer(_) => read_as_text::<i64>,
+        TypeDescriptor::Unsigned(_) => read_as_text::<u64>,
+        TypeDescriptor::VarLenUnicode => read_as_text::<VarLenUnicode>,
+        TypeDescriptor::VarLenAscii => read_as_text::<VarLenAscii>,
         other => {
             return Err(bad(format!(
                 "\"exam_id\" holds {other:?} values, not integers or strings"
             )));
         }
     };
+    let ids = read(&ids).map_err(unreadable)?;
     if let Some(long) = ids.iter().find(|id| id.len() > MAX_ID_BYTES) {
         return Err(bad(format!(
             "an \"exam_id\" of {} bytes, more than the limit of {MAX_ID_BYTES}",
@@ -552,4 +528,11 @@ fn exam_ids(file: &File, records: usize, path: &Path) -> Result<Vec<String>> {
         )));
     }
     Ok(ids)
+}
+
+/// Every value of `dataset`, read as `T`, as text.
+fn read_as_text<T: hdf5_metno::H5Type + std::fmt::Display>(
+    dataset: &Dataset,
+) -> hdf5_metno::Result<Vec<String>> {
+    Ok(dataset.read_raw::<T>()?.iter().map(T::to_string).collect())
 }
