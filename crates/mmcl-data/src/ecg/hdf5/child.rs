@@ -354,28 +354,23 @@ fn decode(pipe: &mut dyn Read, path: &Path, limits: Limits) -> Result<Vec<Messag
             TAG_ERROR => {
                 let len = read_len(pipe, 1 << 16)
                     .map_err(cut)?
-                    .ok_or(malformed("error"))?;
+                    .ok_or_else(|| malformed("error"))?;
                 let reason = read_bytes(pipe, len).map_err(cut)?;
                 return Err(Error::format(path, String::from_utf8_lossy(&reason)));
             }
             TAG_HEADER => {
-                let [records, samples, block, count] = [(); 4].map(|()| read_u64(pipe));
-                let (records, samples, block) = (
-                    records.map_err(cut)?,
-                    samples.map_err(cut)?,
-                    block.map_err(cut)?,
-                );
-                let count = count.map_err(cut)?;
-                let sample_rate = f64::from_bits(read_u64(pipe).map_err(cut)?);
-                let to_mv = f64::from_bits(read_u64(pipe).map_err(cut)?);
+                let mut word = || -> Result<u64> { read_u64(pipe).map_err(cut) };
+                let (records, samples, block, count) = (word()?, word()?, word()?, word()?);
+                let (sample_rate, to_mv) = (f64::from_bits(word()?), f64::from_bits(word()?));
                 if count > limits.ids as u64 {
                     return Err(malformed("header"));
                 }
-                let mut ids = Vec::with_capacity(count as usize);
+                // Grown as the identifiers arrive, not reserved from the count.
+                let mut ids = Vec::new();
                 for _ in 0..count {
                     let len = read_len(pipe, MAX_ID_BYTES)
                         .map_err(cut)?
-                        .ok_or(malformed("header"))?;
+                        .ok_or_else(|| malformed("header"))?;
                     let id = read_bytes(pipe, len).map_err(cut)?;
                     ids.push(String::from_utf8(id).map_err(|_| malformed("header"))?);
                 }
@@ -392,7 +387,7 @@ fn decode(pipe: &mut dyn Read, path: &Path, limits: Limits) -> Result<Vec<Messag
             TAG_RECORD => {
                 let len = read_len(pipe, limits.record_values)
                     .map_err(cut)?
-                    .ok_or(malformed("record"))?;
+                    .ok_or_else(|| malformed("record"))?;
                 let bytes = read_bytes(pipe, len * 4).map_err(cut)?;
                 let values = bytes
                     .chunks_exact(4)
