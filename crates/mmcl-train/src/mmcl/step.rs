@@ -331,18 +331,16 @@ impl MmclStep {
         };
         (report.top1, report.top5) = retrieval_accuracy(&out)?;
         drop(out);
-        if self.accumulate == 1 {
+        // The classifier's group completes in `train_classifier` below, on this same batch
+        // (stepping it with the contrastive group would cut its group one batch short).
+        if let Some(grads) = accumulate(
+            &mut self.accumulator,
+            &self.contrastive_vars,
+            grads,
+            self.accumulate,
+        )? {
             report.grad_norm = self.apply_gradients(grads, lr)?;
             report.stepped = true;
-        } else {
-            self.accumulator.add(&self.contrastive_vars, &grads)?;
-            drop(grads);
-            if self.accumulator.micro_batches() >= self.accumulate {
-                // The classifier's group completes in `train_classifier` below, on this same
-                // batch: stepping it here would cut its group one batch short.
-                report.grad_norm = self.flush_contrastive(lr)?;
-                report.stepped = true;
-            }
         }
         report.classifier_loss = self.train_classifier(local)?;
         self.share_buffers()?;
@@ -395,7 +393,13 @@ impl MmclStep {
     /// accumulated so far (divided by the accumulation factor, as Lightning does at the end of
     /// an epoch). Returns the contrastive gradient norm when clipping.
     pub fn flush(&mut self, lr: f64) -> Result<Option<f64>> {
-        let norm = self.flush_contrastive(lr)?;
+        let mut norm = None;
+        if self.accumulator.micro_batches() > 0 {
+            let grads = self
+                .accumulator
+                .take(&self.contrastive_vars, self.accumulate as f64)?;
+            norm = self.apply_gradients(grads, lr)?;
+        }
         if self.classifier_accumulator.micro_batches() > 0
             && let Some(opt) = self.classifier_optimizer.as_mut()
         {
@@ -405,18 +409,6 @@ impl MmclStep {
             opt.step(&grads, self.lr_classifier)?;
         }
         Ok(norm)
-    }
-
-    /// Steps the contrastive optimiser with the gradients accumulated so far (divided by the
-    /// accumulation factor); `None` when there are none, else the norm when clipping.
-    fn flush_contrastive(&mut self, lr: f64) -> Result<Option<f64>> {
-        if self.accumulator.micro_batches() == 0 {
-            return Ok(None);
-        }
-        let grads = self
-            .accumulator
-            .take(&self.contrastive_vars, self.accumulate as f64)?;
-        self.apply_gradients(grads, lr)
     }
 
     /// Steps the contrastive optimiser with `grads`, averaged over the data-parallel group and
