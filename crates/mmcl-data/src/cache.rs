@@ -60,7 +60,8 @@ impl CacheIndex {
     /// Checks what the readers rely on: the version, the layouts, shard files inside the cache,
     /// and every subject on its own row of a shard with as many labels (0 or 1) and phenotypes
     /// as there are names. The shards' tensors are checked against the layouts when opened.
-    fn check(&self) -> std::result::Result<(), String> {
+    /// Returns each subject's position by eid.
+    fn check(&self) -> std::result::Result<HashMap<Eid, usize>, String> {
         if self.version != CACHE_VERSION {
             return Err(format!(
                 "cache version {} is not the supported version {CACHE_VERSION}; rebuild it",
@@ -101,13 +102,13 @@ impl CacheIndex {
                 bad.file
             ));
         }
-        let (mut rows, mut eids) = (HashSet::new(), HashSet::new());
+        let (mut rows, mut by_eid) = (HashSet::new(), HashMap::new());
         let (labels, phenotypes) = (self.label_names.len(), self.phenotype_names.len());
-        for s in &self.subjects {
+        for (i, s) in self.subjects.iter().enumerate() {
             if s.shard >= self.shards.len() || s.row >= self.shards[s.shard].count {
                 return Err(format!("subject {} points outside the shards", s.eid));
             }
-            if !eids.insert(s.eid) {
+            if by_eid.insert(s.eid, i).is_some() {
                 return Err(format!("subject {} is listed twice", s.eid));
             }
             if !rows.insert((s.shard, s.row)) {
@@ -143,7 +144,7 @@ impl CacheIndex {
         {
             return Err("the phenotype standardiser holds a non-finite mean or a deviation that is not positive".into());
         }
-        Ok(())
+        Ok(by_eid)
     }
 }
 
@@ -484,7 +485,7 @@ impl Cache {
             path: index_path.clone(),
             source,
         })?;
-        index
+        let by_eid = index
             .check()
             .map_err(|reason| Error::format(&index_path, reason))?;
         let mut shards = Vec::with_capacity(index.shards.len());
@@ -528,12 +529,6 @@ impl Cache {
                 image_offset,
             });
         }
-        let by_eid = index
-            .subjects
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.eid, i))
-            .collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             index,
