@@ -21,6 +21,8 @@ use mmcl_train::{MmclArchitecture, MmclModel};
 
 fn finetune_step(c: &mut Criterion) {
     mmcl_nn::memory::keep_freed_memory();
+    // SAFETY: criterion runs the benchmarks on this thread and has started no other.
+    unsafe { mmcl_nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     let cpu = Device::Cpu;
     // The fine-tuning encoder: the paper's, with attention pooling and drop-path 0.2.
     let cfg = FinetuneConfig::default().encoder;
@@ -60,6 +62,8 @@ fn finetune_step(c: &mut Criterion) {
 
 fn localize(c: &mut Criterion) {
     mmcl_nn::memory::keep_freed_memory();
+    // SAFETY: criterion runs the benchmarks on this thread and has started no other.
+    unsafe { mmcl_nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     let cpu = Device::Cpu;
     let arch = MmclArchitecture::without_classifier(
         &EcgVitConfig::paper(),

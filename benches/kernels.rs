@@ -126,6 +126,8 @@ fn patch_embed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Resul
 
 fn vit_kernels(c: &mut Criterion) -> Result<()> {
     mmcl_nn::memory::keep_freed_memory();
+    // SAFETY: criterion runs the benchmarks on this thread and has started no other.
+    unsafe { mmcl_nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     let mut group = c.benchmark_group("vit");
     group.sample_size(10);
     let scale = ((DIM / HEADS) as f64).powf(-0.5);
@@ -220,6 +222,8 @@ fn vit_kernels(c: &mut Criterion) -> Result<()> {
 
 fn resnet_kernels(c: &mut Criterion) -> Result<()> {
     mmcl_nn::memory::keep_freed_memory();
+    // SAFETY: criterion runs the benchmarks on this thread and has started no other.
+    unsafe { mmcl_nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     let mut group = c.benchmark_group("resnet50");
     group.sample_size(10);
 

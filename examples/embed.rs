@@ -43,6 +43,8 @@ fn read_ecgs(path: &std::path::Path) -> Result<Tensor> {
 
 fn main() -> Result<()> {
     mmcl_suite::nn::memory::keep_freed_memory();
+    // SAFETY: no thread has started yet.
+    unsafe { mmcl_suite::nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     let args = Args::parse();
     let cfg = EcgVitConfig::from_file(&args.config)?;
     let device = parse_device(&args.device)?;

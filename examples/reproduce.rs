@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::nn::device::parse_device;
+use mmcl_suite::nn::threads::share_cores_with_candle;
 use mmcl_suite::pipeline::TerminalProgress;
-use mmcl_suite::pipeline::reproduce::{load_config_with_seeds, run, summary};
+use mmcl_suite::pipeline::reproduce::{load_config_with_seeds, run, summary, threads_per_stage};
 
 /// Reproduce the paper's comparison (random init, MAE, MMCL, MAE + MMCL, CMR upper bound).
 #[derive(Debug, Parser)]
@@ -49,6 +50,8 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let device = parse_device(&args.device)?;
+    // SAFETY: no thread of this program reads or writes the environment yet.
+    unsafe { share_cores_with_candle(threads_per_stage(&cfg, &device)) };
     let outputs = run(&cfg, &args.output, &device, &mut TerminalProgress::new())?;
     println!("{}", summary(&outputs));
     Ok(())

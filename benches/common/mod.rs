@@ -36,8 +36,8 @@ pub fn on_each_device<T>(
 }
 
 /// A group whose throughput is `batch` samples per iteration, 10 samples over `seconds`.
-/// Freed activations are reused first, as the `mmcl` binary does, instead of being
-/// page-faulted anew on every step.
+/// Freed activations are reused first, instead of being page-faulted anew on every step,
+/// and candle's element-wise pool is sized for the threads, as the `mmcl` binary does.
 pub fn batch_group<'a>(
     c: &'a mut Criterion,
     name: &str,
@@ -45,6 +45,8 @@ pub fn batch_group<'a>(
     seconds: u64,
 ) -> BenchmarkGroup<'a, WallTime> {
     mmcl_suite::nn::memory::keep_freed_memory();
+    // SAFETY: criterion runs the benchmarks on this thread and has started no other.
+    unsafe { mmcl_suite::nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(batch as u64));
     group.sample_size(10);

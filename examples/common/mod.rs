@@ -18,10 +18,12 @@ use mmcl_suite::synth::{Cohort, SynthConfig, WriteOptions};
 use mmcl_suite::train::checkpoint;
 use mmcl_suite::train::{BarProgress, Progress};
 
-/// How every example starts: freed activations are kept for reuse (as the `mmcl` binary
-/// does), then the command line is parsed.
+/// How every example starts: freed activations are kept for reuse and candle's element-wise
+/// pool is sized for the threads (as the `mmcl` binary does), then the command line is parsed.
 pub fn start<A: clap::Parser>() -> A {
     mmcl_suite::nn::memory::keep_freed_memory();
+    // SAFETY: the example has started no thread yet.
+    unsafe { mmcl_suite::nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     A::parse()
 }
 

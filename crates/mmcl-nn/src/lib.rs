@@ -56,6 +56,7 @@ pub mod optim;
 pub mod params;
 pub mod precision;
 pub mod schedule;
+pub mod threads;
 
 // The foundation modules the layers, optimisers and checkpoints are built on, under the paths
 // this crate has always offered them.

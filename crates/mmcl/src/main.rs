@@ -54,6 +54,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Reproduce(_)) {
+        // SAFETY: no thread of this program reads or writes the environment yet.
+        unsafe { mmcl_nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
+    }
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::Probe(args) => commands::probe::run(*args),

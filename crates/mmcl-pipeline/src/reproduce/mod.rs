@@ -51,6 +51,7 @@ use serde_json::json;
 pub use figures::{ExplainedSubject, explain_subjects};
 pub use probes::{probe_ecg_encoder, probe_vit_config, probed_checkpoint};
 pub use report::summary;
+pub use side_by_side::threads_per_stage;
 pub use stages::STAGE_FILE;
 
 use figures::{localization_figures, training_curves};

@@ -13,10 +13,11 @@
 
 use std::sync::mpsc::{Sender, channel};
 
+use candle_core::Device;
 use mmcl_train::Progress;
 
 use crate::progress::PipelineProgress;
-use crate::{Error, Result};
+use crate::{Error, ReproduceConfig, Result};
 
 /// A progress event of a stage running on another thread.
 enum Event {
@@ -86,6 +87,18 @@ impl PipelineProgress for Forward {
 /// after the other).
 pub(super) fn split_threads(threads: usize) -> Option<[usize; 2]> {
     (threads >= 2).then(|| [threads.div_ceil(2), threads / 2])
+}
+
+/// The threads each training stage or probe of a run of `cfg` on `device` gets: half of
+/// rayon's when stages run side by side (the smaller half), all of them otherwise. Programs
+/// size candle's own element-wise pool from it
+/// ([`mmcl_nn::threads::share_cores_with_candle`]).
+pub fn threads_per_stage(cfg: &ReproduceConfig, device: &Device) -> usize {
+    let threads = rayon::current_num_threads();
+    match split_threads(threads).filter(|_| cfg.concurrent_stages && device.is_cpu()) {
+        Some([_, smaller]) => smaller,
+        None => threads,
+    }
 }
 
 /// A stage of [`run_pair`]: it reports through the progress it is given.
@@ -189,6 +202,19 @@ mod tests {
         assert_eq!(split_threads(1), None);
         assert_eq!(split_threads(2), Some([1, 1]));
         assert_eq!(split_threads(5), Some([3, 2]));
+    }
+
+    #[test]
+    fn a_stage_side_by_side_gets_the_smaller_half_of_the_threads() {
+        let mut cfg = ReproduceConfig::default();
+        let on_five = |cfg: &ReproduceConfig, device: &Device| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(5).build();
+            pool.map(|pool| pool.install(|| threads_per_stage(cfg, device)))
+                .ok()
+        };
+        assert_eq!(on_five(&cfg, &Device::Cpu), Some(2));
+        cfg.concurrent_stages = false;
+        assert_eq!(on_five(&cfg, &Device::Cpu), Some(5));
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use mmcl_pipeline::TerminalProgress;
-use mmcl_pipeline::reproduce::{load_config_with_seeds, run as run_pipeline, summary};
+use mmcl_pipeline::reproduce::{
+    load_config_with_seeds, run as run_pipeline, summary, threads_per_stage,
+};
 
 use super::common::{OutputKind, ensure_output_not_input};
 use super::print_config::documented_toml;
@@ -48,6 +50,8 @@ pub fn run(args: Args) -> Result<()> {
         ensure_output_not_input(&args.output, OutputKind::File, &[config])?;
     }
     let device = super::common::parse_device(&args.device)?;
+    // SAFETY: no thread of this program reads or writes the environment yet.
+    unsafe { mmcl_nn::threads::share_cores_with_candle(threads_per_stage(&cfg, &device)) };
     let outputs = run_pipeline(&cfg, &args.output, &device, &mut TerminalProgress::new())
         .with_context(|| format!("reproduction into {} failed", args.output.display()))?;
     println!("{}", summary(&outputs));
