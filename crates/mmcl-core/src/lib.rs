@@ -11,7 +11,9 @@
 //!   a model configuration must respect;
 //! - [`npy`]: NumPy `.npy` arrays, read through a header check and written atomically;
 //! - [`runlog`]: the JSON-lines run log trainers write and figures read;
-//! - [`metrics`]: single-target classification and regression metrics (AUROC, AP, F1, R², …).
+//! - [`metrics`]: single-target classification and regression metrics (AUROC, AP, F1, R², …);
+//! - [`simd`]: kernels compiled for AVX-512, AVX2 and the baseline, chosen at run time
+//!   ([`multiversion!`]).
 //!
 //! ```
 //! use mmcl_core::{io, metrics, npy};
@@ -38,5 +40,6 @@ pub mod metrics;
 pub mod npy;
 pub mod rng;
 pub mod runlog;
+pub mod simd;
 
 pub use error::{Error, Result};

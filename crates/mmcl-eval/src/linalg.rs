@@ -5,9 +5,25 @@ use rayon::prelude::*;
 
 use crate::{Error, Result};
 
-/// `Σ x[i]·u[i]` with an f32 row and f64 weights, accumulated in f64 over 8 lanes (so that the
-/// compiler vectorises it).
-pub(crate) fn dot_f32_f64(x: &[f32], u: &[f64]) -> f64 {
+// The solvers' inner loops, compiled for the running CPU's vector width (the crate's baseline
+// has two doubles per vector; the versions give the same bits): a quarter of `mmcl reproduce`'s
+// probe stage ran in these three on baseline code.
+mmcl_core::multiversion!(
+    /// `Σ x[i]·u[i]` with an f32 row and f64 weights, accumulated in f64 over 8 lanes (so that
+    /// the compiler vectorises it).
+    pub(crate) fn dot_f32_f64(x: &[f32], u: &[f64]) -> f64 => dot_f32_f64_kernel
+);
+mmcl_core::multiversion!(
+    /// `Σ a[i]·b[i]` in f64 over 8 lanes.
+    pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 => dot_f64_kernel
+);
+mmcl_core::multiversion!(
+    /// `acc += a·x` with an f32 row.
+    pub(crate) fn axpy_f32(acc: &mut [f64], a: f64, x: &[f32]) => axpy_f32_kernel
+);
+
+#[inline(always)]
+fn dot_f32_f64_kernel(x: &[f32], u: &[f64]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let xc = x.chunks_exact(8);
     let uc = u.chunks_exact(8);
@@ -24,8 +40,8 @@ pub(crate) fn dot_f32_f64(x: &[f32], u: &[f64]) -> f64 {
     sum
 }
 
-/// `Σ a[i]·b[i]` in f64 over 8 lanes.
-pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+#[inline(always)]
+fn dot_f64_kernel(a: &[f64], b: &[f64]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let ac = a.chunks_exact(8);
     let bc = b.chunks_exact(8);
@@ -42,8 +58,8 @@ pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
     sum
 }
 
-/// `acc += a·x` with an f32 row.
-pub(crate) fn axpy_f32(acc: &mut [f64], a: f64, x: &[f32]) {
+#[inline(always)]
+fn axpy_f32_kernel(acc: &mut [f64], a: f64, x: &[f32]) {
     for (s, &v) in acc.iter_mut().zip(x) {
         *s += a * v as f64;
     }
