@@ -238,6 +238,20 @@ mod tests {
         Ok(())
     }
 
+    /// `y` and the gradients of `Σ y²` for every trainable parameter of `store`.
+    fn values_and_gradients(store: &ParamStore, y: &Tensor) -> crate::Result<PathValues> {
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        let mut g = Vec::new();
+        for (_, var) in store.trainable_vars() {
+            let t = grads
+                .get(var.as_tensor())
+                .cloned()
+                .ok_or(crate::Error::InvalidArgument("no gradient".into()))?;
+            g.push(t.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok((y.flatten_all()?.to_vec1::<f32>()?, g))
+    }
+
     #[test]
     fn the_fused_block_is_the_block() -> crate::Result<()> {
         let mut cfg = config();
@@ -255,16 +269,7 @@ mod tests {
             } else {
                 block.forward_t(&x, train)?
             };
-            let grads = y.sqr()?.sum_all()?.backward()?;
-            let mut g = Vec::new();
-            for (_, var) in store.trainable_vars() {
-                let t = grads
-                    .get(var.as_tensor())
-                    .cloned()
-                    .ok_or(crate::Error::InvalidArgument("no gradient".into()))?;
-                g.push(t.flatten_all()?.to_vec1::<f32>()?);
-            }
-            Ok((y.flatten_all()?.to_vec1::<f32>()?, g))
+            values_and_gradients(&store, &y)
         };
         for train in [true, false] {
             // Same drop-path draws: the same samples are dropped.
@@ -308,16 +313,7 @@ mod tests {
                 } else {
                     crate::ops::mean_tokens(&block.forward_t(&x, true)?.narrow(1, 1, 6)?)?
                 };
-                let grads = mean.sqr()?.sum_all()?.backward()?;
-                let mut g = Vec::new();
-                for (_, var) in store.trainable_vars() {
-                    let t = grads
-                        .get(var.as_tensor())
-                        .cloned()
-                        .ok_or(crate::Error::InvalidArgument("no gradient".into()))?;
-                    g.push(t.flatten_all()?.to_vec1::<f32>()?);
-                }
-                Ok((mean.flatten_all()?.to_vec1::<f32>()?, g))
+                values_and_gradients(&store, &mean)
             };
             let what = format!("dropout {drop}");
             assert_paths_agree(&run(true)?, &run(false)?, 1e-5, &what);
