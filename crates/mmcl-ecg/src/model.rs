@@ -407,17 +407,17 @@ impl EcgVit {
     /// `[B, C, leads, T]` → `[B, D]` (or `[B, L, D]` for [`Pooling::Tokens`]).
     pub fn forward_features(&self, x: &Tensor, pooling: Pooling, train: bool) -> Result<Tensor> {
         if pooling == Pooling::Global
+            && !train
             && let Some((last, blocks)) = self.blocks.split_last()
         {
             // Only the mean of the patch tokens leaves the last block: it is computed without
-            // mapping every token through the block's last linear layer (in training too: the
-            // same draws, the gradients of the same function).
+            // mapping every token through the block's last linear layer.
             let fc_norm = self.fc_norm_for(pooling)?;
-            let mut x = self.embed_tokens(x, train)?;
+            let mut x = self.embed_tokens(x, false)?;
             for block in blocks {
-                x = block.forward_t(&x, train)?;
+                x = block.forward_t(&x, false)?;
             }
-            let mean = last.forward_token_mean(&x, 1, train)?.squeeze(1)?; // [B, D]
+            let mean = last.forward_token_mean(&x, 1)?.squeeze(1)?; // [B, D]
             return Ok(fc_norm.forward(&mean)?);
         }
         let out = self.forward_tokens(x, train, None)?;

@@ -116,31 +116,26 @@ impl Block {
         ))
     }
 
-    /// The mean of the block's output over tokens `first..`: `[B, N, D]` → `[B, 1, D]`, the
-    /// mean of `forward_t(x, train)`'s tokens up to float rounding, with the same random draws.
+    /// The mean of the block's output over tokens `first..`, in evaluation mode: `[B, N, D]` →
+    /// `[B, 1, D]`, the mean of `forward_t(x, false)`'s tokens up to float rounding.
     ///
-    /// `fc2` is affine and drop-path scales a sample's whole branch, so both commute with the
-    /// mean: `fc2` maps the mean hidden activation instead of every token's, which saves a third
-    /// of the block's matrix products, forward and backward (a ViT that pools by the token mean
-    /// only needs its last block this way). Dropout after `fc2` is per token and does not
-    /// commute: with the MLP's dropout active in training, the whole block runs instead.
+    /// `fc2` is affine, so it commutes with the mean: it maps the mean hidden activation instead
+    /// of every token's, which saves a third of the block's matrix products (a ViT that pools
+    /// by the token mean only needs its last block this way).
     ///
     /// # Errors
     /// When `x` has no tokens from `first` on.
-    pub fn forward_token_mean(&self, x: &Tensor, first: usize, train: bool) -> Result<Tensor> {
+    pub fn forward_token_mean(&self, x: &Tensor, first: usize) -> Result<Tensor> {
+        let (x, _) = self.attention_residual(x, false, false)?; // [B, N, D]
+        let hidden = self.mlp.hidden(&self.norm2.forward(&x)?)?; // [B, N, H]
         let tokens = x.dim(1)?;
         if first >= tokens {
             candle_core::bail!("the mean over tokens {first}.. of {tokens} tokens is empty");
         }
         let tail_mean =
             |t: &Tensor| crate::ops::mean_tokens(&t.narrow(1, first, tokens - first)?);
-        if train && self.mlp.dropout_prob() > 0.0 {
-            return tail_mean(&self.forward_t(x, train)?);
-        }
-        let (x, _) = self.attention_residual(x, train, false)?; // [B, N, D]
-        let hidden = self.mlp.hidden(&self.norm2.forward(&x)?)?; // [B, N, H]
         let mlp = self.mlp.fc2().forward(&tail_mean(&hidden)?)?; // [B, 1, D]
-        crate::ops::add(&tail_mean(&x)?, &self.drop_path.forward_t(&mlp, train)?)
+        crate::ops::add(&tail_mean(&x)?, &mlp)
     }
 
     /// The block as one autograd node ([`crate::ops::transformer_block`]): the same result as
@@ -286,38 +281,12 @@ mod tests {
         let block = Block::new(&config(), SharedRng::new(0), vb)?;
         let x = crate::kernels::test_support::rand_tensor(&[2, 9, 16], 2, 1.0)?;
         let expected = crate::ops::mean_tokens(&block.forward_t(&x, false)?.narrow(1, 1, 8)?)?;
-        let mean = block.forward_token_mean(&x, 1, false)?;
+        let mean = block.forward_token_mean(&x, 1)?;
         assert_eq!(mean.dims(), [2, 1, 16]);
         let diff = (mean - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
         let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff <= 1e-6 * scale.max(1.0), "{diff} against {scale}");
-        assert!(block.forward_token_mean(&x, 9, false).is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn the_token_mean_trains_like_the_mean_of_the_tokens() -> crate::Result<()> {
-        // Drop-path drops some samples' branches: the same ones on both paths. With the MLP's
-        // dropout on, the token mean falls back to the whole block (the same draws too).
-        for drop in [0.0, 0.2] {
-            let mut cfg = config();
-            cfg.drop_path = 0.5;
-            cfg.drop = drop;
-            let x = crate::kernels::test_support::rand_tensor(&[8, 7, 16], 5, 1.0)?;
-            let run = |pooled_block: bool| -> crate::Result<PathValues> {
-                let store = ParamStore::new(3);
-                let vb = store.var_builder(DType::F32, &Device::Cpu);
-                let block = Block::new(&cfg, SharedRng::new(11), vb)?;
-                let mean = if pooled_block {
-                    block.forward_token_mean(&x, 1, true)?
-                } else {
-                    crate::ops::mean_tokens(&block.forward_t(&x, true)?.narrow(1, 1, 6)?)?
-                };
-                values_and_gradients(&store, &mean)
-            };
-            let what = format!("dropout {drop}");
-            assert_paths_agree(&run(true)?, &run(false)?, 1e-5, &what);
-        }
+        assert!(block.forward_token_mean(&x, 9).is_err());
         Ok(())
     }
 
