@@ -59,7 +59,7 @@ use probes::{Evaluated, evaluate_encoders};
 use progress::counted;
 use report::report_markdown;
 use resources::Clock;
-use side_by_side::{run_pair, split_threads};
+use side_by_side::run_pair;
 use stages::{
     MAE, MMCL, Runs, StageState, mae_config, mmcl_config, remove_dir, stage_state, train_stage,
     write_marker,
@@ -292,8 +292,7 @@ fn train_and_probe(
     // the other would then train on half of the threads.
     let both_train = stage_state(&mmcl_dir, &mmcl_key) != StageState::Done
         && stage_state(&mae_mmcl_dir, &mae_mmcl_key) != StageState::Done;
-    let shares = split_threads(rayon::current_num_threads())
-        .filter(|_| cfg.concurrent_stages && both_train && device.is_cpu());
+    let shares = side_by_side::shares(cfg, device).filter(|_| both_train);
     match shares {
         Some(threads) => {
             progress.stage(4, STAGES, from_random);

@@ -16,7 +16,7 @@ use mmcl_train::MmclModel;
 use mmcl_train::checkpoint::{checkpoints_dir, find_ecg_encoder, last_dir};
 
 use super::features::hand_features;
-use super::side_by_side::{run_pair, split_threads};
+use super::side_by_side::{self, run_pair};
 use super::stages::Runs;
 use crate::config::ReproduceConfig;
 use crate::embeddings::{EmbedSettings, SplitTargets, embed_ecgs, embed_images};
@@ -396,8 +396,7 @@ pub(super) fn evaluate_encoders(
         Job::Ecg("mae_mmcl", Some(encoder(&runs.mae_mmcl)?)),
         Job::Cmr(probed_checkpoint(&runs.mae_mmcl)),
     ];
-    let shares = split_threads(rayon::current_num_threads())
-        .filter(|_| cfg.concurrent_stages && device.is_cpu());
+    let shares = side_by_side::shares(cfg, device);
     let (mut probed, more) = match shares {
         Some(threads) => {
             let data = &data;

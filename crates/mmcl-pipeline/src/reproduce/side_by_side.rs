@@ -94,11 +94,16 @@ pub(super) fn split_threads(threads: usize) -> Option<[usize; 2]> {
 /// size candle's own element-wise pool from it
 /// ([`mmcl_nn::threads::share_cores_with_candle`]).
 pub fn threads_per_stage(cfg: &ReproduceConfig, device: &Device) -> usize {
-    let threads = rayon::current_num_threads();
-    match split_threads(threads).filter(|_| cfg.concurrent_stages && device.is_cpu()) {
+    match shares(cfg, device) {
         Some([_, smaller]) => smaller,
-        None => threads,
+        None => rayon::current_num_threads(),
     }
+}
+
+/// How rayon's threads are shared between two stages of a run of `cfg` on `device`, or `None`
+/// when its stages run one after the other (`concurrent_stages` off, a GPU, one thread).
+pub(super) fn shares(cfg: &ReproduceConfig, device: &Device) -> Option<[usize; 2]> {
+    split_threads(rayon::current_num_threads()).filter(|_| cfg.concurrent_stages && device.is_cpu())
 }
 
 /// A stage of [`run_pair`]: it reports through the progress it is given.
