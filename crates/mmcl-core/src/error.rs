@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-/// Errors of the foundation layer. Every variant that concerns a file names it; the crates
-/// above convert each variant into their own variant of the same meaning, so that messages do
-/// not depend on which layer noticed the problem.
+/// Errors of the foundation layer. Every variant that concerns a file names it. The crates
+/// above carry these errors as they are (a `Core` variant of their own error type) rather than
+/// re-declaring the file variants, so that a file error reads the same whichever layer noticed
+/// it, and [`Error::path`] finds its file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
@@ -75,6 +76,26 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// An [`Error::Json`] for the whole of `path` (not one line of it).
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Error::Json {
+            path: path.into(),
+            line: None,
+            source,
+        }
+    }
+
+    /// The file this error is about, where it is about one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::Format { path, .. }
+            | Error::Json { path, .. }
+            | Error::Config { path, .. } => Some(path),
+            Error::InvalidInput(_) | Error::Undefined { .. } => None,
         }
     }
 }

@@ -425,10 +425,7 @@ impl CacheWriter {
             report,
         };
         let index_path = self.partial.join(INDEX_FILE);
-        let json = serde_json::to_vec_pretty(&index).map_err(|source| Error::Json {
-            path: index_path.clone(),
-            source,
-        })?;
+        let json = serde_json::to_vec_pretty(&index).map_err(|e| Error::json(&index_path, e))?;
         fs::write(&index_path, json).map_err(|e| Error::io(&index_path, e))?;
         if self.target.exists() {
             fs::remove_dir_all(&self.target).map_err(|e| Error::io(&self.target, e))?;
@@ -481,10 +478,8 @@ impl Cache {
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
         let text = fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
-        let index: CacheIndex = serde_json::from_slice(&text).map_err(|source| Error::Json {
-            path: index_path.clone(),
-            source,
-        })?;
+        let index: CacheIndex =
+            serde_json::from_slice(&text).map_err(|e| Error::json(&index_path, e))?;
         let by_eid = index
             .check()
             .map_err(|reason| Error::format(&index_path, reason))?;

@@ -5,24 +5,11 @@ use std::path::PathBuf;
 /// Errors of the data layer. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A file's content is not what its format requires.
-    #[error("{}: {reason}", path.display())]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, in words.
-        reason: String,
-    },
+    /// A file could not be read or written, its content is not what its format requires, or a
+    /// JSON file (dataset index, configuration) could not be parsed or written: the foundation
+    /// layer's file errors, carried as they are.
+    #[error(transparent)]
+    Core(#[from] mmcl_core::Error),
 
     /// An XML file is not well-formed.
     #[error("{}: malformed XML: {source}", path.display())]
@@ -42,16 +29,6 @@ pub enum Error {
         /// The parser's error.
         #[source]
         source: csv::Error,
-    },
-
-    /// A JSON file (dataset index, configuration) could not be parsed or written.
-    #[error("{}: {source}", path.display())]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: serde_json::Error,
     },
 
     /// A safetensors shard could not be parsed or written.
@@ -77,49 +54,30 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
-impl From<mmcl_core::Error> for Error {
-    fn from(e: mmcl_core::Error) -> Self {
-        match e {
-            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
-            mmcl_core::Error::Format { path, reason }
-            | mmcl_core::Error::Config { path, reason } => Error::Format { path, reason },
-            mmcl_core::Error::Json { path, source, .. } => Error::Json { path, source },
-            mmcl_core::Error::InvalidInput(reason) => Error::InvalidInput(reason),
-            // Metrics are not computed by the data layer.
-            undefined @ mmcl_core::Error::Undefined { .. } => {
-                Error::InvalidInput(undefined.to_string())
-            }
-        }
-    }
-}
-
 impl Error {
-    /// A [`Error::Format`] for `path`.
+    /// A file whose content is not what its format requires ([`mmcl_core::Error::Format`]).
     pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Error::Core(mmcl_core::Error::format(path, reason))
     }
 
-    /// An [`Error::Io`] for `path`.
+    /// A file that could not be read or written ([`mmcl_core::Error::Io`]).
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Core(mmcl_core::Error::io(path, source))
+    }
+
+    /// A JSON file that could not be parsed or written ([`mmcl_core::Error::Json`]).
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Error::Core(mmcl_core::Error::json(path, source))
     }
 
     /// The file this error is about, where it is about one.
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
-            Error::Io { path, .. }
-            | Error::Format { path, .. }
-            | Error::Xml { path, .. }
-            | Error::Csv { path, .. }
-            | Error::Json { path, .. }
-            | Error::Safetensors { path, .. } => Some(path),
-            _ => None,
+            Error::Core(core) => core.path(),
+            Error::Xml { path, .. } | Error::Csv { path, .. } | Error::Safetensors { path, .. } => {
+                Some(path)
+            }
+            Error::InvalidInput(_) | Error::LoaderStopped | Error::Candle(_) => None,
         }
     }
 }

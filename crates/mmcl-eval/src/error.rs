@@ -9,45 +9,11 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
-    /// A metric is undefined on the data it was given (for example AUROC with one class only).
-    #[error("{metric} is undefined: {reason}")]
-    Undefined {
-        /// The metric.
-        metric: &'static str,
-        /// Why, in words.
-        reason: String,
-    },
-
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A JSON file (metrics, run log) could not be parsed.
-    #[error("{}{}: {source}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line, for JSON-lines files.
-        line: Option<usize>,
-        /// The underlying error.
-        #[source]
-        source: serde_json::Error,
-    },
-
-    /// A file parsed but its content is not what the format requires.
-    #[error("{}: {reason}", path.display())]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, in words.
-        reason: String,
-    },
+    /// A file could not be read, written or parsed (JSON, its format), or a metric is undefined
+    /// on the data it was given (AUROC with one class only): the foundation layer's errors,
+    /// carried as they are.
+    #[error(transparent)]
+    Core(#[from] mmcl_core::Error),
 
     /// Drawing a figure failed.
     #[error("{}: cannot draw the figure: {source}", path.display())]
@@ -87,20 +53,32 @@ pub enum Error {
     Distributed(#[from] mmcl_nn::distributed::DistributedError),
 }
 
-// The errors of the model and data crates are large; boxed, they keep `Result` small.
-impl From<mmcl_core::Error> for Error {
-    fn from(e: mmcl_core::Error) -> Self {
-        match e {
-            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
-            mmcl_core::Error::Format { path, reason }
-            | mmcl_core::Error::Config { path, reason } => Error::Format { path, reason },
-            mmcl_core::Error::Json { path, line, source } => Error::Json { path, line, source },
-            mmcl_core::Error::InvalidInput(reason) => Error::InvalidInput(reason),
-            mmcl_core::Error::Undefined { metric, reason } => Error::Undefined { metric, reason },
-        }
+impl Error {
+    /// A file whose content is not what its format requires ([`mmcl_core::Error::Format`]).
+    pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Core(mmcl_core::Error::format(path, reason))
+    }
+
+    /// A file that could not be read or written ([`mmcl_core::Error::Io`]).
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Core(mmcl_core::Error::io(path, source))
+    }
+
+    /// A JSON file that could not be parsed or written ([`mmcl_core::Error::Json`]).
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Error::Core(mmcl_core::Error::json(path, source))
+    }
+
+    /// A metric that is undefined on the data given ([`mmcl_core::Error::Undefined`]).
+    pub fn undefined(metric: &'static str, reason: impl Into<String>) -> Self {
+        Error::Core(mmcl_core::Error::Undefined {
+            metric,
+            reason: reason.into(),
+        })
     }
 }
 
+// The errors of the model and data crates are large; boxed, they keep `Result` small.
 impl From<mmcl_ecg::Error> for Error {
     fn from(e: mmcl_ecg::Error) -> Self {
         Error::Ecg(Box::new(e))

@@ -9,24 +9,13 @@ use crate::{Error, Result};
 
 /// Reads an [`Evaluation`] written by [`write_evaluation`] (or `mmcl probe --output`).
 pub fn read_evaluation(path: &Path) -> Result<Evaluation> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        line: None,
-        source,
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
 }
 
 /// Writes an [`Evaluation`] as pretty JSON, atomically.
 pub fn write_evaluation(path: &Path, evaluation: &Evaluation) -> Result<()> {
-    let text = serde_json::to_string_pretty(evaluation).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        line: None,
-        source,
-    })?;
+    let text = serde_json::to_string_pretty(evaluation).map_err(|e| Error::json(path, e))?;
     mmcl_nn::io::write_bytes_atomic(path, format!("{text}\n").as_bytes())?;
     Ok(())
 }

@@ -59,10 +59,7 @@ impl StateDict {
     /// `{"state_dict": {...}}`): nested keys are joined with `.`, so a released MMCL signal encoder
     /// reads as `model.blocks.0.…`; strip such prefixes with [`StateDict::strip_prefix`].
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |reason: String| Error::BadCheckpoint {
             path: path.to_path_buf(),
             reason,
@@ -214,10 +211,7 @@ impl StateDict {
         }
         crate::io::write_atomic(path, |tmp| {
             safetensors::tensor::serialize_to_file(cpu.iter().map(|(k, v)| (k, v)), metadata, tmp)
-                .map_err(|e| Error::Io {
-                    path: tmp.to_path_buf(),
-                    source: std::io::Error::other(e),
-                })?;
+                .map_err(|e| Error::io(tmp, std::io::Error::other(e)))?;
             sort_header_metadata(tmp)
         })
     }
@@ -229,10 +223,7 @@ impl StateDict {
 /// length (the same entries, reordered, padded with spaces as before).
 fn sort_header_metadata(path: &Path) -> Result<()> {
     use std::io::{Seek, SeekFrom, Write};
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |e| Error::io(path, e);
     let internal = |reason: String| {
         io(std::io::Error::other(format!(
             "internal error: re-reading the safetensors header just written: {reason}"
@@ -270,10 +261,7 @@ const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 /// anything is allocated from it, so a damaged or hostile file cannot exhaust memory. A file
 /// without metadata gives an empty map.
 pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let header = read_safetensors_header(&mut file, path)?;
     #[derive(serde::Deserialize)]
     struct Header {
@@ -297,10 +285,7 @@ fn damaged_safetensors(path: &Path, reason: String) -> Error {
 /// claimed length checked against the file and the format's limit before it is allocated.
 fn read_safetensors_header(file: &mut std::fs::File, path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |e| Error::io(path, e);
     let damaged = |reason: String| damaged_safetensors(path, reason);
     let len = file.metadata().map_err(io)?.len();
     let mut prefix = [0u8; 8];
@@ -518,7 +503,7 @@ impl From<mmcl_pth::Error> for Error {
     fn from(e: mmcl_pth::Error) -> Self {
         let path = e.path;
         match *e.reason {
-            mmcl_pth::ArchiveError::Io(source) => Error::Io { path, source },
+            mmcl_pth::ArchiveError::Io(source) => Error::io(path, source),
             reason => Error::BadCheckpoint {
                 path,
                 reason: reason.to_string(),
@@ -605,10 +590,7 @@ mod tests {
     #[test]
     fn safetensors_round_trip_and_bad_files() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("mmcl-nn-ckpt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let dev = Device::Cpu;
         let t = Tensor::arange(0f32, 6.0, &dev)?.reshape((2, 3))?;
         let state: StateDict = [("model.w".to_string(), t.clone())].into_iter().collect();
@@ -619,30 +601,19 @@ mod tests {
         assert_eq!(w.to_vec2::<f32>()?, t.to_vec2::<f32>()?);
 
         let empty = dir.join("empty.pth");
-        std::fs::write(&empty, b"").map_err(|source| Error::Io {
-            path: empty.clone(),
-            source,
-        })?;
+        std::fs::write(&empty, b"").map_err(|e| Error::io(&empty, e))?;
         let err = StateDict::read(&empty).expect_err("empty file");
         assert!(err.to_string().contains("empty.pth") && err.to_string().contains("empty"));
 
         let junk = dir.join("junk.bin");
-        std::fs::write(&junk, b"hello world, not a checkpoint").map_err(|source| Error::Io {
-            path: junk.clone(),
-            source,
-        })?;
+        std::fs::write(&junk, b"hello world, not a checkpoint").map_err(|e| Error::io(&junk, e))?;
         let err = StateDict::read(&junk).expect_err("junk file");
         assert!(err.to_string().contains("junk.bin"));
 
         let truncated = dir.join("trunc.safetensors");
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        std::fs::write(&truncated, &bytes[..bytes.len() - 5]).map_err(|source| Error::Io {
-            path: truncated.clone(),
-            source,
-        })?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        std::fs::write(&truncated, &bytes[..bytes.len() - 5])
+            .map_err(|e| Error::io(&truncated, e))?;
         let err = StateDict::read(&truncated).expect_err("truncated file");
         assert!(err.to_string().contains("trunc.safetensors"));
         let _ = std::fs::remove_dir_all(&dir);

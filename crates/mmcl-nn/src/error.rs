@@ -11,16 +11,6 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
     /// A checkpoint file is not in a format we read, or is damaged.
     #[error("{}: not a readable checkpoint: {reason}", path.display())]
     BadCheckpoint {
@@ -61,15 +51,22 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    /// Another failure of the foundation layer (`mmcl-core`) than a file or an argument.
+    /// A file could not be read or written, or another failure of the foundation layer
+    /// (`mmcl-core`) than an argument: carried as it is.
     #[error(transparent)]
     Core(mmcl_core::Error),
+}
+
+impl Error {
+    /// A file that could not be read or written ([`mmcl_core::Error::Io`]).
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Core(mmcl_core::Error::io(path, source))
+    }
 }
 
 impl From<mmcl_core::Error> for Error {
     fn from(e: mmcl_core::Error) -> Self {
         match e {
-            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
             mmcl_core::Error::InvalidInput(reason) => Error::InvalidArgument(reason),
             other => Error::Core(other),
         }

@@ -14,26 +14,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A file or folder could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A JSON file could not be parsed or written.
-    #[error("{}: {source}", path.display())]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: serde_json::Error,
-    },
-
     /// A stage's data do not allow the evaluation (a split without subjects, a label with one
     /// class only, …).
     #[error("{stage}: {reason}")]
@@ -43,6 +23,11 @@ pub enum Error {
         /// What is missing, in words.
         reason: String,
     },
+
+    /// A file or folder could not be read, written or parsed: the foundation layer's file
+    /// errors, carried as they are.
+    #[error(transparent)]
+    Core(mmcl_core::Error),
 
     /// Tensor computation.
     #[error(transparent)]
@@ -74,16 +59,15 @@ pub enum Error {
 }
 
 impl From<mmcl_core::Error> for Error {
-    /// File errors stay file errors; run-log and metric errors read as the evaluation layer
-    /// reports them.
+    /// A configuration file's error is the pipeline's configuration error; the others are
+    /// carried as they are.
     fn from(e: mmcl_core::Error) -> Self {
         match e {
-            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
             mmcl_core::Error::Config { path, reason } => Error::Config {
                 path: Some(path),
                 reason,
             },
-            other => Error::Eval(other.into()),
+            other => Error::Core(other),
         }
     }
 }
@@ -91,10 +75,12 @@ impl From<mmcl_core::Error> for Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Core(mmcl_core::Error::io(path, source))
+    }
+
+    /// A JSON file on `path` that could not be parsed or written.
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Self::Core(mmcl_core::Error::json(path, source))
     }
 
     /// A configuration error without a file.

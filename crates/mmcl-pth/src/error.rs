@@ -121,8 +121,8 @@ pub enum ArchiveError {
 
 /// A checkpoint file that could not be read: the file and the reason.
 ///
-/// The message is that of `mmcl_nn::Error`'s `Io` variant for [`ArchiveError::Io`] and of its
-/// `BadCheckpoint` variant otherwise; `mmcl-nn` converts this error into those.
+/// The message is that of a file error (`mmcl_core::Error::Io`) for [`ArchiveError::Io`] and of
+/// `mmcl_nn::Error::BadCheckpoint` otherwise; `mmcl-nn` converts this error into those.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {}{reason}", path.display(), reason.preamble())]
 pub struct Error {

@@ -154,7 +154,7 @@ pub fn cardiosoft_xml(state: &HiddenState, ecg: &Ecg) -> String {
 /// Writes a subject's resting ECG to `path`, atomically.
 ///
 /// # Errors
-/// [`crate::Error::Io`] naming the file.
+/// a file error ([`crate::Error::Core`]) naming the file.
 pub fn write_cardiosoft_xml(path: &Path, state: &HiddenState, ecg: &Ecg) -> Result<()> {
     let text = cardiosoft_xml(state, ecg);
     write_file_atomic(path, |w| w.write_all(text.as_bytes()))

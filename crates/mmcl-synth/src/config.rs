@@ -223,10 +223,7 @@ impl SynthConfig {
     /// When the file cannot be read or parsed, or the configuration is invalid.
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = mmcl_core::config::read_config_text(path)?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| Error::ConfigFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| mmcl_core::Error::json(path, e))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -253,7 +253,7 @@ fn frame_file(
 /// sibling renamed into place), deflating the members at gzip `level` (0 stores them).
 ///
 /// # Errors
-/// [`Error::Io`] naming the file when the cine does not fit DICOM (a side over 65535) or
+/// a file error ([`Error::Core`]) naming the file when the cine does not fit DICOM (a side over 65535) or
 /// writing fails.
 pub fn write_cine_zip(path: &Path, cine: &Cine, eid: u64, level: u32) -> Result<()> {
     let [nx, ny, nz, nt] = cine.dims;

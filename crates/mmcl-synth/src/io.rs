@@ -11,7 +11,7 @@ use crate::Result;
 /// [`mmcl_core::io::write_buffered_atomic`]).
 ///
 /// # Errors
-/// [`Error::Io`](crate::Error::Io) naming the file when creating, writing or renaming fails.
+/// a file error ([`Error::Core`](crate::Error::Core)) naming the file when creating, writing or renaming fails.
 pub fn write_file_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
@@ -33,7 +33,7 @@ mod tests {
             w.write_all(b"partial")?;
             Err(std::io::Error::other("boom"))
         });
-        assert!(matches!(r, Err(Error::Io { .. })));
+        assert!(matches!(r, Err(Error::Core(mmcl_core::Error::Io { .. }))));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         write_file_atomic(&path, |w| w.write_all(b"whole")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");

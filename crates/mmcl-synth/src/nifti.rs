@@ -222,7 +222,7 @@ fn write_staging(
 /// removed on any error.
 ///
 /// # Errors
-/// [`crate::Error::Io`] naming the file, also when a dimension does not fit NIfTI-1 or the
+/// a file error ([`crate::Error::Core`]) naming the file, also when a dimension does not fit NIfTI-1 or the
 /// voxel count does not fill `dims`.
 pub fn write_nifti_gz(path: &Path, volume: &Volume<'_>, level: u32) -> Result<()> {
     check(volume).map_err(|e| Error::io(path, e))?;

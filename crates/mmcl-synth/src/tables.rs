@@ -42,7 +42,7 @@ fn phenotype_row(eid: u64, p: &CardiacPhenotypes) -> String {
 /// Writes `phenotypes.csv` into `dir`.
 ///
 /// # Errors
-/// [`crate::Error::Io`] naming the file.
+/// a file error ([`crate::Error::Core`]) naming the file.
 pub fn write_phenotypes(dir: &Path, records: &[SubjectRecord]) -> Result<()> {
     write_file_atomic(&dir.join(PHENOTYPES_CSV), |w| {
         writeln!(w, "{}", phenotype_header().join(","))?;
@@ -56,7 +56,7 @@ pub fn write_phenotypes(dir: &Path, records: &[SubjectRecord]) -> Result<()> {
 /// Writes `diagnoses.csv` (`eid,icd10_codes`, codes joined by `;`, empty for none) into `dir`.
 ///
 /// # Errors
-/// [`crate::Error::Io`] naming the file.
+/// a file error ([`crate::Error::Core`]) naming the file.
 pub fn write_diagnoses(dir: &Path, records: &[SubjectRecord]) -> Result<()> {
     write_file_atomic(&dir.join(DIAGNOSES_CSV), |w| {
         writeln!(w, "eid,{ICD10_COLUMN}")?;
@@ -194,7 +194,7 @@ fn hidden_row(r: &SubjectRecord) -> String {
 /// Writes `hidden_state.csv` (the ground truth, for analysis only) into `dir`.
 ///
 /// # Errors
-/// [`crate::Error::Io`] naming the file.
+/// a file error ([`crate::Error::Core`]) naming the file.
 pub fn write_hidden_state(dir: &Path, records: &[SubjectRecord]) -> Result<()> {
     write_file_atomic(&dir.join(HIDDEN_STATE_CSV), |w| {
         let header: Vec<&str> = HIDDEN_STATE_COLUMNS.iter().map(|(n, _)| *n).collect();

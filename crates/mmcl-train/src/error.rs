@@ -29,29 +29,10 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] mmcl_data::Error),
 
-    /// The run log or a validation metric failed (`mmcl-core`); file errors are [`Error::Io`].
+    /// A file could not be read, written or parsed (JSON: configuration, training state), or the
+    /// run log or a validation metric failed: the foundation layer's errors, carried as they are.
     #[error(transparent)]
     Core(mmcl_core::Error),
-
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A JSON file (configuration, training state) could not be parsed or written.
-    #[error("{}: {source}", path.display())]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: serde_json::Error,
-    },
 
     /// A configuration value is missing, out of range or inconsistent.
     #[error("invalid configuration{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
@@ -103,10 +84,12 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Core(mmcl_core::Error::io(path, source))
+    }
+
+    /// A JSON file on `path` that could not be parsed or written.
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Error::Core(mmcl_core::Error::json(path, source))
     }
 
     /// A configuration error, without a file.
@@ -144,7 +127,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl From<mmcl_core::Error> for Error {
     fn from(e: mmcl_core::Error) -> Self {
         match e {
-            mmcl_core::Error::Io { path, source } => Error::Io { path, source },
             mmcl_core::Error::Config { path, reason } => Error::Config {
                 path: Some(path),
                 reason,

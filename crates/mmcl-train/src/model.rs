@@ -219,10 +219,7 @@ impl MmclModel {
             )
         })?;
         let arch: MmclArchitecture =
-            serde_json::from_str(arch_json).map_err(|source| Error::Json {
-                path: file.clone(),
-                source,
-            })?;
+            serde_json::from_str(arch_json).map_err(|e| Error::json(&file, e))?;
         let model = Self::new(&arch, 0, device)?;
         let state = StateDict::read(&file)?;
         model.load_state_dict(&state, &LoadOptions::strict())?;

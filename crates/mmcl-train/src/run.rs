@@ -106,10 +106,8 @@ pub(crate) fn saved_config<T: serde::de::DeserializeOwned>(
     dir: &Path,
     state: &TrainState,
 ) -> Result<T> {
-    serde_json::from_value(state.config.clone()).map_err(|source| Error::Json {
-        path: dir.join(checkpoint::STATE_FILE),
-        source,
-    })
+    serde_json::from_value(state.config.clone())
+        .map_err(|e| Error::json(dir.join(checkpoint::STATE_FILE), e))
 }
 
 /// The error that stops a run on a non-finite loss, naming the checkpoint left in place.

@@ -203,7 +203,8 @@ fn assert_names(result: mmcl_train::Result<impl std::fmt::Debug>, file: &Path) {
     assert!(
         matches!(
             err,
-            Error::Checkpoint { .. } | Error::Io { .. } | Error::Json { .. }
+            Error::Checkpoint { .. }
+                | Error::Core(mmcl_core::Error::Io { .. } | mmcl_core::Error::Json { .. })
         ),
         "{err:?}"
     );

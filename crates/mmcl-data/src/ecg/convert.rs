@@ -166,10 +166,8 @@ pub fn preprocess_directory(
         report.converted += 1;
     }
     let _ = std::fs::remove_dir_all(&staging);
-    let json = serde_json::to_vec_pretty(&report).map_err(|source| Error::Json {
-        path: output.join(REPORT_FILE),
-        source,
-    })?;
+    let json =
+        serde_json::to_vec_pretty(&report).map_err(|e| Error::json(output.join(REPORT_FILE), e))?;
     mmcl_core::io::write_bytes_atomic(&output.join(REPORT_FILE), &json)?;
     Ok(report)
 }

@@ -496,10 +496,9 @@ fn number(text: &str, name: &str, what: &str, path: &Path) -> Result<f64> {
 /// Prefixes a format error's reason with the waveform it concerns.
 fn prefixed(error: Error, what: &str) -> Error {
     match error {
-        Error::Format { path, reason } if !reason.contains(what) => Error::Format {
-            path,
-            reason: format!("the {what}: {reason}"),
-        },
+        Error::Core(mmcl_core::Error::Format { path, reason }) if !reason.contains(what) => {
+            Error::format(path, format!("the {what}: {reason}"))
+        }
         other => other,
     }
 }

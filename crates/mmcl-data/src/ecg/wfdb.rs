@@ -204,7 +204,7 @@ fn read_signal_file(
         )
     };
     let in_header = |e: Error| match e {
-        Error::Format { path, reason } => {
+        Error::Core(mmcl_core::Error::Format { path, reason }) => {
             Error::format(header, format!("signal file {}: {reason}", path.display()))
         }
         other => other,

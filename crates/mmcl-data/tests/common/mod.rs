@@ -28,11 +28,11 @@ pub fn assert_names_file(msg: &str, path: &Path) {
     assert!(msg.contains(name), "error does not name {name}: {msg}");
 }
 
-/// Asserts that `err` is an [`Error::Format`] about `path` whose message names the file;
+/// Asserts that `err` is a format error ([`mmcl_core::Error::Format`]) about `path` whose message names the file;
 /// returns the message.
 pub fn assert_format_error(err: &Error, path: &Path) -> String {
     assert!(
-        matches!(err, Error::Format { .. }),
+        matches!(err, Error::Core(mmcl_core::Error::Format { .. })),
         "not a format error: {err:?}"
     );
     assert_eq!(err.path(), Some(path), "{err}");

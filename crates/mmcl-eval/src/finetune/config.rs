@@ -154,11 +154,8 @@ impl FinetuneConfig {
     /// restating it.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = mmcl_core::config::read_config_text(path)?;
-        let mut cfg: FinetuneConfig =
-            mmcl_core::config::parse_config_text(&text, path).map_err(|reason| Error::Format {
-                path: path.to_path_buf(),
-                reason,
-            })?;
+        let mut cfg: FinetuneConfig = mmcl_core::config::parse_config_text(&text, path)
+            .map_err(|reason| Error::format(path, reason))?;
         let base = path.parent().unwrap_or(Path::new("."));
         mmcl_core::config::rebase_path(&mut cfg.cache, base);
         for p in [cfg.checkpoint.as_mut(), cfg.output.as_mut()]
@@ -176,10 +173,8 @@ impl FinetuneConfig {
             }
             cfg.checkpoint = Some(file);
         }
-        cfg.validate().map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        cfg.validate()
+            .map_err(|e| Error::format(path, e.to_string()))?;
         Ok(cfg)
     }
 

@@ -62,23 +62,22 @@ pub(super) fn open_data(cfg: &FinetuneConfig, device: &Device) -> Result<Data> {
         cfg.targets.clone()
     };
     if names.is_empty() {
-        return Err(Error::Format {
-            path: cfg.cache.clone(),
-            reason: format!("the cache has no {what} to predict"),
-        });
+        return Err(Error::format(
+            &cfg.cache,
+            format!("the cache has no {what} to predict"),
+        ));
     }
     let mut columns = Vec::with_capacity(names.len());
     for name in &names {
-        let j = available
-            .iter()
-            .position(|a| a == name)
-            .ok_or_else(|| Error::Format {
-                path: cfg.cache.clone(),
-                reason: format!(
+        let j = available.iter().position(|a| a == name).ok_or_else(|| {
+            Error::format(
+                &cfg.cache,
+                format!(
                     "no {what} named {name:?}; the cache has: {}",
                     available.join(", ")
                 ),
-            })?;
+            )
+        })?;
         columns.push(j);
     }
     // Each target must be learnable and measurable in every split: checked now, not after
@@ -86,12 +85,10 @@ pub(super) fn open_data(cfg: &FinetuneConfig, device: &Device) -> Result<Data> {
     for split in [Split::Train, Split::Val, Split::Test] {
         let rows = cache.split_indices(split);
         if rows.is_empty() {
-            return Err(Error::Format {
-                path: cfg.cache.clone(),
-                reason: format!(
-                    "the {split:?} split is empty; fine-tuning needs train, val and test"
-                ),
-            });
+            return Err(Error::format(
+                &cfg.cache,
+                format!("the {split:?} split is empty; fine-tuning needs train, val and test"),
+            ));
         }
         for (name, &j) in names.iter().zip(&columns) {
             let subjects = rows.iter().map(|&i| &index.subjects[i]);
@@ -110,9 +107,9 @@ pub(super) fn open_data(cfg: &FinetuneConfig, device: &Device) -> Result<Data> {
                 }
             };
             if !ok {
-                return Err(Error::Format {
-                    path: cfg.cache.clone(),
-                    reason: format!(
+                return Err(Error::format(
+                    &cfg.cache,
+                    format!(
                         "{what} {name:?} cannot be {} on the {split:?} split: {}",
                         if split == Split::Train {
                             "learnt"
@@ -124,7 +121,7 @@ pub(super) fn open_data(cfg: &FinetuneConfig, device: &Device) -> Result<Data> {
                             Task::Regression => "it needs at least two different values",
                         }
                     ),
-                });
+                ));
             }
         }
     }

@@ -86,10 +86,10 @@ impl FinetuneModel {
             .iter()
             .find(|k| k.starts_with("head.") || k.starts_with("fc_norm."))
         {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                reason: format!("not a fine-tuned model: {missing} is missing"),
-            });
+            return Err(Error::format(
+                path,
+                format!("not a fine-tuned model: {missing} is missing"),
+            ));
         }
         Ok(summary)
     }

@@ -187,7 +187,7 @@ fn label_error(t: usize, e: Error) -> Error {
         return e;
     }
     match e {
-        Error::Undefined { reason, .. } => {
+        Error::Core(mmcl_core::Error::Undefined { reason, .. }) => {
             Error::InvalidInput(format!("target {t}: cannot fit a classifier: {reason}"))
         }
         Error::InvalidInput(reason) => Error::InvalidInput(format!("target {t}: {reason}")),

@@ -238,10 +238,10 @@ pub fn logistic_regression(
     }
     let negatives = rows.len() - positives;
     if positives == 0 || negatives == 0 {
-        return Err(Error::Undefined {
-            metric: "logistic regression",
-            reason: format!("the {} training labels have one class only", rows.len()),
-        });
+        return Err(Error::undefined(
+            "logistic regression",
+            format!("the {} training labels have one class only", rows.len()),
+        ));
     }
     // Balanced weights n/(2·n_c) sum to n; dividing by that sum keeps the objective O(1).
     let n = rows.len() as f64;

@@ -214,10 +214,7 @@ pub fn run(
         } else {
             seeds
         },
-        config: serde_json::to_value(cfg).map_err(|source| Error::Json {
-            path: layout.config(),
-            source,
-        })?,
+        config: serde_json::to_value(cfg).map_err(|e| Error::json(layout.config(), e))?,
     };
 
     // 7. Figures and report, assembled aside and moved into place.

@@ -25,10 +25,7 @@ fn read_marker(dir: &Path) -> Option<serde_json::Value> {
 pub(super) fn write_marker(dir: &Path, key: &serde_json::Value, complete: bool) -> Result<()> {
     let value = json!({"key": key, "complete": complete});
     let path = dir.join(STAGE_FILE);
-    let text = serde_json::to_string_pretty(&value).map_err(|source| Error::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let text = serde_json::to_string_pretty(&value).map_err(|e| Error::json(&path, e))?;
     mmcl_nn::io::write_bytes_atomic(&path, text.as_bytes())?;
     Ok(())
 }

@@ -346,10 +346,7 @@ impl Results {
     /// Unreadable file, or a file that does not follow the contract.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })
+        serde_json::from_str(&text).map_err(|e| Error::json(path, e))
     }
 
     /// Writes `results.json` atomically (pretty-printed).
@@ -357,10 +354,7 @@ impl Results {
     /// # Errors
     /// Write errors.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::json(path, e))?;
         mmcl_nn::io::write_bytes_atomic(path, text.as_bytes())?;
         Ok(())
     }

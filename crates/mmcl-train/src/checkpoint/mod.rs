@@ -130,10 +130,7 @@ impl TrainState {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
         let bytes = read_bounded(&path, MAX_STATE_BYTES, "a training state")?;
-        let state: Self = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-            path: path.clone(),
-            source,
-        })?;
+        let state: Self = serde_json::from_slice(&bytes).map_err(|e| Error::json(&path, e))?;
         if state.version != CHECKPOINT_VERSION {
             return Err(Error::checkpoint(
                 path,

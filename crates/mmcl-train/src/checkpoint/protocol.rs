@@ -164,10 +164,7 @@ fn fill(
         steps.done(|| format!("write {file}"))?;
     }
     let state_path = tmp.join(STATE_FILE);
-    let text = serde_json::to_string_pretty(state).map_err(|source| Error::Json {
-        path: state_path.clone(),
-        source,
-    })?;
+    let text = serde_json::to_string_pretty(state).map_err(|e| Error::json(&state_path, e))?;
     fs::File::create(&state_path)
         .and_then(|mut f| {
             f.write_all(text.as_bytes())?;
@@ -203,10 +200,7 @@ fn seal(dir: &Path) -> Result<()> {
         }
     }
     let path = dir.join(COMPLETE_FILE);
-    let text = serde_json::to_vec_pretty(&Seal { files }).map_err(|source| Error::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let text = serde_json::to_vec_pretty(&Seal { files }).map_err(|e| Error::json(&path, e))?;
     mmcl_nn::io::write_bytes_atomic(&path, &text)?;
     Ok(())
 }
@@ -235,10 +229,7 @@ pub(super) fn inspect(dir: &Path) -> Result<Option<Kind>> {
         return Ok(Some(Kind::Unsealed));
     }
     let bytes = read_bounded(&seal_path, MAX_SEAL_BYTES, "a checkpoint seal")?;
-    let seal: Seal = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-        path: seal_path.clone(),
-        source,
-    })?;
+    let seal: Seal = serde_json::from_slice(&bytes).map_err(|e| Error::json(&seal_path, e))?;
     if !seal.files.contains_key(STATE_FILE) {
         return Err(Error::checkpoint(
             &seal_path,

@@ -364,10 +364,8 @@ fn train_state<S: Stage>(stage: &S, counters: &LoopState, world_size: usize) -> 
         rng: stage.rng_state(),
         data_seed: stage.data_seed(),
         best_val_loss: counters.best,
-        config: serde_json::to_value(stage.config()).map_err(|source| Error::Json {
-            path: stage.run_dir().join(CONFIG_FILE),
-            source,
-        })?,
+        config: serde_json::to_value(stage.config())
+            .map_err(|e| Error::json(stage.run_dir().join(CONFIG_FILE), e))?,
         image_channels: stage.image_channels(),
         world_size,
     })
@@ -454,10 +452,8 @@ pub(crate) fn model_file(
     format: &str,
 ) -> Result<CheckpointFile> {
     let mut metadata = HashMap::new();
-    let arch = serde_json::to_string(architecture).map_err(|source| Error::Json {
-        path: PathBuf::from(MODEL_FILE),
-        source,
-    })?;
+    let arch = serde_json::to_string(architecture)
+        .map_err(|e| Error::json(PathBuf::from(MODEL_FILE), e))?;
     metadata.insert("architecture".to_string(), arch);
     metadata.insert("epoch".to_string(), state.epoch.to_string());
     metadata.insert("format".to_string(), format.to_string());

@@ -309,10 +309,7 @@ fn read_values(
 /// Writes a float32 `.npy` file atomically (temporary sibling, then rename).
 fn write_npy_f32(path: &Path, values: &[f32], shape: &[u64]) -> Result<()> {
     mmcl_nn::io::write_atomic(path, |tmp| {
-        let io_err = |source: std::io::Error| mmcl_nn::Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        };
+        let io_err = |source: std::io::Error| mmcl_nn::Error::io(tmp, source);
         let file = File::create(tmp).map_err(io_err)?;
         let mut writer = npyz::WriteOptions::new()
             .default_dtype()

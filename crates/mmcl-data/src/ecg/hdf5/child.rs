@@ -120,7 +120,7 @@ fn finish(out: &mut dyn Write, outcome: Result<()>) {
         Err(e) => {
             // The parent names the file itself; keep the reason only.
             let reason = match e {
-                Error::Format { reason, .. } => reason,
+                Error::Core(mmcl_core::Error::Format { reason, .. }) => reason,
                 other => other.to_string(),
             };
             let mut bytes = vec![TAG_ERROR];

@@ -398,10 +398,9 @@ impl Section {
             (name, values)
         });
         Ecg::from_named_leads(path, leads, rate).map_err(|e| match e {
-            Error::Format { path, reason } => Error::Format {
-                path,
-                reason: format!("<{what}>: {reason}"),
-            },
+            Error::Core(mmcl_core::Error::Format { path, reason }) => {
+                Error::format(path, format!("<{what}>: {reason}"))
+            }
             other => other,
         })
     }
