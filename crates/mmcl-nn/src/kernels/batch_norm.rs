@@ -5,11 +5,12 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::distributed::{group_sums, sync_batch_norm_active};
-use crate::kernels::{CHUNK, contiguous_f32, with_contiguous_f32};
+use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
+use crate::kernels::{CHUNK, with_contiguous_f32};
 use crate::{Error, Result};
 
 /// The fused train-mode normalisation `(x − mean) / sqrt(var + eps) · weight + bias` (then
@@ -39,7 +40,7 @@ pub(crate) fn batch_norm_train(
     };
     let y = x
         .contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Op(op))?;
     let stats: &ChannelStats = stats
         .get()
         .ok_or_else(|| Error::InvalidArgument("batch norm statistics were not computed".into()))?;
@@ -134,24 +135,15 @@ impl BatchNormTrain {
     }
 }
 
-impl CustomOp3 for BatchNormTrain {
-    fn name(&self) -> &'static str {
-        "batch-norm-train"
-    }
+impl CpuKernel<3> for BatchNormTrain {
+    const NAME: &'static str = "batch-norm-train";
 
-    fn cpu_fwd(
+    fn forward(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let weight = contiguous_f32(s2, l2, self.name())?;
-        let bias = contiguous_f32(s3, l3, self.name())?;
-        let dims = ncl(l1.shape());
+        [input, weight, bias]: [Input<'_>; 3],
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (x, weight, bias) = (input.data, weight.data, bias.data);
+        let dims = ncl(input.shape());
         let (n, c, l) = dims;
         // Two passes (the sum, then the squares about the mean) keep the variance exact when
         // the spread is small against the mean; synchronised, each pass's sums are the group's.
@@ -212,17 +204,10 @@ impl CustomOp3 for BatchNormTrain {
         };
         // A repeated forward of the same op (not done by candle) would keep the first statistics.
         let _ = self.stats.set(stats);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, input.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, weight, _]: [&Tensor; 3], res: &Tensor, grad: &Tensor) -> Gradients<3> {
         let stats = self
             .stats
             .get()
@@ -280,11 +265,11 @@ impl CustomOp3 for BatchNormTrain {
             })
         })?;
         let device = x.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dx, x.shape(), device)?),
             Some(Tensor::from_vec(dweight, c, device)?),
             Some(Tensor::from_vec(dbias, c, device)?),
-        ))
+        ])
     }
 }
 

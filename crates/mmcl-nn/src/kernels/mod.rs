@@ -26,6 +26,7 @@ pub mod conv;
 pub(crate) mod cuda;
 pub(crate) mod gemm;
 pub(crate) mod nhwc;
+pub(crate) mod op;
 pub mod ops;
 pub mod pool;
 pub(crate) mod simd;
@@ -159,20 +160,16 @@ pub(crate) fn row_step(width: usize) -> usize {
 ///
 /// The element-wise and row-wise operations are all this loop around their kernels.
 pub(crate) fn map_chunks<const N: usize>(
-    inputs: [(&CpuStorage, &Layout); N],
+    inputs: [op::Input<'_>; N],
     op: &'static str,
     step: usize,
     kernel: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
-) -> Result<(CpuStorage, Shape)> {
-    let mut data: [&[f32]; N] = [&[]; N];
-    for (d, (storage, layout)) in data.iter_mut().zip(inputs) {
-        *d = contiguous_f32(storage, layout, op)?;
-    }
-    let out = chunked(data, op, step, kernel)?;
+) -> Result<(Vec<f32>, Shape)> {
+    let out = chunked(inputs.map(|i| i.data), op, step, kernel)?;
     let shape = inputs
         .first()
-        .map_or_else(|| Shape::from(()), |(_, l)| l.shape().clone());
-    Ok((CpuStorage::F32(out), shape))
+        .map_or_else(|| Shape::from(()), |i| i.shape().clone());
+    Ok((out, shape))
 }
 
 /// [`map_chunks`] over CPU tensors (copied first where strided), for the backward passes: a new

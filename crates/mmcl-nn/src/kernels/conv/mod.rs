@@ -32,6 +32,7 @@ use candle_core::{DType, Tensor};
 
 use crate::kernels::gemm::{MatRef, matmul, matmul_strided};
 pub use crate::kernels::nhwc::{BufferPool, NhwcTensor};
+use crate::kernels::op::Op;
 use crate::precision::{self, Precision};
 use crate::{Error, Result};
 pub use packed::PackedConv2d;
@@ -94,7 +95,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
     if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
         return Ok(x
             .contiguous()?
-            .apply_op2(&weight.contiguous()?, Conv2dOp(geometry))?);
+            .apply_op2(&weight.contiguous()?, Op(Conv2dOp(geometry)))?);
     }
     let x = if stride == 2 {
         // With an even (H + 2p − k), one more zero row at the bottom leaves the output size

@@ -1,14 +1,15 @@
 //! The differentiable CPU convolution over channels-first tensors: patch matrices (`im2col`)
 //! and their adjoint, and the forward and backward passes as matrix products.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use std::ops::Range;
 
 use super::{Geometry, gemm_acc, gemm_set};
 use crate::kernels::gemm::{MatRef, sum_in_order};
-use crate::kernels::{contiguous_f32, with_contiguous_f32};
+use crate::kernels::op::{CpuKernel, Gradients, Input};
+use crate::kernels::with_contiguous_f32;
 use crate::precision::{Precision, matmul_precision};
 
 /// The CPU convolution as a candle operation with a backward pass. It works on candle's
@@ -378,41 +379,26 @@ fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "conv2d-gemm"
-    }
+impl CpuKernel<2> for Conv2dOp {
+    const NAME: &'static str = "conv2d-gemm";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let conv = Planar::new(l1.dims(), l2.dims(), self.0)?;
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let y = conv.forward(x, contiguous_f32(s2, l2, self.name())?)?;
+    fn forward(&self, [x, w]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        let conv = Planar::new(x.dims(), w.dims(), self.0)?;
+        let y = conv.forward(x.data, w.data)?;
         let shape = Shape::from((conv.n, conv.cout, conv.ho, conv.wo));
-        Ok((CpuStorage::F32(y), shape))
+        Ok((y, shape))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, weight]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Gradients<2> {
         let conv = Planar::new(x.dims(), weight.dims(), self.0)?;
         let (dx, dw) = with_contiguous_f32(x, |xs| {
             with_contiguous_f32(weight, |ws| {
                 with_contiguous_f32(grad, |dy| conv.backward(xs, ws, dy))
             })
         })?;
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),
-        ))
+        ])
     }
 }

@@ -1,8 +1,9 @@
 //! Element-wise sum of two tensors of the same shape (residual connections), plain or
 //! followed by ReLU, multi-threaded.
 
+use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::{CHUNK, fast_path, map_chunks};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 
 /// `a + b` for tensors of the same shape (candle's element-wise add runs on one thread, which
 /// dominates residual connections on large activations).
@@ -12,7 +13,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a, b)?;
     if fast_path(a) && fast_path(b) {
-        a.contiguous()?.apply_op2(&b.contiguous()?, Pointwise(Add))
+        a.contiguous()?
+            .apply_op2(&b.contiguous()?, Op(Pointwise(Add)))
     } else {
         a + b
     }
@@ -28,7 +30,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add_relu", a, b)?;
     if fast_path(a) && fast_path(b) {
         a.contiguous()?
-            .apply_op2(&b.contiguous()?, Pointwise(AddRelu))
+            .apply_op2(&b.contiguous()?, Op(Pointwise(AddRelu)))
     } else {
         (a + b)?.relu()
     }
@@ -58,33 +60,20 @@ trait Binary: Send + Sync + Copy {
 #[derive(Clone, Copy)]
 struct Pointwise<B: Binary>(B);
 
-impl<B: Binary> CustomOp2 for Pointwise<B> {
-    fn name(&self) -> &'static str {
-        B::NAME
-    }
+impl<B: Binary> CpuKernel<2> for Pointwise<B> {
+    const NAME: &'static str = B::NAME;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        map_chunks([(s1, l1), (s2, l2)], B::NAME, CHUNK, |o, [a, b]| {
+    fn forward(&self, inputs: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        map_chunks(inputs, B::NAME, CHUNK, |o, [a, b]| {
             for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
                 *o = B::apply(x, y);
             }
         })
     }
 
-    fn bwd(
-        &self,
-        _a: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        B::gradients(res, grad_res)
+    fn backward(&self, _: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Gradients<2> {
+        let (ga, gb) = B::gradients(res, grad)?;
+        Ok([ga, gb])
     }
 }
 
@@ -119,7 +108,7 @@ impl Binary for AddRelu {
         // on unchanged to both inputs.
         let masked = res
             .contiguous()?
-            .apply_op2_no_bwd(&grad.contiguous()?, &Pointwise(WherePositive))?;
+            .apply_op2_no_bwd(&grad.contiguous()?, &Op(Pointwise(WherePositive)))?;
         Ok((Some(masked.clone()), Some(masked)))
     }
 }

@@ -1,11 +1,11 @@
 //! Exact (erf) GELU, alone or fused with the bias add of the preceding linear layer.
 
+use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::simd::{multiversion, normal_cdf_f32, normal_pdf_f32};
 use crate::kernels::{
-    CHUNK, bias_gradient, contiguous_f32, fast_path, map_chunks, map_tensors, row_step,
-    with_contiguous_f32,
+    CHUNK, bias_gradient, fast_path, map_chunks, map_tensors, row_step, with_contiguous_f32,
 };
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 
 /// Exact GELU, `x·Φ(x) = x·½(1 + erf(x/√2))`, as PyTorch's `nn.GELU()` (not the tanh
 /// approximation that candle's `Tensor::gelu` computes).
@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 /// Any shape; the output has the shape of `x`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if fast_path(x) {
-        x.contiguous()?.apply_op1(GeluErf)
+        x.contiguous()?.apply_op1(Op(GeluErf))
     } else {
         gelu_composed(x)
     }
@@ -34,7 +34,7 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         );
     }
     if fast_path(x) && fast_path(bias) {
-        return x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu);
+        return x.contiguous()?.apply_op2(&bias.contiguous()?, Op(BiasGelu));
     }
     #[cfg(feature = "cuda")]
     if crate::kernels::cuda::applies(x) && crate::kernels::cuda::applies(bias) {
@@ -101,56 +101,39 @@ multiversion!(
 
 struct GeluErf;
 
-impl CustomOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "mmcl-gelu-erf"
+impl CpuKernel<1> for GeluErf {
+    const NAME: &'static str = "mmcl-gelu-erf";
+
+    fn forward(&self, inputs: [Input<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
+        map_chunks(inputs, Self::NAME, CHUNK, |o, [x]| gelu_simd(x, o))
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        map_chunks([(s, l)], self.name(), CHUNK, |o, [x]| gelu_simd(x, o))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    fn backward(&self, [x]: [&Tensor; 1], _: &Tensor, grad: &Tensor) -> Gradients<1> {
         // grad · gelu'(x)
-        let grad = map_tensors([arg, grad_res], "mmcl-gelu-erf-grad", CHUNK, |o, [x, g]| {
+        let grad = map_tensors([x, grad], "mmcl-gelu-erf-grad", CHUNK, |o, [x, g]| {
             gelu_grad_simd(x, g, o)
         })?;
-        Ok(Some(grad))
+        Ok([Some(grad)])
     }
 }
 
 struct BiasGelu;
 
-impl CustomOp2 for BiasGelu {
-    fn name(&self) -> &'static str {
-        "mmcl-bias-gelu"
-    }
+impl CpuKernel<2> for BiasGelu {
+    const NAME: &'static str = "mmcl-bias-gelu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let bias = contiguous_f32(s2, l2, self.name())?;
-        let step = row_step(bias.len());
-        map_chunks([(s1, l1)], self.name(), step, |o, [x]| {
-            bias_gelu_simd(x, bias, o)
+    fn forward(&self, [x, bias]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        let step = row_step(bias.data.len());
+        map_chunks([x], Self::NAME, step, |o, [x]| {
+            bias_gelu_simd(x, bias.data, o)
         })
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        bias: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, bias]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Gradients<2> {
         // grad · gelu'(x + bias)
         let grad_x = with_contiguous_f32(bias, |bias| {
             map_tensors(
-                [x, grad_res],
+                [x, grad],
                 "mmcl-bias-gelu-grad",
                 row_step(bias.len()),
                 |o, [x, g]| bias_gelu_grad_simd(x, bias, g, o),
@@ -158,7 +141,7 @@ impl CustomOp2 for BiasGelu {
         })?;
         let h = bias.elem_count();
         let grad_bias = bias_gradient(&grad_x, h)?;
-        Ok((Some(grad_x), Some(grad_bias)))
+        Ok([Some(grad_x), Some(grad_bias)])
     }
 }
 

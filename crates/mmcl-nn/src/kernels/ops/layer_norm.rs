@@ -1,10 +1,11 @@
 //! LayerNorm over the last dimension, with a backward pass for the input, weight and bias.
 
-use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
+use candle_core::{D, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::simd::{self, multiversion};
-use crate::kernels::{contiguous_f32, fast_path, row_step, with_contiguous_f32};
+use crate::kernels::{fast_path, row_step, with_contiguous_f32};
 
 /// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`, with the
 /// biased variance, as `torch.nn.LayerNorm`.
@@ -27,7 +28,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         return x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            LayerNorm { eps: eps as f32 },
+            Op(LayerNorm { eps: eps as f32 }),
         );
     }
     #[cfg(feature = "cuda")]
@@ -189,48 +190,28 @@ struct LayerNorm {
     eps: f32,
 }
 
-impl CustomOp3 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "mmcl-layer-norm"
+impl CpuKernel<3> for LayerNorm {
+    const NAME: &'static str = "mmcl-layer-norm";
+
+    fn forward(&self, [x, w, b]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        let out = layer_norm_rows(x.data, w.data, b.data, self.eps);
+        Ok((out, x.shape().clone()))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
-        let b = contiguous_f32(s3, l3, self.name())?;
-        let out = layer_norm_rows(x, w, b, self.eps);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, weight, _]: [&Tensor; 3], _: &Tensor, grad: &Tensor) -> Gradients<3> {
         let (dx, dw, db) = with_contiguous_f32(x, |x| {
             with_contiguous_f32(weight, |w| {
-                with_contiguous_f32(grad_res, |g| {
+                with_contiguous_f32(grad, |g| {
                     Ok(layer_norm_backward_rows(x, w, g, None, self.eps))
                 })
             })
         })?;
         let dev = x.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dx, x.shape(), dev)?),
             Some(Tensor::from_vec(dw, weight.shape(), dev)?),
             Some(Tensor::from_vec(db, weight.shape(), dev)?),
-        ))
+        ])
     }
 }
 

@@ -1,9 +1,10 @@
 //! The affine map of a linear layer, `x·Wᵀ + b`, as one matrix product over all leading dims.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
+use candle_core::{D, Result, Shape, Tensor};
 
 use crate::kernels::gemm::{self, gemm_xwt};
-use crate::kernels::{bias_gradient, contiguous_f32, fast_path, with_contiguous_f32};
+use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
+use crate::kernels::{bias_gradient, fast_path, with_contiguous_f32};
 use crate::precision;
 
 /// `x·Wᵀ + b` with the weight in PyTorch's layout `[out, in]`.
@@ -37,8 +38,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let y = if fast {
         let w = weight.contiguous()?;
         match bias {
-            Some(b) => x2.apply_op3(&w, &b.contiguous()?, LinearBias)?,
-            None => x2.apply_op2(&w, LinearNoBias)?,
+            Some(b) => x2.apply_op3(&w, &b.contiguous()?, Op(LinearBias))?,
+            None => x2.apply_op2(&w, Op(LinearNoBias))?,
         }
     } else {
         let y = precision::matmul(&x2, &weight.t()?)?; // [M, out]
@@ -54,20 +55,17 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `bias` `[N]` (when given) written into every row first and the product added onto it.
 fn forward_cpu(
     op: &'static str,
-    (s_x, l_x): (&CpuStorage, &Layout),
-    (s_w, l_w): (&CpuStorage, &Layout),
-    bias: Option<(&CpuStorage, &Layout)>,
-) -> Result<(CpuStorage, Shape)> {
-    let (m, k) = l_x.shape().dims2()?;
-    let (n, k2) = l_w.shape().dims2()?;
+    x: Input<'_>,
+    w: Input<'_>,
+    bias: Option<Input<'_>>,
+) -> Result<(Vec<f32>, Shape)> {
+    let (m, k) = x.shape().dims2()?;
+    let (n, k2) = w.shape().dims2()?;
     if k != k2 {
         candle_core::bail!("{op}: inner dimensions differ ({k} vs {k2})");
     }
-    let x = contiguous_f32(s_x, l_x, op)?;
-    let w = contiguous_f32(s_w, l_w, op)?;
     let mut out = match bias {
-        Some((s_b, l_b)) => {
-            let b = contiguous_f32(s_b, l_b, op)?;
+        Some(Input { data: b, .. }) => {
             if b.len() != n {
                 candle_core::bail!("{op}: bias length {} for {n} outputs", b.len());
             }
@@ -79,8 +77,8 @@ fn forward_cpu(
         }
         None => vec![0f32; m * n],
     };
-    gemm_xwt(x, w, &mut out, (m, k, n), bias.is_some())?;
-    Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    gemm_xwt(x.data, w.data, &mut out, (m, k, n), bias.is_some())?;
+    Ok((out, Shape::from((m, n))))
 }
 
 /// The gradients `(dx, dW, db)` of `x·Wᵀ + b` for the upstream gradient `g` `[M, N]`.
@@ -111,62 +109,31 @@ fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, T
 
 struct LinearBias;
 
-impl CustomOp3 for LinearBias {
-    fn name(&self) -> &'static str {
-        "mmcl-linear"
+impl CpuKernel<3> for LinearBias {
+    const NAME: &'static str = "mmcl-linear";
+
+    fn forward(&self, [x, w, b]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        forward_cpu(Self::NAME, x, w, Some(b))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        forward_cpu(self.name(), (s1, l1), (s2, l2), Some((s3, l3)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_w, grad_b) = linear_grads(x, w, grad_res)?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    fn backward(&self, [x, w, _]: [&Tensor; 3], _: &Tensor, grad: &Tensor) -> Gradients<3> {
+        let (grad_x, grad_w, grad_b) = linear_grads(x, w, grad)?;
+        Ok([Some(grad_x), Some(grad_w), Some(grad_b)])
     }
 }
 
 struct LinearNoBias;
 
-impl CustomOp2 for LinearNoBias {
-    fn name(&self) -> &'static str {
-        "mmcl-linear-no-bias"
+impl CpuKernel<2> for LinearNoBias {
+    const NAME: &'static str = "mmcl-linear-no-bias";
+
+    fn forward(&self, [x, w]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        forward_cpu(Self::NAME, x, w, None)
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        forward_cpu(self.name(), (s1, l1), (s2, l2), None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_w, _) = linear_grads(x, w, grad_res)?;
-        Ok((Some(grad_x), Some(grad_w)))
+    fn backward(&self, [x, w]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Gradients<2> {
+        let (grad_x, grad_w, _) = linear_grads(x, w, grad)?;
+        Ok([Some(grad_x), Some(grad_w)])
     }
 }
 

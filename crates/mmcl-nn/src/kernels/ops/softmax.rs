@@ -1,8 +1,9 @@
 //! Softmax over the last dimension, with a backward pass.
 
+use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::simd::{self, multiversion};
 use crate::kernels::{fast_path, map_chunks, map_tensors, row_step};
-use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
+use candle_core::{D, Result, Shape, Tensor};
 
 /// Softmax over the last dimension, `exp(x - max) / Σ exp(x - max)` per row.
 ///
@@ -12,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 /// Any shape `[.., N]`; the output has the shape of `x`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fast_path(x) && x.rank() > 0 {
-        return x.contiguous()?.apply_op1(SoftmaxLastDim);
+        return x.contiguous()?.apply_op1(Op(SoftmaxLastDim));
     }
     #[cfg(feature = "cuda")]
     if crate::kernels::cuda::applies(x) && x.rank() > 0 {
@@ -77,28 +78,26 @@ multiversion!(fn softmax_grad_simd(y: &[f32], g: &[f32], out: &mut [f32], n: usi
 
 struct SoftmaxLastDim;
 
-impl CustomOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "mmcl-softmax-last-dim"
-    }
+impl CpuKernel<1> for SoftmaxLastDim {
+    const NAME: &'static str = "mmcl-softmax-last-dim";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn forward(&self, [x]: [Input<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
         // A last dimension of 0 leaves no values, so the kernel never sees n = 0.
-        let n = l.dims().last().copied().unwrap_or(1);
-        map_chunks([(s, l)], self.name(), row_step(n), |o, [rows]| {
+        let n = x.dims().last().copied().unwrap_or(1);
+        map_chunks([x], Self::NAME, row_step(n), |o, [rows]| {
             softmax_rows_to(rows, o, n)
         })
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    fn backward(&self, _: [&Tensor; 1], res: &Tensor, grad: &Tensor) -> Gradients<1> {
         let n = res.dims().last().copied().unwrap_or(1);
         let grad = map_tensors(
-            [res, grad_res],
+            [res, grad],
             "mmcl-softmax-grad",
             row_step(n),
             |o, [y, g]| softmax_grad_simd(y, g, o, n),
         )?;
-        Ok(Some(grad))
+        Ok([Some(grad)])
     }
 }
 

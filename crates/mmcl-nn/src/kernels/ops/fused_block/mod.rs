@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Result, Tensor};
 
 use crate::kernels::fast_path;
+use crate::kernels::op::Op;
 use op::FusedBlock;
 
 /// The parameters of one block, with timm's shapes (`weight` `[out, in]`).
@@ -107,14 +108,14 @@ pub fn transformer_block(
     let packed = Tensor::cat(&flat, 0)?; // [P]
     x.contiguous()?.apply_op2(
         &packed,
-        FusedBlock {
+        Op(FusedBlock {
             heads: p.num_heads,
             scale: p.scale as f32,
             eps: p.eps as f32,
             hidden,
             scales: scales.cloned(),
             saved: Arc::new(OnceLock::new()),
-        },
+        }),
     )
 }
 

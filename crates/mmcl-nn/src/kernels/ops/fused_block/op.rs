@@ -3,16 +3,17 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::BranchScales;
 use super::rows::{repeat_rows, residual, scaled_rows};
 use crate::kernels::gemm::{gemm_xwt, linear_grads};
+use crate::kernels::op::{CpuKernel, Gradients, Input};
 use crate::kernels::ops::gelu::{gelu_grad_simd, gelu_simd};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
 use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
-use crate::kernels::{CHUNK, contiguous_f32, with_contiguous_f32};
+use crate::kernels::{CHUNK, with_contiguous_f32};
 
 /// Offsets of the parameters in the packed vector.
 #[derive(Clone, Copy)]
@@ -84,27 +85,18 @@ impl FusedBlock {
     }
 }
 
-impl CustomOp2 for FusedBlock {
-    fn name(&self) -> &'static str {
-        "mmcl-transformer-block"
-    }
+impl CpuKernel<2> for FusedBlock {
+    const NAME: &'static str = "mmcl-transformer-block";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let packed = contiguous_f32(s2, l2, self.name())?;
-        let (b, n, d) = l1.shape().dims3()?;
+    fn forward(&self, [input, params]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        let (x, packed) = (input.data, params.data);
+        let (b, n, d) = input.shape().dims3()?;
         let (m, h) = (b * n, self.hidden);
         let pk = Packing { d, h };
         if packed.len() != pk.total() {
             candle_core::bail!(
                 "{}: {} packed parameters, expected {}",
-                self.name(),
+                Self::NAME,
                 packed.len(),
                 pk.total()
             );
@@ -153,18 +145,12 @@ impl CustomOp2 for FusedBlock {
             pre,
             act,
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, input.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        packed: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, packed]: [&Tensor; 2], _: &Tensor, grad_res: &Tensor) -> Gradients<2> {
         let Some(sv) = self.saved.get() else {
-            candle_core::bail!("{}: backward before forward", self.name());
+            candle_core::bail!("{}: backward before forward", Self::NAME);
         };
         let (b, n, d) = x.dims3()?;
         let (m, h) = (b * n, self.hidden);
@@ -226,9 +212,9 @@ impl CustomOp2 for FusedBlock {
         })?;
         let (dx, grad_p) = grads;
         let dev = x.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dx, x.shape(), dev)?),
             Some(Tensor::from_vec(grad_p, packed.shape(), dev)?),
-        ))
+        ])
     }
 }
