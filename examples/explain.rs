@@ -39,16 +39,13 @@ struct Args {
     /// Output folder.
     #[arg(long, default_value = "target/example-explain")]
     output: PathBuf,
-    /// Subjects of the cohort.
-    #[arg(long, default_value_t = 400)]
-    cohort_subjects: usize,
     #[command(flatten)]
     cohort: common::CohortArgs,
 }
 
 fn main() -> Result<()> {
     let args: Args = common::start();
-    let (device, cfg, cache_dir) = args.cohort.prepare(args.cohort_subjects)?;
+    let (device, cfg, cache_dir) = args.cohort.prepare()?;
     let cache = Arc::new(Cache::open(&cache_dir)?);
     let vit = probe_vit_config(&cfg)?;
     let model = match &args.checkpoint {

@@ -38,16 +38,13 @@ struct Args {
     /// Training epochs at most.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
-    /// Subjects of the cohort.
-    #[arg(long, default_value_t = 400)]
-    subjects: usize,
     #[command(flatten)]
     cohort: common::CohortArgs,
 }
 
 fn main() -> Result<()> {
     let args: Args = common::start();
-    let (device, cfg, cache) = args.cohort.prepare(args.subjects)?;
+    let (device, cfg, cache) = args.cohort.prepare()?;
 
     // The paper's fine-tuning model: attention pooling, drop-path 0.2.
     let mut encoder = probe_vit_config(&cfg)?;

@@ -33,16 +33,13 @@ struct Args {
     /// a seeded random initialisation.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Subjects of the cohort.
-    #[arg(long, default_value_t = 400)]
-    subjects: usize,
     #[command(flatten)]
     cohort: common::CohortArgs,
 }
 
 fn main() -> Result<()> {
     let args: Args = common::start();
-    let (device, cfg, cache_dir) = args.cohort.prepare(args.subjects)?;
+    let (device, cfg, cache_dir) = args.cohort.prepare()?;
     let cache = Arc::new(Cache::open(&cache_dir)?);
 
     let vit = probe_vit_config(&cfg)?;

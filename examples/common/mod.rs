@@ -95,16 +95,19 @@ pub struct CohortArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Subjects of the cohort (without --config).
+    #[arg(long, default_value_t = 400)]
+    pub cohort_subjects: usize,
 }
 
 impl CohortArgs {
     /// The device, the reproduce configuration (`--config`, else the reduced defaults with a
-    /// cohort of `subjects`) and its cohort's cache under `--data` (made when absent).
-    pub fn prepare(&self, subjects: usize) -> Result<(Device, ReproduceConfig, PathBuf)> {
+    /// cohort of `--cohort-subjects`) and its cohort's cache under `--data` (made when absent).
+    pub fn prepare(&self) -> Result<(Device, ReproduceConfig, PathBuf)> {
         let device = parse_device(&self.device)?;
         let mut cfg = load_config(self.config.as_deref(), false)?;
         if self.config.is_none() {
-            cfg.cohort.subjects = subjects;
+            cfg.cohort.subjects = self.cohort_subjects;
         }
         let cache = prepare_data(&cfg, &self.data, &mut TerminalProgress::new())?;
         Ok((device, cfg, cache))
