@@ -43,7 +43,9 @@ pub(crate) trait CpuKernel<const N: usize>: Send + Sync {
     fn forward(&self, inputs: [Input<'_>; N]) -> Result<(Vec<f32>, Shape)>;
 
     /// The gradients of the inputs, given the inputs, the output and the output's gradient.
-    /// By default the operation is not differentiated (candle's error).
+    /// By default the operation is not differentiated (candle's error). A gradient returned
+    /// for an input that is not tracked (`!input.track_op()`: no variable upstream) is
+    /// dropped by [`Op`]; a kernel may skip computing it.
     fn backward(&self, inputs: [&Tensor; N], output: &Tensor, grad: &Tensor) -> Gradients<N> {
         let _ = (inputs, output, grad);
         Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
@@ -71,6 +73,13 @@ impl<K> Op<K> {
     }
 }
 
+/// `grad`, where `input` is tracked. candle's backward pass zero-fills and adds into a gradient
+/// for every gradient an operation returns, also for inputs nothing upstream needs (the
+/// images, the ECGs): dropping those saves a buffer and a pass each.
+fn tracked(input: &Tensor, grad: Option<Tensor>) -> Option<Tensor> {
+    grad.filter(|_| input.track_op())
+}
+
 /// The `(CpuStorage, Shape)` candle wants.
 fn output((values, shape): (Vec<f32>, Shape)) -> (CpuStorage, Shape) {
     (CpuStorage::F32(values), shape)
@@ -87,7 +96,7 @@ impl<K: CpuKernel<1>> CustomOp1 for Op<K> {
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let [g] = self.0.backward([arg], res, grad)?;
-        Ok(g)
+        Ok(tracked(arg, g))
     }
 }
 
@@ -116,7 +125,7 @@ impl<K: CpuKernel<2>> CustomOp2 for Op<K> {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let [ga, gb] = self.0.backward([a, b], res, grad)?;
-        Ok((ga, gb))
+        Ok((tracked(a, ga), tracked(b, gb)))
     }
 }
 
@@ -148,6 +157,6 @@ impl<K: CpuKernel<3>> CustomOp3 for Op<K> {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [ga, gb, gc] = self.0.backward([a, b, c], res, grad)?;
-        Ok((ga, gb, gc))
+        Ok((tracked(a, ga), tracked(b, gb), tracked(c, gc)))
     }
 }

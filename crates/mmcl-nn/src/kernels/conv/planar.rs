@@ -271,13 +271,13 @@ impl Planar {
         Ok(y)
     }
 
-    /// One image's `dW += dY·Pᵀ` and `dX = col2im(Wᵀ·dY)`, band by band as in
-    /// [`Self::forward_image`]; `dx` is the image's gradient, still zero.
+    /// One image's `dW += dY·Pᵀ` and, when `dx` is given, `dX = col2im(Wᵀ·dY)`, band by band
+    /// as in [`Self::forward_image`]; `dx` is the image's gradient, still zero.
     fn backward_image(
         &self,
         image: &[f32],
         (w_t, dy): (MatRef, &[f32]),
-        (dx, dw): (&mut [f32], &mut [f32]),
+        (dx, dw): (Option<&mut [f32]>, &mut [f32]),
         (patches, dpatches): (&mut Vec<f32>, &mut Vec<f32>),
     ) -> Result<()> {
         let (depth, pixels, cout, wo) = (self.depth(), self.out_pixels(), self.cout, self.wo);
@@ -289,8 +289,12 @@ impl Planar {
                 MatRef::rows(image, depth, pixels).t(),
                 self.precision,
             )?;
-            return gemm_set(dx, pixels, w_t, dy, self.precision);
+            return match dx {
+                Some(dx) => gemm_set(dx, pixels, w_t, dy, self.precision),
+                None => Ok(()),
+            };
         }
+        let mut dx = dx;
         for band in self.bands() {
             let cols = band.len() * wo;
             let p = grown(patches, depth * cols);
@@ -302,38 +306,57 @@ impl Planar {
                 MatRef::rows(p, depth, cols).t(),
                 self.precision,
             )?;
-            let dp = grown(dpatches, depth * cols);
-            gemm_set(dp, cols, w_t, dy_band, self.precision)?;
-            self.col2im(dp, cols, 0, band, dx);
+            if let Some(dx) = dx.as_deref_mut() {
+                let dp = grown(dpatches, depth * cols);
+                gemm_set(dp, cols, w_t, dy_band, self.precision)?;
+                self.col2im(dp, cols, 0, band, dx);
+            }
         }
         Ok(())
     }
 
     /// `(dX, dW)`: per image or block of small images `dW += dY·Pᵀ` and `dX = col2im(Wᵀ·dY)`;
     /// images split into one contiguous group per thread, each with its own `dW` partial sum.
-    fn backward(&self, x: &[f32], weight: &[f32], dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// Without `need_dx` (an input nothing upstream needs, such as the images of a first
+    /// layer) `dX` is neither computed nor allocated: `None`.
+    fn backward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        dy: &[f32],
+        need_dx: bool,
+    ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         let in_image = self.in_image();
-        let mut dx = vec![0f32; self.n * in_image];
-        if dx.is_empty() || pixels == 0 {
+        let mut dx = need_dx.then(|| vec![0f32; self.n * in_image]);
+        if self.n * in_image == 0 || pixels == 0 {
             return Ok((dx, vec![0f32; cout * depth]));
         }
         let w_t = MatRef::rows(weight, cout, depth).t(); // [depth, C_out]
         let groups = rayon::current_num_threads().clamp(1, self.n.max(1));
         let per_group = self.n.div_ceil(groups).max(1);
         let per_block = self.images_per_block(per_group);
-        let partials = dx
-            .par_chunks_mut(per_group * in_image)
+        // One slot per group: its part of `dX`, when computed.
+        let slots: Vec<Option<&mut [f32]>> = match dx.as_mut() {
+            Some(dx) => dx.chunks_mut(per_group * in_image).map(Some).collect(),
+            None => (0..self.n.div_ceil(per_group)).map(|_| None).collect(),
+        };
+        let partials = slots
+            .into_par_iter()
             .enumerate()
-            .map(|(g, dx_group)| {
+            .map(|(g, mut dx_group)| {
                 let mut dw = vec![0f32; cout * depth];
                 let (mut patches, mut dpatches, mut block_dy) =
                     (Vec::new(), Vec::new(), Vec::new());
-                for (b, dx_blk) in dx_group.chunks_mut(per_block * in_image).enumerate() {
-                    let first = g * per_group + b * per_block;
-                    let images = dx_blk.len() / in_image;
+                let group = g * per_group..((g + 1) * per_group).min(self.n);
+                for first in group.clone().step_by(per_block) {
+                    let images = per_block.min(group.end - first);
                     let x_blk = &x[first * in_image..(first + images) * in_image];
                     let dy_blk = &dy[first * cout * pixels..(first + images) * cout * pixels];
+                    let at = (first - group.start) * in_image;
+                    let dx_blk = dx_group
+                        .as_deref_mut()
+                        .map(|d| &mut d[at..at + images * in_image]);
                     if images == 1 {
                         let buffers = (&mut patches, &mut dpatches);
                         self.backward_image(x_blk, (w_t, dy_blk), (dx_blk, &mut dw), buffers)?;
@@ -355,10 +378,12 @@ impl Planar {
                         MatRef::rows(p, depth, cols).t(),
                         self.precision,
                     )?;
-                    let dp = grown(&mut dpatches, depth * cols);
-                    gemm_set(dp, cols, w_t, dy_mat, self.precision)?;
-                    for (i, dx_img) in dx_blk.chunks_exact_mut(in_image).enumerate() {
-                        self.col2im(dp, cols, i * pixels, 0..self.ho, dx_img);
+                    if let Some(dx_blk) = dx_blk {
+                        let dp = grown(&mut dpatches, depth * cols);
+                        gemm_set(dp, cols, w_t, dy_mat, self.precision)?;
+                        for (i, dx_img) in dx_blk.chunks_exact_mut(in_image).enumerate() {
+                            self.col2im(dp, cols, i * pixels, 0..self.ho, dx_img);
+                        }
                     }
                 }
                 Ok::<_, candle_core::Error>(dw)
@@ -391,13 +416,15 @@ impl CpuKernel<2> for Conv2dOp {
 
     fn backward(&self, [x, weight]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Gradients<2> {
         let conv = Planar::new(x.dims(), weight.dims(), self.0)?;
+        let need_dx = x.track_op();
         let (dx, dw) = with_contiguous_f32(x, |xs| {
             with_contiguous_f32(weight, |ws| {
-                with_contiguous_f32(grad, |dy| conv.backward(xs, ws, dy))
+                with_contiguous_f32(grad, |dy| conv.backward(xs, ws, dy, need_dx))
             })
         })?;
         Ok([
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            dx.map(|dx| Tensor::from_vec(dx, x.shape(), x.device()))
+                .transpose()?,
             Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),
         ])
     }

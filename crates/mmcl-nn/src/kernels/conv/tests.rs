@@ -85,6 +85,36 @@ fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result
     Ok(())
 }
 
+/// An input nothing upstream needs (the images of a first layer) gets no gradient, and the
+/// weight's gradient is the same, bit for bit, as when the input is a variable.
+#[test]
+fn an_untracked_input_gets_no_gradient_and_the_same_weight_gradient() -> Result<()> {
+    use candle_core::Var;
+    for (&(cin, cout, k, s, p, h, w), n) in CASES.iter().flat_map(|c| [(c, 2), (c, 9)]) {
+        let images = randn(1, &[n, cin, h, w])?;
+        let weight = Var::from_tensor(&randn(2, &[cout, cin, k, k])?)?;
+        let tracked = Var::from_tensor(&images)?;
+        let weight_grad = |x: &Tensor| -> Result<_> {
+            let y = conv2d(x, weight.as_tensor(), s, p)?;
+            let r = randn(3, y.dims())?;
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            let dw = grads.get(weight.as_tensor()).cloned();
+            Ok((grads.get(x).is_some(), dw))
+        };
+        let (untracked_has_grad, dw_untracked) = weight_grad(&images)?;
+        let (tracked_has_grad, dw_tracked) = weight_grad(tracked.as_tensor())?;
+        assert!(!untracked_has_grad && tracked_has_grad);
+        let (a, b) = dw_untracked
+            .zip(dw_tracked)
+            .ok_or(Error::InvalidArgument("no grad".into()))?;
+        assert_eq!(
+            a.flatten_all()?.to_vec1::<f32>()?,
+            b.flatten_all()?.to_vec1::<f32>()?
+        );
+    }
+    Ok(())
+}
+
 /// Stride-2 convolutions over inputs whose sides differ in parity: same values as candle's
 /// convolution, and gradients equal to central differences.
 #[test]
