@@ -9,6 +9,9 @@
 //! linear map). `reference_kernels.py` next to this file runs the same shapes in plain PyTorch
 //! (2 threads) under the same names, so that each kernel gets a ratio.
 //!
+//! `peak/fma_f32_1thread` is the CPU's f32 multiply-add peak on one thread, the yardstick of
+//! `docs/performance.md`'s "Against the machine's peak".
+//!
 //! ```sh
 //! cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 3
 //! python3 benches/reference_kernels.py --threads 2
@@ -22,7 +25,7 @@ use std::time::Duration;
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use criterion::{
-    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+    BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
 use mmcl_nn::precision::Precision;
 use mmcl_nn::{conv, ops, pool};
@@ -261,6 +264,55 @@ fn resnet_kernels(c: &mut Criterion) -> Result<()> {
     Ok(())
 }
 
+/// The CPU's f32 multiply-add peak on one thread, as a yardstick for every figure above
+/// (`peak/fma_f32_1thread`, throughput in FLOP/s): twelve independent chains of 8-lane fused
+/// multiply-adds that never touch memory, so nothing but the FMA units limits them. 256-bit
+/// operations, which reach the full rate on both machine types (Zen 4 runs a 512-bit FMA as two
+/// 256-bit halves; the Xeon's 512-bit rate is twice its 256-bit one, so double its figure there).
+fn fma_peak(c: &mut Criterion) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        const ITERS: usize = 20_000_000;
+        let mut group = c.benchmark_group("peak");
+        group.throughput(Throughput::Elements((ITERS * FMA_CHAINS * 8 * 2) as u64));
+        group.bench_function("fma_f32_1thread", |b| {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            b.iter(|| black_box(unsafe { fma_chains(black_box(ITERS)) }))
+        });
+        group.finish();
+    }
+}
+
+/// Independent multiply-add chains: enough of them to cover the FMA latency on both units.
+#[cfg(target_arch = "x86_64")]
+const FMA_CHAINS: usize = 12;
+
+/// `iters` rounds of [`FMA_CHAINS`] independent 8-lane FMAs; the sum of the chains, so that
+/// the work cannot be optimised away.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains(iters: usize) -> f32 {
+    use std::arch::x86_64::{_mm256_add_ps, _mm256_fmadd_ps, _mm256_set1_ps, _mm256_storeu_ps};
+    // Opaque operands: the compiler must not see that the chains stay at a fixed point.
+    let (x, y) = (
+        _mm256_set1_ps(black_box(0.999_999_9)),
+        _mm256_set1_ps(black_box(1e-7)),
+    );
+    let mut chains: [_; FMA_CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(black_box(i as f32)));
+    for _ in 0..iters {
+        for chain in &mut chains {
+            *chain = _mm256_fmadd_ps(*chain, x, y);
+        }
+    }
+    let total = chains
+        .iter()
+        .fold(_mm256_set1_ps(0.0), |s, &c| _mm256_add_ps(s, c));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds the 8 values the store writes.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
+    lanes.iter().sum()
+}
+
 fn kernels(c: &mut Criterion) {
     // Set-up failures (out of memory, say) are reported rather than silently skipped.
     if let Err(e) = vit_kernels(c) {
@@ -278,6 +330,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = kernels
+    targets = kernels, fma_peak
 }
 criterion_main!(benches);
