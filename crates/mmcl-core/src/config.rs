@@ -65,10 +65,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// [`crate::Error::Io`] when it cannot be read, [`crate::Error::Format`] when it is no regular
 /// file, too large, or not UTF-8 text.
 pub fn read_config_text(path: &std::path::Path) -> crate::Result<String> {
-    let bytes = crate::files::read_regular_bounded(path, MAX_CONFIG_BYTES, "the configuration")?;
-    String::from_utf8(bytes).map_err(|e| {
-        crate::Error::format(path, format!("the configuration is not UTF-8 text: {e}"))
-    })
+    crate::files::read_text_bounded(path, MAX_CONFIG_BYTES, "the configuration")
 }
 
 /// Reads the configuration file `path` ([`read_config_text`]) into `T`, as JSON or TOML by

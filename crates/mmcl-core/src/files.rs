@@ -42,6 +42,29 @@ pub fn read_regular_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u
     read_checked(file, size, path, 0, size, what)
 }
 
+/// Reads a whole regular text file (UTF-8) of at most `limit` bytes: [`read_regular_bounded`]
+/// for the JSON files the tools read back (run logs, metrics, results), so that a device, a
+/// FIFO or a huge file given in their place is refused instead of read without end.
+///
+/// # Errors
+/// As [`read_regular_bounded`], and a file that is not UTF-8.
+pub fn read_text_bounded(path: &Path, limit: u64, what: &str) -> Result<String> {
+    let bytes = read_regular_bounded(path, limit, what)?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!(
+                "{what} is not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// The most a JSON file the tools read back (a run log, a metrics or results file) may hold:
+/// far above what a run writes (a run log gains a few hundred bytes per epoch).
+pub const MAX_JSON_BYTES: u64 = 256 << 20;
+
 /// Reads `len` bytes at `offset` of a regular file opened by [`open_regular`] (`size` is its
 /// length), after checking against that size that they are there, so that a length taken
 /// from a header never allocates more than the data that exists. `what` says what the bytes

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::files::MAX_JSON_BYTES;
 use crate::{Error, Result};
 
 /// One line of a run log.
@@ -42,10 +43,7 @@ pub struct Series {
 impl RunLog {
     /// Reads a JSON-lines log.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::read_text_bounded(path, MAX_JSON_BYTES, "the run log")?;
         Self::parse(&text, path)
     }
 
@@ -214,10 +212,7 @@ impl RunLogWriter {
         let csv = dir.join("metrics.csv");
         let mut lines = Vec::new();
         if jsonl.exists() {
-            let text = std::fs::read_to_string(&jsonl).map_err(|source| Error::Io {
-                path: jsonl.clone(),
-                source,
-            })?;
+            let text = crate::files::read_text_bounded(&jsonl, MAX_JSON_BYTES, "the run log")?;
             for (index, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;

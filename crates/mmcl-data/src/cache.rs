@@ -477,7 +477,11 @@ impl Cache {
     /// A missing or malformed index, another version, missing or malformed shards.
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
-        let text = fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let text = mmcl_core::files::read_regular_bounded(
+            &index_path,
+            mmcl_core::files::MAX_JSON_BYTES,
+            "the cache index",
+        )?;
         let index: CacheIndex =
             serde_json::from_slice(&text).map_err(|e| Error::json(&index_path, e))?;
         let by_eid = index
@@ -486,7 +490,8 @@ impl Cache {
         let mut shards = Vec::with_capacity(index.shards.len());
         for info in &index.shards {
             let path = dir.join(&info.file);
-            let file = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // A regular file only: a FIFO in its place would block the open.
+            let (file, _) = mmcl_core::files::open_regular(&path)?;
             // SAFETY: the cache is written once and never modified in place (a rebuild
             // replaces the directory), so the mapping's bytes do not change under us.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;

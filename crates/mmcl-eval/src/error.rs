@@ -59,16 +59,6 @@ impl Error {
         Error::Core(mmcl_core::Error::format(path, reason))
     }
 
-    /// A file that could not be read or written ([`mmcl_core::Error::Io`]).
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Core(mmcl_core::Error::io(path, source))
-    }
-
-    /// A JSON file that could not be parsed or written ([`mmcl_core::Error::Json`]).
-    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
-        Error::Core(mmcl_core::Error::json(path, source))
-    }
-
     /// A metric that is undefined on the data given ([`mmcl_core::Error::Undefined`]).
     pub fn undefined(metric: &'static str, reason: impl Into<String>) -> Self {
         Error::Core(mmcl_core::Error::Undefined {

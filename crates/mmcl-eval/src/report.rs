@@ -4,18 +4,20 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::Result;
 use crate::metrics::{Estimate, Evaluation, TargetMetrics};
-use crate::{Error, Result};
+use mmcl_core::files::MAX_JSON_BYTES;
 
 /// Reads an [`Evaluation`] written by [`write_evaluation`] (or `mmcl probe --output`).
 pub fn read_evaluation(path: &Path) -> Result<Evaluation> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+    let text = mmcl_core::files::read_text_bounded(path, MAX_JSON_BYTES, "the metrics file")?;
+    Ok(serde_json::from_str(&text).map_err(|e| mmcl_core::Error::json(path, e))?)
 }
 
 /// Writes an [`Evaluation`] as pretty JSON, atomically.
 pub fn write_evaluation(path: &Path, evaluation: &Evaluation) -> Result<()> {
-    let text = serde_json::to_string_pretty(evaluation).map_err(|e| Error::json(path, e))?;
+    let text =
+        serde_json::to_string_pretty(evaluation).map_err(|e| mmcl_core::Error::json(path, e))?;
     mmcl_nn::io::write_bytes_atomic(path, format!("{text}\n").as_bytes())?;
     Ok(())
 }

@@ -59,7 +59,10 @@ impl StateDict {
     /// `{"state_dict": {...}}`): nested keys are joined with `.`, so a released MMCL signal encoder
     /// reads as `model.blocks.0.…`; strip such prefixes with [`StateDict::strip_prefix`].
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // A regular file only (a device or FIFO is refused, not read without end), of at most
+        // `MAX_CHECKPOINT_BYTES` (a sparse file claiming more is refused before the buffer).
+        let bytes =
+            mmcl_core::files::read_regular_bounded(path, MAX_CHECKPOINT_BYTES, "the checkpoint")?;
         let bad = |reason: String| Error::BadCheckpoint {
             path: path.to_path_buf(),
             reason,
@@ -255,6 +258,11 @@ fn sort_header_metadata(path: &Path) -> Result<()> {
 
 /// The largest safetensors header read by [`read_safetensors_metadata`] (the format's own limit).
 const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// The largest checkpoint file [`StateDict::read`] reads whole: far above the paper's models
+/// (a ResNet50 + ViT multimodal checkpoint with its optimiser is well under 1 GiB), below what a
+/// hostile sparse file could make it try to hold.
+pub const MAX_CHECKPOINT_BYTES: u64 = 16 << 30;
 
 /// The string metadata (`__metadata__`) of a safetensors file, read from its header alone: the
 /// header's claimed length is checked against the file (and the format's 100 MB limit) before

@@ -72,6 +72,12 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
         path: path.to_path_buf(),
         reason: Box::new(reason),
     };
+    // A regular file only: a device would be read without end, a FIFO would block.
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(ArchiveError::Io(e)))?;
+    if !meta.is_file() {
+        let not_regular = std::io::Error::other("not a regular file");
+        return Err(unreadable(ArchiveError::Io(not_regular)));
+    }
     let bytes = std::fs::read(path).map_err(|e| unreadable(ArchiveError::Io(e)))?;
     read_bytes(&bytes).map_err(unreadable)
 }

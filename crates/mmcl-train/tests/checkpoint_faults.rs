@@ -197,14 +197,18 @@ fn stale_temporaries_of_gone_processes_are_removed_live_ones_kept() {
     assert_eq!(entries(&ckpts), expected);
 }
 
-/// Asserts a typed checkpoint or I/O error whose message names `file`.
+/// Asserts a typed checkpoint, I/O, JSON or format error whose message names `file`.
 fn assert_names(result: mmcl_train::Result<impl std::fmt::Debug>, file: &Path) {
     let err = result.expect_err("must be refused");
     assert!(
         matches!(
             err,
             Error::Checkpoint { .. }
-                | Error::Core(mmcl_core::Error::Io { .. } | mmcl_core::Error::Json { .. })
+                | Error::Core(
+                    mmcl_core::Error::Io { .. }
+                        | mmcl_core::Error::Json { .. }
+                        | mmcl_core::Error::Format { .. }
+                )
         ),
         "{err:?}"
     );

@@ -318,3 +318,47 @@ fn config_errors_name_the_file_and_the_key() {
         assert_refused(&out, &[name, key]);
     }
 }
+
+/// A device or a FIFO where a command expects a file (a run log, a metrics or results file, a
+/// checkpoint, a configuration): refused from its metadata, promptly, with the path named — not
+/// read without end (`/dev/zero` grew until memory ran out) nor waited on (a FIFO blocked the
+/// read forever).
+#[cfg(unix)]
+#[test]
+fn a_device_or_fifo_in_place_of_a_file_is_refused() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("fifo"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    for input in ["/dev/zero", "fifo"] {
+        for args in [
+            vec!["plot-curves", "--log", input, "--output", "curves.png"],
+            vec!["report", "--metrics", input, "--output", "report.md"],
+            vec!["convert", "--input", input, "--output", "out.safetensors"],
+            vec!["explain", "--config", input],
+        ] {
+            let mut child = common::mmcl_command()
+                .current_dir(dir.path())
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("the mmcl binary runs");
+            let started = Instant::now();
+            while child.try_wait().expect("wait").is_none() {
+                if started.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                    panic!("{args:?} still runs after a minute");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = child.wait_with_output().expect("output");
+            assert_refused(&out, &[input, "not a regular file"]);
+        }
+    }
+}

@@ -109,7 +109,8 @@ pub fn is_zip(path: &Path) -> bool {
 /// large members, a symbolic link, a DICOM file that is truncated, compressed or lacks a
 /// required tag, images that do not form one X × Y × slices × frames volume, no image at all.
 pub fn read_dicom_zip(path: &Path) -> Result<CmrStudy> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // A regular file only: a FIFO in its place would block the open.
+    let (file, _) = mmcl_core::files::open_regular(path)?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::format(path, format!("not a readable zip archive: {e}")))?;
     if archive.len() > MAX_ZIP_MEMBERS {

@@ -15,9 +15,15 @@ use crate::{Error, Result};
 /// The marker file of a stage directory.
 pub const STAGE_FILE: &str = "pipeline-stage.json";
 
-/// The marker of a stage directory.
+/// The marker of a stage directory (`None` when absent or unreadable: the stage runs again).
 fn read_marker(dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join(STAGE_FILE)).ok()?;
+    let path = dir.join(STAGE_FILE);
+    let text = mmcl_core::files::read_text_bounded(
+        &path,
+        mmcl_core::config::MAX_CONFIG_BYTES,
+        "the stage marker",
+    )
+    .ok()?;
     serde_json::from_str(&text).ok()
 }
 

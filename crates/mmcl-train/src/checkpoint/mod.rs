@@ -36,8 +36,6 @@
 //! writer after each of its steps, twice in a row, and checks this.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use mmcl_nn::StateDict;
@@ -317,35 +315,18 @@ pub fn optimizer_steps(dir: &Path, file: &str) -> Result<u64> {
         .ok_or_else(|| Error::checkpoint(&path, "the optimiser state has no step count"))
 }
 
-/// Reads a small file whole, refusing one larger than `limit` bytes (`what` names its role in
-/// the error) before reading it, so a hostile or damaged file cannot exhaust memory.
+/// Reads a small file of a checkpoint whole ([`mmcl_core::files::read_regular_bounded`]):
+/// a regular file of at most `limit` bytes (`what` names its role in the error), so that a
+/// hostile or damaged file cannot exhaust memory or block.
 fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len > limit {
-        return Err(Error::checkpoint(
-            path,
-            format!("{len} bytes is far too large for {what} (at most {limit})"),
-        ));
-    }
-    let mut bytes = Vec::new();
-    // `take` also bounds a file that grows while it is read.
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > limit {
-        return Err(Error::checkpoint(
-            path,
-            format!("grew past {limit} bytes while it was read as {what}"),
-        ));
-    }
-    Ok(bytes)
+    Ok(mmcl_core::files::read_regular_bounded(path, limit, what)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+    use std::fs;
 
     fn state() -> TrainState {
         TrainState {

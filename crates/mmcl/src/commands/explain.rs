@@ -155,8 +155,7 @@ fn example_config() -> ExplainConfig {
 }
 
 fn read_config(path: &Path) -> Result<ExplainConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = mmcl_core::config::read_config_text(path)?;
     let mut cfg: ExplainConfig = mmcl_nn::config::parse_config_text(&text, path)
         .map_err(|reason| anyhow::anyhow!("{}: invalid configuration: {reason}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
