@@ -269,7 +269,8 @@ pub const MAX_CHECKPOINT_BYTES: u64 = 16 << 30;
 /// anything is allocated from it, so a damaged or hostile file cannot exhaust memory. A file
 /// without metadata gives an empty map.
 pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // A regular file only: a FIFO in its place would block the open.
+    let (mut file, _) = mmcl_core::files::open_regular(path)?;
     let header = read_safetensors_header(&mut file, path)?;
     #[derive(serde::Deserialize)]
     struct Header {
