@@ -278,13 +278,15 @@ fn discover_cmrs(dir: &Path, report: &mut BuildReport) -> Result<HashMap<Eid, Cm
             [format!("{stem}.nii.gz"), format!("{stem}.nii")]
                 .into_iter()
                 .map(|n| path.join(n))
-                .find(|p| p.is_file())
+                // Present, not necessarily a regular file: the reader refuses a device or
+                // FIFO by name rather than the subject being dropped as imageless.
+                .find(|p| p.exists())
         };
         // UK Biobank's DICOM zips; in name order, so visit 2 (`_20209_2_0`) comes first.
         let mut zips: Vec<PathBuf> = std::fs::read_dir(&path)
             .map_err(|e| Error::io(&path, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| cmr::dicom::is_zip(p) && p.is_file())
+            .filter(|p| cmr::dicom::is_zip(p) && p.exists())
             .collect();
         zips.sort();
         let sa = match (find("sa"), zips.first()) {
@@ -359,7 +361,9 @@ pub fn build_dataset(
     };
     let table = |name: &Option<PathBuf>, what: &str, report: &mut BuildReport| {
         let path = name.as_ref().map(|n| cfg.root.join(n))?;
-        if path.is_file() {
+        // Present, not necessarily a regular file: a device, FIFO or folder in its place is
+        // the reader's error (naming it), not a missing table.
+        if path.exists() {
             Some(path)
         } else {
             report

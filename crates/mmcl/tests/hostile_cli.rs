@@ -319,6 +319,40 @@ fn config_errors_name_the_file_and_the_key() {
     }
 }
 
+/// `mmcl args…` in `dir`, failing the test if it has not ended after a minute (a read that
+/// waits on a FIFO would otherwise hang the suite).
+#[cfg(unix)]
+fn mmcl_with_deadline(dir: &Path, args: &[&str]) -> std::process::Output {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = common::mmcl_command()
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the mmcl binary runs");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{args:?} still runs after a minute");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Makes a FIFO at `path`.
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 /// A device or a FIFO where a command expects a file (a run log, a metrics or results file, a
 /// checkpoint, a configuration): refused from its metadata, promptly, with the path named — not
 /// read without end (`/dev/zero` grew until memory ran out) nor waited on (a FIFO blocked the
@@ -326,15 +360,8 @@ fn config_errors_name_the_file_and_the_key() {
 #[cfg(unix)]
 #[test]
 fn a_device_or_fifo_in_place_of_a_file_is_refused() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-
     let dir = tempfile::tempdir().expect("temp dir");
-    let made = std::process::Command::new("mkfifo")
-        .arg(dir.path().join("fifo"))
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
+    mkfifo(&dir.path().join("fifo"));
     for input in ["/dev/zero", "fifo"] {
         for args in [
             vec!["plot-curves", "--log", input, "--output", "curves.png"],
@@ -342,23 +369,33 @@ fn a_device_or_fifo_in_place_of_a_file_is_refused() {
             vec!["convert", "--input", input, "--output", "out.safetensors"],
             vec!["explain", "--config", input],
         ] {
-            let mut child = common::mmcl_command()
-                .current_dir(dir.path())
-                .args(&args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("the mmcl binary runs");
-            let started = Instant::now();
-            while child.try_wait().expect("wait").is_none() {
-                if started.elapsed() > Duration::from_secs(60) {
-                    let _ = child.kill();
-                    panic!("{args:?} still runs after a minute");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let out = child.wait_with_output().expect("output");
+            let out = mmcl_with_deadline(dir.path(), &args);
             assert_refused(&out, &[input, "not a regular file"]);
         }
+    }
+}
+
+/// A FIFO in place of a table or of a subject's cine in a UK-Biobank-style folder: the build
+/// stops with an error naming it, instead of a note that the table is missing or the subject
+/// quietly left out as imageless, and writes no cache.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_input_folder_is_an_error_not_a_missing_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("ukb");
+    common::synth_small_cohort(&root, 3, 1);
+    for target in ["phenotypes.csv", "cmr/1000003/sa.nii.gz"] {
+        let path = root.join(target);
+        let kept = dir.path().join("kept");
+        std::fs::rename(&path, &kept).expect("move the file aside");
+        mkfifo(&path);
+        let out = mmcl_with_deadline(
+            dir.path(),
+            &["build-dataset", "--root", "ukb", "--output", "cache"],
+        );
+        assert_refused(&out, &[target, "not a regular file"]);
+        assert!(!dir.path().join("cache").exists(), "{target}");
+        std::fs::remove_file(&path).expect("remove the FIFO");
+        std::fs::rename(&kept, &path).expect("put the file back");
     }
 }
