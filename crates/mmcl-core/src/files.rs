@@ -61,6 +61,21 @@ pub fn read_text_bounded(path: &Path, limit: u64, what: &str) -> Result<String> 
     })
 }
 
+/// Reads a whole regular JSON file of at most `limit` bytes into `T` ([`read_regular_bounded`],
+/// then the parser; `what` says what the file is in the error): how the tools read back their
+/// metrics, results, cache indexes and stage markers.
+///
+/// # Errors
+/// As [`read_regular_bounded`], and [`Error::Json`] when the content does not parse into `T`.
+pub fn read_json_bounded<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    limit: u64,
+    what: &str,
+) -> Result<T> {
+    let bytes = read_regular_bounded(path, limit, what)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::json(path, e))
+}
+
 /// The most a JSON file the tools read back (a run log, a metrics or results file) may hold:
 /// far above what a run writes (a run log gains a few hundred bytes per epoch).
 pub const MAX_JSON_BYTES: u64 = 256 << 20;

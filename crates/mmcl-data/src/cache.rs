@@ -477,13 +477,11 @@ impl Cache {
     /// A missing or malformed index, another version, missing or malformed shards.
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
-        let text = mmcl_core::files::read_regular_bounded(
+        let index: CacheIndex = mmcl_core::files::read_json_bounded(
             &index_path,
             mmcl_core::files::MAX_JSON_BYTES,
             "the cache index",
         )?;
-        let index: CacheIndex =
-            serde_json::from_slice(&text).map_err(|e| Error::json(&index_path, e))?;
         let by_eid = index
             .check()
             .map_err(|reason| Error::format(&index_path, reason))?;

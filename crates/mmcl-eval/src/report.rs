@@ -10,8 +10,11 @@ use mmcl_core::files::MAX_JSON_BYTES;
 
 /// Reads an [`Evaluation`] written by [`write_evaluation`] (or `mmcl probe --output`).
 pub fn read_evaluation(path: &Path) -> Result<Evaluation> {
-    let text = mmcl_core::files::read_text_bounded(path, MAX_JSON_BYTES, "the metrics file")?;
-    Ok(serde_json::from_str(&text).map_err(|e| mmcl_core::Error::json(path, e))?)
+    Ok(mmcl_core::files::read_json_bounded(
+        path,
+        MAX_JSON_BYTES,
+        "the metrics file",
+    )?)
 }
 
 /// Writes an [`Evaluation`] as pretty JSON, atomically.

@@ -18,13 +18,12 @@ pub const STAGE_FILE: &str = "pipeline-stage.json";
 /// The marker of a stage directory (`None` when absent or unreadable: the stage runs again).
 fn read_marker(dir: &Path) -> Option<serde_json::Value> {
     let path = dir.join(STAGE_FILE);
-    let text = mmcl_core::files::read_text_bounded(
+    mmcl_core::files::read_json_bounded(
         &path,
         mmcl_core::config::MAX_CONFIG_BYTES,
         "the stage marker",
     )
-    .ok()?;
-    serde_json::from_str(&text).ok()
+    .ok()
 }
 
 /// Writes the marker of `dir`: made for the settings `key`, finished or not.

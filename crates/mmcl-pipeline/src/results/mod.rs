@@ -345,12 +345,11 @@ impl Results {
     /// # Errors
     /// Unreadable file, or a file that does not follow the contract.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = mmcl_core::files::read_text_bounded(
+        Ok(mmcl_core::files::read_json_bounded(
             path,
             mmcl_core::files::MAX_JSON_BYTES,
             "the results file",
-        )?;
-        serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+        )?)
     }
 
     /// Writes `results.json` atomically (pretty-printed).

@@ -277,7 +277,7 @@ impl Planar {
         &self,
         image: &[f32],
         (w_t, dy): (MatRef, &[f32]),
-        (dx, dw): (Option<&mut [f32]>, &mut [f32]),
+        (mut dx, dw): (Option<&mut [f32]>, &mut [f32]),
         (patches, dpatches): (&mut Vec<f32>, &mut Vec<f32>),
     ) -> Result<()> {
         let (depth, pixels, cout, wo) = (self.depth(), self.out_pixels(), self.cout, self.wo);
@@ -294,7 +294,6 @@ impl Planar {
                 None => Ok(()),
             };
         }
-        let mut dx = dx;
         for band in self.bands() {
             let cols = band.len() * wo;
             let p = grown(patches, depth * cols);
