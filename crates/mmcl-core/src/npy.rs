@@ -302,6 +302,15 @@ pub fn read_array(path: &Path) -> Result<Array> {
     npy_to_array(open_npy(path)?, path, "")
 }
 
+/// Reads every element as the file's type `T` and converts it with `to_f32` (the nearest f32,
+/// as NumPy's `astype(np.float32)`).
+fn values_as_f32<T: npyz::Deserialize, R: Read>(
+    npy: NpyFile<R>,
+    to_f32: impl Fn(T) -> f32,
+) -> std::io::Result<Vec<f32>> {
+    Ok(npy.into_vec::<T>()?.into_iter().map(to_f32).collect())
+}
+
 /// Reads the values of a checked array as f32; `what` prefixes error messages (an npz member's name).
 /// The header check bounds every allocation here by the bytes the source holds.
 pub fn npy_to_array<R: Read>(checked: CheckedNpy<R>, path: &Path, what: &str) -> Result<Array> {
@@ -311,38 +320,19 @@ pub fn npy_to_array<R: Read>(checked: CheckedNpy<R>, path: &Path, what: &str) ->
     let unreadable =
         |e: std::io::Error| Error::format(path, format!("{what}cannot read the data: {e}"));
     let data: Vec<f32> = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Float, 4) => npy.into_vec::<f32>().map_err(unreadable)?,
-        (TypeChar::Float, 8) => npy
-            .into_vec::<f64>()
-            .map_err(unreadable)?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        (TypeChar::Int, 2) => npy
-            .into_vec::<i16>()
-            .map_err(unreadable)?
-            .into_iter()
-            .map(f32::from)
-            .collect(),
-        (TypeChar::Int, 4) => npy
-            .into_vec::<i32>()
-            .map_err(unreadable)?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        (TypeChar::Int, 8) => npy
-            .into_vec::<i64>()
-            .map_err(unreadable)?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
+        (TypeChar::Float, 4) => npy.into_vec::<f32>(),
+        (TypeChar::Float, 8) => values_as_f32(npy, |v: f64| v as f32),
+        (TypeChar::Int, 2) => values_as_f32(npy, |v: i16| f32::from(v)),
+        (TypeChar::Int, 4) => values_as_f32(npy, |v: i32| v as f32),
+        (TypeChar::Int, 8) => values_as_f32(npy, |v: i64| v as f32),
         _ => {
             return Err(Error::format(
                 path,
                 format!("{what}unsupported dtype {ts} (expected float or integer)"),
             ));
         }
-    };
+    }
+    .map_err(unreadable)?;
     if data.len() != layout.len {
         return Err(Error::format(
             path,

@@ -40,6 +40,36 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// The JSON objects of a JSON-lines text, skipping blank lines; any other line is an error
+/// naming `path` and the line number. The reader and the writer (re-opening a resumed run's
+/// log) both parse with it, so they accept the same files.
+fn json_object_lines(
+    text: &str,
+    path: &Path,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let mut objects = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                line: Some(index + 1),
+                source,
+            })?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: format!("line {}: expected a JSON object", index + 1),
+            });
+        };
+        objects.push(map);
+    }
+    Ok(objects)
+}
+
 impl RunLog {
     /// Reads a JSON-lines log.
     pub fn read(path: &Path) -> Result<Self> {
@@ -50,23 +80,7 @@ impl RunLog {
     /// Parses the text of a JSON-lines log; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let mut records = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            let value: serde_json::Value =
-                serde_json::from_str(line).map_err(|source| Error::Json {
-                    path: path.to_path_buf(),
-                    line: Some(index + 1),
-                    source,
-                })?;
-            let serde_json::Value::Object(map) = value else {
-                return Err(Error::Format {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: expected a JSON object", index + 1),
-                });
-            };
+        for map in json_object_lines(text, path)? {
             let mut record = LogRecord {
                 split: "train".into(),
                 epoch: None,
@@ -210,30 +224,12 @@ impl RunLogWriter {
         })?;
         let jsonl = dir.join("metrics.jsonl");
         let csv = dir.join("metrics.csv");
-        let mut lines = Vec::new();
-        if jsonl.exists() {
+        let lines = if jsonl.exists() {
             let text = crate::files::read_text_bounded(&jsonl, MAX_JSON_BYTES, "the run log")?;
-            for (index, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value =
-                    serde_json::from_str(line).map_err(|source| Error::Json {
-                        path: jsonl.clone(),
-                        line: Some(index + 1),
-                        source,
-                    })?;
-                match value {
-                    serde_json::Value::Object(map) => lines.push(map),
-                    _ => {
-                        return Err(Error::Format {
-                            path: jsonl.clone(),
-                            reason: format!("line {} is not a JSON object", index + 1),
-                        });
-                    }
-                }
-            }
-        }
+            json_object_lines(&text, &jsonl)?
+        } else {
+            Vec::new()
+        };
         Ok(Self { jsonl, csv, lines })
     }
 
