@@ -525,15 +525,21 @@ impl From<mmcl_pth::Error> for Error {
 mod tests {
     use super::*;
 
+    /// A state dict of `entries` (the tests build small ones by hand).
+    fn state_dict<const N: usize>(entries: [(&str, Tensor); N]) -> StateDict {
+        entries
+            .into_iter()
+            .map(|(key, t)| (key.to_string(), t))
+            .collect()
+    }
+
     #[test]
     fn the_same_export_is_the_same_bytes() -> Result<()> {
         let dev = Device::Cpu;
-        let state: StateDict = [
-            ("w".to_string(), Tensor::ones((2, 3), DType::F32, &dev)?),
-            ("b".to_string(), Tensor::zeros(3, DType::F32, &dev)?),
-        ]
-        .into_iter()
-        .collect();
+        let state = state_dict([
+            ("w", Tensor::ones((2, 3), DType::F32, &dev)?),
+            ("b", Tensor::zeros(3, DType::F32, &dev)?),
+        ]);
         let entries: Vec<(String, String)> = (0..16)
             .map(|i| (format!("key{i}"), format!("value \"{i}\"")))
             .collect();
@@ -565,13 +571,11 @@ mod tests {
     #[test]
     fn report_names_every_difference() -> Result<()> {
         let dev = Device::Cpu;
-        let state: StateDict = [
-            ("a".to_string(), Tensor::zeros((2, 3), DType::F32, &dev)?),
-            ("b".to_string(), Tensor::zeros(4, DType::F32, &dev)?),
-            ("extra".to_string(), Tensor::zeros(1, DType::F32, &dev)?),
-        ]
-        .into_iter()
-        .collect();
+        let state = state_dict([
+            ("a", Tensor::zeros((2, 3), DType::F32, &dev)?),
+            ("b", Tensor::zeros(4, DType::F32, &dev)?),
+            ("extra", Tensor::zeros(1, DType::F32, &dev)?),
+        ]);
         let report = match_keys(
             [
                 ("a", &[2usize, 3][..]),
@@ -602,7 +606,7 @@ mod tests {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let dev = Device::Cpu;
         let t = Tensor::arange(0f32, 6.0, &dev)?.reshape((2, 3))?;
-        let state: StateDict = [("model.w".to_string(), t.clone())].into_iter().collect();
+        let state = state_dict([("model.w", t.clone())]);
         let path = dir.join("x.safetensors");
         state.write_safetensors(&path, None)?;
         let back = StateDict::read(&path)?.strip_prefix("model.");

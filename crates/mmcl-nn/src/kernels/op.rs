@@ -85,78 +85,33 @@ fn output((values, shape): (Vec<f32>, Shape)) -> (CpuStorage, Shape) {
     (CpuStorage::F32(values), shape)
 }
 
-impl<K: CpuKernel<1>> CustomOp1 for Op<K> {
-    fn name(&self) -> &'static str {
-        K::NAME
-    }
+/// Implements candle's `$trait` for `Op<K>` with `K: CpuKernel<$n>`: one `storage, layout`
+/// pair of names per input for the forward, and one `input, gradient` pair of names per input
+/// for the backward, which returns `$grads`. The three arities differ only in these lists.
+macro_rules! custom_op {
+    ($trait:ident, $n:literal, ($($s:ident, $l:ident);+), ($($x:ident, $g:ident);+) => $grads:ty) => {
+        impl<K: CpuKernel<$n>> $trait for Op<K> {
+            fn name(&self) -> &'static str {
+                K::NAME
+            }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.0.forward(Self::inputs([(s, l)], K::NAME)?).map(output)
-    }
+            fn cpu_fwd(&self, $($s: &CpuStorage, $l: &Layout),+) -> Result<(CpuStorage, Shape)> {
+                self.0
+                    .forward(Self::inputs([$(($s, $l)),+], K::NAME)?)
+                    .map(output)
+            }
 
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let [g] = self.0.backward([arg], res, grad)?;
-        Ok(tracked(arg, g))
-    }
+            fn bwd(&self, $($x: &Tensor,)+ res: &Tensor, grad: &Tensor) -> Result<$grads> {
+                let [$($g),+] = self.0.backward([$($x),+], res, grad)?;
+                Ok(($(tracked($x, $g)),+))
+            }
+        }
+    };
 }
 
-impl<K: CpuKernel<2>> CustomOp2 for Op<K> {
-    fn name(&self) -> &'static str {
-        K::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.0
-            .forward(Self::inputs([(s1, l1), (s2, l2)], K::NAME)?)
-            .map(output)
-    }
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let [ga, gb] = self.0.backward([a, b], res, grad)?;
-        Ok((tracked(a, ga), tracked(b, gb)))
-    }
-}
-
-impl<K: CpuKernel<3>> CustomOp3 for Op<K> {
-    fn name(&self) -> &'static str {
-        K::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.0
-            .forward(Self::inputs([(s1, l1), (s2, l2), (s3, l3)], K::NAME)?)
-            .map(output)
-    }
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        c: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [ga, gb, gc] = self.0.backward([a, b, c], res, grad)?;
-        Ok((tracked(a, ga), tracked(b, gb), tracked(c, gc)))
-    }
-}
+custom_op!(CustomOp1, 1, (s, l), (arg, g) => Option<Tensor>);
+custom_op!(CustomOp2, 2, (s1, l1; s2, l2), (a, ga; b, gb) => (Option<Tensor>, Option<Tensor>));
+custom_op!(
+    CustomOp3, 3, (s1, l1; s2, l2; s3, l3), (a, ga; b, gb; c, gc)
+        => (Option<Tensor>, Option<Tensor>, Option<Tensor>)
+);

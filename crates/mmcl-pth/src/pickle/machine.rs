@@ -136,11 +136,35 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn memo_get(&self, idx: u64) -> PResult<Value> {
-        match self.memo.get(&idx) {
-            Some(v) => Ok(v.clone()),
-            None => malformed(format!("memo entry {idx} is not defined")),
-        }
+    /// Pushes a copy of memo entry `idx` (GET, BINGET, LONG_BINGET).
+    fn push_memo(&mut self, idx: u64) -> PResult<()> {
+        let v = match self.memo.get(&idx) {
+            Some(v) => v.clone(),
+            None => return malformed(format!("memo entry {idx} is not defined")),
+        };
+        self.push(v)
+    }
+
+    /// The memo index argument of the PUT or GET opcode `op`: a text line (PUT, GET), one byte
+    /// (BINPUT, BINGET) or four (LONG_BINPUT, LONG_BINGET).
+    fn memo_index(&mut self, op: u8) -> PResult<u64> {
+        Ok(match op {
+            b'p' | b'g' => {
+                let name = if op == b'p' { "PUT" } else { "GET" };
+                self.line()?
+                    .parse()
+                    .or_else(|_| malformed(format!("bad {name} index")))?
+            }
+            b'q' | b'h' => self.u8()? as u64,
+            _ => u32::from_le_bytes(self.le()?) as u64,
+        })
+    }
+
+    /// Calls `callable` with `args` (REDUCE and the opcodes that work like it) and pushes the
+    /// result.
+    fn push_call(&mut self, callable: &Value, args: &Value) -> PResult<()> {
+        let v = self.call(callable, args, false)?;
+        self.push(v)
     }
 
     fn memo_put(&mut self, idx: u64) -> PResult<()> {
@@ -349,8 +373,7 @@ impl<'a> Machine<'a> {
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = self.call(&callable, &args, false)?;
-                    self.push(v)?;
+                    self.push_call(&callable, &args)?;
                 }
                 0x81 => {
                     let _args = self.pop()?; // NEWOBJ
@@ -370,8 +393,7 @@ impl<'a> Machine<'a> {
                         return malformed("OBJ without a class");
                     }
                     let cls = items.remove(0);
-                    let v = self.call(&cls, &Value::Tuple(items.into()), false)?;
-                    self.push(v)?;
+                    self.push_call(&cls, &Value::Tuple(items.into()))?;
                 }
                 b'i' => {
                     // INST: a call like REDUCE, with the class named inline.
@@ -380,50 +402,24 @@ impl<'a> Machine<'a> {
                     check_reference(module, name)?;
                     let items = self.pop_mark()?;
                     let cls = Value::Global(module.into(), name.into());
-                    let v = self.call(&cls, &Value::Tuple(items.into()), false)?;
-                    self.push(v)?;
+                    self.push_call(&cls, &Value::Tuple(items.into()))?;
                 }
                 b'b' => {
                     let state = self.pop()?;
                     let target = self.top()?;
                     build(target, state)?;
                 }
-                b'p' => {
-                    let idx = self
-                        .line()?
-                        .parse()
-                        .or_else(|_| malformed("bad PUT index"))?;
-                    self.memo_put(idx)?;
-                }
-                b'q' => {
-                    let idx = self.u8()? as u64;
-                    self.memo_put(idx)?;
-                }
-                b'r' => {
-                    let idx = u32::from_le_bytes(self.le()?) as u64;
+                b'p' | b'q' | b'r' => {
+                    let idx = self.memo_index(op)?;
                     self.memo_put(idx)?;
                 }
                 0x94 => {
                     let idx = self.memo.len() as u64;
                     self.memo_put(idx)?;
                 }
-                b'g' => {
-                    let idx = self
-                        .line()?
-                        .parse()
-                        .or_else(|_| malformed("bad GET index"))?;
-                    let v = self.memo_get(idx)?;
-                    self.push(v)?;
-                }
-                b'h' => {
-                    let idx = self.u8()? as u64;
-                    let v = self.memo_get(idx)?;
-                    self.push(v)?;
-                }
-                b'j' => {
-                    let idx = u32::from_le_bytes(self.le()?) as u64;
-                    let v = self.memo_get(idx)?;
-                    self.push(v)?;
+                b'g' | b'h' | b'j' => {
+                    let idx = self.memo_index(op)?;
+                    self.push_memo(idx)?;
                 }
                 b'Q' => {
                     let pid = self.pop()?;

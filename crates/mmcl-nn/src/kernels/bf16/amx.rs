@@ -8,8 +8,7 @@
 use std::arch::asm;
 use std::sync::OnceLock;
 
-use super::packed::{BLOCK, HALF, KSTEP, TILE_PAIRS, TILE_U16};
-use crate::kernels::SharedMut;
+use super::packed::{BLOCK, HALF, KSTEP, RowBlock, TILE_PAIRS, TILE_U16};
 
 /// The tile configuration (palette 1): tiles 0–3 accumulate 16×16 f32, tiles 4–5 hold
 /// 16 rows × 32 bf16 of the left operand, tiles 6–7 16 pairs × 16 columns of the right one.
@@ -64,30 +63,26 @@ pub(super) fn available() -> bool {
     })
 }
 
-/// The output blocks of row block `mb`, one 2×2 group of accumulator tiles at a time.
+/// The output blocks of `block`, one 2×2 group of accumulator tiles at a time.
 ///
 /// # Safety
-/// `out` addresses `m` rows of stride `dst_rs` with `n` valid columns, rows `32·mb ..` written
-/// by no other task; [`available`] returned true.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn block_row(
-    a: &[u16],
-    packed_rhs: &[u32],
-    out: SharedMut,
-    dst_rs: usize,
-    (m, n): (usize, usize),
-    mb: usize,
-    ksteps: usize,
-    accumulate: bool,
-) {
-    let rows = BLOCK.min(m - mb * BLOCK);
+/// As [`super::packed::BlockRow`]; [`available`] returned true.
+pub(super) unsafe fn block_row(block: RowBlock<'_>) {
+    let RowBlock {
+        a,
+        packed_rhs,
+        ksteps,
+        accumulate,
+        dst_rs,
+        ..
+    } = block;
+    let rows = block.rows();
     let mut edge = [0f32; BLOCK * BLOCK];
     // SAFETY: the configuration is a valid palette-1 layout; AMX is available.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
-    for nb in 0..n.div_ceil(BLOCK) {
-        let cols = BLOCK.min(n - nb * BLOCK);
+    for (nb, cols) in block.column_blocks() {
         // SAFETY: row 32·mb, column 32·nb lies inside the output.
-        let corner = unsafe { out.get().add(mb * BLOCK * dst_rs + nb * BLOCK) };
+        let corner = unsafe { block.corner(0, nb) };
         let full = rows == BLOCK && cols == BLOCK;
         // Full blocks are loaded and stored in place; edge blocks through a 32×32 buffer.
         let (c, c_rs) = if full {

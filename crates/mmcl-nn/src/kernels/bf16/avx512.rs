@@ -17,8 +17,7 @@ use std::arch::x86_64::{
 };
 use std::sync::OnceLock;
 
-use super::packed::{BLOCK, HALF, KSTEP, TILE_PAIRS};
-use crate::kernels::SharedMut;
+use super::packed::{BLOCK, HALF, KSTEP, RowBlock, TILE_PAIRS};
 
 /// Rows of one register block.
 const ROWS: usize = 8;
@@ -38,42 +37,30 @@ pub(super) fn available() -> bool {
     })
 }
 
-/// The output blocks of row block `mb` (see [`super::packed::BlockRow`]).
+/// The output blocks of `block`, 8 rows of one column block at a time.
 ///
 /// # Safety
-/// `out` addresses `m` rows of stride `dst_rs` with `n` valid columns, rows `32·mb ..` written
-/// by no other task; [`available`] returned true; `a` and `packed_rhs` are packed for
-/// `ksteps` inner-dimension steps.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn block_row(
-    a: &[u16],
-    packed_rhs: &[u32],
-    out: SharedMut,
-    dst_rs: usize,
-    (m, n): (usize, usize),
-    mb: usize,
-    ksteps: usize,
-    accumulate: bool,
-) {
-    let rows = BLOCK.min(m - mb * BLOCK);
-    for nb in 0..n.div_ceil(BLOCK) {
-        let cols = BLOCK.min(n - nb * BLOCK);
-        let b_block = &packed_rhs[nb * ksteps * 2 * TILE_PAIRS..][..ksteps * 2 * TILE_PAIRS];
+/// As [`super::packed::BlockRow`]; [`available`] returned true; `block.a` and
+/// `block.packed_rhs` are packed for `block.ksteps` inner-dimension steps.
+pub(super) unsafe fn block_row(block: RowBlock<'_>) {
+    let rows = block.rows();
+    let per_column_block = block.ksteps * 2 * TILE_PAIRS;
+    for (nb, cols) in block.column_blocks() {
+        let b_block = &block.packed_rhs[nb * per_column_block..][..per_column_block];
         for r0 in (0..rows).step_by(ROWS) {
             let valid_rows = ROWS.min(rows - r0);
             // SAFETY: rows 32·mb + r0 .. + valid_rows and columns 32·nb .. + cols lie inside
             // the output (caller's contract); the CPU has the instructions.
             unsafe {
-                let corner = out.get().add((mb * BLOCK + r0) * dst_rs + nb * BLOCK);
                 register_block(
-                    a,
+                    block.a,
                     b_block,
                     r0,
-                    ksteps,
-                    corner,
-                    dst_rs,
+                    block.ksteps,
+                    block.corner(r0, nb),
+                    block.dst_rs,
                     (valid_rows, cols),
-                    accumulate,
+                    block.accumulate,
                 );
             }
         }

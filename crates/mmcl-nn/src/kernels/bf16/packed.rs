@@ -27,15 +27,61 @@ pub(super) const TILE_PAIRS: usize = TILE_U16 / 2;
 /// (1–2 MiB on the CPUs that have these instructions).
 const RHS_BUDGET_BYTES: usize = 768 * 1024;
 
-/// The output blocks of one row block: `(a, packed_rhs, out, dst_rs, (m, n), mb, ksteps,
-/// accumulate)`, with `a` the row block packed by [`pack_lhs`] and `packed_rhs` every column
-/// block packed by [`pack_rhs`].
+/// One task of a block kernel: the output blocks of row block `mb`.
+#[derive(Clone, Copy)]
+pub(super) struct RowBlock<'a> {
+    /// The row block of the left operand, packed by [`pack_lhs`].
+    pub(super) a: &'a [u16],
+    /// Every column block of the right operand, packed by [`pack_rhs`].
+    pub(super) packed_rhs: &'a [u32],
+    /// The output: `m` rows of stride `dst_rs` with `n` valid columns.
+    pub(super) out: SharedMut,
+    /// The output's row stride.
+    pub(super) dst_rs: usize,
+    /// `(m, n)`: the output's rows and columns.
+    pub(super) dims: (usize, usize),
+    /// The row block: output rows `32·mb ..`.
+    pub(super) mb: usize,
+    /// The inner-dimension steps the packed operands hold.
+    pub(super) ksteps: usize,
+    /// Whether the products are added to the output (otherwise they replace it).
+    pub(super) accumulate: bool,
+}
+
+impl RowBlock<'_> {
+    /// The valid rows of this row block (32, fewer in the last one).
+    pub(super) fn rows(&self) -> usize {
+        BLOCK.min(self.dims.0 - self.mb * BLOCK)
+    }
+
+    /// The column blocks of the output: each one's index `nb` and valid columns (32, fewer in
+    /// the last one).
+    pub(super) fn column_blocks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let n = self.dims.1;
+        (0..n.div_ceil(BLOCK)).map(move |nb| (nb, BLOCK.min(n - nb * BLOCK)))
+    }
+
+    /// The output element in row `r` of this row block and the first column of column block
+    /// `nb`.
+    ///
+    /// # Safety
+    /// That element lies inside the output (`r` below [`Self::rows`], `nb` a column block).
+    pub(super) unsafe fn corner(&self, r: usize, nb: usize) -> *mut f32 {
+        // SAFETY: inside the output (caller's contract).
+        unsafe {
+            self.out
+                .get()
+                .add((self.mb * BLOCK + r) * self.dst_rs + nb * BLOCK)
+        }
+    }
+}
+
+/// A block kernel: computes the output blocks of one [`RowBlock`].
 ///
 /// # Safety
-/// `out` addresses `m` rows of stride `dst_rs` with `n` valid columns, rows `32·mb ..` written
-/// by no other task, and the CPU has the engine's instructions.
-pub(super) type BlockRow =
-    unsafe fn(&[u16], &[u32], SharedMut, usize, (usize, usize), usize, usize, bool);
+/// The row block's output rows are written by no other task, and the CPU has the engine's
+/// instructions.
+pub(super) type BlockRow = unsafe fn(RowBlock<'_>);
 
 /// `dst[m, n] (+)= bf16(lhs)·bf16(rhs)` in f32 with `block_row` computing the output blocks;
 /// see [`super::gemm_bf16`].
@@ -99,7 +145,18 @@ pub(super) unsafe fn gemm(
             let a = pack_lhs(lhs, lhs_strides, (m, kc), mb, ksteps);
             // SAFETY: the blocks of row block `mb` are written by this task only; the caller's
             // contract covers the rest.
-            unsafe { block_row(&a, packed_rhs, out, dst_rs, (m, n), mb, ksteps, accumulate) };
+            unsafe {
+                block_row(RowBlock {
+                    a: &a,
+                    packed_rhs,
+                    out,
+                    dst_rs,
+                    dims: (m, n),
+                    mb,
+                    ksteps,
+                    accumulate,
+                })
+            };
         };
         if parallel && m_blocks > 1 {
             (0..m_blocks).into_par_iter().for_each(task);

@@ -66,18 +66,68 @@ fn cuda_only(op: &str) -> candle_core::Error {
     ))
 }
 
-/// The CPU half of these CUDA-only custom operations, one `storage, layout` pair of names per
-/// input: an error, since the operations are only applied to CUDA tensors.
-macro_rules! cpu_fwd_refused {
-    ($($storage:ident, $layout:ident);+) => {
-        fn cpu_fwd(
-            &self,
-            $($storage: &CpuStorage, $layout: &Layout),+
-        ) -> Result<(CpuStorage, Shape)> {
-            Err(cuda_only(self.name()))
+/// The inputs of a [`CudaKernel`]: each one's storage and layout.
+type Inputs<'a, const N: usize> = [(&'a CudaStorage, &'a Layout); N];
+
+/// A CUDA-only operation on `N` tensors, run by candle through [`Cuda`]: the kernels state their
+/// launch and their gradients only.
+trait CudaKernel<const N: usize>: Send + Sync {
+    /// The operation's name (in candle's errors).
+    const NAME: &'static str;
+
+    /// The output's storage and shape.
+    fn forward(&self, inputs: Inputs<'_, N>) -> Result<(CudaStorage, Shape)>;
+
+    /// The gradients of the inputs, given the inputs, the output and the output's gradient; by
+    /// default the operation is not differentiated (candle's error).
+    fn backward(
+        &self,
+        inputs: [&Tensor; N],
+        output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<[Option<Tensor>; N]> {
+        let _ = (inputs, output, grad);
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A [`CudaKernel`] as a candle custom operation (`tensor.apply_op1(Cuda(Softmax))`).
+struct Cuda<K>(K);
+
+/// Implements candle's `$trait` for `Cuda<K>` with `K: CudaKernel<$n>`: one `storage, layout`
+/// pair of names per input for the forwards, one `input, gradient` pair per input for the
+/// backward, which returns `$grads`. The CPU forward is an error: the operations are only
+/// applied to CUDA tensors.
+macro_rules! cuda_op {
+    ($trait:ident, $n:literal, ($($s:ident, $l:ident);+), ($($x:ident, $g:ident);+) => $grads:ty) => {
+        impl<K: CudaKernel<$n>> $trait for Cuda<K> {
+            fn name(&self) -> &'static str {
+                K::NAME
+            }
+
+            #[allow(unused_variables)] // the CPU forward refuses whatever it is given
+            fn cpu_fwd(&self, $($s: &CpuStorage, $l: &Layout),+) -> Result<(CpuStorage, Shape)> {
+                Err(cuda_only(K::NAME))
+            }
+
+            fn cuda_fwd(&self, $($s: &CudaStorage, $l: &Layout),+) -> Result<(CudaStorage, Shape)> {
+                self.0.forward([$(($s, $l)),+])
+            }
+
+            fn bwd(&self, $($x: &Tensor,)+ res: &Tensor, grad: &Tensor) -> Result<$grads> {
+                let [$($g),+] = self.0.backward([$($x),+], res, grad)?;
+                Ok(($($g),+))
+            }
         }
     };
 }
+
+cuda_op!(CustomOp1, 1, (s, l), (arg, g) => Option<Tensor>);
+cuda_op!(CustomOp2, 2, (s1, l1; s2, l2), (a, ga; b, gb) => (Option<Tensor>, Option<Tensor>));
+cuda_op!(
+    CustomOp3, 3, (s1, l1; s2, l2; s3, l3), (a, ga; b, gb; c, gc)
+        => (Option<Tensor>, Option<Tensor>, Option<Tensor>)
+);
 
 /// The f32 elements of a contiguous `layout` of `storage`.
 fn view<'a>(storage: &'a CudaStorage, layout: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
@@ -273,7 +323,7 @@ fn sum_chunks(
 
 /// Softmax over the last dimension of `x` (f32 on a CUDA device), differentiable.
 pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+    x.contiguous()?.apply_op1(Cuda(Softmax))
 }
 
 /// LayerNorm over the last dimension (f32 on a CUDA device), gradients to all three inputs.
@@ -281,13 +331,14 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        LayerNorm { eps: eps as f32 },
+        Cuda(LayerNorm { eps: eps as f32 }),
     )
 }
 
 /// `gelu_erf(x + bias)`, bias over the last dimension (f32 on a CUDA device), differentiable.
 pub(crate) fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu)
+    x.contiguous()?
+        .apply_op2(&bias.contiguous()?, Cuda(BiasGelu))
 }
 
 /// The column sums of `g` seen as `[rows, width]` (f32 on a CUDA device), deterministic: the
@@ -295,24 +346,20 @@ pub(crate) fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 pub(crate) fn column_sums(g: &Tensor, width: usize) -> Result<Tensor> {
     g.contiguous()?
         .reshape(((), width))?
-        .apply_op1_no_bwd(&ColumnSums)
+        .apply_op1_no_bwd(&Cuda(ColumnSums))
 }
 
 struct Softmax;
 
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "mmcl-softmax-cuda"
-    }
+impl CudaKernel<1> for Softmax {
+    const NAME: &'static str = "mmcl-softmax-cuda";
 
-    cpu_fwd_refused!(_xs, _xl);
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (rows, n) = rows_and_width(self.name(), l, &[], &[])?;
+    fn forward(&self, inputs: Inputs<'_, 1>) -> Result<(CudaStorage, Shape)> {
+        let [(_, l)] = inputs;
+        let (rows, n) = rows_and_width(Self::NAME, l, &[], &[])?;
         let scalars = vec![Arg::Int(rows), Arg::Int(n)];
-        let inputs = [(s, l)];
         launch_new_output(
-            self.name(),
+            Self::NAME,
             "mmcl_softmax_fwd",
             row_launch(rows),
             &inputs,
@@ -320,32 +367,25 @@ impl CustomOp1 for Softmax {
         )
     }
 
-    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    fn backward(&self, _: [&Tensor; 1], y: &Tensor, grad: &Tensor) -> Result<[Option<Tensor>; 1]> {
+        Ok([Some(y.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &Cuda(SoftmaxGrad),
+        )?)])
     }
 }
 
 struct SoftmaxGrad;
 
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "mmcl-softmax-grad-cuda"
-    }
+impl CudaKernel<2> for SoftmaxGrad {
+    const NAME: &'static str = "mmcl-softmax-grad-cuda";
 
-    cpu_fwd_refused!(_ys, _yl; _gs, _gl);
-
-    fn cuda_fwd(
-        &self,
-        ys: &CudaStorage,
-        yl: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (rows, n) = rows_and_width(self.name(), yl, &[], &[gl])?;
+    fn forward(&self, inputs: Inputs<'_, 2>) -> Result<(CudaStorage, Shape)> {
+        let [(_, yl), (_, gl)] = inputs;
+        let (rows, n) = rows_and_width(Self::NAME, yl, &[], &[gl])?;
         let scalars = vec![Arg::Int(rows), Arg::Int(n)];
-        let inputs = [(ys, yl), (gs, gl)];
         launch_new_output(
-            self.name(),
+            Self::NAME,
             "mmcl_softmax_bwd",
             row_launch(rows),
             &inputs,
@@ -358,49 +398,36 @@ struct LayerNorm {
     eps: f32,
 }
 
-impl CustomOp3 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "mmcl-layer-norm-cuda"
-    }
+impl CudaKernel<3> for LayerNorm {
+    const NAME: &'static str = "mmcl-layer-norm-cuda";
 
-    cpu_fwd_refused!(_xs, _xl; _ws, _wl; _bs, _bl);
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (rows, n) = rows_and_width(self.name(), xl, &[wl, bl], &[])?;
+    fn forward(&self, inputs: Inputs<'_, 3>) -> Result<(CudaStorage, Shape)> {
+        let [(_, xl), (_, wl), (_, bl)] = inputs;
+        let (rows, n) = rows_and_width(Self::NAME, xl, &[wl, bl], &[])?;
         let scalars = vec![Arg::Int(rows), Arg::Int(n), Arg::Float(self.eps)];
-        let (inputs, config) = ([(xs, xl), (ws, wl), (bs, bl)], row_launch(rows));
-        launch_new_output(self.name(), "mmcl_layer_norm_fwd", config, &inputs, scalars)
+        let config = row_launch(rows);
+        launch_new_output(Self::NAME, "mmcl_layer_norm_fwd", config, &inputs, scalars)
     }
 
-    fn bwd(
+    fn backward(
         &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
+        [x, weight, _bias]: [&Tensor; 3],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         let n = weight.elem_count();
         // [dx (x's elements) | dw (n) | db (n)] in one buffer.
         let packed = x.apply_op3_no_bwd(
             weight,
             &grad.contiguous()?,
-            &LayerNormGrad { eps: self.eps },
+            &Cuda(LayerNormGrad { eps: self.eps }),
         )?;
         let count = x.elem_count();
-        Ok((
+        Ok([
             Some(packed.narrow(0, 0, count)?.reshape(x.shape())?),
             Some(packed.narrow(0, count, n)?.reshape(weight.shape())?),
             Some(packed.narrow(0, count + n, n)?.reshape(weight.shape())?),
-        ))
+        ])
     }
 }
 
@@ -408,24 +435,15 @@ struct LayerNormGrad {
     eps: f32,
 }
 
-impl CustomOp3 for LayerNormGrad {
-    fn name(&self) -> &'static str {
-        "mmcl-layer-norm-grad-cuda"
-    }
+impl CudaKernel<3> for LayerNormGrad {
+    const NAME: &'static str = "mmcl-layer-norm-grad-cuda";
 
-    cpu_fwd_refused!(_xs, _xl; _ws, _wl; _gs, _gl);
-
-    fn cuda_fwd(
+    fn forward(
         &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
+        [(xs, xl), (ws, wl), (gs, gl)]: Inputs<'_, 3>,
     ) -> Result<(CudaStorage, Shape)> {
         let device = xs.device();
-        let (rows, n) = rows_and_width(self.name(), xl, &[wl], &[gl])?;
+        let (rows, n) = rows_and_width(Self::NAME, xl, &[wl], &[gl])?;
         let count = xl.shape().elem_count();
         let width = n as usize;
         let mut packed = output(device, count + 2 * width)?;
@@ -433,9 +451,9 @@ impl CustomOp3 for LayerNormGrad {
         let stats = output(device, 2 * rows as usize)?;
         {
             let args = &mut [
-                Arg::In(view(xs, xl, self.name())?),
-                Arg::In(view(ws, wl, self.name())?),
-                Arg::In(view(gs, gl, self.name())?),
+                Arg::In(view(xs, xl, Self::NAME)?),
+                Arg::In(view(ws, wl, Self::NAME)?),
+                Arg::In(view(gs, gl, Self::NAME)?),
                 Arg::Out(part(&mut packed, 0, count)?),
                 Arg::Buffer(&stats),
                 Arg::Int(rows),
@@ -447,8 +465,8 @@ impl CustomOp3 for LayerNormGrad {
         let (config, chunks, chunk_rows) = column_launch(rows, n);
         let partials = output(device, chunks * 2 * width)?;
         let args = &mut [
-            Arg::In(view(xs, xl, self.name())?),
-            Arg::In(view(gs, gl, self.name())?),
+            Arg::In(view(xs, xl, Self::NAME)?),
+            Arg::In(view(gs, gl, Self::NAME)?),
             Arg::Buffer(&stats),
             Arg::Buffer(&partials),
             Arg::Int(rows),
@@ -464,75 +482,47 @@ impl CustomOp3 for LayerNormGrad {
 
 struct BiasGelu;
 
-impl CustomOp2 for BiasGelu {
-    fn name(&self) -> &'static str {
-        "mmcl-bias-gelu-cuda"
+impl CudaKernel<2> for BiasGelu {
+    const NAME: &'static str = "mmcl-bias-gelu-cuda";
+
+    fn forward(&self, inputs: Inputs<'_, 2>) -> Result<(CudaStorage, Shape)> {
+        launch_bias_gelu(Self::NAME, "mmcl_bias_gelu_fwd", &inputs)
     }
 
-    cpu_fwd_refused!(_xs, _xl; _bs, _bl);
-
-    fn cuda_fwd(
+    fn backward(
         &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        launch_bias_gelu(self.name(), "mmcl_bias_gelu_fwd", &[(xs, xl), (bs, bl)])
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        bias: &Tensor,
+        [x, bias]: [&Tensor; 2],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &BiasGeluGrad)?;
+    ) -> Result<[Option<Tensor>; 2]> {
+        let dx = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &Cuda(BiasGeluGrad))?;
         let db = crate::kernels::bias_gradient(&dx, bias.elem_count())?;
-        Ok((Some(dx), Some(db)))
+        Ok([Some(dx), Some(db)])
     }
 }
 
 struct BiasGeluGrad;
 
-impl CustomOp3 for BiasGeluGrad {
-    fn name(&self) -> &'static str {
-        "mmcl-bias-gelu-grad-cuda"
-    }
+impl CudaKernel<3> for BiasGeluGrad {
+    const NAME: &'static str = "mmcl-bias-gelu-grad-cuda";
 
-    cpu_fwd_refused!(_xs, _xl; _bs, _bl; _gs, _gl);
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let inputs = [(xs, xl), (bs, bl), (gs, gl)];
-        launch_bias_gelu(self.name(), "mmcl_bias_gelu_bwd", &inputs)
+    fn forward(&self, inputs: Inputs<'_, 3>) -> Result<(CudaStorage, Shape)> {
+        launch_bias_gelu(Self::NAME, "mmcl_bias_gelu_bwd", &inputs)
     }
 }
 
 struct ColumnSums;
 
-impl CustomOp1 for ColumnSums {
-    fn name(&self) -> &'static str {
-        "mmcl-column-sums-cuda"
-    }
+impl CudaKernel<1> for ColumnSums {
+    const NAME: &'static str = "mmcl-column-sums-cuda";
 
-    cpu_fwd_refused!(_gs, _gl);
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn forward(&self, [(s, l)]: Inputs<'_, 1>) -> Result<(CudaStorage, Shape)> {
         let device = s.device();
-        let (rows, n) = rows_and_width(self.name(), l, &[], &[])?;
+        let (rows, n) = rows_and_width(Self::NAME, l, &[], &[])?;
         let (config, chunks, chunk_rows) = column_launch(rows, n);
         let partials = output(device, chunks * n as usize)?;
         let args = &mut [
-            Arg::In(view(s, l, self.name())?),
+            Arg::In(view(s, l, Self::NAME)?),
             Arg::Buffer(&partials),
             Arg::Int(rows),
             Arg::Int(n),

@@ -11,13 +11,7 @@ use candle_core::{Result, Shape, Tensor};
 /// # Shapes
 /// `a`, `b`: the same shape; output: that shape.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    same_shape("add", a, b)?;
-    if fast_path(a) && fast_path(b) {
-        a.contiguous()?
-            .apply_op2(&b.contiguous()?, Op(Pointwise(Add)))
-    } else {
-        a + b
-    }
+    binary("add", a, b, Add, |a, b| a + b)
 }
 
 /// `relu(a + b)` for tensors of the same shape (the ResNet residual connection): on the CPU in
@@ -27,12 +21,24 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `a`, `b`: the same shape; output: that shape.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    same_shape("add_relu", a, b)?;
+    binary("add_relu", a, b, AddRelu, |a, b| (a + b)?.relu())
+}
+
+/// `f` of two tensors of the same shape (`op` names it in the shape error): one fused
+/// [`Pointwise`] pass on the CPU fast path, `composed` (candle's operations) elsewhere.
+fn binary<B: Binary + 'static>(
+    op: &str,
+    a: &Tensor,
+    b: &Tensor,
+    f: B,
+    composed: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    same_shape(op, a, b)?;
     if fast_path(a) && fast_path(b) {
         a.contiguous()?
-            .apply_op2(&b.contiguous()?, Op(Pointwise(AddRelu)))
+            .apply_op2(&b.contiguous()?, Op(Pointwise(f)))
     } else {
-        (a + b)?.relu()
+        composed(a, b)
     }
 }
 

@@ -75,20 +75,13 @@ fn forward_kernel(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) {
     }
 }
 
-/// Writes `dx` for the rows of `x` and accumulates `dw`, `db` (each `[D]`).
+/// Writes `dx` for the rows of `x` and accumulates the weight and bias gradients into `sums`
+/// (`[dw | db]`, each `[D]`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_kernel(
-    x: &[f32],
-    w: &[f32],
-    g: &[f32],
-    dx: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
-    eps: f32,
-) {
+fn backward_kernel(x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], sums: &mut [f32], eps: f32) {
     let d = w.len();
     let n = d as f32;
+    let (dw, db) = sums.split_at_mut(d);
     for ((row, g), dx) in x
         .chunks_exact(d)
         .zip(g.chunks_exact(d))
@@ -119,16 +112,8 @@ multiversion!(
     fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) => forward_kernel
 );
 multiversion!(
-    #[allow(clippy::too_many_arguments)]
-    fn backward_simd(
-        x: &[f32],
-        w: &[f32],
-        g: &[f32],
-        dx: &mut [f32],
-        dw: &mut [f32],
-        db: &mut [f32],
-        eps: f32,
-    ) => backward_kernel
+    fn backward_simd(x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], sums: &mut [f32], eps: f32)
+        => backward_kernel
 );
 
 /// LayerNorm of every row of `x` (width `w.len()`), rows in parallel.
@@ -168,8 +153,7 @@ pub(crate) fn layer_norm_backward_rows(
         .zip(partials.par_chunks_mut(2 * d))
         .enumerate()
         .for_each(|(i, ((dx, (x, g)), partial))| {
-            let (dw, db) = partial.split_at_mut(d);
-            backward_simd(x, w, g, dx, dw, db, eps);
+            backward_simd(x, w, g, dx, partial, eps);
             if let Some(residual) = residual {
                 let res = &residual[i * step..i * step + dx.len()];
                 for (o, &r) in dx.iter_mut().zip(res) {
