@@ -13,6 +13,20 @@ fn masked_mean(values: &Tensor, mask: &Tensor) -> Result<Tensor> {
     Ok((values * mask)?.sum_all()?.div(&count)?)
 }
 
+/// Checks that the masked losses' three inputs, named, have the same shape; else the error
+/// names `loss` and every input's shape.
+fn check_same_dims(loss: &str, [(a, x), (b, y), (c, mask)]: [(&str, &Tensor); 3]) -> Result<()> {
+    if y.dims() != x.dims() || mask.dims() != x.dims() {
+        return Err(Error::InvalidInput(format!(
+            "{loss}: {a} {:?}, {b} {:?} and {c} {:?} differ",
+            x.dims(),
+            y.dims(),
+            mask.dims()
+        )));
+    }
+    Ok(())
+}
+
 /// `log_softmax` over the last dimension, stable (the maximum is subtracted, as a constant: no
 /// gradient flows through it).
 fn log_softmax(logits: &Tensor) -> Result<Tensor> {
@@ -108,14 +122,10 @@ pub fn masked_bce_with_logits(
     mask: &Tensor,
     smoothing: f64,
 ) -> Result<Tensor> {
-    if labels.dims() != logits.dims() || mask.dims() != logits.dims() {
-        return Err(Error::InvalidInput(format!(
-            "binary cross-entropy: logits {:?}, labels {:?} and mask {:?} differ",
-            logits.dims(),
-            labels.dims(),
-            mask.dims()
-        )));
-    }
+    check_same_dims(
+        "binary cross-entropy",
+        [("logits", logits), ("labels", labels), ("mask", mask)],
+    )?;
     let y = labels
         .to_dtype(logits.dtype())?
         .affine(1.0 - smoothing, smoothing / 2.0)?;
@@ -129,14 +139,14 @@ pub fn masked_bce_with_logits(
 /// # Shapes
 /// `prediction`, `target`, `mask`: `[N, K]` → scalar.
 pub fn masked_mse(prediction: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    if target.dims() != prediction.dims() || mask.dims() != prediction.dims() {
-        return Err(Error::InvalidInput(format!(
-            "mean squared error: prediction {:?}, target {:?} and mask {:?} differ",
-            prediction.dims(),
-            target.dims(),
-            mask.dims()
-        )));
-    }
+    check_same_dims(
+        "mean squared error",
+        [
+            ("prediction", prediction),
+            ("target", target),
+            ("mask", mask),
+        ],
+    )?;
     let diff = (prediction - target.to_dtype(prediction.dtype())?)?;
     masked_mean(&diff.sqr()?, &mask.to_dtype(prediction.dtype())?)
 }

@@ -58,7 +58,7 @@ pub mod model;
 pub mod progress;
 mod run;
 
-pub use config::{MaeTrainConfig, MmclConfig};
+pub use config::{MaeTrainConfig, MmclConfig, TrainerConfig};
 pub use engine::{EarlyStopping, Stage, TrainStep, Trainer};
 pub use error::{Error, Result};
 pub use mae::{MaeStep, MaeTrainer};

@@ -7,8 +7,8 @@ use mmcl_nn::precision::Precision;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DataConfig, check_betas, check_gradient_clip, check_loop, check_non_negative,
-    read_trainer_config,
+    DataConfig, check_betas, check_gradient_clip, check_non_negative, read_trainer_config,
+    under_key,
 };
 use crate::{Error, Result};
 
@@ -139,12 +139,7 @@ impl MaeTrainConfig {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::config(reason));
-        check_loop(
-            self.max_epochs,
-            self.batch_size,
-            self.accumulate_grad_batches,
-            self.check_val_every_n_epoch,
-        )?;
+        self.check_loop()?;
         check_non_negative(&[
             ("blr", self.blr),
             ("lr", self.effective_lr()),
@@ -160,12 +155,8 @@ impl MaeTrainConfig {
                 self.model.img_size
             ));
         }
-        self.model
-            .validate()
-            .map_err(|e| Error::config(format!("model: {e}")))?;
-        self.loss
-            .validate()
-            .map_err(|e| Error::config(format!("loss: {e}")))?;
+        under_key("model", self.model.validate())?;
+        under_key("loss", self.loss.validate())?;
         let kept = mmcl_ecg::mae::len_keep(self.model.num_patches(), self.loss.mask_ratio);
         if kept == 0 {
             return bad(format!(

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use mmcl_core::config::{read_config_file, rebase_path as rebase};
 
+use crate::engine::EpochPlan;
 use crate::{Error, Result};
 
 mod mae;
@@ -322,12 +323,7 @@ impl MmclConfig {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::config(reason));
-        check_loop(
-            self.max_epochs,
-            self.batch_size,
-            self.accumulate_grad_batches,
-            self.check_val_every_n_epoch,
-        )?;
+        self.check_loop()?;
         check_non_negative(&[
             ("lr", self.lr),
             ("weight_decay", self.weight_decay),
@@ -376,10 +372,7 @@ impl MmclConfig {
                 self.classifier.weights
             ));
         }
-        let vit = self
-            .ecg
-            .vit_config()
-            .map_err(|e| Error::config(format!("ecg: {e}")))?;
+        let vit = under_key("ecg", self.ecg.vit_config())?;
         let imaging = mmcl_cmr::ResNetConfig::new(self.imaging.model, 1);
         imaging
             .check_image_size(
@@ -418,6 +411,82 @@ impl MmclConfig {
     }
 }
 
+/// What the shared training loop ([`crate::Trainer`]) needs of a trainer's configuration
+/// ([`crate::Stage::Config`]): reading and checking it, and the settings that both trainers'
+/// configurations have under the same keys.
+pub trait TrainerConfig: Serialize + DeserializeOwned + Default {
+    /// Reads a `.json` or `.toml` configuration; relative paths inside are taken relative to
+    /// the file's folder. The result is validated.
+    fn from_file(path: &Path) -> Result<Self>;
+
+    /// Checks ranges and consistency.
+    fn validate(&self) -> Result<()>;
+
+    /// The seed of the initial weights, the data order and the augmentations (`seed`).
+    fn seed(&self) -> u64;
+
+    /// How many epochs, and when to validate and keep checkpoints (`max_epochs`,
+    /// `check_val_every_n_epoch`, `save_every_n_epochs`).
+    fn epoch_plan(&self) -> EpochPlan;
+
+    /// The dataset cache, the splits and the loader (`data`).
+    fn data(&self) -> &DataConfig;
+
+    /// The same, to change (the cache's path is made canonical when a run starts).
+    fn data_mut(&mut self) -> &mut DataConfig;
+}
+
+/// Implements [`TrainerConfig`] for trainer configurations from their own `from_file` and
+/// `validate` and the keys they share, which have the same names in every one; and their
+/// `check_loop`, the check of those keys that their `validate` starts with.
+macro_rules! trainer_config {
+    ($($cfg:ty),+) => {$(
+        impl $cfg {
+            /// Checks the loop settings ([`check_loop`]).
+            fn check_loop(&self) -> Result<()> {
+                check_loop(
+                    self.max_epochs,
+                    self.batch_size,
+                    self.accumulate_grad_batches,
+                    self.check_val_every_n_epoch,
+                )
+            }
+        }
+
+        impl TrainerConfig for $cfg {
+            fn from_file(path: &Path) -> Result<Self> {
+                <$cfg>::from_file(path)
+            }
+
+            fn validate(&self) -> Result<()> {
+                <$cfg>::validate(self)
+            }
+
+            fn seed(&self) -> u64 {
+                self.seed
+            }
+
+            fn epoch_plan(&self) -> EpochPlan {
+                EpochPlan {
+                    max_epochs: self.max_epochs,
+                    val_every: self.check_val_every_n_epoch,
+                    save_every: self.save_every_n_epochs,
+                }
+            }
+
+            fn data(&self) -> &DataConfig {
+                &self.data
+            }
+
+            fn data_mut(&mut self) -> &mut DataConfig {
+                &mut self.data
+            }
+        }
+    )+};
+}
+
+trainer_config!(MmclConfig, MaeTrainConfig);
+
 /// Reads a trainer's `.json` or `.toml` configuration, takes the relative paths inside (those
 /// `relative_paths` returns) relative to the file's folder and validates the result; errors
 /// name the file. The trainers' files are read alike, so this is their one reader.
@@ -436,7 +505,7 @@ fn read_trainer_config<T: DeserializeOwned>(
 }
 
 /// A trainer's configuration as TOML, every key (or a comment saying why it cannot be).
-fn to_toml<T: Serialize>(cfg: &T) -> String {
+pub(crate) fn to_toml<T: Serialize>(cfg: &T) -> String {
     toml::to_string_pretty(cfg).unwrap_or_else(|e| format!("# cannot render as TOML: {e}"))
 }
 
@@ -470,6 +539,12 @@ fn check_non_negative(values: &[(&str, f64)]) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The outcome of checking (or resolving) the nested settings under `key`, its error a
+/// configuration error that names the key (`model: …`).
+fn under_key<T, E: std::fmt::Display>(key: &str, result: std::result::Result<T, E>) -> Result<T> {
+    result.map_err(|e| Error::config(format!("{key}: {e}")))
 }
 
 /// Checks the Adam(W) betas: each in `[0, 1)`.

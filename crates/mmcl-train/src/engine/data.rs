@@ -3,7 +3,7 @@
 //! trains on, and the stop on a non-finite loss. One place, so that the MAE and multimodal
 //! stages cannot drift apart in how they load, shard or report their data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -13,16 +13,26 @@ use mmcl_data::tables::Split;
 use mmcl_nn::distributed::GradSync;
 
 use super::check_even_batches;
-use crate::config::DataConfig;
+use crate::config::{DataConfig, TrainerConfig};
 use crate::progress::Progress;
 use crate::run::split_loaders;
 use crate::{Error, Result};
 
-/// Opens the cache at `path` after making `path` canonical, so that the configuration saved
-/// with the run names the cache wherever the run is resumed from.
-pub(crate) fn open_canonical_cache(path: &mut PathBuf) -> Result<Arc<Cache>> {
+/// Validates the configuration of a new run and opens its cache after making the cache's path
+/// canonical, so that the configuration saved with the run names the cache wherever the run is
+/// resumed from.
+pub(crate) fn open_new_run_cache(cfg: &mut impl TrainerConfig) -> Result<Arc<Cache>> {
+    cfg.validate()?;
+    let path = &mut cfg.data_mut().cache;
     *path = std::fs::canonicalize(&*path).map_err(|e| Error::io(&*path, e))?;
     Ok(Arc::new(Cache::open(path)?))
+}
+
+/// Validates the configuration of a resumed run and opens its cache where the configuration
+/// names it.
+pub(crate) fn open_resumed_cache(cfg: &impl TrainerConfig) -> Result<Arc<Cache>> {
+    cfg.validate()?;
+    Ok(Arc::new(Cache::open(&cfg.data().cache)?))
 }
 
 /// A stage's loaders: the training split's and, when the validation split holds subjects, the
@@ -41,6 +51,26 @@ pub(crate) struct StageData {
 }
 
 impl StageData {
+    /// The settings of a training loader that every stage takes from its configuration alike:
+    /// batches of `batch_size` in an order shuffled by `seed`, and `data`'s `drop_last`,
+    /// `prefetch` and `threads`. The stage sets what it reads (ECGs, images, their crops and
+    /// augmentations, original views) over the rest.
+    pub(crate) fn shuffled_batches(
+        batch_size: usize,
+        seed: u64,
+        data: &DataConfig,
+    ) -> LoaderConfig {
+        LoaderConfig {
+            batch_size,
+            shuffle: true,
+            drop_last: data.drop_last,
+            seed,
+            prefetch: data.prefetch,
+            threads: data.threads,
+            ..LoaderConfig::default()
+        }
+    }
+
     /// The loaders over `data`'s splits of `cache`: training with `train`'s settings,
     /// validation with the same made deterministic (in order, every batch, ECGs cropped from
     /// sample 0, no augmentation, no original views).
@@ -110,9 +140,49 @@ impl StageData {
     }
 }
 
+/// An epoch's optimiser steps, counted as its batches report them; a non-finite loss stops the
+/// run ([`check_finite`]).
+pub(crate) struct EpochSteps<'a> {
+    /// The epoch (0-based).
+    epoch: usize,
+    /// Steps taken in the epochs before it.
+    before: u64,
+    /// Steps taken in the epoch so far.
+    pub(crate) taken: u64,
+    /// The run directory, named by the error.
+    run_dir: &'a Path,
+}
+
+impl<'a> EpochSteps<'a> {
+    /// No steps yet in epoch `epoch`, after `before` steps in the earlier ones.
+    pub(crate) fn new(epoch: usize, before: u64, run_dir: &'a Path) -> Self {
+        Self {
+            epoch,
+            before,
+            taken: 0,
+            run_dir,
+        }
+    }
+
+    /// Batch `batch` trained with `loss`: the error that stops the run when the loss is not
+    /// finite, else one more step when the batch `stepped` (gradients accumulate over batches).
+    pub(crate) fn batch(
+        &mut self,
+        batch: usize,
+        loss: f64,
+        stepped: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let step = self.before + self.taken;
+        check_finite(loss, self.epoch, batch, step, self.run_dir, progress)?;
+        self.taken += u64::from(stepped);
+        Ok(())
+    }
+}
+
 /// Ends the training phase and returns the error that stops the run when the loss of batch
 /// `batch` of epoch `epoch` (after `step` optimiser steps) is not finite.
-pub(crate) fn check_finite(
+fn check_finite(
     loss: f64,
     epoch: usize,
     batch: usize,

@@ -15,7 +15,7 @@ mod gradients;
 mod replicas;
 mod trainer;
 
-pub(crate) use data::{StageData, check_finite, open_canonical_cache};
+pub(crate) use data::{EpochSteps, StageData, open_new_run_cache, open_resumed_cache};
 pub use early_stopping::EarlyStopping;
 pub(crate) use gradients::{accumulate, step_on_group_mean};
 pub(crate) use replicas::{Replicas, check_even_batches};
@@ -152,12 +152,27 @@ impl EpochLoop {
         &mut self,
         step: &mut S,
         epochs: usize,
+        log: Option<&mut RunLogWriter>,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochEnd, S::Error> {
+        self.run_until_with(step, epochs, log, progress, S::end_epoch)
+    }
+
+    /// [`Self::run_until`] with `end_epoch` called where [`TrainStep::end_epoch`] would be: what
+    /// the caller adds to the end of every epoch (the pre-training checkpoints), without a
+    /// wrapper around the step that forwards everything else.
+    pub(crate) fn run_until_with<S: TrainStep + ?Sized>(
+        &mut self,
+        step: &mut S,
+        epochs: usize,
         mut log: Option<&mut RunLogWriter>,
         progress: &mut dyn Progress,
+        mut end_epoch: impl FnMut(&mut S, &LoopState, bool) -> Result<(), S::Error>,
     ) -> Result<EpochEnd, S::Error> {
         let end = epochs.min(self.max_epochs);
         while self.state.epoch < end {
-            if self.run_epoch(step, log.as_deref_mut(), progress)? == EpochEnd::Stop {
+            let ended = self.run_epoch_with(step, log.as_deref_mut(), progress, &mut end_epoch)?;
+            if ended == EpochEnd::Stop {
                 return Ok(EpochEnd::Stop);
             }
         }
@@ -169,8 +184,19 @@ impl EpochLoop {
     pub fn run_epoch<S: TrainStep + ?Sized>(
         &mut self,
         step: &mut S,
+        log: Option<&mut RunLogWriter>,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochEnd, S::Error> {
+        self.run_epoch_with(step, log, progress, S::end_epoch)
+    }
+
+    /// [`Self::run_epoch`] with `end_epoch` in place of [`TrainStep::end_epoch`].
+    fn run_epoch_with<S: TrainStep + ?Sized>(
+        &mut self,
+        step: &mut S,
         mut log: Option<&mut RunLogWriter>,
         progress: &mut dyn Progress,
+        mut end_epoch: impl FnMut(&mut S, &LoopState, bool) -> Result<(), S::Error>,
     ) -> Result<EpochEnd, S::Error> {
         let epoch = self.state.epoch;
         let train = step.train_epoch(epoch, self.state.steps, progress)?;
@@ -199,7 +225,7 @@ impl EpochLoop {
             }
         }
         self.state.epoch = epoch + 1;
-        step.end_epoch(&self.state, improved)?;
+        end_epoch(step, &self.state, improved)?;
         let summary = step.epoch_summary(epoch, &train, val.as_ref().map(|v| (v, improved)));
         progress.message(&summary);
         let stop = match (&mut self.early_stopping, &val) {

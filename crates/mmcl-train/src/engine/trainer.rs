@@ -11,13 +11,13 @@ use mmcl_nn::distributed::{GradSync, SingleProcess};
 use mmcl_nn::rng::RngState;
 use mmcl_nn::schedule::WarmupCosine;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::{EpochLoop, EpochReport, LoopState, TrainStep, ValReport};
+use super::{EpochLoop, LoopState, TrainStep};
 use crate::checkpoint::{
     self, CLASSIFIER_OPTIMIZER_FILE, CONFIG_FILE, CheckpointFile, MODEL_FILE, OPTIMIZER_FILE,
     TrainState, TrainerKind,
 };
+use crate::config::TrainerConfig;
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -39,7 +39,7 @@ pub struct EpochPlan {
 /// state and checkpoints. [`Trainer`] runs it.
 pub trait Stage: TrainStep<Error = Error> + Sized {
     /// The configuration (JSON or TOML; defaults are the paper's).
-    type Config: Serialize + DeserializeOwned + Default;
+    type Config: TrainerConfig;
     /// The metrics of [`Self::validate`].
     type Metrics;
     /// The trainer recorded in `state.json`.
@@ -48,10 +48,14 @@ pub trait Stage: TrainStep<Error = Error> + Sized {
     const NAME: &'static str;
 
     /// Reads a configuration file (relative paths relative to it).
-    fn load_config(path: &Path) -> Result<Self::Config>;
+    fn load_config(path: &Path) -> Result<Self::Config> {
+        Self::Config::from_file(path)
+    }
 
     /// The configuration as TOML, every key.
-    fn config_toml(cfg: &Self::Config) -> String;
+    fn config_toml(cfg: &Self::Config) -> String {
+        crate::config::to_toml(cfg)
+    }
 
     /// A new stage of `cfg` writing into `run_dir`, on `device`, and notes for the user (what
     /// was loaded).
@@ -82,7 +86,9 @@ pub trait Stage: TrainStep<Error = Error> + Sized {
     fn run_dir(&self) -> &Path;
 
     /// How many epochs, and when to validate and keep checkpoints.
-    fn epochs(&self) -> EpochPlan;
+    fn epochs(&self) -> EpochPlan {
+        self.config().epoch_plan()
+    }
 
     /// What the run trains on, for the user.
     fn describe(&self) -> Vec<String>;
@@ -94,7 +100,9 @@ pub trait Stage: TrainStep<Error = Error> + Sized {
     fn rng_state(&self) -> RngState;
 
     /// The seed of the data order and augmentations.
-    fn data_seed(&self) -> u64;
+    fn data_seed(&self) -> u64 {
+        self.config().seed()
+    }
 
     /// Channels of the training images, when the model reads images.
     fn image_channels(&self) -> Option<usize> {
@@ -330,13 +338,21 @@ impl<S: Stage> Trainer<S> {
     /// Trains until `epochs` epochs are done (at most `max_epochs`), e.g. to stop early and
     /// resume later.
     pub fn fit_until(&mut self, epochs: usize, progress: &mut dyn Progress) -> Result<()> {
-        let mut step = Checkpointed {
-            stage: &mut self.stage,
-            write: self.log.is_some(),
-            world_size: self.world_size,
-        };
-        self.epochs
-            .run_until(&mut step, epochs, self.log.as_mut(), progress)?;
+        // Only the main replica writes the run directory.
+        let write = self.log.is_some();
+        let world_size = self.world_size;
+        self.epochs.run_until_with(
+            &mut self.stage,
+            epochs,
+            self.log.as_mut(),
+            progress,
+            |stage, counters, improved| {
+                if write {
+                    write_checkpoints(stage, counters, improved, world_size)?;
+                }
+                stage.end_epoch(counters, improved)
+            },
+        )?;
         Ok(())
     }
 
@@ -371,76 +387,36 @@ fn train_state<S: Stage>(stage: &S, counters: &LoopState, world_size: usize) -> 
     })
 }
 
-/// A stage whose epochs end with its checkpoints (written by the main replica only).
-struct Checkpointed<'a, S> {
-    stage: &'a mut S,
-    write: bool,
+/// Writes the checkpoints of `stage` after the epochs of `counters`: `checkpoints/last`, and
+/// `best` when `improved`, and `epoch-NNNN` when due.
+fn write_checkpoints<S: Stage>(
+    stage: &S,
+    counters: &LoopState,
+    improved: bool,
     world_size: usize,
-}
-
-impl<S: Stage> TrainStep for Checkpointed<'_, S> {
-    type Error = Error;
-
-    fn train_epoch(
-        &mut self,
-        epoch: usize,
-        steps_before: u64,
-        progress: &mut dyn Progress,
-    ) -> Result<EpochReport> {
-        self.stage.train_epoch(epoch, steps_before, progress)
+) -> Result<()> {
+    let state = train_state(stage, counters, world_size)?;
+    let full = stage.checkpoint_files(&state)?;
+    let ckpts = checkpoint::checkpoints_dir(stage.run_dir());
+    checkpoint::write_checkpoint(&ckpts.join("last"), &full, &state)?;
+    let every = stage.epochs().save_every;
+    if every > 0 && counters.epoch.is_multiple_of(every) {
+        checkpoint::write_checkpoint(
+            &ckpts.join(checkpoint::epoch_dir_name(counters.epoch)),
+            &full,
+            &state,
+        )?;
     }
-
-    fn validate_epoch(
-        &mut self,
-        epoch: usize,
-        progress: &mut dyn Progress,
-    ) -> Result<Option<ValReport>> {
-        self.stage.validate_epoch(epoch, progress)
+    if improved {
+        // `best` keeps the best epoch's weights for evaluation: no optimiser states.
+        let optimizers = [OPTIMIZER_FILE, CLASSIFIER_OPTIMIZER_FILE];
+        let light: CheckpointFiles = full
+            .into_iter()
+            .filter(|(name, _)| !optimizers.contains(name))
+            .collect();
+        checkpoint::write_checkpoint(&ckpts.join("best"), &light, &state)?;
     }
-
-    fn improves(&self, value: f64, best: Option<f64>) -> bool {
-        self.stage.improves(value, best)
-    }
-
-    /// Writes `checkpoints/last` (and `best` when `improved`, and `epoch-NNNN` when due), then
-    /// whatever the stage does.
-    fn end_epoch(&mut self, counters: &LoopState, improved: bool) -> Result<()> {
-        if !self.write {
-            return self.stage.end_epoch(counters, improved);
-        }
-        let stage = &*self.stage;
-        let state = train_state(stage, counters, self.world_size)?;
-        let full = stage.checkpoint_files(&state)?;
-        let ckpts = checkpoint::checkpoints_dir(stage.run_dir());
-        checkpoint::write_checkpoint(&ckpts.join("last"), &full, &state)?;
-        let every = stage.epochs().save_every;
-        if every > 0 && counters.epoch.is_multiple_of(every) {
-            checkpoint::write_checkpoint(
-                &ckpts.join(checkpoint::epoch_dir_name(counters.epoch)),
-                &full,
-                &state,
-            )?;
-        }
-        if improved {
-            // `best` keeps the best epoch's weights for evaluation: no optimiser states.
-            let optimizers = [OPTIMIZER_FILE, CLASSIFIER_OPTIMIZER_FILE];
-            let light: CheckpointFiles = full
-                .into_iter()
-                .filter(|(name, _)| !optimizers.contains(name))
-                .collect();
-            checkpoint::write_checkpoint(&ckpts.join("best"), &light, &state)?;
-        }
-        self.stage.end_epoch(counters, improved)
-    }
-
-    fn epoch_summary(
-        &self,
-        epoch: usize,
-        train: &EpochReport,
-        val: Option<(&ValReport, bool)>,
-    ) -> String {
-        self.stage.epoch_summary(epoch, train, val)
-    }
+    Ok(())
 }
 
 /// `model.safetensors`: every tensor, with the architecture (as JSON), the epoch and the

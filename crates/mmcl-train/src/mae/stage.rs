@@ -20,8 +20,8 @@ use crate::checkpoint::{
 };
 use crate::config::MaeTrainConfig;
 use crate::engine::{
-    CheckpointFiles, EpochPlan, EpochReport, Stage, StageData, TrainStep, Trainer, ValReport,
-    check_finite, model_file, open_canonical_cache, record,
+    CheckpointFiles, EpochReport, EpochSteps, Stage, StageData, TrainStep, Trainer, ValReport,
+    model_file, open_new_run_cache, open_resumed_cache, record,
 };
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -80,10 +80,6 @@ impl MaeStage {
         device: &Device,
     ) -> Result<Self> {
         let train_cfg = LoaderConfig {
-            batch_size: cfg.batch_size,
-            shuffle: true,
-            drop_last: cfg.data.drop_last,
-            seed: cfg.seed,
             ecg: true,
             ecg_crop: Some(cfg.model.img_size[2]),
             ecg_random_crop: cfg.random_crop,
@@ -92,8 +88,7 @@ impl MaeStage {
             image_augment: None,
             image_size: None,
             originals: false,
-            prefetch: cfg.data.prefetch,
-            threads: cfg.data.threads,
+            ..StageData::shuffled_batches(cfg.batch_size, cfg.seed, &cfg.data)
         };
         let data = StageData::new(&cache, &cfg.data, train_cfg, device)?;
         let schedule = WarmupCosine::per_step(
@@ -135,7 +130,7 @@ impl TrainStep for MaeStage {
         let mut sums = MaeSums::default();
         let mut lr = self.schedule.lr(epoch, 0, batches);
         let mut skipped = 0usize;
-        let mut steps = 0u64;
+        let mut steps = EpochSteps::new(epoch, steps_before, &self.run_dir);
         let loader = Arc::clone(&self.data.train);
         for (b, batch) in loader.epoch(epoch as u64, 0).enumerate() {
             let batch = batch?;
@@ -154,17 +149,7 @@ impl TrainStep for MaeStage {
                 continue;
             }
             let report = self.step.train_rows(&ecgs, rows, n, lr)?;
-            check_finite(
-                report.metrics.total,
-                epoch,
-                b,
-                steps_before + steps,
-                &self.run_dir,
-                progress,
-            )?;
-            if report.stepped {
-                steps += 1;
-            }
+            steps.batch(b, report.metrics.total, report.stepped, progress)?;
             sums.add(&report.metrics, n);
             progress.batch(report.metrics.total, n);
         }
@@ -185,7 +170,7 @@ impl TrainStep for MaeStage {
         values.push(("lr", lr));
         values.push(("samples_per_s", rate));
         Ok(EpochReport {
-            steps,
+            steps: steps.taken,
             lr,
             record: record(&values),
             summary: format!(
@@ -217,18 +202,12 @@ impl Stage for MaeStage {
     const KIND: TrainerKind = TrainerKind::Mae;
     const NAME: &'static str = "MaeTrainer";
 
-    fn load_config(path: &Path) -> Result<MaeTrainConfig> {
-        MaeTrainConfig::from_file(path)
-    }
-
-    fn config_toml(cfg: &MaeTrainConfig) -> String {
-        cfg.to_toml()
-    }
-
-    fn start(cfg: MaeTrainConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
-        let mut cfg = cfg;
-        cfg.validate()?;
-        let cache = open_canonical_cache(&mut cfg.data.cache)?;
+    fn start(
+        mut cfg: MaeTrainConfig,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<(Self, Vec<String>)> {
+        let cache = open_new_run_cache(&mut cfg)?;
         check_cache(&cache, &cfg)?;
         let (model, store) = MaskedAutoencoder::from_seed(&cfg.model, cfg.seed, device)?;
         Ok((
@@ -244,8 +223,7 @@ impl Stage for MaeStage {
         run_dir: &Path,
         device: &Device,
     ) -> Result<Self> {
-        cfg.validate()?;
-        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        let cache = open_resumed_cache(&cfg)?;
         check_cache(&cache, &cfg)?;
         let (model, store) = MaskedAutoencoder::from_seed(&cfg.model, cfg.seed, device)?;
         MaskedAutoencoder::load_checkpoint(&store, &dir.join(MODEL_FILE))?;
@@ -306,14 +284,6 @@ impl Stage for MaeStage {
         &self.run_dir
     }
 
-    fn epochs(&self) -> EpochPlan {
-        EpochPlan {
-            max_epochs: self.cfg.max_epochs,
-            val_every: self.cfg.check_val_every_n_epoch,
-            save_every: self.cfg.save_every_n_epochs,
-        }
-    }
-
     fn describe(&self) -> Vec<String> {
         let cfg = &self.cfg;
         let mut notes = vec![
@@ -345,10 +315,6 @@ impl Stage for MaeStage {
 
     fn rng_state(&self) -> RngState {
         self.step.rng().state()
-    }
-
-    fn data_seed(&self) -> u64 {
-        self.cfg.seed
     }
 
     /// `model.safetensors` under the mae repo's keys (the model configuration and the epoch as

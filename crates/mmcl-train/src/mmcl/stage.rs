@@ -23,8 +23,8 @@ use crate::checkpoint::{
 };
 use crate::config::{MmclConfig, OnlineClassifier};
 use crate::engine::{
-    CheckpointFiles, EpochPlan, EpochReport, Stage, StageData, TrainStep, Trainer, ValReport,
-    check_finite, model_file, open_canonical_cache, record,
+    CheckpointFiles, EpochReport, EpochSteps, Stage, StageData, TrainStep, Trainer, ValReport,
+    model_file, open_new_run_cache, open_resumed_cache, record,
 };
 use crate::model::{MmclArchitecture, MmclModel};
 use crate::progress::Progress;
@@ -82,10 +82,6 @@ impl MmclStage {
         };
         let classifier = cfg.classifier.online_classifier != OnlineClassifier::None;
         let base = LoaderConfig {
-            batch_size: cfg.batch_size,
-            shuffle: true,
-            drop_last: cfg.data.drop_last,
-            seed: cfg.seed,
             ecg: true,
             ecg_crop: Some(cfg.ecg.input_size[2]),
             ecg_random_crop: cfg.ecg.random_crop,
@@ -94,8 +90,7 @@ impl MmclStage {
             image_augment: Some(cfg.imaging.augment.clone()),
             image_size: Some(cfg.imaging.img_size),
             originals: classifier,
-            prefetch: cfg.data.prefetch,
-            threads: cfg.data.threads,
+            ..StageData::shuffled_batches(cfg.batch_size, cfg.seed, &cfg.data)
         };
         let data = StageData::new(&cache, &cfg.data, base, device)?;
         let schedule = WarmupCosine {
@@ -158,7 +153,7 @@ impl TrainStep for MmclStage {
         let mut lr = self.schedule.lr(epoch, 0, batches);
         progress.start_phase(epoch, "train", batches);
         let mut sums = Sums::default();
-        let mut steps = 0u64;
+        let mut steps = EpochSteps::new(epoch, steps_before, &self.run_dir);
         for (b, batch) in self.data.train.epoch(epoch as u64, 0).enumerate() {
             // In a group the loader yields this replica's rows; the report is the global
             // batch's.
@@ -167,17 +162,7 @@ impl TrainStep for MmclStage {
             let batch = self.batch_of(batch)?;
             lr = self.schedule.lr(epoch, b, batches);
             let report = self.step.train_rows(&batch, lr)?;
-            check_finite(
-                report.loss,
-                epoch,
-                b,
-                steps_before + steps,
-                &self.run_dir,
-                progress,
-            )?;
-            if report.stepped {
-                steps += 1;
-            }
+            steps.batch(b, report.loss, report.stepped, progress)?;
             sums.add(n, report.loss, report.top1, report.top5);
             if let Some(c) = report.classifier_loss {
                 sums.classifier_loss += c;
@@ -187,7 +172,7 @@ impl TrainStep for MmclStage {
         }
         if self.step.has_pending_gradients() {
             self.step.flush(lr)?;
-            steps += 1;
+            steps.taken += 1;
         }
         progress.finish_phase();
         let seconds = started.elapsed().as_secs_f64();
@@ -208,7 +193,7 @@ impl TrainStep for MmclStage {
             ));
         }
         Ok(EpochReport {
-            steps,
+            steps: steps.taken,
             lr,
             record: record(&values),
             summary: format!(
@@ -231,18 +216,14 @@ impl TrainStep for MmclStage {
             return Ok(None);
         };
         let mut values = vec![("loss", val.loss), ("top1", val.top1)];
-        if let Some(t5) = val.top5 {
-            values.push(("top5", t5));
-        }
-        for (k, v) in [
+        // The optional metrics, where measured.
+        let optional = [
+            ("top5", val.top5),
             ("classifier_loss", val.classifier_loss),
             ("classifier_auc", val.classifier_auc),
             ("classifier_accuracy", val.classifier_accuracy),
-        ] {
-            if let Some(v) = v {
-                values.push((k, v));
-            }
-        }
+        ];
+        values.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
         let mut summary = format!("; val loss {:.4}, top-1 {:.3}", val.loss, val.top1);
         if let Some(auc) = val.classifier_auc {
             summary.push_str(&format!(", classifier AUROC {auc:.3}"));
@@ -261,19 +242,9 @@ impl Stage for MmclStage {
     const KIND: TrainerKind = TrainerKind::Mmcl;
     const NAME: &'static str = "MmclTrainer";
 
-    fn load_config(path: &Path) -> Result<MmclConfig> {
-        MmclConfig::from_file(path)
-    }
-
-    fn config_toml(cfg: &MmclConfig) -> String {
-        cfg.to_toml()
-    }
-
     /// Pre-trained encoders named in the configuration are loaded.
-    fn start(cfg: MmclConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
-        let mut cfg = cfg;
-        cfg.validate()?;
-        let cache = open_canonical_cache(&mut cfg.data.cache)?;
+    fn start(mut cfg: MmclConfig, run_dir: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
+        let cache = open_new_run_cache(&mut cfg)?;
         let channels = image_channels(&cache, &cfg.data.cache)?;
         let arch = MmclArchitecture::from_config(&cfg, channels)?;
         let model = MmclModel::new(&arch, cfg.seed, device)?;
@@ -305,8 +276,7 @@ impl Stage for MmclStage {
         run_dir: &Path,
         device: &Device,
     ) -> Result<Self> {
-        cfg.validate()?;
-        let cache = Arc::new(Cache::open(&cfg.data.cache)?);
+        let cache = open_resumed_cache(&cfg)?;
         let channels = image_channels(&cache, &cfg.data.cache)?;
         let arch = MmclArchitecture::from_config(&cfg, channels)?;
         let model = MmclModel::new(&arch, cfg.seed, device)?;
@@ -409,14 +379,6 @@ impl Stage for MmclStage {
         &self.run_dir
     }
 
-    fn epochs(&self) -> EpochPlan {
-        EpochPlan {
-            max_epochs: self.cfg.max_epochs,
-            val_every: self.cfg.check_val_every_n_epoch,
-            save_every: self.cfg.save_every_n_epochs,
-        }
-    }
-
     fn describe(&self) -> Vec<String> {
         self.data.describe()
     }
@@ -427,10 +389,6 @@ impl Stage for MmclStage {
 
     fn rng_state(&self) -> RngState {
         self.step.model().rng().state()
-    }
-
-    fn data_seed(&self) -> u64 {
-        self.cfg.seed
     }
 
     fn image_channels(&self) -> Option<usize> {
