@@ -56,6 +56,46 @@ pub struct ImageLayout {
     pub width: usize,
 }
 
+/// What the cache writer needs of a layout.
+trait Layout: std::fmt::Debug + Copy {
+    /// How many `f32` values one subject takes.
+    fn subject_len(&self) -> usize;
+}
+
+impl Layout for EcgLayout {
+    fn subject_len(&self) -> usize {
+        self.leads * self.samples
+    }
+}
+
+impl Layout for ImageLayout {
+    fn subject_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// Appends one subject's `values` (its `what`: ECG or image) to `buf` when they fit `layout`;
+/// neither is fine too (the cache holds none of them), anything else is an error naming the
+/// subject.
+fn append_fitting<L: Layout>(
+    buf: &mut Vec<f32>,
+    layout: Option<L>,
+    values: Option<&[f32]>,
+    eid: Eid,
+    what: &str,
+) -> Result<()> {
+    match (layout, values) {
+        (Some(l), Some(x)) if x.len() == l.subject_len() => buf.extend_from_slice(x),
+        (None, None) => {}
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "subject {eid}: {what} does not fit the cache layout {layout:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl CacheIndex {
     /// Checks what the readers rely on: the version, the layouts, shard files inside the cache,
     /// and every subject on its own row of a shard with as many labels (0 or 1) and phenotypes
@@ -301,30 +341,8 @@ impl CacheWriter {
         ecg: Option<&[f32]>,
         image: Option<&[f32]>,
     ) -> Result<()> {
-        match (self.ecg, ecg) {
-            (Some(l), Some(x)) if x.len() == l.leads * l.samples => {
-                self.ecg_buf.extend_from_slice(x)
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "subject {}: ECG does not fit the cache layout {:?}",
-                    meta.eid, self.ecg
-                )));
-            }
-        }
-        match (self.image, image) {
-            (Some(l), Some(x)) if x.len() == l.channels * l.height * l.width => {
-                self.image_buf.extend_from_slice(x)
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "subject {}: image does not fit the cache layout {:?}",
-                    meta.eid, self.image
-                )));
-            }
-        }
+        append_fitting(&mut self.ecg_buf, self.ecg, ecg, meta.eid, "ECG")?;
+        append_fitting(&mut self.image_buf, self.image, image, meta.eid, "image")?;
         self.eid_buf.push(meta.eid as i64);
         self.subjects.push(SubjectEntry {
             eid: meta.eid,
@@ -567,6 +585,21 @@ impl Cache {
             .collect()
     }
 
+    /// The ECG layout, or an error when the cache holds no ECGs.
+    fn ecg_layout(&self) -> Result<EcgLayout> {
+        self.index
+            .ecg
+            .ok_or_else(|| Error::InvalidInput("the cache holds no ECGs".into()))
+    }
+
+    /// The index entry of subject `i`, or an error when `i` is out of range.
+    fn subject(&self, i: usize) -> Result<&SubjectEntry> {
+        self.index
+            .subjects
+            .get(i)
+            .ok_or_else(|| Error::InvalidInput(format!("subject {i} is out of range")))
+    }
+
     fn read_f32(bytes: &[u8], out: &mut [f32]) {
         for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
             *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -579,15 +612,8 @@ impl Cache {
     /// # Errors
     /// No ECGs in the cache, an index or window out of range.
     pub fn read_ecg_window(&self, i: usize, start: usize, out: &mut [f32]) -> Result<()> {
-        let layout = self
-            .index
-            .ecg
-            .ok_or_else(|| Error::InvalidInput("the cache holds no ECGs".into()))?;
-        let s = self
-            .index
-            .subjects
-            .get(i)
-            .ok_or_else(|| Error::InvalidInput(format!("subject {i} is out of range")))?;
+        let layout = self.ecg_layout()?;
+        let s = self.subject(i)?;
         let len = out.len() / layout.leads;
         if len * layout.leads != out.len() || start + len > layout.samples {
             return Err(Error::InvalidInput(format!(
@@ -613,11 +639,8 @@ impl Cache {
     /// # Errors
     /// As [`Cache::read_ecg_window`].
     pub fn ecg(&self, i: usize) -> Result<Vec<f32>> {
-        let layout = self
-            .index
-            .ecg
-            .ok_or_else(|| Error::InvalidInput("the cache holds no ECGs".into()))?;
-        let mut out = vec![0.0; layout.leads * layout.samples];
+        let layout = self.ecg_layout()?;
+        let mut out = vec![0.0; layout.subject_len()];
         self.read_ecg_window(i, 0, &mut out)?;
         Ok(out)
     }
@@ -631,13 +654,9 @@ impl Cache {
             .index
             .image
             .ok_or_else(|| Error::InvalidInput("the cache holds no images".into()))?;
-        let s = self
-            .index
-            .subjects
-            .get(i)
-            .ok_or_else(|| Error::InvalidInput(format!("subject {i} is out of range")))?;
+        let s = self.subject(i)?;
         let shard = &self.shards[s.shard];
-        let n = layout.channels * layout.height * layout.width;
+        let n = layout.subject_len();
         let from = shard.image_offset.unwrap_or(0) + s.row * n * 4;
         let mut img = Image::zeros(layout.channels, layout.height, layout.width);
         Self::read_f32(&shard.map[from..from + n * 4], &mut img.data);

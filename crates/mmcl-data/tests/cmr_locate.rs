@@ -307,16 +307,7 @@ fn segmented_reference(study: &CmrStudy, cfg: &CmrConfig) -> Image {
         SliceSpec::Index(z) => z,
         SliceSpec::MidVentricular => with_lv.get(with_lv.len() / 2).copied().unwrap_or(nz / 2),
     };
-    let frames: Vec<usize> = cfg
-        .channels
-        .iter()
-        .map(|f| match f {
-            FrameSpec::Ed => 0,
-            FrameSpec::Es => es,
-            FrameSpec::MidSystole => es / 2,
-            FrameSpec::Frame(i) => *i,
-        })
-        .collect();
+    let frames: Vec<usize> = cfg.channels.iter().map(|f| f.index(es)).collect();
     let mut stacked = Image::zeros(frames.len(), ny, nx);
     for (c, &t) in frames.iter().enumerate() {
         let (a, b) = plane(z, t);

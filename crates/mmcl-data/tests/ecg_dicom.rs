@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, format_error, write};
+use common::{fixture, format_error, write_temp};
 use mmcl_data::ecg::dicom::{lead_from_code_value, lead_from_meaning, read_dicom_ecg};
 use mmcl_data::ecg::{Ecg, LEADS};
 
@@ -88,8 +88,7 @@ fn find_tag(bytes: &[u8], group: u16, element: u16) -> usize {
 
 /// Reads `bytes` written as `name` and returns the error message, which must name the file.
 fn refused(bytes: &[u8], name: &str, needle: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), name, bytes);
+    let (_dir, p) = write_temp(name, bytes);
     let msg = format_error(read_dicom_ecg(&p), &p);
     assert!(msg.contains(needle), "expected {needle:?} in: {msg}");
     msg

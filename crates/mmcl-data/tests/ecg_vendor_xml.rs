@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{assert_names_file, fixture, format_error, write};
+use common::{assert_names_file, fixture, format_error, write, write_temp};
 use mmcl_data::build::{BuildConfig, build_dataset};
 use mmcl_data::ecg::hl7::read_hl7_aecg;
 use mmcl_data::ecg::muse::read_muse_xml;
@@ -405,12 +405,7 @@ fn muse(kind: &str, rate: &str, leads: &[MuseLead]) -> String {
 
 #[test]
 fn the_muse_builder_writes_what_the_reader_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "built.xml",
-        muse("Rhythm", "500", &muse_leads(N)),
-    );
+    let (_dir, p) = write_temp("built.xml", muse("Rhythm", "500", &muse_leads(N)));
     let rec = read_muse_xml(&p).unwrap();
     assert_is_source(&rec.rhythm, N, 1.0, MUSE_UV, true);
     assert!(rec.median_beats.is_none());
@@ -617,12 +612,7 @@ fn hl7(increment: Option<(&str, &str)>, leads: &[Hl7Lead]) -> String {
 
 #[test]
 fn the_hl7_builder_writes_what_the_reader_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "built.xml",
-        hl7(Some(("0.002", "s")), &hl7_leads(N)),
-    );
+    let (dir, p) = write_temp("built.xml", hl7(Some(("0.002", "s")), &hl7_leads(N)));
     assert_is_source(&read_hl7_aecg(&p).unwrap(), N, 1.0, HL7_UV, false);
     // Only I, II and V1–V6, in ms, with a prefixed namespace and an origin in mV.
     let mut eight: Vec<Hl7Lead> = [0, 1, 6, 7, 8, 9, 10, 11].map(|l| hl7_lead(l, N)).to_vec();

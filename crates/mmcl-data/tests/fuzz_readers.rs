@@ -10,9 +10,12 @@
 //! The number of cases per reader is `MMCL_FUZZ_CASES` (default 96, so CI stays within seconds);
 //! the random stream is fixed so a CI failure reproduces, and `MMCL_FUZZ_SEED` explores others.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::io::{Read, Write};
+use std::path::Path;
+
+use common::write_temp;
 use mmcl_data::Error;
 use mmcl_testutil::alloc::CappedAllocator;
 use mmcl_testutil::mutate::{Mutation, apply, fuzz_config, mutations};
@@ -44,15 +47,6 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(bytes).expect("gzip in memory");
     enc.finish().expect("gzip in memory")
-}
-
-/// Writes `bytes` to `name` in a fresh directory and returns both (the directory lives as long
-/// as the returned guard).
-fn write_temp(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join(name);
-    std::fs::write(&path, bytes).expect("write temp file");
-    (dir, path)
 }
 
 /// A reader's verdict is acceptable when it is `Ok`, or an error whose message names the file.

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, write};
+use common::{fixture, write, write_temp};
 use mmcl_data::Error;
 use mmcl_data::ecg::convert::preprocess_directory;
 use mmcl_data::ecg::preprocess::{PreprocessConfig, resample};
@@ -261,18 +261,11 @@ fn resampling_to_extreme_ratios_is_refused() {
 
 #[test]
 fn npy_with_an_implausible_rate_names_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
+    let (_dir, p) = write_temp(
         "arr.npy",
         mmcl_core::npy::npy_f32_bytes(&[12, 10], &[0.25; 120]),
     );
-    let err = ecg::read_any(&p, 0.005).unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains("arr.npy") && msg.contains("plausible ECG range"),
-        "{msg}"
-    );
+    format_error(ecg::read_any(&p, 0.005), &p, "plausible ECG range");
 }
 
 #[test]

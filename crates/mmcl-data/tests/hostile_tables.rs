@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{format_error, write};
+use common::{format_error, write, write_temp};
 use mmcl_data::tables::{DiseaseDefinition, disease_labels, read_diagnoses, read_phenotypes};
 
 /// Writes `text` as `dir/name` and asserts that `read` refuses it with a format error naming
@@ -27,10 +27,8 @@ fn refused<T: std::fmt::Debug>(
 
 #[test]
 fn a_quoted_newline_in_a_code_list_splits_into_two_codes() {
-    let dir = tempfile::tempdir().unwrap();
     // The friendlier answer: the cell holds two valid codes, so both are kept.
-    let p = write(
-        dir.path(),
+    let (dir, p) = write_temp(
         "diagnoses.csv",
         "eid,icd10\n1,\"I25.1\nE11.9\"\n2,I48\n3,\"I48 , E10\"\n",
     );
@@ -122,9 +120,7 @@ fn a_code_that_is_not_icd10_is_an_error_naming_file_line_and_code() {
 
 #[test]
 fn non_finite_phenotypes_are_missing_with_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
+    let (_dir, p) = write_temp(
         "inf.csv",
         "eid,24100-2.0,24101-2.0\n1,inf,60\n2,-inf,1e999\n3,150,-INF\n4,140,55\n",
     );

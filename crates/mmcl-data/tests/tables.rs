@@ -19,9 +19,7 @@ fn phenotype_error(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 
 #[test]
 fn phenotypes_from_ukb_and_legacy_columns_with_missing_values() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        &dir,
+    let (_dir, p) = common::write_temp(
         "phenotypes.csv",
         "eid,24100-2.0,22422-2.0,24103-2.0,22420-2.0,31-0.0\n\
          1000001,150.5,60,,58.2,1\n\
@@ -82,9 +80,7 @@ fn bad_phenotype_tables_are_clear_errors() {
 
 #[test]
 fn diagnoses_in_wide_and_long_layouts() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        &dir,
+    let (dir, p) = common::write_temp(
         "diagnoses.csv",
         "eid,icd10\n1,I25.1;E11.9\n2,\n3,I48\n3,I21\n4,K35\n",
     );

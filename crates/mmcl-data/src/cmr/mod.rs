@@ -58,6 +58,16 @@ impl FrameSpec {
             FrameSpec::Frame(i) => format!("frame {i}"),
         }
     }
+
+    /// The frame index chosen in a study whose end-systolic frame is `es_frame`.
+    pub fn index(self, es_frame: usize) -> usize {
+        match self {
+            FrameSpec::Ed => 0,
+            FrameSpec::Es => es_frame,
+            FrameSpec::MidSystole => es_frame / 2,
+            FrameSpec::Frame(i) => i,
+        }
+    }
 }
 
 /// Which slice the channels show.
@@ -393,16 +403,7 @@ impl CmrStudy {
             (None, EsWithoutSegmentation::Frame(t)) => t,
             (None, EsWithoutSegmentation::FromImage) => location.map_or(0, |l| l.es_frame),
         };
-        let frames: Vec<usize> = cfg
-            .channels
-            .iter()
-            .map(|f| match f {
-                FrameSpec::Ed => 0,
-                FrameSpec::Es => es_frame,
-                FrameSpec::MidSystole => es_frame / 2,
-                FrameSpec::Frame(i) => *i,
-            })
-            .collect();
+        let frames: Vec<usize> = cfg.channels.iter().map(|f| f.index(es_frame)).collect();
         if let Some(bad) = frames.iter().find(|&&t| t >= nt) {
             return Err(Error::InvalidInput(format!(
                 "frame {bad} is outside the {nt} frames of the study"

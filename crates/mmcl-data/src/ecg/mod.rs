@@ -212,15 +212,12 @@ impl Ecg {
         let mut data = Vec::with_capacity(NUM_LEADS * samples);
         for (slot, name) in slots.into_iter().zip(LEADS) {
             let values = slot.unwrap_or_default();
-            if values.len() != samples {
-                return Err(Error::format(
-                    source,
-                    format!(
-                        "lead {name} has {} samples but lead I has {samples}",
-                        values.len()
-                    ),
-                ));
-            }
+            check_count(source, values.len(), samples, || {
+                format!(
+                    "lead {name} has {} samples but lead I has {samples}",
+                    values.len()
+                )
+            })?;
             data.extend_from_slice(&values);
         }
         if samples == 0 {
@@ -439,16 +436,13 @@ pub(crate) fn derive_limb_leads(source: &Path, leads: &mut Vec<(String, Vec<f32>
     let (Some(one), Some(two)) = (find(0), find(1)) else {
         return Ok(());
     };
-    if one.len() != two.len() {
-        return Err(Error::format(
-            source,
-            format!(
-                "lead II has {} samples but lead I has {}",
-                two.len(),
-                one.len()
-            ),
-        ));
-    }
+    check_count(source, two.len(), one.len(), || {
+        format!(
+            "lead II has {} samples but lead I has {}",
+            two.len(),
+            one.len()
+        )
+    })?;
     let derive = |f: fn(f32, f32) -> f32| -> Vec<f32> {
         one.iter().zip(two).map(|(&i, &ii)| f(i, ii)).collect()
     };
@@ -485,6 +479,21 @@ pub(crate) fn fft_plans(
         let mut p = p.borrow_mut();
         (p.plan_fft_forward(n), p.plan_fft_inverse(n))
     })
+}
+
+/// Refuses a count `found` that differs from the `expected` one, with a format error naming
+/// `path`; `describe` writes its message, only when it is needed.
+pub(crate) fn check_count(
+    path: &Path,
+    found: usize,
+    expected: usize,
+    describe: impl FnOnce() -> String,
+) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(Error::format(path, describe()))
+    }
 }
 
 /// Attributes an error about values (an [`Error::InvalidInput`]) to the file they came from;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Component, Path};
 
-use super::{Ecg, check_sample_rate, check_samples_per_lead, in_file};
+use super::{Ecg, check_count, check_sample_rate, check_samples_per_lead, in_file};
 use crate::{Error, Result};
 use mmcl_core::files::{open_regular, read_checked, read_regular_bounded};
 
@@ -91,15 +91,12 @@ pub fn read_record(header: &Path) -> Result<WfdbRecord> {
         signals,
         comments,
     } = parse_header(&text, header)?;
-    if signals.len() != n_sig {
-        return Err(Error::format(
-            header,
-            format!(
-                "the header announces {n_sig} signals but describes {}",
-                signals.len()
-            ),
-        ));
-    }
+    check_count(header, signals.len(), n_sig, || {
+        format!(
+            "the header announces {n_sig} signals but describes {}",
+            signals.len()
+        )
+    })?;
     let dir = header.parent().unwrap_or(Path::new("."));
     // Signals sharing a file are interleaved frame by frame, in header order.
     let mut files: Vec<(&str, Vec<usize>)> = Vec::new();

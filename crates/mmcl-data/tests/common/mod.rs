@@ -22,6 +22,14 @@ pub fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
     p
 }
 
+/// Writes `bytes` as `name` in a fresh temporary folder; returns the folder's guard (the file
+/// lives as long as it) and the file's path.
+pub fn write_temp(name: &str, bytes: impl AsRef<[u8]>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write(dir.path(), name, bytes);
+    (dir, path)
+}
+
 /// Asserts that `msg` names the file of `path`.
 pub fn assert_names_file(msg: &str, path: &Path) {
     let name = path.file_name().and_then(|n| n.to_str()).expect("name");

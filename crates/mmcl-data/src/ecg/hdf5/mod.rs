@@ -174,17 +174,14 @@ impl Hdf5Tracings {
             opened.send_records(range.clone(), answer)
         })?;
         let per = header.samples * NUM_LEADS;
-        if messages.len() != range.len() {
-            return Err(Error::format(
-                path,
-                format!(
-                    "the HDF5 reader sent {} of the records {}..{}",
-                    messages.len(),
-                    range.start,
-                    range.end
-                ),
-            ));
-        }
+        super::check_count(path, messages.len(), range.len(), || {
+            format!(
+                "the HDF5 reader sent {} of the records {}..{}",
+                messages.len(),
+                range.start,
+                range.end
+            )
+        })?;
         messages
             .into_iter()
             .zip(&header.ids[range])
@@ -221,12 +218,7 @@ impl<'a> Opened<'a> {
         if !file.link_exists("tracings") {
             return Err(bad("no dataset \"tracings\" (the CODE-15 layout)".into()));
         }
-        let dataset = file
-            .dataset("tracings")
-            .map_err(|e| bad(format!("\"tracings\" is not a readable dataset: {e}")))?;
-        let shape = dataset
-            .get_shape()
-            .map_err(|e| bad(format!("cannot read the shape of \"tracings\": {e}")))?;
+        let (dataset, shape) = dataset_and_shape(&file, "tracings", path)?;
         let (records, samples) = match shape.as_slice() {
             [n, t, NUM_LEADS] => (*n, *t),
             [_, NUM_LEADS, t] => {
@@ -485,6 +477,19 @@ fn millivolts_per(unit: &str) -> Option<f64> {
     }
 }
 
+/// The dataset `name` of `file` and its shape, or a format error naming `path` when either
+/// cannot be read.
+fn dataset_and_shape(file: &File, name: &str, path: &Path) -> Result<(Dataset, Vec<usize>)> {
+    let bad = |reason: String| Error::format(path, reason);
+    let dataset = file
+        .dataset(name)
+        .map_err(|e| bad(format!("\"{name}\" is not a readable dataset: {e}")))?;
+    let shape = dataset
+        .get_shape()
+        .map_err(|e| bad(format!("cannot read the shape of \"{name}\": {e}")))?;
+    Ok((dataset, shape))
+}
+
 /// The record identifiers: `exam_id` (N integers or strings) when present, else `<stem>_<i>`.
 fn exam_ids(file: &File, records: usize, path: &Path) -> Result<Vec<String>> {
     let bad = |reason: String| Error::format(path, reason);
@@ -492,12 +497,7 @@ fn exam_ids(file: &File, records: usize, path: &Path) -> Result<Vec<String>> {
         let stem = file_stem(path);
         return Ok((0..records).map(|i| format!("{stem}_{i}")).collect());
     }
-    let ids = file
-        .dataset("exam_id")
-        .map_err(|e| bad(format!("\"exam_id\" is not a readable dataset: {e}")))?;
-    let shape = ids
-        .get_shape()
-        .map_err(|e| bad(format!("cannot read the shape of \"exam_id\": {e}")))?;
+    let (ids, shape) = dataset_and_shape(file, "exam_id", path)?;
     if shape != [records] {
         return Err(bad(format!(
             "\"exam_id\" has shape {shape:?} but \"tracings\" holds {records} records"

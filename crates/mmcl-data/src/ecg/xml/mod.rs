@@ -34,7 +34,7 @@ use std::path::Path;
 use quick_xml::Reader;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 
-use super::Ecg;
+use super::{Ecg, check_count};
 use crate::{Error, Result};
 use mmcl_core::files::{open_regular, read_checked, read_regular_bounded};
 
@@ -381,15 +381,12 @@ impl Section {
         }
         if let Some(expected) = self.count {
             for (lead, values) in &self.leads {
-                if values.len() != expected {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "<{what}> lead {lead} has {} samples but ChannelSampleCountTotal is {expected}",
-                            values.len()
-                        ),
-                    ));
-                }
+                check_count(path, values.len(), expected, || {
+                    format!(
+                        "<{what}> lead {lead} has {} samples but ChannelSampleCountTotal is {expected}",
+                        values.len()
+                    )
+                })?;
             }
         }
         let to_mv = (resolution / 1000.0) as f32;
