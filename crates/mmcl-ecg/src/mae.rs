@@ -48,6 +48,7 @@ use mmcl_nn::rng::SharedRng;
 use mmcl_nn::{ParamStore, StateDict};
 
 use crate::checkpoint::extract_encoder;
+use crate::model::{PatchOrder, flatten_patches};
 use crate::{EcgVit, Error, Result};
 
 /// The entries that are fixed tables, not parameters (`requires_grad=False` in the reference).
@@ -101,21 +102,9 @@ impl SimSiamMlp {
     ) -> Result<Self> {
         let bn = BatchNormConfig::default();
         Ok(Self {
-            fc1: Linear::new(
-                in_dim,
-                hidden,
-                None,
-                init::xavier_uniform(in_dim, hidden),
-                vb.pp("0"),
-            )?,
+            fc1: Linear::with_weight_init(in_dim, hidden, false, WeightInit::Mae, vb.pp("0"))?,
             bn1: batch_norm(hidden, bn, vb.pp("1"))?,
-            fc2: Linear::new(
-                hidden,
-                out_dim,
-                None,
-                init::xavier_uniform(hidden, out_dim),
-                vb.pp("3"),
-            )?,
+            fc2: Linear::with_weight_init(hidden, out_dim, false, WeightInit::Mae, vb.pp("3"))?,
             bn2: if final_norm {
                 Some(batch_norm_no_affine(out_dim, bn, vb.pp("4"))?)
             } else {
@@ -169,13 +158,9 @@ impl MaskedAutoencoder {
         let encoder = EcgVit::new(&cfg.encoder_config(), SharedRng::new(0), vb.clone())?;
         let (d, dd) = (cfg.embed_dim, cfg.decoder_embed_dim);
         let num_patches = cfg.num_patches();
-        let decoder_embed = Linear::new(
-            d,
-            dd,
-            Some(init::ZEROS),
-            init::xavier_uniform(d, dd),
-            vb.pp("decoder_embed"),
-        )?;
+        // Xavier-uniform weights and zero biases, as the reference's `_init_weights`.
+        let decoder_embed =
+            Linear::with_weight_init(d, dd, true, WeightInit::Mae, vb.pp("decoder_embed"))?;
         let mask_token = vb.get_with_hints((1, 1, dd), "mask_token", init::normal(0.02))?;
         let decoder_pos_embed =
             init::get_with_values(&vb, &[1, num_patches + 1, dd], "decoder_pos_embed", || {
@@ -203,13 +188,8 @@ impl MaskedAutoencoder {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let decoder_norm = LayerNorm::new(dd, cfg.layer_norm_eps, vb.pp("decoder_norm"))?;
         let p = cfg.patch_dim();
-        let decoder_pred = Linear::new(
-            dd,
-            p,
-            Some(init::ZEROS),
-            init::xavier_uniform(dd, p),
-            vb.pp("decoder_pred"),
-        )?;
+        let decoder_pred =
+            Linear::with_weight_init(dd, p, true, WeightInit::Mae, vb.pp("decoder_pred"))?;
         let projector = SimSiamMlp::new(d, cfg.proj_dim, d, true, vb.pp("projector"))?;
         let predictor = SimSiamMlp::new(d, cfg.pred_dim, d, false, vb.pp("predictor"))?;
         Ok(Self {
@@ -347,15 +327,12 @@ impl MaskedAutoencoder {
     /// `[B, C, H, W]` (or `[B, H, W]` when `C = 1`) → `[B, L, ph·pw·C]`.
     pub fn patchify(&self, imgs: &Tensor) -> Result<Tensor> {
         let x = self.encoder.check_input(imgs)?; // [B, C, H, W]
-        let (b, c, _, _) = x.dims4()?;
-        let [ph, pw] = self.cfg.patch_size;
-        let (gh, gw) = self.cfg.grid_size();
-        let x = x.narrow(2, 0, gh * ph)?.narrow(3, 0, gw * pw)?;
-        let patches = x
-            .reshape((b, c, gh, ph, gw, pw))?
-            .permute((0, 2, 4, 3, 5, 1))? // [B, gh, gw, ph, pw, C]
-            .reshape((b, gh * gw, ph * pw * c))?; // [B, L, ph·pw·C]
-        Ok(patches)
+        flatten_patches(
+            &x,
+            self.cfg.patch_size,
+            self.cfg.grid_size(),
+            PatchOrder::ChannelLast,
+        )
     }
 
     /// The reference's `unpatchify`, the inverse of [`Self::patchify`].

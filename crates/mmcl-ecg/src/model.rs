@@ -73,7 +73,7 @@ impl PatchEmbed {
     /// # Shapes
     /// `[B, C, H, W]` → `[B, L, C·ph·pw]` with `L = (H/ph)·(W/pw)`.
     pub fn patchify(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
+        let (_, c, h, w) = x.dims4()?;
         if c != self.in_chans {
             return Err(Error::InputShape {
                 expected: format!("{} channels", self.in_chans),
@@ -88,12 +88,7 @@ impl PatchEmbed {
                 got: x.dims().to_vec(),
             });
         }
-        let x = x.narrow(2, 0, gh * ph)?.narrow(3, 0, gw * pw)?;
-        let patches = x
-            .reshape((b, c, gh, ph, gw, pw))?
-            .permute((0, 2, 4, 1, 3, 5))? // [B, gh, gw, C, ph, pw]
-            .reshape((b, gh * gw, c * ph * pw))?; // [B, L, C·ph·pw]
-        Ok(patches)
+        flatten_patches(x, self.patch_size, (gh, gw), PatchOrder::ChannelFirst)
     }
 
     /// # Shapes
@@ -103,6 +98,39 @@ impl PatchEmbed {
         let w = self.weight.reshape((self.embed_dim, ()))?; // [D, C·ph·pw]
         Ok(mmcl_nn::ops::linear(&patches, &w, Some(&self.bias))?) // [B, L, D]
     }
+}
+
+/// The order of the values inside a flattened patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatchOrder {
+    /// (channel, row, column), as the patch embedding's convolution weight.
+    ChannelFirst,
+    /// (row, column, channel), as the masked autoencoder's `patchify`.
+    ChannelLast,
+}
+
+/// Crops `x` `[B, C, H, W]` to the `grid` `(gh, gw)` of `patch_size` patches and flattens each
+/// patch in `order`: `[B, L, C·ph·pw]`, row-major over the grid (lead rows, then time columns).
+/// The encoder's embedding and the masked autoencoder's targets cut alike.
+pub(crate) fn flatten_patches(
+    x: &Tensor,
+    patch_size: [usize; 2],
+    (gh, gw): (usize, usize),
+    order: PatchOrder,
+) -> Result<Tensor> {
+    let (b, c, _, _) = x.dims4()?;
+    let [ph, pw] = patch_size;
+    let permutation = match order {
+        PatchOrder::ChannelFirst => (0, 2, 4, 1, 3, 5), // [B, gh, gw, C, ph, pw]
+        PatchOrder::ChannelLast => (0, 2, 4, 3, 5, 1),  // [B, gh, gw, ph, pw, C]
+    };
+    let patches = x
+        .narrow(2, 0, gh * ph)?
+        .narrow(3, 0, gw * pw)?
+        .reshape((b, c, gh, ph, gw, pw))?
+        .permute(permutation)?
+        .reshape((b, gh * gw, c * ph * pw))?;
+    Ok(patches)
 }
 
 /// What one forward pass of the encoder can return besides the pooled features.

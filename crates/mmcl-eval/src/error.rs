@@ -68,30 +68,26 @@ impl Error {
     }
 }
 
-// The errors of the model and data crates are large; boxed, they keep `Result` small.
-impl From<mmcl_ecg::Error> for Error {
-    fn from(e: mmcl_ecg::Error) -> Self {
-        Error::Ecg(Box::new(e))
-    }
+/// `From` impls for the errors of the model and data crates, which are large: boxed in their
+/// variants, they keep `Result` small.
+macro_rules! from_boxed {
+    ($($source:ty => $variant:ident),* $(,)?) => {
+        $(
+            impl From<$source> for Error {
+                fn from(e: $source) -> Self {
+                    Error::$variant(Box::new(e))
+                }
+            }
+        )*
+    };
 }
 
-impl From<mmcl_cmr::Error> for Error {
-    fn from(e: mmcl_cmr::Error) -> Self {
-        Error::Cmr(Box::new(e))
-    }
-}
-
-impl From<mmcl_data::Error> for Error {
-    fn from(e: mmcl_data::Error) -> Self {
-        Error::Data(Box::new(e))
-    }
-}
-
-impl From<mmcl_train::Error> for Error {
-    fn from(e: mmcl_train::Error) -> Self {
-        Error::Train(Box::new(e))
-    }
-}
+from_boxed!(
+    mmcl_ecg::Error => Ecg,
+    mmcl_cmr::Error => Cmr,
+    mmcl_data::Error => Data,
+    mmcl_train::Error => Train,
+);
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;

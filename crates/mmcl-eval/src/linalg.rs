@@ -11,49 +11,33 @@ use crate::{Error, Result};
 mmcl_core::multiversion!(
     /// `Σ x[i]·u[i]` with an f32 row and f64 weights, accumulated in f64 over 8 lanes (so that
     /// the compiler vectorises it).
-    pub(crate) fn dot_f32_f64(x: &[f32], u: &[f64]) -> f64 => dot_f32_f64_kernel
+    pub(crate) fn dot_f32_f64(x: &[f32], u: &[f64]) -> f64 => dot_lanes
 );
 mmcl_core::multiversion!(
     /// `Σ a[i]·b[i]` in f64 over 8 lanes.
-    pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 => dot_f64_kernel
+    pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 => dot_lanes
 );
 mmcl_core::multiversion!(
     /// `acc += a·x` with an f32 row.
     pub(crate) fn axpy_f32(acc: &mut [f64], a: f64, x: &[f32]) => axpy_f32_kernel
 );
 
+/// `Σ x[i]·u[i]` in f64 over 8 lanes, with `x` widened to f64 (exactly): the kernel of both
+/// [`dot_f32_f64`] and [`dot_f64`].
 #[inline(always)]
-fn dot_f32_f64_kernel(x: &[f32], u: &[f64]) -> f64 {
+fn dot_lanes<T: Copy + Into<f64>>(x: &[T], u: &[f64]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let xc = x.chunks_exact(8);
     let uc = u.chunks_exact(8);
     let (xr, ur) = (xc.remainder(), uc.remainder());
     for (xs, us) in xc.zip(uc) {
         for l in 0..8 {
-            lanes[l] += xs[l] as f64 * us[l];
+            lanes[l] += xs[l].into() * us[l];
         }
     }
     let mut sum: f64 = lanes.iter().sum();
-    for (a, b) in xr.iter().zip(ur) {
-        sum += *a as f64 * b;
-    }
-    sum
-}
-
-#[inline(always)]
-fn dot_f64_kernel(a: &[f64], b: &[f64]) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let ac = a.chunks_exact(8);
-    let bc = b.chunks_exact(8);
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (xs, ys) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += xs[l] * ys[l];
-        }
-    }
-    let mut sum: f64 = lanes.iter().sum();
-    for (x, y) in ar.iter().zip(br) {
-        sum += x * y;
+    for (&a, b) in xr.iter().zip(ur) {
+        sum += a.into() * b;
     }
     sum
 }

@@ -1,5 +1,6 @@
 //! What to generate: cohort size, seed, acquisition sizes and disease prevalences.
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -246,58 +247,31 @@ impl SynthConfig {
             ));
         }
         let e = &self.ecg;
-        if !(100..=2000).contains(&e.sample_rate_hz) {
-            return bad(format!(
-                "ecg.sample_rate_hz must be in 100..=2000, got {}",
-                e.sample_rate_hz
-            ));
-        }
-        if !(e.duration_s.is_finite() && (4.0..=60.0).contains(&e.duration_s)) {
-            return bad(format!(
-                "ecg.duration_s must be in 4..=60 s, got {}",
-                e.duration_s
-            ));
-        }
-        if !(600..=2000).contains(&e.median_ms) {
-            return bad(format!(
-                "ecg.median_ms must be in 600..=2000, got {}",
-                e.median_ms
-            ));
-        }
-        if !(e.mains_hz.is_finite() && (40.0..=70.0).contains(&e.mains_hz)) {
-            return bad(format!(
-                "ecg.mains_hz must be in 40..=70, got {}",
-                e.mains_hz
-            ));
-        }
+        check_range("ecg.sample_rate_hz", e.sample_rate_hz, 100..=2000, "")?;
+        check_range("ecg.duration_s", e.duration_s, 4.0..=60.0, " s")?;
+        check_range("ecg.median_ms", e.median_ms, 600..=2000, "")?;
+        check_range("ecg.mains_hz", e.mains_hz, 40.0..=70.0, "")?;
         let c = &self.cmr;
-        if !(16..=512).contains(&c.image_size) {
-            return bad(format!(
-                "cmr.image_size must be in 16..=512 pixels, got {}",
-                c.image_size
-            ));
-        }
-        if !(1..=40).contains(&c.slices) {
-            return bad(format!("cmr.slices must be in 1..=40, got {}", c.slices));
-        }
-        if !(2..=100).contains(&c.frames) {
-            return bad(format!(
-                "cmr.frames must be in 2..=100 (end-diastole and end-systole at least), got {}",
-                c.frames
-            ));
-        }
-        if !(c.fov_mm.is_finite() && (140.0..=500.0).contains(&c.fov_mm)) {
-            return bad(format!(
-                "cmr.fov_mm must be in 140..=500 mm (the heart must fit), got {}",
-                c.fov_mm
-            ));
-        }
-        if !(c.stack_mm.is_finite() && (95.0..=200.0).contains(&c.stack_mm)) {
-            return bad(format!(
-                "cmr.stack_mm must be in 95..=200 mm (base to apex must fit), got {}",
-                c.stack_mm
-            ));
-        }
+        check_range("cmr.image_size", c.image_size, 16..=512, " pixels")?;
+        check_range("cmr.slices", c.slices, 1..=40, "")?;
+        check_range(
+            "cmr.frames",
+            c.frames,
+            2..=100,
+            " (end-diastole and end-systole at least)",
+        )?;
+        check_range(
+            "cmr.fov_mm",
+            c.fov_mm,
+            140.0..=500.0,
+            " mm (the heart must fit)",
+        )?;
+        check_range(
+            "cmr.stack_mm",
+            c.stack_mm,
+            95.0..=200.0,
+            " mm (base to apex must fit)",
+        )?;
         if c.compression > 9 {
             return bad(format!(
                 "cmr.compression must be a gzip level 0..=9, got {}",
@@ -313,9 +287,7 @@ impl SynthConfig {
             ("af", p.af),
             ("lvh", p.lvh),
         ] {
-            if !(v.is_finite() && (0.0..=0.9).contains(&v)) {
-                return bad(format!("prevalence.{name} must be in 0..=0.9, got {v}"));
-            }
+            check_range(&format!("prevalence.{name}"), v, 0.0..=0.9, "")?;
         }
         Ok(())
     }
@@ -323,6 +295,25 @@ impl SynthConfig {
     /// The eid of subject `index` (0-based).
     pub fn eid(&self, index: usize) -> u64 {
         self.first_eid + index as u64
+    }
+}
+
+/// Checks that `value`, the configuration's `key`, lies in `range` (NaN never does); the error
+/// names the key, the range followed by `note` (a unit, or why the range), and the value.
+pub(crate) fn check_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: RangeInclusive<T>,
+    note: &str,
+) -> Result<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "{key} must be in {}..={}{note}, got {value}",
+            range.start(),
+            range.end()
+        )))
     }
 }
 

@@ -22,7 +22,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::Result;
+use crate::config::check_range;
 
 /// The ECG–anatomy couplings of the synthetic cohort (see the [module](self) documentation).
 ///
@@ -117,7 +118,7 @@ impl Couplings {
     /// Checks every value against its meaningful range.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the setting.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the setting.
     pub fn validate(&self) -> Result<()> {
         let checks: [(&str, f64, f64, f64); 10] = [
             ("qrs_ms_per_ml_lvedv", self.qrs_ms_per_ml_lvedv, -1.0, 1.0),
@@ -157,11 +158,7 @@ impl Couplings {
             ),
         ];
         for (name, v, lo, hi) in checks {
-            if !(v.is_finite() && (lo..=hi).contains(&v)) {
-                return Err(Error::InvalidConfig(format!(
-                    "couplings.{name} must be in {lo}..={hi}, got {v}"
-                )));
-            }
+            check_range(&format!("couplings.{name}"), v, lo..=hi, "")?;
         }
         Ok(())
     }

@@ -233,6 +233,24 @@ fn calibrate(lps: &[f64], target: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
+/// Calibrates the intercept of the linear predictors `lps` to `target` (see [`calibrate`]) and
+/// draws the reference population's indicators with column `column` of `uniforms`: the
+/// indicators are the covariates of the models calibrated after it.
+fn calibrate_and_draw(
+    lps: &[f64],
+    target: f64,
+    uniforms: &[[f64; 4]],
+    column: usize,
+) -> (f64, Vec<bool>) {
+    let intercept = calibrate(lps, target);
+    let drawn = lps
+        .iter()
+        .zip(uniforms)
+        .map(|(lp, u)| u[column] < sigmoid(intercept + lp))
+        .collect();
+    (intercept, drawn)
+}
+
 impl PopulationModel {
     /// Calibrates the risk models so that the expected prevalences equal `prevalence`.
     ///
@@ -253,51 +271,37 @@ impl PopulationModel {
         let uniforms: Vec<[f64; 4]> = (0..REFERENCE)
             .map(|_| std::array::from_fn(|_| uniform(&mut rng, 0.0, 1.0)))
             .collect();
-        let mut ic = Intercepts::default();
         let lps: Vec<f64> = demo.iter().map(lp_hypertension).collect();
-        ic.hypertension = calibrate(&lps, prevalence.hypertension);
-        let htn: Vec<bool> = lps
-            .iter()
-            .zip(&uniforms)
-            .map(|(lp, u)| u[0] < sigmoid(ic.hypertension + lp))
-            .collect();
+        let (hypertension_intercept, htn) =
+            calibrate_and_draw(&lps, prevalence.hypertension, &uniforms, 0);
         let lps: Vec<f64> = demo
             .iter()
             .zip(&htn)
             .map(|(d, &h)| lp_diabetes(d, h))
             .collect();
-        ic.diabetes = calibrate(&lps, prevalence.diabetes);
-        let dm: Vec<bool> = lps
-            .iter()
-            .zip(&uniforms)
-            .map(|(lp, u)| u[1] < sigmoid(ic.diabetes + lp))
-            .collect();
+        let (diabetes_intercept, dm) = calibrate_and_draw(&lps, prevalence.diabetes, &uniforms, 1);
         let lps: Vec<f64> = (0..REFERENCE)
             .map(|i| lp_cad(&demo[i], htn[i], dm[i]))
             .collect();
-        ic.cad = calibrate(&lps, prevalence.cad);
-        let cad: Vec<bool> = lps
-            .iter()
-            .zip(&uniforms)
-            .map(|(lp, u)| u[2] < sigmoid(ic.cad + lp))
-            .collect();
+        let (cad_intercept, cad) = calibrate_and_draw(&lps, prevalence.cad, &uniforms, 2);
         let lps: Vec<f64> = (0..REFERENCE)
             .map(|i| lp_lvh(&demo[i], htn[i], dm[i]))
             .collect();
-        ic.lvh = calibrate(&lps, prevalence.lvh);
-        let lvh: Vec<bool> = lps
-            .iter()
-            .zip(&uniforms)
-            .map(|(lp, u)| u[3] < sigmoid(ic.lvh + lp))
-            .collect();
+        let (lvh_intercept, lvh) = calibrate_and_draw(&lps, prevalence.lvh, &uniforms, 3);
         let lps: Vec<f64> = (0..REFERENCE)
             .map(|i| lp_af(&demo[i], htn[i], cad[i], lvh[i]))
             .collect();
-        ic.af = calibrate(&lps, prevalence.af);
+        let intercepts = Intercepts {
+            hypertension: hypertension_intercept,
+            diabetes: diabetes_intercept,
+            cad: cad_intercept,
+            lvh: lvh_intercept,
+            af: calibrate(&lps, prevalence.af),
+        };
         Self {
             prevalence: prevalence.clone(),
             couplings: couplings.clone(),
-            intercepts: ic,
+            intercepts,
         }
     }
 

@@ -7,8 +7,8 @@ use mmcl_nn::init::WeightInit;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    TrunkKeys, check_limit, check_trunk_activations, config_reason, preset_or_error, required,
-    required_shapes, trunk_parameters,
+    ENCODER_SIZE_KEYS, TrunkKeys, check_limit, check_trunk_activations, config_reason,
+    preset_or_error, required_shapes, required_sizes, trunk_parameters,
 };
 use crate::{EcgVitConfig, Error, Result};
 
@@ -263,26 +263,30 @@ impl TryFrom<RawMaeConfig> for MaeConfig {
             .map(|name| preset_or_error(name, MaePreset::find(name), MaePreset::names))
             .transpose()?;
         let (img_size, patch_size) = required_shapes(raw.img_size, raw.patch_size)?;
-        let enc = preset.map(|p| p.encoder);
-        let dec = preset.map(|p| p.decoder);
+        let [embed_dim, depth, num_heads] = required_sizes(
+            [raw.embed_dim, raw.depth, raw.num_heads],
+            preset.map(|p| p.encoder),
+            ENCODER_SIZE_KEYS,
+        )?;
+        let [decoder_embed_dim, decoder_depth, decoder_num_heads] = required_sizes(
+            [
+                raw.decoder_embed_dim,
+                raw.decoder_depth,
+                raw.decoder_num_heads,
+            ],
+            preset.map(|p| p.decoder),
+            ["decoder_embed_dim", "decoder_depth", "decoder_num_heads"],
+        )?;
         let cfg = MaeConfig {
             model: raw.model.clone(),
             img_size,
             patch_size,
-            embed_dim: required(raw.embed_dim, enc.map(|e| e.0), "embed_dim")?,
-            depth: required(raw.depth, enc.map(|e| e.1), "depth")?,
-            num_heads: required(raw.num_heads, enc.map(|e| e.2), "num_heads")?,
-            decoder_embed_dim: required(
-                raw.decoder_embed_dim,
-                dec.map(|d| d.0),
-                "decoder_embed_dim",
-            )?,
-            decoder_depth: required(raw.decoder_depth, dec.map(|d| d.1), "decoder_depth")?,
-            decoder_num_heads: required(
-                raw.decoder_num_heads,
-                dec.map(|d| d.2),
-                "decoder_num_heads",
-            )?,
+            embed_dim,
+            depth,
+            num_heads,
+            decoder_embed_dim,
+            decoder_depth,
+            decoder_num_heads,
             mlp_ratio: raw.mlp_ratio.unwrap_or(4.0),
             layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-6),
             proj_dim: raw.proj_dim.unwrap_or(1024),
@@ -465,36 +469,22 @@ mod tests {
     #[test]
     fn presets_are_the_reference_functions() {
         let dims = |n: &str| MaePreset::find(n).map(|p| (p.encoder, p.decoder));
-        assert_eq!(
-            dims("mae_vit_pluto_patchX"),
-            Some(((256, 2, 8), (160, 1, 8)))
-        );
-        assert_eq!(
-            dims("mae_vit_tiny_patchX"),
-            Some(((384, 3, 6), (256, 2, 8)))
-        );
+        for (name, encoder_decoder) in [
+            ("mae_vit_pluto_patchX", ((256, 2, 8), (160, 1, 8))),
+            ("mae_vit_tiny_patchX", ((384, 3, 6), (256, 2, 8))),
+            ("mae_vit_tiny2_patchX", ((384, 3, 6), (128, 2, 4))),
+            ("mae_vit_tinyDeep_patchX", ((192, 12, 3), (256, 2, 8))),
+            ("mae_vit_mediumDeep2_patchX", ((576, 12, 8), (128, 2, 4))),
+            ("mae_vit_large_patchX", ((864, 6, 12), (256, 2, 8))),
+            ("mae_vit_large", ((1024, 24, 16), (512, 8, 16))),
+            ("mae_vit_huge", ((1280, 32, 16), (512, 8, 16))),
+        ] {
+            assert_eq!(dims(name), Some(encoder_decoder), "{name}");
+        }
         assert_eq!(
             dims("mae_vit_tiny_patchX_dec256d2b"),
             dims("mae_vit_tiny_patchX")
         );
-        assert_eq!(
-            dims("mae_vit_tiny2_patchX"),
-            Some(((384, 3, 6), (128, 2, 4)))
-        );
-        assert_eq!(
-            dims("mae_vit_tinyDeep_patchX"),
-            Some(((192, 12, 3), (256, 2, 8)))
-        );
-        assert_eq!(
-            dims("mae_vit_mediumDeep2_patchX"),
-            Some(((576, 12, 8), (128, 2, 4)))
-        );
-        assert_eq!(
-            dims("mae_vit_large_patchX"),
-            Some(((864, 6, 12), (256, 2, 8)))
-        );
-        assert_eq!(dims("mae_vit_large"), Some(((1024, 24, 16), (512, 8, 16))));
-        assert_eq!(dims("mae_vit_huge"), Some(((1280, 32, 16), (512, 8, 16))));
         assert_eq!(MAE_PRESETS.len(), 17);
         for p in MAE_PRESETS {
             let cfg = MaeConfig::preset(p.name, [1, 12, 2500], [1, 100]);
