@@ -14,14 +14,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
 use mmcl_suite::cmr::ResNetConfig;
-use mmcl_suite::data::cache::Cache;
 use mmcl_suite::data::tables::Split;
-use mmcl_suite::pipeline::reproduce::{explain_subjects, probe_vit_config};
+use mmcl_suite::pipeline::reproduce::explain_subjects;
 use mmcl_suite::train::checkpoint::find_model_file;
 use mmcl_suite::train::{MmclArchitecture, MmclModel};
 
@@ -45,21 +43,22 @@ struct Args {
 
 fn main() -> Result<()> {
     let args: Args = common::start();
-    let (device, cfg, cache_dir) = args.cohort.prepare()?;
-    let cache = Arc::new(Cache::open(&cache_dir)?);
-    let vit = probe_vit_config(&cfg)?;
-    let model = match &args.checkpoint {
-        Some(path) => {
+    let common::OpenCohort {
+        device,
+        cfg,
+        cache,
+        vit,
+    } = args.cohort.open()?;
+    let model = common::checkpoint_or_random(
+        args.checkpoint.as_deref(),
+        |path| {
             let file = find_model_file(path)?;
-            let (model, summary) =
-                MmclModel::from_reference_checkpoint(&file, &vit, None, &device)?;
-            println!("{summary}");
-            model
-        }
-        None => {
-            println!(
-                "no --checkpoint: randomly initialised model (the maps show the mechanics only)"
-            );
+            Ok(MmclModel::from_reference_checkpoint(
+                &file, &vit, None, &device,
+            )?)
+        },
+        "no --checkpoint: randomly initialised model (the maps show the mechanics only)",
+        || {
             let channels = cache.index().image.map_or(3, |l| l.channels);
             let imaging = ResNetConfig::new(cfg.mmcl.imaging.model, channels);
             let arch = MmclArchitecture::without_classifier(
@@ -68,9 +67,9 @@ fn main() -> Result<()> {
                 cfg.mmcl.embedding_dim,
                 cfg.mmcl.projection_dim,
             );
-            MmclModel::new(&arch, 0, &device)?
-        }
-    };
+            Ok(MmclModel::new(&arch, 0, &device)?)
+        },
+    )?;
     let positions: Vec<usize> = cache
         .split_indices(Split::Test)
         .into_iter()

@@ -15,13 +15,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
-use mmcl_suite::data::cache::Cache;
 use mmcl_suite::ecg::EcgVit;
-use mmcl_suite::pipeline::reproduce::{probe_ecg_encoder, probe_vit_config};
+use mmcl_suite::pipeline::reproduce::probe_ecg_encoder;
 use mmcl_suite::pipeline::results::markdown_tables;
 use mmcl_suite::train::checkpoint::find_ecg_encoder;
 
@@ -39,23 +37,19 @@ struct Args {
 
 fn main() -> Result<()> {
     let args: Args = common::start();
-    let (device, cfg, cache_dir) = args.cohort.prepare()?;
-    let cache = Arc::new(Cache::open(&cache_dir)?);
-
-    let vit = probe_vit_config(&cfg)?;
-    let model = match &args.checkpoint {
-        Some(path) => {
+    let cohort = args.cohort.open()?;
+    let model = common::checkpoint_or_random(
+        args.checkpoint.as_deref(),
+        |path| {
             let file = find_ecg_encoder(path)?;
-            let (model, _, summary) = EcgVit::from_checkpoint(&vit, &file, vit.pooling(), &device)?;
-            println!("{summary}");
-            model
-        }
-        None => {
-            println!("no --checkpoint: randomly initialised encoder (seed 0)");
-            EcgVit::from_seed(&vit, 0, &device)?.0
-        }
-    };
-    let r = probe_ecg_encoder(&cfg, &cache, &model, &device)?;
+            let (model, _, summary) =
+                EcgVit::from_checkpoint(&cohort.vit, &file, cohort.vit.pooling(), &cohort.device)?;
+            Ok((model, summary))
+        },
+        "no --checkpoint: randomly initialised encoder (seed 0)",
+        || Ok(EcgVit::from_seed(&cohort.vit, 0, &cohort.device)?.0),
+    )?;
+    let r = probe_ecg_encoder(&cohort.cfg, &cohort.cache, &model, &cohort.device)?;
     print!("{}", markdown_tables(&[("this encoder", &r)]));
     Ok(())
 }

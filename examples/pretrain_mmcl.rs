@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use mmcl_suite::cmr::ResNetArch;
+use mmcl_suite::pipeline::config::reduce_multimodal_model;
 use mmcl_suite::train::checkpoint;
 use mmcl_suite::train::{MmclConfig, MmclTrainer};
 
@@ -48,13 +48,9 @@ fn main() -> Result<()> {
                 warmup_epochs: 1,
                 batch_size: 16,
                 lr: 3e-4,
-                embedding_dim: 256,
-                projection_dim: 64,
                 ..MmclConfig::default()
             };
-            cfg.imaging.model = ResNetArch::ResNet18;
-            cfg.imaging.img_size = 48;
-            cfg.imaging.augment.size = 48;
+            reduce_multimodal_model(&mut cfg, 48);
             cfg.data.cache = args.common.quick_cache(&output)?;
             cfg
         }

@@ -6,13 +6,17 @@
 // Each example compiles this module on its own and uses only its part of it.
 #![allow(dead_code)]
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use candle_core::Device;
 use mmcl_suite::data::build::{BuildConfig, build_dataset};
+use mmcl_suite::data::cache::Cache;
+use mmcl_suite::ecg::EcgVitConfig;
 use mmcl_suite::nn::device::parse_device;
-use mmcl_suite::pipeline::reproduce::{load_config, prepare_data};
+use mmcl_suite::pipeline::reproduce::{load_config, prepare_data, probe_vit_config};
 use mmcl_suite::pipeline::{ReproduceConfig, TerminalProgress};
 use mmcl_suite::synth::{Cohort, SynthConfig, WriteOptions};
 use mmcl_suite::train::checkpoint;
@@ -111,6 +115,53 @@ impl CohortArgs {
         }
         let cache = prepare_data(&cfg, &self.data, &mut TerminalProgress::new())?;
         Ok((device, cfg, cache))
+    }
+
+    /// [`CohortArgs::prepare`] for the examples that load a model: the cache opened, and the
+    /// ECG encoder configuration of the pipeline's probes ([`probe_vit_config`]).
+    pub fn open(&self) -> Result<OpenCohort> {
+        let (device, cfg, cache_dir) = self.prepare()?;
+        let cache = Arc::new(Cache::open(&cache_dir)?);
+        let vit = probe_vit_config(&cfg)?;
+        Ok(OpenCohort {
+            device,
+            cfg,
+            cache,
+            vit,
+        })
+    }
+}
+
+/// What [`CohortArgs::open`] gives.
+pub struct OpenCohort {
+    /// The device of `--device`.
+    pub device: Device,
+    /// The reproduce configuration.
+    pub cfg: ReproduceConfig,
+    /// Its cohort's dataset cache.
+    pub cache: Arc<Cache>,
+    /// The ECG encoder configuration of the pipeline's probes.
+    pub vit: EcgVitConfig,
+}
+
+/// The model of `--checkpoint`, read by `load`, which also says what loading did (printed);
+/// without a checkpoint, `note` is printed and `random` makes a seeded random model.
+pub fn checkpoint_or_random<M, S: Display>(
+    checkpoint: Option<&Path>,
+    load: impl FnOnce(&Path) -> Result<(M, S)>,
+    note: &str,
+    random: impl FnOnce() -> Result<M>,
+) -> Result<M> {
+    match checkpoint {
+        Some(path) => {
+            let (model, summary) = load(path)?;
+            println!("{summary}");
+            Ok(model)
+        }
+        None => {
+            println!("{note}");
+            random()
+        }
     }
 }
 

@@ -18,38 +18,61 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
+/// Declares the subcommands, each as `Variant(Args) => handler` under its doc comment (its
+/// help line), and `Command::run`, which hands each one's arguments to its handler: one list
+/// instead of the enum and a match repeating it.
+macro_rules! subcommands {
+    ($($(#[$doc:meta])* $variant:ident($args:ty) => $run:expr,)+) => {
+        #[derive(Debug, Subcommand)]
+        enum Command {
+            $($(#[$doc])* $variant($args),)+
+        }
+
+        impl Command {
+            /// Runs the subcommand.
+            fn run(self) -> anyhow::Result<()> {
+                match self {
+                    $(Command::$variant(args) => ($run)(args),)+
+                }
+            }
+        }
+    };
+}
+
+subcommands! {
     /// Print the version, the compiled-in features and the devices that can be used.
-    Info(commands::info::Args),
+    Info(commands::info::Args) => commands::info::run,
     /// Fit linear probes on frozen embeddings and report test metrics with 95 % intervals.
-    Probe(Box<commands::probe::Args>),
+    Probe(Box<commands::probe::Args>) => |args: Box<_>| commands::probe::run(*args),
     /// Plot every metric of a JSON-lines run log against the epoch.
-    PlotCurves(commands::report::PlotCurvesArgs),
+    PlotCurves(commands::report::PlotCurvesArgs) => commands::report::plot_curves,
     /// Write a Markdown report (metrics table with intervals, figures) from a metrics JSON.
-    Report(commands::report::ReportArgs),
+    Report(commands::report::ReportArgs) => commands::report::report,
     /// Generate the synthetic paired ECG–CMR cohort in UK Biobank layout.
-    Synth(commands::synth::Args),
+    Synth(commands::synth::Args) => commands::synth::run,
     /// Preprocess ECG files (CardioSoft XML, WFDB, NPY) into float32 .npy arrays (reference pipeline).
-    PreprocessEcg(commands::preprocess_ecg::Args),
+    PreprocessEcg(commands::preprocess_ecg::Args) => commands::preprocess_ecg::run,
     /// Build the dataset cache from a UK-Biobank-style folder (config-driven, JSON or TOML).
-    BuildDataset(commands::build_dataset::Args),
+    BuildDataset(commands::build_dataset::Args) => commands::build_dataset::run,
     /// Embed ECGs (.npy) with a trained ECG encoder.
-    EmbedEcg(commands::embed_ecg::Args),
+    EmbedEcg(commands::embed_ecg::Args) => commands::embed_ecg::run,
     /// Convert a PyTorch checkpoint (or part of it) to safetensors.
-    Convert(commands::convert::Args),
+    Convert(commands::convert::Args) => commands::convert::run,
     /// Embed cardiac MRI images with a ResNet encoder checkpoint (N, C, H, W) -> (N, D).
-    EmbedCmr(commands::embed_cmr::Args),
+    EmbedCmr(commands::embed_cmr::Args) => commands::embed_cmr::run,
+    // The trainers train data-parallel under a launcher (the reproduction refuses to).
     /// Multimodal contrastive pre-training of the ECG and CMR encoders (config-driven, resumable).
-    PretrainMmcl(commands::pretrain::Args),
+    PretrainMmcl(commands::pretrain::Args) => commands::pretrain::run_mmcl,
     /// Masked-autoencoder pre-training of the ECG encoder (config-driven, resumable).
-    PretrainMae(commands::pretrain::Args),
+    PretrainMae(commands::pretrain::Args) => commands::pretrain::run_mae,
     /// Localisation maps of one subject's ECG and CMR under a multimodal model (PNG + JSON).
-    Explain(commands::explain::Args),
+    Explain(commands::explain::Args) => commands::explain::run,
     /// Fine-tune the ECG encoder with a classification or regression head (config-driven).
-    Finetune(commands::finetune::Args),
+    Finetune(commands::finetune::Args) => commands::finetune::run,
     /// The paper's pipeline end to end on a synthetic cohort: MAE, MMCL, probes, report.
-    Reproduce(commands::reproduce::Args),
+    Reproduce(commands::reproduce::Args) => |args| {
+        commands::common::one_training_process().and_then(|()| commands::reproduce::run(args))
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,26 +81,7 @@ fn main() -> ExitCode {
         // SAFETY: no thread of this program reads or writes the environment yet.
         unsafe { mmcl_nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     }
-    let result = match cli.command {
-        Command::Info(args) => commands::info::run(args),
-        Command::Probe(args) => commands::probe::run(*args),
-        Command::PlotCurves(args) => commands::report::plot_curves(args),
-        Command::Report(args) => commands::report::report(args),
-        Command::Synth(args) => commands::synth::run(args),
-        Command::PreprocessEcg(args) => commands::preprocess_ecg::run(args),
-        Command::BuildDataset(args) => commands::build_dataset::run(args),
-        Command::EmbedEcg(args) => commands::embed_ecg::run(args),
-        Command::Convert(args) => commands::convert::run(args),
-        Command::EmbedCmr(args) => commands::embed_cmr::run(args),
-        // The trainers train data-parallel under a launcher (the reproduction refuses to).
-        Command::PretrainMmcl(args) => commands::pretrain::run_mmcl(args),
-        Command::PretrainMae(args) => commands::pretrain::run_mae(args),
-        Command::Explain(args) => commands::explain::run(args),
-        Command::Finetune(args) => commands::finetune::run(args),
-        Command::Reproduce(args) => {
-            commands::common::one_training_process().and_then(|()| commands::reproduce::run(args))
-        }
-    };
+    let result = cli.command.run();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -51,6 +51,32 @@ fn refuses_every_spelling_of(dir: &Path, input: &str, args_for: &dyn Fn(&str) ->
     }
 }
 
+/// Settings of an encoder configuration: (key, JSON value).
+type Settings = [(&'static str, &'static str)];
+
+/// The toy encoder's configuration (JSON) with the `hostile` settings replacing its own or
+/// added to them.
+fn toy_encoder_with(hostile: &Settings) -> String {
+    let mut settings = vec![
+        ("img_size", "[1, 2, 20]"),
+        ("patch_size", "[1, 5]"),
+        ("embed_dim", "8"),
+        ("depth", "1"),
+        ("num_heads", "2"),
+    ];
+    for &(key, value) in hostile {
+        match settings.iter_mut().find(|(k, _)| *k == key) {
+            Some(setting) => setting.1 = value,
+            None => settings.push((key, value)),
+        }
+    }
+    let members: Vec<String> = settings
+        .iter()
+        .map(|(key, value)| format!("\"{key}\": {value}"))
+        .collect();
+    format!("{{{}}}", members.join(", "))
+}
+
 /// A temporary folder holding three toy ECGs as `ecgs.npy` and the toy encoder's checkpoint as
 /// `model.pth`.
 fn toy_embedding_dir() -> tempfile::TempDir {
@@ -182,73 +208,42 @@ fn build_dataset_never_writes_its_cache_over_its_data() {
 #[test]
 fn absurd_encoder_sizes_are_refused_before_allocation() {
     let dir = toy_embedding_dir();
-    // Each configuration is the toy encoder with one hostile value.
-    let toy = |img: &str, patch: &str, dim: &str, depth: &str, heads: &str, extra: &str| {
-        format!(
-            r#"{{"img_size": {img}, "patch_size": {patch}, "embed_dim": {dim}, "depth": {depth},
-                "num_heads": {heads}{extra}}}"#
-        )
-    };
-    let (img, patch) = ("[1, 2, 20]", "[1, 5]");
-    for (name, text, key) in [
-        (
-            "dim.json",
-            toy(img, patch, "1000000000", "1", "2", ""),
-            "embed_dim",
-        ),
+    // Each configuration is the toy encoder with one hostile value (the file, the settings
+    // written over the toy's, the key the error must name).
+    let cases: [(&str, &Settings, &str); 10] = [
+        ("dim.json", &[("embed_dim", "1000000000")], "embed_dim"),
         (
             "depth.json",
-            toy(img, patch, "4096", "1000000", "2", ""),
+            &[("embed_dim", "4096"), ("depth", "1000000")],
             "depth",
         ),
-        (
-            "mlp.json",
-            toy(img, patch, "8", "1", "2", r#", "mlp_ratio": 1e300"#),
-            "mlp_ratio",
-        ),
-        (
-            "heads.json",
-            toy(img, patch, "8", "1", "3", ""),
-            "num_heads",
-        ),
-        (
-            "patch.json",
-            toy(img, "[1, 0]", "8", "1", "2", ""),
-            "patch_size",
-        ),
+        ("mlp.json", &[("mlp_ratio", "1e300")], "mlp_ratio"),
+        ("heads.json", &[("num_heads", "3")], "num_heads"),
+        ("patch.json", &[("patch_size", "[1, 0]")], "patch_size"),
         (
             "img.json",
-            toy("[1, 2, 100000000000000]", patch, "8", "1", "2", ""),
+            &[("img_size", "[1, 2, 100000000000000]")],
             "img_size",
         ),
         (
             "tokens.json",
-            toy("[1, 12, 4000000]", "[1, 1]", "8", "1", "2", ""),
+            &[("img_size", "[1, 12, 4000000]"), ("patch_size", "[1, 1]")],
             "img_size",
         ),
         (
             "classes.json",
-            toy(
-                img,
-                patch,
-                "8",
-                "1",
-                "2",
-                r#", "num_classes": 100000000000000"#,
-            ),
+            &[("num_classes", "100000000000000")],
             "num_classes",
         ),
-        (
-            "type.json",
-            toy(img, patch, "8", "\"one\"", "2", ""),
-            "depth",
-        ),
+        ("type.json", &[("depth", "\"one\"")], "depth"),
         (
             "array.json",
-            toy(img, "[1, \"five\"]", "8", "1", "2", ""),
+            &[("patch_size", r#"[1, "five"]"#)],
             "patch_size[1]",
         ),
-    ] {
+    ];
+    for (name, hostile, key) in cases {
+        let text = toy_encoder_with(hostile);
         std::fs::write(dir.path().join(name), text).expect("config");
         let out = mmcl(dir.path(), &embed_toy_args(name, "out.npy"));
         assert_refused(&out, &[name, key]);

@@ -29,9 +29,8 @@ fn last_model(run: &Path) -> HashMap<String, Tensor> {
 
 #[test]
 fn pretrain_mmcl_under_mpirun_trains_what_one_process_trains() {
-    let tmp = tempfile::tempdir().expect("tmp");
+    let tmp = common::temp_cohort_and_cache(12, 3, [0.7, 0.3, 0.0]);
     let root = tmp.path();
-    common::cohort_and_cache(root, 12, 3, [0.7, 0.3, 0.0]);
     let (config, single, out) = run_with_config(
         root,
         "pretrain-mmcl",

@@ -15,9 +15,10 @@ fn read_npy_shape(path: &Path) -> Vec<u64> {
     read_npy(path).0
 }
 
-/// A synthetic cohort and its cache at `root/cache`, 70 % train and 30 % validation.
-fn cohort_and_cache(root: &Path, subjects: usize, seed: u64) {
-    common::cohort_and_cache(root, subjects, seed, [0.7, 0.3, 0.0]);
+/// A temporary folder holding a synthetic cohort and its cache at `cache`, 70 % train and 30 %
+/// validation.
+fn temp_cohort_and_cache(subjects: usize, seed: u64) -> tempfile::TempDir {
+    common::temp_cohort_and_cache(subjects, seed, [0.7, 0.3, 0.0])
 }
 
 /// Runs `command` (`pretrain-mmcl`, `pretrain-mae`) with the configuration `text` written to
@@ -83,9 +84,8 @@ fn train_config() -> String {
 
 #[test]
 fn pretrain_mmcl_trains_exports_and_resumes() {
-    let tmp = tempfile::tempdir().expect("tmp");
+    let tmp = temp_cohort_and_cache(12, 3);
     let root = tmp.path();
-    cohort_and_cache(root, 12, 3);
 
     let (config, run, _) = first_run(root, "pretrain-mmcl", "train.toml", &train_config());
     let last = run.join("checkpoints/last");
@@ -228,9 +228,8 @@ fn mae_config() -> String {
 
 #[test]
 fn pretrain_mae_trains_exports_and_resumes() {
-    let tmp = tempfile::tempdir().expect("tmp");
+    let tmp = temp_cohort_and_cache(10, 5);
     let root = tmp.path();
-    cohort_and_cache(root, 10, 5);
 
     let (_, run, out) = first_run(root, "pretrain-mae", "mae.toml", &mae_config());
     let encoder = run.join("checkpoints/last/ecg_encoder.safetensors");
@@ -326,9 +325,8 @@ fn training_as_one_of_several_launched_processes_is_refused() {
 
 #[test]
 fn precision_flag_replaces_the_configured_precision() {
-    let tmp = tempfile::tempdir().expect("tmp");
+    let tmp = temp_cohort_and_cache(10, 6);
     let root = tmp.path();
-    cohort_and_cache(root, 10, 6);
     let bf16 = ["--precision", "bf16"];
     let (config, run, out) = run_with_config(
         root,

@@ -11,9 +11,9 @@ use std::process::Output;
 use common::{assert_refused, mmcl, read_npy, s, stderr};
 use mmcl_ecg::{EcgVit, EcgVitConfig};
 
-/// A 40-subject cohort and its cache at `root/cache` (60/20/20 splits).
-fn cache(root: &Path) {
-    common::cohort_and_cache(root, 40, 5, [0.6, 0.2, 0.2]);
+/// A temporary folder holding a 40-subject cohort and its cache at `cache` (60/20/20 splits).
+fn folder_with_cache() -> tempfile::TempDir {
+    common::temp_cohort_and_cache(40, 5, [0.6, 0.2, 0.2])
 }
 
 /// `mmcl embed-ecg --encoder encoder`, the arguments `inputs` (what to embed, options), then
@@ -51,9 +51,8 @@ fn exported_encoder_with_leads(dir: &Path, leads: usize) -> std::path::PathBuf {
 
 #[test]
 fn a_cache_is_embedded_and_probed_from_an_exported_encoder() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = folder_with_cache();
     let root = tmp.path();
-    cache(root);
     let file = exported_encoder(&root.join("run"));
     let (c, z) = (root.join("cache"), root.join("z"));
 
@@ -135,9 +134,8 @@ fn a_cache_is_embedded_and_probed_from_an_exported_encoder() {
 
 #[test]
 fn bad_encoders_and_devices_are_clear_errors_that_write_nothing() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = folder_with_cache();
     let root = tmp.path();
-    cache(root);
     let c = root.join("cache");
     let z = root.join("z");
     let embed = |encoder: &Path, extra: &[&str]| {
@@ -183,9 +181,8 @@ fn bad_encoders_and_devices_are_clear_errors_that_write_nothing() {
 
 #[test]
 fn finetuning_an_export_takes_its_architecture() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = folder_with_cache();
     let root = tmp.path();
-    cache(root);
     exported_encoder(&root.join("run"));
     // No `encoder` table: the checkpoint folder's export says what it is (a small encoder on
     // 12 × 500 inputs, not the paper's default on 2500 samples).
@@ -208,9 +205,8 @@ fn finetuning_an_export_takes_its_architecture() {
 
 #[test]
 fn an_eight_lead_encoder_embeds_twelve_lead_files_through_its_leads() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = folder_with_cache();
     let root = tmp.path();
-    cache(root);
     let file = exported_encoder_with_leads(&root.join("run"), 8);
     let first = root.join("cohort/ecg/1000001_20205_2_0.xml");
     let embed = |out: &str, leads: Option<&str>| {

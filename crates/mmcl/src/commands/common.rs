@@ -142,6 +142,25 @@ pub fn encoder_leads(
     Ok((selection, canonical))
 }
 
+/// The output of a configuration-driven command: `--output` (`flag`) when given, else the
+/// `output` of the configuration read from `config_path`; `what` names it in the error (e.g.
+/// "output directory").
+pub fn configured_output(
+    flag: Option<PathBuf>,
+    configured: Option<&Path>,
+    config_path: &Path,
+    what: &str,
+) -> Result<PathBuf> {
+    match (flag, configured) {
+        (Some(o), _) => Ok(o),
+        (None, Some(o)) => Ok(o.to_path_buf()),
+        (None, None) => bail!(
+            "{}: no {what} (set `output` or pass --output)",
+            config_path.display()
+        ),
+    }
+}
+
 /// A folder of outputs written whole: its files go into a temporary sibling, which takes the
 /// folder's place only when [`commit`](Self::commit) is called; dropped before that, it is
 /// removed, so a failed command leaves no partial folder.

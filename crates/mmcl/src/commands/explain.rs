@@ -30,7 +30,9 @@ use mmcl_eval::localization::{EcgTrace, LocalizationConfig, SliceInfo, localize}
 use mmcl_train::MmclModel;
 use serde::{Deserialize, Serialize};
 
-use super::common::{OutputKind, StagedDir, encoder_leads, ensure_output_not_input};
+use super::common::{
+    OutputKind, StagedDir, configured_output, encoder_leads, ensure_output_not_input,
+};
 use super::print_config::documented_toml;
 
 /// Arguments of `mmcl explain`.
@@ -309,14 +311,12 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--config is required");
     };
     let cfg = read_config(&config_path)?;
-    let output = match (args.output, &cfg.output) {
-        (Some(o), _) => o,
-        (None, Some(o)) => o.clone(),
-        (None, None) => bail!(
-            "{}: no output directory (set `output` or pass --output)",
-            config_path.display()
-        ),
-    };
+    let output = configured_output(
+        args.output,
+        cfg.output.as_deref(),
+        &config_path,
+        "output directory",
+    )?;
     let mut inputs = vec![
         config_path.as_path(),
         &cfg.model,

@@ -24,7 +24,7 @@ use mmcl_eval::runlog::{RunLog, RunLogWriter};
 use mmcl_nn::precision::Precision;
 use mmcl_train::{BarProgress, NoProgress, Progress};
 
-use super::common::{OutputKind, ensure_output_not_input};
+use super::common::{OutputKind, configured_output, ensure_output_not_input};
 use super::print_config::documented_toml_omitting;
 
 /// Arguments of `mmcl finetune`.
@@ -116,14 +116,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(precision) = args.precision {
         cfg.precision = precision;
     }
-    let output = match (args.output, &cfg.output) {
-        (Some(o), _) => o,
-        (None, Some(o)) => o.clone(),
-        (None, None) => bail!(
-            "{}: no run directory (set `output` or pass --output)",
-            config_path.display()
-        ),
-    };
+    let output = configured_output(
+        args.output,
+        cfg.output.as_deref(),
+        &config_path,
+        "run directory",
+    )?;
     // The run's files are replaced: none may be an input, nor the folder itself.
     let mut inputs = vec![config_path.as_path(), cfg.cache.as_path()];
     inputs.extend(cfg.checkpoint.as_deref());

@@ -251,6 +251,13 @@ pub fn synth_small_cohort(out: &Path, subjects: usize, seed: u64) -> Output {
     run
 }
 
+/// [`cohort_and_cache`] in a new temporary folder, returned (and removed when dropped).
+pub fn temp_cohort_and_cache(subjects: usize, seed: u64, fractions: [f64; 3]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    cohort_and_cache(tmp.path(), subjects, seed, fractions);
+    tmp
+}
+
 /// A synthetic cohort of `subjects` (seed `seed`) under `root/cohort` and its dataset cache at
 /// `root/cache` (ECGs of 1000 samples, images of 32², the `[train, val, test]` fractions).
 pub fn cohort_and_cache(root: &Path, subjects: usize, seed: u64, [train, val, test]: [f64; 3]) {
