@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use mmcl_cmr::ResNetArch;
-use mmcl_data::cmr::ImageAugmentConfig;
 use mmcl_data::tables::{DiseaseDefinition, SplitConfig};
 use mmcl_ecg::mae::MaeConfig;
 use mmcl_eval::localization::LocalizationConfig;
@@ -166,6 +165,17 @@ const REDUCED_ECG_LEADS: [&str; 8] = mmcl_data::ecg::INDEPENDENT_LEADS;
 const REDUCED_ECG_PATCH: [usize; 2] = [1, 50];
 const REDUCED_IMAGE: usize = 48;
 
+/// Makes `cfg`'s model the reduced multimodal one of the reproduction and of the quick
+/// example runs: a ResNet18 image encoder on `side`² images (with the augmentation at that
+/// size, as it must be), embeddings of 256 dimensions projected to 64.
+pub fn reduce_multimodal_model(cfg: &mut MmclConfig, side: usize) {
+    cfg.embedding_dim = 256;
+    cfg.projection_dim = 64;
+    cfg.imaging.model = ResNetArch::ResNet18;
+    cfg.imaging.img_size = side;
+    cfg.imaging.augment.size = side;
+}
+
 impl Default for ReproduceConfig {
     fn default() -> Self {
         // 3000 subjects: with 600 training pairs the contrastive stage memorises them as soon
@@ -213,17 +223,10 @@ impl Default for ReproduceConfig {
             schedule: Granularity::Step,
             batch_size: 32,
             lr: 2.5e-4,
-            embedding_dim: 256,
-            projection_dim: 64,
             ..MmclConfig::default()
         };
-        mmcl.imaging.model = ResNetArch::ResNet18;
-        mmcl.imaging.img_size = REDUCED_IMAGE;
-        mmcl.imaging.augment = ImageAugmentConfig {
-            size: REDUCED_IMAGE,
-            apply_prob: 0.0,
-            ..ImageAugmentConfig::default()
-        };
+        reduce_multimodal_model(&mut mmcl, REDUCED_IMAGE);
+        mmcl.imaging.augment.apply_prob = 0.0;
         mmcl.ecg.augment.apply_prob = 0.0;
         mmcl.ecg.model = "vit_pluto_patchX".into();
         mmcl.ecg.input_size = REDUCED_ECG_INPUT;

@@ -80,6 +80,19 @@ pub struct Layout {
     pub root: PathBuf,
 }
 
+/// Accessors of [`Layout`] for the entries directly under its root: each returns
+/// `root/<name>` and keeps its own doc comment.
+macro_rules! entries_under_root {
+    ($($(#[$doc:meta])* $method:ident => $name:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $method(&self) -> PathBuf {
+                self.root.join($name)
+            }
+        )*
+    };
+}
+
 impl Layout {
     /// The layout under `root`.
     pub fn new(root: &Path) -> Self {
@@ -87,17 +100,19 @@ impl Layout {
             root: root.to_path_buf(),
         }
     }
-    /// `config.toml`.
-    pub fn config(&self) -> PathBuf {
-        self.root.join("config.toml")
-    }
-    /// The synthetic cohort.
-    pub fn cohort(&self) -> PathBuf {
-        self.root.join("cohort")
-    }
-    /// The dataset cache.
-    pub fn cache(&self) -> PathBuf {
-        self.root.join("cache")
+    entries_under_root! {
+        /// `config.toml`.
+        config => "config.toml";
+        /// The synthetic cohort.
+        cohort => "cohort";
+        /// The dataset cache.
+        cache => "cache";
+        /// `results.json`.
+        results => "results.json";
+        /// `report.md`.
+        report => "report.md";
+        /// The figures folder.
+        figures => "figures";
     }
     /// The run directory of a training stage (`mae`, `mmcl`, `mae_mmcl`).
     pub fn run(&self, name: &str) -> PathBuf {
@@ -110,18 +125,6 @@ impl Layout {
             Some(s) => self.root.join("runs").join(format!("seed-{s}")).join(name),
             None => self.run(name),
         }
-    }
-    /// `results.json`.
-    pub fn results(&self) -> PathBuf {
-        self.root.join("results.json")
-    }
-    /// `report.md`.
-    pub fn report(&self) -> PathBuf {
-        self.root.join("report.md")
-    }
-    /// The figures folder.
-    pub fn figures(&self) -> PathBuf {
-        self.root.join("figures")
     }
 }
 

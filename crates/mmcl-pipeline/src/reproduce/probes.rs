@@ -174,24 +174,19 @@ fn compare_encoders(
         .iter()
         .map(|&(key, a, b)| {
             let (pa, pb) = (find(a)?, find(b)?);
-            let diseases = compare(
+            // Prediction block `i` of the two encoders (0: diseases, 1: phenotypes) compared
+            // on `metric`, with the run's bootstrap.
+            let block = |i: usize, task: Task, truth, names: &[String], metric: &str| {
+                compare(task, truth, (&pa[i], &pb[i]), names, metric, 0.5, &boot)
+            };
+            let diseases = block(
+                0,
                 Task::Classification,
                 &test.labels,
-                (&pa[0], &pb[0]),
                 &data.names.0,
                 "auroc",
-                0.5,
-                &boot,
             )?;
-            let phenotypes = compare(
-                Task::Regression,
-                &test.phenotypes,
-                (&pa[1], &pb[1]),
-                &data.names.1,
-                "r2",
-                0.5,
-                &boot,
-            )?;
+            let phenotypes = block(1, Task::Regression, &test.phenotypes, &data.names.1, "r2")?;
             Ok((
                 key.to_string(),
                 EncoderComparison::new(&phenotypes, &diseases),
