@@ -23,10 +23,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
+use mmcl_nn::batch_norm::{BatchNormConfig, batch_norm};
+use mmcl_nn::params::ParamStore;
 use mmcl_nn::precision::Precision;
 use mmcl_nn::{conv, ops, pool};
 
@@ -248,6 +250,18 @@ fn resnet_kernels(c: &mut Criterion) -> Result<()> {
     });
     bench_fwd_bwd(&mut group, "max_pool_3x3s2/fwd_bwd_b16", || {
         pool::max_pool2d(stem_out.as_tensor(), 3, 2, 1)
+    });
+
+    // The stem's train-mode batch norm with its fused ReLU, on the same activations: the
+    // largest of the step's 53 normalisations.
+    let store = ParamStore::new(0);
+    let bn = batch_norm(
+        64,
+        BatchNormConfig::default(),
+        store.var_builder(DType::F32, &Device::Cpu),
+    )?;
+    bench_fwd_bwd(&mut group, "batch_norm_relu_stem/fwd_bwd_b16", || {
+        bn.forward_t_relu(stem_out.as_tensor(), true)
     });
     drop(stem_out);
 

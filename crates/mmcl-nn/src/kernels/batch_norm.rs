@@ -3,6 +3,7 @@
 //! backward pass needs two more. An optional ReLU is fused in (applied to the output, its mask
 //! to the gradient).
 
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{Shape, Tensor};
@@ -10,7 +11,8 @@ use rayon::prelude::*;
 
 use crate::distributed::{group_sums, sync_batch_norm_active};
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::{CHUNK, with_contiguous_f32};
+use crate::kernels::simd::multiversion;
+use crate::kernels::with_contiguous_f32;
 use crate::{Error, Result};
 
 /// The fused train-mode normalisation `(x − mean) / sqrt(var + eps) · weight + bias` (then
@@ -79,43 +81,203 @@ fn ncl(shape: &Shape) -> (usize, usize, usize) {
     (dims[0], dims[1], dims[2..].iter().product())
 }
 
-/// Independent `f64` accumulators of [`sum_pairs`]: a single one is latency-bound at one
-/// addition per four cycles; sixteen let the loop vectorise.
+/// Independent `f64` accumulators of [`sum_lanes`] and [`sum_lanes_pair`]: a single one is
+/// latency-bound at one addition per four cycles; sixteen let the loop vectorise.
 const SUM_LANES: usize = 16;
 
-/// `Σ f(a[i], b[i])` in `f64` (as wide as the old scalar sum, so huge activations do not
-/// overflow), over [`SUM_LANES`] independent accumulators.
+/// `Σ f(x[i])` in `f64` (as wide as the old scalar sum, so huge activations do not overflow),
+/// over [`SUM_LANES`] independent accumulators. The vector width changes no lane's order of
+/// additions, so the [`multiversion!`] copies give the same bits.
 #[inline(always)]
-fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut lanes = [0f64; SUM_LANES];
-    let (a_lanes, b_lanes) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
-    let (a_rest, b_rest) = (a_lanes.remainder(), b_lanes.remainder());
-    for (a, b) in a_lanes.zip(b_lanes) {
-        for ((acc, &u), &v) in lanes.iter_mut().zip(a).zip(b) {
-            *acc += f(u, v);
+    let (chunks, rest) = x.as_chunks::<SUM_LANES>();
+    for chunk in chunks {
+        for (sum, &v) in lanes.iter_mut().zip(chunk) {
+            *sum += f(v);
         }
     }
     let mut total: f64 = lanes.iter().sum();
-    for (&u, &v) in a_rest.iter().zip(b_rest) {
-        total += f(u, v);
+    for &v in rest {
+        total += f(v);
     }
     total
 }
 
-/// `Σ f(a[i], b[i])` over the rows of channel `ch` of two `[N, C, L]` arrays, in `f64`.
-fn channel_sum(
+/// The two sums `Σ f(a[i], b[i], c[i])` of one pass, each added as [`sum_lanes`] adds one (the
+/// same bits as two passes of their own). Written out for two rather than generic over the
+/// count: the compiler vectorises only the plain zipped loop.
+#[inline(always)]
+fn sum_lanes_pair(
     a: &[f32],
     b: &[f32],
-    (n, c, l): (usize, usize, usize),
-    ch: usize,
-    f: impl Fn(f32, f32) -> f64 + Copy,
-) -> f64 {
-    (0..n)
-        .map(|img| {
-            let start = (img * c + ch) * l;
-            sum_pairs(&a[start..start + l], &b[start..start + l], f)
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f64, f64),
+) -> [f64; 2] {
+    let (mut first, mut second) = ([0f64; SUM_LANES], [0f64; SUM_LANES]);
+    let ((ca, ra), (cb, rb), (cc, rc)) = (
+        a.as_chunks::<SUM_LANES>(),
+        b.as_chunks::<SUM_LANES>(),
+        c.as_chunks::<SUM_LANES>(),
+    );
+    for ((a, b), c) in ca.iter().zip(cb).zip(cc) {
+        let lanes = first.iter_mut().zip(second.iter_mut());
+        for ((((s, t), &u), &v), &w) in lanes.zip(a).zip(b).zip(c) {
+            let (p, q) = f(u, v, w);
+            *s += p;
+            *t += q;
+        }
+    }
+    let mut totals = [first.iter().sum::<f64>(), second.iter().sum::<f64>()];
+    for ((&u, &v), &w) in ra.iter().zip(rb).zip(rc) {
+        let (p, q) = f(u, v, w);
+        totals[0] += p;
+        totals[1] += q;
+    }
+    totals
+}
+
+/// `Σ x` of one row.
+#[inline(always)]
+fn row_sum_kernel(x: &[f32]) -> f64 {
+    sum_lanes(x, |v| v as f64)
+}
+
+/// `Σ (x − mean)²` of one row.
+#[inline(always)]
+fn row_square_kernel(x: &[f32], mean: f64) -> f64 {
+    sum_lanes(x, |v| (v as f64 - mean).powi(2))
+}
+
+/// The upstream gradient `g` where the fused ReLU let it through (`y > 0`, PyTorch's ReLU
+/// backward: NaN outputs pass nothing), else 0; without the ReLU `g` itself.
+#[inline(always)]
+fn gated<const RELU: bool>(g: f32, y: f32) -> f32 {
+    if !RELU || y > 0.0 { g } else { 0.0 }
+}
+
+/// `[Σ g, Σ g·x̂]` of one row, `g` the upstream gradient `dy` gated by the output `ys` when
+/// `relu`, `x̂ = (x − mean)·inv_std`.
+#[inline(always)]
+fn row_gradient_sums_kernel(
+    dy: &[f32],
+    xs: &[f32],
+    ys: &[f32],
+    mean: f64,
+    inv_std: f64,
+    relu: bool,
+) -> [f64; 2] {
+    // Inlined into each `multiversion!` copy, so compiled for its vector width.
+    #[inline(always)]
+    fn sums<const RELU: bool>(
+        dy: &[f32],
+        xs: &[f32],
+        ys: &[f32],
+        mean: f64,
+        inv_std: f64,
+    ) -> [f64; 2] {
+        sum_lanes_pair(dy, xs, ys, |g, v, y| {
+            let g = gated::<RELU>(g, y) as f64;
+            (g, g * (v as f64 - mean) * inv_std)
         })
-        .sum()
+    }
+    if relu {
+        sums::<true>(dy, xs, ys, mean, inv_std)
+    } else {
+        sums::<false>(dy, xs, ys, mean, inv_std)
+    }
+}
+
+/// One channel's constants of the normalisation.
+#[derive(Debug, Clone, Copy)]
+struct RowNorm {
+    mean: f32,
+    inv_std: f32,
+    /// `weight · inv_std`.
+    scale: f32,
+    /// The forward pass's shift (`bias`); the backward pass's mean of `dy`.
+    shift: f32,
+    /// The backward pass's mean of `dy·x̂`.
+    mean_dy_xhat: f32,
+}
+
+/// `dst = (x − mean)·scale + shift` over one row (then ReLU if `relu`).
+#[inline(always)]
+fn normalize_row_kernel(x: &[f32], dst: &mut [f32], norm: RowNorm, relu: bool) {
+    let RowNorm {
+        mean, scale, shift, ..
+    } = norm;
+    // Centre first: folding the mean into the shift (`v·scale + shift'`) cancels
+    // catastrophically when the spread is small against the mean (tiny batches).
+    if relu {
+        for (d, &v) in dst.iter_mut().zip(x) {
+            // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
+            *d = ((v - mean) * scale + shift).max(0.0);
+        }
+    } else {
+        for (d, &v) in dst.iter_mut().zip(x) {
+            *d = (v - mean) * scale + shift;
+        }
+    }
+}
+
+/// The input gradient of one row: `scale·(g − mean(g) − x̂·mean(g·x̂))`, `g` gated as in
+/// [`row_gradient_sums_kernel`].
+#[inline(always)]
+fn input_gradient_row_kernel(
+    dy: &[f32],
+    xs: &[f32],
+    ys: &[f32],
+    dst: &mut [f32],
+    norm: RowNorm,
+    relu: bool,
+) {
+    #[inline(always)]
+    fn row<const RELU: bool>(dy: &[f32], xs: &[f32], ys: &[f32], dst: &mut [f32], n: RowNorm) {
+        for (((d, &v), &g), &y) in dst.iter_mut().zip(xs).zip(dy).zip(ys) {
+            let g = gated::<RELU>(g, y);
+            let xhat = (v - n.mean) * n.inv_std;
+            *d = n.scale * (g - n.shift - xhat * n.mean_dy_xhat);
+        }
+    }
+    if relu {
+        row::<true>(dy, xs, ys, dst, norm)
+    } else {
+        row::<false>(dy, xs, ys, dst, norm)
+    }
+}
+
+multiversion!(fn row_sum(x: &[f32]) -> f64 => row_sum_kernel);
+multiversion!(fn row_square(x: &[f32], mean: f64) -> f64 => row_square_kernel);
+multiversion!(
+    fn row_gradient_sums(dy: &[f32], xs: &[f32], ys: &[f32], mean: f64, inv_std: f64, relu: bool)
+        -> [f64; 2] => row_gradient_sums_kernel
+);
+multiversion!(
+    fn normalize_row(x: &[f32], dst: &mut [f32], norm: RowNorm, relu: bool) => normalize_row_kernel
+);
+multiversion!(
+    fn input_gradient_row(
+        dy: &[f32],
+        xs: &[f32],
+        ys: &[f32],
+        dst: &mut [f32],
+        norm: RowNorm,
+        relu: bool
+    ) => input_gradient_row_kernel
+);
+
+/// The `K` sums of `row_sums` over the rows of channel `ch` of `[N, C, L]` arrays, image by
+/// image, added in image order.
+fn channel_sums<const K: usize>(
+    (n, channels, l): (usize, usize, usize),
+    ch: usize,
+    row_sums: impl Fn(Range<usize>) -> [f64; K],
+) -> [f64; K] {
+    let rows: Vec<[f64; K]> = (0..n)
+        .map(|img| row_sums((img * channels + ch) * l..(img * channels + ch + 1) * l))
+        .collect();
+    std::array::from_fn(|k| rows.iter().map(|r| r[k]).sum())
 }
 
 impl BatchNormTrain {
@@ -133,6 +295,55 @@ impl BatchNormTrain {
             )),
         }
     }
+
+    /// The gradients of the input, the scale and the shift from the input `xs`, the upstream
+    /// gradient `dy` and (with the fused ReLU) the output `ys` that gates it: one pass for the two
+    /// reductions per channel, one for the input gradient.
+    fn gradients(
+        &self,
+        stats: &ChannelStats,
+        weight: &[f32],
+        shape: &Shape,
+        [xs, dy, ys]: [&[f32]; 3],
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let dims = ncl(shape);
+        let (c, l) = (dims.1, dims.2);
+        let (count, relu) = (stats.count, self.relu);
+        // Σ dy and Σ dy·x̂ per channel.
+        let sums: Vec<[f64; 2]> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, inv_std) = (stats.mean[ch] as f64, stats.inv_std[ch] as f64);
+                channel_sums(dims, ch, |r| {
+                    row_gradient_sums(&dy[r.clone()], &xs[r.clone()], &ys[r], mean, inv_std, relu)
+                })
+            })
+            .collect();
+        // Synchronised, the input gradient needs the group's reductions (the output of every
+        // replica depends on this one's rows through the statistics); the scale and shift keep
+        // their own rows' part, which the group's gradient mean sums.
+        let group = self.summed_over_group(sums.concat())?;
+        let mut dx = vec![0f32; xs.len()];
+        if l > 0 {
+            dx.par_chunks_mut(l)
+                .zip(xs.par_chunks(l).zip(dy.par_chunks(l).zip(ys.par_chunks(l))))
+                .enumerate()
+                .for_each(|(row, (dst, (xr, (gr, yr))))| {
+                    let ch = row % c;
+                    let norm = RowNorm {
+                        mean: stats.mean[ch],
+                        inv_std: stats.inv_std[ch],
+                        scale: weight[ch] * stats.inv_std[ch],
+                        shift: (group[2 * ch] / count) as f32,
+                        mean_dy_xhat: (group[2 * ch + 1] / count) as f32,
+                    };
+                    input_gradient_row(gr, xr, yr, dst, norm, relu);
+                });
+        }
+        let dweight = sums.iter().map(|s| s[1] as f32).collect();
+        let dbias = sums.iter().map(|s| s[0] as f32).collect();
+        Ok((dx, dweight, dbias))
+    }
 }
 
 impl CpuKernel<3> for BatchNormTrain {
@@ -149,7 +360,7 @@ impl CpuKernel<3> for BatchNormTrain {
         // the spread is small against the mean; synchronised, each pass's sums are the group's.
         let mut sums: Vec<f64> = (0..c)
             .into_par_iter()
-            .map(|ch| channel_sum(x, x, dims, ch, |v, _| v as f64))
+            .map(|ch| channel_sums(dims, ch, |r| [row_sum(&x[r])])[0])
             .collect();
         sums.push((n * l) as f64);
         let sums = self.summed_over_group(sums)?;
@@ -157,7 +368,7 @@ impl CpuKernel<3> for BatchNormTrain {
         let means: Vec<f64> = sums[..c].iter().map(|s| s / count).collect();
         let squares: Vec<f64> = (0..c)
             .into_par_iter()
-            .map(|ch| channel_sum(x, x, dims, ch, |v, _| (v as f64 - means[ch]).powi(2)))
+            .map(|ch| channel_sums(dims, ch, |r| [row_square(&x[r], means[ch])])[0])
             .collect();
         let squares = self.summed_over_group(squares)?;
         let per_channel: Vec<(f32, f32, f32)> = means
@@ -180,20 +391,14 @@ impl CpuKernel<3> for BatchNormTrain {
                 .for_each(|(row, (dst, src))| {
                     let ch = row % c;
                     let (mean, _, inv_std) = per_channel[ch];
-                    let scale = weight[ch] * inv_std;
-                    // Centre first: folding the mean into a shift (`v·scale + shift`) cancels
-                    // catastrophically when the spread is small against the mean (tiny batches).
-                    let shift = bias[ch];
-                    if self.relu {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
-                            *d = ((v - mean) * scale + shift).max(0.0);
-                        }
-                    } else {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = (v - mean) * scale + shift;
-                        }
-                    }
+                    let norm = RowNorm {
+                        mean,
+                        inv_std,
+                        scale: weight[ch] * inv_std,
+                        shift: bias[ch],
+                        mean_dy_xhat: 0.0,
+                    };
+                    normalize_row(src, dst, norm, self.relu);
                 });
         }
         let stats = ChannelStats {
@@ -212,81 +417,25 @@ impl CpuKernel<3> for BatchNormTrain {
             .stats
             .get()
             .ok_or_else(|| candle_core::Error::Msg("batch norm backward before forward".into()))?;
-        let dims = ncl(x.shape());
-        let (c, l) = (dims.1, dims.2);
-        let count = stats.count;
         let weight = weight.to_vec1::<f32>()?;
-        // With the fused ReLU, the gradient passes only where the output is positive.
-        let masked = if self.relu {
-            Some(relu_masked_grad(res, grad)?)
-        } else {
-            None
-        };
-        let grad = masked.as_ref().unwrap_or(grad);
+        // With the fused ReLU the gradient passes only where the output is positive: the mask is
+        // applied while the gradient is read, not written out as a masked copy first.
         let (dx, dweight, dbias) = with_contiguous_f32(x, |xs| {
             with_contiguous_f32(grad, |dy| {
-                // Σ dy and Σ dy·x̂ per channel.
-                let sums: Vec<(f64, f64)> = (0..c)
-                    .into_par_iter()
-                    .map(|ch| {
-                        let (mean, inv_std) = (stats.mean[ch] as f64, stats.inv_std[ch] as f64);
-                        let sum_dy = channel_sum(dy, dy, dims, ch, |g, _| g as f64);
-                        let sum_dy_xhat = channel_sum(dy, xs, dims, ch, |g, v| {
-                            g as f64 * (v as f64 - mean) * inv_std
-                        });
-                        (sum_dy, sum_dy_xhat)
+                if self.relu {
+                    with_contiguous_f32(res, |ys| {
+                        self.gradients(stats, &weight, x.shape(), [xs, dy, ys])
                     })
-                    .collect();
-                // Synchronised, the input gradient needs the group's reductions (the output of
-                // every replica depends on this one's rows through the statistics); the scale
-                // and shift keep their own rows' part, which the group's gradient mean sums.
-                let flat: Vec<f64> = sums.iter().flat_map(|&(a, b)| [a, b]).collect();
-                let group = self.summed_over_group(flat)?;
-                let mut dx = vec![0f32; xs.len()];
-                if l > 0 {
-                    dx.par_chunks_mut(l)
-                        .zip(xs.par_chunks(l).zip(dy.par_chunks(l)))
-                        .enumerate()
-                        .for_each(|(row, (dst, (xr, gr)))| {
-                            let ch = row % c;
-                            let (mean, inv_std) = (stats.mean[ch], stats.inv_std[ch]);
-                            let mean_dy = (group[2 * ch] / count) as f32;
-                            let mean_dy_xhat = (group[2 * ch + 1] / count) as f32;
-                            let scale = weight[ch] * inv_std;
-                            for ((d, &v), &g) in dst.iter_mut().zip(xr).zip(gr) {
-                                let xhat = (v - mean) * inv_std;
-                                *d = scale * (g - mean_dy - xhat * mean_dy_xhat);
-                            }
-                        });
+                } else {
+                    self.gradients(stats, &weight, x.shape(), [xs, dy, dy])
                 }
-                let dweight: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-                let dbias: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
-                Ok((dx, dweight, dbias))
             })
         })?;
-        let device = x.device();
+        let (device, c) = (x.device(), weight.len());
         Ok([
             Some(Tensor::from_vec(dx, x.shape(), device)?),
             Some(Tensor::from_vec(dweight, c, device)?),
             Some(Tensor::from_vec(dbias, c, device)?),
         ])
     }
-}
-
-/// `grad` where `output > 0`, else 0 (PyTorch's ReLU backward), as a new CPU `f32` tensor.
-fn relu_masked_grad(output: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-    let masked = with_contiguous_f32(output, |ys| {
-        with_contiguous_f32(grad, |gs| {
-            let mut out = vec![0f32; gs.len()];
-            out.par_chunks_mut(CHUNK)
-                .zip(ys.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-                .for_each(|(dst, (y, g))| {
-                    for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
-                        *d = if y > 0.0 { g } else { 0.0 };
-                    }
-                });
-            Ok(out)
-        })
-    })?;
-    Tensor::from_vec(masked, grad.shape(), grad.device())
 }

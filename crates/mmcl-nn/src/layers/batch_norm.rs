@@ -343,6 +343,15 @@ mod tests {
 
     #[test]
     fn fused_and_composed_train_paths_agree() -> Result<()> {
+        for relu in [false, true] {
+            fused_and_composed_train_paths_agree_with(relu)?;
+        }
+        Ok(())
+    }
+
+    /// The fused kernel (with its ReLU when `relu`) against candle's composed operations (then
+    /// candle's ReLU): outputs, input and parameter gradients, running statistics.
+    fn fused_and_composed_train_paths_agree_with(relu: bool) -> Result<()> {
         let dev = Device::Cpu;
         let mut rng = crate::rng::SplitMix64::new(8);
         let (n, c, h, w) = (3, 4, 5, 6);
@@ -362,12 +371,17 @@ mod tests {
                 .ok_or(Error::InvalidArgument("weight".into()))?
                 .set(&Tensor::new(&[0.5f32, 1.5, -1.0, 2.0], &dev)?)?;
             let x = Var::from_tensor(&Tensor::from_vec(data.clone(), (n, c, h, w), &dev)?)?;
-            let y = if fused {
-                bn.forward_t(x.as_tensor(), true)?
-            } else {
-                bn.forward_train_composed(x.as_tensor(), &[1, c, 1, 1], n * h * w)?
+            let y = match (fused, relu) {
+                (true, false) => bn.forward_t(x.as_tensor(), true)?,
+                (true, true) => bn.forward_t_relu(x.as_tensor(), true)?,
+                (false, _) => {
+                    let y = bn.forward_train_composed(x.as_tensor(), &[1, c, 1, 1], n * h * w)?;
+                    if relu { y.relu()? } else { y }
+                }
             };
-            let grads = (y.sqr()? * &r)?.sum_all()?.backward()?;
+            // (y² + y)·r: the upstream gradient (2y + 1)·r is not zero where a ReLU cut y to 0,
+            // so the gate on the gradient is tested too.
+            let grads = ((y.sqr()? + &y)? * &r)?.sum_all()?.backward()?;
             let mut out = vec![values(grads.get(x.as_tensor()).expect("dx"))];
             for name in ["weight", "bias", "running_mean", "running_var"] {
                 let var = store.get(name).expect("var");
@@ -378,7 +392,12 @@ mod tests {
             }
             Ok((values(&y), out))
         };
-        assert_paths_agree(&run(true)?, &run(false)?, 1e-5, "batch norm");
+        let what = if relu {
+            "batch norm + ReLU"
+        } else {
+            "batch norm"
+        };
+        assert_paths_agree(&run(true)?, &run(false)?, 1e-5, what);
         Ok(())
     }
 
