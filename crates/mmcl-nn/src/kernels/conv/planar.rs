@@ -213,6 +213,32 @@ impl Planar {
         sources
     }
 
+    /// Walks the rows of one image's patch matrix for [`Self::im2col_taps`] and its adjoint:
+    /// `visit(ci, columns, sources)` per channel `ci` and kernel tap, in row order, with the
+    /// row's columns `col0..col0 + H'·W'` in a row-major matrix of `ld` columns and the tap's
+    /// [`Self::tap_sources`]. Nothing for an empty map.
+    #[inline(always)]
+    fn for_each_tap_row(
+        &self,
+        sources: &[usize],
+        (ld, col0): (usize, usize),
+        mut visit: impl FnMut(usize, Range<usize>, &[usize]),
+    ) {
+        let (pixels, taps) = (
+            self.out_pixels(),
+            self.geometry.kernel * self.geometry.kernel,
+        );
+        if pixels == 0 || self.h * self.w == 0 {
+            return;
+        }
+        for ci in 0..self.cin {
+            for (tap, sources) in sources.chunks_exact(pixels).enumerate() {
+                let start = (ci * taps + tap) * ld + col0;
+                visit(ci, start..start + pixels, sources);
+            }
+        }
+    }
+
     /// [`Self::im2col`] of a whole image (into columns `col0..col0 + H'·W'` of `patches`, `ld`
     /// columns) through its [`Self::tap_sources`]: one lookup per entry. On small maps (a few
     /// output pixels per row, the late layers of a 48-px ResNet) this beats a copy per run of
@@ -225,21 +251,13 @@ impl Planar {
         ld: usize,
         col0: usize,
     ) {
-        let (pixels, taps) = (
-            self.out_pixels(),
-            self.geometry.kernel * self.geometry.kernel,
-        );
-        if pixels == 0 || self.h * self.w == 0 {
-            return;
-        }
-        for (ci, plane) in image.chunks_exact(self.h * self.w).enumerate() {
-            for (tap, sources) in sources.chunks_exact(pixels).enumerate() {
-                let row = (ci * taps + tap) * ld + col0;
-                for (d, &i) in patches[row..row + pixels].iter_mut().zip(sources) {
-                    *d = plane.get(i).copied().unwrap_or(0.0);
-                }
+        let plane = self.h * self.w;
+        self.for_each_tap_row(sources, (ld, col0), |ci, columns, sources| {
+            let plane = &image[ci * plane..(ci + 1) * plane];
+            for (d, &i) in patches[columns].iter_mut().zip(sources) {
+                *d = plane.get(i).copied().unwrap_or(0.0);
             }
-        }
+        });
     }
 
     /// The adjoint of [`Self::im2col_taps`]: adds columns `col0..col0 + H'·W'` of the patch
@@ -253,23 +271,15 @@ impl Planar {
         sources: &[usize],
         image: &mut [f32],
     ) {
-        let (pixels, taps) = (
-            self.out_pixels(),
-            self.geometry.kernel * self.geometry.kernel,
-        );
-        if pixels == 0 || self.h * self.w == 0 {
-            return;
-        }
-        for (ci, plane) in image.chunks_exact_mut(self.h * self.w).enumerate() {
-            for (tap, sources) in sources.chunks_exact(pixels).enumerate() {
-                let row = (ci * taps + tap) * ld + col0;
-                for (&g, &i) in patches[row..row + pixels].iter().zip(sources) {
-                    if let Some(d) = plane.get_mut(i) {
-                        *d += g;
-                    }
+        let plane = self.h * self.w;
+        self.for_each_tap_row(sources, (ld, col0), |ci, columns, sources| {
+            let plane = &mut image[ci * plane..(ci + 1) * plane];
+            for (&g, &i) in patches[columns].iter().zip(sources) {
+                if let Some(d) = plane.get_mut(i) {
+                    *d += g;
                 }
             }
-        }
+        });
     }
 
     /// The patch matrix of the `images` (consecutive, channels-first) side by side:
