@@ -188,25 +188,9 @@ fn row_gradient_sums_kernel(
     }
 }
 
-/// One channel's constants of the normalisation.
-#[derive(Debug, Clone, Copy)]
-struct RowNorm {
-    mean: f32,
-    inv_std: f32,
-    /// `weight · inv_std`.
-    scale: f32,
-    /// The forward pass's shift (`bias`); the backward pass's mean of `dy`.
-    shift: f32,
-    /// The backward pass's mean of `dy·x̂`.
-    mean_dy_xhat: f32,
-}
-
 /// `dst = (x − mean)·scale + shift` over one row (then ReLU if `relu`).
 #[inline(always)]
-fn normalize_row_kernel(x: &[f32], dst: &mut [f32], norm: RowNorm, relu: bool) {
-    let RowNorm {
-        mean, scale, shift, ..
-    } = norm;
+fn normalize_row_kernel(x: &[f32], dst: &mut [f32], mean: f32, scale: f32, shift: f32, relu: bool) {
     // Centre first: folding the mean into the shift (`v·scale + shift'`) cancels
     // catastrophically when the spread is small against the mean (tiny batches).
     if relu {
@@ -221,6 +205,19 @@ fn normalize_row_kernel(x: &[f32], dst: &mut [f32], norm: RowNorm, relu: bool) {
     }
 }
 
+/// One channel's constants of the input gradient.
+#[derive(Debug, Clone, Copy)]
+struct ChannelGradient {
+    mean: f32,
+    inv_std: f32,
+    /// `weight · inv_std`.
+    scale: f32,
+    /// The mean of `dy` (gated).
+    mean_dy: f32,
+    /// The mean of `dy·x̂` (gated).
+    mean_dy_xhat: f32,
+}
+
 /// The input gradient of one row: `scale·(g − mean(g) − x̂·mean(g·x̂))`, `g` gated as in
 /// [`row_gradient_sums_kernel`].
 #[inline(always)]
@@ -229,15 +226,21 @@ fn input_gradient_row_kernel(
     xs: &[f32],
     ys: &[f32],
     dst: &mut [f32],
-    norm: RowNorm,
+    norm: ChannelGradient,
     relu: bool,
 ) {
     #[inline(always)]
-    fn row<const RELU: bool>(dy: &[f32], xs: &[f32], ys: &[f32], dst: &mut [f32], n: RowNorm) {
+    fn row<const RELU: bool>(
+        dy: &[f32],
+        xs: &[f32],
+        ys: &[f32],
+        dst: &mut [f32],
+        n: ChannelGradient,
+    ) {
         for (((d, &v), &g), &y) in dst.iter_mut().zip(xs).zip(dy).zip(ys) {
             let g = gated::<RELU>(g, y);
             let xhat = (v - n.mean) * n.inv_std;
-            *d = n.scale * (g - n.shift - xhat * n.mean_dy_xhat);
+            *d = n.scale * (g - n.mean_dy - xhat * n.mean_dy_xhat);
         }
     }
     if relu {
@@ -254,7 +257,8 @@ multiversion!(
         -> [f64; 2] => row_gradient_sums_kernel
 );
 multiversion!(
-    fn normalize_row(x: &[f32], dst: &mut [f32], norm: RowNorm, relu: bool) => normalize_row_kernel
+    fn normalize_row(x: &[f32], dst: &mut [f32], mean: f32, scale: f32, shift: f32, relu: bool) =>
+        normalize_row_kernel
 );
 multiversion!(
     fn input_gradient_row(
@@ -262,7 +266,7 @@ multiversion!(
         xs: &[f32],
         ys: &[f32],
         dst: &mut [f32],
-        norm: RowNorm,
+        norm: ChannelGradient,
         relu: bool
     ) => input_gradient_row_kernel
 );
@@ -330,11 +334,11 @@ impl BatchNormTrain {
                 .enumerate()
                 .for_each(|(row, (dst, (xr, (gr, yr))))| {
                     let ch = row % c;
-                    let norm = RowNorm {
+                    let norm = ChannelGradient {
                         mean: stats.mean[ch],
                         inv_std: stats.inv_std[ch],
                         scale: weight[ch] * stats.inv_std[ch],
-                        shift: (group[2 * ch] / count) as f32,
+                        mean_dy: (group[2 * ch] / count) as f32,
                         mean_dy_xhat: (group[2 * ch + 1] / count) as f32,
                     };
                     input_gradient_row(gr, xr, yr, dst, norm, relu);
@@ -391,14 +395,7 @@ impl CpuKernel<3> for BatchNormTrain {
                 .for_each(|(row, (dst, src))| {
                     let ch = row % c;
                     let (mean, _, inv_std) = per_channel[ch];
-                    let norm = RowNorm {
-                        mean,
-                        inv_std,
-                        scale: weight[ch] * inv_std,
-                        shift: bias[ch],
-                        mean_dy_xhat: 0.0,
-                    };
-                    normalize_row(src, dst, norm, self.relu);
+                    normalize_row(src, dst, mean, weight[ch] * inv_std, bias[ch], self.relu);
                 });
         }
         let stats = ChannelStats {
