@@ -193,6 +193,48 @@ fn ecg(batch: usize, seed: u64) -> Tensor {
     Tensor::from_vec(values, (batch, 1, 12, t), &dev).expect("tensor")
 }
 
+/// Training runs each block as one fused autograd node; it must agree with the per-layer
+/// blocks, values and gradients, with the same drop-path draws (`paper_like` drops paths).
+#[test]
+fn training_blocks_agree_with_the_per_layer_blocks() {
+    let x = ecg(3, 2);
+    let run = |fused: bool| {
+        let (model, store, _) = paper_like(5);
+        let mut tokens = if fused {
+            model
+                .forward_tokens(&x, true, None)
+                .expect("forward")
+                .tokens
+        } else {
+            model.embed_tokens(&x, true).expect("tokens")
+        };
+        if !fused {
+            for block in model.blocks() {
+                tokens = block.forward_t(&tokens, true).expect("block");
+            }
+        }
+        let loss = (tokens.sqr().and_then(|t| t.sum_all()).expect("loss")
+            + tokens.sum_all().expect("sum"))
+        .expect("loss");
+        let grads = loss.backward().expect("backward");
+        let named: Vec<(String, Tensor)> = store
+            .trainable_vars()
+            .into_iter()
+            .filter_map(|(name, var)| grads.get(var.as_tensor()).map(|g| (name, g.clone())))
+            .collect();
+        (tokens, named)
+    };
+    let (fused, fused_grads) = run(true);
+    let (layered, layered_grads) = run(false);
+    assert_close("tokens", &fused, &layered, Tolerance::FORWARD);
+    assert_eq!(fused_grads.len(), layered_grads.len());
+    assert!(fused_grads.len() > 30);
+    for ((name, g), (other, want)) in fused_grads.iter().zip(&layered_grads) {
+        assert_eq!(name, other);
+        assert_close(name, g, want, Tolerance::FORWARD);
+    }
+}
+
 #[test]
 fn every_trainable_variable_receives_a_gradient() {
     let (model, store, _) = paper_like(1);
