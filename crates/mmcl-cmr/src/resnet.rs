@@ -7,8 +7,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, ModuleT, VarBuilder};
 use mmcl_nn::batch_norm::{BatchNorm, BatchNormConfig, batch_norm};
-use mmcl_nn::conv::conv2d;
-use mmcl_nn::ops::add_relu;
+use mmcl_nn::conv::{ConvBnUnit, conv2d, residual_block};
 use mmcl_nn::pool::{global_avg_pool2d, max_pool2d};
 
 use crate::config::{BlockKind, ResNetConfig};
@@ -57,14 +56,20 @@ impl ConvBn {
         })
     }
 
-    /// # Shapes
-    /// `[N, C_in, H, W]` → `[N, C_out, H', W']`.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, self.stride, self.padding)?;
-        Ok(self.bn.forward_t(&y, train)?)
+    /// The unit as the residual block of `mmcl_nn::conv` takes it.
+    fn unit(&self) -> ConvBnUnit<'_> {
+        ConvBnUnit {
+            weight: &self.weight,
+            stride: self.stride,
+            padding: self.padding,
+            bn: &self.bn,
+        }
     }
 
-    /// `relu(self.forward_t(x))`, with the ReLU fused into the batch norm.
+    /// `relu(bn(conv(x)))`, with the ReLU fused into the batch norm (the stem).
+    ///
+    /// # Shapes
+    /// `[N, C_in, H, W]` → `[N, C_out, H', W']`.
     fn forward_t_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = conv2d(x, &self.weight, self.stride, self.padding)?;
         Ok(self.bn.forward_t_relu(&y, train)?)
@@ -127,20 +132,10 @@ impl Block {
     /// # Shapes
     /// `[N, C_in, H, W]` → `[N, C_out, H / stride, W / stride]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut out = x.clone();
-        let last = self.units.len() - 1;
-        for (i, unit) in self.units.iter().enumerate() {
-            out = if i < last {
-                unit.forward_t_relu(&out, train)?
-            } else {
-                unit.forward_t(&out, train)?
-            };
-        }
-        let identity = match &self.downsample {
-            Some(d) => d.forward_t(x, train)?,
-            None => x.clone(),
-        };
-        Ok(add_relu(&out, &identity)?) // relu(out + identity)
+        let units: Vec<ConvBnUnit> = self.units.iter().map(ConvBn::unit).collect();
+        let downsample = self.downsample.as_ref().map(ConvBn::unit);
+        // relu(units(x) + identity); one autograd node in training on the CPU.
+        Ok(residual_block(x, &units, downsample.as_ref(), train)?)
     }
 }
 

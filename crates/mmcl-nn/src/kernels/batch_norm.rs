@@ -35,9 +35,7 @@ pub(crate) fn batch_norm_train(
 ) -> Result<(Tensor, Tensor, Tensor, usize)> {
     let stats = Arc::new(OnceLock::new());
     let op = BatchNormTrain {
-        eps,
-        relu,
-        synced: sync_batch_norm_active(),
+        norm: TrainNorm::new(eps, relu),
         stats: stats.clone(),
     };
     let y = x
@@ -54,24 +52,33 @@ pub(crate) fn batch_norm_train(
 
 /// Per-channel batch statistics of a train-mode forward.
 #[derive(Debug)]
-struct ChannelStats {
-    mean: Vec<f32>,
+pub(crate) struct ChannelStats {
+    /// Batch mean.
+    pub(crate) mean: Vec<f32>,
     /// Biased variance.
-    var: Vec<f32>,
+    pub(crate) var: Vec<f32>,
     /// `1 / sqrt(var + eps)`.
     inv_std: Vec<f32>,
     /// Values per channel behind the statistics (the group's, when synchronised).
-    count: f64,
+    pub(crate) count: f64,
 }
 
-/// The fused operation of [`batch_norm_train`]: inputs `(x [N, C, L], weight [C], bias [C])`;
-/// the statistics are kept for the running averages and the backward pass.
-struct BatchNormTrain {
+/// The arithmetic of one train-mode normalisation over slices `[N, C, L]`: the forward pass
+/// with its statistics, and the gradients. [`BatchNormTrain`] runs it as a candle operation;
+/// the fused residual block of [`crate::conv`] calls it directly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrainNorm {
     eps: f64,
     /// Whether a ReLU follows (fused: applied to the output, its mask to the gradient).
     relu: bool,
     /// Whether the statistics and the backward reductions are summed over the group.
     synced: bool,
+}
+
+/// The fused operation of [`batch_norm_train`]: inputs `(x [N, C, L], weight [C], bias [C])`;
+/// the statistics are kept for the running averages and the backward pass.
+struct BatchNormTrain {
+    norm: TrainNorm,
     stats: Arc<OnceLock<ChannelStats>>,
 }
 
@@ -284,7 +291,17 @@ fn channel_sums<const K: usize>(
     std::array::from_fn(|k| rows.iter().map(|r| r[k]).sum())
 }
 
-impl BatchNormTrain {
+impl TrainNorm {
+    /// A normalisation with `eps`, an optional fused ReLU, synchronised over the data-parallel
+    /// group when called inside [`crate::distributed::with_sync_batch_norm`].
+    pub(crate) fn new(eps: f64, relu: bool) -> Self {
+        Self {
+            eps,
+            relu,
+            synced: sync_batch_norm_active(),
+        }
+    }
+
     /// `local` summed over the group when synchronised, else itself.
     fn summed_over_group(&self, local: Vec<f64>) -> candle_core::Result<Vec<f64>> {
         if !self.synced {
@@ -303,14 +320,14 @@ impl BatchNormTrain {
     /// The gradients of the input, the scale and the shift from the input `xs`, the upstream
     /// gradient `dy` and (with the fused ReLU) the output `ys` that gates it: one pass for the two
     /// reductions per channel, one for the input gradient.
-    fn gradients(
+    /// `dims` are `(N, C, L)`; without the ReLU `ys` is not read (any slice of the same length).
+    pub(crate) fn gradients(
         &self,
         stats: &ChannelStats,
         weight: &[f32],
-        shape: &Shape,
+        dims: (usize, usize, usize),
         [xs, dy, ys]: [&[f32]; 3],
     ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let dims = ncl(shape);
         let (c, l) = (dims.1, dims.2);
         let (count, relu) = (stats.count, self.relu);
         // Σ dy and Σ dy·x̂ per channel.
@@ -348,17 +365,16 @@ impl BatchNormTrain {
         let dbias = sums.iter().map(|s| s[0] as f32).collect();
         Ok((dx, dweight, dbias))
     }
-}
 
-impl CpuKernel<3> for BatchNormTrain {
-    const NAME: &'static str = "batch-norm-train";
-
-    fn forward(
+    /// The normalised (and, with the ReLU, rectified) `x` `[N, C, L]` (`dims`) and its batch
+    /// statistics.
+    pub(crate) fn normalize(
         &self,
-        [input, weight, bias]: [Input<'_>; 3],
-    ) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let (x, weight, bias) = (input.data, weight.data, bias.data);
-        let dims = ncl(input.shape());
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        dims: (usize, usize, usize),
+    ) -> candle_core::Result<(Vec<f32>, ChannelStats)> {
         let (n, c, l) = dims;
         // Two passes (the sum, then the squares about the mean) keep the variance exact when
         // the spread is small against the mean; synchronised, each pass's sums are the group's.
@@ -404,6 +420,21 @@ impl CpuKernel<3> for BatchNormTrain {
             inv_std: per_channel.iter().map(|s| s.2).collect(),
             count,
         };
+        Ok((y, stats))
+    }
+}
+
+impl CpuKernel<3> for BatchNormTrain {
+    const NAME: &'static str = "batch-norm-train";
+
+    fn forward(
+        &self,
+        [input, weight, bias]: [Input<'_>; 3],
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let dims = ncl(input.shape());
+        let (y, stats) = self
+            .norm
+            .normalize(input.data, weight.data, bias.data, dims)?;
         // A repeated forward of the same op (not done by candle) would keep the first statistics.
         let _ = self.stats.set(stats);
         Ok((y, input.shape().clone()))
@@ -419,12 +450,14 @@ impl CpuKernel<3> for BatchNormTrain {
         // applied while the gradient is read, not written out as a masked copy first.
         let (dx, dweight, dbias) = with_contiguous_f32(x, |xs| {
             with_contiguous_f32(grad, |dy| {
-                if self.relu {
+                if self.norm.relu {
                     with_contiguous_f32(res, |ys| {
-                        self.gradients(stats, &weight, x.shape(), [xs, dy, ys])
+                        self.norm
+                            .gradients(stats, &weight, ncl(x.shape()), [xs, dy, ys])
                     })
                 } else {
-                    self.gradients(stats, &weight, x.shape(), [xs, dy, dy])
+                    self.norm
+                        .gradients(stats, &weight, ncl(x.shape()), [xs, dy, dy])
                 }
             })
         })?;

@@ -200,7 +200,7 @@ pub(crate) fn map_tensors<const N: usize>(
 }
 
 /// The loop of [`map_chunks`] and [`map_tensors`].
-fn chunked<const N: usize>(
+pub(crate) fn chunked<const N: usize>(
     data: [&[f32]; N],
     op: &'static str,
     step: usize,

@@ -267,7 +267,12 @@ impl BatchNorm {
     }
 
     /// `running = (1 - momentum) * running + momentum * batch`, with the unbiased variance.
-    fn update_running(&self, mean: &Tensor, biased_var: &Tensor, count: usize) -> Result<()> {
+    pub(crate) fn update_running(
+        &self,
+        mean: &Tensor,
+        biased_var: &Tensor,
+        count: usize,
+    ) -> Result<()> {
         let m = self.config.momentum;
         let dtype = self.running_mean.dtype();
         let mean = mean.detach().flatten_all()?.to_dtype(dtype)?;

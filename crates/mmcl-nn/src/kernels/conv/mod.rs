@@ -17,14 +17,16 @@
 //! [`PackedConv2d`] is an inference kernel: no gradients; weights are packed once, with any
 //! per-channel scale (a folded BatchNorm) already applied. [`conv2d`] is the differentiable
 //! convolution for training: on the CPU in `f32` it runs the same kernels (forward, and both
-//! gradients as matrix products), elsewhere candle's convolution.
+//! gradients as matrix products), elsewhere candle's convolution. [`residual_block`] is a
+//! ResNet block (conv-BN units and the residual sum), one autograd node in training on the CPU.
 //!
 //! The pieces: `packed` is the channels-last inference kernel, `planar` the channels-first
-//! training operation (patch matrices, forward and backward); both multiply with the kernels'
-//! shared GEMM. The NHWC pooling that goes with [`PackedConv2d`] is in [`crate::pool`].
+//! training operation (patch matrices, forward and backward), `residual` the fused block over
+//! `planar` and the batch-norm kernel; all multiply with the kernels' shared GEMM. The NHWC pooling that goes with [`PackedConv2d`] is in [`crate::pool`].
 
 mod packed;
 mod planar;
+mod residual;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +39,7 @@ use crate::precision::{self, Precision};
 use crate::{Error, Result};
 pub use packed::PackedConv2d;
 use planar::Conv2dOp;
+pub use residual::{ConvBnUnit, residual_block};
 
 /// Kernel side, stride and padding of a square convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ const BLOCK_COLUMNS: usize = 512;
 
 /// Sizes of one channels-first convolution.
 #[derive(Debug, Clone, Copy)]
-struct Planar {
+pub(super) struct Planar {
     geometry: Geometry,
     /// The matrix-product precision of the thread that started the operation.
     precision: Precision,
@@ -39,7 +39,9 @@ struct Planar {
 }
 
 impl Planar {
-    fn new(x: &[usize], weight: &[usize], geometry: Geometry) -> Result<Self> {
+    /// The convolution of an input `x` `[N, C_in, H, W]` with a `weight` `[C_out, C_in, k, k]`,
+    /// in the calling thread's matrix-product precision.
+    pub(super) fn new(x: &[usize], weight: &[usize], geometry: Geometry) -> Result<Self> {
         let (&[n, cin, h, w], &[cout, _, _, _]) = (x, weight) else {
             candle_core::bail!("conv2d: expected 4-d input and weight");
         };
@@ -66,6 +68,11 @@ impl Planar {
 
     fn in_image(&self) -> usize {
         self.cin * self.h * self.w
+    }
+
+    /// The output's dimensions `[N, C_out, H', W']`.
+    pub(super) fn output_dims(&self) -> [usize; 4] {
+        [self.n, self.cout, self.ho, self.wo]
     }
 
     fn out_pixels(&self) -> usize {
@@ -329,7 +336,7 @@ impl Planar {
     }
 
     /// `Y = W·P` for blocks of images, blocks in parallel.
-    fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
+    pub(super) fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         let mut y = vec![0f32; self.n * cout * pixels];
         if y.is_empty() || self.in_image() == 0 {
@@ -421,7 +428,7 @@ impl Planar {
     /// images split into one contiguous group per thread, each with its own `dW` partial sum.
     /// Without `need_dx` (an input nothing upstream needs, such as the images of a first
     /// layer) `dX` is neither computed nor allocated: `None`.
-    fn backward(
+    pub(super) fn backward(
         &self,
         x: &[f32],
         weight: &[f32],
