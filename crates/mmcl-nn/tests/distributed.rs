@@ -501,3 +501,80 @@ fn synchronised_batch_norm_computes_the_gradients_of_one_process() {
         );
     }
 }
+
+/// One train-mode step of a ResNet basic block (4 channels, two 3×3 conv-BN units, the identity)
+/// on `comm`'s images of a fixed global batch `[8, 4, 4, 4]`, returned as [`batch_norm_step`]
+/// returns its layer's. A replica's two images hold fewer output values than the block has
+/// parameters, so that the block runs fused only where the group's statistics are synchronised
+/// (every replica then takes the same path, whatever its batch) or on the whole batch.
+fn residual_block_step(comm: &dyn GradSync, sync: bool) -> (Vec<f32>, Vec<f32>) {
+    use mmcl_nn::batch_norm::batch_norm;
+    use mmcl_nn::conv::{ConvBnUnit, residual_block};
+    let device = Device::Cpu;
+    let wave = |n: usize, f: f64| {
+        Tensor::arange(0f32, n as f32, &device)
+            .and_then(|t| (t * f).unwrap().sin())
+            .unwrap()
+    };
+    let x = wave(512, 0.37).reshape((8, 4, 4, 4)).unwrap();
+    let c = wave(512, 1.3).reshape((8, 4, 4, 4)).unwrap();
+    let store = ParamStore::new(0);
+    let vb = store.var_builder(DType::F32, &device);
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: 0.2,
+    };
+    let w1 = vb.get_with_hints((4, 4, 3, 3), "conv1", init).unwrap();
+    let w2 = vb.get_with_hints((4, 4, 3, 3), "conv2", init).unwrap();
+    let bn1 = batch_norm(4, Default::default(), vb.pp("bn1")).unwrap();
+    let bn2 = batch_norm(4, Default::default(), vb.pp("bn2")).unwrap();
+    let unit = |weight, bn| ConvBnUnit {
+        weight,
+        stride: 1,
+        padding: 1,
+        bn,
+    };
+    let units = [unit(&w1, &bn1), unit(&w2, &bn2)];
+    let vars = store.trainable_vars();
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let rows = batch_shard(8, rank, world).unwrap();
+    let x = candle_core::Var::from_tensor(&x.narrow(0, rows.start, rows.len()).unwrap()).unwrap();
+    let c = c.narrow(0, rows.start, rows.len()).unwrap();
+    let step = || {
+        let y = residual_block(x.as_tensor(), &units, None, true).unwrap();
+        ((y * &c).unwrap().sum_all().unwrap() / rows.len() as f64)
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let mut grads = if sync {
+        mmcl_nn::distributed::with_sync_batch_norm(comm, step)
+    } else {
+        step()
+    };
+    let dx = (grads.get(x.as_tensor()).unwrap() / world as f64).unwrap();
+    comm.all_reduce_mean(&vars, &mut grads).unwrap();
+    let mut rest = flat(&flatten_grads(&vars, &grads).unwrap());
+    for bn in [&bn1, &bn2] {
+        rest.extend(flat(bn.running_mean()));
+        rest.extend(flat(bn.running_var()));
+    }
+    (flat(&dx), rest)
+}
+
+#[test]
+fn synchronised_residual_blocks_compute_the_gradients_of_one_process() {
+    let (dx, rest) = residual_block_step(&SingleProcess, false);
+    for world in [2, 4] {
+        let (dx_parts, rests) = on_replicas(world, |comm| residual_block_step(&comm, true));
+        let (d, m) = max_diff(&dx_parts.concat(), &dx);
+        assert!(
+            d <= 1e-5 * m,
+            "input gradient, {world} replicas: {d:e} of {m:e}"
+        );
+        for r in &rests {
+            let (d, m) = max_diff(r, &rest);
+            assert!(d <= 1e-5 * m, "parameters and statistics: {d:e} of {m:e}");
+        }
+    }
+}

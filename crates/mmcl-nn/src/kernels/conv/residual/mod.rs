@@ -17,6 +17,7 @@ use candle_core::{Shape, Tensor};
 use super::planar::Planar;
 use super::{Geometry, conv2d};
 use crate::batch_norm::BatchNorm;
+use crate::distributed::sync_batch_norm_active;
 use crate::kernels::batch_norm::{ChannelStats, TrainNorm};
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::{CHUNK, chunked, fast_path, with_contiguous_f32};
@@ -289,11 +290,13 @@ impl Plan {
         // hold at least as many values as the parameters (ResNet50 at 210 px: 3 % faster
         // steps; ResNet18 at 48 px, whose late blocks hold 2×2 maps: 6 % slower fused
         // throughout, as fast with this rule).
+        // Synchronised, every replica must run its batch norms' collectives in the same order,
+        // whatever its own batch: the rule, which depends on the batch, is then not applied.
         let outputs: usize = plans
             .iter()
             .map(|p| p.conv().map(|c| c.output_dims().iter().product::<usize>()))
             .sum::<candle_core::Result<usize>>()?;
-        if outputs < offset {
+        if outputs < offset && !sync_batch_norm_active() {
             return Ok(None);
         }
         let downsample = downsample.and_then(|_| plans.pop());
@@ -521,187 +524,4 @@ impl ResidualOp {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ParamStore;
-    use crate::batch_norm::{BatchNormConfig, batch_norm};
-    use crate::kernels::test_support::rand_tensor;
-    use candle_core::{DType, Device, Var};
-
-    /// A unit's shape: `(C_in, C_out, kernel, stride)`; padding `kernel / 2`.
-    type UnitShape = (usize, usize, usize, usize);
-
-    /// The block's output, the input's gradient and every parameter's gradient and running
-    /// statistic after one training step, by name, fused or composed.
-    fn train_step(
-        shapes: &[UnitShape],
-        downsample: Option<UnitShape>,
-        x: &Tensor,
-        fused: bool,
-    ) -> Result<Vec<(String, Vec<f32>)>> {
-        let dev = Device::Cpu;
-        let store = ParamStore::new(4);
-        let vb = store.var_builder(DType::F32, &dev);
-        let mut seed = 10;
-        let mut make =
-            |name: &str, (cin, cout, k, stride): UnitShape| -> Result<(Tensor, BatchNorm, usize)> {
-                seed += 1;
-                let weight = vb.pp(name).get_with_hints(
-                    (cout, cin, k, k),
-                    "weight",
-                    candle_nn::Init::Const(0.0),
-                )?;
-                let var = store.get(&format!("{name}.weight")).expect("weight");
-                var.set(&rand_tensor(&[cout, cin, k, k], seed, 0.5)?)?;
-                let bn = batch_norm(
-                    cout,
-                    BatchNormConfig::default(),
-                    vb.pp(format!("{name}.bn")),
-                )?;
-                let scale = store.get(&format!("{name}.bn.weight")).expect("scale");
-                scale.set(&(rand_tensor(&[cout], seed + 100, 0.5)? + 1.0)?)?;
-                let shift = store.get(&format!("{name}.bn.bias")).expect("shift");
-                shift.set(&rand_tensor(&[cout], seed + 200, 0.5)?)?;
-                Ok((weight, bn, stride))
-            };
-        let parts = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| make(&format!("conv{i}"), s))
-            .collect::<Result<Vec<_>>>()?;
-        let ds = downsample.map(|s| make("downsample", s)).transpose()?;
-        fn unit((w, bn, stride): &(Tensor, BatchNorm, usize)) -> ConvBnUnit<'_> {
-            ConvBnUnit {
-                weight: w,
-                stride: *stride,
-                padding: w.dim(3).unwrap_or(1) / 2,
-                bn,
-            }
-        }
-        let units: Vec<ConvBnUnit> = parts.iter().map(unit).collect();
-        let ds_unit = ds.as_ref().map(unit);
-        let x = Var::from_tensor(x)?;
-        let y = if fused {
-            let plan = Plan::new(x.as_tensor(), &units, ds_unit.as_ref())?;
-            assert!(plan.is_some(), "the fused path applies");
-            residual_block(x.as_tensor(), &units, ds_unit.as_ref(), true)?
-        } else {
-            let last = units.len() - 1;
-            let mut out = x.as_tensor().clone();
-            for (i, u) in units.iter().enumerate() {
-                out = u.forward(&out, true, i < last)?;
-            }
-            let identity = match &ds_unit {
-                Some(d) => d.forward(x.as_tensor(), true, false)?,
-                None => x.as_tensor().clone(),
-            };
-            add_relu(&out, &identity)?
-        };
-        // (y² + y)·r: the gradient is not zero where the final ReLU cut y to 0.
-        let r = rand_tensor(y.dims(), 99, 1.0)?;
-        let grads = ((y.sqr()? + &y)? * &r)?.sum_all()?.backward()?;
-        let values = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
-        };
-        let mut out = vec![
-            ("output".to_string(), values(&y)?),
-            (
-                "dx".to_string(),
-                values(grads.get(x.as_tensor()).expect("dx"))?,
-            ),
-        ];
-        for (name, var) in store.named_vars() {
-            let value = match grads.get(var.as_tensor()) {
-                Some(g) => values(g)?,
-                None => values(var.as_tensor())?,
-            };
-            out.push((name, value));
-        }
-        Ok(out)
-    }
-
-    fn assert_fused_matches_composed(
-        what: &str,
-        shapes: &[UnitShape],
-        downsample: Option<UnitShape>,
-        x: &[usize],
-    ) -> Result<()> {
-        let x = rand_tensor(x, 3, 2.0)?;
-        let fused = train_step(shapes, downsample, &x, true)?;
-        let composed = train_step(shapes, downsample, &x, false)?;
-        assert_eq!(fused.len(), composed.len());
-        for ((name, a), (other, b)) in fused.iter().zip(&composed) {
-            assert_eq!(name, other);
-            // The same kernels in the same order: equal values (±0 aside).
-            assert!(a == b, "{what}: {name} differs");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn fused_blocks_match_the_composed_layers() -> Result<()> {
-        // torchvision's BasicBlock, identity and projected.
-        assert_fused_matches_composed("basic", &[(4, 4, 3, 1), (4, 4, 3, 1)], None, &[2, 4, 7, 6])?;
-        assert_fused_matches_composed(
-            "basic, strided",
-            &[(4, 6, 3, 2), (6, 6, 3, 1)],
-            Some((4, 6, 1, 2)),
-            &[3, 4, 9, 8],
-        )?;
-        // Bottleneck (v1.5: the stride on the 3×3), projected and identity.
-        assert_fused_matches_composed(
-            "bottleneck",
-            &[(8, 3, 1, 1), (3, 3, 3, 2), (3, 12, 1, 1)],
-            Some((8, 12, 1, 2)),
-            &[2, 8, 6, 7],
-        )?;
-        assert_fused_matches_composed(
-            "bottleneck, identity",
-            &[(8, 2, 1, 1), (2, 2, 3, 1), (2, 8, 1, 1)],
-            None,
-            &[2, 8, 5, 5],
-        )
-    }
-
-    #[test]
-    fn blocks_whose_parameters_outweigh_their_outputs_stay_composed() -> Result<()> {
-        // 2×2 maps of 16 channels against a 16×16×3×3 kernel: 128 output values per unit,
-        // 2 × 2304 weights.
-        let x = rand_tensor(&[2, 16, 2, 2], 1, 1.0)?;
-        let store = ParamStore::new(0);
-        let vb = store.var_builder(DType::F32, &Device::Cpu);
-        let w = rand_tensor(&[16, 16, 3, 3], 2, 0.1)?;
-        let bn = batch_norm(16, BatchNormConfig::default(), vb)?;
-        let unit = ConvBnUnit {
-            weight: &w,
-            stride: 1,
-            padding: 1,
-            bn: &bn,
-        };
-        assert!(Plan::new(&x, &[unit, unit], None)?.is_none());
-        let y = residual_block(&x, &[unit, unit], None, true)?;
-        assert_eq!(y.dims(), x.dims());
-        Ok(())
-    }
-
-    #[test]
-    fn shapes_that_do_not_chain_are_refused_by_the_composed_layers() -> Result<()> {
-        let x = rand_tensor(&[2, 4, 6, 6], 1, 1.0)?;
-        let store = ParamStore::new(0);
-        let vb = store.var_builder(DType::F32, &Device::Cpu);
-        let w = rand_tensor(&[6, 4, 3, 3], 2, 0.1)?;
-        let bn = batch_norm(6, BatchNormConfig::default(), vb)?;
-        let unit = ConvBnUnit {
-            weight: &w,
-            stride: 1,
-            padding: 1,
-            bn: &bn,
-        };
-        // The identity has 4 channels, the block's output 6, and there is no projection.
-        let err = residual_block(&x, &[unit], None, true).expect_err("mismatch");
-        assert!(err.to_string().contains("add_relu"), "{err}");
-        let empty = residual_block(&x, &[], None, true).expect_err("no units");
-        assert!(empty.to_string().contains("at least one"), "{empty}");
-        Ok(())
-    }
-}
+mod tests;
