@@ -450,12 +450,31 @@ fn batch_norm_step(comm: &dyn GradSync, sync: bool) -> (Vec<f32>, Vec<f32>) {
         v.set(&Tensor::new(&[0.5f32 + i as f32, -0.3, 1.2], &device).unwrap())
             .unwrap();
     }
+    let (dx, mut rest) = sharded_step(comm, sync, (&x, &c), &vars, |x| {
+        layer.forward_t_relu(x, true).unwrap()
+    });
+    rest.extend(flat(layer.running_mean()));
+    rest.extend(flat(layer.running_var()));
+    (dx, rest)
+}
+
+/// One training step of `forward` on `comm`'s rows of a global batch `x` of 8 samples, the loss
+/// the weighted (`c`) sum of the outputs over the rows divided by their number, inside the
+/// group's synchronised batch norm when `sync`. Returns the input gradient of the rows divided
+/// by the group's size and the gradients of `vars` averaged over the group.
+fn sharded_step(
+    comm: &dyn GradSync,
+    sync: bool,
+    (x, c): (&Tensor, &Tensor),
+    vars: &[(String, candle_core::Var)],
+    forward: impl Fn(&Tensor) -> Tensor,
+) -> (Vec<f32>, Vec<f32>) {
     let (rank, world) = (comm.rank(), comm.world_size());
     let rows = batch_shard(8, rank, world).unwrap();
     let x = candle_core::Var::from_tensor(&x.narrow(0, rows.start, rows.len()).unwrap()).unwrap();
     let c = c.narrow(0, rows.start, rows.len()).unwrap();
     let step = || {
-        let y = layer.forward_t_relu(x.as_tensor(), true).unwrap();
+        let y = forward(x.as_tensor());
         ((y * &c).unwrap().sum_all().unwrap() / rows.len() as f64)
             .unwrap()
             .backward()
@@ -467,11 +486,8 @@ fn batch_norm_step(comm: &dyn GradSync, sync: bool) -> (Vec<f32>, Vec<f32>) {
         step()
     };
     let dx = (grads.get(x.as_tensor()).unwrap() / world as f64).unwrap();
-    comm.all_reduce_mean(&vars, &mut grads).unwrap();
-    let mut rest = flat(&flatten_grads(&vars, &grads).unwrap());
-    rest.extend(flat(layer.running_mean()));
-    rest.extend(flat(layer.running_var()));
-    (flat(&dx), rest)
+    comm.all_reduce_mean(vars, &mut grads).unwrap();
+    (flat(&dx), flat(&flatten_grads(vars, &grads).unwrap()))
 }
 
 #[test]
@@ -536,30 +552,14 @@ fn residual_block_step(comm: &dyn GradSync, sync: bool) -> (Vec<f32>, Vec<f32>) 
     };
     let units = [unit(&w1, &bn1), unit(&w2, &bn2)];
     let vars = store.trainable_vars();
-    let (rank, world) = (comm.rank(), comm.world_size());
-    let rows = batch_shard(8, rank, world).unwrap();
-    let x = candle_core::Var::from_tensor(&x.narrow(0, rows.start, rows.len()).unwrap()).unwrap();
-    let c = c.narrow(0, rows.start, rows.len()).unwrap();
-    let step = || {
-        let y = residual_block(x.as_tensor(), &units, None, true).unwrap();
-        ((y * &c).unwrap().sum_all().unwrap() / rows.len() as f64)
-            .unwrap()
-            .backward()
-            .unwrap()
-    };
-    let mut grads = if sync {
-        mmcl_nn::distributed::with_sync_batch_norm(comm, step)
-    } else {
-        step()
-    };
-    let dx = (grads.get(x.as_tensor()).unwrap() / world as f64).unwrap();
-    comm.all_reduce_mean(&vars, &mut grads).unwrap();
-    let mut rest = flat(&flatten_grads(&vars, &grads).unwrap());
+    let (dx, mut rest) = sharded_step(comm, sync, (&x, &c), &vars, |x| {
+        residual_block(x, &units, None, true).unwrap()
+    });
     for bn in [&bn1, &bn2] {
         rest.extend(flat(bn.running_mean()));
         rest.extend(flat(bn.running_var()));
     }
-    (flat(&dx), rest)
+    (dx, rest)
 }
 
 #[test]
