@@ -44,9 +44,7 @@ pub(crate) fn batch_norm_train(
     let stats: &ChannelStats = stats
         .get()
         .ok_or_else(|| Error::InvalidArgument("batch norm statistics were not computed".into()))?;
-    let (c, device) = (stats.mean.len(), x.device());
-    let mean = Tensor::from_slice(&stats.mean, c, device)?;
-    let var = Tensor::from_slice(&stats.var, c, device)?;
+    let (mean, var) = stats.tensors(x.device())?;
     Ok((y, mean, var, stats.count as usize))
 }
 
@@ -61,6 +59,18 @@ pub(crate) struct ChannelStats {
     inv_std: Vec<f32>,
     /// Values per channel behind the statistics (the group's, when synchronised).
     pub(crate) count: f64,
+}
+
+impl ChannelStats {
+    /// The mean and the biased variance as `[C]` tensors on `device` (for the running
+    /// averages).
+    pub(crate) fn tensors(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let c = self.mean.len();
+        Ok((
+            Tensor::from_slice(&self.mean, c, device)?,
+            Tensor::from_slice(&self.var, c, device)?,
+        ))
+    }
 }
 
 /// The arithmetic of one train-mode normalisation over slices `[N, C, L]`: the forward pass

@@ -2,7 +2,7 @@
 //! followed by ReLU, multi-threaded.
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::{CHUNK, fast_path, map_chunks};
+use crate::kernels::{CHUNK, chunked, fast_path, map_chunks};
 use candle_core::{Result, Shape, Tensor};
 
 /// `a + b` for tensors of the same shape (candle's element-wise add runs on one thread, which
@@ -51,7 +51,7 @@ fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 /// An element-wise function of two same-shape f32 tensors: its value and the gradients of its
 /// inputs. [`Pointwise`] runs it as one candle operation, in parallel chunks.
-trait Binary: Send + Sync + Copy {
+pub(crate) trait Binary: Send + Sync + Copy {
     /// The operation's name (in candle's errors).
     const NAME: &'static str;
     /// The value at one element.
@@ -63,6 +63,19 @@ trait Binary: Send + Sync + Copy {
 
 /// The candle operation of a [`Binary`] function (one implementation of the operation's
 /// plumbing for all of them; the function is a type, so the loop is compiled for each).
+/// `B` of one chunk of two slices, into `o`.
+fn apply_chunk<B: Binary>(o: &mut [f32], [a, b]: [&[f32]; 2]) {
+    for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+        *o = B::apply(x, y);
+    }
+}
+
+/// `B` of two slices of the same length, in parallel chunks (the kernels that fuse these
+/// element-wise steps into a larger operation).
+pub(crate) fn pointwise<B: Binary>(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+    chunked([a, b], B::NAME, CHUNK, apply_chunk::<B>)
+}
+
 #[derive(Clone, Copy)]
 struct Pointwise<B: Binary>(B);
 
@@ -70,11 +83,7 @@ impl<B: Binary> CpuKernel<2> for Pointwise<B> {
     const NAME: &'static str = B::NAME;
 
     fn forward(&self, inputs: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
-        map_chunks(inputs, B::NAME, CHUNK, |o, [a, b]| {
-            for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-                *o = B::apply(x, y);
-            }
-        })
+        map_chunks(inputs, B::NAME, CHUNK, apply_chunk::<B>)
     }
 
     fn backward(&self, _: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Gradients<2> {
@@ -84,7 +93,7 @@ impl<B: Binary> CpuKernel<2> for Pointwise<B> {
 }
 
 #[derive(Clone, Copy)]
-struct Add;
+pub(crate) struct Add;
 
 impl Binary for Add {
     const NAME: &'static str = "mmcl-add";
@@ -99,7 +108,7 @@ impl Binary for Add {
 }
 
 #[derive(Clone, Copy)]
-struct AddRelu;
+pub(crate) struct AddRelu;
 
 impl Binary for AddRelu {
     const NAME: &'static str = "mmcl-add-relu";
@@ -121,7 +130,7 @@ impl Binary for AddRelu {
 
 /// `grad` where `res > 0`, else 0: the backward of [`AddRelu`], as `(res, grad)`.
 #[derive(Clone, Copy)]
-struct WherePositive;
+pub(crate) struct WherePositive;
 
 impl Binary for WherePositive {
     const NAME: &'static str = "mmcl-where-positive";

@@ -20,7 +20,7 @@
 //! | [`mean_tokens`] | mean over the token dimension |
 //! | [`transformer_block`] | a whole pre-norm transformer block as one autograd node (training) |
 
-mod add;
+pub(crate) mod add;
 mod fused_block;
 mod gelu;
 mod layer_norm;

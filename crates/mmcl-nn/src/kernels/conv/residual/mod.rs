@@ -20,7 +20,8 @@ use crate::batch_norm::BatchNorm;
 use crate::distributed::sync_batch_norm_active;
 use crate::kernels::batch_norm::{ChannelStats, TrainNorm};
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::{CHUNK, chunked, fast_path, with_contiguous_f32};
+use crate::kernels::ops::add::{Add, AddRelu, WherePositive, pointwise};
+use crate::kernels::{fast_path, with_contiguous_f32};
 use crate::ops::add_relu;
 use crate::{Error, Result};
 
@@ -330,11 +331,9 @@ impl Plan {
             .ok_or_else(|| Error::InvalidArgument("the residual block did not run".into()))?;
         let pairs = units.iter().zip(&saved.units);
         for (unit, kept) in pairs.chain(downsample.into_iter().zip(&saved.downsample)) {
-            let stats = &kept.stats;
-            let (c, device) = (stats.mean.len(), x.device());
-            let mean = Tensor::from_slice(&stats.mean, c, device)?;
-            let var = Tensor::from_slice(&stats.var, c, device)?;
-            unit.bn.update_running(&mean, &var, stats.count as usize)?;
+            let (mean, var) = kept.stats.tensors(x.device())?;
+            unit.bn
+                .update_running(&mean, &var, kept.stats.count as usize)?;
         }
         Ok(y)
     }
@@ -415,12 +414,8 @@ impl CpuKernel<2> for ResidualOp {
         let last = kept.last_mut().ok_or_else(|| {
             candle_core::Error::Msg("internal error: a residual block without units".into())
         })?;
-        // relu(out + identity) as `add_relu` computes it (NaN becomes 0, as candle's ReLU).
-        let y = chunked([&last.out, identity], Self::NAME, CHUNK, |o, [a, b]| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                *o = (a + b).max(0.0);
-            }
-        })?;
+        // relu(out + identity), as `add_relu` computes it.
+        let y = pointwise::<AddRelu>(&last.out, identity)?;
         // Neither the last unit's output nor the downsampled identity is read again.
         last.out = Vec::new();
         let downsample = downsample.map(|d| UnitSaved {
@@ -477,31 +472,20 @@ impl ResidualOp {
         let mut dpacked = vec![0f32; params.len()];
         // The residual sum's ReLU passes the gradient where the output is positive; the sum
         // hands it to both branches.
-        let gated = chunked([ys, dy], Self::NAME, CHUNK, |o, [y, g]| {
-            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                *o = if y > 0.0 { g } else { 0.0 };
-            }
-        })?;
-        let mut dout = gated.clone();
+        let gated = pointwise::<WherePositive>(ys, dy)?;
+        // The gradient of the current unit's output: the gated one for the last unit.
+        let mut upstream: Option<Vec<f32>> = None;
         let mut dx = None;
         for (i, (unit, kept)) in self.units.iter().zip(&saved.units).enumerate().rev() {
+            let dout = upstream.as_deref().unwrap_or(&gated);
             let input = if i == 0 { xs } else { &saved.units[i - 1].out };
             let need_input = i > 0 || need_dx;
             // Without a ReLU the gate slice is not read.
-            let out = if kept.out.is_empty() {
-                &dout[..]
-            } else {
-                &kept.out[..]
-            };
-            let dinput = unit.backward(
-                (input, params),
-                (kept, out),
-                &dout,
-                need_input,
-                &mut dpacked,
-            )?;
+            let out = if kept.out.is_empty() { dout } else { &kept.out };
+            let dinput =
+                unit.backward((input, params), (kept, out), dout, need_input, &mut dpacked)?;
             match dinput {
-                Some(d) if i > 0 => dout = d,
+                Some(d) if i > 0 => upstream = Some(d),
                 d => dx = d,
             }
         }
@@ -512,11 +496,7 @@ impl ResidualOp {
             _ => need_dx.then_some(gated),
         };
         let dx = match (dx, identity_grad) {
-            (Some(a), Some(b)) => Some(chunked([&a, &b], Self::NAME, CHUNK, |o, [a, b]| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = a + b;
-                }
-            })?),
+            (Some(a), Some(b)) => Some(pointwise::<Add>(&a, &b)?),
             _ => None,
         };
         Ok((dx, dpacked))
