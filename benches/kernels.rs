@@ -274,6 +274,16 @@ fn resnet_kernels(c: &mut Criterion) -> Result<()> {
     bench_fwd_bwd(&mut group, "conv_3x3/fwd_bwd_b16", || {
         conv::conv2d(h.as_tensor(), w.as_tensor(), 1, 1)
     });
+
+    // layer1's expanding pointwise convolution: 64 → 256 channels at 53², the products with the
+    // shortest sums (64 terms) and the largest outputs (2.9 MB per image) of the network.
+    let expand = var(&[256, 64, 1, 1], 0.05)?;
+    bench_fwd(&mut group, "conv_1x1_expand/fwd_b16", || {
+        conv::conv2d(h.as_tensor(), expand.as_tensor(), 1, 0)
+    });
+    bench_fwd_bwd(&mut group, "conv_1x1_expand/fwd_bwd_b16", || {
+        conv::conv2d(h.as_tensor(), expand.as_tensor(), 1, 0)
+    });
     group.finish();
     Ok(())
 }

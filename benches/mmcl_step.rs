@@ -10,9 +10,13 @@
 //! over 3×48×48 images, `vit_pluto_patchX` over 1×8×500 ECGs (the eight independent leads),
 //! heads 256 → 64 (`ReproduceConfig::default().mmcl`).
 //!
+//! `mmcl_encoders` times the step's two encoders alone (train-mode forward, a sum, backward),
+//! the reference's with `--part image` and `--part ecg`.
+//!
 //! ```sh
 //! cargo bench --bench mmcl_step -- --measurement-time 60
 //! python3 benches/reference_mmcl_step.py --threads 2 --iters 3
+//! python3 benches/reference_mmcl_step.py --threads 2 --iters 5 --part image
 //! ```
 
 mod common;
@@ -20,7 +24,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use common::workloads::{MMCL_STEP_BATCH as BATCH, MmclTrainingStep};
+use common::workloads::{MMCL_STEP_BATCH as BATCH, MmclEncoderPasses, MmclTrainingStep};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mmcl_suite::nn::precision::Precision;
 use mmcl_suite::pipeline::ReproduceConfig;
@@ -63,5 +67,23 @@ fn mmcl_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mmcl_step, reduced_defaults);
+/// The step's two encoders alone (`MmclEncoderPasses`), against
+/// `reference_mmcl_step.py --part image|ecg`.
+fn encoders(c: &mut Criterion) {
+    let mut group = common::batch_group(c, "mmcl_encoders", BATCH, 30);
+    common::on_each_device(
+        |device| MmclEncoderPasses::new(device, BATCH),
+        |name, passes| {
+            group.bench_function(format!("resnet50_210px_fwd_bwd_b{BATCH}/{name}"), |b| {
+                b.iter(|| black_box(passes.image_trunk()))
+            });
+            group.bench_function(format!("vit_tiny_fwd_bwd_b{BATCH}/{name}"), |b| {
+                b.iter(|| black_box(passes.ecg_encoder()))
+            });
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, mmcl_step, reduced_defaults, encoders);
 criterion_main!(benches);

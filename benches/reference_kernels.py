@@ -92,6 +92,10 @@ def cases():
     hh, cw = leaf(IMAGE_BATCH, 64, 53, 53), leaf(64, 64, 3, 3, std=0.05)
     fwd("resnet50/conv_3x3/fwd_b16", lambda: F.conv2d(hh, cw, stride=1, padding=1))
     fwd_bwd("resnet50/conv_3x3/fwd_bwd_b16", lambda: F.conv2d(hh, cw, stride=1, padding=1))
+
+    ew = leaf(256, 64, 1, 1, std=0.05)
+    fwd("resnet50/conv_1x1_expand/fwd_b16", lambda: F.conv2d(hh, ew))
+    fwd_bwd("resnet50/conv_1x1_expand/fwd_bwd_b16", lambda: F.conv2d(hh, ew))
     return out
 
 

@@ -189,9 +189,15 @@ def parity(directory):
         print(f"  worst gradient error relative to the tensor's largest: {worst:.3e}")
 
 
+def extra_args(ap):
+    ap.add_argument("--parity", metavar="DIR", help="compare with the mmcl_step_small fixture")
+    ap.add_argument("--part", choices=["step", "image", "ecg"], default="step",
+                    help="image / ecg: that encoder alone (train-mode forward, a sum, "
+                         "backward), as the bench group mmcl_encoders")
+
+
 def main():
-    args = parse_args(iters=3, batch=16, extra=lambda ap: ap.add_argument(
-        "--parity", metavar="DIR", help="compare with the mmcl_step_small fixture"))
+    args = parse_args(iters=3, batch=16, extra=extra_args)
     if args.parity:
         parity(args.parity)
         return
@@ -201,6 +207,21 @@ def main():
     opt = model.optimizer(3e-3, 1e-4)
     images = torch.randn(args.batch, 3, 210, 210, device=args.device)
     ecgs = torch.randn(args.batch, 1, 12, 2500, device=args.device)
+
+    if args.part != "step":
+        encoder = model.encoder_imaging if args.part == "image" else model.encoder_ecg
+        features = encoder if args.part == "image" else encoder.forward_features
+        inputs = images if args.part == "image" else ecgs
+        name = "resnet50_210px" if args.part == "image" else "vit_tiny"
+
+        def passes():
+            encoder.zero_grad(set_to_none=True)
+            with autocast(args):
+                total = features(inputs).sum()
+            total.backward()
+
+        warm_up_and_time(args, passes, "step", f"mmcl_encoders/{name}_fwd_bwd")
+        return
 
     def step():
         opt.zero_grad(set_to_none=True)

@@ -207,13 +207,11 @@ impl MmclTrainingStep {
 
     /// The step of `cfg` on a batch of random images and ECGs at its shapes.
     pub fn with_config(cfg: &MmclConfig, device: &Device) -> Result<Self> {
-        let arch = MmclArchitecture::from_config(cfg, 3)?;
-        let model = MmclModel::new(&arch, cfg.seed, device)?;
+        let (model, images, ecgs) = model_and_batch(cfg, device)?;
         let step = MmclStep::new(model, cfg)?;
-        let (size, [_, leads, samples]) = (cfg.imaging.img_size, cfg.ecg.input_size);
         let batch = MmclBatch {
-            images: randn(&[cfg.batch_size, 3, size, size], 4, device)?,
-            ecgs: randn(&[cfg.batch_size, 1, leads, samples], 5, device)?,
+            images,
+            ecgs,
             images_orig: None,
             ecgs_orig: None,
             targets: None,
@@ -228,5 +226,52 @@ impl MmclTrainingStep {
     /// A whole training step; returns the loss.
     pub fn run(&mut self) -> Result<f32> {
         Ok(self.step.train_batch(&self.batch, self.lr)?.loss as f32)
+    }
+}
+
+/// The model of `cfg` (seeded as configured) and a batch of random images and ECGs at its
+/// shapes.
+fn model_and_batch(cfg: &MmclConfig, device: &Device) -> Result<(MmclModel, Tensor, Tensor)> {
+    let arch = MmclArchitecture::from_config(cfg, 3)?;
+    let model = MmclModel::new(&arch, cfg.seed, device)?;
+    let (size, [_, leads, samples]) = (cfg.imaging.img_size, cfg.ecg.input_size);
+    let images = randn(&[cfg.batch_size, 3, size, size], 4, device)?;
+    let ecgs = randn(&[cfg.batch_size, 1, leads, samples], 5, device)?;
+    Ok((model, images, ecgs))
+}
+
+/// The two encoders of the paper's MMCL step on their own, each a forward pass in train mode
+/// over the step's batch, a sum and the backward pass (no heads, loss or optimiser): which part
+/// of the step is behind or ahead of the reference.
+pub struct MmclEncoderPasses {
+    model: MmclModel,
+    images: Tensor,
+    ecgs: Tensor,
+}
+
+impl MmclEncoderPasses {
+    /// The paper's model at `batch` on `device`, f32, on random images and ECGs.
+    pub fn new(device: &Device, batch: usize) -> Result<Self> {
+        let cfg = MmclTrainingStep::paper_config(batch, Precision::F32);
+        let (model, images, ecgs) = model_and_batch(&cfg, device)?;
+        Ok(Self {
+            model,
+            images,
+            ecgs,
+        })
+    }
+
+    /// ResNet50's pooled features in train mode, summed, and their backward pass.
+    pub fn image_trunk(&self) -> Result<()> {
+        let features = self.model.image_features(&self.images, true)?;
+        features.sum_all()?.backward()?;
+        Ok(())
+    }
+
+    /// The ECG encoder's pooled features with drop-path, summed, and their backward pass.
+    pub fn ecg_encoder(&self) -> Result<()> {
+        let features = self.model.ecg_features(&self.ecgs, true)?;
+        features.sum_all()?.backward()?;
+        Ok(())
     }
 }
