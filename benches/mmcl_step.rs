@@ -4,7 +4,8 @@
 //! decay over every parameter — [`mmcl_suite::train::MmclStep::train_batch`] without the online
 //! classifier, as `benches/reference_mmcl_step.py` runs the reference.
 //!
-//! The reference PyTorch code does 4.3 samples/s on the project's 2-thread CPU machine.
+//! The reference PyTorch code's speed moves with the machine and the minute (2.3–3.8 samples/s
+//! on the Zen 4 machines of `docs/performance.md`): compare it in the same minutes.
 //!
 //! `reduced_defaults` is the step `mmcl reproduce` trains with by default: batch 32, ResNet18
 //! over 3×48×48 images, `vit_pluto_patchX` over 1×8×500 ECGs (the eight independent leads),
