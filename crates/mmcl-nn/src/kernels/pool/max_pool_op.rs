@@ -1,11 +1,17 @@
 //! The CPU max-pool: a forward pass that keeps each window's first maximum, and a backward
 //! pass that scatters the gradient onto it (PyTorch's rule), for every float dtype.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::Pool2dParams;
+
+/// For every output element, the index within its input plane of its window's first maximum,
+/// as the forward pass found it.
+type Argmax = Arc<OnceLock<Vec<u32>>>;
 
 /// The values of a contiguous storage that `layout` covers.
 fn window<'a, T>(data: &'a [T], layout: &Layout) -> &'a [T] {
@@ -14,7 +20,25 @@ fn window<'a, T>(data: &'a [T], layout: &Layout) -> &'a [T] {
 }
 
 /// The CPU max-pool forward, with its scatter backward.
-pub(super) struct MaxPool2d(pub(super) Pool2dParams);
+pub(super) struct MaxPool2d {
+    params: Pool2dParams,
+    /// Filled by the forward pass when the backward pass will need it (the input takes part in
+    /// a gradient and each plane's indices fit in `u32`): the backward pass then scatters
+    /// without searching every window again.
+    argmax: Option<Argmax>,
+}
+
+impl MaxPool2d {
+    /// The max-pool of `params` over inputs of `[H, W]` planes; `keep_argmax` when a backward
+    /// pass will follow.
+    pub(super) fn new(params: Pool2dParams, (h, w): (usize, usize), keep_argmax: bool) -> Self {
+        let fits = u32::try_from(h.saturating_mul(w)).is_ok();
+        Self {
+            params,
+            argmax: (keep_argmax && fits).then(Argmax::default),
+        }
+    }
+}
 
 /// For each output element of one `[H, W]` plane, the input index of its window's first maximum
 /// (NaN wins, as in PyTorch), written through `visit(output_index, input_index)`.
@@ -54,13 +78,30 @@ fn for_each_argmax<T: WithDType>(
 impl MaxPool2d {
     fn forward<T: WithDType>(&self, src: &[T], shape: &[usize]) -> Vec<T> {
         let (h, w) = (shape[2], shape[3]);
-        let (ho, wo) = (self.0.output_size(h), self.0.output_size(w));
-        let mut out = vec![T::zero(); shape[0] * shape[1] * ho * wo];
+        let (ho, wo) = (self.params.output_size(h), self.params.output_size(w));
+        let len = shape[0] * shape[1] * ho * wo;
+        let mut out = vec![T::zero(); len];
+        let Some(argmax) = &self.argmax else {
+            out.par_chunks_mut(ho * wo)
+                .zip(src.par_chunks(h * w))
+                .for_each(|(dst, plane)| {
+                    for_each_argmax(plane, (h, w), self.params, |o, i| dst[o] = plane[i]);
+                });
+            return out;
+        };
+        let mut indices = vec![0u32; len];
         out.par_chunks_mut(ho * wo)
+            .zip(indices.par_chunks_mut(ho * wo))
             .zip(src.par_chunks(h * w))
-            .for_each(|(dst, plane)| {
-                for_each_argmax(plane, (h, w), self.0, |o, i| dst[o] = plane[i]);
+            .for_each(|((dst, at), plane)| {
+                for_each_argmax(plane, (h, w), self.params, |o, i| {
+                    dst[o] = plane[i];
+                    // `i < h·w`, which `MaxPool2d::new` checked to fit.
+                    at[o] = i as u32;
+                });
             });
+        // A repeated forward of the same op (not done by candle) would keep the first indices.
+        let _ = argmax.set(indices);
         out
     }
 }
@@ -87,7 +128,7 @@ impl CustomOp1 for MaxPool2d {
             CpuStorage::BF16(d) => CpuStorage::BF16(self.forward(window(d, layout), &dims)),
             other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
         };
-        let shape = Shape::from((n, c, self.0.output_size(h), self.0.output_size(w)));
+        let shape = Shape::from((n, c, self.params.output_size(h), self.params.output_size(w)));
         Ok((out, shape))
     }
 
@@ -97,25 +138,43 @@ impl CustomOp1 for MaxPool2d {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPool2dBackward(self.0))?;
+        let backward = MaxPool2dBackward {
+            params: self.params,
+            argmax: self.argmax.as_ref().and_then(|a| a.get()).cloned(),
+        };
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &backward)?;
         Ok(Some(grad))
     }
 }
 
 /// Scatters each output gradient onto its window's first maximum.
-struct MaxPool2dBackward(Pool2dParams);
+struct MaxPool2dBackward {
+    params: Pool2dParams,
+    /// The forward pass's indices, when it kept them; otherwise each window is searched again.
+    argmax: Option<Vec<u32>>,
+}
 
 impl MaxPool2dBackward {
     fn backward<T: WithDType>(&self, src: &[T], grad: &[T], shape: &[usize]) -> Vec<T> {
         let (h, w) = (shape[2], shape[3]);
-        let (ho, wo) = (self.0.output_size(h), self.0.output_size(w));
+        let (ho, wo) = (self.params.output_size(h), self.params.output_size(w));
         let mut out = vec![T::zero(); src.len()];
-        out.par_chunks_mut(h * w)
-            .zip(src.par_chunks(h * w))
-            .zip(grad.par_chunks(ho * wo))
-            .for_each(|((dst, plane), g)| {
-                for_each_argmax(plane, (h, w), self.0, |o, i| dst[i] += g[o]);
-            });
+        let planes = out.par_chunks_mut(h * w).zip(grad.par_chunks(ho * wo));
+        match &self.argmax {
+            // The same additions in the same order as the search below: the same bits.
+            Some(argmax) if argmax.len() == grad.len() => planes
+                .zip(argmax.par_chunks(ho * wo))
+                .for_each(|((dst, g), at)| {
+                    for (&g, &i) in g.iter().zip(at) {
+                        dst[i as usize] += g;
+                    }
+                }),
+            _ => planes
+                .zip(src.par_chunks(h * w))
+                .for_each(|((dst, g), plane)| {
+                    for_each_argmax(plane, (h, w), self.params, |o, i| dst[i] += g[o]);
+                }),
+        }
         out
     }
 

@@ -77,7 +77,8 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     let (_, _, h, w) = x.dims4()?;
     params.check(h, w)?;
     if x.device().is_cpu() {
-        Ok(x.contiguous()?.apply_op1(MaxPool2d(params))?)
+        let op = MaxPool2d::new(params, (h, w), x.track_op());
+        Ok(x.contiguous()?.apply_op1(op)?)
     } else {
         max_pool2d_composed(x, params)
     }
