@@ -354,7 +354,7 @@ impl TrainNorm {
         // replica depends on this one's rows through the statistics); the scale and shift keep
         // their own rows' part, which the group's gradient mean sums.
         let group = self.summed_over_group(sums.concat())?;
-        let mut dx = vec![0f32; xs.len()];
+        let mut dx = crate::kernels::zeros(xs.len());
         if l > 0 {
             dx.par_chunks_mut(l)
                 .zip(xs.par_chunks(l).zip(dy.par_chunks(l).zip(ys.par_chunks(l))))
@@ -413,7 +413,7 @@ impl TrainNorm {
                 )
             })
             .collect();
-        let mut y = vec![0f32; x.len()];
+        let mut y = crate::kernels::zeros(x.len());
         if l > 0 {
             y.par_chunks_mut(l)
                 .zip(x.par_chunks(l))

@@ -199,6 +199,23 @@ pub(crate) fn map_tensors<const N: usize>(
     }
 }
 
+/// Values below which [`zeros`] lets the allocator zero-fill on the calling thread.
+const PARALLEL_ZEROS: usize = 1 << 18;
+
+/// `len` zeros, filled by rayon's threads when there are many: the allocator zero-fills a
+/// recycled block (see [`crate::memory`]) on the calling thread while the other cores wait,
+/// which for a 30 MB output took 1.1 ms of a 2.4 ms LayerNorm on two Zen 4 cores. For the
+/// outputs of parallel kernels.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < PARALLEL_ZEROS {
+        return vec![0f32; len];
+    }
+    let mut out = Vec::with_capacity(len);
+    // An indexed iterator: rayon writes each thread's part in place, no intermediate lists.
+    out.par_extend(rayon::iter::repeat_n(0f32, len));
+    out
+}
+
 /// The loop of [`map_chunks`] and [`map_tensors`].
 pub(crate) fn chunked<const N: usize>(
     data: [&[f32]; N],
@@ -210,7 +227,7 @@ pub(crate) fn chunked<const N: usize>(
     if data.iter().any(|d| d.len() != len) {
         candle_core::bail!("{op}: inputs of different sizes");
     }
-    let mut out = vec![0f32; len];
+    let mut out = zeros(len);
     out.par_chunks_mut(step).enumerate().for_each(|(i, o)| {
         let start = i * step;
         kernel(o, data.map(|d| &d[start..start + o.len()]));

@@ -338,7 +338,7 @@ impl Planar {
     /// `Y = W·P` for blocks of images, blocks in parallel.
     pub(super) fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
-        let mut y = vec![0f32; self.n * cout * pixels];
+        let mut y = crate::kernels::zeros(self.n * cout * pixels);
         if y.is_empty() || self.in_image() == 0 {
             // An empty input has no patches: its output (all padding) stays zero.
             return Ok(y);
@@ -437,7 +437,7 @@ impl Planar {
     ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         let in_image = self.in_image();
-        let mut dx = need_dx.then(|| vec![0f32; self.n * in_image]);
+        let mut dx = need_dx.then(|| crate::kernels::zeros(self.n * in_image));
         if self.n * in_image == 0 || pixels == 0 {
             return Ok((dx, vec![0f32; cout * depth]));
         }

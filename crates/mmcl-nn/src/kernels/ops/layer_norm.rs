@@ -119,7 +119,7 @@ multiversion!(
 /// LayerNorm of every row of `x` (width `w.len()`), rows in parallel.
 pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let step = row_step(w.len());
-    let mut out = vec![0f32; x.len()];
+    let mut out = crate::kernels::zeros(x.len());
     out.par_chunks_mut(step)
         .zip(x.par_chunks(step))
         .for_each(|(o, x)| forward_simd(x, w, b, o, eps));
@@ -142,7 +142,7 @@ pub(crate) fn layer_norm_backward_rows(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = w.len();
     let step = row_step(d);
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = crate::kernels::zeros(x.len());
     if d == 0 {
         return (dx, Vec::new(), Vec::new());
     }

@@ -267,7 +267,7 @@ pub(crate) fn attention_backward(
     g: Geometry,
     scale: f32,
 ) -> Vec<f32> {
-    let mut grad = vec![0f32; qkv.len()];
+    let mut grad = crate::kernels::zeros(qkv.len());
     let dst = SharedMut(grad.as_mut_ptr());
     let nn = g.n * g.n;
     (0..batch * g.heads).into_par_iter().for_each_init(

@@ -28,7 +28,7 @@ pub(super) fn residual(
     n: usize,
     s: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; base.len()];
+    let mut out = crate::kernels::zeros(base.len());
     let step = rows_per_task(w) * w;
     out.par_chunks_mut(step)
         .zip(base.par_chunks(step).zip(branch.par_chunks(step)))
