@@ -140,7 +140,7 @@ impl CustomOp1 for MaxPool2d {
     ) -> candle_core::Result<Option<Tensor>> {
         let backward = MaxPool2dBackward {
             params: self.params,
-            argmax: self.argmax.as_ref().and_then(|a| a.get()).cloned(),
+            argmax: self.argmax.clone(),
         };
         let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &backward)?;
         Ok(Some(grad))
@@ -150,8 +150,9 @@ impl CustomOp1 for MaxPool2d {
 /// Scatters each output gradient onto its window's first maximum.
 struct MaxPool2dBackward {
     params: Pool2dParams,
-    /// The forward pass's indices, when it kept them; otherwise each window is searched again.
-    argmax: Option<Vec<u32>>,
+    /// The forward pass's indices (shared, not copied), when it kept them; otherwise each
+    /// window is searched again.
+    argmax: Option<Argmax>,
 }
 
 impl MaxPool2dBackward {
@@ -160,7 +161,7 @@ impl MaxPool2dBackward {
         let (ho, wo) = (self.params.output_size(h), self.params.output_size(w));
         let mut out = vec![T::zero(); src.len()];
         let planes = out.par_chunks_mut(h * w).zip(grad.par_chunks(ho * wo));
-        match &self.argmax {
+        match self.argmax.as_ref().and_then(|a| a.get()) {
             // The same additions in the same order as the search below: the same bits.
             Some(argmax) if argmax.len() == grad.len() => planes
                 .zip(argmax.par_chunks(ho * wo))
