@@ -14,6 +14,8 @@ mod amx;
 mod avx512;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod packed;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod transpose;
 
 use gemm::Parallelism;
 

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::to_bf16_bits;
+use super::{to_bf16_bits, transpose};
 use crate::kernels::SharedMut;
 use crate::kernels::gemm::RawProduct;
 use crate::kernels::simd::multiversion;
@@ -208,6 +208,9 @@ fn pack_rhs(
                 interleave(&lo[c0..c0 + width], hi.map(|h| &h[c0..c0 + width]), out);
             }
         }
+    } else if rs == 1 && transpose::available() {
+        // SAFETY: the CPU has AVX-512 F; the view and the block are the caller's.
+        unsafe { transpose::pack_rhs_columns(rhs, cs, (k, n), nb, block) };
     } else if rs == 1 {
         // Columns are contiguous: consecutive values of a column form the pairs.
         for c in 0..cols {
@@ -294,6 +297,9 @@ fn pack_lhs(
                 convert(chunk, &mut a[start..start + chunk.len()]);
             }
         }
+    } else if rs == 1 && transpose::available() {
+        // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps of the row block.
+        unsafe { transpose::pack_lhs_rows(lhs, cs, (m, k), mb, &mut a) };
     } else {
         // A transposed view: read along its contiguous columns, 32 rows at a time.
         let mut column = [0u16; BLOCK];

@@ -1,0 +1,335 @@
+//! AVX-512 packing of the operands whose inner dimension runs the other way than the packed
+//! layout wants: a right operand stored column by column (`Pᵀ` in a convolution's weight
+//! gradient `dY·Pᵀ`) and a left operand stored row-contiguous along `m` (`Wᵀ` in its input
+//! gradient). The scalar packers in [`super::packed`] write such operands one 32-bit pair at a
+//! time, 64 bytes apart; here 16 vectors of 16 pairs are converted at once and transposed in
+//! registers, then stored whole.
+//!
+//! Hand-written because no crate packs into the pair-interleaved bf16 layout; the values are
+//! those of [`super::to_bf16_bits`], bit for bit (ties to even, NaN quiet, subnormals kept), so
+//! the packed operands and every product are the same as the scalar packers give.
+
+use std::arch::x86_64::{
+    __m512, __m512i, __mmask16, _CMP_UNORD_Q, _mm512_add_epi32, _mm512_and_si512,
+    _mm512_castps_si512, _mm512_castsi256_si512, _mm512_cmp_ps_mask, _mm512_cvtepi32_epi16,
+    _mm512_inserti64x4, _mm512_loadu_si512, _mm512_mask_mov_epi32, _mm512_maskz_loadu_ps,
+    _mm512_or_si512, _mm512_permutex2var_epi32, _mm512_set1_epi32, _mm512_setzero_ps,
+    _mm512_setzero_si512, _mm512_slli_epi32, _mm512_srli_epi32, _mm512_storeu_si512,
+};
+use std::sync::OnceLock;
+
+use super::packed::{BLOCK, HALF, KSTEP, TILE_PAIRS};
+
+/// Whether the CPU has AVX-512 F (every CPU with either bf16 engine has it); checked once.
+pub(super) fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+}
+
+/// The mask of the first `count` of 16 lanes (`count` may exceed 16 or be negative: all or
+/// none).
+#[inline(always)]
+fn lanes(count: isize) -> __mmask16 {
+    match count {
+        ..=0 => 0,
+        16.. => !0,
+        c => (1u16 << c) - 1,
+    }
+}
+
+/// [`super::to_bf16_bits`] of 16 lanes, each result in the low half of its 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn bf16_lanes(v: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(v);
+    let high = _mm512_srli_epi32::<16>(bits);
+    let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+    let rounding = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff));
+    let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, rounding));
+    let quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    _mm512_mask_mov_epi32(rounded, nan, quiet_nan)
+}
+
+/// 32 consecutive values (`lo` the first 16, `hi` the next) as 16 bf16 pairs: lane `j` holds
+/// value `2j` in its low half and value `2j + 1` in its high half.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn consecutive_pairs(lo: __m512, hi: __m512) -> __m512i {
+    let lo = _mm512_cvtepi32_epi16(bf16_lanes(lo));
+    let hi = _mm512_cvtepi32_epi16(bf16_lanes(hi));
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Two vectors of values as 16 bf16 pairs: `lo` in the low halves, `hi` in the high halves.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lane_pairs(lo: __m512, hi: __m512) -> __m512i {
+    _mm512_or_si512(bf16_lanes(lo), _mm512_slli_epi32::<16>(bf16_lanes(hi)))
+}
+
+/// The lane indices of one transpose stage for rows `i` and `i + b` (`i & b == 0`): lanes
+/// `0..16` name the first row's lanes, `16..32` the second's.
+const fn stage_indices(b: usize) -> ([u32; 16], [u32; 16]) {
+    let (mut first, mut second) = ([0u32; 16], [0u32; 16]);
+    let mut l = 0;
+    while l < 16 {
+        if l & b == 0 {
+            first[l] = l as u32;
+            second[l] = (l + b) as u32;
+        } else {
+            first[l] = (16 + l - b) as u32;
+            second[l] = (16 + l) as u32;
+        }
+        l += 1;
+    }
+    (first, second)
+}
+
+/// The 16 × 16 matrix of 32-bit values in `rows` transposed in place: four stages, each
+/// exchanging the off-diagonal blocks of size 8, 4, 2, 1 between pairs of rows.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(rows: &mut [__m512i; 16]) {
+    const STAGES: [([u32; 16], [u32; 16]); 4] = [
+        stage_indices(8),
+        stage_indices(4),
+        stage_indices(2),
+        stage_indices(1),
+    ];
+    for (stage, (first, second)) in STAGES.iter().enumerate() {
+        let b = 8 >> stage;
+        // SAFETY: 16 `u32` are 64 bytes, read unaligned.
+        let (first, second) = unsafe {
+            (
+                _mm512_loadu_si512(first.as_ptr().cast()),
+                _mm512_loadu_si512(second.as_ptr().cast()),
+            )
+        };
+        for i in (0..16).filter(|i| i & b == 0) {
+            let (x, y) = (rows[i], rows[i + b]);
+            rows[i] = _mm512_permutex2var_epi32(x, first, y);
+            rows[i + b] = _mm512_permutex2var_epi32(x, second, y);
+        }
+    }
+}
+
+/// [`super::packed`]'s `pack_rhs` for a right operand whose columns are contiguous (`rs == 1`):
+/// column block `nb` of the `[k, n]` view with column stride `cs` as bf16 pairs,
+/// `block[kstep][half][pair][col]`, every entry written (zeros past `k` and `n`).
+///
+/// # Safety
+/// The CPU has AVX-512 F ([`available`]); `rhs` holds the view's elements; `block` holds
+/// `k.div_ceil(32)` steps of `2 · 256` pairs.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn pack_rhs_columns(
+    rhs: &[f32],
+    cs: usize,
+    (k, n): (usize, usize),
+    nb: usize,
+    block: &mut [u32],
+) {
+    let cols = BLOCK.min(n - nb * BLOCK);
+    for ks in 0..k.div_ceil(KSTEP) {
+        let k0 = ks * KSTEP;
+        let (lo_mask, hi_mask) = (
+            lanes(k as isize - k0 as isize),
+            lanes(k as isize - k0 as isize - HALF as isize),
+        );
+        for half in 0..BLOCK / HALF {
+            let mut rows = [_mm512_setzero_si512(); HALF];
+            for (c, row) in rows.iter_mut().enumerate() {
+                let col = nb * BLOCK + half * HALF + c;
+                if half * HALF + c >= cols {
+                    break;
+                }
+                // SAFETY: masked to the column's values `k0..k` (the caller's view).
+                let src = unsafe { rhs.as_ptr().add(col * cs + k0) };
+                let (lo, hi) = unsafe {
+                    (
+                        _mm512_maskz_loadu_ps(lo_mask, src),
+                        _mm512_maskz_loadu_ps(hi_mask, src.add(HALF)),
+                    )
+                };
+                *row = consecutive_pairs(lo, hi);
+            }
+            transpose16(&mut rows);
+            let out = &mut block[ks * 2 * TILE_PAIRS + half * TILE_PAIRS..][..TILE_PAIRS];
+            for (pair, row) in rows.iter().enumerate() {
+                // SAFETY: 16 pairs inside the tile.
+                unsafe { _mm512_storeu_si512(out[pair * HALF..].as_mut_ptr().cast(), *row) };
+            }
+        }
+    }
+}
+
+/// [`super::packed`]'s `pack_lhs` for a left operand whose rows are contiguous along `m`
+/// (`rs == 1`): rows `32·mb ..` of the `[m, k]` view with inner stride `cs` as bf16,
+/// `a[kstep][row 32][32 values]`, every entry written (zeros past `k` and `m`).
+///
+/// # Safety
+/// As [`pack_rhs_columns`]; `a` holds `k.div_ceil(32)` steps of `32 · 32` values.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn pack_lhs_rows(
+    lhs: &[f32],
+    cs: usize,
+    (m, k): (usize, usize),
+    mb: usize,
+    a: &mut [u16],
+) {
+    let rows = BLOCK.min(m - mb * BLOCK);
+    for ks in 0..k.div_ceil(KSTEP) {
+        for half in 0..BLOCK / HALF {
+            let r0 = half * HALF;
+            let mask = lanes(rows as isize - r0 as isize);
+            let first = mb * BLOCK + r0;
+            let mut pairs = [_mm512_setzero_si512(); HALF];
+            for (j, pair) in pairs.iter_mut().enumerate() {
+                let kk = ks * KSTEP + 2 * j;
+                // SAFETY: rows `first..` of the view at inner indices `kk` and `kk + 1`, where
+                // they exist (the caller's view).
+                let (lo, hi) = unsafe {
+                    (
+                        load_rows(lhs, kk, cs, first, mask, k),
+                        load_rows(lhs, kk + 1, cs, first, mask, k),
+                    )
+                };
+                *pair = lane_pairs(lo, hi);
+            }
+            transpose16(&mut pairs);
+            for (r, row) in pairs.iter().enumerate() {
+                let at = (ks * BLOCK + r0 + r) * KSTEP;
+                // SAFETY: 32 values inside the step's row.
+                unsafe { _mm512_storeu_si512(a[at..at + KSTEP].as_mut_ptr().cast(), *row) };
+            }
+        }
+    }
+}
+
+/// The `mask`ed rows from `first` of a view with inner stride `cs` at inner index `kk`, zeros
+/// where `kk` is past `k`.
+///
+/// # Safety
+/// Those rows lie inside `lhs`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_rows(
+    lhs: &[f32],
+    kk: usize,
+    cs: usize,
+    first: usize,
+    mask: __mmask16,
+    k: usize,
+) -> __m512 {
+    if kk < k && mask != 0 {
+        // SAFETY: masked to the rows inside the view (caller's contract).
+        unsafe { _mm512_maskz_loadu_ps(mask, lhs.as_ptr().add(kk * cs + first)) }
+    } else {
+        _mm512_setzero_ps()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::bf16::to_bf16_bits;
+
+    /// Values that exercise the rounding: ties both ways, NaN, infinities, subnormals, signed
+    /// zeros, and plain pseudo-random values.
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let special = [
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE / 3.0,
+            -0.0,
+            0.0,
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+        ];
+        (0..len as u32)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(0x9e37_79b9).rotate_left(13);
+                if h.is_multiple_of(7) {
+                    special[(h as usize / 7) % special.len()]
+                } else {
+                    f32::from_bits(0x3000_0000 + (h >> 4)) * if h & 1 == 0 { 1.0 } else { -1.0 }
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packed_right_operands_match_their_definition() {
+        if !available() {
+            return;
+        }
+        for (k, n, nb) in [
+            (1, 1, 0),
+            (31, 40, 1),
+            (64, 32, 0),
+            (77, 70, 2),
+            (200, 33, 1),
+        ] {
+            // Columns contiguous: element (kk, c) at c·cs + kk, cs ≥ k.
+            let cs = k + 3;
+            let rhs = values(n * cs, k as u32);
+            let ksteps = k.div_ceil(KSTEP);
+            let mut block = vec![0xdead_beef_u32; ksteps * 2 * TILE_PAIRS];
+            // SAFETY: the CPU has AVX-512 F; the block holds `ksteps` steps.
+            unsafe { pack_rhs_columns(&rhs, cs, (k, n), nb, &mut block) };
+            let cols = BLOCK.min(n - nb * BLOCK);
+            for kk in 0..ksteps * KSTEP {
+                for c in 0..BLOCK {
+                    let at = (kk / KSTEP) * 2 * TILE_PAIRS
+                        + (c / HALF) * TILE_PAIRS
+                        + ((kk % KSTEP) / 2) * HALF
+                        + c % HALF;
+                    let expected = if kk < k && c < cols {
+                        to_bf16_bits(rhs[(nb * BLOCK + c) * cs + kk])
+                    } else {
+                        0
+                    };
+                    let got = (block[at] >> (16 * (kk % 2))) as u16;
+                    assert_eq!(got, expected, "k {k} n {n} nb {nb}: ({kk}, {c})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_left_operands_match_their_definition() {
+        if !available() {
+            return;
+        }
+        for (m, k, mb) in [
+            (1, 1, 0),
+            (40, 31, 1),
+            (32, 64, 0),
+            (70, 77, 2),
+            (33, 200, 1),
+        ] {
+            // Rows contiguous along m: element (r, kk) at kk·cs + r, cs ≥ m.
+            let cs = m + 5;
+            let lhs = values(k * cs, m as u32 + 7);
+            let ksteps = k.div_ceil(KSTEP);
+            let mut a = vec![0xbeef_u16; ksteps * BLOCK * KSTEP];
+            // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps.
+            unsafe { pack_lhs_rows(&lhs, cs, (m, k), mb, &mut a) };
+            let rows = BLOCK.min(m - mb * BLOCK);
+            for kk in 0..ksteps * KSTEP {
+                for r in 0..BLOCK {
+                    let at = (kk / KSTEP) * BLOCK * KSTEP + r * KSTEP + kk % KSTEP;
+                    let expected = if kk < k && r < rows {
+                        to_bf16_bits(lhs[kk * cs + mb * BLOCK + r])
+                    } else {
+                        0
+                    };
+                    assert_eq!(a[at], expected, "m {m} k {k} mb {mb}: ({r}, {kk})");
+                }
+            }
+        }
+    }
+}
