@@ -5,7 +5,8 @@
 //! Intel Cooper Lake) where AMX is missing, and an exact emulation everywhere else (operands
 //! rounded to bf16, which f32 holds exactly, then the f32 kernels: a product of two bf16 values
 //! is exact in f32, so only the summation order differs). The two hardware engines share one
-//! packed driver (`packed`) and treat subnormal values as zero. `MMCL_AMX=0` and
+//! packed driver (`packed`, its operands packed by the AVX-512 code of `pack512`) and treat
+//! subnormal values as zero. `MMCL_AMX=0` and
 //! `MMCL_AVX512_BF16=0` turn an engine off.
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -13,9 +14,9 @@ mod amx;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod avx512;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod packed;
+mod pack512;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod transpose;
+mod packed;
 
 use gemm::Parallelism;
 

@@ -8,10 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::{to_bf16_bits, transpose};
+use super::{pack512, to_bf16_bits};
 use crate::kernels::SharedMut;
 use crate::kernels::gemm::RawProduct;
-use crate::kernels::simd::multiversion;
 
 /// bf16 values in one tile row (64 bytes): the inner-dimension step of the packed operands.
 pub(super) const KSTEP: usize = 32;
@@ -180,7 +179,7 @@ unsafe fn view<'a>(
 }
 
 /// Column block `nb` of the right operand (`[k, n]` with strides `(rs, cs)` in `rhs`) as bf16
-/// pairs: `block[kstep][half][pair][col]`, zero-padded.
+/// pairs: `block[kstep][half][pair][col]`, zero-padded (`block` arrives zeroed).
 fn pack_rhs(
     rhs: &[f32],
     (rs, cs): (usize, usize),
@@ -188,92 +187,28 @@ fn pack_rhs(
     nb: usize,
     block: &mut [u32],
 ) {
-    let cols = BLOCK.min(n - nb * BLOCK);
-    let at = |kk: usize, c: usize| {
-        (kk / KSTEP) * 2 * TILE_PAIRS
-            + (c / HALF) * TILE_PAIRS
-            + ((kk % KSTEP) / 2) * HALF
-            + c % HALF
-    };
-    if cs == 1 {
-        // Rows are contiguous: interleave rows 2p and 2p+1 column by column.
-        for pair_start in (0..k).step_by(2) {
-            let lo = &rhs[pair_start * rs + nb * BLOCK..][..cols];
-            let hi =
-                (pair_start + 1 < k).then(|| &rhs[(pair_start + 1) * rs + nb * BLOCK..][..cols]);
-            for half in 0..cols.div_ceil(HALF) {
-                let c0 = half * HALF;
-                let width = HALF.min(cols - c0);
-                let out = &mut block[at(pair_start, c0)..][..width];
-                interleave(&lo[c0..c0 + width], hi.map(|h| &h[c0..c0 + width]), out);
-            }
-        }
-    } else if rs == 1 && transpose::available() {
+    if pack512::available() && (rs == 1 || cs == 1) {
         // SAFETY: the CPU has AVX-512 F; the view and the block are the caller's.
-        unsafe { transpose::pack_rhs_columns(rhs, cs, (k, n), nb, block) };
-    } else if rs == 1 {
-        // Columns are contiguous: consecutive values of a column form the pairs.
+        unsafe {
+            if rs == 1 {
+                pack512::pack_rhs_k_contiguous(rhs, cs, (k, n), nb, block);
+            } else {
+                pack512::pack_rhs_n_contiguous(rhs, rs, (k, n), nb, block);
+            }
+        }
+        return;
+    }
+    // Any other view (no contiguous dimension), one value at a time.
+    let cols = BLOCK.min(n - nb * BLOCK);
+    for kk in 0..k {
         for c in 0..cols {
-            let col = &rhs[(nb * BLOCK + c) * cs..][..k];
-            for (ks, chunk) in col.chunks(KSTEP).enumerate() {
-                let base = at(ks * KSTEP, c);
-                pairs_strided(chunk, &mut block[base..], HALF);
-            }
+            let at = (kk / KSTEP) * 2 * TILE_PAIRS
+                + (c / HALF) * TILE_PAIRS
+                + ((kk % KSTEP) / 2) * HALF
+                + c % HALF;
+            let v = to_bf16_bits(rhs[kk * rs + (nb * BLOCK + c) * cs]) as u32;
+            block[at] |= v << (16 * (kk % 2));
         }
-    } else {
-        for kk in 0..k {
-            for c in 0..cols {
-                let v = to_bf16_bits(rhs[kk * rs + (nb * BLOCK + c) * cs]) as u32;
-                block[at(kk, c)] |= v << (16 * (kk % 2));
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// `out[c] = bf16(hi[c]) << 16 | bf16(lo[c])` (`hi` absent: zero).
-    fn interleave(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) => interleave_kernel
-}
-
-#[inline(always)]
-fn interleave_kernel(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
-    match hi {
-        Some(hi) => {
-            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                *o = (to_bf16_bits(h) as u32) << 16 | to_bf16_bits(l) as u32;
-            }
-        }
-        None => {
-            for (o, &l) in out.iter_mut().zip(lo) {
-                *o = to_bf16_bits(l) as u32;
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// Consecutive pairs of `values` as bf16 pairs, written `stride` apart in `out`.
-    fn pairs_strided(values: &[f32], out: &mut [u32], stride: usize) => pairs_strided_kernel
-}
-
-#[inline(always)]
-fn pairs_strided_kernel(values: &[f32], out: &mut [u32], stride: usize) {
-    for (p, pair) in values.chunks(2).enumerate() {
-        let lo = to_bf16_bits(pair[0]) as u32;
-        let hi = pair.get(1).map_or(0, |&h| to_bf16_bits(h) as u32);
-        out[p * stride] = hi << 16 | lo;
-    }
-}
-
-multiversion! {
-    /// `values` as bf16 into `out` (equal lengths).
-    fn convert(values: &[f32], out: &mut [u16]) => convert_kernel
-}
-
-#[inline(always)]
-fn convert_kernel(values: &[f32], out: &mut [u16]) {
-    for (o, &v) in out.iter_mut().zip(values) {
-        *o = to_bf16_bits(v);
     }
 }
 
@@ -287,33 +222,22 @@ fn pack_lhs(
     ksteps: usize,
 ) -> Vec<u16> {
     let mut a = vec![0u16; ksteps * BLOCK * KSTEP];
-    let rows = BLOCK.min(m - mb * BLOCK);
-    let at = |r: usize, kk: usize| (kk / KSTEP) * BLOCK * KSTEP + r * KSTEP + kk % KSTEP;
-    if cs == 1 {
-        for r in 0..rows {
-            let row = &lhs[(mb * BLOCK + r) * rs..][..k];
-            for (ks, chunk) in row.chunks(KSTEP).enumerate() {
-                let start = at(r, ks * KSTEP);
-                convert(chunk, &mut a[start..start + chunk.len()]);
+    if pack512::available() && (rs == 1 || cs == 1) {
+        // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps of the row block.
+        unsafe {
+            if cs == 1 {
+                pack512::pack_lhs_k_contiguous(lhs, rs, (m, k), mb, &mut a);
+            } else {
+                pack512::pack_lhs_m_contiguous(lhs, cs, (m, k), mb, &mut a);
             }
         }
-    } else if rs == 1 && transpose::available() {
-        // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps of the row block.
-        unsafe { transpose::pack_lhs_rows(lhs, cs, (m, k), mb, &mut a) };
-    } else {
-        // A transposed view: read along its contiguous columns, 32 rows at a time.
-        let mut column = [0u16; BLOCK];
+        return a;
+    }
+    // Any other view, one value at a time.
+    for r in 0..BLOCK.min(m - mb * BLOCK) {
         for kk in 0..k {
-            if rs == 1 {
-                convert(&lhs[kk * cs + mb * BLOCK..][..rows], &mut column[..rows]);
-            } else {
-                for (r, c) in column[..rows].iter_mut().enumerate() {
-                    *c = to_bf16_bits(lhs[(mb * BLOCK + r) * rs + kk * cs]);
-                }
-            }
-            for (r, &c) in column[..rows].iter().enumerate() {
-                a[at(r, kk)] = c;
-            }
+            let at = (kk / KSTEP) * BLOCK * KSTEP + r * KSTEP + kk % KSTEP;
+            a[at] = to_bf16_bits(lhs[(mb * BLOCK + r) * rs + kk * cs]);
         }
     }
     a

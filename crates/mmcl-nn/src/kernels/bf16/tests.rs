@@ -39,20 +39,40 @@ fn matrix(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// How a test operand `[rows, cols]` is stored.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Row-major.
+    Rows,
+    /// Column-major (a transposed view).
+    Columns,
+    /// Every other value of a row-major matrix twice as wide: no dimension is contiguous.
+    Spread,
+}
+
+impl Layout {
+    /// The strides `(row, column)` of a `[rows, cols]` operand.
+    fn strides(self, rows: usize, cols: usize) -> (usize, usize) {
+        match self {
+            Layout::Rows => (cols, 1),
+            Layout::Columns => (1, rows),
+            Layout::Spread => (2 * cols, 2),
+        }
+    }
+}
+
 /// Checks one product on `engine` against f64 sums of the bf16-rounded operands.
-#[allow(clippy::too_many_arguments)]
 fn check(
     engine: Engine,
     (m, n, k): (usize, usize, usize),
-    lhs_t: bool,
-    rhs_t: bool,
+    lhs_layout: Layout,
+    rhs_layout: Layout,
     accumulate: bool,
 ) {
-    let a = matrix(m * k, 1 + (m * n * k) as u64);
-    let b = matrix(k * n, 2 + (m + n + k) as u64);
-    // Transposed views: the data is stored [k, m] (or [n, k]) and read through strides.
-    let a_strides = if lhs_t { (1, m) } else { (k, 1) };
-    let b_strides = if rhs_t { (1, k) } else { (n, 1) };
+    let a = matrix(2 * m * k, 1 + (m * n * k) as u64);
+    let b = matrix(2 * k * n, 2 + (m + n + k) as u64);
+    let a_strides = lhs_layout.strides(m, k);
+    let b_strides = rhs_layout.strides(k, n);
     let at = |i: usize, p: usize| a[i * a_strides.0 + p * a_strides.1];
     let bt = |p: usize, j: usize| b[p * b_strides.0 + j * b_strides.1];
     let dst_rs = n + 3; // a padded destination, as the attention kernel writes
@@ -89,7 +109,7 @@ fn check(
                 let got = dst[i * dst_rs + j] as f64;
                 assert!(
                     (got - exact).abs() <= 2e-6 * scale + 1e-30,
-                    "{engine:?} {m}x{n}x{k} lhs_t {lhs_t} rhs_t {rhs_t} acc {accumulate} \
+                    "{engine:?} {m}x{n}x{k} {lhs_layout:?} {rhs_layout:?} acc {accumulate} \
                      at ({i}, {j}): {got} vs {exact}"
                 );
             }
@@ -111,9 +131,10 @@ fn check_engine(engine: Engine) {
         (5, 95, 64),
     ];
     for dims in shapes {
-        for (lhs_t, rhs_t) in [(false, false), (true, false), (false, true), (true, true)] {
+        let layouts = [Layout::Rows, Layout::Columns, Layout::Spread];
+        for (lhs, rhs) in layouts.into_iter().flat_map(|l| layouts.map(|r| (l, r))) {
             for accumulate in [false, true] {
-                check(engine, dims, lhs_t, rhs_t, accumulate);
+                check(engine, dims, lhs, rhs, accumulate);
             }
         }
     }
@@ -133,8 +154,8 @@ fn amx_products_sum_bf16_operands_in_f32() {
     }
     check_engine(Engine::Amx);
     // A long inner dimension against a wide output: several inner-dimension chunks.
-    for (lhs_t, accumulate) in [(false, false), (true, true)] {
-        check(Engine::Amx, (33, 1540, 600), lhs_t, false, accumulate);
+    for (lhs, accumulate) in [(Layout::Rows, false), (Layout::Columns, true)] {
+        check(Engine::Amx, (33, 1540, 600), lhs, Layout::Rows, accumulate);
     }
 }
 
@@ -148,7 +169,13 @@ fn avx512_bf16_products_sum_bf16_operands_in_f32() {
         return;
     }
     check_engine(Engine::Avx512);
-    for (lhs_t, accumulate) in [(false, false), (true, true)] {
-        check(Engine::Avx512, (33, 1540, 600), lhs_t, false, accumulate);
+    for (lhs, accumulate) in [(Layout::Rows, false), (Layout::Columns, true)] {
+        check(
+            Engine::Avx512,
+            (33, 1540, 600),
+            lhs,
+            Layout::Rows,
+            accumulate,
+        );
     }
 }

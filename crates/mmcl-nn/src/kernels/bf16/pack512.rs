@@ -1,9 +1,10 @@
-//! AVX-512 packing of the operands whose inner dimension runs the other way than the packed
-//! layout wants: a right operand stored column by column (`Pᵀ` in a convolution's weight
-//! gradient `dY·Pᵀ`) and a left operand stored row-contiguous along `m` (`Wᵀ` in its input
-//! gradient). The scalar packers in [`super::packed`] write such operands one 32-bit pair at a
-//! time, 64 bytes apart; here 16 vectors of 16 pairs are converted at once and transposed in
-//! registers, then stored whole.
+//! AVX-512 packers of the bf16 products' operands into the layouts of [`super::packed`], for
+//! every operand with one contiguous dimension (all that the models multiply): 16 lanes
+//! converted at once, and where the operand is stored against the layout's grain (a right
+//! operand stored column by column, `Pᵀ` in a convolution's weight gradient `dY·Pᵀ`; a left
+//! operand contiguous along `m`, `Wᵀ` in its input gradient) 16 × 16 pairs transposed in
+//! registers and stored whole, where the scalar packers write one 32-bit pair at a time,
+//! 64 bytes apart.
 //!
 //! Hand-written because no crate packs into the pair-interleaved bf16 layout; the values are
 //! those of [`super::to_bf16_bits`], bit for bit (ties to even, NaN quiet, subnormals kept), so
@@ -122,7 +123,7 @@ fn transpose16(rows: &mut [__m512i; 16]) {
 /// The CPU has AVX-512 F ([`available`]); `rhs` holds the view's elements; `block` holds
 /// `k.div_ceil(32)` steps of `2 · 256` pairs.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn pack_rhs_columns(
+pub(super) unsafe fn pack_rhs_k_contiguous(
     rhs: &[f32],
     cs: usize,
     (k, n): (usize, usize),
@@ -168,9 +169,9 @@ pub(super) unsafe fn pack_rhs_columns(
 /// `a[kstep][row 32][32 values]`, every entry written (zeros past `k` and `m`).
 ///
 /// # Safety
-/// As [`pack_rhs_columns`]; `a` holds `k.div_ceil(32)` steps of `32 · 32` values.
+/// As [`pack_rhs_k_contiguous`]; `a` holds `k.div_ceil(32)` steps of `32 · 32` values.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn pack_lhs_rows(
+pub(super) unsafe fn pack_lhs_m_contiguous(
     lhs: &[f32],
     cs: usize,
     (m, k): (usize, usize),
@@ -190,8 +191,8 @@ pub(super) unsafe fn pack_lhs_rows(
                 // they exist (the caller's view).
                 let (lo, hi) = unsafe {
                     (
-                        load_rows(lhs, kk, cs, first, mask, k),
-                        load_rows(lhs, kk + 1, cs, first, mask, k),
+                        load_lanes(lhs, kk, cs, first, mask, k),
+                        load_lanes(lhs, kk + 1, cs, first, mask, k),
                     )
                 };
                 *pair = lane_pairs(lo, hi);
@@ -206,24 +207,102 @@ pub(super) unsafe fn pack_lhs_rows(
     }
 }
 
-/// The `mask`ed rows from `first` of a view with inner stride `cs` at inner index `kk`, zeros
-/// where `kk` is past `k`.
+/// `pack_rhs` for a right operand whose rows are contiguous (`cs == 1`): column block `nb` of
+/// the `[k, n]` view with row stride `rs`, rows `2p` and `2p + 1` interleaved into pairs, every
+/// entry written (zeros past `k` and `n`).
+///
+/// # Safety
+/// As [`pack_rhs_k_contiguous`].
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn pack_rhs_n_contiguous(
+    rhs: &[f32],
+    rs: usize,
+    (k, n): (usize, usize),
+    nb: usize,
+    block: &mut [u32],
+) {
+    let cols = BLOCK.min(n - nb * BLOCK);
+    let masks = [lanes(cols as isize), lanes(cols as isize - HALF as isize)];
+    for pair_start in (0..k.div_ceil(KSTEP) * KSTEP).step_by(2) {
+        let base = (pair_start / KSTEP) * 2 * TILE_PAIRS + ((pair_start % KSTEP) / 2) * HALF;
+        for (half, &mask) in masks.iter().enumerate() {
+            let first = nb * BLOCK + half * HALF;
+            // SAFETY: the valid columns of rows `pair_start` and `pair_start + 1`, where they
+            // exist (the caller's view).
+            let (lo, hi) = unsafe {
+                (
+                    load_lanes(rhs, pair_start, rs, first, mask, k),
+                    load_lanes(rhs, pair_start + 1, rs, first, mask, k),
+                )
+            };
+            let at = base + half * TILE_PAIRS;
+            // SAFETY: 16 pairs inside the block.
+            unsafe {
+                _mm512_storeu_si512(block[at..at + HALF].as_mut_ptr().cast(), lane_pairs(lo, hi))
+            };
+        }
+    }
+}
+
+/// `pack_lhs` for a left operand whose rows are contiguous along `k` (`cs == 1`): rows
+/// `32·mb ..` of the `[m, k]` view with row stride `rs` as bf16, 32 consecutive values per
+/// step and row, every entry written (zeros past `k` and `m`).
+///
+/// # Safety
+/// As [`pack_lhs_m_contiguous`].
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn pack_lhs_k_contiguous(
+    lhs: &[f32],
+    rs: usize,
+    (m, k): (usize, usize),
+    mb: usize,
+    a: &mut [u16],
+) {
+    let rows = BLOCK.min(m - mb * BLOCK);
+    for ks in 0..k.div_ceil(KSTEP) {
+        let k0 = ks * KSTEP;
+        let (lo_mask, hi_mask) = (
+            lanes(k as isize - k0 as isize),
+            lanes(k as isize - k0 as isize - HALF as isize),
+        );
+        for r in 0..BLOCK {
+            let pairs = if r < rows {
+                // SAFETY: masked to the row's values `k0..k` (the caller's view).
+                unsafe {
+                    let src = lhs.as_ptr().add((mb * BLOCK + r) * rs + k0);
+                    consecutive_pairs(
+                        _mm512_maskz_loadu_ps(lo_mask, src),
+                        _mm512_maskz_loadu_ps(hi_mask, src.add(HALF)),
+                    )
+                }
+            } else {
+                _mm512_setzero_si512()
+            };
+            let at = (ks * BLOCK + r) * KSTEP;
+            // SAFETY: 32 values inside the step's row.
+            unsafe { _mm512_storeu_si512(a[at..at + KSTEP].as_mut_ptr().cast(), pairs) };
+        }
+    }
+}
+
+/// The `mask`ed lanes from `first` of line `line` (stride `stride`) of a view, zeros where the
+/// line is past `lines`.
 ///
 /// # Safety
 /// Those rows lie inside `lhs`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn load_rows(
-    lhs: &[f32],
-    kk: usize,
-    cs: usize,
+unsafe fn load_lanes(
+    view: &[f32],
+    line: usize,
+    stride: usize,
     first: usize,
     mask: __mmask16,
-    k: usize,
+    lines: usize,
 ) -> __m512 {
-    if kk < k && mask != 0 {
-        // SAFETY: masked to the rows inside the view (caller's contract).
-        unsafe { _mm512_maskz_loadu_ps(mask, lhs.as_ptr().add(kk * cs + first)) }
+    if line < lines && mask != 0 {
+        // SAFETY: masked to the lanes inside the view (caller's contract).
+        unsafe { _mm512_maskz_loadu_ps(mask, view.as_ptr().add(line * stride + first)) }
     } else {
         _mm512_setzero_ps()
     }
@@ -273,27 +352,36 @@ mod tests {
             (77, 70, 2),
             (200, 33, 1),
         ] {
-            // Columns contiguous: element (kk, c) at c·cs + kk, cs ≥ k.
-            let cs = k + 3;
-            let rhs = values(n * cs, k as u32);
-            let ksteps = k.div_ceil(KSTEP);
-            let mut block = vec![0xdead_beef_u32; ksteps * 2 * TILE_PAIRS];
-            // SAFETY: the CPU has AVX-512 F; the block holds `ksteps` steps.
-            unsafe { pack_rhs_columns(&rhs, cs, (k, n), nb, &mut block) };
-            let cols = BLOCK.min(n - nb * BLOCK);
-            for kk in 0..ksteps * KSTEP {
-                for c in 0..BLOCK {
-                    let at = (kk / KSTEP) * 2 * TILE_PAIRS
-                        + (c / HALF) * TILE_PAIRS
-                        + ((kk % KSTEP) / 2) * HALF
-                        + c % HALF;
-                    let expected = if kk < k && c < cols {
-                        to_bf16_bits(rhs[(nb * BLOCK + c) * cs + kk])
+            for k_contiguous in [true, false] {
+                // Element (kk, c) at kk·rs + c·cs, padded lines.
+                let (rs, cs) = if k_contiguous { (1, k + 3) } else { (n + 3, 1) };
+                let rhs = values(k * n * 2 + 3 * (k + n), k as u32 + k_contiguous as u32);
+                let ksteps = k.div_ceil(KSTEP);
+                let mut block = vec![0xdead_beef_u32; ksteps * 2 * TILE_PAIRS];
+                // SAFETY: the CPU has AVX-512 F; the block holds `ksteps` steps.
+                unsafe {
+                    if k_contiguous {
+                        pack_rhs_k_contiguous(&rhs, cs, (k, n), nb, &mut block);
                     } else {
-                        0
-                    };
-                    let got = (block[at] >> (16 * (kk % 2))) as u16;
-                    assert_eq!(got, expected, "k {k} n {n} nb {nb}: ({kk}, {c})");
+                        pack_rhs_n_contiguous(&rhs, rs, (k, n), nb, &mut block);
+                    }
+                }
+                let cols = BLOCK.min(n - nb * BLOCK);
+                for kk in 0..ksteps * KSTEP {
+                    for c in 0..BLOCK {
+                        let at = (kk / KSTEP) * 2 * TILE_PAIRS
+                            + (c / HALF) * TILE_PAIRS
+                            + ((kk % KSTEP) / 2) * HALF
+                            + c % HALF;
+                        let expected = if kk < k && c < cols {
+                            to_bf16_bits(rhs[kk * rs + (nb * BLOCK + c) * cs])
+                        } else {
+                            0
+                        };
+                        let got = (block[at] >> (16 * (kk % 2))) as u16;
+                        let case = (k, n, nb, k_contiguous);
+                        assert_eq!(got, expected, "{case:?}: ({kk}, {c})");
+                    }
                 }
             }
         }
@@ -311,23 +399,32 @@ mod tests {
             (70, 77, 2),
             (33, 200, 1),
         ] {
-            // Rows contiguous along m: element (r, kk) at kk·cs + r, cs ≥ m.
-            let cs = m + 5;
-            let lhs = values(k * cs, m as u32 + 7);
-            let ksteps = k.div_ceil(KSTEP);
-            let mut a = vec![0xbeef_u16; ksteps * BLOCK * KSTEP];
-            // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps.
-            unsafe { pack_lhs_rows(&lhs, cs, (m, k), mb, &mut a) };
-            let rows = BLOCK.min(m - mb * BLOCK);
-            for kk in 0..ksteps * KSTEP {
-                for r in 0..BLOCK {
-                    let at = (kk / KSTEP) * BLOCK * KSTEP + r * KSTEP + kk % KSTEP;
-                    let expected = if kk < k && r < rows {
-                        to_bf16_bits(lhs[kk * cs + mb * BLOCK + r])
+            for k_contiguous in [true, false] {
+                // Element (r, kk) at r·rs + kk·cs, padded lines.
+                let (rs, cs) = if k_contiguous { (k + 5, 1) } else { (1, m + 5) };
+                let lhs = values(m * k * 2 + 5 * (m + k), m as u32 + 7 + k_contiguous as u32);
+                let ksteps = k.div_ceil(KSTEP);
+                let mut a = vec![0xbeef_u16; ksteps * BLOCK * KSTEP];
+                // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps.
+                unsafe {
+                    if k_contiguous {
+                        pack_lhs_k_contiguous(&lhs, rs, (m, k), mb, &mut a);
                     } else {
-                        0
-                    };
-                    assert_eq!(a[at], expected, "m {m} k {k} mb {mb}: ({r}, {kk})");
+                        pack_lhs_m_contiguous(&lhs, cs, (m, k), mb, &mut a);
+                    }
+                }
+                let rows = BLOCK.min(m - mb * BLOCK);
+                for kk in 0..ksteps * KSTEP {
+                    for r in 0..BLOCK {
+                        let at = (kk / KSTEP) * BLOCK * KSTEP + r * KSTEP + kk % KSTEP;
+                        let expected = if kk < k && r < rows {
+                            to_bf16_bits(lhs[(mb * BLOCK + r) * rs + kk * cs])
+                        } else {
+                            0
+                        };
+                        let case = (m, k, mb, k_contiguous);
+                        assert_eq!(a[at], expected, "{case:?}: ({r}, {kk})");
+                    }
                 }
             }
         }
