@@ -297,6 +297,37 @@ pub(crate) struct RawProduct {
     pub(crate) rhs_strides: (usize, usize),
 }
 
+/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` for the [`RawProduct`] `product` in
+/// `precision`: [`gemm_raw`] in f32; in bf16 [`gemm_bf16`] on the machine's best engine, its
+/// f32 sums then scaled by `beta`.
+///
+/// # Safety
+/// As [`gemm_raw`].
+pub(crate) unsafe fn gemm_raw_in(
+    product: RawProduct,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+    precision: Precision,
+) {
+    if precision == Precision::F32 {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { gemm_raw(product, beta, false, parallelism) };
+        return;
+    }
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { gemm_bf16(Engine::best(), product, false, parallelism) };
+    let (m, n, _) = product.dims;
+    if beta != 1.0 && n > 0 {
+        for r in 0..m {
+            // SAFETY: row r of the destination holds n valid elements that this call owns
+            // (caller's contract), and no reference to them is alive.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(product.dst.add(r * product.dst_rs), n) };
+            row.iter_mut().for_each(|x| *x *= beta);
+        }
+    }
+}
+
 /// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) for the
 /// [`RawProduct`] `product`.
 ///

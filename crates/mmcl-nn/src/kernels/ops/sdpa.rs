@@ -11,9 +11,9 @@ use rayon::prelude::*;
 use gemm::Parallelism;
 
 use super::softmax::{softmax_last_dim, softmax_rows};
-use crate::kernels::gemm::{RawProduct, gemm_raw};
+use crate::kernels::gemm::{RawProduct, gemm_raw_in};
 use crate::kernels::{SharedMut, contiguous_f32, fast_path, simd, with_contiguous_f32};
-use crate::precision;
+use crate::precision::{self, Precision, matmul_precision};
 
 /// `softmax(q·kᵀ·scale)·v` for every head, with the heads concatenated.
 ///
@@ -114,19 +114,20 @@ impl Geometry {
     }
 }
 
-/// `dst = beta·lhs·rhs` for one attention task: single-threaded (the tasks are the parallelism)
-/// and without accumulating; `dims = (m, n, k)`, `dst` as its first element and row stride,
-/// each operand as its first element and (row, column) strides.
+/// `dst = beta·lhs·rhs` for one attention task in `precision` (that of the thread that started
+/// the operation): single-threaded (the tasks are the parallelism) and without accumulating;
+/// `dims = (m, n, k)`, `dst` as its first element and row stride, each operand as its first
+/// element and (row, column) strides.
 ///
 /// # Safety
-/// As [`gemm_raw`].
+/// As [`gemm_raw_in`].
 #[inline(always)]
 unsafe fn head_product(
     dims: (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
     (lhs, lhs_strides): (*const f32, (usize, usize)),
     (rhs, rhs_strides): (*const f32, (usize, usize)),
-    beta: f32,
+    (beta, precision): (f32, Precision),
 ) {
     let product = RawProduct {
         dims,
@@ -138,11 +139,18 @@ unsafe fn head_product(
         rhs_strides,
     };
     // SAFETY: forwarded from the caller's contract.
-    unsafe { gemm_raw(product, beta, false, Parallelism::None) };
+    unsafe { gemm_raw_in(product, beta, Parallelism::None, precision) };
 }
 
-/// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`).
-fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut [f32]) {
+/// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`),
+/// the scores' product in `precision`.
+fn head_probs(
+    qkv: &[f32],
+    g: Geometry,
+    (b, h): (usize, usize),
+    (scale, precision): (f32, Precision),
+    p: &mut [f32],
+) {
     let q = qkv[g.offset(b, 0, h)..].as_ptr();
     let k = qkv[g.offset(b, 1, h)..].as_ptr();
     // SAFETY: q and k of this head are N rows of hd elements with row stride 3D inside qkv (the
@@ -153,7 +161,7 @@ fn head_probs(qkv: &[f32], g: Geometry, b: usize, h: usize, scale: f32, p: &mut 
             (p.as_mut_ptr(), g.n),
             (q, (3 * g.d, 1)),
             (k, (1, 3 * g.d)),
-            scale,
+            (scale, precision),
         );
     }
     softmax_rows(p, g.n);
@@ -194,10 +202,12 @@ impl CustomOp1 for Attention {
             let tasks = batch * g.heads;
             let nn = g.n * g.n;
             let mut out = vec![0f32; tasks * nn];
+            let precision = matmul_precision();
             out.par_chunks_mut(nn.max(1))
                 .enumerate()
                 .for_each(|(t, p)| {
-                    head_probs(qkv, g, t / g.heads, t % g.heads, self.scale, p);
+                    let task = (t / g.heads, t % g.heads);
+                    head_probs(qkv, g, task, (self.scale, precision), p);
                 });
             return Ok((
                 CpuStorage::F32(out),
@@ -230,8 +240,10 @@ impl CustomOp1 for Attention {
 }
 
 /// The attended values `[B, N, D]` of a packed `qkv` `[B, N, 3·D]` (one task per element and
-/// head; the probabilities stay in a per-task buffer).
+/// head; the probabilities stay in a per-task buffer), the products in the calling thread's
+/// [`matmul_precision`].
 pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f32) -> Vec<f32> {
+    let precision = matmul_precision();
     let tasks = batch * g.heads;
     let nn = g.n * g.n;
     let mut out = vec![0f32; batch * g.n * g.d];
@@ -240,7 +252,7 @@ pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f
         || vec![0f32; nn],
         |p, t| {
             let (b, h) = (t / g.heads, t % g.heads);
-            head_probs(qkv, g, b, h, scale, p);
+            head_probs(qkv, g, (b, h), (scale, precision), p);
             let v = qkv[g.offset(b, 2, h)..].as_ptr();
             // SAFETY: v is N rows of hd with stride 3D inside qkv; the destination is the hd
             // columns of head h in the N rows of element b of `out`, which no other task
@@ -251,7 +263,7 @@ pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f
                     (dst.get().add(b * g.n * g.d + h * g.hd), g.d),
                     (p.as_ptr(), (g.n, 1)),
                     (v, (3 * g.d, 1)),
-                    1.0,
+                    (1.0, precision),
                 );
             }
         },
@@ -259,7 +271,8 @@ pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f
     out
 }
 
-/// The gradient with respect to `qkv` given the gradient `dout` `[B, N, D]` of the output.
+/// The gradient with respect to `qkv` given the gradient `dout` `[B, N, D]` of the output,
+/// the products in the calling thread's [`matmul_precision`].
 pub(crate) fn attention_backward(
     qkv: &[f32],
     dout: &[f32],
@@ -267,6 +280,7 @@ pub(crate) fn attention_backward(
     g: Geometry,
     scale: f32,
 ) -> Vec<f32> {
+    let precision = matmul_precision();
     let mut grad = crate::kernels::zeros(qkv.len());
     let dst = SharedMut(grad.as_mut_ptr());
     let nn = g.n * g.n;
@@ -274,7 +288,7 @@ pub(crate) fn attention_backward(
         || (vec![0f32; nn], vec![0f32; nn]),
         |(p, dp), t| {
             let (b, h) = (t / g.heads, t % g.heads);
-            head_probs(qkv, g, b, h, scale, p);
+            head_probs(qkv, g, (b, h), (scale, precision), p);
             let q = qkv[g.offset(b, 0, h)..].as_ptr();
             let k = qkv[g.offset(b, 1, h)..].as_ptr();
             let v = qkv[g.offset(b, 2, h)..].as_ptr();
@@ -291,7 +305,7 @@ pub(crate) fn attention_backward(
                     (dv, row3),
                     (p.as_ptr(), (1, g.n)),
                     (d_o, (g.d, 1)),
-                    1.0,
+                    (1.0, precision),
                 );
                 // dP = dO·Vᵀ
                 head_product(
@@ -299,7 +313,7 @@ pub(crate) fn attention_backward(
                     (dp.as_mut_ptr(), g.n),
                     (d_o, (g.d, 1)),
                     (v, (1, row3)),
-                    1.0,
+                    (1.0, precision),
                 );
             }
             // dS = P ⊙ (dP − Σ dP⊙P), per row.
@@ -319,14 +333,14 @@ pub(crate) fn attention_backward(
                     (dq, row3),
                     (dp.as_ptr(), (g.n, 1)),
                     (k, (row3, 1)),
-                    scale,
+                    (scale, precision),
                 );
                 head_product(
                     (g.n, g.hd, g.n),
                     (dk, row3),
                     (dp.as_ptr(), (1, g.n)),
                     (q, (row3, 1)),
-                    scale,
+                    (scale, precision),
                 );
             }
         },
@@ -374,6 +388,36 @@ mod tests {
         let composed = |t: &Tensor| attention_composed(t, 3, scale);
         let coords = [0, 13, 30, 100, 400, 647];
         assert_backward_matches((&qkv, &up), &fast, &composed, &coords, (1e-2, 2e-3))
+    }
+
+    /// Under bf16 both products round their operands (q, k, then the probabilities and v) and
+    /// sum in f32, as the composed path and PyTorch's autocast do.
+    #[test]
+    fn bf16_products_round_their_operands() -> Result<()> {
+        let qkv = rand_tensor(&[2, 13, 3 * 24], 45, 2.0)?;
+        let scale = (6f64).powf(-0.5);
+        let bf16 = Precision::Bf16.enter();
+        let (probs, out) = (attention_probs(&qkv, 4, scale)?, attention(&qkv, 4, scale)?);
+        drop(bf16);
+        let rounded = |t: &Tensor| -> Result<Tensor> {
+            let values: Vec<f32> = t.flatten_all()?.to_vec1::<f32>()?;
+            let values: Vec<f64> = values
+                .into_iter()
+                .map(|x| crate::kernels::bf16::round_to_bf16(x) as f64)
+                .collect();
+            Tensor::from_vec(values, t.dims(), t.device())
+        };
+        let (q, k, v) = split_heads(&rounded(&qkv)?, 4)?;
+        let exact_p = softmax_composed(&scores(&q, &k, scale)?)?.to_dtype(DType::F32)?;
+        assert!(rel_err(&probs, &exact_p)? < 1e-6);
+        let f32_probs = attention_probs(&qkv, 4, scale)?;
+        assert!(
+            rel_err(&f32_probs, &exact_p)? > 1e-4,
+            "f32 is not what bf16 gives"
+        );
+        let exact_out = merge_heads(&rounded(&probs)?.matmul(&v)?, 24)?.to_dtype(DType::F32)?;
+        assert!(rel_err(&out, &exact_out)? < 1e-6);
+        Ok(())
     }
 
     #[test]
