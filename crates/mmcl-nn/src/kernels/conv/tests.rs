@@ -186,3 +186,62 @@ fn an_input_without_channels_gives_zeros() -> Result<()> {
     assert_eq!(y.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
     Ok(())
 }
+
+/// Under bf16 the training convolution multiplies bf16-rounded operands with f32 sums, in
+/// every product (bands and blocks of images, several row blocks and chunks of the inner
+/// dimension among them): its output and both gradients equal candle's f64 convolution of the
+/// rounded operands up to the order of the sums, and differ from the f32 convolution.
+#[test]
+fn bf16_convolution_rounds_its_operands() -> Result<()> {
+    use crate::precision::Precision;
+    use candle_core::Var;
+    let cases = [
+        (5, 6, 3, 1, 1, 40, 30),
+        (8, 40, 3, 1, 1, 24, 30),
+        (96, 8, 3, 1, 1, 24, 24),
+        (16, 24, 3, 2, 1, 10, 7),
+        (8, 16, 1, 1, 0, 6, 5),
+        (40, 36, 1, 1, 0, 30, 25),
+    ];
+    let rounded = |t: &Tensor| -> Result<Tensor> {
+        // candle's bf16 conversion rounds to nearest even, as the kernels do.
+        Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F64)?)
+    };
+    for (&(cin, cout, k, s, p, h, w), n) in cases.iter().flat_map(|c| [(c, 2), (c, 9)]) {
+        let case = (n, cin, cout, k, s, p, h, w);
+        let x = Var::from_tensor(&randn(1, &[n, cin, h, w])?)?;
+        let weight = Var::from_tensor(&randn(2, &[cout, cin, k, k])?)?;
+        let f32_y = conv2d(x.as_tensor(), weight.as_tensor(), s, p)?;
+        let r = randn(3, f32_y.dims())?;
+        let (y, grads) = {
+            let _bf16 = Precision::Bf16.enter();
+            let y = conv2d(x.as_tensor(), weight.as_tensor(), s, p)?;
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            (y, grads)
+        };
+        let x64 = Var::from_tensor(&rounded(x.as_tensor())?)?;
+        let w64 = Var::from_tensor(&rounded(weight.as_tensor())?)?;
+        let y64 = conv2d(x64.as_tensor(), w64.as_tensor(), s, p)?;
+        let g64 = (&y64 * rounded(&r)?)?.sum_all()?.backward()?;
+        let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<f32> {
+            let b = b.to_dtype(DType::F32)?;
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+            let diff = max_abs_diff(a, &b)?;
+            assert!(diff <= 1e-5 * scale, "{what} {case:?}: {diff}");
+            Ok(scale)
+        };
+        let scale = close(&y, &y64, "output")?;
+        assert!(
+            max_abs_diff(&y, &f32_y)? > 1e-4 * scale,
+            "{case:?}: the bf16 output is the f32 one"
+        );
+        let get = |g: &candle_core::backprop::GradStore, v: &Var| {
+            g.get(v.as_tensor())
+                .cloned()
+                .ok_or(Error::InvalidArgument("no grad".into()))
+        };
+        close(&get(&grads, &x)?, &get(&g64, &x64)?, "input gradient")?;
+        close(&get(&grads, &weight)?, &get(&g64, &w64)?, "weight gradient")?;
+    }
+    Ok(())
+}
