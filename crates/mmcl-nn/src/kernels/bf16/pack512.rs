@@ -52,11 +52,22 @@ fn bf16_lanes(v: __m512) -> __m512i {
     _mm512_mask_mov_epi32(rounded, nan, quiet_nan)
 }
 
-/// 32 consecutive values (`lo` the first 16, `hi` the next) as 16 bf16 pairs: lane `j` holds
-/// value `2j` in its low half and value `2j + 1` in its high half.
+/// The 32 consecutive values at `src`, of which the first `valid` are read (zeros after), as
+/// 16 bf16 pairs: lane `j` holds value `2j` in its low half and value `2j + 1` in its high half.
+///
+/// # Safety
+/// The first `valid` (at most 32) values at `src` are readable.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn consecutive_pairs(lo: __m512, hi: __m512) -> __m512i {
+unsafe fn consecutive_pairs(src: *const f32, valid: isize) -> __m512i {
+    // SAFETY: masked to the readable values (caller's contract); the second half's address is
+    // formed without `add` because it may lie past the allocation (then nothing is read).
+    let (lo, hi) = unsafe {
+        (
+            _mm512_maskz_loadu_ps(lanes(valid), src),
+            _mm512_maskz_loadu_ps(lanes(valid - HALF as isize), src.wrapping_add(HALF)),
+        )
+    };
     let lo = _mm512_cvtepi32_epi16(bf16_lanes(lo));
     let hi = _mm512_cvtepi32_epi16(bf16_lanes(hi));
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
@@ -132,11 +143,7 @@ pub(super) unsafe fn pack_rhs_k_contiguous(
 ) {
     let cols = BLOCK.min(n - nb * BLOCK);
     for ks in 0..k.div_ceil(KSTEP) {
-        let k0 = ks * KSTEP;
-        let (lo_mask, hi_mask) = (
-            lanes(k as isize - k0 as isize),
-            lanes(k as isize - k0 as isize - HALF as isize),
-        );
+        let (k0, valid) = (ks * KSTEP, (k - ks * KSTEP) as isize);
         for half in 0..BLOCK / HALF {
             let mut rows = [_mm512_setzero_si512(); HALF];
             for (c, row) in rows.iter_mut().enumerate() {
@@ -144,15 +151,8 @@ pub(super) unsafe fn pack_rhs_k_contiguous(
                 if half * HALF + c >= cols {
                     break;
                 }
-                // SAFETY: masked to the column's values `k0..k` (the caller's view).
-                let src = unsafe { rhs.as_ptr().add(col * cs + k0) };
-                let (lo, hi) = unsafe {
-                    (
-                        _mm512_maskz_loadu_ps(lo_mask, src),
-                        _mm512_maskz_loadu_ps(hi_mask, src.add(HALF)),
-                    )
-                };
-                *row = consecutive_pairs(lo, hi);
+                // SAFETY: the column's values `k0..k` lie inside the caller's view.
+                *row = unsafe { consecutive_pairs(rhs.as_ptr().add(col * cs + k0), valid) };
             }
             transpose16(&mut rows);
             let out = &mut block[ks * 2 * TILE_PAIRS + half * TILE_PAIRS..][..TILE_PAIRS];
@@ -260,21 +260,11 @@ pub(super) unsafe fn pack_lhs_k_contiguous(
 ) {
     let rows = BLOCK.min(m - mb * BLOCK);
     for ks in 0..k.div_ceil(KSTEP) {
-        let k0 = ks * KSTEP;
-        let (lo_mask, hi_mask) = (
-            lanes(k as isize - k0 as isize),
-            lanes(k as isize - k0 as isize - HALF as isize),
-        );
+        let (k0, valid) = (ks * KSTEP, (k - ks * KSTEP) as isize);
         for r in 0..BLOCK {
             let pairs = if r < rows {
-                // SAFETY: masked to the row's values `k0..k` (the caller's view).
-                unsafe {
-                    let src = lhs.as_ptr().add((mb * BLOCK + r) * rs + k0);
-                    consecutive_pairs(
-                        _mm512_maskz_loadu_ps(lo_mask, src),
-                        _mm512_maskz_loadu_ps(hi_mask, src.add(HALF)),
-                    )
-                }
+                // SAFETY: the row's values `k0..k` lie inside the caller's view.
+                unsafe { consecutive_pairs(lhs.as_ptr().add((mb * BLOCK + r) * rs + k0), valid) }
             } else {
                 _mm512_setzero_si512()
             };

@@ -48,6 +48,29 @@ fn matches_candle_convolution_with_bias_residual_and_relu() -> Result<()> {
     Ok(())
 }
 
+/// Asserts `a` within `tolerance` × the larger of 1 and `b`'s largest magnitude of `b` (an f64
+/// reference), naming `what` and the case; returns that scale.
+fn assert_close(
+    a: &Tensor,
+    b: &Tensor,
+    tolerance: f32,
+    (what, case): (&str, impl std::fmt::Debug),
+) -> Result<f32> {
+    let b = b.to_dtype(DType::F32)?;
+    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+    let diff = max_abs_diff(a, &b)?;
+    assert!(diff <= tolerance * scale, "{what} {case:?}: {diff}");
+    Ok(scale)
+}
+
+/// The gradient of `v` in `grads`.
+fn gradient(grads: &candle_core::backprop::GradStore, v: &candle_core::Var) -> Result<Tensor> {
+    grads
+        .get(v.as_tensor())
+        .cloned()
+        .ok_or(Error::InvalidArgument("no grad".into()))
+}
+
 #[test]
 fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result<()> {
     use candle_core::Var;
@@ -66,21 +89,18 @@ fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result
         let w64 = Var::from_tensor(&weight.as_tensor().to_dtype(DType::F64)?)?;
         let y64 = conv2d(x64.as_tensor(), w64.as_tensor(), s, p)?;
         let g64 = (&y64 * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
-        let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
-            let b = b.to_dtype(DType::F32)?;
-            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-            let diff = max_abs_diff(a, &b)?;
-            assert!(diff <= 1e-5 * scale * 10.0, "{what} {case:?}: {diff}");
-            Ok(())
-        };
+        let close = |a: &Tensor, b: &Tensor, what: &str| assert_close(a, b, 1e-4, (what, case));
         close(&y, &y64, "output")?;
-        let get = |g: &candle_core::backprop::GradStore, v: &Var| {
-            g.get(v.as_tensor())
-                .cloned()
-                .ok_or(Error::InvalidArgument("no grad".into()))
-        };
-        close(&get(&grads, &x)?, &get(&g64, &x64)?, "input gradient")?;
-        close(&get(&grads, &weight)?, &get(&g64, &w64)?, "weight gradient")?;
+        close(
+            &gradient(&grads, &x)?,
+            &gradient(&g64, &x64)?,
+            "input gradient",
+        )?;
+        close(
+            &gradient(&grads, &weight)?,
+            &gradient(&g64, &w64)?,
+            "weight gradient",
+        )?;
     }
     Ok(())
 }
@@ -223,25 +243,22 @@ fn bf16_convolution_rounds_its_operands() -> Result<()> {
         let w64 = Var::from_tensor(&rounded(weight.as_tensor())?)?;
         let y64 = conv2d(x64.as_tensor(), w64.as_tensor(), s, p)?;
         let g64 = (&y64 * rounded(&r)?)?.sum_all()?.backward()?;
-        let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<f32> {
-            let b = b.to_dtype(DType::F32)?;
-            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-            let diff = max_abs_diff(a, &b)?;
-            assert!(diff <= 1e-5 * scale, "{what} {case:?}: {diff}");
-            Ok(scale)
-        };
+        let close = |a: &Tensor, b: &Tensor, what: &str| assert_close(a, b, 1e-5, (what, case));
         let scale = close(&y, &y64, "output")?;
         assert!(
             max_abs_diff(&y, &f32_y)? > 1e-4 * scale,
             "{case:?}: the bf16 output is the f32 one"
         );
-        let get = |g: &candle_core::backprop::GradStore, v: &Var| {
-            g.get(v.as_tensor())
-                .cloned()
-                .ok_or(Error::InvalidArgument("no grad".into()))
-        };
-        close(&get(&grads, &x)?, &get(&g64, &x64)?, "input gradient")?;
-        close(&get(&grads, &weight)?, &get(&g64, &w64)?, "weight gradient")?;
+        close(
+            &gradient(&grads, &x)?,
+            &gradient(&g64, &x64)?,
+            "input gradient",
+        )?;
+        close(
+            &gradient(&grads, &weight)?,
+            &gradient(&g64, &w64)?,
+            "weight gradient",
+        )?;
     }
     Ok(())
 }
