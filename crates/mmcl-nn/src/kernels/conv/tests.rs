@@ -1,6 +1,7 @@
 //! The convolutions against candle's, in values and gradients.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::*;
 use crate::kernels::test_support::{max_abs_diff, randn};
@@ -48,32 +49,48 @@ fn matches_candle_convolution_with_bias_residual_and_relu() -> Result<()> {
     Ok(())
 }
 
-/// Asserts `a` within `tolerance` × the larger of 1 and `b`'s largest magnitude of `b` (an f64
-/// reference), naming `what` and the case; returns that scale.
-fn assert_close(
-    a: &Tensor,
-    b: &Tensor,
-    tolerance: f32,
-    (what, case): (&str, impl std::fmt::Debug),
-) -> Result<f32> {
-    let b = b.to_dtype(DType::F32)?;
-    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-    let diff = max_abs_diff(a, &b)?;
-    assert!(diff <= tolerance * scale, "{what} {case:?}: {diff}");
-    Ok(scale)
-}
+/// A convolution's output, its gradients and its two variables (input, weight).
+type Run<'a> = (&'a Tensor, &'a GradStore, [&'a Var; 2]);
 
-/// The gradient of `v` in `grads`.
-fn gradient(grads: &candle_core::backprop::GradStore, v: &candle_core::Var) -> Result<Tensor> {
-    grads
-        .get(v.as_tensor())
-        .cloned()
-        .ok_or(Error::InvalidArgument("no grad".into()))
+/// Asserts the output and both gradients of `ours` within `tolerance` × the larger of 1 and
+/// the largest magnitude of the f64 `reference`'s; returns the output's scale.
+fn assert_conv_close(
+    (y, grads, vars): Run,
+    (y64, g64, vars64): Run,
+    tolerance: f32,
+    case: impl std::fmt::Debug,
+) -> Result<f32> {
+    let gradient = |g: &GradStore, v: &Var| {
+        g.get(v.as_tensor())
+            .cloned()
+            .ok_or(Error::InvalidArgument("no grad".into()))
+    };
+    let mut scales = Vec::new();
+    let pairs = [
+        ("output", y.clone(), y64.clone()),
+        (
+            "input gradient",
+            gradient(grads, vars[0])?,
+            gradient(g64, vars64[0])?,
+        ),
+        (
+            "weight gradient",
+            gradient(grads, vars[1])?,
+            gradient(g64, vars64[1])?,
+        ),
+    ];
+    for (what, a, b) in pairs {
+        let b = b.to_dtype(DType::F32)?;
+        let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+        let diff = max_abs_diff(&a, &b)?;
+        assert!(diff <= tolerance * scale, "{what} {case:?}: {diff}");
+        scales.push(scale);
+    }
+    Ok(scales[0])
 }
 
 #[test]
 fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result<()> {
-    use candle_core::Var;
     // Nine images: small feature maps are multiplied several images to a block, with a
     // shorter last block.
     for (&(cin, cout, k, s, p, h, w), n) in CASES.iter().flat_map(|c| [(c, 2), (c, 9)]) {
@@ -89,18 +106,8 @@ fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result
         let w64 = Var::from_tensor(&weight.as_tensor().to_dtype(DType::F64)?)?;
         let y64 = conv2d(x64.as_tensor(), w64.as_tensor(), s, p)?;
         let g64 = (&y64 * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
-        let close = |a: &Tensor, b: &Tensor, what: &str| assert_close(a, b, 1e-4, (what, case));
-        close(&y, &y64, "output")?;
-        close(
-            &gradient(&grads, &x)?,
-            &gradient(&g64, &x64)?,
-            "input gradient",
-        )?;
-        close(
-            &gradient(&grads, &weight)?,
-            &gradient(&g64, &w64)?,
-            "weight gradient",
-        )?;
+        let ours = (&y, &grads, [&x, &weight]);
+        assert_conv_close(ours, (&y64, &g64, [&x64, &w64]), 1e-4, case)?;
     }
     Ok(())
 }
@@ -109,7 +116,6 @@ fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result
 /// weight's gradient is the same, bit for bit, as when the input is a variable.
 #[test]
 fn an_untracked_input_gets_no_gradient_and_the_same_weight_gradient() -> Result<()> {
-    use candle_core::Var;
     for (&(cin, cout, k, s, p, h, w), n) in CASES.iter().flat_map(|c| [(c, 2), (c, 9)]) {
         let images = randn(1, &[n, cin, h, w])?;
         let weight = Var::from_tensor(&randn(2, &[cout, cin, k, k])?)?;
@@ -214,7 +220,6 @@ fn an_input_without_channels_gives_zeros() -> Result<()> {
 #[test]
 fn bf16_convolution_rounds_its_operands() -> Result<()> {
     use crate::precision::Precision;
-    use candle_core::Var;
     let cases = [
         (5, 6, 3, 1, 1, 40, 30),
         (8, 40, 3, 1, 1, 24, 30),
@@ -243,22 +248,12 @@ fn bf16_convolution_rounds_its_operands() -> Result<()> {
         let w64 = Var::from_tensor(&rounded(weight.as_tensor())?)?;
         let y64 = conv2d(x64.as_tensor(), w64.as_tensor(), s, p)?;
         let g64 = (&y64 * rounded(&r)?)?.sum_all()?.backward()?;
-        let close = |a: &Tensor, b: &Tensor, what: &str| assert_close(a, b, 1e-5, (what, case));
-        let scale = close(&y, &y64, "output")?;
+        let ours = (&y, &grads, [&x, &weight]);
+        let scale = assert_conv_close(ours, (&y64, &g64, [&x64, &w64]), 1e-5, case)?;
         assert!(
             max_abs_diff(&y, &f32_y)? > 1e-4 * scale,
             "{case:?}: the bf16 output is the f32 one"
         );
-        close(
-            &gradient(&grads, &x)?,
-            &gradient(&g64, &x64)?,
-            "input gradient",
-        )?;
-        close(
-            &gradient(&grads, &weight)?,
-            &gradient(&g64, &w64)?,
-            "weight gradient",
-        )?;
     }
     Ok(())
 }
