@@ -137,13 +137,7 @@ pub(crate) fn matmul_strided(
     // SAFETY: the views were checked to address only elements of their slices; the m rows of
     // n values, `dst_row_stride ≥ n` apart, lie inside `dst`, which, being a unique borrow,
     // aliases neither input.
-    unsafe {
-        if precision == Precision::Bf16 {
-            gemm_bf16(Engine::best(), product, accumulate, parallelism);
-        } else {
-            gemm_raw(product, 1.0, accumulate, parallelism);
-        }
-    }
+    unsafe { gemm_raw_in(product, (1.0, accumulate), parallelism, precision) };
     Ok(())
 }
 
@@ -297,25 +291,30 @@ pub(crate) struct RawProduct {
     pub(crate) rhs_strides: (usize, usize),
 }
 
-/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` for the [`RawProduct`] `product` in
-/// `precision`: [`gemm_raw`] in f32; in bf16 [`gemm_bf16`] on the machine's best engine, its
-/// f32 sums then scaled by `beta`.
+/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) for the
+/// [`RawProduct`] `product` in `precision`: [`gemm_raw`] in f32; in bf16 [`gemm_bf16`] on the
+/// machine's best engine, its f32 sums then scaled by `beta` (which must be 1 when
+/// accumulating: no caller scales a sum it adds).
 ///
 /// # Safety
 /// As [`gemm_raw`].
 pub(crate) unsafe fn gemm_raw_in(
     product: RawProduct,
-    beta: f32,
+    (beta, accumulate): (f32, bool),
     parallelism: gemm::Parallelism,
     precision: Precision,
 ) {
     if precision == Precision::F32 {
         // SAFETY: forwarded from the caller's contract.
-        unsafe { gemm_raw(product, beta, false, parallelism) };
+        unsafe { gemm_raw(product, beta, accumulate, parallelism) };
         return;
     }
+    debug_assert!(
+        beta == 1.0 || !accumulate,
+        "a scaled bf16 product is not added"
+    );
     // SAFETY: forwarded from the caller's contract.
-    unsafe { gemm_bf16(Engine::best(), product, false, parallelism) };
+    unsafe { gemm_bf16(Engine::best(), product, accumulate, parallelism) };
     let (m, n, _) = product.dims;
     if beta != 1.0 && n > 0 {
         for r in 0..m {

@@ -139,7 +139,7 @@ unsafe fn head_product(
         rhs_strides,
     };
     // SAFETY: forwarded from the caller's contract.
-    unsafe { gemm_raw_in(product, beta, Parallelism::None, precision) };
+    unsafe { gemm_raw_in(product, (beta, false), Parallelism::None, precision) };
 }
 
 /// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`),
