@@ -119,7 +119,7 @@ fn encoder() -> EcgVitConfig {
 fn every_parameter_receives_a_gradient() {
     let model = FinetuneModel::new(&encoder(), 3, 0.01, true, 1, &Device::Cpu).unwrap();
     assert_eq!(model.unused_parameters(), vec!["norm.bias", "norm.weight"]);
-    let x = Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu).unwrap();
+    let x = mmcl_testutil::seeded_randn(1, &[4, 1, 12, 200]);
     let logits = model.forward_t(&x, true).unwrap();
     assert_eq!(logits.dims(), &[4, 3]);
     let targets = Tensor::new(&[[1f32, 0.0, 1.0]; 4], &Device::Cpu).unwrap();
@@ -197,7 +197,7 @@ fn pretrained_and_finetuned_checkpoints_load() {
         .unwrap();
     let other = FinetuneModel::new(&encoder(), 2, 0.01, true, 99, &Device::Cpu).unwrap();
     other.load_finetuned(&ft_path).unwrap();
-    let x = Tensor::randn(0f32, 1.0, (3, 1, 12, 200), &Device::Cpu).unwrap();
+    let x = mmcl_testutil::seeded_randn(2, &[3, 1, 12, 200]);
     let a = model.forward_t(&x, false).unwrap();
     let b = other.forward_t(&x, false).unwrap();
     let diff = max_abs_diff(&a, &b);

@@ -327,8 +327,8 @@ fn saved(state: &StateDict, dir: &Path, name: &str) -> PathBuf {
 }
 
 fn inputs(b: usize, channels: usize, side: usize) -> (Tensor, Tensor) {
-    let ecg = Tensor::randn(0f32, 1.0, (b, 1, 12, 400), &Device::Cpu).unwrap();
-    let image = Tensor::rand(0f32, 1.0, (b, channels, side, side), &Device::Cpu).unwrap();
+    let ecg = mmcl_testutil::seeded_randn(1, &[b, 1, 12, 400]);
+    let image = mmcl_testutil::seeded_rand(2, &[b, channels, side, side]);
     (ecg, image)
 }
 

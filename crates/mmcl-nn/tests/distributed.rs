@@ -10,6 +10,7 @@ use mmcl_nn::distributed::{
 };
 use mmcl_nn::optim::{Adam, AdamConfig, ParamGroup};
 use mmcl_nn::{ParamStore, ops};
+use mmcl_testutil::seeded_randn;
 
 const BATCH: usize = 8;
 const STEPS: usize = 3;
@@ -116,14 +117,6 @@ impl Mlp {
     fn flat_params(&self) -> Vec<f32> {
         trainable_values(&self.store)
     }
-}
-
-/// A tensor of `shape` drawn from N(0, 0.5²) by the generator of `seed`: the tests' data are
-/// the same on every run, so a tolerance that holds once holds always (an unlucky draw of
-/// unseeded data once made two nearly parallel embeddings amplify rounding past it).
-fn seeded_randn(seed: u64, shape: &[usize]) -> Tensor {
-    let store = randn_store(seed, &[("data", shape)]);
-    store.get("data").unwrap().as_tensor().detach()
 }
 
 /// The regression batch of step `step`: inputs `[BATCH, 6]`, targets `[BATCH, 3]`.

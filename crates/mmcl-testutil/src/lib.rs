@@ -262,6 +262,26 @@ pub fn flat(t: &Tensor) -> Vec<f32> {
         .unwrap_or_else(|e| panic!("cannot read tensor values: {e}"))
 }
 
+/// A CPU tensor of `shape` drawn from N(0, 1) by the generator of `seed`. Tests draw their
+/// inputs from it rather than from candle's unseeded `Tensor::randn`: the same data on every run,
+/// so a tolerance that holds once holds always (an unlucky unseeded draw once failed CI).
+pub fn seeded_randn(seed: u64, shape: &[usize]) -> Tensor {
+    seeded(seed, shape, rand_distr::StandardNormal)
+}
+
+/// A CPU tensor of `shape` drawn uniformly from [0, 1) by the generator of `seed`.
+pub fn seeded_rand(seed: u64, shape: &[usize]) -> Tensor {
+    seeded(seed, shape, rand_distr::StandardUniform)
+}
+
+fn seeded(seed: u64, shape: &[usize], dist: impl rand_distr::Distribution<f32>) -> Tensor {
+    use rand::SeedableRng;
+    let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = dist.sample_iter(rng).take(shape.iter().product()).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot build a tensor of shape {shape:?}: {e}"))
+}
+
 /// `f` inside a rayon pool of `threads` threads, whatever the machine has: for tests of results
 /// that must not depend on the thread count, or of work that shares its threads.
 pub fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::small_architecture;
 use mmcl_losses::clip::ClipLoss;
 use mmcl_train::MmclModel;
@@ -28,8 +28,8 @@ fn running_means_after_step(frozen: bool) -> (Vec<f32>, Vec<f32>) {
         v
     };
     let before = running(&model);
-    let images = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
-    let ecgs = Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu).unwrap();
+    let images = mmcl_testutil::seeded_randn(1, &[4, 3, 32, 32]);
+    let ecgs = mmcl_testutil::seeded_randn(2, &[4, 1, 12, 200]);
     let clip = ClipLoss::new(0.1, 0.5).unwrap();
     contrastive_loss(&model, &clip, &images, &ecgs, true, frozen).expect("step");
     (before, running(&model))

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::{
     assert_non_finite_loss_stops, assert_same_last_checkpoints, assert_two_epoch_layout,
     one_epoch_then_resume,
@@ -160,7 +160,7 @@ fn every_trainable_mae_variable_receives_a_gradient() {
     let cfg = tiny_config(Path::new("unused"));
     let (model, store) = MaskedAutoencoder::from_seed(&cfg.model, 5, &Device::Cpu).expect("model");
     let objective = MaeLoss::new(cfg.loss).expect("loss");
-    let ecgs = Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu).expect("ecgs");
+    let ecgs = mmcl_testutil::seeded_randn(1, &[4, 1, 12, 200]);
     let out = objective
         .forward_random(&model, &ecgs, &SharedRng::new(2), true)
         .expect("forward");

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::{
     assert_non_finite_loss_stops, assert_same_last_checkpoints, assert_two_epoch_layout,
     file_bytes, one_epoch_then_resume, small_mmcl_config as tiny_config,
@@ -197,8 +197,8 @@ fn every_trainable_variable_receives_a_gradient() {
         let arch = MmclArchitecture::from_config(&cfg, 3).expect("arch");
         let model = MmclModel::new(&arch, 3, &Device::Cpu).expect("model");
         let clip = mmcl_losses::clip::ClipLoss::new(0.1, 0.5).expect("clip");
-        let images = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).expect("images");
-        let ecgs = Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu).expect("ecgs");
+        let images = mmcl_testutil::seeded_randn(1, &[4, 3, 32, 32]);
+        let ecgs = mmcl_testutil::seeded_randn(2, &[4, 1, 12, 200]);
         let out = contrastive_loss(&model, &clip, &images, &ecgs, true, false).expect("loss");
         // `norm` serves the class-token pooling only, as in the reference; the classifier has
         // its own loss (below).
@@ -283,8 +283,8 @@ fn the_online_classifier_steps_once_per_accumulation_group() {
             .collect()
     };
     let batch = |seed: u64| mmcl_train::mmcl::MmclBatch {
-        images: Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).expect("images"),
-        ecgs: Tensor::randn(0f32, 1.0, (4, 1, 12, 200), &Device::Cpu).expect("ECGs"),
+        images: mmcl_testutil::seeded_randn(3, &[4, 3, 32, 32]),
+        ecgs: mmcl_testutil::seeded_randn(4, &[4, 1, 12, 200]),
         images_orig: None,
         ecgs_orig: None,
         targets: Some(vec![Some(0), Some(1), Some((seed % 2) as u32), Some(1)]),

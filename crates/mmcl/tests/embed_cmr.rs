@@ -49,7 +49,7 @@ fn setup(channels: usize, n: usize) -> Setup {
         store.var_builder(DType::F32, &Device::Cpu),
     )
     .expect("model");
-    let warm = Tensor::randn(0f32, 1.0, (4, channels, 48, 48), &Device::Cpu).expect("warm");
+    let warm = mmcl_testutil::seeded_randn(1, &[4, channels, 48, 48]);
     model.forward_t(&warm, true).expect("train step");
     let state = store.state_dict().expect("state");
     let checkpoint = dir.path().join("image_encoder.safetensors");
@@ -62,7 +62,7 @@ fn setup(channels: usize, n: usize) -> Setup {
     state
         .write_safetensors(&torchvision_checkpoint, None)
         .expect("write");
-    let images = Tensor::randn(0f32, 1.0, (n, channels, 40, 36), &Device::Cpu).expect("images");
+    let images = mmcl_testutil::seeded_randn(2, &[n, channels, 40, 36]);
     let input = dir.path().join("x.npy");
     let values: Vec<f32> = images
         .flatten_all()
