@@ -163,6 +163,17 @@ pub fn bf16_backend() -> &'static str {
     crate::kernels::bf16::Engine::best().name()
 }
 
+/// What runs the f32 matrix products of the CPU kernels: `"openblas (<kernels>)"` with the
+/// `openblas` feature (unless `MMCL_OPENBLAS=0`), naming the kernel family OpenBLAS chose for
+/// this CPU, otherwise `"gemm crate"`.
+pub fn f32_backend() -> String {
+    #[cfg(feature = "openblas")]
+    if crate::kernels::blas::enabled() {
+        return format!("openblas ({})", crate::kernels::blas::core_name());
+    }
+    "gemm crate".to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

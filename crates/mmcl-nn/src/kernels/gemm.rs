@@ -361,6 +361,18 @@ pub(crate) unsafe fn gemm_raw(
         }
         return;
     }
+    #[cfg(feature = "openblas")]
+    if super::blas::enabled() {
+        let threads = match parallelism {
+            gemm::Parallelism::None => 1,
+            gemm::Parallelism::Rayon(0) => rayon::current_num_threads(),
+            gemm::Parallelism::Rayon(n) => n,
+        };
+        // SAFETY: forwarded from the caller's contract.
+        if unsafe { super::blas::sgemm(product, beta, accumulate, threads) } {
+            return;
+        }
+    }
     // SAFETY: forwarded from the caller's contract.
     unsafe {
         gemm::gemm(

@@ -21,6 +21,8 @@
 
 pub(crate) mod batch_norm;
 pub(crate) mod bf16;
+#[cfg(feature = "openblas")]
+pub(crate) mod blas;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

@@ -128,3 +128,107 @@ pub fn assert_paths_agree(a: &PathValues, b: &PathValues, tol: f32, what: &str) 
         assert!(close(ga, gb), "{what}: gradient {i}: {ga:?} vs {gb:?}");
     }
 }
+
+/// A deterministic pseudo-random matrix with a few exact zeros.
+pub(crate) fn matrix(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    (0..len)
+        .map(|i| {
+            if i % 13 == 0 {
+                0.0
+            } else {
+                (rng.next_f64() as f32 - 0.5) * 4.0
+            }
+        })
+        .collect()
+}
+
+/// How a test operand `[rows, cols]` is stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Layout {
+    /// Row-major.
+    Rows,
+    /// Column-major (a transposed view).
+    Columns,
+    /// Every other value of a row-major matrix twice as wide: no dimension is contiguous.
+    Spread,
+}
+
+impl Layout {
+    /// Every layout.
+    pub(crate) const ALL: [Layout; 3] = [Layout::Rows, Layout::Columns, Layout::Spread];
+
+    /// The strides `(row, column)` of a `[rows, cols]` operand.
+    pub(crate) fn strides(self, rows: usize, cols: usize) -> (usize, usize) {
+        match self {
+            Layout::Rows => (cols, 1),
+            Layout::Columns => (1, rows),
+            Layout::Spread => (2 * cols, 2),
+        }
+    }
+}
+
+/// Checks one product engine: `run(product, parallelism)` must leave
+/// `dst (+)= Σ_k round(lhs[m, k])·round(rhs[k, n])` in the destination (plus its start with
+/// `accumulate`), within f32 summation error of the f64 sums, and must not touch the padding
+/// after each destination row. Run with one task and with two; `label` names the engine in
+/// failures.
+pub(crate) fn check_product(
+    label: &str,
+    (m, n, k): (usize, usize, usize),
+    (lhs_layout, rhs_layout): (Layout, Layout),
+    accumulate: bool,
+    round: fn(f32) -> f32,
+    run: impl Fn(crate::kernels::gemm::RawProduct, gemm::Parallelism),
+) {
+    let a = matrix(2 * m * k, 1 + (m * n * k) as u64);
+    let b = matrix(2 * k * n, 2 + (m + n + k) as u64);
+    let a_strides = lhs_layout.strides(m, k);
+    let b_strides = rhs_layout.strides(k, n);
+    let at = |i: usize, p: usize| a[i * a_strides.0 + p * a_strides.1];
+    let bt = |p: usize, j: usize| b[p * b_strides.0 + j * b_strides.1];
+    let dst_rs = n + 3; // a padded destination, as the attention kernel writes
+    let start = matrix(m * dst_rs, 3);
+    let mut dst = start.clone();
+    for parallelism in [gemm::Parallelism::None, gemm::Parallelism::Rayon(2)] {
+        dst.copy_from_slice(&start);
+        // The views address a[..2·m·k] and b[..2·k·n]; dst holds m rows of dst_rs ≥ n.
+        run(
+            crate::kernels::gemm::RawProduct {
+                dims: (m, n, k),
+                dst: dst.as_mut_ptr(),
+                dst_rs,
+                lhs: a.as_ptr(),
+                lhs_strides: a_strides,
+                rhs: b.as_ptr(),
+                rhs_strides: b_strides,
+            },
+            parallelism,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let mut exact = if accumulate {
+                    start[i * dst_rs + j] as f64
+                } else {
+                    0.0
+                };
+                let mut scale = exact.abs();
+                for p in 0..k {
+                    let prod = round(at(i, p)) as f64 * round(bt(p, j)) as f64;
+                    exact += prod;
+                    scale += prod.abs();
+                }
+                let got = dst[i * dst_rs + j] as f64;
+                assert!(
+                    (got - exact).abs() <= 2e-6 * scale + 1e-30,
+                    "{label} {m}x{n}x{k} {lhs_layout:?} {rhs_layout:?} acc {accumulate} \
+                     {parallelism:?} at ({i}, {j}): {got} vs {exact}"
+                );
+            }
+            // The padding after each row is left alone.
+            for j in n..dst_rs {
+                assert_eq!(dst[i * dst_rs + j], start[i * dst_rs + j]);
+            }
+        }
+    }
+}

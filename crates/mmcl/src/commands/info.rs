@@ -19,6 +19,7 @@ pub fn run(args: Args) -> Result<()> {
         ("nccl", cfg!(feature = "nccl")),
         ("mkl", cfg!(feature = "mkl")),
         ("mpi", cfg!(feature = "mpi")),
+        ("openblas", cfg!(feature = "openblas")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -32,6 +33,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     println!("cpu threads: {}", rayon_threads());
+    println!(
+        "f32 products on the cpu: {}",
+        mmcl_nn::precision::f32_backend()
+    );
     println!(
         "bf16 products on the cpu: {}",
         mmcl_nn::precision::bf16_backend()

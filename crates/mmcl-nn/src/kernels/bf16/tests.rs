@@ -1,4 +1,5 @@
 use super::*;
+use crate::kernels::test_support::{Layout, check_product};
 
 #[test]
 fn rounding_is_to_nearest_even() {
@@ -25,100 +26,26 @@ fn rounding_is_to_nearest_even() {
     );
 }
 
-/// A deterministic pseudo-random matrix with a few exact zeros.
-fn matrix(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = mmcl_core::rng::SplitMix64::new(seed);
-    (0..len)
-        .map(|i| {
-            if i % 13 == 0 {
-                0.0
-            } else {
-                (rng.next_f64() as f32 - 0.5) * 4.0
-            }
-        })
-        .collect()
-}
-
-/// How a test operand `[rows, cols]` is stored.
-#[derive(Debug, Clone, Copy)]
-enum Layout {
-    /// Row-major.
-    Rows,
-    /// Column-major (a transposed view).
-    Columns,
-    /// Every other value of a row-major matrix twice as wide: no dimension is contiguous.
-    Spread,
-}
-
-impl Layout {
-    /// The strides `(row, column)` of a `[rows, cols]` operand.
-    fn strides(self, rows: usize, cols: usize) -> (usize, usize) {
-        match self {
-            Layout::Rows => (cols, 1),
-            Layout::Columns => (1, rows),
-            Layout::Spread => (2 * cols, 2),
-        }
-    }
-}
-
 /// Checks one product on `engine` against f64 sums of the bf16-rounded operands.
 fn check(
     engine: Engine,
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     lhs_layout: Layout,
     rhs_layout: Layout,
     accumulate: bool,
 ) {
-    let a = matrix(2 * m * k, 1 + (m * n * k) as u64);
-    let b = matrix(2 * k * n, 2 + (m + n + k) as u64);
-    let a_strides = lhs_layout.strides(m, k);
-    let b_strides = rhs_layout.strides(k, n);
-    let at = |i: usize, p: usize| a[i * a_strides.0 + p * a_strides.1];
-    let bt = |p: usize, j: usize| b[p * b_strides.0 + j * b_strides.1];
-    let dst_rs = n + 3; // a padded destination, as the attention kernel writes
-    let start = matrix(m * dst_rs, 3);
-    let mut dst = start.clone();
-    for parallelism in [Parallelism::None, Parallelism::Rayon(2)] {
-        dst.copy_from_slice(&start);
-        // SAFETY: the views address a[..m·k] and b[..k·n]; dst holds m rows of dst_rs ≥ n.
-        unsafe {
-            let product = RawProduct {
-                dims: (m, n, k),
-                dst: dst.as_mut_ptr(),
-                dst_rs,
-                lhs: a.as_ptr(),
-                lhs_strides: a_strides,
-                rhs: b.as_ptr(),
-                rhs_strides: b_strides,
-            };
-            gemm_bf16(engine, product, accumulate, parallelism)
-        };
-        for i in 0..m {
-            for j in 0..n {
-                let mut exact = if accumulate {
-                    start[i * dst_rs + j] as f64
-                } else {
-                    0.0
-                };
-                let mut scale = exact.abs();
-                for p in 0..k {
-                    let prod = round_to_bf16(at(i, p)) as f64 * round_to_bf16(bt(p, j)) as f64;
-                    exact += prod;
-                    scale += prod.abs();
-                }
-                let got = dst[i * dst_rs + j] as f64;
-                assert!(
-                    (got - exact).abs() <= 2e-6 * scale + 1e-30,
-                    "{engine:?} {m}x{n}x{k} {lhs_layout:?} {rhs_layout:?} acc {accumulate} \
-                     at ({i}, {j}): {got} vs {exact}"
-                );
-            }
-            // The padding after each row is left alone.
-            for j in n..dst_rs {
-                assert_eq!(dst[i * dst_rs + j], start[i * dst_rs + j]);
-            }
-        }
-    }
+    let label = format!("{engine:?}");
+    check_product(
+        &label,
+        dims,
+        (lhs_layout, rhs_layout),
+        accumulate,
+        round_to_bf16,
+        |product, parallelism| {
+            // SAFETY: forwarded from `check_product`, which hands out checked views.
+            unsafe { gemm_bf16(engine, product, accumulate, parallelism) }
+        },
+    );
 }
 
 fn check_engine(engine: Engine) {
@@ -131,8 +58,10 @@ fn check_engine(engine: Engine) {
         (5, 95, 64),
     ];
     for dims in shapes {
-        let layouts = [Layout::Rows, Layout::Columns, Layout::Spread];
-        for (lhs, rhs) in layouts.into_iter().flat_map(|l| layouts.map(|r| (l, r))) {
+        for (lhs, rhs) in Layout::ALL
+            .into_iter()
+            .flat_map(|l| Layout::ALL.map(|r| (l, r)))
+        {
             for accumulate in [false, true] {
                 check(engine, dims, lhs, rhs, accumulate);
             }

@@ -1,0 +1,336 @@
+//! The f32 matrix products on the system's OpenBLAS (`cblas_sgemm`), behind the `openblas`
+//! feature: for CPUs where OpenBLAS's hand-tuned kernels beat the `gemm` crate's (Intel Xeons
+//! with two 512-bit FMA units, where PyTorch's MKL products ran at twice the `gemm` crate's
+//! GFLOP/s). The default build stays pure cargo; with the feature, [`sgemm`] serves every f32
+//! product whose operands BLAS can describe, and `MMCL_OPENBLAS=0` turns it off at run time.
+//!
+//! The declarations are written here rather than taken from `cblas-sys`: two functions and a
+//! thread setting, where a binding crate would bring a build script and a second copy of the
+//! library search (Debian's `libopenblas-dev` puts `libopenblas.so` on the default path).
+//!
+//! Threads: OpenBLAS is told to use one thread per call, and large products are split into row
+//! (or column) blocks over rayon's pool here, as the `gemm` crate's are; the kernels also call
+//! products from inside their own parallel loops, where a second thread pool would oversubscribe
+//! the cores.
+
+use std::ffi::{CStr, c_char, c_int};
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::gemm::RawProduct;
+
+const CBLAS_ROW_MAJOR: c_int = 101;
+const CBLAS_NO_TRANS: c_int = 111;
+const CBLAS_TRANS: c_int = 112;
+
+#[link(name = "openblas")]
+unsafe extern "C" {
+    fn cblas_sgemm(
+        layout: c_int,
+        trans_a: c_int,
+        trans_b: c_int,
+        m: c_int,
+        n: c_int,
+        k: c_int,
+        alpha: f32,
+        a: *const f32,
+        lda: c_int,
+        b: *const f32,
+        ldb: c_int,
+        beta: f32,
+        c: *mut f32,
+        ldc: c_int,
+    );
+    fn openblas_set_num_threads(threads: c_int);
+    fn openblas_get_corename() -> *const c_char;
+}
+
+/// Whether the f32 products run on OpenBLAS (`MMCL_OPENBLAS` not `0`); decided once, when the
+/// library is also set to one thread per call.
+pub(crate) fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        if std::env::var("MMCL_OPENBLAS").is_ok_and(|v| v.trim() == "0") {
+            return false;
+        }
+        // SAFETY: sets a global of the library; called once, before any product.
+        unsafe { openblas_set_num_threads(1) };
+        true
+    })
+}
+
+/// The kernel family OpenBLAS chose for this CPU (`"Haswell"`, `"SkylakeX"`, `"Cooperlake"`,
+/// `"SapphireRapids"`, …).
+pub(crate) fn core_name() -> String {
+    // SAFETY: the library returns a pointer to a static NUL-terminated string (or null).
+    let name = unsafe { openblas_get_corename() };
+    if name.is_null() {
+        return "unknown".to_string();
+    }
+    // SAFETY: non-null, NUL-terminated and static (above).
+    unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// One operand as BLAS takes it: transposed or not, and its leading dimension.
+fn operand(strides: (usize, usize), rows: usize, cols: usize) -> Option<(c_int, c_int)> {
+    let (rs, cs) = strides;
+    // A row-major view ([rows, cols] with unit column stride), or the transpose of one. With a
+    // single row or column the other stride is arbitrary; BLAS only asks it to be ≥ the width.
+    let (trans, ld) = if cs == 1 && (rs >= cols.max(1) || rows == 1) {
+        (CBLAS_NO_TRANS, rs.max(cols).max(1))
+    } else if rs == 1 && (cs >= rows.max(1) || cols == 1) {
+        (CBLAS_TRANS, cs.max(rows).max(1))
+    } else {
+        return None;
+    };
+    Some((trans, c_int::try_from(ld).ok()?))
+}
+
+/// Products smaller than this many multiply-adds run on one thread.
+const PARALLEL_WORK: usize = 1 << 21;
+
+/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) on OpenBLAS, split
+/// over `threads` rayon tasks when large; `false` (nothing written) when BLAS cannot describe the
+/// views (a stride pattern without a unit dimension, or sizes beyond `c_int`).
+///
+/// # Safety
+/// As [`super::gemm::gemm_raw`].
+pub(crate) unsafe fn sgemm(
+    product: RawProduct,
+    beta: f32,
+    accumulate: bool,
+    threads: usize,
+) -> bool {
+    let (m, n, k) = product.dims;
+    let fits = |v: usize| c_int::try_from(v).is_ok();
+    let (Some(a), Some(b)) = (
+        operand(product.lhs_strides, m, k),
+        operand(product.rhs_strides, k, n),
+    ) else {
+        return false;
+    };
+    // The destination's rows, `ldc` apart, must not overlap (a single row may have any stride).
+    let ldc = if m == 1 { n } else { product.dst_rs };
+    if ldc < n || !(fits(m) && fits(n) && fits(k) && fits(ldc)) {
+        return false;
+    }
+    let parts = if m.saturating_mul(n).saturating_mul(k) < PARALLEL_WORK {
+        1
+    } else {
+        threads.max(1)
+    };
+    // Rows when there are enough (each task then packs all of `rhs`, which is small against its
+    // share of the work), columns otherwise.
+    let by_rows = m >= 16 * parts || m >= n;
+    let len = if by_rows { m } else { n };
+    let step = len.div_ceil(parts).max(1);
+    let shared = Shared(product);
+    let call = |block: usize| {
+        let start = block * step;
+        let size = step.min(len - start);
+        let mut part = shared.get();
+        // SAFETY: `start` lies inside the product's rows (or columns), so every moved pointer
+        // still addresses elements of the caller's views, and the blocks write disjoint rows
+        // (columns) of the destination; the rest is the caller's contract.
+        unsafe {
+            if by_rows {
+                part.dims.0 = size;
+                part.dst = part.dst.add(start * part.dst_rs);
+                part.lhs = part.lhs.add(start * part.lhs_strides.0);
+            } else {
+                part.dims.1 = size;
+                part.dst = part.dst.add(start);
+                part.rhs = part.rhs.add(start * part.rhs_strides.1);
+            }
+            one_call(part, a, b, beta, accumulate);
+        }
+    };
+    match len.div_ceil(step) {
+        0 | 1 => call(0),
+        blocks => (0..blocks).into_par_iter().for_each(call),
+    }
+    true
+}
+
+/// A [`RawProduct`] shared by the tasks of one split product.
+struct Shared(RawProduct);
+
+impl Shared {
+    fn get(&self) -> RawProduct {
+        self.0
+    }
+}
+
+// SAFETY: the tasks of a split product only read the operands and each writes its own block of
+// the destination, which the caller of `sgemm` guarantees nothing else touches meanwhile.
+unsafe impl Sync for Shared {}
+
+/// One `cblas_sgemm` call for `part`, whose operands are laid out as `a` and `b` say.
+///
+/// # Safety
+/// As [`sgemm`]; the sizes fit `c_int` (checked there).
+unsafe fn one_call(
+    part: RawProduct,
+    (trans_a, lda): (c_int, c_int),
+    (trans_b, ldb): (c_int, c_int),
+    beta: f32,
+    accumulate: bool,
+) {
+    let (m, n, k) = part.dims;
+    if m == 0 || n == 0 {
+        return;
+    }
+    // BLAS computes C = α·A·B + β·C, and with β = 0 never reads C (so NaN or garbage in a fresh
+    // output does not leak into it); the product's scale is α here.
+    let c_beta = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: forwarded from the caller; the sizes fit c_int.
+    unsafe {
+        cblas_sgemm(
+            CBLAS_ROW_MAJOR,
+            trans_a,
+            trans_b,
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            beta,
+            part.lhs,
+            lda,
+            part.rhs,
+            ldb,
+            c_beta,
+            part.dst,
+            if m == 1 { n } else { part.dst_rs } as c_int,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::gemm_raw;
+    use crate::kernels::test_support::{Layout, check_product, matrix};
+
+    fn threads(parallelism: gemm::Parallelism) -> usize {
+        match parallelism {
+            gemm::Parallelism::None => 1,
+            gemm::Parallelism::Rayon(n) => n,
+        }
+    }
+
+    /// Small shapes, edges of one block, and two products large enough to be split over tasks:
+    /// by rows (many rows) and by columns (few rows, many columns).
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (1, 40, 7),
+        (33, 17, 31),
+        (70, 64, 100),
+        (5, 95, 64),
+        (300, 40, 200),
+        (8, 700, 400),
+    ];
+
+    #[test]
+    fn openblas_products_equal_their_definition() {
+        assert!(enabled(), "MMCL_OPENBLAS=0 in the test environment");
+        assert!(!core_name().is_empty());
+        for dims in SHAPES {
+            for lhs in [Layout::Rows, Layout::Columns] {
+                for rhs in [Layout::Rows, Layout::Columns] {
+                    for accumulate in [false, true] {
+                        check_product(
+                            "openblas",
+                            dims,
+                            (lhs, rhs),
+                            accumulate,
+                            |x| x,
+                            |p, par| {
+                                // SAFETY: `check_product` hands out views inside its buffers.
+                                let done = unsafe { sgemm(p, 1.0, accumulate, threads(par)) };
+                                assert!(done, "BLAS describes row- and column-major operands");
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Views without a unit stride are declined, untouched, and the `gemm` crate computes them:
+    /// through the one f32 entry point every layout gives the product.
+    #[test]
+    fn views_blas_cannot_describe_fall_back_to_the_gemm_crate() {
+        let (m, n, k) = (6, 5, 4);
+        let (a, b) = (matrix(2 * m * k, 1), matrix(2 * k * n, 2));
+        let mut dst = vec![7.0f32; m * n];
+        let product = RawProduct {
+            dims: (m, n, k),
+            dst: dst.as_mut_ptr(),
+            dst_rs: n,
+            lhs: a.as_ptr(),
+            lhs_strides: Layout::Spread.strides(m, k),
+            rhs: b.as_ptr(),
+            rhs_strides: (n, 1),
+        };
+        // SAFETY: the views lie inside `a`, `b` and `dst`.
+        assert!(!unsafe { sgemm(product, 1.0, false, 2) });
+        assert!(
+            dst.iter().all(|&v| v == 7.0),
+            "a declined product writes nothing"
+        );
+        for dims in SHAPES {
+            for (lhs, rhs) in Layout::ALL
+                .into_iter()
+                .flat_map(|l| Layout::ALL.map(|r| (l, r)))
+            {
+                for accumulate in [false, true] {
+                    check_product(
+                        "gemm_raw",
+                        dims,
+                        (lhs, rhs),
+                        accumulate,
+                        |x| x,
+                        |p, par| {
+                            // SAFETY: as above.
+                            unsafe { gemm_raw(p, 1.0, accumulate, par) }
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// A new output is written, never read (NaN left in a recycled buffer does not leak into
+    /// it), and the product's scale is applied.
+    #[test]
+    fn fresh_outputs_are_overwritten_and_scaled() {
+        let (m, n, k) = (40, 30, 20);
+        let (a, b) = (matrix(m * k, 4), matrix(k * n, 5));
+        let mut dst = vec![f32::NAN; m * n];
+        let product = RawProduct {
+            dims: (m, n, k),
+            dst: dst.as_mut_ptr(),
+            dst_rs: n,
+            lhs: a.as_ptr(),
+            lhs_strides: (k, 1),
+            rhs: b.as_ptr(),
+            rhs_strides: (n, 1),
+        };
+        // SAFETY: the views lie inside `a`, `b` and `dst`.
+        assert!(unsafe { sgemm(product, 0.5, false, 2) });
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                    .sum();
+                let got = dst[i * n + j] as f64;
+                assert!(
+                    (got - 0.5 * exact).abs() <= 1e-5,
+                    "({i}, {j}): {got} vs {exact}/2"
+                );
+            }
+        }
+    }
+}
