@@ -2,6 +2,8 @@
 //! NaN → 0, clipping to ±4·std (std over all leads), per-lead asymmetric-least-squares
 //! baseline removal (λ = 1e7, p = 0.3, 5 iterations) and group-wise normalisation over the
 //! lead groups `[0:3]`, `[3:6]`, `[6:12]`; plus resampling to the model's rate and cropping.
+//! A lead that equals its baseline (flat, all missing) keeps that baseline instead of the
+//! reference's NaN from a singular solve (see [`baseline_als`]).
 //!
 //! All arithmetic is in f64 (as the reference's NumPy/SciPy code); results are returned as f32.
 //! The baseline is the solution of the pentadiagonal system `(W + λ·D·Dᵀ) z = W·y`, factored
@@ -207,9 +209,11 @@ pub fn normalise(x: &mut [f64], leads: usize, samples: usize, mode: &Normalisati
 ///
 /// Each iteration solves `(W + λ·D·Dᵀ) z = W·y` with `W = diag(w)` and `D` the `n × (n−2)`
 /// second-difference matrix, then sets `w = p` where `y > z`, `1 − p` where `y < z` and 0 where
-/// they are equal (exactly as the reference). The matrix is symmetric positive definite and
-/// pentadiagonal; it is factored as `L·diag(d)·Lᵀ` with a unit lower-triangular `L` of
-/// bandwidth 2, in O(n).
+/// they are equal (exactly as the reference). Once fewer than two samples are weighted (a flat
+/// signal: every sample equals the baseline) the next system would be singular, and the
+/// reference returns NaN; the baseline reached so far is kept instead. The matrix is otherwise
+/// symmetric positive definite and pentadiagonal; it is factored as `L·diag(d)·Lᵀ` with a unit
+/// lower-triangular `L` of bandwidth 2, in O(n).
 pub fn baseline_als(y: &[f64], cfg: &AlsConfig) -> Vec<f64> {
     let [z] = baseline_als_lanes::<1>([y], cfg);
     z
@@ -286,6 +290,7 @@ fn baseline_als_lanes<const K: usize>(ys: [&[f64]; K], cfg: &AlsConfig) -> [Vec<
     let mut inv_d = vec![[0.0; K]; n];
     let mut l1 = vec![[0.0; K]; n];
     let mut l2 = vec![[0.0; K]; n];
+    let mut frozen: [Option<Vec<f64>>; K] = std::array::from_fn(|_| None);
     for _ in 0..cfg.iterations {
         // Factor A = L·diag(d)·Lᵀ with A = diag(w) + λ·D·Dᵀ, keeping 1/d.
         let mut d_prev = [0.0; K]; // d[i-1]
@@ -342,6 +347,7 @@ fn baseline_als_lanes<const K: usize>(ys: [&[f64]; K], cfg: &AlsConfig) -> [Vec<
                 z[i][k] = v;
             }
         }
+        let mut weighted = [0usize; K];
         for i in 0..n {
             for k in 0..K {
                 w[i][k] = if y[i][k] > z[i][k] {
@@ -351,10 +357,27 @@ fn baseline_als_lanes<const K: usize>(ys: [&[f64]; K], cfg: &AlsConfig) -> [Vec<
                 } else {
                     0.0
                 };
+                weighted[k] += usize::from(w[i][k] != 0.0);
+            }
+        }
+        // With fewer than two weighted samples `W + λ·D·Dᵀ` is singular (a straight line through
+        // them costs nothing) and the next solve would be NaN, as the reference's `spsolve` is:
+        // a flat lead (a disconnected electrode: the signal equals its baseline everywhere, so
+        // every weight is 0) would poison its whole normalisation group. Such a lane keeps the
+        // baseline it has; its solves go on with harmless weights and are discarded.
+        for k in 0..K {
+            if frozen[k].is_none() && weighted[k] < 2 {
+                frozen[k] = Some(z.iter().map(|zi| zi[k]).collect());
+            }
+            if frozen[k].is_some() {
+                w.iter_mut().for_each(|wi| wi[k] = 1.0);
             }
         }
     }
-    std::array::from_fn(|k| z.iter().map(|zi| zi[k]).collect())
+    std::array::from_fn(|k| match frozen[k].take() {
+        Some(kept) => kept,
+        None => z.iter().map(|zi| zi[k]).collect(),
+    })
 }
 
 /// Resamples every lead to `rate` Hz by Fourier interpolation (SciPy's `signal.resample`:
@@ -498,6 +521,48 @@ mod tests {
             }
         }
         z
+    }
+
+    /// A flat lead (a disconnected electrode), a constant one and a straight line equal their
+    /// baseline exactly, every ALS weight becomes 0 and the next solve is singular (the
+    /// reference's `spsolve` returns NaN there): the baseline is the signal, the corrected lead
+    /// zero, and the other leads of the record, solved in the same lanes, are untouched.
+    #[test]
+    fn leads_that_equal_their_baseline_do_not_turn_to_nan() {
+        let n = 600;
+        let wave: Vec<f64> = (0..n).map(|i| (i as f64 * 0.05).sin() * 100.0).collect();
+        let degenerate = [
+            vec![0.0; n],
+            vec![5.0; n],
+            (0..n).map(|i| 2.0 * i as f64 - 300.0).collect::<Vec<_>>(),
+        ];
+        let cfg = AlsConfig::default();
+        let alone = baseline_als(&wave, &cfg);
+        let is_signal = |z: &[f64], y: &[f64]| {
+            z.iter()
+                .zip(y)
+                .all(|(z, y)| (z - y).abs() <= 1e-6 * y.abs().max(1.0))
+        };
+        for flat in &degenerate {
+            assert!(is_signal(&baseline_als(flat, &cfg), flat));
+            // Lanes of one task: the flat lead beside three normal ones.
+            let [a, b, c, d] = baseline_als_lanes::<4>([&wave, flat, &wave, &wave], &cfg);
+            assert!(is_signal(&b, flat));
+            for z in [a, c, d] {
+                assert_eq!(z, alone, "the other lanes keep their baselines");
+            }
+        }
+        // Whole records: a flat lead, then all leads flat, then all samples missing.
+        let mut ecg: Vec<f32> = (0..NUM_LEADS * n)
+            .map(|i| ((i % n) as f32 * 0.05 + (i / n) as f32).sin() * 100.0)
+            .collect();
+        ecg[3 * n..4 * n].fill(0.0);
+        let records = [ecg, vec![0.0; NUM_LEADS * n], vec![f32::NAN; NUM_LEADS * n]];
+        for (r, data) in records.into_iter().enumerate() {
+            let ecg = Ecg::new(data, n, 500.0).expect("ecg");
+            let out = preprocess(&ecg, &PreprocessConfig::default()).expect("preprocess");
+            assert!(out.data().iter().all(|v| v.is_finite()), "record {r}");
+        }
     }
 
     #[test]
