@@ -322,9 +322,15 @@ pub fn npy_to_array<R: Read>(checked: CheckedNpy<R>, path: &Path, what: &str) ->
     let data: Vec<f32> = match (ts.type_char(), ts.size_field()) {
         (TypeChar::Float, 4) => npy.into_vec::<f32>(),
         (TypeChar::Float, 8) => values_as_f32(npy, |v: f64| v as f32),
+        (TypeChar::Float, 2) => values_as_f32(npy, |v: half::f16| v.to_f32()),
+        (TypeChar::Int, 1) => values_as_f32(npy, |v: i8| f32::from(v)),
         (TypeChar::Int, 2) => values_as_f32(npy, |v: i16| f32::from(v)),
         (TypeChar::Int, 4) => values_as_f32(npy, |v: i32| v as f32),
         (TypeChar::Int, 8) => values_as_f32(npy, |v: i64| v as f32),
+        (TypeChar::Uint, 1) => values_as_f32(npy, |v: u8| f32::from(v)),
+        (TypeChar::Uint, 2) => values_as_f32(npy, |v: u16| f32::from(v)),
+        (TypeChar::Uint, 4) => values_as_f32(npy, |v: u32| v as f32),
+        (TypeChar::Uint, 8) => values_as_f32(npy, |v: u64| v as f32),
         _ => {
             return Err(Error::format(
                 path,
@@ -466,6 +472,76 @@ mod tests {
         // A size that fits is left to the later checks (here: no data).
         assert_eq!(announced_shape_overflow(b"{'shape': (3, 4), }"), None);
         assert_eq!(announced_shape_overflow(b"{'shape': (), }"), None);
+    }
+
+    /// The `.npy` bytes of a 1-D array of `descr` holding `payload`.
+    fn npy_bytes(descr: &str, len: usize, payload: &[u8]) -> Vec<u8> {
+        let header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({len},), }}\n");
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    /// Every numeric dtype NumPy writes for signals (half precision, signed and unsigned
+    /// integers of each width, either byte order) reads as the f32 values `astype` gives.
+    #[test]
+    fn every_numeric_dtype_reads_as_f32() {
+        let halves = [1.5f32, -2.0, 65504.0, 0.0999755859375];
+        let f16_le: Vec<u8> = halves
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let f16_be: Vec<u8> = halves
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_be_bytes())
+            .collect();
+        let cases: Vec<(&str, Vec<u8>, Vec<f32>)> = vec![
+            ("<f2", f16_le, halves.to_vec()),
+            (">f2", f16_be, halves.to_vec()),
+            ("|i1", vec![0x80, 0xff, 0x7f], vec![-128.0, -1.0, 127.0]),
+            ("|u1", vec![0, 200, 255], vec![0.0, 200.0, 255.0]),
+            (
+                "<u2",
+                [65535u16, 7].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![65535.0, 7.0],
+            ),
+            (
+                ">u4",
+                [4_000_000_000u32]
+                    .iter()
+                    .flat_map(|v| v.to_be_bytes())
+                    .collect(),
+                vec![4e9],
+            ),
+            (
+                "<u8",
+                [1u64 << 40].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![(1u64 << 40) as f32],
+            ),
+        ];
+        for (descr, payload, expected) in cases {
+            let bytes = npy_bytes(descr, expected.len(), &payload);
+            let checked = check_npy(&bytes[..], bytes.len() as u64, Path::new("x.npy"), "")
+                .unwrap_or_else(|e| panic!("{descr}: {e}"));
+            let array = npy_to_array(checked, Path::new("x.npy"), "").unwrap();
+            assert_eq!(array.data, expected, "{descr}");
+        }
+        // Booleans and complex numbers are not signals.
+        for (descr, size) in [("|b1", 1), ("<c8", 8)] {
+            let bytes = npy_bytes(descr, 2, &vec![0; 2 * size]);
+            let checked =
+                check_npy(&bytes[..], bytes.len() as u64, Path::new("x.npy"), "").unwrap();
+            let err = npy_to_array(checked, Path::new("x.npy"), "")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("x.npy") && err.contains("unsupported dtype"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
