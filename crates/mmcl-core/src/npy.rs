@@ -489,7 +489,7 @@ mod tests {
     /// integers of each width, either byte order) reads as the f32 values `astype` gives.
     #[test]
     fn every_numeric_dtype_reads_as_f32() {
-        let halves = [1.5f32, -2.0, 65504.0, 0.0999755859375];
+        let halves = [1.5f32, -2.0, 65504.0, 0.25 + 2f32.powi(-12)];
         let f16_le: Vec<u8> = halves
             .iter()
             .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
