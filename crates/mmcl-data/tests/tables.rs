@@ -78,6 +78,56 @@ fn bad_phenotype_tables_are_clear_errors() {
     assert!(read_phenotypes(&empty).is_err());
 }
 
+/// One table as UK Biobank's `ukbconv` and spreadsheets write it: comma CSV; semicolons with
+/// decimal commas, a byte-order mark and CRLF (a spreadsheet in a decimal-comma locale); tabs
+/// (`ukbconv txt`); tabs with the R layout's names (`ukbconv r`: `f.eid`, `f.24100.2.0`). All
+/// read the same; the delimiter comes from the header line.
+#[test]
+fn phenotype_tables_in_every_dialect_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialects = [
+        (
+            "comma.csv",
+            "eid,24100-2.0,24101-2.0,sex\n1,150.5,60,\"F, 1\"\n2,,55.25,M\n",
+        ),
+        (
+            "semicolon.csv",
+            "\u{feff}eid;24100-2.0;24101-2.0;sex\r\n1;150,5;60;\"F; 1\"\r\n2;;55,25;M\r\n",
+        ),
+        (
+            "ukbconv.txt",
+            "eid\t24100-2.0\t24101-2.0\tsex\n1\t150.5\t60\tF, 1\n2\tNA\t55.25\tM\n",
+        ),
+        (
+            "ukbconv.tab",
+            "f.eid\tf.24100.2.0\tf.24101.2.0\tsex\n1\t150.5\t60\tF\n2\tNA\t55.25\tM\n",
+        ),
+    ];
+    for (name, text) in dialects {
+        let t = read_phenotypes(&write(&dir, name, text)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.eids(), vec![1, 2], "{name}");
+        assert_eq!(t.columns[0].as_deref(), Some("24100-2.0"), "{name}");
+        assert_eq!(&t.get(1).unwrap()[..2], &[150.5, 60.0], "{name}");
+        let b = t.get(2).unwrap();
+        assert!(b[0].is_nan() && b[1] == 55.25, "{name}: {b:?}");
+    }
+    // A comma CSV keeps the comma a delimiter: `150,5` there is two cells, a width error.
+    let err = phenotype_error(&dir, "mixed.csv", "eid,24100-2.0\n1,150,5\n");
+    assert!(err.contains("line 2") && err.contains("field"), "{err}");
+    // The R layout's ICD-10 columns (`f.41270.0.i`) are UK Biobank's wide diagnoses.
+    let ukb_r = write(
+        &dir,
+        "diagnoses.tab",
+        "f.eid\tf.41270.0.0\tf.41270.0.1\n8\tE119\tI251\n9\t\t\n",
+    );
+    let t = read_diagnoses(&ukb_r).unwrap();
+    let d = DiseaseDefinition::defaults();
+    assert_eq!(
+        disease_labels(&t, &d, 8, false).unwrap(),
+        vec![Some(1), Some(0), Some(1)]
+    );
+}
+
 #[test]
 fn diagnoses_in_wide_and_long_layouts() {
     let (dir, p) = common::write_temp(

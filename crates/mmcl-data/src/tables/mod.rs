@@ -11,6 +11,13 @@
 //! column and count ([`PhenotypeTable::warnings`]); anything else that is not a number is an
 //! error naming the file, line and column. A repeated `eid` is an error naming both lines.
 //!
+//! # Dialects
+//! Both tables take the delimiter of their header line: `,`, or `;` or a tab where the header
+//! has more of those (spreadsheets saved in locales with a decimal comma; the `txt` output of
+//! UK Biobank's `ukbconv`). Column names in `ukbconv`'s R layout (`f.eid`, `f.24100.2.0`) read
+//! as their CSV names (`eid`, `24100-2.0`). Where the delimiter is not a comma, a number may
+//! carry a decimal comma (`152,3`).
+//!
 //! # Diagnoses CSV
 //! Columns `eid` and `icd10` (also accepted: `icd10_codes`); the cell lists codes separated by
 //! `;` (or `|`, `,`, whitespace, newlines), with or without the dot (`I25.1` = `I251`); a code

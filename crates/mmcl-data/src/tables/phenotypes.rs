@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Eid;
-use super::strict_csv::{StrictCsv, is_missing, parse_eid};
+use super::strict_csv::{StrictCsv, is_missing, parse_eid, parse_number};
 use crate::phenotypes::{PHENOTYPE_FIELDS, ukb_column};
 use crate::{Error, Result};
 
@@ -80,6 +80,7 @@ pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
     let mut missing_counts = vec![0; PHENOTYPE_FIELDS.len()];
     // Non-finite values per source column, reported once per column.
     let mut non_finite: BTreeMap<usize, usize> = BTreeMap::new();
+    let decimal_comma = csv.decimal_comma();
     while let Some((line, record)) = csv.next_record()? {
         let eid = parse_eid(&record[eid_col], path, line)?;
         if let Some(previous) = first_line.insert(eid, line) {
@@ -96,7 +97,7 @@ pub fn read_phenotypes(path: &Path) -> Result<PhenotypeTable> {
                 if is_missing(cell) {
                     continue;
                 }
-                let v = cell.parse::<f64>().map_err(|_| {
+                let v = parse_number(cell, decimal_comma).ok_or_else(|| {
                     Error::format(
                         path,
                         format!(

@@ -17,24 +17,42 @@ pub(super) struct StrictCsv<'p> {
     /// Column names.
     pub(super) headers: csv::StringRecord,
     record: csv::StringRecord,
+    delimiter: u8,
 }
 
 impl<'p> StrictCsv<'p> {
-    /// Opens `path` after checking its quotes, and reads the header row.
+    /// Opens `path` after checking its quotes, and reads the header row. The delimiter is the
+    /// header's: `,`, or `;` (spreadsheets in locales with a decimal comma) or a tab (UK
+    /// Biobank's `ukbconv` `txt` and `r` outputs) when the header has more of them. Column names
+    /// in the R layout of `ukbconv` (`f.eid`, `f.24100.2.0`) read as their CSV names (`eid`,
+    /// `24100-2.0`).
     pub(super) fn open(path: &'p Path) -> Result<Self> {
-        check_quotes(path)?;
+        let delimiter = sniff_delimiter(path)?;
+        check_quotes(path, delimiter)?;
         let (file, _) = open_regular(path)?;
         let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
             .trim(csv::Trim::All)
             .flexible(false)
             .from_reader(std::io::BufReader::new(file));
-        let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+        let headers: csv::StringRecord = reader
+            .headers()
+            .map_err(|e| csv_error(path, e))?
+            .iter()
+            .map(csv_column_name)
+            .collect();
         Ok(Self {
             path,
             reader,
             headers,
             record: csv::StringRecord::new(),
+            delimiter,
         })
+    }
+
+    /// Whether numbers may carry a decimal comma (`1,5`): where the delimiter is not the comma.
+    pub(super) fn decimal_comma(&self) -> bool {
+        self.delimiter != b','
     }
 
     /// The column named `name` (any case).
@@ -80,10 +98,57 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
     }
 }
 
+/// The UK Biobank CSV name of a column named in `ukbconv`'s R layout (`f.eid` → `eid`,
+/// `f.24100.2.0` → `24100-2.0`); other names unchanged.
+fn csv_column_name(name: &str) -> String {
+    if name == "f.eid" {
+        return "eid".to_string();
+    }
+    let parts: Vec<&str> = name
+        .strip_prefix("f.")
+        .map_or(Vec::new(), |r| r.split('.').collect());
+    match parts.as_slice() {
+        [field, instance, array]
+            if parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            format!("{field}-{instance}.{array}")
+        }
+        _ => name.to_string(),
+    }
+}
+
+/// How far into a file the header line is looked for.
+const HEADER_SCAN_BYTES: u64 = 1 << 20;
+
+/// The delimiter of `path`'s header line: `;` or tab where the line has more of them (outside
+/// quotes) than commas, else `,`.
+fn sniff_delimiter(path: &Path) -> Result<u8> {
+    let (file, _) = open_regular(path)?;
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, HEADER_SCAN_BYTES), &mut head)
+        .map_err(|e| Error::io(path, e))?;
+    let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0)];
+    let mut quoted = false;
+    for &b in head.iter().take_while(|&&b| b != b'\n' && b != b'\r') {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if !quoted && let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
+            c.1 += 1;
+        }
+    }
+    // The first of the most frequent: a comma on a tie or a one-column header.
+    let best = counts
+        .iter()
+        .fold(counts[0], |best, &c| if c.1 > best.1 { c } else { best });
+    Ok(best.0)
+}
+
 /// Scans `path` with the quoting rules of the `csv` parser (a quote opens a quoted field only
 /// as the first character of a field; `""` inside it is a literal quote) and refuses a quote
 /// still open at the end of the file, naming the line where it opened.
-fn check_quotes(path: &Path) -> Result<()> {
+fn check_quotes(path: &Path, delimiter: u8) -> Result<()> {
     #[derive(Clone, Copy, PartialEq)]
     enum State {
         FieldStart,
@@ -108,7 +173,7 @@ fn check_quotes(path: &Path) -> Result<()> {
             first = false;
         }
         for &b in bytes {
-            let separator = matches!(b, b',' | b'\n' | b'\r');
+            let separator = b == delimiter || matches!(b, b'\n' | b'\r');
             state = match (state, b) {
                 (State::Quoted, b'"') => State::QuoteInQuoted,
                 (State::Quoted, _) => State::Quoted,
@@ -146,6 +211,17 @@ pub(super) fn parse_eid(text: &str, path: &Path, line: u64) -> Result<Eid> {
             path,
             format!("line {line}: eid {text:?} is not a positive integer"),
         )
+    })
+}
+
+/// The number in `cell`, also written with a decimal comma (`1,5`) when `decimal_comma`; `None`
+/// when it is not a number.
+pub(super) fn parse_number(cell: &str, decimal_comma: bool) -> Option<f64> {
+    cell.parse::<f64>().ok().or_else(|| {
+        let one_comma = cell.matches(',').count() == 1 && !cell.contains('.');
+        (decimal_comma && one_comma)
+            .then(|| cell.replace(',', "."))
+            .and_then(|c| c.parse::<f64>().ok())
     })
 }
 
