@@ -164,14 +164,25 @@ pub fn bf16_backend() -> &'static str {
 }
 
 /// What runs the f32 matrix products of the CPU kernels: `"openblas (<kernels>)"` with the
-/// `openblas` feature (unless `MMCL_OPENBLAS=0`), naming the kernel family OpenBLAS chose for
-/// this CPU, otherwise `"gemm crate"`.
+/// `openblas` feature, naming the kernel family OpenBLAS chose for this CPU; otherwise `"gemm
+/// crate"`, with the feature saying why OpenBLAS is not used (`MMCL_OPENBLAS=0`, or its kernels
+/// older than the CPU).
 pub fn f32_backend() -> String {
     #[cfg(feature = "openblas")]
-    if crate::kernels::blas::enabled() {
-        return format!("openblas ({})", crate::kernels::blas::core_name());
+    fn backend() -> String {
+        use crate::kernels::blas;
+        let core = blas::core_name();
+        if blas::enabled() {
+            format!("openblas ({core})")
+        } else {
+            format!("gemm crate (OpenBLAS, whose kernels here are {core}, not used)")
+        }
     }
-    "gemm crate".to_string()
+    #[cfg(not(feature = "openblas"))]
+    fn backend() -> String {
+        "gemm crate".to_string()
+    }
+    backend()
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! feature: for CPUs where OpenBLAS's hand-tuned kernels beat the `gemm` crate's (Intel Xeons
 //! with two 512-bit FMA units, where PyTorch's MKL products ran at twice the `gemm` crate's
 //! GFLOP/s). The default build stays pure cargo; with the feature, [`sgemm`] serves every f32
-//! product whose operands BLAS can describe, and `MMCL_OPENBLAS=0` turns it off at run time.
+//! product whose operands BLAS can describe. At run time `MMCL_OPENBLAS=0` turns it off, and it
+//! stays off by itself where OpenBLAS picked kernels older than the CPU ([`enabled`]).
 //!
 //! The declarations are written here rather than taken from `cblas-sys`: two functions and a
 //! thread setting, where a binding crate would bring a build script and a second copy of the
@@ -14,7 +15,7 @@
 //! the cores.
 
 use std::ffi::{CStr, c_char, c_int};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 
 use rayon::prelude::*;
 
@@ -46,18 +47,63 @@ unsafe extern "C" {
     fn openblas_get_corename() -> *const c_char;
 }
 
-/// Whether the f32 products run on OpenBLAS (`MMCL_OPENBLAS` not `0`); decided once, when the
-/// library is also set to one thread per call.
+/// Whether the f32 products run on OpenBLAS; decided once. `MMCL_OPENBLAS=0` turns it off,
+/// `MMCL_OPENBLAS=1` (or an `OPENBLAS_CORETYPE` choice) on; otherwise it is on unless OpenBLAS
+/// chose kernels older than this CPU's vector units (an OpenBLAS older than the CPU falls back to generic ones: Debian 12's 0.3.21
+/// runs an Emerald Rapids Xeon on its SSE3 "Prescott" kernels, 4-5x slower than the gemm
+/// crate), which is said once on stderr.
 pub(crate) fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        if std::env::var("MMCL_OPENBLAS").is_ok_and(|v| v.trim() == "0") {
-            return false;
+        match std::env::var("MMCL_OPENBLAS").as_deref().map(str::trim) {
+            Ok("0") => return false,
+            Ok("1") => return true,
+            _ => {}
         }
-        // SAFETY: sets a global of the library; called once, before any product.
-        unsafe { openblas_set_num_threads(1) };
-        true
+        if std::env::var_os("OPENBLAS_CORETYPE").is_some_and(|v| !v.is_empty()) {
+            return true; // the user chose OpenBLAS's kernels
+        }
+        let core = core_name();
+        let (avx512, avx2_fma) = vector_units();
+        let Some(wanted) = kernels_for_wider_vectors(&core, avx512, avx2_fma) else {
+            return true;
+        };
+        eprintln!(
+            "note: OpenBLAS chose its {core} kernels, older than this CPU's vector units; the f32 \
+             products stay on the gemm crate (OPENBLAS_CORETYPE={wanted} gives OpenBLAS better \
+             ones; MMCL_OPENBLAS=1 uses it as it is, MMCL_OPENBLAS=0 not at all)"
+        );
+        false
     })
+}
+
+/// Whether this CPU has AVX-512F, and AVX2 with FMA.
+fn vector_units() -> (bool, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        (has!("avx512f"), has!("avx2") && has!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (false, false)
+    }
+}
+
+/// The OpenBLAS kernel family to ask for (`OPENBLAS_CORETYPE`) when `core`, the one the library
+/// chose, does not use the CPU's widest vector units: AVX-512 (`SkylakeX` and later) or AVX2 with
+/// FMA (`Haswell`, `Zen` and later); `None` when it does.
+fn kernels_for_wider_vectors(core: &str, avx512: bool, avx2_fma: bool) -> Option<&'static str> {
+    const AVX512_KERNELS: [&str; 3] = ["SkylakeX", "Cooperlake", "SapphireRapids"];
+    const AVX2_KERNELS: [&str; 2] = ["Haswell", "Zen"];
+    let among = |names: &[&str]| names.iter().any(|n| n.eq_ignore_ascii_case(core));
+    if avx512 && !among(&AVX512_KERNELS) {
+        Some("SkylakeX")
+    } else if avx2_fma && !among(&AVX512_KERNELS) && !among(&AVX2_KERNELS) {
+        Some("Haswell")
+    } else {
+        None
+    }
 }
 
 /// The kernel family OpenBLAS chose for this CPU (`"Haswell"`, `"SkylakeX"`, `"Cooperlake"`,
@@ -104,6 +150,9 @@ pub(crate) unsafe fn sgemm(
     accumulate: bool,
     threads: usize,
 ) -> bool {
+    static ONE_THREAD_PER_CALL: Once = Once::new();
+    // SAFETY: sets a global of the library, once, before its first product.
+    ONE_THREAD_PER_CALL.call_once(|| unsafe { openblas_set_num_threads(1) });
     let (m, n, k) = product.dims;
     let fits = |v: usize| c_int::try_from(v).is_ok();
     let (Some(a), Some(b)) = (
@@ -234,7 +283,6 @@ mod tests {
 
     #[test]
     fn openblas_products_equal_their_definition() {
-        assert!(enabled(), "MMCL_OPENBLAS=0 in the test environment");
         assert!(!core_name().is_empty());
         for dims in SHAPES {
             for lhs in [Layout::Rows, Layout::Columns] {
@@ -255,6 +303,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Generic kernels on a CPU with wider vectors are refused, naming the family to ask for;
+    /// fitting or newer-than-needed families are kept; names compare in any case.
+    #[test]
+    fn kernels_older_than_the_cpu_are_recognised() {
+        let cases = [
+            ("Prescott", true, true, Some("SkylakeX")),
+            ("Haswell", true, true, Some("SkylakeX")),
+            ("SkylakeX", true, true, None),
+            ("SAPPHIRERAPIDS", true, true, None),
+            ("Prescott", false, true, Some("Haswell")),
+            ("Sandybridge", false, true, Some("Haswell")),
+            ("Zen", false, true, None),
+            ("SkylakeX", false, true, None),
+            ("Prescott", false, false, None),
+        ];
+        for (core, avx512, avx2_fma, wanted) in cases {
+            assert_eq!(
+                kernels_for_wider_vectors(core, avx512, avx2_fma),
+                wanted,
+                "{core}, avx512 {avx512}, avx2+fma {avx2_fma}"
+            );
         }
     }
 
