@@ -49,9 +49,9 @@ unsafe extern "C" {
 
 /// Whether the f32 products run on OpenBLAS; decided once. `MMCL_OPENBLAS=0` turns it off,
 /// `MMCL_OPENBLAS=1` (or an `OPENBLAS_CORETYPE` choice) on; otherwise it is on unless OpenBLAS
-/// chose kernels older than this CPU's vector units (an OpenBLAS older than the CPU falls back to generic ones: Debian 12's 0.3.21
-/// runs an Emerald Rapids Xeon on its SSE3 "Prescott" kernels, 4-5x slower than the gemm
-/// crate), which is said once on stderr.
+/// chose kernels older than this CPU's vector units, which is said once on stderr (an OpenBLAS
+/// older than the CPU falls back to generic kernels: Debian 12's 0.3.21 runs an Emerald Rapids
+/// Xeon on its SSE3 "Prescott" ones, 4-5x slower than the gemm crate).
 pub(crate) fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
