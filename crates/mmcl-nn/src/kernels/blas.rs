@@ -135,6 +135,15 @@ fn operand(strides: (usize, usize), rows: usize, cols: usize) -> Option<(c_int, 
     Some((trans, c_int::try_from(ld).ok()?))
 }
 
+/// The number of tasks a `gemm` crate parallelism setting asks for (`Rayon(0)`: rayon's pool).
+pub(crate) fn threads_of(parallelism: gemm::Parallelism) -> usize {
+    match parallelism {
+        gemm::Parallelism::None => 1,
+        gemm::Parallelism::Rayon(0) => rayon::current_num_threads(),
+        gemm::Parallelism::Rayon(n) => n,
+    }
+}
+
 /// Products smaller than this many multiply-adds run on one thread.
 const PARALLEL_WORK: usize = 1 << 21;
 
@@ -262,13 +271,6 @@ mod tests {
     use crate::kernels::gemm::gemm_raw;
     use crate::kernels::test_support::{Layout, check_product, matrix};
 
-    fn threads(parallelism: gemm::Parallelism) -> usize {
-        match parallelism {
-            gemm::Parallelism::None => 1,
-            gemm::Parallelism::Rayon(n) => n,
-        }
-    }
-
     /// Small shapes, edges of one block, and two products large enough to be split over tasks:
     /// by rows (many rows) and by columns (few rows, many columns).
     const SHAPES: [(usize, usize, usize); 7] = [
@@ -296,7 +298,7 @@ mod tests {
                             |x| x,
                             |p, par| {
                                 // SAFETY: `check_product` hands out views inside its buffers.
-                                let done = unsafe { sgemm(p, 1.0, accumulate, threads(par)) };
+                                let done = unsafe { sgemm(p, 1.0, accumulate, threads_of(par)) };
                                 assert!(done, "BLAS describes row- and column-major operands");
                             },
                         );

@@ -363,11 +363,7 @@ pub(crate) unsafe fn gemm_raw(
     }
     #[cfg(feature = "openblas")]
     if super::blas::enabled() {
-        let threads = match parallelism {
-            gemm::Parallelism::None => 1,
-            gemm::Parallelism::Rayon(0) => rayon::current_num_threads(),
-            gemm::Parallelism::Rayon(n) => n,
-        };
+        let threads = super::blas::threads_of(parallelism);
         // SAFETY: forwarded from the caller's contract.
         if unsafe { super::blas::sgemm(product, beta, accumulate, threads) } {
             return;
