@@ -8,7 +8,7 @@
 use candle_core::Result;
 use rayon::prelude::*;
 
-use crate::kernels::bf16::{Engine, gemm_bf16};
+use crate::kernels::bf16::{Engine, Start, gemm_bf16};
 use crate::kernels::rows_per_task;
 use crate::precision::{Precision, matmul_precision};
 
@@ -137,29 +137,65 @@ pub(crate) fn matmul_strided(
     // SAFETY: the views were checked to address only elements of their slices; the m rows of
     // n values, `dst_row_stride ≥ n` apart, lie inside `dst`, which, being a unique borrow,
     // aliases neither input.
-    unsafe { gemm_raw_in(product, (1.0, accumulate), parallelism, precision) };
+    let start = if accumulate { Start::Dst } else { Start::Zero };
+    // SAFETY: as above.
+    unsafe { gemm_raw_in(product, (1.0, start), parallelism, precision) };
     Ok(())
 }
 
-/// `dst[M, N] (+)= x[M, K] · w[N, K]ᵀ` over row-major slices (a linear layer with PyTorch's
-/// weight layout), multi-threaded, in the calling thread's [`matmul_precision`]; with
-/// `accumulate`, `dst` already holds the bias rows.
-pub(crate) fn gemm_xwt(
+/// `x[M, K]·w[N, K]ᵀ + bias` (a linear layer with PyTorch's weight layout) as a new row-major
+/// `[M, N]` matrix, multi-threaded, in the calling thread's [`matmul_precision`].
+///
+/// The bias starts the sums: the tile engine loads it into its accumulators, so the output is
+/// written once instead of being zeroed, filled with the bias and read back.
+///
+/// # Errors
+/// When the slices do not hold the shapes (a bug in the calling kernel).
+pub(crate) fn linear_forward(
     x: &[f32],
     w: &[f32],
-    dst: &mut [f32],
+    bias: Option<&[f32]>,
     (m, k, n): (usize, usize, usize),
-    accumulate: bool,
-) -> Result<()> {
+) -> Result<Vec<f32>> {
+    if x.len() != m * k || w.len() != n * k || bias.is_some_and(|b| b.len() != n) {
+        candle_core::bail!(
+            "internal error: a [{m}, {k}]·[{k}, {n}] linear map from {}, {} and {:?} values",
+            x.len(),
+            w.len(),
+            bias.map(<[f32]>::len)
+        );
+    }
     let (x, w) = (MatRef::rows(x, m, k), MatRef::rows(w, n, k));
-    matmul(
-        dst,
-        x,
-        w.t(),
-        accumulate,
-        gemm_parallelism(),
-        matmul_precision(),
-    )
+    let Some(bias) = bias else {
+        let mut out = crate::kernels::zeros(m * n);
+        let parallelism = gemm_parallelism();
+        matmul(&mut out, x, w.t(), false, parallelism, matmul_precision())?;
+        return Ok(out);
+    };
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    let product = RawProduct {
+        dims: (m, n, k),
+        dst: out.as_mut_ptr(),
+        dst_rs: n,
+        lhs: x.data.as_ptr(),
+        lhs_strides: (k, 1),
+        rhs: w.data.as_ptr(),
+        rhs_strides: (1, k),
+    };
+    // SAFETY: `x` and `w` hold [m, k] and [n, k] (checked above); the output's capacity holds
+    // m·n values, which a bias start writes before it reads them, and it aliases nothing.
+    unsafe {
+        gemm_raw_in(
+            product,
+            (1.0, Start::Bias(bias)),
+            gemm_parallelism(),
+            matmul_precision(),
+        );
+        // Every value was written: the bias rows and the sums added onto them, or the tile
+        // engine's blocks started from the bias.
+        out.set_len(m * n);
+    }
+    Ok(out)
 }
 
 /// The gradients of a linear map `y = a·Wᵀ + b` (`a` `[M, K]`, `W` `[N, K]`) for the upstream
@@ -291,30 +327,34 @@ pub(crate) struct RawProduct {
     pub(crate) rhs_strides: (usize, usize),
 }
 
-/// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) for the
-/// [`RawProduct`] `product` in `precision`: [`gemm_raw`] in f32; in bf16 [`gemm_bf16`] on the
-/// machine's best engine, its f32 sums then scaled by `beta` (which must be 1 when
-/// accumulating: no caller scales a sum it adds).
+/// `dst[m, n] = start + beta · Σ_k lhs[m, k] · rhs[k, n]` for the [`RawProduct`] `product` in
+/// `precision`: [`gemm_raw`] in f32; in bf16 [`gemm_bf16`] on the machine's best engine, its
+/// f32 sums then scaled by `beta` (which must be 1 unless `start` is [`Start::Zero`]: no
+/// caller scales a sum it adds).
 ///
 /// # Safety
-/// As [`gemm_raw`].
+/// As [`gemm_raw`]; with [`Start::Bias`] the bias holds `n` values (and `dst` may be
+/// uninitialised: it is written before it is read).
 pub(crate) unsafe fn gemm_raw_in(
     product: RawProduct,
-    (beta, accumulate): (f32, bool),
+    (beta, start): (f32, Start<'_>),
     parallelism: gemm::Parallelism,
     precision: Precision,
 ) {
+    debug_assert!(
+        beta == 1.0 || matches!(start, Start::Zero),
+        "a scaled product is not added"
+    );
     if precision == Precision::F32 {
+        let (m, n, _) = product.dims;
+        // SAFETY: the destination's rows are the caller's.
+        let accumulate = unsafe { start.into_dst(product.dst, (m, n), product.dst_rs) };
         // SAFETY: forwarded from the caller's contract.
         unsafe { gemm_raw(product, beta, accumulate, parallelism) };
         return;
     }
-    debug_assert!(
-        beta == 1.0 || !accumulate,
-        "a scaled bf16 product is not added"
-    );
     // SAFETY: forwarded from the caller's contract.
-    unsafe { gemm_bf16(Engine::best(), product, accumulate, parallelism) };
+    unsafe { gemm_bf16(Engine::best(), product, start, parallelism) };
     let (m, n, _) = product.dims;
     if beta != 1.0 && n > 0 {
         for r in 0..m {

@@ -8,6 +8,7 @@
 use std::arch::asm;
 use std::sync::OnceLock;
 
+use super::Start;
 use super::packed::{BLOCK, HALF, KSTEP, RowBlock, TILE_PAIRS, TILE_U16};
 
 /// The tile configuration (palette 1): tiles 0–3 accumulate 16×16 f32, tiles 4–5 hold
@@ -72,7 +73,7 @@ pub(super) unsafe fn block_row(block: RowBlock<'_>) {
         a,
         packed_rhs,
         ksteps,
-        accumulate,
+        start,
         dst_rs,
         ..
     } = block;
@@ -89,23 +90,43 @@ pub(super) unsafe fn block_row(block: RowBlock<'_>) {
             (corner, dst_rs)
         } else {
             edge.fill(0.0);
-            if accumulate {
-                for r in 0..rows {
+            for r in 0..rows {
+                let src = match start {
+                    Start::Zero => break,
                     // SAFETY: r < rows, cols valid columns.
-                    let src = unsafe { std::slice::from_raw_parts(corner.add(r * dst_rs), cols) };
-                    edge[r * BLOCK..r * BLOCK + cols].copy_from_slice(src);
-                }
+                    Start::Dst => unsafe {
+                        std::slice::from_raw_parts(corner.add(r * dst_rs), cols)
+                    },
+                    Start::Bias(bias) => &bias[nb * BLOCK..nb * BLOCK + cols],
+                };
+                edge[r * BLOCK..r * BLOCK + cols].copy_from_slice(src);
             }
             (edge.as_mut_ptr(), BLOCK)
         };
         let stride = c_rs * 4;
         // SAFETY: c addresses 32 rows of stride c_rs with 32 columns (in place: a full block of
         // the output; otherwise the edge buffer); the operand tiles read 1 KiB each from the
-        // packed buffers, whose sizes are ksteps·1 KiB per row half / column half.
+        // packed buffers, whose sizes are ksteps·1 KiB per row half / column half; a full
+        // block's bias tiles read the bias's 32 values of this column block.
         unsafe {
             let (c00, c01) = (c, c.add(HALF));
             let (c10, c11) = (c.add(HALF * c_rs), c.add(HALF * c_rs + HALF));
-            if accumulate || !full {
+            if let (Start::Bias(bias), true) = (start, full) {
+                // Every row of the block starts from the bias: a row stride of 0 loads the same
+                // 16 values into all 16 rows of a tile, so the output is written once and
+                // never read.
+                let b0 = bias.as_ptr().add(nb * BLOCK);
+                let b1 = b0.add(HALF);
+                asm!(
+                    "tileloadd tmm0, [{b0} + {s}*1]",
+                    "tileloadd tmm1, [{b1} + {s}*1]",
+                    "tileloadd tmm2, [{b0} + {s}*1]",
+                    "tileloadd tmm3, [{b1} + {s}*1]",
+                    b0 = in(reg) b0, b1 = in(reg) b1,
+                    s = in(reg) 0usize,
+                    options(nostack, readonly),
+                );
+            } else if matches!(start, Start::Dst) || !full {
                 asm!(
                     "tileloadd tmm0, [{c00} + {s}*1]",
                     "tileloadd tmm1, [{c01} + {s}*1]",

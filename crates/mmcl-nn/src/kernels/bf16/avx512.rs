@@ -17,6 +17,7 @@ use std::arch::x86_64::{
 };
 use std::sync::OnceLock;
 
+use super::Start;
 use super::packed::{BLOCK, HALF, KSTEP, RowBlock, TILE_PAIRS};
 
 /// Rows of one register block.
@@ -60,7 +61,10 @@ pub(super) unsafe fn block_row(block: RowBlock<'_>) {
                     block.corner(r0, nb),
                     block.dst_rs,
                     (valid_rows, cols),
-                    block.accumulate,
+                    match block.start {
+                        Start::Bias(bias) => Start::Bias(&bias[nb * BLOCK..]),
+                        other => other,
+                    },
                 );
             }
         }
@@ -78,11 +82,13 @@ fn lanes(count: usize) -> __mmask16 {
 }
 
 /// Rows `r0 .. r0 + 8` of the row block times one packed column block (`b_block`), added to
-/// (or written over) the `valid_rows × cols` corner of the output at `corner`.
+/// `start` in the `valid_rows × cols` corner of the output at `corner` (a bias from this
+/// column block's first value).
 ///
 /// # Safety
 /// `corner` addresses `valid_rows` rows of stride `dst_rs` with `cols` valid columns; `a` holds
-/// `ksteps` packed steps of 32 rows, `b_block` `ksteps` steps of two column halves.
+/// `ksteps` packed steps of 32 rows, `b_block` `ksteps` steps of two column halves; a bias
+/// holds `cols` values.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn register_block(
@@ -93,16 +99,25 @@ unsafe fn register_block(
     corner: *mut f32,
     dst_rs: usize,
     (valid_rows, cols): (usize, usize),
-    accumulate: bool,
+    start: Start<'_>,
 ) {
     let masks = [lanes(cols), lanes(cols.saturating_sub(HALF))];
     let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-    if accumulate {
-        for (r, row) in acc.iter_mut().enumerate().take(valid_rows) {
-            for (h, v) in row.iter_mut().enumerate() {
-                // SAFETY: masked to the row's valid columns (caller's contract).
-                *v = unsafe { _mm512_maskz_loadu_ps(masks[h], corner.add(r * dst_rs + h * HALF)) };
-            }
+    for (r, row) in acc.iter_mut().enumerate().take(valid_rows) {
+        for (h, v) in row.iter_mut().enumerate() {
+            // SAFETY: masked to the row's valid columns (caller's contract); a bias holds the
+            // output's n values, of which this column block's `cols` are read.
+            *v = unsafe {
+                match start {
+                    Start::Zero => break,
+                    Start::Dst => {
+                        _mm512_maskz_loadu_ps(masks[h], corner.add(r * dst_rs + h * HALF))
+                    }
+                    Start::Bias(bias) => {
+                        _mm512_maskz_loadu_ps(masks[h], bias.as_ptr().add(h * HALF))
+                    }
+                }
+            };
         }
     }
     let a_pairs = a.as_ptr().cast::<u32>();

@@ -19,6 +19,7 @@ mod pack512;
 mod packed;
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use super::gemm::RawProduct;
 
@@ -98,17 +99,69 @@ impl Engine {
     }
 }
 
-/// `dst[m, n] = Σ_k bf16(lhs[m, k])·bf16(rhs[k, n])` summed in f32 (plus `dst` if `accumulate`),
-/// for the strided views of `product`, on `engine` (normally [`Engine::best`]). A hardware
-/// engine the machine lacks falls back to the emulation.
+/// What the sums of a matrix product are added to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// Nothing: the products replace the destination.
+    Zero,
+    /// The destination's values.
+    Dst,
+    /// The same row in every row (a linear layer's bias, `n` values); the destination is
+    /// written before it is read, so it need not hold initialised values.
+    Bias(&'a [f32]),
+}
+
+impl Start<'_> {
+    /// Writes the bias into every row of `dst` (`m` rows of `n` values, `dst_rs` apart) where
+    /// this is [`Start::Bias`], so that an engine can then add its sums onto `dst`; returns
+    /// whether the engine must add (`Dst` and `Bias`) rather than replace (`Zero`).
+    ///
+    /// # Safety
+    /// The `m` rows of `n` values at `dst` are valid for writes and no other task uses them;
+    /// a bias holds `n` values.
+    pub(crate) unsafe fn into_dst(
+        self,
+        dst: *mut f32,
+        (m, n): (usize, usize),
+        dst_rs: usize,
+    ) -> bool {
+        match self {
+            Start::Zero => false,
+            Start::Dst => true,
+            Start::Bias(bias) => {
+                let out = crate::kernels::SharedMut(dst);
+                let rows = crate::kernels::rows_per_task(n);
+                (0..m.div_ceil(rows)).into_par_iter().for_each(|task| {
+                    for r in task * rows..((task + 1) * rows).min(m) {
+                        // SAFETY: row r's n values are the caller's to write, each by one
+                        // task; the bias holds n values.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                bias.as_ptr(),
+                                out.get().add(r * dst_rs),
+                                n,
+                            )
+                        };
+                    }
+                });
+                true
+            }
+        }
+    }
+}
+
+/// `dst[m, n] = start + Σ_k bf16(lhs[m, k])·bf16(rhs[k, n])` summed in f32 for the strided
+/// views of `product`, on `engine` (normally [`Engine::best`]). A hardware engine the machine
+/// lacks falls back to the emulation.
 ///
 /// # Safety
 /// As [`super::gemm::gemm_raw`]: every element addressed through the pointers and strides must
 /// be valid, and `dst` must not alias the inputs or be written concurrently by another task.
+/// With [`Start::Bias`] the bias holds `n` values.
 pub(crate) unsafe fn gemm_bf16(
     engine: Engine,
     product: RawProduct,
-    accumulate: bool,
+    start: Start<'_>,
     parallelism: Parallelism,
 ) {
     let (m, n, k) = product.dims;
@@ -128,11 +181,13 @@ pub(crate) unsafe fn gemm_bf16(
             let parallel = !matches!(parallelism, Parallelism::None);
             // SAFETY: forwarded from the caller's contract; the engine's instructions are
             // available.
-            unsafe { packed::gemm(block_row, product, accumulate, parallel) };
+            unsafe { packed::gemm(block_row, product, start, parallel) };
             return;
         }
     }
     let _ = engine;
+    // SAFETY: the destination's rows are the caller's (contract above).
+    let accumulate = unsafe { start.into_dst(product.dst, (m, n), product.dst_rs) };
     // The emulation: contiguous bf16-rounded copies, then the f32 product.
     // SAFETY: the caller guarantees every addressed element is valid.
     let a = unsafe { gather_rounded(product.lhs, (m, k), product.lhs_strides) };

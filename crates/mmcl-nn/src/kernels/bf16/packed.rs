@@ -6,9 +6,12 @@
 //! each task packs a block of 32 rows of the left operand, and the engine's block kernel runs
 //! a 32×32 output block over the whole inner dimension, so each output element is written once.
 
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
-use super::{pack512, to_bf16_bits};
+use super::{Start, pack512, to_bf16_bits};
 use crate::kernels::SharedMut;
 use crate::kernels::gemm::RawProduct;
 
@@ -22,9 +25,24 @@ pub(super) const BLOCK: usize = 32;
 pub(super) const TILE_U16: usize = HALF * KSTEP;
 /// bf16 pairs (u32) in one operand tile.
 pub(super) const TILE_PAIRS: usize = TILE_U16 / 2;
-/// Bytes of packed right operand per inner-dimension chunk: well inside a core's L2 cache
-/// (1–2 MiB on the CPUs that have these instructions).
-const RHS_BUDGET_BYTES: usize = 768 * 1024;
+/// Bytes of packed right operand per inner-dimension chunk: three quarters of a core's L2
+/// cache (1 MiB on AMD Zen 4, 2 MiB on Sapphire and Emerald Rapids), read once from the
+/// operating system. A chunk that is too small splits the inner dimension of the encoder's
+/// `[384 → 1152]` and `[384 → 1536]` products on the 2 MiB parts, and every extra chunk reads
+/// and writes the whole output once more; one that is too large streams the operand from L3
+/// once per row block.
+fn rhs_budget_bytes() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        // SAFETY: `sysconf` only reads system information.
+        let l2 = unsafe { libc::sysconf(libc::_SC_LEVEL2_CACHE_SIZE) };
+        let l2 = usize::try_from(l2)
+            .ok()
+            .filter(|&b| b > 0)
+            .unwrap_or(1 << 20);
+        (l2 / 4 * 3).clamp(256 * 1024, 3 << 20)
+    })
+}
 
 /// One task of a block kernel: the output blocks of row block `mb`.
 #[derive(Clone, Copy)]
@@ -43,8 +61,8 @@ pub(super) struct RowBlock<'a> {
     pub(super) mb: usize,
     /// The inner-dimension steps the packed operands hold.
     pub(super) ksteps: usize,
-    /// Whether the products are added to the output (otherwise they replace it).
-    pub(super) accumulate: bool,
+    /// What the output blocks start from (the output itself, zeros, or the bias row).
+    pub(super) start: Start<'a>,
 }
 
 impl RowBlock<'_> {
@@ -82,8 +100,8 @@ impl RowBlock<'_> {
 /// instructions.
 pub(super) type BlockRow = unsafe fn(RowBlock<'_>);
 
-/// `dst[m, n] (+)= bf16(lhs)·bf16(rhs)` in f32 with `block_row` computing the output blocks;
-/// see [`super::gemm_bf16`].
+/// `dst[m, n] = start + bf16(lhs)·bf16(rhs)` in f32 with `block_row` computing the output
+/// blocks; see [`super::gemm_bf16`].
 ///
 /// # Safety
 /// The CPU has `block_row`'s instructions; `product` satisfies [`super::gemm_bf16`]'s
@@ -91,7 +109,7 @@ pub(super) type BlockRow = unsafe fn(RowBlock<'_>);
 pub(super) unsafe fn gemm(
     block_row: BlockRow,
     product: RawProduct,
-    accumulate: bool,
+    start: Start<'_>,
     parallel: bool,
 ) {
     let RawProduct {
@@ -109,7 +127,7 @@ pub(super) unsafe fn gemm(
     // while every row block passes over it (a long inner dimension, as in a weight gradient
     // summed over all tokens, would otherwise stream the whole operand from L3 once per row
     // block). Later chunks add onto the earlier ones' results.
-    let chunk = (RHS_BUDGET_BYTES / (2 * BLOCK * n_blocks) / KSTEP * KSTEP).max(KSTEP);
+    let chunk = (rhs_budget_bytes() / (2 * BLOCK * n_blocks) / KSTEP * KSTEP).max(KSTEP);
     let mut packed_rhs = Vec::new();
     for k0 in (0..k).step_by(chunk) {
         let kc = chunk.min(k - k0);
@@ -139,23 +157,25 @@ pub(super) unsafe fn gemm(
         let lhs = unsafe { view(lhs.add(k0 * lhs_strides.1), (m, kc), lhs_strides) };
         let out = SharedMut(dst);
         let packed_rhs = &packed_rhs;
-        let accumulate = accumulate || k0 > 0;
+        let start = if k0 > 0 { Start::Dst } else { start };
         let task = |mb: usize| {
-            let a = pack_lhs(lhs, lhs_strides, (m, kc), mb, ksteps);
-            // SAFETY: the blocks of row block `mb` are written by this task only; the caller's
-            // contract covers the rest.
-            unsafe {
-                block_row(RowBlock {
-                    a: &a,
-                    packed_rhs,
-                    out,
-                    dst_rs,
-                    dims: (m, n),
-                    mb,
-                    ksteps,
-                    accumulate,
-                })
-            };
+            PACKED_LHS.with_borrow_mut(|buffer| {
+                let a = pack_lhs(lhs, lhs_strides, (m, kc), mb, ksteps, buffer);
+                // SAFETY: the blocks of row block `mb` are written by this task only; the
+                // caller's contract covers the rest.
+                unsafe {
+                    block_row(RowBlock {
+                        a,
+                        packed_rhs,
+                        out,
+                        dst_rs,
+                        dims: (m, n),
+                        mb,
+                        ksteps,
+                        start,
+                    })
+                };
+            });
         };
         if parallel && m_blocks > 1 {
             (0..m_blocks).into_par_iter().for_each(task);
@@ -212,28 +232,41 @@ fn pack_rhs(
     }
 }
 
+thread_local! {
+    /// Each thread's packed left operand, reused from task to task: a fresh buffer per row
+    /// block cost an allocation, its zero-fill and its release (about 4 % of a bf16 MAE step,
+    /// most of it in the allocator's `free`).
+    static PACKED_LHS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Rows `32·mb ..` of the left operand (`[m, k]` with strides `(rs, cs)` in `lhs`) as bf16:
-/// `[kstep][row 32][32 values]`, zero-padded.
-fn pack_lhs(
+/// `[kstep][row 32][32 values]`, zero-padded, in the front of `buffer` (grown as needed).
+fn pack_lhs<'b>(
     lhs: &[f32],
     (rs, cs): (usize, usize),
     (m, k): (usize, usize),
     mb: usize,
     ksteps: usize,
-) -> Vec<u16> {
-    let mut a = vec![0u16; ksteps * BLOCK * KSTEP];
+    buffer: &'b mut Vec<u16>,
+) -> &'b [u16] {
+    let len = ksteps * BLOCK * KSTEP;
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    let a = &mut buffer[..len];
     if pack512::available() && (rs == 1 || cs == 1) {
         // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps of the row block.
         unsafe {
             if cs == 1 {
-                pack512::pack_lhs_k_contiguous(lhs, rs, (m, k), mb, &mut a);
+                pack512::pack_lhs_k_contiguous(lhs, rs, (m, k), mb, a);
             } else {
-                pack512::pack_lhs_m_contiguous(lhs, cs, (m, k), mb, &mut a);
+                pack512::pack_lhs_m_contiguous(lhs, cs, (m, k), mb, a);
             }
         }
         return a;
     }
-    // Any other view, one value at a time.
+    // Any other view, one value at a time, over zeros (the buffer holds an earlier block).
+    a.fill(0);
     for r in 0..BLOCK.min(m - mb * BLOCK) {
         for kk in 0..k {
             let at = (kk / KSTEP) * BLOCK * KSTEP + r * KSTEP + kk % KSTEP;

@@ -42,8 +42,9 @@ fn check(
         accumulate,
         round_to_bf16,
         |product, parallelism| {
+            let start = if accumulate { Start::Dst } else { Start::Zero };
             // SAFETY: forwarded from `check_product`, which hands out checked views.
-            unsafe { gemm_bf16(engine, product, accumulate, parallelism) }
+            unsafe { gemm_bf16(engine, product, start, parallelism) }
         },
     );
 }
@@ -106,5 +107,47 @@ fn avx512_bf16_products_sum_bf16_operands_in_f32() {
             Layout::Rows,
             accumulate,
         );
+    }
+}
+
+/// A bias start gives the same values as the bias written into the rows and added onto, and
+/// never reads the destination (NaN there would show), on every engine this machine has.
+#[test]
+fn bias_start_equals_adding_onto_bias_rows() {
+    let engines = [
+        (Engine::Emulated, true),
+        (Engine::Amx, amx_available()),
+        (Engine::Avx512, avx512_bf16_available()),
+    ];
+    for (engine, present) in engines {
+        if !present {
+            continue;
+        }
+        for (m, n, k) in [(1, 1, 1), (64, 64, 64), (33, 70, 31), (70, 1540, 600)] {
+            let values = |len: usize, seed: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|i| ((i * 37 + seed) % 101) as f32 / 50.0 - 1.0)
+                    .collect()
+            };
+            let (lhs, rhs, bias) = (values(m * k, 3), values(k * n, 4), values(n, 5));
+            let product = |dst: &mut [f32], start: Start<'_>| {
+                let product = RawProduct {
+                    dims: (m, n, k),
+                    dst: dst.as_mut_ptr(),
+                    dst_rs: n,
+                    lhs: lhs.as_ptr(),
+                    lhs_strides: (k, 1),
+                    rhs: rhs.as_ptr(),
+                    rhs_strides: (n, 1),
+                };
+                // SAFETY: row-major operands and destination of the product's shapes.
+                unsafe { gemm_bf16(engine, product, start, Parallelism::Rayon(2)) };
+            };
+            let mut added: Vec<f32> = bias.iter().copied().cycle().take(m * n).collect();
+            product(&mut added, Start::Dst);
+            let mut started = vec![f32::NAN; m * n];
+            product(&mut started, Start::Bias(&bias));
+            assert_eq!(started, added, "{engine:?} {m}x{n}x{k}");
+        }
     }
 }

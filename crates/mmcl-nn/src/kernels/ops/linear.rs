@@ -2,7 +2,7 @@
 
 use candle_core::{D, Result, Shape, Tensor};
 
-use crate::kernels::gemm::{self, gemm_xwt};
+use crate::kernels::gemm::{self, linear_forward};
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::{bias_gradient, fast_path, with_contiguous_f32};
 use crate::precision;
@@ -51,8 +51,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_shape)
 }
 
-/// The CPU forward of both linear operations: `x·Wᵀ` for `x` `[M, K]` and `W` `[N, K]`, with
-/// `bias` `[N]` (when given) written into every row first and the product added onto it.
+/// The CPU forward of both linear operations: `x·Wᵀ` for `x` `[M, K]` and `W` `[N, K]`, plus
+/// `bias` `[N]` (when given) in every row.
 fn forward_cpu(
     op: &'static str,
     x: Input<'_>,
@@ -64,20 +64,7 @@ fn forward_cpu(
     if k != k2 {
         candle_core::bail!("{op}: inner dimensions differ ({k} vs {k2})");
     }
-    let mut out = match bias {
-        Some(Input { data: b, .. }) => {
-            if b.len() != n {
-                candle_core::bail!("{op}: bias length {} for {n} outputs", b.len());
-            }
-            let mut out = Vec::with_capacity(m * n);
-            for _ in 0..m {
-                out.extend_from_slice(b);
-            }
-            out
-        }
-        None => vec![0f32; m * n],
-    };
-    gemm_xwt(x.data, w.data, &mut out, (m, k, n), bias.is_some())?;
+    let out = linear_forward(x.data, w.data, bias.map(|b| b.data), (m, k, n))?;
     Ok((out, Shape::from((m, n))))
 }
 

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use gemm::Parallelism;
 
 use super::softmax::{softmax_last_dim, softmax_rows};
+use crate::kernels::bf16::Start;
 use crate::kernels::gemm::{RawProduct, gemm_raw_in};
 use crate::kernels::{SharedMut, contiguous_f32, fast_path, simd, with_contiguous_f32};
 use crate::precision::{self, Precision, matmul_precision};
@@ -139,7 +140,7 @@ unsafe fn head_product(
         rhs_strides,
     };
     // SAFETY: forwarded from the caller's contract.
-    unsafe { gemm_raw_in(product, (beta, false), Parallelism::None, precision) };
+    unsafe { gemm_raw_in(product, (beta, Start::Zero), Parallelism::None, precision) };
 }
 
 /// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`),

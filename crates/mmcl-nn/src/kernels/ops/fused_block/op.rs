@@ -7,8 +7,8 @@ use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::BranchScales;
-use super::rows::{repeat_rows, residual, scaled_rows};
-use crate::kernels::gemm::{gemm_xwt, linear_grads};
+use super::rows::{residual, scaled_rows};
+use crate::kernels::gemm::{linear_forward, linear_grads};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
 use crate::kernels::ops::gelu::{gelu_grad_simd, gelu_simd};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
@@ -118,22 +118,18 @@ impl CpuKernel<2> for FusedBlock {
         let scales = self.scales.as_ref();
 
         let a1 = layer_norm_rows(x, n1w, n1b, self.eps); // [M, D]
-        let mut qkv = repeat_rows(qkv_b, m); // [M, 3D]
-        gemm_xwt(&a1, qkv_w, &mut qkv, (m, d, 3 * d), true)?;
+        let qkv = linear_forward(&a1, qkv_w, Some(qkv_b), (m, d, 3 * d))?; // [M, 3D]
         let attn = attention_forward(&qkv, b, self.geometry(n, d), self.scale); // [M, D]
-        let mut proj = repeat_rows(proj_b, m); // [M, D]
-        gemm_xwt(&attn, proj_w, &mut proj, (m, d, d), true)?;
+        let proj = linear_forward(&attn, proj_w, Some(proj_b), (m, d, d))?; // [M, D]
         let x1 = residual(x, &proj, d, n, scales.map(|s| s.attn.as_slice()));
         drop(proj);
         let a2 = layer_norm_rows(&x1, n2w, n2b, self.eps); // [M, D]
-        let mut pre = repeat_rows(fc1_b, m); // [M, H]
-        gemm_xwt(&a2, fc1_w, &mut pre, (m, d, h), true)?;
+        let pre = linear_forward(&a2, fc1_w, Some(fc1_b), (m, d, h))?; // [M, H]
         let mut act = vec![0f32; m * h];
         act.par_chunks_mut(CHUNK)
             .zip(pre.par_chunks(CHUNK))
             .for_each(|(o, x)| gelu_simd(x, o));
-        let mut mlp = repeat_rows(fc2_b, m); // [M, D]
-        gemm_xwt(&act, fc2_w, &mut mlp, (m, h, d), true)?;
+        let mlp = linear_forward(&act, fc2_w, Some(fc2_b), (m, h, d))?; // [M, D]
         let out = residual(&x1, &mlp, d, n, scales.map(|s| s.mlp.as_slice()));
         // A second forward of the same op value cannot happen (candle applies it once).
         let _ = self.saved.set(Saved {

@@ -5,20 +5,6 @@ use rayon::prelude::*;
 
 use crate::kernels::rows_per_task;
 
-/// `m` copies of `row`, written in parallel.
-pub(super) fn repeat_rows(row: &[f32], m: usize) -> Vec<f32> {
-    let w = row.len();
-    let mut out = vec![0f32; m * w];
-    if w > 0 {
-        out.par_chunks_mut(rows_per_task(w) * w).for_each(|chunk| {
-            for r in chunk.chunks_exact_mut(w) {
-                r.copy_from_slice(row);
-            }
-        });
-    }
-    out
-}
-
 /// `y[r] = base[r] + s[r / rows_per_sample] · branch[r]` per row of width `w` (a residual add
 /// with per-sample branch factors; `s = None` means 1).
 pub(super) fn residual(
