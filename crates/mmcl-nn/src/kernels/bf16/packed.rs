@@ -208,12 +208,14 @@ fn pack_rhs(
     block: &mut [u32],
 ) {
     if pack512::available() && (rs == 1 || cs == 1) {
-        // SAFETY: the CPU has AVX-512 F; the view and the block are the caller's.
+        let native = pack512::native_conversion();
+        // SAFETY: the CPU has AVX-512 F and BW, and BF16 where `native`; the view and the
+        // block are the caller's.
         unsafe {
             if rs == 1 {
-                pack512::pack_rhs_k_contiguous(rhs, cs, (k, n), nb, block);
+                pack512::pack_rhs_k_contiguous(rhs, cs, (k, n), nb, block, native);
             } else {
-                pack512::pack_rhs_n_contiguous(rhs, rs, (k, n), nb, block);
+                pack512::pack_rhs_n_contiguous(rhs, rs, (k, n), nb, block, native);
             }
         }
         return;
@@ -255,12 +257,14 @@ fn pack_lhs<'b>(
     }
     let a = &mut buffer[..len];
     if pack512::available() && (rs == 1 || cs == 1) {
-        // SAFETY: the CPU has AVX-512 F; `a` holds `ksteps` steps of the row block.
+        let native = pack512::native_conversion();
+        // SAFETY: the CPU has AVX-512 F and BW, and BF16 where `native`; `a` holds `ksteps`
+        // steps of the row block.
         unsafe {
             if cs == 1 {
-                pack512::pack_lhs_k_contiguous(lhs, rs, (m, k), mb, a);
+                pack512::pack_lhs_k_contiguous(lhs, rs, (m, k), mb, a, native);
             } else {
-                pack512::pack_lhs_m_contiguous(lhs, cs, (m, k), mb, a);
+                pack512::pack_lhs_m_contiguous(lhs, cs, (m, k), mb, a, native);
             }
         }
         return a;
