@@ -354,23 +354,22 @@ impl TrainNorm {
         // replica depends on this one's rows through the statistics); the scale and shift keep
         // their own rows' part, which the group's gradient mean sums.
         let group = self.summed_over_group(sums.concat())?;
-        let mut dx = crate::kernels::zeros(xs.len());
-        if l > 0 {
-            dx.par_chunks_mut(l)
-                .zip(xs.par_chunks(l).zip(dy.par_chunks(l).zip(ys.par_chunks(l))))
-                .enumerate()
-                .for_each(|(row, (dst, (xr, (gr, yr))))| {
-                    let ch = row % c;
-                    let norm = ChannelGradient {
-                        mean: stats.mean[ch],
-                        inv_std: stats.inv_std[ch],
-                        scale: weight[ch] * stats.inv_std[ch],
-                        mean_dy: (group[2 * ch] / count) as f32,
-                        mean_dy_xhat: (group[2 * ch + 1] / count) as f32,
-                    };
-                    input_gradient_row(gr, xr, yr, dst, norm, relu);
-                });
-        }
+        let dx = crate::kernels::par_filled(xs.len(), l, |row, dst| {
+            let (xr, gr, yr) = (
+                &xs[row * l..][..l],
+                &dy[row * l..][..l],
+                &ys[row * l..][..l],
+            );
+            let ch = row % c;
+            let norm = ChannelGradient {
+                mean: stats.mean[ch],
+                inv_std: stats.inv_std[ch],
+                scale: weight[ch] * stats.inv_std[ch],
+                mean_dy: (group[2 * ch] / count) as f32,
+                mean_dy_xhat: (group[2 * ch + 1] / count) as f32,
+            };
+            input_gradient_row(gr, xr, yr, dst, norm, relu);
+        });
         let dweight = sums.iter().map(|s| s[1] as f32).collect();
         let dbias = sums.iter().map(|s| s[0] as f32).collect();
         Ok((dx, dweight, dbias))
@@ -413,17 +412,12 @@ impl TrainNorm {
                 )
             })
             .collect();
-        let mut y = crate::kernels::zeros(x.len());
-        if l > 0 {
-            y.par_chunks_mut(l)
-                .zip(x.par_chunks(l))
-                .enumerate()
-                .for_each(|(row, (dst, src))| {
-                    let ch = row % c;
-                    let (mean, _, inv_std) = per_channel[ch];
-                    normalize_row(src, dst, mean, weight[ch] * inv_std, bias[ch], self.relu);
-                });
-        }
+        let y = crate::kernels::par_filled(x.len(), l, |row, dst| {
+            let ch = row % c;
+            let (mean, _, inv_std) = per_channel[ch];
+            let src = &x[row * l..][..l];
+            normalize_row(src, dst, mean, weight[ch] * inv_std, bias[ch], self.relu);
+        });
         let stats = ChannelStats {
             mean: per_channel.iter().map(|s| s.0).collect(),
             var: per_channel.iter().map(|s| s.1).collect(),

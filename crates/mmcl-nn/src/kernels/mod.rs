@@ -218,6 +218,35 @@ pub(crate) fn zeros(len: usize) -> Vec<f32> {
     out
 }
 
+/// A new buffer of `len` values written by `fill(i, chunk)` for its chunks of `step` values
+/// (the last may be shorter), in parallel; `fill` must write every value of its chunk.
+///
+/// Each task zeroes its own chunk just before `fill` writes it (so `fill` gets initialised
+/// memory), while the chunk's lines are in the core's cache: a separate zero-fill of the
+/// whole buffer first ([`zeros`]) is one more pass over main memory, which was 8 % of a bf16
+/// MMCL step on an Emerald Rapids Xeon.
+pub(crate) fn par_filled(
+    len: usize,
+    step: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(step.max(1))
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            chunk.fill(std::mem::MaybeUninit::new(0.0));
+            // SAFETY: every value of the chunk was initialised on the line above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let chunk = unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            fill(i, chunk);
+        });
+    // SAFETY: the chunks cover the first `len` values, each initialised by its task (a panic
+    // in `fill` propagates before this line, leaving the vector empty).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The loop of [`map_chunks`] and [`map_tensors`].
 pub(crate) fn chunked<const N: usize>(
     data: [&[f32]; N],
@@ -229,10 +258,8 @@ pub(crate) fn chunked<const N: usize>(
     if data.iter().any(|d| d.len() != len) {
         candle_core::bail!("{op}: inputs of different sizes");
     }
-    let mut out = zeros(len);
-    out.par_chunks_mut(step).enumerate().for_each(|(i, o)| {
+    Ok(par_filled(len, step, |i, o| {
         let start = i * step;
         kernel(o, data.map(|d| &d[start..start + o.len()]));
-    });
-    Ok(out)
+    }))
 }

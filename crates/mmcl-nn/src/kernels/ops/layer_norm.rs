@@ -1,7 +1,6 @@
 //! LayerNorm over the last dimension, with a backward pass for the input, weight and bias.
 
 use candle_core::{D, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::simd::{self, multiversion};
@@ -119,11 +118,9 @@ multiversion!(
 /// LayerNorm of every row of `x` (width `w.len()`), rows in parallel.
 pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let step = row_step(w.len());
-    let mut out = crate::kernels::zeros(x.len());
-    out.par_chunks_mut(step)
-        .zip(x.par_chunks(step))
-        .for_each(|(o, x)| forward_simd(x, w, b, o, eps));
-    out
+    crate::kernels::par_filled(x.len(), step, |i, o| {
+        forward_simd(&x[i * step..i * step + o.len()], w, b, o, eps)
+    })
 }
 
 /// The LayerNorm backward of every row, rows in parallel: the input gradient (plus `residual`,
@@ -142,25 +139,26 @@ pub(crate) fn layer_norm_backward_rows(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = w.len();
     let step = row_step(d);
-    let mut dx = crate::kernels::zeros(x.len());
     if d == 0 {
-        return (dx, Vec::new(), Vec::new());
+        return (vec![0f32; x.len()], Vec::new(), Vec::new());
     }
-    // One row of partial sums per chunk, `[dw | db]`, in a single buffer.
+    // One row of partial sums per chunk, `[dw | db]`, in a single buffer; each task writes
+    // its own row (by raw pointer: `par_filled` hands each task its output chunk alone).
     let mut partials = vec![0f32; x.len().div_ceil(step) * 2 * d];
-    dx.par_chunks_mut(step)
-        .zip(x.par_chunks(step).zip(grad.par_chunks(step)))
-        .zip(partials.par_chunks_mut(2 * d))
-        .enumerate()
-        .for_each(|(i, ((dx, (x, g)), partial))| {
-            backward_simd(x, w, g, dx, partial, eps);
-            if let Some(residual) = residual {
-                let res = &residual[i * step..i * step + dx.len()];
-                for (o, &r) in dx.iter_mut().zip(res) {
-                    *o += r;
-                }
+    let partial_rows = crate::kernels::SharedMut(partials.as_mut_ptr());
+    let dx = crate::kernels::par_filled(x.len(), step, |i, dx| {
+        let rows = i * step..i * step + dx.len();
+        // SAFETY: task i alone writes row i of the partial sums, which the buffer holds (one
+        // row of 2·d values per chunk of `step` values), and nothing reads it meanwhile.
+        let partial =
+            unsafe { std::slice::from_raw_parts_mut(partial_rows.get().add(i * 2 * d), 2 * d) };
+        backward_simd(&x[rows.clone()], w, &grad[rows.clone()], dx, partial, eps);
+        if let Some(residual) = residual {
+            for (o, &r) in dx.iter_mut().zip(&residual[rows]) {
+                *o += r;
             }
-        });
+        }
+    });
     let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
     for partial in partials.chunks_exact(2 * d) {
         let (pw, pb) = partial.split_at(d);

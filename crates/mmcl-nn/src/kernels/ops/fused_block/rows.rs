@@ -14,26 +14,25 @@ pub(super) fn residual(
     n: usize,
     s: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut out = crate::kernels::zeros(base.len());
     let step = rows_per_task(w) * w;
-    out.par_chunks_mut(step)
-        .zip(base.par_chunks(step).zip(branch.par_chunks(step)))
-        .enumerate()
-        .for_each(|(t, (o, (a, b)))| {
-            let first_row = t * (step / w);
-            for (i, ((o, a), b)) in o
-                .chunks_exact_mut(w)
-                .zip(a.chunks_exact(w))
-                .zip(b.chunks_exact(w))
-                .enumerate()
-            {
-                let f = s.map_or(1.0, |s| s[(first_row + i) / n]);
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = a + f * b;
-                }
+    crate::kernels::par_filled(base.len(), step, |t, o| {
+        let (a, b) = (
+            &base[t * step..t * step + o.len()],
+            &branch[t * step..t * step + o.len()],
+        );
+        let first_row = t * (step / w);
+        for (i, ((o, a), b)) in o
+            .chunks_exact_mut(w)
+            .zip(a.chunks_exact(w))
+            .zip(b.chunks_exact(w))
+            .enumerate()
+        {
+            let f = s.map_or(1.0, |s| s[(first_row + i) / n]);
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = a + f * b;
             }
-        });
-    out
+        }
+    })
 }
 
 /// `g` scaled per sample (`None` when every factor is 1: the caller uses `g` itself).
