@@ -166,33 +166,52 @@ pub(crate) fn linear_forward(
         );
     }
     let (x, w) = (MatRef::rows(x, m, k), MatRef::rows(w, n, k));
-    let Some(bias) = bias else {
-        let mut out = crate::kernels::zeros(m * n);
-        let parallelism = gemm_parallelism();
-        matmul(&mut out, x, w.t(), false, parallelism, matmul_precision())?;
-        return Ok(out);
+    let start = bias.map_or(Start::Zero, Start::Bias);
+    product_new(x, w.t(), start, gemm_parallelism(), matmul_precision())
+}
+
+/// `start + lhs·rhs` as a new row-major `[m, n]` matrix, written once: no engine reads the
+/// destination of a product that starts from zero or from a bias, and each writes every value
+/// of it, so the buffer is not zero-filled first (that pass over memory cost as much as a
+/// third of a bf16 product's time at the encoder's shapes).
+///
+/// # Errors
+/// When the shapes disagree or a view exceeds its slice (a bug in the calling kernel).
+pub(crate) fn product_new(
+    lhs: MatRef,
+    rhs: MatRef,
+    start: Start<'_>,
+    parallelism: gemm::Parallelism,
+    precision: Precision,
+) -> Result<Vec<f32>> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let bias_fits = match start {
+        Start::Zero => true,
+        Start::Bias(bias) => bias.len() == n,
+        Start::Dst => false,
     };
+    if rhs.rows != k || !lhs.in_bounds() || !rhs.in_bounds() || !bias_fits {
+        candle_core::bail!(
+            "internal error: inconsistent new matrix product [{m}, {k}]·[{}, {n}] from {start:?}",
+            rhs.rows
+        );
+    }
     let mut out = Vec::<f32>::with_capacity(m * n);
     let product = RawProduct {
         dims: (m, n, k),
         dst: out.as_mut_ptr(),
         dst_rs: n,
-        lhs: x.data.as_ptr(),
-        lhs_strides: (k, 1),
-        rhs: w.data.as_ptr(),
-        rhs_strides: (1, k),
+        lhs: lhs.data.as_ptr(),
+        lhs_strides: (lhs.row_stride, lhs.col_stride),
+        rhs: rhs.data.as_ptr(),
+        rhs_strides: (rhs.row_stride, rhs.col_stride),
     };
-    // SAFETY: `x` and `w` hold [m, k] and [n, k] (checked above); the output's capacity holds
-    // m·n values, which a bias start writes before it reads them, and it aliases nothing.
+    // SAFETY: the views were checked to address only elements of their slices; the output's
+    // capacity holds the m·n values of a row-major [m, n], which a product from zero or from a
+    // bias does not read before writing, and it aliases nothing.
     unsafe {
-        gemm_raw_in(
-            product,
-            (1.0, Start::Bias(bias)),
-            gemm_parallelism(),
-            matmul_precision(),
-        );
-        // Every value was written: the bias rows and the sums added onto them, or the tile
-        // engine's blocks started from the bias.
+        gemm_raw_in(product, (1.0, start), parallelism, precision);
+        // Every value was written (see above).
         out.set_len(m * n);
     }
     Ok(out)
@@ -211,15 +230,8 @@ pub(crate) fn linear_grads(
     let g_mat = MatRef::rows(g, m, n);
     let dw = weight_gradient(g, a, (m, k, n), precision)?;
     let db = column_sums(g, n);
-    let mut da = vec![0f32; m * k];
-    matmul(
-        &mut da,
-        g_mat,
-        MatRef::rows(w, n, k),
-        false,
-        gemm_parallelism(),
-        precision,
-    )?;
+    let w_mat = MatRef::rows(w, n, k);
+    let da = product_new(g_mat, w_mat, Start::Zero, gemm_parallelism(), precision)?;
     Ok((dw, db, da))
 }
 
@@ -333,8 +345,10 @@ pub(crate) struct RawProduct {
 /// caller scales a sum it adds).
 ///
 /// # Safety
-/// As [`gemm_raw`]; with [`Start::Bias`] the bias holds `n` values (and `dst` may be
-/// uninitialised: it is written before it is read).
+/// As [`gemm_raw`]; with [`Start::Bias`] the bias holds `n` values. With [`Start::Zero`] or
+/// [`Start::Bias`] `dst` may be uninitialised: every engine writes each value before reading
+/// it (`gemm` does not read a destination it is told not to, the tile and AVX-512 BF16 blocks
+/// start from zeros or the bias, OpenBLAS's `beta = 0` ignores `C`).
 pub(crate) unsafe fn gemm_raw_in(
     product: RawProduct,
     (beta, start): (f32, Start<'_>),

@@ -102,7 +102,8 @@ impl Engine {
 /// What the sums of a matrix product are added to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Start<'a> {
-    /// Nothing: the products replace the destination.
+    /// Nothing: the products replace the destination, which every engine writes without
+    /// reading it (so it need not hold initialised values).
     Zero,
     /// The destination's values.
     Dst,
