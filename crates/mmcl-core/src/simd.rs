@@ -5,9 +5,7 @@
 //! baseline) and picks the best the running CPU supports, so the binary stays portable (the
 //! crates are built for baseline x86-64, whose vectors are two doubles wide) while using the
 //! full vector width where present. The three versions compute the same operations in the
-//! same order: they give the same bits, except in kernels generic over [`MulAdd`] (declared
-//! with `=> fused kernel`), whose AVX-512 and AVX2 versions round each multiply-add once
-//! ([`Fused`]) where the baseline version rounds the product and the sum ([`Separate`]).
+//! same order: they give the same bits.
 //!
 //! ```
 //! #[inline(always)]
@@ -60,66 +58,10 @@ fn detect() -> Level {
     Level::Baseline
 }
 
-/// How a kernel computes `a·b + c`: LLVM never fuses a product and a sum on its own (that would
-/// change the bits), so polynomial kernels name the fused form where the instruction exists.
-pub trait MulAdd {
-    /// `a·b + c`.
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
-}
-
-/// One rounding: the FMA instruction of the AVX2 and AVX-512 versions (half the instructions
-/// and half the dependency chain of a polynomial).
-pub struct Fused;
-
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-}
-
-/// The product and the sum each rounded: the baseline version, where FMA is not guaranteed
-/// (a fused multiply-add would be a slow library call there).
-pub struct Separate;
-
-impl MulAdd for Separate {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
-    }
-}
-
 /// Defines `fn $name(args) -> ret` that runs the `#[inline(always)]` kernel `$kernel` compiled
-/// for the best instruction set of the running CPU. With `=> fused $kernel`, the kernel is
-/// generic over [`MulAdd`]: [`Fused`] in the AVX2 and AVX-512 versions, [`Separate`] in the
-/// baseline one.
+/// for the best instruction set of the running CPU.
 #[macro_export]
 macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => fused $kernel:ident) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
-                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
-                    $kernel::<$crate::simd::Fused>($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
-                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
-                    $kernel::<$crate::simd::Fused>($($arg),*)
-                }
-                match $crate::simd::level() {
-                    // SAFETY: the level was detected on the running CPU, so the instructions the
-                    // function was compiled with exist.
-                    $crate::simd::Level::V4 => return unsafe { v4($($arg),*) },
-                    // SAFETY: as above.
-                    $crate::simd::Level::V3 => return unsafe { v3($($arg),*) },
-                    $crate::simd::Level::Baseline => {}
-                }
-            }
-            $kernel::<$crate::simd::Separate>($($arg),*)
-        }
-    };
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $kernel:path) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {

@@ -6,7 +6,6 @@
 //! CPU supports, so the binary stays portable while using the full vector width where present.
 
 pub(crate) use mmcl_core::multiversion;
-pub(crate) use mmcl_core::simd::MulAdd;
 
 /// Independent accumulators per reduction: a float sum in one accumulator is a sequential chain
 /// the compiler may not reorder (no fast-math), so it would not vectorise; 16 lanes fill an
@@ -107,19 +106,19 @@ pub(crate) fn max(x: &[f32]) -> f32 {
 
 /// Writes `e^(v − shift)` for each `v` of `x` into `out` and returns their sum (vectorisable).
 #[inline(always)]
-pub(crate) fn exp_shifted<M: MulAdd>(x: &[f32], out: &mut [f32], shift: f32) -> f32 {
+pub(crate) fn exp_shifted(x: &[f32], out: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut co = out.chunks_exact_mut(LANES);
     let mut cx = x.chunks_exact(LANES);
     for (o, c) in (&mut co).zip(&mut cx) {
         for ((a, v), &u) in acc.iter_mut().zip(o.iter_mut()).zip(c) {
-            *v = exp_f32::<M>(u - shift);
+            *v = exp_f32(u - shift);
             *a += *v;
         }
     }
     let mut total: f32 = 0.0;
     for (v, &u) in co.into_remainder().iter_mut().zip(cx.remainder()) {
-        *v = exp_f32::<M>(u - shift);
+        *v = exp_f32(u - shift);
         total += *v;
     }
     acc.iter().sum::<f32>() + total
@@ -127,18 +126,18 @@ pub(crate) fn exp_shifted<M: MulAdd>(x: &[f32], out: &mut [f32], shift: f32) -> 
 
 /// Replaces each `v` of `x` by `e^(v − shift)` and returns their sum (vectorisable).
 #[inline(always)]
-pub(crate) fn exp_shifted_in_place<M: MulAdd>(x: &mut [f32], shift: f32) -> f32 {
+pub(crate) fn exp_shifted_in_place(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-            *v = exp_f32::<M>(*v - shift);
+            *v = exp_f32(*v - shift);
             *a += *v;
         }
     }
     let mut total: f32 = 0.0;
     for v in chunks.into_remainder() {
-        *v = exp_f32::<M>(*v - shift);
+        *v = exp_f32(*v - shift);
         total += *v;
     }
     acc.iter().sum::<f32>() + total
@@ -157,22 +156,22 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// `e^x` in f32 without branches (vectorisable): relative error below 2e-7 on the normal range;
 /// 0 below -87.3, and saturating at `e^88` above 88.
 #[inline(always)]
-pub(crate) fn exp_f32<M: MulAdd>(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     let xc = x.clamp(EXP_MIN, EXP_MAX);
     // x = n ln2 + r with |r| <= ln2 / 2. Adding the magic number rounds x·log2(e) to an integer
     // held in the low mantissa bits of `shifted`.
-    let shifted = M::mul_add(xc, LOG2_E, ROUND_MAGIC);
+    let shifted = xc * LOG2_E + ROUND_MAGIC;
     let n = shifted - ROUND_MAGIC;
-    let r = M::mul_add(-n, LN2_LO, M::mul_add(-n, LN2_HI, xc));
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
     // Taylor series of e^r to degree 7: truncation error < 5e-9 on |r| <= 0.347.
     let p = 1.0 / 5040.0;
-    let p = M::mul_add(p, r, 1.0 / 720.0);
-    let p = M::mul_add(p, r, 1.0 / 120.0);
-    let p = M::mul_add(p, r, 1.0 / 24.0);
-    let p = M::mul_add(p, r, 1.0 / 6.0);
-    let p = M::mul_add(p, r, 0.5);
-    let p = M::mul_add(p, r, 1.0);
-    let p = M::mul_add(p, r, 1.0);
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
     // 2^n through the exponent bits; n is in [-126, 127] after the clamp. It is read from the
     // bits of `shifted` (integer arithmetic vectorises; a saturating `as i32` would not).
     let n_int = shifted.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
@@ -188,40 +187,39 @@ pub(crate) fn exp_f32<M: MulAdd>(x: f32) -> f32 {
 /// `erfcc` fit, fractional error < 1.2e-7 in exact arithmetic).
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // the fit's published coefficients
-pub(crate) fn erfc_nonneg_f32<M: MulAdd>(z: f32) -> f32 {
-    let t = 1.0 / M::mul_add(0.5, z, 1.0);
+pub(crate) fn erfc_nonneg_f32(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * z);
     let p = 0.170_872_77_f32;
-    let p = M::mul_add(p, t, -0.822_152_23);
-    let p = M::mul_add(p, t, 1.488_515_87);
-    let p = M::mul_add(p, t, -1.135_203_98);
-    let p = M::mul_add(p, t, 0.278_868_07);
-    let p = M::mul_add(p, t, -0.186_288_06);
-    let p = M::mul_add(p, t, 0.096_784_18);
-    let p = M::mul_add(p, t, 0.374_091_96);
-    let p = M::mul_add(p, t, 1.000_023_68);
-    let p = M::mul_add(p, t, -1.265_512_23);
-    t * exp_f32::<M>(M::mul_add(-z, z, p))
+    let p = p * t - 0.822_152_23;
+    let p = p * t + 1.488_515_87;
+    let p = p * t - 1.135_203_98;
+    let p = p * t + 0.278_868_07;
+    let p = p * t - 0.186_288_06;
+    let p = p * t + 0.096_784_18;
+    let p = p * t + 0.374_091_96;
+    let p = p * t + 1.000_023_68;
+    let p = p * t - 1.265_512_23;
+    t * exp_f32(p - z * z)
 }
 
 /// The standard normal CDF `Φ(x) = ½(1 + erf(x/√2))`, accurate in relative terms in both tails.
 #[inline(always)]
-pub(crate) fn normal_cdf_f32<M: MulAdd>(x: f32) -> f32 {
+pub(crate) fn normal_cdf_f32(x: f32) -> f32 {
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    let half_erfc = 0.5 * erfc_nonneg_f32::<M>(z);
+    let half_erfc = 0.5 * erfc_nonneg_f32(z);
     if x >= 0.0 { 1.0 - half_erfc } else { half_erfc }
 }
 
 /// The standard normal density `φ(x) = e^{-x²/2} / √(2π)`.
 #[inline(always)]
-pub(crate) fn normal_pdf_f32<M: MulAdd>(x: f32) -> f32 {
+pub(crate) fn normal_pdf_f32(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    INV_SQRT_2PI * exp_f32::<M>(-0.5 * x * x)
+    INV_SQRT_2PI * exp_f32(-0.5 * x * x)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mmcl_core::simd::{Fused, Separate};
 
     /// erf in f64 by its series / continued fraction, precise enough to judge the f32 kernels.
     fn erfc_f64(z: f64) -> f64 {
@@ -255,7 +253,7 @@ mod tests {
         assert_eq!(max(&x), 0.5);
         assert_eq!(max(&[]), f32::NEG_INFINITY);
         let mut e = x.clone();
-        let total = exp_shifted_in_place::<Separate>(&mut e, 0.5);
+        let total = exp_shifted_in_place(&mut e, 0.5);
         let want: f64 = x.iter().map(|&v| (v as f64 - 0.5).exp()).sum();
         assert!(close(total, want));
         assert!((e[3] as f64 - ((x[3] - 0.5) as f64).exp()).abs() < 1e-6);
@@ -263,12 +261,6 @@ mod tests {
 
     #[test]
     fn exp_is_accurate_over_its_range() {
-        exp_accuracy::<Separate>();
-        exp_accuracy::<Fused>();
-    }
-
-    fn exp_accuracy<M: MulAdd>() {
-        let exp_f32 = exp_f32::<M>;
         let mut worst = 0f64;
         let mut x = -87.0f32;
         while x < 88.0 {
@@ -285,11 +277,6 @@ mod tests {
 
     #[test]
     fn normal_cdf_is_accurate_in_both_tails() {
-        normal_cdf_accuracy::<Separate>();
-        normal_cdf_accuracy::<Fused>();
-    }
-
-    fn normal_cdf_accuracy<M: MulAdd>() {
         // In the far tail, rounding x² to f32 alone costs a few 1e-6 of relative accuracy.
         for (lo, hi, bound) in [(-2.0, 2.0, 5e-7), (-5.0, 5.0, 2e-6), (-9.0, 9.0, 1e-5)] {
             let mut worst = (0f64, 0f64);
@@ -299,7 +286,7 @@ mod tests {
                 let z = x.abs() / std::f64::consts::SQRT_2;
                 let tail = 0.5 * erfc_f64(z);
                 let want = if x >= 0.0 { 1.0 - tail } else { tail };
-                let got = normal_cdf_f32::<M>(x as f32) as f64;
+                let got = normal_cdf_f32(x as f32) as f64;
                 let err = ((got - want) / want).abs();
                 if err > worst.0 {
                     worst = (err, x);

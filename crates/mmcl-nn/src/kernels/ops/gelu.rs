@@ -1,7 +1,7 @@
 //! Exact (erf) GELU, alone or fused with the bias add of the preceding linear layer.
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::simd::{MulAdd, multiversion, normal_cdf_f32, normal_pdf_f32};
+use crate::kernels::simd::{multiversion, normal_cdf_f32, normal_pdf_f32};
 use crate::kernels::{
     CHUNK, bias_gradient, fast_path, map_chunks, map_tensors, row_step, with_contiguous_f32,
 };
@@ -50,34 +50,34 @@ fn gelu_composed(x: &Tensor) -> Result<Tensor> {
 }
 
 #[inline(always)]
-fn gelu_kernel<M: MulAdd>(x: &[f32], out: &mut [f32]) {
+fn gelu_kernel(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = v * normal_cdf_f32::<M>(v);
+        *o = v * normal_cdf_f32(v);
     }
 }
 
 #[inline(always)]
-fn gelu_grad_kernel<M: MulAdd>(x: &[f32], grad: &[f32], out: &mut [f32]) {
+fn gelu_grad_kernel(x: &[f32], grad: &[f32], out: &mut [f32]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
-        *o = g * M::mul_add(v, normal_pdf_f32::<M>(v), normal_cdf_f32::<M>(v));
+        *o = g * (normal_cdf_f32(v) + v * normal_pdf_f32(v));
     }
 }
 
 #[inline(always)]
-fn bias_gelu_kernel<M: MulAdd>(x: &[f32], bias: &[f32], out: &mut [f32]) {
+fn bias_gelu_kernel(x: &[f32], bias: &[f32], out: &mut [f32]) {
     for (o_row, x_row) in out
         .chunks_exact_mut(bias.len())
         .zip(x.chunks_exact(bias.len()))
     {
         for ((o, &v), &b) in o_row.iter_mut().zip(x_row).zip(bias) {
             let u = v + b;
-            *o = u * normal_cdf_f32::<M>(u);
+            *o = u * normal_cdf_f32(u);
         }
     }
 }
 
 #[inline(always)]
-fn bias_gelu_grad_kernel<M: MulAdd>(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) {
+fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) {
     let h = bias.len();
     for ((o_row, x_row), g_row) in out
         .chunks_exact_mut(h)
@@ -86,17 +86,17 @@ fn bias_gelu_grad_kernel<M: MulAdd>(x: &[f32], bias: &[f32], grad: &[f32], out: 
     {
         for (((o, &v), &b), &g) in o_row.iter_mut().zip(x_row).zip(bias).zip(g_row) {
             let u = v + b;
-            *o = g * M::mul_add(u, normal_pdf_f32::<M>(u), normal_cdf_f32::<M>(u));
+            *o = g * (normal_cdf_f32(u) + u * normal_pdf_f32(u));
         }
     }
 }
 
-multiversion!(pub(crate) fn gelu_simd(x: &[f32], out: &mut [f32]) => fused gelu_kernel);
-multiversion!(pub(crate) fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => fused gelu_grad_kernel);
-multiversion!(fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [f32]) => fused bias_gelu_kernel);
+multiversion!(pub(crate) fn gelu_simd(x: &[f32], out: &mut [f32]) => gelu_kernel);
+multiversion!(pub(crate) fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel);
+multiversion!(fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [f32]) => bias_gelu_kernel);
 multiversion!(
     fn bias_gelu_grad_simd(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) =>
-        fused bias_gelu_grad_kernel
+        bias_gelu_grad_kernel
 );
 
 struct GeluErf;

@@ -1,7 +1,7 @@
 //! Softmax over the last dimension, with a backward pass.
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::simd::{self, MulAdd, multiversion};
+use crate::kernels::simd::{self, multiversion};
 use crate::kernels::{fast_path, map_chunks, map_tensors, row_step};
 use candle_core::{D, Result, Shape, Tensor};
 
@@ -32,10 +32,10 @@ pub(crate) fn softmax_composed(x: &Tensor) -> Result<Tensor> {
 
 /// Softmax of each row of `rows` (length `n`) in place.
 #[inline(always)]
-pub(crate) fn softmax_rows_kernel<M: MulAdd>(rows: &mut [f32], n: usize) {
+pub(crate) fn softmax_rows_kernel(rows: &mut [f32], n: usize) {
     for row in rows.chunks_exact_mut(n) {
         let max = simd::max(row);
-        let sum = simd::exp_shifted_in_place::<M>(row, max);
+        let sum = simd::exp_shifted_in_place(row, max);
         let inv = 1.0 / sum;
         for v in row.iter_mut() {
             *v *= inv;
@@ -43,21 +43,21 @@ pub(crate) fn softmax_rows_kernel<M: MulAdd>(rows: &mut [f32], n: usize) {
     }
 }
 
-multiversion!(pub(crate) fn softmax_rows(rows: &mut [f32], n: usize) => fused softmax_rows_kernel);
+multiversion!(pub(crate) fn softmax_rows(rows: &mut [f32], n: usize) => softmax_rows_kernel);
 
 /// Softmax of each row of `x` (length `n`) written to `out`.
 #[inline(always)]
-fn softmax_rows_to_kernel<M: MulAdd>(x: &[f32], out: &mut [f32], n: usize) {
+fn softmax_rows_to_kernel(x: &[f32], out: &mut [f32], n: usize) {
     for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let max = simd::max(row);
-        let inv = 1.0 / simd::exp_shifted::<M>(row, o, max);
+        let inv = 1.0 / simd::exp_shifted(row, o, max);
         for v in o.iter_mut() {
             *v *= inv;
         }
     }
 }
 
-multiversion!(fn softmax_rows_to(x: &[f32], out: &mut [f32], n: usize) => fused softmax_rows_to_kernel);
+multiversion!(fn softmax_rows_to(x: &[f32], out: &mut [f32], n: usize) => softmax_rows_to_kernel);
 
 /// `y ⊙ (g − Σ g⊙y)` per row: the gradient of softmax given its output `y`.
 #[inline(always)]
