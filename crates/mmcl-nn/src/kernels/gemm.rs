@@ -125,20 +125,11 @@ pub(crate) fn matmul_strided(
             dst.len()
         );
     }
-    let product = RawProduct {
-        dims: (m, n, k),
-        dst: dst.as_mut_ptr(),
-        dst_rs: dst_row_stride,
-        lhs: lhs.data.as_ptr(),
-        lhs_strides: (lhs.row_stride, lhs.col_stride),
-        rhs: rhs.data.as_ptr(),
-        rhs_strides: (rhs.row_stride, rhs.col_stride),
-    };
+    let product = RawProduct::of(lhs, rhs, dst.as_mut_ptr(), dst_row_stride);
+    let start = if accumulate { Start::Dst } else { Start::Zero };
     // SAFETY: the views were checked to address only elements of their slices; the m rows of
     // n values, `dst_row_stride ≥ n` apart, lie inside `dst`, which, being a unique borrow,
     // aliases neither input.
-    let start = if accumulate { Start::Dst } else { Start::Zero };
-    // SAFETY: as above.
     unsafe { gemm_raw_in(product, (1.0, start), parallelism, precision) };
     Ok(())
 }
@@ -197,15 +188,7 @@ pub(crate) fn product_new(
         );
     }
     let mut out = Vec::<f32>::with_capacity(m * n);
-    let product = RawProduct {
-        dims: (m, n, k),
-        dst: out.as_mut_ptr(),
-        dst_rs: n,
-        lhs: lhs.data.as_ptr(),
-        lhs_strides: (lhs.row_stride, lhs.col_stride),
-        rhs: rhs.data.as_ptr(),
-        rhs_strides: (rhs.row_stride, rhs.col_stride),
-    };
+    let product = RawProduct::of(lhs, rhs, out.as_mut_ptr(), n);
     // SAFETY: the views were checked to address only elements of their slices; the output's
     // capacity holds the m·n values of a row-major [m, n], which a product from zero or from a
     // bias does not read before writing, and it aliases nothing.
@@ -337,6 +320,21 @@ pub(crate) struct RawProduct {
     pub(crate) rhs: *const f32,
     /// The right operand's (row, column) strides.
     pub(crate) rhs_strides: (usize, usize),
+}
+
+impl RawProduct {
+    /// The product `lhs·rhs` of two views into the rows of `dst`, `dst_rs` values apart.
+    fn of(lhs: MatRef, rhs: MatRef, dst: *mut f32, dst_rs: usize) -> Self {
+        Self {
+            dims: (lhs.rows, rhs.cols, lhs.cols),
+            dst,
+            dst_rs,
+            lhs: lhs.data.as_ptr(),
+            lhs_strides: (lhs.row_stride, lhs.col_stride),
+            rhs: rhs.data.as_ptr(),
+            rhs_strides: (rhs.row_stride, rhs.col_stride),
+        }
+    }
 }
 
 /// `dst[m, n] = start + beta · Σ_k lhs[m, k] · rhs[k, n]` for the [`RawProduct`] `product` in
