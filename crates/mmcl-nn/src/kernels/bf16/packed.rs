@@ -34,8 +34,12 @@ pub(super) const TILE_PAIRS: usize = TILE_U16 / 2;
 fn rhs_budget_bytes() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
+        // glibc reads the cache sizes from `cpuid`; elsewhere, or when it does not know, 1 MiB.
+        #[cfg(target_env = "gnu")]
         // SAFETY: `sysconf` only reads system information.
         let l2 = unsafe { libc::sysconf(libc::_SC_LEVEL2_CACHE_SIZE) };
+        #[cfg(not(target_env = "gnu"))]
+        let l2 = 0;
         let l2 = usize::try_from(l2)
             .ok()
             .filter(|&b| b > 0)
