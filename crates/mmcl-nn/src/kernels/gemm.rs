@@ -244,10 +244,8 @@ fn weight_gradient(
         .min(m / MIN_ROWS_PER_PART)
         .max(1);
     if parts == 1 || m < n.max(k) {
-        let mut dw = vec![0f32; n * k];
         let (g, a) = (MatRef::rows(g, m, n), MatRef::rows(a, m, k));
-        matmul(&mut dw, g.t(), a, false, gemm_parallelism(), precision)?;
-        return Ok(dw);
+        return product_new(g.t(), a, Start::Zero, gemm_parallelism(), precision);
     }
     let rows = m.div_ceil(parts);
     let partials = (0..parts)
@@ -256,9 +254,7 @@ fn weight_gradient(
             let (r0, r1) = (part * rows, ((part + 1) * rows).min(m));
             let g = MatRef::rows(&g[r0 * n..r1 * n], r1 - r0, n);
             let a = MatRef::rows(&a[r0 * k..r1 * k], r1 - r0, k);
-            let mut dw = vec![0f32; n * k];
-            matmul(&mut dw, g.t(), a, false, gemm::Parallelism::None, precision)?;
-            Ok(dw)
+            product_new(g.t(), a, Start::Zero, gemm::Parallelism::None, precision)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(sum_in_order(partials, n * k))
