@@ -6,6 +6,7 @@
 //! intrinsics).
 
 use std::arch::asm;
+use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
 use std::sync::OnceLock;
 
 use super::Start;
@@ -154,13 +155,24 @@ pub(super) unsafe fn block_row(block: RowBlock<'_>) {
                 let a1 = a0.add(HALF * KSTEP);
                 let b0 = b_block.add(ks * 2 * TILE_U16);
                 let b1 = b0.add(TILE_U16);
+                // The right operand streams from L2 (the left one stays in L1): its next two
+                // tiles (2 KiB, contiguous, the next column block's first after the last
+                // step) are fetched into L1 while these products run. A prefetch of an
+                // address past the buffer is harmless, hence `wrapping_add`.
+                let next = b0.wrapping_add(2 * TILE_U16).cast::<i8>();
+                for line in 0..2 * TILE_U16 * 2 / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line * 64));
+                }
+                // Each product starts as soon as its two tiles are in: the tile registers are
+                // not renamed, so loading all four first makes the first product wait for the
+                // last load (10–15 % slower on an Emerald Rapids core, data in L1).
                 asm!(
                     "tileloadd tmm4, [{a0} + {s}*1]",
-                    "tileloadd tmm5, [{a1} + {s}*1]",
                     "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tileloadd tmm7, [{b1} + {s}*1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
                     "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {s}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
