@@ -151,3 +151,35 @@ fn bias_start_equals_adding_onto_bias_rows() {
         }
     }
 }
+
+/// The weight gradient `gᵀ·a` of a linear layer under bf16 (a transposed left operand), as
+/// one product and as per-thread row sums, against f64 sums of the bf16-rounded operands.
+#[test]
+fn bf16_weight_gradients_match_rounded_sums() {
+    use crate::kernels::gemm::linear_grads;
+    let value = |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 1013) as f32 / 1013.0 - 0.5;
+    for (m, k, n) in [(40, 8, 33), (40, 33, 8), (2100, 24, 80), (2100, 70, 20)] {
+        let g: Vec<f32> = (0..m * n).map(|i| value(i, 1)).collect();
+        let a: Vec<f32> = (0..m * k).map(|i| value(i, 2)).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| value(i, 3)).collect();
+        let (dw, _, _) = {
+            let _bf16 = crate::precision::Precision::Bf16.enter();
+            linear_grads(&g, &a, &w, (m, k, n)).expect("gradients")
+        };
+        assert_eq!(dw.len(), n * k);
+        for r in 0..n {
+            for c in 0..k {
+                let expected: f64 = (0..m)
+                    .map(|i| {
+                        round_to_bf16(g[i * n + r]) as f64 * round_to_bf16(a[i * k + c]) as f64
+                    })
+                    .sum();
+                let got = dw[r * k + c] as f64;
+                assert!(
+                    (got - expected).abs() <= 1e-4 * (1.0 + expected.abs()) * (m as f64).sqrt(),
+                    "[{m}, {k}, {n}] dW[{r}, {c}] = {got}, expected {expected}"
+                );
+            }
+        }
+    }
+}
