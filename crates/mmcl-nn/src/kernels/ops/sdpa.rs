@@ -5,6 +5,8 @@
 //! task per (batch element, head) reads q, k and v where they lie in `qkv` (no permute copies),
 //! keeps the `N×N` scores in cache, and writes its head's columns of the output directly.
 
+use std::sync::OnceLock;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -173,6 +175,10 @@ struct Attention {
     scale: f32,
     /// Return the probabilities `[B, H, N, N]` instead of the attended values.
     probs: bool,
+    /// Keep the probabilities for the backward pass (when `qkv` carries a gradient).
+    keep_probs: bool,
+    /// The probabilities the forward pass kept.
+    kept: OnceLock<Vec<f32>>,
 }
 
 impl Attention {
@@ -182,6 +188,8 @@ impl Attention {
             num_heads,
             scale: scale as f32,
             probs,
+            keep_probs: !probs && qkv.track_op(),
+            kept: OnceLock::new(),
         };
         qkv.contiguous()?.apply_op1(op)
     }
@@ -215,7 +223,11 @@ impl CustomOp1 for Attention {
                 Shape::from((batch, g.heads, g.n, g.n)),
             ));
         }
-        let out = attention_forward(qkv, batch, g, self.scale);
+        let (out, kept) = attention_forward(qkv, batch, g, self.scale, self.keep_probs);
+        if let Some(kept) = kept {
+            // A second forward of the same op value cannot happen (candle applies it once).
+            let _ = self.kept.set(kept);
+        }
         Ok((CpuStorage::F32(out), Shape::from((batch, g.n, g.d))))
     }
 
@@ -233,7 +245,10 @@ impl CustomOp1 for Attention {
         let scale = self.scale;
         let grad = with_contiguous_f32(arg, |qkv| {
             with_contiguous_f32(grad_res, |dout| {
-                Ok(attention_backward(qkv, dout, b, g, scale))
+                let Some(kept) = self.kept.get() else {
+                    candle_core::bail!("{}: backward without a forward pass", self.name());
+                };
+                attention_backward(qkv, dout, b, g, (scale, kept))
             })
         })?;
         Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
@@ -241,63 +256,86 @@ impl CustomOp1 for Attention {
 }
 
 /// The attended values `[B, N, D]` of a packed `qkv` `[B, N, 3·D]` (one task per element and
-/// head; the probabilities stay in a per-task buffer), the products in the calling thread's
-/// [`matmul_precision`].
-pub(crate) fn attention_forward(qkv: &[f32], batch: usize, g: Geometry, scale: f32) -> Vec<f32> {
+/// head), the products in the calling thread's [`matmul_precision`].
+///
+/// With `keep_probs` the probabilities of every head are returned too (`[B·heads, N, N]`, the
+/// memory PyTorch's autograd keeps for the same layer), so that [`attention_backward`] need
+/// not compute them again; otherwise each task's probabilities stay in a per-thread buffer.
+pub(crate) fn attention_forward(
+    qkv: &[f32],
+    batch: usize,
+    g: Geometry,
+    scale: f32,
+    keep_probs: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let precision = matmul_precision();
     let tasks = batch * g.heads;
     let nn = g.n * g.n;
     let mut out = vec![0f32; batch * g.n * g.d];
     let dst = SharedMut(out.as_mut_ptr());
-    (0..tasks).into_par_iter().for_each_init(
-        || vec![0f32; nn],
-        |p, t| {
-            let (b, h) = (t / g.heads, t % g.heads);
-            head_probs(qkv, g, (b, h), (scale, precision), p);
-            let v = qkv[g.offset(b, 2, h)..].as_ptr();
-            // SAFETY: v is N rows of hd with stride 3D inside qkv; the destination is the hd
-            // columns of head h in the N rows of element b of `out`, which no other task
-            // writes; `out` outlives the loop.
-            unsafe {
-                head_product(
-                    (g.n, g.hd, g.n),
-                    (dst.get().add(b * g.n * g.d + h * g.hd), g.d),
-                    (p.as_ptr(), (g.n, 1)),
-                    (v, (3 * g.d, 1)),
-                    (1.0, precision),
-                );
-            }
-        },
-    );
-    out
+    let attend = |t: usize, p: &mut [f32]| {
+        let (b, h) = (t / g.heads, t % g.heads);
+        head_probs(qkv, g, (b, h), (scale, precision), p);
+        let v = qkv[g.offset(b, 2, h)..].as_ptr();
+        // SAFETY: v is N rows of hd with stride 3D inside qkv; the destination is the hd
+        // columns of head h in the N rows of element b of `out`, which no other task writes;
+        // `out` outlives the loop.
+        unsafe {
+            head_product(
+                (g.n, g.hd, g.n),
+                (dst.get().add(b * g.n * g.d + h * g.hd), g.d),
+                (p.as_ptr(), (g.n, 1)),
+                (v, (3 * g.d, 1)),
+                (1.0, precision),
+            );
+        }
+    };
+    if !keep_probs || nn == 0 {
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(|| vec![0f32; nn], |p, t| attend(t, p));
+        return (out, None);
+    }
+    let probs = crate::kernels::par_filled(tasks * nn, nn, attend);
+    (out, Some(probs))
 }
 
 /// The gradient with respect to `qkv` given the gradient `dout` `[B, N, D]` of the output,
-/// the products in the calling thread's [`matmul_precision`].
+/// the products in the calling thread's [`matmul_precision`], from the probabilities `probs`
+/// (`[B·heads, N, N]`) that [`attention_forward`] kept: computing them again cost a product and
+/// a softmax per head, more than reading them back.
 pub(crate) fn attention_backward(
     qkv: &[f32],
     dout: &[f32],
     batch: usize,
     g: Geometry,
-    scale: f32,
-) -> Vec<f32> {
+    (scale, probs): (f32, &[f32]),
+) -> Result<Vec<f32>> {
+    let nn = g.n * g.n;
+    if probs.len() != batch * g.heads * nn {
+        candle_core::bail!(
+            "attention backward: {} kept probabilities, expected {}",
+            probs.len(),
+            batch * g.heads * nn
+        );
+    }
     let precision = matmul_precision();
     let mut grad = crate::kernels::zeros(qkv.len());
     let dst = SharedMut(grad.as_mut_ptr());
-    let nn = g.n * g.n;
     (0..batch * g.heads).into_par_iter().for_each_init(
-        || (vec![0f32; nn], vec![0f32; nn]),
-        |(p, dp), t| {
+        || vec![0f32; nn],
+        |dp, t| {
             let (b, h) = (t / g.heads, t % g.heads);
-            head_probs(qkv, g, (b, h), (scale, precision), p);
+            let p = &probs[t * nn..(t + 1) * nn];
             let q = qkv[g.offset(b, 0, h)..].as_ptr();
             let k = qkv[g.offset(b, 1, h)..].as_ptr();
             let v = qkv[g.offset(b, 2, h)..].as_ptr();
             let d_o = dout[b * g.n * g.d + h * g.hd..].as_ptr();
             let row3 = 3 * g.d;
             // SAFETY: all views are N×hd blocks with row stride 3D (qkv, grad) or D (dout) of
-            // element b and head h, or this task's own N×N buffers; the three written blocks of
-            // `grad` (dq, dk, dv of head h in element b) are written by this task only.
+            // element b and head h, or N×N probabilities (this task's own, or its head's kept
+            // ones); the three written blocks of `grad` (dq, dk, dv of head h in element b)
+            // are written by this task only.
             unsafe {
                 let dv = dst.get().add(g.offset(b, 2, h));
                 // dV = Pᵀ·dO
@@ -346,7 +384,7 @@ pub(crate) fn attention_backward(
             }
         },
     );
-    grad
+    Ok(grad)
 }
 
 /// The composed (device-generic) attention, used to check the kernels.

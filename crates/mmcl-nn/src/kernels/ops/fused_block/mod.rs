@@ -106,6 +106,7 @@ pub fn transformer_block(
         .map(|t| t.flatten_all())
         .collect::<Result<Vec<_>>>()?;
     let packed = Tensor::cat(&flat, 0)?; // [P]
+    let train = x.track_op() || packed.track_op();
     x.contiguous()?.apply_op2(
         &packed,
         Op(FusedBlock {
@@ -114,6 +115,7 @@ pub fn transformer_block(
             eps: p.eps as f32,
             hidden,
             scales: scales.cloned(),
+            train,
             saved: Arc::new(OnceLock::new()),
         }),
     )

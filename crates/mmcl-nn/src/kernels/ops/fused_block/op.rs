@@ -52,6 +52,8 @@ pub(super) struct Saved {
     a1: Vec<f32>,
     /// `[M, 3D]`.
     qkv: Vec<f32>,
+    /// The attention probabilities, `[B·heads, N, N]` (see `attention_forward`).
+    probs: Option<Vec<f32>>,
     /// Attended values before `proj`, `[M, D]`.
     attn: Vec<f32>,
     /// The stream after the attention branch, `[M, D]`.
@@ -71,6 +73,9 @@ pub(super) struct FusedBlock {
     pub(super) eps: f32,
     pub(super) hidden: usize,
     pub(super) scales: Option<BranchScales>,
+    /// Whether a backward pass can follow (an input carries a gradient): only then are the
+    /// attention probabilities kept.
+    pub(super) train: bool,
     pub(super) saved: Arc<OnceLock<Saved>>,
 }
 
@@ -119,7 +124,7 @@ impl CpuKernel<2> for FusedBlock {
 
         let a1 = layer_norm_rows(x, n1w, n1b, self.eps); // [M, D]
         let qkv = linear_forward(&a1, qkv_w, Some(qkv_b), (m, d, 3 * d))?; // [M, 3D]
-        let attn = attention_forward(&qkv, b, self.geometry(n, d), self.scale); // [M, D]
+        let (attn, probs) = attention_forward(&qkv, b, self.geometry(n, d), self.scale, self.train);
         let proj = linear_forward(&attn, proj_w, Some(proj_b), (m, d, d))?; // [M, D]
         let x1 = residual(x, &proj, d, n, scales.map(|s| s.attn.as_slice()));
         drop(proj);
@@ -135,6 +140,7 @@ impl CpuKernel<2> for FusedBlock {
         let _ = self.saved.set(Saved {
             a1,
             qkv,
+            probs,
             attn,
             x1,
             a2,
@@ -191,8 +197,12 @@ impl CpuKernel<2> for FusedBlock {
                     let (g_w, g_b, d_attn) = linear_grads(dp, &sv.attn, proj_w, (m, d, d))?;
                     put(4, &g_w);
                     put(5, &g_b);
+                    let Some(probs) = sv.probs.as_deref() else {
+                        candle_core::bail!("{}: backward of an inference pass", Self::NAME);
+                    };
+                    let geometry = self.geometry(n, d);
                     let d_qkv =
-                        attention_backward(&sv.qkv, &d_attn, b, self.geometry(n, d), self.scale);
+                        attention_backward(&sv.qkv, &d_attn, b, geometry, (self.scale, probs))?;
                     drop(d_attn);
                     let (g_w, g_b, d_a1) = linear_grads(&d_qkv, &sv.a1, qkv_w, (m, d, 3 * d))?;
                     put(2, &g_w);
