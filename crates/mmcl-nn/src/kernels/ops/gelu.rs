@@ -1,10 +1,11 @@
 //! Exact (erf) GELU, alone or fused with the bias add of the preceding linear layer.
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::simd::{multiversion, normal_cdf_f32, normal_pdf_f32};
+use crate::kernels::simd::{self, multiversion, normal_cdf_f32, normal_pdf_f32};
 use crate::kernels::{
     CHUNK, bias_gradient, fast_path, map_chunks, map_tensors, row_step, with_contiguous_f32,
 };
+use crate::precision::matmul_precision;
 use candle_core::{Result, Shape, Tensor};
 
 /// Exact GELU, `x·Φ(x) = x·½(1 + erf(x/√2))`, as PyTorch's `nn.GELU()` (not the tanh
@@ -50,16 +51,21 @@ fn gelu_composed(x: &Tensor) -> Result<Tensor> {
 }
 
 #[inline(always)]
-fn gelu_kernel(x: &[f32], out: &mut [f32]) {
+fn gelu_kernel<const FMA: bool>(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = v * normal_cdf_f32(v);
+        *o = v * normal_cdf_f32::<FMA>(v);
     }
 }
 
 #[inline(always)]
-fn gelu_grad_kernel(x: &[f32], grad: &[f32], out: &mut [f32]) {
+fn gelu_grad_kernel<const FMA: bool>(x: &[f32], grad: &[f32], out: &mut [f32]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
-        *o = g * (normal_cdf_f32(v) + v * normal_pdf_f32(v));
+        let pdf = normal_pdf_f32::<FMA>(v);
+        *o = g * if FMA {
+            v.mul_add(pdf, normal_cdf_f32::<FMA>(v))
+        } else {
+            normal_cdf_f32::<FMA>(v) + v * pdf
+        };
     }
 }
 
@@ -71,7 +77,7 @@ fn bias_gelu_kernel(x: &[f32], bias: &[f32], out: &mut [f32]) {
     {
         for ((o, &v), &b) in o_row.iter_mut().zip(x_row).zip(bias) {
             let u = v + b;
-            *o = u * normal_cdf_f32(u);
+            *o = u * normal_cdf_f32::<false>(u);
         }
     }
 }
@@ -86,13 +92,35 @@ fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32])
     {
         for (((o, &v), &b), &g) in o_row.iter_mut().zip(x_row).zip(bias).zip(g_row) {
             let u = v + b;
-            *o = g * (normal_cdf_f32(u) + u * normal_pdf_f32(u));
+            *o = g * (normal_cdf_f32::<false>(u) + u * normal_pdf_f32::<false>(u));
         }
     }
 }
 
-multiversion!(pub(crate) fn gelu_simd(x: &[f32], out: &mut [f32]) => gelu_kernel);
-multiversion!(pub(crate) fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel);
+multiversion!(fn gelu_simd(x: &[f32], out: &mut [f32]) => gelu_kernel::<false>);
+multiversion!(fn gelu_fused_simd(x: &[f32], out: &mut [f32]) => gelu_kernel::<true>);
+multiversion!(fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel::<false>);
+multiversion!(
+    fn gelu_grad_fused_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel::<true>
+);
+
+/// `out = gelu(x)`, with fused multiply-adds where `fused` ([`simd::fused_arithmetic`]).
+pub(crate) fn gelu_rows(x: &[f32], out: &mut [f32], fused: bool) {
+    if fused {
+        gelu_fused_simd(x, out)
+    } else {
+        gelu_simd(x, out)
+    }
+}
+
+/// `out = grad · gelu'(x)`, with fused multiply-adds where `fused`.
+pub(crate) fn gelu_grad_rows(x: &[f32], grad: &[f32], out: &mut [f32], fused: bool) {
+    if fused {
+        gelu_grad_fused_simd(x, grad, out)
+    } else {
+        gelu_grad_simd(x, grad, out)
+    }
+}
 multiversion!(fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [f32]) => bias_gelu_kernel);
 multiversion!(
     fn bias_gelu_grad_simd(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) =>
@@ -105,13 +133,15 @@ impl CpuKernel<1> for GeluErf {
     const NAME: &'static str = "mmcl-gelu-erf";
 
     fn forward(&self, inputs: [Input<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
-        map_chunks(inputs, Self::NAME, CHUNK, |o, [x]| gelu_simd(x, o))
+        let fused = simd::fused_arithmetic(matmul_precision());
+        map_chunks(inputs, Self::NAME, CHUNK, |o, [x]| gelu_rows(x, o, fused))
     }
 
     fn backward(&self, [x]: [&Tensor; 1], _: &Tensor, grad: &Tensor) -> Gradients<1> {
+        let fused = simd::fused_arithmetic(matmul_precision());
         // grad · gelu'(x)
         let grad = map_tensors([x, grad], "mmcl-gelu-erf-grad", CHUNK, |o, [x, g]| {
-            gelu_grad_simd(x, g, o)
+            gelu_grad_rows(x, g, o, fused)
         })?;
         Ok([Some(grad)])
     }
@@ -196,6 +226,62 @@ mod tests {
         assert!(rel_err(&get(&g, &xv), &get(&gr, &xr))? < 1e-5);
         assert!(rel_err(&get(&g, &bv), &get(&gr, &br))? < 1e-5);
         Ok(())
+    }
+
+    /// The fused-multiply-add kernels (bf16 passes) stay as close to the exact GELU and its
+    /// derivative as the f32 ones, and differ from them somewhere (so that path does run).
+    #[test]
+    fn fused_kernels_stay_within_f32_accuracy() {
+        let n = 4099;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 - 2049.0) * 0.004).collect();
+        let g: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.3).collect();
+        let cdf = |v: f64| 0.5 * (1.0 + erf_f64(v / std::f64::consts::SQRT_2));
+        let pdf = |v: f64| (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let mut differ = false;
+        let mut exact = vec![0f32; n];
+        for fused in [false, true] {
+            let (mut y, mut dy) = (vec![0f32; n], vec![0f32; n]);
+            gelu_rows(&x, &mut y, fused);
+            gelu_grad_rows(&x, &g, &mut dy, fused);
+            for i in 0..n {
+                let v = x[i] as f64;
+                let want = v * cdf(v);
+                assert!((y[i] as f64 - want).abs() <= 2e-6 * want.abs() + 1e-9, "{v}");
+                // Near x ≈ −0.75 the derivative's two terms cancel: bound by their size.
+                let (gi, terms) = (g[i] as f64, cdf(v).abs() + (v * pdf(v)).abs());
+                let want = gi * (cdf(v) + v * pdf(v));
+                let bound = 2e-6 * gi.abs() * terms + 1e-9;
+                assert!((dy[i] as f64 - want).abs() <= bound, "{v}");
+            }
+            if fused {
+                differ = y.iter().zip(&exact).any(|(a, b)| a.to_bits() != b.to_bits());
+            } else {
+                exact = y;
+            }
+        }
+        let has_fma = simd::fused_arithmetic(crate::precision::Precision::Bf16);
+        assert_eq!(differ, has_fma, "the fused kernels ran (FMA on this CPU: {has_fma})");
+    }
+
+    /// erf in f64 (Abramowitz–Stegun 7.1.28 is too coarse; this sums the Maclaurin series for
+    /// small arguments and the continued fraction of erfc beyond).
+    fn erf_f64(z: f64) -> f64 {
+        if z.abs() < 2.5 {
+            let (mut term, mut sum, mut k) = (z, z, 0.0);
+            while term.abs() > 1e-17 * sum.abs().max(1e-300) {
+                k += 1.0;
+                term *= -z * z / k;
+                sum += term / (2.0 * k + 1.0);
+            }
+            return sum * 2.0 / std::f64::consts::PI.sqrt();
+        }
+        let a = z.abs();
+        let mut f = 0.0;
+        for k in (1..60).rev() {
+            f = (k as f64 / 2.0) / (a + f);
+        }
+        let erfc = (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f);
+        (1.0 - erfc).copysign(z)
     }
 
     #[test]

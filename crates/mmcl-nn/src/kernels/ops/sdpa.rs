@@ -167,7 +167,7 @@ fn head_probs(
             (scale, precision),
         );
     }
-    softmax_rows(p, g.n);
+    softmax_rows(p, g.n, simd::fused_arithmetic(precision));
 }
 
 struct Attention {

@@ -30,12 +30,12 @@ pub(crate) fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&sum)
 }
 
-/// Softmax of each row of `rows` (length `n`) in place.
+/// Softmax of each row of `rows` (length `n`) in place (`FMA`: see [`simd::fused_arithmetic`]).
 #[inline(always)]
-pub(crate) fn softmax_rows_kernel(rows: &mut [f32], n: usize) {
+pub(crate) fn softmax_rows_kernel<const FMA: bool>(rows: &mut [f32], n: usize) {
     for row in rows.chunks_exact_mut(n) {
         let max = simd::max(row);
-        let sum = simd::exp_shifted_in_place(row, max);
+        let sum = simd::exp_shifted_in_place::<FMA>(row, max);
         let inv = 1.0 / sum;
         for v in row.iter_mut() {
             *v *= inv;
@@ -43,14 +43,25 @@ pub(crate) fn softmax_rows_kernel(rows: &mut [f32], n: usize) {
     }
 }
 
-multiversion!(pub(crate) fn softmax_rows(rows: &mut [f32], n: usize) => softmax_rows_kernel);
+multiversion!(fn softmax_rows_exact(rows: &mut [f32], n: usize) => softmax_rows_kernel::<false>);
+multiversion!(fn softmax_rows_fused(rows: &mut [f32], n: usize) => softmax_rows_kernel::<true>);
+
+/// Softmax of each row of `rows` (length `n`) in place, with fused multiply-adds where `fused`
+/// ([`simd::fused_arithmetic`]).
+pub(crate) fn softmax_rows(rows: &mut [f32], n: usize, fused: bool) {
+    if fused {
+        softmax_rows_fused(rows, n)
+    } else {
+        softmax_rows_exact(rows, n)
+    }
+}
 
 /// Softmax of each row of `x` (length `n`) written to `out`.
 #[inline(always)]
 fn softmax_rows_to_kernel(x: &[f32], out: &mut [f32], n: usize) {
     for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let max = simd::max(row);
-        let inv = 1.0 / simd::exp_shifted(row, o, max);
+        let inv = 1.0 / simd::exp_shifted::<false>(row, o, max);
         for v in o.iter_mut() {
             *v *= inv;
         }

@@ -10,10 +10,11 @@ use super::BranchScales;
 use super::rows::{residual, scaled_rows};
 use crate::kernels::gemm::{linear_forward, linear_grads};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
-use crate::kernels::ops::gelu::{gelu_grad_simd, gelu_simd};
+use crate::kernels::ops::gelu::{gelu_grad_rows, gelu_rows};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
 use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
-use crate::kernels::{CHUNK, with_contiguous_f32};
+use crate::kernels::{CHUNK, simd, with_contiguous_f32};
+use crate::precision::matmul_precision;
 
 /// Offsets of the parameters in the packed vector.
 #[derive(Clone, Copy)]
@@ -64,6 +65,8 @@ pub(super) struct Saved {
     pre: Vec<f32>,
     /// `gelu(pre)`, `[M, H]`.
     act: Vec<f32>,
+    /// Whether the GELU ran with fused multiply-adds (its gradient does the same).
+    fused: bool,
 }
 
 /// The CPU operation: inputs `x` `[B, N, D]` and the packed parameters `[P]`.
@@ -122,6 +125,7 @@ impl CpuKernel<2> for FusedBlock {
         ] = pk.split(packed);
         let scales = self.scales.as_ref();
 
+        let fused = simd::fused_arithmetic(matmul_precision());
         let a1 = layer_norm_rows(x, n1w, n1b, self.eps); // [M, D]
         let qkv = linear_forward(&a1, qkv_w, Some(qkv_b), (m, d, 3 * d))?; // [M, 3D]
         let (attn, probs) = attention_forward(&qkv, b, self.geometry(n, d), self.scale, self.train);
@@ -133,7 +137,7 @@ impl CpuKernel<2> for FusedBlock {
         let mut act = vec![0f32; m * h];
         act.par_chunks_mut(CHUNK)
             .zip(pre.par_chunks(CHUNK))
-            .for_each(|(o, x)| gelu_simd(x, o));
+            .for_each(|(o, x)| gelu_rows(x, o, fused));
         let mlp = linear_forward(&act, fc2_w, Some(fc2_b), (m, h, d))?; // [M, D]
         let out = residual(&x1, &mlp, d, n, scales.map(|s| s.mlp.as_slice()));
         // A second forward of the same op value cannot happen (candle applies it once).
@@ -146,6 +150,7 @@ impl CpuKernel<2> for FusedBlock {
             a2,
             pre,
             act,
+            fused,
         });
         Ok((out, input.shape().clone()))
     }
@@ -179,7 +184,7 @@ impl CpuKernel<2> for FusedBlock {
                     d_pre
                         .par_chunks_mut(CHUNK)
                         .zip(sv.pre.par_chunks(CHUNK).zip(d_act.par_chunks(CHUNK)))
-                        .for_each(|(o, (x, g))| gelu_grad_simd(x, g, o));
+                        .for_each(|(o, (x, g))| gelu_grad_rows(x, g, o, sv.fused));
                     drop(d_act);
                     let (g_w, g_b, d_a2) = linear_grads(&d_pre, &sv.a2, fc1_w, (m, d, h))?;
                     put(8, &g_w);
