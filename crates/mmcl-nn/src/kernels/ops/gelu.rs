@@ -246,7 +246,10 @@ mod tests {
             for i in 0..n {
                 let v = x[i] as f64;
                 let want = v * cdf(v);
-                assert!((y[i] as f64 - want).abs() <= 2e-6 * want.abs() + 1e-9, "{v}");
+                assert!(
+                    (y[i] as f64 - want).abs() <= 2e-6 * want.abs() + 1e-9,
+                    "{v}"
+                );
                 // Near x ≈ −0.75 the derivative's two terms cancel: bound by their size.
                 let (gi, terms) = (g[i] as f64, cdf(v).abs() + (v * pdf(v)).abs());
                 let want = gi * (cdf(v) + v * pdf(v));
@@ -254,13 +257,19 @@ mod tests {
                 assert!((dy[i] as f64 - want).abs() <= bound, "{v}");
             }
             if fused {
-                differ = y.iter().zip(&exact).any(|(a, b)| a.to_bits() != b.to_bits());
+                differ = y
+                    .iter()
+                    .zip(&exact)
+                    .any(|(a, b)| a.to_bits() != b.to_bits());
             } else {
                 exact = y;
             }
         }
         let has_fma = simd::fused_arithmetic(crate::precision::Precision::Bf16);
-        assert_eq!(differ, has_fma, "the fused kernels ran (FMA on this CPU: {has_fma})");
+        assert_eq!(
+            differ, has_fma,
+            "the fused kernels ran (FMA on this CPU: {has_fma})"
+        );
     }
 
     /// erf in f64 (Abramowitz–Stegun 7.1.28 is too coarse; this sums the Maclaurin series for

@@ -4,7 +4,6 @@
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::BranchScales;
 use super::rows::{residual, scaled_rows};
@@ -13,7 +12,7 @@ use crate::kernels::op::{CpuKernel, Gradients, Input};
 use crate::kernels::ops::gelu::{gelu_grad_rows, gelu_rows};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
 use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
-use crate::kernels::{CHUNK, simd, with_contiguous_f32};
+use crate::kernels::{CHUNK, par_filled, simd, with_contiguous_f32};
 use crate::precision::matmul_precision;
 
 /// Offsets of the parameters in the packed vector.
@@ -134,10 +133,10 @@ impl CpuKernel<2> for FusedBlock {
         drop(proj);
         let a2 = layer_norm_rows(&x1, n2w, n2b, self.eps); // [M, D]
         let pre = linear_forward(&a2, fc1_w, Some(fc1_b), (m, d, h))?; // [M, H]
-        let mut act = vec![0f32; m * h];
-        act.par_chunks_mut(CHUNK)
-            .zip(pre.par_chunks(CHUNK))
-            .for_each(|(o, x)| gelu_rows(x, o, fused));
+        // Written by the tasks that fill it (a zeroed allocation first was a pass over memory).
+        let act = par_filled(m * h, CHUNK, |i, o| {
+            gelu_rows(&pre[i * CHUNK..][..o.len()], o, fused)
+        });
         let mlp = linear_forward(&act, fc2_w, Some(fc2_b), (m, h, d))?; // [M, D]
         let out = residual(&x1, &mlp, d, n, scales.map(|s| s.mlp.as_slice()));
         // A second forward of the same op value cannot happen (candle applies it once).
@@ -180,11 +179,10 @@ impl CpuKernel<2> for FusedBlock {
                     let (g_w, g_b, d_act) = linear_grads(dm, &sv.act, fc2_w, (m, h, d))?;
                     put(10, &g_w);
                     put(11, &g_b);
-                    let mut d_pre = vec![0f32; m * h];
-                    d_pre
-                        .par_chunks_mut(CHUNK)
-                        .zip(sv.pre.par_chunks(CHUNK).zip(d_act.par_chunks(CHUNK)))
-                        .for_each(|(o, (x, g))| gelu_grad_rows(x, g, o, sv.fused));
+                    let d_pre = par_filled(m * h, CHUNK, |i, o| {
+                        let at = i * CHUNK..i * CHUNK + o.len();
+                        gelu_grad_rows(&sv.pre[at.clone()], &d_act[at], o, sv.fused)
+                    });
                     drop(d_act);
                     let (g_w, g_b, d_a2) = linear_grads(&d_pre, &sv.a2, fc1_w, (m, d, h))?;
                     put(8, &g_w);
