@@ -3,7 +3,9 @@
 //! The layout is timm's: `qkv` is `[B, N, 3·D]` with the channels ordered (q|k|v, head,
 //! head_dim), and the heads of the output are concatenated back into `[B, N, D]`. On the CPU one
 //! task per (batch element, head) reads q, k and v where they lie in `qkv` (no permute copies),
-//! keeps the `N×N` scores in cache, and writes its head's columns of the output directly.
+//! keeps the `N×N` scores in cache, and writes its head's columns of the output directly. When
+//! a gradient can follow, the forward pass keeps every head's probabilities for the backward
+//! pass.
 
 use std::sync::OnceLock;
 
