@@ -171,7 +171,7 @@ impl Block {
             scale: self.attn.scale(),
             eps: self.norm1.eps(),
         };
-        crate::ops::transformer_block(x, &params, scales.as_ref())
+        crate::ops::transformer_block(x, &params, scales.as_ref(), train)
     }
 }
 

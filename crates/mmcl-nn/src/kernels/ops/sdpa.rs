@@ -247,9 +247,7 @@ impl CustomOp1 for Attention {
         let scale = self.scale;
         let grad = with_contiguous_f32(arg, |qkv| {
             with_contiguous_f32(grad_res, |dout| {
-                let Some(kept) = self.kept.get() else {
-                    candle_core::bail!("{}: backward without a forward pass", self.name());
-                };
+                let kept = self.kept.get().map(Vec::as_slice);
                 attention_backward(qkv, dout, b, g, (scale, kept))
             })
         })?;
@@ -292,7 +290,7 @@ pub(crate) fn attention_forward(
             );
         }
     };
-    if !keep_probs || nn == 0 {
+    if !keep_probs {
         (0..tasks)
             .into_par_iter()
             .for_each_init(|| vec![0f32; nn], |p, t| attend(t, p));
@@ -303,18 +301,21 @@ pub(crate) fn attention_forward(
 }
 
 /// The gradient with respect to `qkv` given the gradient `dout` `[B, N, D]` of the output,
-/// the products in the calling thread's [`matmul_precision`], from the probabilities `probs`
-/// (`[B·heads, N, N]`) that [`attention_forward`] kept: computing them again cost a product and
-/// a softmax per head, more than reading them back.
+/// the products in the calling thread's [`matmul_precision`]. `probs` are the probabilities
+/// (`[B·heads, N, N]`) that [`attention_forward`] kept, read back rather than computed again (a
+/// product and a softmax per head); without them (a forward pass that expected no backward
+/// pass) each head computes them again, with the same bits.
 pub(crate) fn attention_backward(
     qkv: &[f32],
     dout: &[f32],
     batch: usize,
     g: Geometry,
-    (scale, probs): (f32, &[f32]),
+    (scale, probs): (f32, Option<&[f32]>),
 ) -> Result<Vec<f32>> {
     let nn = g.n * g.n;
-    if probs.len() != batch * g.heads * nn {
+    if let Some(probs) = probs
+        && probs.len() != batch * g.heads * nn
+    {
         candle_core::bail!(
             "attention backward: {} kept probabilities, expected {}",
             probs.len(),
@@ -324,11 +325,18 @@ pub(crate) fn attention_backward(
     let precision = matmul_precision();
     let mut grad = crate::kernels::zeros(qkv.len());
     let dst = SharedMut(grad.as_mut_ptr());
+    let recompute = if probs.is_some() { 0 } else { nn };
     (0..batch * g.heads).into_par_iter().for_each_init(
-        || vec![0f32; nn],
-        |dp, t| {
+        || (vec![0f32; recompute], vec![0f32; nn]),
+        |(buffer, dp), t| {
             let (b, h) = (t / g.heads, t % g.heads);
-            let p = &probs[t * nn..(t + 1) * nn];
+            let p: &[f32] = match probs {
+                Some(all) => &all[t * nn..(t + 1) * nn],
+                None => {
+                    head_probs(qkv, g, (b, h), (scale, precision), buffer);
+                    buffer
+                }
+            };
             let q = qkv[g.offset(b, 0, h)..].as_ptr();
             let k = qkv[g.offset(b, 1, h)..].as_ptr();
             let v = qkv[g.offset(b, 2, h)..].as_ptr();

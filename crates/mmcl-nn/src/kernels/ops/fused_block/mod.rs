@@ -65,12 +65,18 @@ pub struct BranchScales {
 /// result equals the composition of [`super::layer_norm`], [`super::linear`],
 /// [`super::attention`] and [`super::bias_gelu`] up to float rounding, gradients included.
 ///
+/// `train` says whether a backward pass is expected: the CPU node then keeps the attention
+/// probabilities for it (`[B·heads, N, N]`, as PyTorch's autograd does). Candle has no
+/// no-gradient mode, so an inference pass over a model whose weights are variables would
+/// otherwise keep them too; a backward pass after `train = false` computes them again.
+///
 /// # Shapes
 /// `x`: `[B, N, D]` → `[B, N, D]`.
 pub fn transformer_block(
     x: &Tensor,
     p: &BlockParams,
     scales: Option<&BranchScales>,
+    train: bool,
 ) -> Result<Tensor> {
     let (b, _, d) = x.dims3()?;
     let hidden = p.fc1.0.dim(0)?;
@@ -106,7 +112,7 @@ pub fn transformer_block(
         .map(|t| t.flatten_all())
         .collect::<Result<Vec<_>>>()?;
     let packed = Tensor::cat(&flat, 0)?; // [P]
-    let train = x.track_op() || packed.track_op();
+    let train = train && (x.track_op() || packed.track_op());
     x.contiguous()?.apply_op2(
         &packed,
         Op(FusedBlock {

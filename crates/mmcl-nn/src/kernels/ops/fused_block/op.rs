@@ -75,8 +75,8 @@ pub(super) struct FusedBlock {
     pub(super) eps: f32,
     pub(super) hidden: usize,
     pub(super) scales: Option<BranchScales>,
-    /// Whether a backward pass can follow (an input carries a gradient): only then are the
-    /// attention probabilities kept.
+    /// Whether a backward pass is expected (a training pass whose inputs carry a gradient):
+    /// only then are the attention probabilities kept for it.
     pub(super) train: bool,
     pub(super) saved: Arc<OnceLock<Saved>>,
 }
@@ -200,10 +200,7 @@ impl CpuKernel<2> for FusedBlock {
                     let (g_w, g_b, d_attn) = linear_grads(dp, &sv.attn, proj_w, (m, d, d))?;
                     put(4, &g_w);
                     put(5, &g_b);
-                    let Some(probs) = sv.probs.as_deref() else {
-                        candle_core::bail!("{}: backward of an inference pass", Self::NAME);
-                    };
-                    let geometry = self.geometry(n, d);
+                    let (geometry, probs) = (self.geometry(n, d), sv.probs.as_deref());
                     let d_qkv =
                         attention_backward(&sv.qkv, &d_attn, b, geometry, (self.scale, probs))?;
                     drop(d_attn);

@@ -77,7 +77,7 @@ fn check_within(
     let zeros = Tensor::zeros(3 * d, DType::F32, &candle_core::Device::Cpu)?;
     let run = |fused: bool| -> Result<(Tensor, Vec<Tensor>)> {
         let y = if fused {
-            transformer_block(x.as_tensor(), &p, scales.as_ref())?
+            transformer_block(x.as_tensor(), &p, scales.as_ref(), true)?
         } else {
             composed(
                 x.as_tensor(),
@@ -132,7 +132,7 @@ fn gradients_agree_with_finite_differences() -> Result<()> {
     let p = w.params(heads, d);
     let x = rand_tensor(&[b, n, d], 3, 1.5)?;
     let up = rand_tensor(&[b, n, d], 4, 1.0)?;
-    let f = |t: &Tensor| transformer_block(t, &p, None);
+    let f = |t: &Tensor| transformer_block(t, &p, None, true);
     let dx = autograd(&x, &up, &f)?;
     let coords = [0, 9, 33, 61, 79];
     assert_matches_finite_differences(&dx, (&x, &up), &f, &coords, (1e-2, 5e-3))
@@ -144,13 +144,36 @@ fn bad_shapes_are_errors() -> Result<()> {
     let w = Weights::new(d, h, 50, true)?;
     let p = w.params(3, d); // 8 features in 3 heads
     let x = rand_tensor(&[1, 2, d], 5, 1.0)?;
-    assert!(transformer_block(&x, &p, None).is_err());
+    assert!(transformer_block(&x, &p, None, true).is_err());
     let p = w.params(2, d);
     let s = BranchScales {
         attn: vec![1.0; 2],
         mlp: vec![1.0; 2],
     };
-    assert!(transformer_block(&x, &p, Some(&s)).is_err());
-    assert!(transformer_block(&rand_tensor(&[1, 2, 6], 5, 1.0)?, &p, None).is_err());
+    assert!(transformer_block(&x, &p, Some(&s), true).is_err());
+    assert!(transformer_block(&rand_tensor(&[1, 2, 6], 5, 1.0)?, &p, None, true).is_err());
+    Ok(())
+}
+
+/// A backward pass after a forward pass that expected none (`train = false`, nothing kept)
+/// computes the attention probabilities again: the same gradients, bit for bit.
+#[test]
+fn backward_after_an_inference_pass_recomputes_the_probabilities() -> Result<()> {
+    let (b, n, d, h, heads) = (2, 5, 8, 16, 2);
+    let w = Weights::new(d, h, 60, true)?;
+    let p = w.params(heads, d);
+    let x = Var::from_tensor(&rand_tensor(&[b, n, d], 7, 1.5)?)?;
+    let up = rand_tensor(&[b, n, d], 8, 1.0)?;
+    let grads = |train: bool| -> Result<Vec<Vec<f32>>> {
+        let y = transformer_block(x.as_tensor(), &p, None, train)?;
+        let g = (&y * &up)?.sum_all()?.backward()?;
+        let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let mut out = vec![values(g.get(x.as_tensor()).expect("dx"))?];
+        for v in &w.vars {
+            out.push(values(g.get(v.as_tensor()).expect("gradient"))?);
+        }
+        Ok(out)
+    };
+    assert_eq!(grads(true)?, grads(false)?);
     Ok(())
 }
