@@ -167,10 +167,15 @@ fn backward_after_an_inference_pass_recomputes_the_probabilities() -> Result<()>
     let grads = |train: bool| -> Result<Vec<Vec<f32>>> {
         let y = transformer_block(x.as_tensor(), &p, None, train)?;
         let g = (&y * &up)?.sum_all()?.backward()?;
-        let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-        let mut out = vec![values(g.get(x.as_tensor()).expect("dx"))?];
+        let values = |t: &Tensor| -> Result<Vec<f32>> {
+            let grad = g
+                .get(t)
+                .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+            grad.flatten_all()?.to_vec1::<f32>()
+        };
+        let mut out = vec![values(x.as_tensor())?];
         for v in &w.vars {
-            out.push(values(g.get(v.as_tensor()).expect("gradient"))?);
+            out.push(values(v.as_tensor())?);
         }
         Ok(out)
     };
