@@ -257,3 +257,43 @@ fn bf16_convolution_rounds_its_operands() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn weight_gradients_have_the_same_bits_in_either_orientation() -> Result<()> {
+    use crate::kernels::gemm::MatRef;
+    use crate::precision::Precision;
+    use planar::WeightGradient;
+    // (C_out, C_in·k·k, pixel blocks): layer1's 3×3 layer, a stem, a pointwise layer, a
+    // gradient just over 256 values, and sums over more than the crate's chunk of 512.
+    let cases: [(usize, usize, &[usize]); 5] = [
+        (64, 576, &[1024, 517]),
+        (16, 147, &[2809]),
+        (24, 64, &[300, 300, 7]),
+        (3, 90, &[40, 33]),
+        (8, 40, &[600, 1500, 5]),
+    ];
+    for (seed, &(cout, depth, blocks)) in cases.iter().enumerate() {
+        let mut plain = WeightGradient::oriented(cout, depth, Precision::F32, false);
+        let mut transposed = WeightGradient::oriented(cout, depth, Precision::F32, true);
+        for (b, &cols) in blocks.iter().enumerate() {
+            let salt = (seed * 10 + b) as u64;
+            let dy = randn(100 + salt, &[cout, cols])?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let p = randn(200 + salt, &[depth, cols])?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let (dy, p) = (MatRef::rows(&dy, cout, cols), MatRef::rows(&p, depth, cols));
+            plain.add(dy, p)?;
+            transposed.add(dy, p)?;
+        }
+        let (plain, transposed) = (plain.into_rows(), transposed.into_rows());
+        let differing = plain
+            .iter()
+            .zip(&transposed)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differing, 0, "[{cout}, {depth}]: {differing} values differ");
+    }
+    Ok(())
+}
