@@ -3,6 +3,7 @@
 //! backward pass needs two more. An optional ReLU is fused in (applied to the output, its mask
 //! to the gradient).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -207,17 +208,24 @@ fn row_gradient_sums_kernel(
 
 /// `dst = (x − mean)·scale + shift` over one row (then ReLU if `relu`).
 #[inline(always)]
-fn normalize_row_kernel(x: &[f32], dst: &mut [f32], mean: f32, scale: f32, shift: f32, relu: bool) {
+fn normalize_row_kernel(
+    x: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    mean: f32,
+    scale: f32,
+    shift: f32,
+    relu: bool,
+) {
     // Centre first: folding the mean into the shift (`v·scale + shift'`) cancels
     // catastrophically when the spread is small against the mean (tiny batches).
     if relu {
         for (d, &v) in dst.iter_mut().zip(x) {
             // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
-            *d = ((v - mean) * scale + shift).max(0.0);
+            d.write(((v - mean) * scale + shift).max(0.0));
         }
     } else {
         for (d, &v) in dst.iter_mut().zip(x) {
-            *d = (v - mean) * scale + shift;
+            d.write((v - mean) * scale + shift);
         }
     }
 }
@@ -242,7 +250,7 @@ fn input_gradient_row_kernel(
     dy: &[f32],
     xs: &[f32],
     ys: &[f32],
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     norm: ChannelGradient,
     relu: bool,
 ) {
@@ -251,13 +259,13 @@ fn input_gradient_row_kernel(
         dy: &[f32],
         xs: &[f32],
         ys: &[f32],
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         n: ChannelGradient,
     ) {
         for (((d, &v), &g), &y) in dst.iter_mut().zip(xs).zip(dy).zip(ys) {
             let g = gated::<RELU>(g, y);
             let xhat = (v - n.mean) * n.inv_std;
-            *d = n.scale * (g - n.mean_dy - xhat * n.mean_dy_xhat);
+            d.write(n.scale * (g - n.mean_dy - xhat * n.mean_dy_xhat));
         }
     }
     if relu {
@@ -274,15 +282,21 @@ multiversion!(
         -> [f64; 2] => row_gradient_sums_kernel
 );
 multiversion!(
-    fn normalize_row(x: &[f32], dst: &mut [f32], mean: f32, scale: f32, shift: f32, relu: bool) =>
-        normalize_row_kernel
+    fn normalize_row(
+        x: &[f32],
+        dst: &mut [MaybeUninit<f32>],
+        mean: f32,
+        scale: f32,
+        shift: f32,
+        relu: bool
+    ) => normalize_row_kernel
 );
 multiversion!(
     fn input_gradient_row(
         dy: &[f32],
         xs: &[f32],
         ys: &[f32],
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         norm: ChannelGradient,
         relu: bool
     ) => input_gradient_row_kernel
@@ -354,22 +368,27 @@ impl TrainNorm {
         // replica depends on this one's rows through the statistics); the scale and shift keep
         // their own rows' part, which the group's gradient mean sums.
         let group = self.summed_over_group(sums.concat())?;
-        let dx = crate::kernels::par_filled(xs.len(), l, |row, dst| {
-            let (xr, gr, yr) = (
-                &xs[row * l..][..l],
-                &dy[row * l..][..l],
-                &ys[row * l..][..l],
-            );
-            let ch = row % c;
-            let norm = ChannelGradient {
-                mean: stats.mean[ch],
-                inv_std: stats.inv_std[ch],
-                scale: weight[ch] * stats.inv_std[ch],
-                mean_dy: (group[2 * ch] / count) as f32,
-                mean_dy_xhat: (group[2 * ch + 1] / count) as f32,
-            };
-            input_gradient_row(gr, xr, yr, dst, norm, relu);
-        });
+        // SAFETY: the kernel writes every value of its task's chunk (at most `l` values), which
+        // it zips with input rows of `l` values (slicing a short input panics, which leaves
+        // nothing behind).
+        let dx = unsafe {
+            crate::kernels::par_written(xs.len(), l, |row, dst| {
+                let (xr, gr, yr) = (
+                    &xs[row * l..][..l],
+                    &dy[row * l..][..l],
+                    &ys[row * l..][..l],
+                );
+                let ch = row % c;
+                let norm = ChannelGradient {
+                    mean: stats.mean[ch],
+                    inv_std: stats.inv_std[ch],
+                    scale: weight[ch] * stats.inv_std[ch],
+                    mean_dy: (group[2 * ch] / count) as f32,
+                    mean_dy_xhat: (group[2 * ch + 1] / count) as f32,
+                };
+                input_gradient_row(gr, xr, yr, dst, norm, relu);
+            })
+        };
         let dweight = sums.iter().map(|s| s[1] as f32).collect();
         let dbias = sums.iter().map(|s| s[0] as f32).collect();
         Ok((dx, dweight, dbias))
@@ -412,12 +431,15 @@ impl TrainNorm {
                 )
             })
             .collect();
-        let y = crate::kernels::par_filled(x.len(), l, |row, dst| {
-            let ch = row % c;
-            let (mean, _, inv_std) = per_channel[ch];
-            let src = &x[row * l..][..l];
-            normalize_row(src, dst, mean, weight[ch] * inv_std, bias[ch], self.relu);
-        });
+        // SAFETY: as for the input gradient: the kernel writes every value of its task's chunk.
+        let y = unsafe {
+            crate::kernels::par_written(x.len(), l, |row, dst| {
+                let ch = row % c;
+                let (mean, _, inv_std) = per_channel[ch];
+                let src = &x[row * l..][..l];
+                normalize_row(src, dst, mean, weight[ch] * inv_std, bias[ch], self.relu);
+            })
+        };
         let stats = ChannelStats {
             mean: per_channel.iter().map(|s| s.0).collect(),
             var: per_channel.iter().map(|s| s.1).collect(),

@@ -247,6 +247,42 @@ pub(crate) fn par_filled(
     out
 }
 
+/// A new buffer of `len` values written by `fill(i, chunk)` for its chunks of `step` values
+/// (the last may be shorter), in parallel, without the zero-fill of [`par_filled`]: for
+/// kernels that write their chunk through a raw pointer (a matrix product that starts from
+/// zero) before reading it.
+///
+/// # Safety
+/// `fill` must write every value of its chunk (a panic in `fill` propagates and leaves
+/// nothing behind).
+pub(crate) unsafe fn par_written(
+    len: usize,
+    step: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(step.max(1))
+        .enumerate()
+        .for_each(|(i, chunk)| fill(i, chunk));
+    // SAFETY: the chunks cover the first `len` values, each written by its task (the
+    // caller's contract).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// An initialised slice seen as one that a kernel writing `MaybeUninit` values can fill.
+///
+/// # Safety
+/// Only initialised values may be stored through the view (`MaybeUninit::write`, as every
+/// kernel of this crate that takes such a slice does): a value made uninitialised would be read
+/// as an `f32` once the view ends.
+pub(crate) unsafe fn as_uninit(values: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller keeps every value
+    // initialised (contract above).
+    unsafe { &mut *(values as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
 /// The loop of [`map_chunks`] and [`map_tensors`].
 pub(crate) fn chunked<const N: usize>(
     data: [&[f32]; N],

@@ -3,10 +3,12 @@
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::simd::{self, multiversion, normal_cdf_f32, normal_pdf_f32};
 use crate::kernels::{
-    CHUNK, bias_gradient, fast_path, map_chunks, map_tensors, row_step, with_contiguous_f32,
+    CHUNK, as_uninit, bias_gradient, fast_path, map_tensors, par_written, row_step,
+    with_contiguous_f32,
 };
 use crate::precision::matmul_precision;
 use candle_core::{Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 /// Exact GELU, `x·Φ(x) = x·½(1 + erf(x/√2))`, as PyTorch's `nn.GELU()` (not the tanh
 /// approximation that candle's `Tensor::gelu` computes).
@@ -50,40 +52,45 @@ fn gelu_composed(x: &Tensor) -> Result<Tensor> {
     x * cdf?
 }
 
+// The kernels write their outputs without reading them (`MaybeUninit::write`), so that the
+// callers' buffers need not be zero-filled first; each writes as many values as its input has.
+
 #[inline(always)]
-fn gelu_kernel<const FMA: bool>(x: &[f32], out: &mut [f32]) {
+fn gelu_kernel<const FMA: bool>(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = v * normal_cdf_f32::<FMA>(v);
+        o.write(v * normal_cdf_f32::<FMA>(v));
     }
 }
 
 #[inline(always)]
-fn gelu_grad_kernel<const FMA: bool>(x: &[f32], grad: &[f32], out: &mut [f32]) {
+fn gelu_grad_kernel<const FMA: bool>(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
         let pdf = normal_pdf_f32::<FMA>(v);
-        *o = g * if FMA {
-            v.mul_add(pdf, normal_cdf_f32::<FMA>(v))
-        } else {
-            normal_cdf_f32::<FMA>(v) + v * pdf
-        };
+        o.write(
+            g * if FMA {
+                v.mul_add(pdf, normal_cdf_f32::<FMA>(v))
+            } else {
+                normal_cdf_f32::<FMA>(v) + v * pdf
+            },
+        );
     }
 }
 
 #[inline(always)]
-fn bias_gelu_kernel(x: &[f32], bias: &[f32], out: &mut [f32]) {
+fn bias_gelu_kernel(x: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
     for (o_row, x_row) in out
         .chunks_exact_mut(bias.len())
         .zip(x.chunks_exact(bias.len()))
     {
         for ((o, &v), &b) in o_row.iter_mut().zip(x_row).zip(bias) {
             let u = v + b;
-            *o = u * normal_cdf_f32::<false>(u);
+            o.write(u * normal_cdf_f32::<false>(u));
         }
     }
 }
 
 #[inline(always)]
-fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) {
+fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
     let h = bias.len();
     for ((o_row, x_row), g_row) in out
         .chunks_exact_mut(h)
@@ -92,20 +99,27 @@ fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32])
     {
         for (((o, &v), &b), &g) in o_row.iter_mut().zip(x_row).zip(bias).zip(g_row) {
             let u = v + b;
-            *o = g * (normal_cdf_f32::<false>(u) + u * normal_pdf_f32::<false>(u));
+            o.write(g * (normal_cdf_f32::<false>(u) + u * normal_pdf_f32::<false>(u)));
         }
     }
 }
 
-multiversion!(fn gelu_simd(x: &[f32], out: &mut [f32]) => gelu_kernel::<false>);
-multiversion!(fn gelu_fused_simd(x: &[f32], out: &mut [f32]) => gelu_kernel::<true>);
-multiversion!(fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel::<false>);
+multiversion!(fn gelu_simd(x: &[f32], out: &mut [MaybeUninit<f32>]) => gelu_kernel::<false>);
 multiversion!(
-    fn gelu_grad_fused_simd(x: &[f32], grad: &[f32], out: &mut [f32]) => gelu_grad_kernel::<true>
+    fn gelu_fused_simd(x: &[f32], out: &mut [MaybeUninit<f32>]) => gelu_kernel::<true>
+);
+multiversion!(
+    fn gelu_grad_simd(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) =>
+        gelu_grad_kernel::<false>
+);
+multiversion!(
+    fn gelu_grad_fused_simd(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) =>
+        gelu_grad_kernel::<true>
 );
 
-/// `out = gelu(x)`, with fused multiply-adds where `fused` ([`simd::fused_arithmetic`]).
-pub(crate) fn gelu_rows(x: &[f32], out: &mut [f32], fused: bool) {
+/// `out = gelu(x)`, with fused multiply-adds where `fused` ([`simd::fused_arithmetic`]); writes
+/// the first `x.len()` values of `out` (at most its length) without reading them.
+pub(crate) fn gelu_rows(x: &[f32], out: &mut [MaybeUninit<f32>], fused: bool) {
     if fused {
         gelu_fused_simd(x, out)
     } else {
@@ -113,17 +127,20 @@ pub(crate) fn gelu_rows(x: &[f32], out: &mut [f32], fused: bool) {
     }
 }
 
-/// `out = grad · gelu'(x)`, with fused multiply-adds where `fused`.
-pub(crate) fn gelu_grad_rows(x: &[f32], grad: &[f32], out: &mut [f32], fused: bool) {
+/// `out = grad · gelu'(x)`, with fused multiply-adds where `fused`; writes as many values of
+/// `out` as `x` and `grad` have, without reading them.
+pub(crate) fn gelu_grad_rows(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>], fused: bool) {
     if fused {
         gelu_grad_fused_simd(x, grad, out)
     } else {
         gelu_grad_simd(x, grad, out)
     }
 }
-multiversion!(fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [f32]) => bias_gelu_kernel);
 multiversion!(
-    fn bias_gelu_grad_simd(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) =>
+    fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) => bias_gelu_kernel
+);
+multiversion!(
+    fn bias_gelu_grad_simd(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) =>
         bias_gelu_grad_kernel
 );
 
@@ -132,16 +149,25 @@ struct GeluErf;
 impl CpuKernel<1> for GeluErf {
     const NAME: &'static str = "mmcl-gelu-erf";
 
-    fn forward(&self, inputs: [Input<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [x]: [Input<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
         let fused = simd::fused_arithmetic(matmul_precision());
-        map_chunks(inputs, Self::NAME, CHUNK, |o, [x]| gelu_rows(x, o, fused))
+        let data = x.data;
+        // SAFETY: each chunk's kernel writes as many values as its input slice, of the
+        // chunk's length.
+        let out = unsafe {
+            par_written(data.len(), CHUNK, |i, o| {
+                gelu_rows(&data[i * CHUNK..][..o.len()], o, fused)
+            })
+        };
+        Ok((out, x.shape().clone()))
     }
 
     fn backward(&self, [x]: [&Tensor; 1], _: &Tensor, grad: &Tensor) -> Gradients<1> {
         let fused = simd::fused_arithmetic(matmul_precision());
         // grad · gelu'(x)
         let grad = map_tensors([x, grad], "mmcl-gelu-erf-grad", CHUNK, |o, [x, g]| {
-            gelu_grad_rows(x, g, o, fused)
+            // SAFETY: the kernel only stores initialised values.
+            gelu_grad_rows(x, g, unsafe { as_uninit(o) }, fused)
         })?;
         Ok([Some(grad)])
     }
@@ -154,9 +180,15 @@ impl CpuKernel<2> for BiasGelu {
 
     fn forward(&self, [x, bias]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
         let step = row_step(bias.data.len());
-        map_chunks([x], Self::NAME, step, |o, [x]| {
-            bias_gelu_simd(x, bias.data, o)
-        })
+        let data = x.data;
+        // SAFETY: the kernel writes whole rows, and each chunk is whole rows: `step` is a
+        // multiple of the bias's length, which `bias_gelu` checked is the last dimension of `x`.
+        let out = unsafe {
+            par_written(data.len(), step, |i, o| {
+                bias_gelu_simd(&data[i * step..][..o.len()], bias.data, o)
+            })
+        };
+        Ok((out, x.shape().clone()))
     }
 
     fn backward(&self, [x, bias]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Gradients<2> {
@@ -166,7 +198,8 @@ impl CpuKernel<2> for BiasGelu {
                 [x, grad],
                 "mmcl-bias-gelu-grad",
                 row_step(bias.len()),
-                |o, [x, g]| bias_gelu_grad_simd(x, bias, g, o),
+                // SAFETY: the kernel only stores initialised values.
+                |o, [x, g]| bias_gelu_grad_simd(x, bias, g, unsafe { as_uninit(o) }),
             )
         })?;
         let h = bias.elem_count();
@@ -241,8 +274,11 @@ mod tests {
         let mut exact = vec![0f32; n];
         for fused in [false, true] {
             let (mut y, mut dy) = (vec![0f32; n], vec![0f32; n]);
-            gelu_rows(&x, &mut y, fused);
-            gelu_grad_rows(&x, &g, &mut dy, fused);
+            // SAFETY: the kernels only store initialised values.
+            unsafe {
+                gelu_rows(&x, as_uninit(&mut y), fused);
+                gelu_grad_rows(&x, &g, as_uninit(&mut dy), fused);
+            }
             for i in 0..n {
                 let v = x[i] as f64;
                 let want = v * cdf(v);

@@ -1,5 +1,7 @@
 //! LayerNorm over the last dimension, with a backward pass for the input, weight and bias.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{D, Result, Shape, Tensor};
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
@@ -64,12 +66,14 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
 }
 
 #[inline(always)]
-fn forward_kernel(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) {
+fn forward_kernel(x: &[f32], w: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>], eps: f32) {
+    // Writes every value of `out` for its rows of `x` without reading it (the caller's buffer
+    // is not zero-filled first).
     let d = w.len();
     for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
         let (mean, rstd) = row_stats(row, eps);
         for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
-            *o = (v - mean) * rstd * w + b;
+            o.write((v - mean) * rstd * w + b);
         }
     }
 }
@@ -108,7 +112,8 @@ fn backward_kernel(x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], sums: &mut [
 }
 
 multiversion!(
-    fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], eps: f32) => forward_kernel
+    fn forward_simd(x: &[f32], w: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>], eps: f32) =>
+        forward_kernel
 );
 multiversion!(
     fn backward_simd(x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], sums: &mut [f32], eps: f32)
@@ -118,9 +123,19 @@ multiversion!(
 /// LayerNorm of every row of `x` (width `w.len()`), rows in parallel.
 pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let step = row_step(w.len());
-    crate::kernels::par_filled(x.len(), step, |i, o| {
+    let kernel = |i: usize, o: &mut [MaybeUninit<f32>]| {
         forward_simd(&x[i * step..i * step + o.len()], w, b, o, eps)
-    })
+    };
+    if w.is_empty() || !x.len().is_multiple_of(w.len()) {
+        // Not whole rows (no caller does this): the values the kernel leaves are zeros.
+        // SAFETY: the kernel only stores initialised values.
+        return crate::kernels::par_filled(x.len(), step, |i, o| {
+            kernel(i, unsafe { crate::kernels::as_uninit(o) })
+        });
+    }
+    // SAFETY: each chunk holds whole rows (`step` is a multiple of the width, and so is the
+    // length of `x`), every value of which the kernel writes.
+    unsafe { crate::kernels::par_written(x.len(), step, kernel) }
 }
 
 /// The LayerNorm backward of every row, rows in parallel: the input gradient (plus `residual`,

@@ -7,6 +7,7 @@
 //! a gradient can follow, the forward pass keeps every head's probabilities for the backward
 //! pass.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -147,15 +148,18 @@ unsafe fn head_product(
     unsafe { gemm_raw_in(product, (beta, Start::Zero), Parallelism::None, precision) };
 }
 
-/// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`),
-/// the scores' product in `precision`.
-fn head_probs(
+/// Writes the probabilities `softmax(q·kᵀ·scale)` of head `h` of element `b` into `p` (`N×N`
+/// values, which need not be initialised: the scores' product writes every one before the
+/// softmax reads them), the scores' product in `precision`; returns them.
+fn head_probs<'p>(
     qkv: &[f32],
     g: Geometry,
     (b, h): (usize, usize),
     (scale, precision): (f32, Precision),
-    p: &mut [f32],
-) {
+    p: &'p mut [MaybeUninit<f32>],
+) -> &'p mut [f32] {
+    let nn = g.n * g.n;
+    let p = &mut p[..nn];
     let q = qkv[g.offset(b, 0, h)..].as_ptr();
     let k = qkv[g.offset(b, 1, h)..].as_ptr();
     // SAFETY: q and k of this head are N rows of hd elements with row stride 3D inside qkv (the
@@ -163,13 +167,24 @@ fn head_probs(
     unsafe {
         head_product(
             (g.n, g.n, g.hd),
-            (p.as_mut_ptr(), g.n),
+            (p.as_mut_ptr().cast::<f32>(), g.n),
             (q, (3 * g.d, 1)),
             (k, (1, 3 * g.d)),
             (scale, precision),
         );
     }
+    // SAFETY: a product that starts from zero writes each of its N×N values (`gemm_raw_in`'s
+    // contract), and `MaybeUninit<f32>` has the layout of `f32`.
+    let p = unsafe { &mut *(p as *mut [MaybeUninit<f32>] as *mut [f32]) };
     softmax_rows(p, g.n, simd::fused_arithmetic(precision));
+    p
+}
+
+/// A buffer of `len` values for a kernel that writes them all before reading any.
+fn scratch(len: usize) -> Vec<MaybeUninit<f32>> {
+    std::iter::repeat_with(MaybeUninit::uninit)
+        .take(len)
+        .collect()
 }
 
 struct Attention {
@@ -212,14 +227,14 @@ impl CustomOp1 for Attention {
         if self.probs {
             let tasks = batch * g.heads;
             let nn = g.n * g.n;
-            let mut out = vec![0f32; tasks * nn];
             let precision = matmul_precision();
-            out.par_chunks_mut(nn.max(1))
-                .enumerate()
-                .for_each(|(t, p)| {
+            // SAFETY: each task's `head_probs` writes every value of its chunk.
+            let out = unsafe {
+                crate::kernels::par_written(tasks * nn, nn, |t, p| {
                     let task = (t / g.heads, t % g.heads);
                     head_probs(qkv, g, task, (self.scale, precision), p);
-                });
+                })
+            };
             return Ok((
                 CpuStorage::F32(out),
                 Shape::from((batch, g.heads, g.n, g.n)),
@@ -271,11 +286,18 @@ pub(crate) fn attention_forward(
     let precision = matmul_precision();
     let tasks = batch * g.heads;
     let nn = g.n * g.n;
-    let mut out = vec![0f32; batch * g.n * g.d];
+    let len = batch * g.n * g.d;
+    // The heads' products write every value of the output (their columns tile each row) when
+    // the heads split D exactly; the buffer is zero-filled only otherwise.
+    let mut out = if g.heads * g.hd == g.d {
+        Vec::with_capacity(len)
+    } else {
+        vec![0f32; len]
+    };
     let dst = SharedMut(out.as_mut_ptr());
-    let attend = |t: usize, p: &mut [f32]| {
+    let attend = |t: usize, p: &mut [MaybeUninit<f32>]| {
         let (b, h) = (t / g.heads, t % g.heads);
-        head_probs(qkv, g, (b, h), (scale, precision), p);
+        let p = head_probs(qkv, g, (b, h), (scale, precision), p);
         let v = qkv[g.offset(b, 2, h)..].as_ptr();
         // SAFETY: v is N rows of hd with stride 3D inside qkv; the destination is the hd
         // columns of head h in the N rows of element b of `out`, which no other task writes;
@@ -290,14 +312,18 @@ pub(crate) fn attention_forward(
             );
         }
     };
-    if !keep_probs {
+    let probs = if keep_probs {
+        // SAFETY: each task's `head_probs` writes every value of its chunk.
+        Some(unsafe { crate::kernels::par_written(tasks * nn, nn, attend) })
+    } else {
         (0..tasks)
             .into_par_iter()
-            .for_each_init(|| vec![0f32; nn], |p, t| attend(t, p));
-        return (out, None);
-    }
-    let probs = crate::kernels::par_filled(tasks * nn, nn, attend);
-    (out, Some(probs))
+            .for_each_init(|| scratch(nn), |p, t| attend(t, p));
+        None
+    };
+    // SAFETY: every value was written by the tasks above (see the allocation).
+    unsafe { out.set_len(len) };
+    (out, probs)
 }
 
 /// The gradient with respect to `qkv` given the gradient `dout` `[B, N, D]` of the output,
@@ -323,19 +349,23 @@ pub(crate) fn attention_backward(
         );
     }
     let precision = matmul_precision();
-    let mut grad = crate::kernels::zeros(qkv.len());
+    // The heads' three products write every value of the gradient when the heads split D
+    // exactly (their columns tile each row of q, k and v); it is zero-filled only otherwise.
+    let len = qkv.len();
+    let mut grad = if g.heads * g.hd == g.d && len == batch * g.n * 3 * g.d {
+        Vec::with_capacity(len)
+    } else {
+        crate::kernels::zeros(len)
+    };
     let dst = SharedMut(grad.as_mut_ptr());
     let recompute = if probs.is_some() { 0 } else { nn };
     (0..batch * g.heads).into_par_iter().for_each_init(
-        || (vec![0f32; recompute], vec![0f32; nn]),
+        || (scratch(recompute), vec![0f32; nn]),
         |(buffer, dp), t| {
             let (b, h) = (t / g.heads, t % g.heads);
             let p: &[f32] = match probs {
                 Some(all) => &all[t * nn..(t + 1) * nn],
-                None => {
-                    head_probs(qkv, g, (b, h), (scale, precision), buffer);
-                    buffer
-                }
+                None => head_probs(qkv, g, (b, h), (scale, precision), buffer),
             };
             let q = qkv[g.offset(b, 0, h)..].as_ptr();
             let k = qkv[g.offset(b, 1, h)..].as_ptr();
@@ -394,6 +424,8 @@ pub(crate) fn attention_backward(
             }
         },
     );
+    // SAFETY: every value was written by the tasks above (see the allocation).
+    unsafe { grad.set_len(len) };
     Ok(grad)
 }
 

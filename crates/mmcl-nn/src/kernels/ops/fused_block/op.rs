@@ -12,7 +12,7 @@ use crate::kernels::op::{CpuKernel, Gradients, Input};
 use crate::kernels::ops::gelu::{gelu_grad_rows, gelu_rows};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
 use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
-use crate::kernels::{CHUNK, par_filled, simd, with_contiguous_f32};
+use crate::kernels::{CHUNK, par_written, simd, with_contiguous_f32};
 use crate::precision::matmul_precision;
 
 /// Offsets of the parameters in the packed vector.
@@ -133,10 +133,15 @@ impl CpuKernel<2> for FusedBlock {
         drop(proj);
         let a2 = layer_norm_rows(&x1, n2w, n2b, self.eps); // [M, D]
         let pre = linear_forward(&a2, fc1_w, Some(fc1_b), (m, d, h))?; // [M, H]
-        // Written by the tasks that fill it (a zeroed allocation first was a pass over memory).
-        let act = par_filled(m * h, CHUNK, |i, o| {
-            gelu_rows(&pre[i * CHUNK..][..o.len()], o, fused)
-        });
+        // Written by the tasks that compute it, not zero-filled first (a zeroed allocation was
+        // a pass over memory, a zero-fill per chunk 10 % of the GELU's time).
+        // SAFETY: each chunk's kernel writes as many values as its input slice, of the chunk's
+        // length.
+        let act = unsafe {
+            par_written(m * h, CHUNK, |i, o| {
+                gelu_rows(&pre[i * CHUNK..][..o.len()], o, fused)
+            })
+        };
         let mlp = linear_forward(&act, fc2_w, Some(fc2_b), (m, h, d))?; // [M, D]
         let out = residual(&x1, &mlp, d, n, scales.map(|s| s.mlp.as_slice()));
         // A second forward of the same op value cannot happen (candle applies it once).
@@ -179,10 +184,13 @@ impl CpuKernel<2> for FusedBlock {
                     let (g_w, g_b, d_act) = linear_grads(dm, &sv.act, fc2_w, (m, h, d))?;
                     put(10, &g_w);
                     put(11, &g_b);
-                    let d_pre = par_filled(m * h, CHUNK, |i, o| {
-                        let at = i * CHUNK..i * CHUNK + o.len();
-                        gelu_grad_rows(&sv.pre[at.clone()], &d_act[at], o, sv.fused)
-                    });
+                    // SAFETY: as for `act` in the forward pass.
+                    let d_pre = unsafe {
+                        par_written(m * h, CHUNK, |i, o| {
+                            let at = i * CHUNK..i * CHUNK + o.len();
+                            gelu_grad_rows(&sv.pre[at.clone()], &d_act[at], o, sv.fused)
+                        })
+                    };
                     drop(d_act);
                     let (g_w, g_b, d_a2) = linear_grads(&d_pre, &sv.a2, fc1_w, (m, d, h))?;
                     put(8, &g_w);
