@@ -128,8 +128,8 @@ pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<
     };
     if w.is_empty() || !x.len().is_multiple_of(w.len()) {
         // Not whole rows (no caller does this): the values the kernel leaves are zeros.
-        // SAFETY: the kernel only stores initialised values.
         return crate::kernels::par_filled(x.len(), step, |i, o| {
+            // SAFETY: the kernel only stores initialised values.
             kernel(i, unsafe { crate::kernels::as_uninit(o) })
         });
     }
