@@ -249,8 +249,8 @@ pub(crate) fn par_filled(
 
 /// A new buffer of `len` values written by `fill(i, chunk)` for its chunks of `step` values
 /// (the last may be shorter), in parallel, without the zero-fill of [`par_filled`]: for
-/// kernels that write their chunk through a raw pointer (a matrix product that starts from
-/// zero) before reading it.
+/// kernels that store their outputs with `MaybeUninit::write` (GELU, LayerNorm, batch norm)
+/// or through a raw pointer (a matrix product that starts from zero) before reading them.
 ///
 /// # Safety
 /// `fill` must write every value of its chunk (a panic in `fill` propagates and leaves
