@@ -564,11 +564,12 @@ impl WeightGradient {
 }
 
 /// Whether a `[cout, depth]` weight gradient is summed transposed (see [`WeightGradient`]):
-/// in f32 when it has more columns than rows and more than 256 values (the `gemm` crate sums
-/// products of at most 256 values whose operands both run along the inner dimension with
-/// other kernels, whose bits depend on the orientation).
+/// in f32 when it has more columns than rows, at least two rows, and more than 256 values. The
+/// `gemm` crate sends a single row or column to its matrix-vector kernels, and products of at
+/// most 256 values whose operands both run along the inner dimension to its "horizontal"
+/// ones; the bits of those depend on the orientation.
 fn transposed_weight_gradient(cout: usize, depth: usize, precision: Precision) -> bool {
-    precision == Precision::F32 && depth > cout && cout * depth > 256
+    precision == Precision::F32 && depth > cout && cout >= 2 && cout * depth > 256
 }
 
 /// The first `len` values of a reusable buffer, grown (with zeros) if it is shorter; the

@@ -264,13 +264,15 @@ fn weight_gradients_have_the_same_bits_in_either_orientation() -> Result<()> {
     use crate::precision::Precision;
     use planar::WeightGradient;
     // (C_out, C_in·k·k, pixel blocks): layer1's 3×3 layer, a stem, a pointwise layer, a
-    // gradient just over 256 values, and sums over more than the crate's chunk of 512.
-    let cases: [(usize, usize, &[usize]); 5] = [
+    // gradient just over 256 values, sums over more than the crate's chunk of 512, and blocks
+    // of one and two pixels (the crate's own kernel for such short sums).
+    let cases: [(usize, usize, &[usize]); 6] = [
         (64, 576, &[1024, 517]),
         (16, 147, &[2809]),
         (24, 64, &[300, 300, 7]),
         (3, 90, &[40, 33]),
         (8, 40, &[600, 1500, 5]),
+        (4, 300, &[1, 2, 1]),
     ];
     for (seed, &(cout, depth, blocks)) in cases.iter().enumerate() {
         let mut plain = WeightGradient::oriented(cout, depth, Precision::F32, false);
