@@ -375,6 +375,19 @@ pub(crate) unsafe fn gemm_raw_in(
     }
 }
 
+/// Whether [`gemm_raw`] runs the f32 products on the `gemm` crate (not on OpenBLAS, the
+/// optional engine): callers that rely on the crate's order of summation ask.
+pub(crate) fn f32_products_on_gemm_crate() -> bool {
+    #[cfg(feature = "openblas")]
+    {
+        !super::blas::enabled()
+    }
+    #[cfg(not(feature = "openblas"))]
+    {
+        true
+    }
+}
+
 /// `dst[m, n] = beta · Σ_k lhs[m, k] · rhs[k, n]` (plus `dst` if `accumulate`) for the
 /// [`RawProduct`] `product`.
 ///

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use super::{Geometry, gemm_acc, gemm_set};
-use crate::kernels::gemm::{MatRef, sum_in_order};
+use crate::kernels::gemm::{MatRef, f32_products_on_gemm_crate, sum_in_order};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
 use crate::kernels::with_contiguous_f32;
 use crate::precision::{Precision, matmul_precision};
@@ -506,7 +506,7 @@ impl Planar {
 /// The bits are the same: the crate sums each output value as one chain of fused
 /// multiply-adds along the pixels, in chunks that depend only on their number, and a
 /// product's two factors commute (`weight_gradients_have_the_same_bits_in_either_orientation`
-/// checks it). In bf16 the gradient keeps its orientation.
+/// checks it). In bf16, and in f32 on OpenBLAS, the gradient keeps its orientation.
 pub(super) struct WeightGradient {
     values: Vec<f32>,
     cout: usize,
@@ -564,12 +564,17 @@ impl WeightGradient {
 }
 
 /// Whether a `[cout, depth]` weight gradient is summed transposed (see [`WeightGradient`]):
-/// in f32 when it has more columns than rows, at least two rows, and more than 256 values. The
-/// `gemm` crate sends a single row or column to its matrix-vector kernels, and products of at
-/// most 256 values whose operands both run along the inner dimension to its "horizontal"
-/// ones; the bits of those depend on the orientation.
-fn transposed_weight_gradient(cout: usize, depth: usize, precision: Precision) -> bool {
-    precision == Precision::F32 && depth > cout && cout >= 2 && cout * depth > 256
+/// in f32 on the `gemm` crate (OpenBLAS's sums depend on the orientation) when it has more
+/// columns than rows, at least two rows, and more than 256 values. The crate sends a single
+/// row or column to its matrix-vector kernels, and products of at most 256 values whose
+/// operands both run along the inner dimension to its "horizontal" ones; the bits of those
+/// depend on the orientation too.
+pub(super) fn transposed_weight_gradient(cout: usize, depth: usize, precision: Precision) -> bool {
+    precision == Precision::F32
+        && depth > cout
+        && cout >= 2
+        && cout * depth > 256
+        && f32_products_on_gemm_crate()
 }
 
 /// The first `len` values of a reusable buffer, grown (with zeros) if it is shorter; the

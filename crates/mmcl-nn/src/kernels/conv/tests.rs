@@ -260,9 +260,17 @@ fn bf16_convolution_rounds_its_operands() -> Result<()> {
 
 #[test]
 fn weight_gradients_have_the_same_bits_in_either_orientation() -> Result<()> {
-    use crate::kernels::gemm::MatRef;
+    use crate::kernels::gemm::{MatRef, f32_products_on_gemm_crate};
     use crate::precision::Precision;
-    use planar::WeightGradient;
+    use planar::{WeightGradient, transposed_weight_gradient};
+    if !f32_products_on_gemm_crate() {
+        // On OpenBLAS the orientation changes the bits, so it is never switched.
+        assert!(!transposed_weight_gradient(64, 576, Precision::F32));
+        return Ok(());
+    }
+    assert!(transposed_weight_gradient(64, 576, Precision::F32));
+    assert!(!transposed_weight_gradient(256, 64, Precision::F32));
+    assert!(!transposed_weight_gradient(64, 576, Precision::Bf16));
     // (C_out, C_in·k·k, pixel blocks): layer1's 3×3 layer, a stem, a pointwise layer, a
     // gradient just over 256 values, sums over more than the crate's chunk of 512, and blocks
     // of one and two pixels (the crate's own kernel for such short sums).
