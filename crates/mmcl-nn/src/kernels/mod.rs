@@ -230,21 +230,23 @@ pub(crate) fn par_filled(
     step: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(step.max(1))
-        .enumerate()
-        .for_each(|(i, chunk)| {
+    // SAFETY: each chunk is initialised whole (zeros) before `fill` sees it.
+    unsafe {
+        par_written(len, step, |i, chunk| {
             chunk.fill(std::mem::MaybeUninit::new(0.0));
-            // SAFETY: every value of the chunk was initialised on the line above, and
-            // `MaybeUninit<f32>` has the layout of `f32`.
-            let chunk = unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-            fill(i, chunk);
-        });
-    // SAFETY: the chunks cover the first `len` values, each initialised by its task (a panic
-    // in `fill` propagates before this line, leaving the vector empty).
-    unsafe { out.set_len(len) };
-    out
+            fill(i, assume_written(chunk));
+        })
+    }
+}
+
+/// A slice whose every value has been written, seen as the `f32`s it now holds.
+///
+/// # Safety
+/// Every value of `values` is initialised.
+pub(crate) unsafe fn assume_written(values: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the values are initialised (the
+    // caller's contract).
+    unsafe { &mut *(values as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// A new buffer of `len` values written by `fill(i, chunk)` for its chunks of `step` values

@@ -114,6 +114,12 @@ impl Geometry {
         ))
     }
 
+    /// Whether the heads split `D` exactly, so that their products' columns tile every row
+    /// and write each value of an output or a gradient.
+    fn heads_tile_rows(&self) -> bool {
+        self.heads * self.hd == self.d
+    }
+
     /// Offset of q (part 0), k (1) or v (2) of head `h` of batch element `b` in `qkv`.
     fn offset(&self, b: usize, part: usize, h: usize) -> usize {
         b * self.n * 3 * self.d + part * self.d + h * self.hd
@@ -174,8 +180,8 @@ fn head_probs<'p>(
         );
     }
     // SAFETY: a product that starts from zero writes each of its N×N values (`gemm_raw_in`'s
-    // contract), and `MaybeUninit<f32>` has the layout of `f32`.
-    let p = unsafe { &mut *(p as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    // contract).
+    let p = unsafe { crate::kernels::assume_written(p) };
     softmax_rows(p, g.n, simd::fused_arithmetic(precision));
     p
 }
@@ -289,7 +295,7 @@ pub(crate) fn attention_forward(
     let len = batch * g.n * g.d;
     // The heads' products write every value of the output (their columns tile each row) when
     // the heads split D exactly; the buffer is zero-filled only otherwise.
-    let mut out = if g.heads * g.hd == g.d {
+    let mut out = if g.heads_tile_rows() {
         Vec::with_capacity(len)
     } else {
         vec![0f32; len]
@@ -352,7 +358,7 @@ pub(crate) fn attention_backward(
     // The heads' three products write every value of the gradient when the heads split D
     // exactly (their columns tile each row of q, k and v); it is zero-filled only otherwise.
     let len = qkv.len();
-    let mut grad = if g.heads * g.hd == g.d && len == batch * g.n * 3 * g.d {
+    let mut grad = if g.heads_tile_rows() && len == batch * g.n * 3 * g.d {
         Vec::with_capacity(len)
     } else {
         crate::kernels::zeros(len)
