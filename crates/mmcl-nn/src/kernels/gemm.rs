@@ -9,7 +9,7 @@ use candle_core::Result;
 use rayon::prelude::*;
 
 use crate::kernels::bf16::{Engine, Start, gemm_bf16};
-use crate::kernels::rows_per_task;
+use crate::kernels::{rows_per_task, simd};
 use crate::precision::{Precision, matmul_precision};
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
@@ -266,7 +266,7 @@ pub(crate) fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
     let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
     for partial in partials {
-        total.iter_mut().zip(&partial).for_each(|(t, &v)| *t += v);
+        simd::add_rows(&mut total, &partial);
     }
     total
 }
@@ -284,14 +284,12 @@ pub(crate) fn column_sums(x: &[f32], w: usize) -> Vec<f32> {
         .par_chunks(step)
         .map(|chunk| {
             let mut acc = vec![0f32; w];
-            for row in chunk.chunks_exact(w) {
-                acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
-            }
+            simd::add_rows(&mut acc, chunk);
             acc
         })
         .collect();
     for block in &partial {
-        total.iter_mut().zip(block).for_each(|(t, &v)| *t += v);
+        simd::add_rows(&mut total, block);
     }
     total
 }

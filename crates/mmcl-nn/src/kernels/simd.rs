@@ -26,6 +26,27 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
+/// `acc += row` for every row of `rows` (rows of `acc.len()` values, a partial last row
+/// ignored), each element summed in row order, so every vector width gives the same bits.
+fn add_rows_kernel(acc: &mut [f32], rows: &[f32]) {
+    if acc.is_empty() {
+        return;
+    }
+    let width = acc.len();
+    for row in rows.chunks_exact(width) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+}
+
+multiversion!(
+    /// `acc += row` for every row of `rows` in order (bias gradients, ordered sums of
+    /// partial results): [`add_rows_kernel`] at the CPU's vector width. Compiled for the
+    /// baseline alone, the loop ran 4 lanes wide and took 2 % of a bf16 MAE step.
+    pub(crate) fn add_rows(acc: &mut [f32], rows: &[f32]) => add_rows_kernel
+);
+
 /// Dot product of `x` and `y` (lane-parallel, vectorisable).
 #[inline(always)]
 pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
@@ -269,6 +290,28 @@ pub(crate) fn normal_pdf_f32<const FMA: bool>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every row added in order, each element as the scalar loop adds it (the same bits at any
+    /// vector width), a partial last row ignored, an empty accumulator left alone.
+    #[test]
+    fn rows_are_added_in_order() {
+        for width in [1, 5, 16, 33, 100] {
+            let rows: Vec<f32> = (0..width * 7 + 3)
+                .map(|i| ((i * 7919) % 1013) as f32 / 7.0 - 70.0)
+                .collect();
+            let mut expected: Vec<f32> = (0..width).map(|i| i as f32 * 0.1).collect();
+            let mut acc = expected.clone();
+            for row in rows.chunks_exact(width) {
+                for (e, &v) in expected.iter_mut().zip(row) {
+                    *e += v;
+                }
+            }
+            add_rows(&mut acc, &rows);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&acc), bits(&expected), "width {width}");
+        }
+        add_rows(&mut [], &[1.0, 2.0]);
+    }
 
     /// erf in f64 by its series / continued fraction, precise enough to judge the f32 kernels.
     fn erfc_f64(z: f64) -> f64 {

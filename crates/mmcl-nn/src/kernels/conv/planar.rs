@@ -9,7 +9,7 @@ use std::ops::Range;
 use super::{Geometry, gemm_acc, gemm_set};
 use crate::kernels::gemm::{MatRef, f32_products_on_gemm_crate, sum_in_order};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
-use crate::kernels::with_contiguous_f32;
+use crate::kernels::{simd, with_contiguous_f32};
 use crate::precision::{Precision, matmul_precision};
 
 /// The CPU convolution as a candle operation with a backward pass. It works on candle's
@@ -184,10 +184,9 @@ impl Planar {
                 let dst = &mut plane[iy * w..(iy + 1) * w];
                 let grad = &grad[ox0..ox1];
                 if s == 1 {
-                    // Contiguous on both sides: a loop the compiler vectorises.
+                    // Contiguous on both sides: one vector row addition.
                     let start = ox0 + kx - p;
-                    let dst = &mut dst[start..start + grad.len()];
-                    dst.iter_mut().zip(grad).for_each(|(d, &g)| *d += g);
+                    simd::add_rows(&mut dst[start..start + grad.len()], grad);
                 } else {
                     for (&g, ox) in grad.iter().zip(ox0..) {
                         dst[ox * s + kx - p] += g;
