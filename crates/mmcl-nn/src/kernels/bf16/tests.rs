@@ -57,6 +57,9 @@ fn check_engine(engine: Engine) {
         (70, 64, 100),
         (16, 48, 33),
         (5, 95, 64),
+        // Tall and deep against few columns: a left operand along `m` is multiplied
+        // transposed (`packed::transpose_is_cheaper`).
+        (100, 8, 90),
     ];
     for dims in shapes {
         for (lhs, rhs) in Layout::ALL
@@ -179,6 +182,69 @@ fn bf16_weight_gradients_match_rounded_sums() {
                     (got - expected).abs() <= 1e-4 * (1.0 + expected.abs()) * (m as f64).sqrt(),
                     "[{m}, {k}, {n}] dW[{r}, {c}] = {got}, expected {expected}"
                 );
+            }
+        }
+    }
+}
+
+/// A left operand that runs along `m` is multiplied transposed where that is cheaper; the
+/// values must be bit for bit those of the same product with the operand stored along `k`
+/// (which stays in its orientation), from zeros and onto a destination, on every hardware
+/// engine this machine has.
+#[test]
+fn transposed_products_have_the_bits_of_the_direct_ones() {
+    let engines = [
+        (Engine::Amx, amx_available()),
+        (Engine::Avx512, avx512_bf16_available()),
+    ];
+    let value = |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 1013) as f32 / 97.0 - 5.0;
+    for (engine, present) in engines {
+        if !present {
+            eprintln!("{engine:?} is not on this machine: not exercised");
+            continue;
+        }
+        // Attention's `dSᵀ·Q` for one head, a weight gradient over many rows (several chunks
+        // along `k`), edge blocks both ways.
+        for (m, n, k) in [(301, 32, 301), (1024, 64, 2500), (70, 5, 45)] {
+            // `along_m` holds Aᵀ row-major ([k, m]), so A's view has strides (1, m).
+            let along_m: Vec<f32> = (0..k * m).map(|i| value(i, 1)).collect();
+            let mut along_k = vec![0f32; m * k];
+            for (kk, row) in along_m.chunks_exact(m).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    along_k[i * k + kk] = v;
+                }
+            }
+            let rhs: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
+            let initial: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
+            for accumulate in [false, true] {
+                let run = |lhs: &[f32], lhs_strides: (usize, usize)| {
+                    let mut dst = if accumulate {
+                        initial.clone()
+                    } else {
+                        vec![f32::NAN; m * n]
+                    };
+                    let product = RawProduct {
+                        dims: (m, n, k),
+                        dst: dst.as_mut_ptr(),
+                        dst_rs: n,
+                        lhs: lhs.as_ptr(),
+                        lhs_strides,
+                        rhs: rhs.as_ptr(),
+                        rhs_strides: (n, 1),
+                    };
+                    let start = if accumulate { Start::Dst } else { Start::Zero };
+                    // SAFETY: both views address [m, k] values of their buffers; the
+                    // destination is [m, n] row-major.
+                    unsafe { gemm_bf16(engine, product, start, Parallelism::Rayon(2)) };
+                    dst
+                };
+                let transposed = run(&along_m, (1, m));
+                let direct = run(&along_k, (k, 1));
+                let same = transposed
+                    .iter()
+                    .zip(&direct)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{engine:?} {m}x{n}x{k}, accumulate {accumulate}");
             }
         }
     }
