@@ -146,6 +146,13 @@ fn vit_kernels(c: &mut Criterion) -> Result<()> {
     bench_fwd_bwd(&mut group, "attention/fwd_bwd_b32", || {
         ops::attention(qkv.as_tensor(), HEADS, scale)
     });
+    // The same in mixed precision: the heads' products on AMX where present.
+    bench(&mut group, "attention/fwd_bwd_b32_bf16", || {
+        let _bf16 = Precision::Bf16.enter();
+        let y = ops::attention(qkv.as_tensor(), HEADS, scale)?;
+        black_box(y.sum_all()?.backward()?);
+        Ok(())
+    });
 
     // LayerNorm over D with affine weight and bias, eps 1e-6.
     let x = randn(&[INFER_BATCH, TOKENS, DIM])?;
