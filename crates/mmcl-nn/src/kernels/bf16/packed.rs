@@ -160,28 +160,22 @@ unsafe fn gemm_transposed(
     start: Start<'_>,
     parallel: bool,
 ) {
-    let RawProduct {
-        dims: (m, n, k),
-        dst,
-        dst_rs,
-        lhs,
-        lhs_strides,
-        rhs,
-        rhs_strides,
-    } = product;
+    let (m, n, _) = product.dims;
+    let (dst, dst_rs) = (product.dst, product.dst_rs);
     let mut transposed = vec![0f32; n * m];
     if matches!(start, Start::Dst) {
         // SAFETY: the destination's m rows of n values are the caller's.
         unsafe { transpose(dst, dst_rs, (m, n), transposed.as_mut_ptr(), m) };
     }
+    // `Bᵀ` and `Aᵀ` are the same elements with their strides swapped.
     let swapped = RawProduct {
-        dims: (n, m, k),
+        dims: (n, m, product.dims.2),
         dst: transposed.as_mut_ptr(),
         dst_rs: m,
-        lhs: rhs,
-        lhs_strides: (rhs_strides.1, rhs_strides.0),
-        rhs: lhs,
-        rhs_strides: (lhs_strides.1, lhs_strides.0),
+        lhs: product.rhs,
+        lhs_strides: (product.rhs_strides.1, product.rhs_strides.0),
+        rhs: product.lhs,
+        rhs_strides: (product.lhs_strides.1, product.lhs_strides.0),
     };
     // SAFETY: the operands are the caller's views read transposed; the buffer holds n rows of
     // m values and aliases nothing.
