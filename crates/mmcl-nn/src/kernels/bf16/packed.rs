@@ -132,8 +132,10 @@ pub(super) unsafe fn gemm(
 /// 16 × 16 values; transposed, it becomes a right operand whose rows are merely interleaved in
 /// pairs, and the transposition moves onto the smaller `Bᵀ` and the output. Measured per value
 /// in an attention's backward pass on an Emerald Rapids Xeon: 0.8 ns for the first packer,
-/// 0.5 ns for the second, about 1 ns to move an output value through the buffer; hence
-/// `m·k > n·k + 3·m·n`. A bias start stays in its orientation (its row would become a column).
+/// 0.5 ns for the second, 1–2 ns to move an output value through the buffer; hence roughly
+/// `m·k > n·k + 3·m·n` (every product of the MAE step that passes it ran faster transposed,
+/// `docs/performance.md`). A bias start stays in its orientation (its row would become a
+/// column).
 fn transpose_is_cheaper(product: &RawProduct, start: Start<'_>) -> bool {
     let (m, n, k) = product.dims;
     let (lhs_rs, lhs_cs) = product.lhs_strides;
@@ -144,7 +146,7 @@ fn transpose_is_cheaper(product: &RawProduct, start: Start<'_>) -> bool {
         && rhs_along_n
         && m.saturating_mul(k)
             > n.saturating_mul(k)
-                .saturating_add(3usize.saturating_mul(m * n))
+                .saturating_add(m.saturating_mul(n).saturating_mul(3))
 }
 
 /// [`gemm`] as `Cᵀ = Bᵀ·Aᵀ` into a buffer, then transposed into `dst`. Every output value is
