@@ -239,6 +239,32 @@ pub(crate) fn par_filled(
     }
 }
 
+/// `dst[c, r] = src[r, c]` for the `[rows, cols]` matrix at `src` (row stride `src_rs`) into
+/// `dst` (row stride `dst_rs`), in square blocks that stay in L1, each written a row of `dst`
+/// at a time (contiguous stores; the strided loads hit L1).
+///
+/// # Safety
+/// Both matrices' elements are valid (reads at `src`, writes at `dst`) and do not overlap.
+pub(crate) unsafe fn transpose(
+    src: *const f32,
+    src_rs: usize,
+    (rows, cols): (usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    // SAFETY: inside both matrices (caller's contract).
+                    unsafe { *dst.add(c * dst_rs + r) = *src.add(r * src_rs + c) };
+                }
+            }
+        }
+    }
+}
+
 /// A slice whose every value has been written, seen as the `f32`s it now holds.
 ///
 /// # Safety

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::{Start, pack512, to_bf16_bits};
-use crate::kernels::SharedMut;
 use crate::kernels::gemm::RawProduct;
+use crate::kernels::{SharedMut, transpose};
 
 /// bf16 values in one tile row (64 bytes): the inner-dimension step of the packed operands.
 pub(super) const KSTEP: usize = 32;
@@ -184,32 +184,6 @@ unsafe fn gemm_transposed(
     unsafe { gemm_oriented(block_row, swapped, start, parallel) };
     // SAFETY: the buffer holds n rows of m values; the destination is the caller's.
     unsafe { transpose(transposed.as_ptr(), m, (n, m), dst, dst_rs) };
-}
-
-/// `dst[c, r] = src[r, c]` for the `[rows, cols]` matrix at `src` (row stride `src_rs`) into
-/// `dst` (row stride `dst_rs`), in square blocks that stay in L1, each written a row of `dst`
-/// at a time (contiguous stores; the strided loads hit L1).
-///
-/// # Safety
-/// Both matrices' elements are valid (reads at `src`, writes at `dst`) and do not overlap.
-unsafe fn transpose(
-    src: *const f32,
-    src_rs: usize,
-    (rows, cols): (usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    // SAFETY: inside both matrices (caller's contract).
-                    unsafe { *dst.add(c * dst_rs + r) = *src.add(r * src_rs + c) };
-                }
-            }
-        }
-    }
 }
 
 /// [`gemm`] in the product's own orientation.

@@ -9,7 +9,7 @@ use std::ops::Range;
 use super::{Geometry, gemm_acc, gemm_set};
 use crate::kernels::gemm::{MatRef, f32_products_on_gemm_crate, sum_in_order};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
-use crate::kernels::{simd, with_contiguous_f32};
+use crate::kernels::{simd, transpose, with_contiguous_f32};
 use crate::precision::{Precision, matmul_precision};
 
 /// The CPU convolution as a candle operation with a backward pass. It works on candle's
@@ -553,11 +553,18 @@ impl WeightGradient {
         }
         let (cout, depth) = (self.cout, self.depth);
         let mut rows = vec![0f32; cout * depth];
-        for (j, column) in self.values.chunks_exact(cout).enumerate() {
-            for (co, &v) in column.iter().enumerate() {
-                rows[co * depth + j] = v;
-            }
-        }
+        assert_eq!(self.values.len(), cout * depth, "a [depth, cout] sum");
+        // SAFETY: `values` holds `depth` rows of `cout` values (checked above), `rows` the
+        // `cout` rows of `depth` values written; separate buffers.
+        unsafe {
+            transpose(
+                self.values.as_ptr(),
+                cout,
+                (depth, cout),
+                rows.as_mut_ptr(),
+                depth,
+            )
+        };
         rows
     }
 }
