@@ -269,6 +269,9 @@ pub(crate) fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
     let mut total = partials.next().unwrap_or_else(|| vec![0f32; len]);
     let rest: Vec<Vec<f32>> = partials.collect();
+    if rest.is_empty() {
+        return total;
+    }
     total
         .par_chunks_mut(CHUNK)
         .enumerate()
