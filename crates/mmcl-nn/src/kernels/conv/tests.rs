@@ -8,9 +8,11 @@ use crate::kernels::test_support::{max_abs_diff, randn};
 use crate::{Error, Result};
 
 /// `(C_in, C_out, k, stride, padding, H, W)`: stems, 3×3 and 1×1 layers, strided and not,
-/// images smaller than the kernel's reach, sides of different parity, and images large enough
-/// for the training convolution to work in bands of output rows (strided, padded, pointwise).
-const CASES: [(usize, usize, usize, usize, usize, usize, usize); 13] = [
+/// images smaller than the kernel's reach, sides of different parity, small maps multiplied
+/// several to a block (their patches looked up in tap tables, or copied by runs from rows of 12
+/// pixels), and images large enough for the training convolution to work in bands of output
+/// rows (strided, padded, pointwise).
+const CASES: [(usize, usize, usize, usize, usize, usize, usize); 14] = [
     (3, 8, 7, 2, 3, 21, 18),
     (16, 8, 3, 1, 1, 9, 11),
     (16, 24, 3, 2, 1, 10, 7),
@@ -21,6 +23,7 @@ const CASES: [(usize, usize, usize, usize, usize, usize, usize); 13] = [
     (2, 3, 3, 1, 1, 1, 2),
     (2, 3, 3, 2, 1, 2, 1),
     (2, 3, 5, 1, 2, 3, 1),
+    (5, 4, 3, 1, 1, 12, 14),
     (3, 4, 7, 2, 3, 60, 50),
     (5, 6, 3, 1, 1, 40, 30),
     (6, 5, 1, 1, 0, 30, 25),
