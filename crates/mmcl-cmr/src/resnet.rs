@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, ModuleT, VarBuilder};
 use mmcl_nn::batch_norm::{BatchNorm, BatchNormConfig, batch_norm};
-use mmcl_nn::conv::{ConvBnUnit, conv2d, residual_block};
+use mmcl_nn::conv::{BlockUnits, ConvBnUnit, conv2d, residual_stage};
 use mmcl_nn::pool::{global_avg_pool2d, max_pool2d};
 
 use crate::config::{BlockKind, ResNetConfig};
@@ -129,13 +129,12 @@ impl Block {
         Ok(Self { units, downsample })
     }
 
-    /// # Shapes
-    /// `[N, C_in, H, W]` → `[N, C_out, H / stride, W / stride]`.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let units: Vec<ConvBnUnit> = self.units.iter().map(ConvBn::unit).collect();
-        let downsample = self.downsample.as_ref().map(ConvBn::unit);
-        // relu(units(x) + identity); one autograd node in training on the CPU.
-        Ok(residual_block(x, &units, downsample.as_ref(), train)?)
+    /// The block's units, as the fused residual kernels take them: `relu(units(x) + identity)`.
+    fn units(&self) -> BlockUnits<'_> {
+        BlockUnits {
+            units: self.units.iter().map(ConvBn::unit).collect(),
+            downsample: self.downsample.as_ref().map(ConvBn::unit),
+        }
     }
 }
 
@@ -241,9 +240,9 @@ impl ResNet {
         let mut x = self.stem.forward_t_relu(x, train)?; // [N, 64, H/2, W/2]
         x = max_pool2d(&x, 3, 2, 1)?; // [N, 64, H/4, W/4]
         for stage in &self.stages {
-            for block in stage {
-                x = block.forward_t(&x, train)?;
-            }
+            let blocks: Vec<BlockUnits> = stage.iter().map(Block::units).collect();
+            // One autograd node per stage in training on the CPU.
+            x = residual_stage(&x, &blocks, train)?;
         } // [N, D, H/32, W/32]
         Ok(x)
     }

@@ -122,33 +122,24 @@ fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     total
 }
 
-/// The two sums `Σ f(a[i], b[i], c[i])` of one pass, each added as [`sum_lanes`] adds one (the
-/// same bits as two passes of their own). Written out for two rather than generic over the
-/// count: the compiler vectorises only the plain zipped loop.
+/// The two sums `Σ f(a[i], b[i])` of one pass, each added as [`sum_lanes`] adds one (the same
+/// bits as two passes of their own). Written out for two rather than generic over the count:
+/// the compiler vectorises only the plain zipped loop.
 #[inline(always)]
-fn sum_lanes_pair(
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    f: impl Fn(f32, f32, f32) -> (f64, f64),
-) -> [f64; 2] {
+fn sum_lanes_pair(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f64, f64)) -> [f64; 2] {
     let (mut first, mut second) = ([0f64; SUM_LANES], [0f64; SUM_LANES]);
-    let ((ca, ra), (cb, rb), (cc, rc)) = (
-        a.as_chunks::<SUM_LANES>(),
-        b.as_chunks::<SUM_LANES>(),
-        c.as_chunks::<SUM_LANES>(),
-    );
-    for ((a, b), c) in ca.iter().zip(cb).zip(cc) {
+    let ((ca, ra), (cb, rb)) = (a.as_chunks::<SUM_LANES>(), b.as_chunks::<SUM_LANES>());
+    for (a, b) in ca.iter().zip(cb) {
         let lanes = first.iter_mut().zip(second.iter_mut());
-        for ((((s, t), &u), &v), &w) in lanes.zip(a).zip(b).zip(c) {
-            let (p, q) = f(u, v, w);
+        for (((s, t), &u), &v) in lanes.zip(a).zip(b) {
+            let (p, q) = f(u, v);
             *s += p;
             *t += q;
         }
     }
     let mut totals = [first.iter().sum::<f64>(), second.iter().sum::<f64>()];
-    for ((&u, &v), &w) in ra.iter().zip(rb).zip(rc) {
-        let (p, q) = f(u, v, w);
+    for (&u, &v) in ra.iter().zip(rb) {
+        let (p, q) = f(u, v);
         totals[0] += p;
         totals[1] += q;
     }
@@ -167,22 +158,48 @@ fn row_square_kernel(x: &[f32], mean: f64) -> f64 {
     sum_lanes(x, |v| (v as f64 - mean).powi(2))
 }
 
-/// The upstream gradient `g` where the fused ReLU let it through (`y > 0`, PyTorch's ReLU
-/// backward: NaN outputs pass nothing), else 0; without the ReLU `g` itself.
-#[inline(always)]
-fn gated<const RELU: bool>(g: f32, y: f32) -> f32 {
-    if !RELU || y > 0.0 { g } else { 0.0 }
+/// One channel's forward arithmetic, `(x − mean)·scale + shift` in `f32`, from which the
+/// backward pass recomputes the fused ReLU's mask instead of reading the output again (a third
+/// of the memory its two passes read).
+#[derive(Debug, Clone, Copy)]
+struct Affine {
+    mean: f32,
+    /// `weight · inv_std`.
+    scale: f32,
+    shift: f32,
 }
 
-/// `[Σ g, Σ g·x̂]` of one row, `g` the upstream gradient `dy` gated by the output `ys` when
-/// `relu`, `x̂ = (x − mean)·inv_std`.
+impl Affine {
+    /// The output before the ReLU, the same bits in both passes (Rust contracts no
+    /// multiply-add without being told). Centred first: folding the mean into the shift
+    /// (`v·scale + shift'`) cancels catastrophically when the spread is small against the mean
+    /// (tiny batches).
+    #[inline(always)]
+    fn apply(self, v: f32) -> f32 {
+        (v - self.mean) * self.scale + self.shift
+    }
+}
+
+/// The upstream gradient `g` where the fused ReLU let it through (output `> 0`, PyTorch's ReLU
+/// backward: NaN outputs pass nothing), else 0; without the ReLU `g` itself. The output is
+/// `max(affine(v), 0)`, positive exactly where `affine(v)` is.
+#[inline(always)]
+fn gated<const RELU: bool>(g: f32, v: f32, affine: Affine) -> f32 {
+    if !RELU || affine.apply(v) > 0.0 {
+        g
+    } else {
+        0.0
+    }
+}
+
+/// `[Σ g, Σ g·x̂]` of one row, `g` the upstream gradient `dy` gated as [`gated`] when `relu`,
+/// `x̂ = (x − mean)·inv_std`.
 #[inline(always)]
 fn row_gradient_sums_kernel(
     dy: &[f32],
     xs: &[f32],
-    ys: &[f32],
-    mean: f64,
-    inv_std: f64,
+    affine: Affine,
+    (mean, inv_std): (f64, f64),
     relu: bool,
 ) -> [f64; 2] {
     // Inlined into each `multiversion!` copy, so compiled for its vector width.
@@ -190,42 +207,33 @@ fn row_gradient_sums_kernel(
     fn sums<const RELU: bool>(
         dy: &[f32],
         xs: &[f32],
-        ys: &[f32],
+        affine: Affine,
         mean: f64,
         inv_std: f64,
     ) -> [f64; 2] {
-        sum_lanes_pair(dy, xs, ys, |g, v, y| {
-            let g = gated::<RELU>(g, y) as f64;
+        sum_lanes_pair(dy, xs, |g, v| {
+            let g = gated::<RELU>(g, v, affine) as f64;
             (g, g * (v as f64 - mean) * inv_std)
         })
     }
     if relu {
-        sums::<true>(dy, xs, ys, mean, inv_std)
+        sums::<true>(dy, xs, affine, mean, inv_std)
     } else {
-        sums::<false>(dy, xs, ys, mean, inv_std)
+        sums::<false>(dy, xs, affine, mean, inv_std)
     }
 }
 
 /// `dst = (x − mean)·scale + shift` over one row (then ReLU if `relu`).
 #[inline(always)]
-fn normalize_row_kernel(
-    x: &[f32],
-    dst: &mut [MaybeUninit<f32>],
-    mean: f32,
-    scale: f32,
-    shift: f32,
-    relu: bool,
-) {
-    // Centre first: folding the mean into the shift (`v·scale + shift'`) cancels
-    // catastrophically when the spread is small against the mean (tiny batches).
+fn normalize_row_kernel(x: &[f32], dst: &mut [MaybeUninit<f32>], affine: Affine, relu: bool) {
     if relu {
         for (d, &v) in dst.iter_mut().zip(x) {
             // `max` maps NaN to 0, as candle's ReLU (the unfused path) does.
-            d.write(((v - mean) * scale + shift).max(0.0));
+            d.write(affine.apply(v).max(0.0));
         }
     } else {
         for (d, &v) in dst.iter_mut().zip(x) {
-            d.write((v - mean) * scale + shift);
+            d.write(affine.apply(v));
         }
     }
 }
@@ -233,10 +241,9 @@ fn normalize_row_kernel(
 /// One channel's constants of the input gradient.
 #[derive(Debug, Clone, Copy)]
 struct ChannelGradient {
-    mean: f32,
+    /// The forward pass's arithmetic (its `scale` is also the gradient's).
+    affine: Affine,
     inv_std: f32,
-    /// `weight · inv_std`.
-    scale: f32,
     /// The mean of `dy` (gated).
     mean_dy: f32,
     /// The mean of `dy·x̂` (gated).
@@ -249,7 +256,6 @@ struct ChannelGradient {
 fn input_gradient_row_kernel(
     dy: &[f32],
     xs: &[f32],
-    ys: &[f32],
     dst: &mut [MaybeUninit<f32>],
     norm: ChannelGradient,
     relu: bool,
@@ -258,44 +264,42 @@ fn input_gradient_row_kernel(
     fn row<const RELU: bool>(
         dy: &[f32],
         xs: &[f32],
-        ys: &[f32],
         dst: &mut [MaybeUninit<f32>],
         n: ChannelGradient,
     ) {
-        for (((d, &v), &g), &y) in dst.iter_mut().zip(xs).zip(dy).zip(ys) {
-            let g = gated::<RELU>(g, y);
-            let xhat = (v - n.mean) * n.inv_std;
-            d.write(n.scale * (g - n.mean_dy - xhat * n.mean_dy_xhat));
+        let a = n.affine;
+        for ((d, &v), &g) in dst.iter_mut().zip(xs).zip(dy) {
+            let g = gated::<RELU>(g, v, a);
+            let xhat = (v - a.mean) * n.inv_std;
+            d.write(a.scale * (g - n.mean_dy - xhat * n.mean_dy_xhat));
         }
     }
     if relu {
-        row::<true>(dy, xs, ys, dst, norm)
+        row::<true>(dy, xs, dst, norm)
     } else {
-        row::<false>(dy, xs, ys, dst, norm)
+        row::<false>(dy, xs, dst, norm)
     }
 }
 
 multiversion!(fn row_sum(x: &[f32]) -> f64 => row_sum_kernel);
 multiversion!(fn row_square(x: &[f32], mean: f64) -> f64 => row_square_kernel);
 multiversion!(
-    fn row_gradient_sums(dy: &[f32], xs: &[f32], ys: &[f32], mean: f64, inv_std: f64, relu: bool)
-        -> [f64; 2] => row_gradient_sums_kernel
+    fn row_gradient_sums(
+        dy: &[f32],
+        xs: &[f32],
+        affine: Affine,
+        moments: (f64, f64),
+        relu: bool
+    ) -> [f64; 2] => row_gradient_sums_kernel
 );
 multiversion!(
-    fn normalize_row(
-        x: &[f32],
-        dst: &mut [MaybeUninit<f32>],
-        mean: f32,
-        scale: f32,
-        shift: f32,
-        relu: bool
-    ) => normalize_row_kernel
+    fn normalize_row(x: &[f32], dst: &mut [MaybeUninit<f32>], affine: Affine, relu: bool)
+        => normalize_row_kernel
 );
 multiversion!(
     fn input_gradient_row(
         dy: &[f32],
         xs: &[f32],
-        ys: &[f32],
         dst: &mut [MaybeUninit<f32>],
         norm: ChannelGradient,
         relu: bool
@@ -341,26 +345,32 @@ impl TrainNorm {
         }
     }
 
-    /// The gradients of the input, the scale and the shift from the input `xs`, the upstream
-    /// gradient `dy` and (with the fused ReLU) the output `ys` that gates it: one pass for the two
-    /// reductions per channel, one for the input gradient.
-    /// `dims` are `(N, C, L)`; without the ReLU `ys` is not read (any slice of the same length).
+    /// The gradients of the input, the scale and the shift from the input `xs` and the upstream
+    /// gradient `dy`, given the forward pass's statistics, `weight` and `bias` (with the fused
+    /// ReLU the output's sign, which gates `dy`, is recomputed from `xs`): one pass for the two
+    /// reductions per channel, one for the input gradient. `dims` are `(N, C, L)`.
     pub(crate) fn gradients(
         &self,
         stats: &ChannelStats,
-        weight: &[f32],
+        (weight, bias): (&[f32], &[f32]),
         dims: (usize, usize, usize),
-        [xs, dy, ys]: [&[f32]; 3],
+        [xs, dy]: [&[f32]; 2],
     ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (c, l) = (dims.1, dims.2);
         let (count, relu) = (stats.count, self.relu);
+        // As the forward pass computed them: `scale` by the same multiplication.
+        let affine = |ch: usize| Affine {
+            mean: stats.mean[ch],
+            scale: weight[ch] * stats.inv_std[ch],
+            shift: bias[ch],
+        };
         // Σ dy and Σ dy·x̂ per channel.
         let sums: Vec<[f64; 2]> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, inv_std) = (stats.mean[ch] as f64, stats.inv_std[ch] as f64);
+                let moments = (stats.mean[ch] as f64, stats.inv_std[ch] as f64);
                 channel_sums(dims, ch, |r| {
-                    row_gradient_sums(&dy[r.clone()], &xs[r.clone()], &ys[r], mean, inv_std, relu)
+                    row_gradient_sums(&dy[r.clone()], &xs[r], affine(ch), moments, relu)
                 })
             })
             .collect();
@@ -373,20 +383,15 @@ impl TrainNorm {
         // nothing behind).
         let dx = unsafe {
             crate::kernels::par_written(xs.len(), l, |row, dst| {
-                let (xr, gr, yr) = (
-                    &xs[row * l..][..l],
-                    &dy[row * l..][..l],
-                    &ys[row * l..][..l],
-                );
+                let (xr, gr) = (&xs[row * l..][..l], &dy[row * l..][..l]);
                 let ch = row % c;
                 let norm = ChannelGradient {
-                    mean: stats.mean[ch],
+                    affine: affine(ch),
                     inv_std: stats.inv_std[ch],
-                    scale: weight[ch] * stats.inv_std[ch],
                     mean_dy: (group[2 * ch] / count) as f32,
                     mean_dy_xhat: (group[2 * ch + 1] / count) as f32,
                 };
-                input_gradient_row(gr, xr, yr, dst, norm, relu);
+                input_gradient_row(gr, xr, dst, norm, relu);
             })
         };
         let dweight = sums.iter().map(|s| s[1] as f32).collect();
@@ -436,8 +441,12 @@ impl TrainNorm {
             crate::kernels::par_written(x.len(), l, |row, dst| {
                 let ch = row % c;
                 let (mean, _, inv_std) = per_channel[ch];
-                let src = &x[row * l..][..l];
-                normalize_row(src, dst, mean, weight[ch] * inv_std, bias[ch], self.relu);
+                let affine = Affine {
+                    mean,
+                    scale: weight[ch] * inv_std,
+                    shift: bias[ch],
+                };
+                normalize_row(&x[row * l..][..l], dst, affine, self.relu);
             })
         };
         let stats = ChannelStats {
@@ -466,25 +475,18 @@ impl CpuKernel<3> for BatchNormTrain {
         Ok((y, input.shape().clone()))
     }
 
-    fn backward(&self, [x, weight, _]: [&Tensor; 3], res: &Tensor, grad: &Tensor) -> Gradients<3> {
+    fn backward(&self, [x, weight, bias]: [&Tensor; 3], _: &Tensor, grad: &Tensor) -> Gradients<3> {
         let stats = self
             .stats
             .get()
             .ok_or_else(|| candle_core::Error::Msg("batch norm backward before forward".into()))?;
-        let weight = weight.to_vec1::<f32>()?;
+        let (weight, bias) = (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?);
         // With the fused ReLU the gradient passes only where the output is positive: the mask is
         // applied while the gradient is read, not written out as a masked copy first.
         let (dx, dweight, dbias) = with_contiguous_f32(x, |xs| {
             with_contiguous_f32(grad, |dy| {
-                if self.norm.relu {
-                    with_contiguous_f32(res, |ys| {
-                        self.norm
-                            .gradients(stats, &weight, ncl(x.shape()), [xs, dy, ys])
-                    })
-                } else {
-                    self.norm
-                        .gradients(stats, &weight, ncl(x.shape()), [xs, dy, dy])
-                }
+                let affine = (weight.as_slice(), bias.as_slice());
+                self.norm.gradients(stats, affine, ncl(x.shape()), [xs, dy])
             })
         })?;
         let (device, c) = (x.device(), weight.len());

@@ -18,7 +18,8 @@
 //! per-channel scale (a folded BatchNorm) already applied. [`conv2d`] is the differentiable
 //! convolution for training: on the CPU in `f32` it runs the same kernels (forward, and both
 //! gradients as matrix products), elsewhere candle's convolution. [`residual_block`] is a
-//! ResNet block (conv-BN units and the residual sum), one autograd node in training on the CPU.
+//! ResNet block (conv-BN units and the residual sum), one autograd node in training on the CPU;
+//! [`residual_stage`] chains blocks, one node for all of them.
 //!
 //! The pieces: `packed` is the channels-last inference kernel, `planar` the channels-first
 //! training operation (patch matrices, forward and backward), `residual` the fused block over
@@ -39,7 +40,7 @@ use crate::precision::{self, Precision};
 use crate::{Error, Result};
 pub use packed::PackedConv2d;
 use planar::Conv2dOp;
-pub use residual::{ConvBnUnit, residual_block};
+pub use residual::{BlockUnits, ConvBnUnit, residual_block, residual_stage};
 
 /// Kernel side, stride and padding of a square convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

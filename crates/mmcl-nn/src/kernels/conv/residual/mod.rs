@@ -25,6 +25,9 @@ use crate::kernels::{fast_path, with_contiguous_f32};
 use crate::ops::add_relu;
 use crate::{Error, Result};
 
+mod stage;
+pub use stage::{BlockUnits, residual_stage};
+
 /// One convolution (no bias) followed by its batch norm: a unit of a residual block.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvBnUnit<'a> {
@@ -174,12 +177,11 @@ impl UnitPlan {
     }
 
     /// The gradients of the unit's input (when `need_input`) and, into `dpacked`, of its
-    /// parameters, given the gradient `dout` of its output (`out`: its output, which gates
-    /// `dout` where the plan has a ReLU).
+    /// parameters, given the gradient `dout` of its output.
     fn backward(
         &self,
         (input, packed): (&[f32], &[f32]),
-        (saved, out): (&UnitSaved, &[f32]),
+        saved: &UnitSaved,
         dout: &[f32],
         need_input: bool,
         dpacked: &mut [f32],
@@ -187,9 +189,9 @@ impl UnitPlan {
         let ncl = self.output_ncl()?;
         let (dconv, dscale, dshift) = self.norm.gradients(
             &saved.stats,
-            self.scale(packed),
+            (self.scale(packed), self.shift(packed)),
             ncl,
-            [&saved.conv, dout, out],
+            [&saved.conv, dout],
         )?;
         let (dinput, dweight) =
             self.conv()?
@@ -240,17 +242,26 @@ impl Plan {
         units: &[ConvBnUnit],
         downsample: Option<&ConvBnUnit>,
     ) -> Result<Option<Self>> {
+        match <&[usize; 4]>::try_from(x.dims()) {
+            Ok(&dims) if fast_path(x) => Self::for_input(dims, units, downsample),
+            _ => Ok(None),
+        }
+    }
+
+    /// The plan for an input of `[N, C, H, W]` = `dims` on the fast path's device and dtype.
+    fn for_input(
+        [n, c, h, w]: [usize; 4],
+        units: &[ConvBnUnit],
+        downsample: Option<&ConvBnUnit>,
+    ) -> Result<Option<Self>> {
         let all: Vec<&ConvBnUnit> = units.iter().chain(downsample).collect();
         // Packing order: every weight, then every unit's scale and shift.
         let weights = all.iter().map(|u| u.weight);
         let norms = all.iter().flat_map(|u| [u.bn.weight(), u.bn.bias()]);
         let params: Vec<Tensor> = weights.chain(norms).cloned().collect();
-        if !fast_path(x) || !params.iter().all(fast_path) {
+        if all.is_empty() || !params.iter().all(fast_path) {
             return Ok(None);
         }
-        let Ok(&[n, c, h, w]) = <&[usize; 4]>::try_from(x.dims()) else {
-            return Ok(None);
-        };
         let mut offset = 0;
         let mut weight_at = Vec::with_capacity(all.len());
         for unit in &all {
@@ -318,25 +329,46 @@ impl Plan {
         units: &[ConvBnUnit],
         downsample: Option<&ConvBnUnit>,
     ) -> Result<Tensor> {
-        let flat = self
-            .params
-            .iter()
-            .map(|t| t.flatten_all())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let packed = Tensor::cat(&flat, 0)?; // [P]
+        let packed = packed_parameters(&self.params)?;
         let saved = self.op.saved.clone();
         let y = x.contiguous()?.apply_op2(&packed, Op(self.op))?;
-        let saved = saved
-            .get()
-            .ok_or_else(|| Error::InvalidArgument("the residual block did not run".into()))?;
-        let pairs = units.iter().zip(&saved.units);
-        for (unit, kept) in pairs.chain(downsample.into_iter().zip(&saved.downsample)) {
-            let (mean, var) = kept.stats.tensors(x.device())?;
-            unit.bn
-                .update_running(&mean, &var, kept.stats.count as usize)?;
-        }
+        update_running(&saved, units, downsample, x.device())?;
         Ok(y)
     }
+
+    /// The block's output `[N, C_out, H', W']`.
+    fn output_dims(&self) -> candle_core::Result<[usize; 4]> {
+        self.op.output_dims()
+    }
+}
+
+/// `params` flattened and concatenated: the packed parameter vector `[P]` of a fused node.
+fn packed_parameters<'a>(params: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> {
+    let flat = params
+        .into_iter()
+        .map(|t| t.flatten_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&flat, 0)?)
+}
+
+/// Updates the running statistics of a block's batch norms from the batch statistics its
+/// forward pass kept in `saved`.
+fn update_running(
+    saved: &OnceLock<Saved>,
+    units: &[ConvBnUnit],
+    downsample: Option<&ConvBnUnit>,
+    device: &candle_core::Device,
+) -> Result<()> {
+    let saved = saved
+        .get()
+        .ok_or_else(|| Error::InvalidArgument("the residual block did not run".into()))?;
+    let pairs = units.iter().zip(&saved.units);
+    for (unit, kept) in pairs.chain(downsample.into_iter().zip(&saved.downsample)) {
+        let (mean, var) = kept.stats.tensors(device)?;
+        unit.bn
+            .update_running(&mean, &var, kept.stats.count as usize)?;
+    }
+    Ok(())
 }
 
 /// The plan of one unit on an input of `input_dims`, or `None` where the composed layers
@@ -383,13 +415,18 @@ impl ResidualOp {
             .max()
             .unwrap_or(0)
     }
-}
 
-impl CpuKernel<2> for ResidualOp {
-    const NAME: &'static str = "residual-block";
+    /// The output's dimensions, the last unit's.
+    fn output_dims(&self) -> candle_core::Result<[usize; 4]> {
+        match self.units.last() {
+            Some(unit) => Ok(unit.conv()?.output_dims()),
+            None => candle_core::bail!("internal error: a residual block without units"),
+        }
+    }
 
-    fn forward(&self, [x, packed]: [Input<'_>; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let packed = packed.data;
+    /// The block's output for the input `x` and the `packed` parameters; keeps what the
+    /// backward pass needs.
+    fn run_forward(&self, x: &[f32], packed: &[f32]) -> candle_core::Result<Vec<f32>> {
         if packed.len() != self.packed_len() {
             candle_core::bail!(
                 "internal error: a residual block with {} parameters got {}",
@@ -399,18 +436,18 @@ impl CpuKernel<2> for ResidualOp {
         }
         let mut kept: Vec<UnitSaved> = Vec::with_capacity(self.units.len());
         for unit in &self.units {
-            let input = kept.last().map_or(x.data, |k| &k.out);
+            let input = kept.last().map_or(x, |k| &k.out);
             let (conv, out, stats) = unit.forward(input, packed)?;
             kept.push(UnitSaved { conv, out, stats });
         }
         let downsample = match &self.downsample {
             Some(unit) => {
-                let (conv, out, stats) = unit.forward(x.data, packed)?;
+                let (conv, out, stats) = unit.forward(x, packed)?;
                 Some(UnitSaved { conv, out, stats })
             }
             None => None,
         };
-        let identity = downsample.as_ref().map_or(x.data, |d| &d.out);
+        let identity = downsample.as_ref().map_or(x, |d| &d.out);
         let last = kept.last_mut().ok_or_else(|| {
             candle_core::Error::Msg("internal error: a residual block without units".into())
         })?;
@@ -422,17 +459,20 @@ impl CpuKernel<2> for ResidualOp {
             out: Vec::new(),
             ..d
         });
-        let shape = Shape::from(
-            self.units[self.units.len() - 1]
-                .conv()?
-                .output_dims()
-                .to_vec(),
-        );
         let _ = self.saved.set(Saved {
             units: kept,
             downsample,
         });
-        Ok((y, shape))
+        Ok(y)
+    }
+}
+
+impl CpuKernel<2> for ResidualOp {
+    const NAME: &'static str = "residual-block";
+
+    fn forward(&self, [x, packed]: [Input<'_>; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let y = self.run_forward(x.data, packed.data)?;
+        Ok((y, Shape::from(self.output_dims()?.to_vec())))
     }
 
     fn backward(&self, [x, packed]: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Gradients<2> {
@@ -444,7 +484,10 @@ impl CpuKernel<2> for ResidualOp {
             with_contiguous_f32(packed, |params| {
                 with_contiguous_f32(res, |ys| {
                     with_contiguous_f32(grad, |dy| {
-                        self.gradients(saved, xs, params, ys, dy, need_dx)
+                        let mut dpacked = vec![0f32; params.len()];
+                        let dx =
+                            self.gradients(saved, (xs, params, ys, dy), need_dx, &mut dpacked)?;
+                        Ok((dx, dpacked))
                     })
                 })
             })
@@ -458,18 +501,16 @@ impl CpuKernel<2> for ResidualOp {
 }
 
 impl ResidualOp {
-    /// The gradients of the input (when `need_dx`) and of the packed parameters, from the
-    /// block's input `xs`, parameters, output `ys` and output gradient `dy`.
+    /// The gradient of the input (when `need_dx`) and, into `dpacked`, of the packed
+    /// parameters, from the block's input `xs`, parameters, output `ys` and output gradient
+    /// `dy`.
     fn gradients(
         &self,
         saved: &Saved,
-        xs: &[f32],
-        params: &[f32],
-        ys: &[f32],
-        dy: &[f32],
+        (xs, params, ys, dy): (&[f32], &[f32], &[f32], &[f32]),
         need_dx: bool,
-    ) -> candle_core::Result<(Option<Vec<f32>>, Vec<f32>)> {
-        let mut dpacked = vec![0f32; params.len()];
+        dpacked: &mut [f32],
+    ) -> candle_core::Result<Option<Vec<f32>>> {
         // The residual sum's ReLU passes the gradient where the output is positive; the sum
         // hands it to both branches.
         let gated = pointwise::<WherePositive>(ys, dy)?;
@@ -480,10 +521,7 @@ impl ResidualOp {
             let dout = upstream.as_deref().unwrap_or(&gated);
             let input = if i == 0 { xs } else { &saved.units[i - 1].out };
             let need_input = i > 0 || need_dx;
-            // Without a ReLU the gate slice is not read.
-            let out = if kept.out.is_empty() { dout } else { &kept.out };
-            let dinput =
-                unit.backward((input, params), (kept, out), dout, need_input, &mut dpacked)?;
+            let dinput = unit.backward((input, params), kept, dout, need_input, dpacked)?;
             match dinput {
                 Some(d) if i > 0 => upstream = Some(d),
                 d => dx = d,
@@ -491,15 +529,14 @@ impl ResidualOp {
         }
         let identity_grad = match (&self.downsample, &saved.downsample) {
             (Some(unit), Some(kept)) => {
-                unit.backward((xs, params), (kept, &gated), &gated, need_dx, &mut dpacked)?
+                unit.backward((xs, params), kept, &gated, need_dx, dpacked)?
             }
             _ => need_dx.then_some(gated),
         };
-        let dx = match (dx, identity_grad) {
+        Ok(match (dx, identity_grad) {
             (Some(a), Some(b)) => Some(pointwise::<Add>(&a, &b)?),
             _ => None,
-        };
-        Ok((dx, dpacked))
+        })
     }
 }
 

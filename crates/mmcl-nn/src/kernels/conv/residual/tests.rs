@@ -9,14 +9,23 @@ use candle_core::{DType, Device, Var};
 /// A unit's shape: `(C_in, C_out, kernel, stride)`; padding `kernel / 2`.
 type UnitShape = (usize, usize, usize, usize);
 
-/// The block's output, the input's gradient and every parameter's gradient and running
-/// statistic after one training step, by name, fused or composed.
-fn train_step(
-    shapes: &[UnitShape],
-    downsample: Option<UnitShape>,
-    x: &Tensor,
-    fused: bool,
-) -> Result<Vec<(String, Vec<f32>)>> {
+/// A block's units and its identity's projection, if any.
+type BlockShape<'a> = (&'a [UnitShape], Option<UnitShape>);
+
+/// How [`train_step`] runs the blocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// The layers one by one.
+    Composed,
+    /// One node per block.
+    Fused,
+    /// One node for all the blocks.
+    Stage,
+}
+
+/// The blocks' output, the input's gradient and every parameter's gradient and running
+/// statistic after one training step, by name.
+fn train_step(blocks: &[BlockShape], x: &Tensor, path: Path) -> Result<Vec<(String, Vec<f32>)>> {
     let dev = Device::Cpu;
     let store = ParamStore::new(4);
     let vb = store.var_builder(DType::F32, &dev);
@@ -41,12 +50,18 @@ fn train_step(
         shift.set(&rand_tensor(&[cout], seed + 200, 0.5)?)?;
         Ok((weight, bn, stride))
     };
-    let parts = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| make(&format!("conv{i}"), s))
-        .collect::<Result<Vec<_>>>()?;
-    let ds = downsample.map(|s| make("downsample", s)).transpose()?;
+    let mut parts = Vec::new();
+    for (b, (shapes, downsample)) in blocks.iter().enumerate() {
+        let units = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| make(&format!("block{b}.conv{i}"), s))
+            .collect::<Result<Vec<_>>>()?;
+        let ds = downsample
+            .map(|s| make(&format!("block{b}.downsample"), s))
+            .transpose()?;
+        parts.push((units, ds));
+    }
     fn unit((w, bn, stride): &(Tensor, BatchNorm, usize)) -> ConvBnUnit<'_> {
         ConvBnUnit {
             weight: w,
@@ -55,25 +70,40 @@ fn train_step(
             bn,
         }
     }
-    let units: Vec<ConvBnUnit> = parts.iter().map(unit).collect();
-    let ds_unit = ds.as_ref().map(unit);
+    let blocks: Vec<BlockUnits> = parts
+        .iter()
+        .map(|(units, ds)| BlockUnits {
+            units: units.iter().map(unit).collect(),
+            downsample: ds.as_ref().map(unit),
+        })
+        .collect();
     let x = Var::from_tensor(x)?;
-    let y = if fused {
-        let plan = Plan::new(x.as_tensor(), &units, ds_unit.as_ref())?;
-        assert!(plan.is_some(), "the fused path applies");
-        residual_block(x.as_tensor(), &units, ds_unit.as_ref(), true)?
-    } else {
+    let mut y = x.as_tensor().clone();
+    if path == Path::Stage {
+        assert!(
+            stage::stage_plans(&y, &blocks)?.is_some(),
+            "the stage is fused"
+        );
+        y = residual_stage(&y, &blocks, true)?;
+    }
+    for BlockUnits { units, downsample } in blocks.iter().filter(|_| path != Path::Stage) {
+        if path == Path::Fused {
+            let plan = Plan::new(&y, units, downsample.as_ref())?;
+            assert!(plan.is_some(), "the fused path applies");
+            y = residual_block(&y, units, downsample.as_ref(), true)?;
+            continue;
+        }
         let last = units.len() - 1;
-        let mut out = x.as_tensor().clone();
+        let mut out = y.clone();
         for (i, u) in units.iter().enumerate() {
             out = u.forward(&out, true, i < last)?;
         }
-        let identity = match &ds_unit {
-            Some(d) => d.forward(x.as_tensor(), true, false)?,
-            None => x.as_tensor().clone(),
+        let identity = match downsample {
+            Some(d) => d.forward(&y, true, false)?,
+            None => y.clone(),
         };
-        add_relu(&out, &identity)?
-    };
+        y = add_relu(&out, &identity)?;
+    }
     // (y² + y)·r: the gradient is not zero where the final ReLU cut y to 0.
     let r = rand_tensor(y.dims(), 99, 1.0)?;
     let grads = ((y.sqr()? + &y)? * &r)?.sum_all()?.backward()?;
@@ -96,21 +126,65 @@ fn train_step(
     Ok(out)
 }
 
+/// Asserts that `blocks` on an input of shape `x` give the same values and gradients on
+/// `path` as composed.
+fn assert_path_matches_composed(
+    what: &str,
+    blocks: &[BlockShape],
+    x: &[usize],
+    path: Path,
+) -> Result<()> {
+    let x = rand_tensor(x, 3, 2.0)?;
+    let fused = train_step(blocks, &x, path)?;
+    let composed = train_step(blocks, &x, Path::Composed)?;
+    assert_eq!(fused.len(), composed.len());
+    for ((name, a), (other, b)) in fused.iter().zip(&composed) {
+        assert_eq!(name, other);
+        // The same kernels in the same order: equal values (±0 aside).
+        assert!(a == b, "{what}, {path:?}: {name} differs");
+    }
+    Ok(())
+}
+
 fn assert_fused_matches_composed(
     what: &str,
     shapes: &[UnitShape],
     downsample: Option<UnitShape>,
     x: &[usize],
 ) -> Result<()> {
-    let x = rand_tensor(x, 3, 2.0)?;
-    let fused = train_step(shapes, downsample, &x, true)?;
-    let composed = train_step(shapes, downsample, &x, false)?;
-    assert_eq!(fused.len(), composed.len());
-    for ((name, a), (other, b)) in fused.iter().zip(&composed) {
-        assert_eq!(name, other);
-        // The same kernels in the same order: equal values (±0 aside).
-        assert!(a == b, "{what}: {name} differs");
-    }
+    assert_path_matches_composed(what, &[(shapes, downsample)], x, Path::Fused)
+}
+
+#[test]
+fn a_fused_stage_matches_the_composed_layers() -> Result<()> {
+    // A projected strided bottleneck, then two identity ones (a ResNet50 stage in small).
+    let first: [UnitShape; 3] = [(8, 3, 1, 1), (3, 3, 3, 2), (3, 12, 1, 1)];
+    let rest: [UnitShape; 3] = [(12, 3, 1, 1), (3, 3, 3, 1), (3, 12, 1, 1)];
+    let blocks = [
+        (&first[..], Some((8, 12, 1, 2))),
+        (&rest, None),
+        (&rest, None),
+    ];
+    assert_path_matches_composed("bottleneck stage", &blocks, &[2, 8, 9, 8], Path::Stage)?;
+    // Basic blocks, identity only.
+    let basic: [UnitShape; 2] = [(4, 4, 3, 1), (4, 4, 3, 1)];
+    let blocks = [(&basic[..], None), (&basic, None)];
+    assert_path_matches_composed("basic stage", &blocks, &[2, 4, 7, 6], Path::Stage)
+}
+
+#[test]
+fn a_stage_with_a_block_off_the_fused_path_runs_block_by_block() -> Result<()> {
+    // The second block's parameters outweigh its outputs (see the next test).
+    let x = rand_tensor(&[2, 16, 4, 4], 1, 1.0)?;
+    let parts = conv3x3_bn(16, 16)?;
+    let block = BlockUnits {
+        units: vec![unit3x3(&parts), unit3x3(&parts)],
+        downsample: None,
+    };
+    let blocks = [block.clone(), block];
+    assert!(stage::stage_plans(&x, &blocks)?.is_none());
+    let y = residual_stage(&x, &blocks, true)?;
+    assert_eq!(y.dims(), x.dims());
     Ok(())
 }
 
