@@ -475,29 +475,44 @@ impl CpuKernel<2> for ResidualOp {
         Ok((y, Shape::from(self.output_dims()?.to_vec())))
     }
 
-    fn backward(&self, [x, packed]: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Gradients<2> {
+    fn backward(&self, inputs: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Gradients<2> {
         let saved = self.saved.get().ok_or_else(|| {
             candle_core::Error::Msg("residual block backward before forward".into())
         })?;
-        let need_dx = x.track_op();
-        let (dx, dpacked) = with_contiguous_f32(x, |xs| {
-            with_contiguous_f32(packed, |params| {
-                with_contiguous_f32(res, |ys| {
-                    with_contiguous_f32(grad, |dy| {
-                        let mut dpacked = vec![0f32; params.len()];
-                        let dx =
-                            self.gradients(saved, (xs, params, ys, dy), need_dx, &mut dpacked)?;
-                        Ok((dx, dpacked))
-                    })
-                })
-            })
-        })?;
-        Ok([
-            dx.map(|dx| Tensor::from_vec(dx, x.shape(), x.device()))
-                .transpose()?,
-            Some(Tensor::from_vec(dpacked, packed.shape(), packed.device())?),
-        ])
+        node_gradients(inputs, res, grad, |values, need_dx| {
+            let mut dpacked = vec![0f32; values.1.len()];
+            let dx = self.gradients(saved, values, need_dx, &mut dpacked)?;
+            Ok((dx, dpacked))
+        })
     }
+}
+
+/// The contiguous values a fused node's backward pass reads: its input, its packed parameters,
+/// its output and the output's gradient.
+type NodeValues<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
+
+/// The backward pass of a fused node with inputs `(x, packed)` and output `res`: `gradients`
+/// of the values, told whether the input's gradient is needed (`x` tracked), returns it and the
+/// packed parameters' gradient, made tensors of their inputs' shapes here.
+fn node_gradients(
+    [x, packed]: [&Tensor; 2],
+    res: &Tensor,
+    grad: &Tensor,
+    gradients: impl FnOnce(NodeValues, bool) -> candle_core::Result<(Option<Vec<f32>>, Vec<f32>)>,
+) -> Gradients<2> {
+    let need_dx = x.track_op();
+    let (dx, dpacked) = with_contiguous_f32(x, |xs| {
+        with_contiguous_f32(packed, |params| {
+            with_contiguous_f32(res, |ys| {
+                with_contiguous_f32(grad, |dy| gradients((xs, params, ys, dy), need_dx))
+            })
+        })
+    })?;
+    Ok([
+        dx.map(|dx| Tensor::from_vec(dx, x.shape(), x.device()))
+            .transpose()?,
+        Some(Tensor::from_vec(dpacked, packed.shape(), packed.device())?),
+    ])
 }
 
 impl ResidualOp {
@@ -507,7 +522,7 @@ impl ResidualOp {
     fn gradients(
         &self,
         saved: &Saved,
-        (xs, params, ys, dy): (&[f32], &[f32], &[f32], &[f32]),
+        (xs, params, ys, dy): NodeValues,
         need_dx: bool,
         dpacked: &mut [f32],
     ) -> candle_core::Result<Option<Vec<f32>>> {

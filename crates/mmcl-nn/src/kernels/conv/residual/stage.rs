@@ -12,12 +12,12 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Shape, Tensor};
 
 use super::{
-    ConvBnUnit, Plan, ResidualOp, Saved, packed_parameters, residual_block, update_running,
+    ConvBnUnit, NodeValues, Plan, ResidualOp, Saved, node_gradients, packed_parameters,
+    residual_block, update_running,
 };
 use crate::Result;
 use crate::kernels::fast_path;
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::with_contiguous_f32;
 
 /// The units of one residual block, as [`residual_block`] takes them.
 #[derive(Debug, Clone)]
@@ -129,25 +129,13 @@ impl CpuKernel<2> for StageOp {
         Ok((y, shape))
     }
 
-    fn backward(&self, [x, packed]: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Gradients<2> {
+    fn backward(&self, inputs: [&Tensor; 2], res: &Tensor, grad: &Tensor) -> Gradients<2> {
         let outputs = self.outputs.get().ok_or_else(|| {
             candle_core::Error::Msg("residual stage backward before forward".into())
         })?;
-        let need_dx = x.track_op();
-        let (dx, dpacked) = with_contiguous_f32(x, |xs| {
-            with_contiguous_f32(packed, |params| {
-                with_contiguous_f32(res, |ys| {
-                    with_contiguous_f32(grad, |dy| {
-                        self.gradients((xs, params, ys, dy), outputs, need_dx)
-                    })
-                })
-            })
-        })?;
-        Ok([
-            dx.map(|dx| Tensor::from_vec(dx, x.shape(), x.device()))
-                .transpose()?,
-            Some(Tensor::from_vec(dpacked, packed.shape(), packed.device())?),
-        ])
+        node_gradients(inputs, res, grad, |values, need_dx| {
+            self.gradients(values, outputs, need_dx)
+        })
     }
 }
 
@@ -157,7 +145,7 @@ impl StageOp {
     /// block before it.
     fn gradients(
         &self,
-        (xs, params, ys, dy): (&[f32], &[f32], &[f32], &[f32]),
+        (xs, params, ys, dy): NodeValues,
         outputs: &[Vec<f32>],
         need_dx: bool,
     ) -> candle_core::Result<(Option<Vec<f32>>, Vec<f32>)> {
