@@ -149,6 +149,16 @@ impl StageOp {
         outputs: &[Vec<f32>],
         need_dx: bool,
     ) -> candle_core::Result<(Option<Vec<f32>>, Vec<f32>)> {
+        let total = self.offsets[self.offsets.len() - 1];
+        if params.len() != total || outputs.len() + 1 != self.blocks.len() {
+            candle_core::bail!(
+                "internal error: a residual stage of {} blocks and {total} parameters got {} \
+                 parameters and {} kept outputs",
+                self.blocks.len(),
+                params.len(),
+                outputs.len()
+            );
+        }
         let mut dpacked = vec![0f32; params.len()];
         let mut upstream: Option<Vec<f32>> = None;
         for (b, block) in self.blocks.iter().enumerate().rev() {

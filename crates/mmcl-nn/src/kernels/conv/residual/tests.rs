@@ -189,6 +189,26 @@ fn a_stage_with_a_block_off_the_fused_path_runs_block_by_block() -> Result<()> {
 }
 
 #[test]
+fn a_stage_with_a_block_without_units_is_an_error() -> Result<()> {
+    let x = rand_tensor(&[2, 4, 6, 6], 1, 1.0)?;
+    let parts = conv3x3_bn(4, 4)?;
+    let full = BlockUnits {
+        units: vec![unit3x3(&parts), unit3x3(&parts)],
+        downsample: None,
+    };
+    // Only a projection: the composed path's error, not a fused plan.
+    let empty = BlockUnits {
+        units: Vec::new(),
+        downsample: Some(unit3x3(&parts)),
+    };
+    let blocks = [full, empty];
+    assert!(stage::stage_plans(&x, &blocks)?.is_none());
+    let err = residual_stage(&x, &blocks, true).expect_err("a block without units");
+    assert!(err.to_string().contains("at least one"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn fused_blocks_match_the_composed_layers() -> Result<()> {
     // torchvision's BasicBlock, identity and projected.
     assert_fused_matches_composed("basic", &[(4, 4, 3, 1), (4, 4, 3, 1)], None, &[2, 4, 7, 6])?;
