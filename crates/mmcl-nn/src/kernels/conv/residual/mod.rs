@@ -336,11 +336,6 @@ impl Plan {
         update_running(&saved, units, downsample, x.device())?;
         Ok(y)
     }
-
-    /// The block's output `[N, C_out, H', W']`.
-    fn output_dims(&self) -> candle_core::Result<[usize; 4]> {
-        self.op.output_dims()
-    }
 }
 
 /// `params` flattened and concatenated: the packed parameter vector `[P]` of a fused node.

@@ -40,11 +40,12 @@ pub struct BlockUnits<'a> {
 /// # Shapes
 /// `x`: `[N, C, H, W]` → the last block's output.
 pub fn residual_stage(x: &Tensor, blocks: &[BlockUnits], train: bool) -> Result<Tensor> {
-    if train && blocks.len() > 1 && fast_path(x) {
-        let plans = stage_plans(x, blocks)?;
-        if let Some(plans) = plans {
-            return run_stage(x, blocks, plans);
-        }
+    if train
+        && blocks.len() > 1
+        && fast_path(x)
+        && let Some(plans) = stage_plans(x, blocks)?
+    {
+        return run_stage(x, blocks, plans);
     }
     let mut y = x.clone();
     for block in blocks {
@@ -64,7 +65,7 @@ pub(super) fn stage_plans(x: &Tensor, blocks: &[BlockUnits]) -> Result<Option<Ve
         let Some(plan) = Plan::for_input(dims, &block.units, block.downsample.as_ref())? else {
             return Ok(None);
         };
-        dims = plan.output_dims()?;
+        dims = plan.op.output_dims()?;
         plans.push(plan);
     }
     Ok(Some(plans))

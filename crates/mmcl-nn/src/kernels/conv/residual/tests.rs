@@ -172,16 +172,20 @@ fn a_fused_stage_matches_the_composed_layers() -> Result<()> {
     assert_path_matches_composed("basic stage", &blocks, &[2, 4, 7, 6], Path::Stage)
 }
 
+/// A basic block of two 3×3 units sharing `parts`, with the identity.
+fn basic_block(parts: &(Tensor, BatchNorm)) -> BlockUnits<'_> {
+    BlockUnits {
+        units: vec![unit3x3(parts), unit3x3(parts)],
+        downsample: None,
+    }
+}
+
 #[test]
 fn a_stage_with_a_block_off_the_fused_path_runs_block_by_block() -> Result<()> {
-    // The second block's parameters outweigh its outputs (see the next test).
+    // The blocks' parameters outweigh their outputs (see the next test).
     let x = rand_tensor(&[2, 16, 4, 4], 1, 1.0)?;
     let parts = conv3x3_bn(16, 16)?;
-    let block = BlockUnits {
-        units: vec![unit3x3(&parts), unit3x3(&parts)],
-        downsample: None,
-    };
-    let blocks = [block.clone(), block];
+    let blocks = [basic_block(&parts), basic_block(&parts)];
     assert!(stage::stage_plans(&x, &blocks)?.is_none());
     let y = residual_stage(&x, &blocks, true)?;
     assert_eq!(y.dims(), x.dims());
@@ -192,10 +196,7 @@ fn a_stage_with_a_block_off_the_fused_path_runs_block_by_block() -> Result<()> {
 fn a_stage_with_a_block_without_units_is_an_error() -> Result<()> {
     let x = rand_tensor(&[2, 4, 6, 6], 1, 1.0)?;
     let parts = conv3x3_bn(4, 4)?;
-    let full = BlockUnits {
-        units: vec![unit3x3(&parts), unit3x3(&parts)],
-        downsample: None,
-    };
+    let full = basic_block(&parts);
     // Only a projection: the composed path's error, not a fused plan.
     let empty = BlockUnits {
         units: Vec::new(),
