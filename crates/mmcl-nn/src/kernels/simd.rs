@@ -47,6 +47,74 @@ multiversion!(
     pub(crate) fn add_rows(acc: &mut [f32], rows: &[f32]) => add_rows_kernel
 );
 
+/// `dst[j] = src[j·stride]` for every `j` of `dst` (`src` must hold the last one read); stride 2
+/// reads whole pairs, so that its loads vectorise as shuffles.
+#[inline(always)]
+fn gather_strided_kernel(dst: &mut [f32], src: &[f32], stride: usize) {
+    let Some((last, head)) = dst.split_last_mut() else {
+        return;
+    };
+    *last = src[head.len() * stride];
+    match stride {
+        1 => head.copy_from_slice(&src[..head.len()]),
+        // Whole chunks: no bounds check per value, so the loads vectorise.
+        2 => {
+            for (d, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
+                *d = pair[0];
+            }
+        }
+        _ => {
+            for (d, &v) in head.iter_mut().zip(src.iter().step_by(stride)) {
+                *d = v;
+            }
+        }
+    }
+}
+
+/// `dst[j·stride] += src[j]` for every `j` of `src` (`dst` must hold the last one written), in
+/// order of `j`; stride 2 as in [`gather_strided_kernel`].
+#[inline(always)]
+fn scatter_add_strided_kernel(dst: &mut [f32], src: &[f32], stride: usize) {
+    let Some((last, head)) = src.split_last() else {
+        return;
+    };
+    match stride {
+        1 => add_rows_kernel(&mut dst[..head.len()], head),
+        // Whole chunks, as in `gather_strided_kernel`.
+        2 => {
+            for (pair, &g) in dst.chunks_exact_mut(2).zip(head) {
+                pair[0] += g;
+            }
+        }
+        _ => {
+            for (d, &g) in dst.iter_mut().step_by(stride).zip(head) {
+                *d += g;
+            }
+        }
+    }
+    dst[head.len() * stride] += last;
+}
+
+multiversion!(
+    /// `dst[j] = src[j·stride]`: a strided convolution's patch row ([`gather_strided_kernel`]
+    /// at the CPU's vector width).
+    ///
+    /// # Panics
+    /// When `src` is shorter than the last value read (a bug in the caller).
+    pub(crate) fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize)
+        => gather_strided_kernel
+);
+
+multiversion!(
+    /// `dst[j·stride] += src[j]`: the adjoint of [`gather_strided`] (a strided convolution's
+    /// input gradient), the same additions in the same order at any vector width.
+    ///
+    /// # Panics
+    /// When `dst` is shorter than the last value written (a bug in the caller).
+    pub(crate) fn scatter_add_strided(dst: &mut [f32], src: &[f32], stride: usize)
+        => scatter_add_strided_kernel
+);
+
 /// Dot product of `x` and `y` (lane-parallel, vectorisable).
 #[inline(always)]
 pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
@@ -290,6 +358,31 @@ pub(crate) fn normal_pdf_f32<const FMA: bool>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Strided copies and their adjoint against index arithmetic, for the constant and the
+    /// general strides, on slices exactly as long as the last value touched.
+    #[test]
+    fn strided_copies_and_additions_touch_every_stride_th_value() {
+        for stride in [1, 2, 3, 5] {
+            for len in [0, 1, 2, 7, 33] {
+                let span = len.max(1) * stride - stride + 1;
+                let src: Vec<f32> = (0..span).map(|i| i as f32 * 0.5 - 3.0).collect();
+                let mut dst = vec![f32::NAN; len];
+                gather_strided(&mut dst, &src, stride);
+                let expected: Vec<f32> = (0..len).map(|j| src[j * stride]).collect();
+                assert_eq!(dst, expected, "gather, stride {stride}, {len} values");
+
+                let grad: Vec<f32> = (0..len).map(|j| j as f32 + 0.25).collect();
+                let mut acc: Vec<f32> = (0..span).map(|i| i as f32 * 0.1).collect();
+                let mut expected = acc.clone();
+                for (j, &g) in grad.iter().enumerate() {
+                    expected[j * stride] += g;
+                }
+                scatter_add_strided(&mut acc, &grad, stride);
+                assert_eq!(acc, expected, "scatter, stride {stride}, {len} values");
+            }
+        }
+    }
 
     /// Every row added in order, each element as the scalar loop adds it (the same bits at any
     /// vector width), a partial last row ignored, an empty accumulator left alone.

@@ -154,15 +154,7 @@ impl Planar {
                 let src = &plane[iy * w..(iy + 1) * w];
                 out[..ox0].fill(0.0);
                 out[ox1..].fill(0.0);
-                let out = &mut out[ox0..ox1];
-                if s == 1 {
-                    let start = ox0 + kx - p;
-                    out.copy_from_slice(&src[start..start + out.len()]);
-                } else {
-                    for (o, ox) in out.iter_mut().zip(ox0..) {
-                        *o = src[ox * s + kx - p];
-                    }
-                }
+                simd::gather_strided(&mut out[ox0..ox1], &src[ox0 * s + kx - p..], s);
             }
         }
     }
@@ -204,16 +196,7 @@ impl Planar {
                     continue;
                 };
                 let dst = &mut plane[iy * w..(iy + 1) * w];
-                let grad = &grad[ox0..ox1];
-                if s == 1 {
-                    // Contiguous on both sides: one vector row addition.
-                    let start = ox0 + kx - p;
-                    simd::add_rows(&mut dst[start..start + grad.len()], grad);
-                } else {
-                    for (&g, ox) in grad.iter().zip(ox0..) {
-                        dst[ox * s + kx - p] += g;
-                    }
-                }
+                simd::scatter_add_strided(&mut dst[ox0 * s + kx - p..], &grad[ox0..ox1], s);
             }
         }
     }
