@@ -25,6 +25,7 @@
 //! training operation (patch matrices, forward and backward), `residual` the fused block over
 //! `planar` and the batch-norm kernel; all multiply with the kernels' shared GEMM. The NHWC pooling that goes with [`PackedConv2d`] is in [`crate::pool`].
 
+mod direct;
 mod packed;
 mod planar;
 mod residual;

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use std::ops::Range;
 
+use super::direct::{self, Direct3x3, Pass};
 use super::{Geometry, gemm_acc, gemm_set};
 use crate::kernels::gemm::{MatRef, f32_products_on_gemm_crate, sum_in_order};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
@@ -360,9 +361,22 @@ impl Planar {
         Ok(())
     }
 
-    /// `Y = W·P` for blocks of images, blocks in parallel.
+    /// The direct kernel for `pass` of this convolution in `f32`, where it applies (see
+    /// [`direct`]).
+    fn direct(&self, pass: Pass, weight: &[f32]) -> Option<Direct3x3> {
+        let applies = self.precision == Precision::F32
+            && weight.len() == self.cout * self.depth()
+            && direct::applies(self.geometry, (self.h, self.w));
+        applies.then(|| Direct3x3::new(pass, weight, (self.cout, self.cin), (self.h, self.w)))
+    }
+
+    /// `Y = W·P` for blocks of images, blocks in parallel; images one by one through the direct
+    /// kernel where it applies.
     pub(super) fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
+        if let Some(conv) = self.direct(Pass::Forward, weight) {
+            return Ok(direct_images(&conv, x, self.n));
+        }
         let mut y = crate::kernels::zeros(self.n * cout * pixels);
         if y.is_empty() || self.in_image() == 0 {
             // An empty input has no patches: its output (all padding) stays zero.
@@ -448,8 +462,16 @@ impl Planar {
     ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         let in_image = self.in_image();
+        // The direct kernel writes the input gradient on its own, after the weight gradient.
+        let direct_dx = if need_dx {
+            self.direct(Pass::InputGradient, weight)
+        } else {
+            None
+        };
+        let need_dx = need_dx && direct_dx.is_none();
         let mut dx = need_dx.then(|| crate::kernels::zeros(self.n * in_image));
         if self.n * in_image == 0 || pixels == 0 {
+            let dx = dx.or_else(|| direct_dx.map(|_| Vec::new()));
             return Ok((dx, vec![0f32; cout * depth]));
         }
         let w_t = MatRef::rows(weight, cout, depth).t(); // [depth, C_out]
@@ -509,6 +531,9 @@ impl Planar {
                 Ok::<_, candle_core::Error>(dw.into_rows())
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(conv) = direct_dx {
+            dx = Some(direct_images(&conv, dy, self.n));
+        }
         // The groups' partial sums added in group order, not in the order rayon's reduction
         // happens to pair them: the same thread count gives the same bits on every run.
         Ok((dx, sum_in_order(partials, cout * depth)))
@@ -603,6 +628,18 @@ pub(super) fn transposed_weight_gradient(cout: usize, depth: usize, precision: P
         && cout >= 2
         && cout * depth > 256
         && f32_products_on_gemm_crate()
+}
+
+/// The direct convolution of `n` images of `input`, images in parallel, each written whole.
+fn direct_images(conv: &Direct3x3, input: &[f32], n: usize) -> Vec<f32> {
+    let (in_image, out_image) = (conv.input_len(), conv.output_len());
+    // SAFETY: `Direct3x3::image` writes every value of its output image; the `n` chunks of
+    // one output image each cover the buffer.
+    unsafe {
+        crate::kernels::par_written(n * out_image, out_image, |i, out| {
+            conv.image(&input[i * in_image..(i + 1) * in_image], out);
+        })
+    }
 }
 
 /// The first `len` values of a reusable buffer, grown (with zeros) if it is shorter; the

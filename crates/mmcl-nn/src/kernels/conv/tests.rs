@@ -11,8 +11,10 @@ use crate::{Error, Result};
 /// images smaller than the kernel's reach, sides of different parity, small maps multiplied
 /// several to a block (their patches looked up in tap tables, or copied by runs from rows of 12
 /// pixels), and images large enough for the training convolution to work in bands of output
-/// rows (strided, padded, pointwise).
-const CASES: [(usize, usize, usize, usize, usize, usize, usize); 14] = [
+/// rows (strided, padded, pointwise); 3×3 stride-1 maps whose pixel tiles the direct kernel
+/// fills (on AVX-512 CPUs), with a partial block of output channels and rows that end inside a
+/// vector.
+const CASES: [(usize, usize, usize, usize, usize, usize, usize); 15] = [
     (3, 8, 7, 2, 3, 21, 18),
     (16, 8, 3, 1, 1, 9, 11),
     (16, 24, 3, 2, 1, 10, 7),
@@ -27,6 +29,7 @@ const CASES: [(usize, usize, usize, usize, usize, usize, usize); 14] = [
     (3, 4, 7, 2, 3, 60, 50),
     (5, 6, 3, 1, 1, 40, 30),
     (6, 5, 1, 1, 0, 30, 25),
+    (7, 13, 3, 1, 1, 29, 31),
 ];
 
 #[test]
