@@ -47,6 +47,13 @@ multiversion!(
     pub(crate) fn add_rows(acc: &mut [f32], rows: &[f32]) => add_rows_kernel
 );
 
+/// The mask of the first `count` of 16 vector lanes (all of them from 16 on): the AVX-512
+/// kernels' partial loads and stores.
+#[inline(always)]
+pub(crate) fn first_lanes(count: usize) -> u16 {
+    if count >= 16 { !0 } else { (1u16 << count) - 1 }
+}
+
 /// `dst[j] = src[j·stride]` for every `j` of `dst` (`src` must hold the last one read); stride 2
 /// reads whole pairs, so that its loads vectorise as shuffles.
 #[inline(always)]

@@ -12,13 +12,14 @@
 //! pair. Like the tile unit, `vdpbf16ps` treats subnormal inputs and results as zero.
 
 use std::arch::x86_64::{
-    __m512bh, __m512i, __mmask16, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps,
+    __m512bh, __m512i, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps,
     _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
 };
 use std::sync::OnceLock;
 
 use super::Start;
 use super::packed::{BLOCK, HALF, KSTEP, RowBlock, TILE_PAIRS};
+use crate::kernels::simd::first_lanes;
 
 /// Rows of one register block.
 const ROWS: usize = 8;
@@ -71,16 +72,6 @@ pub(super) unsafe fn block_row(block: RowBlock<'_>) {
     }
 }
 
-/// The mask of the first `count` of 16 lanes.
-#[inline(always)]
-fn lanes(count: usize) -> __mmask16 {
-    if count >= HALF {
-        !0
-    } else {
-        (1u16 << count) - 1
-    }
-}
-
 /// Rows `r0 .. r0 + 8` of the row block times one packed column block (`b_block`), added to
 /// `start` in the `valid_rows × cols` corner of the output at `corner` (a bias from this
 /// column block's first value).
@@ -101,7 +92,7 @@ unsafe fn register_block(
     (valid_rows, cols): (usize, usize),
     start: Start<'_>,
 ) {
-    let masks = [lanes(cols), lanes(cols.saturating_sub(HALF))];
+    let masks = [first_lanes(cols), first_lanes(cols.saturating_sub(HALF))];
     let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
     for (r, row) in acc.iter_mut().enumerate().take(valid_rows) {
         for (h, v) in row.iter_mut().enumerate() {

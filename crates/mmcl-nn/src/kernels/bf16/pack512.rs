@@ -27,6 +27,7 @@ use std::arch::x86_64::{
 use std::sync::OnceLock;
 
 use super::packed::{BLOCK, HALF, KSTEP, TILE_PAIRS};
+use crate::kernels::simd::first_lanes;
 
 /// Whether the CPU has AVX-512 F and BW (every CPU with either bf16 engine has them); checked
 /// once.
@@ -77,11 +78,7 @@ fn bf16_halves(lo: __m512, hi: __m512, native: bool) -> __m512i {
 /// none).
 #[inline(always)]
 fn lanes(count: isize) -> __mmask16 {
-    match count {
-        ..=0 => 0,
-        16.. => !0,
-        c => (1u16 << c) - 1,
-    }
+    first_lanes(count.max(0) as usize)
 }
 
 /// [`super::to_bf16_bits`] of 16 lanes, each result in the low half of its 32-bit lane.

@@ -17,6 +17,7 @@
 use std::sync::OnceLock;
 
 use super::Geometry;
+use crate::kernels::simd::first_lanes;
 
 /// Output channels per register block.
 const CHANNELS: usize = 6;
@@ -185,10 +186,8 @@ impl Direct3x3 {
         });
         for (tile, masks) in self.masks.iter().enumerate() {
             let p0 = tile * TILE;
-            let stores: [u16; VECTORS] = std::array::from_fn(|v| {
-                let valid = pixels.saturating_sub(p0 + 16 * v).min(16);
-                ((1u32 << valid) - 1) as u16
-            });
+            let stores: [u16; VECTORS] =
+                std::array::from_fn(|v| first_lanes(pixels.saturating_sub(p0 + 16 * v)));
             for (block, weights) in self
                 .packed
                 .chunks_exact(self.cin * TAPS * CHANNELS)

@@ -375,7 +375,7 @@ impl Planar {
     pub(super) fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         if let Some(conv) = self.direct(Pass::Forward, weight) {
-            return Ok(direct_images(&conv, x, self.n));
+            return direct_images(&conv, x, self.n);
         }
         let mut y = crate::kernels::zeros(self.n * cout * pixels);
         if y.is_empty() || self.in_image() == 0 {
@@ -532,7 +532,7 @@ impl Planar {
             })
             .collect::<Result<Vec<_>>>()?;
         if let Some(conv) = direct_dx {
-            dx = Some(direct_images(&conv, dy, self.n));
+            dx = Some(direct_images(&conv, dy, self.n)?);
         }
         // The groups' partial sums added in group order, not in the order rayon's reduction
         // happens to pair them: the same thread count gives the same bits on every run.
@@ -631,15 +631,24 @@ pub(super) fn transposed_weight_gradient(cout: usize, depth: usize, precision: P
 }
 
 /// The direct convolution of `n` images of `input`, images in parallel, each written whole.
-fn direct_images(conv: &Direct3x3, input: &[f32], n: usize) -> Vec<f32> {
+///
+/// # Errors
+/// When `input` does not hold `n` images (a bug in the calling kernel).
+fn direct_images(conv: &Direct3x3, input: &[f32], n: usize) -> Result<Vec<f32>> {
     let (in_image, out_image) = (conv.input_len(), conv.output_len());
+    if input.len() != n * in_image {
+        candle_core::bail!(
+            "internal error: a direct convolution of {n} images of {in_image} values from {}",
+            input.len()
+        );
+    }
     // SAFETY: `Direct3x3::image` writes every value of its output image; the `n` chunks of
     // one output image each cover the buffer.
-    unsafe {
+    Ok(unsafe {
         crate::kernels::par_written(n * out_image, out_image, |i, out| {
             conv.image(&input[i * in_image..(i + 1) * in_image], out);
         })
-    }
+    })
 }
 
 /// The first `len` values of a reusable buffer, grown (with zeros) if it is shorter; the
