@@ -20,7 +20,7 @@ mod common;
 use std::hint::black_box;
 
 use common::workloads::{CMR_EMBEDDING_BATCH as BATCH, CMR_SIDE, CmrEmbedding};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 
 fn embed_resnet50(c: &mut Criterion) {
     let mut group = common::batch_group(
@@ -54,4 +54,6 @@ fn embed_resnet50(c: &mut Criterion) {
 }
 
 criterion_group!(benches, embed_resnet50);
-criterion_main!(benches);
+fn main() {
+    common::main_with_census(benches);
+}

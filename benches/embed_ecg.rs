@@ -13,7 +13,7 @@ mod common;
 use std::hint::black_box;
 
 use common::workloads::{ECG_EMBEDDING_BATCH as BATCH, EcgEmbedding};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 
 fn embed_ecg(c: &mut Criterion) {
     let mut group = common::batch_group(c, "embed_ecg", BATCH, 20);
@@ -29,4 +29,6 @@ fn embed_ecg(c: &mut Criterion) {
 }
 
 criterion_group!(benches, embed_ecg);
-criterion_main!(benches);
+fn main() {
+    common::main_with_census(benches);
+}

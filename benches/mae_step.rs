@@ -19,7 +19,7 @@ mod common;
 use std::hint::black_box;
 
 use common::workloads::{MAE_STEP_BATCH as BATCH, MaeStep};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use mmcl_suite::nn::precision::Precision;
 
 fn mae_step(c: &mut Criterion) {
@@ -71,4 +71,6 @@ fn mae_step(c: &mut Criterion) {
 }
 
 criterion_group!(benches, mae_step);
-criterion_main!(benches);
+fn main() {
+    common::main_with_census(benches);
+}

@@ -26,7 +26,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use common::workloads::{MMCL_STEP_BATCH as BATCH, MmclEncoderPasses, MmclTrainingStep};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use mmcl_suite::nn::precision::Precision;
 use mmcl_suite::pipeline::ReproduceConfig;
 
@@ -87,4 +87,6 @@ fn encoders(c: &mut Criterion) {
 }
 
 criterion_group!(benches, mmcl_step, reduced_defaults, encoders);
-criterion_main!(benches);
+fn main() {
+    common::main_with_census(benches);
+}

@@ -99,6 +99,11 @@ def parse_args(iters, batch, extra=None):
                          "f32 weights and accumulation): torch.autocast(device, bfloat16)")
     ap.add_argument("--json", metavar="FILE",
                     help="also append the figures to FILE as one JSON object per line")
+    ap.add_argument("--profile", type=int, metavar="ROWS", default=0,
+                    help="after timing, run the iterations again under torch.profiler and "
+                         "print its ROWS most expensive operators: time per iteration and "
+                         "GFLOP/s per thread of the matrix products and convolutions (the "
+                         "anchor's side of `MMCL_PRODUCT_CENSUS=1 cargo bench`)")
     if extra is not None:
         extra(ap)
     args = ap.parse_args()
@@ -157,3 +162,27 @@ def warm_up_and_time(args, f, unit, workload):
     f()
     wall, cpu = per_call(f, args.iters)
     print_throughput(args, wall, cpu, unit, workload)
+    if getattr(args, "profile", 0):
+        print_profile(args, f, unit)
+
+
+def print_profile(args, f, unit):
+    """Runs `args.iters` calls of `f` under torch.profiler and prints the `args.profile`
+    operators with the most self time: ms per `unit`, share, and for those whose FLOPs the
+    profiler counts (matrix products, convolutions) GFLOP/s per thread of self time."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(args.iters):
+            f()
+        synchronize()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"\n| operator | ms per {unit} | share | calls per {unit} | GFLOP/s per thread |")
+    print("|---|---:|---:|---:|---:|")
+    for e in events[:args.profile]:
+        seconds = e.self_cpu_time_total / 1e6
+        rate = (f"{e.flops / seconds / args.threads / 1e9:.1f}"
+                if e.flops and seconds > 0 else "")
+        print(f"| {e.key} | {1e3 * seconds / args.iters:.1f} | "
+              f"{100 * e.self_cpu_time_total / total:.1f} % | {e.count / args.iters:g} | {rate} |")

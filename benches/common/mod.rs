@@ -35,6 +35,25 @@ pub fn on_each_device<T>(
     }
 }
 
+/// What `criterion_main!` does for the group `benches`, then, with `MMCL_PRODUCT_CENSUS=1`,
+/// the census of the CPU kernels' products over everything the run benchmarked, warm-up
+/// included ([`mmcl_suite::nn::census`]): select one benchmark for the table of one workload,
+///
+/// ```sh
+/// MMCL_PRODUCT_CENSUS=1 cargo bench --bench mae_step -- 'b32_mask0.8/cpu$'
+/// ```
+pub fn main_with_census(benches: fn()) {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if mmcl_suite::nn::census::enabled() {
+        let threads = rayon::current_num_threads();
+        eprintln!(
+            "\nThe CPU kernels' products in this run ({threads} threads, `mmcl_nn::census`):\n\n{}",
+            mmcl_suite::nn::census::report(40)
+        );
+    }
+}
+
 /// A group whose throughput is `batch` samples per iteration, 10 samples over `seconds`.
 /// Freed activations are reused first, instead of being page-faulted anew on every step,
 /// and candle's element-wise pool is sized for the threads, as the `mmcl` binary does.

@@ -14,7 +14,9 @@
 //!   and their interpolation, a seedable training RNG whose state can be saved;
 //! - [`ParamStore`], [`StateDict`]: seeded parameters, safetensors and PyTorch `.pth`/`.ckpt`
 //!   reading (the latter through the `mmcl-pth` crate's pickle reader), key renaming with
-//!   [`checkpoint::KeyRemap`] tables, key matching with a report.
+//!   [`checkpoint::KeyRemap`] tables, key matching with a report;
+//! - [`census`]: with `MMCL_PRODUCT_CENSUS=1`, the CPU kernels' matrix products of a real run
+//!   counted and timed by shape (GFLOP/s per thread), to see where a workload's time goes.
 //!
 //! ```
 //! use candle_core::{DType, Device, ModuleT, Tensor};
@@ -44,6 +46,7 @@
 //! # }
 //! ```
 
+pub mod census;
 pub mod checkpoint;
 pub mod device;
 pub mod distributed;

@@ -82,6 +82,10 @@ fn main() -> ExitCode {
         unsafe { mmcl_nn::threads::share_cores_with_candle(rayon::current_num_threads()) };
     }
     let result = cli.command.run();
+    if mmcl_nn::census::enabled() {
+        // `MMCL_PRODUCT_CENSUS=1`: where the CPU kernels' matrix products went.
+        eprintln!("\n{}", mmcl_nn::census::report(40));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -135,15 +135,6 @@ fn operand(strides: (usize, usize), rows: usize, cols: usize) -> Option<(c_int, 
     Some((trans, c_int::try_from(ld).ok()?))
 }
 
-/// The number of tasks a `gemm` crate parallelism setting asks for (`Rayon(0)`: rayon's pool).
-pub(crate) fn threads_of(parallelism: gemm::Parallelism) -> usize {
-    match parallelism {
-        gemm::Parallelism::None => 1,
-        gemm::Parallelism::Rayon(0) => rayon::current_num_threads(),
-        gemm::Parallelism::Rayon(n) => n,
-    }
-}
-
 /// Products smaller than this many multiply-adds run on one thread.
 const PARALLEL_WORK: usize = 1 << 21;
 
@@ -268,7 +259,7 @@ unsafe fn one_call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gemm::gemm_raw;
+    use crate::kernels::gemm::{gemm_raw, threads_of};
     use crate::kernels::test_support::{Layout, check_product, matrix};
 
     /// Small shapes, edges of one block, and two products large enough to be split over tasks:

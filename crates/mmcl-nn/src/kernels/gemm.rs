@@ -8,6 +8,7 @@
 use candle_core::Result;
 use rayon::prelude::*;
 
+use crate::census::{self, ProductKey};
 use crate::kernels::bf16::{Engine, Start, gemm_bf16};
 use crate::kernels::{CHUNK, rows_per_task, simd};
 use crate::precision::{Precision, matmul_precision};
@@ -71,6 +72,15 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// The number of tasks a `gemm` crate parallelism setting asks for (`Rayon(0)`: rayon's pool).
+pub(crate) fn threads_of(parallelism: gemm::Parallelism) -> usize {
+    match parallelism {
+        gemm::Parallelism::None => 1,
+        gemm::Parallelism::Rayon(0) => rayon::current_num_threads(),
+        gemm::Parallelism::Rayon(n) => n,
     }
 }
 
@@ -368,26 +378,39 @@ pub(crate) unsafe fn gemm_raw_in(
         beta == 1.0 || matches!(start, Start::Zero),
         "a scaled product is not added"
     );
+    let started = census::start();
     if precision == Precision::F32 {
         let (m, n, _) = product.dims;
         // SAFETY: the destination's rows are the caller's.
         let accumulate = unsafe { start.into_dst(product.dst, (m, n), product.dst_rs) };
         // SAFETY: forwarded from the caller's contract.
         unsafe { gemm_raw(product, beta, accumulate, parallelism) };
-        return;
-    }
-    // SAFETY: forwarded from the caller's contract.
-    unsafe { gemm_bf16(Engine::best(), product, start, parallelism) };
-    let (m, n, _) = product.dims;
-    if beta != 1.0 && n > 0 {
-        for r in 0..m {
-            // SAFETY: row r of the destination holds n valid elements that this call owns
-            // (caller's contract), and no reference to them is alive.
-            let row =
-                unsafe { std::slice::from_raw_parts_mut(product.dst.add(r * product.dst_rs), n) };
-            row.iter_mut().for_each(|x| *x *= beta);
+    } else {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { gemm_bf16(Engine::best(), product, start, parallelism) };
+        let (m, n, _) = product.dims;
+        if beta != 1.0 && n > 0 {
+            for r in 0..m {
+                // SAFETY: row r of the destination holds n valid elements that this call owns
+                // (caller's contract), and no reference to them is alive.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(product.dst.add(r * product.dst_rs), n)
+                };
+                row.iter_mut().for_each(|x| *x *= beta);
+            }
         }
     }
+    let key = ProductKey {
+        kernel: match precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        },
+        dims: product.dims,
+        lhs_strides: product.lhs_strides,
+        rhs_strides: product.rhs_strides,
+        threads: threads_of(parallelism),
+    };
+    census::record(started, key);
 }
 
 /// Whether [`gemm_raw`] runs the f32 products on the `gemm` crate (not on OpenBLAS, the
@@ -439,7 +462,7 @@ pub(crate) unsafe fn gemm_raw(
     }
     #[cfg(feature = "openblas")]
     if super::blas::enabled() {
-        let threads = super::blas::threads_of(parallelism);
+        let threads = threads_of(parallelism);
         // SAFETY: forwarded from the caller's contract.
         if unsafe { super::blas::sgemm(product, beta, accumulate, threads) } {
             return;

@@ -17,6 +17,7 @@
 use std::sync::OnceLock;
 
 use super::Geometry;
+use crate::census::{self, ProductKey};
 use crate::kernels::simd::first_lanes;
 
 /// Output channels per register block.
@@ -161,12 +162,21 @@ impl Direct3x3 {
             self.cout
         );
         assert!(available(), "direct convolution without AVX-512");
+        let started = census::start();
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F (asserted); the slices hold one image each (asserted),
         // which is all `image_avx512` reads and writes.
         unsafe {
             self.image_avx512(input, output.as_mut_ptr().cast::<f32>())
         }
+        let key = ProductKey {
+            kernel: "direct 3x3",
+            dims: (self.cout, self.h * self.w, self.cin * TAPS),
+            lhs_strides: (0, 0),
+            rhs_strides: (0, 0),
+            threads: 1,
+        };
+        census::record(started, key);
     }
 
     /// # Safety
