@@ -37,7 +37,7 @@ pub fn on_each_device<T>(
 
 /// What `criterion_main!` does for the group `benches`, then, with `MMCL_PRODUCT_CENSUS=1`,
 /// the census of the CPU kernels' products over everything the run benchmarked, warm-up
-/// included ([`mmcl_suite::nn::census`]): select one benchmark for the table of one workload,
+/// included ([`mmcl_suite::nn::census`]); select one benchmark for the table of one workload:
 ///
 /// ```sh
 /// MMCL_PRODUCT_CENSUS=1 cargo bench --bench mae_step -- 'b32_mask0.8/cpu$'
