@@ -88,12 +88,14 @@ pub(crate) fn start() -> Option<Instant> {
     enabled().then(Instant::now)
 }
 
-/// Counts one call that began at `started` (from [`start`]).
-pub(crate) fn record(started: Option<Instant>, key: ProductKey) {
+/// Counts one call that began at `started` (from [`start`]) under the key `key()` builds (only
+/// when counting: the products' hot path builds nothing with the census off).
+pub(crate) fn record(started: Option<Instant>, key: impl FnOnce() -> ProductKey) {
     let Some(started) = started else {
         return;
     };
     let seconds = started.elapsed().as_secs_f64();
+    let key = key();
     // A poisoned lock only means another thread panicked while counting: the counts are
     // still counts.
     let mut table = table().lock().unwrap_or_else(|e| e.into_inner());
@@ -188,10 +190,10 @@ mod tests {
         assert_eq!(row.flops(), 480.0);
         assert!((row.gflops_per_thread() - 0.24).abs() < 1e-9);
         // Counting is a no-op without a start (the census off).
-        record(None, key);
+        record(None, || key);
         assert!(rows().iter().all(|r| r.key != key));
-        record(Some(Instant::now()), key);
-        record(Some(Instant::now()), key);
+        record(Some(Instant::now()), || key);
+        record(Some(Instant::now()), || key);
         let counted = rows().into_iter().find(|r| r.key == key).map(|r| r.calls);
         assert_eq!(counted, Some(2));
         assert!(report(100).contains("| test | 2 | 3 | 4 | (4, 1) | (3, 1) | 2 | 2 |"));

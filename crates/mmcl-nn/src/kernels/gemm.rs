@@ -400,17 +400,13 @@ pub(crate) unsafe fn gemm_raw_in(
             }
         }
     }
-    let key = ProductKey {
-        kernel: match precision {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        },
+    census::record(started, || ProductKey {
+        kernel: precision.as_str(),
         dims: product.dims,
         lhs_strides: product.lhs_strides,
         rhs_strides: product.rhs_strides,
         threads: threads_of(parallelism),
-    };
-    census::record(started, key);
+    });
 }
 
 /// Whether [`gemm_raw`] runs the f32 products on the `gemm` crate (not on OpenBLAS, the

@@ -169,14 +169,13 @@ impl Direct3x3 {
         unsafe {
             self.image_avx512(input, output.as_mut_ptr().cast::<f32>())
         }
-        let key = ProductKey {
+        census::record(started, || ProductKey {
             kernel: "direct 3x3",
             dims: (self.cout, self.h * self.w, self.cin * TAPS),
             lhs_strides: (0, 0),
             rhs_strides: (0, 0),
             threads: 1,
-        };
-        census::record(started, key);
+        });
     }
 
     /// # Safety
