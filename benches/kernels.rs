@@ -282,6 +282,19 @@ fn resnet_kernels(c: &mut Criterion) -> Result<()> {
         conv::conv2d(h.as_tensor(), w.as_tensor(), 1, 1)
     });
 
+    // The 3×3 convolutions of layer3 (256 channels at 14²) and layer4 (512 at 7²), stride 1
+    // padding 1: Winograd's F(2×2, 3×3) on CPUs (forward and input gradient).
+    for (name, channels, side) in [("conv_3x3_layer3", 256, 14), ("conv_3x3_layer4", 512, 7)] {
+        let x = var(&[IMAGE_BATCH, channels, side, side], 1.0)?;
+        let w = var(&[channels, channels, 3, 3], 0.02)?;
+        bench_fwd(&mut group, &format!("{name}/fwd_b16"), || {
+            conv::conv2d(x.as_tensor(), w.as_tensor(), 1, 1)
+        });
+        bench_fwd_bwd(&mut group, &format!("{name}/fwd_bwd_b16"), || {
+            conv::conv2d(x.as_tensor(), w.as_tensor(), 1, 1)
+        });
+    }
+
     // layer1's expanding pointwise convolution: 64 → 256 channels at 53², the products with the
     // shortest sums (64 terms) and the largest outputs (2.9 MB per image) of the network.
     let expand = var(&[256, 64, 1, 1], 0.05)?;

@@ -93,6 +93,13 @@ def cases():
     fwd("resnet50/conv_3x3/fwd_b16", lambda: F.conv2d(hh, cw, stride=1, padding=1))
     fwd_bwd("resnet50/conv_3x3/fwd_bwd_b16", lambda: F.conv2d(hh, cw, stride=1, padding=1))
 
+    for name, channels, side in [("conv_3x3_layer3", 256, 14), ("conv_3x3_layer4", 512, 7)]:
+        lx, lw = leaf(IMAGE_BATCH, channels, side, side), leaf(channels, channels, 3, 3, std=0.02)
+        fwd(f"resnet50/{name}/fwd_b16",
+            lambda lx=lx, lw=lw: F.conv2d(lx, lw, stride=1, padding=1))
+        fwd_bwd(f"resnet50/{name}/fwd_bwd_b16",
+                lambda lx=lx, lw=lw: F.conv2d(lx, lw, stride=1, padding=1))
+
     ew = leaf(256, 64, 1, 1, std=0.05)
     fwd("resnet50/conv_1x1_expand/fwd_b16", lambda: F.conv2d(hh, ew))
     fwd_bwd("resnet50/conv_1x1_expand/fwd_bwd_b16", lambda: F.conv2d(hh, ew))

@@ -27,7 +27,7 @@ const VECTORS: usize = 4;
 /// Output pixels per tile.
 const TILE: usize = 16 * VECTORS;
 /// Taps of the 3×3 kernel.
-const TAPS: usize = 9;
+pub(super) const TAPS: usize = 9;
 /// The least share of the tiles' pixels that must be the plane's own: a 14×14 map fills 196 of
 /// 256 and ran at 78 GFLOP/s, below the `gemm` crate's product there; 27×27 fills 729 of 768.
 const MIN_FILL: f64 = 0.9;
@@ -75,6 +75,33 @@ pub(super) enum Pass {
     InputGradient,
 }
 
+impl Pass {
+    /// The planes this pass of a layer from `cin` to `cout` channels reads and writes:
+    /// `(cin, cout)` forward, `(cout, cin)` for the input gradient.
+    pub(super) fn planes(self, (cout, cin): (usize, usize)) -> (usize, usize) {
+        match self {
+            Pass::Forward => (cin, cout),
+            Pass::InputGradient => (cout, cin),
+        }
+    }
+
+    /// The pass's kernel as `tap(o, i, t)`: tap `t` (`ky·3 + kx`) from plane `i` to plane `o`
+    /// of [`Self::planes`], read from the layer's weight `[cout, cin, 3, 3]` (PyTorch's layout)
+    /// with `cin` input channels.
+    pub(super) fn taps(
+        self,
+        weight: &[f32],
+        cin: usize,
+    ) -> impl Fn(usize, usize, usize) -> f32 + Sync + '_ {
+        move |o, i, tap| match self {
+            Pass::Forward => weight[(o * cin + i) * TAPS + tap],
+            // From output-gradient plane `i` (the layer's output channel) to input-gradient plane
+            // `o` (its input channel), the kernel flipped.
+            Pass::InputGradient => weight[(i * cin + o) * TAPS + TAPS - 1 - tap],
+        }
+    }
+}
+
 /// A 3×3 stride-1 padding-1 convolution from `cin` to `cout` planes of `[H, W]`, its weights
 /// packed for the kernel.
 pub(super) struct Direct3x3 {
@@ -97,14 +124,8 @@ impl Direct3x3 {
         (cout, cin): (usize, usize),
         (h, w): (usize, usize),
     ) -> Self {
-        let at = |o: usize, i: usize, tap: usize| weight[(o * cin + i) * TAPS + tap];
-        match pass {
-            Pass::Forward => Self::packed_with(cin, cout, (h, w), at),
-            // From the `cout` planes of the output gradient to the `cin` of the input's.
-            Pass::InputGradient => {
-                Self::packed_with(cout, cin, (h, w), |i, o, tap| at(o, i, TAPS - 1 - tap))
-            }
-        }
+        let (from, to) = pass.planes((cout, cin));
+        Self::packed_with(from, to, (h, w), pass.taps(weight, cin))
     }
 
     /// The convolution from `cin` to `cout` planes whose tap `tap` from input `i` to output `o`

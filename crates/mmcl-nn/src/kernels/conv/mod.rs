@@ -18,15 +18,17 @@
 //! per-channel scale (a folded BatchNorm) already applied. [`conv2d`] is the differentiable
 //! convolution for training: on the CPU in `f32` it runs the same kernels (forward, and both
 //! gradients as matrix products; the forward pass and input gradient of 3×3 stride-1 layers on
-//! large maps by the direct kernel), elsewhere candle's convolution. [`residual_block`] is a
+//! large maps by the direct kernel, all three passes of those with 256 channels or more on
+//! mid-sized maps by Winograd's F(2×2, 3×3)), elsewhere candle's convolution. [`residual_block`] is a
 //! ResNet block (conv-BN units and the residual sum), one autograd node in training on the CPU;
 //! [`residual_stage`] chains blocks, one node for all of them.
 //!
 //! The pieces: `packed` is the channels-last inference kernel, `planar` the channels-first
 //! training operation (patch matrices, forward and backward), `direct` its AVX-512 3×3
 //! stride-1 kernel for the forward pass and input gradient on large maps (no patch matrix),
-//! `residual` the fused block over `planar` and the batch-norm kernel; the others multiply with
-//! the kernels' shared GEMM. The NHWC pooling that goes with [`PackedConv2d`] is in [`crate::pool`].
+//! `winograd` the F(2×2, 3×3) kernels for 3×3 stride-1 layers on mid-sized maps (ResNet50's
+//! layer3), `weight_gradient` the patch-matrix weight gradient, `residual` the fused block over
+//! `planar` and the batch-norm kernel; the others multiply with the kernels' shared GEMM. The NHWC pooling that goes with [`PackedConv2d`] is in [`crate::pool`].
 
 mod direct;
 mod packed;
@@ -34,6 +36,8 @@ mod planar;
 mod residual;
 #[cfg(test)]
 mod tests;
+mod weight_gradient;
+mod winograd;
 
 use candle_core::{DType, Tensor};
 

@@ -7,10 +7,12 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use super::direct::{self, Direct3x3, Pass};
-use super::{Geometry, gemm_acc, gemm_set};
-use crate::kernels::gemm::{MatRef, f32_products_on_gemm_crate, sum_in_order};
+use super::weight_gradient::WeightGradient;
+use super::winograd::{self, Winograd3x3};
+use super::{Geometry, gemm_set};
+use crate::kernels::gemm::{MatRef, sum_in_order};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
-use crate::kernels::{simd, transpose, with_contiguous_f32};
+use crate::kernels::{simd, with_contiguous_f32};
 use crate::precision::{Precision, matmul_precision};
 
 /// The CPU convolution as a candle operation with a backward pass. It works on candle's
@@ -370,12 +372,30 @@ impl Planar {
         applies.then(|| Direct3x3::new(pass, weight, (self.cout, self.cin), (self.h, self.w)))
     }
 
+    /// The Winograd kernel for `pass` of this convolution, where it applies (see [`winograd`])
+    /// and the direct kernel does not.
+    fn winograd(&self, pass: Pass, weight: &[f32]) -> Option<Winograd3x3> {
+        let applies = weight.len() == self.cout * self.depth() && self.winograd_applies(pass);
+        applies.then(|| Winograd3x3::new(pass, weight, (self.cout, self.cin), (self.h, self.w)))
+    }
+
+    /// Whether the Winograd kernel computes `pass` of this convolution (the weight gradient goes
+    /// with the forward pass).
+    fn winograd_applies(&self, pass: Pass) -> bool {
+        let (channels, maps) = ((self.cout, self.cin), (self.h, self.w));
+        winograd::applies(self.geometry, pass, channels, maps, self.precision)
+            && !direct::applies(self.geometry, maps)
+    }
+
     /// `Y = W·P` for blocks of images, blocks in parallel; images one by one through the direct
-    /// kernel where it applies.
+    /// kernel, or blocks of them through the Winograd kernel, where they apply.
     pub(super) fn forward(&self, x: &[f32], weight: &[f32]) -> Result<Vec<f32>> {
         let (depth, pixels, cout) = (self.depth(), self.out_pixels(), self.cout);
         if let Some(conv) = self.direct(Pass::Forward, weight) {
             return direct_images(&conv, x, self.n);
+        }
+        if let Some(conv) = self.winograd(Pass::Forward, weight) {
+            return conv.images(x, self.n);
         }
         let mut y = crate::kernels::zeros(self.n * cout * pixels);
         if y.is_empty() || self.in_image() == 0 {
@@ -468,10 +488,28 @@ impl Planar {
         } else {
             None
         };
-        let need_dx = need_dx && direct_dx.is_none();
+        // So does the Winograd kernel.
+        let winograd_dx = if need_dx && direct_dx.is_none() {
+            self.winograd(Pass::InputGradient, weight)
+        } else {
+            None
+        };
+        let separate_dx = direct_dx.is_some() || winograd_dx.is_some();
+        // Where both passes run by Winograd, no patch matrix is needed: the weight gradient
+        // too, whether or not the input needs a gradient (so that its bits do not depend on it).
+        if self.winograd_applies(Pass::Forward) && self.winograd_applies(Pass::InputGradient) {
+            let channels = (self.cout, self.cin);
+            let dw = winograd::weight_gradient(x, dy, self.n, channels, (self.h, self.w))?;
+            let dx = match winograd_dx {
+                Some(conv) => Some(conv.images(dy, self.n)?),
+                None => None,
+            };
+            return Ok((dx, dw));
+        }
+        let need_dx = need_dx && !separate_dx;
         let mut dx = need_dx.then(|| crate::kernels::zeros(self.n * in_image));
         if self.n * in_image == 0 || pixels == 0 {
-            let dx = dx.or_else(|| direct_dx.map(|_| Vec::new()));
+            let dx = dx.or_else(|| separate_dx.then(Vec::new));
             return Ok((dx, vec![0f32; cout * depth]));
         }
         let w_t = MatRef::rows(weight, cout, depth).t(); // [depth, C_out]
@@ -533,101 +571,13 @@ impl Planar {
             .collect::<Result<Vec<_>>>()?;
         if let Some(conv) = direct_dx {
             dx = Some(direct_images(&conv, dy, self.n)?);
+        } else if let Some(conv) = winograd_dx {
+            dx = Some(conv.images(dy, self.n)?);
         }
         // The groups' partial sums added in group order, not in the order rayon's reduction
         // happens to pair them: the same thread count gives the same bits on every run.
         Ok((dx, sum_in_order(partials, cout * depth)))
     }
-}
-
-/// A weight gradient `dW` `[C_out, C_in·k·k]` summed over blocks of output pixels,
-/// `dW += dY·Pᵀ` for each block's upstream gradient `dY` `[C_out, cols]` and patch matrix `P`
-/// `[C_in·k·k, cols]`.
-///
-/// In f32, when `dW` has more columns than rows (every layer whose `C_in·k·k` exceeds
-/// `C_out`), it is summed transposed, `dWᵀ += P·dYᵀ`, and transposed once at the end: the
-/// `gemm` crate runs a product whose right operand is transposed about twice as fast when the
-/// output has more rows than columns (layer1's 3×3 weight gradient, `[64, 576]` over 1024
-/// pixels: 36–54 GFLOP/s as `dY·Pᵀ`, 98–113 as `P·dYᵀ`, one core of an Emerald Rapids Xeon).
-/// The bits are the same: the crate sums each output value as one chain of fused
-/// multiply-adds along the pixels, in chunks that depend only on their number, and a
-/// product's two factors commute (`weight_gradients_have_the_same_bits_in_either_orientation`
-/// checks it). In bf16, and in f32 on OpenBLAS, the gradient keeps its orientation.
-pub(super) struct WeightGradient {
-    values: Vec<f32>,
-    cout: usize,
-    depth: usize,
-    transposed: bool,
-    precision: Precision,
-}
-
-impl WeightGradient {
-    /// Zeros, summed in the orientation that suits `[cout, depth]` in `precision`.
-    fn new(cout: usize, depth: usize, precision: Precision) -> Self {
-        let transposed = transposed_weight_gradient(cout, depth, precision);
-        Self::oriented(cout, depth, precision, transposed)
-    }
-
-    /// Zeros, summed transposed if `transposed`.
-    pub(super) fn oriented(
-        cout: usize,
-        depth: usize,
-        precision: Precision,
-        transposed: bool,
-    ) -> Self {
-        Self {
-            values: vec![0f32; cout * depth],
-            cout,
-            depth,
-            transposed,
-            precision,
-        }
-    }
-
-    /// `dW += dy·pᵀ` for `dy` `[C_out, cols]` and `p` `[C_in·k·k, cols]`.
-    pub(super) fn add(&mut self, dy: MatRef, p: MatRef) -> Result<()> {
-        if self.transposed {
-            gemm_acc(&mut self.values, p, dy.t(), self.precision)
-        } else {
-            gemm_acc(&mut self.values, dy, p.t(), self.precision)
-        }
-    }
-
-    /// The sum as `[C_out, C_in·k·k]`, row-major.
-    pub(super) fn into_rows(self) -> Vec<f32> {
-        if !self.transposed {
-            return self.values;
-        }
-        let (cout, depth) = (self.cout, self.depth);
-        let mut rows = vec![0f32; cout * depth];
-        assert_eq!(self.values.len(), cout * depth, "a [depth, cout] sum");
-        // SAFETY: `values` holds `depth` rows of `cout` values (checked above), `rows` the
-        // `cout` rows of `depth` values written; separate buffers.
-        unsafe {
-            transpose(
-                self.values.as_ptr(),
-                cout,
-                (depth, cout),
-                rows.as_mut_ptr(),
-                depth,
-            )
-        };
-        rows
-    }
-}
-
-/// Whether a `[cout, depth]` weight gradient is summed transposed (see [`WeightGradient`]):
-/// in f32 on the `gemm` crate (OpenBLAS's sums depend on the orientation) when it has more
-/// columns than rows, at least two rows, and more than 256 values. The crate sends a single
-/// row or column to its matrix-vector kernels, and products of at most 256 values whose
-/// operands both run along the inner dimension to its "horizontal" ones; the bits of those
-/// depend on the orientation too.
-pub(super) fn transposed_weight_gradient(cout: usize, depth: usize, precision: Precision) -> bool {
-    precision == Precision::F32
-        && depth > cout
-        && cout >= 2
-        && cout * depth > 256
-        && f32_products_on_gemm_crate()
 }
 
 /// The direct convolution of `n` images of `input`, images in parallel, each written whole.
@@ -653,7 +603,7 @@ fn direct_images(conv: &Direct3x3, input: &[f32], n: usize) -> Result<Vec<f32>> 
 
 /// The first `len` values of a reusable buffer, grown (with zeros) if it is shorter; the
 /// values are whatever the last use left, for callers that overwrite all of them.
-fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }

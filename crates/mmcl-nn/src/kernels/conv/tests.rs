@@ -100,21 +100,46 @@ fn differentiable_convolution_matches_candle_in_values_and_gradients() -> Result
     // Nine images: small feature maps are multiplied several images to a block, with a
     // shorter last block.
     for (&(cin, cout, k, s, p, h, w), n) in CASES.iter().flat_map(|c| [(c, 2), (c, 9)]) {
-        let case = (n, cin, cout, k, s, p, h, w);
-        let x = Var::from_tensor(&randn(1, &[n, cin, h, w])?)?;
-        let weight = Var::from_tensor(&randn(2, &[cout, cin, k, k])?)?;
-        let y = conv2d(x.as_tensor(), weight.as_tensor(), s, p)?;
-        let r = randn(3, y.dims())?;
-        let grads = (&y * &r)?.sum_all()?.backward()?;
-        // The reference: candle's convolution in f64 (its backward works for these shapes
-        // once the parity workaround applies, which `conv2d` does for non-f32 inputs).
-        let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64)?)?;
-        let w64 = Var::from_tensor(&weight.as_tensor().to_dtype(DType::F64)?)?;
-        let y64 = conv2d(x64.as_tensor(), w64.as_tensor(), s, p)?;
-        let g64 = (&y64 * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
-        let ours = (&y, &grads, [&x, &weight]);
-        assert_conv_close(ours, (&y64, &g64, [&x64, &w64]), 1e-4, case)?;
+        check_against_candle(n, (cin, cout, k, s, p, h, w))?;
     }
+    Ok(())
+}
+
+/// 3×3 stride-1 layers with 256 channels entering the forward pass, the input gradient or both,
+/// on maps whose tiles of 2×2 pixels the Winograd kernel fills and the direct kernel's tiles of
+/// 64 do not (odd sides: tiles cut by the edge), one block of images and several.
+#[test]
+fn winograd_layers_match_candle_in_values_and_gradients() -> Result<()> {
+    for (n, cin, cout, h, w) in [
+        (2, 256, 256, 14, 15),
+        (9, 256, 8, 14, 14),
+        (3, 8, 256, 13, 13),
+    ] {
+        check_against_candle(n, (cin, cout, 3, 1, 1, h, w))?;
+    }
+    Ok(())
+}
+
+/// `conv2d` of `n` random images against candle's convolution in f64, in values and both
+/// gradients.
+fn check_against_candle(
+    n: usize,
+    (cin, cout, k, s, p, h, w): (usize, usize, usize, usize, usize, usize, usize),
+) -> Result<()> {
+    let case = (n, cin, cout, k, s, p, h, w);
+    let x = Var::from_tensor(&randn(1, &[n, cin, h, w])?)?;
+    let weight = Var::from_tensor(&randn(2, &[cout, cin, k, k])?)?;
+    let y = conv2d(x.as_tensor(), weight.as_tensor(), s, p)?;
+    let r = randn(3, y.dims())?;
+    let grads = (&y * &r)?.sum_all()?.backward()?;
+    // The reference: candle's convolution in f64 (its backward works for these shapes once the
+    // parity workaround applies, which `conv2d` does for non-f32 inputs).
+    let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64)?)?;
+    let w64 = Var::from_tensor(&weight.as_tensor().to_dtype(DType::F64)?)?;
+    let y64 = conv2d(x64.as_tensor(), w64.as_tensor(), s, p)?;
+    let g64 = (&y64 * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+    let ours = (&y, &grads, [&x, &weight]);
+    assert_conv_close(ours, (&y64, &g64, [&x64, &w64]), 1e-4, case)?;
     Ok(())
 }
 
@@ -268,7 +293,7 @@ fn bf16_convolution_rounds_its_operands() -> Result<()> {
 fn weight_gradients_have_the_same_bits_in_either_orientation() -> Result<()> {
     use crate::kernels::gemm::{MatRef, f32_products_on_gemm_crate};
     use crate::precision::Precision;
-    use planar::{WeightGradient, transposed_weight_gradient};
+    use weight_gradient::{WeightGradient, transposed_weight_gradient};
     if !f32_products_on_gemm_crate() {
         // On OpenBLAS the orientation changes the bits, so it is never switched.
         assert!(!transposed_weight_gradient(64, 576, Precision::F32));
