@@ -497,7 +497,9 @@ impl Planar {
         let separate_dx = direct_dx.is_some() || winograd_dx.is_some();
         // Where both passes run by Winograd, no patch matrix is needed: the weight gradient
         // too, whether or not the input needs a gradient (so that its bits do not depend on it).
-        if self.winograd_applies(Pass::Forward) && self.winograd_applies(Pass::InputGradient) {
+        let both =
+            self.winograd_applies(Pass::Forward) && self.winograd_applies(Pass::InputGradient);
+        if both && (!need_dx || winograd_dx.is_some()) {
             let channels = (self.cout, self.cin);
             let dw = winograd::weight_gradient(x, dy, self.n, channels, (self.h, self.w))?;
             let dx = match winograd_dx {

@@ -218,7 +218,7 @@ impl Winograd3x3 {
 
     /// One block of images: transform every input tile, multiply position by position,
     /// transform back. `tiles_in` `[16][cin][tiles]`, `tiles_out` `[16][cout][tiles]` and
-    /// `rows` (the transforms' row buffers) are reused from block to block.
+    /// `scratch` (the transforms' phase planes and rows) are reused from block to block.
     fn block(
         &self,
         input: &[f32],
@@ -270,6 +270,7 @@ pub(super) fn weight_gradient(
     (cout, cin): (usize, usize),
     (h, w): (usize, usize),
 ) -> Result<Vec<f32>> {
+    // The layer's shape and tiles; the weight gradient needs no transformed kernel.
     let layer = Winograd3x3 {
         kernel: Vec::new(),
         cin,
@@ -286,7 +287,7 @@ pub(super) fn weight_gradient(
         );
     }
     let len = POSITIONS * cout * cin;
-    if n == 0 || h * w == 0 {
+    if [n, h, w, cin, cout].contains(&0) {
         return Ok(vec![0f32; cout * cin * TAPS]);
     }
     let groups = rayon::current_num_threads().clamp(1, n);

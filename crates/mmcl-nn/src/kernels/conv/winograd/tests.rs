@@ -146,4 +146,7 @@ fn a_wrong_sized_input_is_an_error() {
     let conv = Winograd3x3::new(Pass::Forward, &[0.0; 18], (2, 1), (3, 3));
     assert!(conv.images(&[0.0; 8], 1).is_err());
     assert!(weight_gradient(&[0.0; 9], &[0.0; 8], 1, (2, 1), (3, 3)).is_err());
+    // No channels on one side: a zero-sized gradient, not a panic.
+    let none = weight_gradient(&[], &[0.0; 18], 1, (2, 0), (3, 3)).expect("no channels");
+    assert!(none.is_empty());
 }
