@@ -400,16 +400,10 @@ impl MaskedAutoencoder {
             .cls_token()
             .broadcast_add(&self.encoder.pos_embed().detach().narrow(1, 0, 1)?)?
             .reshape((1, d))?; // [1, D]
-        // One gather builds [cls, kept patches…] per sample from the table [tokens; cls].
-        let table = Tensor::cat(&[&tokens.reshape((b * l, d))?, &cls], 0)?; // [B·L + 1, D]
-        let idx = Tensor::from_vec(
-            masking.encoder_gather_index(),
-            b * (1 + masking.len_keep()),
-            tokens.device(),
-        )?;
-        let mut x = table
-            .index_select(&idx, 0)?
-            .reshape((b, 1 + masking.len_keep(), d))?; // [B, 1 + K, D]
+        // One gather builds [cls, kept patches…] per sample from the rows of [tokens; cls],
+        // one autograd node (not a table copy, a gather and their gradients' bookkeeping).
+        let idx = masking.encoder_gather_index();
+        let mut x = mmcl_nn::ops::gather_rows(tokens, &cls, &idx, b)?; // [B, 1 + K, D]
         for block in self.encoder.blocks() {
             x = block.forward_fused(&x, train)?;
         }
@@ -450,13 +444,10 @@ impl MaskedAutoencoder {
         }
         let dd = self.cfg.decoder_embed_dim;
         let x = self.decoder_embed.forward(latent)?; // [B, 1 + K, Dd]
-        // One gather builds [cls, patch 0, …, patch L-1] per sample from [encoded; mask token].
-        let table = Tensor::cat(
-            &[&x.reshape((b * n, dd))?, &self.mask_token.reshape((1, dd))?],
-            0,
-        )?; // [B·(1+K) + 1, Dd]
-        let idx = Tensor::from_vec(masking.decoder_gather_index(), b * (1 + l), latent.device())?;
-        let x = table.index_select(&idx, 0)?.reshape((b, 1 + l, dd))?; // [B, 1 + L, Dd]
+        // One gather builds [cls, patch 0, …, patch L-1] per sample from the rows of
+        // [encoded; mask token] (one autograd node).
+        let idx = masking.decoder_gather_index();
+        let x = mmcl_nn::ops::gather_rows(&x, &self.mask_token.reshape((1, dd))?, &idx, b)?; // [B, 1 + L, Dd]
         let mut x = x.broadcast_add(&self.decoder_pos_embed.detach())?;
         for block in &self.decoder_blocks {
             x = block.forward_fused(&x, train)?;

@@ -19,9 +19,11 @@
 //! | [`add_relu`] | `relu(a + b)` (the ResNet residual connection) |
 //! | [`mean_tokens`] | mean over the token dimension |
 //! | [`transformer_block`] | a whole pre-norm transformer block as one autograd node (training) |
+//! | [`gather_rows`] | rows of a tensor and one extra row picked by an index (token selection) |
 
 pub(crate) mod add;
 mod fused_block;
+mod gather;
 mod gelu;
 mod layer_norm;
 mod linear;
@@ -30,6 +32,7 @@ mod softmax;
 
 pub use add::{add, add_relu, mean_tokens};
 pub use fused_block::{BlockParams, BranchScales, transformer_block};
+pub use gather::gather_rows;
 pub use gelu::{bias_gelu, gelu_erf};
 pub use layer_norm::layer_norm;
 pub use linear::linear;
