@@ -12,7 +12,7 @@
 use candle_core::{Result, Shape, Tensor};
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::{fast_path, par_filled, rows_per_task, with_contiguous_f32, zeros};
+use crate::kernels::{fast_path, par_filled, rows_per_task, simd, with_contiguous_f32, zeros};
 
 /// The rows of the table `[rows; extra]` (every row of `rows`, flattened to `[R, D]`, then the
 /// single row `extra`) picked by `index` (values up to `R`; `R` is `extra`), without building the
@@ -100,7 +100,7 @@ impl CpuKernel<2> for GatherRows {
                 } else {
                     &mut d_extra[..]
                 };
-                dst.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
+                simd::add_rows(dst, src);
             }
             Ok(())
         })?;
