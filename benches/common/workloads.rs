@@ -109,19 +109,19 @@ impl MaeStep {
 
     /// The forward and backward passes; returns the number of gradients.
     pub fn forward_backward(&self) -> Result<usize> {
-        let out = self
+        // As `MaeStep::train_batch` in one process: the two views side by side.
+        let (_, grads) = self
             .objective
-            .forward_random(&self.model, &self.x, &self.rng, true)?;
-        let grads = out.total.backward()?;
+            .forward_backward_random(&self.model, &self.x, &self.rng)?;
         Ok(grads.get_ids().count())
     }
 
     /// A whole training step; returns the loss.
     pub fn run(&mut self) -> Result<f32> {
-        let out = self
-            .objective
-            .forward_random(&self.model, &self.x, &self.rng, true)?;
-        let grads = out.total.backward()?;
+        // As `MaeStep::train_batch` in one process: the two views side by side.
+        let (out, grads) =
+            self.objective
+                .forward_backward_random(&self.model, &self.x, &self.rng)?;
         self.optimiser.step(&grads, 1e-4)?;
         Ok(out.total.to_device(&Device::Cpu)?.to_scalar::<f32>()?)
     }

@@ -36,7 +36,8 @@
 //! # }
 //! ```
 
-use candle_core::{D, DType, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{D, DType, Tensor, Var};
 use mmcl_ecg::mae::{MaeOutput, MaskedAutoencoder, Masking, SimSiamOutput};
 use mmcl_nn::rng::SharedRng;
 use serde::{Deserialize, Serialize};
@@ -406,6 +407,17 @@ impl MaeLoss {
         rng: &SharedRng,
         train: bool,
     ) -> Result<MaeLossOutput> {
+        let (first, second) = self.draw_maskings(model, imgs, rng)?;
+        self.forward(model, imgs, &first, second.as_ref(), train)
+    }
+
+    /// Both views' maskings for `imgs` from `rng` (the second only with the SimSiam term).
+    fn draw_maskings(
+        &self,
+        model: &MaskedAutoencoder,
+        imgs: &Tensor,
+        rng: &SharedRng,
+    ) -> Result<(Masking, Option<Masking>)> {
         let b = imgs.dim(0)?;
         let l = model.config().num_patches();
         let first = Masking::random(rng, b, l, self.cfg.mask_ratio)?;
@@ -414,7 +426,125 @@ impl MaeLoss {
         } else {
             None
         };
-        self.forward(model, imgs, &first, second.as_ref(), train)
+        Ok((first, second))
+    }
+
+    /// [`Self::forward`] in training mode and the gradients of its total, with the two views
+    /// run side by side: the first view's encoder and the decoder on one of rayon's threads
+    /// while the second view's encoder runs on another, forward and backward, each thread
+    /// taking work from the other's products when its own view waits. The loss and every
+    /// gradient are those of `forward(..).total.backward()` bit for bit: the objective is
+    /// differentiated first down to copies of the prediction and the latents, each view then
+    /// from there, and the shared patch embedding last from the sum of the views' gradients
+    /// (every value shared by the two views receives two gradients, whose sum does not depend
+    /// on their order). Without the SimSiam term there is one view, run as `forward` runs it.
+    ///
+    /// The model must draw no random numbers in training (the MAE has no dropout or
+    /// drop-path), and the views run on rayon's threads: the [`Precision`] the calling thread
+    /// entered is carried over, a data-parallel group's SyncBatchNorm is not.
+    ///
+    /// [`Precision`]: mmcl_nn::precision::Precision
+    pub fn forward_backward(
+        &self,
+        model: &MaskedAutoencoder,
+        imgs: &Tensor,
+        first: &Masking,
+        second: Option<&Masking>,
+    ) -> Result<(MaeLossOutput, GradStore)> {
+        let second = match second {
+            Some(second) if self.cfg.cos_weight > 0.0 => second,
+            _ => {
+                let out = self.forward(model, imgs, first, second, true)?;
+                let grads = out.total.backward()?;
+                return Ok((out, grads));
+            }
+        };
+        let precision = mmcl_nn::precision::matmul_precision();
+        let tokens = model.embed_patches(imgs)?; // [B, L, D]
+        // Each tensor below whose name ends in `_end` is a copy at which a backward pass stops.
+        let tokens_end = Var::from_tensor(&tokens.detach())?;
+        let (view1, latent2) = rayon::join(
+            || -> Result<(Tensor, Tensor)> {
+                let _precision = precision.enter();
+                let latent = model.encode_masked(tokens_end.as_tensor(), first, true)?;
+                let pred = model.forward_decoder(&latent, first, true)?;
+                Ok((latent, pred))
+            },
+            || {
+                let _precision = precision.enter();
+                model.encode_masked(tokens_end.as_tensor(), second, true)
+            },
+        );
+        let ((latent, pred), latent2) = (view1?, latent2?);
+        let [latent_end, pred_end, latent2_end] =
+            [&latent, &pred, &latent2].map(|t| Var::from_tensor(&t.detach()));
+        let (latent_end, pred_end, latent2_end) = (latent_end?, pred_end?, latent2_end?);
+        let device = imgs.device();
+        let mask = first.mask(device)?;
+        let rec = self.reconstruction(model, imgs, pred_end.as_tensor(), &mask)?;
+        let v1 = model.simsiam(latent_end.as_tensor(), true)?;
+        let v2 = model.simsiam(latent2_end.as_tensor(), true)?;
+        let loss_cos = Self::cosine_term(&v1, &v2)?;
+        let total = (&rec.loss + loss_cos.affine(self.cfg.cos_weight, 0.0)?)?;
+        let mut grads = total.backward()?;
+
+        let upstream = |end: &Var| -> Result<Tensor> {
+            grads.get(end.as_tensor()).cloned().ok_or_else(|| {
+                Error::InvalidArgument("the objective does not depend on a view".into())
+            })
+        };
+        // `Σ t·g` hands `t` the gradient `g` itself (a product with ones).
+        let from = |t: &Tensor, g: Tensor| -> Result<Tensor> { Ok((t * g)?.sum_all()?) };
+        let roots = [
+            (from(&pred, upstream(&pred_end)?)? + from(&latent, upstream(&latent_end)?)?)?,
+            from(&latent2, upstream(&latent2_end)?)?,
+        ];
+        let backward = |root: &Tensor| -> Result<GradStore> {
+            let _precision = precision.enter();
+            Ok(root.backward()?)
+        };
+        let (grads1, grads2) = rayon::join(|| backward(&roots[0]), || backward(&roots[1]));
+        let (grads1, grads2) = (grads1?, grads2?);
+        let shared = |g: &GradStore| -> Result<Tensor> {
+            g.get(tokens_end.as_tensor()).cloned().ok_or_else(|| {
+                Error::InvalidArgument("a view does not depend on the patch tokens".into())
+            })
+        };
+        let tokens_grad = (shared(&grads1)? + shared(&grads2)?)?;
+        grads.extend(grads1)?;
+        grads.extend(grads2)?;
+        grads.extend(from(&tokens, tokens_grad)?.backward()?)?;
+
+        let (z1, z2) = (v1.z.detach(), v2.z.detach());
+        let cos_embed = cosine_similarity(&z1, &z2)?.mean_all()?;
+        let out = MaeLossOutput {
+            total,
+            loss: rec.loss,
+            mse: rec.mse,
+            ncc: rec.ncc,
+            loss_cos: Some(loss_cos),
+            cos_embed: Some(cos_embed),
+            z_std: Some(embedding_spread(&z1)?),
+            output: MaeOutput {
+                latent,
+                mask,
+                ids_restore: first.ids_restore(device)?,
+                pred,
+            },
+        };
+        Ok((out, grads))
+    }
+
+    /// [`Self::forward_backward`] with both maskings drawn from `rng`, as
+    /// [`Self::forward_random`] draws them.
+    pub fn forward_backward_random(
+        &self,
+        model: &MaskedAutoencoder,
+        imgs: &Tensor,
+        rng: &SharedRng,
+    ) -> Result<(MaeLossOutput, GradStore)> {
+        let (first, second) = self.draw_maskings(model, imgs, rng)?;
+        self.forward_backward(model, imgs, &first, second.as_ref())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The masked-autoencoder objective: parity of both reconstruction losses with the reference
-//! (`mae_small`), gradient coverage of the training loss, determinism.
+//! (`mae_small`), gradient coverage of the training loss, determinism, the two views side by
+//! side.
 
 // The masked-autoencoder tests' support: seeded inputs, the fixture's configuration.
 #[path = "../../mmcl-ecg/tests/support/mod.rs"]
@@ -226,4 +227,66 @@ fn the_training_objective_and_its_gradients_match_the_reference() {
         }
     }
     assert!(checked >= 20, "{checked} gradients compared");
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+    values
+        .expect("values")
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// The loss, its parts and every parameter's gradient equal the composed objective's bit for
+/// bit, with the SimSiam term (two views) and without it (one view).
+#[test]
+fn the_views_side_by_side_give_the_composed_gradients() {
+    let cfg = MaeConfig::preset("mae_vit_pluto_patchX", [1, 12, 500], [1, 100]).expect("preset");
+    let ecgs = mmcl_testutil::seeded_randn(7, &[6, 1, 12, 500]);
+    for cos_weight in [0.1, 0.0] {
+        let objective = MaeLoss::new(MaeLossConfig {
+            cos_weight,
+            ..MaeLossConfig::paper()
+        })
+        .expect("objective");
+        let (composed, store) = MaskedAutoencoder::from_seed(&cfg, 3, &Device::Cpu).expect("mae");
+        let (side_by_side, store2) =
+            MaskedAutoencoder::from_seed(&cfg, 3, &Device::Cpu).expect("mae");
+        let l = cfg.num_patches();
+        let rng = SharedRng::new(11);
+        let first = Masking::random(&rng, 6, l, 0.8).expect("masking");
+        let second = Masking::random(&rng, 6, l, 0.8).expect("masking");
+        let second = (cos_weight > 0.0).then_some(&second);
+
+        let out = objective
+            .forward(&composed, &ecgs, &first, second, true)
+            .expect("forward");
+        let expected = out.total.backward().expect("backward");
+        let (out2, grads) = objective
+            .forward_backward(&side_by_side, &ecgs, &first, second)
+            .expect("side by side");
+        let what = format!("cos_weight {cos_weight}");
+        assert_eq!(bits(&out.total), bits(&out2.total), "total, {what}");
+        assert_eq!(bits(&out.output.pred), bits(&out2.output.pred), "{what}");
+        assert_eq!(
+            out.loss_cos.as_ref().map(bits),
+            out2.loss_cos.as_ref().map(bits),
+            "{what}"
+        );
+        let (vars, vars2) = (store.trainable_vars(), store2.trainable_vars());
+        assert!(vars.len() > 20, "{} variables", vars.len());
+        let mut compared = 0;
+        for ((name, a), (_, b)) in vars.iter().zip(&vars2) {
+            match (expected.get(a.as_tensor()), grads.get(b.as_tensor())) {
+                (Some(ga), Some(gb)) => {
+                    assert_eq!(bits(ga), bits(gb), "{name}, {what}");
+                    compared += 1;
+                }
+                (None, None) => {}
+                _ => panic!("{name}: a gradient on one side only ({what})"),
+            }
+        }
+        assert!(compared > 20, "{compared} gradients compared ({what})");
+    }
 }

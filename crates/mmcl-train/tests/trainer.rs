@@ -15,7 +15,7 @@ use mmcl_data::tables::Split;
 use mmcl_nn::StateDict;
 use mmcl_nn::rng::SplitMix64;
 use mmcl_train::checkpoint;
-use mmcl_train::mmcl::contrastive_loss;
+use mmcl_train::mmcl::{contrastive_gradients, contrastive_loss};
 use mmcl_train::{MmclArchitecture, MmclModel, MmclTrainer, NoProgress};
 
 /// A cache of 14 subjects (10 train, 4 val): 12×400 ECGs, 3×40×40 images, a CAD label.
@@ -301,4 +301,45 @@ fn the_online_classifier_steps_once_per_accumulation_group() {
         [false, true, false, true],
         "the classifier moved after batches {moved:?}"
     );
+}
+
+/// The towers side by side (`contrastive_gradients`, what a single process's training step
+/// runs) give the loss and every gradient of the composed loss's backward pass bit for bit,
+/// drop-path draws included, with the image tower trained or frozen.
+#[test]
+fn towers_side_by_side_give_the_composed_gradients() {
+    let mut architecture = common::small_architecture();
+    architecture.ecg.drop_path_rate = 0.2;
+    let clip = mmcl_losses::clip::ClipLoss::new(0.1, 0.5).expect("clip");
+    let images = mmcl_testutil::seeded_randn(3, &[4, 3, 32, 32]);
+    let ecgs = mmcl_testutil::seeded_randn(4, &[4, 1, 12, 200]);
+    let bits = |t: &candle_core::Tensor| -> Vec<u32> {
+        let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+        values
+            .expect("values")
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    for frozen in [false, true] {
+        let composed = MmclModel::new(&architecture, 5, &Device::Cpu).expect("model");
+        let side_by_side = MmclModel::new(&architecture, 5, &Device::Cpu).expect("model");
+        let out = contrastive_loss(&composed, &clip, &images, &ecgs, true, frozen).expect("loss");
+        let expected = out.loss.backward().expect("backward");
+        let (out2, grads) =
+            contrastive_gradients(&side_by_side, &clip, &images, &ecgs, frozen).expect("towers");
+        let grads = grads.expect("a finite loss has gradients");
+        assert_eq!(bits(&out.loss), bits(&out2.loss), "frozen {frozen}");
+        let vars = composed.contrastive_vars(!frozen);
+        let vars2 = side_by_side.contrastive_vars(!frozen);
+        assert!(vars.len() > 10, "{} variables", vars.len());
+        for ((name, a), (_, b)) in vars.iter().zip(&vars2) {
+            let (ga, gb) = (expected.get(a.as_tensor()), grads.get(b.as_tensor()));
+            match (ga, gb) {
+                (Some(ga), Some(gb)) => assert_eq!(bits(ga), bits(gb), "{name}, frozen {frozen}"),
+                (None, None) => {}
+                _ => panic!("{name}: a gradient on one side only (frozen {frozen})"),
+            }
+        }
+    }
 }

@@ -20,6 +20,14 @@ pub use early_stopping::EarlyStopping;
 pub(crate) use gradients::{accumulate, step_on_group_mean};
 pub(crate) use replicas::{Replicas, check_even_batches};
 pub(crate) use trainer::model_file;
+
+/// Whether a single process's training steps run their independent parts side by side on
+/// rayon's threads (the MMCL step's two towers, the MAE step's two views; the same gradients,
+/// bit for bit): unless `MMCL_SIDE_BY_SIDE` is `0`; read once.
+pub(crate) fn side_by_side() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| !std::env::var("MMCL_SIDE_BY_SIDE").is_ok_and(|v| v.trim() == "0"))
+}
 pub use trainer::{CheckpointFiles, EpochPlan, Stage, Trainer};
 
 use mmcl_core::runlog::RunLogWriter;

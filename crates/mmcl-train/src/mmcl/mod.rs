@@ -20,5 +20,6 @@ mod step;
 pub use metrics::ValMetrics;
 pub use stage::{MmclStage, MmclTrainer};
 pub use step::{
-    ClassifierTargets, MmclBatch, MmclStep, StepReport, contrastive_loss, contrastive_loss_in_group,
+    ClassifierTargets, MmclBatch, MmclStep, StepReport, contrastive_gradients, contrastive_loss,
+    contrastive_loss_in_group,
 };

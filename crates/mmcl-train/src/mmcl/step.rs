@@ -15,7 +15,7 @@ use mmcl_nn::precision::Precision;
 
 use crate::checkpoint::{self, CLASSIFIER_OPTIMIZER_FILE, CheckpointFile, OPTIMIZER_FILE};
 use crate::config::{MmclConfig, OnlineClassifier};
-use crate::engine::{Replicas, accumulate, step_on_group_mean};
+use crate::engine::{Replicas, accumulate, side_by_side, step_on_group_mean};
 use crate::model::{
     ECG_HEAD_PREFIX, ECG_PREFIX, IMAGING_HEAD_PREFIX, IMAGING_PREFIX, MmclModel,
     from_reference_name, to_reference_name,
@@ -125,6 +125,70 @@ pub fn contrastive_loss_in_group(
     let z_imaging = gather_with_grad(comm, &z_imaging)?; // [world·b, P]
     let z_ecg = gather_with_grad(comm, &z_ecg)?; // [world·b, P]
     Ok(clip.forward(&z_imaging, &z_ecg)?)
+}
+
+/// [`contrastive_loss`] in training mode with the gradients of every trainable variable, the
+/// two towers run side by side: the image tower's forward and backward pass on one of rayon's
+/// threads while the ECG tower's run on another, each thread taking work from the other's
+/// products when its own tower waits (at the joins of its parallel products, or while candle's
+/// backward pass bookkeeps on one thread). The gradients are the same, bit for bit, as those of
+/// `contrastive_loss(..).loss.backward()`: the loss is differentiated first down to copies of
+/// the two projections, and each tower then from its projection's gradient, in the same order.
+///
+/// Returns the loss output and, when the loss is finite, the gradients. One process only: the
+/// towers run on rayon's threads, which see neither the calling thread's data-parallel group
+/// nor its SyncBatchNorm; the [`Precision`] the calling thread entered is carried over.
+///
+/// # Shapes
+/// `images` `[B, C, H, W]`, `ecgs` `[B, 1, leads, T]` → loss, logits `[B, B]`, labels `[B]`.
+pub fn contrastive_gradients(
+    model: &MmclModel,
+    clip: &ClipLoss,
+    images: &Tensor,
+    ecgs: &Tensor,
+    frozen_imaging: bool,
+) -> Result<(ClipOutput, Option<GradStore>)> {
+    let precision = mmcl_nn::precision::matmul_precision();
+    let (z_imaging, z_ecg) = rayon::join(
+        || -> Result<Tensor> {
+            let _precision = precision.enter();
+            let mut features = model.image_features(images, !frozen_imaging)?; // [B, D_img]
+            if frozen_imaging {
+                features = features.detach();
+            }
+            model.project_imaging(&features) // [B, P]
+        },
+        || -> Result<Tensor> {
+            let _precision = precision.enter();
+            model.forward_ecg(ecgs, true) // [B, P]
+        },
+    );
+    let (z_imaging, z_ecg) = (z_imaging?, z_ecg?);
+    // The loss over copies of the projections, so that its backward pass stops there.
+    let end_imaging = Var::from_tensor(&z_imaging.detach())?;
+    let end_ecg = Var::from_tensor(&z_ecg.detach())?;
+    let out = clip.forward(end_imaging.as_tensor(), end_ecg.as_tensor())?;
+    if !out.loss.to_scalar::<f32>()?.is_finite() {
+        return Ok((out, None));
+    }
+    let upstream = out.loss.backward()?;
+    // The backward pass of `Σ z·g` hands each tower `g` itself (a product with ones), then runs
+    // on as the whole graph's backward pass would below the projection.
+    let tower = |z: &Tensor, end: &Var| -> Result<GradStore> {
+        let _precision = precision.enter();
+        let g = upstream.get(end.as_tensor()).ok_or_else(|| {
+            Error::InvalidInput("the contrastive loss does not depend on a projection".into())
+        })?;
+        Ok((z * g)?.sum_all()?.backward()?)
+    };
+    let (grads, grads_ecg) = rayon::join(
+        || tower(&z_imaging, &end_imaging),
+        || tower(&z_ecg, &end_ecg),
+    );
+    let mut grads = grads?;
+    // The towers share no variable: this inserts the ECG tower's gradients.
+    grads.extend(grads_ecg?)?;
+    Ok((out, Some(grads)))
 }
 
 /// The optimisation of the multimodal model: the two optimisers, gradient accumulation and
@@ -296,6 +360,16 @@ impl MmclStep {
         let _precision = self.precision.enter();
         let world = self.group.comm().world_size();
         let (out, grads) = self.group.batch_statistics(self.sync_batch_norm, || {
+            if world == 1 && side_by_side() {
+                let (images, ecgs) = (&local.images, &local.ecgs);
+                return contrastive_gradients(
+                    &self.model,
+                    &self.clip,
+                    images,
+                    ecgs,
+                    self.frozen_imaging,
+                );
+            }
             let out = contrastive_loss_in_group(
                 &self.model,
                 &self.clip,
