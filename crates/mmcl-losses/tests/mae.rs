@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use mmcl_ecg::mae::{MaeConfig, MaskedAutoencoder, Masking};
 use mmcl_losses::mae::{MaeLoss, MaeLossConfig, ReconstructionTarget};
 use mmcl_nn::rng::SharedRng;
-use mmcl_testutil::{Fixture, Tolerance, assert_close, flat};
+use mmcl_testutil::{Fixture, Tolerance, assert_close, bits, flat};
 use support::{mae_small, randn};
 
 fn loss_config(io: &Fixture, target: ReconstructionTarget) -> MaeLossConfig {
@@ -227,15 +227,6 @@ fn the_training_objective_and_its_gradients_match_the_reference() {
         }
     }
     assert!(checked >= 20, "{checked} gradients compared");
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
-    values
-        .expect("values")
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 /// The loss, its parts and every parameter's gradient equal the composed objective's bit for

@@ -262,6 +262,12 @@ pub fn flat(t: &Tensor) -> Vec<f32> {
         .unwrap_or_else(|e| panic!("cannot read tensor values: {e}"))
 }
 
+/// A tensor's elements as the bit patterns of their f32 values, for bit-for-bit comparisons
+/// (where `==` on floats would let `-0.0` equal `0.0` and fail on equal NaNs).
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    flat(t).iter().map(|v| v.to_bits()).collect()
+}
+
 /// A CPU tensor of `shape` drawn from N(0, 1) by the generator of `seed`. Tests draw their
 /// inputs from it rather than from candle's unseeded `Tensor::randn`: the same data on every run,
 /// so a tolerance that holds once holds always (an unlucky unseeded draw once failed CI).

@@ -313,14 +313,7 @@ fn towers_side_by_side_give_the_composed_gradients() {
     let clip = mmcl_losses::clip::ClipLoss::new(0.1, 0.5).expect("clip");
     let images = mmcl_testutil::seeded_randn(3, &[4, 3, 32, 32]);
     let ecgs = mmcl_testutil::seeded_randn(4, &[4, 1, 12, 200]);
-    let bits = |t: &candle_core::Tensor| -> Vec<u32> {
-        let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
-        values
-            .expect("values")
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    let bits = mmcl_testutil::bits;
     for frozen in [false, true] {
         let composed = MmclModel::new(&architecture, 5, &Device::Cpu).expect("model");
         let side_by_side = MmclModel::new(&architecture, 5, &Device::Cpu).expect("model");
