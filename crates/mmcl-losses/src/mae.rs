@@ -437,7 +437,9 @@ impl MaeLoss {
     /// differentiated first down to copies of the prediction and the latents, each view then
     /// from there, and the shared patch embedding last from the sum of the views' gradients
     /// (every value shared by the two views receives two gradients, whose sum does not depend
-    /// on their order). Without the SimSiam term there is one view, run as `forward` runs it.
+    /// on their order). Without the SimSiam term there is one view, and off the CPU (where the
+    /// operations queue on the device's stream from one thread) both views, run as `forward`
+    /// runs them.
     ///
     /// The model must draw no random numbers in training (the MAE has no dropout or
     /// drop-path), and the views run on rayon's threads: the [`Precision`] the calling thread
@@ -452,7 +454,7 @@ impl MaeLoss {
         second: Option<&Masking>,
     ) -> Result<(MaeLossOutput, GradStore)> {
         let second = match second {
-            Some(second) if self.cfg.cos_weight > 0.0 => second,
+            Some(second) if self.cfg.cos_weight > 0.0 && imgs.device().is_cpu() => second,
             _ => {
                 let out = self.forward(model, imgs, first, second, true)?;
                 let grads = out.total.backward()?;

@@ -137,7 +137,8 @@ pub fn contrastive_loss_in_group(
 ///
 /// Returns the loss output and, when the loss is finite, the gradients. One process only: the
 /// towers run on rayon's threads, which see neither the calling thread's data-parallel group
-/// nor its SyncBatchNorm; the [`Precision`] the calling thread entered is carried over.
+/// nor its SyncBatchNorm; the [`Precision`] the calling thread entered is carried over. Off
+/// the CPU the towers run one after the other (a GPU queues their work on its stream).
 ///
 /// # Shapes
 /// `images` `[B, C, H, W]`, `ecgs` `[B, 1, leads, T]` → loss, logits `[B, B]`, labels `[B]`.
@@ -148,6 +149,15 @@ pub fn contrastive_gradients(
     ecgs: &Tensor,
     frozen_imaging: bool,
 ) -> Result<(ClipOutput, Option<GradStore>)> {
+    if !images.device().is_cpu() {
+        // A GPU queues both towers' work on its stream from one thread.
+        let out = contrastive_loss(model, clip, images, ecgs, true, frozen_imaging)?;
+        if !out.loss.to_scalar::<f32>()?.is_finite() {
+            return Ok((out, None));
+        }
+        let grads = out.loss.backward()?;
+        return Ok((out, Some(grads)));
+    }
     let precision = mmcl_nn::precision::matmul_precision();
     let (z_imaging, z_ecg) = rayon::join(
         || -> Result<Tensor> {
