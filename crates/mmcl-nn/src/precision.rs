@@ -170,7 +170,8 @@ pub fn bf16_backend() -> &'static str {
 /// What runs the f32 matrix products of the CPU kernels: `"openblas (<kernels>)"` with the
 /// `openblas` feature, naming the kernel family OpenBLAS chose for this CPU; otherwise `"gemm
 /// crate"`, with the feature saying why OpenBLAS is not used (`MMCL_OPENBLAS=0`, or its kernels
-/// older than the CPU).
+/// older than the CPU), and naming the packed AVX2 kernel that takes the large products of
+/// short sums on CPUs with AVX2 but no AVX-512 (`MMCL_AVX2_GEMM=0` turns it off).
 pub fn f32_backend() -> String {
     #[cfg(feature = "openblas")]
     fn backend() -> String {
@@ -179,14 +180,26 @@ pub fn f32_backend() -> String {
         if blas::enabled() {
             format!("openblas ({core})")
         } else {
-            format!("gemm crate (OpenBLAS, whose kernels here are {core}, not used)")
+            format!(
+                "{} (OpenBLAS, whose kernels here are {core}, not used)",
+                crate_backend()
+            )
         }
     }
     #[cfg(not(feature = "openblas"))]
     fn backend() -> String {
-        "gemm crate".to_string()
+        crate_backend().to_string()
     }
     backend()
+}
+
+/// The products' engines without OpenBLAS.
+fn crate_backend() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::avx2_gemm::enabled() {
+        return "gemm crate, and packed AVX2 6x16 tiles for large products of at most 384-term sums";
+    }
+    "gemm crate"
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::sync::{Once, OnceLock};
 
 use rayon::prelude::*;
 
-use super::gemm::RawProduct;
+use super::gemm::{RawProduct, SharedProduct};
 
 const CBLAS_ROW_MAJOR: c_int = 101;
 const CBLAS_NO_TRANS: c_int = 111;
@@ -176,7 +176,7 @@ pub(crate) unsafe fn sgemm(
     let by_rows = m >= 16 * parts || m >= n;
     let len = if by_rows { m } else { n };
     let step = len.div_ceil(parts).max(1);
-    let shared = Shared(product);
+    let shared = SharedProduct(product);
     let call = |block: usize| {
         let start = block * step;
         let size = step.min(len - start);
@@ -203,19 +203,6 @@ pub(crate) unsafe fn sgemm(
     }
     true
 }
-
-/// A [`RawProduct`] shared by the tasks of one split product.
-struct Shared(RawProduct);
-
-impl Shared {
-    fn get(&self) -> RawProduct {
-        self.0
-    }
-}
-
-// SAFETY: the tasks of a split product only read the operands and each writes its own block of
-// the destination, which the caller of `sgemm` guarantees nothing else touches meanwhile.
-unsafe impl Sync for Shared {}
 
 /// One `cblas_sgemm` call for `part`, whose operands are laid out as `a` and `b` say.
 ///

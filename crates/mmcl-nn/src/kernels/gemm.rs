@@ -358,6 +358,21 @@ impl RawProduct {
     }
 }
 
+/// A [`RawProduct`] shared by the parallel tasks of one product (the OpenBLAS and AVX2
+/// engines split a product into blocks of its destination).
+pub(crate) struct SharedProduct(pub(crate) RawProduct);
+
+impl SharedProduct {
+    /// The product (a method, so that closures capture the whole `Sync` wrapper).
+    pub(crate) fn get(&self) -> RawProduct {
+        self.0
+    }
+}
+
+// SAFETY: the tasks of a split product only read the operands and each writes its own block of
+// the destination, which the caller of the engine guarantees nothing else touches meanwhile.
+unsafe impl Sync for SharedProduct {}
+
 /// `dst[m, n] = start + beta · Σ_k lhs[m, k] · rhs[k, n]` for the [`RawProduct`] `product` in
 /// `precision`: [`gemm_raw`] in f32; in bf16 [`gemm_bf16`] on the machine's best engine, its
 /// f32 sums then scaled by `beta` (which must be 1 unless `start` is [`Start::Zero`]: no
@@ -409,8 +424,10 @@ pub(crate) unsafe fn gemm_raw_in(
     });
 }
 
-/// Whether [`gemm_raw`] runs the f32 products on the `gemm` crate (not on OpenBLAS, the
-/// optional engine): callers that rely on the crate's order of summation ask.
+/// Whether [`gemm_raw`] runs the f32 products on the `gemm` crate, or for some on the AVX2
+/// engine (not on OpenBLAS, the optional engine): callers that rely on a product and its
+/// transpose giving the same bits ask. Both sum each value as one chain along the inner
+/// dimension, and the AVX2 engine takes a product exactly when it takes its transpose.
 pub(crate) fn f32_products_on_gemm_crate() -> bool {
     #[cfg(feature = "openblas")]
     {
@@ -461,6 +478,14 @@ pub(crate) unsafe fn gemm_raw(
         let threads = threads_of(parallelism);
         // SAFETY: forwarded from the caller's contract.
         if unsafe { super::blas::sgemm(product, beta, accumulate, threads) } {
+            return;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2_gemm::enabled() && super::avx2_gemm::worth_it(&product) {
+        let threads = threads_of(parallelism);
+        // SAFETY: forwarded from the caller's contract; the CPU has AVX2 and FMA (`enabled`).
+        if unsafe { super::avx2_gemm::sgemm(product, beta, accumulate, threads) } {
             return;
         }
     }

@@ -19,6 +19,8 @@
 //!
 //! This module holds the helpers every kernel uses to read candle's CPU storage.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2_gemm;
 pub(crate) mod batch_norm;
 pub(crate) mod bf16;
 #[cfg(feature = "openblas")]

@@ -20,7 +20,9 @@ use crate::precision::Precision;
 /// The bits are the same: the crate sums each output value as one chain of fused
 /// multiply-adds along the pixels, in chunks that depend only on their number, and a
 /// product's two factors commute (`weight_gradients_have_the_same_bits_in_either_orientation`
-/// checks it). In bf16, and in f32 on OpenBLAS, the gradient keeps its orientation.
+/// checks it; so does the AVX2 engine, `kernels::avx2_gemm`, which takes a product exactly
+/// when it takes its transpose). In bf16, and in f32 on OpenBLAS, the gradient keeps its
+/// orientation.
 pub(super) struct WeightGradient {
     values: Vec<f32>,
     cout: usize,
