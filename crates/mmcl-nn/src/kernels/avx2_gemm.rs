@@ -422,156 +422,47 @@ unsafe fn tile(block: &Block, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::gemm::threads_of;
+    use crate::kernels::test_support::{Layout, check_product, matrix};
 
     fn has_avx2_fma() -> bool {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
 
-    /// Deterministic values in about [−1, 1).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-            })
-            .collect()
-    }
-
-    /// An operand's values and (row, column) strides.
-    type Operand = (Vec<f32>, (usize, usize));
-
-    /// One product case: `[m, k]·[k, n]`, either operand stored transposed, the destination's
-    /// rows `pad` values wider than `n`.
-    struct Case {
-        dims: (usize, usize, usize),
-        lhs_t: bool,
-        rhs_t: bool,
-        pad: usize,
-    }
-
-    impl Case {
-        /// The two operands' values and (row, column) strides.
-        fn operands(&self, seed: u64) -> (Operand, Operand) {
-            let (m, n, k) = self.dims;
-            let lhs = values(m * k, seed);
-            let rhs = values(k * n, seed + 1);
-            let lhs_strides = if self.lhs_t { (1, m) } else { (k, 1) };
-            let rhs_strides = if self.rhs_t { (1, k) } else { (n, 1) };
-            ((lhs, lhs_strides), (rhs, rhs_strides))
-        }
-
-        /// The product by `sgemm` into `dst` (rows `n + pad` apart).
-        fn run(&self, dst: &mut [f32], beta: f32, accumulate: bool, threads: usize) {
-            let (m, n, k) = self.dims;
-            let ((lhs, lhs_strides), (rhs, rhs_strides)) = self.operands(7);
-            let product = RawProduct {
-                dims: (m, n, k),
-                dst: dst.as_mut_ptr(),
-                dst_rs: n + self.pad,
-                lhs: lhs.as_ptr(),
-                lhs_strides,
-                rhs: rhs.as_ptr(),
-                rhs_strides,
-            };
-            assert!(dst.len() >= (m - 1) * (n + self.pad) + n);
-            // SAFETY: the views address their vectors; `dst` holds the rows; AVX2 and FMA.
-            assert!(unsafe { sgemm(product, beta, accumulate, threads) });
-        }
-
-        /// The product's values in f64, and the sums of their terms' magnitudes.
-        fn exact(&self) -> (Vec<f64>, Vec<f64>) {
-            let (m, n, k) = self.dims;
-            let ((lhs, (lr, lc)), (rhs, (rr, rc))) = self.operands(7);
-            let mut sums = vec![0f64; m * n];
-            let mut magnitudes = vec![0f64; m * n];
-            for i in 0..m {
-                for j in 0..n {
-                    for p in 0..k {
-                        let t = lhs[i * lr + p * lc] as f64 * rhs[p * rr + j * rc] as f64;
-                        sums[i * n + j] += t;
-                        magnitudes[i * n + j] += t.abs();
-                    }
-                }
-            }
-            (sums, magnitudes)
-        }
-    }
-
-    const CASES: [Case; 6] = [
-        // Whole tiles; edges in both dimensions; more inner steps than a block.
-        Case {
-            dims: (12, 32, 40),
-            lhs_t: false,
-            rhs_t: false,
-            pad: 0,
-        },
-        Case {
-            dims: (37, 21, 300),
-            lhs_t: false,
-            rhs_t: true,
-            pad: 3,
-        },
-        Case {
-            dims: (150, 45, 600),
-            lhs_t: true,
-            rhs_t: false,
-            pad: 0,
-        },
-        Case {
-            dims: (5, 70, 513),
-            lhs_t: true,
-            rhs_t: true,
-            pad: 1,
-        },
-        Case {
-            dims: (301, 64, 301),
-            lhs_t: false,
-            rhs_t: false,
-            pad: 1088,
-        },
-        Case {
-            dims: (1, 4200, 9),
-            lhs_t: false,
-            rhs_t: false,
-            pad: 0,
-        },
+    /// Whole tiles, edges in both dimensions, sums over more than one packed block, a column
+    /// block past [`NC`], and products large enough to be split over tasks by rows and, with
+    /// few rows, by columns.
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (12, 32, 40),
+        (37, 21, 300),
+        (5, 70, 513),
+        (150, 45, 800),
+        (2, 4200, 9),
+        (301, 400, 384),
     ];
 
     #[test]
-    fn products_match_f64_sums_in_every_layout() {
+    fn products_equal_their_definition_in_every_layout() {
         if !has_avx2_fma() {
             return;
         }
-        for case in &CASES {
-            let (m, n, _) = case.dims;
-            let width = n + case.pad;
-            let (exact, magnitudes) = case.exact();
-            for (beta, accumulate) in [(1.0, false), (0.125, false), (1.0, true)] {
-                // A fresh destination full of NaN is overwritten; an accumulated one starts
-                // from 2 (and the padding between rows is left alone either way).
-                let start = if accumulate { 2.0 } else { f32::NAN };
-                let mut dst = vec![start; (m - 1) * width + n];
-                case.run(&mut dst, beta, accumulate, 2);
-                for i in 0..m {
-                    for j in 0..n {
-                        let want =
-                            f64::from(beta) * exact[i * n + j] + if accumulate { 2.0 } else { 0.0 };
-                        let got = f64::from(dst[i * width + j]);
-                        let bound = 1e-6 * (magnitudes[i * n + j] + 2.0);
-                        assert!(
-                            (got - want).abs() <= bound,
-                            "{:?} ({i}, {j}): {got} vs {want}",
-                            case.dims
-                        );
-                    }
-                    if i + 1 < m {
-                        let gap = &dst[i * width + n..(i + 1) * width];
-                        assert!(
-                            gap.iter().all(|v| v.to_bits() == start.to_bits()),
-                            "padding written"
+        for dims in SHAPES {
+            for lhs in Layout::ALL {
+                for rhs in Layout::ALL {
+                    for accumulate in [false, true] {
+                        check_product(
+                            "avx2",
+                            dims,
+                            (lhs, rhs),
+                            accumulate,
+                            |x| x,
+                            |p, par| {
+                                // SAFETY: `check_product` hands out views inside its buffers; the
+                                // CPU has AVX2 and FMA.
+                                let done = unsafe { sgemm(p, 1.0, accumulate, threads_of(par)) };
+                                assert!(done, "an unscaled product runs here");
+                            },
                         );
                     }
                 }
@@ -579,16 +470,63 @@ mod tests {
         }
     }
 
+    /// A new output is written, never read (NaN left in a recycled buffer does not leak into
+    /// it), and the scale multiplies the finished sums, over two packed blocks.
+    #[test]
+    fn fresh_outputs_are_overwritten_and_scaled() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let (m, n, k) = (40, 30, 2 * KC + 5);
+        let (a, b) = (matrix(m * k, 4), matrix(k * n, 5));
+        let mut dst = vec![f32::NAN; m * n];
+        let product = RawProduct {
+            dims: (m, n, k),
+            dst: dst.as_mut_ptr(),
+            dst_rs: n,
+            lhs: a.as_ptr(),
+            lhs_strides: (k, 1),
+            rhs: b.as_ptr(),
+            rhs_strides: (n, 1),
+        };
+        // SAFETY: the views lie inside `a`, `b` and `dst`; the CPU has AVX2 and FMA.
+        assert!(unsafe { sgemm(product, 0.5, false, 2) });
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j]))
+                    .sum();
+                let scale: f64 = (0..k)
+                    .map(|p| (f64::from(a[i * k + p]) * f64::from(b[p * n + j])).abs())
+                    .sum();
+                let got = f64::from(dst[i * n + j]);
+                assert!(
+                    (got - 0.5 * exact).abs() <= 2e-6 * scale,
+                    "({i}, {j}): {got}"
+                );
+            }
+        }
+        // A scaled sum added to the destination is declined, untouched.
+        let before = dst.clone();
+        let product = RawProduct {
+            dst: dst.as_mut_ptr(),
+            ..product
+        };
+        // SAFETY: as above.
+        assert!(!unsafe { sgemm(product, 0.5, true, 2) });
+        assert_eq!(dst, before);
+    }
+
     /// Each value is one chain along the inner dimension: the transposed product, and any
-    /// thread count, give the same bits.
+    /// thread count, give the same bits; and the engine takes a product exactly when it takes
+    /// its transpose.
     #[test]
     fn bits_do_not_depend_on_orientation_or_threads() {
         if !has_avx2_fma() {
             return;
         }
         let (m, n, k) = (130, 75, 700);
-        let lhs = values(m * k, 3);
-        let rhs = values(k * n, 4);
+        let (lhs, rhs) = (matrix(m * k, 3), matrix(k * n, 4));
         let run = |transposed: bool, threads: usize| {
             let mut dst = vec![0f32; m * n];
             let product = if transposed {
@@ -613,7 +551,7 @@ mod tests {
                     rhs_strides: (n, 1),
                 }
             };
-            // SAFETY: the views address their vectors; AVX2 and FMA.
+            // SAFETY: the views address their vectors; the CPU has AVX2 and FMA.
             assert!(unsafe { sgemm(product, 1.0, false, threads) });
             let value = |i: usize, j: usize| {
                 if transposed {
@@ -630,5 +568,23 @@ mod tests {
         assert_eq!(run(false, 2), reference);
         assert_eq!(run(true, 1), reference);
         assert_eq!(run(true, 2), reference);
+        for dims in [
+            (19264, 384, 384),
+            (256, 4096, 128),
+            (300, 255, 384),
+            (512, 512, 385),
+        ] {
+            let (m, n, k) = dims;
+            let product = |dims| RawProduct {
+                dims,
+                dst: std::ptr::null_mut(),
+                dst_rs: 0,
+                lhs: std::ptr::null(),
+                lhs_strides: (0, 0),
+                rhs: std::ptr::null(),
+                rhs_strides: (0, 0),
+            };
+            assert_eq!(worth_it(&product((m, n, k))), worth_it(&product((n, m, k))));
+        }
     }
 }
