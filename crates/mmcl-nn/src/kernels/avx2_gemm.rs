@@ -423,7 +423,9 @@ unsafe fn tile(block: &Block, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
 mod tests {
     use super::*;
     use crate::kernels::gemm::threads_of;
-    use crate::kernels::test_support::{Layout, check_product, matrix};
+    use crate::kernels::test_support::{
+        Layout, check_fresh_output_scaled, check_product, matrix, row_major_product,
+    };
 
     fn has_avx2_fma() -> bool {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -470,51 +472,26 @@ mod tests {
         }
     }
 
-    /// A new output is written, never read (NaN left in a recycled buffer does not leak into
-    /// it), and the scale multiplies the finished sums, over two packed blocks.
+    /// A new output is written, never read, and the scale multiplies the finished sums, over
+    /// two packed blocks; a scaled sum added to the destination is declined, untouched.
     #[test]
     fn fresh_outputs_are_overwritten_and_scaled() {
         if !has_avx2_fma() {
             return;
         }
-        let (m, n, k) = (40, 30, 2 * KC + 5);
+        let dims = (40, 30, 2 * KC + 5);
+        // SAFETY: the helper hands out views inside its buffers; the CPU has AVX2 and FMA.
+        check_fresh_output_scaled(dims, |p, scale| unsafe { sgemm(p, scale, false, 2) });
+        let (m, n, k) = dims;
         let (a, b) = (matrix(m * k, 4), matrix(k * n, 5));
-        let mut dst = vec![f32::NAN; m * n];
-        let product = RawProduct {
-            dims: (m, n, k),
-            dst: dst.as_mut_ptr(),
-            dst_rs: n,
-            lhs: a.as_ptr(),
-            lhs_strides: (k, 1),
-            rhs: b.as_ptr(),
-            rhs_strides: (n, 1),
-        };
-        // SAFETY: the views lie inside `a`, `b` and `dst`; the CPU has AVX2 and FMA.
-        assert!(unsafe { sgemm(product, 0.5, false, 2) });
-        for i in 0..m {
-            for j in 0..n {
-                let exact: f64 = (0..k)
-                    .map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j]))
-                    .sum();
-                let scale: f64 = (0..k)
-                    .map(|p| (f64::from(a[i * k + p]) * f64::from(b[p * n + j])).abs())
-                    .sum();
-                let got = f64::from(dst[i * n + j]);
-                assert!(
-                    (got - 0.5 * exact).abs() <= 2e-6 * scale,
-                    "({i}, {j}): {got}"
-                );
-            }
-        }
-        // A scaled sum added to the destination is declined, untouched.
-        let before = dst.clone();
-        let product = RawProduct {
-            dst: dst.as_mut_ptr(),
-            ..product
-        };
+        let mut dst = vec![7f32; m * n];
+        let product = row_major_product(&mut dst, &a, &b, dims);
         // SAFETY: as above.
         assert!(!unsafe { sgemm(product, 0.5, true, 2) });
-        assert_eq!(dst, before);
+        assert!(
+            dst.iter().all(|&v| v == 7.0),
+            "a declined product writes nothing"
+        );
     }
 
     /// Each value is one chain along the inner dimension: the transposed product, and any
@@ -541,15 +518,7 @@ mod tests {
                     rhs_strides: (1, k),
                 }
             } else {
-                RawProduct {
-                    dims: (m, n, k),
-                    dst: dst.as_mut_ptr(),
-                    dst_rs: n,
-                    lhs: lhs.as_ptr(),
-                    lhs_strides: (k, 1),
-                    rhs: rhs.as_ptr(),
-                    rhs_strides: (n, 1),
-                }
+                row_major_product(&mut dst, &lhs, &rhs, (m, n, k))
             };
             // SAFETY: the views address their vectors; the CPU has AVX2 and FMA.
             assert!(unsafe { sgemm(product, 1.0, false, threads) });

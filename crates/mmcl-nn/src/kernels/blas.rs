@@ -247,7 +247,7 @@ unsafe fn one_call(
 mod tests {
     use super::*;
     use crate::kernels::gemm::{gemm_raw, threads_of};
-    use crate::kernels::test_support::{Layout, check_product, matrix};
+    use crate::kernels::test_support::{Layout, check_fresh_output_scaled, check_product, matrix};
 
     /// Small shapes, edges of one block, and two products large enough to be split over tasks:
     /// by rows (many rows) and by columns (few rows, many columns).
@@ -354,35 +354,12 @@ mod tests {
         }
     }
 
-    /// A new output is written, never read (NaN left in a recycled buffer does not leak into
-    /// it), and the product's scale is applied.
+    /// A new output is written, never read, and the product's scale is applied.
     #[test]
     fn fresh_outputs_are_overwritten_and_scaled() {
-        let (m, n, k) = (40, 30, 20);
-        let (a, b) = (matrix(m * k, 4), matrix(k * n, 5));
-        let mut dst = vec![f32::NAN; m * n];
-        let product = RawProduct {
-            dims: (m, n, k),
-            dst: dst.as_mut_ptr(),
-            dst_rs: n,
-            lhs: a.as_ptr(),
-            lhs_strides: (k, 1),
-            rhs: b.as_ptr(),
-            rhs_strides: (n, 1),
-        };
-        // SAFETY: the views lie inside `a`, `b` and `dst`.
-        assert!(unsafe { sgemm(product, 0.5, false, 2) });
-        for i in 0..m {
-            for j in 0..n {
-                let exact: f64 = (0..k)
-                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-                    .sum();
-                let got = dst[i * n + j] as f64;
-                assert!(
-                    (got - 0.5 * exact).abs() <= 1e-5,
-                    "({i}, {j}): {got} vs {exact}/2"
-                );
-            }
-        }
+        // SAFETY: the helper hands out views inside its buffers.
+        check_fresh_output_scaled((40, 30, 20), |p, scale| unsafe {
+            sgemm(p, scale, false, 2)
+        });
     }
 }

@@ -232,3 +232,49 @@ pub(crate) fn check_product(
         }
     }
 }
+
+/// The product `lhs[m, k]·rhs[k, n]` of two row-major operands into the row-major `dst`.
+pub(crate) fn row_major_product(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> crate::kernels::gemm::RawProduct {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    crate::kernels::gemm::RawProduct {
+        dims: (m, n, k),
+        dst: dst.as_mut_ptr(),
+        dst_rs: n,
+        lhs: lhs.as_ptr(),
+        lhs_strides: (k, 1),
+        rhs: rhs.as_ptr(),
+        rhs_strides: (n, 1),
+    }
+}
+
+/// Checks that an engine writes a new output without reading it (NaN left in a recycled
+/// buffer does not leak into it) and applies the product's scale: `run(product, 0.5)` must
+/// accept the row-major product of `dims` and leave `0.5 · Σ_k lhs·rhs` in it, within f32
+/// summation error of the f64 sums.
+pub(crate) fn check_fresh_output_scaled(
+    dims: (usize, usize, usize),
+    run: impl Fn(crate::kernels::gemm::RawProduct, f32) -> bool,
+) {
+    let (m, n, k) = dims;
+    let (a, b) = (matrix(m * k, 4), matrix(k * n, 5));
+    let mut dst = vec![f32::NAN; m * n];
+    assert!(run(row_major_product(&mut dst, &a, &b, dims), 0.5));
+    for i in 0..m {
+        for j in 0..n {
+            let terms = (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j]));
+            let exact: f64 = terms.clone().sum();
+            let scale: f64 = terms.map(f64::abs).sum();
+            let got = f64::from(dst[i * n + j]);
+            assert!(
+                (got - 0.5 * exact).abs() <= 2e-6 * scale + 1e-30,
+                "{m}x{n}x{k} at ({i}, {j}): {got} vs {}",
+                0.5 * exact
+            );
+        }
+    }
+}
