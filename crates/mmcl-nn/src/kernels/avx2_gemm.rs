@@ -424,7 +424,7 @@ mod tests {
     use super::*;
     use crate::kernels::gemm::threads_of;
     use crate::kernels::test_support::{
-        Layout, check_fresh_output_scaled, check_product, matrix, row_major_product,
+        Layout, check_fresh_output_scaled, check_products, matrix, row_major_product,
     };
 
     fn has_avx2_fma() -> bool {
@@ -449,27 +449,12 @@ mod tests {
         if !has_avx2_fma() {
             return;
         }
-        for dims in SHAPES {
-            for lhs in Layout::ALL {
-                for rhs in Layout::ALL {
-                    for accumulate in [false, true] {
-                        check_product(
-                            "avx2",
-                            dims,
-                            (lhs, rhs),
-                            accumulate,
-                            |x| x,
-                            |p, par| {
-                                // SAFETY: `check_product` hands out views inside its buffers; the
-                                // CPU has AVX2 and FMA.
-                                let done = unsafe { sgemm(p, 1.0, accumulate, threads_of(par)) };
-                                assert!(done, "an unscaled product runs here");
-                            },
-                        );
-                    }
-                }
-            }
-        }
+        check_products("avx2", &SHAPES, &Layout::ALL, |p, par, accumulate| {
+            // SAFETY: `check_product` hands out views inside its buffers; the CPU has AVX2 and
+            // FMA.
+            let done = unsafe { sgemm(p, 1.0, accumulate, threads_of(par)) };
+            assert!(done, "an unscaled product runs here");
+        });
     }
 
     /// A new output is written, never read, and the scale multiplies the finished sums, over

@@ -247,7 +247,7 @@ unsafe fn one_call(
 mod tests {
     use super::*;
     use crate::kernels::gemm::{gemm_raw, threads_of};
-    use crate::kernels::test_support::{Layout, check_fresh_output_scaled, check_product, matrix};
+    use crate::kernels::test_support::{Layout, check_fresh_output_scaled, check_products, matrix};
 
     /// Small shapes, edges of one block, and two products large enough to be split over tasks:
     /// by rows (many rows) and by columns (few rows, many columns).
@@ -264,26 +264,12 @@ mod tests {
     #[test]
     fn openblas_products_equal_their_definition() {
         assert!(!core_name().is_empty());
-        for dims in SHAPES {
-            for lhs in [Layout::Rows, Layout::Columns] {
-                for rhs in [Layout::Rows, Layout::Columns] {
-                    for accumulate in [false, true] {
-                        check_product(
-                            "openblas",
-                            dims,
-                            (lhs, rhs),
-                            accumulate,
-                            |x| x,
-                            |p, par| {
-                                // SAFETY: `check_product` hands out views inside its buffers.
-                                let done = unsafe { sgemm(p, 1.0, accumulate, threads_of(par)) };
-                                assert!(done, "BLAS describes row- and column-major operands");
-                            },
-                        );
-                    }
-                }
-            }
-        }
+        let layouts = [Layout::Rows, Layout::Columns];
+        check_products("openblas", &SHAPES, &layouts, |p, par, accumulate| {
+            // SAFETY: `check_product` hands out views inside its buffers.
+            let done = unsafe { sgemm(p, 1.0, accumulate, threads_of(par)) };
+            assert!(done, "BLAS describes row- and column-major operands");
+        });
     }
 
     /// Generic kernels on a CPU with wider vectors are refused, naming the family to ask for;
@@ -332,26 +318,10 @@ mod tests {
             dst.iter().all(|&v| v == 7.0),
             "a declined product writes nothing"
         );
-        for dims in SHAPES {
-            for (lhs, rhs) in Layout::ALL
-                .into_iter()
-                .flat_map(|l| Layout::ALL.map(|r| (l, r)))
-            {
-                for accumulate in [false, true] {
-                    check_product(
-                        "gemm_raw",
-                        dims,
-                        (lhs, rhs),
-                        accumulate,
-                        |x| x,
-                        |p, par| {
-                            // SAFETY: as above.
-                            unsafe { gemm_raw(p, 1.0, accumulate, par) }
-                        },
-                    );
-                }
-            }
-        }
+        check_products("gemm_raw", &SHAPES, &Layout::ALL, |p, par, accumulate| {
+            // SAFETY: as above.
+            unsafe { gemm_raw(p, 1.0, accumulate, par) }
+        });
     }
 
     /// A new output is written, never read, and the product's scale is applied.

@@ -278,3 +278,29 @@ pub(crate) fn check_fresh_output_scaled(
         }
     }
 }
+
+/// [`check_product`] for every shape of `shapes`, every pair of `layouts` and with and without
+/// accumulation, in f32: `run(product, parallelism, accumulate)` computes the product.
+pub(crate) fn check_products(
+    label: &str,
+    shapes: &[(usize, usize, usize)],
+    layouts: &[Layout],
+    run: impl Fn(crate::kernels::gemm::RawProduct, gemm::Parallelism, bool),
+) {
+    for &dims in shapes {
+        for &lhs in layouts {
+            for &rhs in layouts {
+                for accumulate in [false, true] {
+                    check_product(
+                        label,
+                        dims,
+                        (lhs, rhs),
+                        accumulate,
+                        |x| x,
+                        |p, par| run(p, par, accumulate),
+                    );
+                }
+            }
+        }
+    }
+}

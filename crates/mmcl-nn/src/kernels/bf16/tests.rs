@@ -1,5 +1,5 @@
 use super::*;
-use crate::kernels::test_support::{Layout, check_product};
+use crate::kernels::test_support::{Layout, check_product, row_major_product};
 
 #[test]
 fn rounding_is_to_nearest_even() {
@@ -134,15 +134,7 @@ fn bias_start_equals_adding_onto_bias_rows() {
             };
             let (lhs, rhs, bias) = (values(m * k, 3), values(k * n, 4), values(n, 5));
             let product = |dst: &mut [f32], start: Start<'_>| {
-                let product = RawProduct {
-                    dims: (m, n, k),
-                    dst: dst.as_mut_ptr(),
-                    dst_rs: n,
-                    lhs: lhs.as_ptr(),
-                    lhs_strides: (k, 1),
-                    rhs: rhs.as_ptr(),
-                    rhs_strides: (n, 1),
-                };
+                let product = row_major_product(dst, &lhs, &rhs, (m, n, k));
                 // SAFETY: row-major operands and destination of the product's shapes.
                 unsafe { gemm_bf16(engine, product, start, Parallelism::Rayon(2)) };
             };
