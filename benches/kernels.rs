@@ -177,6 +177,14 @@ fn vit_kernels(c: &mut Criterion) -> Result<()> {
     });
     drop(scores);
 
+    // Exact GELU on the MLP's hidden layer [B, N, 4D]; in inference fused with fc1's bias add
+    // (PyTorch adds that bias inside its product, so its anchor is the GELU alone).
+    let hidden = randn(&[INFER_BATCH, TOKENS, 4 * DIM])?;
+    let hidden_bias = var(&[4 * DIM], 0.1)?;
+    bench_fwd(&mut group, "gelu/fwd_b64", || {
+        ops::bias_gelu(&hidden, hidden_bias.as_tensor())
+    });
+    drop(hidden);
     // Exact GELU on the MLP's hidden layer [B, N, 4D].
     let hidden = var(&[TRAIN_BATCH, TOKENS, 4 * DIM], 1.0)?;
     bench_fwd_bwd(&mut group, "gelu/fwd_bwd_b32", || {

@@ -62,6 +62,8 @@ def cases():
     fwd("vit/softmax/fwd_b64", lambda: s_i.softmax(dim=-1))
     fwd_bwd("vit/softmax/fwd_bwd_b32", lambda: s_t.softmax(dim=-1))
 
+    h_i = r(INFER_BATCH, TOKENS, 4 * DIM)
+    fwd("vit/gelu/fwd_b64", lambda: F.gelu(h_i))
     h_t = leaf(TRAIN_BATCH, TOKENS, 4 * DIM)
     fwd_bwd("vit/gelu/fwd_bwd_b32", lambda: F.gelu(h_t))
 

@@ -21,6 +21,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2_gemm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2_lanes;
 pub(crate) mod batch_norm;
 pub(crate) mod bf16;
 #[cfg(feature = "openblas")]

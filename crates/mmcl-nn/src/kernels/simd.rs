@@ -5,12 +5,14 @@
 //! compiles each one three times (AVX-512, AVX2+FMA, baseline) and picks the best the running
 //! CPU supports, so the binary stays portable while using the full vector width where present.
 
+use std::mem::MaybeUninit;
+
 pub(crate) use mmcl_core::multiversion;
 
 /// Independent accumulators per reduction: a float sum in one accumulator is a sequential chain
 /// the compiler may not reorder (no fast-math), so it would not vectorise; 16 lanes fill an
 /// AVX-512 register (two AVX2 ones).
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Sum of `x` (lane-parallel, vectorisable).
 #[inline(always)]
@@ -205,6 +207,11 @@ pub(crate) fn max(x: &[f32]) -> f32 {
 #[inline(always)]
 pub(crate) fn exp_shifted<const FMA: bool>(x: &[f32], out: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0f32; LANES];
+    #[cfg(target_arch = "x86_64")]
+    let (x, out) = {
+        let done = super::avx2_lanes::exp_shifted::<FMA>(x, out, shift, &mut acc);
+        (&x[done..], &mut out[done..])
+    };
     let mut co = out.chunks_exact_mut(LANES);
     let mut cx = x.chunks_exact(LANES);
     for (o, c) in (&mut co).zip(&mut cx) {
@@ -225,6 +232,11 @@ pub(crate) fn exp_shifted<const FMA: bool>(x: &[f32], out: &mut [f32], shift: f3
 #[inline(always)]
 pub(crate) fn exp_shifted_in_place<const FMA: bool>(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0f32; LANES];
+    #[cfg(target_arch = "x86_64")]
+    let x = {
+        let done = super::avx2_lanes::exp_shifted_in_place::<FMA>(x, shift, &mut acc);
+        &mut x[done..]
+    };
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
@@ -265,7 +277,7 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 const EXP_MIN: f32 = -87.3;
 const EXP_MAX: f32 = 88.0;
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to an integer.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Whether the element-wise kernels of a pass in `precision` evaluate their polynomials with
 /// fused multiply-adds (the `FMA` parameter of [`exp_f32`] and its kin).
@@ -291,38 +303,155 @@ fn hardware_fma() -> bool {
     }
 }
 
-/// `p·x + c`: fused (one rounding) when `FMA`, else a product and a sum, each rounded. The two
-/// forms written with it below equal the expressions they replace bit for bit when `!FMA`.
-#[inline(always)]
-fn mul_add<const FMA: bool>(p: f32, x: f32, c: f32) -> f32 {
-    if FMA { p.mul_add(x, c) } else { p * x + c }
+/// The arithmetic that the element-wise formulas below are written in, once for both: one
+/// `f32` (in loops that LLVM vectorises) and, on AVX2 CPUs, several vectors side by side
+/// ([`super::avx2_lanes`]), whose dependent chains then overlap. Every method is one IEEE
+/// operation per value (or a selection), so both give the same bits.
+pub(crate) trait Arith: Copy {
+    /// `c` in every lane.
+    fn splat(c: f32) -> Self;
+    /// `self + o`.
+    fn add(self, o: Self) -> Self;
+    /// `self − o`.
+    fn sub(self, o: Self) -> Self;
+    /// `self · o`.
+    fn mul(self, o: Self) -> Self;
+    /// `self / o`.
+    fn div(self, o: Self) -> Self;
+    /// `self · x + c`: fused (one rounding) when `FMA`, else a product and a sum, each rounded.
+    fn mul_add<const FMA: bool>(self, x: Self, c: Self) -> Self;
+    /// `−self` (the sign flipped).
+    fn neg(self) -> Self;
+    /// `|self|`.
+    fn abs(self) -> Self;
+    /// `self.clamp(lo, hi)`, a NaN kept.
+    fn clamp(self, lo: f32, hi: f32) -> Self;
+    /// `value`, or 0 where `self < bound`.
+    fn zero_below(self, bound: f32, value: Self) -> Self;
+    /// `nonneg` where `self >= 0`, else `negative` (a NaN's).
+    fn by_sign(self, nonneg: Self, negative: Self) -> Self;
+    /// `self · 2ⁿ`, `n` the integer that [`ROUND_MAGIC`] rounding left in the low mantissa
+    /// bits of `shifted` (in [-126, 127]).
+    fn times_two_to(self, shifted: Self) -> Self;
+}
+
+impl Arith for f32 {
+    #[inline(always)]
+    fn splat(c: f32) -> Self {
+        c
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        self - o
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self * o
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        self / o
+    }
+    #[inline(always)]
+    fn mul_add<const FMA: bool>(self, x: Self, c: Self) -> Self {
+        if FMA {
+            f32::mul_add(self, x, c)
+        } else {
+            self * x + c
+        }
+    }
+    #[inline(always)]
+    fn neg(self) -> Self {
+        -self
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f32::abs(self)
+    }
+    #[inline(always)]
+    fn clamp(self, lo: f32, hi: f32) -> Self {
+        f32::clamp(self, lo, hi)
+    }
+    #[inline(always)]
+    fn zero_below(self, bound: f32, value: Self) -> Self {
+        if self < bound { 0.0 } else { value }
+    }
+    #[inline(always)]
+    fn by_sign(self, nonneg: Self, negative: Self) -> Self {
+        if self >= 0.0 { nonneg } else { negative }
+    }
+    #[inline(always)]
+    fn times_two_to(self, shifted: Self) -> Self {
+        // The exponent bits built with integer arithmetic, which vectorises (a saturating
+        // `as i32` would not).
+        let n = shifted.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+        self * f32::from_bits(n.wrapping_add(127) << 23)
+    }
+}
+
+/// An element-wise formula of `K` inputs, written once for every [`Arith`].
+pub(crate) trait Formula<const K: usize> {
+    /// The formula's value at `args`, one per input.
+    fn eval<T: Arith>(&self, args: [T; K]) -> T;
+}
+
+/// Runs `formula` over `inputs` into `out` (as [`super::avx2_lanes::map`]) where the CPU takes
+/// the four-vector path: AVX2 without AVX-512; `false`, nothing written, elsewhere.
+#[inline]
+pub(crate) fn side_by_side<const K: usize>(
+    out: &mut [MaybeUninit<f32>],
+    inputs: [&[f32]; K],
+    formula: &impl Formula<K>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::avx2_lanes::map(out, inputs, formula)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, inputs, formula);
+        false
+    }
 }
 
 /// `e^x` in f32 without branches (vectorisable): relative error below 2e-7 on the normal range;
 /// 0 below -87.3, and saturating at `e^88` above 88. `FMA`: see [`fused_arithmetic`].
 #[inline(always)]
 pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
+    exp_of::<f32, FMA>(x)
+}
+
+/// [`exp_f32`] in any [`Arith`].
+#[inline(always)]
+pub(crate) fn exp_of<T: Arith, const FMA: bool>(x: T) -> T {
     let xc = x.clamp(EXP_MIN, EXP_MAX);
     // x = n ln2 + r with |r| <= ln2 / 2. Adding the magic number rounds x·log2(e) to an integer
     // held in the low mantissa bits of `shifted`.
-    let shifted = mul_add::<FMA>(xc, LOG2_E, ROUND_MAGIC);
-    let n = shifted - ROUND_MAGIC;
-    let r = mul_add::<FMA>(-n, LN2_LO, mul_add::<FMA>(-n, LN2_HI, xc));
+    let shifted = xc.mul_add::<FMA>(T::splat(LOG2_E), T::splat(ROUND_MAGIC));
+    let n = shifted.sub(T::splat(ROUND_MAGIC));
+    let r = n.neg().mul_add::<FMA>(
+        T::splat(LN2_LO),
+        n.neg().mul_add::<FMA>(T::splat(LN2_HI), xc),
+    );
     // Taylor series of e^r to degree 7: truncation error < 5e-9 on |r| <= 0.347.
-    let p = 1.0 / 5040.0;
-    let p = mul_add::<FMA>(p, r, 1.0 / 720.0);
-    let p = mul_add::<FMA>(p, r, 1.0 / 120.0);
-    let p = mul_add::<FMA>(p, r, 1.0 / 24.0);
-    let p = mul_add::<FMA>(p, r, 1.0 / 6.0);
-    let p = mul_add::<FMA>(p, r, 0.5);
-    let p = mul_add::<FMA>(p, r, 1.0);
-    let p = mul_add::<FMA>(p, r, 1.0);
-    // 2^n through the exponent bits; n is in [-126, 127] after the clamp. It is read from the
-    // bits of `shifted` (integer arithmetic vectorises; a saturating `as i32` would not).
-    let n_int = shifted.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
-    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
-    let y = p * scale;
-    if x < EXP_MIN { 0.0 } else { y }
+    let mut p = T::splat(1.0 / 5040.0);
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p.mul_add::<FMA>(r, T::splat(c));
+    }
+    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
+    x.zero_below(EXP_MIN, p.times_two_to(shifted))
 }
 
 /// `erfc(z)` for `z >= 0` in f32 without branches: relative error below ~2e-6 for z < 3.5
@@ -332,34 +461,40 @@ pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
 /// `erfcc` fit, fractional error < 1.2e-7 in exact arithmetic).
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // the fit's published coefficients
-pub(crate) fn erfc_nonneg_f32<const FMA: bool>(z: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let p = 0.170_872_77_f32;
-    let p = mul_add::<FMA>(p, t, -0.822_152_23);
-    let p = mul_add::<FMA>(p, t, 1.488_515_87);
-    let p = mul_add::<FMA>(p, t, -1.135_203_98);
-    let p = mul_add::<FMA>(p, t, 0.278_868_07);
-    let p = mul_add::<FMA>(p, t, -0.186_288_06);
-    let p = mul_add::<FMA>(p, t, 0.096_784_18);
-    let p = mul_add::<FMA>(p, t, 0.374_091_96);
-    let p = mul_add::<FMA>(p, t, 1.000_023_68);
-    let p = mul_add::<FMA>(p, t, -1.265_512_23);
-    t * exp_f32::<FMA>(mul_add::<FMA>(-z, z, p))
+fn erfc_nonneg_of<T: Arith, const FMA: bool>(z: T) -> T {
+    let one = T::splat(1.0);
+    let t = one.div(one.add(T::splat(0.5).mul(z)));
+    let mut p = T::splat(0.170_872_77);
+    for c in [
+        -0.822_152_23,
+        1.488_515_87,
+        -1.135_203_98,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_68,
+        -1.265_512_23,
+    ] {
+        p = p.mul_add::<FMA>(t, T::splat(c));
+    }
+    t.mul(exp_of::<T, FMA>(z.neg().mul_add::<FMA>(z, p)))
 }
 
 /// The standard normal CDF `Φ(x) = ½(1 + erf(x/√2))`, accurate in relative terms in both tails.
 #[inline(always)]
-pub(crate) fn normal_cdf_f32<const FMA: bool>(x: f32) -> f32 {
-    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    let half_erfc = 0.5 * erfc_nonneg_f32::<FMA>(z);
-    if x >= 0.0 { 1.0 - half_erfc } else { half_erfc }
+pub(crate) fn normal_cdf_of<T: Arith, const FMA: bool>(x: T) -> T {
+    let z = x.abs().mul(T::splat(std::f32::consts::FRAC_1_SQRT_2));
+    let half_erfc = T::splat(0.5).mul(erfc_nonneg_of::<T, FMA>(z));
+    x.by_sign(T::splat(1.0).sub(half_erfc), half_erfc)
 }
 
 /// The standard normal density `φ(x) = e^{-x²/2} / √(2π)`.
 #[inline(always)]
-pub(crate) fn normal_pdf_f32<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn normal_pdf_of<T: Arith, const FMA: bool>(x: T) -> T {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    INV_SQRT_2PI * exp_f32::<FMA>(-0.5 * x * x)
+    let e = exp_of::<T, FMA>(T::splat(-0.5).mul(x).mul(x));
+    T::splat(INV_SQRT_2PI).mul(e)
 }
 
 #[cfg(test)]
@@ -431,7 +566,7 @@ mod tests {
     /// the kernels computed before it, and what the reproduction's figures were taken with).
     #[test]
     fn exponential_tails_keep_the_bits_of_the_scalar_loop() {
-        for n in 0..=3 * LANES + 5 {
+        for n in (0..=3 * LANES + 5).chain([7 * LANES + 3, 301]) {
             let x: Vec<f32> = (0..n)
                 .map(|i| ((i * 7919 % 113) as f32 - 80.0) * 0.37)
                 .collect();
@@ -521,7 +656,7 @@ mod tests {
                 let z = x.abs() / std::f64::consts::SQRT_2;
                 let tail = 0.5 * erfc_f64(z);
                 let want = if x >= 0.0 { 1.0 - tail } else { tail };
-                let got = normal_cdf_f32::<FMA>(x as f32) as f64;
+                let got = normal_cdf_of::<f32, FMA>(x as f32) as f64;
                 let err = ((got - want) / want).abs();
                 if err > worst.0 {
                     worst = (err, x);

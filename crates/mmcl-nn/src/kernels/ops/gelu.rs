@@ -1,7 +1,7 @@
 //! Exact (erf) GELU, alone or fused with the bias add of the preceding linear layer.
 
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
-use crate::kernels::simd::{self, multiversion, normal_cdf_f32, normal_pdf_f32};
+use crate::kernels::simd::{self, Arith, Formula, multiversion, normal_cdf_of, normal_pdf_of};
 use crate::kernels::{
     CHUNK, as_uninit, bias_gradient, fast_path, map_tensors, par_written, row_step,
     with_contiguous_f32,
@@ -55,24 +55,66 @@ fn gelu_composed(x: &Tensor) -> Result<Tensor> {
 // The kernels write their outputs without reading them (`MaybeUninit::write`), so that the
 // callers' buffers need not be zero-filled first; each writes as many values as its input has.
 
+/// `gelu(v) = v·Φ(v)`.
+struct Gelu<const FMA: bool>;
+
+impl<const FMA: bool> Formula<1> for Gelu<FMA> {
+    #[inline(always)]
+    fn eval<T: Arith>(&self, [v]: [T; 1]) -> T {
+        v.mul(normal_cdf_of::<T, FMA>(v))
+    }
+}
+
+/// `g · gelu'(v) = g · (Φ(v) + v·φ(v))`, the sum fused where `FMA`.
+struct GeluGrad<const FMA: bool>;
+
+impl<const FMA: bool> Formula<2> for GeluGrad<FMA> {
+    #[inline(always)]
+    fn eval<T: Arith>(&self, [v, g]: [T; 2]) -> T {
+        let pdf = normal_pdf_of::<T, FMA>(v);
+        let cdf = normal_cdf_of::<T, FMA>(v);
+        g.mul(if FMA {
+            v.mul_add::<true>(pdf, cdf)
+        } else {
+            cdf.add(v.mul(pdf))
+        })
+    }
+}
+
+/// `gelu(v + b)`.
+struct BiasGeluValue;
+
+impl Formula<2> for BiasGeluValue {
+    #[inline(always)]
+    fn eval<T: Arith>(&self, [v, b]: [T; 2]) -> T {
+        Gelu::<false>.eval([v.add(b)])
+    }
+}
+
+/// `g · gelu'(v + b)`.
+struct BiasGeluGrad;
+
+impl Formula<3> for BiasGeluGrad {
+    #[inline(always)]
+    fn eval<T: Arith>(&self, [v, b, g]: [T; 3]) -> T {
+        GeluGrad::<false>.eval([v.add(b), g])
+    }
+}
+
+// The kernels write their outputs without reading them (`MaybeUninit::write`), so that the
+// callers' buffers need not be zero-filled first; each writes as many values as its input has.
+
 #[inline(always)]
 fn gelu_kernel<const FMA: bool>(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        o.write(v * normal_cdf_f32::<FMA>(v));
+        o.write(Gelu::<FMA>.eval([v]));
     }
 }
 
 #[inline(always)]
 fn gelu_grad_kernel<const FMA: bool>(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
-        let pdf = normal_pdf_f32::<FMA>(v);
-        o.write(
-            g * if FMA {
-                v.mul_add(pdf, normal_cdf_f32::<FMA>(v))
-            } else {
-                normal_cdf_f32::<FMA>(v) + v * pdf
-            },
-        );
+        o.write(GeluGrad::<FMA>.eval([v, g]));
     }
 }
 
@@ -83,8 +125,7 @@ fn bias_gelu_kernel(x: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
         .zip(x.chunks_exact(bias.len()))
     {
         for ((o, &v), &b) in o_row.iter_mut().zip(x_row).zip(bias) {
-            let u = v + b;
-            o.write(u * normal_cdf_f32::<false>(u));
+            o.write(BiasGeluValue.eval([v, b]));
         }
     }
 }
@@ -98,8 +139,7 @@ fn bias_gelu_grad_kernel(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [Maybe
         .zip(grad.chunks_exact(h))
     {
         for (((o, &v), &b), &g) in o_row.iter_mut().zip(x_row).zip(bias).zip(g_row) {
-            let u = v + b;
-            o.write(g * (normal_cdf_f32::<false>(u) + u * normal_pdf_f32::<false>(u)));
+            o.write(BiasGeluGrad.eval([v, b, g]));
         }
     }
 }
@@ -116,26 +156,6 @@ multiversion!(
     fn gelu_grad_fused_simd(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) =>
         gelu_grad_kernel::<true>
 );
-
-/// `out = gelu(x)`, with fused multiply-adds where `fused` ([`simd::fused_arithmetic`]); writes
-/// the first `x.len()` values of `out` (at most its length) without reading them.
-pub(crate) fn gelu_rows(x: &[f32], out: &mut [MaybeUninit<f32>], fused: bool) {
-    if fused {
-        gelu_fused_simd(x, out)
-    } else {
-        gelu_simd(x, out)
-    }
-}
-
-/// `out = grad · gelu'(x)`, with fused multiply-adds where `fused`; writes as many values of
-/// `out` as `x` and `grad` have, without reading them.
-pub(crate) fn gelu_grad_rows(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>], fused: bool) {
-    if fused {
-        gelu_grad_fused_simd(x, grad, out)
-    } else {
-        gelu_grad_simd(x, grad, out)
-    }
-}
 multiversion!(
     fn bias_gelu_simd(x: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) => bias_gelu_kernel
 );
@@ -143,6 +163,50 @@ multiversion!(
     fn bias_gelu_grad_simd(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) =>
         bias_gelu_grad_kernel
 );
+
+/// `out = gelu(x)`, with fused multiply-adds where `fused` ([`simd::fused_arithmetic`]); writes
+/// the first `x.len()` values of `out` (at most its length) without reading them.
+pub(crate) fn gelu_rows(x: &[f32], out: &mut [MaybeUninit<f32>], fused: bool) {
+    match fused {
+        true if simd::side_by_side(out, [x], &Gelu::<true>) => {}
+        false if simd::side_by_side(out, [x], &Gelu::<false>) => {}
+        true => gelu_fused_simd(x, out),
+        false => gelu_simd(x, out),
+    }
+}
+
+/// `out = grad · gelu'(x)`, with fused multiply-adds where `fused`; writes as many values of
+/// `out` as `x` and `grad` have, without reading them.
+pub(crate) fn gelu_grad_rows(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>], fused: bool) {
+    match fused {
+        true if simd::side_by_side(out, [x, grad], &GeluGrad::<true>) => {}
+        false if simd::side_by_side(out, [x, grad], &GeluGrad::<false>) => {}
+        true => gelu_grad_fused_simd(x, grad, out),
+        false => gelu_grad_simd(x, grad, out),
+    }
+}
+
+/// `out = gelu(x + bias)` over whole rows of `bias.len()` values.
+fn bias_gelu_rows(x: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let h = bias.len();
+    // Every row or none: the path depends on the CPU alone.
+    let done = (out.chunks_exact_mut(h).zip(x.chunks_exact(h)))
+        .all(|(o, x)| simd::side_by_side(o, [x, bias], &BiasGeluValue));
+    if !done {
+        bias_gelu_simd(x, bias, out)
+    }
+}
+
+/// `out = grad · gelu'(x + bias)` over whole rows of `bias.len()` values.
+fn bias_gelu_grad_rows(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let h = bias.len();
+    let done = (out.chunks_exact_mut(h).zip(x.chunks_exact(h)))
+        .zip(grad.chunks_exact(h))
+        .all(|((o, x), g)| simd::side_by_side(o, [x, bias, g], &BiasGeluGrad));
+    if !done {
+        bias_gelu_grad_simd(x, bias, grad, out)
+    }
+}
 
 struct GeluErf;
 
@@ -185,7 +249,7 @@ impl CpuKernel<2> for BiasGelu {
         // multiple of the bias's length, which `bias_gelu` checked is the last dimension of `x`.
         let out = unsafe {
             par_written(data.len(), step, |i, o| {
-                bias_gelu_simd(&data[i * step..][..o.len()], bias.data, o)
+                bias_gelu_rows(&data[i * step..][..o.len()], bias.data, o)
             })
         };
         Ok((out, x.shape().clone()))
@@ -199,7 +263,7 @@ impl CpuKernel<2> for BiasGelu {
                 "mmcl-bias-gelu-grad",
                 row_step(bias.len()),
                 // SAFETY: the kernel only stores initialised values.
-                |o, [x, g]| bias_gelu_grad_simd(x, bias, g, unsafe { as_uninit(o) }),
+                |o, [x, g]| bias_gelu_grad_rows(x, bias, g, unsafe { as_uninit(o) }),
             )
         })?;
         let h = bias.elem_count();
@@ -259,6 +323,53 @@ mod tests {
         assert!(rel_err(&get(&g, &xv), &get(&gr, &xr))? < 1e-5);
         assert!(rel_err(&get(&g, &bv), &get(&gr, &br))? < 1e-5);
         Ok(())
+    }
+
+    /// The row kernels as dispatched (the four-vector AVX2 path where the CPU takes it) give
+    /// the bits of the scalar loops, for each kernel, with and without fused multiply-adds.
+    #[test]
+    fn dispatched_kernels_keep_the_bits_of_the_scalar_loops() {
+        let h = 96;
+        let rows = 7;
+        let x: Vec<f32> = (0..h * rows + 5)
+            .map(|i| (i as f32 - 340.0) * 0.023)
+            .collect();
+        let g: Vec<f32> = (0..x.len())
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.3)
+            .collect();
+        let bias: Vec<f32> = (0..h).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |f: &dyn Fn(&mut [MaybeUninit<f32>])| {
+            let mut out = vec![MaybeUninit::new(f32::NAN); x.len()];
+            f(&mut out);
+            // SAFETY: each kernel wrote the values compared (the bias kernels whole rows).
+            out.iter()
+                .map(|v| unsafe { v.assume_init() }.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let whole = h * rows;
+        for fused in [false, true] {
+            let want = match fused {
+                true => run(&|o| gelu_kernel::<true>(&x, o)),
+                false => run(&|o| gelu_kernel::<false>(&x, o)),
+            };
+            assert_eq!(
+                run(&|o| gelu_rows(&x, o, fused)),
+                want,
+                "gelu, fused {fused}"
+            );
+            let want = match fused {
+                true => run(&|o| gelu_grad_kernel::<true>(&x, &g, o)),
+                false => run(&|o| gelu_grad_kernel::<false>(&x, &g, o)),
+            };
+            let got = run(&|o| gelu_grad_rows(&x, &g, o, fused));
+            assert_eq!(got, want, "gelu gradient, fused {fused}");
+        }
+        let (xr, gr) = (&x[..whole], &g[..whole]);
+        let want = run(&|o| bias_gelu_kernel(xr, &bias, &mut o[..whole]));
+        assert_eq!(run(&|o| bias_gelu_rows(xr, &bias, &mut o[..whole])), want);
+        let want = run(&|o| bias_gelu_grad_kernel(xr, &bias, gr, &mut o[..whole]));
+        let got = run(&|o| bias_gelu_grad_rows(xr, &bias, gr, &mut o[..whole]));
+        assert_eq!(got, want, "bias gelu gradient");
     }
 
     /// The fused-multiply-add kernels (bf16 passes) stay as close to the exact GELU and its
