@@ -52,9 +52,6 @@ fn gelu_composed(x: &Tensor) -> Result<Tensor> {
     x * cdf?
 }
 
-// The kernels write their outputs without reading them (`MaybeUninit::write`), so that the
-// callers' buffers need not be zero-filled first; each writes as many values as its input has.
-
 /// `gelu(v) = v·Φ(v)`.
 struct Gelu<const FMA: bool>;
 
