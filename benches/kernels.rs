@@ -2,7 +2,8 @@
 //!
 //! ECG encoder (`vit_tiny_patchX`): D 384, 6 heads, 301 tokens (300 patches of 1×100 plus the
 //! class token); batch 64 for the inference (`fwd`) figures, batch 32 for the training
-//! (`fwd_bwd`: forward, sum, backward) figures. ResNet50 first layers at 210×210, batch 16.
+//! (`fwd_bwd`: forward, sum, backward) figures. The MAE decoder (`mae_decoder/…`): D 256, 8
+//! heads, the same tokens, batch 32. ResNet50 first layers at 210×210, batch 16.
 //!
 //! Every kernel is called the way the models call it (`mmcl_nn::ops`, `mmcl_nn::conv`,
 //! `mmcl_nn::pool`; the ECG patch embedding is `mmcl_ecg::PatchEmbed::forward`'s reshape and
@@ -316,6 +317,40 @@ fn resnet_kernels(c: &mut Criterion) -> Result<()> {
     Ok(())
 }
 
+/// The MAE decoder's width and heads (`mae_vit_tiny_patchX_dec256d2b`: D 256, 8 heads of 32,
+/// over all 301 tokens).
+const MAE_DECODER_DIM: usize = 256;
+/// See [`MAE_DECODER_DIM`].
+const MAE_DECODER_HEADS: usize = 8;
+
+/// The MAE decoder's attention and products in training (`fwd_bwd`, batch 32), whose shapes
+/// the encoder's benchmarks above do not cover: 32-wide heads, and products 256 and 1024 wide.
+fn mae_decoder_kernels(c: &mut Criterion) -> Result<()> {
+    let mut group = c.benchmark_group("mae_decoder");
+    group.sample_size(10);
+    let (dim, heads) = (MAE_DECODER_DIM, MAE_DECODER_HEADS);
+    let scale = ((dim / heads) as f64).powf(-0.5);
+    let qkv = var(&[TRAIN_BATCH, TOKENS, 3 * dim], 1.0)?;
+    bench_fwd_bwd(&mut group, "attention/fwd_bwd_b32", || {
+        ops::attention(qkv.as_tensor(), heads, scale)
+    });
+    drop(qkv);
+    for (name, k_in, k_out) in [
+        ("qkv", dim, 3 * dim),
+        ("proj", dim, dim),
+        ("fc1", dim, 4 * dim),
+        ("fc2", 4 * dim, dim),
+    ] {
+        let (w, b) = (var(&[k_out, k_in], 0.05)?, var(&[k_out], 0.1)?);
+        let x = var(&[TRAIN_BATCH * TOKENS, k_in], 1.0)?;
+        bench_fwd_bwd(&mut group, &format!("matmul_{name}/fwd_bwd_b32"), || {
+            ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))
+        });
+    }
+    group.finish();
+    Ok(())
+}
+
 /// The CPU's f32 multiply-add peak on one thread, as a yardstick for every figure above
 /// (`peak/fma_f32_1thread`, throughput in FLOP/s): twelve independent chains of 8-lane fused
 /// multiply-adds that never touch memory, so nothing but the FMA units limits them. 256-bit
@@ -369,6 +404,10 @@ fn kernels(c: &mut Criterion) {
     // Set-up failures (out of memory, say) are reported rather than silently skipped.
     if let Err(e) = vit_kernels(c) {
         eprintln!("vit kernels: {e:#}");
+        std::process::exit(1);
+    }
+    if let Err(e) = mae_decoder_kernels(c) {
+        eprintln!("mae decoder kernels: {e:#}");
         std::process::exit(1);
     }
     if let Err(e) = resnet_kernels(c) {

@@ -4,7 +4,8 @@ shapes, written as the reference code (timm 0.6.8's ViT, torchvision's ResNet50)
 under the same benchmark names, so that each kernel gets a ratio.
 
 ViT (vit_tiny_patchX): D 384, 6 heads, 301 tokens; `fwd` at batch 64 under `torch.no_grad()`,
-`fwd_bwd` (forward, sum, backward) at batch 32. ResNet50 first layers: batch 16 at 210x210.
+`fwd_bwd` (forward, sum, backward) at batch 32. The MAE decoder (`mae_decoder/...`): D 256, 8
+heads, 301 tokens, batch 32. ResNet50 first layers: batch 16 at 210x210.
 
 Prints the median wall-clock milliseconds per call and the process CPU milliseconds per call
 divided by the thread count (on a shared machine the latter approximates an idle machine's wall
@@ -20,16 +21,17 @@ import torch
 import torch.nn.functional as F
 
 DIM, HEADS, TOKENS = 384, 6, 301
+DECODER_DIM, DECODER_HEADS = 256, 8  # mae_vit_tiny_patchX_dec256d2b
 LEAVES = []  # every tensor that requires a gradient, to clear their .grad between calls
 INFER_BATCH, TRAIN_BATCH, IMAGE_BATCH, SIDE = 64, 32, 16, 210
 
 
-def attention(qkv):
+def attention(qkv, heads=HEADS):
     # timm 0.6.8 Attention.forward without the output projection.
     b, n, c3 = qkv.shape
     c = c3 // 3
-    q, k, v = qkv.reshape(b, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4).unbind(0)
-    attn = ((q @ k.transpose(-2, -1)) * (c // HEADS) ** -0.5).softmax(dim=-1)
+    q, k, v = qkv.reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    attn = ((q @ k.transpose(-2, -1)) * (c // heads) ** -0.5).softmax(dim=-1)
     return (attn @ v).transpose(1, 2).reshape(b, n, c)
 
 
@@ -81,6 +83,16 @@ def cases():
         xi, xt = r(INFER_BATCH * TOKENS, k_in), leaf(TRAIN_BATCH * TOKENS, k_in)
         fwd(f"vit/matmul_{name}/fwd_b64", lambda xi=xi, lw=lw, lb=lb: F.linear(xi, lw, lb))
         fwd_bwd(f"vit/matmul_{name}/fwd_bwd_b32", lambda xt=xt, lw=lw, lb=lb: F.linear(xt, lw, lb))
+
+    dd = DECODER_DIM
+    qkv_d = leaf(TRAIN_BATCH, TOKENS, 3 * dd)
+    fwd_bwd("mae_decoder/attention/fwd_bwd_b32", lambda: attention(qkv_d, DECODER_HEADS))
+    for name, k_in, k_out in [("qkv", dd, 3 * dd), ("proj", dd, dd),
+                              ("fc1", dd, 4 * dd), ("fc2", 4 * dd, dd)]:
+        lw, lb = leaf(k_out, k_in, std=0.05), leaf(k_out, std=0.1)
+        xt = leaf(TRAIN_BATCH * TOKENS, k_in)
+        fwd_bwd(f"mae_decoder/matmul_{name}/fwd_bwd_b32",
+                lambda xt=xt, lw=lw, lb=lb: F.linear(xt, lw, lb))
 
     image, stem = r(IMAGE_BATCH, 3, SIDE, SIDE), leaf(64, 3, 7, 7, std=0.05)
     fwd("resnet50/conv_stem_7x7s2/fwd_b16", lambda: F.conv2d(image, stem, stride=2, padding=3))
