@@ -32,6 +32,7 @@ use mmcl_nn::batch_norm::{BatchNormConfig, batch_norm};
 use mmcl_nn::params::ParamStore;
 use mmcl_nn::precision::Precision;
 use mmcl_nn::{conv, ops, pool};
+use mmcl_suite::ecg::mae::MaeConfig;
 
 #[path = "common/workloads.rs"]
 mod workloads;
@@ -205,12 +206,7 @@ fn vit_kernels(c: &mut Criterion) -> Result<()> {
     });
 
     // The encoder's matrix products, [B·N, D]×[D, k] (+ bias), weight in PyTorch's [k, D].
-    for (name, k_in, k_out) in [
-        ("qkv", DIM, 3 * DIM),
-        ("proj", DIM, DIM),
-        ("fc1", DIM, 4 * DIM),
-        ("fc2", 4 * DIM, DIM),
-    ] {
+    for (name, k_in, k_out) in block_linears(DIM) {
         let (w, b) = (var(&[k_out, k_in], 0.05)?, var(&[k_out], 0.1)?);
         let x = randn(&[INFER_BATCH * TOKENS, k_in])?;
         bench_fwd(&mut group, &format!("matmul_{name}/fwd_b64"), || {
@@ -317,30 +313,33 @@ fn resnet_kernels(c: &mut Criterion) -> Result<()> {
     Ok(())
 }
 
-/// The MAE decoder's width and heads (`mae_vit_tiny_patchX_dec256d2b`: D 256, 8 heads of 32,
-/// over all 301 tokens).
-const MAE_DECODER_DIM: usize = 256;
-/// See [`MAE_DECODER_DIM`].
-const MAE_DECODER_HEADS: usize = 8;
+/// The linear maps of a transformer block of width `dim` (timm's `Block`): name, inputs and
+/// outputs.
+fn block_linears(dim: usize) -> [(&'static str, usize, usize); 4] {
+    [
+        ("qkv", dim, 3 * dim),
+        ("proj", dim, dim),
+        ("fc1", dim, 4 * dim),
+        ("fc2", 4 * dim, dim),
+    ]
+}
 
-/// The MAE decoder's attention and products in training (`fwd_bwd`, batch 32), whose shapes
-/// the encoder's benchmarks above do not cover: 32-wide heads, and products 256 and 1024 wide.
+/// The MAE decoder's attention and products in training (`fwd_bwd`, batch 32) at the paper's
+/// decoder (`mae_vit_tiny_patchX_dec256d2b`: D 256, 8 heads of 32, over all 301 tokens), whose
+/// shapes the encoder's benchmarks above do not cover: 32-wide heads, products 256 and 1024
+/// wide.
 fn mae_decoder_kernels(c: &mut Criterion) -> Result<()> {
     let mut group = c.benchmark_group("mae_decoder");
     group.sample_size(10);
-    let (dim, heads) = (MAE_DECODER_DIM, MAE_DECODER_HEADS);
+    let config = MaeConfig::paper();
+    let (dim, heads) = (config.decoder_embed_dim, config.decoder_num_heads);
     let scale = ((dim / heads) as f64).powf(-0.5);
     let qkv = var(&[TRAIN_BATCH, TOKENS, 3 * dim], 1.0)?;
     bench_fwd_bwd(&mut group, "attention/fwd_bwd_b32", || {
         ops::attention(qkv.as_tensor(), heads, scale)
     });
     drop(qkv);
-    for (name, k_in, k_out) in [
-        ("qkv", dim, 3 * dim),
-        ("proj", dim, dim),
-        ("fc1", dim, 4 * dim),
-        ("fc2", 4 * dim, dim),
-    ] {
+    for (name, k_in, k_out) in block_linears(dim) {
         let (w, b) = (var(&[k_out, k_in], 0.05)?, var(&[k_out], 0.1)?);
         let x = var(&[TRAIN_BATCH * TOKENS, k_in], 1.0)?;
         bench_fwd_bwd(&mut group, &format!("matmul_{name}/fwd_bwd_b32"), || {

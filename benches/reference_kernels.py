@@ -35,6 +35,11 @@ def attention(qkv, heads=HEADS):
     return (attn @ v).transpose(1, 2).reshape(b, n, c)
 
 
+def block_linears(d):
+    """The linear maps of a transformer block of width d: (name, inputs, outputs)."""
+    return [("qkv", d, 3 * d), ("proj", d, d), ("fc1", d, 4 * d), ("fc2", 4 * d, d)]
+
+
 def cases():
     """(name, forward, needs_grad) with inputs made once."""
     r = torch.randn
@@ -76,8 +81,7 @@ def cases():
     fwd("vit/patch_embed/fwd_b64", lambda: embed(e_i))
     fwd_bwd("vit/patch_embed/fwd_bwd_b32", lambda: embed(e_t))
 
-    for name, k_in, k_out in [("qkv", DIM, 3 * DIM), ("proj", DIM, DIM),
-                              ("fc1", DIM, 4 * DIM), ("fc2", 4 * DIM, DIM)]:
+    for name, k_in, k_out in block_linears(DIM):
         lw, lb = leaf(k_out, k_in, std=0.05), leaf(k_out, std=0.1)
         # timm runs nn.Linear on [B, N, k_in], which PyTorch folds into one [B*N, k_in] product.
         xi, xt = r(INFER_BATCH * TOKENS, k_in), leaf(TRAIN_BATCH * TOKENS, k_in)
@@ -87,8 +91,7 @@ def cases():
     dd = DECODER_DIM
     qkv_d = leaf(TRAIN_BATCH, TOKENS, 3 * dd)
     fwd_bwd("mae_decoder/attention/fwd_bwd_b32", lambda: attention(qkv_d, DECODER_HEADS))
-    for name, k_in, k_out in [("qkv", dd, 3 * dd), ("proj", dd, dd),
-                              ("fc1", dd, 4 * dd), ("fc2", 4 * dd, dd)]:
+    for name, k_in, k_out in block_linears(dd):
         lw, lb = leaf(k_out, k_in, std=0.05), leaf(k_out, std=0.1)
         xt = leaf(TRAIN_BATCH * TOKENS, k_in)
         fwd_bwd(f"mae_decoder/matmul_{name}/fwd_bwd_b32",
