@@ -88,7 +88,7 @@ impl Lanes {
     #[inline(always)]
     fn load(from: &[f32]) -> Self {
         let from = &from[..GROUP];
-        let mut v = [Self::zero(); VECTORS];
+        let mut v = Self::splat(0.0).0;
         for (i, v) in v.iter_mut().enumerate() {
             // SAFETY: 8 values at 8·i of the group (the slice is GROUP long); AVX (type note).
             *v = unsafe { _mm256_loadu_ps(from.as_ptr().add(8 * i)) };
@@ -104,12 +104,6 @@ impl Lanes {
             // SAFETY: 8 places at 8·i of the group; AVX (type note).
             unsafe { _mm256_storeu_ps(to.as_mut_ptr().add(8 * i).cast::<f32>(), *v) };
         }
-    }
-
-    #[inline(always)]
-    fn zero() -> __m256 {
-        // SAFETY: AVX (type note).
-        unsafe { _mm256_set1_ps(0.0) }
     }
 
     /// `f` on each vector.
@@ -194,7 +188,7 @@ impl Arith for Lanes {
     }
     #[inline(always)]
     fn by_sign(self, nonneg: Self, negative: Self) -> Self {
-        let zero = Self::zero();
+        let zero = unsafe { _mm256_set1_ps(0.0) };
         let mut v = self.0;
         for ((v, p), n) in v.iter_mut().zip(nonneg.0).zip(negative.0) {
             *v = unsafe { _mm256_blendv_ps(n, p, _mm256_cmp_ps::<_CMP_GE_OQ>(*v, zero)) };
