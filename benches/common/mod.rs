@@ -54,8 +54,8 @@ pub fn main_with_census(benches: fn()) {
     }
 }
 
-/// A group whose throughput is `batch` samples per iteration, 10 samples over `seconds`.
-/// Freed activations are reused first, instead of being page-faulted anew on every step,
+/// A group whose throughput is `batch` samples per iteration, 10 samples over `seconds` (or
+/// over criterion's `--measurement-time` when the command line gives one). Freed activations are reused first, instead of being page-faulted anew on every step,
 /// and candle's element-wise pool is sized for the threads, as the `mmcl` binary does.
 pub fn batch_group<'a>(
     c: &'a mut Criterion,
@@ -69,6 +69,16 @@ pub fn batch_group<'a>(
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(batch as u64));
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(seconds));
+    // A group's own setting overrides the command line's, so it is set only when the command
+    // line has none.
+    if !measurement_time_on_command_line() {
+        group.measurement_time(Duration::from_secs(seconds));
+    }
     group
+}
+
+/// Whether the benchmark's command line sets criterion's `--measurement-time`.
+fn measurement_time_on_command_line() -> bool {
+    std::env::args()
+        .any(|arg| arg == "--measurement-time" || arg.starts_with("--measurement-time="))
 }
