@@ -15,6 +15,8 @@
 //!   [`crate::layers::batch_norm`];
 //! - `gemm`, `nhwc`, `simd`: the matrix product, the channels-last activations and the vector
 //!   instruction dispatch the kernels share;
+//! - `carrier`: how a fused node's parameters reach it, so that their gradients pass candle's
+//!   bookkeeping once;
 //! - `cuda` (feature `cuda`): the GPU kernels, compiled by NVRTC at first use.
 //!
 //! This module holds the helpers every kernel uses to read candle's CPU storage.
@@ -27,6 +29,7 @@ pub(crate) mod batch_norm;
 pub(crate) mod bf16;
 #[cfg(feature = "openblas")]
 pub(crate) mod blas;
+pub(crate) mod carrier;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
@@ -94,6 +97,28 @@ pub(crate) fn with_contiguous_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Resul
             "internal error: a CPU kernel received a tensor on another device".into(),
         )),
     }
+}
+
+/// Runs `f` on the contiguous f32 data of `N` CPU tensors (copying those that are strided).
+pub(crate) fn with_contiguous_f32s<const N: usize, R>(
+    tensors: &[Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Result<R>,
+) -> Result<R> {
+    let tensors = tensors
+        .iter()
+        .map(Tensor::contiguous)
+        .collect::<Result<Vec<_>>>()?;
+    let held: Vec<_> = tensors.iter().map(Tensor::storage_and_layout).collect();
+    let mut data: [&[f32]; N] = [&[]; N];
+    for (d, (storage, layout)) in data.iter_mut().zip(&held) {
+        *d = match &**storage {
+            candle_core::Storage::Cpu(cpu) => contiguous_f32(cpu, layout, "mmcl-cpu-kernel")?,
+            _ => candle_core::bail!(
+                "internal error: a CPU kernel received a tensor on another device"
+            ),
+        };
+    }
+    f(data)
 }
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor, mutably, in place (through candle's

@@ -7,10 +7,12 @@
 //! matrix products. Here the block is a single node on the CPU: the forward pass keeps the
 //! activations the backward pass needs, and the backward pass computes the input gradient and
 //! every parameter gradient with the same kernels (LayerNorm, GELU, attention, GEMM), in place,
-//! with multi-threaded bias reductions. Other devices and dtypes compose the per-layer ops.
+//! with multi-threaded bias reductions. Its parameters reach it through two carrier nodes that
+//! take the weight matrices as they are, so that their gradients go to the variables through one
+//! level of that bookkeeping and no copy. Other devices and dtypes compose the per-layer ops.
 //!
 //! The pieces: this module checks the parameters and chooses the path; `op` is the CPU
-//! operation (forward, backward); `rows` holds its row-parallel helpers.
+//! operation (forward, backward) and its carriers; `rows` holds its row-parallel helpers.
 
 mod op;
 mod rows;
@@ -21,9 +23,10 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{Result, Tensor};
 
+use crate::kernels::carrier::carry;
 use crate::kernels::fast_path;
 use crate::kernels::op::Op;
-use op::FusedBlock;
+use op::{BlockWeights, FusedBlock};
 
 /// The parameters of one block, with timm's shapes (`weight` `[out, in]`).
 #[derive(Debug, Clone, Copy)]
@@ -61,9 +64,10 @@ pub struct BranchScales {
 /// `x + s₁·proj(attn(norm1(x)))`, then `+ s₂·fc2(gelu(fc1(norm2(·))))`: timm's pre-norm
 /// block without dropout, with optional per-sample branch factors (drop-path).
 ///
-/// On the CPU in f32 this is one autograd node (see the module documentation); the
-/// result equals the composition of [`super::layer_norm`], [`super::linear`],
-/// [`super::attention`] and [`super::bias_gelu`] up to float rounding, gradients included.
+/// On the CPU in f32 this is one autograd node, with two carrying its parameters (see the
+/// module documentation); the result equals the composition of [`super::layer_norm`],
+/// [`super::linear`], [`super::attention`] and [`super::bias_gelu`] up to float rounding,
+/// gradients included.
 ///
 /// `train` says whether a backward pass is expected: the CPU node then keeps the attention
 /// probabilities for it (`[B·heads, N, N]`, as PyTorch's autograd does). Candle has no
@@ -105,17 +109,31 @@ pub fn transformer_block(
     if !(fast_path(x) && tensors.iter().all(|t| fast_path(t))) {
         return composed(x, p, qkv_bias, scales);
     }
-    // One parameter vector, so that the block is a two-input node; its backward splits the
-    // gradient back onto the parameters.
-    let flat = tensors
-        .iter()
-        .map(|t| t.flatten_all())
-        .collect::<Result<Vec<_>>>()?;
-    let packed = Tensor::cat(&flat, 0)?; // [P]
-    let train = train && (x.track_op() || packed.track_op());
+    // The weight matrices are carried as they are, the vectors packed into one
+    // (`kernels::carrier`); the block takes the last carrier as its input.
+    let vectors = Tensor::cat(
+        &[
+            p.norm1.0, p.norm1.1, qkv_bias, p.proj.1, p.norm2.0, p.norm2.1, p.fc1.1, p.fc2.1,
+        ],
+        0,
+    )?;
+    let weights: BlockWeights = [
+        p.qkv.0.contiguous()?,
+        p.proj.0.contiguous()?,
+        p.fc1.0.contiguous()?,
+        p.fc2.0.contiguous()?,
+        vectors,
+    ];
+    let Some((last, grads)) = carry(&weights)? else {
+        candle_core::bail!("transformer_block: no parameters to carry");
+    };
+    let train = train && (x.track_op() || last.track_op());
     x.contiguous()?.apply_op2(
-        &packed,
+        &last,
         Op(FusedBlock {
+            carried: last.track_op(),
+            weights,
+            grads,
             heads: p.num_heads,
             scale: p.scale as f32,
             eps: p.eps as f32,

@@ -3,19 +3,20 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor};
 
 use super::BranchScales;
 use super::rows::{residual, scaled_rows};
+use crate::kernels::carrier::ParamGrads;
 use crate::kernels::gemm::{linear_forward, linear_grads};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
 use crate::kernels::ops::gelu::{gelu_grad_rows, gelu_rows};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
 use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
-use crate::kernels::{CHUNK, par_written, simd, with_contiguous_f32};
+use crate::kernels::{CHUNK, par_written, simd, with_contiguous_f32, with_contiguous_f32s};
 use crate::precision::matmul_precision;
 
-/// Offsets of the parameters in the packed vector.
+/// Offsets of the block's vectors (norms and biases) in the one vector that carries them.
 #[derive(Clone, Copy)]
 struct Packing {
     d: usize,
@@ -23,11 +24,12 @@ struct Packing {
 }
 
 impl Packing {
-    /// `(start, len)` of the 12 tensors, in packing order.
-    fn ranges(self) -> [(usize, usize); 12] {
+    /// `(start, len)` of `norm1` weight and bias, the `qkv` and `proj` biases, `norm2` weight
+    /// and bias, the `fc1` and `fc2` biases, in that order.
+    fn ranges(self) -> [(usize, usize); 8] {
         let (d, h) = (self.d, self.h);
-        let lens = [d, d, 3 * d * d, 3 * d, d * d, d, d, d, h * d, h, d * h, d];
-        let mut out = [(0, 0); 12];
+        let lens = [d, d, 3 * d, d, d, d, h, d];
+        let mut out = [(0, 0); 8];
         let mut start = 0;
         for (o, len) in out.iter_mut().zip(lens) {
             *o = (start, len);
@@ -38,13 +40,25 @@ impl Packing {
 
     fn total(self) -> usize {
         let r = self.ranges();
-        r[11].0 + r[11].1
+        r[7].0 + r[7].1
     }
 
-    fn split(self, packed: &[f32]) -> [&[f32]; 12] {
+    fn split(self, packed: &[f32]) -> [&[f32]; 8] {
         self.ranges().map(|(s, l)| &packed[s..s + l])
     }
 }
+
+/// The parameters' positions in [`BlockWeights`] and in the order they are carried: the four
+/// weight matrices, then the packed vectors.
+const QKV_W: usize = 0;
+const PROJ_W: usize = 1;
+const FC1_W: usize = 2;
+const FC2_W: usize = 3;
+const VECTORS: usize = 4;
+
+/// The parameters the block reads: `qkv`, `proj`, `fc1` and `fc2` weights (`[out, in]`), and
+/// the vectors packed as [`Packing`] says.
+pub(super) type BlockWeights = [Tensor; 5];
 
 /// What the forward pass keeps for the backward pass (`M = B·N` rows).
 pub(super) struct Saved {
@@ -68,8 +82,15 @@ pub(super) struct Saved {
     fused: bool,
 }
 
-/// The CPU operation: inputs `x` `[B, N, D]` and the packed parameters `[P]`.
+/// The CPU operation: inputs `x` `[B, N, D]` and the last carrier of its parameters (`[1]`,
+/// `kernels::carrier`); it reads the parameters from `weights` and leaves their gradients in
+/// `grads`.
 pub(super) struct FusedBlock {
+    pub(super) weights: BlockWeights,
+    pub(super) grads: ParamGrads,
+    /// Whether the carriers pass gradients on (some parameter is tracked): if not, the
+    /// parameters' gradients are not kept.
+    pub(super) carried: bool,
     pub(super) heads: usize,
     pub(super) scale: f32,
     pub(super) eps: f32,
@@ -95,20 +116,57 @@ impl FusedBlock {
 impl CpuKernel<2> for FusedBlock {
     const NAME: &'static str = "mmcl-transformer-block";
 
-    fn forward(&self, [input, params]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
-        let (x, packed) = (input.data, params.data);
-        let (b, n, d) = input.shape().dims3()?;
-        let (m, h) = (b * n, self.hidden);
-        let pk = Packing { d, h };
-        if packed.len() != pk.total() {
+    fn forward(&self, [input, _]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        with_contiguous_f32s(&self.weights, |weights| self.forward_with(input, weights))
+    }
+
+    fn backward(&self, [x, _]: [&Tensor; 2], _: &Tensor, grad_res: &Tensor) -> Gradients<2> {
+        let dx = with_contiguous_f32s(&self.weights, |weights| {
+            self.backward_with(x, grad_res, weights)
+        })?;
+        let dev = x.device();
+        Ok([
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::zeros(1, DType::F32, dev)?),
+        ])
+    }
+}
+
+impl FusedBlock {
+    /// The parameters' values by name, from the weights' data.
+    fn params<'a>(&self, d: usize, weights: &[&'a [f32]; 5]) -> Result<Params<'a>> {
+        let pk = Packing { d, h: self.hidden };
+        let vectors = weights[VECTORS];
+        if vectors.len() != pk.total() {
             candle_core::bail!(
-                "{}: {} packed parameters, expected {}",
+                "{}: {} packed vector values, expected {}",
                 Self::NAME,
-                packed.len(),
+                vectors.len(),
                 pk.total()
             );
         }
-        let [
+        let [n1w, n1b, qkv_b, proj_b, n2w, n2b, fc1_b, fc2_b] = pk.split(vectors);
+        Ok(Params {
+            n1w,
+            n1b,
+            qkv_w: weights[QKV_W],
+            qkv_b,
+            proj_w: weights[PROJ_W],
+            proj_b,
+            n2w,
+            n2b,
+            fc1_w: weights[FC1_W],
+            fc1_b,
+            fc2_w: weights[FC2_W],
+            fc2_b,
+        })
+    }
+
+    fn forward_with(&self, input: Input<'_>, weights: [&[f32]; 5]) -> Result<(Vec<f32>, Shape)> {
+        let x = input.data;
+        let (b, n, d) = input.shape().dims3()?;
+        let (m, h) = (b * n, self.hidden);
+        let Params {
             n1w,
             n1b,
             qkv_w,
@@ -121,7 +179,7 @@ impl CpuKernel<2> for FusedBlock {
             fc1_b,
             fc2_w,
             fc2_b,
-        ] = pk.split(packed);
+        } = self.params(d, &weights)?;
         let scales = self.scales.as_ref();
 
         let fused = simd::fused_arithmetic(matmul_precision());
@@ -159,7 +217,13 @@ impl CpuKernel<2> for FusedBlock {
         Ok((out, input.shape().clone()))
     }
 
-    fn backward(&self, [x, packed]: [&Tensor; 2], _: &Tensor, grad_res: &Tensor) -> Gradients<2> {
+    /// The input's gradient; the parameters' gradients go to their slots in `self.grads`.
+    fn backward_with(
+        &self,
+        x: &Tensor,
+        grad_res: &Tensor,
+        weights: [&[f32]; 5],
+    ) -> Result<Vec<f32>> {
         let Some(sv) = self.saved.get() else {
             candle_core::bail!("{}: backward before forward", Self::NAME);
         };
@@ -167,68 +231,87 @@ impl CpuKernel<2> for FusedBlock {
         let (m, h) = (b * n, self.hidden);
         let pk = Packing { d, h };
         let scales = self.scales.as_ref();
-        let grads = with_contiguous_f32(x, |x| {
-            with_contiguous_f32(packed, |packed| {
-                with_contiguous_f32(grad_res, |dy| {
-                    let [n1w, _, qkv_w, _, proj_w, _, n2w, _, fc1_w, _, fc2_w, _] =
-                        pk.split(packed);
-                    let mut grad_p = vec![0f32; pk.total()];
-                    let r = pk.ranges();
-                    let mut put = |i: usize, v: &[f32]| {
-                        grad_p[r[i].0..r[i].0 + r[i].1].copy_from_slice(v);
-                    };
+        let Params {
+            n1w,
+            qkv_w,
+            proj_w,
+            n2w,
+            fc1_w,
+            fc2_w,
+            ..
+        } = self.params(d, &weights)?;
+        let mut matrices: [Vec<f32>; 4] = Default::default();
+        let mut vectors = vec![0f32; pk.total()];
+        let r = pk.ranges();
+        let mut put = |i: usize, v: &[f32]| {
+            vectors[r[i].0..r[i].0 + r[i].1].copy_from_slice(v);
+        };
+        let dx = with_contiguous_f32(x, |x| {
+            with_contiguous_f32(grad_res, |dy| {
+                // MLP branch: out = x1 + s₂·(act·W₂ᵀ + b₂).
+                let dm_scaled = scaled_rows(dy, d, n, scales.map(|s| s.mlp.as_slice()));
+                let dm = dm_scaled.as_deref().unwrap_or(dy); // [M, D]
+                let (g_w, g_b, d_act) = linear_grads(dm, &sv.act, fc2_w, (m, h, d))?;
+                matrices[FC2_W] = g_w;
+                put(7, &g_b);
+                // SAFETY: as for `act` in the forward pass.
+                let d_pre = unsafe {
+                    par_written(m * h, CHUNK, |i, o| {
+                        let at = i * CHUNK..i * CHUNK + o.len();
+                        gelu_grad_rows(&sv.pre[at.clone()], &d_act[at], o, sv.fused)
+                    })
+                };
+                drop(d_act);
+                let (g_w, g_b, d_a2) = linear_grads(&d_pre, &sv.a2, fc1_w, (m, d, h))?;
+                matrices[FC1_W] = g_w;
+                put(6, &g_b);
+                drop(d_pre);
+                let (dx1, g_n2w, g_n2b) =
+                    layer_norm_backward_rows(&sv.x1, n2w, &d_a2, Some(dy), self.eps);
+                put(4, &g_n2w);
+                put(5, &g_n2b);
+                drop(d_a2);
 
-                    // MLP branch: out = x1 + s₂·(act·W₂ᵀ + b₂).
-                    let dm_scaled = scaled_rows(dy, d, n, scales.map(|s| s.mlp.as_slice()));
-                    let dm = dm_scaled.as_deref().unwrap_or(dy); // [M, D]
-                    let (g_w, g_b, d_act) = linear_grads(dm, &sv.act, fc2_w, (m, h, d))?;
-                    put(10, &g_w);
-                    put(11, &g_b);
-                    // SAFETY: as for `act` in the forward pass.
-                    let d_pre = unsafe {
-                        par_written(m * h, CHUNK, |i, o| {
-                            let at = i * CHUNK..i * CHUNK + o.len();
-                            gelu_grad_rows(&sv.pre[at.clone()], &d_act[at], o, sv.fused)
-                        })
-                    };
-                    drop(d_act);
-                    let (g_w, g_b, d_a2) = linear_grads(&d_pre, &sv.a2, fc1_w, (m, d, h))?;
-                    put(8, &g_w);
-                    put(9, &g_b);
-                    drop(d_pre);
-                    let (dx1, g_n2w, g_n2b) =
-                        layer_norm_backward_rows(&sv.x1, n2w, &d_a2, Some(dy), self.eps);
-                    put(6, &g_n2w);
-                    put(7, &g_n2b);
-                    drop(d_a2);
-
-                    // Attention branch: x1 = x + s₁·(attn·Wₚᵀ + bₚ).
-                    let dp_scaled = scaled_rows(&dx1, d, n, scales.map(|s| s.attn.as_slice()));
-                    let dp = dp_scaled.as_deref().unwrap_or(&dx1); // [M, D]
-                    let (g_w, g_b, d_attn) = linear_grads(dp, &sv.attn, proj_w, (m, d, d))?;
-                    put(4, &g_w);
-                    put(5, &g_b);
-                    let (geometry, probs) = (self.geometry(n, d), sv.probs.as_deref());
-                    let d_qkv =
-                        attention_backward(&sv.qkv, &d_attn, b, geometry, (self.scale, probs))?;
-                    drop(d_attn);
-                    let (g_w, g_b, d_a1) = linear_grads(&d_qkv, &sv.a1, qkv_w, (m, d, 3 * d))?;
-                    put(2, &g_w);
-                    put(3, &g_b);
-                    drop(d_qkv);
-                    let (dx, g_n1w, g_n1b) =
-                        layer_norm_backward_rows(x, n1w, &d_a1, Some(&dx1), self.eps);
-                    put(0, &g_n1w);
-                    put(1, &g_n1b);
-                    Ok((dx, grad_p))
-                })
+                // Attention branch: x1 = x + s₁·(attn·Wₚᵀ + bₚ).
+                let dp_scaled = scaled_rows(&dx1, d, n, scales.map(|s| s.attn.as_slice()));
+                let dp = dp_scaled.as_deref().unwrap_or(&dx1); // [M, D]
+                let (g_w, g_b, d_attn) = linear_grads(dp, &sv.attn, proj_w, (m, d, d))?;
+                matrices[PROJ_W] = g_w;
+                put(3, &g_b);
+                let (geometry, probs) = (self.geometry(n, d), sv.probs.as_deref());
+                let d_qkv = attention_backward(&sv.qkv, &d_attn, b, geometry, (self.scale, probs))?;
+                drop(d_attn);
+                let (g_w, g_b, d_a1) = linear_grads(&d_qkv, &sv.a1, qkv_w, (m, d, 3 * d))?;
+                matrices[QKV_W] = g_w;
+                put(2, &g_b);
+                drop(d_qkv);
+                let (dx, g_n1w, g_n1b) =
+                    layer_norm_backward_rows(x, n1w, &d_a1, Some(&dx1), self.eps);
+                put(0, &g_n1w);
+                put(1, &g_n1b);
+                Ok(dx)
             })
         })?;
-        let (dx, grad_p) = grads;
-        let dev = x.device();
-        Ok([
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(grad_p, packed.shape(), dev)?),
-        ])
+        if self.carried {
+            let [qkv, proj, fc1, fc2] = matrices;
+            self.grads.put(vec![qkv, proj, fc1, fc2, vectors])?;
+        }
+        Ok(dx)
     }
+}
+
+/// The block's parameters, by name.
+struct Params<'a> {
+    n1w: &'a [f32],
+    n1b: &'a [f32],
+    qkv_w: &'a [f32],
+    qkv_b: &'a [f32],
+    proj_w: &'a [f32],
+    proj_b: &'a [f32],
+    n2w: &'a [f32],
+    n2b: &'a [f32],
+    fc1_w: &'a [f32],
+    fc1_b: &'a [f32],
+    fc2_w: &'a [f32],
+    fc2_b: &'a [f32],
 }

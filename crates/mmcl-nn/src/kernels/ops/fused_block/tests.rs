@@ -1,5 +1,6 @@
 //! The fused block against the composition of the per-layer ops, and finite differences.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 
 use super::*;
@@ -166,19 +167,58 @@ fn backward_after_an_inference_pass_recomputes_the_probabilities() -> Result<()>
     let up = rand_tensor(&[b, n, d], 8, 1.0)?;
     let grads = |train: bool| -> Result<Vec<Vec<f32>>> {
         let y = transformer_block(x.as_tensor(), &p, None, train)?;
-        let g = (&y * &up)?.sum_all()?.backward()?;
-        let values = |t: &Tensor| -> Result<Vec<f32>> {
-            let grad = g
-                .get(t)
-                .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
-            grad.flatten_all()?.to_vec1::<f32>()
-        };
-        let mut out = vec![values(x.as_tensor())?];
-        for v in &w.vars {
-            out.push(values(v.as_tensor())?);
-        }
-        Ok(out)
+        gradient_values(&(&y * &up)?.sum_all()?.backward()?, &x, &w)
     };
     assert_eq!(grads(true)?, grads(false)?);
+    Ok(())
+}
+
+/// The gradients of `x` and of every weight in `store`, as values (an error where one is
+/// missing).
+fn gradient_values(store: &GradStore, x: &Var, w: &Weights) -> Result<Vec<Vec<f32>>> {
+    std::iter::once(x)
+        .chain(&w.vars)
+        .map(|v| match store.get(v.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<f32>(),
+            None => candle_core::bail!("no gradient"),
+        })
+        .collect()
+}
+
+/// The parameters reach the block through carriers (`kernels::carrier`): a second backward
+/// pass over the same graph gives the same gradients again, and parameters that are not
+/// variables get none while the input still does.
+#[test]
+fn parameter_gradients_are_carried_again_and_only_to_variables() -> Result<()> {
+    let (b, n, d, h, heads) = (2, 5, 8, 16, 2);
+    let w = Weights::new(d, h, 40, true)?;
+    let p = w.params(heads, d);
+    let x = Var::from_tensor(&rand_tensor(&[b, n, d], 7, 1.0)?)?;
+    let loss = transformer_block(x.as_tensor(), &p, None, true)?
+        .sqr()?
+        .sum_all()?;
+    let first = gradient_values(&loss.backward()?, &x, &w)?;
+    assert_eq!(first, gradient_values(&loss.backward()?, &x, &w)?);
+
+    let frozen: Vec<Tensor> = w.vars.iter().map(|v| v.as_tensor().detach()).collect();
+    let t = |i: usize| &frozen[i];
+    let p = BlockParams {
+        norm1: (t(0), t(1)),
+        qkv: (t(2), Some(t(3))),
+        proj: (t(4), t(5)),
+        norm2: (t(6), t(7)),
+        fc1: (t(8), t(9)),
+        fc2: (t(10), t(11)),
+        ..p
+    };
+    let store = transformer_block(x.as_tensor(), &p, None, true)?
+        .sqr()?
+        .sum_all()?
+        .backward()?;
+    let dx = store
+        .get(x.as_tensor())
+        .map(|g| g.flatten_all()?.to_vec1::<f32>());
+    assert_eq!(dx.transpose()?.as_ref(), Some(&first[0]));
+    assert!(frozen.iter().all(|t| store.get(t).is_none()));
     Ok(())
 }
