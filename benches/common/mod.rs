@@ -55,8 +55,9 @@ pub fn main_with_census(benches: fn()) {
 }
 
 /// A group whose throughput is `batch` samples per iteration, 10 samples over `seconds` (or
-/// over criterion's `--measurement-time` when the command line gives one). Freed activations are reused first, instead of being page-faulted anew on every step,
-/// and candle's element-wise pool is sized for the threads, as the `mmcl` binary does.
+/// over criterion's `--measurement-time` when the command line gives one). Freed activations
+/// are reused first, instead of being page-faulted anew on every step, and candle's
+/// element-wise pool is sized for the threads, as the `mmcl` binary does.
 pub fn batch_group<'a>(
     c: &'a mut Criterion,
     name: &str,

@@ -47,8 +47,9 @@ impl ParamGrads {
     }
 }
 
-/// The carriers of `params`: the last one (the fused node's extra input, `[1]`) and the slots
-/// its backward pass fills ([`ParamGrads::put`]). With no parameters, `None`.
+/// The carriers of `params` (contiguous f32 CPU tensors: a carrier's forward pass reads its
+/// inputs as such, an error otherwise): the last one (the fused node's extra input, `[1]`) and
+/// the slots its backward pass fills ([`ParamGrads::put`]). With no parameters, `None`.
 pub(crate) fn carry(params: &[Tensor]) -> Result<Option<(Tensor, ParamGrads)>> {
     let grads = ParamGrads(Arc::new(Mutex::new(vec![None; params.len()])));
     let carrier = |first: usize, params: usize| {

@@ -89,21 +89,21 @@ pub(crate) fn contiguous_f32<'a>(
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor (copying it first if it is strided).
 pub(crate) fn with_contiguous_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout, "mmcl-cpu-kernel")?),
-        _ => Err(candle_core::Error::Msg(
-            "internal error: a CPU kernel received a tensor on another device".into(),
-        )),
-    }
+    with_contiguous_f32s(std::slice::from_ref(t), |[data]| f(data))
 }
 
-/// Runs `f` on the contiguous f32 data of `N` CPU tensors (copying those that are strided).
+/// Runs `f` on the contiguous f32 data of `N` CPU tensors (copying those that are strided); an
+/// error unless `tensors` holds `N`.
 pub(crate) fn with_contiguous_f32s<const N: usize, R>(
-    tensors: &[Tensor; N],
+    tensors: &[Tensor],
     f: impl FnOnce([&[f32]; N]) -> Result<R>,
 ) -> Result<R> {
+    if tensors.len() != N {
+        candle_core::bail!(
+            "internal error: {} tensors for a kernel of {N}",
+            tensors.len()
+        );
+    }
     let tensors = tensors
         .iter()
         .map(Tensor::contiguous)
