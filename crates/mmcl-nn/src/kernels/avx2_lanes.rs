@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use super::simd::{Arith, Formula, LANES, ROUND_MAGIC, exp_of};
 
 /// Vectors side by side.
-const VECTORS: usize = 4;
+pub(crate) const VECTORS: usize = 4;
 /// Values per group.
 const GROUP: usize = 8 * VECTORS;
 
@@ -75,6 +75,20 @@ fn map_groups<const K: usize>(
     for (j, o) in out.iter_mut().enumerate().take(len).skip(whole) {
         o.write(formula.eval(inputs.map(|x| x[j])));
     }
+}
+
+/// `formula` on four vectors of each input at once, as [`map`] computes it for a group of 32
+/// values (the same bits): for a caller that holds its values in registers, the matrix
+/// products' tiles finishing their sums (`avx2_gemm`).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (the caller is compiled for them and checked the CPU).
+#[inline(always)]
+pub(crate) unsafe fn eval_vectors<const K: usize>(
+    args: [[__m256; VECTORS]; K],
+    formula: &impl Formula<K>,
+) -> [__m256; VECTORS] {
+    formula.eval(args.map(Lanes)).0
 }
 
 /// [`VECTORS`] vectors of 8 values. Values exist only on CPUs with AVX2 and FMA: the type is

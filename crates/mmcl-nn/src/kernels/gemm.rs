@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::census::{self, ProductKey};
 use crate::kernels::bf16::{Engine, Start, gemm_bf16};
+use crate::kernels::finished::Finish;
 use crate::kernels::{CHUNK, rows_per_task, simd};
 use crate::precision::{Precision, matmul_precision};
 
@@ -185,18 +186,7 @@ pub(crate) fn product_new(
     parallelism: gemm::Parallelism,
     precision: Precision,
 ) -> Result<Vec<f32>> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let bias_fits = match start {
-        Start::Zero => true,
-        Start::Bias(bias) => bias.len() == n,
-        Start::Dst => false,
-    };
-    if rhs.rows != k || !lhs.in_bounds() || !rhs.in_bounds() || !bias_fits {
-        candle_core::bail!(
-            "internal error: inconsistent new matrix product [{m}, {k}]·[{}, {n}] from {start:?}",
-            rhs.rows
-        );
-    }
+    let (m, _, n) = new_product_dims(lhs, rhs, start)?;
     let mut out = Vec::<f32>::with_capacity(m * n);
     let product = RawProduct::of(lhs, rhs, out.as_mut_ptr(), n);
     // SAFETY: the views were checked to address only elements of their slices; the output's
@@ -210,6 +200,31 @@ pub(crate) fn product_new(
     Ok(out)
 }
 
+/// `(m, k, n)` of a new product `start + lhs·rhs`, checked: the shapes agree, the views lie
+/// inside their slices, and the product starts from zero or a bias of `n` values.
+///
+/// # Errors
+/// Where they do not (a bug in the calling kernel).
+pub(super) fn new_product_dims(
+    lhs: MatRef,
+    rhs: MatRef,
+    start: Start<'_>,
+) -> Result<(usize, usize, usize)> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let bias_fits = match start {
+        Start::Zero => true,
+        Start::Bias(bias) => bias.len() == n,
+        Start::Dst => false,
+    };
+    if rhs.rows != k || !lhs.in_bounds() || !rhs.in_bounds() || !bias_fits {
+        candle_core::bail!(
+            "internal error: inconsistent new matrix product [{m}, {k}]·[{}, {n}] from {start:?}",
+            rhs.rows
+        );
+    }
+    Ok((m, k, n))
+}
+
 /// The gradients of a linear map `y = a·Wᵀ + b` (`a` `[M, K]`, `W` `[N, K]`) for the upstream
 /// gradient `g` `[M, N]`: `(dW = gᵀ·a, db = Σ_rows g, da = g·W)`, in the calling thread's
 /// [`matmul_precision`].
@@ -219,13 +234,26 @@ pub(crate) fn linear_grads(
     w: &[f32],
     (m, k, n): (usize, usize, usize),
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let precision = matmul_precision();
-    let g_mat = MatRef::rows(g, m, n);
-    let dw = weight_gradient(g, a, (m, k, n), precision)?;
-    let db = column_sums(g, n);
-    let w_mat = MatRef::rows(w, n, k);
-    let da = product_new(g_mat, w_mat, Start::Zero, gemm_parallelism(), precision)?;
+    let (dw, db) = linear_param_grads(g, a, (m, k, n))?;
+    let (g_mat, w_mat) = (MatRef::rows(g, m, n), MatRef::rows(w, n, k));
+    let da = product_new(
+        g_mat,
+        w_mat,
+        Start::Zero,
+        gemm_parallelism(),
+        matmul_precision(),
+    )?;
     Ok((dw, db, da))
+}
+
+/// The parameters' part of [`linear_grads`]: `(dW = gᵀ·a, db = Σ_rows g)`.
+pub(crate) fn linear_param_grads(
+    g: &[f32],
+    a: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let dw = weight_gradient(g, a, (m, k, n), matmul_precision())?;
+    Ok((dw, column_sums(g, n)))
 }
 
 /// Rows of the sum per thread below which a weight gradient stays one product.
@@ -345,7 +373,7 @@ pub(crate) struct RawProduct {
 
 impl RawProduct {
     /// The product `lhs·rhs` of two views into the rows of `dst`, `dst_rs` values apart.
-    fn of(lhs: MatRef, rhs: MatRef, dst: *mut f32, dst_rs: usize) -> Self {
+    pub(super) fn of(lhs: MatRef, rhs: MatRef, dst: *mut f32, dst_rs: usize) -> Self {
         Self {
             dims: (lhs.rows, rhs.cols, lhs.cols),
             dst,
@@ -395,11 +423,14 @@ pub(crate) unsafe fn gemm_raw_in(
     );
     let started = census::start();
     if precision == Precision::F32 {
-        let (m, n, _) = product.dims;
-        // SAFETY: the destination's rows are the caller's.
-        let accumulate = unsafe { start.into_dst(product.dst, (m, n), product.dst_rs) };
         // SAFETY: forwarded from the caller's contract.
-        unsafe { gemm_raw(product, beta, accumulate, parallelism) };
+        if !unsafe { on_avx2_engine(product, (beta, start), Finish::Sums, parallelism) } {
+            let (m, n, _) = product.dims;
+            // SAFETY: the destination's rows are the caller's.
+            let accumulate = unsafe { start.into_dst(product.dst, (m, n), product.dst_rs) };
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { gemm_raw(product, beta, accumulate, parallelism) };
+        }
     } else {
         // SAFETY: forwarded from the caller's contract.
         unsafe { gemm_bf16(Engine::best(), product, start, parallelism) };
@@ -415,13 +446,49 @@ pub(crate) unsafe fn gemm_raw_in(
             }
         }
     }
+    record(started, &product, precision.as_str(), parallelism);
+}
+
+/// Counts a finished product in the census (`mmcl_nn::census`).
+pub(super) fn record(
+    started: Option<std::time::Instant>,
+    product: &RawProduct,
+    kernel: &'static str,
+    parallelism: gemm::Parallelism,
+) {
     census::record(started, || ProductKey {
-        kernel: precision.as_str(),
+        kernel,
         dims: product.dims,
         lhs_strides: product.lhs_strides,
         rhs_strides: product.rhs_strides,
         threads: threads_of(parallelism),
     });
+}
+
+/// Runs the f32 `product` from `start` on the AVX2 engine, finished as `finish` says, if that
+/// engine takes it (a CPU with AVX2 and no AVX-512, a product large enough, OpenBLAS not
+/// chosen); `false`, nothing written, otherwise.
+///
+/// # Safety
+/// As [`gemm_raw_in`], and as [`super::avx2_gemm::sgemm`] for the matrices of `finish`.
+pub(super) unsafe fn on_avx2_engine(
+    product: RawProduct,
+    (beta, start): (f32, Start<'_>),
+    finish: Finish<'_>,
+    parallelism: gemm::Parallelism,
+) -> bool {
+    #[cfg(feature = "openblas")]
+    if super::blas::enabled() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2_gemm::enabled() && super::avx2_gemm::worth_it(&product) {
+        let threads = threads_of(parallelism);
+        // SAFETY: forwarded from the caller's contract; the CPU has AVX2 and FMA (`enabled`).
+        return unsafe { super::avx2_gemm::sgemm(product, beta, start, threads, finish) };
+    }
+    let _ = (product, beta, start, finish, parallelism);
+    false
 }
 
 /// Whether [`gemm_raw`] runs the f32 products on the `gemm` crate, or for some on the AVX2
@@ -484,8 +551,9 @@ pub(crate) unsafe fn gemm_raw(
     #[cfg(target_arch = "x86_64")]
     if super::avx2_gemm::enabled() && super::avx2_gemm::worth_it(&product) {
         let threads = threads_of(parallelism);
+        let start = if accumulate { Start::Dst } else { Start::Zero };
         // SAFETY: forwarded from the caller's contract; the CPU has AVX2 and FMA (`enabled`).
-        if unsafe { super::avx2_gemm::sgemm(product, beta, accumulate, threads) } {
+        if unsafe { super::avx2_gemm::sgemm(product, beta, start, threads, Finish::Sums) } {
             return;
         }
     }

@@ -33,6 +33,7 @@ pub(crate) mod carrier;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub(crate) mod finished;
 pub(crate) mod gemm;
 pub(crate) mod nhwc;
 pub(crate) mod op;

@@ -20,6 +20,15 @@ pub fn randn(seed: u64, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
+/// The bits of every value of `t` (any shape), for tests that demand the same bits.
+pub fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
 /// Max |a-b|.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     (a - b)?.abs()?.max_all()?.to_scalar::<f32>()

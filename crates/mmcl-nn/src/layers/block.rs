@@ -127,7 +127,7 @@ impl Block {
     /// When `x` has no tokens from `first` on.
     pub fn forward_token_mean(&self, x: &Tensor, first: usize) -> Result<Tensor> {
         let (x, _) = self.attention_residual(x, false, false)?; // [B, N, D]
-        let hidden = self.mlp.hidden(&self.norm2.forward(&x)?)?; // [B, N, H]
+        let hidden = self.mlp.hidden_t(&self.norm2.forward(&x)?, false)?; // [B, N, H]
         let tokens = x.dim(1)?;
         if first >= tokens {
             candle_core::bail!("the mean over tokens {first}.. of {tokens} tokens is empty");

@@ -54,7 +54,18 @@ impl Mlp {
     /// # Shapes
     /// `[.., D]` → `[.., H]`.
     pub fn hidden(&self, x: &Tensor) -> Result<Tensor> {
+        self.hidden_t(x, true)
+    }
+
+    /// [`Mlp::hidden`]; with `train` false the activation is taken inside `fc1`'s product
+    /// ([`crate::ops::linear_gelu_inference`]: the same values, one pass over the hidden layer
+    /// fewer, nothing kept for a backward pass).
+    ///
+    /// # Shapes
+    /// `[.., D]` → `[.., H]`.
+    pub fn hidden_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self.fc1.bias() {
+            Some(b) if !train => crate::ops::linear_gelu_inference(x, self.fc1.weight(), b),
             // The bias add is fused into the activation (one pass over the wide hidden layer).
             Some(b) => crate::ops::bias_gelu(&self.fc1.forward_no_bias(x)?, b),
             None => crate::ops::gelu_erf(&self.fc1.forward(x)?),
@@ -66,7 +77,7 @@ impl ModuleT for Mlp {
     /// # Shapes
     /// `[.., D]` → `[.., D]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.drop.forward_t(&self.hidden(x)?, train)?;
+        let h = self.drop.forward_t(&self.hidden_t(x, train)?, train)?;
         let y = self.fc2.forward(&h)?; // [.., D]
         self.drop.forward_t(&y, train)
     }

@@ -186,6 +186,7 @@ fn accumulation_and_clipping() -> Result<()> {
 #[test]
 fn fused_update_is_bit_identical_to_the_composed_one() -> Result<()> {
     use super::update::{self, Moments, UpdateScalars};
+    use crate::kernels::test_support::bits;
     let dev = Device::Cpu;
     let n = 3 * crate::kernels::CHUNK + 17;
     let mut rng = mmcl_core::rng::SplitMix64::new(11);
@@ -219,9 +220,6 @@ fn fused_update_is_bit_identical_to_the_composed_one() -> Result<()> {
             update::apply(&fused, &grad, &mut fused_moments, s)?;
             composed_moments = update::apply_composed(&composed, &grad, &composed_moments, s)?;
         }
-        let bits = |t: &Tensor| -> Result<Vec<u32>> {
-            Ok(t.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect())
-        };
         assert_eq!(bits(fused.as_tensor())?, bits(composed.as_tensor())?);
         assert_eq!(
             bits(&fused_moments.exp_avg)?,

@@ -114,7 +114,7 @@ impl CpuKernel<2> for GatherRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_support::rand_tensor;
+    use crate::kernels::test_support::{bits, rand_tensor};
     use candle_core::Var;
 
     /// Values and both gradients equal the composed `cat` + `index_select`, bit for bit, with
@@ -135,13 +135,6 @@ mod tests {
                 table.index_select(&idx, 0)?.reshape((3, 3, 4))?
             };
             let grads = (&y * &up)?.sum_all()?.backward()?;
-            let bits = |t: &Tensor| -> Result<Vec<u32>> {
-                Ok(t.flatten_all()?
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect())
-            };
             let grad = |v: &Var| {
                 grads
                     .get(v.as_tensor())

@@ -1,5 +1,8 @@
 //! Exact (erf) GELU, alone or fused with the bias add of the preceding linear layer.
 
+use crate::kernels::bf16::Start;
+use crate::kernels::finished::{FinishInto, product_new_finished};
+use crate::kernels::gemm::{MatRef, gemm_parallelism, linear_forward, product_new};
 use crate::kernels::op::{CpuKernel, Gradients, Input, Op};
 use crate::kernels::simd::{self, Arith, Formula, multiversion, normal_cdf_of, normal_pdf_of};
 use crate::kernels::{
@@ -53,7 +56,7 @@ fn gelu_composed(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `gelu(v) = v·Φ(v)`.
-struct Gelu<const FMA: bool>;
+pub(crate) struct Gelu<const FMA: bool>;
 
 impl<const FMA: bool> Formula<1> for Gelu<FMA> {
     #[inline(always)]
@@ -63,7 +66,7 @@ impl<const FMA: bool> Formula<1> for Gelu<FMA> {
 }
 
 /// `g · gelu'(v) = g · (Φ(v) + v·φ(v))`, the sum fused where `FMA`.
-struct GeluGrad<const FMA: bool>;
+pub(crate) struct GeluGrad<const FMA: bool>;
 
 impl<const FMA: bool> Formula<2> for GeluGrad<FMA> {
     #[inline(always)]
@@ -79,7 +82,7 @@ impl<const FMA: bool> Formula<2> for GeluGrad<FMA> {
 }
 
 /// `gelu(v + b)`.
-struct BiasGeluValue;
+pub(crate) struct BiasGeluValue;
 
 impl Formula<2> for BiasGeluValue {
     #[inline(always)]
@@ -205,6 +208,105 @@ fn bias_gelu_grad_rows(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [MaybeUn
     }
 }
 
+/// `gelu(x)` as a new vector, in parallel.
+pub(crate) fn gelu_new(x: &[f32], fused: bool) -> Vec<f32> {
+    // Written by the tasks that compute it, not zero-filled first (a zeroed allocation was a
+    // pass over memory, a zero-fill per chunk 10 % of the GELU's time).
+    // SAFETY: each chunk's kernel writes as many values as its input slice, of the chunk's
+    // length.
+    unsafe {
+        par_written(x.len(), CHUNK, |i, o| {
+            gelu_rows(&x[i * CHUNK..][..o.len()], o, fused)
+        })
+    }
+}
+
+/// `grad · gelu'(x)` as a new vector, in parallel (`grad` as long as `x`).
+pub(crate) fn gelu_grad_new(x: &[f32], grad: &[f32], fused: bool) -> Vec<f32> {
+    let len = x.len().min(grad.len());
+    // SAFETY: as in `gelu_new`; each chunk's inputs are as long as the chunk.
+    unsafe {
+        par_written(len, CHUNK, |i, o| {
+            let at = i * CHUNK..i * CHUNK + o.len();
+            gelu_grad_rows(&x[at.clone()], &grad[at], o, fused)
+        })
+    }
+}
+
+/// `(fc1(x) if keep_pre, gelu(fc1(x)))` for the linear map `fc1(x) = x·wᵀ + bias` (`x`
+/// `[M, K]`, `w` `[N, K]`, `bias` `[N]`; outputs `[M, N]`): where the AVX2 engine runs the
+/// product, the GELU is taken in its tiles and `fc1(x)` is written only if kept; elsewhere a
+/// product, then a pass. The same bits either way (the same formula on the same sums).
+///
+/// # Errors
+/// When the slices do not hold the shapes (a bug in the calling kernel).
+pub(crate) fn linear_gelu(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    (m, k, n): (usize, usize, usize),
+    fused: bool,
+    keep_pre: bool,
+) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
+    if x.len() != m * k || w.len() != n * k || bias.len() != n {
+        candle_core::bail!(
+            "internal error: a [{m}, {k}]·[{k}, {n}] linear map and GELU from {}, {} and {} values",
+            x.len(),
+            w.len(),
+            bias.len()
+        );
+    }
+    let mut kept = Vec::new();
+    let (lhs, rhs) = (MatRef::rows(x, m, k), MatRef::rows(w, n, k).t());
+    let finish = FinishInto::Gelu {
+        pre: keep_pre.then_some(&mut kept),
+        fused,
+    };
+    if let Some(act) = product_new_finished(lhs, rhs, Start::Bias(bias), finish)? {
+        return Ok((keep_pre.then_some(kept), act));
+    }
+    let pre = linear_forward(x, w, Some(bias), (m, k, n))?;
+    let act = gelu_new(&pre, fused);
+    Ok((keep_pre.then_some(pre), act))
+}
+
+/// `(g·w) · gelu'(pre)` (`g` `[M, N]`, `w` `[N, K]`, `pre` `[M, K]`): the gradient before a
+/// GELU from the gradient `g` after the linear map `w` that follows it, the derivative taken
+/// in the product's tiles where the AVX2 engine runs it (as [`linear_gelu`]).
+///
+/// # Errors
+/// When the slices do not hold the shapes (a bug in the calling kernel).
+pub(crate) fn gelu_grad_after_linear(
+    g: &[f32],
+    w: &[f32],
+    pre: &[f32],
+    (m, k, n): (usize, usize, usize),
+    fused: bool,
+) -> Result<Vec<f32>> {
+    if g.len() != m * n || w.len() != n * k || pre.len() != m * k {
+        candle_core::bail!(
+            "internal error: a GELU's gradient [{m}, {k}] through [{n}, {k}] from {}, {} and {} \
+             values",
+            g.len(),
+            w.len(),
+            pre.len()
+        );
+    }
+    let (lhs, rhs) = (MatRef::rows(g, m, n), MatRef::rows(w, n, k));
+    let finish = FinishInto::GeluGrad { pre, fused };
+    if let Some(grad) = product_new_finished(lhs, rhs, Start::Zero, finish)? {
+        return Ok(grad);
+    }
+    let d_act = product_new(
+        lhs,
+        rhs,
+        Start::Zero,
+        gemm_parallelism(),
+        matmul_precision(),
+    )?;
+    Ok(gelu_grad_new(pre, &d_act, fused))
+}
+
 struct GeluErf;
 
 impl CpuKernel<1> for GeluErf {
@@ -212,15 +314,7 @@ impl CpuKernel<1> for GeluErf {
 
     fn forward(&self, [x]: [Input<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
         let fused = simd::fused_arithmetic(matmul_precision());
-        let data = x.data;
-        // SAFETY: each chunk's kernel writes as many values as its input slice, of the
-        // chunk's length.
-        let out = unsafe {
-            par_written(data.len(), CHUNK, |i, o| {
-                gelu_rows(&data[i * CHUNK..][..o.len()], o, fused)
-            })
-        };
-        Ok((out, x.shape().clone()))
+        Ok((gelu_new(x.data, fused), x.shape().clone()))
     }
 
     fn backward(&self, [x]: [&Tensor; 1], _: &Tensor, grad: &Tensor) -> Gradients<1> {
@@ -240,33 +334,56 @@ impl CpuKernel<2> for BiasGelu {
     const NAME: &'static str = "mmcl-bias-gelu";
 
     fn forward(&self, [x, bias]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
-        let step = row_step(bias.data.len());
-        let data = x.data;
-        // SAFETY: the kernel writes whole rows, and each chunk is whole rows: `step` is a
-        // multiple of the bias's length, which `bias_gelu` checked is the last dimension of `x`.
-        let out = unsafe {
-            par_written(data.len(), step, |i, o| {
-                bias_gelu_rows(&data[i * step..][..o.len()], bias.data, o)
-            })
-        };
-        Ok((out, x.shape().clone()))
+        Ok((bias_gelu_new(x.data, bias.data)?, x.shape().clone()))
     }
 
     fn backward(&self, [x, bias]: [&Tensor; 2], _: &Tensor, grad: &Tensor) -> Gradients<2> {
-        // grad · gelu'(x + bias)
-        let grad_x = with_contiguous_f32(bias, |bias| {
-            map_tensors(
-                [x, grad],
-                "mmcl-bias-gelu-grad",
-                row_step(bias.len()),
-                // SAFETY: the kernel only stores initialised values.
-                |o, [x, g]| bias_gelu_grad_rows(x, bias, g, unsafe { as_uninit(o) }),
-            )
-        })?;
-        let h = bias.elem_count();
-        let grad_bias = bias_gradient(&grad_x, h)?;
+        let (grad_x, grad_bias) = bias_gelu_backward(x, bias, grad)?;
         Ok([Some(grad_x), Some(grad_bias)])
     }
+}
+
+/// `gelu(x + bias)` over rows of `bias.len()` values as a new vector, in parallel.
+///
+/// # Errors
+/// When `x` is not whole rows (a bug in the calling kernel).
+pub(crate) fn bias_gelu_new(x: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
+    if bias.is_empty() || !x.len().is_multiple_of(bias.len()) {
+        candle_core::bail!(
+            "internal error: {} values are not rows of {} for a bias and GELU",
+            x.len(),
+            bias.len()
+        );
+    }
+    let step = row_step(bias.len());
+    // SAFETY: the kernel writes whole rows, and each chunk is whole rows: `step` is a multiple
+    // of the bias's length, and so is the length of `x` (checked).
+    Ok(unsafe {
+        par_written(x.len(), step, |i, o| {
+            bias_gelu_rows(&x[i * step..][..o.len()], bias, o)
+        })
+    })
+}
+
+/// The gradients `(of x, of bias)` of `gelu(x + bias)` for the upstream gradient `grad`.
+pub(crate) fn bias_gelu_backward(
+    x: &Tensor,
+    bias: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    // grad · gelu'(x + bias)
+    let grad_x = with_contiguous_f32(bias, |bias| {
+        map_tensors(
+            [x, grad],
+            "mmcl-bias-gelu-grad",
+            row_step(bias.len()),
+            // SAFETY: the kernel only stores initialised values.
+            |o, [x, g]| bias_gelu_grad_rows(x, bias, g, unsafe { as_uninit(o) }),
+        )
+    })?;
+    let h = bias.elem_count();
+    let grad_bias = bias_gradient(&grad_x, h)?;
+    Ok((grad_x, grad_bias))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! | [`softmax_last_dim`] | softmax over the last dimension |
 //! | [`layer_norm`] | LayerNorm over the last dimension with affine weight and bias |
 //! | [`linear`] | `x·Wᵀ + b` with PyTorch's weight layout `[out, in]` |
+//! | [`linear_gelu_inference`] | `gelu(x·Wᵀ + b)`, the activation taken in the product (inference) |
 //! | [`attention`] | multi-head scaled dot-product self-attention from a packed `qkv` |
 //! | [`attention_probs`] | the attention probabilities of the same (for maps) |
 //! | [`add`] | element-wise sum (residual connections) |
@@ -24,7 +25,7 @@
 pub(crate) mod add;
 mod fused_block;
 mod gather;
-mod gelu;
+pub(crate) mod gelu;
 mod layer_norm;
 mod linear;
 mod sdpa;
@@ -35,6 +36,6 @@ pub use fused_block::{BlockParams, BranchScales, transformer_block};
 pub use gather::gather_rows;
 pub use gelu::{bias_gelu, gelu_erf};
 pub use layer_norm::layer_norm;
-pub use linear::linear;
+pub use linear::{linear, linear_gelu_inference};
 pub use sdpa::{attention, attention_probs, split_heads as attention_split_heads};
 pub use softmax::softmax_last_dim;

@@ -8,12 +8,12 @@ use candle_core::{DType, Result, Shape, Tensor};
 use super::BranchScales;
 use super::rows::{residual, scaled_rows};
 use crate::kernels::carrier::ParamGrads;
-use crate::kernels::gemm::{linear_forward, linear_grads};
+use crate::kernels::gemm::{linear_forward, linear_grads, linear_param_grads};
 use crate::kernels::op::{CpuKernel, Gradients, Input};
-use crate::kernels::ops::gelu::{gelu_grad_rows, gelu_rows};
+use crate::kernels::ops::gelu::{gelu_grad_after_linear, linear_gelu};
 use crate::kernels::ops::layer_norm::{layer_norm_backward_rows, layer_norm_rows};
 use crate::kernels::ops::sdpa::{Geometry, attention_backward, attention_forward};
-use crate::kernels::{CHUNK, par_written, simd, with_contiguous_f32, with_contiguous_f32s};
+use crate::kernels::{simd, with_contiguous_f32, with_contiguous_f32s};
 use crate::precision::matmul_precision;
 
 /// Offsets of the block's vectors (norms and biases) in the one vector that carries them.
@@ -60,7 +60,8 @@ const VECTORS: usize = 4;
 /// the vectors packed as [`Packing`] says.
 pub(super) type BlockWeights = [Tensor; 5];
 
-/// What the forward pass keeps for the backward pass (`M = B·N` rows).
+/// What the forward pass keeps for the backward pass (`M = B·N` rows): only a training pass
+/// keeps it (see [`FusedBlock::train`]); a backward pass after another computes it again.
 pub(super) struct Saved {
     /// `norm1(x)`, `[M, D]`.
     a1: Vec<f32>,
@@ -97,7 +98,9 @@ pub(super) struct FusedBlock {
     pub(super) hidden: usize,
     pub(super) scales: Option<BranchScales>,
     /// Whether a backward pass is expected (a training pass whose inputs carry a gradient):
-    /// only then are the attention probabilities kept for it.
+    /// only then does the forward pass keep its intermediate values ([`Saved`]); an inference
+    /// pass frees them at once (about 470 MB per block of the ECG encoder at batch 64) and
+    /// does not write `fc1`'s output before the GELU where its product's tiles take the GELU.
     pub(super) train: bool,
     pub(super) saved: Arc<OnceLock<Saved>>,
 }
@@ -117,7 +120,15 @@ impl CpuKernel<2> for FusedBlock {
     const NAME: &'static str = "mmcl-transformer-block";
 
     fn forward(&self, [input, _]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
-        with_contiguous_f32s(&self.weights, |weights| self.forward_with(input, weights))
+        let dims = input.shape().dims3()?;
+        let (out, saved) = with_contiguous_f32s(&self.weights, |weights| {
+            self.forward_with(input.data, dims, weights, self.train)
+        })?;
+        if let Some(saved) = saved {
+            // A second forward of the same op value cannot happen (candle applies it once).
+            let _ = self.saved.set(saved);
+        }
+        Ok((out, input.shape().clone()))
     }
 
     fn backward(&self, [x, _]: [&Tensor; 2], _: &Tensor, grad_res: &Tensor) -> Gradients<2> {
@@ -162,9 +173,14 @@ impl FusedBlock {
         })
     }
 
-    fn forward_with(&self, input: Input<'_>, weights: [&[f32]; 5]) -> Result<(Vec<f32>, Shape)> {
-        let x = input.data;
-        let (b, n, d) = input.shape().dims3()?;
+    /// The block's output, and what the backward pass needs when `keep`.
+    fn forward_with(
+        &self,
+        x: &[f32],
+        (b, n, d): (usize, usize, usize),
+        weights: [&[f32]; 5],
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<Saved>)> {
         let (m, h) = (b * n, self.hidden);
         let Params {
             n1w,
@@ -185,25 +201,16 @@ impl FusedBlock {
         let fused = simd::fused_arithmetic(matmul_precision());
         let a1 = layer_norm_rows(x, n1w, n1b, self.eps); // [M, D]
         let qkv = linear_forward(&a1, qkv_w, Some(qkv_b), (m, d, 3 * d))?; // [M, 3D]
-        let (attn, probs) = attention_forward(&qkv, b, self.geometry(n, d), self.scale, self.train);
+        let (attn, probs) = attention_forward(&qkv, b, self.geometry(n, d), self.scale, keep);
         let proj = linear_forward(&attn, proj_w, Some(proj_b), (m, d, d))?; // [M, D]
         let x1 = residual(x, &proj, d, n, scales.map(|s| s.attn.as_slice()));
         drop(proj);
         let a2 = layer_norm_rows(&x1, n2w, n2b, self.eps); // [M, D]
-        let pre = linear_forward(&a2, fc1_w, Some(fc1_b), (m, d, h))?; // [M, H]
-        // Written by the tasks that compute it, not zero-filled first (a zeroed allocation was
-        // a pass over memory, a zero-fill per chunk 10 % of the GELU's time).
-        // SAFETY: each chunk's kernel writes as many values as its input slice, of the chunk's
-        // length.
-        let act = unsafe {
-            par_written(m * h, CHUNK, |i, o| {
-                gelu_rows(&pre[i * CHUNK..][..o.len()], o, fused)
-            })
-        };
+        // [M, H] each; `fc1(a2)` before the activation only when kept.
+        let (pre, act) = linear_gelu(&a2, fc1_w, fc1_b, (m, d, h), fused, keep)?;
         let mlp = linear_forward(&act, fc2_w, Some(fc2_b), (m, h, d))?; // [M, D]
         let out = residual(&x1, &mlp, d, n, scales.map(|s| s.mlp.as_slice()));
-        // A second forward of the same op value cannot happen (candle applies it once).
-        let _ = self.saved.set(Saved {
+        let saved = pre.map(|pre| Saved {
             a1,
             qkv,
             probs,
@@ -214,7 +221,7 @@ impl FusedBlock {
             act,
             fused,
         });
-        Ok((out, input.shape().clone()))
+        Ok((out, saved))
     }
 
     /// The input's gradient; the parameters' gradients go to their slots in `self.grads`.
@@ -224,10 +231,21 @@ impl FusedBlock {
         grad_res: &Tensor,
         weights: [&[f32]; 5],
     ) -> Result<Vec<f32>> {
-        let Some(sv) = self.saved.get() else {
-            candle_core::bail!("{}: backward before forward", Self::NAME);
-        };
         let (b, n, d) = x.dims3()?;
+        // After a pass that kept nothing (`train` false), the forward pass again, keeping.
+        let again;
+        let sv = match self.saved.get() {
+            Some(saved) => saved,
+            None => {
+                let (_, saved) =
+                    with_contiguous_f32(x, |x| self.forward_with(x, (b, n, d), weights, true))?;
+                let Some(saved) = saved else {
+                    candle_core::bail!("{}: a forward pass kept nothing", Self::NAME);
+                };
+                again = saved;
+                &again
+            }
+        };
         let (m, h) = (b * n, self.hidden);
         let pk = Packing { d, h };
         let scales = self.scales.as_ref();
@@ -251,17 +269,10 @@ impl FusedBlock {
                 // MLP branch: out = x1 + s₂·(act·W₂ᵀ + b₂).
                 let dm_scaled = scaled_rows(dy, d, n, scales.map(|s| s.mlp.as_slice()));
                 let dm = dm_scaled.as_deref().unwrap_or(dy); // [M, D]
-                let (g_w, g_b, d_act) = linear_grads(dm, &sv.act, fc2_w, (m, h, d))?;
+                let (g_w, g_b) = linear_param_grads(dm, &sv.act, (m, h, d))?;
                 matrices[FC2_W] = g_w;
                 put(7, &g_b);
-                // SAFETY: as for `act` in the forward pass.
-                let d_pre = unsafe {
-                    par_written(m * h, CHUNK, |i, o| {
-                        let at = i * CHUNK..i * CHUNK + o.len();
-                        gelu_grad_rows(&sv.pre[at.clone()], &d_act[at], o, sv.fused)
-                    })
-                };
-                drop(d_act);
+                let d_pre = gelu_grad_after_linear(dm, fc2_w, &sv.pre, (m, h, d), sv.fused)?;
                 let (g_w, g_b, d_a2) = linear_grads(&d_pre, &sv.a2, fc1_w, (m, d, h))?;
                 matrices[FC1_W] = g_w;
                 put(6, &g_b);

@@ -25,7 +25,12 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::SharedMut;
+use super::avx2_lanes::{VECTORS, eval_vectors};
+use super::bf16::Start;
+use super::finished::Finish;
 use super::gemm::{RawProduct, SharedProduct};
+use super::ops::gelu::{BiasGeluValue, Gelu, GeluGrad};
+use super::simd::Formula;
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -116,21 +121,35 @@ fn with_buffer<R>(
     })
 }
 
-/// `dst[m, n] = beta · Σ_k lhs[m, k]·rhs[k, n]`, plus `dst` if `accumulate`, split over
-/// `threads` rayon tasks when large; `false` (nothing written) for a scaled sum added to the
-/// destination, which no caller asks for.
+/// `dst[m, n] = start + beta · Σ_k lhs[m, k]·rhs[k, n]`, finished as `finish` says, split
+/// over `threads` rayon tasks when large; `false` (nothing written) for a scaled sum that does
+/// not start from zero, which no caller asks for.
+///
+/// A bias ([`Start::Bias`]) starts the tiles' sums from registers: the destination is written
+/// once, not filled with the bias first and read back (a pass over memory each way, the size
+/// of the output: 118 MB for the encoder's `fc1` at batch 64).
 ///
 /// # Safety
-/// As [`super::gemm::gemm_raw`]; the CPU has AVX2 and FMA ([`enabled`]); `m, n, k > 0`.
+/// As [`super::gemm::gemm_raw_in`]; the CPU has AVX2 and FMA ([`enabled`]); `m, n, k > 0`; the
+/// matrices of `finish` have the destination's shape and row stride, are the caller's to
+/// write ([`Finish::Gelu`]) or valid to read ([`Finish::GeluGrad`]), and alias nothing else.
 pub(crate) unsafe fn sgemm(
     product: RawProduct,
     beta: f32,
-    accumulate: bool,
+    start: Start<'_>,
     threads: usize,
+    finish: Finish<'_>,
 ) -> bool {
-    if accumulate && beta != 1.0 {
+    let continued = matches!(start, Start::Dst);
+    if (!matches!(start, Start::Zero) && beta != 1.0) || (continued && !finish.is_sums()) {
         return false;
     }
+    // Where the tiles keep their sums: the destination, or the pre-activation that a GELU
+    // keeps beside it (which the finish then reads).
+    let sums_into = match finish {
+        Finish::Gelu { pre: Some(pre), .. } => pre,
+        _ => SharedMut(product.dst),
+    };
     let (m, n, k) = product.dims;
     let threads = if m.saturating_mul(n).saturating_mul(k) < PARALLEL_WORK {
         1
@@ -143,13 +162,16 @@ pub(crate) unsafe fn sgemm(
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(steps) {
             let kc = steps.min(k - p0);
+            let last = p0 + kc == k;
             let block = Block {
                 j0,
                 nc,
                 p0,
                 kc,
-                load: accumulate || p0 > 0,
-                scale: (p0 + kc == k && beta != 1.0).then_some(beta),
+                start: if p0 == 0 { start } else { Start::Dst },
+                sums_into,
+                scale: (last && beta != 1.0).then_some(beta),
+                finish: if last { finish } else { Finish::Sums },
             };
             let panels = nc.div_ceil(NR);
             with_buffer(&RIGHT, panels * kc * NR, |right| {
@@ -164,18 +186,23 @@ pub(crate) unsafe fn sgemm(
 }
 
 /// One block of columns and inner steps of a product.
-struct Block {
+struct Block<'a> {
     /// First column and columns.
     j0: usize,
     nc: usize,
     /// First inner step and steps.
     p0: usize,
     kc: usize,
-    /// Whether the tiles continue the sums in the destination (not the first inner block, or
-    /// a product added to the destination).
-    load: bool,
+    /// Where the tiles' sums start: the product's start in the first inner block, the sums
+    /// so far after it.
+    start: Start<'a>,
+    /// Where the tiles keep their sums (rows of the destination's stride): the destination,
+    /// or the pre-activation of a [`Finish::Gelu`] that keeps it.
+    sums_into: SharedMut,
     /// The scale of the finished sums, in the last inner block of a scaled product.
     scale: Option<f32>,
+    /// What the last inner block does with the finished sums ([`Finish::Sums`] before it).
+    finish: Finish<'a>,
 }
 
 /// Packs the block's right operand into `right`: panel `q` holds columns `j0 + NR·q ..` as
@@ -183,7 +210,7 @@ struct Block {
 ///
 /// # Safety
 /// The operand's elements are valid.
-unsafe fn pack_right(shared: &SharedProduct, block: &Block, right: &mut [f32], threads: usize) {
+unsafe fn pack_right(shared: &SharedProduct, block: &Block<'_>, right: &mut [f32], threads: usize) {
     let pack = |(q, panel): (usize, &mut [f32])| {
         let p = shared.get();
         let (rs, cs) = p.rhs_strides;
@@ -224,7 +251,12 @@ unsafe fn pack_right(shared: &SharedProduct, block: &Block, right: &mut [f32], t
 ///
 /// # Safety
 /// The operand's elements are valid.
-unsafe fn pack_left(p: &RawProduct, block: &Block, (i0, rows): (usize, usize), left: &mut [f32]) {
+unsafe fn pack_left(
+    p: &RawProduct,
+    block: &Block<'_>,
+    (i0, rows): (usize, usize),
+    left: &mut [f32],
+) {
     let (rs, cs) = p.lhs_strides;
     for (q, panel) in left.chunks_exact_mut(block.kc * MR).enumerate() {
         let valid = MR.min(rows - q * MR);
@@ -258,7 +290,7 @@ unsafe fn pack_left(p: &RawProduct, block: &Block, (i0, rows): (usize, usize), l
 ///
 /// # Safety
 /// As [`sgemm`]; `right` holds the block's packed right operand.
-unsafe fn multiply_block(shared: &SharedProduct, block: &Block, right: &[f32], threads: usize) {
+unsafe fn multiply_block(shared: &SharedProduct, block: &Block<'_>, right: &[f32], threads: usize) {
     let (m, _, _) = shared.get().dims;
     let row_blocks = m.div_ceil(MC);
     let panels = block.nc.div_ceil(NR);
@@ -292,20 +324,29 @@ unsafe fn multiply_block(shared: &SharedProduct, block: &Block, right: &[f32], t
     }
 }
 
-/// The tiles of rows `i0 .. i0 + rows` and column panels `columns` of the block.
+/// The tiles of rows `i0 .. i0 + rows` and column panels `columns` of the block, and in the
+/// last inner block their finish, a column panel at a time while its values are in L1.
 ///
 /// # Safety
-/// The destination's tiles are valid and written by no other task; `left` and `right` hold
-/// the packed rows and the block's packed panels; the CPU has AVX2 and FMA.
+/// The destination's tiles (and those of the block's sums and [`Finish`]) are valid and
+/// written by no other task; `left` and `right` hold the packed rows and the block's packed
+/// panels; the CPU has AVX2 and FMA.
 unsafe fn tiles(
     p: &RawProduct,
-    block: &Block,
+    block: &Block<'_>,
     (i0, rows): (usize, usize),
     columns: std::ops::Range<usize>,
     left: &[f32],
     right: &[f32],
 ) {
-    let dst = SharedMut(p.dst);
+    let sums = block.sums_into;
+    // The matrix the finish reads beside the sums, or writes (the destination, when the sums
+    // are kept apart from it).
+    let beside = match block.finish {
+        Finish::GeluGrad { pre, .. } => Some(pre),
+        Finish::Gelu { pre: Some(_), .. } => Some(SharedMut(p.dst)),
+        Finish::Gelu { pre: None, .. } | Finish::BiasGelu { .. } | Finish::Sums => None,
+    };
     for q in columns {
         let b = &right[q * block.kc * NR..(q + 1) * block.kc * NR];
         let j = block.j0 + q * NR;
@@ -314,42 +355,85 @@ unsafe fn tiles(
         for (r, a) in left.chunks_exact(block.kc * MR).enumerate() {
             let i = i0 + r * MR;
             let tile_rows = MR.min(i0 + rows - i);
-            // SAFETY: element (i, j) of the destination, inside it (caller's contract).
-            let c = unsafe { dst.get().add(i * p.dst_rs + j) };
+            let at = i * p.dst_rs + j;
+            // SAFETY: element (i, j) of the sums' matrix, inside it (caller's contract).
+            let c = unsafe { sums.get().add(at) };
             if r + 1 < row_panels {
                 // The next tile's rows, fetched while this one computes: a tile that continues
-                // its sums (or stores them) would otherwise wait on the destination's lines.
+                // its sums (or stores them) would otherwise wait on their lines; so would the
+                // finish on the values it reads or writes beside them, once each.
                 let next_rows = MR.min(i0 + rows - i - MR);
                 for rr in 0..next_rows {
-                    let row = c.wrapping_add((MR + rr) * p.dst_rs);
-                    prefetch(row);
-                    prefetch(row.wrapping_add(NR - 1));
+                    let next = at + (MR + rr) * p.dst_rs;
+                    for matrix in [Some(sums), beside].into_iter().flatten() {
+                        let row = matrix.get().wrapping_add(next);
+                        prefetch(row);
+                        prefetch(row.wrapping_add(NR - 1));
+                    }
                 }
             }
             if tile_rows == MR && cols == NR {
-                // SAFETY: a whole tile of the destination; the CPU has AVX2 and FMA.
-                unsafe { tile(block, a, b, c, p.dst_rs) };
+                let start = match block.start {
+                    Start::Zero => TileStart::Zero,
+                    Start::Dst => TileStart::Dst,
+                    Start::Bias(bias) => TileStart::Row(bias[j..j + NR].as_ptr()),
+                };
+                // SAFETY: a whole tile of the sums' matrix; the CPU has AVX2 and FMA.
+                unsafe { tile(block, start, (a, b), (c, p.dst_rs)) };
             } else {
-                // An edge tile: through a whole tile of scratch, its missing rows and
-                // columns zero (they multiply the packed operands' zero padding).
-                let mut scratch = [0f32; MR * NR];
-                if block.load {
-                    for rr in 0..tile_rows {
-                        // SAFETY: valid rows and columns of the destination.
-                        let from =
-                            unsafe { std::slice::from_raw_parts(c.add(rr * p.dst_rs), cols) };
-                        scratch[rr * NR..rr * NR + cols].copy_from_slice(from);
-                    }
-                }
-                // SAFETY: the scratch tile has NR columns; the CPU has AVX2 and FMA.
-                unsafe { tile(block, a, b, scratch.as_mut_ptr(), NR) };
-                for rr in 0..tile_rows {
-                    // SAFETY: valid rows and columns of the destination, this task's.
-                    let to = unsafe { std::slice::from_raw_parts_mut(c.add(rr * p.dst_rs), cols) };
-                    to.copy_from_slice(&scratch[rr * NR..rr * NR + cols]);
-                }
+                // SAFETY: the valid rows and columns of the tile (caller's contract).
+                unsafe { edge_tile(block, (tile_rows, cols, j), (a, b), (c, p.dst_rs)) };
             }
         }
+        if !block.finish.is_sums() {
+            let strip = Strip {
+                rows: i0..i0 + rows,
+                j,
+                cols,
+                ld: p.dst_rs,
+            };
+            // SAFETY: the strip's sums were just written; the strip of the destination and of
+            // the finish's matrix are this task's (caller's contract).
+            unsafe { finish_strip(block.finish, sums, SharedMut(p.dst), &strip) };
+        }
+    }
+}
+
+/// An edge tile (`rows × cols` valid values, its first column `j`): through a whole tile of
+/// scratch, its missing rows and columns zero (they multiply the packed operands' zero
+/// padding and are not copied back).
+///
+/// # Safety
+/// As [`tile`] for the valid rows and columns.
+unsafe fn edge_tile(
+    block: &Block<'_>,
+    (rows, cols, j): (usize, usize, usize),
+    panels: (&[f32], &[f32]),
+    (c, ldc): (*mut f32, usize),
+) {
+    let mut scratch = [0f32; MR * NR];
+    let mut row = [0f32; NR];
+    let start = match block.start {
+        Start::Zero => TileStart::Zero,
+        Start::Dst => {
+            for rr in 0..rows {
+                // SAFETY: valid rows and columns of the tile (caller's contract).
+                let from = unsafe { std::slice::from_raw_parts(c.add(rr * ldc), cols) };
+                scratch[rr * NR..rr * NR + cols].copy_from_slice(from);
+            }
+            TileStart::Dst
+        }
+        Start::Bias(bias) => {
+            row[..cols].copy_from_slice(&bias[j..j + cols]);
+            TileStart::Row(row.as_ptr())
+        }
+    };
+    // SAFETY: a whole scratch tile of NR columns; the CPU has AVX2 and FMA (caller's contract).
+    unsafe { tile(block, start, panels, (scratch.as_mut_ptr(), NR)) };
+    for rr in 0..rows {
+        // SAFETY: valid rows and columns of the tile, this task's (caller's contract).
+        let to = unsafe { std::slice::from_raw_parts_mut(c.add(rr * ldc), cols) };
+        to.copy_from_slice(&scratch[rr * NR..rr * NR + cols]);
     }
 }
 
@@ -362,14 +446,30 @@ fn prefetch(at: *const f32) {
     };
 }
 
-/// One `MR × NR` tile: `c` (`MR` rows `ldc` apart) continues (`block.load`) or starts its
-/// chains over the block's `kc` steps of the packed panels `a` and `b`.
+/// Where one tile's sums start.
+#[derive(Clone, Copy)]
+enum TileStart {
+    /// Zero.
+    Zero,
+    /// The tile's values in the destination.
+    Dst,
+    /// The same [`NR`] values in every row (the bias of the tile's columns).
+    Row(*const f32),
+}
+
+/// One `MR × NR` tile: `c` (`MR` rows `ldc` apart) gets the block's `kc` steps of the packed
+/// panels `a` and `b` summed from `start`.
 ///
 /// # Safety
-/// `c` addresses `MR` rows of `NR` valid values; `a` and `b` hold `kc` steps; the CPU has
-/// AVX2 and FMA.
+/// `c` addresses `MR` rows of `NR` valid values; `a` and `b` hold `kc` steps; a
+/// [`TileStart::Row`] holds `NR` values; the CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile(block: &Block, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
+unsafe fn tile(
+    block: &Block<'_>,
+    start: TileStart,
+    (a, b): (&[f32], &[f32]),
+    (c, ldc): (*mut f32, usize),
+) {
     use std::arch::x86_64::{
         __m256, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps,
         _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
@@ -377,13 +477,23 @@ unsafe fn tile(block: &Block, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
     let kc = block.kc;
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     let mut acc: [[__m256; 2]; MR] = [[_mm256_setzero_ps(); 2]; MR];
-    if block.load {
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: row r of the tile (caller's contract).
-            unsafe {
-                row[0] = _mm256_loadu_ps(c.add(r * ldc));
-                row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+    match start {
+        TileStart::Zero => {}
+        TileStart::Dst => {
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: row r of the tile (caller's contract).
+                unsafe {
+                    *row = [
+                        _mm256_loadu_ps(c.add(r * ldc)),
+                        _mm256_loadu_ps(c.add(r * ldc + 8)),
+                    ]
+                };
             }
+        }
+        TileStart::Row(values) => {
+            // SAFETY: NR values (caller's contract).
+            let v = unsafe { [_mm256_loadu_ps(values), _mm256_loadu_ps(values.add(8))] };
+            acc = [v; MR];
         }
     }
     for (a, b) in a[..kc * MR]
@@ -419,126 +529,108 @@ unsafe fn tile(block: &Block, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::gemm::threads_of;
-    use crate::kernels::test_support::{
-        Layout, check_fresh_output_scaled, check_products, matrix, row_major_product,
+/// Rows `rows` of one column panel (first column `j`, `cols` of them) of matrices whose rows
+/// lie `ld` values apart.
+struct Strip {
+    rows: std::ops::Range<usize>,
+    j: usize,
+    cols: usize,
+    ld: usize,
+}
+
+// Two rows of a whole panel are one group of the four-vector formulas.
+const _: () = assert!(NR == 16 && VECTORS == 4);
+
+/// The finish of one strip of finished sums (`sums`) into the destination (`dst`; the same
+/// matrix unless the sums are kept apart): two rows of a whole panel at a time on the
+/// four-vector formulas, whose chains overlap from one pair to the next as in a pass over
+/// memory, but on values still in L1; the rest one value at a time (the same bits).
+///
+/// # Safety
+/// The strip's values of `sums` (and of the finish's matrix) are valid to read, those of
+/// `dst` to write, by this task alone; the CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_strip(finish: Finish<'_>, sums: SharedMut, dst: SharedMut, strip: &Strip) {
+    use std::arch::x86_64::{__m256, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+    let Strip { rows, j, cols, ld } = strip;
+    let (j, cols, ld) = (*j, *cols, *ld);
+    // The four vectors of rows r and r + 1 of `m` at the strip's columns.
+    let load = |m: *const f32, r: usize| -> [__m256; VECTORS] {
+        let at = r * ld + j;
+        // SAFETY: two rows of a whole panel (caller's contract); AVX (this function's features).
+        unsafe {
+            [
+                _mm256_loadu_ps(m.add(at)),
+                _mm256_loadu_ps(m.add(at + 8)),
+                _mm256_loadu_ps(m.add(at + ld)),
+                _mm256_loadu_ps(m.add(at + ld + 8)),
+            ]
+        }
     };
-
-    fn has_avx2_fma() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-
-    /// Whole tiles, edges in both dimensions, sums over more than one packed block, a column
-    /// block past [`NC`], and products large enough to be split over tasks by rows and, with
-    /// few rows, by columns.
-    const SHAPES: [(usize, usize, usize); 7] = [
-        (1, 1, 1),
-        (12, 32, 40),
-        (37, 21, 300),
-        (5, 70, 513),
-        (150, 45, 800),
-        (2, 4200, 9),
-        (301, 400, 384),
-    ];
-
-    #[test]
-    fn products_equal_their_definition_in_every_layout() {
-        if !has_avx2_fma() {
-            return;
+    let pairs = if cols == NR { rows.len() / 2 } else { 0 };
+    // The bias of a whole panel's columns, for both rows of a pair.
+    let bias = match finish {
+        Finish::BiasGelu { bias } if pairs > 0 => {
+            // SAFETY: NR values of the bias (the panel is whole); AVX (this function's
+            // features).
+            let [b0, b1] = unsafe { [0, 8].map(|o| _mm256_loadu_ps(bias[j + o..].as_ptr())) };
+            [b0, b1, b0, b1]
         }
-        check_products("avx2", &SHAPES, &Layout::ALL, |p, par, accumulate| {
-            // SAFETY: `check_product` hands out views inside its buffers; the CPU has AVX2 and
-            // FMA.
-            let done = unsafe { sgemm(p, 1.0, accumulate, threads_of(par)) };
-            assert!(done, "an unscaled product runs here");
-        });
-    }
-
-    /// A new output is written, never read, and the scale multiplies the finished sums, over
-    /// two packed blocks; a scaled sum added to the destination is declined, untouched.
-    #[test]
-    fn fresh_outputs_are_overwritten_and_scaled() {
-        if !has_avx2_fma() {
-            return;
-        }
-        let dims = (40, 30, 2 * KC + 5);
-        // SAFETY: the helper hands out views inside its buffers; the CPU has AVX2 and FMA.
-        check_fresh_output_scaled(dims, |p, scale| unsafe { sgemm(p, scale, false, 2) });
-        let (m, n, k) = dims;
-        let (a, b) = (matrix(m * k, 4), matrix(k * n, 5));
-        let mut dst = vec![7f32; m * n];
-        let product = row_major_product(&mut dst, &a, &b, dims);
-        // SAFETY: as above.
-        assert!(!unsafe { sgemm(product, 0.5, true, 2) });
-        assert!(
-            dst.iter().all(|&v| v == 7.0),
-            "a declined product writes nothing"
-        );
-    }
-
-    /// Each value is one chain along the inner dimension: the transposed product, and any
-    /// thread count, give the same bits; and the engine takes a product exactly when it takes
-    /// its transpose.
-    #[test]
-    fn bits_do_not_depend_on_orientation_or_threads() {
-        if !has_avx2_fma() {
-            return;
-        }
-        let (m, n, k) = (130, 75, 700);
-        let (lhs, rhs) = (matrix(m * k, 3), matrix(k * n, 4));
-        let run = |transposed: bool, threads: usize| {
-            let mut dst = vec![0f32; m * n];
-            let product = if transposed {
-                // Cᵀ[n, m] = rhsᵀ·lhsᵀ, read back transposed.
-                RawProduct {
-                    dims: (n, m, k),
-                    dst: dst.as_mut_ptr(),
-                    dst_rs: m,
-                    lhs: rhs.as_ptr(),
-                    lhs_strides: (1, n),
-                    rhs: lhs.as_ptr(),
-                    rhs_strides: (1, k),
+        _ => [_mm256_setzero_ps(); VECTORS],
+    };
+    let out = dst.get();
+    for r in (0..pairs).map(|pair| rows.start + 2 * pair) {
+        let v = load(sums.get(), r);
+        // SAFETY: AVX2 and FMA (this function's features).
+        let value = unsafe {
+            match finish {
+                Finish::Sums => v,
+                Finish::Gelu { fused: true, .. } => eval_vectors([v], &Gelu::<true>),
+                Finish::Gelu { fused: false, .. } => eval_vectors([v], &Gelu::<false>),
+                Finish::BiasGelu { .. } => eval_vectors([v, bias], &BiasGeluValue),
+                Finish::GeluGrad { pre, fused } => {
+                    let args = [load(pre.get(), r), v];
+                    match fused {
+                        true => eval_vectors(args, &GeluGrad::<true>),
+                        false => eval_vectors(args, &GeluGrad::<false>),
+                    }
                 }
-            } else {
-                row_major_product(&mut dst, &lhs, &rhs, (m, n, k))
-            };
-            // SAFETY: the views address their vectors; the CPU has AVX2 and FMA.
-            assert!(unsafe { sgemm(product, 1.0, false, threads) });
-            let value = |i: usize, j: usize| {
-                if transposed {
-                    dst[j * m + i]
-                } else {
-                    dst[i * n + j]
-                }
-            };
-            (0..m * n)
-                .map(|x| value(x / n, x % n).to_bits())
-                .collect::<Vec<_>>()
+            }
         };
-        let reference = run(false, 1);
-        assert_eq!(run(false, 2), reference);
-        assert_eq!(run(true, 1), reference);
-        assert_eq!(run(true, 2), reference);
-        for dims in [
-            (19264, 384, 384),
-            (256, 4096, 128),
-            (300, 255, 384),
-            (512, 512, 385),
-        ] {
-            let (m, n, k) = dims;
-            let product = |dims| RawProduct {
-                dims,
-                dst: std::ptr::null_mut(),
-                dst_rs: 0,
-                lhs: std::ptr::null(),
-                lhs_strides: (0, 0),
-                rhs: std::ptr::null(),
-                rhs_strides: (0, 0),
+        let at = r * ld + j;
+        // SAFETY: as for `load`, in the destination.
+        unsafe {
+            _mm256_storeu_ps(out.add(at), value[0]);
+            _mm256_storeu_ps(out.add(at + 8), value[1]);
+            _mm256_storeu_ps(out.add(at + ld), value[2]);
+            _mm256_storeu_ps(out.add(at + ld + 8), value[3]);
+        }
+    }
+    // The rows past the pairs, or every row of a narrower panel.
+    for r in rows.start + 2 * pairs..rows.end {
+        for col in j..j + cols {
+            let at = r * ld + col;
+            // SAFETY: a value of the strip (caller's contract).
+            let v = unsafe { *sums.get().add(at) };
+            let value = match finish {
+                Finish::Sums => v,
+                Finish::Gelu { fused: true, .. } => Gelu::<true>.eval([v]),
+                Finish::Gelu { fused: false, .. } => Gelu::<false>.eval([v]),
+                Finish::BiasGelu { bias } => BiasGeluValue.eval([v, bias[col]]),
+                Finish::GeluGrad { pre, fused } => {
+                    // SAFETY: as above, in the finish's matrix.
+                    let p = unsafe { *pre.get().add(at) };
+                    match fused {
+                        true => GeluGrad::<true>.eval([p, v]),
+                        false => GeluGrad::<false>.eval([p, v]),
+                    }
+                }
             };
-            assert_eq!(worth_it(&product((m, n, k))), worth_it(&product((n, m, k))));
+            // SAFETY: as above, in the destination.
+            unsafe { *out.add(at) = value };
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
