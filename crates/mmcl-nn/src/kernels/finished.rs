@@ -23,7 +23,7 @@ pub(crate) enum Finish<'a> {
     /// destination's shape and row stride): a linear layer and the activation after it.
     Gelu {
         pre: Option<SharedMut>,
-        /// Fused multiply-adds in the formula ([`simd::fused_arithmetic`]).
+        /// Fused multiply-adds in the formula ([`crate::kernels::simd::fused_arithmetic`]).
         fused: bool,
     },
     /// Stores the sums times the GELU's derivative at the values of `pre` (read only; the
@@ -51,7 +51,7 @@ pub(crate) enum FinishInto<'a> {
     /// `m·n` of the product) when given.
     Gelu {
         pre: Option<&'a mut Vec<f32>>,
-        /// Fused multiply-adds in the formula ([`simd::fused_arithmetic`]).
+        /// Fused multiply-adds in the formula ([`crate::kernels::simd::fused_arithmetic`]).
         fused: bool,
     },
     /// The sums times the GELU's derivative at `pre` (`m·n` values, row-major).

@@ -348,7 +348,7 @@ impl CpuKernel<2> for BiasGelu {
 /// # Errors
 /// When `x` is not whole rows (a bug in the calling kernel).
 pub(crate) fn bias_gelu_new(x: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
-    if bias.is_empty() || !x.len().is_multiple_of(bias.len()) {
+    if !x.len().is_multiple_of(bias.len()) {
         candle_core::bail!(
             "internal error: {} values are not rows of {} for a bias and GELU",
             x.len(),
